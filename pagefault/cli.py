@@ -1,0 +1,170 @@
+"""The `pagefault` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, NoReturn
+
+from . import __version__
+from .decode import (DecodeError, decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags,
+                     decode_pagemap_entry, decode_pte, decode_vm_flags, derive_fault_flags,
+                     split_virtual_address, to_jsonable)
+from .decode.bits import FlagWord
+from .views.decode_view import field_rows, flag_rows
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user mistake: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def parse_number(text: str, what: str = "value") -> int:
+    s = text.strip().replace("_", "")
+    try:
+        value = int(s, 0)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a number; accepted: hex with 0x (0x716b326c8100) or decimal") from None
+    if value < 0:
+        raise UsageError(f"{what} {text!r} is negative; accepted: 0 to 2**64-1")
+    if value >= 1 << 64:
+        raise UsageError(f"{what} {text!r} does not fit in 64 bits")
+    return value
+
+
+# --- decode -----------------------------------------------------------------------------------------
+
+def _kernel_tables():
+    from .kernel.facts import fault_flag_values, gfp_bits, kernel_version
+    return fault_flag_values, gfp_bits, kernel_version
+
+
+def _decode(kind: str, value: int, levels: int, level: str, error_code: bool) -> tuple[str, list, list[str], Any]:
+    """→ (title, rows, derivations, result object)."""
+    if kind == "address":
+        r = split_virtual_address(value, levels)
+        rows = [(i.level + " index", str(i.index), f"bits {i.high_bit}..{i.shift} = {i.bits}") for i in r.indices]
+        rows += [("page offset", f"{r.page_offset} (0x{r.page_offset:x})", "bits 11..0"),
+                 ("virtual page number", f"0x{r.virtual_page_number:x}", ""),
+                 ("page base", f"0x{r.page_base:x}", ""), ("offset in 2 MiB page", f"0x{r.offset_in_2m:x}", ""),
+                 ("offset in 1 GiB page", f"0x{r.offset_in_1g:x}", ""), ("half", r.half, ""),
+                 ("bits", r.binary, "top index … offset")]
+        return f"virtual address 0x{value:x} ({levels}-level paging)", rows, list(r.derivations), r
+    if kind == "error-code":
+        r = decode_error_code(value)
+        rows = [(m.split(":")[0], "", m.split(":", 1)[1].strip()) for m in r.bit_meanings]
+        return r.summary, rows, list(r.derivations), r
+    if kind == "fault-flags":
+        fault_flag_values, _, _ = _kernel_tables()
+        table = fault_flag_values()
+        if error_code:
+            r = derive_fault_flags(value, table.values, source=table.source)
+            rows = [(s.name, f"0x{s.value:x}", s.reason) for s in r.steps]
+            return (f"fault flags for error code 0x{value:x} = 0x{r.value:x} ({table.source})", rows,
+                    list(r.derivations), r)
+        r = decode_fault_flags(value, table.values, table.source)
+        return f"fault flags 0x{value:x} ({table.source})", flag_rows(r), list(r.derivations), r
+    if kind == "vm-flags":
+        _, _, kernel_version = _kernel_tables()
+        r = decode_vm_flags(value, kernel_version())
+        return f"vm_flags 0x{value:x} ({r.table_source})", flag_rows(r), list(r.derivations), r
+    if kind == "pte":
+        r = decode_pte(value, level)
+        rows = flag_rows(r.flags) + field_rows(r, ["pfn", "physical_address", "protection_key", "huge", "points_to"])
+        return f"{r.level} entry 0x{value:x}", rows, list(r.derivations), r
+    if kind == "pagemap":
+        r = decode_pagemap_entry(value)
+        rows = flag_rows(r.flags) + field_rows(r, ["pfn", "swap_type", "swap_offset"])
+        return f"pagemap entry 0x{value:x}: {r.summary}", rows, list(r.derivations), r
+    if kind == "kpageflags":
+        r = decode_kpageflags(value)
+        return f"kpageflags 0x{value:x}", flag_rows(r), list(r.derivations), r
+    if kind == "gfp":
+        _, gfp_bits, _ = _kernel_tables()
+        table = gfp_bits()
+        r = decode_gfp(value, table.values, table.source)
+        return f"GFP flags 0x{value:x} = {r.symbolic} ({table.source})", flag_rows(r.flags), list(r.derivations), r
+    raise UsageError(f"unknown kind {kind!r}")
+
+
+DECODE_KINDS = ("address", "error-code", "fault-flags", "vm-flags", "pte", "pagemap", "kpageflags", "gfp")
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    value = parse_number(args.value, args.kind)
+    try:
+        title, rows, derivations, result = _decode(args.kind, value, args.levels, args.level, args.from_error_code)
+    except DecodeError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"kind": args.kind, "value": value, "provenance": "derived", "title": title,
+                          "result": to_jsonable(result)}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("meaning")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if derivations:
+        console.print("[bold]derivation[/bold]")
+        for line in derivations:
+            console.print("  " + line, highlight=False, markup=False)
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    p = Parser(prog="pagefault", description="The whole life of a Linux page fault, live on this machine.")
+    p.add_argument("--version", action="version", version=f"pagefault {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    d = sub.add_parser("decode", help="decode a number of a page fault's life into named, explained fields")
+    d.add_argument("kind", choices=DECODE_KINDS, metavar="KIND", help="one of: " + ", ".join(DECODE_KINDS))
+    d.add_argument("value", help="the number: hex with 0x, or decimal")
+    d.add_argument("--levels", type=int, choices=(4, 5), default=4, help="paging levels for addresses (default 4)")
+    d.add_argument("--level", default="PTE", type=str.upper, choices=("PGD", "P4D", "PUD", "PMD", "PTE"),
+                   help="page-table level of a pte value (default PTE)")
+    d.add_argument("--from-error-code", action="store_true",
+                   help="fault-flags: treat VALUE as an x86 error code and derive the flags handle_mm_fault gets")
+    d.add_argument("--json", action="store_true", help="print JSON")
+    d.set_defaults(func=cmd_decode)
+    for register in COMMANDS:
+        register(sub)
+    return p
+
+
+COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except UsageError as exc:
+        print(f"pagefault: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pagefault: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The x86 page-fault error code pushed by the CPU (arch/x86/include/asm/trap_pf.h)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .bits import Flag, FlagWord, bit, decode_flag_word
+
+X86_PF_PROT, X86_PF_WRITE, X86_PF_USER, X86_PF_RSVD = bit(0), bit(1), bit(2), bit(3)
+X86_PF_INSTR, X86_PF_PK, X86_PF_SHSTK, X86_PF_SGX, X86_PF_RMP = bit(4), bit(5), bit(6), bit(15), bit(31)
+
+ERROR_CODE_BITS = (
+    Flag(X86_PF_PROT, "PROT", "the page was present: a protection violation (clear: not-present page)"),
+    Flag(X86_PF_WRITE, "WRITE", "the access was a write (clear: a read)"),
+    Flag(X86_PF_USER, "USER", "the access came from user mode (CPL 3)"),
+    Flag(X86_PF_RSVD, "RSVD", "a reserved bit was set in a paging-structure entry"),
+    Flag(X86_PF_INSTR, "INSTR", "the access was an instruction fetch"),
+    Flag(X86_PF_PK, "PK", "a protection-key (PKRU) check refused the access"),
+    Flag(X86_PF_SHSTK, "SHSTK", "the access was a shadow-stack access"),
+    Flag(X86_PF_SGX, "SGX", "an SGX-specific access-control violation"),
+    Flag(X86_PF_RMP, "RMP", "an SEV-SNP RMP violation"),
+)
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    value: int
+    flags: FlagWord
+    present: bool
+    write: bool
+    user: bool
+    instruction: bool
+    summary: str
+    bit_meanings: tuple[str, ...]
+    derivations: tuple[str, ...]
+
+
+def decode_error_code(value: int) -> ErrorCode:
+    word = decode_flag_word(value, ERROR_CODE_BITS, width=64, what="error code")
+    present, write = bool(value & X86_PF_PROT), bool(value & X86_PF_WRITE)
+    user, instr = bool(value & X86_PF_USER), bool(value & X86_PF_INSTR)
+    access = "instruction fetch" if instr else ("write" if write else "read")
+    if value & X86_PF_SHSTK:
+        access = "shadow-stack " + access
+    mode = "user-mode" if user else "kernel-mode"
+    page = "a present page (protection violation)" if present else "a not-present page"
+    summary = f"0x{value:x} = a {mode} {access} to {page}"
+    extras = [f.name for f in word.set_flags if f.mask in (X86_PF_RSVD, X86_PF_PK, X86_PF_SGX, X86_PF_RMP)]
+    if extras:
+        summary += ", with " + ", ".join(extras)
+    meanings = []
+    for f in ERROR_CODE_BITS:
+        state = "1" if value & f.mask else "0"
+        meanings.append(f"bit {f.mask.bit_length() - 1} {f.name} = {state}: {f.meaning}")
+    return ErrorCode(value, word, present, write, user, instr, summary, tuple(meanings), word.derivations)

@@ -1,0 +1,107 @@
+"""FAULT_FLAG_* (enum fault_flag, include/linux/mm_types.h) and how x86 derives them.
+
+The running kernel's values come from BTF (pagefault.kernel); the tables here are
+the fallback, keyed by the first kernel version that has them, checked against
+the kernel sources and, for 6.18, against this project's machines' BTF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .bits import Flag, FlagWord, decode_flag_word
+from .error_code import X86_PF_INSTR, X86_PF_SHSTK, X86_PF_WRITE
+
+MEANINGS = {
+    "FAULT_FLAG_WRITE": "the fault is a write",
+    "FAULT_FLAG_MKWRITE": "the fault is a write upgrade of an existing read-only PTE",
+    "FAULT_FLAG_ALLOW_RETRY": "the handler may drop the lock and return VM_FAULT_RETRY",
+    "FAULT_FLAG_RETRY_NOWAIT": "retry without waiting (do not sleep on I/O)",
+    "FAULT_FLAG_KILLABLE": "a fatal signal may interrupt the fault",
+    "FAULT_FLAG_TRIED": "this is a second attempt after a retry",
+    "FAULT_FLAG_USER": "the fault came from user space",
+    "FAULT_FLAG_REMOTE": "the fault is for another process's mm (e.g. GUP, ptrace)",
+    "FAULT_FLAG_INSTRUCTION": "the fault is an instruction fetch",
+    "FAULT_FLAG_INTERRUPTIBLE": "any signal may interrupt the fault",
+    "FAULT_FLAG_UNSHARE": "unshare (break COW) without writing",
+    "FAULT_FLAG_ORIG_PTE_VALID": "vmf->orig_pte holds a valid snapshot",
+    "FAULT_FLAG_VMA_LOCK": "handled under the per-VMA lock, not mmap_lock",
+}
+
+_ORDER = ("FAULT_FLAG_WRITE", "FAULT_FLAG_MKWRITE", "FAULT_FLAG_ALLOW_RETRY", "FAULT_FLAG_RETRY_NOWAIT",
+          "FAULT_FLAG_KILLABLE", "FAULT_FLAG_TRIED", "FAULT_FLAG_USER", "FAULT_FLAG_REMOTE",
+          "FAULT_FLAG_INSTRUCTION", "FAULT_FLAG_INTERRUPTIBLE", "FAULT_FLAG_UNSHARE",
+          "FAULT_FLAG_ORIG_PTE_VALID", "FAULT_FLAG_VMA_LOCK")
+
+# (first version, names present in bit order 0..n): the enum only ever grew at the end.
+_VERSIONS = (
+    ((6, 4), _ORDER),          # FAULT_FLAG_VMA_LOCK added in 6.4
+    ((5, 19), _ORDER[:12]),    # FAULT_FLAG_ORIG_PTE_VALID (5.19), UNSHARE (5.18)
+    ((5, 18), _ORDER[:11]),
+    ((5, 11), _ORDER[:10]),    # enum fault_flag introduced with INTERRUPTIBLE in 5.11
+)
+
+
+def fallback_fault_flag_values(version: tuple[int, int]) -> tuple[dict[str, int], str]:
+    for first, names in _VERSIONS:
+        if tuple(version[:2]) >= first:
+            return {n: 1 << i for i, n in enumerate(names)}, f"built-in table for kernel ≥ {first[0]}.{first[1]}"
+    first, names = _VERSIONS[-1]
+    return ({n: 1 << i for i, n in enumerate(names)},
+            f"built-in table for {first[0]}.{first[1]} (kernel {version[0]}.{version[1]} is older; values may differ)")
+
+
+def fault_flag_table(values: dict[str, int]) -> tuple[Flag, ...]:
+    return tuple(Flag(v, n, MEANINGS.get(n, "")) for n, v in sorted(values.items(), key=lambda kv: kv[1]))
+
+
+def decode_fault_flags(value: int, values: dict[str, int], source: str = "") -> FlagWord:
+    return decode_flag_word(value, fault_flag_table(values), width=32, what="fault flags", table_source=source)
+
+
+@dataclass(frozen=True)
+class FlagStep:
+    name: str
+    value: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DerivedFaultFlags:
+    error_code: int
+    user_mode: bool
+    vma_lock: bool
+    value: int
+    steps: tuple[FlagStep, ...]
+    derivations: tuple[str, ...]
+    table_source: str
+
+
+def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bool = True,
+                       vma_lock: bool = True, source: str = "") -> DerivedFaultFlags:
+    """The flags do_user_addr_fault() (arch/x86/mm/fault.c) passes to handle_mm_fault()."""
+    steps: list[FlagStep] = []
+
+    def add(name: str, reason: str) -> None:
+        if name in values:
+            steps.append(FlagStep(name, values[name], reason))
+
+    for name in ("FAULT_FLAG_ALLOW_RETRY", "FAULT_FLAG_KILLABLE", "FAULT_FLAG_INTERRUPTIBLE"):
+        add(name, "part of FAULT_FLAG_DEFAULT, the starting value of flags")
+    if error_code & X86_PF_SHSTK:
+        add("FAULT_FLAG_WRITE", f"error_code & X86_PF_SHSTK (0x{X86_PF_SHSTK:x}): shadow-stack accesses count as writes")
+    elif error_code & X86_PF_WRITE:
+        add("FAULT_FLAG_WRITE", f"error_code 0x{error_code:x} & X86_PF_WRITE (0x{X86_PF_WRITE:x}) is set")
+    if error_code & X86_PF_INSTR:
+        add("FAULT_FLAG_INSTRUCTION", f"error_code 0x{error_code:x} & X86_PF_INSTR (0x{X86_PF_INSTR:x}) is set")
+    if user_mode:
+        add("FAULT_FLAG_USER", "user_mode(regs): the trapped CS was a user segment")
+    if user_mode and vma_lock:
+        add("FAULT_FLAG_VMA_LOCK", "user fault found its VMA with lock_vma_under_rcu(); "
+                                   "handle_mm_fault() is called with flags | FAULT_FLAG_VMA_LOCK")
+    value = 0
+    for s in steps:
+        value |= s.value
+    lines = [f"{s.name} = 0x{s.value:x}: {s.reason}" for s in steps]
+    lines.append(" | ".join(f"0x{s.value:x}" for s in steps) + f" = 0x{value:x}")
+    return DerivedFaultFlags(error_code, user_mode, vma_lock, value, tuple(steps), tuple(lines), source)

@@ -1,0 +1,94 @@
+"""/proc/PID/pagemap entries (Documentation/admin-guide/mm/pagemap.rst) and /proc/kpageflags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .bits import Flag, FlagWord, bit, check_word, decode_flag_word
+
+PM_PFN_MASK = (1 << 55) - 1
+PM_SWAP_TYPE_MASK = 0x1F
+PM_SOFT_DIRTY, PM_MMAP_EXCLUSIVE, PM_UFFD_WP, PM_GUARD_REGION = bit(55), bit(56), bit(57), bit(58)
+PM_FILE, PM_SWAP, PM_PRESENT = bit(61), bit(62), bit(63)
+
+PAGEMAP_BITS = (
+    Flag(PM_SOFT_DIRTY, "SOFT_DIRTY", "the PTE is soft-dirty"),
+    Flag(PM_MMAP_EXCLUSIVE, "EXCLUSIVE", "the page is mapped exclusively (only here)"),
+    Flag(PM_UFFD_WP, "UFFD_WP", "userfaultfd write-protected"),
+    Flag(PM_GUARD_REGION, "GUARD", "a guard region (MADV_GUARD_INSTALL)"),
+    Flag(PM_FILE, "FILE", "a file page or shared anonymous page"),
+    Flag(PM_SWAP, "SWAPPED", "the page is in swap"),
+    Flag(PM_PRESENT, "PRESENT", "the page is present in RAM"),
+)
+
+
+@dataclass(frozen=True)
+class PagemapEntry:
+    value: int
+    present: bool
+    swapped: bool
+    file_or_shared: bool
+    exclusive: bool
+    soft_dirty: bool
+    uffd_wp: bool
+    pfn: int | None
+    swap_type: int | None
+    swap_offset: int | None
+    pfn_hidden: bool
+    flags: FlagWord
+    summary: str
+    derivations: tuple[str, ...]
+
+
+def decode_pagemap_entry(value: int) -> PagemapEntry:
+    value = check_word(value, 64, "pagemap entry")
+    word = decode_flag_word(value, PAGEMAP_BITS, what="pagemap entry", field_mask=PM_PFN_MASK)
+    present, swapped = bool(value & PM_PRESENT), bool(value & PM_SWAP)
+    lines = list(word.derivations)
+    pfn = swap_type = swap_offset = None
+    hidden = False
+    if present:
+        pfn = value & PM_PFN_MASK
+        lines.append(f"PFN: 0x{value:x} & 0x{PM_PFN_MASK:x} = 0x{pfn:x}")
+        hidden = pfn == 0
+        summary = f"present, PFN 0x{pfn:x}" if not hidden else "present, PFN hidden (reads 0: not root)"
+    elif swapped:
+        swap_type = value & PM_SWAP_TYPE_MASK
+        swap_offset = (value & PM_PFN_MASK) >> 5
+        lines.append(f"swap type: 0x{value:x} & 0x1f = {swap_type}")
+        lines.append(f"swap offset: (0x{value:x} & 0x{PM_PFN_MASK:x}) >> 5 = 0x{swap_offset:x}")
+        summary = f"swapped out (type {swap_type}, offset 0x{swap_offset:x})"
+    else:
+        summary = "not present: no page has been faulted in here"
+    return PagemapEntry(value, present, swapped, bool(value & PM_FILE), bool(value & PM_MMAP_EXCLUSIVE),
+                        bool(value & PM_SOFT_DIRTY), bool(value & PM_UFFD_WP), pfn, swap_type, swap_offset,
+                        hidden, word, summary, tuple(lines))
+
+
+# include/uapi/linux/kernel-page-flags.h, and the kernel-hacking ones of include/linux/kernel-page-flags.h
+KPF_NAMES = {
+    0: ("LOCKED", "locked for I/O"), 1: ("ERROR", "an I/O error occurred"), 2: ("REFERENCED", "referenced recently"),
+    3: ("UPTODATE", "contents are valid"), 4: ("DIRTY", "modified since last written back"),
+    5: ("LRU", "on an LRU list"), 6: ("ACTIVE", "on the active LRU list"), 7: ("SLAB", "owned by the slab allocator"),
+    8: ("WRITEBACK", "being written back"), 9: ("RECLAIM", "to be reclaimed soon"), 10: ("BUDDY", "free, in the buddy allocator"),
+    11: ("MMAP", "mapped into some page table"), 12: ("ANON", "anonymous memory"),
+    13: ("SWAPCACHE", "in the swap cache"), 14: ("SWAPBACKED", "backed by swap or RAM"),
+    15: ("COMPOUND_HEAD", "head of a compound page (a large folio)"), 16: ("COMPOUND_TAIL", "tail of a compound page"),
+    17: ("HUGE", "a hugetlbfs page"), 18: ("UNEVICTABLE", "on the unevictable list"),
+    19: ("HWPOISON", "hardware memory error"), 20: ("NOPAGE", "no struct page at this PFN"),
+    21: ("KSM", "shared by KSM"), 22: ("THP", "part of a transparent huge page"),
+    23: ("OFFLINE", "logically offline"), 24: ("ZERO_PAGE", "the shared zero page"),
+    25: ("IDLE", "not accessed since marked idle"), 26: ("PGTABLE", "a page-table page"),
+    32: ("RESERVED", "reserved (kernel hacking)"), 33: ("MLOCKED", "mlocked (kernel hacking)"),
+    34: ("MAPPEDTODISK", "has disk blocks (kernel hacking)"), 35: ("PRIVATE", "has private data (kernel hacking)"),
+    36: ("PRIVATE_2", "private flag 2 (kernel hacking)"), 37: ("OWNER_PRIVATE", "owner's flag (kernel hacking)"),
+    38: ("ARCH", "architecture flag (kernel hacking)"), 39: ("UNCACHED", "uncached (kernel hacking)"),
+    40: ("SOFTDIRTY", "soft-dirty (kernel hacking)"), 41: ("ARCH_2", "architecture flag 2 (kernel hacking)"),
+    42: ("ARCH_3", "architecture flag 3 (kernel hacking)"),
+}
+KPAGEFLAGS_BITS = tuple(Flag(bit(b), "KPF_" + n, m) for b, (n, m) in sorted(KPF_NAMES.items()))
+
+
+def decode_kpageflags(value: int) -> FlagWord:
+    return decode_flag_word(value, KPAGEFLAGS_BITS, what="kpageflags",
+                            table_source="include/uapi/linux/kernel-page-flags.h")

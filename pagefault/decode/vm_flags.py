@@ -1,0 +1,69 @@
+"""vma->vm_flags (include/linux/mm.h), x86-64, per kernel version where they differ."""
+
+from __future__ import annotations
+
+from .bits import Flag, FlagWord, bit, decode_flag_word
+
+_BASE = (
+    (0, "VM_READ", "readable"), (1, "VM_WRITE", "writable"), (2, "VM_EXEC", "executable"),
+    (3, "VM_SHARED", "shared mapping (writes reach the file / other mappers)"),
+    (4, "VM_MAYREAD", "mprotect() may make it readable"), (5, "VM_MAYWRITE", "mprotect() may make it writable"),
+    (6, "VM_MAYEXEC", "mprotect() may make it executable"), (7, "VM_MAYSHARE", "may be shared"),
+    (8, "VM_GROWSDOWN", "a stack that grows down"), (9, "VM_UFFD_MISSING", "userfaultfd tracks missing pages"),
+    (10, "VM_PFNMAP", "raw PFNs without struct page"), (12, "VM_UFFD_WP", "userfaultfd write-protect tracking"),
+    (13, "VM_LOCKED", "mlock()ed"), (14, "VM_IO", "memory-mapped I/O"),
+    (15, "VM_SEQ_READ", "madvise(MADV_SEQUENTIAL)"), (16, "VM_RAND_READ", "madvise(MADV_RANDOM)"),
+    (17, "VM_DONTCOPY", "not copied on fork"), (18, "VM_DONTEXPAND", "cannot grow with mremap()"),
+    (19, "VM_LOCKONFAULT", "mlock2(MLOCK_ONFAULT)"), (20, "VM_ACCOUNT", "charged to the commit limit"),
+    (21, "VM_NORESERVE", "no swap reserved (MAP_NORESERVE)"), (22, "VM_HUGETLB", "hugetlbfs mapping"),
+    (23, "VM_SYNC", "synchronous page faults (MAP_SYNC)"), (24, "VM_PAT", "x86 VM_ARCH_1: PAT-tracked"),
+    (25, "VM_WIPEONFORK", "zeroed in the child on fork"), (26, "VM_DONTDUMP", "left out of core dumps"),
+    (27, "VM_SOFTDIRTY", "soft-dirty tracking: not yet cleared"), (28, "VM_MIXEDMAP", "mixed PFN and page mappings"),
+    (29, "VM_HUGEPAGE", "madvise(MADV_HUGEPAGE)"), (30, "VM_NOHUGEPAGE", "madvise(MADV_NOHUGEPAGE)"),
+    (31, "VM_MERGEABLE", "KSM may merge its pages"),
+    (32, "VM_PKEY_BIT0", "protection key bit 0"), (33, "VM_PKEY_BIT1", "protection key bit 1"),
+    (34, "VM_PKEY_BIT2", "protection key bit 2"), (35, "VM_PKEY_BIT3", "protection key bit 3"),
+)
+# (first version, bit, name, meaning)
+_ADDED = (
+    ((5, 13), 37, "VM_UFFD_MINOR", "userfaultfd minor faults"),
+    ((6, 6), 37, "VM_SHADOW_STACK", "x86 shadow stack"),
+    ((6, 6), 38, "VM_UFFD_MINOR", "userfaultfd minor faults"),
+    ((6, 9), 39, "VM_ALLOW_ANY_UNCACHED", "KVM may map it uncached"),
+    ((6, 10), 63, "VM_SEALED", "mseal()ed: cannot be changed"),
+    ((6, 11), 40, "VM_DROPPABLE", "pages may be dropped under pressure (MAP_DROPPABLE)"),
+    ((6, 13), 38, None, ""),
+    ((6, 13), 41, "VM_UFFD_MINOR", "userfaultfd minor faults"),
+    ((6, 17), 63, None, ""),
+    ((6, 17), 42, "VM_SEALED", "mseal()ed: cannot be changed"),
+    ((6, 19), 11, "VM_MAYBE_GUARD", "may contain guard regions"),
+)
+
+
+def vm_flags_table(version: tuple[int, int]) -> tuple[tuple[Flag, ...], str]:
+    by_bit = {b: Flag(bit(b), n, m) for b, n, m in _BASE}
+    for first, b, name, meaning in _ADDED:
+        if tuple(version[:2]) >= first:
+            if name is None:
+                by_bit.pop(b, None)
+            else:
+                by_bit[b] = Flag(bit(b), name, meaning)
+    source = f"include/linux/mm.h as of kernel {version[0]}.{version[1]} (x86-64), modelled from the kernel sources"
+    return tuple(by_bit[b] for b in sorted(by_bit)), source
+
+
+def decode_vm_flags(value: int, version: tuple[int, int] = (6, 18)) -> FlagWord:
+    table, source = vm_flags_table(version)
+    return decode_flag_word(value, table, width=64, what="vm_flags", table_source=source)
+
+
+PERMS_TO_VM = {"r": "VM_READ", "w": "VM_WRITE", "x": "VM_EXEC", "s": "VM_SHARED"}
+
+
+def vm_flags_from_maps_perms(perms: str) -> int:
+    """The access bits of vm_flags that a /proc/PID/maps "rw-p" field shows (the rest is not shown there)."""
+    value = 0
+    for ch, b in zip(perms[:4], (0, 1, 2, 3)):
+        if ch != "-" and ch != "p":
+            value |= bit(b)
+    return value

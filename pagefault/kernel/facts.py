@@ -1,0 +1,91 @@
+"""Facts about the running kernel: version, paging mode, privileges, tables read from BTF."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..decode.fault_flags import fallback_fault_flag_values
+from ..decode.gfp import DEFAULT_GFP_BITS
+from .btf import BTFError, load_vmlinux_btf
+
+
+def kernel_release() -> str:
+    return platform.release()
+
+
+def parse_kernel_version(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if not m:
+        raise ValueError(f"cannot read a kernel version from {release!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def kernel_version() -> tuple[int, int]:
+    return parse_kernel_version(kernel_release())
+
+
+def paging_levels(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[int, str]:
+    """4 or 5, and how we know. 5-level needs both the CPU flag la57 and a kernel that enabled it."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError as exc:
+        return 4, f"assumed 4-level: cannot read {cpuinfo} ({exc.strerror})"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    if "la57" not in flags:
+        return 4, "4-level: the CPU flag la57 is absent from /proc/cpuinfo"
+    # The CPU can do it; the kernel uses it only if the address space reaches past 47 bits.
+    try:
+        maps_top = max(int(line.split("-")[0], 16) for line in Path("/proc/self/maps").read_text().splitlines())
+    except (OSError, ValueError):
+        maps_top = 0
+    if maps_top >= 1 << 47:
+        return 5, "5-level: la57 is set and this process has mappings above 128 TiB"
+    return 5, "5-level: la57 is set in /proc/cpuinfo (the kernel enables it when it can)"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def perf_event_paranoid() -> int | None:
+    try:
+        return int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    values: dict[str, int]
+    source: str
+
+
+def fault_flag_values() -> KernelTable:
+    """enum fault_flag from the running kernel's BTF, else the built-in table for its version."""
+    try:
+        enum = load_vmlinux_btf().enum("fault_flag")
+    except BTFError as exc:
+        enum, why = None, str(exc)
+    else:
+        why = "BTF has no enum fault_flag"
+    if enum:
+        return KernelTable(dict(enum), "observed: enum fault_flag in /sys/kernel/btf/vmlinux")
+    values, source = fallback_fault_flag_values(kernel_version())
+    return KernelTable(values, f"modelled: {source} ({why})")
+
+
+def gfp_bits() -> KernelTable:
+    """GFP bit positions from BTF's ___GFP_*_BIT enumerators, else the built-in 6.18 table."""
+    try:
+        enumerators = load_vmlinux_btf().enumerators
+    except BTFError as exc:
+        return KernelTable(dict(DEFAULT_GFP_BITS), f"modelled: built-in 6.18 table ({exc})")
+    bits = {"__GFP_" + k[len("___GFP_"):-len("_BIT")]: v for k, v in enumerators.items()
+            if k.startswith("___GFP_") and k.endswith("_BIT") and k not in ("___GFP_LAST_BIT", "___GFP_UNUSED_BIT")}
+    if not bits:
+        return KernelTable(dict(DEFAULT_GFP_BITS), "modelled: built-in 6.18 table (BTF has no ___GFP_*_BIT)")
+    return KernelTable(bits, "observed: enum ___GFP_*_BIT in /sys/kernel/btf/vmlinux")

@@ -1,0 +1,44 @@
+"""/proc/kallsyms: kernel addresses to function+offset."""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+
+class KernelSymbols:
+    def __init__(self, entries: list[tuple[int, str]]):
+        entries = sorted(e for e in entries if e[0])
+        self.addresses = [a for a, _ in entries]
+        self.names = [n for _, n in entries]
+
+    @classmethod
+    def parse(cls, text: str) -> "KernelSymbols":
+        entries = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in "tTwW":
+                entries.append((int(parts[0], 16), parts[2]))
+        return cls(entries)
+
+    @classmethod
+    def load(cls, path: Path = Path("/proc/kallsyms")) -> "KernelSymbols":
+        try:
+            return cls.parse(path.read_text())
+        except OSError:
+            return cls([])
+
+    @property
+    def usable(self) -> bool:
+        """kallsyms shows zeros to readers without privilege."""
+        return bool(self.addresses)
+
+    def lookup(self, address: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self.addresses, address) - 1
+        if i < 0:
+            return None
+        return self.names[i], address - self.addresses[i]
+
+    def describe(self, address: int) -> str:
+        found = self.lookup(address)
+        return f"{found[0]}+0x{found[1]:x}" if found else f"0x{address:x}"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs pagefault into .venv with what live capture needs on this machine.
+# Idempotent; safe to run again. Debian packages are installed only when root and missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+echo "setup: installing pagefault${extras:+[$extras]} into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+
+if [ "$(id -u)" = 0 ]; then
+    need=()
+    command -v bpftrace >/dev/null || need+=(bpftrace)
+    command -v gcc >/dev/null || need+=(gcc)
+    if [ "${#need[@]}" -gt 0 ]; then
+        echo "setup: installing Debian packages: ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null \
+            || echo "setup: could not install ${need[*]}; the bpf tier will be unavailable (pagefault doctor says so)"
+    fi
+    if ! grep -q ' tracefs ' /proc/self/mounts; then
+        echo "setup: mounting tracefs at /sys/kernel/tracing"
+        mount -t tracefs nodev /sys/kernel/tracing || echo "setup: could not mount tracefs"
+    fi
+else
+    echo "setup: not root: bpftrace and tracefs are left as they are (pagefault doctor tells what is missing)"
+fi

@@ -1,0 +1,177 @@
+"""Decoders against values checked by hand (and, for the PTE, seen on this project's machines)."""
+
+import pytest
+
+from pagefault.decode import (DecodeError, NonCanonicalAddress, decode_error_code, decode_fault_flags,
+                              decode_gfp, decode_kpageflags, decode_pagemap_entry, decode_pte, decode_vm_flags,
+                              derive_anonymous_pte, derive_fault_flags, fallback_fault_flag_values,
+                              split_virtual_address)
+from pagefault.decode.gfp import DEFAULT_GFP_BITS
+
+
+def indices(split):
+    return [i.index for i in split.indices]
+
+
+def test_seed_address_split():
+    s = split_virtual_address(0x716B326C8100)
+    assert indices(s) == [226, 428, 403, 200]
+    assert s.page_offset == 256
+    assert s.page_base == 0x716B326C8000
+    assert "(0x716b326c8100 >> 39) & 0x1ff = 226" in s.derivations[0]
+
+
+def test_second_seed_address_and_its_shift():
+    s = split_virtual_address(0x784DBA14E000)
+    assert indices(s) == [240, 310, 464, 334]
+    assert s.page_offset == 0
+    assert 0x784DBA14E000 >> 21 == 63073744
+    assert s.offset_in_2m == 0x784DBA14E000 & 0x1FFFFF == 0x14E000
+
+
+def test_five_level_split_has_p4d():
+    s = split_virtual_address(0x00FF_FFFF_FFFF_F000, levels=5)
+    assert [i.level for i in s.indices] == ["PGD", "P4D", "PUD", "PMD", "PTE"]
+    assert indices(s) == [255, 511, 511, 511, 511]
+
+
+def test_binary_slicing_is_grouped_by_level():
+    s = split_virtual_address(0x716B326C8100)
+    assert s.binary == "011100010 110101100 110010011 011001000 000100000000"
+
+
+@pytest.mark.parametrize("address,levels", [(0x0000_8000_0000_0000, 4), (0x0100_0000_0000_0000, 5),
+                                            (0xFFFF_7FFF_FFFF_FFFF, 4)])
+def test_non_canonical_addresses_are_refused_with_the_reason(address, levels):
+    with pytest.raises(NonCanonicalAddress, match="not canonical"):
+        split_virtual_address(address, levels)
+
+
+def test_kernel_half_address_is_canonical():
+    s = split_virtual_address(0xFFFF_8880_0000_0000)
+    assert s.half == "kernel" and indices(s)[0] == 273
+
+
+def test_error_code_user_write_not_present():
+    e = decode_error_code(0x6)
+    assert (e.present, e.write, e.user, e.instruction) == (False, True, True, False)
+    assert e.summary == "0x6 = a user-mode write to a not-present page"
+
+
+def test_error_code_instruction_fetch_protection():
+    e = decode_error_code(0x15)
+    assert e.present and e.instruction and e.user and not e.write
+    assert "instruction fetch to a present page" in e.summary
+
+
+def test_error_code_pk_and_sgx_bits():
+    e = decode_error_code(0x8027)
+    assert {"PROT", "WRITE", "USER", "PK", "SGX"} == set(e.flags.names)
+
+
+def test_fault_flags_for_user_write_are_0x1255():
+    values, _ = fallback_fault_flag_values((6, 18))
+    d = derive_fault_flags(0x6, values)
+    assert d.value == 0x1255
+    assert [s.name for s in d.steps] == ["FAULT_FLAG_ALLOW_RETRY", "FAULT_FLAG_KILLABLE", "FAULT_FLAG_INTERRUPTIBLE",
+                                         "FAULT_FLAG_WRITE", "FAULT_FLAG_USER", "FAULT_FLAG_VMA_LOCK"]
+    assert d.derivations[-1].endswith("= 0x1255")
+
+
+def test_fault_flags_mmap_lock_path_and_instruction_fetch():
+    values, _ = fallback_fault_flag_values((6, 18))
+    assert derive_fault_flags(0x14, values, vma_lock=False).value == 0x214 | 0x40 | 0x100
+    assert derive_fault_flags(0x4, values).value == 0x1254
+
+
+def test_fault_flag_tables_by_version():
+    assert "FAULT_FLAG_VMA_LOCK" not in fallback_fault_flag_values((6, 3))[0]
+    assert fallback_fault_flag_values((6, 4))[0]["FAULT_FLAG_VMA_LOCK"] == 0x1000
+    assert "older" in fallback_fault_flag_values((4, 19))[1]
+
+
+def test_decode_fault_flags_names_every_bit():
+    values, _ = fallback_fault_flag_values((6, 18))
+    w = decode_fault_flags(0x1255, values)
+    assert w.names == ["FAULT_FLAG_WRITE", "FAULT_FLAG_ALLOW_RETRY", "FAULT_FLAG_KILLABLE", "FAULT_FLAG_USER",
+                       "FAULT_FLAG_INTERRUPTIBLE", "FAULT_FLAG_VMA_LOCK"]
+    assert not w.unknown_bits
+    assert decode_fault_flags(0x4000, values).unknown_bits == (14,)
+
+
+def test_vm_flags_of_a_private_anonymous_rw_mapping():
+    w = decode_vm_flags(0x100073)
+    assert w.names == ["VM_READ", "VM_WRITE", "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_ACCOUNT"]
+
+
+def test_vm_flags_differ_by_version():
+    assert decode_vm_flags(1 << 42, (6, 18)).names == ["VM_SEALED"]
+    assert decode_vm_flags(1 << 63, (6, 12)).names == ["VM_SEALED"]
+    assert decode_vm_flags(1 << 42, (6, 12)).unknown_bits == (42,)
+
+
+def test_pte_seen_on_the_project_machines():
+    p = decode_pte(0x800000013A875067)
+    assert p.pfn == 0x13A875
+    assert (p.present, p.writable, p.user, p.accessed, p.dirty, p.no_execute) == (True,) * 6
+    assert p.physical_address == 0x13A875000
+    assert not p.flags.unknown_bits
+
+
+def test_upper_level_table_entry_points_to_next_table():
+    p = decode_pte(0x1047B6067, "PGD")
+    assert p.pfn == 0x1047B6 and not p.leaf and "next table" in p.points_to
+
+
+def test_huge_pmd_entry():
+    p = decode_pte(0x80000001_2340_00E7, "PMD")
+    assert p.huge and p.leaf and p.pfn == 0x123400
+    assert "2 MiB" in p.points_to
+
+
+def test_derived_anonymous_pte_matches_the_one_seen():
+    d = derive_anonymous_pte(0x13A875, 0x100073, write_fault=True)
+    assert d.value == 0x800000013A875067
+
+
+def test_derived_zero_page_pte_is_read_only_special():
+    d = decode_pte(derive_anonymous_pte(0x1234, 0x100073, write_fault=False).value)
+    assert not d.writable and d.present and d.flags.has("SPECIAL")
+
+
+def test_pagemap_seed_entry():
+    e = decode_pagemap_entry(0x81800000002CAD54)
+    assert e.present and e.exclusive and e.soft_dirty and not e.swapped
+    assert e.pfn == 0x2CAD54
+
+
+def test_pagemap_non_root_reads_pfn_zero():
+    e = decode_pagemap_entry(0x8180000000000000)
+    assert e.pfn == 0 and e.pfn_hidden and "hidden" in e.summary
+
+
+def test_pagemap_swap_entry():
+    e = decode_pagemap_entry((1 << 62) | (0x1234 << 5) | 3)
+    assert e.swapped and not e.present and e.swap_type == 3 and e.swap_offset == 0x1234 and e.pfn is None
+
+
+def test_kpageflags():
+    w = decode_kpageflags((1 << 5) | (1 << 11) | (1 << 12) | (1 << 14))
+    assert w.names == ["KPF_LRU", "KPF_MMAP", "KPF_ANON", "KPF_SWAPBACKED"]
+
+
+def test_gfp_highuser_movable_zero():
+    b = DEFAULT_GFP_BITS
+    value = sum(1 << b[n] for n in ("__GFP_DIRECT_RECLAIM", "__GFP_KSWAPD_RECLAIM", "__GFP_IO", "__GFP_FS",
+                                    "__GFP_HARDWALL", "__GFP_HIGHMEM", "__GFP_MOVABLE", "__GFP_ZERO"))
+    assert value == 0x100DCA  # 0x100000|0x800|0x400|0x100|0x80|0x40|0x8|0x2
+    assert decode_gfp(value).symbolic == "GFP_HIGHUSER_MOVABLE|__GFP_ZERO"
+
+
+def test_out_of_range_values_are_refused():
+    with pytest.raises(DecodeError):
+        decode_error_code(1 << 64)
+    with pytest.raises(DecodeError):
+        decode_pte(-1)
+    with pytest.raises(DecodeError, match="unknown page-table level"):
+        decode_pte(0, "PXD")

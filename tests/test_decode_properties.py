@@ -1,0 +1,109 @@
+"""Property tests: round trips, vectorised == scalar, and no traceback on any CLI input."""
+
+import contextlib
+import io
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from pagefault.cli import main
+from pagefault.decode import (DecodeError, decode_pagemap_entry, decode_pte, encode_pte, join_virtual_address,
+                              split_virtual_address)
+from pagefault.decode.pte import FLAG_BY_NAME
+from pagefault.decode.vectorised import decode_pagemap_array, split_addresses
+
+
+def canonical(levels):
+    width = 12 + 9 * levels
+    return st.integers(0, (1 << width) - 1).map(
+        lambda a: a | (((1 << 64) - 1) ^ ((1 << width) - 1)) if a >> (width - 1) else a)
+
+
+@given(st.sampled_from([4, 5]).flatmap(lambda lv: st.tuples(st.just(lv), canonical(lv))))
+def test_split_join_round_trip(args):
+    levels, address = args
+    s = split_virtual_address(address, levels)
+    assert join_virtual_address([i.index for i in s.indices], s.page_offset, levels) == address
+
+
+@given(st.lists(st.integers(0, 511), min_size=4, max_size=4), st.integers(0, 4095))
+def test_join_split_round_trip(indices, offset):
+    address = join_virtual_address(indices, offset, 4)
+    s = split_virtual_address(address, 4)
+    assert [i.index for i in s.indices] == indices and s.page_offset == offset
+
+
+_LEAF_FLAGS = [n for n in FLAG_BY_NAME if n != "PS"]
+
+
+@given(st.integers(0, (1 << 40) - 1), st.lists(st.sampled_from(_LEAF_FLAGS), unique=True), st.integers(0, 15))
+def test_pte_encode_decode_round_trip(pfn, flags, pkey):
+    value = encode_pte(pfn, flags, pkey)
+    p = decode_pte(value)
+    assert p.pfn == pfn and p.protection_key == pkey
+    assert set(p.flags.names) == set(flags)
+    assert encode_pte(p.pfn, p.flags.names, p.protection_key) == value
+
+
+@given(st.integers(0, (1 << 64) - 1))
+def test_any_64_bit_pte_decodes_at_every_level(value):
+    for level in ("PGD", "P4D", "PUD", "PMD", "PTE"):
+        p = decode_pte(value, level)
+        assert p.present == bool(value & 1)
+
+
+@settings(max_examples=50)
+@given(st.lists(st.integers(0, (1 << 64) - 1), min_size=1, max_size=64))
+def test_vectorised_pagemap_equals_scalar(values):
+    arr = np.array(values, dtype=np.uint64)
+    out = decode_pagemap_array(arr)
+    for i, v in enumerate(values):
+        e = decode_pagemap_entry(v)
+        assert out["present"][i] == e.present and out["swapped"][i] == e.swapped
+        assert out["exclusive"][i] == e.exclusive and out["soft_dirty"][i] == e.soft_dirty
+        assert int(out["pfn"][i]) == (e.pfn or 0)
+        if e.swap_type is not None:
+            assert int(out["swap_type"][i]) == e.swap_type and int(out["swap_offset"][i]) == e.swap_offset
+
+
+@settings(max_examples=50)
+@given(st.lists(canonical(4), min_size=1, max_size=64))
+def test_vectorised_split_equals_scalar(addresses):
+    out = split_addresses(np.array(addresses, dtype=np.uint64))
+    for i, a in enumerate(addresses):
+        s = split_virtual_address(a)
+        assert [int(out[lv][i]) for lv in ("PGD", "PUD", "PMD", "PTE")] == [x.index for x in s.indices]
+        assert int(out["offset"][i]) == s.page_offset
+
+
+@given(st.integers())
+def test_encode_rejects_out_of_range_pfn_or_key(n):
+    if not 0 <= n < 1 << 40:
+        try:
+            encode_pte(n, [])
+        except DecodeError:
+            pass
+        else:
+            raise AssertionError("accepted an out-of-range PFN")
+
+
+KINDS = ["address", "error-code", "fault-flags", "vm-flags", "pte", "pagemap", "kpageflags", "gfp", "nonsense"]
+VALUES = st.one_of(st.integers(-(1 << 70), 1 << 70).map(str), st.integers(0, 1 << 66).map(hex),
+                   st.text(max_size=20), st.sampled_from(["0x", "--json", "-1", "0b102", "1_000", "0xffff800000000000"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(KINDS), VALUES, st.lists(st.sampled_from(["--json", "--levels", "5", "4", "--level", "PMD",
+                                                                   "--from-error-code", "--bogus"]), max_size=3))
+def test_cli_never_tracebacks(kind, value, extra):
+    out_buf, err_buf = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out_buf), contextlib.redirect_stderr(err_buf):
+        try:
+            code = main(["decode", kind, value, *extra])
+        except SystemExit as exc:  # --help / --version only
+            code = exc.code
+    out, err = out_buf.getvalue(), err_buf.getvalue()
+    assert code in (0, 2)
+    assert "Traceback" not in out + err
+    if code == 2:
+        assert err.startswith("pagefault: ") and err.count("\n") == 1
