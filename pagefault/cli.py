@@ -39,6 +39,9 @@ def parse_number(text: str, what: str = "value") -> int:
     return value
 
 
+COMMANDS: list[Callable[[Any], None]] = []
+
+
 # --- decode -----------------------------------------------------------------------------------------
 
 def _kernel_tables():
@@ -124,6 +127,104 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- doctor, trace, report ----------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from .capture.doctor import diagnose
+    from .views.trace_view import render_doctor
+    d = diagnose(run_bpftrace=not args.quick)
+    if args.json:
+        print(json.dumps(to_jsonable(d), indent=2))
+    else:
+        render_doctor(d, Console())
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from rich.console import Console
+    from .capture.tracer import CaptureError, TraceOptions, record, stderr_progress
+    from .capture.recording import load_recording
+    from .journey.trace_summary import summarize
+    from .views.trace_view import render_summary
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if bool(argv) == bool(args.pid):
+        raise UsageError("give either a command after -- or -p PID (e.g. pagefault trace -- ls -l)")
+    if args.buffer_mb < 1:
+        raise UsageError("--buffer-mb must be at least 1")
+    output = Path(args.output)
+    opts = TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=output, tier=args.tier,
+                        data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None)
+    try:
+        meta = record(opts)
+    except CaptureError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.quiet and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    summary = summarize(load_recording(output))
+    if args.json:
+        print(json.dumps(to_jsonable(summary), indent=2))
+    else:
+        console = Console()
+        render_summary(summary, console)
+        console.print(f"recording written to {output} ({meta['bytes'] / 1e6:.1f} MB of events); "
+                      f"read it again with: pagefault report {output}", highlight=False)
+    return 0
+
+
+def _pow2_pages(mb: int) -> int:
+    import mmap
+    pages = mb * (1 << 20) // mmap.PAGESIZE
+    return 1 << max(0, pages.bit_length() - 1)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from .capture.recording import RecordingError, load_recording
+    from .journey.trace_summary import summarize
+    from .views.trace_view import render_summary
+    try:
+        rec = load_recording(args.file)
+    except RecordingError as exc:
+        raise UsageError(str(exc)) from None
+    summary = summarize(rec, top=args.top)
+    if args.json:
+        print(json.dumps(to_jsonable(summary), indent=2))
+    else:
+        render_summary(summary, Console())
+    return 0
+
+
+def _register_capture(sub) -> None:
+    d = sub.add_parser("doctor", help="which capture tier works here, and the fix for what is missing")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--quick", action="store_true", help="skip the bpftrace test run")
+    d.set_defaults(func=cmd_doctor)
+    t = sub.add_parser("trace", help="record a program's page faults and summarise them",
+                       usage="pagefault trace [-g] [-o FILE] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
+    t.add_argument("-g", "--call-graph", action="store_true", help="record kernel and user call chains")
+    t.add_argument("-o", "--output", default="pagefault.pfrec", help="recording file (default pagefault.pfrec)")
+    t.add_argument("-p", "--pid", type=int, help="attach to a running process instead of starting one")
+    t.add_argument("--tier", choices=("auto", "perf", "user"), default="auto",
+                   help="perf: tracepoints (root); user: software page-fault event (no root)")
+    t.add_argument("--buffer-mb", type=int, default=8, help="ring buffer per CPU in MiB (default 8)")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    t.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
+    t.set_defaults(func=cmd_trace)
+    r = sub.add_parser("report", help="summarise a recording made by pagefault trace")
+    r.add_argument("file")
+    r.add_argument("--top", type=int, default=10)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_report)
+
+
+COMMANDS.append(_register_capture)
+
+
 # --- entry point ------------------------------------------------------------------------------------
 
 def build_parser() -> Parser:
@@ -143,9 +244,6 @@ def build_parser() -> Parser:
     for register in COMMANDS:
         register(sub)
     return p
-
-
-COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,158 @@
+"""What this machine can show, tier by tier, and the fix for each missing piece."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..kernel import facts
+from ..kernel.btf import VMLINUX_BTF
+from ..kernel.kallsyms import KernelSymbols
+from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
+
+TIERS = ("bpf", "perf", "user", "model")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    tiers: tuple[str, ...] = ()
+
+
+@dataclass
+class Diagnosis:
+    checks: list[Check] = field(default_factory=list)
+    tier: str = "model"
+    kernel: str = ""
+    paging: str = ""
+
+    def ok(self, name: str) -> bool:
+        return any(c.ok for c in self.checks if c.name == name)
+
+
+def _pagemap_pfn_visible() -> tuple[bool, str]:
+    buf = mmap.mmap(-1, 4096)
+    buf[0] = 1
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((addr >> 12) * 8)
+            entry = int.from_bytes(f.read(8), "little")
+    except OSError as exc:
+        return False, f"cannot read /proc/self/pagemap: {exc.strerror}"
+    finally:
+        del addr
+    pfn = entry & ((1 << 55) - 1)
+    if entry >> 63 and pfn:
+        return True, f"a touched page of ours shows PFN 0x{pfn:x}"
+    return False, "pagemap shows PFN 0 for a present page (PFNs are hidden from non-root readers)"
+
+
+def _perf_tracepoint_opens(tp_id: int) -> tuple[bool, str]:
+    from ..capture.perf_event import PERF_TYPE_TRACEPOINT, PerfAttr, PerfError, perf_event_open
+    attr = PerfAttr()
+    attr.type, attr.config, attr.sample_period = PERF_TYPE_TRACEPOINT, tp_id, 1
+    attr.flags = 1  # disabled
+    try:
+        fd = perf_event_open(attr, 0, -1, what="tracepoint exceptions:page_fault_user")
+    except PerfError as exc:
+        return False, str(exc)
+    os.close(fd)
+    return True, "perf_event_open accepted tracepoint exceptions:page_fault_user"
+
+
+def _software_event_opens() -> tuple[bool, str]:
+    from ..capture.perf_event import PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, PerfAttr, PerfError, perf_event_open
+    attr = PerfAttr()
+    attr.type, attr.config, attr.sample_period, attr.flags = PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, 1, 1 | 1 << 5
+    try:
+        fd = perf_event_open(attr, 0, -1, what="software event page-faults")
+    except PerfError as exc:
+        return False, str(exc)
+    os.close(fd)
+    return True, "perf_event_open accepted the software page-fault event for our own process"
+
+
+def _bpftrace_works() -> tuple[bool, str]:
+    exe = shutil.which("bpftrace")
+    if not exe:
+        return False, "bpftrace is not installed"
+    try:
+        r = subprocess.run([exe, "-e", "BEGIN { printf(\"ok\\n\"); exit(); }"], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"bpftrace did not run: {exc}"
+    if r.returncode == 0 and "ok" in r.stdout:
+        return True, f"{exe} ran a BEGIN probe"
+    return False, "bpftrace failed: " + (r.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def diagnose(run_bpftrace: bool = True) -> Diagnosis:
+    d = Diagnosis(kernel=facts.kernel_release())
+    levels, why = facts.paging_levels()
+    d.paging = why
+    root = facts.is_root()
+    d.checks.append(Check("root", root, "running as root" if root else f"running as uid {os.geteuid()}",
+                          "" if root else "run with sudo for the perf and bpf tiers", ("bpf", "perf")))
+    paranoid = facts.perf_event_paranoid()
+    d.checks.append(Check("perf_event_paranoid", paranoid is not None and (paranoid <= 2 or root),
+                          f"/proc/sys/kernel/perf_event_paranoid = {paranoid}",
+                          "sysctl kernel.perf_event_paranoid=2", ("user",)))
+    tp_id = None
+    try:
+        tracefs = find_tracefs(mount=root)
+        d.checks.append(Check("tracefs", True, f"tracefs at {tracefs}", "", ("perf", "bpf")))
+        missing = []
+        for system, name in (("exceptions", "page_fault_user"), ("kmem", "mm_page_alloc")):
+            try:
+                fmt = read_event_format(system, name, tracefs)
+                if name == "page_fault_user":
+                    tp_id = fmt.id
+            except TracefsError as exc:
+                missing.append(str(exc))
+        d.checks.append(Check("tracepoints", not missing, "; ".join(missing) or
+                              "exceptions:page_fault_user and kmem:mm_page_alloc are present",
+                              "a kernel built with CONFIG_TRACEPOINTS (and x86 page-fault tracepoints)" if missing else "",
+                              ("perf", "bpf")))
+    except TracefsError as exc:
+        d.checks.append(Check("tracefs", False, str(exc).split(";")[0],
+                              "as root: mount -t tracefs nodev /sys/kernel/tracing", ("perf", "bpf")))
+    if tp_id is not None:
+        ok, detail = _perf_tracepoint_opens(tp_id)
+        d.checks.append(Check("perf tracepoints", ok, detail, "" if ok else "run as root", ("perf", "bpf")))
+    ok, detail = _software_event_opens()
+    d.checks.append(Check("perf software events", ok, detail, "" if ok else "sysctl kernel.perf_event_paranoid=2",
+                          ("user",)))
+    ok, detail = _pagemap_pfn_visible()
+    d.checks.append(Check("pagemap PFNs", ok, detail, "" if ok else "run as root", ("perf", "bpf")))
+    kpf = os.access("/proc/kpageflags", os.R_OK)
+    d.checks.append(Check("kpageflags", kpf, "/proc/kpageflags is readable" if kpf else "/proc/kpageflags is not readable",
+                          "" if kpf else "run as root", ("perf", "bpf")))
+    ksyms = KernelSymbols.load()
+    d.checks.append(Check("kallsyms", ksyms.usable, f"/proc/kallsyms shows {len(ksyms.addresses)} text symbols"
+                          if ksyms.usable else "/proc/kallsyms shows no addresses", "" if ksyms.usable else
+                          "run as root (or sysctl kernel.kptr_restrict=0)", ("perf", "bpf")))
+    btf = VMLINUX_BTF.exists()
+    d.checks.append(Check("BTF", btf, f"{VMLINUX_BTF} exists" if btf else f"{VMLINUX_BTF} is missing",
+                          "" if btf else "a kernel built with CONFIG_DEBUG_INFO_BTF", ("bpf",)))
+    if run_bpftrace:
+        ok, detail = _bpftrace_works() if root else (False, "bpftrace needs root")
+        d.checks.append(Check("bpftrace", ok, detail, "" if ok else
+                              ("as root: bash scripts/setup.sh (installs bpftrace), or apt-get install bpftrace"
+                               if root else "run as root"), ("bpf",)))
+    cc = shutil.which("cc") or shutil.which("gcc")
+    d.checks.append(Check("C compiler", bool(cc), cc or "no cc or gcc on PATH",
+                          "" if cc else "apt-get install gcc (a pure-Python exercise program is used without it)", ()))
+
+    def tier_ok(tier: str) -> bool:
+        return all(c.ok for c in d.checks if tier in c.tiers)
+    d.tier = next((t for t in TIERS[:-1] if tier_ok(t)), "model")
+    return d

@@ -1,0 +1,76 @@
+"""Reading /proc: maps, pagemap, kpageflags, kpagecount, vmstat counters. Parsing lives here only."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .records import Mapping
+
+
+@dataclass(frozen=True)
+class MapsLine:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str
+
+    def as_mapping(self) -> Mapping:
+        return Mapping(self.start, self.end, self.offset, self.path, source="observed: /proc/PID/maps")
+
+
+def parse_maps(text: str) -> list[MapsLine]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        lo, hi = parts[0].split("-")
+        out.append(MapsLine(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
+                            parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+def read_maps(pid: int | str) -> list[MapsLine]:
+    return parse_maps(Path(f"/proc/{pid}/maps").read_text())
+
+
+def read_pagemap(pid: int | str, address: int, count: int = 1) -> list[int]:
+    """Raw 64-bit pagemap entries for `count` pages from the page holding `address`."""
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek((address >> 12) * 8)
+        data = f.read(8 * count)
+    return list(struct.unpack(f"<{len(data) // 8}Q", data))
+
+
+def _read_pfn_table(path: str, pfn: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(pfn * 8)
+        data = f.read(8)
+    if len(data) != 8:
+        raise OSError(f"{path} has no entry for PFN 0x{pfn:x}")
+    return struct.unpack("<Q", data)[0]
+
+
+def read_kpageflags(pfn: int) -> int:
+    return _read_pfn_table("/proc/kpageflags", pfn)
+
+
+def read_kpagecount(pfn: int) -> int:
+    return _read_pfn_table("/proc/kpagecount", pfn)
+
+
+def read_fault_counters(pid: int | str) -> tuple[int, int]:
+    """(minor, major) page faults of a process, fields 10 and 12 of /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[7]), int(fields[9])
+
+
+def pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")

@@ -1,0 +1,178 @@
+"""The summary of a recording: what faulted, where, from which instruction, through which kernel path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
+from ..capture.recording import Recording
+from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
+from ..decode.gfp import decode_gfp
+from ..kernel.kallsyms import KernelSymbols
+from ..symbols.elf import resolve_ip
+
+ENTRY_FUNCS = ("asm_exc_page_fault",)
+
+
+@dataclass
+class TraceSummary:
+    command: list[str]
+    pid: int
+    tier: str
+    exit: str
+    duration: float
+    faults: int
+    allocations: int
+    mmaps: int
+    lost: int
+    lost_records: int
+    by_kind: dict[str, int] = field(default_factory=dict)
+    by_mapping: list[tuple[str, int]] = field(default_factory=list)
+    top_instructions: list[dict] = field(default_factory=list)
+    kernel_paths: list[tuple[str, int]] = field(default_factory=list)
+    alloc_orders: dict[int, int] = field(default_factory=dict)
+    alloc_gfp: list[tuple[str, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    provenance: str = ""
+
+
+def _event_ids(meta: dict) -> dict[str, int]:
+    return {f"{e['system']}:{e['name']}": int(i) for i, e in meta.get("events", {}).items()}
+
+
+def field_values(stream: Stream, meta: dict, event: str, name: str, mask: np.ndarray) -> np.ndarray:
+    ev = meta["events"][str(_event_ids(meta)[event])]
+    off, size, signed = ev["fields"][name]
+    return raw_field(stream.data, stream.samples.raw_offset[mask], off, size, bool(signed))
+
+
+def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
+    maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], source="observed: /proc/PID/maps")
+            for m in meta.get("maps", [])]
+    return maps + stream.mmaps
+
+
+def label_for(m: Mapping | None) -> str:
+    if m is None:
+        return "(no mapping: unmapped address)"
+    if m.path.startswith("["):
+        return m.path
+    if not m.path or m.path == "//anon":
+        return "[anon]"
+    return m.path.rsplit("/", 1)[-1]
+
+
+def classify(addresses: np.ndarray, maps: list[Mapping]) -> list[Mapping | None]:
+    """For each address the mapping holding it. /proc snapshots win over MMAP2 records for the same start."""
+    out: list[Mapping | None] = [None] * len(addresses)
+    if not maps or not len(addresses):
+        return out
+    by_start: dict[int, Mapping] = {}
+    for m in maps:
+        by_start.setdefault(m.start, m)
+    ordered = sorted(by_start.values(), key=lambda m: m.start)
+    starts = np.array([m.start for m in ordered], dtype=np.uint64)
+    ends = np.array([m.end for m in ordered], dtype=np.uint64)
+    a = np.asarray(addresses, dtype=np.uint64)
+    idx = np.searchsorted(starts, a, side="right") - 1
+    ok = (idx >= 0) & (a < ends[np.clip(idx, 0, None)])
+    return [ordered[i] if good else None for i, good in zip(idx.tolist(), ok.tolist())]
+
+
+def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = None) -> TraceSummary:
+    meta = rec.meta
+    sample_type = meta["sample_type"] | (32 if meta.get("callchain") else 0)
+    stream = parse_stream(rec.data, sample_type)
+    s = stream.samples
+    ids = _event_ids(meta)
+    tier = meta.get("tier", "perf")
+    notes = list(meta.get("notes", [])) + list(meta.get("warnings", []))
+    summary = TraceSummary(meta.get("command", []), meta.get("pid", 0), tier, meta.get("exit", "?"),
+                           meta.get("duration", 0.0), 0, 0, 0, stream.lost, stream.lost_records, notes=notes)
+    if tier == "perf":
+        fault_mask = s.event_type == ids.get("exceptions:page_fault_user", -1)
+        alloc_mask = s.event_type == ids.get("kmem:mm_page_alloc", -1)
+        mmap_mask = s.event_type == ids.get("syscalls:sys_enter_mmap", -1)
+        addresses = field_values(stream, meta, "exceptions:page_fault_user", "address", fault_mask)
+        fault_ips = field_values(stream, meta, "exceptions:page_fault_user", "ip", fault_mask)
+        codes = field_values(stream, meta, "exceptions:page_fault_user", "error_code", fault_mask)
+        summary.provenance = "observed: tracepoints exceptions:page_fault_user, kmem:mm_page_alloc via perf_event_open"
+    else:
+        fault_mask = np.ones(len(s), dtype=bool)
+        alloc_mask = mmap_mask = np.zeros(len(s), dtype=bool)
+        addresses, fault_ips, codes = s.addr, s.ip, None
+        summary.provenance = "observed: software event page-faults (address and ip only)"
+    summary.faults = int(fault_mask.sum())
+    summary.allocations = int(alloc_mask.sum())
+    summary.mmaps = int(mmap_mask.sum())
+
+    if codes is not None and len(codes):
+        access = np.where(codes & X86_PF_INSTR, 2, np.where(codes & X86_PF_WRITE, 1, 0))
+        prot = (codes & X86_PF_PROT) != 0
+        names = {0: "read", 1: "write", 2: "instruction fetch"}
+        for a in (0, 1, 2):
+            for p, pname in ((False, "not-present page"), (True, "protection fault")):
+                n = int(np.sum((access == a) & (prot == p)))
+                if n:
+                    summary.by_kind[f"{names[a]}, {pname}"] = n
+
+    maps = mappings_of(meta, stream)
+    by_map = Counter(label_for(m) for m in classify(addresses, maps)) if len(addresses) else Counter()
+    summary.by_mapping = by_map.most_common()
+
+    if len(fault_ips):
+        uniq, counts = np.unique(fault_ips, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:top]
+        ip_maps = classify(uniq[order], maps)
+        for ip, n, m in zip(uniq[order], counts[order], ip_maps):
+            ip = int(ip)
+            if m is not None and m.path.startswith("/"):
+                r = resolve_ip(ip, m.start, m.pgoff, m.path)
+                where, detail = r.describe(), r.derivations[0]
+            else:
+                where, detail = label_for(m) if m else "(unknown mapping)", ""
+            summary.top_instructions.append({"ip": ip, "count": int(n), "where": where, "derivation": detail})
+
+    if summary.allocations:
+        orders = field_values(stream, meta, "kmem:mm_page_alloc", "order", alloc_mask)
+        summary.alloc_orders = {int(o): int(n) for o, n in zip(*np.unique(orders, return_counts=True))}
+        gfps = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
+        gu, gc = np.unique(gfps, return_counts=True)
+        summary.alloc_gfp = sorted(((decode_gfp(int(g)).symbolic, int(n)) for g, n in zip(gu, gc)),
+                                   key=lambda t: -t[1])
+
+    if meta.get("callchain") and summary.allocations:
+        ksyms = ksyms or KernelSymbols.load()
+        if not ksyms.usable:
+            notes.append("kernel call chains recorded, but /proc/kallsyms shows no addresses (fix: run as root)")
+        elif meta.get("kernel", {}).get("text_base") not in (None, _text_base(ksyms)):
+            notes.append("this recording was made under another boot of the kernel: call paths are not symbolised")
+        else:
+            summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
+    return summary
+
+
+def _text_base(ksyms: KernelSymbols) -> int | None:
+    for addr, name in zip(ksyms.addresses, ksyms.names):
+        if name in ("_text", "_stext"):
+            return addr
+    return ksyms.addresses[0] if ksyms.addresses else None
+
+
+def _kernel_paths(stream: Stream, indices: np.ndarray, ksyms: KernelSymbols, top: int) -> list[tuple[str, int]]:
+    raw_counts: Counter[tuple[int, ...]] = Counter()
+    for i in indices:
+        kernel, _user = split_callchain(callchain(stream.data, stream.samples, int(i)))
+        raw_counts[tuple(kernel)] += 1
+    named: Counter[str] = Counter()
+    for chain, n in raw_counts.items():
+        funcs = [ksyms.describe(ip).split("+")[0] for ip in chain]
+        funcs.reverse()  # outermost first
+        for entry in ENTRY_FUNCS:
+            if entry in funcs:
+                funcs = funcs[funcs.index(entry):]
+        named[" → ".join(funcs)] += n
+    return named.most_common(top)

@@ -1,0 +1,121 @@
+"""User-space symbols: a RIP → its mapping → file offset → ELF symbol (+ disassembly with capstone)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from functools import lru_cache
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+
+@dataclass(frozen=True)
+class ResolvedIP:
+    ip: int
+    path: str
+    map_start: int
+    file_offset: int
+    elf_vaddr: int | None
+    symbol: str | None
+    symbol_offset: int | None
+    derivations: tuple[str, ...]
+
+    def describe(self) -> str:
+        name = self.path.rsplit("/", 1)[-1] or self.path or "?"
+        if self.symbol:
+            return f"{name}:{self.symbol}+0x{self.symbol_offset:x}"
+        return f"{name}+0x{self.file_offset:x}"
+
+
+class ElfImage:
+    def __init__(self, path: str):
+        self.path = path
+        self.segments: list[tuple[int, int, int]] = []   # (p_offset, p_vaddr, p_filesz)
+        self.addrs: list[int] = []
+        self.syms: list[tuple[int, int, str]] = []       # (start, size, name), sorted
+        self.text: tuple[int, int, bytes] | None = None  # (vaddr, offset, bytes) of .text
+        self.ok = False
+        try:
+            with open(path, "rb") as f:
+                elf = ELFFile(f)
+                self.machine = elf["e_machine"]
+                for seg in elf.iter_segments():
+                    if seg["p_type"] == "PT_LOAD":
+                        self.segments.append((seg["p_offset"], seg["p_vaddr"], seg["p_filesz"]))
+                found: dict[int, tuple[int, str]] = {}
+                for name in (".symtab", ".dynsym"):
+                    sec = elf.get_section_by_name(name)
+                    if sec is None:
+                        continue
+                    for sym in sec.iter_symbols():
+                        if sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC") and sym["st_value"] and sym.name:
+                            found.setdefault(sym["st_value"], (sym["st_size"], sym.name))
+                self.syms = sorted((a, s, n) for a, (s, n) in found.items())
+                self.addrs = [a for a, _, _ in self.syms]
+                self.ok = True
+        except (OSError, ELFError, ValueError):
+            self.ok = False
+
+    def offset_to_vaddr(self, offset: int) -> int | None:
+        for p_off, p_vaddr, p_filesz in self.segments:
+            if p_off <= offset < p_off + p_filesz:
+                return offset - p_off + p_vaddr
+        return None
+
+    def symbolize(self, vaddr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self.addrs, vaddr) - 1
+        if i < 0:
+            return None
+        start, size, name = self.syms[i]
+        if size and vaddr >= start + size:
+            return None
+        return name, vaddr - start
+
+    def read_at_vaddr(self, vaddr: int, length: int) -> bytes:
+        for p_off, p_vaddr, p_filesz in self.segments:
+            if p_vaddr <= vaddr < p_vaddr + p_filesz:
+                with open(self.path, "rb") as f:
+                    f.seek(vaddr - p_vaddr + p_off)
+                    return f.read(min(length, p_vaddr + p_filesz - vaddr))
+        return b""
+
+
+@lru_cache(maxsize=64)
+def load_image(path: str) -> ElfImage:
+    return ElfImage(path)
+
+
+def resolve_ip(ip: int, map_start: int, map_pgoff: int, path: str) -> ResolvedIP:
+    """RIP − mapping start + mapping file offset = file offset; file offset → ELF vaddr → symbol."""
+    file_offset = ip - map_start + map_pgoff
+    lines = [f"file offset = RIP 0x{ip:x} − mapping start 0x{map_start:x} + mapping offset 0x{map_pgoff:x} "
+             f"= 0x{file_offset:x}"]
+    vaddr = symbol = sym_off = None
+    if path.startswith("/"):
+        img = load_image(path)
+        if img.ok:
+            vaddr = img.offset_to_vaddr(file_offset)
+            if vaddr is not None:
+                lines.append(f"ELF address = 0x{vaddr:x} (the PT_LOAD segment holding file offset 0x{file_offset:x})")
+                found = img.symbolize(vaddr)
+                if found:
+                    symbol, sym_off = found
+                    lines.append(f"0x{vaddr:x} is {symbol}+0x{sym_off:x} in {path}")
+        else:
+            lines.append(f"{path} could not be read as ELF")
+    return ResolvedIP(ip, path, map_start, file_offset, vaddr, symbol, sym_off, tuple(lines))
+
+
+def disassemble(path: str, vaddr: int, count: int = 1) -> list[tuple[int, str, str, bytes]]:
+    """Instructions at an ELF address: (address, mnemonic, operands, bytes)."""
+    import capstone
+    img = load_image(path)
+    code = img.read_at_vaddr(vaddr, 15 * count)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out = []
+    for insn in md.disasm(code, vaddr):
+        out.append((insn.address, insn.mnemonic, insn.op_str, bytes(insn.bytes)))
+        if len(out) >= count:
+            break
+    return out

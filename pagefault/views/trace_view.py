@@ -1,0 +1,79 @@
+"""Rendering a trace summary and a doctor diagnosis in the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..capture.doctor import Diagnosis
+from ..journey.trace_summary import TraceSummary
+
+TIER_TEXT = {
+    "bpf": "bpf: everything perf shows plus the raw page-table entries at every level",
+    "perf": "perf: tracepoints with kernel and user call chains, PFNs, pagemap PFNs, kpageflags",
+    "user": "user: software page-fault samples (address, ip) for your own processes; no PFNs",
+    "model": "model: the simulator's journey only, labelled modelled",
+}
+
+
+def render_doctor(d: Diagnosis, console: Console) -> None:
+    console.print(f"kernel {d.kernel}; {d.paging}", highlight=False)
+    t = Table(show_header=True)
+    t.add_column("check")
+    t.add_column("")
+    t.add_column("what was seen")
+    t.add_column("fix")
+    for c in d.checks:
+        t.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]missing[/red]", escape(c.detail), "" if c.ok else escape(c.fix))
+    console.print(t)
+    console.print(f"[bold]capture tier: {TIER_TEXT[d.tier]}[/bold]")
+
+
+def render_summary(s: TraceSummary, console: Console) -> None:
+    console.print(f"[bold]{' '.join(s.command)}[/bold] (PID {s.pid}) {s.exit}; traced for {s.duration:.2f} s; "
+                  f"tier {s.tier}", highlight=False)
+    console.print(f"{s.provenance}", style="dim", highlight=False)
+    if s.lost:
+        console.print(f"[bold red]LOST {s.lost} events in {s.lost_records} PERF_RECORD_LOST records: the counts "
+                      "below are short; retry with a larger buffer (--buffer-mb)[/bold red]")
+    else:
+        console.print("events lost: 0")
+    console.print(f"page faults: [bold]{s.faults}[/bold]   page allocations: {s.allocations}   "
+                  f"mmap calls: {s.mmaps}", highlight=False)
+    for note in s.notes:
+        console.print(f"note: {note}", style="yellow", highlight=False)
+    if s.by_kind:
+        t = Table(title="faults by kind (from the error code)", title_justify="left")
+        t.add_column("kind")
+        t.add_column("faults", justify="right")
+        for k, n in sorted(s.by_kind.items(), key=lambda kv: -kv[1]):
+            t.add_row(k, str(n))
+        console.print(t)
+    if s.by_mapping:
+        t = Table(title="faults by mapping (/proc/PID/maps and PERF_RECORD_MMAP2)", title_justify="left")
+        t.add_column("mapping")
+        t.add_column("faults", justify="right")
+        for k, n in s.by_mapping[:15]:
+            t.add_row(escape(k), str(n))
+        console.print(t)
+    if s.top_instructions:
+        t = Table(title="top faulting instructions", title_justify="left")
+        t.add_column("RIP")
+        t.add_column("faults", justify="right")
+        t.add_column("where")
+        for row in s.top_instructions:
+            t.add_row(f"0x{row['ip']:x}", str(row["count"]), escape(row["where"]))
+        console.print(t)
+    if s.kernel_paths:
+        t = Table(title="top kernel call paths of page allocations", title_justify="left")
+        t.add_column("allocs", justify="right")
+        t.add_column("path (outermost first)")
+        for path, n in s.kernel_paths:
+            t.add_row(str(n), escape(path))
+        console.print(t)
+    if s.alloc_orders:
+        orders = ", ".join(f"order {o} ({4 << o} KiB): {n}" for o, n in sorted(s.alloc_orders.items()))
+        console.print(f"allocations by order: {orders}", highlight=False)
+        console.print("allocations by GFP flags: " + ", ".join(f"{g}: {n}" for g, n in s.alloc_gfp[:5]),
+                      highlight=False)
