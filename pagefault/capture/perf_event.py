@@ -27,6 +27,7 @@ SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, SAMPLE_ADDR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_PERIOD, SAMPLE_RAW = 1 << 5, 1 << 7, 1 << 8, 1 << 10
 
 # attr.flags bit positions
+F_EXCLUDE_KERNEL, F_EXCLUDE_HV = 5, 6
 F_DISABLED, F_INHERIT, F_MMAP, F_COMM, F_ENABLE_ON_EXEC, F_TASK = 0, 1, 8, 9, 12, 13
 F_WATERMARK, F_MMAP_DATA, F_SAMPLE_ID_ALL, F_MMAP2, F_COMM_EXEC = 14, 17, 18, 23, 24
 
@@ -109,6 +110,7 @@ class EventSpec:
     type: int
     config: int
     sample_type: int
+    user_only: bool = False   # exclude kernel and hypervisor: what perf_event_paranoid 2 allows
 
 
 class RingBuffer:
@@ -139,6 +141,19 @@ class RingBuffer:
         self.map.close()
 
 
+def _map_ring_buffer(fd: int, data_pages: int) -> tuple[RingBuffer, int]:
+    """Map the largest buffer up to data_pages that the lock limit allows (perf_event_mlock_kb for non-root)."""
+    pages = data_pages
+    while True:
+        try:
+            return RingBuffer(fd, pages), pages
+        except OSError as exc:
+            if pages <= 1:
+                raise PerfError(exc.errno or 1, f"cannot map a perf ring buffer: {exc.strerror}; fix: run as root "
+                                "or raise /proc/sys/kernel/perf_event_mlock_kb") from None
+            pages //= 2
+
+
 class PerfSession:
     """Events for one task (and its children), one ring buffer per CPU."""
 
@@ -161,6 +176,8 @@ class PerfSession:
                 attr.sample_period = 1
                 attr.sample_type = ev.sample_type | (SAMPLE_CALLCHAIN if callchain else 0)
                 flags = 1 << F_DISABLED | 1 << F_INHERIT | 1 << F_SAMPLE_ID_ALL | 1 << F_WATERMARK
+                if ev.user_only:
+                    flags |= 1 << F_EXCLUDE_KERNEL | 1 << F_EXCLUDE_HV
                 if enable_on_exec:
                     flags |= 1 << F_ENABLE_ON_EXEC
                 if i == 0:  # side-band records once per CPU: mappings, comm, fork/exit
@@ -172,7 +189,8 @@ class PerfSession:
                 self.fds.append(fd)
                 if leader < 0:
                     leader = fd
-                    self.buffers.append(RingBuffer(fd, data_pages))
+                    buf, data_pages = _map_ring_buffer(fd, data_pages)
+                    self.buffers.append(buf)
                 else:
                     fcntl.ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, leader)
 

@@ -49,6 +49,10 @@ class RecordingWriter:
         self.body.write(chunk)
         self.bytes += len(chunk)
 
+    def discard(self) -> None:
+        self.body.close()
+        self.tmp.unlink(missing_ok=True)
+
     def close(self, meta: dict[str, Any]) -> None:
         blob = json.dumps(meta).encode()
         self.body.flush()

@@ -98,7 +98,8 @@ def record(opts: TraceOptions) -> dict:
         events, formats, notes = _tracepoint_events()
         sample_type = TRACEPOINT_SAMPLE
     else:
-        events = [EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, SOFTWARE_SAMPLE)]
+        events = [EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, SOFTWARE_SAMPLE,
+                            user_only=not facts.is_root())]
         formats, sample_type = {}, SOFTWARE_SAMPLE
         notes = ["unprivileged tier: the software page-fault event gives address and ip only; no error code, "
                  "no allocations, no PFNs, no kernel call chains (fix: run as root)"]
@@ -106,16 +107,20 @@ def record(opts: TraceOptions) -> dict:
     if callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
         notes.append("kernel call chains need perf_event_paranoid ≤ 1 or root; recording user frames only")
 
+    output = opts.output or Path("pagefault.pfrec")
+    try:
+        writer = RecordingWriter(output)
+    except OSError as exc:
+        raise CaptureError(f"cannot write the recording {output}: {exc.strerror}; fix: choose another place with -o FILE") from None
     try:
         target = attach(opts.pid) if opts.pid else spawn_held(opts.argv, opts.target_stdout)
     except TargetError as exc:
+        writer.discard()
         raise CaptureError(str(exc)) from None
 
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     session = None
-    output = opts.output or Path("pagefault.pfrec")
-    writer = RecordingWriter(output)
     maps_seen: dict[tuple[int, int, str], dict] = {}
     started = time.time()
     try:
@@ -125,11 +130,13 @@ def record(opts: TraceOptions) -> dict:
         except PerfError as exc:
             target.kill(signal.SIGKILL)
             target.wait()
+            writer.discard()
             raise CaptureError(str(exc)) from None
         if target.spawned:
             try:
                 target.release()
             except TargetError as exc:
+                writer.discard()
                 raise CaptureError(str(exc)) from None
         else:
             session.enable()
@@ -165,7 +172,8 @@ def record(opts: TraceOptions) -> dict:
             session.close()
         target.kill(signal.SIGKILL)
         target.wait()
-        writer.close({"aborted": True})
+        if not writer.body.closed:
+            writer.close({"aborted": True, "command": target.argv, "pid": target.pid})
         raise
     finally:
         for s, h in old.items():
