@@ -164,6 +164,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not args.quiet and sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
+    if args.no_summary:
+        print(f"recording written to {output} ({meta['bytes'] / 1e6:.1f} MB of events); "
+              f"read it with: pagefault report {output}")
+        return 0
     summary = summarize(load_recording(output))
     if args.json:
         print(json.dumps(to_jsonable(summary), indent=2))
@@ -182,10 +186,8 @@ def _pow2_pages(mb: int) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from .capture.recording import RecordingError, load_recording
     from .journey.trace_summary import summarize
-    from .views.trace_view import render_summary
     try:
         rec = load_recording(args.file)
     except RecordingError as exc:
@@ -194,6 +196,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_jsonable(summary), indent=2))
     else:
+        from rich.console import Console
+        from .views.trace_view import render_summary
         render_summary(summary, Console())
     return 0
 
@@ -213,6 +217,7 @@ def _register_capture(sub) -> None:
     t.add_argument("--buffer-mb", type=int, default=8, help="ring buffer per CPU in MiB (default 8)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    t.add_argument("--no-summary", action="store_true", help="only write the recording")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("report", help="summarise a recording made by pagefault trace")

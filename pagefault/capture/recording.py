@@ -1,24 +1,31 @@
 """The recording file `pagefault trace -o FILE` writes and `pagefault report FILE` reads.
 
-Format (little-endian):
-    8 bytes   magic b"PFREC\\x001\\n"
-    8 bytes   length L of the metadata
-    L bytes   metadata, UTF-8 JSON (see Recording.meta: command, pid, kernel, tier, events with
-              their tracefs field layouts, sample_type, mappings seen in /proc/PID/maps, exit)
-    then chunks until end of file, each:
-      8 bytes length N, N bytes of raw perf records exactly as the kernel wrote them to the
-      ring buffer (struct perf_event_header first; N is a multiple of 8)
+Format 2 (little-endian):
+    8 bytes   magic b"PFREC\\x002\\n"
+    N bytes   raw perf records exactly as the kernel wrote them to the ring buffers, whole
+              records only (struct perf_event_header first; N is a multiple of 8)
+    L bytes   metadata, UTF-8 JSON: command, pid, kernel, tier, events with their tracefs field
+              layouts, sample_type, GFP bit table, mappings seen in /proc/PID/maps, exit
+    8 bytes   L
+    8 bytes   end magic b"PFRECEND"
+
+The metadata comes last so that the records go to disk as they are drained and are never
+copied again: the reader maps the file and decodes the records in place. The file is written
+as FILE.part and renamed when complete, so FILE is never half-written.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-MAGIC = b"PFREC\x001\n"
+MAGIC = b"PFREC\x002\n"
+END_MAGIC = b"PFRECEND"
+_OLD_MAGIC = b"PFREC\x001\n"
 
 
 class RecordingError(Exception):
@@ -28,24 +35,20 @@ class RecordingError(Exception):
 @dataclass
 class Recording:
     meta: dict[str, Any]
-    chunks: list[bytes] = field(default_factory=list)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
+    data: bytes | memoryview = b""     # the raw perf records
 
 
 class RecordingWriter:
-    """Writes the metadata at close, chunks as they come (the file is a valid recording only when closed)."""
+    """Records go straight to FILE.part as they come; close() appends the metadata and renames."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".part")
-        self.body: BinaryIO = open(self.tmp, "w+b")
+        self.body = open(self.tmp, "wb")
+        self.body.write(MAGIC)
         self.bytes = 0
 
     def add(self, chunk: bytes) -> None:
-        self.body.write(struct.pack("<Q", len(chunk)))
         self.body.write(chunk)
         self.bytes += len(chunk)
 
@@ -55,40 +58,38 @@ class RecordingWriter:
 
     def close(self, meta: dict[str, Any]) -> None:
         blob = json.dumps(meta).encode()
-        self.body.flush()
-        self.body.seek(0)
-        with open(self.path, "wb") as out:
-            out.write(MAGIC + struct.pack("<Q", len(blob)) + blob)
-            while True:
-                buf = self.body.read(1 << 22)
-                if not buf:
-                    break
-                out.write(buf)
+        self.body.write(blob + struct.pack("<Q", len(blob)) + END_MAGIC)
         self.body.close()
-        self.tmp.unlink()
+        self.tmp.replace(self.path)
 
 
 def load_recording(path: Path) -> Recording:
+    """Map a recording; its records are decoded in place, not copied."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except FileNotFoundError:
         raise RecordingError(f"no recording at {path}") from None
+    except IsADirectoryError:
+        raise RecordingError(f"{path} is a directory, not a recording") from None
     except OSError as exc:
         raise RecordingError(f"cannot read {path}: {exc.strerror}") from None
-    if not raw.startswith(MAGIC):
+    if mapped[:8] == _OLD_MAGIC:
+        raise RecordingError(f"{path} is a format-1 recording from an older pagefault; record it again")
+    if mapped[:8] != MAGIC:
         raise RecordingError(f"{path} is not a pagefault recording (bad magic); make one with pagefault trace -o FILE")
-    (meta_len,) = struct.unpack_from("<Q", raw, 8)
+    if size < 32 or mapped[size - 8:] != END_MAGIC:
+        raise RecordingError(f"{path} is incomplete: the tracer stopped before writing its metadata "
+                             "(was it killed?); record it again")
+    (meta_len,) = struct.unpack_from("<Q", mapped, size - 16)
+    meta_start = size - 16 - meta_len
+    if meta_start < 8 or (meta_start - 8) % 8:
+        raise RecordingError(f"{path}: the metadata length is damaged")
     try:
-        meta = json.loads(raw[16:16 + meta_len])
+        meta = json.loads(bytes(mapped[meta_start:size - 16]))
     except (ValueError, UnicodeDecodeError):
         raise RecordingError(f"{path}: the metadata is damaged") from None
-    chunks, pos = [], 16 + meta_len
-    while pos + 8 <= len(raw):
-        (n,) = struct.unpack_from("<Q", raw, pos)
-        pos += 8
-        if n % 8 or pos + n > len(raw):
-            meta.setdefault("warnings", []).append(f"recording is truncated at byte {pos}; later records are lost")
-            break
-        chunks.append(raw[pos:pos + n])
-        pos += n
-    return Recording(meta, chunks)
+    if not isinstance(meta, dict):
+        raise RecordingError(f"{path}: the metadata is damaged")
+    return Recording(meta, memoryview(mapped)[8:meta_start])

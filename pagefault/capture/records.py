@@ -11,7 +11,6 @@ from .perf_event import (PERF_CONTEXT_MAX, RECORD_COMM, RECORD_EXIT, RECORD_FORK
                          RECORD_SAMPLE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_IP, SAMPLE_RAW,
                          SAMPLE_TID, SAMPLE_TIME)
 
-_HDR = struct.Struct("<IHH")
 PERF_RECORD_MISC_MMAP_BUILD_ID = 1 << 14
 
 
@@ -61,7 +60,7 @@ class Stream:
 
 
 def _cstr(data: bytes, start: int, end: int) -> str:
-    raw = data[start:end]
+    raw = bytes(data[start:end])
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
@@ -69,62 +68,130 @@ def parse_stream(data: bytes, sample_type: int) -> Stream:
     """Walk the record headers once; gather sample fields with numpy."""
     if len(data) % 8:
         raise ValueError("perf record stream length is not a multiple of 8")
-    sample_offsets: list[int] = []
+    runs: list[np.ndarray] = []          # sample offsets found by galloping over equal-size records
+    sample_offsets: list[int] = []       # and one by one
     append = sample_offsets.append
     stream = Stream(data, None)  # type: ignore[arg-type]
     counts: dict[int, int] = {}
     pos, n = 0, len(data)
-    unpack = _HDR.unpack_from
+    words16 = memoryview(data).cast("H")  # header: u32 type (two u16), u16 misc, u16 size
+    w16 = np.frombuffer(data, dtype="<u2")
+    history: list[int] = []
+    countdown = 8
     while pos + 8 <= n:
-        rtype, misc, size = unpack(data, pos)
+        h = pos >> 1
+        size = words16[h + 3]
         if size < 8 or pos + size > n:
             break  # a torn tail: keep what was whole
-        if rtype == RECORD_SAMPLE:
+        history.append(size)
+        countdown -= 1
+        if countdown <= 0:
+            cycle = _repeating_cycle(history)
+            if cycle:
+                pos = _gallop(stream, counts, data, w16, words16, pos, cycle, runs)
+                history, countdown = [], 8
+                continue
+            countdown = 8
+        if len(history) > 64:
+            del history[:-16]
+        if words16[h] == RECORD_SAMPLE and not words16[h + 1]:
             append(pos)
         else:
-            counts[rtype] = counts.get(rtype, 0) + 1
-            if rtype == RECORD_LOST:
-                stream.lost += struct.unpack_from("<Q", data, pos + 16)[0]
-                stream.lost_records += 1
-            elif rtype == RECORD_MMAP2:
-                pid, tid, addr, length, pgoff = struct.unpack_from("<IIQQQ", data, pos + 8)
-                prot, flags = struct.unpack_from("<II", data, pos + 64)
-                stream.mmaps.append(Mapping(addr, addr + length, pgoff, _cstr(data, pos + 72, pos + size),
-                                            prot, "observed: PERF_RECORD_MMAP2"))
-            elif rtype == RECORD_COMM:
-                pid, tid = struct.unpack_from("<II", data, pos + 8)
-                stream.comms[tid] = _cstr(data, pos + 16, pos + size)
-            elif rtype == RECORD_FORK:
-                pid, ppid = struct.unpack_from("<II", data, pos + 8)
-                stream.forks.append((ppid, pid))
-            elif rtype == RECORD_EXIT:
-                stream.exits.append(struct.unpack_from("<I", data, pos + 8)[0])
+            _side_band(stream, counts, data, pos, words16[h] | words16[h + 1] << 16, size)
         pos += size
-    counts[RECORD_SAMPLE] = len(sample_offsets)
+    offsets = np.sort(np.concatenate(runs + [np.array(sample_offsets, dtype=np.int64)]))
+    counts[RECORD_SAMPLE] = len(offsets)
     stream.record_counts = counts
-    stream.samples = _gather(data, np.array(sample_offsets, dtype=np.int64), sample_type)
+    stream.samples = _gather(data, offsets, sample_type)
     return stream
+
+
+def _repeating_cycle(history: list[int]) -> list[int] | None:
+    """If the last sizes repeat with a period of 1 to 4 records, the cycle from the newest record on.
+
+    The newest entry is the record at the current position, so the cycle starts with it.
+    """
+    for period in (1, 2, 3, 4):
+        if len(history) >= 2 * period and history[-period:] == history[-2 * period:-period]:
+            return [history[-1]] + history[-period:-1]
+    return None
+
+
+def _gallop(stream, counts, data, w16, words16, pos: int, cycle: list[int], runs: list) -> int:
+    """From pos, take as many records as continue the size cycle, checked in one vectorised step.
+
+    The prefix of candidates whose sizes all match is exactly the next records: each record's size
+    says where the following one starts. Returns the position after the last record taken.
+    """
+    n = len(data)
+    period_bytes = sum(cycle)
+    starts = np.cumsum([0] + cycle[:-1])
+    k = max(1, min(_gallop.periods, (n - pos) // period_bytes))
+    cand = (pos + period_bytes * np.arange(k, dtype=np.int64)[:, None] + starts[None, :]).ravel()
+    expect = np.tile(np.array(cycle, dtype=np.uint16), k)
+    inside = cand + 8 <= n
+    cand, expect = cand[inside], expect[inside]
+    ok = (w16[(cand >> 1) + 3] == expect) & (cand + expect <= n)
+    run = len(cand) if ok.all() else int(np.argmin(ok))
+    if run == 0:
+        # the cycle broke at once: take this one record the slow way
+        size = words16[(pos >> 1) + 3]
+        rtype = words16[pos >> 1] | words16[(pos >> 1) + 1] << 16
+        if rtype == RECORD_SAMPLE:
+            runs.append(np.array([pos], dtype=np.int64))
+        else:
+            _side_band(stream, counts, data, pos, rtype, size)
+        return pos + size
+    # Try further next time if the whole window matched; start small again if the cycle broke early.
+    _gallop.periods = min(1 << 15, _gallop.periods * 2) if run == len(cand) else max(64, run // len(cycle) * 2)
+    cand, sizes = cand[:run], expect[:run]
+    rtypes = w16[cand >> 1].astype(np.uint32) | (w16[(cand >> 1) + 1].astype(np.uint32) << 16)
+    sample = rtypes == RECORD_SAMPLE
+    runs.append(cand[sample])
+    for other, size in zip(cand[~sample].tolist(), sizes[~sample].tolist()):
+        _side_band(stream, counts, data, other, words16[other >> 1] | words16[(other >> 1) + 1] << 16, size)
+    return int(cand[-1]) + int(sizes[-1])
+
+
+_gallop.periods = 64
+
+
+def _side_band(stream: Stream, counts: dict[int, int], data: bytes, pos: int, rtype: int, size: int) -> None:
+    counts[rtype] = counts.get(rtype, 0) + 1
+    if rtype == RECORD_LOST:
+        stream.lost += struct.unpack_from("<Q", data, pos + 16)[0]
+        stream.lost_records += 1
+    elif rtype == RECORD_MMAP2:
+        _pid, _tid, addr, length, pgoff = struct.unpack_from("<IIQQQ", data, pos + 8)
+        prot, _flags = struct.unpack_from("<II", data, pos + 64)
+        stream.mmaps.append(Mapping(addr, addr + length, pgoff, _cstr(data, pos + 72, pos + size),
+                                    prot, "observed: PERF_RECORD_MMAP2"))
+    elif rtype == RECORD_COMM:
+        _pid, tid = struct.unpack_from("<II", data, pos + 8)
+        stream.comms[tid] = _cstr(data, pos + 16, pos + size)
+    elif rtype == RECORD_FORK:
+        pid, ppid = struct.unpack_from("<II", data, pos + 8)
+        stream.forks.append((ppid, pid))
+    elif rtype == RECORD_EXIT:
+        stream.exits.append(struct.unpack_from("<I", data, pos + 8)[0])
 
 
 def _gather(data: bytes, offs: np.ndarray, sample_type: int) -> Samples:
     w64 = np.frombuffer(data, dtype="<u8")
-    w32 = np.frombuffer(data, dtype="<u4")
-    idx = offs // 8 + 1  # first u64 after the header
-    cols: dict[str, np.ndarray | None] = {"addr": None, "raw_offset": None, "event_type": None,
-                                          "callchain_offset": None, "callchain_len": None}
-    empty = np.zeros(len(offs), dtype=np.uint64)
-    cols["ip"] = cols["time"] = empty
-    cols["pid"] = cols["tid"] = cols["cpu"] = empty.astype(np.uint32)
-    if sample_type & SAMPLE_IP:
-        cols["ip"] = w64[idx]; idx = idx + 1
-    if sample_type & SAMPLE_TID:
-        cols["pid"], cols["tid"] = w32[idx * 2], w32[idx * 2 + 1]; idx = idx + 1
-    if sample_type & SAMPLE_TIME:
-        cols["time"] = w64[idx]; idx = idx + 1
-    if sample_type & SAMPLE_ADDR:
-        cols["addr"] = w64[idx]; idx = idx + 1
-    if sample_type & SAMPLE_CPU:
-        cols["cpu"] = w32[idx * 2]; idx = idx + 1
+    # The u64 words before any callchain sit at fixed places in every sample.
+    fixed = [name for bit, name in ((SAMPLE_IP, "ip"), (SAMPLE_TID, "tid"), (SAMPLE_TIME, "time"),
+                                    (SAMPLE_ADDR, "addr"), (SAMPLE_CPU, "cpu")) if sample_type & bit]
+    first = offs // 8 + 1  # first u64 after the header
+    word = {name: w64[first + i] for i, name in enumerate(fixed)}
+    zeros = np.zeros(len(offs), dtype=np.uint64)
+    cols: dict[str, np.ndarray | None] = {
+        "ip": word.get("ip", zeros), "time": word.get("time", zeros), "addr": word.get("addr"),
+        "pid": (word["tid"] & np.uint64(0xFFFFFFFF)).astype(np.uint32) if "tid" in word else zeros.astype(np.uint32),
+        "tid": (word["tid"] >> np.uint64(32)).astype(np.uint32) if "tid" in word else zeros.astype(np.uint32),
+        "cpu": (word["cpu"] & np.uint64(0xFFFFFFFF)).astype(np.uint32) if "cpu" in word else zeros.astype(np.uint32),
+        "raw_offset": None, "event_type": None, "callchain_offset": None, "callchain_len": None,
+    }
+    idx = first + len(fixed)
     if sample_type & SAMPLE_CALLCHAIN:
         nr = w64[idx].astype(np.int64) if len(idx) else np.zeros(0, dtype=np.int64)
         cols["callchain_offset"], cols["callchain_len"] = (idx + 1) * 8, nr
@@ -132,26 +199,26 @@ def _gather(data: bytes, offs: np.ndarray, sample_type: int) -> Samples:
     if sample_type & SAMPLE_RAW:
         raw = idx * 8 + 4
         cols["raw_offset"] = raw
-        cols["event_type"] = (w32[raw // 4] & 0xFFFF).astype(np.uint16) if len(raw) else np.zeros(0, np.uint16)
-    order = np.argsort(cols["time"], kind="stable")
-    return Samples(**{k: (v[order] if v is not None else None) for k, v in cols.items()})  # type: ignore[arg-type]
+        # the u32 raw size, then common_type (u16) as the low half of the next u32
+        cols["event_type"] = (w64[idx] >> np.uint64(32) & np.uint64(0xFFFF)).astype(np.uint16)
+    t = cols["time"]
+    if len(t) > 1 and not np.all(t[1:] >= t[:-1]):  # per-CPU buffers interleave; most streams are in order
+        order = np.argsort(t, kind="stable")
+        cols = {k: (v[order] if v is not None else None) for k, v in cols.items()}
+    return Samples(**cols)  # type: ignore[arg-type]
 
 
 def raw_field(data: bytes, raw_offsets: np.ndarray, offset: int, size: int, signed: bool = False) -> np.ndarray:
     """One tracepoint field for many samples (raw data starts 4 bytes past an 8-aligned position)."""
-    w32 = np.frombuffer(data, dtype="<u4")
-    pos = (raw_offsets + offset)
+    pos = raw_offsets + offset
     if len(pos) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
-    if pos[0] % 4 == 0 and np.all(pos % 4 == 0):
-        if size == 8:
-            lo = w32[pos // 4].astype(np.uint64)
-            hi = w32[pos // 4 + 1].astype(np.uint64)
-            out = lo | (hi << np.uint64(32))
-        elif size == 4:
-            out = w32[pos // 4].astype(np.uint64)
-        else:
-            out = _bytewise(data, pos, size)
+    dtype = {8: "<u8", 4: "<u4", 2: "<u2", 1: "u1"}.get(size)
+    shift = int(pos[0]) % size if dtype else 0
+    if dtype and np.all(pos % size == shift):
+        # one gather from a view of the stream that starts where these fields are aligned
+        words = np.frombuffer(data, dtype=dtype, offset=shift, count=(len(data) - shift) // size)
+        out = words[(pos - shift) // size].astype(np.uint64)
     else:
         out = _bytewise(data, pos, size)
     if signed:

@@ -65,21 +65,41 @@ def label_for(m: Mapping | None) -> str:
     return m.path.rsplit("/", 1)[-1]
 
 
-def classify(addresses: np.ndarray, maps: list[Mapping]) -> list[Mapping | None]:
-    """For each address the mapping holding it. /proc snapshots win over MMAP2 records for the same start."""
-    out: list[Mapping | None] = [None] * len(addresses)
-    if not maps or not len(addresses):
-        return out
+def mapping_index(addresses: np.ndarray, maps: list[Mapping]) -> tuple[list[Mapping], np.ndarray]:
+    """The mappings in address order, and for each address the index of the one holding it (-1: none).
+
+    /proc snapshots win over MMAP2 records for the same start.
+    """
     by_start: dict[int, Mapping] = {}
     for m in maps:
         by_start.setdefault(m.start, m)
     ordered = sorted(by_start.values(), key=lambda m: m.start)
+    a = np.asarray(addresses, dtype=np.uint64)
+    if not ordered or not len(a):
+        return ordered, np.full(len(a), -1, dtype=np.int64)
     starts = np.array([m.start for m in ordered], dtype=np.uint64)
     ends = np.array([m.end for m in ordered], dtype=np.uint64)
-    a = np.asarray(addresses, dtype=np.uint64)
     idx = np.searchsorted(starts, a, side="right") - 1
     ok = (idx >= 0) & (a < ends[np.clip(idx, 0, None)])
-    return [ordered[i] if good else None for i, good in zip(idx.tolist(), ok.tolist())]
+    return ordered, np.where(ok, idx, -1)
+
+
+def classify(addresses: np.ndarray, maps: list[Mapping]) -> list[Mapping | None]:
+    """For each address the mapping holding it, or None."""
+    ordered, idx = mapping_index(addresses, maps)
+    return [ordered[i] if i >= 0 else None for i in idx.tolist()]
+
+
+def count_by_mapping(addresses: np.ndarray, maps: list[Mapping]) -> list[tuple[str, int]]:
+    """(label, faults) most first: counted with bincount over mapping indices, not address by address."""
+    ordered, idx = mapping_index(addresses, maps)
+    counts = np.bincount(idx + 1, minlength=len(ordered) + 1)
+    by_label: Counter[str] = Counter()
+    if counts[0]:
+        by_label[label_for(None)] += int(counts[0])
+    for i in np.nonzero(counts[1:])[0].tolist():
+        by_label[label_for(ordered[i])] += int(counts[i + 1])
+    return by_label.most_common()
 
 
 def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = None) -> TraceSummary:
@@ -120,8 +140,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
                     summary.by_kind[f"{names[a]}, {pname}"] = n
 
     maps = mappings_of(meta, stream)
-    by_map = Counter(label_for(m) for m in classify(addresses, maps)) if len(addresses) else Counter()
-    summary.by_mapping = by_map.most_common()
+    summary.by_mapping = count_by_mapping(addresses, maps) if len(addresses) else []
 
     if len(fault_ips):
         uniq, counts = np.unique(fault_ips, return_counts=True)
@@ -141,7 +160,9 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         summary.alloc_orders = {int(o): int(n) for o, n in zip(*np.unique(orders, return_counts=True))}
         gfps = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
         gu, gc = np.unique(gfps, return_counts=True)
-        summary.alloc_gfp = sorted(((decode_gfp(int(g)).symbolic, int(n)) for g, n in zip(gu, gc)),
+        table = meta.get("gfp_bits") or {}
+        summary.alloc_gfp = sorted(((decode_gfp(int(g), table.get("values"), table.get("source", "")).symbolic, int(n))
+                                    for g, n in zip(gu, gc)),
                                    key=lambda t: -t[1])
 
     if meta.get("callchain") and summary.allocations:

@@ -6,8 +6,11 @@ import bisect
 from dataclasses import dataclass
 from functools import lru_cache
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+import numpy as np
+
+
+SYM_DTYPE = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
+                      ("value", "<u8"), ("size", "<u8")])  # Elf64_Sym
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,13 @@ class ElfImage:
         self.path = path
         self.segments: list[tuple[int, int, int]] = []   # (p_offset, p_vaddr, p_filesz)
         self.addrs: list[int] = []
-        self.syms: list[tuple[int, int, str]] = []       # (start, size, name), sorted
+        self.sym_sizes: list[int] = []
+        self.sym_names: list[int] = []                   # offsets into the string table
+        self.strtab = b""
         self.text: tuple[int, int, bytes] | None = None  # (vaddr, offset, bytes) of .text
         self.ok = False
+        from elftools.common.exceptions import ELFError  # imported here: most reports never open an ELF file
+        from elftools.elf.elffile import ELFFile
         try:
             with open(path, "rb") as f:
                 elf = ELFFile(f)
@@ -43,19 +50,31 @@ class ElfImage:
                 for seg in elf.iter_segments():
                     if seg["p_type"] == "PT_LOAD":
                         self.segments.append((seg["p_offset"], seg["p_vaddr"], seg["p_filesz"]))
-                found: dict[int, tuple[int, str]] = {}
-                for name in (".symtab", ".dynsym"):
-                    sec = elf.get_section_by_name(name)
-                    if sec is None:
-                        continue
-                    for sym in sec.iter_symbols():
-                        if sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC") and sym["st_value"] and sym.name:
-                            found.setdefault(sym["st_value"], (sym["st_size"], sym.name))
-                self.syms = sorted((a, s, n) for a, (s, n) in found.items())
-                self.addrs = [a for a, _, _ in self.syms]
+                self._load_symbols(f, elf)
                 self.ok = True
         except (OSError, ELFError, ValueError):
             self.ok = False
+
+    def _load_symbols(self, f, elf: ELFFile) -> None:
+        """Function symbols of .symtab (else .dynsym), read as one numpy array rather than one by one."""
+        for name in (".symtab", ".dynsym"):
+            sec = elf.get_section_by_name(name)
+            if sec is None or sec["sh_entsize"] != SYM_DTYPE.itemsize:
+                continue
+            f.seek(sec["sh_offset"])
+            table = np.frombuffer(f.read(sec["sh_size"]), dtype=SYM_DTYPE)
+            strsec = elf.get_section(sec["sh_link"])
+            f.seek(strsec["sh_offset"])
+            self.strtab = f.read(strsec["sh_size"])
+            kind = table["info"] & 0xF
+            keep = ((kind == 2) | (kind == 10)) & (table["value"] != 0)  # STT_FUNC, STT_GNU_IFUNC
+            table = table[keep]
+            _, first = np.unique(table["value"], return_index=True)
+            table = table[first]
+            self.addrs = table["value"].tolist()
+            self.sym_sizes = table["size"].tolist()
+            self.sym_names = table["name"].tolist()
+            return
 
     def offset_to_vaddr(self, offset: int) -> int | None:
         for p_off, p_vaddr, p_filesz in self.segments:
@@ -67,9 +86,11 @@ class ElfImage:
         i = bisect.bisect_right(self.addrs, vaddr) - 1
         if i < 0:
             return None
-        start, size, name = self.syms[i]
+        start, size = self.addrs[i], self.sym_sizes[i]
         if size and vaddr >= start + size:
             return None
+        off = self.sym_names[i]
+        name = self.strtab[off:self.strtab.index(b"\0", off)].decode("utf-8", "replace")
         return name, vaddr - start
 
     def read_at_vaddr(self, vaddr: int, length: int) -> bytes:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..capture.doctor import Diagnosis
-from ..journey.trace_summary import TraceSummary
+if TYPE_CHECKING:  # only for annotations: rendering a report must not load the doctor's probes
+    from ..capture.doctor import Diagnosis
+    from ..journey.trace_summary import TraceSummary
 
 TIER_TEXT = {
     "bpf": "bpf: everything perf shows plus the raw page-table entries at every level",
