@@ -111,6 +111,7 @@ class EventSpec:
     config: int
     sample_type: int
     user_only: bool = False   # exclude kernel and hypervisor: what perf_event_paranoid 2 allows
+    busy: bool = True         # one event per fault or page: a full-size ring buffer (else 1/32 of it)
 
 
 class RingBuffer:
@@ -168,8 +169,9 @@ class PerfSession:
             raise
 
     def _open(self, events, pid, enable_on_exec, callchain, data_pages, max_stack) -> None:
+        # One ring buffer per event and CPU rather than one shared per CPU: each buffer then holds
+        # records of one size (side-band records aside), which the reader walks in vectorised steps.
         for cpu in online_cpus():
-            leader = -1
             for i, ev in enumerate(events):
                 attr = PerfAttr()
                 attr.type, attr.config = ev.type, ev.config
@@ -183,16 +185,15 @@ class PerfSession:
                 if i == 0:  # side-band records once per CPU: mappings, comm, fork/exit
                     flags |= 1 << F_MMAP | 1 << F_MMAP2 | 1 << F_MMAP_DATA | 1 << F_COMM | 1 << F_TASK | 1 << F_COMM_EXEC
                 attr.flags = flags
-                attr.wakeup = data_pages * mmap.PAGESIZE // 4  # wake the reader at a quarter full
+                pages = data_pages if ev.busy else max(1, data_pages // 32)
+                attr.wakeup = pages * mmap.PAGESIZE // 4  # wake the reader at a quarter full
                 attr.sample_max_stack = max_stack
                 fd = perf_event_open(attr, pid, cpu, what=f"{ev.name} on CPU {cpu}")
                 self.fds.append(fd)
-                if leader < 0:
-                    leader = fd
-                    buf, data_pages = _map_ring_buffer(fd, data_pages)
-                    self.buffers.append(buf)
-                else:
-                    fcntl.ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, leader)
+                buf, mapped = _map_ring_buffer(fd, pages)
+                self.buffers.append(buf)
+                if ev.busy:
+                    data_pages = mapped  # the lock limit allowed no more: keep to it for the rest
 
     def enable(self) -> None:
         for fd in self.fds:

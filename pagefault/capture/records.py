@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -125,12 +126,13 @@ def _gallop(stream, counts, data, w16, words16, pos: int, cycle: list[int], runs
     """
     n = len(data)
     period_bytes = sum(cycle)
-    starts = np.cumsum([0] + cycle[:-1])
     k = max(1, min(_gallop.periods, (n - pos) // period_bytes))
-    cand = (pos + period_bytes * np.arange(k, dtype=np.int64)[:, None] + starts[None, :]).ravel()
-    expect = np.tile(np.array(cycle, dtype=np.uint16), k)
-    inside = cand + 8 <= n
-    cand, expect = cand[inside], expect[inside]
+    k = 1 << (k.bit_length() - 1)  # powers of two, so that the windows repeat and stay cached
+    rel, expect = _cycle_window(tuple(cycle), k)
+    cand = rel + pos
+    if pos + int(rel[-1]) + 8 > n:
+        inside = cand + 8 <= n
+        cand, expect = cand[inside], expect[inside]
     ok = (w16[(cand >> 1) + 3] == expect) & (cand + expect <= n)
     run = len(cand) if ok.all() else int(np.argmin(ok))
     if run == 0:
@@ -145,12 +147,22 @@ def _gallop(stream, counts, data, w16, words16, pos: int, cycle: list[int], runs
     # Try further next time if the whole window matched; start small again if the cycle broke early.
     _gallop.periods = min(1 << 15, _gallop.periods * 2) if run == len(cand) else max(64, run // len(cycle) * 2)
     cand, sizes = cand[:run], expect[:run]
-    rtypes = w16[cand >> 1].astype(np.uint32) | (w16[(cand >> 1) + 1].astype(np.uint32) << 16)
-    sample = rtypes == RECORD_SAMPLE
-    runs.append(cand[sample])
-    for other, size in zip(cand[~sample].tolist(), sizes[~sample].tolist()):
-        _side_band(stream, counts, data, other, words16[other >> 1] | words16[(other >> 1) + 1] << 16, size)
+    sample = (w16[cand >> 1] == RECORD_SAMPLE) & (w16[(cand >> 1) + 1] == 0)
+    if sample.all():
+        runs.append(cand)
+    else:
+        runs.append(cand[sample])
+        for other, size in zip(cand[~sample].tolist(), sizes[~sample].tolist()):
+            _side_band(stream, counts, data, other, words16[other >> 1] | words16[(other >> 1) + 1] << 16, size)
     return int(cand[-1]) + int(sizes[-1])
+
+
+@lru_cache(maxsize=256)
+def _cycle_window(cycle: tuple[int, ...], periods: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets (from the first record) and sizes of `periods` repetitions of a size cycle."""
+    starts = np.cumsum((0,) + cycle[:-1])
+    rel = (sum(cycle) * np.arange(periods, dtype=np.int64)[:, None] + starts[None, :]).ravel()
+    return rel, np.tile(np.array(cycle, dtype=np.uint16), periods)
 
 
 _gallop.periods = 64

@@ -74,7 +74,7 @@ def _tracepoint_events() -> tuple[list[EventSpec], dict, list[str]]:
                 raise CaptureError(str(exc)) from None
             notes.append(f"{system}:{name} unavailable: {exc}")
             continue
-        events.append(EventSpec(f"{system}:{name}", PERF_TYPE_TRACEPOINT, fmt.id, TRACEPOINT_SAMPLE))
+        events.append(EventSpec(f"{system}:{name}", PERF_TYPE_TRACEPOINT, fmt.id, TRACEPOINT_SAMPLE, busy=required))
         formats[str(fmt.id)] = {"system": system, "name": name,
                                 "fields": {f.name: [f.offset, f.size, f.signed] for f in fmt.fields.values()},
                                 "print_fmt": fmt.print_fmt}
