@@ -29,7 +29,8 @@ SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_PERIOD, SAMPLE_RAW = 1 << 5, 1 << 7, 1 << 8
 # attr.flags bit positions
 F_EXCLUDE_KERNEL, F_EXCLUDE_HV = 5, 6
 F_DISABLED, F_INHERIT, F_MMAP, F_COMM, F_ENABLE_ON_EXEC, F_TASK = 0, 1, 8, 9, 12, 13
-F_WATERMARK, F_MMAP_DATA, F_SAMPLE_ID_ALL, F_MMAP2, F_COMM_EXEC = 14, 17, 18, 23, 24
+F_WATERMARK, F_MMAP_DATA, F_SAMPLE_ID_ALL, F_MMAP2, F_COMM_EXEC, F_USE_CLOCKID = 14, 17, 18, 23, 24, 25
+CLOCK_MONOTONIC = 1
 
 RECORD_MMAP, RECORD_LOST, RECORD_COMM, RECORD_EXIT, RECORD_THROTTLE = 1, 2, 3, 4, 5
 RECORD_FORK, RECORD_SAMPLE, RECORD_MMAP2 = 7, 9, 10
@@ -159,16 +160,16 @@ class PerfSession:
     """Events for one task (and its children), one ring buffer per CPU."""
 
     def __init__(self, events: list[EventSpec], pid: int, *, enable_on_exec: bool, callchain: bool,
-                 data_pages: int = 2048, max_stack: int = 64):
+                 data_pages: int = 2048, max_stack: int = 64, monotonic_clock: bool = False):
         self.fds: list[int] = []
         self.buffers: list[RingBuffer] = []
         try:
-            self._open(events, pid, enable_on_exec, callchain, data_pages, max_stack)
+            self._open(events, pid, enable_on_exec, callchain, data_pages, max_stack, monotonic_clock)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, events, pid, enable_on_exec, callchain, data_pages, max_stack) -> None:
+    def _open(self, events, pid, enable_on_exec, callchain, data_pages, max_stack, monotonic_clock) -> None:
         # One ring buffer per event and CPU rather than one shared per CPU: each buffer then holds
         # records of one size (side-band records aside), which the reader walks in vectorised steps.
         for cpu in online_cpus():
@@ -184,6 +185,9 @@ class PerfSession:
                     flags |= 1 << F_ENABLE_ON_EXEC
                 if i == 0:  # side-band records once per CPU: mappings, comm, fork/exit
                     flags |= 1 << F_MMAP | 1 << F_MMAP2 | 1 << F_MMAP_DATA | 1 << F_COMM | 1 << F_TASK | 1 << F_COMM_EXEC
+                if monotonic_clock:  # sample times comparable with time.clock_gettime_ns(CLOCK_MONOTONIC)
+                    flags |= 1 << F_USE_CLOCKID
+                    attr.clockid = CLOCK_MONOTONIC
                 attr.flags = flags
                 pages = data_pages if ev.busy else max(1, data_pages // 32)
                 attr.wakeup = pages * mmap.PAGESIZE // 4  # wake the reader at a quarter full

@@ -74,3 +74,24 @@ def read_fault_counters(pid: int | str) -> tuple[int, int]:
 
 def pid_alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+def read_smaps_vmflags(pid: int | str, start: int) -> list[str] | None:
+    """The VmFlags mnemonics /proc/PID/smaps shows for the VMA starting at `start` (None: no such VMA)."""
+    current = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                current = int(head.split("-")[0], 16)
+            elif head == "VmFlags:" and current == start:
+                return line.split()[1:]
+    return None
+
+
+def pagemap_entry(pid: int | str, address: int) -> int:
+    """One raw pagemap entry, for the page holding `address`."""
+    entries = read_pagemap(pid, address, 1)
+    if not entries:
+        raise OSError(f"/proc/{pid}/pagemap has no entry for 0x{address:x}")
+    return entries[0]

@@ -60,13 +60,14 @@ def choose_tier(requested: str) -> str:
                        "sysctl kernel.perf_event_paranoid=2 for the unprivileged tier")
 
 
-def _tracepoint_events() -> tuple[list[EventSpec], dict, list[str]]:
+def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, list[str]]:
+    """Specs for (system, name, required) tracepoints, their field layouts by id, notes on the missing."""
     try:
         root = find_tracefs()
     except TracefsError as exc:
         raise CaptureError(str(exc)) from None
     events, formats, notes = [], {}, []
-    for system, name, required in TRACEPOINTS:
+    for system, name, required in tracepoints:
         try:
             fmt = read_event_format(system, name, root)
         except TracefsError as exc:
@@ -95,7 +96,7 @@ def record(opts: TraceOptions) -> dict:
     """Trace until the target ends (or Ctrl-C / SIGTERM); write the recording; return its metadata."""
     tier = choose_tier(opts.tier)
     if tier == "perf":
-        events, formats, notes = _tracepoint_events()
+        events, formats, notes = tracepoint_events()
         sample_type = TRACEPOINT_SAMPLE
     else:
         events = [EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, SOFTWARE_SAMPLE,

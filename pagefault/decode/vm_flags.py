@@ -67,3 +67,36 @@ def vm_flags_from_maps_perms(perms: str) -> int:
         if ch != "-" and ch != "p":
             value |= bit(b)
     return value
+
+
+# The two-letter names /proc/PID/smaps prints in VmFlags (fs/proc/task_mmu.c, show_smap_vma_flags), x86-64.
+SMAPS_MNEMONICS = {
+    "rd": "VM_READ", "wr": "VM_WRITE", "ex": "VM_EXEC", "sh": "VM_SHARED", "mr": "VM_MAYREAD",
+    "mw": "VM_MAYWRITE", "me": "VM_MAYEXEC", "ms": "VM_MAYSHARE", "gd": "VM_GROWSDOWN", "pf": "VM_PFNMAP",
+    "lo": "VM_LOCKED", "io": "VM_IO", "sr": "VM_SEQ_READ", "rr": "VM_RAND_READ", "dc": "VM_DONTCOPY",
+    "de": "VM_DONTEXPAND", "lf": "VM_LOCKONFAULT", "ac": "VM_ACCOUNT", "nr": "VM_NORESERVE", "ht": "VM_HUGETLB",
+    "sf": "VM_SYNC", "ar": "VM_PAT", "wf": "VM_WIPEONFORK", "dd": "VM_DONTDUMP", "mg": "VM_MERGEABLE",
+    "um": "VM_UFFD_MISSING", "uw": "VM_UFFD_WP", "sd": "VM_SOFTDIRTY", "mm": "VM_MIXEDMAP", "hg": "VM_HUGEPAGE",
+    "nh": "VM_NOHUGEPAGE", "ui": "VM_UFFD_MINOR", "ss": "VM_SHADOW_STACK", "sl": "VM_SEALED",
+    "dp": "VM_DROPPABLE",
+}
+
+
+def vm_flags_from_smaps(mnemonics: list[str], version: tuple[int, int] = (6, 18)) -> tuple[int, list[str], list[str]]:
+    """vm_flags from smaps VmFlags: (value, derivation lines, mnemonics this table cannot place).
+
+    smaps prints only the flags it has names for, so the value is a lower bound of the real vm_flags.
+    """
+    table, _ = vm_flags_table(version)
+    by_name = {f.name: f.mask for f in table}
+    value, lines, unknown = 0, [], []
+    for m in mnemonics:
+        name = SMAPS_MNEMONICS.get(m)
+        if name is None or name not in by_name:
+            unknown.append(m)
+            continue
+        value |= by_name[name]
+        lines.append(f"{m} → {name} = 0x{by_name[name]:x}")
+    lines.append(" | ".join(f"0x{by_name[SMAPS_MNEMONICS[m]]:x}" for m in mnemonics if m not in unknown)
+                 + f" = 0x{value:x}")
+    return value, lines, unknown

@@ -89,3 +89,21 @@ def gfp_bits() -> KernelTable:
     if not bits:
         return KernelTable(dict(DEFAULT_GFP_BITS), "modelled: built-in 6.18 table (BTF has no ___GFP_*_BIT)")
     return KernelTable(bits, "observed: enum ___GFP_*_BIT in /sys/kernel/btf/vmlinux")
+
+
+def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool | None:
+    """Whether the running kernel was built with `name`=y (None: its configuration cannot be read)."""
+    import gzip
+    try:
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                if line.startswith(name + "="):
+                    return line.strip().split("=", 1)[1] in ("y", "m")
+    except OSError:
+        boot = Path(f"/boot/config-{kernel_release()}")
+        try:
+            text = boot.read_text()
+        except OSError:
+            return None
+        return f"\n{name}=y" in "\n" + text
+    return False

@@ -1,0 +1,184 @@
+"""The bpf tier: the raw page-table entries of one address, read by bpftrace from the task's mm->pgd.
+
+bpftrace follows each entry's frame through the kernel's direct map. The direct map's base
+(page_offset_base) is randomised at boot and, without CONFIG_KALLSYMS_ALL, not in
+/proc/kallsyms; so it is derived, never assumed: base = mm->pgd (read here) − the PGD page's
+physical address (the pfn of the pgd_alloc allocation that perf saw during exec). A base that
+is not 1 GiB aligned (as the kernel's KASLR keeps it) is refused.
+
+Entries are read twice: when the fault enters the kernel (tracepoint exceptions:page_fault_user,
+before the handler) and at the target's next system call (the write that reports the next phase),
+after the handler installed the PTE.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from ..decode.address import LEVEL_NAMES, level_shift
+
+FRAME_MASK = 0x000F_FFFF_FFFF_F000
+_LINE = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
+
+
+class BpfError(Exception):
+    """bpftrace could not be used; the message says why and the fix."""
+
+
+@dataclass
+class WalkRead:
+    """Entries read at one moment, top level first; a level missing means the walk stopped above it."""
+
+    when: str
+    pgd_virtual: int | None = None
+    entries: dict[str, int] = field(default_factory=dict)
+    table_physical: dict[str, int] = field(default_factory=dict)   # physical address of each level's table
+
+
+@dataclass
+class BpfWalk:
+    direct_map_base: int
+    pgd_physical: int
+    reads: dict[str, WalkRead]
+    script: str
+    stderr: str = ""
+
+
+def _walk_block(when: str, address: int, levels: int) -> str:
+    """bpftrace statements that read one entry per level, stopping at a non-present or huge entry."""
+    names = LEVEL_NAMES[levels]
+    lines = [f'$t = (uint64)curtask->mm->pgd; printf("{when} pgdv %lx\\n", $t);']
+    indent = ""
+    for pos, name in enumerate(names):
+        idx = (address >> level_shift(levels, pos)) & 0x1FF
+        lines.append(f'{indent}$e = *(uint64 *)($t + {idx * 8}); '
+                     f'printf("{when} {name} %lx %lx\\n", $e, $t - $base);')
+        if pos < len(names) - 1:
+            huge_stop = name in ("PUD", "PMD")
+            cond = "($e & 1)" + (" && !($e & 0x80)" if huge_stop else "")
+            lines.append(f"{indent}if ({cond}) {{ $t = $base + ($e & {FRAME_MASK:#x});")
+            indent += "  "
+    lines.append("}" * (len(names) - 1))
+    return "\n    ".join(lines)
+
+
+def bpftrace_script(pid: int, page: int, pgd_physical: int, levels: int, tool_pid: int) -> str:
+    """Before: at the fault on `page`. After: at the target's next syscall. Then exit."""
+    base = f"$base = (uint64)curtask->mm->pgd - {pgd_physical:#x};"
+    return f"""
+tracepoint:exceptions:page_fault_user /pid == {pid} && (args->address & ~0xfff) == {page:#x} && @state == 0/ {{
+    {base}
+    printf("before base %lx\\n", $base);
+    {_walk_block("before", page, levels)}
+    @state = 1;
+}}
+tracepoint:raw_syscalls:sys_enter /pid == {pid} && @state == 1/ {{
+    {base}
+    {_walk_block("after", page, levels)}
+    @state = 2;
+    exit();
+}}
+tracepoint:exceptions:page_fault_user /pid == {tool_pid} && @armedf == 0/ {{ printf("armed fault\\n"); @armedf = 1; }}
+tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @armed == 0/ {{ printf("armed syscall\\n"); @armed = 1; }}
+"""
+
+
+class BpfTracer:
+    """A running bpftrace for one address; armed() returns once its probes fire."""
+
+    def __init__(self, pid: int, address: int, pgd_physical: int, levels: int):
+        exe = shutil.which("bpftrace")
+        if not exe:
+            raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh (or apt-get install bpftrace)")
+        self.page = address & ~0xFFF
+        self.pgd_physical = pgd_physical
+        self.script = bpftrace_script(pid, self.page, pgd_physical, levels, os.getpid())
+        self.proc = subprocess.Popen([exe, "-B", "line", "-e", self.script], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._partial = b""
+
+    def _read_lines(self, timeout: float) -> bool:
+        """Read what bpftrace has printed (raw reads: a buffered reader would hide lines from select)."""
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return False
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        *whole, self._partial = (self._partial + chunk).split(b"\n")
+        self.lines.extend(l.decode(errors="replace").strip() for l in whole)
+        return True
+
+    def arm(self, timeout: float = 20.0) -> None:
+        """Make our own fault and syscall until both probes report: then the target's are live too."""
+        import mmap
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while seen != {"armed fault", "armed syscall"}:
+            if self.proc.poll() is not None:
+                raise BpfError("bpftrace stopped: " + _last_error(self.proc.stderr.read()))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BpfError(f"bpftrace did not attach its probes within {timeout:.0f} s")
+            page = mmap.mmap(-1, 4096)
+            page[0] = 1          # a fresh page: one page fault of ours
+            page.close()
+            os.getppid()         # one system call of ours
+            while self._read_lines(0.05):
+                seen.update(l for l in self.lines if l.startswith("armed"))
+        self.lines = [l for l in self.lines if not l.startswith("armed")]
+
+    def result(self, timeout: float = 10.0) -> BpfWalk:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise BpfError("bpftrace saw no fault on the page within the time allowed") from None
+        self.lines += [l.decode(errors="replace").strip() for l in (self._partial + out).splitlines()]
+        err = err.decode(errors="replace")
+        reads: dict[str, WalkRead] = {}
+        base = None
+        for line in self.lines:
+            if line.startswith("armed"):
+                continue
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "base":
+                base = int(parts[2], 16)
+                continue
+            if len(parts) == 3 and parts[1] == "pgdv":
+                reads.setdefault(parts[0], WalkRead(parts[0])).pgd_virtual = int(parts[2], 16)
+                continue
+            m = _LINE.match(line)
+            if m:
+                r = reads.setdefault(m.group(1), WalkRead(m.group(1)))
+                r.entries[m.group(2)] = int(m.group(3), 16)
+                if m.group(4):
+                    r.table_physical[m.group(2)] = int(m.group(4), 16)
+        if base is None or "before" not in reads:
+            raise BpfError("bpftrace saw no fault on the page: " + (_last_error(err) or "no output"))
+        if base & ((1 << 30) - 1):
+            raise BpfError(f"derived direct-map base 0x{base:x} is not 1 GiB aligned: the PGD allocation "
+                           "seen was not this mm's PGD")
+        return BpfWalk(base, self.pgd_physical, reads, self.script, err)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _last_error(stderr: str) -> str:
+    lines = [l for l in stderr.strip().splitlines() if "RLIMIT_MEMLOCK" not in l and l.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,308 @@
+"""Live evidence for the journey of one page fault: the exercise program run phase by phase under
+perf_event_open (and bpftrace in the bpf tier), with /proc snapshots while it is paused.
+
+This module only gathers what the machine shows; pagefault.journey turns it into steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..kernel import facts
+from ..kernel.kallsyms import KernelSymbols
+from . import procfs
+from .bpf_walk import BpfError, BpfTracer, BpfWalk
+from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, Program, build_program
+from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU,
+                         SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
+from .records import callchain, parse_stream, raw_field, split_callchain
+from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
+
+JOURNEY_TRACEPOINTS = (
+    ("exceptions", "page_fault_user", True),
+    ("kmem", "mm_page_alloc", True),
+    ("syscalls", "sys_enter_mmap", False),
+    ("syscalls", "sys_exit_mmap", False),
+    ("mmap", "vm_unmapped_area", False),
+    ("sched", "sched_process_exec", False),
+)
+STAGES = ("ready", "mapped", "touched", "done")
+
+
+@dataclass
+class Snapshot:
+    """What /proc showed while the target was paused at one phase."""
+
+    phase: str
+    time_ns: int                      # CLOCK_MONOTONIC, the clock the perf samples use
+    maps: list[procfs.MapsLine]
+    minor_faults: int
+    major_faults: int
+    pagemap: int | None = None        # raw entry of the faulting page
+    vm_flags_mnemonics: list[str] | None = None
+    kpageflags: int | None = None
+    kpagecount: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TraceEvent:
+    """One sample of the target: its tracepoint (or software event), fields and symbolised call chain."""
+
+    name: str
+    time_ns: int
+    cpu: int
+    pid: int
+    fields: dict[str, int]
+    kernel_chain: list[tuple[int, str]] = field(default_factory=list)   # (address, function+offset), innermost first
+    user_chain: list[int] = field(default_factory=list)
+
+
+@dataclass
+class JourneyEvidence:
+    tier: str
+    kernel_release: str
+    kernel_version: tuple[int, int]
+    paging_levels: int
+    paging_why: str
+    program: Program
+    options: ExerciseOptions
+    argv: list[str] = field(default_factory=list)
+    pid: int = 0
+    stage: str = ""                   # the last stage reached
+    spawned_ns: int = 0
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    events: list[TraceEvent] = field(default_factory=list)
+    event_sources: dict[str, str] = field(default_factory=dict)   # event name -> "observed: tracepoint …"
+    lost_events: int = 0
+    vaddr: int | None = None
+    readback: str | None = None
+    exit: str = ""
+    bpf: BpfWalk | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)     # what -> reason and fix
+    soft_dirty_config: bool | None = None
+    fault_flag_table: dict[str, int] = field(default_factory=dict)
+    fault_flag_source: str = ""
+    gfp_table: dict[str, int] = field(default_factory=dict)
+    gfp_source: str = ""
+    ksyms_usable: bool = False
+
+    @property
+    def fault_address(self) -> int | None:
+        return None if self.vaddr is None else self.vaddr + self.options.offset
+
+
+def choose_journey_tier(requested: str, bpftrace_ok: Callable[[], bool]) -> str:
+    if requested in ("bpf", "perf", "user"):
+        return requested
+    if facts.is_root():
+        return "bpf" if bpftrace_ok() else "perf"
+    paranoid = facts.perf_event_paranoid()
+    if paranoid is not None and paranoid <= 2:
+        return "user"
+    raise CaptureError(f"cannot trace here: not root and perf_event_paranoid is {paranoid}; fix: run as root "
+                       "(sudo), or sysctl kernel.perf_event_paranoid=2 for the unprivileged tier")
+
+
+class LiveJourney:
+    """Drives the exercise program through its phases; evidence grows stage by stage.
+
+    start() → "ready" (after exec, before mmap); next_stage() → "mapped" (after mmap, before the
+    write); → "touched" (after the fault, the write done); → "done" (the program has exited).
+    The target stays paused at each stage until next_stage() is called.
+    """
+
+    def __init__(self, options: ExerciseOptions, tier: str = "auto", progress: Callable[[str], None] | None = None):
+        options.check()
+        self.progress = progress or (lambda _m: None)
+        from .doctor import _bpftrace_works
+        tier = choose_journey_tier(tier, lambda: _bpftrace_works()[0])
+        levels, why = facts.paging_levels()
+        ff = facts.fault_flag_values()
+        gfp = facts.gfp_bits()
+        self.ev = JourneyEvidence(tier, facts.kernel_release(), facts.kernel_version(), levels, why,
+                                  build_program(self.progress), options, soft_dirty_config=facts.kernel_config_flag(
+                                      "CONFIG_MEM_SOFT_DIRTY"),
+                                  fault_flag_table=ff.values, fault_flag_source=ff.source,
+                                  gfp_table=gfp.values, gfp_source=gfp.source)
+        self.ksyms = KernelSymbols.load()
+        self.ev.ksyms_usable = self.ksyms.usable
+        self.proc: ExerciseProcess | None = None
+        self.session: PerfSession | None = None
+        self.formats: dict = {}
+        self.sample_type = 0
+        self.chunks: list[bytes] = []
+        self.tracer: BpfTracer | None = None
+
+    # -- stages ---------------------------------------------------------------------------------------
+
+    def start(self) -> JourneyEvidence:
+        ev = self.ev
+        if ev.tier in ("bpf", "perf"):
+            events, self.formats, notes = tracepoint_events(JOURNEY_TRACEPOINTS)
+            for note in notes:
+                ev.unavailable[note.split(" ", 1)[0]] = note + "; a kernel with that tracepoint shows this step"
+            self.sample_type = TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN
+        else:
+            events = [EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS,
+                                SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU,
+                                user_only=not facts.is_root())]
+            self.sample_type = events[0].sample_type | SAMPLE_CALLCHAIN
+            ev.unavailable["tracepoints"] = ("the unprivileged tier sees the software page-fault event only "
+                                             "(address and ip); fix: run as root for tracepoints")
+        for spec in events:
+            ev.event_sources[spec.name] = (f"observed: tracepoint {spec.name} via perf_event_open"
+                                          if spec.type != PERF_TYPE_SOFTWARE else
+                                          "observed: software event page-faults via perf_event_open")
+        try:
+            self.proc = ExerciseProcess(ev.program, ev.options)
+        except ExerciseError as exc:
+            raise CaptureError(str(exc)) from None
+        ev.pid, ev.argv = self.proc.pid, self.proc.argv
+        ev.spawned_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        try:
+            # Enabled now, not on exec: the exec itself (its new mm and PGD) is part of the story.
+            self.session = PerfSession(events, self.proc.pid, enable_on_exec=False, callchain=True,
+                                       data_pages=256, monotonic_clock=True)
+            self.session.enable()
+            self.proc.release()
+            self._phase("ready")
+        except (PerfError, ExerciseError) as exc:
+            self.close()
+            raise CaptureError(str(exc)) from None
+        return ev
+
+    def next_stage(self) -> JourneyEvidence:
+        stage = self.ev.stage
+        try:
+            if stage == "ready":
+                self.proc.advance()
+                phase = self._phase("mapped")
+                self.ev.vaddr = int(phase.fields["vaddr"], 16)
+                self._snapshot_page("mapped")
+                if self.ev.tier == "bpf":
+                    self._start_bpftrace()
+            elif stage == "mapped":
+                self.proc.advance()
+                phase = self._phase("touched")
+                self.ev.readback = phase.fields.get("readback", "")
+                self._snapshot_page("touched")
+                if self.tracer:
+                    try:
+                        self.ev.bpf = self.tracer.result()
+                    except BpfError as exc:
+                        self.ev.unavailable["bpf"] = f"{exc}"
+                    self.tracer = None
+            elif stage == "touched":
+                self.ev.exit = self.proc.finish()
+                self._drain()
+                self.ev.stage = "done"
+                self._decode_events()
+                self.close()
+            else:
+                raise CaptureError(f"the journey is already at its end ({stage})")
+        except ExerciseError as exc:
+            self.close()
+            raise CaptureError(str(exc)) from None
+        return self.ev
+
+    def run_all(self) -> JourneyEvidence:
+        self.start()
+        while self.ev.stage != "done":
+            self.next_stage()
+        return self.ev
+
+    def close(self) -> None:
+        if self.tracer:
+            self.tracer.stop()
+            self.tracer = None
+        if self.session:
+            self.session.close()
+            self.session = None
+        if self.proc and self.proc.target.status is None:
+            self.proc.kill()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _phase(self, name: str):
+        phase = self.proc.wait_phase()
+        if phase.name != name:
+            raise ExerciseError(f"the exercise program reported {phase.name!r} where {name!r} was expected")
+        self.ev.stage = name
+        pid = self.proc.pid
+        counters = procfs.read_fault_counters(pid)
+        self.ev.snapshots[name] = Snapshot(name, time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+                                           procfs.read_maps(pid), counters[0], counters[1])
+        self._drain()
+        self.progress(f"target PID {pid} paused at phase {name}")
+        return phase
+
+    def _snapshot_page(self, name: str) -> None:
+        snap, pid, ev = self.ev.snapshots[name], self.proc.pid, self.ev
+        try:
+            snap.pagemap = procfs.pagemap_entry(pid, ev.fault_address)
+        except OSError as exc:
+            snap.errors.append(f"pagemap: {exc}")
+        try:
+            snap.vm_flags_mnemonics = procfs.read_smaps_vmflags(pid, ev.vaddr)
+        except OSError as exc:
+            snap.errors.append(f"smaps: {exc}")
+        pfn = (snap.pagemap or 0) & ((1 << 55) - 1)
+        if snap.pagemap and snap.pagemap >> 63 and pfn:
+            try:
+                snap.kpageflags = procfs.read_kpageflags(pfn)
+                snap.kpagecount = procfs.read_kpagecount(pfn)
+            except OSError as exc:
+                snap.errors.append(f"/proc/kpageflags: {exc.strerror or exc}; fix: run as root")
+
+    def _drain(self) -> None:
+        if self.session:
+            self.chunks.extend(self.session.drain())
+
+    def _start_bpftrace(self) -> None:
+        pgd = self._pgd_allocation()
+        if pgd is None:
+            self.ev.unavailable["bpf"] = ("no pgd_alloc allocation was seen during exec, so the direct-map base "
+                                          "cannot be derived and the entries cannot be followed")
+            return
+        self.progress("starting bpftrace to read the page-table entries")
+        try:
+            self.tracer = BpfTracer(self.proc.pid, self.ev.fault_address, pgd << 12, self.ev.paging_levels)
+            self.tracer.arm()
+        except BpfError as exc:
+            self.ev.unavailable["bpf"] = str(exc)
+            self.tracer = None
+
+    def _pgd_allocation(self) -> int | None:
+        """The PFN of the new mm's PGD: the mm_page_alloc during exec whose call chain has pgd_alloc."""
+        self._decode_events()
+        found = [e.fields["pfn"] for e in self.ev.events
+                 if e.name == "kmem:mm_page_alloc" and any(f.startswith("pgd_alloc+") for _a, f in e.kernel_chain)]
+        return found[-1] if found else None
+
+    def _decode_events(self) -> None:
+        data = b"".join(self.chunks)
+        stream = parse_stream(data, self.sample_type)
+        s = stream.samples
+        self.ev.lost_events = stream.lost
+        names = {int(i): f"{f['system']}:{f['name']}" for i, f in self.formats.items()}
+        fields_of: dict[str, dict[str, list]] = {}
+        events: list[TraceEvent] = []
+        for i in range(len(s)):
+            if s.raw_offset is not None:
+                name = names.get(int(s.event_type[i]), f"event {int(s.event_type[i])}")
+                fmt = self.formats.get(str(int(s.event_type[i])), {}).get("fields", {})
+                fields = {}
+                for fname, (off, size, signed) in fmt.items():
+                    if fname.startswith("common_") or size > 8:
+                        continue
+                    fields[fname] = int(raw_field(data, s.raw_offset[i:i + 1], off, size, bool(signed))[0])
+            else:
+                name, fields = "page-faults", {"address": int(s.addr[i]), "ip": int(s.ip[i])}
+            kernel, user = split_callchain(callchain(data, s, i))
+            chain = [(a, self.ksyms.describe(a)) for a in kernel] if self.ksyms.usable else [(a, f"0x{a:x}") for a in kernel]
+            events.append(TraceEvent(name, int(s.time[i]), int(s.cpu[i]), int(s.pid[i]), fields, chain, user))
+        self.ev.events = events
