@@ -230,6 +230,107 @@ def _register_capture(sub) -> None:
 COMMANDS.append(_register_capture)
 
 
+# --- journey ------------------------------------------------------------------------------------------
+
+def cmd_journey(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from rich.console import Console
+    from .capture.exercise import ExerciseError, ExerciseOptions
+    from .capture.journey_capture import LiveJourney
+    from .capture.tracer import CaptureError, stderr_progress
+    from .journey.build import build_journey
+    from .views import journey_view
+    options = ExerciseOptions(offset=parse_number(args.offset, "--offset"), size=parse_number(args.size, "--size"),
+                              text=args.text)
+    fmt = args.format
+    if args.output and fmt == "text":
+        raise UsageError("-o FILE needs --format markdown or --format json")
+    output = Path(args.output) if args.output else None
+    if output:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.touch()
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}; fix: choose another place with -o FILE") from None
+    interactive = fmt == "text" and not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty()
+    progress = None if args.quiet else stderr_progress
+    try:
+        live = LiveJourney(options, tier=args.tier, progress=progress)
+    except (CaptureError, ExerciseError) as exc:
+        raise UsageError(str(exc)) from None
+    console = Console()
+    try:
+        if interactive:
+            _step_through(live, console)
+            return 0
+        live.run_all()
+    except (CaptureError, ExerciseError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        live.close()
+    if progress and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    journey = build_journey(live.ev)
+    if fmt == "text":
+        journey_view.render_all(journey, console)
+        return 0
+    text = journey_view.to_markdown(journey) if fmt == "markdown" else journey_view.to_json(journey)
+    if output:
+        output.write_text(text)
+        print(f"journey written to {output} ({fmt})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _step_through(live, console) -> None:
+    """Enter: next step; b: back; q: quit. The target waits at its phase while the person reads."""
+    from .journey.build import build_journey
+    from .views import journey_view
+    live.start()
+    journey = build_journey(live.ev)
+    journey_view.header(journey, console)
+    index = 0
+    while True:
+        while index >= len(journey.steps) and live.ev.stage != "done":
+            live.next_stage()
+            journey = build_journey(live.ev)
+        if index >= len(journey.steps):
+            journey_view.render_timeline(journey, console)
+            console.print(f"the program has ended ({live.ev.exit}); the journey is complete")
+            return
+        console.print(journey_view.step_renderable(journey.steps[index], 11))
+        pid = live.ev.pid
+        hint = (f"PID {pid} is paused at phase '{live.ev.stage}' (look: cat /proc/{pid}/maps)"
+                if live.ev.stage != "done" else "the program has ended")
+        try:
+            key = input(f"[Enter] next  [b] back  [q] quit — {hint} ").strip().lower()
+        except EOFError:
+            key = "q"
+        if key == "q":
+            return
+        index = max(0, index - 1) if key == "b" else index + 1
+
+
+def _register_journey(sub) -> None:
+    j = sub.add_parser("journey", help="the live, step-by-step journey of one page fault, every number proven",
+                       usage="pagefault journey [--offset N] [--size N] [--text S] [--tier auto|bpf|perf|user] "
+                             "[--no-pause] [--format text|markdown|json] [-o FILE]")
+    j.add_argument("--offset", default="0x100", help="where in the mapping to write (default 0x100)")
+    j.add_argument("--size", default="4096", help="the mapping's size in bytes (default 4096)")
+    j.add_argument("--text", default=None, help="the string to write (default: 'offset world', copied inside main)")
+    j.add_argument("--tier", choices=("auto", "bpf", "perf", "user"), default="auto",
+                   help="bpf: raw page-table entries too (root, bpftrace); perf: tracepoints (root); user: no root")
+    j.add_argument("--no-pause", action="store_true", help="print every step at once instead of stepping")
+    j.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    j.add_argument("-o", "--output", help="write markdown or json to FILE")
+    j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    j.set_defaults(func=cmd_journey)
+
+
+COMMANDS.append(_register_journey)
+
+
 # --- entry point ------------------------------------------------------------------------------------
 
 def build_parser() -> Parser:

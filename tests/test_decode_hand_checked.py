@@ -120,7 +120,7 @@ def test_pte_seen_on_the_project_machines():
 
 def test_upper_level_table_entry_points_to_next_table():
     p = decode_pte(0x1047B6067, "PGD")
-    assert p.pfn == 0x1047B6 and not p.leaf and "next table" in p.points_to
+    assert p.pfn == 0x1047B6 and not p.leaf and "next level's table at physical 0x1047b6000" in p.points_to
 
 
 def test_huge_pmd_entry():

@@ -154,9 +154,9 @@ class LiveJourney:
             ev.unavailable["tracepoints"] = ("the unprivileged tier sees the software page-fault event only "
                                              "(address and ip); fix: run as root for tracepoints")
         for spec in events:
-            ev.event_sources[spec.name] = (f"observed: tracepoint {spec.name} via perf_event_open"
+            ev.event_sources[spec.name] = (f"tracepoint {spec.name} via perf_event_open"
                                           if spec.type != PERF_TYPE_SOFTWARE else
-                                          "observed: software event page-faults via perf_event_open")
+                                          "software event page-faults via perf_event_open")
         try:
             self.proc = ExerciseProcess(ev.program, ev.options)
         except ExerciseError as exc:

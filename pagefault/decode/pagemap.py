@@ -80,7 +80,7 @@ KPF_NAMES = {
     23: ("OFFLINE", "logically offline"), 24: ("ZERO_PAGE", "the shared zero page"),
     25: ("IDLE", "not accessed since marked idle"), 26: ("PGTABLE", "a page-table page"),
     32: ("RESERVED", "reserved (kernel hacking)"), 33: ("MLOCKED", "mlocked (kernel hacking)"),
-    34: ("MAPPEDTODISK", "has disk blocks (kernel hacking)"), 35: ("PRIVATE", "has private data (kernel hacking)"),
+    34: ("MAPPEDTODISK", "has disk blocks; on an anonymous page the same bit is PG_anon_exclusive (kernel hacking)"), 35: ("PRIVATE", "has private data (kernel hacking)"),
     36: ("PRIVATE_2", "private flag 2 (kernel hacking)"), 37: ("OWNER_PRIVATE", "owner's flag (kernel hacking)"),
     38: ("ARCH", "architecture flag (kernel hacking)"), 39: ("UNCACHED", "uncached (kernel hacking)"),
     40: ("SOFTDIRTY", "soft-dirty (kernel hacking)"), 41: ("ARCH_2", "architecture flag 2 (kernel hacking)"),

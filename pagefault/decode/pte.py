@@ -90,8 +90,7 @@ def decode_pte(value: int, level: str = "PTE") -> PageTableEntry:
         size = {"PTE": "4 KiB", "PMD": "2 MiB", "PUD": "1 GiB"}[level]
         points_to = f"a {size} page frame at physical 0x{phys:x}"
     else:
-        nxt = LEVELS[LEVELS.index(level) + 1]
-        points_to = f"the next table ({nxt}s for the lower levels) at physical 0x{phys:x}"
+        points_to = f"the next level's table at physical 0x{phys:x}"
     return PageTableEntry(value, level, bool(value & _PAGE_PRESENT), bool(value & _PAGE_RW),
                           bool(value & _PAGE_USER), bool(value & _PAGE_ACCESSED), bool(value & _PAGE_DIRTY),
                           bool(value & _PAGE_NX), huge, leaf, pfn, phys, pkey, word, points_to, tuple(lines))
@@ -141,8 +140,11 @@ class DerivedPTE:
     derivations: tuple[str, ...]
 
 
-def derive_anonymous_pte(pfn: int, vm_flags: int, write_fault: bool = True) -> DerivedPTE:
-    """The PTE do_anonymous_page() (mm/memory.c) installs, for a CPU without user shadow stacks."""
+def derive_anonymous_pte(pfn: int, vm_flags: int, write_fault: bool = True, soft_dirty: bool = False) -> DerivedPTE:
+    """The PTE do_anonymous_page() (mm/memory.c) installs, for a CPU without user shadow stacks.
+
+    soft_dirty: the kernel has CONFIG_MEM_SOFT_DIRTY, so x86's pte_mkdirty() sets bit 11 with D.
+    """
     if not 0 <= pfn < 1 << (PHYSICAL_MASK_SHIFT - 12):
         raise DecodeError(f"PFN 0x{pfn:x} does not fit in {PHYSICAL_MASK_SHIFT - 12} bits")
     prot = vm_page_prot(vm_flags)
@@ -154,8 +156,10 @@ def derive_anonymous_pte(pfn: int, vm_flags: int, write_fault: bool = True) -> D
         entry |= _PAGE_SPECIAL
         lines.append(f"| SPECIAL 0x{_PAGE_SPECIAL:x} = 0x{entry:x}")
     elif vm_flags & bit(1):
-        entry |= _PAGE_DIRTY
-        lines.append(f"pte_mkdirty: | D 0x{_PAGE_DIRTY:x} = 0x{entry:x}")
+        dirty = _PAGE_DIRTY | (_PAGE_SOFT_DIRTY if soft_dirty else 0)
+        entry |= dirty
+        lines.append(f"pte_mkdirty: | {'D|SOFT_DIRTY' if soft_dirty else 'D'} 0x{dirty:x} = 0x{entry:x}"
+                     + ("" if soft_dirty else " (no soft-dirty bit: the kernel lacks CONFIG_MEM_SOFT_DIRTY)"))
         entry |= _PAGE_RW
         lines.append(f"pte_mkwrite (VM_WRITE is set): | RW 0x{_PAGE_RW:x} = 0x{entry:x}")
     return DerivedPTE(entry, pfn, vm_flags, write_fault, tuple(lines))

@@ -140,3 +140,33 @@ def disassemble(path: str, vaddr: int, count: int = 1) -> list[tuple[int, str, s
         if len(out) >= count:
             break
     return out
+
+
+def source_line(path: str, vaddr: int) -> tuple[str, int] | None:
+    """(source file, line) of an ELF address from its DWARF line table, or None without debug info."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return None
+            dwarf = elf.get_dwarf_info()
+            for cu in dwarf.iter_CUs():
+                program = dwarf.line_program_for_CU(cu)
+                if program is None:
+                    continue
+                files = program["file_entry"]
+                base = 0 if program.header["version"] >= 5 else 1
+                prev = None
+                for entry in program.get_entries():
+                    state = entry.state
+                    if state is None:
+                        continue
+                    if prev is not None and prev.address <= vaddr < state.address:
+                        name = files[prev.file - base].name
+                        return (name.decode() if isinstance(name, bytes) else str(name)), prev.line
+                    prev = None if state.end_sequence else state
+    except (OSError, ELFError, ValueError, IndexError, KeyError):
+        return None
+    return None

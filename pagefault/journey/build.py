@@ -1,0 +1,594 @@
+"""From live evidence to the journey's steps: every value observed, derived or modelled, and labelled."""
+
+from __future__ import annotations
+
+from ..capture.journey_capture import JourneyEvidence, TraceEvent
+from ..capture.procfs import MapsLine
+from ..decode.address import split_virtual_address
+from ..decode.error_code import decode_error_code
+from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
+from ..decode.gfp import decode_gfp
+from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry
+from ..decode.pte import decode_pte, derive_anonymous_pte
+from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
+from ..model.maple_tree import search as maple_search
+from .steps import Journey, Step, TimelineEntry, derived, modelled, observed, unavailable
+
+FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
+FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
+PROT_NAMES = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
+MAP_NAMES = ((0x01, "MAP_SHARED"), (0x02, "MAP_PRIVATE"), (0x10, "MAP_FIXED"), (0x20, "MAP_ANONYMOUS"),
+             (0x100, "MAP_GROWSDOWN"), (0x2000, "MAP_LOCKED"), (0x4000, "MAP_NORESERVE"), (0x8000, "MAP_POPULATE"))
+DATA_PAGE_FUNCS = ("do_anonymous_page", "vma_alloc_folio", "alloc_anon_folio")
+TABLE_FUNCS = {"__pte_alloc": "PTE table", "pte_alloc_one": "PTE table", "__pmd_alloc": "PMD table",
+               "__pud_alloc": "PUD table", "__p4d_alloc": "P4D table"}
+
+
+def _names(value: int, table) -> str:
+    parts = [name for bit, name in table if value & bit]
+    return "|".join(parts) or "0"
+
+
+def _funcs(e: TraceEvent) -> list[str]:
+    return [f.split("+")[0] for _a, f in e.kernel_chain]
+
+
+def _chain_text(e: TraceEvent) -> str:
+    return " → ".join(reversed(_funcs(e)))
+
+
+def _between(ev: JourneyEvidence, name: str, start: str | None, end: str | None) -> list[TraceEvent]:
+    lo = ev.snapshots[start].time_ns if start and start in ev.snapshots else 0
+    hi = ev.snapshots[end].time_ns if end and end in ev.snapshots else 1 << 63
+    return [e for e in ev.events if e.name == name and lo <= e.time_ns <= hi and e.pid == ev.pid]
+
+
+def _src(ev: JourneyEvidence, name: str) -> str:
+    return ev.event_sources.get(name, name)
+
+
+def _vma_at(maps: list[MapsLine], address: int) -> MapsLine | None:
+    return next((m for m in maps if m.start <= address < m.end), None)
+
+
+def _maps_line(m: MapsLine) -> str:
+    return f"{m.start:x}-{m.end:x} {m.perms} {m.offset:08x} {m.dev} {m.inode} {m.path}".rstrip()
+
+
+def _us(ev: JourneyEvidence, t_ns: int) -> str:
+    return f"{(t_ns - ev.spawned_ns) / 1000:.1f} µs after the spawn"
+
+
+# --- the facts several steps share -------------------------------------------------------------------------
+
+class Facts:
+    """The events and readings the steps refer to, picked once."""
+
+    def __init__(self, ev: JourneyEvidence):
+        self.ev = ev
+        page = (ev.fault_address or 0) & ~0xFFF
+        fault_name = "exceptions:page_fault_user" if ev.tier in ("bpf", "perf") else "page-faults"
+        self.fault_event_name = fault_name
+        faults = [e for e in _between(ev, fault_name, "mapped", "touched")
+                  if page <= e.fields.get("address", -1) < page + 4096]
+        self.fault = faults[0] if faults else None
+        self.fault_count_on_page = len(faults)
+        self.allocs = _between(ev, "kmem:mm_page_alloc", "mapped", "touched")
+        touched = ev.snapshots.get("touched")
+        entry = touched.pagemap if touched else None
+        self.pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
+        self.data_alloc = next((a for a in self.allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
+        if self.data_alloc is None and self.pagemap_pfn:
+            self.data_alloc = next((a for a in self.allocs if a.fields.get("pfn") == self.pagemap_pfn), None)
+        self.table_allocs = [a for a in self.allocs if a is not self.data_alloc]
+        vma = _vma_at(touched.maps, ev.fault_address) if touched and ev.fault_address else None
+        self.vma = vma
+        snap = ev.snapshots.get("touched") or ev.snapshots.get("mapped")
+        self.vm_flags_mnemonics = snap.vm_flags_mnemonics if snap else None
+        if self.vm_flags_mnemonics:
+            self.vm_flags, self.vm_flags_lines, self.vm_flags_unknown = vm_flags_from_smaps(
+                self.vm_flags_mnemonics, ev.kernel_version)
+        else:
+            self.vm_flags, self.vm_flags_lines, self.vm_flags_unknown = None, [], []
+        self.pgd_alloc = next((e for e in ev.events if e.name == "kmem:mm_page_alloc"
+                               and "pgd_alloc" in _funcs(e) and e.pid == ev.pid), None)
+
+
+# --- steps -----------------------------------------------------------------------------------------------------
+
+def step_process(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(1, "process", "The process and its mm exist before main() runs", "ready")
+    snap = ev.snapshots["ready"]
+    s.values.append(observed("PID", ev.pid, "the return value of fork() in pagefault, which started the program",
+                             display=str(ev.pid)))
+    execs = [e for e in ev.events if e.name == "sched:sched_process_exec" and e.pid == ev.pid]
+    if execs:
+        s.values.append(observed("exec", _us(ev, execs[0].time_ns), _src(ev, "sched:sched_process_exec")))
+    else:
+        s.values.append(unavailable("exec", ev.unavailable.get("sched:sched_process_exec",
+                                                               "the exec tracepoint was not seen; " + FIX_ROOT)))
+    if f.pgd_alloc:
+        pfn = f.pgd_alloc.fields["pfn"]
+        s.values.append(observed("PGD page (PFN)", pfn, _src(ev, "kmem:mm_page_alloc") + ", the allocation whose "
+                                 "call chain holds pgd_alloc", display=f"0x{pfn:x}"))
+        s.values.append(derived("PGD physical address (CR3 while it runs)", pfn << 12, "PFN << 12",
+                                [f"0x{pfn:x} << 12 = 0x{pfn << 12:x}"]))
+        s.evidence.append("PGD allocation: " + _chain_text(f.pgd_alloc))
+    else:
+        s.values.append(unavailable("PGD page (PFN)", "no pgd_alloc allocation seen during exec; " + FIX_ROOT))
+    exec_t = execs[0].time_ns if execs else 0
+    before_main = [e for e in ev.events if e.name == f.fault_event_name and e.pid == ev.pid
+                   and exec_t <= e.time_ns <= snap.time_ns]
+    s.values.append(observed("page faults from exec to the first phase", len(before_main), _src(ev, f.fault_event_name),
+                             display=str(len(before_main))))
+    s.values.append(observed("VMAs at the first phase", len(snap.maps), f"/proc/{ev.pid}/maps", display=str(len(snap.maps))))
+    s.values.append(observed("minor faults so far", snap.minor_faults, f"/proc/{ev.pid}/stat field 10",
+                             display=str(snap.minor_faults)))
+    s.evidence += [_maps_line(m) for m in snap.maps]
+    s.ws = {
+        "what": f"PID {ev.pid} runs {ev.argv[0].rsplit('/', 1)[-1]}; exec gave it a fresh mm_struct with its own PGD page.",
+        "why": "a process needs an address space (mm_struct, VMAs, page tables) before any of its code can run.",
+        "where": "kernel/fork.c (fork), fs/exec.c (exec: alloc_bprm → mm_init → pgd_alloc).",
+        "who": "pagefault forked the child; the child's execve built the new mm.",
+        "when": "before main(): the loader's own faults above happened before the program's first line.",
+        "without": "without an mm there is no CR3 to load and no VMA to check a fault against.",
+        "which": f"the PGD page is PFN 0x{f.pgd_alloc.fields['pfn']:x}" if f.pgd_alloc else "the PGD page was not seen",
+    }
+    return s
+
+
+def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(2, "mmap", "mmap() creates a VMA: a promise, no memory yet", "mapped")
+    enter = _between(ev, "syscalls:sys_enter_mmap", "ready", "mapped")
+    exit_ = _between(ev, "syscalls:sys_exit_mmap", "ready", "mapped")
+    area = _between(ev, "mmap:vm_unmapped_area", "ready", "mapped")
+    if enter:
+        a = enter[-1].fields
+        fd = a.get("fd", 0)
+        fd = fd - (1 << 32) if fd >= 1 << 31 and fd < 1 << 32 else (fd - (1 << 64) if fd >= 1 << 63 else fd)
+        src = _src(ev, "syscalls:sys_enter_mmap")
+        s.values += [observed("addr argument", a.get("addr"), src), observed("length", a.get("len"), src),
+                     observed("prot", a.get("prot"), src, display=f"0x{a.get('prot', 0):x} = {_names(a.get('prot', 0), PROT_NAMES)}"),
+                     observed("flags", a.get("flags"), src, display=f"0x{a.get('flags', 0):x} = {_names(a.get('flags', 0), MAP_NAMES)}"),
+                     observed("fd", fd, src, display=str(fd))]
+    else:
+        s.values.append(unavailable("mmap arguments", ev.unavailable.get("syscalls:sys_enter_mmap", "not seen; " + FIX_ROOT)))
+    if exit_:
+        ret = exit_[-1].fields.get("ret")
+        s.values.append(observed("return value", ret, _src(ev, "syscalls:sys_exit_mmap")))
+        same = ret == ev.vaddr
+        s.derivations.append(f"sys_exit_mmap ret 0x{ret:x} {'=' if same else '≠'} the address the program printed "
+                             f"0x{ev.vaddr:x}")
+    else:
+        s.values.append(observed("return value", ev.vaddr, "the program's own report of what mmap() returned"))
+    if area:
+        u = area[-1].fields
+        src = _src(ev, "mmap:vm_unmapped_area")
+        s.values += [observed("address chosen by vm_unmapped_area", u.get("addr"), src),
+                     observed("search low limit", u.get("low_limit"), src),
+                     observed("search high limit", u.get("high_limit"), src)]
+        s.derivations.append(f"top-down search: the highest free gap of 0x{u.get('length', 0):x} bytes below "
+                             f"0x{u.get('high_limit', 0):x} starts at 0x{u.get('addr', 0):x}")
+        s.evidence.append("vm_unmapped_area call chain: " + _chain_text(area[-1]))
+    else:
+        s.values.append(unavailable("address choice", ev.unavailable.get("mmap:vm_unmapped_area", "not seen; " + FIX_ROOT)))
+    before = {(m.start, m.end) for m in ev.snapshots["ready"].maps}
+    mapped = ev.snapshots["mapped"]
+    new = [m for m in mapped.maps if (m.start, m.end) not in before]
+    vma = _vma_at(mapped.maps, ev.vaddr)
+    if vma:
+        merged = (vma.start, vma.end) != (ev.vaddr, ev.vaddr + ev.options.size)
+        s.values.append(derived("new VMA", f"[0x{vma.start:x}, 0x{vma.end:x}) {vma.perms}",
+                                f"/proc/{ev.pid}/maps after mmap minus before" +
+                                (": merged with a neighbouring VMA of the same flags" if merged else "")))
+        s.evidence += ["new in maps: " + _maps_line(m) for m in new]
+    if f.vm_flags is not None:
+        word = decode_vm_flags(f.vm_flags, ev.kernel_version)
+        s.values.append(derived("vm_flags", f.vm_flags, f"VmFlags {' '.join(f.vm_flags_mnemonics)} in /proc/{ev.pid}/smaps "
+                                "(observed), as bits of this kernel's vm_flags", f.vm_flags_lines,
+                                display=f"0x{f.vm_flags:x} = {' | '.join(word.names)}"))
+    if mapped.pagemap is not None:
+        pm = decode_pagemap_entry(mapped.pagemap)
+        s.values.append(observed("pagemap of the page now", mapped.pagemap, f"/proc/{ev.pid}/pagemap",
+                                 display=f"0x{mapped.pagemap:x}: {pm.summary}"))
+    s.ws = {
+        "what": f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{ev.vaddr:x}.",
+        "why": "mmap only reserves addresses: physical memory is given on the first touch (demand paging).",
+        "where": "mm/mmap.c do_mmap → __get_unmapped_area → vm_unmapped_area; the VMA goes into mm->mm_mt.",
+        "who": "the program's mmap() call; the kernel picked the address (top-down, below the stack gap).",
+        "when": "after exec, before the write: the program is paused right after mmap returned.",
+        "without": "without the VMA the later write would have no mapping and end in SIGSEGV.",
+        "which": f"VMA [0x{vma.start:x}, 0x{vma.end:x})" if vma else "the VMA was not found in maps",
+    }
+    return s
+
+
+def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(3, "trap", "The CPU traps: #PF with the faulting address, RIP and error code", "touched")
+    e = f.fault
+    if e is None:
+        s.values.append(unavailable("page fault", "no fault on the page was seen; " + FIX_ROOT))
+        return s
+    src = _src(ev, f.fault_event_name)
+    addr = e.fields["address"]
+    s.values.append(observed("faulting address (CR2)", addr, src))
+    s.values.append(derived("mapping start + offset written", ev.vaddr + ev.options.offset,
+                            "the mmap return value plus --offset",
+                            [f"0x{ev.vaddr:x} + 0x{ev.options.offset:x} = 0x{ev.vaddr + ev.options.offset:x}"
+                             + (" = the faulting address" if addr == ev.vaddr + ev.options.offset else
+                                f" ≠ 0x{addr:x}: the first store landed elsewhere in the page")]))
+    s.values.append(observed("RIP", e.fields["ip"], src))
+    if "error_code" in e.fields:
+        code = e.fields["error_code"]
+        d = decode_error_code(code)
+        s.values.append(observed("error code", code, src, display=f"0x{code:x}"))
+        s.values.append(derived("error code meaning", d.summary, "the x86 #PF error-code bits "
+                                "(arch/x86/include/asm/trap_pf.h)", list(d.bit_meanings)))
+    else:
+        s.values.append(unavailable("error code", "the software page-fault event has no error code; " + FIX_ROOT))
+    s.values.append(observed("CPU", e.cpu, src, display=str(e.cpu)))
+    s.values.append(observed("time", _us(ev, e.time_ns), src))
+    split = split_virtual_address(addr, ev.paging_levels)
+    s.values.append(derived("page base", split.page_base, "address & ~0xfff (PAGE_MASK)",
+                            [f"0x{addr:x} & ~0xfff = 0x{split.page_base:x}"]))
+    if e.kernel_chain:
+        s.evidence.append("kernel stack at the tracepoint: " + _chain_text(e))
+    s.ws = {
+        "what": "a user-mode write to a page with no present PTE: the MMU cannot translate, so it raises #PF.",
+        "why": "the VMA exists but no page frame has been given to this page yet.",
+        "where": "vector 14 → asm_exc_page_fault → exc_page_fault (arch/x86/mm/fault.c), where the tracepoint fires.",
+        "who": "the CPU saved CR2, RIP and the error code; the kernel's entry code read them.",
+        "when": f"{_us(ev, e.time_ns)}, on CPU {e.cpu}.",
+        "without": "without the trap the store would silently miss: the fault is what lets the kernel fill the page.",
+        "which": f"address 0x{addr:x}, RIP 0x{e.fields['ip']:x}",
+    }
+    return s
+
+
+def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
+    from ..symbols.elf import disassemble, resolve_ip, source_line
+    s = Step(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched")
+    if f.fault is None:
+        s.values.append(unavailable("RIP", "no fault was seen"))
+        return s
+    ip = f.fault.fields["ip"]
+    m = _vma_at(ev.snapshots["touched"].maps, ip)
+    if m is None or not m.path.startswith("/"):
+        s.values.append(unavailable("mapping of RIP", f"RIP 0x{ip:x} is not in a file mapping of /proc/{ev.pid}/maps"))
+        return s
+    s.values.append(observed("mapping holding RIP", _maps_line(m), f"/proc/{ev.pid}/maps"))
+    r = resolve_ip(ip, m.start, m.offset, m.path)
+    s.values.append(derived("file offset", r.file_offset, "RIP − mapping start + mapping file offset", [r.derivations[0]]))
+    if r.elf_vaddr is not None:
+        s.values.append(derived("ELF address", r.elf_vaddr, "the PT_LOAD segment holding that file offset",
+                                list(r.derivations[1:2])))
+    if r.symbol:
+        s.values.append(derived("function", f"{r.symbol}+0x{r.symbol_offset:x}", f"the ELF symbol table of {m.path}",
+                                list(r.derivations[2:3])))
+    if r.elf_vaddr is not None:
+        insns = disassemble(m.path, r.elf_vaddr, 1)
+        if insns:
+            a, mnem, ops, raw = insns[0]
+            s.values.append(derived("instruction", f"{mnem} {ops}", f"capstone on the bytes of {m.path} at that offset",
+                                    [f"bytes {raw.hex(' ')} at ELF address 0x{a:x} → {mnem} {ops}"]))
+            destination = ops.split(",", 1)[0]
+            if "[" in destination:
+                s.derivations.append(f"its destination operand {destination} is memory: the instruction stores, "
+                                     "as a write fault needs")
+        line = source_line(m.path, r.elf_vaddr)
+        if line:
+            s.values.append(derived("source line", f"{line[0]}:{line[1]}", f"the DWARF line table of {m.path}"))
+        elif ev.program.compiled and m.path == str(ev.program.path):
+            s.values.append(unavailable("source line", "the binary has no line for this address"))
+    s.ws = {
+        "what": "the address the CPU saved as RIP, traced back to a byte offset in a file on disk.",
+        "why": "ASLR moves where a file is mapped; the offset inside the file does not move.",
+        "where": m.path,
+        "who": "the instruction the CPU retries after the handler returns.",
+        "when": "the instruction was executing when the trap came; it had not completed.",
+        "without": "without this proof the RIP is just a number; with it, it is a line of code.",
+        "which": f"{r.describe()}",
+    }
+    return s
+
+
+def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched")
+    if f.fault is None or "error_code" not in f.fault.fields:
+        s.values.append(unavailable("fault flags", "needs the error code; " + FIX_ROOT))
+        return s
+    code = f.fault.fields["error_code"]
+    d = derive_fault_flags(code, ev.fault_flag_table, source=ev.fault_flag_source)
+    s.values.append(observed("enum fault_flag table", ev.fault_flag_source.split(": ", 1)[-1],
+                             ev.fault_flag_source) if ev.fault_flag_source.startswith("observed")
+                    else modelled("enum fault_flag table", ev.fault_flag_source, ev.fault_flag_source))
+    s.values.append(derived("flags", d.value, "from the error code and the user-mode bit, as arch/x86/mm/fault.c "
+                            "does, assuming the usual per-VMA-lock path (lock_vma_under_rcu found the VMA)",
+                            list(d.derivations)))
+    word = decode_fault_flags(d.value, ev.fault_flag_table, ev.fault_flag_source)
+    for flag in word.set_flags:
+        step = next((st for st in d.steps if st.name == flag.name), None)
+        s.values.append(derived(flag.name, flag.mask, step.reason if step else flag.meaning))
+    s.derivations += list(word.derivations)
+    s.ws = {
+        "what": f"error code 0x{code:x} becomes flags 0x{d.value:x} for handle_mm_fault().",
+        "why": "the generic mm code speaks FAULT_FLAG_*, not x86 error codes.",
+        "where": "do_user_addr_fault() in arch/x86/mm/fault.c (inlined into exc_page_fault here).",
+        "who": "the x86 fault handler; the values of the bits come from this kernel's enum fault_flag.",
+        "when": "after the trap, before the VMA lookup.",
+        "without": "without FAULT_FLAG_WRITE the kernel would map the shared zero page read-only instead.",
+        "which": " | ".join(word.names),
+    }
+    return s
+
+
+def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(6, "vma", "The VMA lookup: is the address legal, and is a write allowed?", "touched")
+    addr = ev.fault_address
+    if f.vma is None:
+        s.values.append(unavailable("VMA", f"no VMA holds 0x{addr:x} in /proc/{ev.pid}/maps"))
+        return s
+    s.values.append(observed("VMA holding the address", _maps_line(f.vma), f"/proc/{ev.pid}/maps"))
+    if f.vm_flags is not None:
+        write = bool(f.vm_flags & 2)
+        s.values.append(derived("write permitted", write, "vm_flags & VM_WRITE",
+                                [f"0x{f.vm_flags:x} & 0x2 = 0x{f.vm_flags & 2:x} → {'allowed' if write else 'refused: SIGSEGV'}"]))
+    search = maple_search([(m.start, m.end) for m in ev.snapshots["touched"].maps if m.path != "[vsyscall]"], addr)
+    s.values.append(modelled("maple tree search", f"leaf {search.leaf_index}, slot {search.slot_index}",
+                             f"a maple tree of kernel 6.{ev.kernel_version[1]} packed from these VMAs "
+                             "(node boundaries modelled, ranges observed)", list(search.derivations)))
+    s.ws = {
+        "what": "find the VMA that contains the address and check the access against its flags.",
+        "why": "only a VMA says whether an address is part of the process and what it may do there.",
+        "where": "lock_vma_under_rcu() → mas_walk() over mm->mm_mt (mm/memory.c, lib/maple_tree.c).",
+        "who": "the fault handler, under RCU and the VMA's own lock rather than mmap_lock.",
+        "when": "right after the flags are set, before any page-table work.",
+        "without": "no VMA → SEGV_MAPERR; a VMA without VM_WRITE → SEGV_ACCERR.",
+        "which": f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}",
+    }
+    return s
+
+
+def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(7, "walk", "The page-table walk: one index per level", "touched")
+    addr = ev.fault_address
+    split = split_virtual_address(addr, ev.paging_levels)
+    s.values.append(observed("paging levels", ev.paging_levels, ev.paging_why, display=str(ev.paging_levels)))
+    for i in split.indices:
+        s.values.append(derived(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
+                                [f"(0x{addr:x} >> {i.shift}) & 0x1ff = {i.index} (bits {i.high_bit}..{i.shift} = {i.bits})"],
+                                display=str(i.index)))
+    s.values.append(derived("page offset", split.page_offset, "address & 0xfff",
+                            [f"0x{addr:x} & 0xfff = 0x{split.page_offset:x}"]))
+    bpf = ev.bpf
+    if bpf and "before" in bpf.reads:
+        before = bpf.reads["before"]
+        s.values.append(derived("direct-map base (page_offset_base)", bpf.direct_map_base,
+                                "mm->pgd (observed by bpftrace) − PGD physical address (observed PFN << 12)",
+                                [f"0x{before.pgd_virtual:x} − 0x{bpf.pgd_physical:x} = 0x{bpf.direct_map_base:x}"]))
+        for level in [i.level for i in split.indices]:
+            if level not in before.entries:
+                s.values.append(unavailable(f"{level} entry before", "the walk stopped above this level (not present)"))
+                continue
+            entry = before.entries[level]
+            table = before.table_physical.get(level)
+            idx = split.index(level)
+            pte = decode_pte(entry, level)
+            s.values.append(observed(f"{level} entry before", entry, "bpftrace read at tracepoint exceptions:page_fault_user "
+                                     f"(table at physical 0x{table:x}, entry {idx} at +0x{idx * 8:x})",
+                                     display=f"0x{entry:016x}: {pte.points_to}",
+                                     derivation=[l for l in pte.derivations if l.startswith("frame")]))
+    else:
+        s.values.append(unavailable("raw entries", ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
+    if ev.paging_levels == 4:
+        s.derivations.append("4-level paging: the P4D level is folded into the PGD (it has one entry, the PGD's)")
+    s.ws = {
+        "what": "the same walk the MMU did in hardware, now done by __handle_mm_fault() in software.",
+        "why": "to find (and create where missing) the tables down to the PTE that will map the page.",
+        "where": "pgd_offset → p4d_alloc → pud_alloc → pmd_alloc → the PTE in handle_pte_fault (mm/memory.c).",
+        "who": "the fault handler; missing tables come from the page allocator too.",
+        "when": "after the VMA check, before the page is allocated.",
+        "without": "without the indices the kernel could not tell which entry of each table is this address's.",
+        "which": " → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}",
+    }
+    return s
+
+
+def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(8, "alloc", "The buddy allocator hands out a page", "touched")
+    a = f.data_alloc
+    if a is None:
+        s.values.append(unavailable("allocation", ev.unavailable.get("kmem:mm_page_alloc",
+                                                                     "no allocation seen in the fault; " + FIX_ROOT)))
+        return s
+    src = _src(ev, "kmem:mm_page_alloc")
+    pfn, order, gfp = a.fields["pfn"], a.fields["order"], a.fields["gfp_flags"]
+    g = decode_gfp(gfp, ev.gfp_table, ev.gfp_source)
+    s.values += [observed("PFN", pfn, src), derived("physical address", pfn << 12, "PFN << 12", [f"0x{pfn:x} << 12 = 0x{pfn << 12:x}"]),
+                 observed("order", order, src, display=f"{order} ({4096 << order} bytes)"),
+                 observed("GFP flags", gfp, src, display=f"0x{gfp:x}"),
+                 derived("GFP flags decoded", g.symbolic, f"bit table: {ev.gfp_source}", list(g.derivations)),
+                 observed("migratetype", a.fields.get("migratetype"), src, display=_migratetype(a.fields.get("migratetype")))]
+    if f.fault:
+        s.values.append(derived("time after the trap", f"{(a.time_ns - f.fault.time_ns) / 1000:.1f} µs",
+                                "allocation time − fault time (both CLOCK_MONOTONIC)"))
+    s.values.append(observed("kernel call chain", _chain_text(a), src + " with PERF_SAMPLE_CALLCHAIN, /proc/kallsyms"))
+    for t in f.table_allocs:
+        what = next((v for k, v in TABLE_FUNCS.items() if k in _funcs(t)), "other page")
+        s.values.append(observed(f"also allocated: {what}", t.fields["pfn"], src + " in the same fault: " + _chain_text(t)))
+    s.ws = {
+        "what": f"an order-{order} page, PFN 0x{pfn:x}, zeroed ({'__GFP_ZERO' if 'ZERO' in g.symbolic else 'see flags'}).",
+        "why": "a private anonymous page must start as zeros and belong to this process alone.",
+        "where": "do_anonymous_page → vma_alloc_folio → alloc_pages_mpol → the buddy allocator (mm/page_alloc.c).",
+        "who": "the page allocator, likely from this CPU's per-CPU free list.",
+        "when": "inside the fault, after the page tables down to the PMD exist.",
+        "without": "without a free page the fault would reclaim, or end in the OOM killer.",
+        "which": f"PFN 0x{pfn:x} = physical 0x{pfn << 12:x}",
+    }
+    return s
+
+
+def _migratetype(value) -> str:
+    names = {0: "MIGRATE_UNMOVABLE", 1: "MIGRATE_MOVABLE", 2: "MIGRATE_RECLAIMABLE"}
+    try:
+        from ..kernel.btf import BTFError, load_vmlinux_btf
+        enum = load_vmlinux_btf().enum("migratetype") or {}
+        names = {v: k for k, v in reversed(list(enum.items()))} or names
+    except (BTFError, OSError):
+        pass
+    return f"{value} ({names.get(value, '?')})"
+
+
+def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(9, "pagemap", "The PFN confirmed in /proc/PID/pagemap", "touched")
+    snap = ev.snapshots["touched"]
+    if snap.pagemap is None:
+        s.values.append(unavailable("pagemap entry", "; ".join(snap.errors) or "not read"))
+        return s
+    pm = decode_pagemap_entry(snap.pagemap)
+    s.values.append(observed("pagemap entry", snap.pagemap, f"/proc/{ev.pid}/pagemap at offset (0x{ev.fault_address:x} >> 12) * 8",
+                             display=f"0x{snap.pagemap:016x}"))
+    s.values.append(derived("decoded", pm.summary, "Documentation/admin-guide/mm/pagemap.rst bits", list(pm.derivations)))
+    if pm.pfn_hidden:
+        s.values.append(unavailable("PFN", "pagemap shows PFN 0 to non-root readers; " + FIX_ROOT))
+    elif f.data_alloc:
+        same = pm.pfn == f.data_alloc.fields["pfn"]
+        s.values.append(derived("same PFN as mm_page_alloc", same, "pagemap PFN == allocation PFN",
+                                [f"0x{pm.pfn:x} {'==' if same else '!='} 0x{f.data_alloc.fields['pfn']:x}"]))
+    if snap.kpageflags is not None:
+        kw = decode_kpageflags(snap.kpageflags)
+        s.values.append(observed("kpageflags", snap.kpageflags, f"/proc/kpageflags at PFN 0x{pm.pfn:x}",
+                                 display=f"0x{snap.kpageflags:x} = {' | '.join(kw.names)}", derivation=list(kw.derivations)))
+        s.values.append(observed("kpagecount (mappings)", snap.kpagecount, f"/proc/kpagecount at PFN 0x{pm.pfn:x}",
+                                 display=str(snap.kpagecount)))
+    else:
+        s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
+    s.ws = {
+        "what": "the kernel's own report of which frame now backs the page.",
+        "why": "a second, independent witness for the PFN the allocator handed out.",
+        "where": f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
+        "who": "read by pagefault while the program is paused right after its write.",
+        "when": "after the fault returned and the write completed.",
+        "without": "without root the PFN reads as 0: the physical layout is hidden (Rowhammer and friends).",
+        "which": f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
+    }
+    return s
+
+
+def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(10, "pte", "The PTE that lets the retried instruction succeed", "touched")
+    a = f.data_alloc
+    pfn = a.fields["pfn"] if a else f.pagemap_pfn
+    if pfn is None or f.vm_flags is None:
+        s.values.append(unavailable("PTE", "needs the PFN and the VMA's flags; " + FIX_ROOT))
+        return s
+    write = bool(f.fault and f.fault.fields.get("error_code", 2) & 2)
+    d = derive_anonymous_pte(pfn, f.vm_flags, write, soft_dirty=bool(ev.soft_dirty_config))
+    s.values.append(derived("PTE (derived)", d.value, f"mk_pte(PFN, vm_page_prot) as do_anonymous_page() builds it; "
+                            f"CONFIG_MEM_SOFT_DIRTY={'y' if ev.soft_dirty_config else 'n' if ev.soft_dirty_config is False else '?'}"
+                            " (/proc/config.gz)", list(d.derivations), display=f"0x{d.value:016x}"))
+    bpf = ev.bpf
+    after = bpf.reads.get("after") if bpf else None
+    if after and "PTE" in after.entries:
+        raw = after.entries["PTE"]
+        p = decode_pte(raw, "PTE")
+        s.values.append(observed("PTE (read)", raw, "bpftrace read at the program's next system call, after the fault",
+                                 display=f"0x{raw:016x}", derivation=list(p.derivations)))
+        s.values.append(derived("derived == read", raw == d.value, "compare",
+                                [f"0x{d.value:016x} {'==' if raw == d.value else '!='} 0x{raw:016x}"]))
+        s.values.append(derived("PFN in the PTE", p.pfn, "(PTE & 0x000ffffffffff000) >> 12",
+                                [f"(0x{raw:x} & 0xffffffffff000) >> 12 = 0x{p.pfn:x}"]))
+        for name, bitval in (("present", p.present), ("writable", p.writable), ("user", p.user),
+                             ("no-execute", p.no_execute), ("dirty", p.dirty), ("accessed", p.accessed)):
+            s.values.append(derived(f"PTE {name}", bitval, "a bit of the PTE read"))
+    else:
+        s.values.append(unavailable("PTE (read)", ev.unavailable.get("bpf", "reading the PTE needs the bpf tier; " + FIX_BPF)))
+    s.ws = {
+        "what": "the entry that maps the virtual page to the frame, with its permission bits.",
+        "why": "the MMU only understands page tables; this entry is what makes the retry succeed.",
+        "where": "set_pte_at() in do_anonymous_page (mm/memory.c), into the PTE table found in the walk.",
+        "who": "the fault handler writes it; the MMU reads it on the retry and caches it in the TLB.",
+        "when": "at the end of the fault, before returning to user mode.",
+        "without": "no PTE → the retry faults again, forever.",
+        "which": f"0x{d.value:016x}",
+    }
+    return s
+
+
+def step_return(ev: JourneyEvidence, f: Facts) -> Step:
+    s = Step(11, "return", "Return: the instruction retried, the string read back", "touched")
+    mapped, touched = ev.snapshots["mapped"], ev.snapshots["touched"]
+    s.values.append(observed("string read back", ev.readback, "the program read it from the page after the write"))
+    s.values.append(derived("equals the text written", ev.readback == ev.options.written, "compare",
+                            [f"{ev.readback!r} {'==' if ev.readback == ev.options.written else '!='} {ev.options.written!r}"]))
+    s.values += [observed("minor faults before the write", mapped.minor_faults, f"/proc/{ev.pid}/stat field 10 at phase mapped",
+                          display=str(mapped.minor_faults)),
+                 observed("minor faults after the write", touched.minor_faults, f"/proc/{ev.pid}/stat field 10 at phase touched",
+                          display=str(touched.minor_faults)),
+                 derived("faults taken by the write", touched.minor_faults - mapped.minor_faults, "after − before",
+                         [f"{touched.minor_faults} − {mapped.minor_faults} = {touched.minor_faults - mapped.minor_faults}"],
+                         display=str(touched.minor_faults - mapped.minor_faults))]
+    if f.fault_count_on_page:
+        s.values.append(observed("faults on the page", f.fault_count_on_page, _src(ev, f.fault_event_name),
+                                 display=str(f.fault_count_on_page)))
+    if ev.exit:
+        s.values.append(observed("program exit", ev.exit, "waitpid()"))
+    s.ws = {
+        "what": "iret back to the same RIP; the store runs again and this time the MMU finds the PTE.",
+        "why": "a page fault is restartable: the instruction did not complete the first time.",
+        "where": "the exception return path (arch/x86/entry), back to user mode.",
+        "who": "the CPU, retrying the instruction it faulted on.",
+        "when": "right after the handler returned.",
+        "without": "without the retry the program would have to know about paging; it never does.",
+        "which": f"one minor fault, {touched.minor_faults - mapped.minor_faults} counted by the kernel",
+    }
+    return s
+
+
+def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
+    items: list[tuple[int, str, str]] = []
+    for name, snap in ev.snapshots.items():
+        items.append((snap.time_ns, f"program paused at phase {name}", "pagefault's clock (CLOCK_MONOTONIC)"))
+    interesting = {"sched:sched_process_exec": "exec", "syscalls:sys_enter_mmap": "mmap() entered",
+                   "mmap:vm_unmapped_area": "address chosen (vm_unmapped_area)", "syscalls:sys_exit_mmap": "mmap() returned"}
+    for e in ev.events:
+        if e.pid != ev.pid:
+            continue
+        if e.name in interesting and (e.name == "sched:sched_process_exec" or
+                                      ev.snapshots["ready"].time_ns <= e.time_ns <= ev.snapshots.get("mapped", ev.snapshots["ready"]).time_ns):
+            items.append((e.time_ns, interesting[e.name], _src(ev, e.name)))
+    if f.pgd_alloc:
+        items.append((f.pgd_alloc.time_ns, f"PGD page allocated, PFN 0x{f.pgd_alloc.fields['pfn']:x}", _src(ev, "kmem:mm_page_alloc")))
+    if f.fault:
+        items.append((f.fault.time_ns, f"page fault at 0x{f.fault.fields['address']:x}", _src(ev, f.fault_event_name)))
+    for a in f.allocs:
+        label = "data page" if a is f.data_alloc else next((v for k, v in TABLE_FUNCS.items() if k in _funcs(a)), "page")
+        items.append((a.time_ns, f"{label} allocated, PFN 0x{a.fields['pfn']:x}", _src(ev, "kmem:mm_page_alloc")))
+    items.sort()
+    out, prev = [], None
+    for t, what, src in items:
+        us = (t - ev.spawned_ns) / 1000
+        out.append(TimelineEntry(round(us, 1), round(us - prev, 1) if prev is not None else 0.0, what, src))
+        prev = us
+    return out
+
+
+STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),
+                 (step_flags, "touched"), (step_vma, "touched"), (step_walk, "touched"), (step_alloc, "touched"),
+                 (step_pagemap, "touched"), (step_pte, "touched"), (step_return, "touched"))
+
+
+def build_journey(ev: JourneyEvidence) -> Journey:
+    """The steps the evidence so far supports (the target may still be paused at a phase)."""
+    j = Journey(ev.tier, ev.kernel_release, ev.pid, list(ev.argv), ev.program.how)
+    f = Facts(ev)
+    for builder, stage in STEP_BUILDERS:
+        if stage in ev.snapshots:
+            j.steps.append(builder(ev, f))
+    if "touched" in ev.snapshots:
+        j.timeline = timeline(ev, f)
+    if ev.lost_events:
+        j.notes.append(f"LOST {ev.lost_events} events: some values may be missing")
+    j.notes += [f"{k}: {v}" for k, v in ev.unavailable.items()]
+    j.complete = ev.stage == "done"
+    return j

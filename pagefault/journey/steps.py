@@ -1,0 +1,93 @@
+"""The journey's shape: steps of values, each value with its provenance.
+
+observed    read on this machine; `source` says where (tracepoint, /proc file, bpftrace read)
+derived     computed from observed values; `source` says how, the arithmetic is in `derivation`
+modelled    from knowledge of the kernel source for a named version; `source` says which
+unavailable could not be had here; `source` gives the reason and the fix
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PROVENANCES = ("observed", "derived", "modelled", "unavailable")
+WS = ("what", "why", "where", "who", "when", "without", "which")
+
+
+@dataclass
+class Value:
+    label: str
+    value: Any                 # an int, a string, or None when unavailable
+    provenance: str
+    source: str
+    derivation: list[str] = field(default_factory=list)
+    display: str = ""          # how to show it (hex for addresses); filled from value when empty
+
+    def __post_init__(self) -> None:
+        if self.provenance not in PROVENANCES:
+            raise ValueError(f"unknown provenance {self.provenance!r}")
+        if not self.display:
+            if self.value is None:
+                self.display = "unavailable"
+            elif isinstance(self.value, bool):
+                self.display = "yes" if self.value else "no"
+            elif isinstance(self.value, int):
+                self.display = f"0x{self.value:x}" if self.value > 9 else str(self.value)
+            else:
+                self.display = str(self.value)
+
+
+def observed(label: str, value: Any, source: str, display: str = "", derivation: list[str] | None = None) -> Value:
+    return Value(label, value, "observed", source, list(derivation or []), display)
+
+
+def derived(label: str, value: Any, how: str, derivation: list[str] | None = None, display: str = "") -> Value:
+    return Value(label, value, "derived", how, list(derivation or []), display)
+
+
+def modelled(label: str, value: Any, model: str, derivation: list[str] | None = None, display: str = "") -> Value:
+    return Value(label, value, "modelled", model, list(derivation or []), display)
+
+
+def unavailable(label: str, reason: str) -> Value:
+    return Value(label, None, "unavailable", reason)
+
+
+@dataclass
+class Step:
+    number: int
+    key: str
+    title: str
+    stage: str                          # the phase the target is paused at while this step is read
+    values: list[Value] = field(default_factory=list)
+    derivations: list[str] = field(default_factory=list)
+    ws: dict[str, str] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)   # raw lines: call chains, maps lines, entries
+
+    def value(self, label: str) -> Value:
+        for v in self.values:
+            if v.label == label:
+                return v
+        raise KeyError(label)
+
+
+@dataclass
+class TimelineEntry:
+    time_us: float                      # since the target was spawned
+    gap_us: float                       # since the previous entry
+    what: str
+    source: str
+
+
+@dataclass
+class Journey:
+    tier: str
+    kernel: str
+    pid: int
+    command: list[str]
+    program: str
+    steps: list[Step] = field(default_factory=list)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    complete: bool = False

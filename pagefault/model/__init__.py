@@ -1,0 +1,1 @@
+"""Models of kernel structures and behaviour, labelled modelled. Nothing here touches the machine."""

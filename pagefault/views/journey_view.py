@@ -1,0 +1,110 @@
+"""The journey in the terminal (rich), as Markdown, and as JSON."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..decode.bits import to_jsonable
+from ..journey.steps import WS, Journey, Step
+
+BADGE = {"observed": "green", "derived": "cyan", "modelled": "magenta", "unavailable": "red"}
+
+
+def step_renderable(step: Step, total: int = 11) -> Panel:
+    t = Table(show_header=True, header_style="bold", expand=True, show_lines=False)
+    t.add_column("value", ratio=2)
+    t.add_column("", ratio=4)
+    t.add_column("provenance", no_wrap=True, min_width=11)
+    t.add_column("source / how", ratio=4)
+    for v in step.values:
+        t.add_row(escape(v.label), escape(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", escape(v.source))
+    parts: list = [t]
+    lines = [d for v in step.values for d in v.derivation] + step.derivations
+    if lines:
+        parts.append(Text("derivation", style="bold"))
+        parts += [Text("  " + line) for line in lines]
+    if step.ws:
+        parts.append(Text(""))
+        for w in WS:
+            if w in step.ws:
+                parts.append(Text.assemble((f"{w.upper():>8}  ", "bold yellow"), step.ws[w]))
+    if step.evidence:
+        parts.append(Text("evidence", style="bold"))
+        parts += [Text("  " + e, style="dim") for e in step.evidence[:40]]
+        if len(step.evidence) > 40:
+            parts.append(Text(f"  … {len(step.evidence) - 40} more lines", style="dim"))
+    return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {escape(step.title)}[/bold]",
+                 title_align="left")
+
+
+def header(j: Journey, console: Console) -> None:
+    console.print(f"[bold]pagefault journey[/bold] of PID {j.pid} ({escape(' '.join(j.command))}); "
+                  f"tier [bold]{j.tier}[/bold]; kernel {j.kernel}", highlight=False)
+    console.print(escape(j.program), style="dim", highlight=False)
+    console.print("[green]observed[/] = read on this machine   [cyan]derived[/] = computed from observed values   "
+                  "[magenta]modelled[/] = from the kernel source   [red]unavailable[/] = with the reason and fix")
+
+
+def render_timeline(j: Journey, console: Console) -> None:
+    if not j.timeline:
+        return
+    t = Table(title="timeline (µs since the program was started)", title_justify="left")
+    t.add_column("t", justify="right")
+    t.add_column("gap", justify="right")
+    t.add_column("what")
+    t.add_column("source")
+    for e in j.timeline:
+        t.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", escape(e.what), escape(e.source))
+    console.print(t)
+
+
+def render_all(j: Journey, console: Console) -> None:
+    header(j, console)
+    for note in j.notes:
+        console.print(f"note: {escape(note)}", style="yellow", highlight=False)
+    for step in j.steps:
+        console.print(step_renderable(step))
+    render_timeline(j, console)
+
+
+def to_markdown(j: Journey) -> str:
+    out = [f"# The journey of one page fault (PID {j.pid})", "",
+           f"- kernel: {j.kernel}", f"- capture tier: {j.tier}", f"- command: `{' '.join(j.command)}`",
+           f"- program: {j.program}", "",
+           "Every value says where it came from: **observed** (read on this machine), **derived** (computed "
+           "from observed values, arithmetic shown), **modelled** (from the kernel source) or **unavailable** "
+           "(with the reason and the fix).", ""]
+    for note in j.notes:
+        out.append(f"> note: {_md(note)}")
+    for step in j.steps:
+        out += [f"## Step {step.number}: {_md(step.title)}", "", "| value | | provenance | source / how |",
+                "|---|---|---|---|"]
+        for v in step.values:
+            out.append(f"| {_md(v.label)} | `{_md(v.display)}` | {v.provenance} | {_md(v.source)} |")
+        lines = [d for v in step.values for d in v.derivation] + step.derivations
+        if lines:
+            out += ["", "```", *lines, "```"]
+        if step.ws:
+            out.append("")
+            out += [f"- **{w}**: {_md(step.ws[w])}" for w in WS if w in step.ws]
+        if step.evidence:
+            out += ["", "<details><summary>evidence</summary>", "", "```", *step.evidence, "```", "", "</details>"]
+        out.append("")
+    if j.timeline:
+        out += ["## Timeline", "", "| µs | gap | what | source |", "|---:|---:|---|---|"]
+        out += [f"| {e.time_us:.1f} | +{e.gap_us:.1f} | {_md(e.what)} | {_md(e.source)} |" for e in j.timeline]
+    return "\n".join(out) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_json(j: Journey) -> str:
+    return json.dumps(to_jsonable(j), indent=2)
