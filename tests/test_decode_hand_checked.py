@@ -175,3 +175,22 @@ def test_out_of_range_values_are_refused():
         decode_pte(-1)
     with pytest.raises(DecodeError, match="unknown page-table level"):
         decode_pte(0, "PXD")
+
+
+def test_vm_flags_from_smaps_of_an_anonymous_rw_mapping():
+    from pagefault.decode.vm_flags import vm_flags_from_smaps
+    value, lines, unknown = vm_flags_from_smaps(["rd", "wr", "mr", "mw", "me", "ac"])
+    assert value == 0x100073 and not unknown and lines[-1].endswith("= 0x100073")
+
+
+def test_derived_pte_with_soft_dirty_sets_bit_11():
+    d = derive_anonymous_pte(0x13A875, 0x100073, write_fault=True, soft_dirty=True)
+    assert d.value == 0x800000013A875867
+
+
+def test_maple_search_hand_checked():
+    from pagefault.model.maple_tree import search
+    r = search([(0x1000, 0x3000), (0x7000, 0x8000)], 0x7100)
+    assert (r.leaf_index, r.slot_index, r.found.vma) == (0, 3, (0x7000, 0x8000))
+    gap = search([(0x1000, 0x3000), (0x7000, 0x8000)], 0x4000)
+    assert gap.found.vma is None and "SEGV_MAPERR" in gap.derivations[-1]

@@ -107,3 +107,34 @@ def test_cli_never_tracebacks(kind, value, extra):
     assert "Traceback" not in out + err
     if code == 2:
         assert err.startswith("pagefault: ") and err.count("\n") == 1
+
+
+# --- the maple-tree model and smaps VmFlags ------------------------------------------------------------
+
+from pagefault.decode.vm_flags import SMAPS_MNEMONICS, decode_vm_flags, vm_flags_from_smaps  # noqa: E402
+from pagefault.model.maple_tree import search as maple_search  # noqa: E402
+
+
+@st.composite
+def vma_layouts(draw):
+    pages = sorted(draw(st.sets(st.integers(1, 1 << 20), min_size=2, max_size=80)))
+    pairs = [(pages[i] << 12, pages[i + 1] << 12) for i in range(0, len(pages) - 1, 2)]
+    return pairs, draw(st.integers(0, (1 << 47) - 1))
+
+
+@given(vma_layouts())
+def test_maple_search_finds_the_vma_holding_the_address_or_a_gap(args):
+    vmas, address = args
+    found = maple_search(vmas, address).found
+    assert found.first <= address <= found.last
+    holder = next(((s, e) for s, e in vmas if s <= address < e), None)
+    assert found.vma == holder
+
+
+@given(st.lists(st.sampled_from(sorted(SMAPS_MNEMONICS) + ["bt", "mt", "zz"]), unique=True))
+def test_smaps_mnemonics_round_trip_through_vm_flags(mnemonics):
+    from pagefault.decode.vm_flags import vm_flags_table
+    known = {f.name for f in vm_flags_table((6, 18))[0]}
+    value, _lines, unknown = vm_flags_from_smaps(mnemonics, (6, 18))
+    assert set(unknown) == {m for m in mnemonics if SMAPS_MNEMONICS.get(m) not in known}
+    assert set(decode_vm_flags(value, (6, 18)).names) == {SMAPS_MNEMONICS[m] for m in mnemonics if m not in unknown}

@@ -73,12 +73,14 @@ def build_program(progress=None) -> Program:
                        "no C compiler (cc or gcc) on PATH: using the pure-Python exercise (fix: apt-get install gcc)")
     for folder in (cache_dir(), Path("/tmp") / f"pagefault-{os.geteuid()}"):
         exe = folder / f"exercise-{digest}"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return Program([str(exe)], exe, True, f"cached build {exe}")
         try:
+            if exe.is_file() and os.access(exe, os.X_OK):
+                return Program([str(exe)], exe, True, f"cached build {exe}")
             folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                continue
         except OSError:
-            continue
+            continue  # another user's cache (sudo keeps HOME): try the next place
         if progress:
             progress(f"compiling the exercise program with {cc} (once)")
         tmp = exe.with_name(exe.name + f".{os.getpid()}.tmp")

@@ -119,8 +119,9 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
     exec_t = execs[0].time_ns if execs else 0
     before_main = [e for e in ev.events if e.name == f.fault_event_name and e.pid == ev.pid
                    and exec_t <= e.time_ns <= snap.time_ns]
-    s.values.append(observed("page faults from exec to the first phase", len(before_main), _src(ev, f.fault_event_name),
-                             display=str(len(before_main))))
+    label = ("page faults from exec to the first phase" if execs else
+             "page faults before the first phase (exec not seen: the forked child's own faults included)")
+    s.values.append(observed(label, len(before_main), _src(ev, f.fault_event_name), display=str(len(before_main))))
     s.values.append(observed("VMAs at the first phase", len(snap.maps), f"/proc/{ev.pid}/maps", display=str(len(snap.maps))))
     s.values.append(observed("minor faults so far", snap.minor_faults, f"/proc/{ev.pid}/stat field 10",
                              display=str(snap.minor_faults)))
