@@ -16,11 +16,12 @@ if [ "$(id -u)" = 0 ]; then
     need=()
     command -v bpftrace >/dev/null || need+=(bpftrace)
     command -v gcc >/dev/null || need+=(gcc)
+    command -v perf >/dev/null || need+=(linux-perf)   # the peer the benchmarks in bench/ compare with
     if [ "${#need[@]}" -gt 0 ]; then
         echo "setup: installing Debian packages: ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null \
-            || echo "setup: could not install ${need[*]}; the bpf tier will be unavailable (pagefault doctor says so)"
+            || echo "setup: could not install ${need[*]}; pagefault doctor says which tier that leaves"
     fi
     if ! grep -q ' tracefs ' /proc/self/mounts; then
         echo "setup: mounting tracefs at /sys/kernel/tracing"

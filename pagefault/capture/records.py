@@ -65,8 +65,13 @@ def _cstr(data: bytes, start: int, end: int) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def parse_stream(data: bytes, sample_type: int) -> Stream:
-    """Walk the record headers once; gather sample fields with numpy."""
+def parse_stream(data: bytes, sample_type: int, *, in_time_order: bool = True,
+                 columns: frozenset[str] | None = None) -> Stream:
+    """Walk the record headers once; gather sample fields with numpy.
+
+    in_time_order=False keeps the samples in stream order (per-buffer runs), for callers that only
+    count; columns limits which of ip, tid, time, addr, cpu are gathered (the others read as zeros).
+    """
     if len(data) % 8:
         raise ValueError("perf record stream length is not a multiple of 8")
     runs: list[np.ndarray] = []          # sample offsets found by galloping over equal-size records
@@ -103,7 +108,7 @@ def parse_stream(data: bytes, sample_type: int) -> Stream:
     offsets = np.sort(np.concatenate(runs + [np.array(sample_offsets, dtype=np.int64)]))
     counts[RECORD_SAMPLE] = len(offsets)
     stream.record_counts = counts
-    stream.samples = _gather(data, offsets, sample_type)
+    stream.samples = _gather(data, offsets, sample_type, in_time_order, columns)
     return stream
 
 
@@ -188,13 +193,14 @@ def _side_band(stream: Stream, counts: dict[int, int], data: bytes, pos: int, rt
         stream.exits.append(struct.unpack_from("<I", data, pos + 8)[0])
 
 
-def _gather(data: bytes, offs: np.ndarray, sample_type: int) -> Samples:
+def _gather(data: bytes, offs: np.ndarray, sample_type: int, in_time_order: bool = True,
+            columns: frozenset[str] | None = None) -> Samples:
     w64 = np.frombuffer(data, dtype="<u8")
     # The u64 words before any callchain sit at fixed places in every sample.
     fixed = [name for bit, name in ((SAMPLE_IP, "ip"), (SAMPLE_TID, "tid"), (SAMPLE_TIME, "time"),
                                     (SAMPLE_ADDR, "addr"), (SAMPLE_CPU, "cpu")) if sample_type & bit]
     first = offs // 8 + 1  # first u64 after the header
-    word = {name: w64[first + i] for i, name in enumerate(fixed)}
+    word = {name: w64[first + i] for i, name in enumerate(fixed) if columns is None or name in columns}
     zeros = np.zeros(len(offs), dtype=np.uint64)
     cols: dict[str, np.ndarray | None] = {
         "ip": word.get("ip", zeros), "time": word.get("time", zeros), "addr": word.get("addr"),
@@ -214,7 +220,7 @@ def _gather(data: bytes, offs: np.ndarray, sample_type: int) -> Samples:
         # the u32 raw size, then common_type (u16) as the low half of the next u32
         cols["event_type"] = (w64[idx] >> np.uint64(32) & np.uint64(0xFFFF)).astype(np.uint16)
     t = cols["time"]
-    if len(t) > 1 and not np.all(t[1:] >= t[:-1]):  # per-CPU buffers interleave; most streams are in order
+    if in_time_order and len(t) > 1 and not np.all(t[1:] >= t[:-1]):  # per-CPU buffers interleave; most streams are in order
         order = np.argsort(t, kind="stable")
         cols = {k: (v[order] if v is not None else None) for k, v in cols.items()}
     return Samples(**cols)  # type: ignore[arg-type]

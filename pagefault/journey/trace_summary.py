@@ -105,10 +105,12 @@ def count_by_mapping(addresses: np.ndarray, maps: list[Mapping]) -> list[tuple[s
 def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = None) -> TraceSummary:
     meta = rec.meta
     sample_type = meta["sample_type"] | (32 if meta.get("callchain") else 0)
-    stream = parse_stream(rec.data, sample_type)
+    # a summary only counts: stream order will do, and tracepoint samples need no ip/tid/time/cpu
+    tier = meta.get("tier", "perf")
+    stream = parse_stream(rec.data, sample_type, in_time_order=False,
+                          columns=frozenset() if tier == "perf" else frozenset({"ip", "addr"}))
     s = stream.samples
     ids = _event_ids(meta)
-    tier = meta.get("tier", "perf")
     notes = list(meta.get("notes", [])) + list(meta.get("warnings", []))
     summary = TraceSummary(meta.get("command", []), meta.get("pid", 0), tier, meta.get("exit", "?"),
                            meta.get("duration", 0.0), 0, 0, 0, stream.lost, stream.lost_records, notes=notes)
