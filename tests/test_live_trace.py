@@ -187,3 +187,15 @@ def test_unwritable_output_is_one_clear_line(tmp_path):
     r = subprocess.run(CLI + ["trace", "-o", "/proc/nope/x.pfrec", "--", "true"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "-o FILE" in r.stderr
+
+
+def test_damaged_and_foreign_recordings_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.pfrec"
+    bad.write_bytes(b"not a recording at all")
+    part = tmp_path / "part.pfrec"
+    part.write_bytes(b"PFREC\x002\n" + b"\0" * 64)   # records but no metadata trailer: the tracer was killed
+    for path, words in ((bad, "not a pagefault recording"), (part, "incomplete"), (tmp_path / "none", "no recording"),
+                        (tmp_path, "directory")):
+        r = subprocess.run(CLI + ["report", str(path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0

@@ -90,6 +90,6 @@ def load_recording(path: Path) -> Recording:
         meta = json.loads(bytes(mapped[meta_start:size - 16]))
     except (ValueError, UnicodeDecodeError):
         raise RecordingError(f"{path}: the metadata is damaged") from None
-    if not isinstance(meta, dict):
+    if not isinstance(meta, dict) or "sample_type" not in meta:
         raise RecordingError(f"{path}: the metadata is damaged")
     return Recording(meta, memoryview(mapped)[8:meta_start])

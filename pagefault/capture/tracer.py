@@ -173,15 +173,20 @@ def record(opts: TraceOptions) -> dict:
             session.close()
         target.kill(signal.SIGKILL)
         target.wait()
-        if not writer.body.closed:
-            writer.close({"aborted": True, "command": target.argv, "pid": target.pid})
+        if not writer.body.closed:  # keep what was recorded, readable by pagefault report
+            writer.close({"format": 2, "aborted": True, "command": target.argv, "pid": target.pid,
+                          "spawned": target.spawned, "exit": "aborted", "tier": tier, "callchain": callchain,
+                          "sample_type": sample_type, "events": formats,
+                          "notes": notes + ["the trace was aborted by an error; the events up to it are kept"],
+                          "maps": list(maps_seen.values()), "started": started,
+                          "duration": time.time() - started, "bytes": writer.bytes})
         raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     session.close()
     meta = {
-        "format": 1,
+        "format": 2,
         "command": target.argv, "pid": target.pid, "spawned": target.spawned,
         "exit": target.describe_exit(), "exit_signal": target.exit_signal,
         "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
