@@ -29,7 +29,6 @@ JOURNEY_TRACEPOINTS = (
     ("mmap", "vm_unmapped_area", False),
     ("sched", "sched_process_exec", False),
 )
-STAGES = ("ready", "mapped", "touched", "done")
 
 
 @dataclass
@@ -88,7 +87,6 @@ class JourneyEvidence:
     fault_flag_source: str = ""
     gfp_table: dict[str, int] = field(default_factory=dict)
     gfp_source: str = ""
-    ksyms_usable: bool = False
 
     @property
     def fault_address(self) -> int | None:
@@ -129,7 +127,6 @@ class LiveJourney:
                                   fault_flag_table=ff.values, fault_flag_source=ff.source,
                                   gfp_table=gfp.values, gfp_source=gfp.source)
         self.ksyms = KernelSymbols.load()
-        self.ev.ksyms_usable = self.ksyms.usable
         self.proc: ExerciseProcess | None = None
         self.session: PerfSession | None = None
         self.formats: dict = {}
@@ -198,9 +195,8 @@ class LiveJourney:
                     self.tracer = None
             elif stage == "touched":
                 self.ev.exit = self.proc.finish()
-                self._drain()
+                self._collect()
                 self.ev.stage = "done"
-                self._decode_events()
                 self.close()
             else:
                 raise CaptureError(f"the journey is already at its end ({stage})")
@@ -236,7 +232,7 @@ class LiveJourney:
         counters = procfs.read_fault_counters(pid)
         self.ev.snapshots[name] = Snapshot(name, time.clock_gettime_ns(time.CLOCK_MONOTONIC),
                                            procfs.read_maps(pid), counters[0], counters[1])
-        self._drain()
+        self._collect()
         self.progress(f"target PID {pid} paused at phase {name}")
         return phase
 
@@ -258,9 +254,11 @@ class LiveJourney:
             except OSError as exc:
                 snap.errors.append(f"/proc/kpageflags: {exc.strerror or exc}; fix: run as root")
 
-    def _drain(self) -> None:
+    def _collect(self) -> None:
+        """Drain the ring buffers and decode everything so far: the evidence matches the stage reached."""
         if self.session:
             self.chunks.extend(self.session.drain())
+        self._decode_events()
 
     def _start_bpftrace(self) -> None:
         pgd = self._pgd_allocation()
@@ -278,7 +276,6 @@ class LiveJourney:
 
     def _pgd_allocation(self) -> int | None:
         """The PFN of the new mm's PGD: the mm_page_alloc during exec whose call chain has pgd_alloc."""
-        self._decode_events()
         found = [e.fields["pfn"] for e in self.ev.events
                  if e.name == "kmem:mm_page_alloc" and any(f.startswith("pgd_alloc+") for _a, f in e.kernel_chain)]
         return found[-1] if found else None
@@ -289,7 +286,6 @@ class LiveJourney:
         s = stream.samples
         self.ev.lost_events = stream.lost
         names = {int(i): f"{f['system']}:{f['name']}" for i, f in self.formats.items()}
-        fields_of: dict[str, dict[str, list]] = {}
         events: list[TraceEvent] = []
         for i in range(len(s)):
             if s.raw_offset is not None:
