@@ -21,7 +21,6 @@ from .runner import Target, TargetError, spawn_held
 SOURCE = Path(__file__).with_name("c") / "exercise.c"
 FALLBACK = Path(__file__).with_name("exercise_fallback.py")
 DEFAULT_TEXT = "offset world"
-PHASES = ("ready", "mapped", "touched")
 
 
 class ExerciseError(Exception):
@@ -55,7 +54,6 @@ class Program:
     path: Path              # the ELF file whose code does the write (for symbols), or the script
     compiled: bool
     how: str                # one line: how it was built or why the fallback is used
-    source: Path = SOURCE
 
 
 def cache_dir() -> Path:
@@ -125,7 +123,6 @@ class ExerciseProcess:
             os.close(ctl_r)
             os.close(status_w)
         self._buf = b""
-        self.phases: list[Phase] = []
 
     @property
     def pid(self) -> int:
@@ -160,9 +157,7 @@ class ExerciseProcess:
                 fields[key] = value
         if name == "error":
             raise ExerciseError(f"the exercise program failed: {rest}")
-        phase = Phase(name, fields, line)
-        self.phases.append(phase)
-        return phase
+        return Phase(name, fields, line)
 
     def advance(self) -> None:
         try:
@@ -170,12 +165,11 @@ class ExerciseProcess:
         except BrokenPipeError:
             pass
 
-    def finish(self, timeout: float = 10.0) -> str:
-        """Let the program run to its end; its exit as text."""
+    def finish(self) -> str:
+        """Let the program run to its end (it has no phase left to stop at); its exit as text."""
         self.advance()
         os.close(self._ctl_w)
         self._ctl_w = -1
-        ready, _, _ = select.select([self._status_r], [], [], timeout)
         self.target.wait()
         os.close(self._status_r)
         return self.target.describe_exit()

@@ -194,7 +194,7 @@ def record(opts: TraceOptions) -> dict:
         "events": formats, "notes": notes,
         "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
                    "text_base": _kernel_text_base()},
-        "gfp_bits": (lambda t: {"values": t.values, "source": t.source})(facts.gfp_bits()),
+        "gfp_bits": asdict(facts.gfp_bits()),
         "maps": list(maps_seen.values()),
         "started": started, "duration": time.time() - started, "bytes": writer.bytes,
     }

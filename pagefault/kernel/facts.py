@@ -92,18 +92,17 @@ def gfp_bits() -> KernelTable:
 
 
 def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool | None:
-    """Whether the running kernel was built with `name`=y (None: its configuration cannot be read)."""
+    """Whether the running kernel was built with `name` (=y or =m); None: its configuration cannot be read."""
     import gzip
     try:
         with gzip.open(path, "rt") as f:
-            for line in f:
-                if line.startswith(name + "="):
-                    return line.strip().split("=", 1)[1] in ("y", "m")
+            text = f.read()
     except OSError:
-        boot = Path(f"/boot/config-{kernel_release()}")
         try:
-            text = boot.read_text()
+            text = Path(f"/boot/config-{kernel_release()}").read_text()
         except OSError:
             return None
-        return f"\n{name}=y" in "\n" + text
+    for line in text.splitlines():
+        if line.startswith(name + "="):
+            return line.split("=", 1)[1].strip() in ("y", "m")
     return False
