@@ -6,7 +6,7 @@ This module only gathers what the machine shows; pagefault.journey turns it into
 
 from __future__ import annotations
 
-import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -116,8 +116,9 @@ class LiveJourney:
     def __init__(self, options: ExerciseOptions, tier: str = "auto", progress: Callable[[str], None] | None = None):
         options.check()
         self.progress = progress or (lambda _m: None)
-        from .doctor import _bpftrace_works
-        tier = choose_journey_tier(tier, lambda: _bpftrace_works()[0])
+        # bpftrace on PATH is enough to choose the bpf tier: if it then fails, the walk's entries are
+        # shown unavailable with bpftrace's own reason (pagefault doctor runs the full check)
+        tier = choose_journey_tier(tier, lambda: shutil.which("bpftrace") is not None)
         levels, why = facts.paging_levels()
         ff = facts.fault_flag_values()
         gfp = facts.gfp_bits()
