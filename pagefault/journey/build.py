@@ -145,8 +145,7 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
     area = _between(ev, "mmap:vm_unmapped_area", "ready", "mapped")
     if enter:
         a = enter[-1].fields
-        fd = a.get("fd", 0)
-        fd = fd - (1 << 32) if fd >= 1 << 31 and fd < 1 << 32 else (fd - (1 << 64) if fd >= 1 << 63 else fd)
+        fd = ((a.get("fd", 0) & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # ksys_mmap_pgoff takes it as an int
         src = _src(ev, "syscalls:sys_enter_mmap")
         s.values += [observed("addr argument", a.get("addr"), src), observed("length", a.get("len"), src),
                      observed("prot", a.get("prot"), src, display=f"0x{a.get('prot', 0):x} = {_names(a.get('prot', 0), PROT_NAMES)}"),
