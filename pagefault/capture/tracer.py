@@ -193,7 +193,7 @@ def record(opts: TraceOptions) -> dict:
         "tier": tier, "callchain": callchain, "sample_type": sample_type,
         "events": formats, "notes": notes,
         "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
-                   "text_base": _kernel_text_base()},
+                   "text_base": KernelSymbols.load().text_base()},
         "gfp_bits": asdict(facts.gfp_bits()),
         "maps": list(maps_seen.values()),
         "started": started, "duration": time.time() - started, "bytes": writer.bytes,
@@ -211,16 +211,6 @@ def _snapshot_maps(pid: int, seen: dict) -> None:
         key = (m.start, m.end, m.path)
         if key not in seen:
             seen[key] = asdict(m)
-
-
-def _kernel_text_base() -> int | None:
-    syms = KernelSymbols.load()
-    if not syms.usable:
-        return None
-    for addr, name in zip(syms.addresses, syms.names):
-        if name in ("_text", "_stext"):
-            return addr
-    return syms.addresses[0]
 
 
 def stderr_progress(message: str) -> None:

@@ -171,18 +171,11 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         ksyms = ksyms or KernelSymbols.load()
         if not ksyms.usable:
             notes.append("kernel call chains recorded, but /proc/kallsyms shows no addresses (fix: run as root)")
-        elif meta.get("kernel", {}).get("text_base") not in (None, _text_base(ksyms)):
+        elif meta.get("kernel", {}).get("text_base") not in (None, ksyms.text_base()):
             notes.append("this recording was made under another boot of the kernel: call paths are not symbolised")
         else:
             summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
     return summary
-
-
-def _text_base(ksyms: KernelSymbols) -> int | None:
-    for addr, name in zip(ksyms.addresses, ksyms.names):
-        if name in ("_text", "_stext"):
-            return addr
-    return ksyms.addresses[0] if ksyms.addresses else None
 
 
 def _kernel_paths(stream: Stream, indices: np.ndarray, ksyms: KernelSymbols, top: int) -> list[tuple[str, int]]:

@@ -33,6 +33,13 @@ class KernelSymbols:
         """kallsyms shows zeros to readers without privilege."""
         return bool(self.addresses)
 
+    def text_base(self) -> int | None:
+        """Where the kernel's text starts this boot (_text): tells one boot's addresses from another's."""
+        for addr, name in zip(self.addresses, self.names):
+            if name in ("_text", "_stext"):
+                return addr
+        return self.addresses[0] if self.addresses else None
+
     def lookup(self, address: int) -> tuple[str, int] | None:
         i = bisect.bisect_right(self.addresses, address) - 1
         if i < 0:
