@@ -92,3 +92,24 @@ KPAGEFLAGS_BITS = tuple(Flag(bit(b), "KPF_" + n, m) for b, (n, m) in sorted(KPF_
 def decode_kpageflags(value: int) -> FlagWord:
     return decode_flag_word(value, KPAGEFLAGS_BITS, what="kpageflags",
                             table_source="include/uapi/linux/kernel-page-flags.h")
+
+
+PAGE_STATES = ("not present", "zero page", "huge zero page", "huge page", "file", "anon", "anon, shared")
+
+
+def page_state(pagemap: int, kpageflags: int | None) -> str:
+    """One word for what backs a virtual page, from its pagemap entry and its frame's kpageflags.
+
+    The zero page and transparent huge pages are told apart only by kpageflags; pagemap alone
+    gives present, file-or-shared-anon (bit 61) and exclusively mapped (bit 56).
+    """
+    if not pagemap >> 63 & 1:
+        return "not present"
+    if kpageflags is not None:
+        if kpageflags >> 24 & 1:
+            return "huge zero page" if kpageflags >> 22 & 1 else "zero page"
+        if kpageflags >> 22 & 1:
+            return "huge page"
+    if pagemap >> 61 & 1:
+        return "file"
+    return "anon" if pagemap >> 56 & 1 else "anon, shared"

@@ -1,0 +1,716 @@
+"""A simulated x86-64 MMU and Linux fault handler (mm/memory.c, arch/x86/mm/fault.c, kernel 6.18).
+
+Processes have an mm: VMAs kept sorted (the kernel keeps them in a maple tree, see maple_tree.py),
+and 4- or 5-level page tables whose pages come from a simulated buddy allocator. access() is the
+MMU: it walks the tables and, when the entry does not allow the access, raises a fault with an
+x86 error code; handle_fault() is do_user_addr_fault() and handle_mm_fault(): the VMA lookup (and
+stack growth), the access check, the table allocation, and one of the fault paths:
+
+  anonymous read       the shared zero page, read-only            "zero page"
+  anonymous write      a new zeroed page                          "new page"
+  write after read     a new page in place of the zero page       "copy"
+  write after fork     a copy, or the page itself when no one
+                       else maps it any more                      "copy" / "reuse"
+  file read            the page-cache page, and its cached
+                       neighbours (fault-around)                  "page cache"
+  THP                  a 2 MiB page mapped by the PMD             "huge page" / "huge zero page"
+  no VMA / forbidden   SIGSEGV with SEGV_MAPERR / SEGV_ACCERR
+
+Everything here is modelled: the PFNs are what this model's allocator hands out, never the
+machine's. Nothing in this module touches the machine.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from ..decode.pte import vm_page_prot
+from .buddy import BuddyAllocator
+
+PAGE_SHIFT, PAGE_SIZE = 12, 4096
+PMD_SIZE = 1 << 21
+PTRS_PER_TABLE = 512
+# page-table entry bits (arch/x86/include/asm/pgtable_types.h)
+P, RW, US, A, D, PSE, SPECIAL, SOFT_DIRTY, NX = 1, 2, 4, 0x20, 0x40, 0x80, 0x200, 0x800, 1 << 63
+TABLE_ENTRY = P | RW | US | A | D                   # _PAGE_TABLE: what a user table's parent entry holds
+FRAME = ((1 << 52) - 1) & ~0xFFF
+# x86 #PF error code bits
+PF_PROT, PF_WRITE, PF_USER, PF_INSTR = 1, 2, 4, 0x10
+# vm_flags (include/linux/mm.h)
+VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 1, 2, 4, 8
+VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC, VM_MAYSHARE = 0x10, 0x20, 0x40, 0x80
+VM_GROWSDOWN, VM_ACCOUNT, VM_HUGEPAGE, VM_NOHUGEPAGE = 0x100, 1 << 20, 1 << 29, 1 << 30
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_POPULATE = 1, 2, 0x20, 0x8000
+SEGV_MAPERR, SEGV_ACCERR = 1, 2
+# outcomes of a fault
+NEW_PAGE, ZERO_PAGE, COPY, REUSE = "new page", "zero page", "copy", "reuse"
+HUGE_PAGE, HUGE_ZERO_PAGE, PAGE_CACHE = "huge page", "huge zero page", "page cache"
+MAPERR, ACCERR = "SIGSEGV (SEGV_MAPERR)", "SIGSEGV (SEGV_ACCERR)"
+# GFP masks, by name (include/linux/gfp_types.h); the journey turns them into this kernel's bits
+GFP_USER_PAGE = ("GFP_HIGHUSER_MOVABLE", "__GFP_ZERO")
+GFP_COPY_PAGE = ("GFP_HIGHUSER_MOVABLE",)
+GFP_TABLE = ("GFP_KERNEL_ACCOUNT", "__GFP_ZERO")
+GFP_THP = ("GFP_TRANSHUGE", "__GFP_ZERO")
+GFP_PAGE_CACHE = ("GFP_HIGHUSER_MOVABLE",)
+
+FAULT_ENTRY = ("asm_exc_page_fault", "exc_page_fault", "do_user_addr_fault", "handle_mm_fault", "__handle_mm_fault")
+ALLOC_TAIL = ("alloc_pages_mpol", "__alloc_frozen_pages_noprof", "get_page_from_freelist")
+
+
+@dataclass
+class ModelConfig:
+    """The kernel settings the model follows; the live cross-check passes the machine's own."""
+
+    paging_levels: int = 4
+    memory_mib: int = 4096
+    thp_enabled: str = "madvise"          # /sys/kernel/mm/transparent_hugepage/enabled
+    thp_use_zero_page: bool = True
+    fault_around_bytes: int = 65536       # /sys/kernel/debug/fault_around_bytes
+    soft_dirty: bool = False              # CONFIG_MEM_SOFT_DIRTY
+    stack_guard_gap_pages: int = 256      # stack_guard_gap
+    stack_rlimit: int = 8 << 20           # RLIMIT_STACK
+    kernel: str = "6.18"
+
+    def check(self) -> None:
+        if self.paging_levels not in (4, 5):
+            raise ValueError(f"paging levels must be 4 or 5, not {self.paging_levels}")
+        if self.thp_enabled not in ("always", "madvise", "never"):
+            raise ValueError(f"THP setting must be always, madvise or never, not {self.thp_enabled!r}")
+
+
+@dataclass
+class File:
+    name: str
+    pages: int
+    cache: dict[int, int] = field(default_factory=dict)    # page index → PFN in the page cache
+
+
+@dataclass(eq=False)
+class VMA:
+    start: int
+    end: int
+    flags: int
+    name: str = ""
+    file: File | None = None
+    pgoff: int = 0                    # in pages
+    anon_vma: bool = False            # set on the first anonymous page (anon_vma_prepare)
+
+    def perms(self) -> str:
+        f = self.flags
+        return ("r" if f & VM_READ else "-") + ("w" if f & VM_WRITE else "-") + \
+               ("x" if f & VM_EXEC else "-") + ("s" if f & VM_SHARED else "p")
+
+
+@dataclass
+class Alloc:
+    pfn: int
+    order: int
+    gfp: tuple[str, ...]
+    what: str                         # "data page", "PTE table", …
+    chain: tuple[str, ...]            # modelled call chain, outermost first
+
+
+@dataclass
+class Fault:
+    """One fault as the model handled it: the trap, the path taken and what it left behind."""
+
+    pid: int
+    address: int
+    error_code: int
+    outcome: str = ""
+    trap: bool = True                 # False: a fault taken by the kernel itself (MAP_POPULATE)
+    vma: VMA | None = None
+    vma_range: tuple[int, int] = (0, 0)
+    stack_grown_pages: int = 0
+    walk_before: list[tuple[str, int, int, int]] = field(default_factory=list)   # (level, table PFN, index, entry)
+    walk_after: list[tuple[str, int, int, int]] = field(default_factory=list)
+    allocs: list[Alloc] = field(default_factory=list)
+    path: tuple[str, ...] = ()
+    pfn: int | None = None            # the frame mapped at the address when it returned
+    entry: int = 0                    # the leaf entry written
+    also_mapped: int = 0              # pages mapped besides the faulting one (fault-around, THP)
+    si_code: int = 0
+
+
+class Process:
+    def __init__(self, pid: int, name: str, pgd: int):
+        self.pid, self.name, self.pgd = pid, name, pgd
+        self.vmas: list[VMA] = []
+        self.starts: list[int] = []
+        self.minor_faults = 0
+        self.signals: list[tuple[int, int]] = []     # (si_code, address)
+        self.mmap_base = 0x7FFFF7FFF000
+
+    def find_vma(self, addr: int) -> VMA | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0 and addr < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def vma_above(self, addr: int) -> VMA | None:
+        i = bisect.bisect_right(self.starts, addr)
+        return self.vmas[i] if i < len(self.vmas) else None
+
+    def insert(self, vma: VMA) -> None:
+        i = bisect.bisect_left(self.starts, vma.start)
+        self.vmas.insert(i, vma)
+        self.starts.insert(i, vma.start)
+
+    def reindex(self) -> None:
+        self.vmas.sort(key=lambda v: v.start)
+        self.starts = [v.start for v in self.vmas]
+
+
+class SimulatedKernel:
+    """One machine: memory, the zero page, the page cache and the processes' address spaces."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        self.config = config or ModelConfig()
+        self.config.check()
+        levels = self.config.paging_levels
+        self.levels = ("PGD", "PUD", "PMD", "PTE") if levels == 4 else ("PGD", "P4D", "PUD", "PMD", "PTE")
+        self.shifts = (39, 30, 21, 12) if levels == 4 else (48, 39, 30, 21, 12)
+        pages = self.config.memory_mib * 256
+        self.buddy = BuddyAllocator(0x100000, pages)       # RAM from 4 GiB physical up (modelled)
+        self.zero_pfn = 0x3A04                              # empty_zero_page, inside the kernel image (modelled)
+        self.huge_zero_pfn: int | None = None
+        self.tables: dict[int, list[int]] = {}
+        self.mapcount: dict[int, int] = {}                  # folio head PFN → mappings
+        self.kind: dict[int, str] = {}                      # folio head PFN → anon / file / table / thp
+        self.exclusive: set[int] = set()                    # PageAnonExclusive
+        self.processes: dict[int, Process] = {}
+        self.faults: list[Fault] = []
+        self.allocs: list[Alloc] = []
+        self.next_pid = 1000
+        self.fault_around_pages = max(1, self.config.fault_around_bytes // PAGE_SIZE)
+
+    # -- allocation --------------------------------------------------------------------------------
+
+    def _alloc(self, order: int, gfp: tuple[str, ...], what: str, chain: tuple[str, ...], fault: Fault | None) -> int:
+        pfn = self.buddy.alloc(order)
+        a = Alloc(pfn, order, gfp, what, chain + ALLOC_TAIL)
+        self.allocs.append(a)
+        if fault is not None:
+            fault.allocs.append(a)
+        return pfn
+
+    def _new_table(self, level: str, chain: tuple[str, ...], fault: Fault | None) -> int:
+        pfn = self._alloc(0, GFP_TABLE, f"{level} table", chain, fault)
+        self.tables[pfn] = [0] * PTRS_PER_TABLE
+        self.kind[pfn] = "table"
+        return pfn
+
+    # -- processes -----------------------------------------------------------------------------------
+
+    def exec(self, name: str = "program") -> Process:
+        """A process after execve: a fresh mm with its PGD, and the usual VMAs of a dynamic program."""
+        pgd = self._new_table("PGD", ("execve", "bprm_execve", "alloc_bprm", "mm_alloc", "mm_init", "pgd_alloc",
+                                      "__get_free_pages"), None)
+        proc = Process(self.next_pid, name, pgd)
+        self.next_pid += 1
+        self.processes[proc.pid] = proc
+        layout = (
+            (0x555555554000, 0x555555555000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
+            (0x555555555000, 0x555555556000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
+            (0x555555556000, 0x555555557000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
+            (0x555555557000, 0x555555558000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
+            (0x555555559000, 0x55555557A000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "[heap]"),
+            (0x7FFFF7DC3000, 0x7FFFF7DE9000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
+            (0x7FFFF7DE9000, 0x7FFFF7F3E000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
+            (0x7FFFF7F3E000, 0x7FFFF7F95000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
+            (0x7FFFF7F95000, 0x7FFFF7F9B000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
+            (0x7FFFF7FC1000, 0x7FFFF7FC5000, VM_READ | VM_MAYREAD, "[vvar]"),
+            (0x7FFFF7FC5000, 0x7FFFF7FC7000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
+            (0x7FFFF7FC7000, 0x7FFFF7FF1000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "ld-linux-x86-64.so.2"),
+            (0x7FFFF7FF1000, 0x7FFFF7FFB000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "ld-linux-x86-64.so.2"),
+            (0x7FFFF7FFB000, 0x7FFFF7FFF000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "ld-linux-x86-64.so.2"),
+            (0x7FFFFFFDE000, 0x7FFFFFFFF000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_GROWSDOWN
+             | VM_ACCOUNT, "[stack]"),
+        )
+        for start, end, flags, vname in layout:
+            proc.insert(VMA(start, end, flags, vname))
+        proc.mmap_base = 0x7FFFF7FFF000
+        return proc
+
+    def fork(self, parent: Process) -> Process:
+        """dup_mmap(): the VMAs copied; anonymous pages shared and write-protected in both (COW)."""
+        child = Process(self.next_pid, parent.name, self._new_table("PGD", ("kernel_clone", "copy_process",
+                                                                            "dup_mm", "mm_init", "pgd_alloc"), None))
+        self.next_pid += 1
+        self.processes[child.pid] = child
+        child.mmap_base = parent.mmap_base
+        chain = ("kernel_clone", "copy_process", "dup_mm", "dup_mmap", "copy_page_range")
+        for vma in parent.vmas:
+            copy = VMA(vma.start, vma.end, vma.flags, vma.name, vma.file, vma.pgoff, vma.anon_vma)
+            child.insert(copy)
+            if not vma.anon_vma:          # vma_needs_copy(): file pages are faulted in again instead
+                continue
+            cow = not vma.flags & VM_SHARED and vma.flags & VM_MAYWRITE
+            for addr, level, table, idx, entry in self._present_leaves(parent, vma.start, vma.end):
+                if cow and entry & RW:
+                    entry &= ~RW
+                    self.tables[table][idx] = entry
+                head = self._folio_head(entry, level)
+                if head is not None and self.kind.get(head) in ("anon", "thp"):
+                    self.mapcount[head] = self.mapcount.get(head, 0) + 1
+                    self.exclusive.discard(head)
+                elif head is not None and head in self.mapcount:
+                    self.mapcount[head] += 1
+                self._set_leaf(child, addr, level, entry & ~A, chain, None)
+        return child
+
+    # -- system calls ------------------------------------------------------------------------------------
+
+    def mmap(self, proc: Process, length: int, prot: int, flags: int, file: File | None = None) -> int:
+        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if not length:
+            raise ValueError("mmap of 0 bytes")
+        align = PMD_SIZE if file is None and length % PMD_SIZE == 0 else PAGE_SIZE   # thp_get_unmapped_area
+        addr = self._unmapped_area(proc, length, align)
+        vm = (VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0) | \
+             (VM_EXEC if prot & PROT_EXEC else 0) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        if flags & MAP_SHARED:
+            vm |= VM_SHARED | VM_MAYSHARE
+        if file is None and not flags & MAP_SHARED and vm & VM_WRITE:
+            vm |= VM_ACCOUNT
+        proc.insert(VMA(addr, addr + length, vm, file.name if file else "", file))
+        if flags & MAP_POPULATE:
+            self.populate(proc, addr, addr + length)
+        return addr
+
+    def _unmapped_area(self, proc: Process, length: int, align: int) -> int:
+        """vm_unmapped_area() top-down: the highest gap below mmap_base that fits."""
+        gap_top = proc.mmap_base
+        for vma in reversed(proc.vmas):
+            if vma.start >= gap_top:
+                continue
+            candidate = (gap_top - length) & ~(align - 1)
+            if candidate >= vma.end:
+                return candidate
+            gap_top = vma.start
+        candidate = (gap_top - length) & ~(align - 1)
+        if candidate < 0x10000:
+            raise ValueError("no room for the mapping")
+        return candidate
+
+    def _split(self, proc: Process, start: int, end: int) -> list[VMA]:
+        """The VMAs covering [start, end), split at start and end (split_vma())."""
+        out = []
+        for vma in list(proc.vmas):
+            if vma.end <= start or vma.start >= end:
+                continue
+            for cut in (start, end):
+                if vma.start < cut < vma.end:
+                    tail = VMA(cut, vma.end, vma.flags, vma.name, vma.file,
+                               vma.pgoff + ((cut - vma.start) >> PAGE_SHIFT), vma.anon_vma)
+                    vma.end = cut
+                    proc.vmas.append(tail)
+                    if cut == start:
+                        vma = tail
+            out.append(vma)
+        proc.reindex()
+        return [v for v in proc.vmas if v.start >= start and v.end <= end]
+
+    def mprotect(self, proc: Process, start: int, length: int, prot: int) -> None:
+        """change_protection(): the VMAs' flags, then every present entry rebuilt from the new vm_page_prot."""
+        end = start + length
+        for vma in self._split(proc, start, end):
+            new = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | (VM_READ if prot & PROT_READ else 0) | \
+                  (VM_WRITE if prot & PROT_WRITE else 0) | (VM_EXEC if prot & PROT_EXEC else 0)
+            adding_write = new & VM_WRITE and not vma.flags & VM_WRITE
+            vma.flags = new
+            prot_bits = vm_page_prot(new)
+            for addr, level, table, idx, entry in self._present_leaves(proc, vma.start, vma.end):
+                keep = entry & (FRAME | A | D | SPECIAL | SOFT_DIRTY | (PSE if level != "PTE" else 0))
+                entry = keep | (prot_bits & ~(A))
+                head = self._folio_head(entry, level)
+                # MM_CP_TRY_CHANGE_WRITABLE: an exclusive anonymous page may become writable at once
+                if adding_write and head in self.exclusive and entry & D and not vma.flags & VM_SHARED:
+                    entry |= RW
+                self.tables[table][idx] = entry
+
+    def madvise_hugepage(self, proc: Process, start: int, length: int) -> None:
+        for vma in self._split(proc, start, start + length):
+            vma.flags = (vma.flags | VM_HUGEPAGE) & ~VM_NOHUGEPAGE
+
+    def munmap(self, proc: Process, start: int, length: int) -> None:
+        """The pages unmapped (freed when no one maps them), then the VMAs removed. Tables are kept."""
+        end = start + length
+        for vma in self._split(proc, start, end):
+            for addr, level, table, idx, entry in self._present_leaves(proc, vma.start, vma.end):
+                self.tables[table][idx] = 0
+                self._drop_mapping(self._folio_head(entry, level))
+            proc.vmas.remove(vma)
+        proc.reindex()
+
+    def populate(self, proc: Process, start: int, end: int) -> None:
+        """MAP_POPULATE (populate_vma_page_range): the kernel faults each page itself; no trap, no signal."""
+        for vma in self._split(proc, start, end):
+            write = (vma.flags & (VM_WRITE | VM_SHARED)) == VM_WRITE
+            addr = vma.start
+            while addr < vma.end:
+                if not self._leaf(proc, addr)[0] & P or (write and not self._leaf(proc, addr)[0] & RW):
+                    f = Fault(proc.pid, addr, PF_USER | (PF_WRITE if write else 0), trap=False)
+                    self._handle_mm_fault(proc, vma, addr, write, f, ("__mm_populate", "populate_vma_page_range",
+                                                                       "__get_user_pages", "handle_mm_fault",
+                                                                       "__handle_mm_fault"))
+                    self.faults.append(f)
+                addr += PAGE_SIZE
+
+    def create_file(self, name: str, pages: int) -> File:
+        """A file written with write(2): its pages are in the page cache before anyone maps it."""
+        f = File(name, pages)
+        for i in range(pages):
+            pfn = self._alloc(0, GFP_PAGE_CACHE, "page-cache page", ("ksys_write", "vfs_write", "generic_perform_write",
+                                                                   "__filemap_get_folio", "filemap_alloc_folio"), None)
+            f.cache[i] = pfn
+            self.kind[pfn] = "file"
+            self.mapcount[pfn] = 0
+        return f
+
+    # -- the MMU -------------------------------------------------------------------------------------
+
+    def access(self, proc: Process, addr: int, write: bool = False, execute: bool = False) -> Fault | None:
+        """One user access as the CPU does it: translate, or trap into the fault handler and retry.
+
+        Returns the fault taken (its outcome may be a SIGSEGV), or None when the TLB-less walk succeeded.
+        """
+        tables, t = self.tables, self.tables[proc.pgd]
+        entry = 0
+        for shift in self.shifts:
+            entry = t[(addr >> shift) & 511]
+            if not entry & P or (entry & PSE and shift != 12) or shift == 12:
+                break
+            t = tables[(entry & FRAME) >> 12]
+        if entry & P and entry & US and (entry & RW or not write) and not (execute and entry & NX):
+            return None
+        code = PF_USER | (PF_WRITE if write else 0) | (PF_PROT if entry & P else 0) | (PF_INSTR if execute else 0)
+        fault = self.handle_fault(proc, addr, code)
+        return fault
+
+    def handle_fault(self, proc: Process, addr: int, code: int) -> Fault:
+        """exc_page_fault → do_user_addr_fault → handle_mm_fault, as far as this address needs."""
+        fault = Fault(proc.pid, addr, code)
+        self.faults.append(fault)
+        fault.walk_before = self.walk(proc, addr)
+        vma = proc.find_vma(addr)
+        if vma is None:
+            vma = self._expand_stack(proc, addr, fault)
+            if vma is None:
+                return self._segv(proc, fault, SEGV_MAPERR, ("do_user_addr_fault", "lock_mm_and_find_vma",
+                                                               "bad_area_nosemaphore", "force_sig_fault"))
+        fault.vma, fault.vma_range = vma, (vma.start, vma.end)
+        if self._access_error(code, vma):
+            return self._segv(proc, fault, SEGV_ACCERR, ("do_user_addr_fault", "bad_area_access_error",
+                                                           "force_sig_fault"))
+        proc.minor_faults += 1
+        self._handle_mm_fault(proc, vma, addr, bool(code & PF_WRITE), fault, FAULT_ENTRY)
+        return fault
+
+    @staticmethod
+    def _access_error(code: int, vma: VMA) -> bool:
+        """access_error() in arch/x86/mm/fault.c."""
+        if code & PF_WRITE:
+            return not vma.flags & VM_WRITE
+        if code & PF_PROT:                  # a read of a present page that still faulted
+            return True
+        return not vma.flags & (VM_READ | VM_WRITE | VM_EXEC)
+
+    def _expand_stack(self, proc: Process, addr: int, fault: Fault) -> VMA | None:
+        """expand_downwards(): a fault just below a VM_GROWSDOWN VMA grows it, within the limits."""
+        above = proc.vma_above(addr)
+        if above is None or not above.flags & VM_GROWSDOWN:
+            return None
+        new_start = addr & ~(PAGE_SIZE - 1)
+        i = proc.vmas.index(above)
+        prev = proc.vmas[i - 1] if i else None
+        gap = self.config.stack_guard_gap_pages * PAGE_SIZE
+        if prev is not None and not prev.flags & VM_GROWSDOWN and new_start - prev.end < gap:
+            return None
+        if above.end - new_start > self.config.stack_rlimit or new_start < 0x10000:
+            return None
+        fault.stack_grown_pages = (above.start - new_start) >> PAGE_SHIFT
+        above.start = new_start
+        proc.reindex()
+        return above
+
+    def _segv(self, proc: Process, fault: Fault, si_code: int, path: tuple[str, ...]) -> Fault:
+        fault.si_code = si_code
+        fault.outcome = MAPERR if si_code == SEGV_MAPERR else ACCERR
+        fault.path = ("asm_exc_page_fault", "exc_page_fault") + path
+        proc.signals.append((si_code, fault.address))
+        return fault
+
+    # -- handle_mm_fault ----------------------------------------------------------------------------------
+
+    def _handle_mm_fault(self, proc: Process, vma: VMA, addr: int, write: bool, fault: Fault,
+                         entry_path: tuple[str, ...]) -> None:
+        tables, shifts, levels = self.tables, self.shifts, self.levels
+        table = proc.pgd
+        chain = entry_path
+        for depth in range(len(shifts) - 1):
+            level = levels[depth]
+            idx = (addr >> shifts[depth]) & 511
+            entry = tables[table][idx]
+            if levels[depth + 1] == "PTE" and not entry & P and self._thp_allowed(vma, addr):
+                self._huge_fault(vma, addr, write, table, idx, fault, chain + ("create_huge_pmd",))
+                break
+            if entry & P and entry & PSE:
+                self._huge_wp(vma, addr, table, idx, entry, fault, chain)
+                break
+            if not entry & P:
+                below = levels[depth + 1]
+                if below != "PTE":
+                    how = chain + (f"__{below.lower()}_alloc", f"{below.lower()}_alloc_one")
+                elif vma.file is not None:
+                    how = chain + ("handle_pte_fault", "do_pte_missing", "do_fault", "do_read_fault",
+                                   "do_fault_around", "pte_alloc_one")
+                else:
+                    how = chain + ("handle_pte_fault", "do_pte_missing", "do_anonymous_page", "__pte_alloc",
+                                   "pte_alloc_one")
+                new = self._new_table(below, how, fault)
+                tables[table][idx] = new << 12 | TABLE_ENTRY
+                entry = tables[table][idx]
+            table = (entry & FRAME) >> 12
+        else:
+            idx = (addr >> 12) & 511
+            self._pte_fault(vma, addr, write, table, idx, fault, chain + ("handle_pte_fault",))
+        fault.walk_after = self.walk(proc, addr)
+
+    def _pte_fault(self, vma: VMA, addr: int, write: bool, table: int, idx: int, fault: Fault,
+                   chain: tuple[str, ...]) -> None:
+        pte = self.tables[table][idx]
+        prot = vm_page_prot(vma.flags)
+        if not pte & P:
+            if vma.file is not None:
+                self._file_fault(vma, addr, write, table, idx, fault, chain + ("do_pte_missing", "do_fault"))
+                return
+            vma.anon_vma = True
+            if not write:                  # do_anonymous_page: the zero page, special, read-only
+                entry = self.zero_pfn << 12 | prot | SPECIAL
+                fault.outcome, fault.pfn = ZERO_PAGE, self.zero_pfn
+                fault.path = chain + ("do_pte_missing", "do_anonymous_page")
+            else:
+                path = chain + ("do_pte_missing", "do_anonymous_page", "alloc_anon_folio", "vma_alloc_folio_noprof")
+                pfn = self._alloc(0, GFP_USER_PAGE, "data page", path, fault)
+                self._new_anon(pfn)
+                entry = pfn << 12 | prot | self._dirty_bits()
+                if vma.flags & VM_WRITE:
+                    entry |= RW
+                fault.outcome, fault.pfn, fault.path = NEW_PAGE, pfn, path
+            self.tables[table][idx] = entry
+            fault.entry = entry
+            return
+        if write and not pte & RW:
+            self._wp_page(vma, pte, table, idx, fault, chain + ("do_wp_page",))
+
+    def _wp_page(self, vma: VMA, pte: int, table: int, idx: int, fault: Fault, chain: tuple[str, ...]) -> None:
+        """do_wp_page(): reuse the page when nothing else maps it, else copy it (the zero page: a new page)."""
+        old = (pte & FRAME) >> 12
+        if not pte & SPECIAL and self.kind.get(old) == "anon" and self.mapcount.get(old, 0) == 1:
+            entry = pte | RW | self._dirty_bits() | A
+            self.exclusive.add(old)
+            fault.outcome, fault.pfn, fault.path = REUSE, old, chain + ("wp_page_reuse",)
+        else:
+            zero = bool(pte & SPECIAL)
+            path = chain + ("wp_page_copy", "folio_prealloc", "vma_alloc_folio_noprof")
+            pfn = self._alloc(0, GFP_USER_PAGE if zero else GFP_COPY_PAGE, "data page", path, fault)
+            self._new_anon(pfn)
+            entry = pfn << 12 | vm_page_prot(vma.flags) | self._dirty_bits() | RW
+            vma.anon_vma = True
+            if not zero:
+                self._drop_mapping(old)
+            fault.outcome, fault.pfn, fault.path = COPY, pfn, path
+        self.tables[table][idx] = entry
+        fault.entry = entry
+
+    def _file_fault(self, vma: VMA, addr: int, write: bool, table: int, idx: int, fault: Fault,
+                    chain: tuple[str, ...]) -> None:
+        """do_read_fault() with fault-around: the cached pages of the window are mapped in one go."""
+        f = vma.file
+        page_index = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+        if write and not vma.flags & VM_SHARED:
+            raise NotImplementedError("the model does not simulate a write fault on a private file mapping")
+        if page_index >= f.pages:
+            raise NotImplementedError("the model does not simulate SIGBUS beyond the end of a file")
+        path = chain + ("do_read_fault",)
+        if page_index not in f.cache:
+            pfn = self._alloc(0, GFP_PAGE_CACHE, "page-cache page", path + ("__do_fault", "filemap_fault",
+                                                                           "page_cache_ra_unbounded"), fault)
+            f.cache[page_index] = pfn
+            self.kind[pfn] = "file"
+            self.mapcount[pfn] = 0
+        n = self.fault_around_pages
+        vma_off = (addr - vma.start) >> PAGE_SHIFT
+        from_pte = max(idx - idx % n, idx - min(idx, vma_off))
+        to_pte = min(from_pte + n, PTRS_PER_TABLE, idx + ((vma.end - vma.start) >> PAGE_SHIFT) - vma_off)
+        prot = vm_page_prot(vma.flags)
+        mapped = 0
+        for i in range(from_pte, to_pte):
+            pgoff = page_index + i - idx
+            if pgoff >= f.pages or pgoff not in f.cache or self.tables[table][i] & P:
+                continue
+            pfn = f.cache[pgoff]
+            self.tables[table][i] = pfn << 12 | prot
+            self.mapcount[pfn] += 1
+            mapped += 1
+        fault.outcome, fault.pfn = PAGE_CACHE, f.cache[page_index]
+        fault.entry = self.tables[table][idx]
+        fault.also_mapped = mapped - 1
+        fault.path = path + (("do_fault_around", "filemap_map_pages") if n > 1 else ("__do_fault", "filemap_fault"))
+
+    def _thp_allowed(self, vma: VMA, addr: int) -> bool:
+        """thp_vma_allowable_order() for a PMD page at a fault: anonymous, setting, the 2 MiB inside the VMA."""
+        mode = self.config.thp_enabled
+        if vma.file is not None or vma.flags & VM_NOHUGEPAGE or mode == "never":
+            return False
+        if mode == "madvise" and not vma.flags & VM_HUGEPAGE:
+            return False
+        start = addr & ~(PMD_SIZE - 1)
+        return start >= vma.start and start + PMD_SIZE <= vma.end
+
+    def _huge_fault(self, vma: VMA, addr: int, write: bool, table: int, idx: int, fault: Fault,
+                    chain: tuple[str, ...]) -> None:
+        """do_huge_pmd_anonymous_page(): one order-9 folio mapped by the PMD entry (or the huge zero page)."""
+        vma.anon_vma = True
+        prot = vm_page_prot(vma.flags)
+        path = chain + ("do_huge_pmd_anonymous_page",)
+        if not write and self.config.thp_use_zero_page:
+            if self.huge_zero_pfn is None:
+                self.huge_zero_pfn = self._alloc(9, ("GFP_TRANSHUGE", "__GFP_ZERO"), "huge zero page",
+                                                 path + ("mm_get_huge_zero_folio",), fault)
+                self.kind[self.huge_zero_pfn] = "huge zero"
+            self._new_table("PTE", path + ("pte_alloc_one",), fault)     # deposited for a later split
+            entry = self.huge_zero_pfn << 12 | (prot & ~RW) | PSE | SPECIAL
+            fault.outcome, fault.pfn = HUGE_ZERO_PAGE, self.huge_zero_pfn + ((addr >> 12) & 511)
+        else:
+            pfn = self._alloc(9, GFP_THP, "huge page", path + ("vma_alloc_anon_folio_pmd", "vma_alloc_folio_noprof"),
+                              fault)
+            self._new_table("PTE", path + ("pte_alloc_one",), fault)
+            self.kind[pfn] = "thp"
+            self.mapcount[pfn] = 1
+            self.exclusive.add(pfn)
+            entry = pfn << 12 | prot | PSE | self._dirty_bits() | (RW if vma.flags & VM_WRITE else 0)
+            fault.outcome, fault.pfn = HUGE_PAGE, pfn + ((addr >> 12) & 511)
+        self.tables[table][idx] = entry
+        fault.entry = entry
+        fault.also_mapped = 511
+        fault.path = path
+
+    def _huge_wp(self, vma: VMA, addr: int, table: int, idx: int, entry: int, fault: Fault,
+                 chain: tuple[str, ...]) -> None:
+        raise NotImplementedError("the model does not simulate write faults on PMD-mapped huge pages")
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _dirty_bits(self) -> int:
+        return D | (SOFT_DIRTY if self.config.soft_dirty else 0)
+
+    def _new_anon(self, pfn: int) -> None:
+        self.kind[pfn] = "anon"
+        self.mapcount[pfn] = 1
+        self.exclusive.add(pfn)
+
+    def _drop_mapping(self, head: int | None) -> None:
+        if head is None or head not in self.mapcount:
+            return
+        self.mapcount[head] -= 1
+        if self.mapcount[head] == 0 and self.kind.get(head) in ("anon", "thp"):
+            order = 9 if self.kind[head] == "thp" else 0
+            del self.mapcount[head], self.kind[head]
+            self.exclusive.discard(head)
+            self.buddy.free_block(head, order)
+        elif self.mapcount[head] == 1 and self.kind.get(head) == "anon":
+            pass    # the last mapper may reuse it at its next write fault (wp_can_reuse_anon_folio)
+
+    def _folio_head(self, entry: int, level: str) -> int | None:
+        if entry & SPECIAL:
+            return None
+        pfn = (entry & FRAME) >> 12
+        return pfn if level == "PTE" else pfn & ~511
+
+    def _leaf(self, proc: Process, addr: int) -> tuple[int, str, int, int]:
+        """(entry, level, table PFN, index) of the lowest entry the walk reaches."""
+        t = proc.pgd
+        for depth, shift in enumerate(self.shifts):
+            idx = (addr >> shift) & 511
+            entry = self.tables[t][idx]
+            level = self.levels[depth]
+            if not entry & P or shift == 12 or entry & PSE:
+                return entry, level, t, idx
+            t = (entry & FRAME) >> 12
+        raise AssertionError("unreachable")
+
+    def walk(self, proc: Process, addr: int) -> list[tuple[str, int, int, int]]:
+        """Every entry on the way to addr: (level, table PFN, index, entry), stopping where one is missing."""
+        out, t = [], proc.pgd
+        for depth, shift in enumerate(self.shifts):
+            idx = (addr >> shift) & 511
+            entry = self.tables[t][idx]
+            out.append((self.levels[depth], t, idx, entry))
+            if not entry & P or shift == 12 or entry & PSE:
+                break
+            t = (entry & FRAME) >> 12
+        return out
+
+    def _present_leaves(self, proc: Process, start: int, end: int):
+        """(address, level, table PFN, index, entry) of every present leaf in [start, end)."""
+        addr = start
+        while addr < end:
+            entry, level, table, idx = self._leaf(proc, addr)
+            size = {"PTE": PAGE_SIZE, "PMD": PMD_SIZE}.get(level, PAGE_SIZE) if entry & P else PAGE_SIZE
+            if entry & P and (level == "PTE" or entry & PSE):
+                yield addr, level, table, idx, entry
+            addr = (addr & ~(size - 1)) + size
+
+    def _set_leaf(self, proc: Process, addr: int, level: str, entry: int, chain: tuple[str, ...],
+                  fault: Fault | None) -> None:
+        """Write a leaf entry at addr, allocating the tables above it (fork's copy_page_range)."""
+        t = proc.pgd
+        for depth, shift in enumerate(self.shifts):
+            idx = (addr >> shift) & 511
+            if self.levels[depth] == level:
+                self.tables[t][idx] = entry
+                return
+            cur = self.tables[t][idx]
+            if not cur & P:
+                new = self._new_table(self.levels[depth + 1], chain, fault)
+                cur = self.tables[t][idx] = new << 12 | TABLE_ENTRY
+            t = (cur & FRAME) >> 12
+
+    # -- what /proc would show ---------------------------------------------------------------------------
+
+    def pagemap(self, proc: Process, addr: int) -> int:
+        """The /proc/PID/pagemap entry (fs/proc/task_mmu.c) the model's tables give for addr."""
+        entry, level, _t, _i = self._leaf(proc, addr)
+        if not entry & P or (level != "PTE" and not entry & PSE):
+            return 0
+        pfn = (entry & FRAME) >> 12
+        if level != "PTE":
+            pfn = (pfn & ~511) + ((addr >> 12) & 511)
+        value = 1 << 63 | pfn
+        if entry & SPECIAL and level == "PTE":
+            return value                                 # vm_normal_page() is NULL for the zero page
+        head = self._folio_head(entry, level)
+        if self.kind.get(head) == "file":
+            value |= 1 << 61
+        if self.mapcount.get(head, 0) == 1:
+            value |= 1 << 56
+        return value
+
+    def kpageflags(self, pfn: int) -> int:
+        """The bits of /proc/kpageflags the page states use: ZERO_PAGE (24), THP (22), ANON (12), MMAP (11)."""
+        if pfn == self.zero_pfn:
+            return 1 << 24
+        if self.huge_zero_pfn is not None and self.huge_zero_pfn <= pfn < self.huge_zero_pfn + 512:
+            return 1 << 24 | 1 << 22
+        head = pfn if pfn in self.kind else pfn & ~511
+        kind = self.kind.get(head)
+        flags = 1 << 11 if self.mapcount.get(head, 0) else 0
+        if kind == "thp":
+            return flags | 1 << 22 | 1 << 12
+        if kind == "anon":
+            return flags | 1 << 12
+        return flags
