@@ -19,6 +19,7 @@ from pathlib import Path
 from .runner import Target, TargetError, spawn_held
 
 SOURCE = Path(__file__).with_name("c") / "exercise.c"
+SCENARIO_SOURCE = Path(__file__).with_name("c") / "scenario.c"
 FALLBACK = Path(__file__).with_name("exercise_fallback.py")
 DEFAULT_TEXT = "offset world"
 
@@ -61,16 +62,14 @@ def cache_dir() -> Path:
     return Path(base) / "pagefault"
 
 
-def build_program(progress=None) -> Program:
-    """The compiled exercise program, from the cache when its source has not changed."""
-    src = SOURCE.read_bytes()
-    digest = hashlib.sha256(src).hexdigest()[:16]
+def _compile(source: Path, name: str, progress=None) -> Program | str:
+    """The compiled program, from the cache when its source has not changed; or why it could not be built."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        return Program([sys.executable, str(FALLBACK)], FALLBACK, False,
-                       "no C compiler (cc or gcc) on PATH: using the pure-Python exercise (fix: apt-get install gcc)")
+        return "no C compiler (cc or gcc) on PATH (fix: apt-get install gcc, or bash scripts/setup.sh as root)"
     for folder in (cache_dir(), Path("/tmp") / f"pagefault-{os.geteuid()}"):
-        exe = folder / f"exercise-{digest}"
+        exe = folder / f"{name}-{digest}"
         try:
             if exe.is_file() and os.access(exe, os.X_OK):
                 return Program([str(exe)], exe, True, f"cached build {exe}")
@@ -80,18 +79,33 @@ def build_program(progress=None) -> Program:
         except OSError:
             continue  # another user's cache (sudo keeps HOME): try the next place
         if progress:
-            progress(f"compiling the exercise program with {cc} (once)")
+            progress(f"compiling the {name} program with {cc} (once)")
         tmp = exe.with_name(exe.name + f".{os.getpid()}.tmp")
-        r = subprocess.run([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-o", str(tmp), str(SOURCE)],
+        r = subprocess.run([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-o", str(tmp), str(source)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             tmp.unlink(missing_ok=True)
-            return Program([sys.executable, str(FALLBACK)], FALLBACK, False,
-                           f"{cc} failed ({(r.stderr.strip().splitlines() or ['?'])[-1]}): using the pure-Python exercise")
+            return f"{cc} failed on {source.name}: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
         tmp.replace(exe)
-        return Program([str(exe)], exe, True, f"compiled {SOURCE.name} with {cc} -O2 -g into {exe}")
-    return Program([sys.executable, str(FALLBACK)], FALLBACK, False,
-                   "no writable cache folder for the compiled program: using the pure-Python exercise")
+        return Program([str(exe)], exe, True, f"compiled {source.name} with {cc} -O2 -g into {exe}")
+    return "no writable cache folder for the compiled program"
+
+
+def build_program(progress=None) -> Program:
+    """The exercise program: compiled, or the pure-Python one where it cannot be."""
+    built = _compile(SOURCE, "exercise", progress)
+    if isinstance(built, Program):
+        return built
+    return Program([sys.executable, str(FALLBACK)], FALLBACK, False, f"{built}: using the pure-Python exercise")
+
+
+def build_scenario_program(progress=None) -> Program:
+    """The scenario program (fork, SIGSEGV recovery and mprotect need C: there is no fallback)."""
+    built = _compile(SCENARIO_SOURCE, "scenario", progress)
+    if isinstance(built, Program):
+        return built
+    raise ExerciseError(f"the live scenario program cannot be built: {built}; or run the scenario in the "
+                        "simulator with --model")
 
 
 @dataclass
@@ -101,22 +115,17 @@ class Phase:
     line: str = ""
 
 
-class ExerciseProcess:
-    """A spawned exercise program, held before exec; then driven one phase at a time."""
+class PausedProgram:
+    """A spawned program held before exec, then driven one phase at a time over two pipes."""
 
-    def __init__(self, program: Program, options: ExerciseOptions, stdout: int | None = None):
-        options.check()
-        self.program, self.options = program, options
+    def __init__(self, argv_prefix: list[str], args: list[str], stdout: int | None = None):
         ctl_r, self._ctl_w = os.pipe()
         self._status_r, status_w = os.pipe()
         os.set_inheritable(ctl_r, True)
         os.set_inheritable(status_w, True)
-        argv = program.argv_prefix + [str(ctl_r), str(status_w), hex(options.offset), hex(options.size)]
-        if options.text is not None:
-            argv.append(options.text)
-        self.argv = argv
+        self.argv = argv_prefix + [str(ctl_r), str(status_w)] + args
         try:
-            self.target: Target = spawn_held(argv, stdout)
+            self.target: Target = spawn_held(self.argv, stdout)
         except TargetError as exc:
             raise ExerciseError(str(exc)) from None
         finally:
@@ -140,11 +149,11 @@ class ExerciseProcess:
         while b"\n" not in self._buf:
             ready, _, _ = select.select([self._status_r], [], [], timeout)
             if not ready:
-                raise ExerciseError(f"the exercise program (PID {self.pid}) said nothing for {timeout:.0f} s")
+                raise ExerciseError(f"the program (PID {self.pid}) said nothing for {timeout:.0f} s")
             chunk = os.read(self._status_r, 4096)
             if not chunk:
                 self.target.wait()
-                raise ExerciseError(f"the exercise program (PID {self.pid}) ended early: "
+                raise ExerciseError(f"the program (PID {self.pid}) ended early: "
                                     f"{self.target.describe_exit()}")
             self._buf += chunk
         raw, self._buf = self._buf.split(b"\n", 1)
@@ -156,7 +165,7 @@ class ExerciseProcess:
             if eq:
                 fields[key] = value
         if name == "error":
-            raise ExerciseError(f"the exercise program failed: {rest}")
+            raise ExerciseError(f"the program failed: {rest}")
         return Phase(name, fields, line)
 
     def advance(self) -> None:
@@ -185,3 +194,21 @@ class ExerciseProcess:
                 except OSError:
                     pass
         self._ctl_w = self._status_r = -1
+
+
+class ExerciseProcess(PausedProgram):
+    """The exercise program: ready → mapped → touched."""
+
+    def __init__(self, program: Program, options: ExerciseOptions, stdout: int | None = None):
+        options.check()
+        self.program, self.options = program, options
+        args = [hex(options.offset), hex(options.size)] + ([options.text] if options.text is not None else [])
+        super().__init__(program.argv_prefix, args, stdout)
+
+
+class ScenarioProcess(PausedProgram):
+    """The scenario program: ready, then one phase line "op N …" after each operation."""
+
+    def __init__(self, program: Program, ops: list[str], stdout: int | None = None):
+        self.program, self.ops = program, list(ops)
+        super().__init__(program.argv_prefix, self.ops, stdout)

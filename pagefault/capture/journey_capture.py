@@ -282,24 +282,28 @@ class LiveJourney:
         return found[-1] if found else None
 
     def _decode_events(self) -> None:
-        data = b"".join(self.chunks)
-        stream = parse_stream(data, self.sample_type)
-        s = stream.samples
-        self.ev.lost_events = stream.lost
-        names = {int(i): f"{f['system']}:{f['name']}" for i, f in self.formats.items()}
-        events: list[TraceEvent] = []
-        for i in range(len(s)):
-            if s.raw_offset is not None:
-                name = names.get(int(s.event_type[i]), f"event {int(s.event_type[i])}")
-                fmt = self.formats.get(str(int(s.event_type[i])), {}).get("fields", {})
-                fields = {}
-                for fname, (off, size, signed) in fmt.items():
-                    if fname.startswith("common_") or size > 8:
-                        continue
-                    fields[fname] = int(raw_field(data, s.raw_offset[i:i + 1], off, size, bool(signed))[0])
-            else:
-                name, fields = "page-faults", {"address": int(s.addr[i]), "ip": int(s.ip[i])}
-            kernel, user = split_callchain(callchain(data, s, i))
-            chain = [(a, self.ksyms.describe(a)) for a in kernel] if self.ksyms.usable else [(a, f"0x{a:x}") for a in kernel]
-            events.append(TraceEvent(name, int(s.time[i]), int(s.cpu[i]), int(s.pid[i]), fields, chain, user))
-        self.ev.events = events
+        self.ev.events, self.ev.lost_events = decode_trace_events(b"".join(self.chunks), self.sample_type,
+                                                                  self.formats, self.ksyms)
+
+
+def decode_trace_events(data: bytes, sample_type: int, formats: dict, ksyms: KernelSymbols) -> tuple[list[TraceEvent], int]:
+    """The samples of a drained ring buffer as TraceEvents with symbolised kernel chains; and the count lost."""
+    stream = parse_stream(data, sample_type)
+    s = stream.samples
+    names = {int(i): f"{f['system']}:{f['name']}" for i, f in formats.items()}
+    events: list[TraceEvent] = []
+    for i in range(len(s)):
+        if s.raw_offset is not None:
+            name = names.get(int(s.event_type[i]), f"event {int(s.event_type[i])}")
+            fmt = formats.get(str(int(s.event_type[i])), {}).get("fields", {})
+            fields = {}
+            for fname, (off, size, signed) in fmt.items():
+                if fname.startswith("common_") or size > 8:
+                    continue
+                fields[fname] = int(raw_field(data, s.raw_offset[i:i + 1], off, size, bool(signed))[0])
+        else:
+            name, fields = "page-faults", {"address": int(s.addr[i]), "ip": int(s.ip[i])}
+        kernel, user = split_callchain(callchain(data, s, i))
+        chain = [(a, ksyms.describe(a)) for a in kernel] if ksyms.usable else [(a, f"0x{a:x}") for a in kernel]
+        events.append(TraceEvent(name, int(s.time[i]), int(s.cpu[i]), int(s.pid[i]), fields, chain, user))
+    return events, stream.lost

@@ -106,3 +106,49 @@ def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool 
         if line.startswith(name + "="):
             return line.split("=", 1)[1].strip() in ("y", "m")
     return False
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The knobs the fault paths depend on, each with where it was read (or why it is assumed)."""
+
+    thp_enabled: str
+    thp_use_zero_page: bool
+    fault_around_bytes: int
+    stack_rlimit: int
+    sources: dict[str, str]
+
+
+def _selected(text: str) -> str | None:
+    """The [bracketed] choice of a sysfs multiple-choice file."""
+    m = re.search(r"\[([^\]]+)\]", text)
+    return m.group(1) if m else None
+
+
+def memory_settings(root: Path = Path("/sys/kernel")) -> MemorySettings:
+    import resource
+    sources: dict[str, str] = {}
+    thp = root / "mm/transparent_hugepage"
+    try:
+        enabled = _selected((thp / "enabled").read_text()) or "never"
+        sources["thp_enabled"] = f"observed: {thp / 'enabled'}"
+    except OSError as exc:
+        enabled = "never"
+        sources["thp_enabled"] = f"assumed never: {exc.strerror or exc} (a kernel without THP)"
+    try:
+        zero = (thp / "use_zero_page").read_text().strip() == "1"
+        sources["thp_use_zero_page"] = f"observed: {thp / 'use_zero_page'}"
+    except OSError:
+        zero = True
+        sources["thp_use_zero_page"] = "assumed 1 (the kernel's default)"
+    try:
+        around = int((root / "debug/fault_around_bytes").read_text())
+        sources["fault_around_bytes"] = f"observed: {root / 'debug/fault_around_bytes'}"
+    except (OSError, ValueError):
+        around = 65536
+        sources["fault_around_bytes"] = ("assumed 65536, the kernel's default (debugfs is not mounted here: "
+                                         "mount -t debugfs none /sys/kernel/debug to read it)")
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    stack = soft if soft != resource.RLIM_INFINITY else 1 << 62
+    sources["stack_rlimit"] = "observed: getrlimit(RLIMIT_STACK) of pagefault, which the program inherits"
+    return MemorySettings(enabled, zero, around, stack, sources)

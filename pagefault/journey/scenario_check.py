@@ -1,0 +1,170 @@
+"""A scenario's faults in one comparable form, from the simulator or from the live kernel, and the comparison.
+
+A fault is (who, page of the region, error code, outcome, pages the stack grew by); the region's
+final state is one word per page (decode.pagemap.page_state). Live outcomes are derived from what
+was observed around each fault: the program's siginfo for a SIGSEGV, else the page's pagemap entry
+and kpageflags after the operation, compared with before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..capture.scenario_capture import OpSnapshot, ScenarioEvidence
+from ..decode.pagemap import PM_PFN_MASK, page_state
+from ..kernel.facts import MemorySettings
+from ..model import kernel as mk
+from ..model.scenarios import ModelRun, Scenario
+
+OUTCOME_BY_STATE = {"zero page": mk.ZERO_PAGE, "huge zero page": mk.HUGE_ZERO_PAGE, "huge page": mk.HUGE_PAGE,
+                    "file": mk.PAGE_CACHE}
+
+
+@dataclass(frozen=True)
+class FaultRow:
+    op: int
+    who: str                  # parent / child
+    page: int                 # page of the region
+    error_code: int
+    outcome: str
+    stack_grown_pages: int = 0
+
+    def key(self) -> tuple:
+        return (self.op, self.who, self.page, self.error_code, self.outcome, self.stack_grown_pages)
+
+    def describe(self) -> str:
+        grown = f", stack grew {self.stack_grown_pages} pages" if self.stack_grown_pages else ""
+        who = "child: " if self.who == "child" else ""
+        return f"op {self.op}: {who}page {self.page}, error code 0x{self.error_code:x} → {self.outcome}{grown}"
+
+
+@dataclass
+class ScenarioOutcome:
+    rows: list[FaultRow]
+    final_states: list[str]
+    details: dict[int, list[str]] = field(default_factory=dict)    # op → evidence lines
+
+
+def model_config(settings: MemorySettings | None, paging_levels: int = 4) -> mk.ModelConfig:
+    if settings is None:
+        return mk.ModelConfig(paging_levels=paging_levels)
+    return mk.ModelConfig(paging_levels=paging_levels, thp_enabled=settings.thp_enabled,
+                          thp_use_zero_page=settings.thp_use_zero_page,
+                          fault_around_bytes=settings.fault_around_bytes,
+                          stack_rlimit=min(settings.stack_rlimit, 1 << 40))
+
+
+def from_model(run: ModelRun) -> ScenarioOutcome:
+    rows = []
+    child = run.child.pid if run.child else -1
+    for op, faults in enumerate(run.faults_by_op):
+        for f in faults:
+            rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
+                                 f.error_code, f.outcome, f.stack_grown_pages))
+    k = run.kernel
+    states = [page_state(e, k.kpageflags(e & PM_PFN_MASK) if e >> 63 else None) for e in run.final_pagemap()]
+    return ScenarioOutcome(rows, states)
+
+
+def _stack_start(snap: OpSnapshot | None, maps_fallback, pid: int) -> int | None:
+    maps = snap.maps.get(pid) if snap else None
+    maps = maps if maps is not None else maps_fallback
+    return next((m.start for m in maps if m.path == "[stack]"), None)
+
+
+def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
+    out = ScenarioOutcome([], [])
+    prev: OpSnapshot | None = None
+    prev_t = ev.start_ns
+    pids = {ev.pid: "parent", ev.child_pid: "child"} if ev.child_pid else {ev.pid: "parent"}
+    for snap in ev.snapshots:
+        lo, hi = snap.region, snap.region + snap.pages * 4096
+        faults = [e for e in ev.events if e.name == "exceptions:page_fault_user" and prev_t < e.time_ns <= snap.time_ns
+                  and e.pid in pids and lo <= e.fields["address"] < hi]
+        lines = out.details.setdefault(snap.index, [])
+        for n, e in enumerate(faults):
+            addr, code = e.fields["address"], e.fields["error_code"]
+            page = (addr - lo) >> 12
+            after = snap.pagemaps.get(e.pid, [])
+            entry = after[page] if page < len(after) else 0
+            before_maps = (prev.pagemaps.get(e.pid) or prev.pagemaps.get(ev.pid)) if prev else None
+            before = before_maps[page] if before_maps and page < len(before_maps) else 0
+            grown = 0
+            old_stack = _stack_start(prev, ev.ready_maps, e.pid)
+            new_stack = _stack_start(snap, [], e.pid)
+            if old_stack is not None and new_stack is not None and new_stack < old_stack <= addr + (1 << 30):
+                grown = (old_stack - new_stack) >> 12
+            if snap.segv_code and n == len(faults) - 1 and snap.segv_addr >> 12 == addr >> 12:
+                outcome = mk.MAPERR if snap.segv_code == mk.SEGV_MAPERR else mk.ACCERR
+                lines.append(f"SIGSEGV si_code {snap.segv_code} at 0x{snap.segv_addr:x} (the program's siginfo)")
+            else:
+                flags = snap.kpageflags.get(entry & PM_PFN_MASK) if entry >> 63 else None
+                state = page_state(entry, flags)
+                if state in OUTCOME_BY_STATE:
+                    outcome = OUTCOME_BY_STATE[state]
+                elif state == "not present":
+                    outcome = "not mapped afterwards"
+                elif code & mk.PF_PROT:
+                    same = before >> 63 and (before & PM_PFN_MASK) == (entry & PM_PFN_MASK)
+                    outcome = mk.REUSE if same else mk.COPY
+                    lines.append(f"page {page}: PFN 0x{before & PM_PFN_MASK:x} before, 0x{entry & PM_PFN_MASK:x} after"
+                                 f" ({'the same frame' if same else 'a new frame'})")
+                else:
+                    outcome = mk.NEW_PAGE
+                lines.append(f"page {page}: pagemap 0x{entry:016x} after → {state}")
+            out.rows.append(FaultRow(snap.index, pids[e.pid], page, code, outcome, grown))
+        prev, prev_t = snap, snap.time_ns
+    if ev.snapshots:
+        last = ev.snapshots[-1]
+        entries = last.pagemaps.get(ev.pid, [])
+        out.final_states = [page_state(e, last.kpageflags.get(e & PM_PFN_MASK) if e >> 63 else None)
+                            for e in entries]
+    return out
+
+
+@dataclass
+class Agreement:
+    agree: bool
+    lines: list[str]
+
+
+def compare(model: ScenarioOutcome, live: ScenarioOutcome) -> Agreement:
+    lines, agree = [], True
+    m_keys, l_keys = [r.key() for r in model.rows], [r.key() for r in live.rows]
+    if m_keys == l_keys:
+        lines.append(f"the {len(m_keys)} fault{'s' if len(m_keys) != 1 else ''} agree: "
+                     + ("; ".join(r.describe() for r in live.rows) or "none on either side"))
+    else:
+        agree = False
+        for i in range(max(len(model.rows), len(live.rows))):
+            m = model.rows[i].describe() if i < len(model.rows) else "—"
+            lv = live.rows[i].describe() if i < len(live.rows) else "—"
+            lines.append(f"fault {i}: model {m} | live {lv}" + ("" if m == lv else "   ← differs"))
+    if model.final_states == live.final_states:
+        lines.append("the region's final pagemap agrees: " + _runs(live.final_states))
+    else:
+        agree = False
+        lines.append(f"final pagemap differs: model {_runs(model.final_states)} | live {_runs(live.final_states)}")
+    return Agreement(agree, lines)
+
+
+def _runs(states: list[str]) -> str:
+    """'anon ×1, not present ×15' for a list of page states."""
+    out: list[list] = []
+    for s in states:
+        if out and out[-1][0] == s:
+            out[-1][1] += 1
+        else:
+            out.append([s, 1])
+    return ", ".join(f"{s} ×{n}" for s, n in out) or "no pages"
+
+
+def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ScenarioEvidence, ModelRun]:
+    """Run the scenario live and in the model (with this machine's settings) and compare."""
+    from ..capture.scenario_capture import run_scenario_live
+    from ..kernel.facts import paging_levels
+    from ..model.scenarios import run_in_model
+    ev = run_scenario_live(list(scenario.ops), progress)
+    run = run_in_model(scenario, model_config(ev.settings, paging_levels()[0]))
+    model, live = from_model(run), from_live(ev)
+    return model, live, compare(model, live), ev, run
