@@ -232,18 +232,9 @@ COMMANDS.append(_register_capture)
 
 # --- journey ------------------------------------------------------------------------------------------
 
-def cmd_journey(args: argparse.Namespace) -> int:
+def _journey_output(args) -> "Path | None":
     from pathlib import Path
-    from rich.console import Console
-    from .capture.exercise import ExerciseError, ExerciseOptions
-    from .capture.journey_capture import LiveJourney
-    from .capture.tracer import CaptureError, stderr_progress
-    from .journey.build import build_journey
-    from .views import journey_view
-    options = ExerciseOptions(offset=parse_number(args.offset, "--offset"), size=parse_number(args.size, "--size"),
-                              text=args.text)
-    fmt = args.format
-    if args.output and fmt == "text":
+    if args.output and args.format == "text":
         raise UsageError("-o FILE needs --format markdown or --format json")
     output = Path(args.output) if args.output else None
     if output:
@@ -252,13 +243,65 @@ def cmd_journey(args: argparse.Namespace) -> int:
             output.touch()
         except OSError as exc:
             raise UsageError(f"cannot write {output}: {exc.strerror}; fix: choose another place with -o FILE") from None
-    interactive = fmt == "text" and not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty()
+    return output
+
+
+def _emit_journey(journey, args, output, console) -> int:
+    from .views import journey_view
+    if args.format == "text":
+        if not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty():
+            _step_list(journey, console)
+        else:
+            journey_view.render_all(journey, console)
+        return 0
+    text = journey_view.to_markdown(journey) if args.format == "markdown" else journey_view.to_json(journey)
+    if output:
+        output.write_text(text)
+        print(f"journey written to {output} ({args.format})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _model_journey(args, note: str = ""):
+    from .journey.model_journey import build_model_journey
+    from .journey.scenario_check import model_config
+    from .kernel.facts import memory_settings, paging_levels
+    from .model.scenarios import ScenarioError, find_scenario, run_in_model
+    try:
+        scenario = find_scenario(args.scenario or "first-touch")
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    run = run_in_model(scenario, model_config(memory_settings(), paging_levels()[0]))
+    return build_model_journey(run, note)
+
+
+def cmd_journey(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from .capture.exercise import ExerciseError, ExerciseOptions
+    from .capture.journey_capture import LiveJourney
+    from .capture.tracer import CaptureError, stderr_progress
+    from .journey.build import build_journey
+    output = _journey_output(args)
+    console = Console()
     progress = None if args.quiet else stderr_progress
+    if args.model or args.tier == "model":
+        return _emit_journey(_model_journey(args), args, output, console)
+    if args.scenario:
+        return _live_scenario(args, output, console, progress)
+    options = ExerciseOptions(offset=parse_number(args.offset, "--offset"), size=parse_number(args.size, "--size"),
+                              text=args.text)
+    interactive = args.format == "text" and not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty()
     try:
         live = LiveJourney(options, tier=args.tier, progress=progress)
-    except (CaptureError, ExerciseError) as exc:
+    except CaptureError as exc:
+        if args.tier != "auto":
+            raise UsageError(str(exc)) from None
+        note = f"this machine cannot trace here ({exc}); this is the simulator's journey instead"
+        print(f"note: {note}", file=sys.stderr)
+        return _emit_journey(_model_journey(args, note), args, output, console)
+    except ExerciseError as exc:
         raise UsageError(str(exc)) from None
-    console = Console()
     try:
         if interactive:
             _step_through(live, console)
@@ -270,17 +313,48 @@ def cmd_journey(args: argparse.Namespace) -> int:
         live.close()
     if progress and sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
-    journey = build_journey(live.ev)
-    if fmt == "text":
-        journey_view.render_all(journey, console)
-        return 0
-    text = journey_view.to_markdown(journey) if fmt == "markdown" else journey_view.to_json(journey)
-    if output:
-        output.write_text(text)
-        print(f"journey written to {output} ({fmt})", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit_journey(build_journey(live.ev), args, output, console)
+
+
+def _live_scenario(args, output, console, progress) -> int:
+    from .capture.tracer import CaptureError
+    from .journey.scenario_check import build_scenario_journey, check_scenario
+    from .kernel.facts import is_root
+    from .model.scenarios import ScenarioError, find_scenario
+    try:
+        scenario = find_scenario(args.scenario)
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    if not is_root():
+        note = "a live scenario needs root (tracepoints, PFNs); this is the simulator's run of it instead"
+        print(f"note: {note} (fix: sudo)", file=sys.stderr)
+        return _emit_journey(_model_journey(args, note), args, output, console)
+    try:
+        model, live, agreement, ev, _run = check_scenario(scenario, progress)
+    except CaptureError as exc:
+        raise UsageError(str(exc)) from None
+    if progress and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    return _emit_journey(build_scenario_journey(scenario, ev, live, model, agreement), args, output, console)
+
+
+def _step_list(journey, console) -> None:
+    """Enter: next step; b: back; q: quit, over steps already built (the simulator's, or a finished run)."""
+    from .views import journey_view
+    journey_view.header(journey, console)
+    for note in journey.notes:
+        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
+    index = 0
+    while index < len(journey.steps):
+        console.print(journey_view.step_renderable(journey.steps[index], len(journey.steps)))
+        try:
+            key = input("[Enter] next  [b] back  [q] quit ").strip().lower()
+        except EOFError:
+            key = "q"
+        if key == "q":
+            return
+        index = max(0, index - 1) if key == "b" else index + 1
+    journey_view.render_timeline(journey, console)
 
 
 def _step_through(live, console) -> None:
@@ -314,13 +388,16 @@ def _step_through(live, console) -> None:
 
 def _register_journey(sub) -> None:
     j = sub.add_parser("journey", help="the live, step-by-step journey of one page fault, every number proven",
-                       usage="pagefault journey [--offset N] [--size N] [--text S] [--tier auto|bpf|perf|user] "
+                       usage="pagefault journey [--scenario NAME] [--model] [--offset N] [--size N] [--text S] [--tier TIER] "
                              "[--no-pause] [--format text|markdown|json] [-o FILE]")
     j.add_argument("--offset", default="0x100", help="where in the mapping to write (default 0x100)")
     j.add_argument("--size", default="4096", help="the mapping's size in bytes (default 4096)")
     j.add_argument("--text", default=None, help="the string to write (default: 'offset world', copied inside main)")
-    j.add_argument("--tier", choices=("auto", "bpf", "perf", "user"), default="auto",
-                   help="bpf: raw page-table entries too (root, bpftrace); perf: tracepoints (root); user: no root")
+    j.add_argument("--tier", choices=("auto", "bpf", "perf", "user", "model"), default="auto",
+                   help="bpf: raw page-table entries too (root, bpftrace); perf: tracepoints (root); user: no root; "
+                        "model: the simulator")
+    j.add_argument("--scenario", metavar="NAME", help="run a scenario of the library (see pagefault scenarios)")
+    j.add_argument("--model", action="store_true", help="run in the simulator: no root, no tracing, all modelled")
     j.add_argument("--no-pause", action="store_true", help="print every step at once instead of stepping")
     j.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     j.add_argument("-o", "--output", help="write markdown or json to FILE")
@@ -329,6 +406,27 @@ def _register_journey(sub) -> None:
 
 
 COMMANDS.append(_register_journey)
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from .model.scenarios import SCENARIOS
+    if args.json:
+        print(json.dumps([{"name": s.name, "title": s.title, "teaches": s.teaches, "ops": list(s.ops)}
+                          for s in SCENARIOS], indent=2))
+        return 0
+    width = max(len(s.name) for s in SCENARIOS)
+    for s in SCENARIOS:
+        print(f"{s.name:<{width}}  {s.title}: {s.teaches}")
+    return 0
+
+
+def _register_scenarios(sub) -> None:
+    s = sub.add_parser("scenarios", help="the scenario library, one line each (run one: pagefault journey --scenario NAME)")
+    s.add_argument("--json", action="store_true", help="names, lessons and operations as JSON")
+    s.set_defaults(func=cmd_scenarios)
+
+
+COMMANDS.append(_register_scenarios)
 
 
 # --- entry point ------------------------------------------------------------------------------------

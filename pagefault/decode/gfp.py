@@ -84,3 +84,17 @@ def decode_gfp(value: int, bits: dict[str, int] | None = None, source: str = "")
     if rest:
         parts.append(f"0x{rest:x}")
     return GfpFlags(value, word, "|".join(parts) or "none", tuple(lines))
+
+
+def gfp_value(names: tuple[str, ...] | list[str], bits: dict[str, int] | None = None) -> int:
+    """The mask for GFP names as the kernel source writes them (GFP_HIGHUSER_MOVABLE | __GFP_ZERO)."""
+    bits = bits or DEFAULT_GFP_BITS
+    composites = dict(COMPOSITES)
+    value = 0
+    for name in names:
+        members = composites.get(name, (name,))
+        for m in members:
+            if m not in bits:
+                raise ValueError(f"unknown GFP flag {m!r}")
+            value |= 1 << bits[m]
+    return value

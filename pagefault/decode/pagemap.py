@@ -113,3 +113,14 @@ def page_state(pagemap: int, kpageflags: int | None) -> str:
     if pagemap >> 61 & 1:
         return "file"
     return "anon" if pagemap >> 56 & 1 else "anon, shared"
+
+
+def summarise_states(states: list[str]) -> str:
+    """'anon ×1, not present ×15': runs of equal page states, in order."""
+    runs: list[list] = []
+    for s in states:
+        if runs and runs[-1][0] == s:
+            runs[-1][1] += 1
+        else:
+            runs.append([s, 1])
+    return ", ".join(f"{s} ×{n}" for s, n in runs) or "no pages"

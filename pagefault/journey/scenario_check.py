@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..capture.scenario_capture import OpSnapshot, ScenarioEvidence
-from ..decode.pagemap import PM_PFN_MASK, page_state
+from ..decode.pagemap import PM_PFN_MASK, page_state, summarise_states
 from ..kernel.facts import MemorySettings
 from ..model import kernel as mk
 from ..model.scenarios import ModelRun, Scenario
@@ -141,22 +141,11 @@ def compare(model: ScenarioOutcome, live: ScenarioOutcome) -> Agreement:
             lv = live.rows[i].describe() if i < len(live.rows) else "—"
             lines.append(f"fault {i}: model {m} | live {lv}" + ("" if m == lv else "   ← differs"))
     if model.final_states == live.final_states:
-        lines.append("the region's final pagemap agrees: " + _runs(live.final_states))
+        lines.append("the region's final pagemap agrees: " + summarise_states(live.final_states))
     else:
         agree = False
-        lines.append(f"final pagemap differs: model {_runs(model.final_states)} | live {_runs(live.final_states)}")
+        lines.append(f"final pagemap differs: model {summarise_states(model.final_states)} | live {summarise_states(live.final_states)}")
     return Agreement(agree, lines)
-
-
-def _runs(states: list[str]) -> str:
-    """'anon ×1, not present ×15' for a list of page states."""
-    out: list[list] = []
-    for s in states:
-        if out and out[-1][0] == s:
-            out[-1][1] += 1
-        else:
-            out.append([s, 1])
-    return ", ".join(f"{s} ×{n}" for s, n in out) or "no pages"
 
 
 def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ScenarioEvidence, ModelRun]:
@@ -168,3 +157,51 @@ def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, 
     run = run_in_model(scenario, model_config(ev.settings, paging_levels()[0]))
     model, live = from_model(run), from_live(ev)
     return model, live, compare(model, live), ev, run
+
+
+def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
+                           model: ScenarioOutcome, agreement: Agreement):
+    """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
+    from .steps import Journey, Step, derived, modelled, observed, unavailable
+    j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
+    src_fault = ev.event_sources.get("exceptions:page_fault_user", "tracepoint exceptions:page_fault_user")
+    intro = Step(1, "scenario", f"Scenario {scenario.name}: {scenario.title}", "ready")
+    intro.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
+                                 f"PID {ev.pid}, paused after each operation"))
+    intro.derivations.append(scenario.teaches)
+    j.steps.append(intro)
+    for snap in ev.snapshots:
+        s = Step(len(j.steps) + 1, f"op{snap.index}", f"Operation {snap.index}: {snap.op}", "done")
+        rows = [r for r in live.rows if r.op == snap.index]
+        for r in rows:
+            s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
+                                     f"error code 0x{r.error_code:x}", src_fault))
+            s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
+                                                            if r.stack_grown_pages else ""),
+                                    "the program's siginfo, or the page's pagemap and kpageflags after the "
+                                    "operation compared with before", live.details.get(snap.index, [])))
+        if not rows:
+            s.values.append(observed("faults in the region", 0, src_fault, display="0"))
+        entries = snap.pagemaps.get(ev.pid, [])
+        states = [page_state(e, snap.kpageflags.get(e & PM_PFN_MASK) if e >> 63 else None) for e in entries]
+        s.values.append(observed("region's pagemap after", summarise_states(states), f"/proc/{ev.pid}/pagemap, /proc/kpageflags"))
+        chains = [e for e in ev.events if e.name == "kmem:mm_page_alloc" and e.pid in (ev.pid, ev.child_pid)
+                  and any("fault" in fn for _a, fn in e.kernel_chain)]
+        prev_t = ev.snapshots[snap.index - 1].time_ns if snap.index else ev.start_ns
+        for a in chains:
+            if prev_t < a.time_ns <= snap.time_ns:
+                s.evidence.append(f"PID {a.pid} mm_page_alloc PFN 0x{a.fields['pfn']:x} order {a.fields['order']}: "
+                                  + " → ".join(fn.split("+")[0] for _a, fn in reversed(a.kernel_chain)))
+        if snap.errors:
+            s.values.append(unavailable("some /proc reads", "; ".join(snap.errors)))
+        j.steps.append(s)
+    verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
+    verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
+                                   "pagefault simulator with this machine's THP, zero-page and fault-around settings"))
+    verdict.values.append(derived("model agrees with the kernel", agreement.agree, "compare", agreement.lines))
+    j.steps.append(verdict)
+    j.notes += [f"{k}: {v}" for k, v in ev.settings.sources.items()]
+    if ev.lost_events:
+        j.notes.append(f"LOST {ev.lost_events} events: some faults may be missing")
+    j.complete = True
+    return j

@@ -44,7 +44,8 @@ def step_renderable(step: Step, total: int = 11) -> Panel:
 
 
 def header(j: Journey, console: Console) -> None:
-    console.print(f"[bold]pagefault journey[/bold] of PID {j.pid} ({escape(' '.join(j.command))}); "
+    what = "the simulator's process" if j.tier == "model" else "PID"
+    console.print(f"[bold]pagefault journey[/bold] of {what} {j.pid} ({escape(' '.join(j.command))}); "
                   f"tier [bold]{j.tier}[/bold]; kernel {j.kernel}", highlight=False)
     console.print(escape(j.program), style="dim", highlight=False)
     console.print("[green]observed[/] = read on this machine   [cyan]derived[/] = computed from observed values   "
@@ -69,7 +70,7 @@ def render_all(j: Journey, console: Console) -> None:
     for note in j.notes:
         console.print(f"note: {escape(note)}", style="yellow", highlight=False)
     for step in j.steps:
-        console.print(step_renderable(step))
+        console.print(step_renderable(step, len(j.steps)))
     render_timeline(j, console)
 
 

@@ -1,0 +1,209 @@
+"""The journey from the simulator: the live journey's steps for a scenario's featured fault, then one
+step per operation of the scenario. Every value is labelled modelled (or derived from modelled values).
+"""
+
+from __future__ import annotations
+
+from ..decode.address import split_virtual_address
+from ..decode.error_code import decode_error_code
+from ..decode.fault_flags import decode_fault_flags, derive_fault_flags, fallback_fault_flag_values
+from ..decode.gfp import decode_gfp, gfp_value
+from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry, page_state, summarise_states
+from ..decode.pte import decode_pte, derive_anonymous_pte
+from ..decode.vm_flags import decode_vm_flags
+from ..model import kernel as mk
+from ..model.maple_tree import search as maple_search
+from ..model.scenarios import ModelRun, Scenario, parse_op
+from .steps import Journey, Step, derived, modelled, unavailable
+
+LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
+
+
+def _src(run: ModelRun, what: str) -> str:
+    return f"pagefault simulator, Linux {run.kernel.config.kernel} model: {what}"
+
+
+def featured_fault(run: ModelRun) -> mk.Fault | None:
+    faults = run.faults_by_op[run.scenario.featured] if run.scenario.featured < len(run.faults_by_op) else []
+    return faults[0] if faults else (run.populated[0] if run.populated else None)
+
+
+def _chain(chain: tuple[str, ...]) -> str:
+    return " → ".join(chain)
+
+
+def build_model_journey(run: ModelRun, note: str = "") -> Journey:
+    sc, k, proc = run.scenario, run.kernel, run.parent
+    j = Journey("model", f"simulated Linux {k.config.kernel}", proc.pid, [sc.name], f"scenario {sc.name}: "
+                + "; ".join(sc.ops))
+    if note:
+        j.notes.append(note)
+    j.notes.append("every value here is modelled: the simulator's own addresses and PFNs, never this machine's")
+    f = featured_fault(run)
+    j.steps += featured_steps(run, f) if f else []
+    for i, op in enumerate(sc.ops):
+        j.steps.append(op_step(run, i, op, len(j.steps) + 1))
+    j.complete = True
+    return j
+
+
+def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
+    k, proc = run.kernel, run.parent
+    src = lambda what: _src(run, what)  # noqa: E731
+    steps: list[Step] = []
+    pgd = next(a for a in k.allocs if a.what == "PGD table")
+    s = Step(1, "process", "The process and its mm exist before main() runs", "ready")
+    s.values += [modelled("PID", proc.pid, src("the simulated process"), display=str(proc.pid)),
+                 modelled("PGD page (PFN)", pgd.pfn, src("pgd_alloc during exec, from the simulated buddy allocator")),
+                 derived("PGD physical address (CR3 while it runs)", pgd.pfn << 12, "PFN << 12 (of a modelled PFN)",
+                         [f"0x{pgd.pfn:x} << 12 = 0x{pgd.pfn << 12:x}"]),
+                 modelled("VMAs after exec", len(proc.vmas), src("a typical dynamically linked program's layout"),
+                          display=str(len(proc.vmas)))]
+    s.evidence.append("PGD allocation (modelled chain): " + _chain(pgd.chain))
+    s.ws = {"what": "exec gave the process a fresh mm_struct with its own PGD page.",
+            "who": "the simulated execve", "which": f"PGD PFN 0x{pgd.pfn:x} (modelled)"}
+    steps.append(s)
+
+    vma = f.vma
+    s = Step(2, "mmap", "The mapping the fault lands in: a VMA, a promise of memory", "mapped")
+    if vma is not None:
+        word = decode_vm_flags(vma.flags)
+        s.values += [modelled("VMA", f"[0x{vma.start:x}, 0x{vma.end:x}) {vma.perms()} {vma.name}".rstrip(),
+                              src("the region, placed by the modelled vm_unmapped_area() top-down below mmap_base "
+                                  "(2 MiB-aligned for anonymous lengths that are multiples of 2 MiB)")),
+                     modelled("vm_flags", vma.flags, src("the flags mmap/mprotect/madvise gave it"),
+                              display=f"0x{vma.flags:x} = {' | '.join(word.names)}")]
+    else:
+        s.values.append(modelled("VMA", "none", src("no VMA holds the address")))
+    s.ws = {"what": "mmap only reserved addresses; no page frame was given yet.",
+            "why": "demand paging: memory is handed out on the first touch."}
+    steps.append(s)
+
+    code = f.error_code
+    d = decode_error_code(code)
+    s = Step(3, "trap", "The CPU traps: #PF with the faulting address, RIP and error code", "touched")
+    if not f.trap:
+        s.values.append(modelled("trap", "none", src("MAP_POPULATE: the kernel faulted the page in itself, inside "
+                                                     "mmap; the CPU never trapped")))
+    s.values += [modelled("faulting address (CR2)", f.address, src("the scenario's access")),
+                 modelled("error code", code, src("the simulated MMU: P if the entry was present, W for a write, "
+                                                  "U for user mode"), display=f"0x{code:x}"),
+                 derived("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
+                 unavailable("RIP", LIVE_ONLY)]
+    steps.append(s)
+    s = Step(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched")
+    s.values.append(unavailable("instruction", LIVE_ONLY))
+    steps.append(s)
+
+    values, source = fallback_fault_flag_values((6, 18))
+    ff = derive_fault_flags(code, values, source=source)
+    s = Step(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched")
+    s.values.append(modelled("enum fault_flag table", source, source))
+    s.values.append(derived("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
+                            list(ff.derivations)))
+    s.derivations += list(decode_fault_flags(ff.value, values, source).derivations)
+    steps.append(s)
+
+    s = Step(6, "vma", "The VMA lookup: is the address legal, and is a write allowed?", "touched")
+    search = maple_search([(v.start, v.end) for v in proc.vmas], f.address)
+    s.values.append(modelled("maple tree search", f"leaf {search.leaf_index}, slot {search.slot_index}",
+                             src("a maple tree packed from the simulated VMAs"), list(search.derivations)))
+    if f.stack_grown_pages:
+        s.values.append(modelled("stack growth", f"{f.stack_grown_pages} pages", src(
+            "expand_downwards(): the address was below a VM_GROWSDOWN VMA, within RLIMIT_STACK and the guard gap")))
+    if f.si_code:
+        s.values.append(modelled("verdict", f.outcome, src("access_error() / no VMA → force_sig_fault(SIGSEGV)")))
+    elif vma is not None:
+        write = bool(vma.flags & mk.VM_WRITE)
+        s.values.append(derived("write permitted", write, "vm_flags & VM_WRITE",
+                                [f"0x{vma.flags:x} & 0x2 = 0x{vma.flags & 2:x}"]))
+    steps.append(s)
+
+    s = Step(7, "walk", "The page-table walk: one index per level", "touched")
+    split = split_virtual_address(f.address, k.config.paging_levels)
+    s.values.append(modelled("paging levels", k.config.paging_levels, src("the model's setting"),
+                             display=str(k.config.paging_levels)))
+    for i in split.indices:
+        s.values.append(derived(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
+                                [f"(0x{f.address:x} >> {i.shift}) & 0x1ff = {i.index}"], display=str(i.index)))
+    for level, table, idx, entry in f.walk_before:
+        s.values.append(modelled(f"{level} entry before", entry, src(f"table PFN 0x{table:x}, entry {idx}"),
+                                 display=f"0x{entry:016x}: {decode_pte(entry, level).points_to}"))
+    steps.append(s)
+
+    s = Step(8, "alloc", "The buddy allocator hands out a page", "touched")
+    if not f.allocs:
+        why = {mk.ZERO_PAGE: "the shared zero page needs no allocation", mk.REUSE: "the page itself is reused",
+               mk.PAGE_CACHE: "the page was already in the page cache"}.get(f.outcome, f"outcome: {f.outcome}")
+        s.values.append(modelled("allocation", "none", src(why)))
+    for a in f.allocs:
+        gfp = gfp_value(a.gfp)
+        s.values += [modelled(f"{a.what}: PFN", a.pfn, src("the simulated buddy allocator (expand() splits a "
+                                                            "larger free block)")),
+                     modelled(f"{a.what}: order", a.order, src("the fault path"), display=f"{a.order} ({4096 << a.order} bytes)"),
+                     modelled(f"{a.what}: GFP flags", gfp, src(" | ".join(a.gfp)),
+                              display=f"0x{gfp:x} = {decode_gfp(gfp).symbolic}"),
+                     modelled(f"{a.what}: call chain", _chain(a.chain), src("mm/memory.c as of 6.18"))]
+    steps.append(s)
+
+    s = Step(9, "pagemap", "The PFN confirmed in /proc/PID/pagemap", "touched")
+    pm = k.pagemap(k.processes[f.pid], f.address)
+    flags = k.kpageflags(pm & PM_PFN_MASK) if pm >> 63 else None
+    s.values.append(modelled("pagemap entry", pm, src("fs/proc/task_mmu.c's encoding of the simulated PTE"),
+                             display=f"0x{pm:016x}", derivation=list(decode_pagemap_entry(pm).derivations)))
+    if flags is not None:
+        s.values.append(modelled("kpageflags", flags, src("the page kinds the model tracks"),
+                                 display=" | ".join(decode_kpageflags(flags).names) or "0"))
+    s.values.append(derived("page state", page_state(pm, flags), "decode.pagemap.page_state"))
+    steps.append(s)
+
+    s = Step(10, "pte", "The PTE that lets the retried instruction succeed", "touched")
+    if f.walk_after:
+        level, _t, _i, entry = f.walk_after[-1]
+        p = decode_pte(entry, level)
+        s.values.append(modelled(f"{level} entry after", entry, src("set_pte_at() / set_pmd_at() in the fault path"),
+                                 display=f"0x{entry:016x}", derivation=list(p.derivations)))
+        if f.outcome == mk.NEW_PAGE and level == "PTE" and f.vma is not None:
+            dp = derive_anonymous_pte(f.pfn, f.vma.flags, True, soft_dirty=k.config.soft_dirty)
+            s.values.append(derived("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
+                                    list(dp.derivations)))
+    else:
+        s.values.append(modelled("entry", "none written", src(f"the fault ended in {f.outcome}")))
+    steps.append(s)
+
+    s = Step(11, "return", "Return: the instruction retried", "touched")
+    s.values.append(modelled("outcome", f.outcome, src("the fault path taken: " + _chain(f.path))))
+    if f.also_mapped:
+        s.values.append(modelled("pages mapped besides this one", f.also_mapped, src(
+            "fault-around (filemap_map_pages)" if f.outcome == mk.PAGE_CACHE else "one PMD entry maps 512 pages"),
+            display=str(f.also_mapped)))
+    steps.append(s)
+    return steps
+
+
+def op_step(run: ModelRun, index: int, op: str, number: int) -> Step:
+    who, verb, _args = parse_op(op)
+    faults = run.faults_by_op[index]
+    s = Step(number, f"op{index}", f"Operation {index}: {op}", "done")
+    for f in faults:
+        page = (f.address - run.region) >> 12
+        grown = f", the stack grew {f.stack_grown_pages} pages" if f.stack_grown_pages else ""
+        s.values.append(modelled(f"fault on page {page}", f"error code 0x{f.error_code:x} → {f.outcome}{grown}",
+                                 _src(run, _chain(f.path))))
+        for a in f.allocs:
+            s.evidence.append(f"{a.what} PFN 0x{a.pfn:x} order {a.order}: {_chain(a.chain)}")
+    if verb == "mmap" and op.endswith("+populate"):
+        pop = run.populated
+        s.values.append(modelled("pages faulted in by mmap itself", len(pop), _src(run, "populate_vma_page_range"),
+                                 display=str(len(pop))))
+    if not faults:
+        s.values.append(modelled("faults", 0, _src(run, "no trap in this operation"), display="0"))
+    if index == len(run.scenario.ops) - 1:
+        k = run.kernel
+        states = [page_state(e, k.kpageflags(e & PM_PFN_MASK) if e >> 63 else None) for e in run.final_pagemap()]
+        s.values.append(modelled("region's final pagemap", summarise_states(states), _src(run, "pagemap of every page")))
+    return s
+
+
+def scenario_intro(scenario: Scenario) -> str:
+    return f"{scenario.name}: {scenario.teaches}"
