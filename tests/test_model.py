@@ -1,0 +1,260 @@
+"""The simulator: hand-checked fault paths, allocator properties, and the scenarios' expected outcomes.
+
+The expected values here come from the kernel's source (mm/memory.c, arch/x86/mm/fault.c), not from
+running the model; tests/test_live_scenarios.py checks the same scenarios against the real kernel.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pagefault.decode.pagemap import page_state, summarise_states
+from pagefault.decode.pte import decode_pte, derive_anonymous_pte
+from pagefault.journey.model_journey import build_model_journey
+from pagefault.journey.scenario_check import FaultRow, ScenarioOutcome, compare, from_model
+from pagefault.model import kernel as mk
+from pagefault.model.buddy import MAX_ORDER, BuddyAllocator, OutOfMemory
+from pagefault.model.scenarios import SCENARIOS, ScenarioError, find_scenario, parse_op, run_in_model
+
+PACKAGE = Path(__file__).parent.parent / "pagefault"
+
+
+# --- the buddy allocator ----------------------------------------------------------------------------
+
+def test_buddy_splits_the_lowest_block_and_hands_out_consecutive_pages():
+    b = BuddyAllocator(0x100000, 1024)
+    assert [b.alloc(0) for _ in range(4)] == [0x100000, 0x100001, 0x100002, 0x100003]
+    # after four order-0 pages the order-2 … order-9 upper halves are free: 1024 - 4 pages left
+    assert b.free_pages() == 1020
+    assert sorted(b.free[9]) == [0x100200] and sorted(b.free[2]) == [0x100004]
+
+
+def test_buddy_merges_back_to_one_block():
+    b = BuddyAllocator(0x100000, 1024)
+    pfns = [b.alloc(0) for _ in range(3)] + [b.alloc(1)]
+    for p in pfns[:3]:
+        b.free_block(p, 0)
+    b.free_block(pfns[3], 1)
+    assert b.free[MAX_ORDER] == {0x100000: None} and b.free_pages() == 1024 and b.allocated == 0
+
+
+def test_buddy_out_of_memory_is_a_clear_error():
+    b = BuddyAllocator(0x100000, 1024)
+    b.alloc(MAX_ORDER)
+    with pytest.raises(OutOfMemory, match="no free block of order 0"):
+        b.alloc(0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=80))
+def test_buddy_never_hands_out_a_page_twice_and_frees_back_to_the_start(ops):
+    b = BuddyAllocator(0x100000, 2048)
+    start = [dict(f) for f in b.free]
+    held: list[tuple[int, int]] = []
+    for order, free_one in ops:
+        if free_one and held:
+            b.free_block(*held.pop(0))
+        else:
+            pfn = b.alloc(order)
+            assert pfn % (1 << order) == 0                      # blocks are naturally aligned
+            held.append((pfn, order))
+        pages = [p for pfn, o in held for p in range(pfn, pfn + (1 << o))]
+        assert len(pages) == len(set(pages)) == b.allocated
+        assert b.allocated + b.free_pages() == 2048
+    for pfn, order in held:
+        b.free_block(pfn, order)
+    assert [set(f) for f in b.free] == [set(f) for f in start]
+
+
+# --- fault paths, hand-checked ------------------------------------------------------------------------
+
+def _fresh(levels=4, **cfg):
+    k = mk.SimulatedKernel(mk.ModelConfig(paging_levels=levels, **cfg))
+    return k, k.exec("t")
+
+
+def test_first_write_builds_every_table_and_the_pte_do_anonymous_page_would():
+    k, p = _fresh()
+    addr = k.mmap(p, 4096, mk.PROT_READ | mk.PROT_WRITE, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    f = k.access(p, addr + 0x100, write=True)
+    assert (f.error_code, f.outcome) == (0x6, mk.NEW_PAGE)
+    assert [a.what for a in f.allocs] == ["PUD table", "PMD table", "PTE table", "data page"]
+    levels = [w[0] for w in f.walk_after]
+    assert levels == ["PGD", "PUD", "PMD", "PTE"]
+    assert all(e & 0xFFF == 0x067 for _l, _t, _i, e in f.walk_after[:3])     # _PAGE_TABLE
+    pte = f.walk_after[-1][3]
+    assert pte == (1 << 63) | f.pfn << 12 | 0x67                                # NX | D A U RW P
+    assert pte == derive_anonymous_pte(f.pfn, f.vma.flags, True).value
+    assert k.access(p, addr + 0x200, write=True) is None                       # the retry and later stores hit
+    assert k.pagemap(p, addr) == 1 << 63 | 1 << 56 | f.pfn
+
+
+def test_five_level_paging_walks_through_a_p4d():
+    k, p = _fresh(levels=5)
+    addr = k.mmap(p, 4096, 3, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    f = k.access(p, addr, write=True)
+    assert [w[0] for w in f.walk_after] == ["PGD", "P4D", "PUD", "PMD", "PTE"]
+    assert [a.what for a in f.allocs] == ["P4D table", "PUD table", "PMD table", "PTE table", "data page"]
+
+
+def test_read_maps_the_zero_page_special_and_read_only_then_write_copies():
+    k, p = _fresh()
+    addr = k.mmap(p, 4096, 3, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    r = k.access(p, addr)
+    pte = decode_pte(r.entry)
+    assert (r.error_code, r.outcome, pte.pfn) == (0x4, mk.ZERO_PAGE, k.zero_pfn)
+    assert not pte.writable and "SPECIAL" in pte.flags.names
+    assert [a.what for a in r.allocs] == ["PUD table", "PMD table", "PTE table"]     # tables, no data page
+    w = k.access(p, addr, write=True)
+    assert (w.error_code, w.outcome) == (0x7, mk.COPY) and w.pfn != k.zero_pfn
+    assert page_state(k.pagemap(p, addr), k.kpageflags(w.pfn)) == "anon"
+
+
+def test_fork_write_protects_both_and_the_last_mapper_reuses():
+    k, p = _fresh()
+    addr = k.mmap(p, 4096, 3, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    first = k.access(p, addr, write=True).pfn
+    c = k.fork(p)
+    assert not k._leaf(p, addr)[0] & mk.RW and not k._leaf(c, addr)[0] & mk.RW
+    assert k.pagemap(p, addr) & (1 << 56) == 0                                   # shared: not exclusive
+    child = k.access(c, addr, write=True)
+    assert child.outcome == mk.COPY and child.pfn != first
+    parent = k.access(p, addr, write=True)
+    assert parent.outcome == mk.REUSE and parent.pfn == first and not parent.allocs
+
+
+def test_fault_around_maps_the_aligned_window_of_cached_pages():
+    k, p = _fresh()
+    f = k.create_file("f", 40)
+    addr = k.mmap(p, 40 * 4096, mk.PROT_READ, mk.MAP_PRIVATE, file=f)
+    page = ((addr >> 12) & 511)
+    fault = k.access(p, addr + 20 * 4096)
+    mapped = [i for i in range(40) if k.pagemap(p, addr + i * 4096) >> 63]
+    # the 16-page window holding PTE index page+20, aligned down to 16, clipped to the VMA
+    lo = max((page + 20) // 16 * 16, page) - page
+    assert mapped == list(range(lo, min(lo + 16, 40)))
+    assert fault.outcome == mk.PAGE_CACHE and fault.also_mapped == len(mapped) - 1
+    assert all(a.what.endswith("table") for a in fault.allocs)              # the page was cached: no data page
+
+
+def test_huge_page_needs_madvise_under_thp_madvise():
+    for advise, expected in ((False, mk.NEW_PAGE), (True, mk.HUGE_PAGE)):
+        k, p = _fresh(thp_enabled="madvise")
+        addr = k.mmap(p, 2 << 20, 3, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+        assert addr % (2 << 20) == 0
+        if advise:
+            k.madvise_hugepage(p, addr, 2 << 20)
+        f = k.access(p, addr + 0x1234, write=True)
+        assert f.outcome == expected
+    pmd = f.walk_after[-1]
+    assert pmd[0] == "PMD" and decode_pte(pmd[3], "PMD").huge
+    assert [a.order for a in f.allocs if a.what == "huge page"] == [9]
+    states = {page_state(k.pagemap(p, addr + i * 4096), k.kpageflags(f.pfn - 1 + i)) for i in range(512)}
+    assert states == {"huge page"}
+
+
+def test_sigsegv_codes_and_stack_growth_limits():
+    k, p = _fresh()
+    addr = k.mmap(p, 4096, mk.PROT_READ, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    assert k.access(p, addr, write=True).outcome == mk.ACCERR
+    assert k.access(p, 0x1000, write=True).outcome == mk.MAPERR
+    stack = next(v for v in p.vmas if v.name == "[stack]")
+    grow = k.access(p, stack.start - 8 * 4096, write=True)
+    assert grow.outcome == mk.NEW_PAGE and grow.stack_grown_pages == 8
+    too_far = k.access(p, stack.end - (9 << 20), write=True)                  # beyond RLIMIT_STACK (8 MiB)
+    assert too_far.outcome == mk.MAPERR
+    assert p.signals == [(mk.SEGV_ACCERR, addr), (mk.SEGV_MAPERR, 0x1000), (mk.SEGV_MAPERR, stack.end - (9 << 20))]
+
+
+# --- the scenarios -------------------------------------------------------------------------------
+
+EXPECTED = {   # (op, who, page, error code, outcome, stack pages), final states — from the kernel source
+    "first-touch": ([(1, "parent", 0, 0x6, "new page", 0)], "anon ×1"),
+    "read-then-write": ([(1, "parent", 0, 0x4, "zero page", 0), (2, "parent", 0, 0x7, "copy", 0)], "anon ×1"),
+    "fork-then-write": ([(1, "parent", 0, 0x6, "new page", 0), (2, "parent", 1, 0x6, "new page", 0),
+                         (4, "child", 0, 0x7, "copy", 0), (5, "parent", 0, 0x7, "reuse", 0)], "anon ×1, anon, shared ×1"),
+    "file-read": ([(1, "parent", 1, 0x4, "page cache", 0)], "file ×4"),
+    "huge-page": ([(2, "parent", 0, 0x6, "huge page", 0)], "huge page ×512"),
+    "mprotect-violation": ([(1, "parent", 0, 0x6, "new page", 0), (3, "parent", 0, 0x7, "SIGSEGV (SEGV_ACCERR)", 0)],
+                           "anon ×1"),
+    "unmapped-access": ([(2, "parent", 1, 0x6, "SIGSEGV (SEGV_MAPERR)", 0)], "not present ×2"),
+    "map-populate": ([], "anon ×4"),
+    "stack-growth": ([(1, "parent", 0, 0x6, "new page", 16)], "anon ×1, not present ×15"),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_each_scenario_in_the_model(scenario):
+    out = from_model(run_in_model(scenario))
+    rows, final = EXPECTED[scenario.name]
+    assert [r.key() for r in out.rows] == rows
+    assert summarise_states(out.final_states) == final
+
+
+def test_the_library_has_the_issue_s_scenarios_and_they_parse():
+    names = {s.name for s in SCENARIOS}
+    assert {"first-touch", "read-then-write", "fork-then-write", "file-read", "huge-page", "mprotect-violation",
+            "unmapped-access", "map-populate"} <= names
+    for s in SCENARIOS:
+        for op in s.ops:
+            parse_op(op)
+        assert 0 <= s.featured < len(s.ops)
+    with pytest.raises(ScenarioError, match="the scenarios are: first-touch"):
+        find_scenario("nope")
+    with pytest.raises(ScenarioError, match="malformed operation"):
+        parse_op("write")
+
+
+def test_thp_never_turns_the_huge_page_scenario_into_a_small_page():
+    out = from_model(run_in_model(find_scenario("huge-page"), mk.ModelConfig(thp_enabled="never")))
+    assert [r.outcome for r in out.rows] == ["new page"]
+    assert summarise_states(out.final_states) == "anon ×1, not present ×511"
+
+
+def test_compare_reports_the_first_difference():
+    a = ScenarioOutcome([FaultRow(1, "parent", 0, 6, "new page")], ["anon"])
+    b = ScenarioOutcome([FaultRow(1, "parent", 0, 4, "zero page")], ["zero page"])
+    verdict = compare(a, b)
+    assert not verdict.agree
+    assert any("differs" in line for line in verdict.lines) and any("final pagemap differs" in line for line in verdict.lines)
+    assert compare(a, a).agree
+
+
+def test_model_journey_labels_every_value_and_follows_the_live_steps():
+    j = build_model_journey(run_in_model(find_scenario("first-touch")))
+    keys = [s.key for s in j.steps]
+    assert keys[:11] == ["process", "mmap", "trap", "rip", "flags", "vma", "walk", "alloc", "pagemap", "pte", "return"]
+    provenances = {v.provenance for s in j.steps for v in s.values}
+    assert "observed" not in provenances
+    rip = next(v for v in j.steps[2].values if v.label == "RIP")
+    assert rip.provenance == "unavailable" and "sudo pagefault journey" in rip.source
+    pte = next(v for v in j.steps[9].values if v.label.startswith("derive_anonymous_pte"))
+    assert pte.value is True
+
+
+def test_model_and_decode_never_import_the_machine_layers():
+    for folder in ("model", "decode"):
+        for path in (PACKAGE / folder).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                    assert node.module.split(".")[0] in ("decode", "model"), f"{path.name} imports ..{node.module}"
+                if isinstance(node, ast.Import):
+                    for alias in node.names:
+                        assert alias.name.split(".")[0] not in ("subprocess", "ctypes", "mmap"), path.name
+
+
+def test_cli_lists_scenarios_and_refuses_an_unknown_one():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pagefault", "scenarios"], capture_output=True, text=True, timeout=60)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == len(SCENARIOS)
+    assert [line.split()[0] for line in lines] == [s.name for s in SCENARIOS]
+    bad = subprocess.run([sys.executable, "-m", "pagefault", "journey", "--model", "--scenario", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "the scenarios are:" in bad.stderr
