@@ -258,3 +258,32 @@ def test_cli_lists_scenarios_and_refuses_an_unknown_one():
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "the scenarios are:" in bad.stderr
+
+
+def _loop_kernel(fast: bool):
+    k, p = _fresh()
+    start = k.mmap(p, 3 << 20, 3, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    k.access(p, start + 5 * 4096, write=True)                # already present: the loop's store just hits
+    k.access(p, start + 9 * 4096)                            # the zero page: the loop's store copies
+    k.munmap(p, start + 700 * 4096, 4096)                    # a hole: SEGV_MAPERR
+    k.mprotect(p, start + 600 * 4096, 2 * 4096, mk.PROT_READ)   # read-only: SEGV_ACCERR
+    pages = 3 << 8
+    if fast:
+        run = k.write_loop(p, start, pages)
+        by_address = dict(zip(run.addresses, run.pfns)) | {f.address: f.pfn for f in run.full if f.pfn}
+    else:
+        faults = [k.access(p, start + i * 4096, write=True) for i in range(pages)]
+        by_address = {f.address: f.pfn for f in faults if f is not None and f.pfn}
+    return k, p, by_address
+
+
+def test_the_write_loop_fast_path_leaves_the_same_state_as_access_one_by_one():
+    fast_k, fast_p, fast_pfns = _loop_kernel(True)
+    slow_k, slow_p, slow_pfns = _loop_kernel(False)
+    assert fast_pfns == slow_pfns and len(fast_pfns) == 3 * 256 - 1 - 3          # all but the present, hole, 2 RO
+    assert fast_k.tables == slow_k.tables
+    assert [dict(f) for f in fast_k.buddy.free] == [dict(f) for f in slow_k.buddy.free]
+    assert fast_k.buddy.allocated == slow_k.buddy.allocated
+    assert (fast_k.mapcount, fast_k.kind, fast_k.exclusive) == (slow_k.mapcount, slow_k.kind, slow_k.exclusive)
+    assert fast_p.signals == slow_p.signals and len(fast_p.signals) == 3
+    assert fast_p.minor_faults == slow_p.minor_faults

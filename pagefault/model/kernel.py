@@ -23,6 +23,7 @@ machine's. Nothing in this module touches the machine.
 from __future__ import annotations
 
 import bisect
+from array import array
 from dataclasses import dataclass, field
 
 from ..decode.pte import vm_page_prot
@@ -134,6 +135,23 @@ class Fault:
     si_code: int = 0
 
 
+@dataclass
+class FaultRun:
+    """The faults of write_loop(): the plain first touches compactly (error code 0x6, a new page each),
+    the others as full Fault records."""
+
+    pid: int
+    start: int
+    pages: int
+    addresses: array = field(default_factory=lambda: array("Q"))
+    pfns: array = field(default_factory=lambda: array("Q"))
+    full: list[Fault] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.addresses) + len(self.full)
+
+
 class Process:
     def __init__(self, pid: int, name: str, pgd: int):
         self.pid, self.name, self.pgd = pid, name, pgd
@@ -183,6 +201,7 @@ class SimulatedKernel:
         self.processes: dict[int, Process] = {}
         self.faults: list[Fault] = []
         self.allocs: list[Alloc] = []
+        self.fault_runs: list[FaultRun] = []
         self.next_pid = 1000
         self.fault_around_pages = max(1, self.config.fault_around_bytes // PAGE_SIZE)
 
@@ -389,6 +408,59 @@ class SimulatedKernel:
         code = PF_USER | (PF_WRITE if write else 0) | (PF_PROT if entry & P else 0) | (PF_INSTR if execute else 0)
         fault = self.handle_fault(proc, addr, code)
         return fault
+
+    def write_loop(self, proc: Process, start: int, pages: int) -> FaultRun:
+        """The loop `for each page: *p = 1` over [start, start + pages * 4 KiB), as access() would run it.
+
+        Every page still goes through the MMU check and, when it faults, through the same work as
+        do_anonymous_page(): a page from the buddy allocator and a PTE. The plain first touch of an
+        anonymous page (no THP, tables present) is done inline and recorded compactly in the
+        returned FaultRun; every other case (a missing table, THP, a file, a protection fault, no
+        VMA) goes through access() and handle_fault() with a full Fault record. tests/test_model.py
+        checks that both ways leave identical tables, allocator and page state. (The data pages of the
+        plain touches are listed in the FaultRun, not in self.allocs.)
+        """
+        run = FaultRun(proc.pid, start, pages)
+        tables, buddy, kind, mapcount, exclusive = self.tables, self.buddy, self.kind, self.mapcount, self.exclusive
+        free0 = buddy.free[0]
+        dirty = self._dirty_bits()
+        addresses, pfns = run.addresses, run.pfns
+        vma: VMA | None = None
+        table: list[int] | None = None
+        window = -1
+        for i in range(pages):
+            addr = start + i * PAGE_SIZE
+            if addr >> 21 != window:        # a new PTE table: walk the upper levels once per 2 MiB
+                window = addr >> 21
+                vma = proc.find_vma(addr)
+                entry, level, tpfn, _idx = self._leaf(proc, addr)
+                plain = (vma is not None and vma.file is None and vma.flags & VM_WRITE and level == "PTE"
+                         and vma.end >= min((window + 1) << 21, start + pages * PAGE_SIZE)
+                         and not self._thp_allowed(vma, addr))
+                table = tables[tpfn] if plain else None
+                leaf_bits = vm_page_prot(vma.flags) | dirty | RW if plain else 0
+            idx = (addr >> 12) & 511
+            if table is not None and not table[idx] & P:
+                if free0:                   # the buddy allocator's order-0 fast case, inline
+                    pfn = free0.popitem()[0]
+                    buddy.allocated += 1
+                else:
+                    pfn = buddy.alloc(0)
+                vma.anon_vma = True
+                kind[pfn] = "anon"
+                mapcount[pfn] = 1
+                exclusive.add(pfn)
+                table[idx] = pfn << 12 | leaf_bits
+                addresses.append(addr)
+                pfns.append(pfn)
+                continue
+            f = self.access(proc, addr, write=True)
+            if f is not None:
+                run.full.append(f)
+                window = -1                 # the handler may have built tables: look again
+        proc.minor_faults += len(addresses)
+        self.fault_runs.append(run)
+        return run
 
     def handle_fault(self, proc: Process, addr: int, code: int) -> Fault:
         """exc_page_fault → do_user_addr_fault → handle_mm_fault, as far as this address needs."""
