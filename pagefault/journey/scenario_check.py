@@ -92,7 +92,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
             grown = 0
             old_stack = _stack_start(prev, ev.ready_maps, e.pid)
             new_stack = _stack_start(snap, [], e.pid)
-            if old_stack is not None and new_stack is not None and new_stack < old_stack <= addr + (1 << 30):
+            if old_stack is not None and new_stack is not None and new_stack <= addr < old_stack:
                 grown = (old_stack - new_stack) >> 12
             if snap.segv_code and n == len(faults) - 1 and snap.segv_addr >> 12 == addr >> 12:
                 outcome = mk.MAPERR if snap.segv_code == mk.SEGV_MAPERR else mk.ACCERR
