@@ -192,6 +192,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         rec = load_recording(args.file)
     except RecordingError as exc:
         raise UsageError(str(exc)) from None
+    if args.format == "perfetto":
+        return _report_perfetto(rec, args)
     summary = summarize(rec, top=args.top)
     if args.json:
         print(json.dumps(to_jsonable(summary), indent=2))
@@ -199,6 +201,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         from rich.console import Console
         from .views.trace_view import render_summary
         render_summary(summary, Console())
+    return 0
+
+
+def _report_perfetto(rec, args) -> int:
+    from pathlib import Path
+    from .journey.trace_summary import recording_columns
+    from .views.perfetto import PerfettoError, dumps, recording_trace
+    if not args.output:
+        raise UsageError("--format perfetto needs -o FILE (a .json trace for ui.perfetto.dev)")
+    columns, names, fields, comms = recording_columns(rec)
+    try:
+        trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []))
+    except PerfettoError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        Path(args.output).write_text(dumps(trace))
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}; fix: choose another place with -o FILE") from None
+    print(f"{len(columns['time']):,} samples written to {args.output} (Chrome JSON trace: open it in "
+          "ui.perfetto.dev)", file=sys.stderr)
     return 0
 
 
@@ -224,6 +246,9 @@ def _register_capture(sub) -> None:
     r.add_argument("file")
     r.add_argument("--top", type=int, default=10)
     r.add_argument("--json", action="store_true")
+    r.add_argument("--format", choices=("text", "perfetto"), default="text",
+                   help="perfetto: every sample on a timeline (Chrome JSON trace), with -o FILE")
+    r.add_argument("-o", "--output", help="where --format perfetto writes")
     r.set_defaults(func=cmd_report)
 
 
@@ -235,7 +260,7 @@ COMMANDS.append(_register_capture)
 def _journey_output(args) -> "Path | None":
     from pathlib import Path
     if args.output and args.format == "text":
-        raise UsageError("-o FILE needs --format markdown or --format json")
+        raise UsageError("-o FILE needs --format markdown, json or perfetto")
     output = Path(args.output) if args.output else None
     if output:
         try:
@@ -254,7 +279,14 @@ def _emit_journey(journey, args, output, console) -> int:
         else:
             journey_view.render_all(journey, console)
         return 0
-    text = journey_view.to_markdown(journey) if args.format == "markdown" else journey_view.to_json(journey)
+    if args.format == "perfetto":
+        from .views.perfetto import PerfettoError, dumps, journey_trace
+        try:
+            text = dumps(journey_trace(journey))
+        except PerfettoError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        text = journey_view.to_markdown(journey) if args.format == "markdown" else journey_view.to_json(journey)
     if output:
         output.write_text(text)
         print(f"journey written to {output} ({args.format})", file=sys.stderr)
@@ -399,7 +431,8 @@ def _register_journey(sub) -> None:
     j.add_argument("--scenario", metavar="NAME", help="run a scenario of the library (see pagefault scenarios)")
     j.add_argument("--model", action="store_true", help="run in the simulator: no root, no tracing, all modelled")
     j.add_argument("--no-pause", action="store_true", help="print every step at once instead of stepping")
-    j.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    j.add_argument("--format", choices=("text", "markdown", "json", "perfetto"), default="text",
+                   help="perfetto: the timeline as a Chrome JSON trace for ui.perfetto.dev")
     j.add_argument("-o", "--output", help="write markdown or json to FILE")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     j.set_defaults(func=cmd_journey)

@@ -195,6 +195,7 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
         if snap.errors:
             s.values.append(unavailable("some /proc reads", "; ".join(snap.errors)))
         j.steps.append(s)
+    j.timeline = _scenario_timeline(ev, live)
     verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
     verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
                                    "pagefault simulator with this machine's THP, zero-page and fault-around settings"))
@@ -205,3 +206,26 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
         j.notes.append(f"LOST {ev.lost_events} events: some faults may be missing")
     j.complete = True
     return j
+
+
+def _scenario_timeline(ev: ScenarioEvidence, live: ScenarioOutcome):
+    from .steps import TimelineEntry
+    items = [(snap.time_ns, f"program paused after operation {snap.index}: {snap.op}",
+              "pagefault's clock (CLOCK_MONOTONIC)") for snap in ev.snapshots]
+    pids = {ev.pid, ev.child_pid} - {0}
+    prev = ev.start_ns
+    for snap in ev.snapshots:
+        lo, hi = snap.region, snap.region + snap.pages * 4096
+        for e in ev.events:
+            if e.name == "exceptions:page_fault_user" and e.pid in pids and prev < e.time_ns <= snap.time_ns \
+                    and lo <= e.fields["address"] < hi:
+                items.append((e.time_ns, f"PID {e.pid}: fault at 0x{e.fields['address']:x}, error code "
+                              f"0x{e.fields['error_code']:x}", ev.event_sources.get(e.name, e.name)))
+        prev = snap.time_ns
+    items.sort()
+    out, last = [], None
+    for t, what, src in items:
+        us = (t - ev.start_ns) / 1000
+        out.append(TimelineEntry(round(us, 1), round(us - last, 1) if last is not None else 0.0, what, src))
+        last = us
+    return out

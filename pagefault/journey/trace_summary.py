@@ -192,3 +192,26 @@ def _kernel_paths(stream: Stream, indices: np.ndarray, ksyms: KernelSymbols, top
                 funcs = funcs[funcs.index(entry):]
         named[" → ".join(funcs)] += n
     return named.most_common(top)
+
+
+def recording_columns(rec: Recording) -> tuple[dict[str, np.ndarray], list[str], dict[str, dict[str, np.ndarray]], dict[int, str]]:
+    """Every sample of a recording, in time order: its columns, event names, decoded fields and thread names."""
+    meta = rec.meta
+    stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0))
+    s = stream.samples
+    if meta.get("tier", "perf") == "perf":
+        ids = _event_ids(meta)
+        names = sorted(ids, key=ids.get)
+        event = np.searchsorted(np.array([ids[n] for n in names]), s.event_type)
+        fields = {}
+        for name in names:
+            mask = s.event_type == ids[name]
+            spec = meta["events"][str(ids[name])]["fields"]
+            fields[name] = {f: field_values(stream, meta, name, f, mask) for f, (_o, size, _s) in spec.items()
+                            if not f.startswith("common_") and size <= 8}
+    else:
+        names = ["page-faults"]
+        event = np.zeros(len(s), dtype=np.int64)
+        fields = {"page-faults": {"address": s.addr, "ip": s.ip}}
+    columns = {"time": s.time, "pid": s.pid, "tid": s.tid, "cpu": s.cpu, "event": event}
+    return columns, names, fields, dict(stream.comms)
