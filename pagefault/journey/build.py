@@ -12,7 +12,7 @@ from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entr
 from ..decode.pte import decode_pte, derive_anonymous_pte
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..model.maple_tree import search as maple_search
-from .steps import Journey, Step, TimelineEntry, derived, modelled, observed, unavailable
+from .steps import Journey, Step, TimelineEntry, derived, modelled, observed, timeline_from, unavailable
 
 FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
 FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
@@ -564,13 +564,7 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
     for a in f.allocs:
         label = "data page" if a is f.data_alloc else next((v for k, v in TABLE_FUNCS.items() if k in _funcs(a)), "page")
         items.append((a.time_ns, f"{label} allocated, PFN 0x{a.fields['pfn']:x}", _src(ev, "kmem:mm_page_alloc")))
-    items.sort()
-    out, prev = [], None
-    for t, what, src in items:
-        us = (t - ev.spawned_ns) / 1000
-        out.append(TimelineEntry(round(us, 1), round(us - prev, 1) if prev is not None else 0.0, what, src))
-        prev = us
-    return out
+    return timeline_from(items, ev.spawned_ns)
 
 
 STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),

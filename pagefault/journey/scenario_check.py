@@ -209,7 +209,7 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
 
 
 def _scenario_timeline(ev: ScenarioEvidence, live: ScenarioOutcome):
-    from .steps import TimelineEntry
+    from .steps import timeline_from
     items = [(snap.time_ns, f"program paused after operation {snap.index}: {snap.op}",
               "pagefault's clock (CLOCK_MONOTONIC)") for snap in ev.snapshots]
     pids = {ev.pid, ev.child_pid} - {0}
@@ -222,10 +222,4 @@ def _scenario_timeline(ev: ScenarioEvidence, live: ScenarioOutcome):
                 items.append((e.time_ns, f"PID {e.pid}: fault at 0x{e.fields['address']:x}, error code "
                               f"0x{e.fields['error_code']:x}", ev.event_sources.get(e.name, e.name)))
         prev = snap.time_ns
-    items.sort()
-    out, last = [], None
-    for t, what, src in items:
-        us = (t - ev.start_ns) / 1000
-        out.append(TimelineEntry(round(us, 1), round(us - last, 1) if last is not None else 0.0, what, src))
-        last = us
-    return out
+    return timeline_from(items, ev.start_ns)

@@ -91,3 +91,14 @@ class Journey:
     timeline: list[TimelineEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     complete: bool = False
+
+
+def timeline_from(items: list[tuple[int, str, str]], start_ns: int) -> list[TimelineEntry]:
+    """(time in ns, what, source) items, sorted, as entries in µs since start_ns with the gap to the previous one."""
+    out: list[TimelineEntry] = []
+    prev: float | None = None
+    for t, what, src in sorted(items):
+        us = (t - start_ns) / 1000
+        out.append(TimelineEntry(round(us, 1), round(us - prev, 1) if prev is not None else 0.0, what, src))
+        prev = us
+    return out
