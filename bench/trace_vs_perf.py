@@ -9,7 +9,6 @@ Prints, for both tools: events seen and lost, and the faults inside the program'
 number of loader faults run after run. Needs root, perf (linux-perf) and a C compiler.
 """
 
-import json
 import os
 import re
 import shutil

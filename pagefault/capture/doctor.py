@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..kernel import facts
 from ..kernel.btf import VMLINUX_BTF

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import sys
@@ -19,7 +18,7 @@ from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, PERF_TYP
                          PerfSession)
 from .procfs import read_maps
 from .recording import RecordingWriter
-from .runner import Target, TargetError, attach, spawn_held
+from .runner import TargetError, attach, spawn_held
 
 TRACEPOINTS = (
     ("exceptions", "page_fault_user", True),
