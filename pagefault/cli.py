@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from . import __version__
 from .decode import (DecodeError, decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags,
                      decode_pagemap_entry, decode_pte, decode_vm_flags, derive_fault_flags,
                      split_virtual_address, to_jsonable)
-from .decode.bits import FlagWord
 from .views.decode_view import field_rows, flag_rows
 
 EXIT_USAGE = 2
@@ -142,7 +142,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from pathlib import Path
     from rich.console import Console
     from .capture.tracer import CaptureError, TraceOptions, record, stderr_progress
     from .capture.recording import load_recording
@@ -205,7 +204,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report_perfetto(rec, args) -> int:
-    from pathlib import Path
     from .journey.trace_summary import recording_columns
     from .views.perfetto import PerfettoError, dumps, recording_trace
     if not args.output:
@@ -257,8 +255,7 @@ COMMANDS.append(_register_capture)
 
 # --- journey ------------------------------------------------------------------------------------------
 
-def _journey_output(args) -> "Path | None":
-    from pathlib import Path
+def _journey_output(args) -> Path | None:
     if args.output and args.format == "text":
         raise UsageError("-o FILE needs --format markdown, json or perfetto")
     output = Path(args.output) if args.output else None
@@ -379,14 +376,21 @@ def _step_list(journey, console) -> None:
     index = 0
     while index < len(journey.steps):
         console.print(journey_view.step_renderable(journey.steps[index], len(journey.steps)))
-        try:
-            key = input("[Enter] next  [b] back  [q] quit ").strip().lower()
-        except EOFError:
-            key = "q"
-        if key == "q":
+        index = _next_index(index, "[Enter] next  [b] back  [q] quit ")
+        if index is None:
             return
-        index = max(0, index - 1) if key == "b" else index + 1
     journey_view.render_timeline(journey, console)
+
+
+def _next_index(index: int, prompt: str) -> int | None:
+    """Enter: the next step; b: the one before; q (or end of input): None, to stop."""
+    try:
+        key = input(prompt).strip().lower()
+    except EOFError:
+        return None
+    if key == "q":
+        return None
+    return max(0, index - 1) if key == "b" else index + 1
 
 
 def _step_through(live, console) -> None:
@@ -409,13 +413,9 @@ def _step_through(live, console) -> None:
         pid = live.ev.pid
         hint = (f"PID {pid} is paused at phase '{live.ev.stage}' (look: cat /proc/{pid}/maps)"
                 if live.ev.stage != "done" else "the program has ended")
-        try:
-            key = input(f"[Enter] next  [b] back  [q] quit — {hint} ").strip().lower()
-        except EOFError:
-            key = "q"
-        if key == "q":
+        index = _next_index(index, f"[Enter] next  [b] back  [q] quit — {hint} ")
+        if index is None:
             return
-        index = max(0, index - 1) if key == "b" else index + 1
 
 
 def _register_journey(sub) -> None:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..decode.pagemap import page_state
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
@@ -42,6 +43,11 @@ class OpSnapshot:
     maps: dict[int, list[procfs.MapsLine]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
+    def region_states(self, pid: int) -> list[str]:
+        """One page_state word per page of the region in pid's pagemap."""
+        return [page_state(e, self.kpageflags.get(e & PM_PFN) if e >> 63 else None)
+                for e in self.pagemaps.get(pid, [])]
+
 
 @dataclass
 class ScenarioEvidence:
@@ -59,6 +65,19 @@ class ScenarioEvidence:
     event_sources: dict[str, str] = field(default_factory=dict)
     lost_events: int = 0
     exit: str = ""
+
+    def op_events(self, index: int, name: str) -> list[TraceEvent]:
+        """The events of the program (and its child) between the pause before operation index and the one after."""
+        lo = self.snapshots[index - 1].time_ns if index else self.start_ns
+        hi = self.snapshots[index].time_ns
+        pids = {self.pid, self.child_pid} - {0}
+        return [e for e in self.events if e.name == name and e.pid in pids and lo < e.time_ns <= hi]
+
+    def region_faults(self, index: int) -> list[TraceEvent]:
+        """The page_fault_user events of operation index whose address is in the region."""
+        snap = self.snapshots[index]
+        lo, hi = snap.region, snap.region + snap.pages * 4096
+        return [e for e in self.op_events(index, "exceptions:page_fault_user") if lo <= e.fields["address"] < hi]
 
 
 def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = None) -> ScenarioEvidence:

@@ -13,7 +13,7 @@ from ..decode.pte import decode_pte, derive_anonymous_pte
 from ..decode.vm_flags import decode_vm_flags
 from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
-from ..model.scenarios import ModelRun, Scenario, parse_op
+from ..model.scenarios import ModelRun, parse_op
 from .steps import Journey, Step, derived, modelled, unavailable
 
 LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
@@ -199,11 +199,7 @@ def op_step(run: ModelRun, index: int, op: str, number: int) -> Step:
     if not faults:
         s.values.append(modelled("faults", 0, _src(run, "no trap in this operation"), display="0"))
     if index == len(run.scenario.ops) - 1:
-        k = run.kernel
-        states = [page_state(e, k.kpageflags(e & PM_PFN_MASK) if e >> 63 else None) for e in run.final_pagemap()]
-        s.values.append(modelled("region's final pagemap", summarise_states(states), _src(run, "pagemap of every page")))
+        s.values.append(modelled("region's final pagemap", summarise_states(run.final_states()),
+                                 _src(run, "pagemap of every page")))
     return s
 
-
-def scenario_intro(scenario: Scenario) -> str:
-    return f"{scenario.name}: {scenario.teaches}"

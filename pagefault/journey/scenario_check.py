@@ -61,26 +61,20 @@ def from_model(run: ModelRun) -> ScenarioOutcome:
         for f in faults:
             rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
                                  f.error_code, f.outcome, f.stack_grown_pages))
-    k = run.kernel
-    states = [page_state(e, k.kpageflags(e & PM_PFN_MASK) if e >> 63 else None) for e in run.final_pagemap()]
-    return ScenarioOutcome(rows, states)
+    return ScenarioOutcome(rows, run.final_states())
 
 
-def _stack_start(snap: OpSnapshot | None, maps_fallback, pid: int) -> int | None:
-    maps = snap.maps.get(pid) if snap else None
-    maps = maps if maps is not None else maps_fallback
-    return next((m.start for m in maps if m.path == "[stack]"), None)
+def _stack_start(maps) -> int | None:
+    return next((m.start for m in maps or [] if m.path == "[stack]"), None)
 
 
 def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
     out = ScenarioOutcome([], [])
     prev: OpSnapshot | None = None
-    prev_t = ev.start_ns
-    pids = {ev.pid: "parent", ev.child_pid: "child"} if ev.child_pid else {ev.pid: "parent"}
+    roles = {ev.pid: "parent", ev.child_pid: "child"}
     for snap in ev.snapshots:
-        lo, hi = snap.region, snap.region + snap.pages * 4096
-        faults = [e for e in ev.events if e.name == "exceptions:page_fault_user" and prev_t < e.time_ns <= snap.time_ns
-                  and e.pid in pids and lo <= e.fields["address"] < hi]
+        lo = snap.region
+        faults = ev.region_faults(snap.index)
         lines = out.details.setdefault(snap.index, [])
         for n, e in enumerate(faults):
             addr, code = e.fields["address"], e.fields["error_code"]
@@ -90,8 +84,8 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
             before_maps = (prev.pagemaps.get(e.pid) or prev.pagemaps.get(ev.pid)) if prev else None
             before = before_maps[page] if before_maps and page < len(before_maps) else 0
             grown = 0
-            old_stack = _stack_start(prev, ev.ready_maps, e.pid)
-            new_stack = _stack_start(snap, [], e.pid)
+            old_stack = _stack_start((prev.maps.get(e.pid) if prev else None) or ev.ready_maps)
+            new_stack = _stack_start(snap.maps.get(e.pid))
             if old_stack is not None and new_stack is not None and new_stack <= addr < old_stack:
                 grown = (old_stack - new_stack) >> 12
             if snap.segv_code and n == len(faults) - 1 and snap.segv_addr >> 12 == addr >> 12:
@@ -112,13 +106,10 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                 else:
                     outcome = mk.NEW_PAGE
                 lines.append(f"page {page}: pagemap 0x{entry:016x} after → {state}")
-            out.rows.append(FaultRow(snap.index, pids[e.pid], page, code, outcome, grown))
-        prev, prev_t = snap, snap.time_ns
+            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown))
+        prev = snap
     if ev.snapshots:
-        last = ev.snapshots[-1]
-        entries = last.pagemaps.get(ev.pid, [])
-        out.final_states = [page_state(e, last.kpageflags.get(e & PM_PFN_MASK) if e >> 63 else None)
-                            for e in entries]
+        out.final_states = ev.snapshots[-1].region_states(ev.pid)
     return out
 
 
@@ -182,20 +173,16 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
                                     "operation compared with before", live.details.get(snap.index, [])))
         if not rows:
             s.values.append(observed("faults in the region", 0, src_fault, display="0"))
-        entries = snap.pagemaps.get(ev.pid, [])
-        states = [page_state(e, snap.kpageflags.get(e & PM_PFN_MASK) if e >> 63 else None) for e in entries]
-        s.values.append(observed("region's pagemap after", summarise_states(states), f"/proc/{ev.pid}/pagemap, /proc/kpageflags"))
-        chains = [e for e in ev.events if e.name == "kmem:mm_page_alloc" and e.pid in (ev.pid, ev.child_pid)
-                  and any("fault" in fn for _a, fn in e.kernel_chain)]
-        prev_t = ev.snapshots[snap.index - 1].time_ns if snap.index else ev.start_ns
-        for a in chains:
-            if prev_t < a.time_ns <= snap.time_ns:
+        s.values.append(observed("region's pagemap after", summarise_states(snap.region_states(ev.pid)),
+                                 f"/proc/{ev.pid}/pagemap, /proc/kpageflags"))
+        for a in ev.op_events(snap.index, "kmem:mm_page_alloc"):
+            if any("fault" in fn for _a, fn in a.kernel_chain):
                 s.evidence.append(f"PID {a.pid} mm_page_alloc PFN 0x{a.fields['pfn']:x} order {a.fields['order']}: "
                                   + " → ".join(fn.split("+")[0] for _a, fn in reversed(a.kernel_chain)))
         if snap.errors:
             s.values.append(unavailable("some /proc reads", "; ".join(snap.errors)))
         j.steps.append(s)
-    j.timeline = _scenario_timeline(ev, live)
+    j.timeline = _scenario_timeline(ev)
     verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
     verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
                                    "pagefault simulator with this machine's THP, zero-page and fault-around settings"))
@@ -208,18 +195,12 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     return j
 
 
-def _scenario_timeline(ev: ScenarioEvidence, live: ScenarioOutcome):
+def _scenario_timeline(ev: ScenarioEvidence):
     from .steps import timeline_from
     items = [(snap.time_ns, f"program paused after operation {snap.index}: {snap.op}",
               "pagefault's clock (CLOCK_MONOTONIC)") for snap in ev.snapshots]
-    pids = {ev.pid, ev.child_pid} - {0}
-    prev = ev.start_ns
     for snap in ev.snapshots:
-        lo, hi = snap.region, snap.region + snap.pages * 4096
-        for e in ev.events:
-            if e.name == "exceptions:page_fault_user" and e.pid in pids and prev < e.time_ns <= snap.time_ns \
-                    and lo <= e.fields["address"] < hi:
-                items.append((e.time_ns, f"PID {e.pid}: fault at 0x{e.fields['address']:x}, error code "
-                              f"0x{e.fields['error_code']:x}", ev.event_sources.get(e.name, e.name)))
-        prev = snap.time_ns
+        items += [(e.time_ns, f"PID {e.pid}: fault at 0x{e.fields['address']:x}, error code "
+                   f"0x{e.fields['error_code']:x}", ev.event_sources.get(e.name, e.name))
+                  for e in ev.region_faults(snap.index)]
     return timeline_from(items, ev.start_ns)

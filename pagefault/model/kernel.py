@@ -123,7 +123,6 @@ class Fault:
     outcome: str = ""
     trap: bool = True                 # False: a fault taken by the kernel itself (MAP_POPULATE)
     vma: VMA | None = None
-    vma_range: tuple[int, int] = (0, 0)
     stack_grown_pages: int = 0
     walk_before: list[tuple[str, int, int, int]] = field(default_factory=list)   # (level, table PFN, index, entry)
     walk_after: list[tuple[str, int, int, int]] = field(default_factory=list)
@@ -150,6 +149,12 @@ class FaultRun:
     @property
     def count(self) -> int:
         return len(self.addresses) + len(self.full)
+
+
+def _vm_from_prot(prot: int) -> int:
+    """calc_vm_prot_bits(): PROT_READ/WRITE/EXEC → VM_READ/WRITE/EXEC."""
+    return (VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0) | \
+        (VM_EXEC if prot & PROT_EXEC else 0)
 
 
 class Process:
@@ -201,7 +206,6 @@ class SimulatedKernel:
         self.processes: dict[int, Process] = {}
         self.faults: list[Fault] = []
         self.allocs: list[Alloc] = []
-        self.fault_runs: list[FaultRun] = []
         self.next_pid = 1000
         self.fault_around_pages = max(1, self.config.fault_around_bytes // PAGE_SIZE)
 
@@ -250,7 +254,6 @@ class SimulatedKernel:
         )
         for start, end, flags, vname in layout:
             proc.insert(VMA(start, end, flags, vname))
-        proc.mmap_base = 0x7FFFF7FFF000
         return proc
 
     def fork(self, parent: Process) -> Process:
@@ -288,8 +291,7 @@ class SimulatedKernel:
             raise ValueError("mmap of 0 bytes")
         align = PMD_SIZE if file is None and length % PMD_SIZE == 0 else PAGE_SIZE   # thp_get_unmapped_area
         addr = self._unmapped_area(proc, length, align)
-        vm = (VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0) | \
-             (VM_EXEC if prot & PROT_EXEC else 0) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        vm = _vm_from_prot(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         if flags & MAP_SHARED:
             vm |= VM_SHARED | VM_MAYSHARE
         if file is None and not flags & MAP_SHARED and vm & VM_WRITE:
@@ -316,7 +318,6 @@ class SimulatedKernel:
 
     def _split(self, proc: Process, start: int, end: int) -> list[VMA]:
         """The VMAs covering [start, end), split at start and end (split_vma())."""
-        out = []
         for vma in list(proc.vmas):
             if vma.end <= start or vma.start >= end:
                 continue
@@ -328,7 +329,6 @@ class SimulatedKernel:
                     proc.vmas.append(tail)
                     if cut == start:
                         vma = tail
-            out.append(vma)
         proc.reindex()
         return [v for v in proc.vmas if v.start >= start and v.end <= end]
 
@@ -336,8 +336,7 @@ class SimulatedKernel:
         """change_protection(): the VMAs' flags, then every present entry rebuilt from the new vm_page_prot."""
         end = start + length
         for vma in self._split(proc, start, end):
-            new = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | (VM_READ if prot & PROT_READ else 0) | \
-                  (VM_WRITE if prot & PROT_WRITE else 0) | (VM_EXEC if prot & PROT_EXEC else 0)
+            new = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | _vm_from_prot(prot)
             adding_write = new & VM_WRITE and not vma.flags & VM_WRITE
             vma.flags = new
             prot_bits = vm_page_prot(new)
@@ -370,7 +369,8 @@ class SimulatedKernel:
             write = (vma.flags & (VM_WRITE | VM_SHARED)) == VM_WRITE
             addr = vma.start
             while addr < vma.end:
-                if not self._leaf(proc, addr)[0] & P or (write and not self._leaf(proc, addr)[0] & RW):
+                entry = self._leaf(proc, addr)[0]
+                if not entry & P or (write and not entry & RW):
                     f = Fault(proc.pid, addr, PF_USER | (PF_WRITE if write else 0), trap=False)
                     self._handle_mm_fault(proc, vma, addr, write, f, ("__mm_populate", "populate_vma_page_range",
                                                                        "__get_user_pages", "handle_mm_fault",
@@ -396,6 +396,7 @@ class SimulatedKernel:
 
         Returns the fault taken (its outcome may be a SIGSEGV), or None when the TLB-less walk succeeded.
         """
+        # the walk inlined (not walk()): this runs once per simulated access
         tables, t = self.tables, self.tables[proc.pgd]
         entry = 0
         for shift in self.shifts:
@@ -406,8 +407,7 @@ class SimulatedKernel:
         if entry & P and entry & US and (entry & RW or not write) and not (execute and entry & NX):
             return None
         code = PF_USER | (PF_WRITE if write else 0) | (PF_PROT if entry & P else 0) | (PF_INSTR if execute else 0)
-        fault = self.handle_fault(proc, addr, code)
-        return fault
+        return self.handle_fault(proc, addr, code)
 
     def write_loop(self, proc: Process, start: int, pages: int) -> FaultRun:
         """The loop `for each page: *p = 1` over [start, start + pages * 4 KiB), as access() would run it.
@@ -433,7 +433,7 @@ class SimulatedKernel:
             if addr >> 21 != window:        # a new PTE table: walk the upper levels once per 2 MiB
                 window = addr >> 21
                 vma = proc.find_vma(addr)
-                entry, level, tpfn, _idx = self._leaf(proc, addr)
+                _entry, level, tpfn, _idx = self._leaf(proc, addr)
                 plain = (vma is not None and vma.file is None and vma.flags & VM_WRITE and level == "PTE"
                          and vma.end >= min((window + 1) << 21, start + pages * PAGE_SIZE)
                          and not self._thp_allowed(vma, addr))
@@ -459,7 +459,6 @@ class SimulatedKernel:
                 run.full.append(f)
                 window = -1                 # the handler may have built tables: look again
         proc.minor_faults += len(addresses)
-        self.fault_runs.append(run)
         return run
 
     def handle_fault(self, proc: Process, addr: int, code: int) -> Fault:
@@ -473,7 +472,7 @@ class SimulatedKernel:
             if vma is None:
                 return self._segv(proc, fault, SEGV_MAPERR, ("do_user_addr_fault", "lock_mm_and_find_vma",
                                                                "bad_area_nosemaphore", "force_sig_fault"))
-        fault.vma, fault.vma_range = vma, (vma.start, vma.end)
+        fault.vma = vma
         if self._access_error(code, vma):
             return self._segv(proc, fault, SEGV_ACCERR, ("do_user_addr_fault", "bad_area_access_error",
                                                            "force_sig_fault"))
@@ -523,15 +522,13 @@ class SimulatedKernel:
         table = proc.pgd
         chain = entry_path
         for depth in range(len(shifts) - 1):
-            level = levels[depth]
             idx = (addr >> shifts[depth]) & 511
             entry = tables[table][idx]
             if levels[depth + 1] == "PTE" and not entry & P and self._thp_allowed(vma, addr):
                 self._huge_fault(vma, addr, write, table, idx, fault, chain + ("create_huge_pmd",))
                 break
             if entry & P and entry & PSE:
-                self._huge_wp(vma, addr, table, idx, entry, fault, chain)
-                break
+                raise NotImplementedError("the model does not simulate write faults on PMD-mapped huge pages")
             if not entry & P:
                 below = levels[depth + 1]
                 if below != "PTE":
@@ -671,10 +668,6 @@ class SimulatedKernel:
         fault.also_mapped = 511
         fault.path = path
 
-    def _huge_wp(self, vma: VMA, addr: int, table: int, idx: int, entry: int, fault: Fault,
-                 chain: tuple[str, ...]) -> None:
-        raise NotImplementedError("the model does not simulate write faults on PMD-mapped huge pages")
-
     # -- helpers --------------------------------------------------------------------------------------
 
     def _dirty_bits(self) -> int:
@@ -694,8 +687,6 @@ class SimulatedKernel:
             del self.mapcount[head], self.kind[head]
             self.exclusive.discard(head)
             self.buddy.free_block(head, order)
-        elif self.mapcount[head] == 1 and self.kind.get(head) == "anon":
-            pass    # the last mapper may reuse it at its next write fault (wp_can_reuse_anon_folio)
 
     def _folio_head(self, entry: int, level: str) -> int | None:
         if entry & SPECIAL:
@@ -705,15 +696,8 @@ class SimulatedKernel:
 
     def _leaf(self, proc: Process, addr: int) -> tuple[int, str, int, int]:
         """(entry, level, table PFN, index) of the lowest entry the walk reaches."""
-        t = proc.pgd
-        for depth, shift in enumerate(self.shifts):
-            idx = (addr >> shift) & 511
-            entry = self.tables[t][idx]
-            level = self.levels[depth]
-            if not entry & P or shift == 12 or entry & PSE:
-                return entry, level, t, idx
-            t = (entry & FRAME) >> 12
-        raise AssertionError("unreachable")
+        level, table, idx, entry = self.walk(proc, addr)[-1]
+        return entry, level, table, idx
 
     def walk(self, proc: Process, addr: int) -> list[tuple[str, int, int, int]]:
         """Every entry on the way to addr: (level, table PFN, index, entry), stopping where one is missing."""
@@ -732,7 +716,7 @@ class SimulatedKernel:
         addr = start
         while addr < end:
             entry, level, table, idx = self._leaf(proc, addr)
-            size = {"PTE": PAGE_SIZE, "PMD": PMD_SIZE}.get(level, PAGE_SIZE) if entry & P else PAGE_SIZE
+            size = PMD_SIZE if level == "PMD" and entry & PSE else PAGE_SIZE
             if entry & P and (level == "PTE" or entry & PSE):
                 yield addr, level, table, idx, entry
             addr = (addr & ~(size - 1)) + size

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..decode.pagemap import PM_PFN_MASK, page_state
 from .kernel import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, Fault,
                      ModelConfig, Process, SimulatedKernel)
 
@@ -106,6 +107,11 @@ class ModelRun:
 
     def final_pagemap(self) -> list[int]:
         return [self.kernel.pagemap(self.parent, self.region + i * PAGE_SIZE) for i in range(self.region_pages)]
+
+    def final_states(self) -> list[str]:
+        """One page_state word per page of the region, from the model's pagemap and kpageflags."""
+        k = self.kernel
+        return [page_state(e, k.kpageflags(e & PM_PFN_MASK) if e >> 63 else None) for e in self.final_pagemap()]
 
 
 def run_in_model(scenario: Scenario, config: ModelConfig | None = None) -> ModelRun:
