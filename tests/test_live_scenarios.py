@@ -115,5 +115,5 @@ def test_without_root_the_simulator_answers(tmp_path):
     assert "needs root" in r.stderr and "fix: sudo" in r.stderr
     j = json.loads(r.stdout)
     assert j["tier"] == "model"
-    assert {v["provenance"] for s in j["steps"] for v in s["values"]} <= {"modelled", "derived", "unavailable"}
+    assert {v["provenance"] for s in j["steps"] for v in s["values"]} <= {"modelled", "unavailable"}
     assert find_scenario("fork-then-write").ops[-1] in j["steps"][-1]["title"]

@@ -228,7 +228,7 @@ def test_model_journey_labels_every_value_and_follows_the_live_steps():
     keys = [s.key for s in j.steps]
     assert keys[:11] == ["process", "mmap", "trap", "rip", "flags", "vma", "walk", "alloc", "pagemap", "pte", "return"]
     provenances = {v.provenance for s in j.steps for v in s.values}
-    assert "observed" not in provenances
+    assert provenances == {"modelled", "unavailable"}          # derived is kept for values from observed ones
     rip = next(v for v in j.steps[2].values if v.label == "RIP")
     assert rip.provenance == "unavailable" and "sudo pagefault journey" in rip.source
     pte = next(v for v in j.steps[9].values if v.label.startswith("derive_anonymous_pte"))

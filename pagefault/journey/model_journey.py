@@ -1,5 +1,6 @@
 """The journey from the simulator: the live journey's steps for a scenario's featured fault, then one
-step per operation of the scenario. Every value is labelled modelled (or derived from modelled values).
+step per operation of the scenario. Every value is labelled modelled, those worked out from the simulator's
+numbers too (with the arithmetic shown), or unavailable.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from ..decode.vm_flags import decode_vm_flags
 from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
 from ..model.scenarios import ModelRun, parse_op
-from .steps import Journey, Step, derived, modelled, unavailable
+from .steps import Journey, Step, Value, modelled, unavailable
 
 LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
 
 
 def _src(run: ModelRun, what: str) -> str:
     return f"pagefault simulator, Linux {run.kernel.config.kernel} model: {what}"
+
+
+def _computed(label: str, value, how: str, derivation: list[str] | None = None, display: str = "") -> Value:
+    """A value worked out from the simulator's own numbers: still modelled (derived means from observed ones)."""
+    return modelled(label, value, f"computed from the simulator's values: {how}", derivation, display)
 
 
 def featured_fault(run: ModelRun) -> mk.Fault | None:
@@ -55,7 +61,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s = Step(1, "process", "The process and its mm exist before main() runs", "ready")
     s.values += [modelled("PID", proc.pid, src("the simulated process"), display=str(proc.pid)),
                  modelled("PGD page (PFN)", pgd.pfn, src("pgd_alloc during exec, from the simulated buddy allocator")),
-                 derived("PGD physical address (CR3 while it runs)", pgd.pfn << 12, "PFN << 12 (of a modelled PFN)",
+                 _computed("PGD physical address (CR3 while it runs)", pgd.pfn << 12, "PFN << 12 (of a modelled PFN)",
                          [f"0x{pgd.pfn:x} << 12 = 0x{pgd.pfn << 12:x}"]),
                  modelled("VMAs after exec", len(proc.vmas), src("a typical dynamically linked program's layout"),
                           display=str(len(proc.vmas)))]
@@ -88,7 +94,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s.values += [modelled("faulting address (CR2)", f.address, src("the scenario's access")),
                  modelled("error code", code, src("the simulated MMU: P if the entry was present, W for a write, "
                                                   "U for user mode"), display=f"0x{code:x}"),
-                 derived("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
+                 _computed("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
                  unavailable("RIP", LIVE_ONLY)]
     steps.append(s)
     s = Step(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched")
@@ -99,7 +105,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     ff = derive_fault_flags(code, values, source=source)
     s = Step(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched")
     s.values.append(modelled("enum fault_flag table", source, source))
-    s.values.append(derived("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
+    s.values.append(_computed("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
                             list(ff.derivations)))
     s.derivations += list(decode_fault_flags(ff.value, values, source).derivations)
     steps.append(s)
@@ -115,7 +121,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
         s.values.append(modelled("verdict", f.outcome, src("access_error() / no VMA → force_sig_fault(SIGSEGV)")))
     elif vma is not None:
         write = bool(vma.flags & mk.VM_WRITE)
-        s.values.append(derived("write permitted", write, "vm_flags & VM_WRITE",
+        s.values.append(_computed("write permitted", write, "vm_flags & VM_WRITE",
                                 [f"0x{vma.flags:x} & 0x2 = 0x{vma.flags & 2:x}"]))
     steps.append(s)
 
@@ -124,7 +130,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s.values.append(modelled("paging levels", k.config.paging_levels, src("the model's setting"),
                              display=str(k.config.paging_levels)))
     for i in split.indices:
-        s.values.append(derived(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
+        s.values.append(_computed(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
                                 [f"(0x{f.address:x} >> {i.shift}) & 0x1ff = {i.index}"], display=str(i.index)))
     for level, table, idx, entry in f.walk_before:
         s.values.append(modelled(f"{level} entry before", entry, src(f"table PFN 0x{table:x}, entry {idx}"),
@@ -154,7 +160,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     if flags is not None:
         s.values.append(modelled("kpageflags", flags, src("the page kinds the model tracks"),
                                  display=" | ".join(decode_kpageflags(flags).names) or "0"))
-    s.values.append(derived("page state", page_state(pm, flags), "decode.pagemap.page_state"))
+    s.values.append(_computed("page state", page_state(pm, flags), "decode.pagemap.page_state"))
     steps.append(s)
 
     s = Step(10, "pte", "The PTE that lets the retried instruction succeed", "touched")
@@ -165,7 +171,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
                                  display=f"0x{entry:016x}", derivation=list(p.derivations)))
         if f.outcome == mk.NEW_PAGE and level == "PTE" and f.vma is not None:
             dp = derive_anonymous_pte(f.pfn, f.vma.flags, True, soft_dirty=k.config.soft_dirty)
-            s.values.append(derived("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
+            s.values.append(_computed("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
                                     list(dp.derivations)))
     else:
         s.values.append(modelled("entry", "none written", src(f"the fault ended in {f.outcome}")))
