@@ -257,7 +257,14 @@ COMMANDS.append(_register_capture)
 
 def _journey_output(args) -> Path | None:
     if args.output and args.format == "text":
-        raise UsageError("-o FILE needs --format markdown, json or perfetto")
+        raise UsageError("-o FILE needs --format html, markdown, json or perfetto")
+    if args.format == "html" and not args.output:
+        raise UsageError("--format html needs -o FILE (one self-contained .html file)")
+    if args.tui and (args.format != "text" or args.output):
+        raise UsageError("--tui is the interactive view; leave out --format and -o (or drop --tui to write a file)")
+    if args.tui and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("--tui needs a terminal (it works over ssh -t); fix: run it in a terminal, or use "
+                         "--no-pause or --format html -o FILE")
     output = Path(args.output) if args.output else None
     if output:
         try:
@@ -270,6 +277,20 @@ def _journey_output(args) -> Path | None:
 
 def _emit_journey(journey, args, output, console) -> int:
     from .views import journey_view
+    if args.tui:
+        from .views.tui import run_tui
+        run_tui(journey, redact=args.redact)
+        return 0
+    if args.format == "html":
+        from .views.html import render_html
+        text = render_html(journey, redact=args.redact)
+        output.write_text(text)
+        print(f"journey written to {output} (html{', redacted' if args.redact else ''}; open it in a browser, "
+              "it fetches nothing)", file=sys.stderr)
+        return 0
+    if args.redact:
+        from .journey.redact import redact_journey
+        journey = redact_journey(journey)[0]
     if args.format == "text":
         if not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty():
             _step_list(journey, console)
@@ -320,7 +341,8 @@ def cmd_journey(args: argparse.Namespace) -> int:
         return _live_scenario(args, output, console, progress)
     options = ExerciseOptions(offset=parse_number(args.offset, "--offset"), size=parse_number(args.size, "--size"),
                               text=args.text)
-    interactive = args.format == "text" and not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = (args.format == "text" and not args.no_pause and not args.tui and sys.stdin.isatty()
+                   and sys.stdout.isatty())
     try:
         live = LiveJourney(options, tier=args.tier, progress=progress)
     except CaptureError as exc:
@@ -421,7 +443,7 @@ def _step_through(live, console) -> None:
 def _register_journey(sub) -> None:
     j = sub.add_parser("journey", help="the live, step-by-step journey of one page fault, every number proven",
                        usage="pagefault journey [--scenario NAME] [--model] [--offset N] [--size N] [--text S] [--tier TIER] "
-                             "[--no-pause] [--format text|markdown|json] [-o FILE]")
+                             "[--no-pause | --tui] [--format text|html|markdown|json|perfetto] [-o FILE] [--redact]")
     j.add_argument("--offset", default="0x100", help="where in the mapping to write (default 0x100)")
     j.add_argument("--size", default="4096", help="the mapping's size in bytes (default 4096)")
     j.add_argument("--text", default=None, help="the string to write (default: 'offset world', copied inside main)")
@@ -431,9 +453,12 @@ def _register_journey(sub) -> None:
     j.add_argument("--scenario", metavar="NAME", help="run a scenario of the library (see pagefault scenarios)")
     j.add_argument("--model", action="store_true", help="run in the simulator: no root, no tracing, all modelled")
     j.add_argument("--no-pause", action="store_true", help="print every step at once instead of stepping")
-    j.add_argument("--format", choices=("text", "markdown", "json", "perfetto"), default="text",
-                   help="perfetto: the timeline as a Chrome JSON trace for ui.perfetto.dev")
-    j.add_argument("-o", "--output", help="write markdown or json to FILE")
+    j.add_argument("--format", choices=("text", "html", "markdown", "json", "perfetto"), default="text",
+                   help="html: one self-contained page with the walk drawn; perfetto: the timeline as a Chrome "
+                        "JSON trace for ui.perfetto.dev")
+    j.add_argument("-o", "--output", help="write html, markdown, json or perfetto to FILE")
+    j.add_argument("--redact", action="store_true", help="hide PFNs, physical and kernel addresses (for sharing)")
+    j.add_argument("--tui", action="store_true", help="browse the steps in a terminal app (keyboard; works over SSH)")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     j.set_defaults(func=cmd_journey)
 

@@ -23,6 +23,12 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null \
             || echo "setup: could not install ${need[*]}; pagefault doctor says which tier that leaves"
     fi
+    if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null; then
+        # the HTML report's test opens the report in headless Chromium, driven by playwright (no browser download)
+        echo "setup: installing Debian packages for the tests: chromium fonts-dejavu-core"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium fonts-dejavu-core >/dev/null || echo "setup: could not install chromium; the HTML browser test will fail"
+    fi
     if ! grep -q ' tracefs ' /proc/self/mounts; then
         echo "setup: mounting tracefs at /sys/kernel/tracing"
         mount -t tracefs nodev /sys/kernel/tracing || echo "setup: could not mount tracefs"

@@ -12,7 +12,7 @@ from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entr
 from ..decode.pte import decode_pte, derive_anonymous_pte
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..model.maple_tree import search as maple_search
-from .steps import Journey, Step, TimelineEntry, derived, modelled, observed, timeline_from, unavailable
+from .steps import Area, Journey, PageWalk, Step, TimelineEntry, WalkLevel, derived, modelled, observed, timeline_from, unavailable
 
 FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
 FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
@@ -567,6 +567,45 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
     return timeline_from(items, ev.spawned_ns)
 
 
+def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
+    """The walk for the drawing: entries as bpftrace read them after the fault (and at the trap)."""
+    addr = ev.fault_address
+    if addr is None:
+        return None
+    split = split_virtual_address(addr, ev.paging_levels)
+    bpf = ev.bpf
+    after = bpf.reads.get("after") if bpf else None
+    before = bpf.reads.get("before") if bpf else None
+    cr3 = f.pgd_alloc.fields["pfn"] << 12 if f.pgd_alloc else None
+    walk = PageWalk(addr, cr3, "derived: the PGD page's PFN (mm_page_alloc in pgd_alloc during exec) << 12"
+                    if cr3 is not None else "unavailable: no pgd_alloc allocation seen; " + FIX_ROOT)
+    for i in split.indices:
+        read = after if after and i.level in after.entries else None
+        table = (read.table_physical.get(i.level) if read else None)
+        if table is None and i.level == split.indices[0].level:
+            table = cr3
+        walk.levels.append(WalkLevel(
+            i.level, i.index, table,
+            read.entries[i.level] if read else None,
+            before.entries.get(i.level) if before else None,
+            "observed" if read else "unavailable",
+            "bpftrace read at the program's next system call after the fault" if read
+            else ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
+    leaf = next((lv for lv in reversed(walk.levels) if lv.entry is not None), None)
+    if leaf is not None:
+        p = decode_pte(leaf.entry, leaf.level)
+        if p.present:
+            walk.frame_pfn = p.pfn
+            walk.page_size = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}.get(leaf.level, 4096)
+    elif f.pagemap_pfn is not None:
+        walk.frame_pfn = f.pagemap_pfn
+    return walk
+
+
+def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
+    return [Area(m.start, m.end, m.perms, m.path, address is not None and m.start <= address < m.end) for m in maps]
+
+
 STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),
                  (step_flags, "touched"), (step_vma, "touched"), (step_walk, "touched"), (step_alloc, "touched"),
                  (step_pagemap, "touched"), (step_pte, "touched"), (step_return, "touched"))
@@ -581,6 +620,9 @@ def build_journey(ev: JourneyEvidence) -> Journey:
             j.steps.append(builder(ev, f))
     if "touched" in ev.snapshots:
         j.timeline = timeline(ev, f)
+        j.walk = page_walk(ev, f)
+        j.layout = layout(ev.snapshots["touched"].maps, ev.fault_address)
+        j.layout_source = f"/proc/{ev.pid}/maps after the write (observed)"
     if ev.lost_events:
         j.notes.append(f"LOST {ev.lost_events} events: some values may be missing")
     j.notes += [f"{k}: {v}" for k, v in ev.unavailable.items()]

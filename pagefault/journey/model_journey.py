@@ -15,7 +15,7 @@ from ..decode.vm_flags import decode_vm_flags
 from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
 from ..model.scenarios import ModelRun, parse_op
-from .steps import Journey, Step, Value, modelled, unavailable
+from .steps import Area, Journey, PageWalk, Step, Value, WalkLevel, modelled, unavailable
 
 LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
 
@@ -47,10 +47,32 @@ def build_model_journey(run: ModelRun, note: str = "") -> Journey:
     j.notes.append("every value here is modelled: the simulator's own addresses and PFNs, never this machine's")
     f = featured_fault(run)
     j.steps += featured_steps(run, f) if f else []
+    if f:
+        j.walk = model_walk(run, f)
+        proc_f = k.processes[f.pid]
+        j.layout = [Area(v.start, v.end, v.perms(), v.name, v.start <= f.address < v.end) for v in proc_f.vmas]
+        j.layout_source = _src(run, "the simulated process's VMAs when the featured fault was handled")
     for i, op in enumerate(sc.ops):
         j.steps.append(op_step(run, i, op, len(j.steps) + 1))
     j.complete = True
     return j
+
+
+def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
+    """The featured fault's walk in the simulator's tables, with the entries after it (and before)."""
+    proc = run.kernel.processes[f.pid]
+    walk = PageWalk(f.address, proc.pgd << 12, _src(run, "the simulated PGD page's PFN << 12"))
+    before = {level: entry for level, _t, _i, entry in f.walk_before}
+    for level, table, idx, entry in (f.walk_after or f.walk_before):
+        walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), "modelled",
+                                     _src(run, "the simulated page tables")))
+    if walk.levels:
+        leaf = walk.levels[-1]
+        p = decode_pte(leaf.entry, leaf.level)
+        if p.present:
+            walk.frame_pfn = p.pfn
+            walk.page_size = 2 << 20 if leaf.level == "PMD" else 4096
+    return walk
 
 
 def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:

@@ -81,6 +81,42 @@ class TimelineEntry:
 
 
 @dataclass
+class WalkLevel:
+    """One level of the page-table walk: the table, the entry at the address's index in it."""
+
+    level: str                          # PGD, P4D, PUD, PMD, PTE
+    index: int
+    table: int | None                   # physical address of this level's table (None: not known here)
+    entry: int | None                   # the entry once the fault was handled (None: not read)
+    entry_before: int | None            # the entry at the trap (None: not read)
+    provenance: str                     # of the entries
+    source: str
+
+
+@dataclass
+class PageWalk:
+    """The walk drawn in the HTML report: CR3 → each level's table and entry → the page frame."""
+
+    address: int
+    cr3: int | None                     # the PGD's physical address
+    cr3_source: str
+    levels: list[WalkLevel] = field(default_factory=list)
+    frame_pfn: int | None = None        # from the leaf entry's frame field
+    page_size: int = 4096
+
+
+@dataclass
+class Area:
+    """One VMA of the process, as /proc/PID/maps (or the simulator) shows it."""
+
+    start: int
+    end: int
+    perms: str
+    path: str
+    holds_address: bool = False
+
+
+@dataclass
 class Journey:
     tier: str
     kernel: str
@@ -91,6 +127,9 @@ class Journey:
     timeline: list[TimelineEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     complete: bool = False
+    walk: PageWalk | None = None
+    layout: list[Area] = field(default_factory=list)    # the VMAs when the fault was handled
+    layout_source: str = ""
 
 
 def timeline_from(items: list[tuple[int, str, str]], start_ns: int) -> list[TimelineEntry]:

@@ -1,0 +1,166 @@
+"""pagefault journey --tui: the journey in a Textual app. The steps on the left, the current step's values
+with provenance badges, its derivations, the 7 Ws and its raw evidence on the right; keys move between steps.
+Textual draws in the terminal only, so it works over SSH (ssh -t).
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, ListItem, ListView, Static
+
+from ..journey.steps import WS, Journey, Step
+from .journey_view import BADGE
+
+TIMELINE = "timeline"
+
+
+def badge(provenance: str) -> Text:
+    return Text(f" {provenance} ", style=f"bold white on {BADGE[provenance]}")
+
+
+def _derivations(step: Step) -> list[str]:
+    return [d for v in step.values for d in v.derivation] + step.derivations
+
+
+class JourneyApp(App):
+    """One page of the journey at a time; the list on the left is the timeline of steps."""
+
+    TITLE = "pagefault journey"
+    CSS = """
+    #steps { width: 42; border-right: solid $primary; }
+    #detail { padding: 0 1; }
+    #values { height: auto; max-height: 60%; }
+    .section { margin-top: 1; }
+    #evidence { color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("n,right,j", "next", "next step"),
+        Binding("b,left,k", "back", "back"),
+        Binding("e", "toggle_evidence", "evidence"),
+        Binding("t", "timeline", "timeline"),
+        Binding("home", "first", "first", show=False),
+        Binding("end", "last", "last", show=False),
+        Binding("q,escape", "quit", "quit"),
+    ]
+
+    def __init__(self, journey: Journey):
+        super().__init__()
+        self.journey = journey
+        self.pages: list[Step | str] = list(journey.steps) + ([TIMELINE] if journey.timeline else [])
+        self.index = 0
+        self.show_evidence = True
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            items = [ListItem(Static(Text(f"{s.number:>2} {s.title}")), id=f"item-{i}") for i, s in enumerate(self.journey.steps)]
+            if self.journey.timeline:
+                items.append(ListItem(Static(" ⏱ timeline"), id=f"item-{len(items)}"))
+            yield ListView(*items, id="steps")
+            with VerticalScroll(id="detail"):
+                yield Static(id="title")
+                yield DataTable(id="values", zebra_stripes=True, cursor_type="row")
+                yield Static(id="derivations", classes="section")
+                yield Static(id="ws", classes="section")
+                yield Static(id="evidence", classes="section")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        j = self.journey
+        what = "the simulator's process" if j.tier == "model" else "PID"
+        self.sub_title = f"{what} {j.pid} · tier {j.tier} · {j.kernel}"
+        self.show_page(0)
+
+    # --- navigation ---------------------------------------------------------------------------------------
+
+    def action_next(self) -> None:
+        self.show_page(min(self.index + 1, len(self.pages) - 1))
+
+    def action_back(self) -> None:
+        self.show_page(max(self.index - 1, 0))
+
+    def action_first(self) -> None:
+        self.show_page(0)
+
+    def action_last(self) -> None:
+        self.show_page(len(self.pages) - 1)
+
+    def action_timeline(self) -> None:
+        if TIMELINE in self.pages:
+            self.show_page(self.pages.index(TIMELINE))
+        else:
+            self.notify("this journey has no timeline (the simulator has no clock)", severity="warning")
+
+    def action_toggle_evidence(self) -> None:
+        self.show_evidence = not self.show_evidence
+        self.show_page(self.index)
+
+    def on_list_view_selected(self, event: ListView.Selected) -> None:
+        if event.item is not None and event.item.id:
+            self.show_page(int(event.item.id.split("-")[1]))
+
+    # --- drawing ------------------------------------------------------------------------------------------
+
+    def show_page(self, index: int) -> None:
+        if not self.pages:
+            self.query_one("#title", Static).update("this journey has no steps")
+            return
+        self.index = index
+        steps = self.query_one("#steps", ListView)
+        if steps.index != index:
+            steps.index = index
+        page = self.pages[index]
+        if page == TIMELINE:
+            self._show_timeline()
+        else:
+            self._show_step(page)
+        self.query_one("#detail", VerticalScroll).scroll_home(animate=False)
+
+    def _table(self, *columns: str) -> DataTable:
+        table = self.query_one("#values", DataTable)
+        table.clear(columns=True)
+        table.add_columns(*columns)
+        return table
+
+    def _show_step(self, step: Step) -> None:
+        notes = "".join(f"\nnote: {n}" for n in self.journey.notes) if step.number == 1 else ""
+        self.query_one("#title", Static).update(Text.assemble(
+            (f"step {step.number}/{len(self.journey.steps)}: {step.title}", "bold"),
+            (f"\nthe program was paused at phase '{step.stage}'{notes}", "dim")))
+        table = self._table("value", "", "provenance", "source / how")
+        for v in step.values:
+            table.add_row(Text(v.label), Text(v.display), badge(v.provenance), Text(v.source))
+        lines = _derivations(step)
+        self.query_one("#derivations", Static).update(
+            Text("derivation\n", style="bold") + Text("\n".join("  " + d for d in lines)) if lines else "")
+        ws = Text()
+        for w in WS:
+            if w in step.ws:
+                ws.append(f"{w.upper():>8}  ", style="bold yellow")
+                ws.append(step.ws[w] + "\n")
+        self.query_one("#ws", Static).update(ws)
+        evidence = self.query_one("#evidence", Static)
+        if not step.evidence:
+            evidence.update("")
+        elif self.show_evidence:
+            evidence.update(Text("evidence (e hides)\n", style="bold") + Text("\n".join("  " + e for e in step.evidence)))
+        else:
+            evidence.update(Text(f"evidence: {len(step.evidence)} lines hidden (e shows)", style="bold"))
+
+    def _show_timeline(self) -> None:
+        self.query_one("#title", Static).update(Text("timeline (µs since the program was started)", style="bold"))
+        table = self._table("t (µs)", "gap", "what", "source")
+        for e in self.journey.timeline:
+            table.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", Text(e.what), Text(e.source))
+        for widget in ("#derivations", "#ws", "#evidence"):
+            self.query_one(widget, Static).update("")
+
+
+def run_tui(journey: Journey, redact: bool = False) -> None:
+    if redact:
+        from ..journey.redact import redact_journey
+        journey = redact_journey(journey)[0]
+    JourneyApp(journey).run()
