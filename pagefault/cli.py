@@ -487,6 +487,99 @@ def _register_scenarios(sub) -> None:
 COMMANDS.append(_register_scenarios)
 
 
+def _live_or_model_journey(args, progress):
+    """The journey of a fresh live fault; the simulator's (said on stderr) where this machine cannot trace."""
+    from .capture.exercise import ExerciseError, ExerciseOptions
+    from .capture.journey_capture import LiveJourney
+    from .capture.tracer import CaptureError
+    from .journey.build import build_journey
+    if args.model:
+        return _model_journey(args)
+    try:
+        live = LiveJourney(ExerciseOptions(), progress=progress)
+    except CaptureError as exc:
+        note = f"this machine cannot trace here ({exc}); the exercises use the simulator's fault instead"
+        print(f"note: {note}", file=sys.stderr)
+        return _model_journey(args, note)
+    except ExerciseError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        live.run_all()
+    except (CaptureError, ExerciseError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        live.close()
+    if progress and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    return build_journey(live.ev)
+
+
+def cmd_exercise(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from .capture.tracer import stderr_progress
+    from .journey.exercises import ORDER, build_exercises
+    from .views.exercise_view import Progress, run_exercises
+    progress = Progress()
+    if progress.warning:
+        print(f"note: {progress.warning}", file=sys.stderr)
+    if args.reset:
+        progress.reset()
+        print(f"progress reset ({progress.path})")
+        return 0
+    if args.list:
+        print("\n".join(progress.checklist()))
+        print(f"progress kept in {progress.path}")
+        return 0
+    unknown = [n for n in args.names if n not in ORDER]
+    if unknown:
+        raise UsageError(f"no exercise {', '.join(unknown)}; the exercises are: {', '.join(ORDER)}")
+    wanted = args.names or ([k for k in ORDER if not progress.done(k)] if not args.all else list(ORDER))
+    if not wanted:
+        print("\n".join(progress.checklist()))
+        print("every exercise is done; pagefault exercise --all sets them all again on a new fault")
+        return 0
+    journey = _live_or_model_journey(args, None if args.quiet else stderr_progress)
+    if journey.tier == "model":
+        from .decode.fault_flags import fallback_fault_flag_values
+        table, source = fallback_fault_flag_values((6, 18))
+        source = "modelled: " + source
+    else:
+        from .kernel.facts import fault_flag_values
+        ff = fault_flag_values()
+        table, source = ff.values, ff.source
+    exercises = [e for e in build_exercises(journey, table, source) if e.key in wanted]
+    console = Console(highlight=False)
+    where = (f"the simulator's fault (scenario first-touch)" if journey.tier == "model" else
+             f"PID {journey.pid}'s fault at 0x{journey.walk.address:x}, kernel {journey.kernel}" if journey.walk
+             else f"PID {journey.pid}, kernel {journey.kernel}")
+    console.print(f"[bold]pagefault exercise[/bold] on {where}; answer each question, Enter after each "
+                  "(end of input stops, keeping what is finished)")
+
+    def ask(prompt: str) -> str | None:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+    run_exercises(exercises, ask, console, progress, where)
+    return 0
+
+
+def _register_exercise(sub) -> None:
+    e = sub.add_parser("exercise", help="derive the numbers of your own live fault yourself; answers checked, "
+                                        "progress kept",
+                       usage="pagefault exercise [NAME ...] [--all] [--list] [--reset] [--model]")
+    e.add_argument("names", nargs="*", metavar="NAME", help="rip, flags, indices, pfn, pte (default: those not done)")
+    e.add_argument("--all", action="store_true", help="every exercise, the done ones too")
+    e.add_argument("--list", action="store_true", help="show progress ([x] done) and where it is kept")
+    e.add_argument("--reset", action="store_true", help="forget the progress")
+    e.add_argument("--model", action="store_true", help="use the simulator's fault (no root; no RIP exercise)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress lines while the fault is traced")
+    e.set_defaults(func=cmd_exercise, scenario=None)
+
+
+COMMANDS.append(_register_exercise)
+
+
 # --- entry point ------------------------------------------------------------------------------------
 
 def build_parser() -> Parser:
