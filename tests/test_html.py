@@ -211,3 +211,19 @@ def test_live_report_in_chromium(live_journey, browser, tmp_path):
     assert "[PFN]" in rtext and not re.search(r"ffff[89a-f][0-9a-f]{11}", rtext)
     assert f"0x{addr:x}" in rtext                               # user addresses stay
     page.close()
+
+
+def test_cli_html_needs_a_file_and_writes_one_for_the_model(tmp_path):
+    import subprocess
+    import sys
+    cli = [sys.executable, "-m", "pagefault", "journey", "--model", "--format", "html"]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--format html needs -o FILE" in r.stderr
+    out = tmp_path / "m.html"
+    r = subprocess.run(cli + ["--redact", "-o", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "html, redacted" in r.stderr
+    html = out.read_text()
+    assert html.count('class="walk-level"') == 4 and "Redacted for sharing" in html
+    pfn = build_model_journey(run_in_model(find_scenario("first-touch"))).walk.frame_pfn
+    assert f"PFN 0x{pfn:x}" in render_html(build_model_journey(run_in_model(find_scenario("first-touch"))))
+    assert f"0x{pfn:x}" not in html and "PFN [PFN]" in html

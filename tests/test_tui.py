@@ -113,3 +113,14 @@ def test_pilot_on_a_live_journey_shows_the_observed_values_and_the_timeline(can_
     trap = next(rows for page, _t, rows, _e, _d in seen if page is not TIMELINE and page.key == "trap")
     assert [f"0x{j.walk.address:x}", " observed "] == trap[0][1:3]
     asyncio.run(_evidence_toggle_and_timeline(j))
+
+
+def test_cli_refuses_tui_without_a_terminal_or_with_a_file_and_says_what_to_do():
+    import subprocess
+    import sys
+    cli = [sys.executable, "-m", "pagefault", "journey", "--model", "--tui"]
+    r = subprocess.run(cli, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 2 and "--tui needs a terminal (it works over ssh -t)" in r.stderr
+    r = subprocess.run(cli + ["--format", "json", "-o", "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "leave out --format and -o" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -129,7 +129,7 @@ class JourneyApp(App):
         notes = "".join(f"\nnote: {n}" for n in self.journey.notes) if step.number == 1 else ""
         self.query_one("#title", Static).update(Text.assemble(
             (f"step {step.number}/{len(self.journey.steps)}: {step.title}", "bold"),
-            ((f"\nthe program was paused at phase '{step.stage}'" if self.journey.tier != "model" else
+            ((f"\nevidence taken at the program's phase '{step.stage}'" if self.journey.tier != "model" else
               "\nthe simulator's run") + notes, "dim")))
         table = self._table("value", "", "provenance", "source / how")
         for v in step.values:
