@@ -331,7 +331,6 @@ def cmd_journey(args: argparse.Namespace) -> int:
     from .capture.exercise import ExerciseError, ExerciseOptions
     from .capture.journey_capture import LiveJourney
     from .capture.tracer import CaptureError, stderr_progress
-    from .journey.build import build_journey
     output = _journey_output(args)
     console = Console()
     progress = None if args.quiet else stderr_progress
@@ -353,10 +352,23 @@ def cmd_journey(args: argparse.Namespace) -> int:
         return _emit_journey(_model_journey(args, note), args, output, console)
     except ExerciseError as exc:
         raise UsageError(str(exc)) from None
+    if not interactive:
+        return _emit_journey(_finish_live(live, progress), args, output, console)
     try:
-        if interactive:
-            _step_through(live, console)
-            return 0
+        _step_through(live, console)
+    except (CaptureError, ExerciseError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        live.close()
+    return 0
+
+
+def _finish_live(live, progress):
+    """Run the traced program to its end and build its journey; errors become one line with the fix."""
+    from .capture.exercise import ExerciseError
+    from .capture.tracer import CaptureError
+    from .journey.build import build_journey
+    try:
         live.run_all()
     except (CaptureError, ExerciseError) as exc:
         raise UsageError(str(exc)) from None
@@ -364,7 +376,7 @@ def cmd_journey(args: argparse.Namespace) -> int:
         live.close()
     if progress and sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
-    return _emit_journey(build_journey(live.ev), args, output, console)
+    return build_journey(live.ev)
 
 
 def _live_scenario(args, output, console, progress) -> int:
@@ -492,7 +504,6 @@ def _live_or_model_journey(args, progress):
     from .capture.exercise import ExerciseError, ExerciseOptions
     from .capture.journey_capture import LiveJourney
     from .capture.tracer import CaptureError
-    from .journey.build import build_journey
     if args.model:
         return _model_journey(args)
     try:
@@ -503,15 +514,7 @@ def _live_or_model_journey(args, progress):
         return _model_journey(args, note)
     except ExerciseError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        live.run_all()
-    except (CaptureError, ExerciseError) as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        live.close()
-    if progress and sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    return build_journey(live.ev)
+    return _finish_live(live, progress)
 
 
 def cmd_exercise(args: argparse.Namespace) -> int:
@@ -549,7 +552,7 @@ def cmd_exercise(args: argparse.Namespace) -> int:
         table, source = ff.values, ff.source
     exercises = [e for e in build_exercises(journey, table, source) if e.key in wanted]
     console = Console(highlight=False)
-    where = (f"the simulator's fault (scenario first-touch)" if journey.tier == "model" else
+    where = ("the simulator's fault (scenario first-touch)" if journey.tier == "model" else
              f"PID {journey.pid}'s fault at 0x{journey.walk.address:x}, kernel {journey.kernel}" if journey.walk
              else f"PID {journey.pid}, kernel {journey.kernel}")
     console.print(f"[bold]pagefault exercise[/bold] on {where}; answer each question, Enter after each "

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pagefault.decode.pte import decode_pte
 from pagefault.journey.model_journey import build_model_journey
 from pagefault.journey.redact import Redactor, mask_entry, mask_pagemap, redact_journey
-from pagefault.journey.steps import Area, Journey, PageWalk, Step, WalkLevel, modelled, observed
+from pagefault.journey.steps import Area, Journey, PageWalk, Step, WalkLevel, observed
 from pagefault.model.scenarios import find_scenario, run_in_model
 from pagefault.views.html import layout_rows, render_html
 

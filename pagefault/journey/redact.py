@@ -11,7 +11,6 @@ import re
 from dataclasses import fields, is_dataclass
 
 from ..decode.pagemap import PM_PFN_MASK
-from ..decode.pte import decode_pte
 from .steps import Journey, Value
 
 PFN_HIDDEN = "[PFN]"
