@@ -504,8 +504,14 @@ def _live_or_model_journey(args, progress):
     from .capture.exercise import ExerciseError, ExerciseOptions
     from .capture.journey_capture import LiveJourney
     from .capture.tracer import CaptureError
+    from .kernel.facts import is_root
     if args.model:
         return _model_journey(args)
+    if not is_root():
+        note = ("the exercises need root for the error code, the PFN and the PTE (fix: sudo); "
+                "these use the simulator's fault instead")
+        print(f"note: {note}", file=sys.stderr)
+        return _model_journey(args, note)
     try:
         live = LiveJourney(ExerciseOptions(), progress=progress)
     except CaptureError as exc:
@@ -518,11 +524,18 @@ def _live_or_model_journey(args, progress):
 
 
 def cmd_exercise(args: argparse.Namespace) -> int:
+    from .views.exercise_view import Progress, ProgressError
+    try:
+        return _exercise(args, Progress())
+    except ProgressError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _exercise(args, progress) -> int:
     from rich.console import Console
     from .capture.tracer import stderr_progress
     from .journey.exercises import ORDER, build_exercises
-    from .views.exercise_view import Progress, run_exercises
-    progress = Progress()
+    from .views.exercise_view import run_exercises
     if progress.warning:
         print(f"note: {progress.warning}", file=sys.stderr)
     if args.reset:

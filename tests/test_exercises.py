@@ -8,6 +8,7 @@ import re
 import select
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -244,3 +245,23 @@ def test_live_every_exercise_answered_from_the_givens(can_trace, tmp_path):
         assert f"[x] {key}" in s.seen
     saved = json.loads((tmp_path / "pagefault" / "exercises.json").read_text())["exercises"]
     assert all(saved[k]["done"] for k in saved) and len(saved) == 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody with setpriv")
+def test_as_nobody_the_simulator_is_used_and_an_unwritable_state_dir_is_a_clear_error(tmp_path):
+    import tempfile
+    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    state = Path(tempfile.mkdtemp(prefix="pf-nobody-", dir="/tmp"))
+    os.chmod(state, 0o777)
+    env = dict(os.environ, XDG_STATE_HOME=str(state))
+    r = subprocess.run(drop + CLI + ["exercise", "flags", "-q"], input="y\ny\n0x1255\n", capture_output=True,
+                       text=True, env=env, cwd="/tmp", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "need root for the error code, the PFN and the PTE (fix: sudo)" in r.stderr
+    assert "[x] flags" in r.stdout and "(1 attempt)" in r.stdout
+    locked = Path(tempfile.mkdtemp(prefix="pf-locked-", dir="/tmp"))   # root's, mode 0700
+    env = dict(os.environ, XDG_STATE_HOME=str(locked / "s"))
+    r = subprocess.run(drop + CLI + ["exercise", "--list"], capture_output=True, text=True, env=env, cwd="/tmp",
+                       timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot use the progress file" in r.stderr and "fix: set XDG_STATE_HOME" in r.stderr

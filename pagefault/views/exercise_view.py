@@ -19,9 +19,22 @@ from ..journey.exercises import KINDS, ORDER, TITLES, AnswerError, Exercise
 Ask = Callable[[str], "str | None"]     # None: no more input
 
 
+def _attempts(n: int) -> str:
+    return f"{n} attempt{'' if n == 1 else 's'}"
+
+
 def state_path() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "pagefault" / "exercises.json"
+
+
+class ProgressError(Exception):
+    """The progress file cannot be read or written; the message says which and the fix."""
+
+
+def _fix(path: Path, exc: OSError) -> ProgressError:
+    return ProgressError(f"cannot use the progress file {path}: {exc.strerror}; fix: set XDG_STATE_HOME to a "
+                         "directory you can write (progress goes to $XDG_STATE_HOME/pagefault/exercises.json)")
 
 
 class Progress:
@@ -30,14 +43,20 @@ class Progress:
     def __init__(self, path: Path | None = None):
         self.path = path or state_path()
         self.data: dict = {"exercises": {}}
-        if self.path.exists():
+        try:
+            exists = self.path.exists()
+        except OSError as exc:
+            raise _fix(self.path, exc) from None
+        if exists:
             try:
                 loaded = json.loads(self.path.read_text())
                 if isinstance(loaded, dict) and isinstance(loaded.get("exercises"), dict):
                     self.data = loaded
                 else:
                     raise ValueError("no 'exercises' object")
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
+                raise _fix(self.path, exc) from None
+            except ValueError as exc:
                 broken = self.path.with_suffix(".json.broken")
                 self.path.replace(broken)
                 self.warning = f"{self.path} could not be read ({exc}); it was kept as {broken} and progress restarts"
@@ -60,15 +79,18 @@ class Progress:
 
     def save(self) -> None:
         """Atomically: a crash mid-write leaves the old file, never half of one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".exercises.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=2)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".exercises.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.data, f, indent=2)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise _fix(self.path, exc) from None
 
     def checklist(self) -> list[str]:
         return [f"[{'x' if self.done(k) else ' '}] {k:<8} {TITLES[k]}"
-                + (f" ({self.data['exercises'][k]['attempts']} attempts)" if k in self.data["exercises"] else "")
+                + (f" ({_attempts(self.data['exercises'][k]['attempts'])})" if k in self.data["exercises"] else "")
                 for k in ORDER]
 
 
