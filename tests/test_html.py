@@ -227,3 +227,21 @@ def test_cli_html_needs_a_file_and_writes_one_for_the_model(tmp_path):
     pfn = build_model_journey(run_in_model(find_scenario("first-touch"))).walk.frame_pfn
     assert f"PFN 0x{pfn:x}" in render_html(build_model_journey(run_in_model(find_scenario("first-touch"))))
     assert f"0x{pfn:x}" not in html and "PFN [PFN]" in html
+
+
+@pytest.mark.live
+def test_live_scenario_redacted_holds_none_of_its_pfns(can_trace):
+    from pagefault.decode.bits import to_jsonable
+    from pagefault.journey.scenario_check import build_scenario_journey, check_scenario
+    scenario = find_scenario("fork-then-write")
+    model, live, agreement, ev, _run = check_scenario(scenario)
+    j = build_scenario_journey(scenario, ev, live, model, agreement)
+    pfns = {e.fields["pfn"] for e in ev.events if e.name == "kmem:mm_page_alloc" and e.pid in (ev.pid, ev.child_pid)}
+    pfns |= {pm & ((1 << 55) - 1) for snap in ev.snapshots for entries in snap.pagemaps.values() for pm in entries
+             if pm >> 63}
+    shown = json.dumps(to_jsonable(j))
+    named = [p for p in pfns if f"0x{p:x}" in shown]
+    assert named, "the plain journey names the PFNs it saw (else this test checks nothing)"
+    redacted = json.dumps(to_jsonable(redact_journey(j)[0])) + render_html(j, redact=True)
+    leaked = [hex(p) for p in pfns if re.search(rf"(?<![0-9a-f])(0x)?0*{p:x}(?![0-9a-f])", redacted)]
+    assert not leaked and "[PFN]" in redacted

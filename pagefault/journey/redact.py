@@ -20,6 +20,22 @@ FRAME_MASK = 0x000F_FFFF_FFFF_F000
 KERNEL_ADDRESS = re.compile(r"(?<![0-9a-fA-F])(?:0x)?ffff[89a-f][0-9a-f]{11}(?![0-9a-fA-F])", re.IGNORECASE)
 NAMED_PFN = re.compile(r"\b(PFNs?|frame|pfn) (0x[0-9a-fA-F]+)")
 NAMED_PHYS = re.compile(r"\b(physical(?: address)?) (0x[0-9a-fA-F]+)")
+NAMED_PAGEMAP = re.compile(r"\bpagemap (?:entry )?(?:=\s*)?(0x[0-9a-fA-F]+)")
+
+
+def strings(obj):
+    """Every string in a journey's tree of dataclasses, lists and dicts."""
+    if isinstance(obj, str):
+        yield obj
+    elif is_dataclass(obj):
+        for f in fields(obj):
+            yield from strings(getattr(obj, f.name))
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from strings(item)
+    elif isinstance(obj, dict):
+        for val in obj.values():
+            yield from strings(val)
 
 
 HEX = re.compile(r"(?<![0-9a-zA-Z])(0x[0-9a-fA-F]+|[0-9a-fA-F]{16})(?![0-9a-zA-Z])")
@@ -58,6 +74,9 @@ class Redactor:
                 for e in (lv.entry, lv.entry_before):
                     if e:
                         self.entries.add(e)
+        for text in strings(j):      # numbers the text names: "PFN 0x…", "pagemap 0x…"
+            self.pfns |= {int(m.group(2), 16) for m in NAMED_PFN.finditer(text)}
+            self.pagemaps |= {int(m.group(1), 16) for m in NAMED_PAGEMAP.finditer(text)}
         for e in self.entries:
             self.phys.add(e & FRAME_MASK)
         for pm in self.pagemaps:

@@ -68,8 +68,8 @@ class Progress:
 
     def record(self, key: str, right: bool, where: str) -> None:
         entry = self.data["exercises"].setdefault(key, {"done": False, "attempts": 0})
-        entry["attempts"] += 1
-        entry["done"] = entry["done"] or right
+        entry["attempts"] = entry.get("attempts", 0) + 1
+        entry["done"] = bool(entry.get("done")) or right
         entry["last"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "right": right, "on": where}
         self.save()
 
@@ -90,7 +90,7 @@ class Progress:
 
     def checklist(self) -> list[str]:
         return [f"[{'x' if self.done(k) else ' '}] {k:<8} {TITLES[k]}"
-                + (f" ({_attempts(self.data['exercises'][k]['attempts'])})" if k in self.data["exercises"] else "")
+                + (f" ({_attempts(self.data['exercises'][k].get('attempts', 0))})" if k in self.data["exercises"] else "")
                 for k in ORDER]
 
 
