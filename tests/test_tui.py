@@ -124,3 +124,20 @@ def test_cli_refuses_tui_without_a_terminal_or_with_a_file_and_says_what_to_do()
     r = subprocess.run(cli + ["--format", "json", "-o", "/dev/null"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "leave out --format and -o" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def _list_keys(journey):
+    app = JourneyApp(journey)
+    async with app.run_test(size=(160, 50)) as pilot:
+        app.query_one("#steps", ListView).focus()
+        await pilot.press("down", "down", "down")
+        await pilot.pause()
+        assert app.index == 3
+        assert static_text(app, "#title").startswith(f"step 4/{len(journey.steps)}: {journey.steps[3].title}")
+        await pilot.press("up")
+        await pilot.pause()
+        assert app.index == 2 and shown_rows(app)[0][0] == journey.steps[2].values[0].label
+
+
+def test_up_and_down_in_the_list_of_steps_show_that_step():
+    asyncio.run(_list_keys(build_model_journey(run_in_model(find_scenario("file-read")))))

@@ -99,8 +99,17 @@ class JourneyApp(App):
         self.show_page(self.index)
 
     def on_list_view_selected(self, event: ListView.Selected) -> None:
-        if event.item is not None and event.item.id:
-            self.show_page(int(event.item.id.split("-")[1]))
+        self._follow(event.item)
+
+    def on_list_view_highlighted(self, event: ListView.Highlighted) -> None:
+        self._follow(event.item)
+
+    def _follow(self, item: ListItem | None) -> None:
+        """Up/down or a click in the list of steps shows that step."""
+        if item is not None and item.id:
+            index = int(item.id.split("-")[1])
+            if index != self.index:
+                self.show_page(index)
 
     # --- drawing ------------------------------------------------------------------------------------------
 
