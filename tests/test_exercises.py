@@ -265,3 +265,23 @@ def test_as_nobody_the_simulator_is_used_and_an_unwritable_state_dir_is_a_clear_
                        timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot use the progress file" in r.stderr and "fix: set XDG_STATE_HOME" in r.stderr
+
+
+def test_rip_exercise_hand_checked_with_a_wrong_offset_and_a_right_mnemonic(tmp_path):
+    from pagefault.journey.exercises import exercise_rip
+    from pagefault.journey.steps import Journey, Step, derived, observed
+    j = Journey("bpf", "6.18", 7, ["prog"], "prog")
+    trap, rip = Step(3, "trap", "trap", "touched"), Step(4, "rip", "rip", "touched")
+    trap.values.append(observed("RIP", 0x5556E21ED2B4, "tracepoint"))
+    rip.values += [observed("mapping holding RIP", "5556e21ed000-5556e21ee000 r-xp 00001000 fe:00 16039955 /tmp/prog",
+                            "/proc/7/maps"),
+                   derived("file offset", 0x12B4, "RIP − start + offset"),
+                   derived("instruction", "mov qword ptr [rcx], rax", "capstone", ["bytes 48 89 01 → mov"])]
+    j.steps += [trap, rip]
+    e = exercise_rip(j)
+    # 0x5556e21ed2b4 − 0x5556e21ed000 + 0x1000 = 0x2b4 + 0x1000 = 0x12b4
+    assert [q.answer for q in e.questions] == [0x12B4, "mov"]
+    right, out, progress = run([e], ["0x2b4", "MOV"], tmp_path / "p.json")
+    assert right == 0 and not progress.done("rip")
+    assert "✗ not this one: the answer is 0x12b4" in out
+    assert "0x5556e21ed2b4 − 0x5556e21ed000 + 0x1000 = 0x12b4" in out and "✓ right: mov" in out
