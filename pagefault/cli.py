@@ -555,15 +555,7 @@ def _exercise(args, progress) -> int:
         print("every exercise is done; pagefault exercise --all sets them all again on a new fault")
         return 0
     journey = _live_or_model_journey(args, None if args.quiet else stderr_progress)
-    if journey.tier == "model":
-        from .decode.fault_flags import fallback_fault_flag_values
-        table, source = fallback_fault_flag_values((6, 18))
-        source = "modelled: " + source
-    else:
-        from .kernel.facts import fault_flag_values
-        ff = fault_flag_values()
-        table, source = ff.values, ff.source
-    exercises = [e for e in build_exercises(journey, table, source) if e.key in wanted]
+    exercises = [e for e in build_exercises(journey) if e.key in wanted]
     console = Console(highlight=False)
     where = ("the simulator's fault (scenario first-touch)" if journey.tier == "model" else
              f"PID {journey.pid}'s fault at 0x{journey.walk.address:x}, kernel {journey.kernel}" if journey.walk

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from pagefault.cli import _model_journey
-from pagefault.decode.fault_flags import fallback_fault_flag_values
 from pagefault.journey.exercises import AnswerError, build_exercises, read_answer
 from pagefault.views.exercise_view import Progress, run_exercises
 
@@ -26,8 +25,7 @@ CLI = [sys.executable, "-m", "pagefault"]
 @pytest.fixture(scope="module")
 def model_exercises():
     j = _model_journey(argparse.Namespace(scenario=None))
-    table, source = fallback_fault_flag_values((6, 18))
-    return j, {e.key: e for e in build_exercises(j, table, source)}
+    return j, {e.key: e for e in build_exercises(j)}
 
 
 def run(exercises, answers, path):

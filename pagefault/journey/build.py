@@ -591,13 +591,8 @@ def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
             "observed" if read else "unavailable",
             "bpftrace read at the program's next system call after the fault" if read
             else ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
-    leaf = next((lv for lv in reversed(walk.levels) if lv.entry is not None), None)
-    if leaf is not None:
-        p = decode_pte(leaf.entry, leaf.level)
-        if p.present:
-            walk.frame_pfn = p.pfn
-            walk.page_size = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}.get(leaf.level, 4096)
-    elif f.pagemap_pfn is not None:
+    walk.set_frame()
+    if walk.frame_pfn is None and not any(lv.entry is not None for lv in walk.levels):
         walk.frame_pfn = f.pagemap_pfn
     return walk
 
@@ -613,7 +608,8 @@ STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "to
 
 def build_journey(ev: JourneyEvidence) -> Journey:
     """The steps the evidence so far supports (the target may still be paused at a phase)."""
-    j = Journey(ev.tier, ev.kernel_release, ev.pid, list(ev.argv), ev.program.how)
+    j = Journey(ev.tier, ev.kernel_release, ev.pid, list(ev.argv), ev.program.how,
+                fault_flag_table=dict(ev.fault_flag_table), fault_flag_source=ev.fault_flag_source)
     f = Facts(ev)
     for builder, stage in STEP_BUILDERS:
         if stage in ev.snapshots:

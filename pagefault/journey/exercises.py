@@ -64,7 +64,7 @@ class Question:
     prompt: str
     answer: Any
     kind: str                 # hex, int, yesno, word
-    derivation: list[str] = field(default_factory=list)   # how this answer follows (else the exercise's)
+    derivation: list[str] = field(default_factory=list)   # how this answer follows, shown after a wrong one
 
     def shown(self, value: Any) -> str:
         if self.kind == "hex":
@@ -86,7 +86,6 @@ class Exercise:
     title: str
     givens: list[tuple[str, str, str]] = field(default_factory=list)   # (what, value, provenance: where from)
     questions: list[Question] = field(default_factory=list)
-    derivation: list[str] = field(default_factory=list)
     confirmation: list[str] = field(default_factory=list)   # what the kernel (or the model) itself showed
     unavailable: str = ""
 
@@ -126,7 +125,6 @@ def exercise_rip(j: Journey) -> Exercise:
                  "instruction is it? (its mnemonic)", mnemonic, "word",
                  [arithmetic, *(elf.derivation if elf else []), *insn.derivation]),
     ]
-    e.derivation = [arithmetic, *(elf.derivation if elf else []), *insn.derivation]
     e.confirmation = [f"instruction: {insn.display} ({insn.source})"]
     line = _find(j, "rip", "source line")
     if line:
@@ -135,7 +133,7 @@ def exercise_rip(j: Journey) -> Exercise:
     return e
 
 
-def exercise_flags(j: Journey, table: dict[str, int], table_source: str) -> Exercise:
+def exercise_flags(j: Journey) -> Exercise:
     code, flags = _find(j, "trap", "error code"), _find(j, "flags", "flags")
     if not (code and flags):
         return _missing("flags", "the error code and the flags derived from it", j)
@@ -145,7 +143,8 @@ def exercise_flags(j: Journey, table: dict[str, int], table_source: str) -> Exer
                 ("x86 error-code bits", "P 0x1 (page present), W 0x2 (write), U 0x4 (user mode), I 0x10 (fetch)",
                  "modelled: arch/x86/include/asm/trap_pf.h"),
                 ("enum fault_flag", ", ".join(f"{n.removeprefix('FAULT_FLAG_')} 0x{v:x}" for n, v in
-                                              sorted(table.items(), key=lambda kv: kv[1])), table_source),
+                                              sorted(j.fault_flag_table.items(), key=lambda kv: kv[1])),
+                 j.fault_flag_source),
                 ("rules of do_user_addr_fault()", "flags start as FAULT_FLAG_DEFAULT (ALLOW_RETRY | KILLABLE | "
                  "INTERRUPTIBLE); | WRITE for a write, | INSTRUCTION for a fetch, | USER from user mode; the "
                  "per-VMA-lock path hands handle_mm_fault() flags | VMA_LOCK", "modelled: arch/x86/mm/fault.c")]
@@ -156,7 +155,6 @@ def exercise_flags(j: Journey, table: dict[str, int], table_source: str) -> Exer
                             [f"0x{code.value:x} & 0x4 = 0x{code.value & 4:x}", *bits]),
                    Question("Which flags value does handle_mm_fault() get? (hex)", flags.value, "hex",
                             list(flags.derivation))]
-    e.derivation = list(d.bit_meanings) + list(flags.derivation)
     e.confirmation = [f"flags: {flags.display} ({flags.provenance}: {flags.source})"]
     return e
 
@@ -174,7 +172,6 @@ def exercise_indices(j: Journey) -> Exercise:
     lines = split.derivations
     e.questions = [Question(f"{i.level} index? (0–511)", i.index, "int", [lines[n]]) for n, i in enumerate(split.indices)]
     e.questions.append(Question("page offset? (hex)", split.page_offset, "hex", [lines[len(split.indices)]]))
-    e.derivation = list(split.derivations[:len(split.indices) + 1])
     if j.walk and any(lv.entry is not None for lv in j.walk.levels):
         e.confirmation = ["the kernel's tables, read at these indices: " + ", ".join(
             f"{lv.level}[{lv.index}] = 0x{lv.entry:x}" for lv in j.walk.levels if lv.entry is not None)]
@@ -196,7 +193,6 @@ def exercise_pfn(j: Journey) -> Exercise:
                             [f"0x{pm.value:x} >> 63 = 1: bit 63 (present) is set"]),
                    Question("Which PFN? (hex)", pfn, "hex", [line for line in decoded if line.startswith("PFN")]),
                    Question("At which physical address does the page start? (hex)", pfn << 12, "hex", [shift])]
-    e.derivation = decoded + [shift]
     alloc = _find(j, "alloc", "PFN")
     if alloc:
         e.confirmation = [f"mm_page_alloc handed out PFN {alloc.display} ({alloc.provenance}: {alloc.source})"]
@@ -217,8 +213,7 @@ def exercise_pte(j: Journey) -> Exercise:
                 ("rules", "a private writable VMA's vm_page_prot is P|US|A|NX (read-only, for COW); "
                  "do_anonymous_page() adds D and RW for a write fault to its new page",
                  "modelled: mm/memory.c, arch/x86/mm/pgprot.c")]
-    e.questions = [Question("Which PTE does the fault install? (hex)", built.value, "hex")]
-    e.derivation = list(built.derivation)
+    e.questions = [Question("Which PTE does the fault install? (hex)", built.value, "hex", list(built.derivation))]
     read = _find(j, "pte", "PTE (read)")
     if read:
         e.confirmation = [f"the PTE bpftrace read from the table: {read.display}"]
@@ -226,6 +221,6 @@ def exercise_pte(j: Journey) -> Exercise:
     return e
 
 
-def build_exercises(j: Journey, fault_flag_table: dict[str, int], fault_flag_source: str) -> list[Exercise]:
-    return [exercise_rip(j), exercise_flags(j, fault_flag_table, fault_flag_source), exercise_indices(j),
+def build_exercises(j: Journey) -> list[Exercise]:
+    return [exercise_rip(j), exercise_flags(j), exercise_indices(j),
             exercise_pfn(j), exercise_pte(j)]

@@ -29,6 +29,11 @@ def _computed(label: str, value, how: str, derivation: list[str] | None = None, 
     return modelled(label, value, f"computed from the simulator's values: {how}", derivation, display)
 
 
+def model_fault_flags() -> tuple[dict[str, int], str]:
+    """enum fault_flag as the model's kernel (6.18) has it."""
+    return fallback_fault_flag_values((6, 18))
+
+
 def featured_fault(run: ModelRun) -> mk.Fault | None:
     faults = run.faults_by_op[run.scenario.featured] if run.scenario.featured < len(run.faults_by_op) else []
     return faults[0] if faults else (run.populated[0] if run.populated else None)
@@ -45,6 +50,8 @@ def build_model_journey(run: ModelRun, note: str = "") -> Journey:
     if note:
         j.notes.append(note)
     j.notes.append("every value here is modelled: the simulator's own addresses and PFNs, never this machine's")
+    j.fault_flag_table, source = model_fault_flags()
+    j.fault_flag_source = "modelled: " + source
     f = featured_fault(run)
     j.steps += featured_steps(run, f) if f else []
     if f:
@@ -66,12 +73,7 @@ def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
     for level, table, idx, entry in (f.walk_after or f.walk_before):
         walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), "modelled",
                                      _src(run, "the simulated page tables")))
-    if walk.levels:
-        leaf = walk.levels[-1]
-        p = decode_pte(leaf.entry, leaf.level)
-        if p.present:
-            walk.frame_pfn = p.pfn
-            walk.page_size = 2 << 20 if leaf.level == "PMD" else 4096
+    walk.set_frame()
     return walk
 
 
@@ -123,7 +125,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s.values.append(unavailable("instruction", LIVE_ONLY))
     steps.append(s)
 
-    values, source = fallback_fault_flag_values((6, 18))
+    values, source = model_fault_flags()
     ff = derive_fault_flags(code, values, source=source)
     s = Step(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched")
     s.values.append(modelled("enum fault_flag table", source, source))

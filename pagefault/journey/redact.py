@@ -23,19 +23,27 @@ NAMED_PHYS = re.compile(r"\b(physical(?: address)?) (0x[0-9a-fA-F]+)")
 NAMED_PAGEMAP = re.compile(r"\bpagemap (?:entry )?(?:=\s*)?(0x[0-9a-fA-F]+)")
 
 
-def strings(obj):
-    """Every string in a journey's tree of dataclasses, lists and dicts."""
-    if isinstance(obj, str):
-        yield obj
-    elif is_dataclass(obj):
+def rewrite_strings(obj, fn) -> None:
+    """Replace, in place, every string in a journey's tree of dataclasses, lists and dicts by fn(string)."""
+    if is_dataclass(obj):
         for f in fields(obj):
-            yield from strings(getattr(obj, f.name))
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from strings(item)
+            val = getattr(obj, f.name)
+            if isinstance(val, str):
+                setattr(obj, f.name, fn(val))
+            else:
+                rewrite_strings(val, fn)
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            if isinstance(item, str):
+                obj[i] = fn(item)
+            else:
+                rewrite_strings(item, fn)
     elif isinstance(obj, dict):
-        for val in obj.values():
-            yield from strings(val)
+        for key, val in obj.items():
+            if isinstance(val, str):
+                obj[key] = fn(val)
+            else:
+                rewrite_strings(val, fn)
 
 
 HEX = re.compile(r"(?<![0-9a-zA-Z])(0x[0-9a-fA-F]+|[0-9a-fA-F]{16})(?![0-9a-zA-Z])")
@@ -56,48 +64,35 @@ class Redactor:
     """Collects the journey's sensitive numbers once, then hides them in any text."""
 
     def __init__(self, j: Journey):
-        self.entries: set[int] = set()
-        self.pagemaps: set[int] = set()
-        self.phys: set[int] = set()
-        self.pfns: set[int] = set()
-        for step in j.steps:
+        self.entries: set[int] = set()      # page-table entries: shown with their frame field masked
+        self.pfns: set[int] = set()         # every frame the journey names, from PFNs, physical addresses,
+        for step in j.steps:                # entries and pagemap entries
             for v in step.values:
                 self._collect(v)
         if j.walk:
-            if j.walk.cr3 is not None:
-                self.phys.add(j.walk.cr3)
-            if j.walk.frame_pfn is not None:
-                self.pfns.add(j.walk.frame_pfn)
-            for lv in j.walk.levels:
-                if lv.table is not None:
-                    self.phys.add(lv.table)
-                for e in (lv.entry, lv.entry_before):
-                    if e:
-                        self.entries.add(e)
-        for text in strings(j):      # numbers the text names: "PFN 0x…", "pagemap 0x…"
-            self.pfns |= {int(m.group(2), 16) for m in NAMED_PFN.finditer(text)}
-            self.pagemaps |= {int(m.group(1), 16) for m in NAMED_PAGEMAP.finditer(text)}
-        for e in self.entries:
-            self.phys.add(e & FRAME_MASK)
-        for pm in self.pagemaps:
-            self.pfns.add(pm & PM_PFN_MASK)
-        self.pfns |= {p >> 12 for p in self.phys}
-        self.phys |= {p << 12 for p in self.pfns}
+            self.pfns |= {j.walk.frame_pfn} | {p >> 12 for p in (j.walk.cr3, *(lv.table for lv in j.walk.levels))
+                                               if p is not None}
+            self.entries |= {e for lv in j.walk.levels for e in (lv.entry, lv.entry_before) if e}
+
+        def named(text: str) -> str:       # numbers the text names: "PFN 0x…", "pagemap 0x…"
+            self.pfns.update(int(m.group(2), 16) for m in NAMED_PFN.finditer(text))
+            self.pfns.update(int(m.group(1), 16) & PM_PFN_MASK for m in NAMED_PAGEMAP.finditer(text))
+            return text
+        rewrite_strings(j, named)
         self.entries.discard(0)
-        self.pagemaps.discard(0)
-        self.phys.discard(0)
-        self.pfns.discard(0)
+        self.pfns |= {(e & FRAME_MASK) >> 12 for e in self.entries}
+        self.pfns -= {0, None}
 
     def _collect(self, v: Value) -> None:
         if not isinstance(v.value, int) or isinstance(v.value, bool):
             return
         label = v.label.lower()
         if "pagemap" in label:
-            self.pagemaps.add(v.value)
+            self.pfns.add(v.value & PM_PFN_MASK)
         elif "pfn" in label:
             self.pfns.add(v.value)
         elif "physical" in label or "cr3" in label:
-            self.phys.add(v.value)
+            self.pfns.add(v.value >> 12)
         elif "entry" in label or label.startswith("pte (") or label.startswith("pte entry"):
             self.entries.add(v.value)
 
@@ -133,7 +128,7 @@ class Redactor:
 
 class NoRedaction(Redactor):
     def __init__(self) -> None:  # noqa: D107 - nothing to collect
-        self.entries, self.pagemaps, self.phys, self.pfns = set(), set(), set(), set()
+        pass
 
     def text(self, s: str) -> str:
         return s
@@ -143,39 +138,12 @@ def redact_journey(j: Journey) -> tuple[Journey, Redactor]:
     """A deep copy with every string passed through the redactor; a value whose text changed loses its number."""
     r = Redactor(j)
     out = copy.deepcopy(j)
-
-    def walk(obj):
-        if isinstance(obj, Value):
-            display = r.text(obj.display)
-            if isinstance(obj.value, str):
-                obj.value = r.text(obj.value)
-            elif display != obj.display or (isinstance(obj.value, int) and not isinstance(obj.value, bool)
-                                            and r.text(f"0x{obj.value:x}") != f"0x{obj.value:x}"):
-                obj.value = display
-            obj.display, obj.source = display, r.text(obj.source)
-            obj.derivation = [r.text(line) for line in obj.derivation]
-            return
-        if is_dataclass(obj):
-            for f in fields(obj):
-                val = getattr(obj, f.name)
-                if isinstance(val, str):
-                    setattr(obj, f.name, r.text(val))
-                else:
-                    walk(val)
-        elif isinstance(obj, list):
-            for i, item in enumerate(obj):
-                if isinstance(item, str):
-                    obj[i] = r.text(item)
-                else:
-                    walk(item)
-        elif isinstance(obj, dict):
-            for key, val in obj.items():
-                if isinstance(val, str):
-                    obj[key] = r.text(val)
-                else:
-                    walk(val)
-
-    walk(out)
+    for step in out.steps:      # a number whose text is hidden becomes that hidden text
+        for v in step.values:
+            if isinstance(v.value, int) and not isinstance(v.value, bool) and (
+                    r.text(v.display) != v.display or r.text(f"0x{v.value:x}") != f"0x{v.value:x}"):
+                v.value = v.display
+    rewrite_strings(out, r.text)
     if out.walk:   # the numbers of the drawing: hidden ones dropped, the redacted text stays in the steps
         w = out.walk
         w.cr3 = None

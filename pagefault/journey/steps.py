@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..decode.pte import decode_pte
+
 PROVENANCES = ("observed", "derived", "modelled", "unavailable")
+LEAF_PAGE_SIZE = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}
 WS = ("what", "why", "where", "who", "when", "without", "which")
 
 
@@ -65,6 +68,10 @@ class Step:
     ws: dict[str, str] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)   # raw lines: call chains, maps lines, entries
 
+    def all_derivations(self) -> list[str]:
+        """The values' derivations, then the step's own."""
+        return [d for v in self.values for d in v.derivation] + self.derivations
+
     def value(self, label: str) -> Value:
         for v in self.values:
             if v.label == label:
@@ -104,6 +111,16 @@ class PageWalk:
     frame_pfn: int | None = None        # from the leaf entry's frame field
     page_size: int = 4096
 
+    def set_frame(self) -> None:
+        """The frame and page size from the last entry read, when it is present (a PMD or PUD leaf is huge)."""
+        leaf = next((lv for lv in reversed(self.levels) if lv.entry is not None), None)
+        if leaf is None:
+            return
+        p = decode_pte(leaf.entry, leaf.level)
+        if p.present:
+            self.frame_pfn = p.pfn
+            self.page_size = LEAF_PAGE_SIZE.get(leaf.level, 4096)
+
 
 @dataclass
 class Area:
@@ -130,6 +147,8 @@ class Journey:
     walk: PageWalk | None = None
     layout: list[Area] = field(default_factory=list)    # the VMAs when the fault was handled
     layout_source: str = ""
+    fault_flag_table: dict[str, int] = field(default_factory=dict)   # enum fault_flag used for the flags step
+    fault_flag_source: str = ""
 
 
 def timeline_from(items: list[tuple[int, str, str]], start_ns: int) -> list[TimelineEntry]:

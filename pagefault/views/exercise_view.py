@@ -117,7 +117,7 @@ def ask_exercise(e: Exercise, ask: Ask, console: Console) -> bool | None:
             all_right = False
             console.print(f"  [red]✗ not this one[/red]: the answer is {escape(q.shown(q.answer))}", highlight=False)
             console.print("  how it follows:", style="bold")
-            for line in q.derivation or e.derivation:
+            for line in q.derivation:
                 console.print("    " + escape(line), highlight=False)
     for line in e.confirmation:
         console.print(f"  [cyan]seen[/cyan] {escape(line)}", highlight=False)

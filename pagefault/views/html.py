@@ -9,7 +9,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..decode.pte import decode_pte
 from ..journey.redact import NoRedaction, Redactor, redact_journey
-from ..journey.steps import WS, Area, Journey, PageWalk, Step
+from ..journey.steps import WS, Area, Journey, PageWalk
 
 NODE_WIDTH = 196
 NODE_GAP = 40
@@ -57,10 +57,6 @@ def layout_rows(areas: list[Area]) -> list[dict]:
     return rows[::-1]
 
 
-def _step_derivations(step: Step) -> list[str]:
-    return [d for v in step.values for d in v.derivation] + step.derivations
-
-
 def render_html(j: Journey, redact: bool = False) -> str:
     env = Environment(loader=PackageLoader("pagefault", "views/templates"), autoescape=select_autoescape(["html"]))
     shown, r = redact_journey(j) if redact else (j, NoRedaction())
@@ -69,7 +65,7 @@ def render_html(j: Journey, redact: bool = False) -> str:
     offset_mask = (walk.page_size - 1) if walk else 0xFFF
     provenances = sorted({lv.provenance for lv in walk.levels}) if walk else []
     return env.get_template("journey.html").render(
-        j=shown, redacted=redact, ws_order=WS, step_derivations=_step_derivations,
+        j=shown, redacted=redact, ws_order=WS, 
         what="the simulator's process" if j.tier == "model" else "PID",
         walk=walk, nodes=nodes, walk_address=f"0x{walk.address:x}" if walk else "",
         walk_provenance=", ".join(f"{p} ({next(lv.source for lv in walk.levels if lv.provenance == p)})"

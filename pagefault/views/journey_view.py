@@ -25,7 +25,7 @@ def step_renderable(step: Step, total: int = 11) -> Panel:
     for v in step.values:
         t.add_row(escape(v.label), escape(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", escape(v.source))
     parts: list = [t]
-    lines = [d for v in step.values for d in v.derivation] + step.derivations
+    lines = step.all_derivations()
     if lines:
         parts.append(Text("derivation", style="bold"))
         parts += [Text("  " + line) for line in lines]
@@ -88,7 +88,7 @@ def to_markdown(j: Journey) -> str:
                 "|---|---|---|---|"]
         for v in step.values:
             out.append(f"| {_md(v.label)} | `{_md(v.display)}` | {v.provenance} | {_md(v.source)} |")
-        lines = [d for v in step.values for d in v.derivation] + step.derivations
+        lines = step.all_derivations()
         if lines:
             out += ["", "```", *lines, "```"]
         if step.ws:

@@ -21,10 +21,6 @@ def badge(provenance: str) -> Text:
     return Text(f" {provenance} ", style=f"bold white on {BADGE[provenance]}")
 
 
-def _derivations(step: Step) -> list[str]:
-    return [d for v in step.values for d in v.derivation] + step.derivations
-
-
 class JourneyApp(App):
     """One page of the journey at a time; the list on the left is the timeline of steps."""
 
@@ -143,7 +139,7 @@ class JourneyApp(App):
         table = self._table("value", "", "provenance", "source / how")
         for v in step.values:
             table.add_row(Text(v.label), Text(v.display), badge(v.provenance), Text(v.source))
-        lines = _derivations(step)
+        lines = step.all_derivations()
         self.query_one("#derivations", Static).update(
             Text("derivation\n", style="bold") + Text("\n".join("  " + d for d in lines)) if lines else "")
         ws = Text()
