@@ -592,8 +592,9 @@ def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
             "bpftrace read at the program's next system call after the fault" if read
             else ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     walk.set_frame()
-    if walk.frame_pfn is None and not any(lv.entry is not None for lv in walk.levels):
+    if walk.frame_pfn is None and not any(lv.entry is not None for lv in walk.levels) and f.pagemap_pfn:
         walk.frame_pfn = f.pagemap_pfn
+        walk.frame_source = f"observed: /proc/{ev.pid}/pagemap after the write"
     return walk
 
 

@@ -68,7 +68,7 @@ def build_model_journey(run: ModelRun, note: str = "") -> Journey:
 def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
     """The featured fault's walk in the simulator's tables, with the entries after it (and before)."""
     proc = run.kernel.processes[f.pid]
-    walk = PageWalk(f.address, proc.pgd << 12, _src(run, "the simulated PGD page's PFN << 12"))
+    walk = PageWalk(f.address, proc.pgd << 12, "modelled: " + _src(run, "the simulated PGD page's PFN << 12"))
     before = {level: entry for level, _t, _i, entry in f.walk_before}
     for level, table, idx, entry in (f.walk_after or f.walk_before):
         walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), "modelled",

@@ -110,6 +110,7 @@ class PageWalk:
     levels: list[WalkLevel] = field(default_factory=list)
     frame_pfn: int | None = None        # from the leaf entry's frame field
     page_size: int = 4096
+    frame_source: str = "unavailable: no present entry was read"
 
     def set_frame(self) -> None:
         """The frame and page size from the last entry read, when it is present (a PMD or PUD leaf is huge)."""
@@ -120,6 +121,8 @@ class PageWalk:
         if p.present:
             self.frame_pfn = p.pfn
             self.page_size = LEAF_PAGE_SIZE.get(leaf.level, 4096)
+            kind = "derived" if leaf.provenance == "observed" else leaf.provenance
+            self.frame_source = f"{kind}: the frame field of the {leaf.level} entry"
 
 
 @dataclass
