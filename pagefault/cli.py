@@ -14,7 +14,8 @@ from .decode import (DecodeError, decode_error_code, decode_fault_flags, decode_
                      split_virtual_address, to_jsonable)
 from .views.decode_view import field_rows, flag_rows
 
-EXIT_USAGE = 2
+EXIT_PARTIAL = 1   # the work stopped early (e.g. a full disk); what was done is kept, and said
+EXIT_USAGE = 2     # a usage error or a refusal: one line on stderr with the fix
 
 
 class UsageError(Exception):
@@ -144,38 +145,54 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from rich.console import Console
     from .capture.tracer import CaptureError, TraceOptions, record, stderr_progress
-    from .capture.recording import load_recording
-    from .journey.trace_summary import summarize
     from .views.trace_view import render_summary
+    from .capture.safe_paths import OutputError, check_output_target
     argv = list(args.cmd)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    if bool(argv) == bool(args.pid):
+    if bool(argv) == (args.pid is not None):
         raise UsageError("give either a command after -- or -p PID (e.g. pagefault trace -- ls -l)")
-    if args.buffer_mb < 1:
-        raise UsageError("--buffer-mb must be at least 1")
+    if not 1 <= args.buffer_mb <= 4096:
+        raise UsageError("--buffer-mb must be from 1 to 4096")
     output = Path(args.output)
     opts = TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=output, tier=args.tier,
-                        data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None)
+                        data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None,
+                        force=args.force)
     try:
+        check_output_target(output, args.force)   # refused before the program runs, not after
         meta = record(opts)
-    except CaptureError as exc:
+    except (CaptureError, OutputError) as exc:
         raise UsageError(str(exc)) from None
     if not args.quiet and sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
+    written = f"recording written to {output} ({meta['bytes'] / 1e6:.1f} MB of events)"
+    if meta.get("disk_full"):
+        written = (f"the disk filled ({meta['disk_full']}): the recording stops there; what was recorded is kept "
+                   f"in {output}, which pagefault report reads as partial")
     if args.no_summary:
-        print(f"recording written to {output} ({meta['bytes'] / 1e6:.1f} MB of events); "
-              f"read it with: pagefault report {output}")
-        return 0
-    summary = summarize(load_recording(output))
+        print(f"{written}; read it with: pagefault report {output}")
+        return 0 if not meta.get("disk_full") else EXIT_PARTIAL
+    summary = _summarize(output)
     if args.json:
         print(json.dumps(to_jsonable(summary), indent=2))
     else:
         console = Console()
         render_summary(summary, console)
-        console.print(f"recording written to {output} ({meta['bytes'] / 1e6:.1f} MB of events); "
-                      f"read it again with: pagefault report {output}", highlight=False)
-    return 0
+        console.print(f"{written}; read it again with: pagefault report {output}", highlight=False, markup=False)
+    return 0 if not meta.get("disk_full") else EXIT_PARTIAL
+
+
+def _summarize(path: Path, top: int = 10):
+    """The summary of a recording; a damaged one is one line (UsageError), never a traceback."""
+    from .capture.recording import RecordingError, load_recording
+    from .journey.trace_summary import summarize
+    try:
+        return summarize(load_recording(path), top=top)
+    except RecordingError as exc:
+        raise UsageError(str(exc)) from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        # the chunks' CRCs matched, so the file was written this way: a bug or a hand-made file
+        raise UsageError(f"{path}: the records do not match the metadata ({exc}); record it again") from None
 
 
 def _pow2_pages(mb: int) -> int:
@@ -186,14 +203,17 @@ def _pow2_pages(mb: int) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .capture.recording import RecordingError, load_recording
-    from .journey.trace_summary import summarize
-    try:
-        rec = load_recording(args.file)
-    except RecordingError as exc:
-        raise UsageError(str(exc)) from None
+    if args.top < 0:
+        raise UsageError(f"--top {args.top} is negative; give how many rows to show (0 or more)")
+    if args.output and args.format != "perfetto":
+        raise UsageError("-o FILE is where --format perfetto writes; add --format perfetto, or leave out -o")
     if args.format == "perfetto":
+        try:
+            rec = load_recording(args.file)
+        except RecordingError as exc:
+            raise UsageError(str(exc)) from None
         return _report_perfetto(rec, args)
-    summary = summarize(rec, top=args.top)
+    summary = _summarize(args.file, args.top)
     if args.json:
         print(json.dumps(to_jsonable(summary), indent=2))
     else:
@@ -208,15 +228,16 @@ def _report_perfetto(rec, args) -> int:
     from .views.perfetto import PerfettoError, dumps, recording_trace
     if not args.output:
         raise UsageError("--format perfetto needs -o FILE (a .json trace for ui.perfetto.dev)")
-    columns, names, fields, comms = recording_columns(rec)
+    from .capture.safe_paths import OutputError, check_output_target, write_output
     try:
+        check_output_target(Path(args.output), args.force)
+        columns, names, fields, comms = recording_columns(rec)
         trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []))
-    except PerfettoError as exc:
+        write_output(Path(args.output), dumps(trace), args.force)
+    except (PerfettoError, OutputError) as exc:
         raise UsageError(str(exc)) from None
-    try:
-        Path(args.output).write_text(dumps(trace))
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.output}: {exc.strerror}; fix: choose another place with -o FILE") from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        raise UsageError(f"{args.file}: the records do not match the metadata ({exc}); record it again") from None
     print(f"{len(columns['time']):,} samples written to {args.output} (Chrome JSON trace: open it in "
           "ui.perfetto.dev)", file=sys.stderr)
     return 0
@@ -232,6 +253,7 @@ def _register_capture(sub) -> None:
     t.add_argument("-g", "--call-graph", action="store_true", help="record kernel and user call chains")
     t.add_argument("-o", "--output", default="pagefault.pfrec", help="recording file (default pagefault.pfrec)")
     t.add_argument("-p", "--pid", type=int, help="attach to a running process instead of starting one")
+    t.add_argument("--force", action="store_true", help="replace an existing output file")
     t.add_argument("--tier", choices=("auto", "perf", "user"), default="auto",
                    help="perf: tracepoints (root); user: software page-fault event (no root)")
     t.add_argument("--buffer-mb", type=int, default=8, help="ring buffer per CPU in MiB (default 8)")
@@ -247,6 +269,7 @@ def _register_capture(sub) -> None:
     r.add_argument("--format", choices=("text", "perfetto"), default="text",
                    help="perfetto: every sample on a timeline (Chrome JSON trace), with -o FILE")
     r.add_argument("-o", "--output", help="where --format perfetto writes")
+    r.add_argument("--force", action="store_true", help="replace an existing output file")
     r.set_defaults(func=cmd_report)
 
 
@@ -265,14 +288,36 @@ def _journey_output(args) -> Path | None:
     if args.tui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("--tui needs a terminal (it works over ssh -t); fix: run it in a terminal, or use "
                          "--no-pause or --format html -o FILE")
+    if args.model and args.tier in ("bpf", "perf", "user"):
+        raise UsageError(f"--model runs the simulator, --tier {args.tier} traces the kernel; give one of them")
+    if args.scenario is not None and not args.scenario.strip():
+        raise UsageError("--scenario needs a name (see pagefault scenarios)")
+    varied = [name for name, value in (("--offset", args.offset), ("--size", args.size), ("--text", args.text))
+              if value is not None]
+    if varied and (args.model or args.scenario or args.tier == "model"):
+        raise UsageError(f"{', '.join(varied)} vary the exercise program of the live journey; a scenario and the "
+                         "simulator's journey have their own fixed operations, so leave them out")
+    if args.text is not None:
+        try:
+            args.text.encode()
+        except UnicodeEncodeError:
+            raise UsageError("--text is not valid UTF-8; give the text in the terminal's UTF-8 encoding") from None
     output = Path(args.output) if args.output else None
     if output:
+        from .capture.safe_paths import OutputError, check_output_target
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.touch()
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}; fix: choose another place with -o FILE") from None
+            check_output_target(output, args.force)   # checked now; the file is written only at the end
+        except OutputError as exc:
+            raise UsageError(str(exc)) from None
     return output
+
+
+def _write_output(output: Path, text: str, args) -> None:
+    from .capture.safe_paths import OutputError, write_output
+    try:
+        write_output(output, text, args.force)
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _emit_journey(journey, args, output, console) -> int:
@@ -283,8 +328,7 @@ def _emit_journey(journey, args, output, console) -> int:
         return 0
     if args.format == "html":
         from .views.html import render_html
-        text = render_html(journey, redact=args.redact)
-        output.write_text(text)
+        _write_output(output, render_html(journey, redact=args.redact), args)
         print(f"journey written to {output} (html{', redacted' if args.redact else ''}; open it in a browser, "
               "it fetches nothing)", file=sys.stderr)
         return 0
@@ -306,7 +350,7 @@ def _emit_journey(journey, args, output, console) -> int:
     else:
         text = journey_view.to_markdown(journey) if args.format == "markdown" else journey_view.to_json(journey)
     if output:
-        output.write_text(text)
+        _write_output(output, text, args)
         print(f"journey written to {output} ({args.format})", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -338,8 +382,8 @@ def cmd_journey(args: argparse.Namespace) -> int:
         return _emit_journey(_model_journey(args), args, output, console)
     if args.scenario:
         return _live_scenario(args, output, console, progress)
-    options = ExerciseOptions(offset=parse_number(args.offset, "--offset"), size=parse_number(args.size, "--size"),
-                              text=args.text)
+    options = ExerciseOptions(offset=parse_number(args.offset or "0x100", "--offset"),
+                              size=parse_number(args.size or "4096", "--size"), text=args.text)
     interactive = (args.format == "text" and not args.no_pause and not args.tui and sys.stdin.isatty()
                    and sys.stdout.isatty())
     try:
@@ -456,8 +500,8 @@ def _register_journey(sub) -> None:
     j = sub.add_parser("journey", help="the live, step-by-step journey of one page fault, every number proven",
                        usage="pagefault journey [--scenario NAME] [--model] [--offset N] [--size N] [--text S] [--tier TIER] "
                              "[--no-pause | --tui] [--format text|html|markdown|json|perfetto] [-o FILE] [--redact]")
-    j.add_argument("--offset", default="0x100", help="where in the mapping to write (default 0x100)")
-    j.add_argument("--size", default="4096", help="the mapping's size in bytes (default 4096)")
+    j.add_argument("--offset", help="where in the mapping to write (default 0x100)")
+    j.add_argument("--size", help="the mapping's size in bytes (default 4096)")
     j.add_argument("--text", default=None, help="the string to write (default: 'offset world', copied inside main)")
     j.add_argument("--tier", choices=("auto", "bpf", "perf", "user", "model"), default="auto",
                    help="bpf: raw page-table entries too (root, bpftrace); perf: tracepoints (root); user: no root; "
@@ -470,6 +514,8 @@ def _register_journey(sub) -> None:
                         "JSON trace for ui.perfetto.dev")
     j.add_argument("-o", "--output", help="write html, markdown, json or perfetto to FILE")
     j.add_argument("--redact", action="store_true", help="hide PFNs, physical and kernel addresses (for sharing)")
+    j.add_argument("--force", action="store_true", help="replace an existing output file (a symlink there is "
+                                                         "replaced itself, never followed)")
     j.add_argument("--tui", action="store_true", help="browse the steps in a terminal app (keyboard; works over SSH)")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     j.set_defaults(func=cmd_journey)
@@ -609,8 +655,23 @@ def build_parser() -> Parser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so every child is stopped on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, _frame) -> NoReturn:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
     parser = build_parser()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
@@ -623,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pagefault: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"pagefault: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:
         return 0
 

@@ -193,9 +193,11 @@ def test_damaged_and_foreign_recordings_are_one_clear_line(tmp_path):
     bad = tmp_path / "bad.pfrec"
     bad.write_bytes(b"not a recording at all")
     part = tmp_path / "part.pfrec"
-    part.write_bytes(b"PFREC\x002\n" + b"\0" * 64)   # records but no metadata trailer: the tracer was killed
-    for path, words in ((bad, "not a pagefault recording"), (part, "incomplete"), (tmp_path / "none", "no recording"),
-                        (tmp_path, "directory")):
+    part.write_bytes(b"PFREC\x003\n" + b"\0" * 64)   # the magic, then no HEAD chunk
+    old = tmp_path / "old.pfrec"
+    old.write_bytes(b"PFREC\x002\n" + b"\0" * 64)
+    for path, words in ((bad, "not a pagefault recording"), (part, "head of the recording is damaged"),
+                        (old, "format-2 recording"), (tmp_path / "none", "no recording"), (tmp_path, "directory")):
         r = subprocess.run(CLI + ["report", str(path)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0

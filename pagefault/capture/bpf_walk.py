@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 
 from ..decode.address import LEVEL_NAMES, level_shift
+from .runner import start_child
+from .safe_paths import UnsafePathError, trusted_executable
 
 FRAME_MASK = 0x000F_FFFF_FFFF_F000
 _LINE = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
@@ -93,14 +94,17 @@ class BpfTracer:
     """A running bpftrace for one address; armed() returns once its probes fire."""
 
     def __init__(self, pid: int, address: int, pgd_physical: int, levels: int):
-        exe = shutil.which("bpftrace")
+        try:
+            exe = trusted_executable("bpftrace")
+        except UnsafePathError as exc:
+            raise BpfError(str(exc)) from None
         if not exe:
             raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh (or apt-get install bpftrace)")
         self.page = address & ~0xFFF
         self.pgd_physical = pgd_physical
         self.script = bpftrace_script(pid, self.page, pgd_physical, levels, os.getpid())
-        self.proc = subprocess.Popen([exe, "-B", "line", "-e", self.script], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+        self.proc = start_child([exe, "-B", "line", "-e", self.script], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
         self.lines: list[str] = []
         self._partial = b""
 

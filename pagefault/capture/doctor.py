@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 
@@ -13,6 +12,8 @@ from ..kernel import facts
 from ..kernel.btf import VMLINUX_BTF
 from ..kernel.kallsyms import KernelSymbols
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
+from .runner import run_child
+from .safe_paths import UnsafePathError, trusted_executable
 
 TIERS = ("bpf", "perf", "user", "model")
 
@@ -81,12 +82,14 @@ def _software_event_opens() -> tuple[bool, str]:
 
 
 def _bpftrace_works() -> tuple[bool, str]:
-    exe = shutil.which("bpftrace")
+    try:
+        exe = trusted_executable("bpftrace")
+    except UnsafePathError as exc:
+        return False, str(exc)
     if not exe:
         return False, "bpftrace is not installed"
     try:
-        r = subprocess.run([exe, "-e", "BEGIN { printf(\"ok\\n\"); exit(); }"], capture_output=True, text=True,
-                           timeout=60)
+        r = run_child([exe, "-e", "BEGIN { printf(\"ok\\n\"); exit(); }"], timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bpftrace did not run: {exc}"
     if r.returncode == 0 and "ok" in r.stdout:
@@ -147,8 +150,11 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
         d.checks.append(Check("bpftrace", ok, detail, "" if ok else
                               ("as root: bash scripts/setup.sh (installs bpftrace), or apt-get install bpftrace"
                                if root else "run as root"), ("bpf",)))
-    cc = shutil.which("cc") or shutil.which("gcc")
-    d.checks.append(Check("C compiler", bool(cc), cc or "no cc or gcc on PATH",
+    try:
+        cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
+    except UnsafePathError as exc:
+        cc, cc_detail = None, str(exc)
+    d.checks.append(Check("C compiler", bool(cc), cc or cc_detail,
                           "" if cc else "apt-get install gcc (a pure-Python exercise program is used without it)", ()))
 
     def tier_ok(tier: str) -> bool:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import select
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runner import Target, TargetError, spawn_held
+from .runner import Target, TargetError, run_child, spawn_held
+from .safe_paths import (UnsafePathError, executable_problem, fresh_private_dir, private_cache_dir,
+                         trusted_executable)
 
 SOURCE = Path(__file__).with_name("c") / "exercise.c"
 SCENARIO_SOURCE = Path(__file__).with_name("c") / "scenario.c"
@@ -57,38 +57,41 @@ class Program:
     how: str                # one line: how it was built or why the fallback is used
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pagefault"
-
-
 def _compile(source: Path, name: str, progress=None) -> Program | str:
-    """The compiled program, from the cache when its source has not changed; or why it could not be built."""
+    """The compiled program, from the private cache when its source has not changed; or why it could not be built.
+
+    A cached binary runs only if it and every directory up to the cache root belong to the effective
+    user and nobody else can write them (safe_paths); otherwise it is rebuilt into a fresh private
+    directory, never into a predictable /tmp name.
+    """
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    cc = shutil.which("cc") or shutil.which("gcc")
+    try:
+        cc = trusted_executable("cc") or trusted_executable("gcc")
+    except UnsafePathError as exc:
+        return str(exc)
     if not cc:
         return "no C compiler (cc or gcc) on PATH (fix: apt-get install gcc, or bash scripts/setup.sh as root)"
-    for folder in (cache_dir(), Path("/tmp") / f"pagefault-{os.geteuid()}"):
+    folder, why_fresh = private_cache_dir()
+    exe = folder / f"{name}-{digest}"
+    if os.path.lexists(exe):
+        problem = executable_problem(exe, folder)
+        if problem is None:
+            return Program([str(exe)], exe, True, f"cached build {exe}")
+        # not ours to run: build again somewhere nobody else can have touched
+        why_fresh = f"the cached {exe.name} was not used ({problem})"
+        folder = fresh_private_dir()
         exe = folder / f"{name}-{digest}"
-        try:
-            if exe.is_file() and os.access(exe, os.X_OK):
-                return Program([str(exe)], exe, True, f"cached build {exe}")
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                continue
-        except OSError:
-            continue  # another user's cache (sudo keeps HOME): try the next place
-        if progress:
-            progress(f"compiling the {name} program with {cc} (once)")
-        tmp = exe.with_name(exe.name + f".{os.getpid()}.tmp")
-        r = subprocess.run([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-o", str(tmp), str(source)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            return f"{cc} failed on {source.name}: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
-        tmp.replace(exe)
-        return Program([str(exe)], exe, True, f"compiled {source.name} with {cc} -O2 -g into {exe}")
-    return "no writable cache folder for the compiled program"
+    if progress:
+        progress(f"compiling the {name} program with {cc}" + (" (once)" if why_fresh is None else ""))
+    tmp = exe.with_name(exe.name + f".{os.getpid()}.tmp")
+    r = run_child([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-o", str(tmp), str(source)])
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return f"{cc} failed on {source.name}: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
+    os.chmod(tmp, 0o700)   # the compiler honours the umask; under umask 000 it made the binary 0777
+    tmp.replace(exe)
+    where = f"into {exe}" + (f" (a fresh private directory: {why_fresh})" if why_fresh else "")
+    return Program([str(exe)], exe, True, f"compiled {source.name} with {cc} -O2 -g {where}")
 
 
 def build_program(progress=None) -> Program:

@@ -162,6 +162,7 @@ class PerfSession:
     def __init__(self, events: list[EventSpec], pid: int, *, enable_on_exec: bool, callchain: bool,
                  data_pages: int = 2048, max_stack: int = 64, monotonic_clock: bool = False):
         self.fds: list[int] = []
+        self.fd_events: list[str] = []      # the event name of each fd
         self.buffers: list[RingBuffer] = []
         try:
             self._open(events, pid, enable_on_exec, callchain, data_pages, max_stack, monotonic_clock)
@@ -194,6 +195,7 @@ class PerfSession:
                 attr.sample_max_stack = max_stack
                 fd = perf_event_open(attr, pid, cpu, what=f"{ev.name} on CPU {cpu}")
                 self.fds.append(fd)
+                self.fd_events.append(ev.name)
                 buf, mapped = _map_ring_buffer(fd, pages)
                 self.buffers.append(buf)
                 if ev.busy:
@@ -210,6 +212,19 @@ class PerfSession:
             except OSError:
                 pass
 
+    def event_counts(self) -> dict[str, int] | None:
+        """How many times each event fired in the traced tasks (children that exited included), summed
+        over CPUs: read(2) of each counter. Every firing is a sample (period 1), so this minus the
+        samples received is what the kernel dropped, even after the last PERF_RECORD_LOST.
+        None if a counter cannot be read."""
+        totals: dict[str, int] = {}
+        try:
+            for fd, name in zip(self.fds, self.fd_events):
+                totals[name] = totals.get(name, 0) + struct.unpack("<Q", os.read(fd, 8))[0]
+        except (OSError, struct.error):
+            return None
+        return totals
+
     def drain(self) -> list[bytes]:
         """Whole records from every CPU's buffer (each chunk is a run of complete, 8-aligned records)."""
         return [data for data in (buf.read() for buf in self.buffers) if data]
@@ -223,4 +238,4 @@ class PerfSession:
                 os.close(fd)
             except OSError:
                 pass
-        self.fds, self.buffers = [], []
+        self.fds, self.fd_events, self.buffers = [], [], []

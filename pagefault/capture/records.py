@@ -199,6 +199,7 @@ def _gather(data: bytes, offs: np.ndarray, sample_type: int, in_time_order: bool
     # The u64 words before any callchain sit at fixed places in every sample.
     fixed = [name for bit, name in ((SAMPLE_IP, "ip"), (SAMPLE_TID, "tid"), (SAMPLE_TIME, "time"),
                                     (SAMPLE_ADDR, "addr"), (SAMPLE_CPU, "cpu")) if sample_type & bit]
+    offs = _whole_samples(data, w64, offs, sample_type, len(fixed))
     first = offs // 8 + 1  # first u64 after the header
     word = {name: w64[first + i] for i, name in enumerate(fixed) if columns is None or name in columns}
     zeros = np.zeros(len(offs), dtype=np.uint64)
@@ -226,11 +227,35 @@ def _gather(data: bytes, offs: np.ndarray, sample_type: int, in_time_order: bool
     return Samples(**cols)  # type: ignore[arg-type]
 
 
+def _whole_samples(data, w64: np.ndarray, offs: np.ndarray, sample_type: int, n_fixed: int) -> np.ndarray:
+    """The sample offsets whose fields all lie inside their own record (a damaged or hostile record
+    whose callchain or raw size runs past its end is dropped, never read past)."""
+    if not len(offs):
+        return offs
+    w16 = np.frombuffer(data, dtype="<u2")
+    ends = offs + w16[(offs >> 1) + 3].astype(np.int64)        # each record's end, in bytes
+    idx = offs // 8 + 1 + n_fixed                               # the next u64 to read
+    ok = idx * 8 <= ends
+    if sample_type & SAMPLE_CALLCHAIN:
+        ok &= (idx + 1) * 8 <= ends
+        nr = w64[np.where(ok, idx, 0)].astype(np.uint64)
+        ok &= nr < np.uint64(1 << 16)
+        idx = idx + 1 + np.where(ok, nr, 0).astype(np.int64)
+        ok &= idx * 8 <= ends
+    if sample_type & SAMPLE_RAW:
+        ok &= (idx + 1) * 8 <= ends
+        raw_size = (w64[np.where(ok, idx, 0)] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        ok &= idx * 8 + 4 + raw_size <= ends
+    return offs if ok.all() else offs[ok]
+
+
 def raw_field(data: bytes, raw_offsets: np.ndarray, offset: int, size: int, signed: bool = False) -> np.ndarray:
     """One tracepoint field for many samples (raw data starts 4 bytes past an 8-aligned position)."""
     pos = raw_offsets + offset
     if len(pos) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
+    if not 0 < size <= 8 or int(pos.max()) + size > len(data):
+        raise ValueError(f"a tracepoint field (offset {offset}, size {size}) lies outside the records")
     dtype = {8: "<u8", 4: "<u4", 2: "<u2", 1: "u1"}.get(size)
     shift = int(pos[0]) % size if dtype else 0
     if dtype and np.all(pos % size == shift):

@@ -1,10 +1,45 @@
-"""Starting a target held at the door until events are open (as perf does with its start pipe)."""
+"""Starting children that die with the tool: a target held at the door until events are open (as
+perf does with its start pipe), and helper programs (bpftrace, the compiler).
+
+Every child asks the kernel for SIGKILL when the tool dies (PR_SET_PDEATHSIG, set in the child
+before exec), so not even a SIGKILL of the tool leaves a paused program or an attached bpftrace
+behind; SIGTERM and SIGHUP are turned into an orderly exit by the CLI.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """In a freshly forked child: be killed when the parent dies (also if it died just before)."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(125)   # the parent is already gone: the death signal would never come
+
+
+def child_preexec():
+    """A preexec_fn for subprocess that ties the child's life to this process."""
+    me = os.getpid()
+    return lambda: die_with_parent(me)
+
+
+def start_child(argv: list[str], **kwargs) -> subprocess.Popen:
+    """subprocess.Popen of a helper program that dies with the tool."""
+    return subprocess.Popen(argv, preexec_fn=child_preexec(), **kwargs)
+
+
+def run_child(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run of a helper program (text output captured) that dies with the tool."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=child_preexec())
 
 
 class TargetError(Exception):
@@ -88,15 +123,18 @@ def spawn_held(argv: list[str], stdout: int | None = None) -> Target:
         raise TargetError("no command given; usage: pagefault trace -- CMD ARGS…")
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child
         try:
+            die_with_parent(parent)
             os.close(go_w)
             os.close(err_r)
             if stdout is not None:
                 os.dup2(stdout, 1)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
             if os.read(go_r, 1) != b"g":
                 os._exit(126)
@@ -111,9 +149,20 @@ def spawn_held(argv: list[str], stdout: int | None = None) -> Target:
     return Target(pid, True, list(argv), go_w, err_r)
 
 
+def _pid_max() -> int:
+    try:
+        return int(open("/proc/sys/kernel/pid_max").read())
+    except (OSError, ValueError):
+        return 1 << 22   # PID_MAX_LIMIT on 64-bit
+
+
 def attach(pid: int) -> Target:
-    if pid <= 0:
-        raise TargetError(f"bad PID {pid}")
+    """A running process to trace; raises TargetError for a PID that cannot be one, or is this tool."""
+    if pid <= 0 or pid >= _pid_max():
+        raise TargetError(f"bad PID {pid}: PIDs here run from 1 to {_pid_max() - 1}")
+    if pid == os.getpid() or os.path.exists(f"/proc/self/task/{pid}"):
+        raise TargetError(f"PID {pid} is pagefault itself: tracing it would record its own work forever; "
+                          "give the PID of another process")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -45,6 +45,7 @@ class TraceOptions:
     data_pages: int = 2048        # per CPU: 8 MiB
     progress: Callable[[str], None] | None = None
     target_stdout: int | None = None
+    force: bool = False           # replace an existing output file
 
 
 def choose_tier(requested: str) -> str:
@@ -82,17 +83,30 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
 
 
 class _Stop:
+    """SIGINT/SIGTERM/SIGHUP while tracing: the first asks the target to end, a second stops for good."""
+
     def __init__(self) -> None:
-        self.requested = False
+        self.count = 0
         self.signal: int | None = None
 
     def __call__(self, signum, _frame) -> None:
-        self.requested = True
-        self.signal = signum
+        self.count += 1
+        self.signal = self.signal or signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def record(opts: TraceOptions) -> dict:
-    """Trace until the target ends (or Ctrl-C / SIGTERM); write the recording; return its metadata."""
+    """Trace until the target ends (or a signal); write the recording; return its metadata.
+
+    A first SIGINT/SIGTERM/SIGHUP is passed to a started target and tracing goes on until it ends;
+    a second kills it (a target that ignores signals cannot hold the tool). A full disk stops the
+    recording, keeps what was written and says so in the returned ``disk_full``.
+
+    :raises CaptureError: capture cannot start (the message has the fix).
+    :raises OutputError: the output file cannot be created.
+    """
     tier = choose_tier(opts.tier)
     if tier == "perf":
         events, formats, notes = tracepoint_events()
@@ -106,23 +120,30 @@ def record(opts: TraceOptions) -> dict:
     callchain = opts.callchain
     if callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
         notes.append("kernel call chains need perf_event_paranoid ≤ 1 or root; recording user frames only")
-
-    output = opts.output or Path("pagefault.pfrec")
-    try:
-        writer = RecordingWriter(output)
-    except OSError as exc:
-        raise CaptureError(f"cannot write the recording {output}: {exc.strerror}; fix: choose another place with -o FILE") from None
     try:
         target = attach(opts.pid) if opts.pid else spawn_held(opts.argv, opts.target_stdout)
     except TargetError as exc:
-        writer.discard()
         raise CaptureError(str(exc)) from None
+    started = time.time()
+    head = {"format": 3, "command": target.argv, "pid": target.pid, "spawned": target.spawned, "tier": tier,
+            "callchain": callchain, "sample_type": sample_type, "events": formats, "notes": notes,
+            "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
+                       "text_base": KernelSymbols.load().text_base()},
+            "gfp_bits": asdict(facts.gfp_bits()), "started": started}
+    output = opts.output or Path("pagefault.pfrec")
+    try:
+        writer = RecordingWriter(output, head, opts.force)
+    except BaseException:
+        target.kill(signal.SIGKILL)
+        target.wait()
+        raise
 
     stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     session = None
     maps_seen: dict[tuple[int, int, str], dict] = {}
-    started = time.time()
+    disk_full: str | None = None
+    killed_by_us = ""
     try:
         try:
             session = PerfSession(events, target.pid, enable_on_exec=target.spawned, callchain=callchain,
@@ -144,60 +165,86 @@ def record(opts: TraceOptions) -> dict:
         for buf in session.buffers:
             poller.register(buf.fd, select.POLLIN)
         last_maps = last_progress = 0.0
+        forwarded = False
+
+        def drain() -> None:
+            nonlocal disk_full
+            for chunk in session.drain():
+                if disk_full is None:
+                    try:
+                        writer.add(chunk)
+                    except OSError as exc:
+                        disk_full = f"{exc.strerror} after {writer.bytes / 1e6:.1f} MB of events"
+
         while True:
             alive = target.poll()
             now = time.time()
             if alive and now - last_maps > 0.05:
                 _snapshot_maps(target.pid, maps_seen)
                 last_maps = now
-            for chunk in session.drain():
-                writer.add(chunk)
+            drain()
             if opts.progress and now - last_progress > 1.0 and now - started > 1.0:
                 opts.progress(f"recording {target.argv[0]} (PID {target.pid}): {now - started:.0f} s, "
                               f"{writer.bytes / 1e6:.1f} MB of events")
                 last_progress = now
             if not alive:
                 break
-            if stop.requested:
+            if disk_full is not None:
                 if target.spawned:
-                    target.kill(stop.signal or signal.SIGTERM)
+                    target.kill(signal.SIGKILL)
                     target.wait()
+                    killed_by_us = "pagefault killed it when the disk filled"
                 break
+            if stop.count and not target.spawned:
+                break   # an attached process is left running: we only stop watching it
+            if stop.count >= 2:
+                target.kill(signal.SIGKILL)
+                target.wait()
+                killed_by_us = (f"pagefault killed it after a second {signal.Signals(stop.signal).name}: "
+                                "it did not end on the first")
+                break
+            if stop.count and not forwarded:
+                target.kill(stop.signal or signal.SIGTERM)
+                forwarded = True
+                if opts.progress:
+                    opts.progress(f"sent {signal.Signals(stop.signal).name} to PID {target.pid}; waiting for it to "
+                                  "end (press Ctrl-C again to kill it)")
             poller.poll(50)
         session.disable()
-        for chunk in session.drain():
-            writer.add(chunk)
+        drain()
+        counts = session.event_counts()
     except BaseException:
         if session:
             session.close()
         target.kill(signal.SIGKILL)
         target.wait()
-        if not writer.body.closed:  # keep what was recorded, readable by pagefault report
-            writer.close({"format": 2, "aborted": True, "command": target.argv, "pid": target.pid,
-                          "spawned": target.spawned, "exit": "aborted", "tier": tier, "callchain": callchain,
-                          "sample_type": sample_type, "events": formats,
-                          "notes": notes + ["the trace was aborted by an error; the events up to it are kept"],
-                          "maps": list(maps_seen.values()), "started": started,
-                          "duration": time.time() - started, "bytes": writer.bytes})
+        if not writer.out.file.closed:  # keep what was recorded, readable by pagefault report
+            try:
+                writer.close({"exit": "aborted", "notes": notes + ["the trace was aborted by an error; the events "
+                                                                    "up to it are kept"],
+                              "maps": list(maps_seen.values()), "duration": time.time() - started,
+                              "bytes": writer.bytes})
+            except Exception:
+                pass
         raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     session.close()
-    meta = {
-        "format": 2,
-        "command": target.argv, "pid": target.pid, "spawned": target.spawned,
-        "exit": target.describe_exit(), "exit_signal": target.exit_signal,
+    exit_text = target.describe_exit() + (f" ({killed_by_us})" if killed_by_us else "")
+    end = {
+        "exit": exit_text, "exit_signal": target.exit_signal,
         "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
-        "tier": tier, "callchain": callchain, "sample_type": sample_type,
-        "events": formats, "notes": notes,
-        "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
-                   "text_base": KernelSymbols.load().text_base()},
-        "gfp_bits": asdict(facts.gfp_bits()),
-        "maps": list(maps_seen.values()),
-        "started": started, "duration": time.time() - started, "bytes": writer.bytes,
+        "maps": list(maps_seen.values()), "event_counts": counts,
+        "duration": time.time() - started, "bytes": writer.bytes,
     }
-    writer.close(meta)
+    if disk_full:
+        end["notes"] = notes + [f"the disk filled ({disk_full}): the recording stops there"]
+    try:
+        writer.close(end)
+    except OSError:
+        writer.close(None)   # no room for the END chunk either: the file is still read, as partial
+    meta = {**head, **end, "disk_full": disk_full, "output": str(writer.path)}
     return meta
 
 

@@ -15,6 +15,7 @@ from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
 
 ENTRY_FUNCS = ("asm_exc_page_fault",)
+MAX_PAGE_ORDER = 20   # far above any kernel's MAX_PAGE_ORDER (10 on x86-64); beyond it a field is damaged
 
 
 @dataclass
@@ -27,7 +28,7 @@ class TraceSummary:
     faults: int
     allocations: int
     mmaps: int
-    lost: int
+    lost: int | None                  # None: not known (see lost_how)
     lost_records: int
     by_kind: dict[str, int] = field(default_factory=dict)
     by_mapping: list[tuple[str, int]] = field(default_factory=list)
@@ -37,6 +38,8 @@ class TraceSummary:
     alloc_gfp: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     provenance: str = ""
+    lost_how: str = ""                # how the lost count was found, or why it is unknown
+    integrity: str = "complete"       # or "partial: …" (a recording cut short or damaged)
 
 
 def _event_ids(meta: dict) -> dict[str, int]:
@@ -112,8 +115,9 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     s = stream.samples
     ids = _event_ids(meta)
     notes = list(meta.get("notes", [])) + list(meta.get("warnings", []))
-    summary = TraceSummary(meta.get("command", []), meta.get("pid", 0), tier, meta.get("exit", "?"),
-                           meta.get("duration", 0.0), 0, 0, 0, stream.lost, stream.lost_records, notes=notes)
+    summary = TraceSummary([str(a) for a in meta.get("command") or []], meta.get("pid") or 0, tier,
+                           meta.get("exit") or "?", meta.get("duration") or 0.0, 0, 0, 0, stream.lost,
+                           stream.lost_records, notes=notes, integrity=rec.integrity.describe())
     if tier == "perf":
         fault_mask = s.event_type == ids.get("exceptions:page_fault_user", -1)
         alloc_mask = s.event_type == ids.get("kmem:mm_page_alloc", -1)
@@ -127,6 +131,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         alloc_mask = mmap_mask = np.zeros(len(s), dtype=bool)
         addresses, fault_ips, codes = s.addr, s.ip, None
         summary.provenance = "observed: software event page-faults (address and ip only)"
+    summary.lost, summary.lost_how = lost_events(stream, meta, ids, tier, rec.integrity.complete)
     summary.faults = int(fault_mask.sum())
     summary.allocations = int(alloc_mask.sum())
     summary.mmaps = int(mmap_mask.sum())
@@ -160,6 +165,10 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     if summary.allocations:
         orders = field_values(stream, meta, "kmem:mm_page_alloc", "order", alloc_mask)
         summary.alloc_orders = {int(o): int(n) for o, n in zip(*np.unique(orders, return_counts=True))}
+        bad = {o: n for o, n in summary.alloc_orders.items() if o > MAX_PAGE_ORDER}
+        if bad:   # no buddy allocator hands out more than 2^MAX_PAGE_ORDER pages: a damaged field
+            notes.append(f"{sum(bad.values())} allocations carry an impossible order ({', '.join(map(str, bad))}); "
+                         "they are counted but their size is not shown")
         gfps = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
         gu, gc = np.unique(gfps, return_counts=True)
         table = meta.get("gfp_bits") or {}
@@ -176,6 +185,37 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         else:
             summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
     return summary
+
+
+def lost_events(stream: Stream, meta: dict, ids: dict[str, int], tier: str, complete: bool) -> tuple[int | None, str]:
+    """(events the kernel dropped, how that is known) — None when it cannot be known.
+
+    The kernel counts every firing of an event (read(2) of its counter at the end, kept in the
+    metadata); each firing is a sample, so counted − received is what was dropped, including drops
+    after the last PERF_RECORD_LOST. Without those counts (a partial recording, an old kernel),
+    the PERF_RECORD_LOST totals are only a lower bound.
+    """
+    counts = meta.get("event_counts")
+    lost_records = stream.lost
+    if not isinstance(counts, dict) or not counts:
+        why = "the recording is partial" if not complete else "the kernel's event counts were not read"
+        if lost_records:
+            return None, f"at least {lost_records:,} (PERF_RECORD_LOST); the exact number is unknown: {why}"
+        return None, f"unknown: {why}, and no PERF_RECORD_LOST record was seen"
+    s = stream.samples
+    received: dict[str, int] = {}
+    for name in counts:
+        if tier == "perf":
+            received[name] = int(np.sum(s.event_type == ids.get(name, -1))) if s.event_type is not None else 0
+        else:
+            received[name] = len(s)
+    dropped = {name: int(n) - received[name] for name, n in counts.items() if isinstance(n, int)}
+    if any(d < 0 for d in dropped.values()):
+        return None, ("unknown: the kernel counted fewer events than were received (a child still ran when "
+                      "tracing stopped, so its counts were never added)")
+    total = sum(dropped.values())
+    detail = ", ".join(f"{name}: {counts[name]:,} fired, {received[name]:,} received" for name in counts)
+    return max(total, lost_records), f"the kernel's event counts against the samples received ({detail})"
 
 
 def _kernel_paths(stream: Stream, indices: np.ndarray, ksyms: KernelSymbols, top: int) -> list[tuple[str, int]]:

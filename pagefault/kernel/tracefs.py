@@ -28,13 +28,26 @@ def _mounted_tracefs() -> Path | None:
     return None
 
 
+def _has_events(root: Path) -> bool:
+    """True if root/events is a directory; raises TracefsError when tracefs is there but closed to us."""
+    try:
+        return (root / "events").is_dir()
+    except PermissionError:
+        raise TracefsError(f"tracefs at {root} is not readable by uid {os.geteuid()} (mode 0700 is the kernel's "
+                           "default); fix: run as root (sudo)") from None
+
+
 def find_tracefs(mount: bool = True) -> Path:
-    """The tracefs directory; mounts it at /sys/kernel/tracing when missing and we are root."""
+    """The tracefs directory; mounts it at /sys/kernel/tracing when missing and we are root.
+
+    :raises TracefsError: tracefs is not mounted (and we may not mount it), or is not readable by
+        this user (a non-root caller on a default kernel gets this, with the fix).
+    """
     found = _mounted_tracefs()
-    if found and (found / "events").is_dir():
+    if found and _has_events(found):
         return found
     for cand in CANDIDATES:
-        if (cand / "events").is_dir():
+        if _has_events(cand):
             return cand
     if mount and os.geteuid() == 0:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

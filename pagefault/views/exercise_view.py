@@ -33,7 +33,15 @@ class ProgressError(Exception):
 
 
 def _fix(path: Path, exc: OSError) -> ProgressError:
-    return ProgressError(f"cannot use the progress file {path}: {exc.strerror}; fix: set XDG_STATE_HOME to a "
+    why = exc.strerror
+    for part in reversed(path.parents):   # name the component in the way (a file where a directory must be)
+        if os.path.lexists(part) and not os.path.isdir(part):
+            why = f"{part} is a file, not a directory"
+            break
+    else:
+        if os.path.isdir(path):
+            why = f"{path} is a directory, not a file"
+    return ProgressError(f"cannot use the progress file {path}: {why}; fix: set XDG_STATE_HOME to a "
                          "directory you can write (progress goes to $XDG_STATE_HOME/pagefault/exercises.json)")
 
 

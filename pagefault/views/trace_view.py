@@ -34,18 +34,22 @@ def render_doctor(d: Diagnosis, console: Console) -> None:
 
 
 def render_summary(s: TraceSummary, console: Console) -> None:
-    console.print(f"[bold]{' '.join(s.command)}[/bold] (PID {s.pid}) {s.exit}; traced for {s.duration:.2f} s; "
-                  f"tier {s.tier}", highlight=False)
+    console.print(f"[bold]{escape(' '.join(s.command))}[/bold] (PID {s.pid}) {escape(s.exit)}; traced for "
+                  f"{s.duration:.2f} s; tier {s.tier}", highlight=False)
     console.print(f"{s.provenance}", style="dim", highlight=False)
+    if s.integrity != "complete":
+        console.print(f"recording {s.integrity}", style="bold red", highlight=False, markup=False)
     if s.lost:
-        console.print(f"[bold red]LOST {s.lost} events in {s.lost_records} PERF_RECORD_LOST records: the counts "
-                      "below are short; retry with a larger buffer (--buffer-mb)[/bold red]")
+        console.print(f"events lost: {s.lost:,} ({s.lost_how}): the counts below are short; retry with a larger "
+                      "buffer (--buffer-mb)", style="bold red", highlight=False, markup=False)
+    elif s.lost is None:
+        console.print(f"events lost: {s.lost_how}", style="yellow", highlight=False, markup=False)
     else:
-        console.print("events lost: 0")
+        console.print(f"events lost: 0 ({s.lost_how})", highlight=False, markup=False)
     console.print(f"page faults: [bold]{s.faults}[/bold]   page allocations: {s.allocations}   "
                   f"mmap calls: {s.mmaps}", highlight=False)
     for note in s.notes:
-        console.print(f"note: {note}", style="yellow", highlight=False)
+        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
     if s.by_kind:
         t = Table(title="faults by kind (from the error code)", title_justify="left")
         t.add_column("kind")
@@ -76,7 +80,8 @@ def render_summary(s: TraceSummary, console: Console) -> None:
             t.add_row(str(n), escape(path))
         console.print(t)
     if s.alloc_orders:
-        orders = ", ".join(f"order {o} ({4 << o} KiB): {n}" for o, n in sorted(s.alloc_orders.items()))
+        orders = ", ".join(f"order {o} ({4 << o} KiB): {n}" if o <= 20 else f"order {o} (impossible): {n}"
+                           for o, n in sorted(s.alloc_orders.items()))
         console.print(f"allocations by order: {orders}", highlight=False)
         console.print("allocations by GFP flags: " + ", ".join(f"{g}: {n}" for g, n in s.alloc_gfp[:5]),
                       highlight=False)
