@@ -121,17 +121,28 @@ class BpfTracer:
         self.lines.extend(l.decode(errors="replace").strip() for l in whole)
         return True
 
-    def arm(self, timeout: float = 20.0) -> None:
-        """Make our own fault and syscall until both probes report: then the target's are live too."""
+    def arm(self, bound: float = 600.0, progress=None) -> None:
+        """Make our own fault and syscall until both probes report: then the target's are live too.
+
+        A handshake, not a guess: bpftrace's own "armed" lines say its probes fire. Compiling and
+        attaching takes about a second here and tens of seconds under QEMU's TCG, so the only limit is
+        a generous outer ``bound`` (for a bpftrace that hangs), with a progress line every few seconds.
+        """
         import mmap
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        last_said = started
         seen: set[str] = set()
         while seen != {"armed fault", "armed syscall"}:
             if self.proc.poll() is not None:
-                raise BpfError("bpftrace stopped: " + _last_error(self.proc.stderr.read()))
-            if time.monotonic() > deadline:
+                raise BpfError("bpftrace stopped: " + _last_error(self.proc.stderr.read().decode(errors="replace")))
+            now = time.monotonic()
+            if now - started > bound:
                 self.stop()
-                raise BpfError(f"bpftrace did not attach its probes within {timeout:.0f} s")
+                raise BpfError(f"bpftrace did not attach its probes within {bound:.0f} s (it is still compiling or "
+                               "hung); fix: check that bpftrace -e 'BEGIN { exit() }' works")
+            if progress and now - last_said > 5:
+                progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
+                last_said = now
             page = mmap.mmap(-1, 4096)
             page[0] = 1          # a fresh page: one page fault of ours
             page.close()
@@ -140,7 +151,7 @@ class BpfTracer:
                 seen.update(l for l in self.lines if l.startswith("armed"))
         self.lines = [l for l in self.lines if not l.startswith("armed")]
 
-    def result(self, timeout: float = 10.0) -> BpfWalk:
+    def result(self, timeout: float = 120.0) -> BpfWalk:
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -89,7 +89,7 @@ def _bpftrace_works() -> tuple[bool, str]:
     if not exe:
         return False, "bpftrace is not installed"
     try:
-        r = run_child([exe, "-e", "BEGIN { printf(\"ok\\n\"); exit(); }"], timeout=120)
+        r = run_child([exe, "-e", "BEGIN { printf(\"ok\\n\"); exit(); }"], timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bpftrace did not run: {exc}"
     if r.returncode == 0 and "ok" in r.stdout:

@@ -147,8 +147,11 @@ class PausedProgram:
         except TargetError as exc:
             raise ExerciseError(str(exc)) from None
 
-    def wait_phase(self, timeout: float = 30.0) -> Phase:
-        """The next phase line; the program is paused there until advance()."""
+    def wait_phase(self, timeout: float = 300.0) -> Phase:
+        """The next phase line; the program is paused there until advance().
+
+        A phase takes microseconds here and well under a second under QEMU TCG: the bound only stops a
+        program that hangs, so it is generous."""
         while b"\n" not in self._buf:
             ready, _, _ = select.select([self._status_r], [], [], timeout)
             if not ready:

@@ -270,7 +270,7 @@ class LiveJourney:
         self.progress("starting bpftrace to read the page-table entries")
         try:
             self.tracer = BpfTracer(self.proc.pid, self.ev.fault_address, pgd << 12, self.ev.paging_levels)
-            self.tracer.arm()
+            self.tracer.arm(progress=self.progress)
         except BpfError as exc:
             self.ev.unavailable["bpf"] = str(exc)
             self.tracer = None

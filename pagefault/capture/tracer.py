@@ -121,7 +121,7 @@ def record(opts: TraceOptions) -> dict:
     if callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
         notes.append("kernel call chains need perf_event_paranoid ≤ 1 or root; recording user frames only")
     try:
-        target = attach(opts.pid) if opts.pid else spawn_held(opts.argv, opts.target_stdout)
+        target = attach(opts.pid) if opts.pid is not None else spawn_held(opts.argv, opts.target_stdout)
     except TargetError as exc:
         raise CaptureError(str(exc)) from None
     started = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -76,8 +77,8 @@ def render_all(j: Journey, console: Console) -> None:
 
 def to_markdown(j: Journey) -> str:
     out = [f"# The journey of one page fault (PID {j.pid})", "",
-           f"- kernel: {j.kernel}", f"- capture tier: {j.tier}", f"- command: `{' '.join(j.command)}`",
-           f"- program: {j.program}", "",
+           f"- kernel: {_md(j.kernel)}", f"- capture tier: {_md(j.tier)}",
+           f"- command: {_code(' '.join(j.command))}", f"- program: {_md(j.program)}", "",
            "Every value says where it came from: **observed** (read on this machine), **derived** (computed "
            "from observed values, arithmetic shown), **modelled** (from the kernel source) or **unavailable** "
            "(with the reason and the fix).", ""]
@@ -87,15 +88,15 @@ def to_markdown(j: Journey) -> str:
         out += [f"## Step {step.number}: {_md(step.title)}", "", "| value | | provenance | source / how |",
                 "|---|---|---|---|"]
         for v in step.values:
-            out.append(f"| {_md(v.label)} | `{_md(v.display)}` | {v.provenance} | {_md(v.source)} |")
+            out.append(f"| {_md(v.label)} | {_code(v.display)} | {_md(v.provenance)} | {_md(v.source)} |")
         lines = step.all_derivations()
         if lines:
-            out += ["", "```", *lines, "```"]
+            out += ["", *_code_block(lines)]
         if step.ws:
             out.append("")
             out += [f"- **{w}**: {_md(step.ws[w])}" for w in WS if w in step.ws]
         if step.evidence:
-            out += ["", "<details><summary>evidence</summary>", "", "```", *step.evidence, "```", "", "</details>"]
+            out += ["", "<details><summary>evidence</summary>", "", *_code_block(step.evidence), "", "</details>"]
         out.append("")
     if j.timeline:
         out += ["## Timeline", "", "| µs | gap | what | source |", "|---:|---:|---|---|"]
@@ -103,8 +104,36 @@ def to_markdown(j: Journey) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+# Every string from the target or the environment (the program's path, --text, file names, kernel
+# strings) goes through one of these three, so no renderer of CommonMark/GFM turns it into markup:
+# text is HTML-escaped and its punctuation backslash-escaped; code spans and fences are opened with a
+# backtick run longer than any inside them, where nothing is interpreted.
+_MD_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")   # what can open markup mid-line (< > & become entities)
+
+
+def _md(text: object) -> str:
+    """Inline Markdown text that renders as exactly these characters (table cells included)."""
+    flat = " ".join(str(text).splitlines())
+    flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_PUNCTUATION.sub(r"\\\1", flat)
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(m) for m in re.findall(r"`+", text)), default=0)
+
+
+def _code(text: object) -> str:
+    """A code span holding the text literally (usable in a table cell: pipes are escaped for GFM)."""
+    flat = " ".join(str(text).splitlines()).replace("|", "\\|")
+    fence = "`" * (_longest_backtick_run(flat) + 1)
+    pad = " " if flat.startswith(("`", " ")) or flat.endswith(("`", " ")) else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def _code_block(lines: list[str]) -> list[str]:
+    """A fenced code block whose fence no line inside can close."""
+    fence = "`" * max(3, max((_longest_backtick_run(l) for l in lines), default=0) + 1)
+    return [fence, *(str(l) for l in lines), fence]
 
 
 def to_json(j: Journey) -> str:

@@ -1,0 +1,243 @@
+"""Live: every child dies with the tool, whatever kills it; nothing recorded is lost silently."""
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "pagefault"]
+pytestmark = pytest.mark.live
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of pid, from /proc/PID/task/*/children."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(k) for k in open(f"/proc/{p}/task/{t}/children").read().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _alive(pids: dict[int, str]) -> dict[int, str]:
+    """Those still running with the same command line (not zombies, not reused PIDs)."""
+    left = {}
+    for pid, cmd in pids.items():
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and _cmdline(pid) == cmd:
+            left[pid] = cmd
+    return left
+
+
+def _wait_gone(pids: dict[int, str], seconds: float = 5.0) -> dict[int, str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = _alive(pids)
+        if not left:
+            return {}
+        time.sleep(0.05)
+    return _alive(pids)
+
+
+class Terminal:
+    """The tool on a pseudo-terminal, as a person runs it."""
+
+    def __init__(self, argv):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                     env=dict(os.environ, COLUMNS="200", TERM="dumb"))
+        os.close(slave)
+        self.text = ""
+
+    def read_until(self, pattern: str, timeout: float = 120) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.text)
+            if m:
+                return m
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in:\n{self.text[-3000:]}"
+            ready, _, _ = select.select([self.master], [], [], min(left, 1))
+            if ready:
+                try:
+                    self.text += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:
+                    pass
+
+    def send(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+PHASES = ("ready", "mapped", "touched")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize("phase", PHASES)
+def test_killing_the_interactive_journey_at_a_paused_phase_leaves_nothing(can_trace, phase, sig):
+    term = Terminal(CLI + ["journey", "--tier", "bpf"])
+    try:
+        while True:
+            m = term.read_until(r"paused at phase '(\w+)'")
+            if m.group(1) == phase:
+                break
+            term.text = term.text[m.end():]
+            term.send("\n")
+        kids = {pid: _cmdline(pid) for pid in _children(term.proc.pid)}
+        kids = {p: c for p, c in kids.items() if c}
+        assert any("exercise-" in c for c in kids.values()), kids     # the paused program is there
+        if phase == "mapped":
+            assert any("bpftrace" in c for c in kids.values()), kids  # and bpftrace, attached
+        term.proc.send_signal(sig)
+        term.proc.wait(timeout=30)
+        left = _wait_gone(kids, 3.0)
+        assert not left, f"still running after {sig.name} of the tool at phase {phase}: {left}"
+        if sig != signal.SIGKILL:
+            assert term.proc.returncode == 128 + sig
+    finally:
+        term.close()
+
+
+def _start_trace(argv, out: Path, *extra):
+    proc = subprocess.Popen(CLI + ["trace", "-q", "-o", str(out), *extra, "--", *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    m = re.match(r"pid=(\d+)", line)
+    assert m, line + proc.stderr.read()
+    return proc, int(m.group(1))
+
+
+def test_a_killed_trace_takes_its_target_along_and_its_part_file_is_read_as_partial(can_trace, cbin, tmp_path):
+    out = tmp_path / "k.pfrec"
+    proc, target = _start_trace([cbin("toucher"), 0, 500], out)
+    time.sleep(1.5)
+    cmd = _cmdline(target)
+    proc.kill()
+    proc.wait()
+    assert not _wait_gone({target: cmd}, 3.0), "the traced program ran on after trace was killed"
+    parts = list(tmp_path.glob("k.pfrec.*.part"))
+    assert len(parts) == 1 and not out.exists()
+    r = subprocess.run(CLI + ["report", "--json", str(parts[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["integrity"].startswith("partial: the recording ends without its END chunk")
+    assert s["faults"] > 100          # ~2,000 pages were touched in 1.5 s; all complete chunks are read
+    assert s["lost"] is None and "partial" in s["lost_how"]
+
+
+def test_a_second_ctrl_c_stops_a_target_that_ignores_the_first(can_trace, cbin, tmp_path):
+    out = tmp_path / "i.pfrec"
+    proc, target = _start_trace([cbin("toucher"), 0, 1000, "ignore"], out, "--json")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.5)
+    assert proc.poll() is None and _alive({target: _cmdline(target)}), "the target ignores SIGINT: still traced"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout[stdout.index("{"):])
+    assert summary["exit"].startswith("killed by SIGKILL (pagefault killed it after a second SIGINT")
+    assert summary["faults"] > 100
+
+
+def test_lost_events_are_counted_even_after_the_last_lost_record(can_trace, cbin, tmp_path):
+    pages = 1 << 18
+    out = tmp_path / "l.pfrec"
+    proc, target = _start_trace([cbin("toucher"), pages, 0], out, "--json", "--buffer-mb", "1")
+    proc.send_signal(signal.SIGSTOP)       # the reader sleeps: the 1 MiB buffers overflow
+    time.sleep(3)
+    proc.send_signal(signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    s = json.loads(stdout[stdout.index("{"):])
+    assert s["faults"] < pages, "the test needs the buffer to overflow"
+    assert s["lost"] is not None and s["lost"] > 0
+    fired = int(re.search(r"exceptions:page_fault_user: ([\d,]+) fired", s["lost_how"]).group(1).replace(",", ""))
+    assert fired >= pages, "the kernel counted every fault of the program"
+    received = int(re.search(r"exceptions:page_fault_user: [\d,]+ fired, ([\d,]+) received",
+                             s["lost_how"]).group(1).replace(",", ""))
+    assert received == s["faults"]
+    assert s["lost"] >= fired - received
+
+
+def test_a_full_disk_keeps_what_was_recorded_and_says_so(can_trace, cbin):
+    mnt = Path(tempfile.mkdtemp(prefix="pf-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        out = mnt / "f.pfrec"
+        r = subprocess.run(CLI + ["trace", "-q", "-o", str(out), "--", str(cbin("toucher")), str(1 << 17), "0"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        text = " ".join(r.stdout.split())
+        assert "the disk filled (No space left on device after" in text and "report reads as partial" in text
+        rep = subprocess.run(CLI + ["report", "--json", str(out)], capture_output=True, text=True, timeout=120)
+        assert rep.returncode == 0, rep.stderr
+        s = json.loads(rep.stdout)
+        assert s["integrity"].startswith("partial") and 0 < s["faults"] < 1 << 17
+    finally:
+        subprocess.run(["umount", str(mnt)])
+        mnt.rmdir()
+
+
+def test_a_corrupted_record_is_found_and_what_precedes_it_is_kept(can_trace, cbin, tmp_path):
+    out = tmp_path / "c.pfrec"
+    r = subprocess.run(CLI + ["trace", "-q", "--json", "-o", str(out), "--", str(cbin("toucher")), "20000", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    whole = json.loads(r.stdout[r.stdout.index("{"):])
+    data = bytearray(out.read_bytes())
+    at = len(data) * 3 // 5 & ~7
+    data[at + 6] ^= 0xFF                     # a record's size field (or whatever lies there) is damaged
+    out.write_bytes(bytes(data))
+    r = subprocess.run(CLI + ["report", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "recording partial: damaged at byte" in text and "bytes after it skipped" in text
+    r = subprocess.run(CLI + ["report", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    damaged = json.loads(r.stdout)
+    assert 0 < damaged["faults"] < whole["faults"]
+
+
+def test_trace_refuses_itself_and_impossible_pids():
+    r = subprocess.run(["sh", "-c", f"exec {sys.executable} -m pagefault trace -q -p $$"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "is pagefault itself" in r.stderr, r.stderr
+    for pid in ("99999999999", "0", "4194304"):
+        r = subprocess.run(CLI + ["trace", "-q", "-p", pid], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "bad PID" in r.stderr, r.stderr

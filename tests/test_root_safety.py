@@ -1,0 +1,285 @@
+"""Attacks on a tool that runs as root: planted programs, planted links, hostile strings.
+
+Each test plays the attacker with a real other user (nobody) where the attack needs one, and checks
+that root neither ran the planted program nor wrote through the planted path.
+"""
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pagefault.capture import exercise, safe_paths
+from pagefault.capture.safe_paths import OutputError, check_output_target, path_problem, write_output
+
+CLI = [sys.executable, "-m", "pagefault"]
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks need root (the victim) and nobody (the attacker)")
+NOBODY = 65534
+
+
+def _digest(source: Path) -> str:
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+
+
+def _plant(path: Path, marker: Path, owner: int | None = NOBODY, mode: int = 0o755) -> None:
+    """A 'program' that, if ever run, leaves a marker file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, owner, -1)
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory under /tmp that other users can reach (pytest's own tmp_path is root's, mode 0700)."""
+    import shutil
+    d = Path(tempfile.mkdtemp(prefix="pf-attack-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _shared_dir(base: Path, name: str = "shared") -> Path:
+    d = base / name
+    d.mkdir()
+    os.chmod(d, 0o1777)   # like /tmp: everyone may create, only owners may remove
+    return d
+
+
+@root_only
+def test_a_cache_planted_by_another_user_is_not_run(open_tmp):
+    tmp_path = open_tmp
+    """$XDG_CACHE_HOME/pagefault kept by another user: the planted exercise binary must not run as root."""
+    cache_home = tmp_path / "cache"
+    cache_home.mkdir()
+    os.chown(cache_home, NOBODY, -1)
+    marker = tmp_path / "PWNED"
+    planted = cache_home / "pagefault" / f"exercise-{_digest(exercise.SOURCE)}"
+    _plant(planted, marker)
+    os.chown(planted.parent, NOBODY, -1)
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache_home))
+    r = subprocess.run(CLI + ["journey", "--no-pause", "--tier", "perf", "-q"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists(), "root ran a program another user planted in the cache"
+    assert str(planted) not in r.stdout
+
+
+@root_only
+def test_a_planted_binary_in_our_own_cache_is_rebuilt_not_run(tmp_path, monkeypatch):
+    """The cache is ours, but a binary in it belongs to another user (or is a symlink, or group-writable)."""
+    cache_home = tmp_path / "cache"
+    cache_home.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    name = f"exercise-{_digest(exercise.SOURCE)}"
+    folder = cache_home / "pagefault"
+    folder.mkdir(mode=0o700)
+    marker = tmp_path / "PWNED"
+    real = tmp_path / "elsewhere"
+    _plant(real, marker, owner=None)
+    for plant in (lambda p: _plant(p, marker),                            # another user's file
+                  lambda p: _plant(p, marker, owner=None, mode=0o777),    # ours, but writable by all
+                  lambda p: p.symlink_to(real)):                          # a link to somewhere else
+        target = folder / name
+        if os.path.lexists(target):
+            target.unlink()
+        plant(target)
+        program = exercise.build_program()
+        assert program.compiled and program.path != target and not program.path.is_symlink()
+        assert safe_paths.executable_problem(target, folder) is not None
+        assert "fresh private directory" in program.how
+        subprocess.run([str(program.path), "3", "4"], capture_output=True, timeout=30)
+        assert not marker.exists()
+
+
+@root_only
+def test_the_cache_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    (tmp_path / "c").mkdir(mode=0o700)
+    old = os.umask(0)
+    try:
+        program = exercise.build_program()
+    finally:
+        os.umask(old)
+    folder = tmp_path / "c" / "pagefault"
+    assert program.path.parent == folder
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(program.path.stat().st_mode) == 0o700
+    # an older, wider cache directory of ours is narrowed again before use
+    os.chmod(folder, 0o777)
+    assert exercise.build_program().path == program.path
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+@root_only
+def test_no_predictable_tmp_fallback_and_sudo_home_is_not_used(tmp_path, monkeypatch):
+    """When no kept cache is usable, a fresh mkdtemp directory is used, never /tmp/pagefault-UID; under sudo
+    ($HOME is the invoking user's) root's cache is its own."""
+    marker = tmp_path / "PWNED"
+    predictable = Path("/tmp") / f"pagefault-{os.geteuid()}" / f"exercise-{_digest(exercise.SOURCE)}"
+    created = not predictable.parent.exists()
+    try:
+        if created:
+            predictable.parent.mkdir(mode=0o777)
+            os.chown(predictable.parent, NOBODY, -1)
+        if not predictable.exists():
+            _plant(predictable, marker)
+        monkeypatch.setattr(safe_paths, "cache_dir_candidates", lambda: [])
+        program = exercise.build_program()
+        assert program.compiled and not str(program.path).startswith(str(predictable.parent))
+        assert "pagefault-" in program.path.parent.name and program.path.parent != predictable.parent
+        assert stat.S_IMODE(program.path.parent.stat().st_mode) == 0o700
+    finally:
+        if created:
+            subprocess.run(["rm", "-rf", str(predictable.parent)])
+    assert not marker.exists()
+    monkeypatch.undo()
+    user_home = tmp_path / "alice"
+    user_home.mkdir()
+    os.chown(user_home, NOBODY, -1)
+    monkeypatch.setenv("HOME", str(user_home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    folder, why = safe_paths.private_cache_dir()
+    assert not str(folder).startswith(str(user_home)), "root used the invoking user's cache"
+    assert not (user_home / ".cache").exists()
+
+
+def test_path_problem_names_the_component():
+    assert path_problem(Path("/usr/bin/env")) is None
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o777)
+        f = Path(d) / "x"
+        f.write_text("")
+        assert "writable by other users" in path_problem(f)
+
+
+# --- output files ------------------------------------------------------------------------------------
+
+@root_only
+def test_a_symlink_planted_at_the_output_name_is_never_followed(open_tmp):
+    tmp_path = open_tmp
+    shared = _shared_dir(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = shared / "journey.md"
+    # the attacker (nobody) plants a link at the output name and at the names a .part could take
+    for name in ("journey.md", "journey.md.part"):
+        subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "ln", "-s", str(victim),
+                        str(shared / name)], check=True)
+    r = subprocess.run(CLI + ["journey", "--model", "--format", "markdown", "-o", str(out)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "symbolic link" in r.stderr and "Traceback" not in r.stderr
+    assert victim.read_text() == "precious\n"
+    r = subprocess.run(CLI + ["journey", "--model", "--format", "markdown", "-o", str(out), "--force"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n", "root wrote through the planted link"
+    assert not out.is_symlink() and out.read_text().startswith("# The journey")
+    assert stat.S_IMODE(out.stat().st_mode) & 0o022 == 0
+
+
+def test_existing_files_directories_and_devices_are_refused_with_the_fix(tmp_path):
+    existing = tmp_path / "old.json"
+    existing.write_text("keep me")
+    cases = [(existing, "exists; fix: give --force"), (tmp_path, "is a directory"),
+             (Path("/dev/full"), "not a regular file"), (tmp_path / "missing" / "x.json", "not a directory")]
+    for path, words in cases:
+        r = subprocess.run(CLI + ["journey", "--model", "--format", "json", "-o", str(path)], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0
+    assert existing.read_text() == "keep me"
+    for path, words in cases[:3]:
+        with pytest.raises(OutputError, match=words.split(";")[0]):
+            check_output_target(path)
+
+
+def test_a_failed_run_leaves_no_output_file(tmp_path):
+    out = tmp_path / "never.md"
+    r = subprocess.run(CLI + ["journey", "--scenario", "no-such-scenario", "--model", "--format", "markdown", "-o",
+                              str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_write_output_leaves_no_temporary_file_on_error(tmp_path):
+    class Boom(Exception):
+        pass
+
+    out = safe_paths.OutputFile(tmp_path / "x.json")
+    out.write(b"half")
+    out.discard()
+    assert list(tmp_path.iterdir()) == []
+    write_output(tmp_path / "x.json", "whole")
+    with pytest.raises(OutputError):
+        write_output(tmp_path / "x.json", "again")
+    write_output(tmp_path / "x.json", "again", force=True)
+    assert (tmp_path / "x.json").read_text() == "again" and len(list(tmp_path.iterdir())) == 1
+
+
+# --- Markdown from hostile strings -------------------------------------------------------------------
+
+HOSTILE = "a`b`` | <img src=x onerror=alert(1)> *x* [l](javascript:alert(1)) ```\n~~s~~ &amp; \\"
+
+
+def _render(markdown: str) -> str:
+    from markdown_it import MarkdownIt
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
+def _hostile_model_journey():
+    from pagefault.journey.model_journey import build_model_journey
+    from pagefault.journey.scenario_check import model_config
+    from pagefault.model.scenarios import find_scenario, run_in_model
+    run = run_in_model(find_scenario("first-touch"), model_config(None, 4))
+    j = build_model_journey(run, HOSTILE)
+    j.command = [HOSTILE, "--text", HOSTILE]
+    j.program = HOSTILE
+    j.kernel = HOSTILE
+    step = j.steps[0]
+    step.title = HOSTILE
+    for v in step.values:
+        v.display, v.source, v.label = HOSTILE, HOSTILE, HOSTILE
+    step.evidence = [HOSTILE, "```", "</details><img src=y onerror=alert(2)>"]
+    step.derivations = [HOSTILE]
+    for w in list(step.ws):
+        step.ws[w] = HOSTILE
+    return j
+
+
+def test_markdown_renders_hostile_strings_as_text_never_as_html():
+    from pagefault.views.journey_view import to_markdown
+    html = _render(to_markdown(_hostile_model_journey()))
+    assert "<img" not in html and "<a " not in html and "<em>" not in html and "<del>" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    # the text round-trips: a reader sees exactly what the target said
+    flat = " ".join(HOSTILE.splitlines())
+    import html as html_lib
+    import re
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", html))
+    assert flat in text
+
+
+ALLOWED_TAGS = {"table", "thead", "tbody", "tr", "th", "td", "code", "pre", "p"}
+
+
+def test_markdown_fuzz_no_string_escapes():
+    import re
+    from hypothesis import given, settings, strategies as st
+    from pagefault.views.journey_view import _code, _code_block, _md
+
+    pieces = st.sampled_from(["`", "``", "```", "<", ">", "|", "*", "_", "[", "]", "(", ")", "!", "&", "\\", "~",
+                              "#", "-", " ", "\n", "<img src=x onerror=alert(1)>", "<script>", "</td>", "a"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(pieces, max_size=12).map("".join))
+    def check(s):
+        doc = "| h | c |\n|---|---|\n| " + _md(s) + " | " + _code(s) + " |\n\n" + "\n".join(_code_block([s]))
+        tags = set(re.findall(r"</?([a-zA-Z]+)", _render(doc)))
+        assert tags <= ALLOWED_TAGS, (s, tags)
+    check()
