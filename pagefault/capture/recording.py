@@ -38,7 +38,7 @@ _OLD_MAGICS = {b"PFREC\x001\n": 1, b"PFREC\x002\n": 2}
 CHUNK_RECORD_TYPE = 0x7046      # "Fp": above every PERF_RECORD_* the kernel writes (< 64)
 CHUNK_HEADER = struct.Struct("<IHHIIII")
 HEAD, RECORDS, END = 1, 2, 3
-KIND_NAMES = {HEAD: "head", RECORDS: "records", END: "end"}
+KIND_NAMES = {HEAD: "HEAD", RECORDS: "RECORDS", END: "END"}
 
 # Metadata fields the reader relies on, with the type each must have.
 REQUIRED_HEAD = {"sample_type": int, "tier": str, "events": dict}
@@ -170,6 +170,10 @@ def load_recording(path: Path) -> Recording:
                               bytes_skipped=size - pos)
         break
     if end_meta:
+        redefined = sorted(set(end_meta) & set(REQUIRED_HEAD))
+        if redefined:
+            raise RecordingError(f"{path}: the END metadata redefines {', '.join(redefined)}, which only the HEAD "
+                                 "holds; the file was not written by pagefault")
         _check_types(end_meta, path)
         meta.update(end_meta)
     integrity.bytes_read = pos - records_start
@@ -221,7 +225,7 @@ def _check_head(meta: dict[str, Any], path: Path) -> None:
 
 def _check_types(meta: dict[str, Any], path: Path) -> None:
     for name, kind in {**REQUIRED_HEAD, **TYPED_FIELDS}.items():
-        if name in meta and meta[name] is not None and (not isinstance(meta[name], kind)
+        if name in meta and (meta[name] is not None or name in REQUIRED_HEAD) and (not isinstance(meta[name], kind)
                                                         or (kind is int and isinstance(meta[name], bool))):
             raise RecordingError(f"{path}: the metadata field {name!r} has the wrong type "
                                  f"({type(meta[name]).__name__}); record it again")
