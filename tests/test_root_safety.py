@@ -283,3 +283,29 @@ def test_markdown_fuzz_no_string_escapes():
         tags = set(re.findall(r"</?([a-zA-Z]+)", _render(doc)))
         assert tags <= ALLOWED_TAGS, (s, tags)
     check()
+
+
+@root_only
+def test_root_keeps_exercise_progress_out_of_a_sudo_kept_home(open_tmp, monkeypatch):
+    """Under sudo $HOME can be the invoking user's: a 'pagefault' link planted there must not be written through."""
+    from pagefault.views.exercise_view import Progress
+    alice = open_tmp / "alice"
+    (alice / ".local" / "state").mkdir(parents=True)
+    for d in (alice, alice / ".local", alice / ".local" / "state"):
+        os.chown(d, NOBODY, -1)
+    target = open_tmp / "rootowned"
+    target.mkdir()
+    (alice / ".local" / "state" / "pagefault").symlink_to(target)
+    monkeypatch.setenv("HOME", str(alice))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    progress = Progress()
+    assert not str(progress.path).startswith(str(alice))
+    assert list(target.iterdir()) == []
+
+
+def test_exercise_reset_where_the_state_directory_is_a_file(tmp_path):
+    (tmp_path / "pagefault").write_text("not a directory")
+    r = subprocess.run(CLI + ["exercise", "--reset"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, XDG_STATE_HOME=str(tmp_path)))
+    assert r.returncode == 2 and f"{tmp_path / 'pagefault'} is a file, not a directory" in r.stderr
+    assert "Traceback" not in r.stderr

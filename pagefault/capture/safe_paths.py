@@ -111,26 +111,40 @@ def _home_of_effective_user() -> Path | None:
         return None
 
 
-def cache_dir_candidates() -> list[Path]:
-    """Where compiled programs may be cached, best first: $XDG_CACHE_HOME or $HOME/.cache, then the
-    effective user's own home from the password database (under sudo $HOME can be the invoking
-    user's, whose cache root must not use)."""
+def user_dir_candidates(xdg_variable: str, default_under_home: str) -> list[Path]:
+    """Where a per-user pagefault directory may go, best first: $XDG_… (or $HOME/default_under_home),
+    then the effective user's own home from the password database. Under sudo $HOME can be the
+    invoking user's, which root must not write in: the checks of path_problem() rule it out, and the
+    password-database home comes next."""
     out: list[Path] = []
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    home = os.environ.get("HOME")
+    xdg, home = os.environ.get(xdg_variable), os.environ.get("HOME")
     if xdg:
         out.append(Path(xdg) / "pagefault")
     elif home:
-        out.append(Path(home) / ".cache" / "pagefault")
+        out.append(Path(home) / default_under_home / "pagefault")
     own = _home_of_effective_user()
     if own:
-        out.append(own / ".cache" / "pagefault")
-    seen, unique = set(), []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    return unique
+        out.append(own / default_under_home / "pagefault")
+    return list(dict.fromkeys(out))
+
+
+def cache_dir_candidates() -> list[Path]:
+    """Where compiled programs may be cached (see user_dir_candidates)."""
+    return user_dir_candidates("XDG_CACHE_HOME", ".cache")
+
+
+def root_safe_state_dir() -> Path:
+    """The directory for the exercise progress file: $XDG_STATE_HOME/pagefault (default
+    ~/.local/state/pagefault). As root, the first candidate whose existing ancestors no other user can
+    write (a sudo-kept $HOME is another user's): root never writes through a path another user controls."""
+    candidates = user_dir_candidates("XDG_STATE_HOME", os.path.join(".local", "state"))
+    if os.geteuid() != 0:
+        return candidates[0] if candidates else Path(".") / "pagefault"
+    for candidate in candidates:
+        existing = next((p for p in [candidate, *candidate.parents] if os.path.lexists(p)), None)
+        if existing is not None and path_problem(existing) is None:
+            return candidate
+    return candidates[-1] if candidates else Path("/root/.local/state/pagefault")
 
 
 def private_cache_dir() -> tuple[Path, str | None]:

@@ -24,8 +24,10 @@ def _attempts(n: int) -> str:
 
 
 def state_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "pagefault" / "exercises.json"
+    """$XDG_STATE_HOME/pagefault/exercises.json (default ~/.local/state); as root, never under a
+    directory another user can write (a sudo-kept $HOME): safe_paths.root_safe_state_dir()."""
+    from ..capture.safe_paths import root_safe_state_dir
+    return root_safe_state_dir() / "exercises.json"
 
 
 class ProgressError(Exception):
