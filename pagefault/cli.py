@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from . import __version__
 from .decode import (DecodeError, decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags,
@@ -14,8 +14,12 @@ from .decode import (DecodeError, decode_error_code, decode_fault_flags, decode_
                      split_virtual_address, to_jsonable)
 from .views.decode_view import field_rows, flag_rows
 
+if TYPE_CHECKING:
+    from .core import JourneyRequest
+
 EXIT_PARTIAL = 1   # the work stopped early (e.g. a full disk); what was done is kept, and said
 EXIT_USAGE = 2     # a usage error or a refusal: one line on stderr with the fix
+EXIT_CANNOT_TRACE = 3   # this machine (or user) cannot trace what was asked for: one line with the fix
 
 
 class UsageError(Exception):
@@ -158,11 +162,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
     opts = TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=output, tier=args.tier,
                         data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None,
                         force=args.force)
+    from .capture.tracer import TargetProblem
+    from .core import CannotTrace
     try:
         check_output_target(output, args.force)   # refused before the program runs, not after
         meta = record(opts)
-    except (CaptureError, OutputError) as exc:
+    except (TargetProblem, OutputError) as exc:
         raise UsageError(str(exc)) from None
+    except CaptureError as exc:
+        raise CannotTrace(str(exc)) from None
     if not args.quiet and sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
     written = f"recording written to {output} ({meta['bytes'] / 1e6:.1f} MB of events)"
@@ -288,12 +296,22 @@ def _journey_output(args) -> Path | None:
     if args.tui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("--tui needs a terminal (it works over ssh -t); fix: run it in a terminal, or use "
                          "--no-pause or --format html -o FILE")
+    if args.replay:
+        clashing = [name for name, given in (("--model", args.model), ("--scenario", args.scenario is not None),
+                                             ("--tier", args.tier != "auto"), ("--offset", args.offset is not None),
+                                             ("--size", args.size is not None), ("--text", args.text is not None),
+                                             ("--save-evidence", args.save_evidence is not None)) if given]
+        if clashing:
+            raise UsageError(f"--replay builds the journey from the saved file; {', '.join(clashing)} would change "
+                             "a capture that already happened, so leave them out")
     if args.model and args.tier in ("bpf", "perf", "user"):
         raise UsageError(f"--model runs the simulator, --tier {args.tier} traces the kernel; give one of them")
     if args.scenario is not None and not args.scenario.strip():
         raise UsageError("--scenario needs a name (see pagefault scenarios)")
     varied = [name for name, value in (("--offset", args.offset), ("--size", args.size), ("--text", args.text))
               if value is not None]
+    if args.save_evidence and (args.model or args.tier == "model"):
+        raise UsageError("--save-evidence saves a live capture; the simulator's journey has none (leave out --model)")
     if varied and (args.model or args.scenario or args.tier == "model"):
         raise UsageError(f"{', '.join(varied)} vary the exercise program of the live journey; a scenario and the "
                          "simulator's journey have their own fixed operations, so leave them out")
@@ -337,7 +355,8 @@ def _emit_journey(journey, args, output, console) -> int:
         journey = redact_journey(journey)[0]
     if args.format == "text":
         if not args.no_pause and sys.stdin.isatty() and sys.stdout.isatty():
-            _step_list(journey, console)
+            from .core import step_list
+            step_list(journey, console)
         else:
             journey_view.render_all(journey, console)
         return 0
@@ -357,143 +376,39 @@ def _emit_journey(journey, args, output, console) -> int:
     return 0
 
 
-def _model_journey(args, note: str = ""):
-    from .journey.model_journey import build_model_journey
-    from .journey.scenario_check import model_config
-    from .kernel.facts import memory_settings, paging_levels
-    from .model.scenarios import ScenarioError, find_scenario, run_in_model
-    try:
-        scenario = find_scenario(args.scenario or "first-touch")
-    except ScenarioError as exc:
-        raise UsageError(str(exc)) from None
-    run = run_in_model(scenario, model_config(memory_settings(), paging_levels()[0]))
-    return build_model_journey(run, note)
+def _request(args, progress) -> JourneyRequest:
+    from .core import JourneyRequest
+    from .evidence import ExerciseOptions
+    options = ExerciseOptions(offset=parse_number(args.offset or "0x100", "--offset"),
+                              size=parse_number(args.size or "4096", "--size"), text=args.text)
+    save = Path(args.save_evidence) if getattr(args, "save_evidence", None) else None
+    return JourneyRequest(tier=args.tier, options=options, scenario=args.scenario, model=args.model,
+                          save_evidence=save, force=args.force, progress=progress)
 
 
 def cmd_journey(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from .capture.exercise import ExerciseError, ExerciseOptions
-    from .capture.journey_capture import LiveJourney
-    from .capture.tracer import CaptureError, stderr_progress
+    from . import core
+    from .capture.tracer import stderr_progress
     output = _journey_output(args)
     console = Console()
-    progress = None if args.quiet else stderr_progress
-    if args.model or args.tier == "model":
-        return _emit_journey(_model_journey(args), args, output, console)
-    if args.scenario:
-        return _live_scenario(args, output, console, progress)
-    options = ExerciseOptions(offset=parse_number(args.offset or "0x100", "--offset"),
-                              size=parse_number(args.size or "4096", "--size"), text=args.text)
+    if args.replay:
+        return _emit_journey(core.replay(Path(args.replay)), args, output, console)
+    request = _request(args, None if args.quiet else stderr_progress)
+    if request.save_evidence:
+        from .capture.safe_paths import check_output_target
+        check_output_target(request.save_evidence, args.force)
     interactive = (args.format == "text" and not args.no_pause and not args.tui and sys.stdin.isatty()
                    and sys.stdout.isatty())
-    try:
-        live = LiveJourney(options, tier=args.tier, progress=progress)
-    except CaptureError as exc:
-        if args.tier != "auto":
-            raise UsageError(str(exc)) from None
-        note = f"this machine cannot trace here ({exc}); this is the simulator's journey instead"
+    if not interactive or request.model or request.tier == "model" or request.scenario:
+        return _emit_journey(core.run_journey(request), args, output, console)
+    live = core.start_live(request)
+    if live is None:
+        note = f"{request.fallback_reason}; this is the simulator's journey instead"
         print(f"note: {note}", file=sys.stderr)
-        return _emit_journey(_model_journey(args, note), args, output, console)
-    except ExerciseError as exc:
-        raise UsageError(str(exc)) from None
-    if not interactive:
-        return _emit_journey(_finish_live(live, progress), args, output, console)
-    try:
-        _step_through(live, console)
-    except (CaptureError, ExerciseError) as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        live.close()
+        return _emit_journey(core.model_journey(None, note), args, output, console)
+    core.step_through(live, console, request)
     return 0
-
-
-def _finish_live(live, progress):
-    """Run the traced program to its end and build its journey; errors become one line with the fix."""
-    from .capture.exercise import ExerciseError
-    from .capture.tracer import CaptureError
-    from .journey.build import build_journey
-    try:
-        live.run_all()
-    except (CaptureError, ExerciseError) as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        live.close()
-    if progress and sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    return build_journey(live.ev)
-
-
-def _live_scenario(args, output, console, progress) -> int:
-    from .capture.tracer import CaptureError
-    from .journey.scenario_check import build_scenario_journey, check_scenario
-    from .kernel.facts import is_root
-    from .model.scenarios import ScenarioError, find_scenario
-    try:
-        scenario = find_scenario(args.scenario)
-    except ScenarioError as exc:
-        raise UsageError(str(exc)) from None
-    if not is_root():
-        note = "a live scenario needs root (tracepoints, PFNs); this is the simulator's run of it instead"
-        print(f"note: {note} (fix: sudo)", file=sys.stderr)
-        return _emit_journey(_model_journey(args, note), args, output, console)
-    try:
-        model, live, agreement, ev, _run = check_scenario(scenario, progress)
-    except CaptureError as exc:
-        raise UsageError(str(exc)) from None
-    if progress and sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    return _emit_journey(build_scenario_journey(scenario, ev, live, model, agreement), args, output, console)
-
-
-def _step_list(journey, console) -> None:
-    """Enter: next step; b: back; q: quit, over steps already built (the simulator's, or a finished run)."""
-    from .views import journey_view
-    journey_view.header(journey, console)
-    for note in journey.notes:
-        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
-    index = 0
-    while index < len(journey.steps):
-        console.print(journey_view.step_renderable(journey.steps[index], len(journey.steps)))
-        index = _next_index(index, "[Enter] next  [b] back  [q] quit ")
-        if index is None:
-            return
-    journey_view.render_timeline(journey, console)
-
-
-def _next_index(index: int, prompt: str) -> int | None:
-    """Enter: the next step; b: the one before; q (or end of input): None, to stop."""
-    try:
-        key = input(prompt).strip().lower()
-    except EOFError:
-        return None
-    if key == "q":
-        return None
-    return max(0, index - 1) if key == "b" else index + 1
-
-
-def _step_through(live, console) -> None:
-    """Enter: next step; b: back; q: quit. The target waits at its phase while the person reads."""
-    from .journey.build import build_journey
-    from .views import journey_view
-    live.start()
-    journey = build_journey(live.ev)
-    journey_view.header(journey, console)
-    index = 0
-    while True:
-        while index >= len(journey.steps) and live.ev.stage != "done":
-            live.next_stage()
-            journey = build_journey(live.ev)
-        if index >= len(journey.steps):
-            journey_view.render_timeline(journey, console)
-            console.print(f"the program has ended ({live.ev.exit}); the journey is complete")
-            return
-        console.print(journey_view.step_renderable(journey.steps[index], 11))
-        pid = live.ev.pid
-        hint = (f"PID {pid} is paused at phase '{live.ev.stage}' (look: cat /proc/{pid}/maps)"
-                if live.ev.stage != "done" else "the program has ended")
-        index = _next_index(index, f"[Enter] next  [b] back  [q] quit — {hint} ")
-        if index is None:
-            return
 
 
 def _register_journey(sub) -> None:
@@ -516,6 +431,10 @@ def _register_journey(sub) -> None:
     j.add_argument("--redact", action="store_true", help="hide PFNs, physical and kernel addresses (for sharing)")
     j.add_argument("--force", action="store_true", help="replace an existing output file (a symlink there is "
                                                          "replaced itself, never followed)")
+    j.add_argument("--save-evidence", metavar="FILE", help="also save everything the journey was built from (JSON; "
+                                                            "gzip if FILE ends in .gz), to open anywhere with --replay")
+    j.add_argument("--replay", metavar="FILE", help="build the journey from a saved evidence file: no root, no "
+                                                     "tracing, any machine")
     j.add_argument("--tui", action="store_true", help="browse the steps in a terminal app (keyboard; works over SSH)")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     j.set_defaults(func=cmd_journey)
@@ -546,27 +465,26 @@ COMMANDS.append(_register_scenarios)
 
 
 def _live_or_model_journey(args, progress):
-    """The journey of a fresh live fault; the simulator's (said on stderr) where this machine cannot trace."""
-    from .capture.exercise import ExerciseError, ExerciseOptions
-    from .capture.journey_capture import LiveJourney
-    from .capture.tracer import CaptureError
+    """The journey the exercises are set on: a saved one (--replay), a fresh live fault, or the
+    simulator's (said on stderr) where this machine cannot trace."""
+    from . import core
     from .kernel.facts import is_root
+    if args.replay:
+        return core.replay(Path(args.replay))
     if args.model:
-        return _model_journey(args)
+        return core.model_journey(None)
     if not is_root():
         note = ("the exercises need root for the error code, the PFN and the PTE (fix: sudo); "
                 "these use the simulator's fault instead")
         print(f"note: {note}", file=sys.stderr)
-        return _model_journey(args, note)
-    try:
-        live = LiveJourney(ExerciseOptions(), progress=progress)
-    except CaptureError as exc:
-        note = f"this machine cannot trace here ({exc}); the exercises use the simulator's fault instead"
+        return core.model_journey(None, note)
+    request = core.JourneyRequest(progress=progress)
+    live = core.start_live(request)
+    if live is None:
+        note = f"{request.fallback_reason}; the exercises use the simulator's fault instead"
         print(f"note: {note}", file=sys.stderr)
-        return _model_journey(args, note)
-    except ExerciseError as exc:
-        raise UsageError(str(exc)) from None
-    return _finish_live(live, progress)
+        return core.model_journey(None, note)
+    return core.finish_live(live, request)
 
 
 def cmd_exercise(args: argparse.Namespace) -> int:
@@ -621,12 +539,13 @@ def _exercise(args, progress) -> int:
 def _register_exercise(sub) -> None:
     e = sub.add_parser("exercise", help="derive the numbers of your own live fault yourself; answers checked, "
                                         "progress kept",
-                       usage="pagefault exercise [NAME ...] [--all] [--list] [--reset] [--model]")
+                       usage="pagefault exercise [NAME ...] [--all] [--list] [--reset] [--model | --replay FILE]")
     e.add_argument("names", nargs="*", metavar="NAME", help="rip, flags, indices, pfn, pte (default: those not done)")
     e.add_argument("--all", action="store_true", help="every exercise, the done ones too")
     e.add_argument("--list", action="store_true", help="show progress ([x] done) and where it is kept")
     e.add_argument("--reset", action="store_true", help="forget the progress")
     e.add_argument("--model", action="store_true", help="use the simulator's fault (no root; no RIP exercise)")
+    e.add_argument("--replay", metavar="FILE", help="set the exercises on a fault saved with journey --save-evidence")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress lines while the fault is traced")
     e.set_defaults(func=cmd_exercise, scenario=None)
 
@@ -681,6 +600,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pagefault: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        from .capture.safe_paths import OutputError
+        from .core import CannotTrace, JourneyUsageError
+        if isinstance(exc, (JourneyUsageError, OutputError)):
+            print(f"pagefault: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, CannotTrace):
+            print(f"pagefault: cannot trace here: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_TRACE
+        raise
     except KeyboardInterrupt:
         print("pagefault: interrupted", file=sys.stderr)
         return 130

@@ -57,4 +57,4 @@ def test_a_non_root_user_facing_a_closed_tracefs_gets_one_line_or_a_result(argv)
     elif argv[0] == "doctor":
         assert r.returncode == 0 and "capture tier:" in r.stdout
     else:
-        assert r.returncode == 2 and "fix: run as root" in r.stderr, r.stderr
+        assert r.returncode == 3 and "cannot trace here" in r.stderr and "fix: run as root" in r.stderr, r.stderr

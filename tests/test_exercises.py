@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from pagefault.cli import _model_journey
+from pagefault.core import model_journey
 from pagefault.journey.exercises import AnswerError, build_exercises, read_answer
 from pagefault.views.exercise_view import Progress, run_exercises
 
@@ -24,7 +24,7 @@ CLI = [sys.executable, "-m", "pagefault"]
 
 @pytest.fixture(scope="module")
 def model_exercises():
-    j = _model_journey(argparse.Namespace(scenario=None))
+    j = model_journey(None)
     return j, {e.key: e for e in build_exercises(j)}
 
 

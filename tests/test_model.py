@@ -287,3 +287,17 @@ def test_the_write_loop_fast_path_leaves_the_same_state_as_access_one_by_one():
     assert (fast_k.mapcount, fast_k.kind, fast_k.exclusive) == (slow_k.mapcount, slow_k.kind, slow_k.exclusive)
     assert fast_p.signals == slow_p.signals and len(fast_p.signals) == 3
     assert fast_p.minor_faults == slow_p.minor_faults
+
+
+def test_fault_around_window_is_aligned_in_virtual_addresses_not_file_offsets():
+    """do_fault_around(): from_pte = max(ALIGN_DOWN(pte_index, 16), …). A 4-page file mapped where its page 0
+    is the last PTE of a 16-page window: a read of page 1 maps pages 1-3, never page 0 (seen live, 6.18)."""
+    scenario = find_scenario("file-read")
+    window = 16 * 4096
+    hint = 0x7F0000000000 + window - 4096          # page 0 at PTE index 15 (mod 16)
+    run = run_in_model(scenario, region_hint=hint)
+    assert run.region == hint
+    states = run.final_states()
+    assert states[0] == "not present" and states[1:] == ["file", "file", "file"]
+    aligned = run_in_model(scenario, region_hint=0x7F0000000000)
+    assert aligned.final_states() == ["file"] * 4

@@ -18,9 +18,9 @@ import re
 import select
 import subprocess
 import time
-from dataclasses import dataclass, field
 
 from ..decode.address import LEVEL_NAMES, level_shift
+from ..evidence import BpfWalk, WalkRead
 from .runner import start_child
 from .safe_paths import UnsafePathError, trusted_executable
 
@@ -30,25 +30,6 @@ _LINE = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
 
 class BpfError(Exception):
     """bpftrace could not be used; the message says why and the fix."""
-
-
-@dataclass
-class WalkRead:
-    """Entries read at one moment, top level first; a level missing means the walk stopped above it."""
-
-    when: str
-    pgd_virtual: int | None = None
-    entries: dict[str, int] = field(default_factory=dict)
-    table_physical: dict[str, int] = field(default_factory=dict)   # physical address of each level's table
-
-
-@dataclass
-class BpfWalk:
-    direct_map_base: int
-    pgd_physical: int
-    reads: dict[str, WalkRead]
-    script: str
-    stderr: str = ""
 
 
 def _walk_block(when: str, address: int, levels: int) -> str:

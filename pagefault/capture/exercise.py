@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..evidence import ExerciseError, ExerciseOptions, Program  # noqa: F401  (re-exported)
 from .runner import Target, TargetError, run_child, spawn_held
 from .safe_paths import (UnsafePathError, executable_problem, fresh_private_dir, private_cache_dir,
                          trusted_executable)
@@ -21,40 +22,6 @@ from .safe_paths import (UnsafePathError, executable_problem, fresh_private_dir,
 SOURCE = Path(__file__).with_name("c") / "exercise.c"
 SCENARIO_SOURCE = Path(__file__).with_name("c") / "scenario.c"
 FALLBACK = Path(__file__).with_name("exercise_fallback.py")
-DEFAULT_TEXT = "offset world"
-
-
-class ExerciseError(Exception):
-    """The exercise program could not be built, started or driven; the message has the fix."""
-
-
-@dataclass(frozen=True)
-class ExerciseOptions:
-    offset: int = 0x100
-    size: int = 4096
-    text: str | None = None          # None: the built-in text, copied by stores inside main
-
-    def check(self) -> None:
-        if self.size < 1 or self.size > 1 << 40:
-            raise ExerciseError(f"--size {self.size} is out of range (1 byte to 1 TiB)")
-        text = DEFAULT_TEXT if self.text is None else self.text
-        if "\n" in text or "\0" in text or len(text.encode()) > 400:
-            raise ExerciseError("--text must be one line of at most 400 bytes, without NUL")
-        if self.offset < 0 or self.offset + len(text.encode()) + 1 > self.size:
-            raise ExerciseError(f"--offset 0x{self.offset:x} leaves no room for the text and its NUL in "
-                                f"--size 0x{self.size:x} bytes")
-
-    @property
-    def written(self) -> str:
-        return DEFAULT_TEXT if self.text is None else self.text
-
-
-@dataclass
-class Program:
-    argv_prefix: list[str]
-    path: Path              # the ELF file whose code does the write (for symbols), or the script
-    compiled: bool
-    how: str                # one line: how it was built or why the fallback is used
 
 
 def _compile(source: Path, name: str, progress=None) -> Program | str:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import __version__
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
-from .bpf_walk import BpfError, BpfTracer, BpfWalk
-from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, Program, build_program
+from .bpf_walk import BpfError, BpfTracer
+from ..evidence import JourneyEvidence, Snapshot, TraceEvent
+from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, build_program
 from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU,
                          SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
 from .records import callchain, parse_stream, raw_field, split_callchain
@@ -29,68 +30,6 @@ JOURNEY_TRACEPOINTS = (
     ("mmap", "vm_unmapped_area", False),
     ("sched", "sched_process_exec", False),
 )
-
-
-@dataclass
-class Snapshot:
-    """What /proc showed while the target was paused at one phase."""
-
-    phase: str
-    time_ns: int                      # CLOCK_MONOTONIC, the clock the perf samples use
-    maps: list[procfs.MapsLine]
-    minor_faults: int
-    major_faults: int
-    pagemap: int | None = None        # raw entry of the faulting page
-    vm_flags_mnemonics: list[str] | None = None
-    kpageflags: int | None = None
-    kpagecount: int | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class TraceEvent:
-    """One sample of the target: its tracepoint (or software event), fields and symbolised call chain."""
-
-    name: str
-    time_ns: int
-    cpu: int
-    pid: int
-    fields: dict[str, int]
-    kernel_chain: list[tuple[int, str]] = field(default_factory=list)   # (address, function+offset), innermost first
-    user_chain: list[int] = field(default_factory=list)
-
-
-@dataclass
-class JourneyEvidence:
-    tier: str
-    kernel_release: str
-    kernel_version: tuple[int, int]
-    paging_levels: int
-    paging_why: str
-    program: Program
-    options: ExerciseOptions
-    argv: list[str] = field(default_factory=list)
-    pid: int = 0
-    stage: str = ""                   # the last stage reached
-    spawned_ns: int = 0
-    snapshots: dict[str, Snapshot] = field(default_factory=dict)
-    events: list[TraceEvent] = field(default_factory=list)
-    event_sources: dict[str, str] = field(default_factory=dict)   # event name -> "observed: tracepoint …"
-    lost_events: int = 0
-    vaddr: int | None = None
-    readback: str | None = None
-    exit: str = ""
-    bpf: BpfWalk | None = None
-    unavailable: dict[str, str] = field(default_factory=dict)     # what -> reason and fix
-    soft_dirty_config: bool | None = None
-    fault_flag_table: dict[str, int] = field(default_factory=dict)
-    fault_flag_source: str = ""
-    gfp_table: dict[str, int] = field(default_factory=dict)
-    gfp_source: str = ""
-
-    @property
-    def fault_address(self) -> int | None:
-        return None if self.vaddr is None else self.vaddr + self.options.offset
 
 
 def choose_journey_tier(requested: str, bpftrace_ok: Callable[[], bool]) -> str:
@@ -122,11 +61,15 @@ class LiveJourney:
         levels, why = facts.paging_levels()
         ff = facts.fault_flag_values()
         gfp = facts.gfp_bits()
+        migratetypes, migratetype_source = facts.migratetype_names()
+        captured_at, host = facts.capture_origin()
         self.ev = JourneyEvidence(tier, facts.kernel_release(), facts.kernel_version(), levels, why,
                                   build_program(self.progress), options, soft_dirty_config=facts.kernel_config_flag(
                                       "CONFIG_MEM_SOFT_DIRTY"),
                                   fault_flag_table=ff.values, fault_flag_source=ff.source,
-                                  gfp_table=gfp.values, gfp_source=gfp.source)
+                                  gfp_table=gfp.values, gfp_source=gfp.source, migratetypes=migratetypes,
+                                  migratetype_source=migratetype_source, captured_at=captured_at, host=host,
+                                  tool_version=__version__)
         self.ksyms = KernelSymbols.load()
         self.proc: ExerciseProcess | None = None
         self.session: PerfSession | None = None

@@ -4,36 +4,9 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
-from .records import Mapping
-
-
-@dataclass(frozen=True)
-class MapsLine:
-    start: int
-    end: int
-    perms: str
-    offset: int
-    dev: str
-    inode: int
-    path: str
-
-    def as_mapping(self) -> Mapping:
-        return Mapping(self.start, self.end, self.offset, self.path, source="observed: /proc/PID/maps")
-
-
-def parse_maps(text: str) -> list[MapsLine]:
-    out = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        lo, hi = parts[0].split("-")
-        out.append(MapsLine(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
-                            parts[5].strip() if len(parts) > 5 else ""))
-    return out
+from ..evidence import MapsLine, parse_maps  # noqa: F401  (parse_maps: read here, parsed there)
 
 
 def read_maps(pid: int | str) -> list[MapsLine]:

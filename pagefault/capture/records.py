@@ -8,24 +8,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..evidence import Mapping
 from .perf_event import (PERF_CONTEXT_MAX, RECORD_COMM, RECORD_EXIT, RECORD_FORK, RECORD_LOST, RECORD_MMAP2,
                          RECORD_SAMPLE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_IP, SAMPLE_RAW,
                          SAMPLE_TID, SAMPLE_TIME)
 
 PERF_RECORD_MISC_MMAP_BUILD_ID = 1 << 14
-
-
-@dataclass
-class Mapping:
-    start: int
-    end: int
-    pgoff: int
-    path: str
-    prot: int = 0
-    source: str = ""
-
-    def contains(self, address: int) -> bool:
-        return self.start <= address < self.end
 
 
 @dataclass

@@ -7,15 +7,15 @@ This module gathers what the machine shows; pagefault.journey.scenario_check cla
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
-from ..decode.pagemap import page_state
+from .. import __version__
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
-from .exercise import ExerciseError, Program, ScenarioProcess, build_scenario_program
-from .journey_capture import TraceEvent, decode_trace_events
+from .exercise import ExerciseError, ScenarioProcess, build_scenario_program
+from ..evidence import OpSnapshot, ScenarioEvidence
+from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
 
@@ -26,61 +26,8 @@ SCENARIO_TRACEPOINTS = (
 PM_PFN = (1 << 55) - 1
 
 
-@dataclass
-class OpSnapshot:
-    """What the program said and /proc showed right after one operation."""
-
-    index: int
-    op: str
-    pid: int                                  # the process that ran it
-    time_ns: int                              # CLOCK_MONOTONIC, as the samples
-    region: int
-    pages: int
-    segv_code: int = 0
-    segv_addr: int = 0
-    pagemaps: dict[int, list[int]] = field(default_factory=dict)     # pid → the region's entries
-    kpageflags: dict[int, int] = field(default_factory=dict)         # PFN → flags
-    maps: dict[int, list[procfs.MapsLine]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-    def region_states(self, pid: int) -> list[str]:
-        """One page_state word per page of the region in pid's pagemap."""
-        return [page_state(e, self.kpageflags.get(e & PM_PFN) if e >> 63 else None)
-                for e in self.pagemaps.get(pid, [])]
-
-
-@dataclass
-class ScenarioEvidence:
-    tier: str
-    kernel_release: str
-    ops: list[str]
-    program: Program
-    settings: facts.MemorySettings
-    pid: int = 0
-    child_pid: int = 0
-    start_ns: int = 0
-    ready_maps: list[procfs.MapsLine] = field(default_factory=list)
-    snapshots: list[OpSnapshot] = field(default_factory=list)
-    events: list[TraceEvent] = field(default_factory=list)
-    event_sources: dict[str, str] = field(default_factory=dict)
-    lost_events: int = 0
-    exit: str = ""
-
-    def op_events(self, index: int, name: str) -> list[TraceEvent]:
-        """The events of the program (and its child) between the pause before operation index and the one after."""
-        lo = self.snapshots[index - 1].time_ns if index else self.start_ns
-        hi = self.snapshots[index].time_ns
-        pids = {self.pid, self.child_pid} - {0}
-        return [e for e in self.events if e.name == name and e.pid in pids and lo < e.time_ns <= hi]
-
-    def region_faults(self, index: int) -> list[TraceEvent]:
-        """The page_fault_user events of operation index whose address is in the region."""
-        snap = self.snapshots[index]
-        lo, hi = snap.region, snap.region + snap.pages * 4096
-        return [e for e in self.op_events(index, "exceptions:page_fault_user") if lo <= e.fields["address"] < hi]
-
-
-def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = None) -> ScenarioEvidence:
+def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = None,
+                      scenario_name: str = "") -> ScenarioEvidence:
     """Run the operations in the scenario program, traced; CaptureError (one line, with the fix) if it can't."""
     progress = progress or (lambda _m: None)
     if not facts.is_root():
@@ -94,7 +41,10 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
     if not any(e.name == "exceptions:page_fault_user" for e in events):
         raise CaptureError("the tracepoint exceptions:page_fault_user is missing here (" + "; ".join(notes) +
                            "); run the scenario in the simulator with --model")
-    ev = ScenarioEvidence("perf", facts.kernel_release(), list(ops), program, facts.memory_settings())
+    captured_at, host = facts.capture_origin()
+    ev = ScenarioEvidence("perf", facts.kernel_release(), list(ops), program, facts.memory_settings(),
+                          scenario=scenario_name, paging_levels=facts.paging_levels()[0], captured_at=captured_at,
+                          host=host, tool_version=__version__)
     for spec in events:
         ev.event_sources[spec.name] = f"tracepoint {spec.name} via perf_event_open"
     ksyms = KernelSymbols.load()

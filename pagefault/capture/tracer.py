@@ -35,6 +35,10 @@ class CaptureError(Exception):
     """Capture cannot start; the message says why and the fix."""
 
 
+class TargetProblem(CaptureError):
+    """The program to trace cannot be started or attached to (a usage error, not the machine's)."""
+
+
 @dataclass
 class TraceOptions:
     argv: list[str] = field(default_factory=list)
@@ -123,7 +127,7 @@ def record(opts: TraceOptions) -> dict:
     try:
         target = attach(opts.pid) if opts.pid is not None else spawn_held(opts.argv, opts.target_stdout)
     except TargetError as exc:
-        raise CaptureError(str(exc)) from None
+        raise TargetProblem(str(exc)) from None
     started = time.time()
     head = {"format": 3, "command": target.argv, "pid": target.pid, "spawned": target.spawned, "tier": tier,
             "callchain": callchain, "sample_type": sample_type, "events": formats, "notes": notes,
@@ -158,7 +162,7 @@ def record(opts: TraceOptions) -> dict:
                 target.release()
             except TargetError as exc:
                 writer.discard()
-                raise CaptureError(str(exc)) from None
+                raise TargetProblem(str(exc)) from None
         else:
             session.enable()
         poller = select.poll()

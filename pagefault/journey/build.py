@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..capture.journey_capture import JourneyEvidence, TraceEvent
-from ..capture.procfs import MapsLine
+from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..decode.address import split_virtual_address
 from ..decode.error_code import decode_error_code
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
@@ -246,7 +245,6 @@ def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
-    from ..symbols.elf import disassemble, resolve_ip, source_line
     s = Step(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched")
     if f.fault is None:
         s.values.append(unavailable("RIP", "no fault was seen"))
@@ -257,7 +255,10 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(unavailable("mapping of RIP", f"RIP 0x{ip:x} is not in a file mapping of /proc/{ev.pid}/maps"))
         return s
     s.values.append(observed("mapping holding RIP", _maps_line(m), f"/proc/{ev.pid}/maps"))
-    r = resolve_ip(ip, m.start, m.offset, m.path)
+    r = ev.rip
+    if r is None or r.ip != ip:
+        s.values.append(unavailable("file offset", f"the ELF file {m.path} was not read for this RIP"))
+        return s
     s.values.append(derived("file offset", r.file_offset, "RIP − mapping start + mapping file offset", [r.derivations[0]]))
     if r.elf_vaddr is not None:
         s.values.append(derived("ELF address", r.elf_vaddr, "the PT_LOAD segment holding that file offset",
@@ -265,21 +266,19 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
     if r.symbol:
         s.values.append(derived("function", f"{r.symbol}+0x{r.symbol_offset:x}", f"the ELF symbol table of {m.path}",
                                 list(r.derivations[2:3])))
-    if r.elf_vaddr is not None:
-        insns = disassemble(m.path, r.elf_vaddr, 1)
-        if insns:
-            a, mnem, ops, raw = insns[0]
-            s.values.append(derived("instruction", f"{mnem} {ops}", f"capstone on the bytes of {m.path} at that offset",
-                                    [f"bytes {raw.hex(' ')} at ELF address 0x{a:x} → {mnem} {ops}"]))
-            destination = ops.split(",", 1)[0]
-            if "[" in destination:
-                s.derivations.append(f"its destination operand {destination} is memory: the instruction stores, "
-                                     "as a write fault needs")
-        line = source_line(m.path, r.elf_vaddr)
-        if line:
-            s.values.append(derived("source line", f"{line[0]}:{line[1]}", f"the DWARF line table of {m.path}"))
-        elif ev.program.compiled and m.path == str(ev.program.path):
-            s.values.append(unavailable("source line", "the binary has no line for this address"))
+    if r.instruction:
+        a, mnem, ops, raw = r.instruction
+        s.values.append(derived("instruction", f"{mnem} {ops}", f"capstone on the bytes of {m.path} at that offset",
+                                [f"bytes {raw} at ELF address 0x{a:x} → {mnem} {ops}"]))
+        destination = ops.split(",", 1)[0]
+        if "[" in destination:
+            s.derivations.append(f"its destination operand {destination} is memory: the instruction stores, "
+                                 "as a write fault needs")
+    if r.source_line:
+        s.values.append(derived("source line", f"{r.source_line[0]}:{r.source_line[1]}",
+                                f"the DWARF line table of {m.path}"))
+    elif r.elf_vaddr is not None and ev.program.compiled and m.path == str(ev.program.path):
+        s.values.append(unavailable("source line", "the binary has no line for this address"))
     s.ws = {
         "what": "the address the CPU saved as RIP, traced back to a byte offset in a file on disk.",
         "why": "ASLR moves where a file is mapped; the offset inside the file does not move.",
@@ -287,7 +286,7 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
         "who": "the instruction the CPU retries after the handler returns.",
         "when": "the instruction was executing when the trap came; it had not completed.",
         "without": "without this proof the RIP is just a number; with it, it is a line of code.",
-        "which": f"{r.describe()}",
+        "which": r.describe,
     }
     return s
 
@@ -408,7 +407,9 @@ def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
                  observed("order", order, src, display=f"{order} ({4096 << order} bytes)"),
                  observed("GFP flags", gfp, src, display=f"0x{gfp:x}"),
                  derived("GFP flags decoded", g.symbolic, f"bit table: {ev.gfp_source}", list(g.derivations)),
-                 observed("migratetype", a.fields.get("migratetype"), src, display=_migratetype(a.fields.get("migratetype")))]
+                 observed("migratetype", a.fields.get("migratetype"),
+                          f"{src}; its name from {ev.migratetype_source or 'no table'}",
+                          display=_migratetype(ev, a.fields.get("migratetype")))]
     if f.fault:
         s.values.append(derived("time after the trap", f"{(a.time_ns - f.fault.time_ns) / 1000:.1f} µs",
                                 "allocation time − fault time (both CLOCK_MONOTONIC)"))
@@ -428,15 +429,8 @@ def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
     return s
 
 
-def _migratetype(value) -> str:
-    names = {0: "MIGRATE_UNMOVABLE", 1: "MIGRATE_MOVABLE", 2: "MIGRATE_RECLAIMABLE"}
-    try:
-        from ..kernel.btf import BTFError, load_vmlinux_btf
-        enum = load_vmlinux_btf().enum("migratetype") or {}
-        names = {v: k for k, v in reversed(list(enum.items()))} or names
-    except (BTFError, OSError):
-        pass
-    return f"{value} ({names.get(value, '?')})"
+def _migratetype(ev: JourneyEvidence, value) -> str:
+    return f"{value} ({ev.migratetypes.get(value, '?')})"
 
 
 def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
@@ -605,6 +599,11 @@ def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
 STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),
                  (step_flags, "touched"), (step_vma, "touched"), (step_walk, "touched"), (step_alloc, "touched"),
                  (step_pagemap, "touched"), (step_pte, "touched"), (step_return, "touched"))
+
+
+def fault_event(ev: JourneyEvidence) -> TraceEvent | None:
+    """The fault the journey follows: the first one on the written page between mmap and the write."""
+    return Facts(ev).fault
 
 
 def build_journey(ev: JourneyEvidence) -> Journey:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..capture.procfs import parse_maps
+from ..evidence import parse_maps
 from ..decode.address import split_virtual_address
 from ..decode.error_code import decode_error_code
 from ..decode.pagemap import PM_PFN_MASK, decode_pagemap_entry

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capture.scenario_capture import OpSnapshot, ScenarioEvidence
 from ..decode.pagemap import PM_PFN_MASK, page_state, summarise_states
-from ..kernel.facts import MemorySettings
+from ..evidence import MemorySettings, OpSnapshot, ScenarioEvidence
 from ..model import kernel as mk
 from ..model.scenarios import ModelRun, Scenario
 
@@ -139,13 +138,19 @@ def compare(model: ScenarioOutcome, live: ScenarioOutcome) -> Agreement:
     return Agreement(agree, lines)
 
 
+def model_run_for(scenario: Scenario, ev: ScenarioEvidence) -> ModelRun:
+    """The simulator's run of the scenario with the live machine's settings and paging levels, its mmap
+    placed at the address the live kernel chose (observed), as fault-around's window depends on it."""
+    from ..model.scenarios import run_in_model
+    hint = next((snap.region for snap in ev.snapshots if snap.op.split()[:1] == ["mmap"]), None)
+    return run_in_model(scenario, model_config(ev.settings, ev.paging_levels), region_hint=hint)
+
+
 def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ScenarioEvidence, ModelRun]:
     """Run the scenario live and in the model (with this machine's settings) and compare."""
     from ..capture.scenario_capture import run_scenario_live
-    from ..kernel.facts import paging_levels
-    from ..model.scenarios import run_in_model
-    ev = run_scenario_live(list(scenario.ops), progress)
-    run = run_in_model(scenario, model_config(ev.settings, paging_levels()[0]))
+    ev = run_scenario_live(list(scenario.ops), progress, scenario.name)
+    run = model_run_for(scenario, ev)
     model, live = from_model(run), from_live(ev)
     return model, live, compare(model, live), ev, run
 

@@ -152,6 +152,7 @@ class Journey:
     layout_source: str = ""
     fault_flag_table: dict[str, int] = field(default_factory=dict)   # enum fault_flag used for the flags step
     fault_flag_source: str = ""
+    replayed_from: str = ""             # "replayed from FILE, captured on kernel K (host H) at T", or ""
 
 
 def timeline_from(items: list[tuple[int, str, str]], start_ns: int) -> list[TimelineEntry]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import DEFAULT_GFP_BITS
+from ..evidence import MemorySettings
 from .btf import BTFError, load_vmlinux_btf
 
 
@@ -108,21 +109,29 @@ def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool 
     return False
 
 
-@dataclass(frozen=True)
-class MemorySettings:
-    """The knobs the fault paths depend on, each with where it was read (or why it is assumed)."""
-
-    thp_enabled: str
-    thp_use_zero_page: bool
-    fault_around_bytes: int
-    stack_rlimit: int
-    sources: dict[str, str]
-
-
 def _selected(text: str) -> str | None:
     """The [bracketed] choice of a sysfs multiple-choice file."""
     m = re.search(r"\[([^\]]+)\]", text)
     return m.group(1) if m else None
+
+
+def migratetype_names() -> tuple[dict[int, str], str]:
+    """enum migratetype of this kernel (BTF) as value -> name, and where it came from."""
+    try:
+        enum = load_vmlinux_btf().enum("migratetype") or {}
+    except (BTFError, OSError):
+        enum = {}
+    if enum:
+        return ({v: k for k, v in reversed(list(enum.items()))},
+                "observed: enum migratetype in /sys/kernel/btf/vmlinux")
+    return ({0: "MIGRATE_UNMOVABLE", 1: "MIGRATE_MOVABLE", 2: "MIGRATE_RECLAIMABLE"},
+            "modelled: the first three values of enum migratetype, unchanged since Linux 2.6.24 (no BTF here)")
+
+
+def capture_origin() -> tuple[str, str]:
+    """(ISO 8601 time now, host name): where and when evidence was captured."""
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z"), platform.node()
 
 
 def memory_settings(root: Path = Path("/sys/kernel")) -> MemorySettings:

@@ -285,12 +285,18 @@ class SimulatedKernel:
 
     # -- system calls ------------------------------------------------------------------------------------
 
-    def mmap(self, proc: Process, length: int, prot: int, flags: int, file: File | None = None) -> int:
+    def mmap(self, proc: Process, length: int, prot: int, flags: int, file: File | None = None,
+             hint: int | None = None) -> int:
+        """mmap(2); a page-aligned ``hint`` whose range is free is taken as the kernel takes one."""
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if not length:
             raise ValueError("mmap of 0 bytes")
         align = PMD_SIZE if file is None and length % PMD_SIZE == 0 else PAGE_SIZE   # thp_get_unmapped_area
-        addr = self._unmapped_area(proc, length, align)
+        if hint is not None and not hint % PAGE_SIZE and 0x10000 <= hint and hint + length <= proc.mmap_base \
+                and not any(v.start < hint + length and hint < v.end for v in proc.vmas):
+            addr = hint
+        else:
+            addr = self._unmapped_area(proc, length, align)
         vm = _vm_from_prot(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         if flags & MAP_SHARED:
             vm |= VM_SHARED | VM_MAYSHARE

@@ -114,7 +114,10 @@ class ModelRun:
         return [page_state(e, k.kpageflags(e & PM_PFN_MASK) if e >> 63 else None) for e in self.final_pagemap()]
 
 
-def run_in_model(scenario: Scenario, config: ModelConfig | None = None) -> ModelRun:
+def run_in_model(scenario: Scenario, config: ModelConfig | None = None, region_hint: int | None = None) -> ModelRun:
+    """The scenario's operations in the simulator. ``region_hint``: the address the live kernel gave the
+    region's mmap, so that whatever depends on the virtual address (fault-around's window is aligned in
+    virtual addresses, THP needs a 2 MiB-aligned range) happens as it did live."""
     k = SimulatedKernel(config)
     run = ModelRun(scenario, k, k.exec("scenario"))
     for op in scenario.ops:
@@ -128,7 +131,7 @@ def run_in_model(scenario: Scenario, config: ModelConfig | None = None) -> Model
             flags = MAP_PRIVATE | (MAP_ANONYMOUS if kind.startswith("anon") else 0) | \
                 (MAP_POPULATE if kind.endswith("+populate") else 0)
             file = k.create_file("scenario-file", pages) if kind == "file" else None
-            run.region = k.mmap(proc, pages * PAGE_SIZE, prot, flags, file)
+            run.region = k.mmap(proc, pages * PAGE_SIZE, prot, flags, file, hint=region_hint)
             run.region_pages = pages
         elif verb == "stack":
             stack = next(v for v in proc.vmas if v.name == "[stack]")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
+    from ..evidence import MapsLine, RipFacts
 
 
 SYM_DTYPE = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
@@ -170,3 +176,27 @@ def source_line(path: str, vaddr: int) -> tuple[str, int] | None:
     except (OSError, ELFError, ValueError, IndexError, KeyError):
         return None
     return None
+
+
+def rip_facts(ip: int, mapping: MapsLine) -> RipFacts | None:
+    """What the ELF file behind ``mapping`` (an evidence.MapsLine) says about ``ip``: file offset, ELF
+    address, symbol, the instruction's bytes and its source line, for the evidence file. None when the
+    mapping is not a file mapping.
+
+    Read at capture time, where the file is; a replay shows these facts without the file.
+    """
+    from ..evidence import RipFacts
+    if not mapping.path.startswith("/"):
+        return None
+    r = resolve_ip(ip, mapping.start, mapping.offset, mapping.path)
+    facts = RipFacts(ip, mapping, r.file_offset, r.elf_vaddr, r.symbol, r.symbol_offset, list(r.derivations),
+                     r.describe())
+    if r.elf_vaddr is not None:
+        insns = disassemble(mapping.path, r.elf_vaddr, 1)
+        if insns:
+            a, mnem, ops, raw = insns[0]
+            facts.instruction = (a, mnem, ops, raw.hex(" "))
+        else:
+            facts.error = f"no instruction could be decoded at ELF address 0x{r.elf_vaddr:x}"
+        facts.source_line = source_line(mapping.path, r.elf_vaddr)
+    return facts

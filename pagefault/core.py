@@ -1,0 +1,256 @@
+"""Running a journey: live, in the simulator, or replayed from an evidence file — outside the CLI.
+
+cli.py parses arguments and maps these exceptions to exit statuses; this module decides what runs:
+the live capture, the fallback to the simulator where this machine cannot trace (said on stderr),
+the interactive stepping through a paused program, saving the evidence, and replaying it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .evidence import ExerciseError, ExerciseOptions, JourneyEvidence, ScenarioEvidence
+from .journey.steps import Journey
+
+Progress = Callable[[str], None] | None
+
+
+class JourneyUsageError(Exception):
+    """A request that cannot be carried out as given; one line with the fix (exit 2)."""
+
+
+class CannotTrace(Exception):
+    """This machine cannot trace what was asked for (exit 3); the message says why and the fix."""
+
+
+@dataclass
+class JourneyRequest:
+    """What `pagefault journey` (or `exercise`) was asked for."""
+
+    tier: str = "auto"                    # auto | bpf | perf | user | model
+    options: ExerciseOptions = field(default_factory=ExerciseOptions)
+    scenario: str | None = None
+    model: bool = False
+    save_evidence: Path | None = None
+    force: bool = False
+    progress: Progress = None
+    fallback_reason: str = ""             # what the simulator's journey says when it stands in
+
+
+def model_journey(scenario_name: str | None, note: str = "") -> Journey:
+    """The simulator's journey of a scenario (first-touch by default), with this machine's settings."""
+    from .journey.model_journey import build_model_journey
+    from .journey.scenario_check import model_config
+    from .kernel.facts import memory_settings, paging_levels
+    from .model.scenarios import ScenarioError, find_scenario, run_in_model
+    try:
+        scenario = find_scenario(scenario_name or "first-touch")
+    except ScenarioError as exc:
+        raise JourneyUsageError(str(exc)) from None
+    run = run_in_model(scenario, model_config(memory_settings(), paging_levels()[0]))
+    return build_model_journey(run, note)
+
+
+def _say(note: str) -> None:
+    print(f"note: {note}", file=sys.stderr)
+
+
+def complete_evidence(ev: JourneyEvidence) -> JourneyEvidence:
+    """Read what the journey needs from the program's ELF file (the RIP's symbol, bytes and line) into
+    the evidence, so that it can be built again anywhere from the evidence alone."""
+    from .journey.build import fault_event
+    from .symbols.elf import rip_facts
+    touched = ev.snapshots.get("touched")
+    fault = fault_event(ev)
+    if touched is None or fault is None or "ip" not in fault.fields or (ev.rip and ev.rip.ip == fault.fields["ip"]):
+        return ev
+    ip = fault.fields["ip"]
+    mapping = next((m for m in touched.maps if m.start <= ip < m.end), None)
+    if mapping is not None:
+        ev.rip = rip_facts(ip, mapping)
+    return ev
+
+
+def build_live(ev: JourneyEvidence) -> Journey:
+    from .journey.build import build_journey
+    return build_journey(complete_evidence(ev))
+
+
+def start_live(request: JourneyRequest):
+    """A LiveJourney for the exercise program, or None after saying why the simulator stands in.
+
+    :raises CannotTrace: an explicitly requested tier cannot run here.
+    :raises JourneyUsageError: the exercise options are wrong, or the program cannot be built.
+    """
+    from .capture.journey_capture import LiveJourney
+    from .capture.tracer import CaptureError
+    try:
+        return LiveJourney(request.options, tier=request.tier, progress=request.progress)
+    except CaptureError as exc:
+        if request.tier != "auto":
+            raise CannotTrace(str(exc)) from None
+        request.fallback_reason = f"this machine cannot trace here ({exc})"
+        return None
+    except ExerciseError as exc:
+        raise JourneyUsageError(str(exc)) from None
+
+
+def finish_live(live, request: JourneyRequest) -> Journey:
+    """Run the traced program to its end and build its journey (saving the evidence if asked)."""
+    from .capture.tracer import CaptureError
+    try:
+        live.run_all()
+    except (CaptureError, ExerciseError) as exc:
+        raise CannotTrace(str(exc)) from None
+    finally:
+        live.close()
+    if request.progress and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    journey = build_live(live.ev)
+    save_evidence(live.ev, request)
+    return journey
+
+
+def save_evidence(ev: JourneyEvidence | ScenarioEvidence, request: JourneyRequest) -> None:
+    if request.save_evidence is None:
+        return
+    from .capture.safe_paths import OutputError, write_output
+    from .evidence.file import dumps_evidence
+    if isinstance(ev, JourneyEvidence):
+        complete_evidence(ev)
+    path = request.save_evidence
+    try:
+        write_output(path, dumps_evidence(ev, gzipped=path.name.endswith(".gz")), request.force)
+    except OutputError as exc:
+        raise JourneyUsageError(str(exc)) from None
+    print(f"evidence saved to {path} (open it anywhere: pagefault journey --replay {path})", file=sys.stderr)
+
+
+def run_journey(request: JourneyRequest) -> Journey:
+    """The journey asked for, run to its end: the simulator's, a live scenario's, or the live one."""
+    if request.model or request.tier == "model":
+        return model_journey(request.scenario)
+    if request.scenario:
+        return live_scenario(request)
+    live = start_live(request)
+    if live is None:
+        note = f"{request.fallback_reason}; this is the simulator's journey instead"
+        _say(note)
+        return model_journey(None, note)
+    return finish_live(live, request)
+
+
+def live_scenario(request: JourneyRequest) -> Journey:
+    """A scenario run live with the model's verdict; the simulator's run where this user cannot trace."""
+    from .capture.tracer import CaptureError
+    from .journey.scenario_check import build_scenario_journey, check_scenario
+    from .kernel.facts import is_root
+    from .model.scenarios import ScenarioError, find_scenario
+    try:
+        scenario = find_scenario(request.scenario or "")
+    except ScenarioError as exc:
+        raise JourneyUsageError(str(exc)) from None
+    if not is_root():
+        note = "a live scenario needs root (tracepoints, PFNs); this is the simulator's run of it instead"
+        _say(f"{note} (fix: sudo)")
+        return model_journey(request.scenario, note)
+    try:
+        model, live, agreement, ev, _run = check_scenario(scenario, request.progress)
+    except CaptureError as exc:
+        raise CannotTrace(str(exc)) from None
+    if request.progress and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    save_evidence(ev, request)
+    return build_scenario_journey(scenario, ev, live, model, agreement)
+
+
+def replay(path: Path) -> Journey:
+    """The journey built from an evidence file, on any machine: nothing is read but the file.
+
+    :raises JourneyUsageError: the file is missing, damaged, of another version, or inconsistent.
+    """
+    from .evidence.file import EvidenceError, load_evidence
+    try:
+        loaded = load_evidence(path)
+    except EvidenceError as exc:
+        raise JourneyUsageError(str(exc)) from None
+    try:
+        journey = journey_from_evidence(loaded.evidence)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+        # every field had its type: the values contradict each other (a hand-edited or hostile file)
+        raise JourneyUsageError(f"{path}: the evidence is inconsistent ({type(exc).__name__}: {exc})") from None
+    journey.notes.insert(0, loaded.origin())
+    journey.replayed_from = loaded.origin()
+    return journey
+
+
+def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence) -> Journey:
+    """The journey a saved capture supports: a pure function of the evidence."""
+    from .journey.build import build_journey
+    from .journey.scenario_check import build_scenario_journey, compare, from_live, from_model, model_run_for
+    from .model.scenarios import find_scenario
+    if isinstance(ev, JourneyEvidence):
+        return build_journey(ev)
+    scenario = find_scenario(ev.scenario)
+    model, live = from_model(model_run_for(scenario, ev)), from_live(ev)
+    return build_scenario_journey(scenario, ev, live, model, compare(model, live))
+
+
+# --- stepping through a journey at the terminal --------------------------------------------------------
+
+def next_index(index: int, prompt: str) -> int | None:
+    """Enter: the next step; b: the one before; q (or end of input): None, to stop."""
+    try:
+        key = input(prompt).strip().lower()
+    except EOFError:
+        return None
+    if key == "q":
+        return None
+    return max(0, index - 1) if key == "b" else index + 1
+
+
+def step_list(journey: Journey, console) -> None:
+    """Enter: next step; b: back; q: quit, over steps already built (the simulator's, or a finished run)."""
+    from .views import journey_view
+    journey_view.header(journey, console)
+    for note in journey.notes:
+        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
+    index: int | None = 0
+    while index is not None and index < len(journey.steps):
+        console.print(journey_view.step_renderable(journey.steps[index], len(journey.steps)))
+        index = next_index(index, "[Enter] next  [b] back  [q] quit ")
+    if index is not None:
+        journey_view.render_timeline(journey, console)
+
+
+def step_through(live, console, request: JourneyRequest) -> None:
+    """Enter: next step; b: back; q: quit. The target waits at its phase while the person reads."""
+    from .capture.tracer import CaptureError
+    from .views import journey_view
+    try:
+        live.start()
+        journey = build_live(live.ev)
+        journey_view.header(journey, console)
+        index: int | None = 0
+        while index is not None:
+            while index >= len(journey.steps) and live.ev.stage != "done":
+                live.next_stage()
+                journey = build_live(live.ev)
+            if index >= len(journey.steps):
+                journey_view.render_timeline(journey, console)
+                console.print(f"the program has ended ({live.ev.exit}); the journey is complete")
+                save_evidence(live.ev, request)
+                return
+            console.print(journey_view.step_renderable(journey.steps[index], 11))
+            pid = live.ev.pid
+            hint = (f"PID {pid} is paused at phase '{live.ev.stage}' (look: cat /proc/{pid}/maps)"
+                    if live.ev.stage != "done" else "the program has ended")
+            index = next_index(index, f"[Enter] next  [b] back  [q] quit — {hint} ")
+        save_evidence(live.ev, request)   # as far as the person went: its stage says where that was
+    except (CaptureError, ExerciseError) as exc:
+        raise CannotTrace(str(exc)) from None
+    finally:
+        live.close()

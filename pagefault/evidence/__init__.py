@@ -1,0 +1,12 @@
+"""The evidence a journey is built from: plain data, captured live or loaded from a file.
+
+This package touches nothing on the machine. capture/ fills these records; journey/ builds steps
+from them; pagefault.evidence.file saves and loads them, so a journey captured as root on one machine
+can be opened anywhere Python runs.
+"""
+
+from .records import (BpfWalk, ExerciseError, ExerciseOptions, JourneyEvidence, Mapping, MapsLine, MemorySettings,
+                      OpSnapshot, Program, RipFacts, ScenarioEvidence, Snapshot, TraceEvent, WalkRead, parse_maps)
+
+__all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "Mapping", "MapsLine", "MemorySettings",
+           "OpSnapshot", "Program", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "parse_maps"]

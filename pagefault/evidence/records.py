@@ -1,0 +1,271 @@
+"""The records of a capture: what /proc, the tracepoints, bpftrace and the ELF file showed.
+
+Plain dataclasses of ints and strings only, so pagefault.evidence.file can save them as JSON and load
+them back into the same types. Times are CLOCK_MONOTONIC nanoseconds, as the perf samples use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_TEXT = "offset world"
+
+
+class ExerciseError(Exception):
+    """The exercise program could not be built, started or driven, or its options are wrong; the
+    message has the fix."""
+
+
+@dataclass
+class Mapping:
+    """One mapping of a process: from /proc/PID/maps or a PERF_RECORD_MMAP2."""
+
+    start: int
+    end: int
+    pgoff: int
+    path: str
+    prot: int = 0
+    source: str = ""
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+
+@dataclass(frozen=True)
+class MapsLine:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str
+
+    def as_mapping(self) -> Mapping:
+        return Mapping(self.start, self.end, self.offset, self.path, source="observed: /proc/PID/maps")
+
+
+def parse_maps(text: str) -> list[MapsLine]:
+    """The lines of a /proc/PID/maps text (a line that is not one is skipped)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        try:
+            lo, hi = parts[0].split("-")
+            out.append(MapsLine(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
+                                parts[5].strip() if len(parts) > 5 else ""))
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The knobs the fault paths depend on, each with where it was read (or why it is assumed)."""
+
+    thp_enabled: str
+    thp_use_zero_page: bool
+    fault_around_bytes: int
+    stack_rlimit: int
+    sources: dict[str, str]
+
+
+@dataclass
+class Program:
+    """The program the journey ran: how it was built, and the ELF file whose code does the write."""
+
+    argv_prefix: list[str]
+    path: Path              # the ELF file whose code does the write (for symbols), or the script
+    compiled: bool
+    how: str                # one line: how it was built or why the fallback is used
+
+
+@dataclass(frozen=True)
+class ExerciseOptions:
+    offset: int = 0x100
+    size: int = 4096
+    text: str | None = None          # None: the built-in text, copied by stores inside main
+
+    def check(self) -> None:
+        """Raises ExerciseError (with the fix) for options the program cannot run with."""
+        if self.size < 1 or self.size > 1 << 40:
+            raise ExerciseError(f"--size {self.size} is out of range (1 byte to 1 TiB)")
+        text = DEFAULT_TEXT if self.text is None else self.text
+        if "\n" in text or "\0" in text or len(text.encode()) > 400:
+            raise ExerciseError("--text must be one line of at most 400 bytes, without NUL")
+        if self.offset < 0 or self.offset + len(text.encode()) + 1 > self.size:
+            raise ExerciseError(f"--offset 0x{self.offset:x} leaves no room for the text and its NUL in "
+                                f"--size 0x{self.size:x} bytes")
+
+    @property
+    def written(self) -> str:
+        return DEFAULT_TEXT if self.text is None else self.text
+
+
+@dataclass
+class Snapshot:
+    """What /proc showed while the target was paused at one phase."""
+
+    phase: str
+    time_ns: int                      # CLOCK_MONOTONIC, the clock the perf samples use
+    maps: list[MapsLine]
+    minor_faults: int
+    major_faults: int
+    pagemap: int | None = None        # raw entry of the faulting page
+    vm_flags_mnemonics: list[str] | None = None
+    kpageflags: int | None = None
+    kpagecount: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TraceEvent:
+    """One sample of the target: its tracepoint (or software event), fields and symbolised call chain."""
+
+    name: str
+    time_ns: int
+    cpu: int
+    pid: int
+    fields: dict[str, int]
+    kernel_chain: list[tuple[int, str]] = field(default_factory=list)   # (address, function+offset), innermost first
+    user_chain: list[int] = field(default_factory=list)
+
+
+@dataclass
+class WalkRead:
+    """Entries read at one moment, top level first; a level missing means the walk stopped above it."""
+
+    when: str
+    pgd_virtual: int | None = None
+    entries: dict[str, int] = field(default_factory=dict)
+    table_physical: dict[str, int] = field(default_factory=dict)   # physical address of each level's table
+
+
+@dataclass
+class BpfWalk:
+    direct_map_base: int
+    pgd_physical: int
+    reads: dict[str, WalkRead]
+    script: str
+    stderr: str = ""
+
+
+@dataclass
+class RipFacts:
+    """The faulting RIP traced into the program's ELF file, as read where the fault was captured."""
+
+    ip: int
+    mapping: MapsLine
+    file_offset: int
+    elf_vaddr: int | None
+    symbol: str | None
+    symbol_offset: int | None
+    derivations: list[str]
+    describe: str                                    # "exercise:main+0x4c"
+    instruction: tuple[int, str, str, str] | None = None   # (ELF address, mnemonic, operands, bytes in hex)
+    source_line: tuple[str, int] | None = None
+    error: str = ""                                  # why a part could not be read
+
+
+@dataclass
+class JourneyEvidence:
+    tier: str
+    kernel_release: str
+    kernel_version: tuple[int, int]
+    paging_levels: int
+    paging_why: str
+    program: Program
+    options: ExerciseOptions
+    argv: list[str] = field(default_factory=list)
+    pid: int = 0
+    stage: str = ""                   # the last stage reached
+    spawned_ns: int = 0
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    events: list[TraceEvent] = field(default_factory=list)
+    event_sources: dict[str, str] = field(default_factory=dict)   # event name -> "observed: tracepoint …"
+    lost_events: int = 0
+    vaddr: int | None = None
+    readback: str | None = None
+    exit: str = ""
+    bpf: BpfWalk | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)     # what -> reason and fix
+    soft_dirty_config: bool | None = None
+    fault_flag_table: dict[str, int] = field(default_factory=dict)
+    fault_flag_source: str = ""
+    gfp_table: dict[str, int] = field(default_factory=dict)
+    gfp_source: str = ""
+    migratetypes: dict[int, str] = field(default_factory=dict)    # enum migratetype, value -> name
+    migratetype_source: str = ""
+    rip: RipFacts | None = None
+    captured_at: str = ""             # ISO 8601, the capture's wall clock
+    host: str = ""
+    tool_version: str = ""
+
+    @property
+    def fault_address(self) -> int | None:
+        return None if self.vaddr is None else self.vaddr + self.options.offset
+
+
+@dataclass
+class OpSnapshot:
+    """What the program said and /proc showed right after one operation."""
+
+    index: int
+    op: str
+    pid: int                                  # the process that ran it
+    time_ns: int                              # CLOCK_MONOTONIC, as the samples
+    region: int
+    pages: int
+    segv_code: int = 0
+    segv_addr: int = 0
+    pagemaps: dict[int, list[int]] = field(default_factory=dict)     # pid → the region's entries
+    kpageflags: dict[int, int] = field(default_factory=dict)         # PFN → flags
+    maps: dict[int, list[MapsLine]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def region_states(self, pid: int) -> list[str]:
+        """One page_state word per page of the region in pid's pagemap."""
+        from ..decode.pagemap import PM_PFN_MASK, page_state
+        return [page_state(e, self.kpageflags.get(e & PM_PFN_MASK) if e >> 63 else None)
+                for e in self.pagemaps.get(pid, [])]
+
+
+@dataclass
+class ScenarioEvidence:
+    tier: str
+    kernel_release: str
+    ops: list[str]
+    program: Program
+    settings: MemorySettings
+    scenario: str = ""                        # its name in the library
+    paging_levels: int = 4
+    pid: int = 0
+    child_pid: int = 0
+    start_ns: int = 0
+    ready_maps: list[MapsLine] = field(default_factory=list)
+    snapshots: list[OpSnapshot] = field(default_factory=list)
+    events: list[TraceEvent] = field(default_factory=list)
+    event_sources: dict[str, str] = field(default_factory=dict)
+    lost_events: int = 0
+    exit: str = ""
+    captured_at: str = ""
+    host: str = ""
+    tool_version: str = ""
+
+    def op_events(self, index: int, name: str) -> list[TraceEvent]:
+        """The events of the program (and its child) between the pause before operation index and the one after."""
+        lo = self.snapshots[index - 1].time_ns if index else self.start_ns
+        hi = self.snapshots[index].time_ns
+        pids = {self.pid, self.child_pid} - {0}
+        return [e for e in self.events if e.name == name and e.pid in pids and lo < e.time_ns <= hi]
+
+    def region_faults(self, index: int) -> list[TraceEvent]:
+        """The page_fault_user events of operation index whose address is in the region."""
+        snap = self.snapshots[index]
+        lo, hi = snap.region, snap.region + snap.pages * 4096
+        return [e for e in self.op_events(index, "exceptions:page_fault_user") if lo <= e.fields["address"] < hi]
