@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .evidence import ExerciseError, ExerciseOptions, JourneyEvidence, ScenarioEvidence
-from .journey.steps import Journey
+from .journey.steps import STEP_CATALOGUE, Journey
 
 Progress = Callable[[str], None] | None
 
@@ -244,7 +244,7 @@ def step_through(live, console, request: JourneyRequest) -> None:
                 console.print(f"the program has ended ({live.ev.exit}); the journey is complete")
                 save_evidence(live.ev, request)
                 return
-            console.print(journey_view.step_renderable(journey.steps[index], 11))
+            console.print(journey_view.step_renderable(journey.steps[index], len(STEP_CATALOGUE)))
             pid = live.ev.pid
             hint = (f"PID {pid} is paused at phase '{live.ev.stage}' (look: cat /proc/{pid}/maps)"
                     if live.ev.stage != "done" else "the program has ended")

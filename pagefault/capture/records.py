@@ -53,7 +53,7 @@ def _cstr(data: bytes, start: int, end: int) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def parse_stream(data: bytes, sample_type: int, *, in_time_order: bool = True,
+def parse_stream(data: bytes | memoryview, sample_type: int, *, in_time_order: bool = True,
                  columns: frozenset[str] | None = None) -> Stream:
     """Walk the record headers once; gather sample fields with numpy.
 

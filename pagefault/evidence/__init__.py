@@ -5,8 +5,23 @@ from them; pagefault.evidence.file saves and loads them, so a journey captured a
 can be opened anywhere Python runs.
 """
 
-from .records import (BpfWalk, ExerciseError, ExerciseOptions, JourneyEvidence, Mapping, MapsLine, MemorySettings,
-                      OpSnapshot, Program, RipFacts, ScenarioEvidence, Snapshot, TraceEvent, WalkRead, parse_maps)
+from .records import (
+                      BpfWalk,
+                      ExerciseError,
+                      ExerciseOptions,
+                      JourneyEvidence,
+                      Mapping,
+                      MapsLine,
+                      MemorySettings,
+                      OpSnapshot,
+                      Program,
+                      RipFacts,
+                      ScenarioEvidence,
+                      Snapshot,
+                      TraceEvent,
+                      WalkRead,
+                      parse_maps,
+)
 
 __all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "Mapping", "MapsLine", "MemorySettings",
            "OpSnapshot", "Program", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "parse_maps"]

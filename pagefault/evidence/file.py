@@ -140,6 +140,7 @@ def load_evidence(path: Path) -> EvidenceFile:
     kind = doc.get("kind")
     if kind not in KINDS:
         raise EvidenceError(f"{path}: unknown evidence kind {kind!r} (journey or scenario)")
+    evidence: JourneyEvidence | ScenarioEvidence
     try:
         evidence = CONVERTER.structure(doc.get("evidence"), KINDS[kind])
     except Exception as exc:   # cattrs reports every bad field in an exception group; name the first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..decode.address import split_virtual_address
 from ..decode.error_code import decode_error_code
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
@@ -10,8 +9,22 @@ from ..decode.gfp import decode_gfp
 from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry
 from ..decode.pte import decode_pte, derive_anonymous_pte
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
+from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..model.maple_tree import search as maple_search
-from .steps import Area, Journey, PageWalk, Step, TimelineEntry, WalkLevel, derived, modelled, observed, timeline_from, unavailable
+from .steps import (
+    Area,
+    Journey,
+    PageWalk,
+    Step,
+    TimelineEntry,
+    WalkLevel,
+    catalogue_step,
+    derived,
+    modelled,
+    observed,
+    timeline_from,
+    unavailable,
+)
 
 FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
 FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
@@ -54,6 +67,17 @@ def _maps_line(m: MapsLine) -> str:
     return f"{m.start:x}-{m.end:x} {m.perms} {m.offset:08x} {m.dev} {m.inode} {m.path}".rstrip()
 
 
+def _vaddr(ev: JourneyEvidence) -> int:
+    """The mapping's address; every stage from 'mapped' on has it (a saved file without it is inconsistent)."""
+    if ev.vaddr is None:
+        raise ValueError(f"the evidence reached phase {ev.stage!r} without the mapping's address")
+    return ev.vaddr
+
+
+def _fault_address(ev: JourneyEvidence) -> int:
+    return _vaddr(ev) + ev.options.offset
+
+
 def _us(ev: JourneyEvidence, t_ns: int) -> str:
     return f"{(t_ns - ev.spawned_ns) / 1000:.1f} µs after the spawn"
 
@@ -83,12 +107,13 @@ class Facts:
         vma = _vma_at(touched.maps, ev.fault_address) if touched and ev.fault_address else None
         self.vma = vma
         snap = ev.snapshots.get("touched") or ev.snapshots.get("mapped")
-        self.vm_flags_mnemonics = snap.vm_flags_mnemonics if snap else None
+        self.vm_flags_mnemonics: list[str] = (snap.vm_flags_mnemonics or []) if snap else []
+        self.vm_flags: int | None = None
+        self.vm_flags_lines: list[str] = []
+        self.vm_flags_unknown: list[str] = []
         if self.vm_flags_mnemonics:
             self.vm_flags, self.vm_flags_lines, self.vm_flags_unknown = vm_flags_from_smaps(
                 self.vm_flags_mnemonics, ev.kernel_version)
-        else:
-            self.vm_flags, self.vm_flags_lines, self.vm_flags_unknown = None, [], []
         self.pgd_alloc = next((e for e in ev.events if e.name == "kmem:mm_page_alloc"
                                and "pgd_alloc" in _funcs(e) and e.pid == ev.pid), None)
 
@@ -96,7 +121,7 @@ class Facts:
 # --- steps -----------------------------------------------------------------------------------------------------
 
 def step_process(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(1, "process", "The process and its mm exist before main() runs", "ready")
+    s = catalogue_step("process")
     snap = ev.snapshots["ready"]
     s.values.append(observed("PID", ev.pid, "the return value of fork() in pagefault, which started the program",
                              display=str(ev.pid)))
@@ -138,7 +163,7 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(2, "mmap", "mmap() creates a VMA: a promise, no memory yet", "mapped")
+    s = catalogue_step("mmap")
     enter = _between(ev, "syscalls:sys_enter_mmap", "ready", "mapped")
     exit_ = _between(ev, "syscalls:sys_exit_mmap", "ready", "mapped")
     area = _between(ev, "mmap:vm_unmapped_area", "ready", "mapped")
@@ -155,11 +180,11 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
     if exit_:
         ret = exit_[-1].fields.get("ret")
         s.values.append(observed("return value", ret, _src(ev, "syscalls:sys_exit_mmap")))
-        same = ret == ev.vaddr
+        same = ret == _vaddr(ev)
         s.derivations.append(f"sys_exit_mmap ret 0x{ret:x} {'=' if same else '≠'} the address the program printed "
-                             f"0x{ev.vaddr:x}")
+                             f"0x{_vaddr(ev):x}")
     else:
-        s.values.append(observed("return value", ev.vaddr, "the program's own report of what mmap() returned"))
+        s.values.append(observed("return value", _vaddr(ev), "the program's own report of what mmap() returned"))
     if area:
         u = area[-1].fields
         src = _src(ev, "mmap:vm_unmapped_area")
@@ -174,9 +199,9 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
     before = {(m.start, m.end) for m in ev.snapshots["ready"].maps}
     mapped = ev.snapshots["mapped"]
     new = [m for m in mapped.maps if (m.start, m.end) not in before]
-    vma = _vma_at(mapped.maps, ev.vaddr)
+    vma = _vma_at(mapped.maps, _vaddr(ev))
     if vma:
-        merged = (vma.start, vma.end) != (ev.vaddr, ev.vaddr + ev.options.size)
+        merged = (vma.start, vma.end) != (_vaddr(ev), _vaddr(ev) + ev.options.size)
         s.values.append(derived("new VMA", f"[0x{vma.start:x}, 0x{vma.end:x}) {vma.perms}",
                                 f"/proc/{ev.pid}/maps after mmap minus before" +
                                 (": merged with a neighbouring VMA of the same flags" if merged else "")))
@@ -191,7 +216,7 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(observed("pagemap of the page now", mapped.pagemap, f"/proc/{ev.pid}/pagemap",
                                  display=f"0x{mapped.pagemap:x}: {pm.summary}"))
     s.ws = {
-        "what": f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{ev.vaddr:x}.",
+        "what": f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{_vaddr(ev):x}.",
         "why": "mmap only reserves addresses: physical memory is given on the first touch (demand paging).",
         "where": "mm/mmap.c do_mmap → __get_unmapped_area → vm_unmapped_area; the VMA goes into mm->mm_mt.",
         "who": "the program's mmap() call; the kernel picked the address (top-down, below the stack gap).",
@@ -203,7 +228,7 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(3, "trap", "The CPU traps: #PF with the faulting address, RIP and error code", "touched")
+    s = catalogue_step("trap")
     e = f.fault
     if e is None:
         s.values.append(unavailable("page fault", "no fault on the page was seen; " + FIX_ROOT))
@@ -211,10 +236,10 @@ def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
     src = _src(ev, f.fault_event_name)
     addr = e.fields["address"]
     s.values.append(observed("faulting address (CR2)", addr, src))
-    s.values.append(derived("mapping start + offset written", ev.vaddr + ev.options.offset,
+    s.values.append(derived("mapping start + offset written", _vaddr(ev) + ev.options.offset,
                             "the mmap return value plus --offset",
-                            [f"0x{ev.vaddr:x} + 0x{ev.options.offset:x} = 0x{ev.vaddr + ev.options.offset:x}"
-                             + (" = the faulting address" if addr == ev.vaddr + ev.options.offset else
+                            [f"0x{_vaddr(ev):x} + 0x{ev.options.offset:x} = 0x{_vaddr(ev) + ev.options.offset:x}"
+                             + (" = the faulting address" if addr == _vaddr(ev) + ev.options.offset else
                                 f" ≠ 0x{addr:x}: the first store landed elsewhere in the page")]))
     s.values.append(observed("RIP", e.fields["ip"], src))
     if "error_code" in e.fields:
@@ -245,7 +270,7 @@ def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched")
+    s = catalogue_step("rip")
     if f.fault is None:
         s.values.append(unavailable("RIP", "no fault was seen"))
         return s
@@ -292,7 +317,7 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched")
+    s = catalogue_step("flags")
     if f.fault is None or "error_code" not in f.fault.fields:
         s.values.append(unavailable("fault flags", "needs the error code; " + FIX_ROOT))
         return s
@@ -322,8 +347,8 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(6, "vma", "The VMA lookup: is the address legal, and is a write allowed?", "touched")
-    addr = ev.fault_address
+    s = catalogue_step("vma")
+    addr = _fault_address(ev)
     if f.vma is None:
         s.values.append(unavailable("VMA", f"no VMA holds 0x{addr:x} in /proc/{ev.pid}/maps"))
         return s
@@ -349,8 +374,8 @@ def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(7, "walk", "The page-table walk: one index per level", "touched")
-    addr = ev.fault_address
+    s = catalogue_step("walk")
+    addr = _fault_address(ev)
     split = split_virtual_address(addr, ev.paging_levels)
     s.values.append(observed("paging levels", ev.paging_levels, ev.paging_why, display=str(ev.paging_levels)))
     for i in split.indices:
@@ -376,7 +401,7 @@ def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
             s.values.append(observed(f"{level} entry before", entry, "bpftrace read at tracepoint exceptions:page_fault_user "
                                      f"(table at physical 0x{table:x}, entry {idx} at +0x{idx * 8:x})",
                                      display=f"0x{entry:016x}: {pte.points_to}",
-                                     derivation=[l for l in pte.derivations if l.startswith("frame")]))
+                                     derivation=[d for d in pte.derivations if d.startswith("frame")]))
     else:
         s.values.append(unavailable("raw entries", ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     if ev.paging_levels == 4:
@@ -394,7 +419,7 @@ def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(8, "alloc", "The buddy allocator hands out a page", "touched")
+    s = catalogue_step("alloc")
     a = f.data_alloc
     if a is None:
         s.values.append(unavailable("allocation", ev.unavailable.get("kmem:mm_page_alloc",
@@ -434,13 +459,13 @@ def _migratetype(ev: JourneyEvidence, value) -> str:
 
 
 def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(9, "pagemap", "The PFN confirmed in /proc/PID/pagemap", "touched")
+    s = catalogue_step("pagemap")
     snap = ev.snapshots["touched"]
     if snap.pagemap is None:
         s.values.append(unavailable("pagemap entry", "; ".join(snap.errors) or "not read"))
         return s
     pm = decode_pagemap_entry(snap.pagemap)
-    s.values.append(observed("pagemap entry", snap.pagemap, f"/proc/{ev.pid}/pagemap at offset (0x{ev.fault_address:x} >> 12) * 8",
+    s.values.append(observed("pagemap entry", snap.pagemap, f"/proc/{ev.pid}/pagemap at offset (0x{_fault_address(ev):x} >> 12) * 8",
                              display=f"0x{snap.pagemap:016x}"))
     s.values.append(derived("decoded", pm.summary, "Documentation/admin-guide/mm/pagemap.rst bits", list(pm.derivations)))
     if pm.pfn_hidden:
@@ -470,7 +495,7 @@ def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(10, "pte", "The PTE that lets the retried instruction succeed", "touched")
+    s = catalogue_step("pte")
     a = f.data_alloc
     pfn = a.fields["pfn"] if a else f.pagemap_pfn
     if pfn is None or f.vm_flags is None:
@@ -510,7 +535,7 @@ def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
 
 
 def step_return(ev: JourneyEvidence, f: Facts) -> Step:
-    s = Step(11, "return", "Return: the instruction retried, the string read back", "touched")
+    s = catalogue_step("return")
     mapped, touched = ev.snapshots["mapped"], ev.snapshots["touched"]
     s.values.append(observed("string read back", ev.readback, "the program read it from the page after the write"))
     s.values.append(derived("equals the text written", ev.readback == ev.options.written, "compare",
@@ -548,8 +573,9 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
     for e in ev.events:
         if e.pid != ev.pid:
             continue
+        before_write = ev.snapshots.get("mapped", ev.snapshots["ready"]).time_ns
         if e.name in interesting and (e.name == "sched:sched_process_exec" or
-                                      ev.snapshots["ready"].time_ns <= e.time_ns <= ev.snapshots.get("mapped", ev.snapshots["ready"]).time_ns):
+                                      ev.snapshots["ready"].time_ns <= e.time_ns <= before_write):
             items.append((e.time_ns, interesting[e.name], _src(ev, e.name)))
     if f.pgd_alloc:
         items.append((f.pgd_alloc.time_ns, f"PGD page allocated, PFN 0x{f.pgd_alloc.fields['pfn']:x}", _src(ev, "kmem:mm_page_alloc")))
@@ -563,7 +589,7 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
 
 def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
     """The walk for the drawing: entries as bpftrace read them after the fault (and at the trap)."""
-    addr = ev.fault_address
+    addr = _fault_address(ev)
     if addr is None:
         return None
     split = split_virtual_address(addr, ev.paging_levels)
@@ -617,7 +643,7 @@ def build_journey(ev: JourneyEvidence) -> Journey:
     if "touched" in ev.snapshots:
         j.timeline = timeline(ev, f)
         j.walk = page_walk(ev, f)
-        j.layout = layout(ev.snapshots["touched"].maps, ev.fault_address)
+        j.layout = layout(ev.snapshots["touched"].maps, _fault_address(ev))
         j.layout_source = f"/proc/{ev.pid}/maps after the write (observed)"
     if ev.lost_events:
         j.notes.append(f"LOST {ev.lost_events} events: some values may be missing")

@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..evidence import parse_maps
 from ..decode.address import split_virtual_address
 from ..decode.error_code import decode_error_code
 from ..decode.pagemap import PM_PFN_MASK, decode_pagemap_entry
 from ..decode.pte import decode_pte
+from ..evidence import parse_maps
 from .steps import Journey, Value
 
 ORDER = ("rip", "flags", "indices", "pfn", "pte")

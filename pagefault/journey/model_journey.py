@@ -15,7 +15,7 @@ from ..decode.vm_flags import decode_vm_flags
 from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
 from ..model.scenarios import ModelRun, parse_op
-from .steps import Area, Journey, PageWalk, Step, Value, WalkLevel, modelled, unavailable
+from .steps import Area, Journey, PageWalk, Step, Value, WalkLevel, catalogue_step, modelled, unavailable
 
 LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
 
@@ -82,7 +82,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     src = lambda what: _src(run, what)  # noqa: E731
     steps: list[Step] = []
     pgd = next(a for a in k.allocs if a.what == "PGD table")
-    s = Step(1, "process", "The process and its mm exist before main() runs", "ready")
+    s = catalogue_step("process")
     s.values += [modelled("PID", proc.pid, src("the simulated process"), display=str(proc.pid)),
                  modelled("PGD page (PFN)", pgd.pfn, src("pgd_alloc during exec, from the simulated buddy allocator")),
                  _computed("PGD physical address (CR3 while it runs)", pgd.pfn << 12, "PFN << 12 (of a modelled PFN)",
@@ -95,7 +95,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     steps.append(s)
 
     vma = f.vma
-    s = Step(2, "mmap", "The mapping the fault lands in: a VMA, a promise of memory", "mapped")
+    s = catalogue_step("mmap")
     if vma is not None:
         word = decode_vm_flags(vma.flags)
         s.values += [modelled("VMA", f"[0x{vma.start:x}, 0x{vma.end:x}) {vma.perms()} {vma.name}".rstrip(),
@@ -111,7 +111,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
 
     code = f.error_code
     d = decode_error_code(code)
-    s = Step(3, "trap", "The CPU traps: #PF with the faulting address, RIP and error code", "touched")
+    s = catalogue_step("trap")
     if not f.trap:
         s.values.append(modelled("trap", "none", src("MAP_POPULATE: the kernel faulted the page in itself, inside "
                                                      "mmap; the CPU never trapped")))
@@ -121,20 +121,20 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
                  _computed("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
                  unavailable("RIP", LIVE_ONLY)]
     steps.append(s)
-    s = Step(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched")
+    s = catalogue_step("rip")
     s.values.append(unavailable("instruction", LIVE_ONLY))
     steps.append(s)
 
     values, source = model_fault_flags()
     ff = derive_fault_flags(code, values, source=source)
-    s = Step(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched")
+    s = catalogue_step("flags")
     s.values.append(modelled("enum fault_flag table", source, source))
     s.values.append(_computed("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
                             list(ff.derivations)))
     s.derivations += list(decode_fault_flags(ff.value, values, source).derivations)
     steps.append(s)
 
-    s = Step(6, "vma", "The VMA lookup: is the address legal, and is a write allowed?", "touched")
+    s = catalogue_step("vma")
     search = maple_search([(v.start, v.end) for v in proc.vmas], f.address)
     s.values.append(modelled("maple tree search", f"leaf {search.leaf_index}, slot {search.slot_index}",
                              src("a maple tree packed from the simulated VMAs"), list(search.derivations)))
@@ -149,7 +149,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
                                 [f"0x{vma.flags:x} & 0x2 = 0x{vma.flags & 2:x}"]))
     steps.append(s)
 
-    s = Step(7, "walk", "The page-table walk: one index per level", "touched")
+    s = catalogue_step("walk")
     split = split_virtual_address(f.address, k.config.paging_levels)
     s.values.append(modelled("paging levels", k.config.paging_levels, src("the model's setting"),
                              display=str(k.config.paging_levels)))
@@ -161,7 +161,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
                                  display=f"0x{entry:016x}: {decode_pte(entry, level).points_to}"))
     steps.append(s)
 
-    s = Step(8, "alloc", "The buddy allocator hands out a page", "touched")
+    s = catalogue_step("alloc")
     if not f.allocs:
         why = {mk.ZERO_PAGE: "the shared zero page needs no allocation", mk.REUSE: "the page itself is reused",
                mk.PAGE_CACHE: "the page was already in the page cache"}.get(f.outcome, f"outcome: {f.outcome}")
@@ -176,7 +176,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
                      modelled(f"{a.what}: call chain", _chain(a.chain), src("mm/memory.c as of 6.18"))]
     steps.append(s)
 
-    s = Step(9, "pagemap", "The PFN confirmed in /proc/PID/pagemap", "touched")
+    s = catalogue_step("pagemap")
     pm = k.pagemap(k.processes[f.pid], f.address)
     flags = k.kpageflags(pm & PM_PFN_MASK) if pm >> 63 else None
     s.values.append(modelled("pagemap entry", pm, src("fs/proc/task_mmu.c's encoding of the simulated PTE"),
@@ -187,13 +187,13 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s.values.append(_computed("page state", page_state(pm, flags), "decode.pagemap.page_state"))
     steps.append(s)
 
-    s = Step(10, "pte", "The PTE that lets the retried instruction succeed", "touched")
+    s = catalogue_step("pte")
     if f.walk_after:
         level, _t, _i, entry = f.walk_after[-1]
         p = decode_pte(entry, level)
         s.values.append(modelled(f"{level} entry after", entry, src("set_pte_at() / set_pmd_at() in the fault path"),
                                  display=f"0x{entry:016x}", derivation=list(p.derivations)))
-        if f.outcome == mk.NEW_PAGE and level == "PTE" and f.vma is not None:
+        if f.outcome == mk.NEW_PAGE and level == "PTE" and f.vma is not None and f.pfn is not None:
             dp = derive_anonymous_pte(f.pfn, f.vma.flags, True, soft_dirty=k.config.soft_dirty)
             s.values.append(_computed("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
                                     list(dp.derivations)))
@@ -201,7 +201,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
         s.values.append(modelled("entry", "none written", src(f"the fault ended in {f.outcome}")))
     steps.append(s)
 
-    s = Step(11, "return", "Return: the instruction retried", "touched")
+    s = catalogue_step("return")
     s.values.append(modelled("outcome", f.outcome, src("the fault path taken: " + _chain(f.path))))
     if f.also_mapped:
         s.values.append(modelled("pages mapped besides this one", f.also_mapped, src(

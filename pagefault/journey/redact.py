@@ -70,8 +70,8 @@ class Redactor:
             for v in step.values:
                 self._collect(v)
         if j.walk:
-            self.pfns |= {j.walk.frame_pfn} | {p >> 12 for p in (j.walk.cr3, *(lv.table for lv in j.walk.levels))
-                                               if p is not None}
+            self.pfns |= {p for p in (j.walk.frame_pfn,) if p is not None}
+            self.pfns |= {p >> 12 for p in (j.walk.cr3, *(lv.table for lv in j.walk.levels)) if p is not None}
             self.entries |= {e for lv in j.walk.levels for e in (lv.entry, lv.entry_before) if e}
 
         def named(text: str) -> str:       # numbers the text names: "PFN 0x…", "pagemap 0x…"

@@ -27,6 +27,7 @@ class FaultRow:
     error_code: int
     outcome: str
     stack_grown_pages: int = 0
+    kernel_choice: str = ""   # why the kernel may legitimately have done otherwise than the model (live rows)
 
     def key(self) -> tuple:
         return (self.op, self.who, self.page, self.error_code, self.outcome, self.stack_grown_pages)
@@ -82,7 +83,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
             entry = after[page] if page < len(after) else 0
             before_maps = (prev.pagemaps.get(e.pid) or prev.pagemaps.get(ev.pid)) if prev else None
             before = before_maps[page] if before_maps and page < len(before_maps) else 0
-            grown = 0
+            grown, choice = 0, ""
             old_stack = _stack_start((prev.maps.get(e.pid) if prev else None) or ev.ready_maps)
             new_stack = _stack_start(snap.maps.get(e.pid))
             if old_stack is not None and new_stack is not None and new_stack <= addr < old_stack:
@@ -102,14 +103,44 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                     outcome = mk.REUSE if same else mk.COPY
                     lines.append(f"page {page}: PFN 0x{before & PM_PFN_MASK:x} before, 0x{entry & PM_PFN_MASK:x} after"
                                  f" ({'the same frame' if same else 'a new frame'})")
+                    if not same:
+                        choice = _copy_of_a_sole_mapping(ev, prev, e, before & PM_PFN_MASK)
+                        if choice:
+                            lines.append(choice)
                 else:
                     outcome = mk.NEW_PAGE
                 lines.append(f"page {page}: pagemap 0x{entry:016x} after → {state}")
-            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown))
+            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown, choice))
         prev = snap
     if ev.snapshots:
         out.final_states = ev.snapshots[-1].region_states(ev.pid)
     return out
+
+
+REUSE_RULE = ("do_wp_page() reuses an anonymous folio only if it is exclusive to this process and no other "
+              "reference holds it (wp_can_reuse_anon_folio(): refcount ≤ 1 after lru_add_drain(), which drains "
+              "this CPU's LRU-add batch only); otherwise it copies")
+
+
+def _copy_of_a_sole_mapping(ev: ScenarioEvidence, prev: OpSnapshot | None, fault, old_pfn: int) -> str:
+    """Why a write fault copied a frame only this process mapped, when the kernel's choice explains it.
+
+    The model reuses such a frame. The kernel reuses it too unless another reference holds it: a folio
+    freshly allocated on another CPU can still sit in that CPU's LRU-add batch, which lru_add_drain()
+    on this CPU does not empty. Both CPUs are observed (mm_page_alloc's and the fault's), so the copy is
+    a kernel choice exactly when they differ; on the same CPU it would be unexplained.
+    """
+    if prev is None:
+        return ""
+    others = [entries for pid, entries in prev.pagemaps.items() if pid != fault.pid]
+    if any(e >> 63 and e & PM_PFN_MASK == old_pfn for entries in others for e in entries):
+        return ""   # still shared: a copy is what the model does too
+    alloc = next((a for a in ev.events if a.name == "kmem:mm_page_alloc" and a.fields.get("pfn") == old_pfn), None)
+    if alloc is None or alloc.cpu == fault.cpu:
+        return ""
+    return (f"kernel choice: frame 0x{old_pfn:x} was allocated on CPU {alloc.cpu} and written again on CPU "
+            f"{fault.cpu}, so it could still be in CPU {alloc.cpu}'s LRU-add batch holding a reference; "
+            + REUSE_RULE)
 
 
 @dataclass
@@ -121,6 +152,15 @@ class Agreement:
 def compare(model: ScenarioOutcome, live: ScenarioOutcome) -> Agreement:
     lines, agree = [], True
     m_keys, l_keys = [r.key() for r in model.rows], [r.key() for r in live.rows]
+    explained = [i for i, (m, lv) in enumerate(zip(model.rows, live.rows))
+                 if m.key() != lv.key() and lv.kernel_choice and m.outcome == mk.REUSE and lv.outcome == mk.COPY
+                 and m.key()[:4] == lv.key()[:4]]
+    if len(m_keys) == len(l_keys) and explained and all(m_keys[i] == l_keys[i] for i in range(len(m_keys))
+                                                         if i not in explained):
+        for i in explained:
+            lines.append(f"fault {i}: model {model.rows[i].describe()} | live {live.rows[i].describe()}: "
+                         f"{live.rows[i].kernel_choice}")
+        m_keys = l_keys = [k for i, k in enumerate(l_keys) if i not in explained]
     if m_keys == l_keys:
         lines.append(f"the {len(m_keys)} fault{'s' if len(m_keys) != 1 else ''} agree: "
                      + ("; ".join(r.describe() for r in live.rows) or "none on either side"))

@@ -14,6 +14,36 @@ from typing import Any
 from ..decode.pte import decode_pte
 
 PROVENANCES = ("observed", "derived", "modelled", "unavailable")
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    number: int
+    key: str
+    title: str
+    stage: str          # the phase the target is paused at while the step is read
+
+
+# One catalogue for the live journey and the simulator's: the same steps, titles and phases.
+STEP_CATALOGUE = {e.key: e for e in (
+    CatalogueEntry(1, "process", "The process and its mm exist before main() runs", "ready"),
+    CatalogueEntry(2, "mmap", "mmap() creates a VMA: a promise of memory, no page yet", "mapped"),
+    CatalogueEntry(3, "trap", "The CPU traps: #PF with the faulting address, RIP and error code", "touched"),
+    CatalogueEntry(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched"),
+    CatalogueEntry(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched"),
+    CatalogueEntry(6, "vma", "The VMA lookup: is the address legal, and is a write allowed?", "touched"),
+    CatalogueEntry(7, "walk", "The page-table walk: one index per level", "touched"),
+    CatalogueEntry(8, "alloc", "The buddy allocator hands out a page", "touched"),
+    CatalogueEntry(9, "pagemap", "The PFN confirmed in /proc/PID/pagemap", "touched"),
+    CatalogueEntry(10, "pte", "The PTE that lets the retried instruction succeed", "touched"),
+    CatalogueEntry(11, "return", "Return: the instruction retried", "touched"),
+)}
+
+
+def catalogue_step(key: str) -> "Step":
+    """A new, empty step of the catalogue."""
+    e = STEP_CATALOGUE[key]
+    return Step(e.number, e.key, e.title, e.stage)
 LEAF_PAGE_SIZE = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}
 WS = ("what", "why", "where", "who", "when", "without", "which")
 
@@ -115,7 +145,7 @@ class PageWalk:
     def set_frame(self) -> None:
         """The frame and page size from the last entry read, when it is present (a PMD or PUD leaf is huge)."""
         leaf = next((lv for lv in reversed(self.levels) if lv.entry is not None), None)
-        if leaf is None:
+        if leaf is None or leaf.entry is None:
             return
         p = decode_pte(leaf.entry, leaf.level)
         if p.present:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
 from ..capture.recording import Recording
+from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
 from ..kernel.kallsyms import KernelSymbols
@@ -46,10 +46,16 @@ def _event_ids(meta: dict) -> dict[str, int]:
     return {f"{e['system']}:{e['name']}": int(i) for i, e in meta.get("events", {}).items()}
 
 
+def _column(values: np.ndarray | None, n: int, dtype=np.uint64) -> np.ndarray:
+    """A sample column, or zeros where this kind of sample does not carry it."""
+    return values if values is not None else np.zeros(n, dtype=dtype)
+
+
 def field_values(stream: Stream, meta: dict, event: str, name: str, mask: np.ndarray) -> np.ndarray:
     ev = meta["events"][str(_event_ids(meta)[event])]
     off, size, signed = ev["fields"][name]
-    return raw_field(stream.data, stream.samples.raw_offset[mask], off, size, bool(signed))
+    raw = _column(stream.samples.raw_offset, len(stream.samples), np.int64)
+    return raw_field(stream.data, raw[mask], off, size, bool(signed))
 
 
 def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
@@ -113,15 +119,16 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     stream = parse_stream(rec.data, sample_type, in_time_order=False,
                           columns=frozenset() if tier == "perf" else frozenset({"ip", "addr"}))
     s = stream.samples
+    event_type = _column(s.event_type, len(s), np.uint16)
     ids = _event_ids(meta)
     notes = list(meta.get("notes", [])) + list(meta.get("warnings", []))
     summary = TraceSummary([str(a) for a in meta.get("command") or []], meta.get("pid") or 0, tier,
                            meta.get("exit") or "?", meta.get("duration") or 0.0, 0, 0, 0, stream.lost,
                            stream.lost_records, notes=notes, integrity=rec.integrity.describe())
     if tier == "perf":
-        fault_mask = s.event_type == ids.get("exceptions:page_fault_user", -1)
-        alloc_mask = s.event_type == ids.get("kmem:mm_page_alloc", -1)
-        mmap_mask = s.event_type == ids.get("syscalls:sys_enter_mmap", -1)
+        fault_mask = event_type == ids.get("exceptions:page_fault_user", -1)
+        alloc_mask = event_type == ids.get("kmem:mm_page_alloc", -1)
+        mmap_mask = event_type == ids.get("syscalls:sys_enter_mmap", -1)
         addresses = field_values(stream, meta, "exceptions:page_fault_user", "address", fault_mask)
         fault_ips = field_values(stream, meta, "exceptions:page_fault_user", "ip", fault_mask)
         codes = field_values(stream, meta, "exceptions:page_fault_user", "error_code", fault_mask)
@@ -129,7 +136,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     else:
         fault_mask = np.ones(len(s), dtype=bool)
         alloc_mask = mmap_mask = np.zeros(len(s), dtype=bool)
-        addresses, fault_ips, codes = s.addr, s.ip, None
+        addresses, fault_ips, codes = _column(s.addr, len(s)), s.ip, None
         summary.provenance = "observed: software event page-faults (address and ip only)"
     summary.lost, summary.lost_how = lost_events(stream, meta, ids, tier, rec.integrity.complete)
     summary.faults = int(fault_mask.sum())
@@ -241,17 +248,18 @@ def recording_columns(rec: Recording) -> tuple[dict[str, np.ndarray], list[str],
     s = stream.samples
     if meta.get("tier", "perf") == "perf":
         ids = _event_ids(meta)
-        names = sorted(ids, key=ids.get)
-        event = np.searchsorted(np.array([ids[n] for n in names]), s.event_type)
+        names = sorted(ids, key=lambda n: ids[n])
+        event_type = _column(s.event_type, len(s), np.uint16)
+        event = np.searchsorted(np.array([ids[n] for n in names]), event_type)
         fields = {}
         for name in names:
-            mask = s.event_type == ids[name]
+            mask = event_type == ids[name]
             spec = meta["events"][str(ids[name])]["fields"]
             fields[name] = {f: field_values(stream, meta, name, f, mask) for f, (_o, size, _s) in spec.items()
                             if not f.startswith("common_") and size <= 8}
     else:
         names = ["page-faults"]
         event = np.zeros(len(s), dtype=np.int64)
-        fields = {"page-faults": {"address": s.addr, "ip": s.ip}}
+        fields = {"page-faults": {"address": _column(s.addr, len(s)), "ip": s.ip}}
     columns = {"time": s.time, "pid": s.pid, "tid": s.tid, "cpu": s.cpu, "event": event}
     return columns, names, fields, dict(stream.comms)

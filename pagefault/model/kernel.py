@@ -444,9 +444,9 @@ class SimulatedKernel:
                          and vma.end >= min((window + 1) << 21, start + pages * PAGE_SIZE)
                          and not self._thp_allowed(vma, addr))
                 table = tables[tpfn] if plain else None
-                leaf_bits = vm_page_prot(vma.flags) | dirty | RW if plain else 0
+                leaf_bits = vm_page_prot(vma.flags) | dirty | RW if plain and vma is not None else 0
             idx = (addr >> 12) & 511
-            if table is not None and not table[idx] & P:
+            if table is not None and vma is not None and not table[idx] & P:
                 if free0:                   # the buddy allocator's order-0 fast case, inline
                     pfn = free0.popitem()[0]
                     buddy.allocated += 1
@@ -605,6 +605,8 @@ class SimulatedKernel:
                     chain: tuple[str, ...]) -> None:
         """do_read_fault() with fault-around: the cached pages of the window are mapped in one go."""
         f = vma.file
+        if f is None:
+            raise ValueError("a file fault in a VMA without a file")
         page_index = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         if write and not vma.flags & VM_SHARED:
             raise NotImplementedError("the model does not simulate a write fault on a private file mapping")
@@ -756,6 +758,8 @@ class SimulatedKernel:
         if entry & SPECIAL and level == "PTE":
             return value                                 # vm_normal_page() is NULL for the zero page
         head = self._folio_head(entry, level)
+        if head is None:
+            return value
         if self.kind.get(head) == "file":
             value |= 1 << 61
         if self.mapcount.get(head, 0) == 1:

@@ -18,8 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..decode.pagemap import PM_PFN_MASK, page_state
-from .kernel import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, Fault,
-                     ModelConfig, Process, SimulatedKernel)
+from .kernel import (
+    MAP_ANONYMOUS,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    Fault,
+    ModelConfig,
+    Process,
+    SimulatedKernel,
+)
 
 
 class ScenarioError(ValueError):
@@ -43,8 +53,10 @@ SCENARIOS = (
              "a read maps the shared zero page read-only; the write after it faults again (a protection "
              "fault) and gets a page of its own", ("mmap 1 rw anon", "read 0x100", "write 0x100"), 2),
     Scenario("fork-then-write", "copy-on-write after fork",
-             "fork shares every anonymous page read-only; the child's write copies the page, and the "
-             "parent's write then reuses the original, which no one else maps any more",
+             "fork shares every anonymous page read-only; the child's write copies the page. The parent's "
+             "write then finds the original mapped by no one else: do_wp_page() reuses it if no other "
+             "reference holds it (wp_can_reuse_anon_folio), and copies it if one does, e.g. while the folio "
+             "still sits in another CPU's LRU-add batch",
              ("mmap 2 rw anon", "write 0x0", "write 0x1000", "fork", "child write 0x0", "write 0x0"), 4),
     Scenario("file-read", "read a file through mmap",
              "a read of a file mapping maps the page-cache page itself, and fault-around maps its cached "
