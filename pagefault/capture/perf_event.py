@@ -82,6 +82,16 @@ def explain_errno(err: int, what: str) -> str:
 
 def perf_event_open(attr: PerfAttr, pid: int, cpu: int, group_fd: int = -1, flags: int = 0,
                     what: str = "perf event") -> int:
+    """perf_event_open(2) with FD_CLOEXEC.
+
+    :param attr: the event (its size field is filled in here).
+    :param pid: the task to follow (0: this one), with ``cpu`` -1 for any CPU, or a CPU with pid -1.
+    :returns: the new file descriptor, owned by the caller.
+    :raises PerfError: with errno and one line saying why and the fix (explain_errno()).
+
+    A non-root caller gets EACCES/EPERM for tracepoints and kernel samples unless perf_event_paranoid
+    allows them (≤ 1 for kernel call chains, ≤ 2 for its own processes' software events).
+    """
     attr.size = ctypes.sizeof(PerfAttr)
     PERF_FLAG_FD_CLOEXEC = 8
     fd = _libc.syscall(NR_perf_event_open, ctypes.byref(attr), pid, cpu, group_fd, flags | PERF_FLAG_FD_CLOEXEC)

@@ -63,7 +63,15 @@ def read_smaps_vmflags(pid: int | str, start: int) -> list[str] | None:
 
 
 def pagemap_entry(pid: int | str, address: int) -> int:
-    """One raw pagemap entry, for the page holding `address`."""
+    """The raw 64-bit /proc/PID/pagemap entry of the page holding ``address``.
+
+    :param pid: a process this user may read (its own, or any as root).
+    :returns: the entry as the kernel wrote it (decode it with decode.pagemap.decode_pagemap_entry).
+    :raises OSError: the process is gone or unreadable, or the address lies past the file's end.
+
+    A caller without CAP_SYS_ADMIN gets the entry with its PFN field zeroed (bits 0-54), as the
+    kernel hides frame numbers from unprivileged readers since Linux 4.2; the flag bits are real.
+    """
     entries = read_pagemap(pid, address, 1)
     if not entries:
         raise OSError(f"/proc/{pid}/pagemap has no entry for 0x{address:x}")
