@@ -92,7 +92,8 @@ def _decode(kind: str, value: int, levels: int, level: str, error_code: bool) ->
         rows = flag_rows(r.flags) + field_rows(r, ["pfn", "swap_type", "swap_offset"])
         return f"pagemap entry 0x{value:x}: {r.summary}", rows, list(r.derivations), r
     if kind == "kpageflags":
-        r = decode_kpageflags(value)
+        _, _, kernel_version = _kernel_tables()
+        r = decode_kpageflags(value, kernel_version())
         return f"kpageflags 0x{value:x}", flag_rows(r), list(r.derivations), r
     if kind == "gfp":
         _, gfp_bits, _ = _kernel_tables()

@@ -194,3 +194,22 @@ def test_maple_search_hand_checked():
     assert (r.leaf_index, r.slot_index, r.found.vma) == (0, 3, (0x7000, 0x8000))
     gap = search([(0x1000, 0x3000), (0x7000, 0x8000)], 0x4000)
     assert gap.found.vma is None and "SEGV_MAPERR" in gap.derivations[-1]
+
+
+def test_tables_are_keyed_to_the_kernel_they_hold_for():
+    """Names and bit positions that changed between the matrix kernels, checked against the headers."""
+    from pagefault.decode.gfp import builtin_gfp_bits, decode_gfp
+    from pagefault.decode.pagemap import decode_kpageflags
+    bit34 = 1 << 34
+    assert decode_kpageflags(bit34, (6, 1)).names == ["KPF_MAPPEDTODISK"]
+    assert decode_kpageflags(bit34, (6, 11)).names == ["KPF_MAPPEDTODISK"]
+    assert decode_kpageflags(bit34, (6, 12)).names == ["KPF_OWNER_2"]
+    assert "before Linux 6.12" in decode_kpageflags(bit34, (6, 1)).table_source
+    table, what, holds = builtin_gfp_bits((6, 1))
+    assert holds and table["__GFP_ATOMIC"] == 9 and "__GFP_NO_OBJ_EXT" not in table and "6.1" in what
+    # GFP_ATOMIC on 6.1 = __GFP_HIGH | __GFP_ATOMIC | __GFP_KSWAPD_RECLAIM = 0x20 | 0x200 | 0x800
+    assert decode_gfp(0xA20, table).symbolic == "GFP_ATOMIC"
+    table, _what, holds = builtin_gfp_bits((6, 18))
+    assert holds and "__GFP_ATOMIC" not in table and table["__GFP_NO_OBJ_EXT"] == 24
+    _table, _what, holds = builtin_gfp_bits((5, 4))
+    assert not holds

@@ -95,6 +95,19 @@ class Terminal:
                 except OSError:
                     pass
 
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for the tool to end, reading what it prints meanwhile (a full terminal would block it)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"the tool did not end:\n{self.text[-2000:]}"
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.text += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:
+                    pass
+        return self.proc.returncode
+
     def send(self, keys: str) -> None:
         os.write(self.master, keys.encode())
 
@@ -125,7 +138,7 @@ def test_killing_the_interactive_journey_at_a_paused_phase_leaves_nothing(can_tr
         if phase == "mapped":
             assert any("bpftrace" in c for c in kids.values()), kids  # and bpftrace, attached
         term.proc.send_signal(sig)
-        term.proc.wait(timeout=30)
+        term.wait(timeout=60)
         left = _wait_gone(kids, 3.0)
         assert not left, f"still running after {sig.name} of the tool at phase {phase}: {left}"
         if sig != signal.SIGKILL:

@@ -194,6 +194,10 @@ def test_damaged_evidence_is_one_line(tmp_path):
              "version.json": good.replace(b'"version":1', b'"version":99'),
              "kind.json": good.replace(b'"kind":"journey"', b'"kind":"other"'),
              "gz.json.gz": gzip.compress(good)[:-20], "binary": os.urandom(300)}
+    doc = json.loads(good)
+    for name, position in (("bomb70.json", 2**70), ("bomb62.json", 2**62)):   # 1 << position must never run
+        doc["evidence"]["gfp_table"] = {"__GFP_IO": position}
+        cases[name] = json.dumps(doc).encode()
     for name, data in cases.items():
         p = tmp_path / name
         p.write_bytes(data)
@@ -202,9 +206,10 @@ def test_damaged_evidence_is_one_line(tmp_path):
         assert "\n" not in str(info.value) and str(p) in str(info.value)
 
 
-def test_fuzz_the_evidence_loader(tmp_path_factory):
+@pytest.mark.parametrize("fixture", [JOURNEYS[0], next(p for p in SCENARIOS if "fork" in p.name)], ids=ids)
+def test_fuzz_the_evidence_loader(tmp_path_factory, fixture):
     from hypothesis import HealthCheck, given, settings, strategies as st
-    doc = json.loads(gzip.decompress(JOURNEYS[0].read_bytes()))
+    doc = json.loads(gzip.decompress(fixture.read_bytes()))
     paths = []
 
     def walk(node, path):
@@ -220,7 +225,7 @@ def test_fuzz_the_evidence_loader(tmp_path_factory):
     values = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.text(max_size=6),
                        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.sampled_from(paths), values, st.booleans())
     def check(path, value, delete):
         mutated = json.loads(json.dumps(doc))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bits import Flag, FlagWord, decode_flag_word
+from .bits import DecodeError, Flag, FlagWord, decode_flag_word
 
 # Kernel 6.18, x86-64, as on this project's machines (BTF enum ___GFP_*_BIT).
 DEFAULT_GFP_BITS = {
@@ -19,7 +19,32 @@ DEFAULT_GFP_BITS = {
     "__GFP_NOMEMALLOC": 19, "__GFP_HARDWALL": 20, "__GFP_THISNODE": 21, "__GFP_ACCOUNT": 22,
     "__GFP_ZEROTAGS": 23, "__GFP_NO_OBJ_EXT": 24,
 }
+# Linux 6.1 to 6.3, x86-64 (include/linux/gfp_types.h; #defines, so BTF has no ___GFP_*_BIT enum):
+# ___GFP_ATOMIC at bit 9 until 6.4 removed it; the KASAN_HW_TAGS bits are 0 on x86, and NOLOCKDEP
+# is 0 without CONFIG_LOCKDEP (distribution kernels).
+GFP_BITS_6_1 = {name: b for name, b in DEFAULT_GFP_BITS.items() if name != "__GFP_NO_OBJ_EXT"} | {"__GFP_ATOMIC": 9}
+# Built-in tables, keyed to the kernel versions they hold for: [first, last] (major, minor), inclusive.
+BUILTIN_GFP_TABLES = (
+    ((6, 1), (6, 3), GFP_BITS_6_1, "Linux 6.1-6.3 x86-64 (include/linux/gfp_types.h)"),
+    ((6, 10), (6, 18), DEFAULT_GFP_BITS, "Linux 6.10-6.18 x86-64 (enum ___GFP_*_BIT, as BTF shows it on 6.12 and 6.18)"),
+)
+
+
+def builtin_gfp_bits(version: tuple[int, int]) -> tuple[dict[str, int], str, bool]:
+    """(bit table, what it is, whether it holds for ``version``): the table keyed to that version, else the
+    nearest one, and the caller must say that it may not hold."""
+    for first, last, table, what in BUILTIN_GFP_TABLES:
+        if first <= version <= last:
+            return dict(table), what, True
+    def distance(entry) -> int:
+        ordinal = version[0] * 100 + version[1]
+        return min(abs(ordinal - (v[0] * 100 + v[1])) for v in entry[:2])
+    _first, _last, table, what = min(BUILTIN_GFP_TABLES, key=distance)
+    return dict(table), what, False
+
+
 MEANINGS = {
+    "__GFP_ATOMIC": "the caller cannot reclaim or sleep (removed in 6.4)",
     "__GFP_DMA": "from ZONE_DMA", "__GFP_HIGHMEM": "highmem allowed", "__GFP_DMA32": "from ZONE_DMA32",
     "__GFP_MOVABLE": "movable: may be migrated or compacted", "__GFP_RECLAIMABLE": "reclaimable slab",
     "__GFP_HIGH": "high priority, may use reserves", "__GFP_IO": "may start physical I/O",
@@ -45,7 +70,9 @@ COMPOSITES = (
     ("GFP_TRANSHUGE_LIGHT", _TRANSHUGE_LIGHT),
     ("GFP_HIGHUSER_MOVABLE", _HIGHUSER_MOVABLE), ("GFP_HIGHUSER", _HIGHUSER), ("GFP_USER", _USER),
     ("GFP_KERNEL_ACCOUNT", _KERNEL + ("__GFP_ACCOUNT",)), ("GFP_KERNEL", _KERNEL),
-    ("GFP_NOFS", _RECLAIM + ("__GFP_IO",)), ("GFP_ATOMIC", ("__GFP_HIGH", "__GFP_KSWAPD_RECLAIM")),
+    ("GFP_NOFS", _RECLAIM + ("__GFP_IO",)),
+    ("GFP_ATOMIC", ("__GFP_HIGH", "__GFP_ATOMIC", "__GFP_KSWAPD_RECLAIM")),   # before 6.4 (a table with __GFP_ATOMIC)
+    ("GFP_ATOMIC", ("__GFP_HIGH", "__GFP_KSWAPD_RECLAIM")),
     ("GFP_NOIO", _RECLAIM), ("GFP_NOWAIT", ("__GFP_KSWAPD_RECLAIM", "__GFP_NOWARN")),
 )
 
@@ -59,6 +86,11 @@ class GfpFlags:
 
 
 def gfp_table(bits: dict[str, int]) -> tuple[Flag, ...]:
+    """The flags of a ___GFP_*_BIT table (name -> bit position); raises DecodeError for a position that
+    no 32- or 64-bit gfp_t has (a damaged or hostile table, never 1 << 2**70)."""
+    bad = {n: b for n, b in bits.items() if not 0 <= b < 64}
+    if bad:
+        raise DecodeError(f"GFP bit table has impossible bit positions: {bad}")
     return tuple(Flag(1 << b, n, MEANINGS.get(n, "")) for n, b in sorted(bits.items(), key=lambda kv: kv[1]))
 
 

@@ -80,7 +80,8 @@ KPF_NAMES = {
     23: ("OFFLINE", "logically offline"), 24: ("ZERO_PAGE", "the shared zero page"),
     25: ("IDLE", "not accessed since marked idle"), 26: ("PGTABLE", "a page-table page"),
     32: ("RESERVED", "reserved (kernel hacking)"), 33: ("MLOCKED", "mlocked (kernel hacking)"),
-    34: ("MAPPEDTODISK", "has disk blocks; on an anonymous page the same bit is PG_anon_exclusive (kernel hacking)"),
+    34: ("OWNER_2", "owner's flag 2: PG_mappedtodisk on a file page, PG_anon_exclusive on an anonymous page "
+                    "(kernel hacking)"),
     35: ("PRIVATE", "has private data (kernel hacking)"),
     36: ("PRIVATE_2", "private flag 2 (kernel hacking)"), 37: ("OWNER_PRIVATE", "owner's flag (kernel hacking)"),
     38: ("ARCH", "architecture flag (kernel hacking)"), 39: ("UNCACHED", "uncached (kernel hacking)"),
@@ -88,11 +89,26 @@ KPF_NAMES = {
     42: ("ARCH_3", "architecture flag 3 (kernel hacking)"),
 }
 KPAGEFLAGS_BITS = tuple(Flag(bit(b), "KPF_" + n, m) for b, (n, m) in sorted(KPF_NAMES.items()))
+# Bit 34 was KPF_MAPPEDTODISK until "mm: Rename PG_mappedtodisk to PG_owner_2" (merged for Linux 6.12).
+KPF_OWNER_2_SINCE = (6, 12)
+KPAGEFLAGS_BITS_BEFORE_6_12 = tuple(
+    Flag(f.mask, "KPF_MAPPEDTODISK", "has disk blocks; on an anonymous page the same bit is PG_anon_exclusive "
+         "(kernel hacking)") if f.mask == bit(34) else f for f in KPAGEFLAGS_BITS)
 
 
-def decode_kpageflags(value: int) -> FlagWord:
-    return decode_flag_word(value, KPAGEFLAGS_BITS, what="kpageflags",
-                            table_source="include/uapi/linux/kernel-page-flags.h")
+def kpageflags_table(version: tuple[int, int] | None) -> tuple[tuple[Flag, ...], str]:
+    """The KPF_* names for a kernel version, and which table that is (None: the newest, said so)."""
+    if version is not None and version < KPF_OWNER_2_SINCE:
+        return (KPAGEFLAGS_BITS_BEFORE_6_12, f"include/uapi/linux/kernel-page-flags.h as before Linux 6.12 "
+                f"(bit 34 KPF_MAPPEDTODISK), for kernel {version[0]}.{version[1]}")
+    which = f"for kernel {version[0]}.{version[1]}" if version else "no kernel version given: the newest names"
+    return KPAGEFLAGS_BITS, f"include/uapi/linux/kernel-page-flags.h as from Linux 6.12 (bit 34 KPF_OWNER_2), {which}"
+
+
+def decode_kpageflags(value: int, version: tuple[int, int] | None = None) -> FlagWord:
+    """/proc/kpageflags bits by name, as the kernel of ``version`` names them."""
+    table, source = kpageflags_table(version)
+    return decode_flag_word(value, table, what="kpageflags", table_source=source)
 
 
 PAGE_STATES = ("not present", "zero page", "huge zero page", "huge page", "file", "anon", "anon, shared")

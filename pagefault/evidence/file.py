@@ -51,7 +51,7 @@ def _converter() -> cattrs.Converter:
     conv.register_unstructure_hook(Path, str)
     conv.register_structure_hook(Path, lambda v, _t: Path(_strict(v, str)))
     # cattrs would turn "12" into 12 and 1.5 into 1: an evidence file must hold the types it was saved with
-    conv.register_structure_hook(int, lambda v, _t: _strict(v, int))
+    conv.register_structure_hook(int, lambda v, _t: _bounded(_strict(v, int)))
     conv.register_structure_hook(str, lambda v, _t: _strict(v, str))
     conv.register_structure_hook(bool, lambda v, _t: _strict(v, bool))
     conv.register_structure_hook(float, lambda v, _t: float(_strict(v, (int, float))))
@@ -76,6 +76,14 @@ def _int_key_dict_hook(conv: cattrs.Converter, t):
             out[int(key)] = conv.structure(item, value_type)
         return out
     return structure
+
+
+def _bounded(value: int) -> int:
+    """Every integer of a capture is a machine word (u64 or s64): anything wider is damage, or an attack
+    (a 2**70 bit position would make 1 << n a memory bomb)."""
+    if not -(1 << 63) <= value < 1 << 64:
+        raise ValueError(f"{value} does not fit in 64 bits")
+    return value
 
 
 def _strict(value: Any, kind) -> Any:
@@ -145,7 +153,30 @@ def load_evidence(path: Path) -> EvidenceFile:
         evidence = CONVERTER.structure(doc.get("evidence"), KINDS[kind])
     except Exception as exc:   # cattrs reports every bad field in an exception group; name the first
         raise EvidenceError(f"{path}: {_first_problem(exc)}") from None
+    problem = _out_of_range(evidence)
+    if problem:
+        raise EvidenceError(f"{path}: {problem}")
     return EvidenceFile(kind, evidence, path, str(doc.get("tool_version") or ""))
+
+
+def _out_of_range(ev: JourneyEvidence | ScenarioEvidence) -> str:
+    """What no capture can hold, though each field has its type: the limits the builders rely on."""
+    if ev.paging_levels not in (4, 5):
+        return f"evidence.paging_levels is {ev.paging_levels}: x86-64 pages with 4 or 5 levels"
+    if isinstance(ev, JourneyEvidence):
+        try:
+            ev.options.check()
+        except ValueError as exc:
+            return f"evidence.options: {exc}"
+        except Exception as exc:   # ExerciseError: the options could not have been run
+            return f"evidence.options: {exc}"
+        bad = {n: b for n, b in ev.gfp_table.items() if not 0 <= b < 64}
+        if bad:
+            return f"evidence.gfp_table has impossible bit positions {bad}"
+        bad = {n: v for n, v in ev.fault_flag_table.items() if not 0 <= v < 1 << 32}
+        if bad:
+            return f"evidence.fault_flag_table has values no enum fault_flag holds: {bad}"
+    return ""
 
 
 def _first_problem(exc: BaseException) -> str:

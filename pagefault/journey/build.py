@@ -475,8 +475,9 @@ def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(derived("same PFN as mm_page_alloc", same, "pagemap PFN == allocation PFN",
                                 [f"0x{pm.pfn:x} {'==' if same else '!='} 0x{f.data_alloc.fields['pfn']:x}"]))
     if snap.kpageflags is not None:
-        kw = decode_kpageflags(snap.kpageflags)
-        s.values.append(observed("kpageflags", snap.kpageflags, f"/proc/kpageflags at PFN 0x{pm.pfn:x}",
+        kw = decode_kpageflags(snap.kpageflags, ev.kernel_version)
+        s.values.append(observed("kpageflags", snap.kpageflags,
+                                 f"/proc/kpageflags at PFN 0x{pm.pfn:x}; names from {kw.table_source}",
                                  display=f"0x{snap.kpageflags:x} = {' | '.join(kw.names)}", derivation=list(kw.derivations)))
         s.values.append(observed("kpagecount (mappings)", snap.kpagecount, f"/proc/kpagecount at PFN 0x{pm.pfn:x}",
                                  display=str(snap.kpagecount)))

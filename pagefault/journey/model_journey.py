@@ -29,6 +29,11 @@ def _computed(label: str, value, how: str, derivation: list[str] | None = None, 
     return modelled(label, value, f"computed from the simulator's values: {how}", derivation, display)
 
 
+def _model_version(k) -> tuple[int, int]:
+    major, _, minor = k.config.kernel.partition(".")
+    return int(major), int(minor or 0)
+
+
 def model_fault_flags() -> tuple[dict[str, int], str]:
     """enum fault_flag as the model's kernel (6.18) has it."""
     return fallback_fault_flag_values((6, 18))
@@ -183,7 +188,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
                              display=f"0x{pm:016x}", derivation=list(decode_pagemap_entry(pm).derivations)))
     if flags is not None:
         s.values.append(modelled("kpageflags", flags, src("the page kinds the model tracks"),
-                                 display=" | ".join(decode_kpageflags(flags).names) or "0"))
+                                 display=" | ".join(decode_kpageflags(flags, _model_version(k)).names) or "0"))
     s.values.append(_computed("page state", page_state(pm, flags), "decode.pagemap.page_state"))
     steps.append(s)
 

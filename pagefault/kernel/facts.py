@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..decode.fault_flags import fallback_fault_flag_values
-from ..decode.gfp import DEFAULT_GFP_BITS
+from ..decode.gfp import builtin_gfp_bits
 from ..evidence import MemorySettings
 from .btf import BTFError, load_vmlinux_btf
 
@@ -80,16 +80,21 @@ def fault_flag_values() -> KernelTable:
 
 
 def gfp_bits() -> KernelTable:
-    """GFP bit positions from BTF's ___GFP_*_BIT enumerators, else the built-in 6.18 table."""
+    """GFP bit positions from BTF's ___GFP_*_BIT enumerators (Linux 6.10 and later), else the built-in
+    table keyed to this kernel's version (gfp.builtin_gfp_bits), labelled modelled with that version."""
     try:
         enumerators = load_vmlinux_btf().enumerators
+        why = "BTF has no ___GFP_*_BIT: GFP bits are #defines before Linux 6.10"
     except BTFError as exc:
-        return KernelTable(dict(DEFAULT_GFP_BITS), f"modelled: built-in 6.18 table ({exc})")
+        enumerators, why = {}, str(exc)
     bits = {"__GFP_" + k[len("___GFP_"):-len("_BIT")]: v for k, v in enumerators.items()
             if k.startswith("___GFP_") and k.endswith("_BIT") and k not in ("___GFP_LAST_BIT", "___GFP_UNUSED_BIT")}
-    if not bits:
-        return KernelTable(dict(DEFAULT_GFP_BITS), "modelled: built-in 6.18 table (BTF has no ___GFP_*_BIT)")
-    return KernelTable(bits, "observed: enum ___GFP_*_BIT in /sys/kernel/btf/vmlinux")
+    if bits:
+        return KernelTable(bits, "observed: enum ___GFP_*_BIT in /sys/kernel/btf/vmlinux")
+    version = kernel_version()
+    table, what, holds = builtin_gfp_bits(version)
+    fit = "which holds for it" if holds else "the nearest built-in table: it may not hold for it"
+    return KernelTable(table, f"modelled: built-in table of {what}, for kernel {version[0]}.{version[1]}, {fit} ({why})")
 
 
 def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool | None:

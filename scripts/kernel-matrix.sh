@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The kernel matrix: pagefault's checks on the host kernel and on Debian's own 6.1 and 6.12 kernels,
+# booted under QEMU with virtme-ng over a copy-on-write view of this machine (KVM where /dev/kvm works,
+# TCG otherwise).
+#
+#   sudo bash scripts/kernel-matrix.sh [KERNEL…] [--out DIR] [--bound SECONDS]
+#
+# KERNEL: host, 6.1, 6.12 (the newest Debian package of that series), or a release such as
+# 6.1.0-56-amd64 (its linux-image-RELEASE-unsigned package). Default: host 6.1 6.12.
+# Each kernel's outputs go to DIR/<kernel release>/ (default: matrix-out/): doctor.json, journey.json,
+# evidence/ (the offline tests' fixtures), trace.json, decode-*.json, checks.tsv, console.log.
+# Prints a table of kernel × check, each kernel's wall times, and a last line
+#   matrix: N kernels, M checks, all passed
+# Exits non-zero on any miss. A guest that hangs is killed at its bound; no QEMU is left behind.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT="$ROOT/matrix-out"
+BOUND=900            # per guest: boot + every check, under TCG (about 10-30x slower than the host)
+KERNELS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) OUT=$(realpath -m "$2"); shift 2 ;;
+        --bound) BOUND="$2"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -*) echo "kernel-matrix: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) KERNELS+=("$1"); shift ;;
+    esac
+done
+[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 6.1 6.12)
+if [ "$(id -u)" != 0 ]; then
+    echo "kernel-matrix: needs root (apt-get, tracing inside the guests); fix: sudo bash scripts/kernel-matrix.sh" >&2
+    exit 2
+fi
+mkdir -p "$OUT"
+log() { printf 'kernel-matrix: %s\n' "$*" >&2; }
+
+# --- what the matrix needs: the project, QEMU, busybox, the kernels, virtme-ng -----------------------
+bash scripts/setup.sh >/dev/null || { log "scripts/setup.sh failed"; exit 1; }
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] || need+=(busybox-static)
+
+release_of() {   # a KERNEL argument -> the release to boot ("" for the host)
+    case "$1" in
+        host) echo "" ;;
+        6.1|6.12)
+            apt-cache search --names-only "^linux-image-$1\\.[0-9].*-amd64-unsigned\$" 2>/dev/null \
+                | awk '{print $1}' | grep -v -e cloud -e '-rt-' | sed 's/^linux-image-//; s/-unsigned$//' \
+                | sort -V | tail -1 ;;
+        *) echo "$1" ;;
+    esac
+}
+declare -A RELEASE
+apt_updated=0
+for k in "${KERNELS[@]}"; do
+    r=$(release_of "$k")
+    if [ "$k" != host ] && [ -z "$r" ] && [ $apt_updated = 0 ]; then
+        apt-get update -qq >/dev/null 2>&1; apt_updated=1; r=$(release_of "$k")
+    fi
+    if [ "$k" != host ] && [ -z "$r" ]; then
+        log "no Debian kernel package for $k; fix: apt-get update, or name a release (e.g. 6.1.0-56-amd64)"; exit 1
+    fi
+    RELEASE[$k]=$r
+    [ -z "$r" ] || [ -e "/boot/vmlinuz-$r" ] || need+=("linux-image-$r-unsigned")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing from Debian: ${need[*]}"
+    [ $apt_updated = 1 ] || apt-get update -qq >/dev/null 2>&1
+    # INITRD=No: virtme-ng makes its own initramfs; update-initramfs would cost minutes per kernel
+    if ! INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
+        log "could not install ${need[*]}; fix: apt-get update, then apt-get install ${need[*]}"; exit 1
+    fi
+fi
+VENV="$ROOT/.matrix-venv"
+if [ ! -x "$VENV/bin/vng" ]; then
+    log "installing virtme-ng into $VENV"
+    python3 -m venv "$VENV" && "$VENV/bin/pip" install -q --disable-pip-version-check virtme-ng \
+        || { log "could not install virtme-ng from PyPI; fix: $VENV/bin/pip install virtme-ng"; exit 1; }
+fi
+export PATH="$VENV/bin:$PATH"     # vng calls virtme-run from the same bin/
+ACCEL=(--disable-kvm)
+if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(); fi
+
+# --- run every kernel ------------------------------------------------------------------------------
+GUEST_PIDS=()
+cleanup() { for p in "${GUEST_PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null; done; }
+trap cleanup EXIT INT TERM HUP
+
+declare -A WALL STATUS
+for k in "${KERNELS[@]}"; do
+    r=${RELEASE[$k]}
+    start=$(date +%s)
+    if [ -z "$r" ]; then
+        log "host kernel $(uname -r): running the checks directly"
+        .venv/bin/python scripts/matrix_checks.py "$OUT" > "$OUT/host-console.log" 2>&1
+        STATUS[$k]=$?
+        rel=$(uname -r)
+        mkdir -p "$OUT/$rel" && mv "$OUT/host-console.log" "$OUT/$rel/console.log"
+    else
+        rel=$r
+        mkdir -p "$OUT/$rel"
+        mode=$([ ${#ACCEL[@]} = 0 ] && echo KVM || echo "TCG, no vmx/svm here")
+        log "booting $rel under QEMU ($mode), bound ${BOUND} s"
+        # its own session, so that the whole QEMU process tree can be killed at the bound or on exit
+        # One vCPU: with two, QEMU 7.2's multi-threaded TCG stopped the guest mid-run (vng status 255, no
+        # kernel message) in 4 of 5 tries here; with one, 4 of 4 runs completed, in the same time.
+        setsid timeout --kill-after=15 "$BOUND" vng "${ACCEL[@]}" -r "/boot/vmlinuz-$rel" --memory 2G --cpus 1 \
+            --rwdir "$OUT" -- "bash $ROOT/scripts/matrix-guest.sh $OUT" > "$OUT/$rel/console.log" 2>&1 < /dev/null &
+        GUEST_PIDS+=($!)
+        wait $!
+        STATUS[$k]=$?
+        [ -s "$OUT/$rel/guest.log" ] && cat "$OUT/$rel/guest.log" >> "$OUT/$rel/console.log"
+        if [ "${STATUS[$k]}" = 124 ] || [ "${STATUS[$k]}" = 137 ]; then
+            log "$rel: the guest did not finish within ${BOUND} s and was killed; see $OUT/$rel/console.log"
+        elif [ ! -s "$OUT/$rel/checks.tsv" ]; then
+            log "$rel: the guest wrote no results (did it boot? see $OUT/$rel/console.log); fix: check that /boot/vmlinuz-$rel exists and boots with vng"
+        fi
+    fi
+    WALL[$k]=$(( $(date +%s) - start ))
+    RELEASE[$k]=$rel
+done
+cleanup
+trap - EXIT
+if pgrep -f "qemu-system.*vmlinuz" >/dev/null; then log "a QEMU process is still running after the matrix"; fi
+
+# --- the table ------------------------------------------------------------------------------------------
+checks=$(for k in "${KERNELS[@]}"; do cut -f1 "$OUT/${RELEASE[$k]}/checks.tsv" 2>/dev/null; done | awk '!seen[$0]++')
+printf '%-26s' "check"; for k in "${KERNELS[@]}"; do printf ' %-24s' "${RELEASE[$k]}"; done; echo
+total=0; failed=0
+for c in $checks; do
+    printf '%-26s' "$c"
+    for k in "${KERNELS[@]}"; do
+        res=$(awk -F'\t' -v c="$c" '$1==c {print $2}' "$OUT/${RELEASE[$k]}/checks.tsv" 2>/dev/null)
+        [ -n "$res" ] || res=missing
+        total=$((total + 1)); [ "$res" = pass ] || failed=$((failed + 1))
+        printf ' %-24s' "$res"
+    done
+    echo
+done
+for k in "${KERNELS[@]}"; do
+    rel=${RELEASE[$k]}
+    [ -s "$OUT/$rel/checks.tsv" ] || { total=$((total + 1)); failed=$((failed + 1)); }
+    times=$(python3 -c "import json,sys; t=json.load(open(sys.argv[1])); print(', '.join(f'{k} {v:.0f} s' for k,v in t.items()))" \
+            "$OUT/$rel/times.json" 2>/dev/null || echo "no times")
+    checks_s=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['total']))" "$OUT/$rel/times.json" 2>/dev/null || echo 0)
+    echo "wall time $rel: ${WALL[$k]} s in all, boot and shutdown about $(( ${WALL[$k]} - checks_s )) s ($times)"
+    awk -F'\t' '$2 != "pass" {print "  " $1 ": " $3}' "$OUT/$rel/checks.tsv" 2>/dev/null
+done
+if [ "$failed" = 0 ]; then
+    echo "matrix: ${#KERNELS[@]} kernels, $total checks, all passed"
+    exit 0
+fi
+echo "matrix: ${#KERNELS[@]} kernels, $total checks, $failed failed"
+exit 1

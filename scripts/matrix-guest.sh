@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Inside a kernel-matrix guest (virtme-ng): mount what a fresh machine lacks, then run the checks.
+#   bash scripts/matrix-guest.sh OUT_DIR
+# Everything goes to OUT_DIR/<release>/guest.log, not to the guest's console: a long stream of output on
+# virtme-ng's console stopped the guest mid-run under TCG, where the same run into a file completed.
+set -u
+cd "$(dirname "$0")/.."
+OUT="$1"
+LOG="$OUT/$(uname -r)/guest.log"
+mkdir -p "$(dirname "$LOG")"
+{
+    grep -q ' tracefs ' /proc/self/mounts || mount -t tracefs nodev /sys/kernel/tracing
+    grep -q ' debugfs ' /proc/self/mounts || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+    echo "guest: kernel $(uname -r), lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo '?'), \
+la57 $(grep -qw la57 /proc/cpuinfo && echo yes || echo no), kprobes $([ -e /sys/kernel/tracing/kprobe_events ] && echo yes || echo no)"
+    HOME=/root PYTHONUNBUFFERED=1 .venv/bin/python scripts/matrix_checks.py "$OUT"
+    echo "guest: checks ended with status $?"
+} > "$LOG" 2>&1
+tail -n 1 "$LOG"

@@ -1,0 +1,190 @@
+"""The kernel matrix's checks, run on one kernel (inside its QEMU guest, or on the host) as root:
+
+    .venv/bin/python scripts/matrix_checks.py OUT_DIR
+
+Writes OUT_DIR/<kernel release>/: doctor.json, journey.json, evidence/*.json.gz (the journey in the bpf
+and perf tiers and every scenario: the offline tests' fixtures), trace.json, decode-*.json, times.json
+and checks.tsv (one line per check: name, pass|fail, detail). Prints one line per check. Exit 0 when
+every check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pagefault import core  # noqa: E402
+from pagefault.decode.address import LEVEL_NAMES  # noqa: E402
+from pagefault.decode.pagemap import PM_PFN_MASK  # noqa: E402
+from pagefault.decode.pte import decode_pte  # noqa: E402
+from pagefault.evidence import ExerciseOptions  # noqa: E402
+from pagefault.evidence.file import load_evidence  # noqa: E402
+from pagefault.kernel.facts import kernel_release  # noqa: E402
+from pagefault.model.scenarios import SCENARIOS  # noqa: E402
+
+
+class Checks:
+    def __init__(self, out: Path):
+        self.out = out
+        self.rows: list[tuple[str, bool, str]] = []
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.rows.append((name, bool(ok), detail.replace("\t", " ").replace("\n", " ")))
+        print(f"matrix-check {name}: {'pass' if ok else 'FAIL'} {detail}", flush=True)
+        return bool(ok)
+
+    def run(self, name: str, fn) -> None:
+        """fn() -> (ok, detail); any exception is a failure with its one-line reason."""
+        try:
+            ok, detail = fn()
+        except Exception as exc:  # a check that crashes has failed, and says how
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self.add(name, ok, detail)
+
+    def save(self) -> None:
+        (self.out / "checks.tsv").write_text("".join(f"{n}\t{'pass' if ok else 'fail'}\t{d}\n" for n, ok, d in self.rows))
+
+
+def value(journey, key, label):
+    return next(s for s in journey.steps if s.key == key).value(label)
+
+
+def check_journey(path: Path, tier: str) -> tuple[bool, str]:
+    ev = load_evidence(path).evidence
+    j = core.journey_from_evidence(ev)
+    problems = []
+    levels = LEVEL_NAMES[ev.paging_levels]
+    cr2 = value(j, "trap", "faulting address (CR2)").value
+    if cr2 != ev.vaddr + ev.options.offset:
+        problems.append(f"CR2 0x{cr2:x} ≠ mapping + offset")
+    pagemap_pfn = ev.snapshots["touched"].pagemap & PM_PFN_MASK
+    alloc_pfn = value(j, "alloc", "PFN").value
+    if alloc_pfn != pagemap_pfn:
+        problems.append(f"mm_page_alloc PFN 0x{alloc_pfn:x} ≠ pagemap PFN 0x{pagemap_pfn:x}")
+    flags = value(j, "flags", "flags")
+    named = [v.label for s in j.steps if s.key == "flags" for v in s.values if v.label.startswith("FAULT_FLAG_")]
+    unknown = [n for n in named if n not in ev.fault_flag_table]
+    if unknown:
+        problems.append(f"flags not in this kernel's enum: {unknown}")
+    detail = f"{ev.paging_levels}-level, flags {flags.display}, PFN 0x{pagemap_pfn:x}"
+    if tier == "bpf":
+        entries = {lv: value(j, "walk", f"{lv} entry before") for lv in levels}
+        missing = [lv for lv, v in entries.items() if v.provenance != "observed"]
+        if missing:
+            problems.append(f"raw entries not read at {missing}")
+        read, derived = value(j, "pte", "PTE (read)"), value(j, "pte", "PTE (derived)")
+        if read.provenance != "observed" or read.value != derived.value:
+            problems.append(f"PTE read {read.display} ≠ derived {derived.display}")
+        elif decode_pte(read.value, "PTE").pfn != pagemap_pfn:
+            problems.append("the PTE's PFN field is not the pagemap PFN")
+        detail += f", levels read {'/'.join(levels)}, PTE 0x{read.value:016x}"
+    return not problems, "; ".join(problems) or detail
+
+
+def main() -> int:
+    base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
+    release = kernel_release()
+    out = base / release
+    (out / "evidence").mkdir(parents=True, exist_ok=True)
+    checks = Checks(out)
+    times: dict[str, float] = {}
+    t0 = time.monotonic()
+    progress = lambda m: print(f"  [{time.monotonic() - t0:6.1f} s] {m}", flush=True)  # noqa: E731
+
+    def doctor():
+        from pagefault.capture.doctor import diagnose
+        from pagefault.decode.bits import to_jsonable
+        d = diagnose()
+        (out / "doctor.json").write_text(json.dumps(to_jsonable(d), indent=2))
+        return d.tier == "bpf", f"tier {d.tier}; " + "; ".join(f"{c.name}: {c.detail}" for c in d.checks if not c.ok)
+    t = time.monotonic()
+    checks.run("doctor", doctor)
+    times["doctor"] = time.monotonic() - t
+
+    for tier in ("bpf", "perf"):
+        t = time.monotonic()
+        path = out / "evidence" / f"journey-{tier}.json.gz"
+
+        def journey(tier=tier, path=path):
+            request = core.JourneyRequest(tier=tier, options=ExerciseOptions(), save_evidence=path, force=True,
+                                          progress=progress)
+            j = core.run_journey(request)
+            if tier == "bpf":
+                from pagefault.views.journey_view import to_json
+                (out / "journey.json").write_text(to_json(j))
+            return check_journey(path, tier)
+        checks.run(f"journey-{tier}", journey)
+        times[f"journey-{tier}"] = time.monotonic() - t
+
+    t = time.monotonic()
+    for scenario in SCENARIOS:
+        path = out / "evidence" / f"scenario-{scenario.name}.json.gz"
+
+        def run_scenario(scenario=scenario, path=path):
+            j = core.run_journey(core.JourneyRequest(scenario=scenario.name, save_evidence=path, force=True))
+            verdict = next(s for s in j.steps if s.key == "model").value("model agrees with the kernel")
+            return verdict.value is True, " | ".join(verdict.derivation)
+        checks.run(f"scenario-{scenario.name}", run_scenario)
+    times["scenarios"] = time.monotonic() - t
+
+    def trace():
+        import shutil
+        from pagefault.capture.recording import load_recording
+        from pagefault.capture.tracer import TraceOptions, record
+        from pagefault.journey.trace_summary import summarize
+        cc = shutil.which("cc") or shutil.which("gcc")
+        exe = out / "first_touch"
+        subprocess.run([cc, "-O1", "-o", str(exe), str(ROOT / "bench" / "c" / "first_touch.c")], check=True)
+        pages = 256
+        with open(out / "first_touch.out", "w") as f:
+            record(TraceOptions(argv=[str(exe), str(pages * 4096)], output=out / "trace.pfrec", target_stdout=f.fileno(),
+                                force=True))
+        s = summarize(load_recording(out / "trace.pfrec"))
+        (out / "trace.json").write_text(json.dumps({"faults": s.faults, "lost": s.lost, "lost_how": s.lost_how,
+                                                    "by_kind": s.by_kind}, indent=2))
+        return s.faults >= pages and s.lost == 0, f"{s.faults} faults for {pages} pages, events lost {s.lost} ({s.lost_how})"
+    t = time.monotonic()
+    checks.run("trace", trace)
+    times["trace"] = time.monotonic() - t
+
+    def decode():
+        from pagefault.cli import main as cli_main
+        ev = load_evidence(out / "evidence" / "journey-bpf.json.gz").evidence
+        pte = ev.bpf.reads["after"].entries["PTE"]
+        results = {}
+        for kind, val, extra in (("pte", pte, []), ("address", ev.vaddr + ev.options.offset,
+                                                    ["--levels", str(ev.paging_levels)])):
+            import contextlib
+            import io
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = cli_main(["decode", kind, hex(val), "--json", *extra])
+            (out / f"decode-{kind}.json").write_text(buf.getvalue())
+            results[kind] = (code, json.loads(buf.getvalue())["result"])
+        pfn_ok = results["pte"][1]["pfn"] == ev.snapshots["touched"].pagemap & PM_PFN_MASK
+        levels_ok = len(results["address"][1]["indices"]) == ev.paging_levels
+        return (all(c == 0 for c, _ in results.values()) and pfn_ok and levels_ok,
+                f"decode pte 0x{pte:x} → PFN 0x{results['pte'][1]['pfn']:x}; address split into "
+                f"{len(results['address'][1]['indices'])} levels")
+    t = time.monotonic()
+    checks.run("decode", decode)
+    times["decode"] = time.monotonic() - t
+
+    times["total"] = time.monotonic() - t0
+    (out / "times.json").write_text(json.dumps(times, indent=2))
+    checks.save()
+    failed = [n for n, ok, _ in checks.rows if not ok]
+    print(f"matrix-kernel {release}: {len(checks.rows)} checks, {len(failed)} failed, {times['total']:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
