@@ -149,7 +149,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from .capture.tracer import CaptureError, TraceOptions, record, stderr_progress
+    from .capture.tracer import CaptureError, TraceOptions, record
+    from .views.progress import stderr_progress
     from .views.trace_view import render_summary
     from .capture.safe_paths import OutputError, check_output_target
     argv = list(args.cmd)
@@ -390,7 +391,7 @@ def _request(args, progress) -> JourneyRequest:
 def cmd_journey(args: argparse.Namespace) -> int:
     from rich.console import Console
     from . import core
-    from .capture.tracer import stderr_progress
+    from .views.progress import stderr_progress
     output = _journey_output(args)
     console = Console()
     if args.replay:
@@ -498,7 +499,7 @@ def cmd_exercise(args: argparse.Namespace) -> int:
 
 def _exercise(args, progress) -> int:
     from rich.console import Console
-    from .capture.tracer import stderr_progress
+    from .views.progress import stderr_progress
     from .journey.exercises import ORDER, build_exercises
     from .views.exercise_view import run_exercises
     if progress.warning:

@@ -162,7 +162,8 @@ def test_offline_as_nobody_without_tracefs():
     inner = (f"umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; "
              f"test ! -e /sys/kernel/tracing/events || exit 99; "
              f"exec setpriv --reuid=nobody --regid=nogroup --clear-groups {sys.executable} -m pytest -q -p no:cacheprovider "
-             f"{__file__} -k 'not offline_as_nobody and not the_cli_replays and not needs_nothing_of_the_machine'")
+             f"{__file__} -k 'not offline_as_nobody and not the_cli_replays and not needs_nothing_of_the_machine "
+             f"and not replay_path_loads_no'")
     # (those two start a second interpreter, which nobody cannot exec here: it lives under root's 0700 home)
     env = dict(os.environ, PAGEFAULT_OFFLINE_INNER="1", HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path))
     try:
@@ -265,3 +266,24 @@ def test_a_fresh_capture_has_the_fixtures_shape(can_trace, tmp_path):
     assert set(fresh["evidence"]) == set(saved["evidence"])
     assert _shape(fresh["evidence"]["events"][0]).keys() == _shape(saved["evidence"]["events"][0]).keys()
     journey_from_evidence(load_evidence(out).evidence)
+
+
+def test_the_cli_replay_path_loads_no_capture_kernel_or_symbol_code(tmp_path):
+    """`journey --replay` on a machine that cannot trace (macOS, no root): only the portable output-file
+    helpers of capture/ are imported, never perf_event_open, tracefs, kallsyms or ELF readers."""
+    code = f"""
+import sys, importlib.abc
+ALLOWED = {{"pagefault.capture", "pagefault.capture.safe_paths"}}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[:2] in (["pagefault", "capture"], ["pagefault", "kernel"], ["pagefault", "symbols"]) \\
+                and name not in ALLOWED:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from pagefault.cli import main
+for fmt in ("html", "markdown", "json", "perfetto"):
+    assert main(["journey", "--replay", {str(JOURNEYS[-1])!r}, "--format", fmt, "-o", {str(tmp_path)!r} + "/out." + fmt]) == 0
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

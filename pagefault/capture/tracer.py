@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import select
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,11 +260,3 @@ def _snapshot_maps(pid: int, seen: dict) -> None:
         key = (m.start, m.end, m.path)
         if key not in seen:
             seen[key] = asdict(m)
-
-
-def stderr_progress(message: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K" + message)
-    else:
-        sys.stderr.write(message + "\n")
-    sys.stderr.flush()

@@ -42,11 +42,14 @@ def _names(value: int, table) -> str:
 
 
 def _funcs(e: TraceEvent) -> list[str]:
-    return [f.split("+")[0] for _a, f in e.kernel_chain]
+    """The chain's function names, innermost first, for matching: since Linux 6.10 the allocators are
+    renamed *_noprof behind the alloc_hooks() macros (vma_alloc_folio_noprof), so that suffix is dropped
+    here; the chain shown keeps the names as the kernel has them."""
+    return [f.split("+")[0].removesuffix("_noprof") for _a, f in e.kernel_chain]
 
 
 def _chain_text(e: TraceEvent) -> str:
-    return " → ".join(reversed(_funcs(e)))
+    return " → ".join(f.split("+")[0] for _a, f in reversed(e.kernel_chain))
 
 
 def _between(ev: JourneyEvidence, name: str, start: str | None, end: str | None) -> list[TraceEvent]:
@@ -623,6 +626,16 @@ def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
     return [Area(m.start, m.end, m.perms, m.path, address is not None and m.start <= address < m.end) for m in maps]
 
 
+# The contract of every step builder step_<key>(ev, f):
+#   takes   the evidence (whatever phase it reached, as long as its catalogue stage is in ev.snapshots)
+#           and the Facts picked from it once;
+#   returns the catalogue's Step, each value observed (with its source), derived (with its arithmetic),
+#           modelled (with the kernel version) or unavailable (with the reason and the fix): evidence that
+#           a tier could not gather (no root, no bpftrace, another kernel's tracepoints) never raises;
+#   raises  ValueError only for evidence that contradicts itself (a phase reached without the mapping's
+#           address), which a replay reports as an inconsistent file;
+#   reads   nothing of the machine: no /proc, no tracefs, no ELF file (the RIP's ELF facts come in
+#           ev.rip), so every journey can be rebuilt from a saved file as any user, anywhere.
 STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),
                  (step_flags, "touched"), (step_vma, "touched"), (step_walk, "touched"), (step_alloc, "touched"),
                  (step_pagemap, "touched"), (step_pte, "touched"), (step_return, "touched"))
