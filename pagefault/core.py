@@ -201,12 +201,47 @@ def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence) -> Journey:
 
 # --- stepping through a journey at the terminal --------------------------------------------------------
 
+_typed = b""
+
+
+def read_line(prompt: str) -> str | None:
+    """One line typed at the terminal (None at the end of input), waiting in select() on stdin and on a
+    signal wake-up pipe: a SIGTERM or SIGHUP that comes while the person reads always ends the wait, so
+    its handler runs and the paused program and bpftrace are stopped. (input() waits inside readline,
+    where a signal that lands between two of its select() calls went unnoticed until the next key.)"""
+    global _typed
+    import os
+    import select
+    import signal
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    old = signal.set_wakeup_fd(wake_w)
+    try:
+        while b"\n" not in _typed:
+            ready, _, _ = select.select([sys.stdin.fileno(), wake_r], [], [])
+            if wake_r in ready:
+                os.read(wake_r, 512)   # a signal arrived: its Python handler runs before the next line
+                continue
+            chunk = os.read(sys.stdin.fileno(), 4096)
+            if not chunk:
+                return None
+            _typed += chunk
+        line, _typed = _typed.split(b"\n", 1)
+        return line.decode(errors="replace")
+    finally:
+        signal.set_wakeup_fd(old)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
 def next_index(index: int, prompt: str) -> int | None:
     """Enter: the next step; b: the one before; q (or end of input): None, to stop."""
-    try:
-        key = input(prompt).strip().lower()
-    except EOFError:
+    line = read_line(prompt)
+    if line is None:
         return None
+    key = line.strip().lower()
     if key == "q":
         return None
     return max(0, index - 1) if key == "b" else index + 1
