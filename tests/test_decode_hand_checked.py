@@ -213,3 +213,28 @@ def test_tables_are_keyed_to_the_kernel_they_hold_for():
     assert holds and "__GFP_ATOMIC" not in table and table["__GFP_NO_OBJ_EXT"] == 24
     _table, _what, holds = builtin_gfp_bits((5, 4))
     assert not holds
+
+
+def test_fault_flags_of_a_kernel_mode_error_code_follow_fault_c():
+    """arch/x86/mm/fault.c: FAULT_FLAG_USER only if user_mode(regs); the per-VMA lock only for user faults."""
+    from pagefault.decode.fault_flags import derive_fault_flags, fallback_fault_flag_values
+    table, _ = fallback_fault_flag_values((6, 18))
+    user = derive_fault_flags(0x6, table)
+    assert user.value == 0x1255 and user.user_mode and user.vma_lock
+    kernel = derive_fault_flags(0x2, table)       # a kernel-mode write to a not-present user page
+    # FAULT_FLAG_DEFAULT (ALLOW_RETRY 0x4 | KILLABLE 0x10 | INTERRUPTIBLE 0x200) | WRITE 0x1 = 0x215
+    assert kernel.value == 0x215 and not kernel.user_mode and not kernel.vma_lock
+    assert any("no per-VMA lock" in line for line in kernel.derivations)
+    assert derive_fault_flags(0x6, fallback_fault_flag_values((6, 1))[0]).value == 0x255   # no VMA_LOCK in 6.1's enum
+    pk_without_p = derive_fault_flags(0x24, table)
+    assert pk_without_p.impossible and "PK is set without P" in pk_without_p.impossible[0]
+
+
+def test_cleared_error_code_bits_say_what_their_value_means():
+    from pagefault.decode.error_code import decode_error_code
+    meanings = decode_error_code(0x4).bit_meanings
+    assert meanings[1] == "bit 1 WRITE = 0: the access was a read (or an instruction fetch, with INSTR)"
+    assert meanings[4] == "bit 4 INSTR = 0: the access was not an instruction fetch"
+    assert meanings[2] == "bit 2 USER = 1: the access came from user mode (CPL 3)"
+    assert "never reports" in decode_error_code(0x12 | 0x1).summary     # INSTR with WRITE
+    assert "never reports" not in decode_error_code(0x15).summary       # a user instruction fetch, NX

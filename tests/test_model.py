@@ -316,3 +316,15 @@ def test_a_copy_the_kernel_chose_is_told_apart_from_a_model_error():
     assert not compare(model, unexplained).agree
     wrong_page = ScenarioOutcome([FaultRow(5, "parent", 1, 0x7, mk.COPY, kernel_choice=choice)], ["anon"])
     assert not compare(model, wrong_page).agree
+
+
+def test_maple_derivation_never_names_a_sixteenth_pivot():
+    """maple_range_64: 16 slots, 15 pivots (pivot[0..14]); the 16th slot ends at the node's maximum."""
+    from pagefault.model.maple_tree import search
+    vmas = [(0x10000 * (2 * i + 1), 0x10000 * (2 * i + 2)) for i in range(8)]   # 8 VMAs, 8 gaps, then the top
+    r = search(vmas, 0xFFFF_FFFF_F000)                     # far above: in the 16th slot of the first leaf? or beyond
+    text = "\n".join(r.derivations)
+    assert "pivot[15]" not in text and "pivot[16]" not in text
+    full = search(vmas[:7] + [(0x7F0000000000, 0x7F0000001000)], 0x7F0000000800)
+    assert all("pivot[15]" not in line for line in full.derivations)
+    assert any("15 pivots for 16 slots" in line for line in r.derivations + full.derivations)

@@ -287,3 +287,15 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", JOURNEYS, ids=ids)
+def test_the_vma_count_is_the_kernels_map_count_not_the_maps_lines(path):
+    """/proc/PID/maps shows the gate area [vsyscall], which is no VMA of the mm: mm->map_count is one less."""
+    ev = load_evidence(path).evidence
+    lines = ev.snapshots["ready"].maps
+    v = _value(replay(path), "process", "VMAs at the first phase (mm->map_count)")
+    assert v.provenance == "derived"
+    assert v.value == len([m for m in lines if m.path != "[vsyscall]"])
+    if any(m.path == "[vsyscall]" for m in lines):
+        assert v.value == len(lines) - 1 and "[vsyscall]" in v.derivation[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .bits import Flag, FlagWord, decode_flag_word
-from .error_code import X86_PF_INSTR, X86_PF_SHSTK, X86_PF_WRITE
+from .error_code import X86_PF_INSTR, X86_PF_SHSTK, X86_PF_USER, X86_PF_WRITE, impossible_combinations
 
 MEANINGS = {
     "FAULT_FLAG_WRITE": "the fault is a write",
@@ -75,12 +75,24 @@ class DerivedFaultFlags:
     steps: tuple[FlagStep, ...]
     derivations: tuple[str, ...]
     table_source: str
+    impossible: tuple[str, ...] = ()
 
 
-def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bool = True,
+def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bool | None = None,
                        vma_lock: bool = True, source: str = "") -> DerivedFaultFlags:
-    """The flags do_user_addr_fault() (arch/x86/mm/fault.c) passes to handle_mm_fault()."""
+    """The flags do_user_addr_fault() (arch/x86/mm/fault.c) passes to handle_mm_fault().
+
+    user_mode: whether the trapped CS was a user segment; None takes it from the error code's USER bit
+    (the access's privilege, which is the same for the faults a user program takes). A kernel-mode
+    fault gets neither FAULT_FLAG_USER nor the per-VMA-lock path (fault.c sends it to mmap_lock), and
+    a kernel-mode fault on a kernel address never reaches handle_mm_fault() at all (do_kern_addr_fault).
+    vma_lock: the kernel has the per-VMA lock path and the lockless VMA lookup succeeded (an assumption:
+    the lookup can fall back to mmap_lock); only the enum's FAULT_FLAG_VMA_LOCK, if it has one, is used.
+    """
     steps: list[FlagStep] = []
+    user_from_code = user_mode is None
+    if user_mode is None:
+        user_mode = bool(error_code & X86_PF_USER)
 
     def add(name: str, reason: str) -> None:
         if name in values:
@@ -94,14 +106,24 @@ def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bo
         add("FAULT_FLAG_WRITE", f"error_code 0x{error_code:x} & X86_PF_WRITE (0x{X86_PF_WRITE:x}) is set")
     if error_code & X86_PF_INSTR:
         add("FAULT_FLAG_INSTRUCTION", f"error_code 0x{error_code:x} & X86_PF_INSTR (0x{X86_PF_INSTR:x}) is set")
+    how = (f"error_code 0x{error_code:x} & X86_PF_USER (0x{X86_PF_USER:x}) is {'set' if user_mode else 'clear'}"
+           if user_from_code else "given")
     if user_mode:
-        add("FAULT_FLAG_USER", "user_mode(regs): the trapped CS was a user segment")
+        add("FAULT_FLAG_USER", f"user_mode(regs): the trapped CS was a user segment ({how})")
     if user_mode and vma_lock:
         add("FAULT_FLAG_VMA_LOCK", "user fault found its VMA with lock_vma_under_rcu(); "
                                    "handle_mm_fault() is called with flags | FAULT_FLAG_VMA_LOCK")
+    notes = []
+    if not user_mode:
+        notes.append(f"kernel mode ({how}): no FAULT_FLAG_USER, and no per-VMA lock: fault.c takes mmap_lock "
+                     "for a kernel-mode fault on a user address (on a kernel address it never calls handle_mm_fault)")
+    impossible = impossible_combinations(error_code)
+    notes += [f"the CPU never reports this code: {why}" for why in impossible]
     value = 0
     for s in steps:
         value |= s.value
     lines = [f"{s.name} = 0x{s.value:x}: {s.reason}" for s in steps]
     lines.append(" | ".join(f"0x{s.value:x}" for s in steps) + f" = 0x{value:x}")
-    return DerivedFaultFlags(error_code, user_mode, vma_lock, value, tuple(steps), tuple(lines), source)
+    lines += notes
+    return DerivedFaultFlags(error_code, user_mode, vma_lock and user_mode, value, tuple(steps), tuple(lines), source,
+                             tuple(impossible))

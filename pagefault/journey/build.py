@@ -26,6 +26,7 @@ from .steps import (
     unavailable,
 )
 
+GATE_AREA = "[vsyscall]"    # get_gate_vma(): shown in maps, not in the mm's VMA tree
 FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
 FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
 PROT_NAMES = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
@@ -149,7 +150,13 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
     label = ("page faults from exec to the first phase" if execs else
              "page faults before the first phase (exec not seen: the forked child's own faults included)")
     s.values.append(observed(label, len(before_main), _src(ev, f.fault_event_name), display=str(len(before_main))))
-    s.values.append(observed("VMAs at the first phase", len(snap.maps), f"/proc/{ev.pid}/maps", display=str(len(snap.maps))))
+    vmas = [m for m in snap.maps if m.path != GATE_AREA]
+    gate = len(snap.maps) - len(vmas)
+    s.values.append(derived("VMAs at the first phase (mm->map_count)", len(vmas),
+                            f"the lines of /proc/{ev.pid}/maps (observed)" + (f", less the gate area {GATE_AREA}" if gate else ""),
+                            [f"{len(snap.maps)} lines − {gate} ({GATE_AREA}: the vsyscall page, shown by /proc/PID/maps but "
+                             f"not a VMA of the mm, so not counted in mm->map_count) = {len(vmas)}" if gate else
+                             f"{len(snap.maps)} lines, each a VMA"], display=str(len(vmas))))
     s.values.append(observed("minor faults so far", snap.minor_faults, f"/proc/{ev.pid}/stat field 10",
                              display=str(snap.minor_faults)))
     s.evidence += [_maps_line(m) for m in snap.maps]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SLOTS = 16            # MAPLE_RANGE64_SLOTS (kernel 6.18, 64-bit)
+PIVOTS = SLOTS - 1    # a maple_range_64 node stores pivot[0..14]; slot 15 ends at the node's maximum
 MAX_ADDRESS = (1 << 64) - 1
 
 
@@ -57,7 +58,11 @@ def search(vmas: list[tuple[int, int]], address: int) -> MapleSearch:
     leaf = leaves[leaf_index]
     for i, slot in enumerate(leaf):
         verdict = "≥" if slot.last >= address else "<"
-        lines.append(f"leaf {leaf_index} pivot[{i}] = 0x{slot.last:x} {verdict} 0x{address:x}")
+        if i < PIVOTS:
+            lines.append(f"leaf {leaf_index} pivot[{i}] = 0x{slot.last:x} {verdict} 0x{address:x}")
+        else:   # the 16th slot has no pivot of its own: it ends where its node ends
+            lines.append(f"leaf {leaf_index} slot {i} is the last of the node, which has {PIVOTS} pivots for {SLOTS} "
+                         f"slots: it runs to the node's maximum 0x{slot.last:x} {verdict} 0x{address:x}")
         if slot.last >= address:
             what = (f"slot {i} → VMA [0x{slot.vma[0]:x}, 0x{slot.vma[1]:x})" if slot.vma else
                     f"slot {i} is a gap (NULL): no VMA holds this address → SIGSEGV (SEGV_MAPERR)")
