@@ -33,11 +33,11 @@ def main() -> None:
         sys.exit("bench: needs root for the live journey; run: sudo .venv/bin/python bench/journey.py")
     rounds = int(os.environ.get("ROUNDS", "5"))
     out = Path(tempfile.mkdtemp(prefix="pf-journey-")) / "j.json"
-    first = run(["--format", "json", "-o", str(out)])
+    first = run(["--format", "json", "-o", str(out), "--force"])
     tier = __import__("json").loads(out.read_text())["tier"]
     print(f"first run (may include compiling the exercise program): {first:.2f} s; tier {tier}")
     for fmt in ("text", "json"):
-        extra = ["--format", fmt] + (["-o", str(out)] if fmt == "json" else [])
+        extra = ["--format", fmt] + (["-o", str(out), "--force"] if fmt == "json" else [])
         times = [run(extra) for _ in range(rounds)]
         med = statistics.median(times)
         print(f"journey --no-pause --format {fmt}: median {med:.2f} s, best {min(times):.2f} s, worst {max(times):.2f} s "

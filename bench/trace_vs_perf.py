@@ -96,7 +96,7 @@ def main() -> None:
                       "--", str(exe)])
         perf_wall.append(t)
         perf_region = region_of(r.stdout)
-        t, r = timed(PF + ["trace", "-q", "--no-summary", "-o", str(work / "pf.pfrec"), "--", str(exe)])
+        t, r = timed(PF + ["trace", "-q", "--no-summary", "--force", "-o", str(work / "pf.pfrec"), "--", str(exe)])
         pf_wall.append(t)
         pf_region = region_of(r.stdout)
         print(f"round {i + 1}: perf record {perf_wall[-1]:.2f} s, pagefault trace {pf_wall[-1]:.2f} s", flush=True)

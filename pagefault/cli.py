@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from . import __version__
-from .decode import (DecodeError, decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags,
-                     decode_pagemap_entry, decode_pte, decode_vm_flags, derive_fault_flags,
-                     split_virtual_address, to_jsonable)
-from .views.decode_view import field_rows, flag_rows
 
 if TYPE_CHECKING:
     from .core import JourneyRequest
@@ -56,6 +52,10 @@ def _kernel_tables():
 
 def _decode(kind: str, value: int, levels: int, level: str, error_code: bool) -> tuple[str, list, list[str], Any]:
     """→ (title, rows, derivations, result object)."""
+    # imported here, not at the top: `trace` and `report` start faster without every decoder
+    from .decode import (decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags, decode_pagemap_entry,
+                         decode_pte, decode_vm_flags, derive_fault_flags, split_virtual_address)
+    from .views.decode_view import field_rows, flag_rows
     if kind == "address":
         r = split_virtual_address(value, levels)
         rows = [(i.level + " index", str(i.index), f"bits {i.high_bit}..{i.shift} = {i.bits}") for i in r.indices]
@@ -107,6 +107,7 @@ DECODE_KINDS = ("address", "error-code", "fault-flags", "vm-flags", "pte", "page
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from .decode import DecodeError, to_jsonable
     value = parse_number(args.value, args.kind)
     try:
         title, rows, derivations, result = _decode(args.kind, value, args.levels, args.level, args.from_error_code)
@@ -141,6 +142,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .views.trace_view import render_doctor
     d = diagnose(run_bpftrace=not args.quick)
     if args.json:
+        from .decode.bits import to_jsonable
         print(json.dumps(to_jsonable(d), indent=2))
     else:
         render_doctor(d, Console())
@@ -184,6 +186,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return 0 if not meta.get("disk_full") else EXIT_PARTIAL
     summary = _summarize(output)
     if args.json:
+        from .decode.bits import to_jsonable
         print(json.dumps(to_jsonable(summary), indent=2))
     else:
         console = Console()
@@ -225,6 +228,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return _report_perfetto(rec, args)
     summary = _summarize(args.file, args.top)
     if args.json:
+        from .decode.bits import to_jsonable
         print(json.dumps(to_jsonable(summary), indent=2))
     else:
         from rich.console import Console

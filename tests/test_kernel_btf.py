@@ -57,3 +57,13 @@ def test_running_kernel_gfp_bits_are_read():
     bits = gfp_bits()
     assert bits.source.startswith("observed")
     assert bits.values["__GFP_ZERO"] == 8 and bits.values["__GFP_MOVABLE"] == 3
+
+
+def test_the_quick_text_base_is_the_full_parses(tmp_path):
+    from pagefault.kernel.kallsyms import KernelSymbols
+    f = tmp_path / "kallsyms"
+    f.write_text("0000000000000000 A fixed_percpu_data\nffffffff81000000 T srso_alias_untrain_ret\n"
+                 "ffffffff81000000 T _stext\nffffffff81000000 T _text\nffffffff81000010 T __entry_text_start\n")
+    assert KernelSymbols.read_text_base(f) == KernelSymbols.load(f).text_base() == 0xffffffff81000000
+    f.write_text("0000000000000000 T _text\n0000000000000000 T startup_64\n")     # hidden from non-root
+    assert KernelSymbols.read_text_base(f) is None

@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
 _libc.syscall.restype = ctypes.c_long
 NR_perf_event_open = 298  # x86-64
 

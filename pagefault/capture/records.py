@@ -217,24 +217,28 @@ def _gather(data: bytes, offs: np.ndarray, sample_type: int, in_time_order: bool
 
 def _whole_samples(data, w64: np.ndarray, offs: np.ndarray, sample_type: int, n_fixed: int) -> np.ndarray:
     """The sample offsets whose fields all lie inside their own record (a damaged or hostile record
-    whose callchain or raw size runs past its end is dropped, never read past)."""
+    whose callchain or raw size runs past its end is dropped, never read past).
+
+    One pass of gathers with the indices clamped to the stream, so a bad record cannot make a read
+    fail; the mask is applied only when some record is bad (the usual stream costs a few ms)."""
     if not len(offs):
         return offs
+    last = len(w64) - 1
     w16 = np.frombuffer(data, dtype="<u2")
-    ends = offs + w16[(offs >> 1) + 3].astype(np.int64)        # each record's end, in bytes
-    idx = offs // 8 + 1 + n_fixed                               # the next u64 to read
-    ok = idx * 8 <= ends
+    ends = offs + w16[(offs >> 1) + 3]                          # each record's end, in bytes
+    idx = (offs >> 3) + (1 + n_fixed)                          # the next u64 to read
     if sample_type & SAMPLE_CALLCHAIN:
-        ok &= (idx + 1) * 8 <= ends
-        nr = w64[np.where(ok, idx, 0)].astype(np.uint64)
-        ok &= nr < np.uint64(1 << 16)
-        idx = idx + 1 + np.where(ok, nr, 0).astype(np.int64)
-        ok &= idx * 8 <= ends
+        nr = w64[np.minimum(idx, last)]
+        idx = idx + 1 + np.minimum(nr, 1 << 16).astype(np.int64)
+        bad = nr >= 1 << 16
+    else:
+        bad = np.zeros(len(offs), dtype=bool)
     if sample_type & SAMPLE_RAW:
-        ok &= (idx + 1) * 8 <= ends
-        raw_size = (w64[np.where(ok, idx, 0)] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        ok &= idx * 8 + 4 + raw_size <= ends
-    return offs if ok.all() else offs[ok]
+        raw_size = (w64[np.minimum(idx, last)] & 0xFFFFFFFF).astype(np.int64)
+        bad |= (idx << 3) + 4 + raw_size > ends
+    else:
+        bad |= idx << 3 > ends
+    return offs[~bad] if bad.any() else offs
 
 
 def raw_field(data: bytes, raw_offsets: np.ndarray, offset: int, size: int, signed: bool = False) -> np.ndarray:

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 
 PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:

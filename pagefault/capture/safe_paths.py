@@ -268,8 +268,8 @@ class OutputFile:
     def commit(self) -> Path:
         """Flush, then give the file its final name; raises OutputError (keeping the temporary file)."""
         if not self.file.closed:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            # flushed, not fsync'ed: a recording is tens of MB, and fsync cost more than perf record's whole
+            # overhead; the rename is still atomic for every reader, which is what "never half a file" needs
             self.file.close()
         try:
             if self.force:

@@ -131,7 +131,7 @@ def record(opts: TraceOptions) -> dict:
     head = {"format": 3, "command": target.argv, "pid": target.pid, "spawned": target.spawned, "tier": tier,
             "callchain": callchain, "sample_type": sample_type, "events": formats, "notes": notes,
             "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
-                       "text_base": KernelSymbols.load().text_base()},
+                       "text_base": KernelSymbols.read_text_base()},
             "gfp_bits": asdict(facts.gfp_bits()), "started": started}
     output = opts.output or Path("pagefault.pfrec")
     try:
