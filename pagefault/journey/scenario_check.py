@@ -28,6 +28,8 @@ class FaultRow:
     outcome: str
     stack_grown_pages: int = 0
     kernel_choice: str = ""   # why the kernel may legitimately have done otherwise than the model (live rows)
+    gfp: int | None = None    # the GFP flags of the page this fault allocated (new page, copy, huge page)
+    kpageflags: int | None = None   # of a fresh anonymous page after the fault
 
     def key(self) -> tuple:
         return (self.op, self.who, self.page, self.error_code, self.outcome, self.stack_grown_pages)
@@ -54,13 +56,20 @@ def model_config(settings: MemorySettings | None, paging_levels: int = 4) -> mk.
                           stack_rlimit=min(settings.stack_rlimit, 1 << 40))
 
 
+ALLOCATING = (mk.NEW_PAGE, mk.COPY, mk.HUGE_PAGE)
+
+
 def from_model(run: ModelRun) -> ScenarioOutcome:
+    from ..decode.gfp import gfp_value
     rows = []
     child = run.child.pid if run.child else -1
     for op, faults in enumerate(run.faults_by_op):
         for f in faults:
+            page = next((a for a in f.allocs if a.pfn == f.pfn), None) if f.outcome in ALLOCATING else None
+            kpf = f.kpageflags_after if f.outcome == mk.NEW_PAGE else None
             rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
-                                 f.error_code, f.outcome, f.stack_grown_pages))
+                                 f.error_code, f.outcome, f.stack_grown_pages,
+                                 gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf))
     return ScenarioOutcome(rows, run.final_states())
 
 
@@ -110,7 +119,12 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                 else:
                     outcome = mk.NEW_PAGE
                 lines.append(f"page {page}: pagemap 0x{entry:016x} after → {state}")
-            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown, choice))
+            pfn = entry & PM_PFN_MASK if entry >> 63 else None
+            alloc = next((a for a in ev.op_events(snap.index, "kmem:mm_page_alloc")
+                          if pfn is not None and a.fields.get("pfn") in (pfn, pfn & ~511)), None)
+            gfp = alloc.fields.get("gfp_flags") if alloc is not None and outcome in ALLOCATING else None
+            kpf = snap.kpageflags.get(pfn) if outcome == mk.NEW_PAGE and pfn is not None else None
+            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown, choice, gfp, kpf))
         prev = snap
     if ev.snapshots:
         out.final_states = ev.snapshots[-1].region_states(ev.pid)
@@ -149,7 +163,15 @@ class Agreement:
     lines: list[str]
 
 
-def compare(model: ScenarioOutcome, live: ScenarioOutcome) -> Agreement:
+def same_kernel_as_model(kernel_release: str, model_kernel: str) -> bool:
+    """Whether a live kernel is the version the simulator follows ("6.18.44-…" and "6.18")."""
+    return kernel_release.split("-", 1)[0].split(".")[:2] == model_kernel.split(".")[:2]
+
+
+def compare(model: ScenarioOutcome, live: ScenarioOutcome, page_fields: bool = True) -> Agreement:
+    """Fault by fault, then the region's final pagemap. page_fields: also hold the model to the live
+    GFP flags and kpageflags of the pages the faults made, which the model states for the kernel it
+    follows (on another kernel they are shown, not compared)."""
     lines, agree = [], True
     m_keys, l_keys = [r.key() for r in model.rows], [r.key() for r in live.rows]
     explained = [i for i, (m, lv) in enumerate(zip(model.rows, live.rows))
@@ -161,15 +183,25 @@ def compare(model: ScenarioOutcome, live: ScenarioOutcome) -> Agreement:
             lines.append(f"fault {i}: model {model.rows[i].describe()} | live {live.rows[i].describe()}: "
                          f"{live.rows[i].kernel_choice}")
         m_keys = l_keys = [k for i, k in enumerate(l_keys) if i not in explained]
+    for i, (m, lv) in enumerate(zip(model.rows, live.rows)):
+        for what, mv, lvv in (("GFP flags", m.gfp, lv.gfp), ("kpageflags", m.kpageflags, lv.kpageflags)):
+            if m.key() == lv.key() and mv is not None and lvv is not None and mv != lvv and not page_fields:
+                lines.append(f"fault {i}: the page's {what}: model 0x{mv:x} (Linux 6.18) | live 0x{lvv:x} "
+                             "(another kernel: shown, not compared)")
+            elif m.key() == lv.key() and mv is not None and lvv is not None and mv != lvv:
+                agree = False
+                lines.append(f"fault {i}: the page's {what} differ: model 0x{mv:x} | live 0x{lvv:x}")
+            elif m.key() == lv.key() and mv is not None and lvv is not None:
+                lines.append(f"fault {i}: the page's {what} agree: 0x{lvv:x}")
     if m_keys == l_keys:
         lines.append(f"the {len(m_keys)} fault{'s' if len(m_keys) != 1 else ''} agree: "
                      + ("; ".join(r.describe() for r in live.rows) or "none on either side"))
     else:
         agree = False
         for i in range(max(len(model.rows), len(live.rows))):
-            m = model.rows[i].describe() if i < len(model.rows) else "—"
-            lv = live.rows[i].describe() if i < len(live.rows) else "—"
-            lines.append(f"fault {i}: model {m} | live {lv}" + ("" if m == lv else "   ← differs"))
+            m_text = model.rows[i].describe() if i < len(model.rows) else "—"
+            l_text = live.rows[i].describe() if i < len(live.rows) else "—"
+            lines.append(f"fault {i}: model {m_text} | live {l_text}" + ("" if m_text == l_text else "   ← differs"))
     if model.final_states == live.final_states:
         lines.append("the region's final pagemap agrees: " + summarise_states(live.final_states))
     else:
@@ -192,7 +224,7 @@ def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, 
     ev = run_scenario_live(list(scenario.ops), progress, scenario.name)
     run = model_run_for(scenario, ev)
     model, live = from_model(run), from_live(ev)
-    return model, live, compare(model, live), ev, run
+    return model, live, compare(model, live, same_kernel_as_model(ev.kernel_release, run.kernel.config.kernel)), ev, run
 
 
 def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,

@@ -50,11 +50,18 @@ NEW_PAGE, ZERO_PAGE, COPY, REUSE = "new page", "zero page", "copy", "reuse"
 HUGE_PAGE, HUGE_ZERO_PAGE, PAGE_CACHE = "huge page", "huge zero page", "page cache"
 MAPERR, ACCERR = "SIGSEGV (SEGV_MAPERR)", "SIGSEGV (SEGV_ACCERR)"
 # GFP masks, by name (include/linux/gfp_types.h); the journey turns them into this kernel's bits
-GFP_USER_PAGE = ("GFP_HIGHUSER_MOVABLE", "__GFP_ZERO")
-GFP_COPY_PAGE = ("GFP_HIGHUSER_MOVABLE",)
-GFP_TABLE = ("GFP_KERNEL_ACCOUNT", "__GFP_ZERO")
-GFP_THP = ("GFP_TRANSHUGE", "__GFP_ZERO")
-GFP_PAGE_CACHE = ("GFP_HIGHUSER_MOVABLE",)
+# As 6.18 allocates them (seen live: 0x140dca for a fresh anonymous page, on 6.1 and 6.12 too): every
+# folio allocation adds __GFP_COMP (vma_alloc_folio, filemap_alloc_folio), and so does pagetable_alloc()
+# for page-table pages (GFP_PGTABLE_USER = GFP_KERNEL_ACCOUNT | __GFP_ZERO).
+GFP_USER_PAGE = ("GFP_HIGHUSER_MOVABLE", "__GFP_ZERO", "__GFP_COMP")
+GFP_COPY_PAGE = ("GFP_HIGHUSER_MOVABLE", "__GFP_COMP")
+GFP_TABLE = ("GFP_KERNEL_ACCOUNT", "__GFP_ZERO", "__GFP_COMP")
+# A THP for a MADV_HUGEPAGE VMA with defrag "madvise" (the default): vma_thp_gfp_mask() gives
+# GFP_TRANSHUGE (it includes __GFP_COMP); alloc_pages_mpol() first tries the local node only, with
+# __GFP_THISNODE | __GFP_NORETRY, and that is the call mm_page_alloc reports (0x3d24ca, seen live on
+# 6.18). The huge page is zeroed by folio_zero_user(), not by __GFP_ZERO.
+GFP_THP = ("GFP_TRANSHUGE", "__GFP_THISNODE", "__GFP_NORETRY")
+GFP_PAGE_CACHE = ("GFP_HIGHUSER_MOVABLE", "__GFP_COMP")
 
 FAULT_ENTRY = ("asm_exc_page_fault", "exc_page_fault", "do_user_addr_fault", "handle_mm_fault", "__handle_mm_fault")
 ALLOC_TAIL = ("alloc_pages_mpol", "__alloc_frozen_pages_noprof", "get_page_from_freelist")
@@ -129,6 +136,7 @@ class Fault:
     allocs: list[Alloc] = field(default_factory=list)
     path: tuple[str, ...] = ()
     pfn: int | None = None            # the frame mapped at the address when it returned
+    kpageflags_after: int | None = None   # that frame's kpageflags once its operation ended (as live is read)
     entry: int = 0                    # the leaf entry written
     also_mapped: int = 0              # pages mapped besides the faulting one (fault-around, THP)
     si_code: int = 0
@@ -767,7 +775,9 @@ class SimulatedKernel:
         return value
 
     def kpageflags(self, pfn: int) -> int:
-        """The bits of /proc/kpageflags the page states use: ZERO_PAGE (24), THP (22), ANON (12), MMAP (11)."""
+        """/proc/kpageflags as 6.18 shows it: ZERO_PAGE (24), THP (22), ANON (12), MMAP (11), and for an
+        anonymous page also UPTODATE (3), SWAPBACKED (14) and, while one process maps it exclusively,
+        OWNER_2 (34, PG_anon_exclusive): a fresh anonymous page reads 0x400005808, as seen live."""
         if pfn == self.zero_pfn:
             return 1 << 24
         if self.huge_zero_pfn is not None and self.huge_zero_pfn <= pfn < self.huge_zero_pfn + 512:
@@ -778,5 +788,6 @@ class SimulatedKernel:
         if kind == "thp":
             return flags | 1 << 22 | 1 << 12
         if kind == "anon":
-            return flags | 1 << 12
+            exclusive = 1 << 34 if head in self.exclusive else 0
+            return flags | 1 << 12 | 1 << 3 | 1 << 14 | exclusive
         return flags

@@ -160,6 +160,8 @@ def run_in_model(scenario: Scenario, config: ModelConfig | None = None, region_h
         elif verb == "fork":
             run.child = k.fork(proc)
         new = k.faults[before:]
+        for f in new:      # read when the operation ends, as the live program is paused and read then
+            f.kpageflags_after = k.kpageflags(f.pfn) if f.pfn is not None else None
         run.populated += [f for f in new if not f.trap]
         run.faults_by_op.append([f for f in new if f.trap])
     return run
