@@ -299,3 +299,18 @@ def test_the_vma_count_is_the_kernels_map_count_not_the_maps_lines(path):
     assert v.value == len([m for m in lines if m.path != "[vsyscall]"])
     if any(m.path == "[vsyscall]" for m in lines):
         assert v.value == len(lines) - 1 and "[vsyscall]" in v.derivation[0]
+
+
+@pytest.mark.parametrize("path", JOURNEYS, ids=ids)
+def test_values_that_mix_clocks_or_assume_say_so(path):
+    """A time since the spawn mixes a tracepoint stamp with pagefault's own clock: derived, both inputs named.
+    CR3 is the PGD's address only with the PCID bits clear. The flags name what was taken from the source."""
+    ev = load_evidence(path).evidence
+    j = replay(path)
+    t = _value(j, "trap", "time")
+    assert t.provenance == "derived" and "pagefault's CLOCK_MONOTONIC" in t.source
+    assert str(ev.spawned_ns) in t.derivation[0]
+    if ev.tier != "user":
+        cr3 = _value(j, "process", "PGD physical address (CR3 while it runs)")
+        assert any("PCID" in line for line in cr3.derivation)
+        assert "taken from the kernel source, not observed" in _value(j, "flags", "flags").source

@@ -86,6 +86,14 @@ def _us(ev: JourneyEvidence, t_ns: int) -> str:
     return f"{(t_ns - ev.spawned_ns) / 1000:.1f} µs after the spawn"
 
 
+def _time_since_spawn(label: str, ev: JourneyEvidence, t_ns: int, src: str):
+    """A time relative to the spawn: the event's CLOCK_MONOTONIC stamp (observed) less pagefault's own
+    clock read at fork (observed): derived, with both inputs named."""
+    return derived(label, _us(ev, t_ns), f"{src} timestamp − pagefault's CLOCK_MONOTONIC at the spawn",
+                   [f"{t_ns} ns (the event, observed) − {ev.spawned_ns} ns (the spawn, pagefault's clock, observed) "
+                    f"= {t_ns - ev.spawned_ns} ns"])
+
+
 # --- the facts several steps share -------------------------------------------------------------------------
 
 class Facts:
@@ -131,7 +139,7 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
                              display=str(ev.pid)))
     execs = [e for e in ev.events if e.name == "sched:sched_process_exec" and e.pid == ev.pid]
     if execs:
-        s.values.append(observed("exec", _us(ev, execs[0].time_ns), _src(ev, "sched:sched_process_exec")))
+        s.values.append(_time_since_spawn("exec", ev, execs[0].time_ns, _src(ev, "sched:sched_process_exec")))
     else:
         s.values.append(unavailable("exec", ev.unavailable.get("sched:sched_process_exec",
                                                                "the exec tracepoint was not seen; " + FIX_ROOT)))
@@ -140,7 +148,11 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(observed("PGD page (PFN)", pfn, _src(ev, "kmem:mm_page_alloc") + ", the allocation whose "
                                  "call chain holds pgd_alloc", display=f"0x{pfn:x}"))
         s.values.append(derived("PGD physical address (CR3 while it runs)", pfn << 12, "PFN << 12",
-                                [f"0x{pfn:x} << 12 = 0x{pfn << 12:x}"]))
+                                [f"0x{pfn:x} << 12 = 0x{pfn << 12:x}",
+                                 "CR3 holds this address in bits 12 and up; on a CPU with PCID (the pcid flag of "
+                                 "/proc/cpuinfo) bits 0-11 of CR3 also hold the address space's PCID, and with page-"
+                                 "table isolation the user half uses the next page: CR3 equals this value only with "
+                                 "those bits clear"]))
         s.evidence.append("PGD allocation: " + _chain_text(f.pgd_alloc))
     else:
         s.values.append(unavailable("PGD page (PFN)", "no pgd_alloc allocation seen during exec; " + FIX_ROOT))
@@ -261,7 +273,7 @@ def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
     else:
         s.values.append(unavailable("error code", "the software page-fault event has no error code; " + FIX_ROOT))
     s.values.append(observed("CPU", e.cpu, src, display=str(e.cpu)))
-    s.values.append(observed("time", _us(ev, e.time_ns), src))
+    s.values.append(_time_since_spawn("time", ev, e.time_ns, src))
     split = split_virtual_address(addr, ev.paging_levels)
     s.values.append(derived("page base", split.page_base, "address & ~0xfff (PAGE_MASK)",
                             [f"0x{addr:x} & ~0xfff = 0x{split.page_base:x}"]))
@@ -336,8 +348,9 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
     s.values.append(observed("enum fault_flag table", ev.fault_flag_source.split(": ", 1)[-1],
                              ev.fault_flag_source) if ev.fault_flag_source.startswith("observed")
                     else modelled("enum fault_flag table", ev.fault_flag_source, ev.fault_flag_source))
-    s.values.append(derived("flags", d.value, "from the error code and the user-mode bit, as arch/x86/mm/fault.c "
-                            "does, assuming the usual per-VMA-lock path (lock_vma_under_rcu found the VMA)",
+    s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; "
+                            "taken from the kernel source, not observed: FAULT_FLAG_DEFAULT's makeup and, where the "
+                            "enum has FAULT_FLAG_VMA_LOCK, that lock_vma_under_rcu() found the VMA",
                             list(d.derivations)))
     word = decode_fault_flags(d.value, ev.fault_flag_table, ev.fault_flag_source)
     for flag in word.set_flags:
