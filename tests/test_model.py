@@ -343,3 +343,20 @@ def test_the_cross_check_holds_the_model_to_the_pages_gfp_and_kpageflags():
     assert not compare(out, live).agree
     other_kernel = compare(out, live, page_fields=False)
     assert other_kernel.agree and any("shown, not compared" in line for line in other_kernel.lines)
+
+
+def test_thp_gfp_follows_the_defrag_setting():
+    """vma_thp_gfp_mask() by /sys/kernel/mm/transparent_hugepage/defrag, plus alloc_pages_mpol()'s first try
+    (__GFP_THISNODE | __GFP_NORETRY = 0x200000 | 0x10000). GFP_TRANSHUGE_LIGHT = 0x1c20ca here; DIRECT_RECLAIM 0x400,
+    KSWAPD_RECLAIM 0x800."""
+    from pagefault.decode.gfp import gfp_value
+    first_try = 0x200000 | 0x10000
+    light = gfp_value(("GFP_TRANSHUGE_LIGHT",))
+    assert light == 0x1C20CA
+    assert gfp_value(mk.thp_gfp("madvise", True)) == light | 0x400 | first_try == 0x3D24CA   # seen live
+    assert gfp_value(mk.thp_gfp("madvise", False)) == light | first_try
+    assert gfp_value(mk.thp_gfp("defer", True)) == light | 0x800 | first_try
+    assert gfp_value(mk.thp_gfp("defer+madvise", False)) == light | 0x800 | first_try
+    assert gfp_value(mk.thp_gfp("never", True)) == light | first_try
+    run = run_in_model(find_scenario("huge-page"), mk.ModelConfig(thp_enabled="always", thp_defrag="defer"))
+    assert from_model(run).rows[0].gfp == light | 0x800 | first_try

@@ -73,6 +73,7 @@ class MemorySettings:
     fault_around_bytes: int
     stack_rlimit: int
     sources: dict[str, str]
+    thp_defrag: str = "madvise"   # /sys/kernel/mm/transparent_hugepage/defrag (older evidence: the default)
 
 
 @dataclass

@@ -51,7 +51,7 @@ def model_config(settings: MemorySettings | None, paging_levels: int = 4) -> mk.
     if settings is None:
         return mk.ModelConfig(paging_levels=paging_levels)
     return mk.ModelConfig(paging_levels=paging_levels, thp_enabled=settings.thp_enabled,
-                          thp_use_zero_page=settings.thp_use_zero_page,
+                          thp_use_zero_page=settings.thp_use_zero_page, thp_defrag=settings.thp_defrag,
                           fault_around_bytes=settings.fault_around_bytes,
                           stack_rlimit=min(settings.stack_rlimit, 1 << 40))
 

@@ -156,6 +156,12 @@ def memory_settings(root: Path = Path("/sys/kernel")) -> MemorySettings:
         zero = True
         sources["thp_use_zero_page"] = "assumed 1 (the kernel's default)"
     try:
+        defrag = _selected((thp / "defrag").read_text()) or "madvise"
+        sources["thp_defrag"] = f"observed: {thp / 'defrag'}"
+    except OSError:
+        defrag = "madvise"
+        sources["thp_defrag"] = "assumed madvise (the kernel's default)"
+    try:
         around = int((root / "debug/fault_around_bytes").read_text())
         sources["fault_around_bytes"] = f"observed: {root / 'debug/fault_around_bytes'}"
     except (OSError, ValueError):
@@ -165,4 +171,4 @@ def memory_settings(root: Path = Path("/sys/kernel")) -> MemorySettings:
     soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
     stack = soft if soft != resource.RLIM_INFINITY else 1 << 62
     sources["stack_rlimit"] = "observed: getrlimit(RLIMIT_STACK) of pagefault, which the program inherits"
-    return MemorySettings(enabled, zero, around, stack, sources)
+    return MemorySettings(enabled, zero, around, stack, sources, defrag)

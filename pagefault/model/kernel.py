@@ -56,11 +56,22 @@ MAPERR, ACCERR = "SIGSEGV (SEGV_MAPERR)", "SIGSEGV (SEGV_ACCERR)"
 GFP_USER_PAGE = ("GFP_HIGHUSER_MOVABLE", "__GFP_ZERO", "__GFP_COMP")
 GFP_COPY_PAGE = ("GFP_HIGHUSER_MOVABLE", "__GFP_COMP")
 GFP_TABLE = ("GFP_KERNEL_ACCOUNT", "__GFP_ZERO", "__GFP_COMP")
-# A THP for a MADV_HUGEPAGE VMA with defrag "madvise" (the default): vma_thp_gfp_mask() gives
-# GFP_TRANSHUGE (it includes __GFP_COMP); alloc_pages_mpol() first tries the local node only, with
-# __GFP_THISNODE | __GFP_NORETRY, and that is the call mm_page_alloc reports (0x3d24ca, seen live on
+# alloc_pages_mpol() first tries a THP on the local node only, adding __GFP_THISNODE | __GFP_NORETRY, and
+# that is the call mm_page_alloc reports (0x3d24ca for a madvised VMA with defrag "madvise", seen live on
 # 6.18). The huge page is zeroed by folio_zero_user(), not by __GFP_ZERO.
-GFP_THP = ("GFP_TRANSHUGE", "__GFP_THISNODE", "__GFP_NORETRY")
+THP_FIRST_TRY = ("__GFP_THISNODE", "__GFP_NORETRY")
+GFP_THP = ("GFP_TRANSHUGE",) + THP_FIRST_TRY
+
+
+def thp_gfp(defrag: str, madvised: bool) -> tuple[str, ...]:
+    """vma_thp_gfp_mask() (mm/huge_memory.c) for a defrag setting, plus the first try's bits."""
+    base = {
+        "always": ("GFP_TRANSHUGE",) + (() if madvised else ("__GFP_NORETRY",)),
+        "defer": ("GFP_TRANSHUGE_LIGHT", "__GFP_KSWAPD_RECLAIM"),
+        "defer+madvise": ("GFP_TRANSHUGE_LIGHT", "__GFP_DIRECT_RECLAIM" if madvised else "__GFP_KSWAPD_RECLAIM"),
+        "madvise": ("GFP_TRANSHUGE_LIGHT",) + (("__GFP_DIRECT_RECLAIM",) if madvised else ()),
+    }.get(defrag, ("GFP_TRANSHUGE_LIGHT",))
+    return tuple(dict.fromkeys(base + THP_FIRST_TRY))
 GFP_PAGE_CACHE = ("GFP_HIGHUSER_MOVABLE", "__GFP_COMP")
 
 FAULT_ENTRY = ("asm_exc_page_fault", "exc_page_fault", "do_user_addr_fault", "handle_mm_fault", "__handle_mm_fault")
@@ -75,6 +86,7 @@ class ModelConfig:
     memory_mib: int = 4096
     thp_enabled: str = "madvise"          # /sys/kernel/mm/transparent_hugepage/enabled
     thp_use_zero_page: bool = True
+    thp_defrag: str = "madvise"           # /sys/kernel/mm/transparent_hugepage/defrag
     fault_around_bytes: int = 65536       # /sys/kernel/debug/fault_around_bytes
     soft_dirty: bool = False              # CONFIG_MEM_SOFT_DIRTY
     stack_guard_gap_pages: int = 256      # stack_guard_gap
@@ -671,7 +683,8 @@ class SimulatedKernel:
             entry = self.huge_zero_pfn << 12 | (prot & ~RW) | PSE | SPECIAL
             fault.outcome, fault.pfn = HUGE_ZERO_PAGE, self.huge_zero_pfn + ((addr >> 12) & 511)
         else:
-            pfn = self._alloc(9, GFP_THP, "huge page", path + ("vma_alloc_anon_folio_pmd", "vma_alloc_folio_noprof"),
+            gfp = thp_gfp(self.config.thp_defrag, bool(vma.flags & VM_HUGEPAGE))
+            pfn = self._alloc(9, gfp, "huge page", path + ("vma_alloc_anon_folio_pmd", "vma_alloc_folio_noprof"),
                               fault)
             self._new_table("PTE", path + ("pte_alloc_one",), fault)
             self.kind[pfn] = "thp"
