@@ -210,3 +210,32 @@ def test_unprivileged_journey_labels_what_it_cannot_see(can_trace):
     pm = value(st["pagemap"], "PFN")
     assert pm["provenance"] == "unavailable" and "fix" in pm["source"]
     shutil.rmtree(tmp_path)
+
+
+def test_a_write_that_straddles_two_pages_shows_both_faults(can_trace, tmp_path):
+    """--offset near the end of a page: the write takes a fault on each page, each allocating its own frame;
+    the second is shown with its own address, indices, PFN and PTE, and is not called part of the first."""
+    from pagefault.journey.redact import redact_journey
+    from pagefault.core import replay
+    out, ev_file = tmp_path / "j.json", tmp_path / "ev.json.gz"
+    r = subprocess.run(CLI + ["journey", "--no-pause", "-q", "--offset", "0xffa", "--size", "8192", "--text",
+                              "0123456789", "--format", "json", "-o", str(out), "--save-evidence", str(ev_file)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = steps_by_key(json.loads(out.read_text()))
+    trap_addr = value(steps["trap"], "faulting address (CR2)")["value"]
+    second = value(steps["return"], "fault 2 of the write: address")
+    assert second["provenance"] == "observed"
+    assert second["value"] >> 12 == (trap_addr >> 12) + 1, "the second fault is on the next page"
+    pfn2 = value(steps["return"], "fault 2: PFN allocated")["value"]
+    entry2 = value(steps["return"], "fault 2: pagemap entry")["value"]
+    assert entry2 >> 63 and entry2 & ((1 << 55) - 1) == pfn2, "mm_page_alloc and pagemap name the same frame"
+    assert decode_pte(value(steps["return"], "fault 2: PTE (derived)")["value"], "PTE").pfn == pfn2
+    pfn1 = value(steps["alloc"], "PFN")["value"]
+    assert pfn1 != pfn2
+    assert not any(v["label"].startswith("also allocated") and v["value"] == pfn2 for v in steps["alloc"]["values"])
+    assert value(steps["return"], "faults taken by the write")["value"] == 2
+    assert steps["return"]["ws"]["which"].startswith("2 faults, one per page the write covers (2 pages)")
+    redacted = json.dumps(json.loads(__import__("pagefault.views.journey_view", fromlist=["to_json"]).to_json(
+        redact_journey(replay(ev_file))[0])))
+    assert f"0x{pfn2:x}" not in redacted and str(pfn2) not in redacted

@@ -190,6 +190,11 @@ class LiveJourney:
             snap.vm_flags_mnemonics = procfs.read_smaps_vmflags(pid, ev.vaddr)
         except OSError as exc:
             snap.errors.append(f"smaps: {exc}")
+        for page in ev.written_pages()[1:]:
+            try:
+                snap.more_pagemaps[page] = procfs.pagemap_entry(pid, page)
+            except OSError as exc:
+                snap.errors.append(f"pagemap of 0x{page:x}: {exc}")
         pfn = (snap.pagemap or 0) & ((1 << 55) - 1)
         if snap.pagemap and snap.pagemap >> 63 and pfn:
             try:

@@ -122,6 +122,8 @@ class Snapshot:
     kpageflags: int | None = None
     kpagecount: int | None = None
     errors: list[str] = field(default_factory=list)
+    # the other pages the write covers (a write that straddles a page boundary): page address → entry
+    more_pagemaps: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,6 +212,14 @@ class JourneyEvidence:
     @property
     def fault_address(self) -> int | None:
         return None if self.vaddr is None else self.vaddr + self.options.offset
+
+    def written_pages(self) -> list[int]:
+        """The page addresses the write covers, its text and NUL: more than one when it straddles a boundary."""
+        if self.vaddr is None:
+            return []
+        first = self.vaddr + self.options.offset
+        last = first + len(self.options.written.encode())      # the NUL strcpy writes
+        return list(range(first & ~0xFFF, (last & ~0xFFF) + 1, 4096))
 
 
 @dataclass

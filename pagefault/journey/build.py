@@ -99,16 +99,29 @@ def _time_since_spawn(label: str, ev: JourneyEvidence, t_ns: int, src: str):
 class Facts:
     """The events and readings the steps refer to, picked once."""
 
+    def allocs_of(self, fault: TraceEvent, allocs: list[TraceEvent]) -> list[TraceEvent]:
+        """The allocations after this fault and before the write's next fault (or the end of the phase)."""
+        later = sorted(e.time_ns for e in [self.fault, *self.later_faults] if e is not None and e.time_ns > fault.time_ns)
+        end = later[0] if later else 1 << 63
+        return [a for a in allocs if fault.time_ns <= a.time_ns < end]
+
     def __init__(self, ev: JourneyEvidence):
         self.ev = ev
         page = (ev.fault_address or 0) & ~0xFFF
         fault_name = "exceptions:page_fault_user" if ev.tier in ("bpf", "perf") else "page-faults"
         self.fault_event_name = fault_name
-        faults = [e for e in _between(ev, fault_name, "mapped", "touched")
-                  if page <= e.fields.get("address", -1) < page + 4096]
+        write_faults = _between(ev, fault_name, "mapped", "touched")
+        faults = [e for e in write_faults if page <= e.fields.get("address", -1) < page + 4096]
         self.fault = faults[0] if faults else None
         self.fault_count_on_page = len(faults)
-        self.allocs = _between(ev, "kmem:mm_page_alloc", "mapped", "touched")
+        # A write that straddles a page boundary takes one fault per page; each fault's allocations are
+        # those between it and the next one (a fault's allocations all happen inside it).
+        self.later_faults = [next(e for e in write_faults if p <= e.fields.get("address", -1) < p + 4096)
+                             for p in ev.written_pages()[1:]
+                             if any(p <= e.fields.get("address", -1) < p + 4096 for e in write_faults)]
+        all_allocs = _between(ev, "kmem:mm_page_alloc", "mapped", "touched")
+        self.allocs = self.allocs_of(self.fault, all_allocs) if self.fault and self.later_faults else all_allocs
+        self.later_allocs = {id(e): self.allocs_of(e, all_allocs) for e in self.later_faults}
         touched = ev.snapshots.get("touched")
         entry = touched.pagemap if touched else None
         self.pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
@@ -574,6 +587,8 @@ def step_return(ev: JourneyEvidence, f: Facts) -> Step:
     if f.fault_count_on_page:
         s.values.append(observed("faults on the page", f.fault_count_on_page, _src(ev, f.fault_event_name),
                                  display=str(f.fault_count_on_page)))
+    for n, e in enumerate(f.later_faults, 2):
+        s.values += _later_fault_values(ev, f, e, n)
     if ev.exit:
         s.values.append(observed("program exit", ev.exit, "waitpid()"))
     s.ws = {
@@ -583,9 +598,51 @@ def step_return(ev: JourneyEvidence, f: Facts) -> Step:
         "who": "the CPU, retrying the instruction it faulted on.",
         "when": "right after the handler returned.",
         "without": "without the retry the program would have to know about paging; it never does.",
-        "which": f"one minor fault, {touched.minor_faults - mapped.minor_faults} counted by the kernel",
+        "which": (f"{1 + len(f.later_faults)} faults, one per page the write covers "
+                  f"({len(ev.written_pages())} pages); {touched.minor_faults - mapped.minor_faults} counted by the kernel"),
     }
     return s
+
+
+def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) -> list:
+    """Another fault of the same write (it crossed into the next page): its own address, indices, frame and PTE.
+
+    The raw entries are read for the first page only (bpftrace follows one address), so this page's walk
+    gives its indices and the PTE derived from its frame, and says so."""
+    src = _src(ev, f.fault_event_name)
+    addr = e.fields["address"]
+    page = addr & ~0xFFF
+    out: list = [observed(f"fault {n} of the write: address", addr, src),
+                 derived(f"fault {n}: its page", page, "the write's next page: a store crossed the boundary",
+                         [f"0x{addr:x} & ~0xfff = 0x{page:x} = first page 0x{_fault_address(ev) & ~0xFFF:x} + "
+                          f"0x{page - (_fault_address(ev) & ~0xFFF):x}"])]
+    if "error_code" in e.fields:
+        out.append(observed(f"fault {n}: error code", e.fields["error_code"], src, display=f"0x{e.fields['error_code']:x}"))
+    split = split_virtual_address(addr, ev.paging_levels)
+    out.append(derived(f"fault {n}: walk indices", " ".join(f"{i.level} {i.index}" for i in split.indices),
+                       "9 bits of the address per level", list(split.derivations)))
+    out.append(unavailable(f"fault {n}: raw entries", "bpftrace reads the entries of the write's first page only"))
+    allocs = f.later_allocs.get(id(e), [])
+    data = next((a for a in allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
+    entry = ev.snapshots["touched"].more_pagemaps.get(page)
+    pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
+    if data is not None:
+        out.append(observed(f"fault {n}: PFN allocated", data.fields["pfn"], _src(ev, "kmem:mm_page_alloc") +
+                            " in this fault: " + _chain_text(data), display=f"0x{data.fields['pfn']:x}"))
+    else:
+        out.append(unavailable(f"fault {n}: PFN allocated", "no data-page allocation seen in this fault; " + FIX_ROOT))
+    if entry is not None:
+        out.append(observed(f"fault {n}: pagemap entry", entry, f"/proc/{ev.pid}/pagemap at 0x{page:x}",
+                            display=f"0x{entry:016x}"))
+    if data is not None and pagemap_pfn:
+        same = data.fields["pfn"] == pagemap_pfn
+        out.append(derived(f"fault {n}: same PFN in pagemap", same, "pagemap PFN == allocation PFN",
+                           [f"0x{pagemap_pfn:x} {'==' if same else '!='} 0x{data.fields['pfn']:x}"]))
+    if pagemap_pfn and f.vm_flags is not None:
+        pte = derive_anonymous_pte(pagemap_pfn, f.vm_flags, True, soft_dirty=bool(ev.soft_dirty_config))
+        out.append(derived(f"fault {n}: PTE (derived)", pte.value, "mk_pte(PFN, vm_page_prot) from this page's "
+                           "pagemap PFN, as for the first page", list(pte.derivations), display=f"0x{pte.value:016x}"))
+    return out
 
 
 def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
