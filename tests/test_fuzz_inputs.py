@@ -7,6 +7,7 @@ Recordings are made offline from hand-built perf records, so these run anywhere,
 import contextlib
 import io
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -199,9 +200,22 @@ TOKENS = ["decode", "report", "scenarios", "journey", "--model", "--scenario", "
           "--size", "99999999999999999999", "/nonexistent", "--redact", "--help-not"]
 
 
+@pytest.fixture(scope="module")
+def scratch_cwd(tmp_path_factory):
+    """The fuzzer's argv can name output files (-o journey): they go to a scratch directory, not the checkout.
+    main() also installs SIGTERM/SIGHUP handlers: give pytest its own back afterwards."""
+    import signal
+    old_cwd, old = os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    os.chdir(tmp_path_factory.mktemp("fuzz-cwd"))
+    yield
+    os.chdir(old_cwd)
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=7))
-def test_fuzz_arguments_are_a_result_or_one_line(argv):
+def test_fuzz_arguments_are_a_result_or_one_line(scratch_cwd, argv):
     if "journey" in argv and "--model" not in argv:
         argv = argv + ["--model"]          # never start a live capture from the fuzzer
     if "journey" in argv and "--format" not in argv:
