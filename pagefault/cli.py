@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -195,17 +196,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0 if not meta.get("disk_full") else EXIT_PARTIAL
 
 
-def _summarize(path: Path, top: int = 10):
-    """The summary of a recording; a damaged one is one line (UsageError), never a traceback."""
-    from .capture.recording import RecordingError, load_recording
-    from .journey.trace_summary import summarize
+@contextlib.contextmanager
+def _recording_problems_as_one_line(path: Path):
+    """A recording that cannot be read, or whose records contradict its metadata, is one line (UsageError)."""
+    from .capture.recording import RecordingError
     try:
-        return summarize(load_recording(path), top=top)
+        yield
     except RecordingError as exc:
         raise UsageError(str(exc)) from None
     except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
         # the chunks' CRCs matched, so the file was written this way: a bug or a hand-made file
         raise UsageError(f"{path}: the records do not match the metadata ({exc}); record it again") from None
+
+
+def _summarize(path: Path, top: int = 10):
+    """The summary of a recording; a damaged one is one line (UsageError), never a traceback."""
+    from .capture.recording import load_recording
+    from .journey.trace_summary import summarize
+    with _recording_problems_as_one_line(path):
+        return summarize(load_recording(path), top=top)
 
 
 def _pow2_pages(mb: int) -> int:
@@ -215,17 +224,14 @@ def _pow2_pages(mb: int) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .capture.recording import RecordingError, load_recording
+    from .capture.recording import load_recording
     if args.top < 0:
         raise UsageError(f"--top {args.top} is negative; give how many rows to show (0 or more)")
     if args.output and args.format != "perfetto":
         raise UsageError("-o FILE is where --format perfetto writes; add --format perfetto, or leave out -o")
     if args.format == "perfetto":
-        try:
-            rec = load_recording(args.file)
-        except RecordingError as exc:
-            raise UsageError(str(exc)) from None
-        return _report_perfetto(rec, args)
+        with _recording_problems_as_one_line(args.file):
+            return _report_perfetto(load_recording(args.file), args)
     summary = _summarize(args.file, args.top)
     if args.json:
         from .decode.bits import to_jsonable
@@ -242,16 +248,14 @@ def _report_perfetto(rec, args) -> int:
     from .views.perfetto import PerfettoError, dumps, recording_trace
     if not args.output:
         raise UsageError("--format perfetto needs -o FILE (a .json trace for ui.perfetto.dev)")
-    from .capture.safe_paths import OutputError, check_output_target, write_output
+    from .capture.safe_paths import check_output_target, write_output
+    check_output_target(Path(args.output), args.force)   # an OutputError is one line from main()
+    columns, names, fields, comms = recording_columns(rec)
     try:
-        check_output_target(Path(args.output), args.force)
-        columns, names, fields, comms = recording_columns(rec)
         trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []))
-        write_output(Path(args.output), dumps(trace), args.force)
-    except (PerfettoError, OutputError) as exc:
+    except PerfettoError as exc:
         raise UsageError(str(exc)) from None
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
-        raise UsageError(f"{args.file}: the records do not match the metadata ({exc}); record it again") from None
+    write_output(Path(args.output), dumps(trace), args.force)
     print(f"{len(columns['time']):,} samples written to {args.output} (Chrome JSON trace: open it in "
           "ui.perfetto.dev)", file=sys.stderr)
     return 0
@@ -328,20 +332,14 @@ def _journey_output(args) -> Path | None:
             raise UsageError("--text is not valid UTF-8; give the text in the terminal's UTF-8 encoding") from None
     output = Path(args.output) if args.output else None
     if output:
-        from .capture.safe_paths import OutputError, check_output_target
-        try:
-            check_output_target(output, args.force)   # checked now; the file is written only at the end
-        except OutputError as exc:
-            raise UsageError(str(exc)) from None
+        from .capture.safe_paths import check_output_target
+        check_output_target(output, args.force)   # checked now (an OutputError is one line from main()); written at the end
     return output
 
 
 def _write_output(output: Path, text: str, args) -> None:
-    from .capture.safe_paths import OutputError, write_output
-    try:
-        write_output(output, text, args.force)
-    except OutputError as exc:
-        raise UsageError(str(exc)) from None
+    from .capture.safe_paths import write_output
+    write_output(output, text, args.force)
 
 
 def _emit_journey(journey, args, output, console) -> int:
