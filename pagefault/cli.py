@@ -408,9 +408,7 @@ def cmd_journey(args: argparse.Namespace) -> int:
         return _emit_journey(core.run_journey(request), args, output, console)
     live = core.start_live(request)
     if live is None:
-        note = f"{request.fallback_reason}; this is the simulator's journey instead"
-        print(f"note: {note}", file=sys.stderr)
-        return _emit_journey(core.model_journey(None, note), args, output, console)
+        return _emit_journey(core.stand_in_journey(request), args, output, console)
     core.step_through(live, console, request)
     return 0
 
@@ -485,9 +483,7 @@ def _live_or_model_journey(args, progress):
     request = core.JourneyRequest(progress=progress)
     live = core.start_live(request)
     if live is None:
-        note = f"{request.fallback_reason}; the exercises use the simulator's fault instead"
-        print(f"note: {note}", file=sys.stderr)
-        return core.model_journey(None, note)
+        return core.stand_in_journey(request, "the exercises use the simulator's fault instead")
     return core.finish_live(live, request)
 
 

@@ -98,6 +98,13 @@ def start_live(request: JourneyRequest):
         raise JourneyUsageError(str(exc)) from None
 
 
+def stand_in_journey(request: JourneyRequest, instead: str = "this is the simulator's journey instead") -> Journey:
+    """The simulator's journey where start_live() found this machine cannot trace; says why on stderr."""
+    note = f"{request.fallback_reason}; {instead}"
+    _say(note)
+    return model_journey(None, note)
+
+
 def finish_live(live, request: JourneyRequest) -> Journey:
     """Run the traced program to its end and build its journey (saving the evidence if asked)."""
     from .capture.tracer import CaptureError
@@ -137,9 +144,7 @@ def run_journey(request: JourneyRequest) -> Journey:
         return live_scenario(request)
     live = start_live(request)
     if live is None:
-        note = f"{request.fallback_reason}; this is the simulator's journey instead"
-        _say(note)
-        return model_journey(None, note)
+        return stand_in_journey(request)
     return finish_live(live, request)
 
 
