@@ -309,3 +309,17 @@ def test_exercise_reset_where_the_state_directory_is_a_file(tmp_path):
                        env=dict(os.environ, XDG_STATE_HOME=str(tmp_path)))
     assert r.returncode == 2 and f"{tmp_path / 'pagefault'} is a file, not a directory" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@root_only
+def test_a_directory_link_above_is_followed_and_its_target_checked(open_tmp):
+    """A root-owned link in the chain (as /bin -> usr/bin) is fine only if where it leads is safe too."""
+    wide = open_tmp / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o777)                     # writable by anyone, not sticky
+    (wide / "prog").write_text("")
+    link = open_tmp / "via"
+    link.symlink_to(wide)
+    assert "writable by other users" in path_problem(link / "prog")
+    os.chmod(wide, 0o755)
+    assert path_problem(link / "prog") is None

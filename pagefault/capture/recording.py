@@ -92,10 +92,6 @@ class RecordingWriter:
         self.bytes = 0
         self.out.write(MAGIC + _chunk(HEAD, json.dumps(head).encode()))
 
-    @property
-    def part(self) -> Path:
-        return self.out.tmp
-
     def add(self, records: bytes) -> None:
         """One run of whole records; raises OSError (a full disk) with nothing half-counted."""
         self.out.write(_chunk(RECORDS, records))

@@ -48,6 +48,7 @@ def path_problem(path: Path, *, private: bool = False) -> str | None:
     path = Path(os.path.abspath(path))
     euid = os.geteuid()
     chain = [path] + list(path.parents)
+    linked = False
     for i, part in enumerate(chain):
         try:
             st = os.lstat(part)
@@ -57,7 +58,10 @@ def path_problem(path: Path, *, private: bool = False) -> str | None:
         if stat.S_ISLNK(st.st_mode):
             if last or private:
                 return f"{part} is a symbolic link"
-            continue  # a root-owned link above (e.g. /bin -> usr/bin) is checked where it leads
+            if st.st_uid not in _trusted_owners():
+                return f"{part} is a symbolic link owned by uid {st.st_uid}"
+            linked = True   # a trusted link above (e.g. /bin -> usr/bin): where it leads is checked below
+            continue
         owners = {euid} if (last and private) else _trusted_owners()
         if st.st_uid not in owners:
             return f"{part} is owned by uid {st.st_uid}, not by uid {euid}" + ("" if last and private else " or root")
@@ -66,6 +70,10 @@ def path_problem(path: Path, *, private: bool = False) -> str | None:
             return f"{part} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
         if last and stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and private:
             return f"{part} has {st.st_nlink} hard links"
+    if linked:
+        real = Path(os.path.realpath(path))
+        if real != path:
+            return path_problem(real, private=private)
     return None
 
 
