@@ -195,16 +195,13 @@ def replay(path: Path) -> Journey:
 def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence) -> Journey:
     """The journey a saved capture supports: a pure function of the evidence."""
     from .journey.build import build_journey
-    from .journey.scenario_check import (build_scenario_journey, compare, from_live, from_model, model_run_for,
-                                         same_kernel_as_model)
+    from .journey.scenario_check import build_scenario_journey, cross_check
     from .model.scenarios import find_scenario
     if isinstance(ev, JourneyEvidence):
         return build_journey(ev)
     scenario = find_scenario(ev.scenario)
-    run = model_run_for(scenario, ev)
-    model, live = from_model(run), from_live(ev)
-    same = same_kernel_as_model(ev.kernel_release, run.kernel.config.kernel)
-    return build_scenario_journey(scenario, ev, live, model, compare(model, live, same))
+    model, live, agreement, _run = cross_check(scenario, ev)
+    return build_scenario_journey(scenario, ev, live, model, agreement)
 
 
 # --- stepping through a journey at the terminal --------------------------------------------------------

@@ -227,13 +227,19 @@ def model_run_for(scenario: Scenario, ev: ScenarioEvidence) -> ModelRun:
     return run_in_model(scenario, model_config(ev.settings, ev.paging_levels), region_hint=hint)
 
 
+def cross_check(scenario: Scenario, ev: ScenarioEvidence) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ModelRun]:
+    """The live evidence and the simulator's run of the same operations, compared (pure: live or replayed)."""
+    run = model_run_for(scenario, ev)
+    model, live = from_model(run), from_live(ev)
+    return model, live, compare(model, live, same_kernel_as_model(ev.kernel_release, run.kernel.config.kernel)), run
+
+
 def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ScenarioEvidence, ModelRun]:
     """Run the scenario live and in the model (with this machine's settings) and compare."""
     from ..capture.scenario_capture import run_scenario_live
     ev = run_scenario_live(list(scenario.ops), progress, scenario.name)
-    run = model_run_for(scenario, ev)
-    model, live = from_model(run), from_live(ev)
-    return model, live, compare(model, live, same_kernel_as_model(ev.kernel_release, run.kernel.config.kernel)), ev, run
+    model, live, agreement, run = cross_check(scenario, ev)
+    return model, live, agreement, ev, run
 
 
 def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
