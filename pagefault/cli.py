@@ -51,7 +51,25 @@ def _kernel_tables():
     return fault_flag_values, gfp_bits, kernel_version
 
 
-def _decode(kind: str, value: int, levels: int, level: str, error_code: bool) -> tuple[str, list, list[str], Any]:
+def _decode_kernel(requested: str | None):
+    """The kernel whose tables decode a value: --kernel X.Y, or the running one (with its configuration)."""
+    from .decode.swap_entry import SwapConfig
+    from .kernel.facts import kernel_version, parse_kernel_version, swap_config
+    running = kernel_version()
+    if requested is None:
+        return running, swap_config()
+    try:
+        wanted = parse_kernel_version(requested)
+    except ValueError:
+        raise UsageError(f"--kernel {requested!r} is not a kernel version; fix: give it as MAJOR.MINOR, e.g. 6.12") from None
+    if wanted == running:
+        return wanted, swap_config()
+    return wanted, SwapConfig(source=f"kernel {wanted[0]}.{wanted[1]} is not the running one, so its configuration "
+                                     "is unknown")
+
+
+def _decode(kind: str, value: int, levels: int, level: str, error_code: bool,
+            kernel: str | None = None) -> tuple[str, list, list[str], Any]:
     """→ (title, rows, derivations, result object)."""
     # imported here, not at the top: `trace` and `report` start faster without every decoder
     from .decode import (decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags, decode_pagemap_entry,
@@ -85,12 +103,28 @@ def _decode(kind: str, value: int, levels: int, level: str, error_code: bool) ->
         r = decode_vm_flags(value, kernel_version())
         return f"vm_flags 0x{value:x} ({r.table_source})", flag_rows(r), list(r.derivations), r
     if kind == "pte":
-        r = decode_pte(value, level)
-        rows = flag_rows(r.flags) + field_rows(r, ["pfn", "physical_address", "protection_key", "huge", "points_to"])
-        return f"{r.level} entry 0x{value:x}", rows, list(r.derivations), r
+        version, config = _decode_kernel(kernel)
+        r = decode_pte(value, level, kernel=version, swap_config=config, paging_levels=levels)
+        if r.swap is not None:
+            swap = r.swap
+            rows = flag_rows(r.flags) + [("kind", swap.kind.value, swap.summary),
+                                         ("swap type", str(swap.swap_type), "bits 63..59"),
+                                         ("offset", f"0x{swap.offset:x}", "bits 58..9, stored inverted")]
+            if swap.pfn is not None:
+                rows.append(("PFN", f"0x{swap.pfn:x}", "the offset of a migration, hwpoison or device entry"))
+            if swap.marker is not None:
+                rows += flag_rows(swap.marker)
+            rows.append(("table", "", swap.table_source))
+        else:
+            rows = flag_rows(r.flags) + [("kind", r.kind.value, "")] + field_rows(
+                r, ["pfn", "physical_address", "protection_key", "huge", "points_to"]) + [("table", "", r.table_source)]
+        return f"{r.level} entry 0x{value:x}: {r.kind.value}", rows, list(r.derivations), r
     if kind == "pagemap":
-        r = decode_pagemap_entry(value)
+        version, config = _decode_kernel(kernel)
+        r = decode_pagemap_entry(value, version, config)
         rows = flag_rows(r.flags) + field_rows(r, ["pfn", "swap_type", "swap_offset"])
+        if r.table_source:
+            rows.append(("table", "", r.table_source))
         return f"pagemap entry 0x{value:x}: {r.summary}", rows, list(r.derivations), r
     if kind == "kpageflags":
         _, _, kernel_version = _kernel_tables()
@@ -111,7 +145,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .decode import DecodeError, to_jsonable
     value = parse_number(args.value, args.kind)
     try:
-        title, rows, derivations, result = _decode(args.kind, value, args.levels, args.level, args.from_error_code)
+        title, rows, derivations, result = _decode(args.kind, value, args.levels, args.level, args.from_error_code,
+                                                   args.kernel)
     except DecodeError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -567,6 +602,8 @@ def build_parser() -> Parser:
                    help="page-table level of a pte value (default PTE)")
     d.add_argument("--from-error-code", action="store_true",
                    help="fault-flags: treat VALUE as an x86 error code and derive the flags handle_mm_fault gets")
+    d.add_argument("--kernel", metavar="X.Y", help="pte, pagemap: decode with the tables of kernel X.Y (default: the "
+                   "running kernel, with its configuration)")
     d.add_argument("--json", action="store_true", help="print JSON")
     d.set_defaults(func=cmd_decode)
     for register in COMMANDS:

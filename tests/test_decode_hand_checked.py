@@ -2,6 +2,8 @@
 
 import pytest
 
+from pagefault.decode.pte import EntryKind
+from pagefault.decode.swap_entry import SwapConfig, SwapEntryKind, encode_swap_pte, special_swap_types
 from pagefault.decode import (DecodeError, NonCanonicalAddress, decode_error_code, decode_fault_flags,
                               decode_gfp, decode_kpageflags, decode_pagemap_entry, decode_pte, decode_vm_flags,
                               derive_anonymous_pte, derive_fault_flags, fallback_fault_flag_values,
@@ -238,3 +240,89 @@ def test_cleared_error_code_bits_say_what_their_value_means():
     assert meanings[2] == "bit 2 USER = 1: the access came from user mode (CPL 3)"
     assert "never reports" in decode_error_code(0x12 | 0x1).summary     # INSTR with WRITE
     assert "never reports" not in decode_error_code(0x15).summary       # a user instruction fetch, NX
+
+
+# --- entries that are not present (issue 14 point 4) ----------------------------------------------
+# Hand-checked against include/linux/swap.h of Debian's linux-headers 6.1.0-56 and 6.12.117 with
+# Debian's configuration (MIGRATION, MEMORY_FAILURE and PTE_MARKER on, DEVICE_PRIVATE off), and
+# against this machine's 6.18 (MEMORY_FAILURE and DEVICE_PRIVATE off), where the live test saw the
+# guard marker as type 31.
+
+DEBIAN = SwapConfig(migration=True, memory_failure=True, device_private=False, pte_marker=True, source="test")
+HOST_6_18 = SwapConfig(migration=True, memory_failure=False, device_private=False, pte_marker=True, source="test")
+
+
+def test_special_swap_types_of_6_1_as_debian_builds_it():
+    t = special_swap_types((6, 1), DEBIAN)
+    # 32 - 3 migration - 1 hwpoison - 1 marker - 1 swap-in error = 26
+    assert t.max_swapfiles == 26
+    assert t.kinds == {26: SwapEntryKind.HWPOISON, 27: SwapEntryKind.MIGRATION_READ,
+                       28: SwapEntryKind.MIGRATION_READ_EXCLUSIVE, 29: SwapEntryKind.MIGRATION_WRITE,
+                       30: SwapEntryKind.PTE_MARKER, 31: SwapEntryKind.SWAPIN_ERROR}
+
+
+def test_special_swap_types_of_6_12_and_of_this_6_18():
+    t = special_swap_types((6, 12), DEBIAN)
+    assert t.max_swapfiles == 27 and t.kinds[27] is SwapEntryKind.HWPOISON and t.kinds[31] is SwapEntryKind.PTE_MARKER
+    h = special_swap_types((6, 18), HOST_6_18)
+    assert h.max_swapfiles == 28 and h.kinds[28] is SwapEntryKind.MIGRATION_READ
+    assert h.kinds[31] is SwapEntryKind.PTE_MARKER and 27 not in h.kinds
+
+
+def test_device_private_takes_four_types_and_an_unread_config_is_said_to_be_assumed():
+    t = special_swap_types((6, 12), SwapConfig(True, True, True, True, "test"))
+    assert t.max_swapfiles == 23 and t.kinds[27] is SwapEntryKind.DEVICE_PRIVATE_WRITE
+    assert "assumed as Debian builds it" in special_swap_types((6, 12)).source
+    assert "not checked for 6.18" in special_swap_types((6, 18), SwapConfig(True, True, True, True, "t")).source
+
+
+def test_swap_pte_of_slot_1_as_seen_live():
+    # read by bpftrace on 6.18 after MADV_PAGEOUT; pagemap said swap area 0, slot 1
+    p = decode_pte(0x07FFFFFFFFFFFC08, "PTE", kernel=(6, 18), swap_config=HOST_6_18)
+    assert p.kind is EntryKind.SWAP_FORMAT and p.pfn is None and not p.present
+    assert (p.swap.swap_type, p.swap.offset, p.swap.kind) == (0, 1, SwapEntryKind.SWAP)
+    assert p.swap.flags.names == ["SWP_EXCLUSIVE"]
+
+
+def test_guard_marker_as_seen_live_and_its_name_on_older_kernels():
+    p = decode_pte(0xFFFFFFFFFFFFF600, "PTE", kernel=(6, 18), swap_config=HOST_6_18)
+    assert p.swap.kind is SwapEntryKind.PTE_MARKER and p.swap.offset == 4
+    assert p.swap.marker.names == ["PTE_MARKER_GUARD"]
+    # on 6.12 bit 2 of a marker has no name: guard regions came in 6.13
+    old = decode_pte(0xFFFFFFFFFFFFF600, "PTE", kernel=(6, 12), swap_config=DEBIAN)
+    assert old.swap.marker.unknown_bits == (2,)
+    # on 6.1 type 31 is a swap-in error, not a marker
+    assert decode_pte(0xFFFFFFFFFFFFF600, "PTE", kernel=(6, 1), swap_config=DEBIAN).swap.kind \
+        is SwapEntryKind.SWAPIN_ERROR
+
+
+def test_migration_entry_holds_the_pfn():
+    # type 28 on 6.18 (MIGRATION_READ), offset = PFN 0x123456; ~0x123456 << 14 >> 5 | 28 << 59
+    value = encode_swap_pte(28, 0x123456)
+    assert value == 0xE7FFFFFFDB975200
+    p = decode_pte(value, "PTE", kernel=(6, 18), swap_config=HOST_6_18)
+    assert p.swap.kind is SwapEntryKind.MIGRATION_READ and p.pfn == 0x123456
+
+
+def test_prot_none_entry_as_seen_live():
+    # mprotect(PROT_NONE) of a written page on 6.18; pagemap said present, PFN 0x1576c9
+    p = decode_pte(0x040FFFFEA8936120, "PTE", kernel=(6, 18))
+    assert p.kind is EntryKind.PROT_NONE and not p.present and p.pfn == 0x1576C9
+    assert p.flags.has("PROTNONE") and not p.flags.has("G")
+
+
+def test_software_bit_58_was_devmap_before_6_6():
+    v = 0x0400_0001_3A87_5067  # bit 58 set on a present PTE
+    assert decode_pte(v, "PTE", kernel=(6, 1)).flags.has("DEVMAP")
+    assert decode_pte(v, "PTE", kernel=(6, 12)).flags.has("SAVED_DIRTY")
+    w = 0x0200_0001_3A87_5067  # bit 57
+    assert decode_pte(w, "PTE", kernel=(6, 12)).flags.has("DEVMAP")
+    assert decode_pte(w, "PTE", kernel=(6, 18)).flags.has("SOFTW4")
+    assert decode_pte(w, "PTE", kernel=(6, 1)).flags.unknown_bits == (57,)
+
+
+def test_pagemap_names_the_swap_type_with_the_kernel_table():
+    e = decode_pagemap_entry((1 << 62) | (4 << 5) | 31, (6, 18), HOST_6_18)
+    assert e.swap_kind is SwapEntryKind.PTE_MARKER and "PTE_MARKER_GUARD" in e.summary
+    hidden = decode_pagemap_entry(1 << 62, (6, 18), HOST_6_18)
+    assert "hidden" in hidden.summary

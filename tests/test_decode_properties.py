@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from pagefault.cli import main
 from pagefault.decode import (DecodeError, decode_pagemap_entry, decode_pte, encode_pte, join_virtual_address,
                               split_virtual_address)
-from pagefault.decode.pte import FLAG_BY_NAME
+from pagefault.decode.pte import FLAG_BY_NAME, EntryKind
+from pagefault.decode.swap_entry import encode_swap_pte
 from pagefault.decode.vectorised import decode_pagemap_array, split_addresses
 
 
@@ -33,11 +34,12 @@ def test_join_split_round_trip(indices, offset):
     assert [i.index for i in s.indices] == indices and s.page_offset == offset
 
 
-_LEAF_FLAGS = [n for n in FLAG_BY_NAME if n != "PS"]
+_LEAF_FLAGS = [n for n in FLAG_BY_NAME if n not in ("PS", "P")]
 
 
 @given(st.integers(0, (1 << 40) - 1), st.lists(st.sampled_from(_LEAF_FLAGS), unique=True), st.integers(0, 15))
 def test_pte_encode_decode_round_trip(pfn, flags, pkey):
+    flags = ["P"] + flags  # encode_pte builds present entries; the others are swap entries, tested below
     value = encode_pte(pfn, flags, pkey)
     p = decode_pte(value)
     assert p.pfn == pfn and p.protection_key == pkey
@@ -45,11 +47,43 @@ def test_pte_encode_decode_round_trip(pfn, flags, pkey):
     assert encode_pte(p.pfn, p.flags.names, p.protection_key) == value
 
 
-@given(st.integers(0, (1 << 64) - 1))
-def test_any_64_bit_pte_decodes_at_every_level(value):
+@given(st.integers(0, (1 << 64) - 1), st.sampled_from([None, (6, 1), (6, 12), (6, 18)]))
+def test_any_64_bit_pte_decodes_at_every_level(value, kernel):
     for level in ("PGD", "P4D", "PUD", "PMD", "PTE"):
-        p = decode_pte(value, level)
+        p = decode_pte(value, level, kernel=kernel)
         assert p.present == bool(value & 1)
+        # a frame is claimed only where the kernel reads one
+        assert (p.pfn is None) == (p.kind in (EntryKind.EMPTY, EntryKind.NOT_PRESENT)
+                                   or p.kind is EntryKind.SWAP_FORMAT and not p.swap.kind.holds_pfn)
+
+
+@given(st.integers(0, 31), st.integers(0, (1 << 50) - 1), st.booleans(), st.booleans(), st.booleans(),
+       st.sampled_from([None, (6, 1), (6, 12), (6, 18)]))
+def test_swap_entry_encode_decode_round_trip(swap_type, offset, soft_dirty, uffd_wp, exclusive, kernel):
+    value = encode_swap_pte(swap_type, offset, soft_dirty, uffd_wp, exclusive)
+    assert not value & 1 and not value & 0x100 and value
+    p = decode_pte(value, "PTE", kernel=kernel)
+    assert p.kind is EntryKind.SWAP_FORMAT and (p.swap.swap_type, p.swap.offset) == (swap_type, offset)
+    assert [p.swap.flags.has(n) for n in ("SWP_SOFT_DIRTY", "SWP_UFFD_WP", "SWP_EXCLUSIVE")] == \
+        [soft_dirty, uffd_wp, exclusive]
+
+
+@given(st.integers(0, (1 << 40) - 1), st.integers(0, 0xFFF))
+def test_prot_none_pfn_is_un_inverted(pfn, low):
+    # what pfn_pte() with PAGE_NONE stores: the frame inverted (protnone_mask), bit 8 set, P clear
+    flags = (low | 0x100) & ~1
+    value = ((~(pfn << 12)) & 0x000F_FFFF_FFFF_F000) | flags
+    p = decode_pte(value, "PTE")
+    assert p.kind is EntryKind.PROT_NONE and p.pfn == pfn and not p.present
+
+
+@given(st.one_of(st.integers(max_value=-1), st.integers(min_value=32)), st.integers(0, 10))
+def test_swap_entry_encoder_refuses_out_of_range(swap_type, offset):
+    try:
+        encode_swap_pte(swap_type, offset)
+    except DecodeError:
+        return
+    raise AssertionError("accepted an impossible swap type")
 
 
 @settings(max_examples=50)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .bits import Flag, FlagWord, bit, check_word, decode_flag_word
+from .swap_entry import SwapConfig, SwapEntryKind, pte_marker_bits, special_swap_types
 
 PM_PFN_MASK = (1 << 55) - 1
 PM_SWAP_TYPE_MASK = 0x1F
@@ -38,9 +39,17 @@ class PagemapEntry:
     flags: FlagWord
     summary: str
     derivations: tuple[str, ...]
+    swap_kind: SwapEntryKind | None = None
+    table_source: str = ""
 
 
-def decode_pagemap_entry(value: int) -> PagemapEntry:
+def decode_pagemap_entry(value: int, kernel: tuple[int, int] | None = None,
+                         swap_config: SwapConfig = SwapConfig()) -> PagemapEntry:
+    """One /proc/PID/pagemap entry; a swapped (bit 62) entry's type is named with ``kernel``'s swap types.
+
+    The kernel writes swp_type | swp_offset << 5 into bits 0-54 of a swap-format entry, the offset
+    being the PFN for migration, hwpoison and device entries; a reader without CAP_SYS_ADMIN gets 0.
+    """
     value = check_word(value, 64, "pagemap entry")
     word = decode_flag_word(value, PAGEMAP_BITS, what="pagemap entry", field_mask=PM_PFN_MASK)
     present, swapped = bool(value & PM_PRESENT), bool(value & PM_SWAP)
@@ -57,7 +66,28 @@ def decode_pagemap_entry(value: int) -> PagemapEntry:
         swap_offset = (value & PM_PFN_MASK) >> 5
         lines.append(f"swap type: 0x{value:x} & 0x1f = {swap_type}")
         lines.append(f"swap offset: (0x{value:x} & 0x{PM_PFN_MASK:x}) >> 5 = 0x{swap_offset:x}")
-        summary = f"swapped out (type {swap_type}, offset 0x{swap_offset:x})"
+        table = special_swap_types(kernel, swap_config)
+        source = table.source
+        kind = table.kind(swap_type)
+        if value & PM_PFN_MASK == 0 and not value & PM_GUARD_REGION:
+            summary = "a swap-format entry; type and offset hidden (read 0: not root)"
+        elif kind is SwapEntryKind.SWAP:
+            lines.append(f"type {swap_type} < MAX_SWAPFILES {table.max_swapfiles}: a swap area")
+            summary = f"swapped out (swap area {swap_type}, slot 0x{swap_offset:x})"
+        else:
+            lines.append(f"type {swap_type} ≥ MAX_SWAPFILES {table.max_swapfiles}: {kind.value}")
+            summary = kind.value + (f", PFN 0x{swap_offset:x}" if kind.holds_pfn else "")
+            if kind is SwapEntryKind.PTE_MARKER:
+                marker_table, marker_source = pte_marker_bits(kernel)
+                marker = decode_flag_word(swap_offset, marker_table, what="PTE marker", table_source=marker_source)
+                summary += ": " + (", ".join(marker.names) or "no marker bit")
+                lines.append(f"marker bits of offset 0x{swap_offset:x}: {', '.join(marker.names) or 'none'} "
+                             f"({marker_source})")
+        return PagemapEntry(value, present, swapped, bool(value & PM_FILE), bool(value & PM_MMAP_EXCLUSIVE),
+                            bool(value & PM_SOFT_DIRTY), bool(value & PM_UFFD_WP), pfn, swap_type, swap_offset,
+                            hidden, word, summary, tuple(lines), kind, source)
+    elif value & PM_GUARD_REGION:
+        summary = "a guard region (MADV_GUARD_INSTALL): access raises SIGSEGV"
     else:
         summary = "not present: no page has been faulted in here"
     return PagemapEntry(value, present, swapped, bool(value & PM_FILE), bool(value & PM_MMAP_EXCLUSIVE),

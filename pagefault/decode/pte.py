@@ -1,10 +1,18 @@
-"""x86-64 page-table entries at every level (arch/x86/include/asm/pgtable_types.h)."""
+"""x86-64 page-table entries at every level (arch/x86/include/asm/pgtable_types.h).
+
+An entry is one of four things, and is decoded as what it is (``EntryKind``):
+present (the MMU uses it), PROT_NONE (not present to the MMU, present to the kernel, its
+frame stored inverted), a swap-format entry (swap, migration, hwpoison, device, marker: see
+``swap_entry``) or empty.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from .bits import DecodeError, Flag, FlagWord, bit, check_word, decode_flag_word
+from .swap_entry import SwapConfig, SwapEntry, decode_swap_pte
 
 _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, _PAGE_PWT, _PAGE_PCD = bit(0), bit(1), bit(2), bit(3), bit(4)
 _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PSE, _PAGE_GLOBAL = bit(5), bit(6), bit(7), bit(8)
@@ -22,15 +30,46 @@ COMMON_BITS = (
     Flag(_PAGE_PCD, "PCD", "cache disabled"), Flag(_PAGE_ACCESSED, "A", "accessed"),
     Flag(_PAGE_DIRTY, "D", "dirty"),
 )
-_LEAF_EXTRA = (
-    Flag(_PAGE_GLOBAL, "G", "global (kept across CR3 switches)"),
+_PAGE_PROTNONE = bit(8)  # _PAGE_BIT_PROTNONE = _PAGE_BIT_GLOBAL: only meaningful when P is clear
+_LOW_SOFTWARE = (
     Flag(_PAGE_SPECIAL, "SPECIAL", "software bit 9: special mapping (e.g. the zero page)"),
     Flag(_PAGE_UFFD_WP, "UFFD_WP", "software bit 10: userfaultfd write-protected"),
     Flag(_PAGE_SOFT_DIRTY, "SOFT_DIRTY", "software bit 11: soft-dirty"),
-    Flag(_PAGE_SOFTW4, "SOFTW4", "software bit 57"),
-    Flag(_PAGE_SAVED_DIRTY, "SAVED_DIRTY", "software bit 58: dirty, saved while the entry is read-only"),
-    Flag(_PAGE_NX, "NX", "no-execute"),
 )
+# The high software bits moved: 6.6 (user shadow stacks) put DEVMAP at 57 and SAVED_DIRTY at 58;
+# 6.17 removed DEVMAP. Checked against Debian's 6.1.192 and 6.12.117 headers; the 6.17 boundary
+# comes from the devmap-removal series, not from a header of that version.
+SAVED_DIRTY_SINCE = (6, 6)
+DEVMAP_REMOVED_IN = (6, 17)
+_HIGH_SOFTWARE_BEFORE_6_6 = (Flag(bit(58), "DEVMAP", "software bit 58: a ZONE_DEVICE (devmap) page"),)
+_HIGH_SOFTWARE_6_6 = (Flag(_PAGE_SOFTW4, "DEVMAP", "software bit 57: a ZONE_DEVICE (devmap) page"),
+                      Flag(_PAGE_SAVED_DIRTY, "SAVED_DIRTY", "software bit 58: dirty, saved while the entry is "
+                           "read-only"))
+_HIGH_SOFTWARE_6_17 = (Flag(_PAGE_SOFTW4, "SOFTW4", "software bit 57 (unused)"), _HIGH_SOFTWARE_6_6[1])
+_NX_FLAG = Flag(_PAGE_NX, "NX", "no-execute")
+_GLOBAL_FLAG = Flag(_PAGE_GLOBAL, "G", "global (kept across CR3 switches)")
+_LEAF_EXTRA = (_GLOBAL_FLAG,) + _LOW_SOFTWARE + _HIGH_SOFTWARE_6_17 + (_NX_FLAG,)
+
+
+def software_bits(version: tuple[int, int] | None) -> tuple[tuple[Flag, ...], str]:
+    """The software-defined leaf bits (9-11, 57-58) of kernel ``version``, and which table that is."""
+    v = version or (99, 0)
+    which = f"kernel {v[0]}.{v[1]}" if version else "no kernel version given: the newest names"
+    if v < SAVED_DIRTY_SINCE:
+        return _LOW_SOFTWARE + _HIGH_SOFTWARE_BEFORE_6_6, f"pgtable_types.h before 6.6 (DEVMAP at 58), for {which}"
+    if v < DEVMAP_REMOVED_IN:
+        return _LOW_SOFTWARE + _HIGH_SOFTWARE_6_6, f"pgtable_types.h 6.6-6.16 (DEVMAP 57, SAVED_DIRTY 58), for {which}"
+    return _LOW_SOFTWARE + _HIGH_SOFTWARE_6_17, f"pgtable_types.h from 6.17 (SAVED_DIRTY 58), for {which}"
+
+
+class EntryKind(enum.Enum):
+    """What a page-table entry holds, as the kernel reads it."""
+
+    EMPTY = "empty"
+    PRESENT = "present"
+    PROT_NONE = "PROT_NONE"
+    SWAP_FORMAT = "swap-format entry"
+    NOT_PRESENT = "not present"
 
 
 @dataclass(frozen=True)
@@ -45,35 +84,61 @@ class PageTableEntry:
     no_execute: bool
     huge: bool
     leaf: bool
-    pfn: int
-    physical_address: int
+    pfn: int | None  # None: the entry holds no frame (empty, swapped, a marker)
+    physical_address: int | None
     protection_key: int
     flags: FlagWord
     points_to: str
     derivations: tuple[str, ...]
+    kind: EntryKind = EntryKind.PRESENT
+    swap: SwapEntry | None = None  # for a swap-format entry
+    table_source: str = ""
 
 
-def _table_for(level: str, huge_capable: bool) -> tuple[Flag, ...]:
+def _table_for(level: str, huge_capable: bool, version: tuple[int, int] | None,
+               prot_none: bool = False) -> tuple[tuple[Flag, ...], str]:
     table = list(COMMON_BITS)
     if level == "PTE":
         table.append(Flag(bit(7), "PAT", "page attribute table index bit"))
     elif huge_capable:
         table.append(Flag(_PAGE_PSE, "PS", "page size: this entry maps a huge page"))
-    return tuple(table) + _LEAF_EXTRA
+    software, source = software_bits(version)
+    bit8 = (Flag(_PAGE_PROTNONE, "PROTNONE", "bit 8 with P clear: PROT_NONE or NUMA hinting (_PAGE_PROTNONE)")
+            if prot_none else _GLOBAL_FLAG)
+    return tuple(table) + (bit8,) + software + (_NX_FLAG,), source
 
 
-def decode_pte(value: int, level: str = "PTE") -> PageTableEntry:
+_LEAF_SIZE = {"PTE": "4 KiB", "PMD": "2 MiB", "PUD": "1 GiB"}
+
+
+def decode_pte(value: int, level: str = "PTE", kernel: tuple[int, int] | None = None,
+               swap_config: SwapConfig = SwapConfig(), paging_levels: int = 4) -> PageTableEntry:
+    """Decode one x86-64 page-table entry at ``level`` as the kernel ``kernel`` reads it.
+
+    kernel: (major, minor) of the kernel whose software bits and swap types to use; None means the
+    newest names, and the result's ``table_source`` says which table was used. swap_config and
+    paging_levels matter only for swap-format entries (see ``swap_entry.decode_swap_pte``).
+    A present entry's PFN is its frame field; a PROT_NONE entry's is stored inverted (L1TF) and
+    un-inverted here as pte_pfn() does; a swap-format or empty entry has no PFN (None) unless it
+    is a migration, hwpoison or device entry, whose offset is one.
+    """
     level = level.upper()
     if level not in LEVELS:
         raise DecodeError(f"unknown page-table level {level!r} (accepted: {', '.join(LEVELS)})")
     value = check_word(value, 64, "page-table entry")
     huge_capable = level in ("PUD", "PMD")
     huge = huge_capable and bool(value & _PAGE_PSE)
+    may_hold_swap = level in ("PTE", "PMD")  # swap entries are stored in PTEs, and PMDs (THP migration)
+    if value and not value & _PAGE_PRESENT and may_hold_swap and not (level == "PMD" and value & _PAGE_PSE):
+        if value & _PAGE_PROTNONE:
+            return _decode_prot_none(value, level, kernel)
+        return _decode_swap_format(value, level, kernel, swap_config, paging_levels)
     leaf = level == "PTE" or huge
-    table = list(_table_for(level, huge_capable))
+    table, source = _table_for(level, huge_capable, kernel)
     if huge:
-        table.append(Flag(_PAGE_PAT_LARGE, "PAT", "page attribute table index bit (huge page)"))
-    word = decode_flag_word(value, table, what="page-table entry", field_mask=PFN_MASK | PKEY_MASK)
+        table += (Flag(_PAGE_PAT_LARGE, "PAT", "page attribute table index bit (huge page)"),)
+    word = decode_flag_word(value, table, what="page-table entry", field_mask=PFN_MASK | PKEY_MASK,
+                            table_source=source)
     frame_mask = PFN_MASK
     if huge:
         frame_mask &= ~((1 << (30 if level == "PUD" else 21)) - 1)
@@ -81,19 +146,54 @@ def decode_pte(value: int, level: str = "PTE") -> PageTableEntry:
     pfn = phys >> 12
     pkey = (value & PKEY_MASK) >> PKEY_SHIFT
     lines = list(word.derivations)
-    lines.append(f"frame: 0x{value:x} & 0x{frame_mask:x} = 0x{phys:x}; PFN = 0x{phys:x} >> 12 = 0x{pfn:x}")
-    if pkey:
-        lines.append(f"protection key: (0x{value:x} >> 59) & 0xf = {pkey}")
-    if not value & _PAGE_PRESENT:
-        points_to = "nothing: the entry is not present" if value == 0 else "nothing the MMU will use (not present)"
-    elif leaf:
-        size = {"PTE": "4 KiB", "PMD": "2 MiB", "PUD": "1 GiB"}[level]
-        points_to = f"a {size} page frame at physical 0x{phys:x}"
+    if value & _PAGE_PRESENT:
+        kind = EntryKind.PRESENT
+        lines.append(f"frame: 0x{value:x} & 0x{frame_mask:x} = 0x{phys:x}; PFN = 0x{phys:x} >> 12 = 0x{pfn:x}")
+        if pkey:
+            lines.append(f"protection key: (0x{value:x} >> 59) & 0xf = {pkey}")
+        points_to = (f"a {_LEAF_SIZE[level]} page frame at physical 0x{phys:x}" if leaf
+                     else f"the next level's table at physical 0x{phys:x}")
+    elif value == 0:
+        kind, points_to = EntryKind.EMPTY, "nothing: the entry is empty (pte_none)"
     else:
-        points_to = f"the next level's table at physical 0x{phys:x}"
+        kind = EntryKind.NOT_PRESENT
+        why = ("the kernel stores no swap entries at this level" if not may_hold_swap
+               else "PSE set without P: a huge PMD being split or invalidated (pmd_present() still counts it)")
+        points_to = f"nothing the MMU will use (not present; {why})"
+        lines.append(f"P = 0 and the value is not 0: {why}")
     return PageTableEntry(value, level, bool(value & _PAGE_PRESENT), bool(value & _PAGE_RW),
                           bool(value & _PAGE_USER), bool(value & _PAGE_ACCESSED), bool(value & _PAGE_DIRTY),
-                          bool(value & _PAGE_NX), huge, leaf, pfn, phys, pkey, word, points_to, tuple(lines))
+                          bool(value & _PAGE_NX), huge, leaf, pfn if kind is EntryKind.PRESENT else None,
+                          phys if kind is EntryKind.PRESENT else None, pkey, word, points_to, tuple(lines),
+                          kind, None, source)
+
+
+def _decode_prot_none(value: int, level: str, kernel: tuple[int, int] | None) -> PageTableEntry:
+    """P clear and _PAGE_PROTNONE set: mprotect(PROT_NONE) or a NUMA-hinting entry; pte_present() is true."""
+    table, source = _table_for(level, level == "PMD", kernel, prot_none=True)
+    word = decode_flag_word(value, table, what="page-table entry", field_mask=PFN_MASK | PKEY_MASK,
+                            table_source=source)
+    inverted = ~value & PFN_MASK
+    pfn = inverted >> 12
+    lines = list(word.derivations)
+    lines.append("P = 0 and PROTNONE (bit 8) = 1: a PROT_NONE or NUMA-hinting entry; the MMU faults on it, "
+                 "but pte_present() counts it present")
+    lines.append(f"the frame is stored inverted (L1TF: protnone_mask): ~0x{value:x} & 0x{PFN_MASK:x} = 0x{inverted:x}; "
+                 f"PFN = 0x{inverted:x} >> 12 = 0x{pfn:x}")
+    return PageTableEntry(value, level, False, bool(value & _PAGE_RW), bool(value & _PAGE_USER),
+                          bool(value & _PAGE_ACCESSED), bool(value & _PAGE_DIRTY), bool(value & _PAGE_NX),
+                          False, True, pfn, inverted, (value & PKEY_MASK) >> PKEY_SHIFT, word,
+                          f"a page frame at physical 0x{inverted:x}, inaccessible (PROT_NONE / NUMA hinting)",
+                          tuple(lines), EntryKind.PROT_NONE, None, source)
+
+
+def _decode_swap_format(value: int, level: str, kernel: tuple[int, int] | None, config: SwapConfig,
+                        paging_levels: int) -> PageTableEntry:
+    swap = decode_swap_pte(value, kernel, config, paging_levels)
+    return PageTableEntry(value, level, False, False, False, False, False, False, False, True, swap.pfn,
+                          None if swap.pfn is None else swap.pfn << 12, 0, swap.flags,
+                          f"nothing the MMU will use: {swap.summary}", swap.derivations, EntryKind.SWAP_FORMAT, swap,
+                          swap.table_source)
 
 
 FLAG_BY_NAME = {f.name: f.mask for f in COMMON_BITS + _LEAF_EXTRA} | {"PS": _PAGE_PSE}

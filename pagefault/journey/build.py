@@ -433,7 +433,7 @@ def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
             entry = before.entries[level]
             table = before.table_physical.get(level)
             idx = split.index(level)
-            pte = decode_pte(entry, level)
+            pte = decode_pte(entry, level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
             s.values.append(observed(f"{level} entry before", entry, "bpftrace read at tracepoint exceptions:page_fault_user "
                                      f"(table at physical 0x{table:x}, entry {idx} at +0x{idx * 8:x})",
                                      display=f"0x{entry:016x}: {pte.points_to}",

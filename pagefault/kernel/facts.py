@@ -114,6 +114,17 @@ def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool 
     return False
 
 
+def swap_config():
+    """The configuration options that lay out this kernel's special swap types, read from its config."""
+    from ..decode.swap_entry import SwapConfig
+    options = {name: kernel_config_flag(f"CONFIG_{name.upper()}")
+               for name in ("migration", "memory_failure", "device_private", "pte_marker")}
+    readable = any(v is not None for v in options.values())
+    where = (f"options read from this kernel's configuration (/proc/config.gz or /boot/config-{kernel_release()})"
+             if readable else "this kernel's configuration could not be read")
+    return SwapConfig(**options, source=where)
+
+
 def _selected(text: str) -> str | None:
     """The [bracketed] choice of a sysfs multiple-choice file."""
     m = re.search(r"\[([^\]]+)\]", text)

@@ -30,7 +30,7 @@ def walk_nodes(walk: PageWalk, r: Redactor) -> list[dict]:
         meaning = "not read"
         if lv.entry is not None:
             p = decode_pte(lv.entry, lv.level)
-            meaning = ("not present" if not p.present else
+            meaning = (p.kind.value if not p.present else
                        "→ the page frame" if p.leaf else "→ the next table")
         nodes.append({
             "level": lv.level, "index": lv.index, "offset": f"0x{lv.index * 8:x}",
