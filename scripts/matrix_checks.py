@@ -73,7 +73,11 @@ def check_journey(path: Path, tier: str) -> tuple[bool, str]:
     unknown = [n for n in named if n not in ev.fault_flag_table]
     if unknown:
         problems.append(f"flags not in this kernel's enum: {unknown}")
-    detail = f"{ev.paging_levels}-level, flags {flags.display}, PFN 0x{pagemap_pfn:x}"
+    # the per-VMA lock path is observed through the mmap_lock tracepoint, and agrees with the kernel's enum
+    lock = value(j, "flags", "per-VMA lock path")
+    if lock.provenance != "observed" or lock.value != ("FAULT_FLAG_VMA_LOCK" in ev.fault_flag_table):
+        problems.append(f"per-VMA lock path {lock.value} ({lock.provenance}: {lock.source})")
+    detail = f"{ev.paging_levels}-level, flags {flags.display}, per-VMA lock {lock.value} (observed), PFN 0x{pagemap_pfn:x}"
     if tier == "bpf":
         entries = {lv: value(j, "walk", f"{lv} entry before") for lv in levels}
         missing = [lv for lv, v in entries.items() if v.provenance != "observed"]
@@ -173,6 +177,21 @@ def main() -> int:
         return (all(c == 0 for c, _ in results.values()) and pfn_ok and levels_ok,
                 f"decode pte 0x{pte:x} → PFN 0x{results['pte'][1]['pfn']:x}; address split into "
                 f"{len(results['address'][1]['indices'])} levels")
+    def entry_kinds():
+        sys.path.insert(0, str(ROOT / "tests"))
+        from live_helpers.nonpresent import check_entry_kinds, read_entry_kinds
+        from pagefault.kernel import facts
+        ev = load_evidence(out / "evidence" / "journey-bpf.json.gz").evidence
+        seen = read_entry_kinds(ev.bpf.direct_map_base, ev.paging_levels)
+        (out / "entry-kinds.json").write_text(json.dumps({"ptes": [hex(v) for v in seen.ptes],
+                                                          "pagemaps": [hex(v) for v in seen.pagemaps]}, indent=2))
+        problems, checked = check_entry_kinds(seen, ev.kernel_version, ev.paging_levels, facts.swap_config())
+        return not problems, "; ".join(problems) or "decoded as the kernel keeps them: " + ", ".join(checked) + \
+            " (PTEs " + ", ".join(hex(v) for v in seen.ptes) + ")"
+    t = time.monotonic()
+    checks.run("entry-kinds", entry_kinds)
+    times["entry-kinds"] = time.monotonic() - t
+
     t = time.monotonic()
     checks.run("decode", decode)
     times["decode"] = time.monotonic() - t

@@ -18,6 +18,7 @@ import re
 import select
 import subprocess
 import time
+from typing import Callable
 
 from ..decode.address import LEVEL_NAMES, level_shift
 from ..evidence import BpfWalk, WalkRead
@@ -26,6 +27,7 @@ from .safe_paths import UnsafePathError, trusted_executable
 
 FRAME_MASK = 0x000F_FFFF_FFFF_F000
 _LINE = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
+_LINE_ANY = re.compile(r"^([0-9a-f]+) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
 
 
 class BpfError(Exception):
@@ -178,3 +180,48 @@ class BpfTracer:
 def _last_error(stderr: str) -> str:
     lines = [l for l in stderr.strip().splitlines() if "RLIMIT_MEMLOCK" not in l and l.strip()]
     return lines[-1] if lines else ""
+
+
+def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels: int, syscall_nr: int,
+                       poke: Callable[[], None], timeout: float = 120.0) -> dict[int, dict[str, int]]:
+    """The raw entries of each page of `pid`, read when it next enters system call `syscall_nr`.
+
+    direct_map_base: page_offset_base, derived by a bpf-tier journey (it is fixed for the boot).
+    poke: makes the target enter that system call; it is called once bpftrace is attached. Each page's
+    walk stops below a non-present or huge entry, as the journey's walk does. Raises BpfError.
+    """
+    exe = trusted_executable("bpftrace")
+    if not exe:
+        raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh")
+    blocks = []
+    for page in pages:
+        blocks.append(f"$base = {direct_map_base:#x};")
+        blocks.append(_walk_block(f"{page:x}", page, levels).replace('printf("' + f"{page:x}" + ' pgdv %lx\\n", $t);', ""))
+    script = (f"tracepoint:raw_syscalls:sys_enter /pid == {pid} && args->id == {syscall_nr}/ {{\n    "
+              + "\n    ".join(blocks) + "\n    exit();\n}\n"
+              f'tracepoint:raw_syscalls:sys_enter /pid == {os.getpid()} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}\n')
+    proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        started = time.monotonic()
+        out = b""
+        while b"armed" not in out:
+            if proc.poll() is not None or time.monotonic() - started > timeout:
+                raise BpfError("bpftrace did not attach: " + _last_error(proc.stderr.read().decode(errors="replace")))
+            os.getppid()
+            ready, _, _ = select.select([proc.stdout], [], [], 0.05)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 65536)
+        poke()
+        rest, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BpfError(f"the target did not enter system call {syscall_nr} within {timeout:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    entries: dict[int, dict[str, int]] = {}
+    for line in (out + rest).decode(errors="replace").splitlines():
+        m = _LINE_ANY.match(line.strip())
+        if m:
+            entries.setdefault(int(m.group(1), 16), {})[m.group(2)] = int(m.group(3), 16)
+    return entries

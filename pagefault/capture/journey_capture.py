@@ -29,6 +29,9 @@ JOURNEY_TRACEPOINTS = (
     ("syscalls", "sys_exit_mmap", False),
     ("mmap", "vm_unmapped_area", False),
     ("sched", "sched_process_exec", False),
+    # fires when the target takes mmap_lock (lock or trylock): its absence during the fault is evidence
+    # of the per-VMA lock path
+    ("mmap_lock", "mmap_lock_acquire_returned", False),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Iterable
 
@@ -78,6 +79,8 @@ def to_jsonable(obj: Any) -> Any:
         for name in getattr(obj, "json_extra", ()):
             out[name] = to_jsonable(getattr(obj, name))
         return out
+    if isinstance(obj, enum.Enum):
+        return obj.value
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -17,6 +17,7 @@ from .steps import (
     PageWalk,
     Step,
     TimelineEntry,
+    Value,
     WalkLevel,
     catalogue_step,
     derived,
@@ -27,6 +28,7 @@ from .steps import (
 )
 
 GATE_AREA = "[vsyscall]"    # get_gate_vma(): shown in maps, not in the mm's VMA tree
+MMAP_LOCK_EVENT = "mmap_lock:mmap_lock_acquire_returned"
 FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
 FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
 PROT_NAMES = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
@@ -105,6 +107,16 @@ class Facts:
         end = later[0] if later else 1 << 63
         return [a for a in allocs if fault.time_ns <= a.time_ns < end]
 
+    def _mmap_lock_during_fault(self, write_faults: list[TraceEvent]) -> tuple[tuple[int, int] | None, list[TraceEvent]]:
+        """mmap_lock acquisitions by the target from the fault's entry to its next fault (or the touched phase)."""
+        touched = self.ev.snapshots.get("touched")
+        if self.fault is None or touched is None:
+            return None, []
+        later = [e.time_ns for e in write_faults if e.time_ns > self.fault.time_ns]
+        end = min(later) if later else touched.time_ns
+        return (self.fault.time_ns, end), [e for e in self.ev.events if e.name == MMAP_LOCK_EVENT
+                                           and e.pid == self.ev.pid and self.fault.time_ns <= e.time_ns < end]
+
     def __init__(self, ev: JourneyEvidence):
         self.ev = ev
         page = (ev.fault_address or 0) & ~0xFFF
@@ -119,6 +131,7 @@ class Facts:
         self.later_faults = [next(e for e in write_faults if p <= e.fields.get("address", -1) < p + 4096)
                              for p in ev.written_pages()[1:]
                              if any(p <= e.fields.get("address", -1) < p + 4096 for e in write_faults)]
+        self.lock_window, self.locks_during_fault = self._mmap_lock_during_fault(write_faults)
         all_allocs = _between(ev, "kmem:mm_page_alloc", "mapped", "touched")
         self.allocs = self.allocs_of(self.fault, all_allocs) if self.fault and self.later_faults else all_allocs
         self.later_allocs = {id(e): self.allocs_of(e, all_allocs) for e in self.later_faults}
@@ -351,20 +364,63 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
     return s
 
 
+def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
+    """Whether the fault ran under the per-VMA lock, and the value that says how that is known.
+
+    The mmap_lock tracepoint fires whenever the target takes mmap_lock; the per-VMA path does not take
+    it. So with the tracepoint recorded and live (it saw the exec and the mmap take the lock), no
+    acquisition between the fault's entry and its end is evidence of the per-VMA path, and one is
+    evidence that the fault took (or fell back to) mmap_lock.
+    """
+    has_vma_lock = "FAULT_FLAG_VMA_LOCK" in ev.fault_flag_table
+    if MMAP_LOCK_EVENT not in ev.event_sources or f.lock_window is None:
+        why = ev.unavailable.get(MMAP_LOCK_EVENT, f"{MMAP_LOCK_EVENT} was not recorded")
+        return has_vma_lock, modelled(
+            "per-VMA lock path", has_vma_lock,
+            f"taken from arch/x86/mm/fault.c, not observed ({why}): "
+            + ("a user fault is first tried under lock_vma_under_rcu()" if has_vma_lock
+               else "this kernel's enum fault_flag has no FAULT_FLAG_VMA_LOCK: faults take mmap_lock"))
+    seen = [e for e in ev.events if e.name == MMAP_LOCK_EVENT and e.pid == ev.pid]
+    start, end = f.lock_window
+    until = "the next fault" if end != ev.snapshots["touched"].time_ns else "the touched phase"
+    window = f"from the fault's entry to {until} ({(end - start) / 1000:.0f} µs)"
+    if f.locks_during_fault:
+        first = f.locks_during_fault[0]
+        return False, observed(
+            "per-VMA lock path", False,
+            f"tracepoint {MMAP_LOCK_EVENT}: the target took mmap_lock {len(f.locks_during_fault)} time(s) {window}, "
+            f"first {(first.time_ns - start) / 1000:.1f} µs after the entry: the fault ran under mmap_lock"
+            + ("" if not has_vma_lock else " (it fell back from the per-VMA lock)"))
+    if not seen:
+        return has_vma_lock, modelled(
+            "per-VMA lock path", has_vma_lock,
+            f"taken from the source: {MMAP_LOCK_EVENT} was recorded but saw the target take mmap_lock not even "
+            "once (not for exec or mmap either), so its silence during the fault proves nothing")
+    return True, observed(
+        "per-VMA lock path", True,
+        f"tracepoint {MMAP_LOCK_EVENT}: no mmap_lock acquisition by the target {window}, while the same tracepoint "
+        f"saw it take mmap_lock {len(seen)} time(s) elsewhere (exec, mmap): the fault ran under the VMA's own lock"
+        + ("" if has_vma_lock else "; but this kernel's enum fault_flag has no FAULT_FLAG_VMA_LOCK, which "
+           "contradicts it"))
+
+
 def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
     s = catalogue_step("flags")
     if f.fault is None or "error_code" not in f.fault.fields:
         s.values.append(unavailable("fault flags", "needs the error code; " + FIX_ROOT))
         return s
     code = f.fault.fields["error_code"]
-    d = derive_fault_flags(code, ev.fault_flag_table, source=ev.fault_flag_source)
+    vma_lock, lock_value = _vma_lock_path(ev, f)
+    d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=vma_lock, source=ev.fault_flag_source)
     s.values.append(observed("enum fault_flag table", ev.fault_flag_source.split(": ", 1)[-1],
                              ev.fault_flag_source) if ev.fault_flag_source.startswith("observed")
                     else modelled("enum fault_flag table", ev.fault_flag_source, ev.fault_flag_source))
+    s.values.append(lock_value)
+    lock_basis = ("observed (the mmap_lock tracepoint, above)" if lock_value.provenance == "observed"
+                  else "taken from the source (above)")
     s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; "
-                            "taken from the kernel source, not observed: FAULT_FLAG_DEFAULT's makeup and, where the "
-                            "enum has FAULT_FLAG_VMA_LOCK, that lock_vma_under_rcu() found the VMA",
-                            list(d.derivations)))
+                            "taken from the kernel source, not observed: FAULT_FLAG_DEFAULT's makeup; "
+                            f"the per-VMA lock path: {lock_basis}", list(d.derivations)))
     word = decode_fault_flags(d.value, ev.fault_flag_table, ev.fault_flag_source)
     for flag in word.set_flags:
         step = next((st for st in d.steps if st.name == flag.name), None)
