@@ -89,6 +89,17 @@ def check_journey(path: Path, tier: str) -> tuple[bool, str]:
         elif decode_pte(read.value, "PTE").pfn != pagemap_pfn:
             problems.append("the PTE's PFN field is not the pagemap PFN")
         detail += f", levels read {'/'.join(levels)}, PTE 0x{read.value:016x}"
+        # kernel objects read through BTF agree with /proc (issue 15)
+        for key, label in (("vma", "vm_start, vm_end"), ("vma", "vm_flags (struct)"), ("vma", "vm_page_prot"),
+                           ("vma", "mm->map_count"), ("pagemap", "struct page's PFN"), ("pagemap", "page mapcount")):
+            v = value(j, key, label)
+            if v.provenance != "observed" or not v.derivation or not v.derivation[-1].endswith("the same"):
+                problems.append(f"{label}: {v.provenance} {v.display or v.value} {v.derivation[-1:] or v.source}")
+        maple = value(j, "vma", "maple tree search (read)")
+        if maple.provenance != "observed" or not maple.derivation[-1].endswith("is inside"):
+            problems.append(f"maple tree search: {maple.derivation[-1:] or maple.source}")
+        detail += f", map_count {value(j, 'vma', 'mm->map_count').value}, maple {maple.value}, " \
+                  f"vmemmap 0x{value(j, 'pagemap', 'vmemmap_base').value:x}"
     return not problems, "; ".join(problems) or detail
 
 

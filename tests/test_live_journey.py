@@ -239,3 +239,23 @@ def test_a_write_that_straddles_two_pages_shows_both_faults(can_trace, tmp_path)
     redacted = json.dumps(json.loads(__import__("pagefault.views.journey_view", fromlist=["to_json"]).to_json(
         redact_journey(replay(ev_file))[0])))
     assert f"0x{pfn2:x}" not in redacted and str(pfn2) not in redacted
+
+
+def test_kernel_objects_read_with_bpf_agree_with_proc(journey_json):
+    """map_count, the VMA struct, the maple-tree search and the struct page, read through BTF by bpftrace,
+    against what /proc says of the same things (issue 15: BPF reads of kernel objects)."""
+    if journey_json["tier"] != "bpf":
+        pytest.skip("the struct reads need the bpf tier")
+    vma, page = steps_by_key(journey_json)["vma"], steps_by_key(journey_json)["pagemap"]
+    for label in ("vm_start, vm_end", "vm_flags (struct)", "vm_page_prot", "mm->map_count"):
+        v = value(vma, label)
+        assert v["provenance"] == "observed" and v["derivation"][-1].endswith("the same"), (label, v)
+    maple = value(vma, "maple tree search (read)")
+    assert maple["provenance"] == "observed" and maple["derivation"][-1].endswith("is inside"), maple
+    base = value(page, "vmemmap_base")
+    assert base["value"] % (1 << 30) == 0 and base["provenance"] == "derived"
+    for label in ("struct page's PFN", "page mapcount"):
+        v = value(page, label)
+        assert v["provenance"] == "observed" and v["derivation"][-1].endswith("the same"), (label, v)
+    assert value(page, "page refcount")["value"] >= 1
+    assert "PG_swapbacked" in value(page, "page flags")["display"]

@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 from ..decode.address import LEVEL_NAMES, level_shift
-from ..evidence import BpfWalk, WalkRead
+from ..evidence import BpfWalk, MapleStep, WalkRead
 from .runner import start_child
 from .safe_paths import UnsafePathError, trusted_executable
 
@@ -52,21 +52,96 @@ def _walk_block(when: str, address: int, levels: int) -> str:
     return "\n    ".join(lines)
 
 
+# struct maple_range_64 (and leaf_64): parent, pivot[15] at +8, slot[16] at +128; struct maple_arange_64:
+# parent, pivot[9] at +8, slot[10] at +80 (include/linux/maple_tree.h, the same from 6.1 to 6.18). The
+# search reads them raw, with a variable slot index; the script checks them against BTF's typed access
+# at the root node and reports maple_layout_ok (a mismatch makes the walk unavailable, not wrong).
+MAPLE_LAYOUT = {3: (9, 80), 2: (15, 128), 1: (15, 128)}   # enum maple_type → (pivots, slot offset)
+MAPLE_DEPTH = 6
+OBJECT_FIELDS = ("map_count", "maple_root", "maple_layout_ok", "vma", "vm_start", "vm_end", "vm_flags",
+                 "vm_page_prot", "vm_file", "anon_vma", "folio_pfn", "page_flags", "refcount", "mapcount")
+
+
+def _objects_block(when: str, address: int) -> str:
+    """bpftrace statements reading mm->map_count, the maple-tree search for `address` and the VMA it finds."""
+    out = ["$mm = curtask->mm;",
+           f'printf("{when} obj map_count %d\\n", $mm->map_count);',
+           "$me = (uint64)$mm->mm_mt.ma_root;",
+           f'printf("{when} obj maple_root 0x%lx\\n", $me);',
+           "$leaf = 0; $vma = (uint64)0; $lvl = 0;",
+           "if (($me & 3) == 2 && $me > 4096) {",
+           "  $rn = $me & ~0xff;",
+           f'  printf("{when} obj maple_layout_ok %d\\n", (uint64)((struct maple_node *)$rn)->ma64.slot[0] == '
+           "*(uint64 *)($rn + 80) && (uint64)((struct maple_node *)$rn)->mr64.slot[0] == *(uint64 *)($rn + 128) && "
+           "((struct maple_node *)$rn)->ma64.pivot[0] == *(uint64 *)($rn + 8));",
+           "} else { $vma = $me; $leaf = 1; }"]
+    for depth in range(MAPLE_DEPTH):
+        out.append("if ($leaf == 0) {")
+        out.append("  $node = $me & ~0xff; $type = ($me >> 3) & 0xf; $off = 99;")
+        for node_type, (pivots, slot_offset) in ((3, MAPLE_LAYOUT[3]), (2, MAPLE_LAYOUT[2])):
+            test = "$type == 3" if node_type == 3 else "$type != 3"
+            out.append(f"  if ({test}) {{")
+            for i in range(pivots):
+                stop = f"$p >= {address:#x}" + (" || $p == 0" if i else "")
+                out.append(f"    if ($off == 99) {{ $p = *(uint64 *)($node + {8 + 8 * i}); if ({stop}) {{ $off = {i}; }} }}")
+            out.append(f"    if ($off == 99) {{ $off = {pivots}; }}")
+            out.append(f"    $next = *(uint64 *)($node + {slot_offset} + $off * 8);")
+            out.append("  }")
+        out.append(f'  printf("{when} maple {depth} 0x%lx %d %d 0x%lx\\n", $node, $type, $off, $next);')
+        out.append("  if ($type < 2) { $leaf = 1; $vma = $next;")
+        for i in range(MAPLE_LAYOUT[1][0]):
+            out.append(f'    printf("{when} pivot {i} 0x%lx\\n", *(uint64 *)($node + {8 + 8 * i}));')
+        out.append("  } else { $me = $next; }")
+        out.append("}")
+    out.append("if ($vma != 0) {")
+    out.append("  $v = (struct vm_area_struct *)$vma;")
+    out.append(f'  printf("{when} obj vma 0x%lx\\n", $vma);')
+    for name, expr in (("vm_start", "$v->vm_start"), ("vm_end", "$v->vm_end"), ("vm_flags", "(uint64)$v->vm_flags"),
+                       ("vm_page_prot", "$v->vm_page_prot.pgprot"), ("vm_file", "(uint64)$v->vm_file"),
+                       ("anon_vma", "(uint64)$v->anon_vma")):
+        out.append(f'  printf("{when} obj {name} 0x%lx\\n", {expr});')
+    out.append("}")
+    return "\n    ".join(out)
+
+
+def _folio_block() -> str:
+    """The struct page of the PFN in the entry just read ($e), at vmemmap_base + pfn × sizeof(struct page)."""
+    return "\n    ".join([
+        "if (@vmemmap != 0 && ($e & 1)) {",
+        f"  $pfn = ($e & {FRAME_MASK:#x}) >> 12; $pg = @vmemmap + $pfn * sizeof(struct page);",
+        '  printf("after obj folio_pfn 0x%lx\\n", $pfn);',
+        '  printf("after obj page_flags 0x%lx\\n", *(uint64 *)$pg);',
+        '  printf("after obj refcount %d\\n", ((struct page *)$pg)->_refcount.counter);',
+        '  printf("after obj mapcount %d\\n", ((struct page *)$pg)->_mapcount.counter);',
+        "}"])
+
+
 def bpftrace_script(pid: int, page: int, pgd_physical: int, levels: int, tool_pid: int) -> str:
-    """Before: at the fault on `page`. After: at the target's next syscall. Then exit."""
+    """Before: at the fault on `page`. After: at the target's next syscall. Then exit.
+
+    At both moments it also reads, through BTF, mm->map_count, the maple-tree search for the page and
+    the VMA it ends at; after, the struct page of the new frame, once an LRU insertion anywhere has
+    shown where vmemmap is (pagemap:mm_lru_insertion gives a folio pointer with its PFN)."""
     base = f"$base = (uint64)curtask->mm->pgd - {pgd_physical:#x};"
     return f"""
 tracepoint:exceptions:page_fault_user /pid == {pid} && (args->address & ~0xfff) == {page:#x} && @state == 0/ {{
     {base}
     printf("before base %lx\\n", $base);
     {_walk_block("before", page, levels)}
+    {_objects_block("before", page)}
     @state = 1;
 }}
 tracepoint:raw_syscalls:sys_enter /pid == {pid} && @state == 1/ {{
     {base}
     {_walk_block("after", page, levels)}
+    {_folio_block()}
+    {_objects_block("after", page)}
     @state = 2;
     exit();
+}}
+tracepoint:pagemap:mm_lru_insertion /@vmemmap == 0/ {{
+    @vmemmap = (uint64)args->folio - args->pfn * sizeof(struct page);
+    printf("vmemmap 0x%lx 0x%lx 0x%lx %d\\n", @vmemmap, (uint64)args->folio, args->pfn, sizeof(struct page));
 }}
 tracepoint:exceptions:page_fault_user /pid == {tool_pid} && @armedf == 0/ {{ printf("armed fault\\n"); @armedf = 1; }}
 tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @armed == 0/ {{ printf("armed syscall\\n"); @armed = 1; }}
@@ -126,12 +201,21 @@ class BpfTracer:
             if progress and now - last_said > 5:
                 progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
                 last_said = now
-            page = mmap.mmap(-1, 4096)
-            page[0] = 1          # a fresh page: one page fault of ours
-            page.close()
+            pages = mmap.mmap(-1, 64 * 4096)
+            for i in range(0, 64 * 4096, 4096):
+                pages[i] = 1     # fresh pages: page faults of ours, and LRU insertions once a batch drains
+            pages.close()
             os.getppid()         # one system call of ours
             while self._read_lines(0.05):
                 seen.update(l for l in self.lines if l.startswith("armed"))
+        # vmemmap's base comes from any LRU insertion; our faults make some within a batch or two
+        waited = time.monotonic()
+        while not any(l.startswith("vmemmap") for l in self.lines) and time.monotonic() - waited < 3:
+            pages = mmap.mmap(-1, 64 * 4096)
+            for i in range(0, 64 * 4096, 4096):
+                pages[i] = 1
+            pages.close()
+            self._read_lines(0.05)
         self.lines = [l for l in self.lines if not l.startswith("armed")]
 
     def result(self, timeout: float = 120.0) -> BpfWalk:
@@ -144,10 +228,24 @@ class BpfTracer:
         err = err.decode(errors="replace")
         reads: dict[str, WalkRead] = {}
         base = None
+        vmemmap: list[int] = []
         for line in self.lines:
             if line.startswith("armed"):
                 continue
             parts = line.split()
+            if len(parts) == 5 and parts[0] == "vmemmap":
+                vmemmap = [int(x, 0) for x in parts[1:]]
+                continue
+            if len(parts) == 4 and parts[1] == "obj" and parts[0] in ("before", "after"):
+                reads.setdefault(parts[0], WalkRead(parts[0])).objects[parts[2]] = int(parts[3], 0)
+                continue
+            if len(parts) == 7 and parts[1] == "maple":
+                r = reads.setdefault(parts[0], WalkRead(parts[0]))
+                r.maple_path.append(MapleStep(int(parts[3], 0), int(parts[4]), int(parts[5]), int(parts[6], 0)))
+                continue
+            if len(parts) == 4 and parts[1] == "pivot":
+                reads.setdefault(parts[0], WalkRead(parts[0])).maple_leaf_pivots.append(int(parts[3], 0))
+                continue
             if len(parts) == 3 and parts[1] == "base":
                 base = int(parts[2], 16)
                 continue
@@ -165,7 +263,10 @@ class BpfTracer:
         if base & ((1 << 30) - 1):
             raise BpfError(f"derived direct-map base 0x{base:x} is not 1 GiB aligned: the PGD allocation "
                            "seen was not this mm's PGD")
-        return BpfWalk(base, self.pgd_physical, reads, self.script, err)
+        walk = BpfWalk(base, self.pgd_physical, reads, self.script, err)
+        if vmemmap:
+            walk.vmemmap_base, walk.vmemmap_folio, walk.vmemmap_pfn, walk.struct_page_size = vmemmap
+        return walk
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -66,12 +66,14 @@ class LiveJourney:
         gfp = facts.gfp_bits()
         migratetypes, migratetype_source = facts.migratetype_names()
         captured_at, host = facts.capture_origin()
+        enums, enums_source = facts.kernel_enums()
         self.ev = JourneyEvidence(tier, facts.kernel_release(), facts.kernel_version(), levels, why,
                                   build_program(self.progress), options, soft_dirty_config=facts.kernel_config_flag(
                                       "CONFIG_MEM_SOFT_DIRTY"),
                                   fault_flag_table=ff.values, fault_flag_source=ff.source,
                                   gfp_table=gfp.values, gfp_source=gfp.source, migratetypes=migratetypes,
-                                  migratetype_source=migratetype_source, captured_at=captured_at, host=host,
+                                  migratetype_source=migratetype_source, kernel_enums=enums,
+                                  kernel_enums_source=enums_source, captured_at=captured_at, host=host,
                                   tool_version=__version__)
         self.ksyms = KernelSymbols.load()
         self.proc: ExerciseProcess | None = None

@@ -10,6 +10,7 @@ from .records import (
                       ExerciseError,
                       ExerciseOptions,
                       JourneyEvidence,
+                      MapleStep,
                       Mapping,
                       MapsLine,
                       MemorySettings,
@@ -24,4 +25,4 @@ from .records import (
 )
 
 __all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "Mapping", "MapsLine", "MemorySettings",
-           "OpSnapshot", "Program", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "parse_maps"]
+           "OpSnapshot", "Program", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]

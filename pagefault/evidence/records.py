@@ -147,6 +147,20 @@ class WalkRead:
     pgd_virtual: int | None = None
     entries: dict[str, int] = field(default_factory=dict)
     table_physical: dict[str, int] = field(default_factory=dict)   # physical address of each level's table
+    # kernel objects read through BTF at the same moment (names: see capture/bpf_walk.OBJECT_FIELDS)
+    objects: dict[str, int] = field(default_factory=dict)
+    maple_path: list[MapleStep] = field(default_factory=list)      # root first, down to the leaf
+    maple_leaf_pivots: list[int] = field(default_factory=list)
+
+
+@dataclass
+class MapleStep:
+    """One node of the maple-tree search for the fault address, as bpftrace read it."""
+
+    node: int          # struct maple_node address
+    node_type: int     # enum maple_type (1 leaf_64, 2 range_64, 3 arange_64)
+    slot: int          # the slot the search took
+    slot_entry: int    # what that slot held: the child's encoded pointer, or the VMA at the leaf
 
 
 @dataclass
@@ -156,6 +170,11 @@ class BpfWalk:
     reads: dict[str, WalkRead]
     script: str
     stderr: str = ""
+    # vmemmap_base = folio − pfn × sizeof(struct page), from a pagemap:mm_lru_insertion event
+    vmemmap_base: int | None = None
+    vmemmap_folio: int | None = None
+    vmemmap_pfn: int | None = None
+    struct_page_size: int | None = None
 
 
 @dataclass
@@ -204,6 +223,8 @@ class JourneyEvidence:
     gfp_source: str = ""
     migratetypes: dict[int, str] = field(default_factory=dict)    # enum migratetype, value -> name
     migratetype_source: str = ""
+    kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)   # enum name → value → name (BTF)
+    kernel_enums_source: str = ""
     rip: RipFacts | None = None
     captured_at: str = ""             # ISO 8601, the capture's wall clock
     host: str = ""

@@ -7,7 +7,7 @@ from ..decode.error_code import decode_error_code
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
 from ..decode.gfp import decode_gfp
 from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry
-from ..decode.pte import decode_pte, derive_anonymous_pte
+from ..decode.pte import decode_pte, derive_anonymous_pte, vm_page_prot
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..model.maple_tree import search as maple_search
@@ -438,6 +438,74 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
     return s
 
 
+BPF_AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user, through BTF types"
+BPF_AFTER = "bpftrace at the target's next system call after the fault, through BTF types"
+
+
+def _bpf_read(ev: JourneyEvidence, when: str):
+    """The bpf tier's read at `when` ("before": at the fault, "after": after it), or None."""
+    return ev.bpf.reads.get(when) if ev.bpf else None
+
+
+def _vma_struct_values(ev: JourneyEvidence, f: Facts, vma: MapsLine) -> list[Value]:
+    """The VMA and mm->map_count as the kernel holds them, checked against /proc."""
+    read = _bpf_read(ev, "before")
+    objs = read.objects if read else {}
+    if "vma" not in objs:
+        why = ev.unavailable.get("bpf", "the struct reads need the bpf tier; " + FIX_BPF) if not read else \
+            "the maple-tree search read no VMA"
+        return [unavailable("struct vm_area_struct", why)]
+    values = [observed("struct vm_area_struct", f"0x{objs['vma']:x}", BPF_AT_FAULT + ": the entry the maple-tree "
+                       "search for the address ended at")]
+    same = (objs["vm_start"], objs["vm_end"]) == (vma.start, vma.end)
+    values.append(observed("vm_start, vm_end", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", BPF_AT_FAULT,
+                           derivation=[f"/proc/{ev.pid}/maps says [0x{vma.start:x}, 0x{vma.end:x}): "
+                                       + ("the same" if same else "DIFFERENT")]))
+    word = decode_vm_flags(objs["vm_flags"], ev.kernel_version)
+    check = [] if f.vm_flags is None else [
+        f"from smaps VmFlags: 0x{f.vm_flags:x}: " + ("the same" if f.vm_flags == objs["vm_flags"] else "DIFFERENT")]
+    values.append(observed("vm_flags (struct)", objs["vm_flags"], BPF_AT_FAULT + f"; names from {word.table_source}",
+                           display=f"0x{objs['vm_flags']:x} = {' | '.join(word.names)}", derivation=check))
+    expected = vm_page_prot(objs["vm_flags"])
+    values.append(observed("vm_page_prot", objs["vm_page_prot"], BPF_AT_FAULT, display=f"0x{objs['vm_page_prot']:x}",
+                           derivation=[f"x86 protection_map[vm_flags & 0xf = 0x{objs['vm_flags'] & 0xF:x}] = 0x{expected:x}: "
+                                       + ("the same" if expected == objs["vm_page_prot"] else
+                                          "DIFFERENT (the mapping's protection was changed after mmap, or the "
+                                          "built-in protection_map does not hold for this kernel)")]))
+    mapped = ev.snapshots.get("mapped")
+    vmas = [m for m in mapped.maps if m.path != GATE_AREA] if mapped else []
+    values.append(observed("mm->map_count", objs["map_count"], BPF_AT_FAULT, display=str(objs["map_count"]),
+                           derivation=[f"/proc/{ev.pid}/maps at the mapped phase: {len(vmas)} VMAs without the gate "
+                                       f"area: " + ("the same" if len(vmas) == objs["map_count"] else "DIFFERENT")]))
+    return values
+
+
+def _maple_values(ev: JourneyEvidence, addr: int) -> list[Value]:
+    """The maple-tree search as bpftrace read it: each node, the slot taken, and the leaf's pivots."""
+    read = _bpf_read(ev, "before")
+    if not read or not read.maple_path:
+        return []
+    if read.objects.get("maple_layout_ok") == 0:
+        return [unavailable("maple tree search (read)", "the node layout the script assumes (pivots at +8, slots at "
+                            "+80 / +128) disagrees with this kernel's BTF")]
+    names = ev.kernel_enums.get("maple_type", {})
+    lines = [f"mm->mm_mt.ma_root = 0x{read.objects.get('maple_root', 0):x}"]
+    for depth, step in enumerate(read.maple_path):
+        lines.append(f"level {depth}: node 0x{step.node:x}, {names.get(step.node_type, f'type {step.node_type}')}, "
+                     f"slot {step.slot} → 0x{step.slot_entry:x}")
+    leaf = read.maple_path[-1]
+    pivots = read.maple_leaf_pivots
+    low = pivots[leaf.slot - 1] + 1 if 0 < leaf.slot <= len(pivots) else None
+    high = pivots[leaf.slot] if leaf.slot < len(pivots) and pivots[leaf.slot] else None
+    inside = (low is None or low <= addr) and (high is None or addr <= high)
+    lines.append("leaf pivots: " + " ".join(f"0x{p:x}" for p in pivots if p))
+    lines.append(f"slot {leaf.slot} covers [{'the node minimum' if low is None else f'0x{low:x}'}, "
+                 f"{'the node maximum' if high is None else f'0x{high:x}'}]: "
+                 + (f"0x{addr:x} is inside" if inside else f"0x{addr:x} is NOT inside"))
+    return [observed("maple tree search (read)", f"{len(read.maple_path)} levels, leaf slot {leaf.slot}",
+                     BPF_AT_FAULT + "; node types named by " + (ev.kernel_enums_source or "their numbers"), derivation=lines)]
+
+
 def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
     s = catalogue_step("vma")
     addr = _fault_address(ev)
@@ -449,10 +517,13 @@ def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
         write = bool(f.vm_flags & 2)
         s.values.append(derived("write permitted", write, "vm_flags & VM_WRITE",
                                 [f"0x{f.vm_flags:x} & 0x2 = 0x{f.vm_flags & 2:x} → {'allowed' if write else 'refused: SIGSEGV'}"]))
+    s.values += _vma_struct_values(ev, f, f.vma)
+    s.values += _maple_values(ev, addr)
     search = maple_search([(m.start, m.end) for m in ev.snapshots["touched"].maps if m.path != "[vsyscall]"], addr)
-    s.values.append(modelled("maple tree search", f"leaf {search.leaf_index}, slot {search.slot_index}",
+    s.values.append(modelled("maple tree search (model)", f"leaf {search.leaf_index}, slot {search.slot_index}",
                              f"a maple tree of kernel 6.{ev.kernel_version[1]} packed from these VMAs "
-                             "(node boundaries modelled, ranges observed)", list(search.derivations)))
+                             "(node boundaries modelled, ranges observed); a cross-check of the read above",
+                             list(search.derivations)))
     s.ws = {
         "what": "find the VMA that contains the address and check the access against its flags.",
         "why": "only a VMA says whether an address is part of the process and what it may do there.",
@@ -550,6 +621,50 @@ def _migratetype(ev: JourneyEvidence, value) -> str:
     return f"{value} ({ev.migratetypes.get(value, '?')})"
 
 
+def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | None) -> list[Value]:
+    """The new frame's struct page read at vmemmap_base + PFN × sizeof(struct page), checked against /proc."""
+    read = _bpf_read(ev, "after")
+    bpf = ev.bpf
+    if read is None or bpf is None:
+        return [unavailable("struct page", ev.unavailable.get("bpf", "the struct reads need the bpf tier; " + FIX_BPF))]
+    if bpf.vmemmap_base is None or "refcount" not in read.objects:
+        return [unavailable("struct page", "no pagemap:mm_lru_insertion event was seen while bpftrace was armed, so "
+                            "vmemmap's base could not be derived")]
+    size = bpf.struct_page_size or 64
+    aligned = bpf.vmemmap_base % (1 << 30) == 0
+    values = [derived("vmemmap_base", bpf.vmemmap_base,
+                      "folio − PFN × sizeof(struct page), both from one pagemap:mm_lru_insertion event (bpftrace)",
+                      [f"0x{bpf.vmemmap_folio or 0:x} − 0x{bpf.vmemmap_pfn or 0:x} × {size} = 0x{bpf.vmemmap_base:x}",
+                       "1 GiB aligned, as KASLR places it" if aligned else "NOT 1 GiB aligned: not vmemmap's base"],
+                      display=f"0x{bpf.vmemmap_base:x}")]
+    objs = read.objects
+    page = bpf.vmemmap_base + objs["folio_pfn"] * size
+    where = f"{BPF_AFTER}: struct page at 0x{bpf.vmemmap_base:x} + 0x{objs['folio_pfn']:x} × {size} = 0x{page:x}"
+    values.append(observed("struct page's PFN", objs["folio_pfn"], where + " (the PFN in the PTE just read)",
+                           display=f"0x{objs['folio_pfn']:x}", derivation=[] if pfn is None else [
+                               f"pagemap PFN 0x{pfn:x}: " + ("the same" if pfn == objs["folio_pfn"] else "DIFFERENT")]))
+    why_refs = {1: "one reference, the page-table mapping's: the folio is already on an LRU list",
+                2: "one reference for the page-table mapping, one more while the new folio waits in a per-CPU LRU "
+                   "batch (folio_add_lru_vma) to be put on an LRU list"}
+    values.append(observed("page refcount", objs["refcount"], where,
+                           derivation=[why_refs.get(objs["refcount"], "the mapping's reference and others held "
+                                                    "elsewhere in the kernel")]))
+    mapcount = objs["mapcount"] + 1
+    values.append(observed("page mapcount", mapcount, where + "; _mapcount starts at −1",
+                           derivation=[f"_mapcount {objs['mapcount']} + 1 = {mapcount}"] + ([] if kpagecount is None else [
+                               f"/proc/kpagecount says {kpagecount}: "
+                               + ("the same" if kpagecount == mapcount else "DIFFERENT")])))
+    names = ev.kernel_enums.get("pageflags", {})
+    limit = next((v for v, n in names.items() if n == "__NR_PAGEFLAGS"), 0)
+    flags = objs["page_flags"]
+    set_names = [names[b] for b in range(limit) if flags >> b & 1 and b in names]
+    values.append(observed("page flags", flags, where + ("; names from " + ev.kernel_enums_source if names else ""),
+                           display=f"0x{flags:x} = {' | '.join(set_names) or '(no names: no BTF)'}",
+                           derivation=[f"bits below __NR_PAGEFLAGS ({limit}) are PG_ flags; the bits above hold the "
+                                       "page's node, zone and section"] if limit else []))
+    return values
+
+
 def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
     s = catalogue_step("pagemap")
     snap = ev.snapshots["touched"]
@@ -575,6 +690,7 @@ def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
                                  display=str(snap.kpagecount)))
     else:
         s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
+    s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount)
     s.ws = {
         "what": "the kernel's own report of which frame now backs the page.",
         "why": "a second, independent witness for the PFN the allocator handed out.",

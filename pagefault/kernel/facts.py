@@ -144,6 +144,27 @@ def migratetype_names() -> tuple[dict[int, str], str]:
             "modelled: the first three values of enum migratetype, unchanged since Linux 2.6.24 (no BTF here)")
 
 
+# Enums a journey names values with; read from the running kernel's BTF at capture time.
+JOURNEY_ENUMS = ("maple_type", "pageflags", "vm_fault_reason")
+
+
+def kernel_enums(names: tuple[str, ...] = JOURNEY_ENUMS) -> tuple[dict[str, dict[int, str]], str]:
+    """value → name for each named enum of this kernel's BTF (the first name of aliased values)."""
+    try:
+        btf = load_vmlinux_btf()
+    except (BTFError, OSError) as exc:
+        return {}, f"unavailable: no BTF ({exc})"
+    out = {}
+    for name in names:
+        enum = btf.enum(name)
+        if enum:
+            table: dict[int, str] = {}
+            for member, value in enum.items():
+                table.setdefault(value, member)
+            out[name] = table
+    return out, "observed: " + ", ".join(f"enum {n}" for n in out) + " in /sys/kernel/btf/vmlinux"
+
+
 def capture_origin() -> tuple[str, str]:
     """(ISO 8601 time now, host name): where and when evidence was captured."""
     import time
