@@ -185,6 +185,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
+    """trace --latency: time every fault with the kprobe pair; a summary, no recording."""
+    from rich.console import Console
+    from .capture.latency import record_latency
+    from .capture.tracer import CaptureError
+    from .core import CannotTrace
+    from .journey.latency import summarize_latency
+    from .kernel.facts import kernel_enums
+    from .views.progress import stderr_progress
+    from .views.trace_view import render_latency
+    if args.call_graph or args.no_summary:
+        raise UsageError("--latency prints a summary of durations; it takes neither -g nor --no-summary")
+    try:
+        rec = record_latency(argv or None, args.pid, stderr_progress if not args.quiet else None)
+    except CaptureError as exc:
+        raise CannotTrace(str(exc)) from None
+    enums, _source = kernel_enums(("vm_fault_reason",))
+    summary = summarize_latency(rec.records, rec.handler_names, enums.get("vm_fault_reason", {}), rec.maps)
+    summary.notes += [f"not probed: {fn} ({why})" for fn, why in sorted(rec.not_probeable.items())]
+    summary.notes.append(f"the program {rec.target_exit}")
+    if args.json:
+        from .decode.bits import to_jsonable
+        print(json.dumps(to_jsonable(summary), indent=2))
+    else:
+        render_latency(summary, Console())
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from rich.console import Console
     from .capture.tracer import CaptureError, TraceOptions, record
@@ -196,6 +224,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if bool(argv) == (args.pid is not None):
         raise UsageError("give either a command after -- or -p PID (e.g. pagefault trace -- ls -l)")
+    if args.latency:
+        return _trace_latency(args, argv)
     if not 1 <= args.buffer_mb <= 4096:
         raise UsageError("--buffer-mb must be from 1 to 4096")
     output = Path(args.output)
@@ -313,6 +343,9 @@ def _register_capture(sub) -> None:
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     t.add_argument("--no-summary", action="store_true", help="only write the recording")
+    t.add_argument("--latency", action="store_true",
+                   help="time every fault (kprobes on handle_mm_fault): histograms and percentiles by outcome "
+                        "and by mapping, instead of a recording")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("report", help="summarise a recording made by pagefault trace")

@@ -103,6 +103,32 @@ def check_journey(path: Path, tier: str) -> tuple[bool, str]:
     return not problems, "; ".join(problems) or detail
 
 
+def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
+    """Where kprobes work: each fault's observed flags equal the derived ones, the handler its outcome
+    needs ran, the return value was read and the duration is > 0 (issue 15)."""
+    ev = load_evidence(path).evidence
+    if not ev.kprobe_faults:
+        from pagefault.capture.kprobes import kprobe_support
+        ok, why = kprobe_support()
+        return not ok, "kprobes: " + ev.unavailable.get("kprobes", why)
+    problems, seen = [], []
+    for step in j.steps:
+        for v in step.values:
+            if v.label == "flags (kprobe)":
+                seen.append(f"{step.key}: flags {v.display}")
+                if not v.derivation[-1].endswith("the same"):
+                    problems.append(f"{step.key}: flags {v.derivation[-1]}")
+            elif v.label == "handler path (kprobes)":
+                seen.append(f"path {v.value}")
+                if v.derivation and "DID NOT" in v.derivation[-1]:
+                    problems.append(f"{step.key}: {v.derivation[-1]}")
+            elif v.label == "duration" and not v.value > 0:
+                problems.append(f"{step.key}: duration {v.value}")
+            elif v.label == "handle_mm_fault (kprobes)" and v.provenance == "unavailable":
+                problems.append(f"{step.key}: {v.source}")
+    return not problems, "kprobes: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
+
+
 def main() -> int:
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
     release = kernel_release()
@@ -145,7 +171,8 @@ def main() -> int:
         def run_scenario(scenario=scenario, path=path):
             j = core.run_journey(core.JourneyRequest(scenario=scenario.name, save_evidence=path, force=True))
             verdict = next(s for s in j.steps if s.key == "model").value("model agrees with the kernel")
-            return verdict.value is True, " | ".join(verdict.derivation)
+            kprobe_ok, kprobe_detail = check_scenario_kprobes(j, path)
+            return verdict.value is True and kprobe_ok, " | ".join(verdict.derivation) + " || " + kprobe_detail
         checks.run(f"scenario-{scenario.name}", run_scenario)
     times["scenarios"] = time.monotonic() - t
 
@@ -188,6 +215,32 @@ def main() -> int:
         return (all(c == 0 for c, _ in results.values()) and pfn_ok and levels_ok,
                 f"decode pte 0x{pte:x} → PFN 0x{results['pte'][1]['pfn']:x}; address split into "
                 f"{len(results['address'][1]['indices'])} levels")
+    def trace_latency():
+        """trace --latency on the first-touch loop: only where kprobes work; elsewhere the refusal is checked."""
+        import contextlib
+        import io
+        from pagefault.capture.kprobes import kprobe_support
+        from pagefault.cli import main as cli_main
+        exe = out / "first_touch"
+        pages = 256
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()) as err:
+            code = cli_main(["trace", "--latency", "--json", "-q", "--", str(exe), str(pages * 4096)])
+        ok, why = kprobe_support()
+        if not ok:
+            return code == 3 and "kprobes" in err.getvalue(), f"refused without kprobes (exit {code}): {why}"
+        (out / "trace-latency.json").write_text(buf.getvalue())
+        s = json.loads(buf.getvalue())
+        anon = [g for g in s["by_outcome"] if g["key"].startswith("do_anonymous_page")]
+        timed = sum(g["count"] for g in anon)
+        positive = all(g["percentiles_ns"]["50"] > 0 and g["max_ns"] > 0 for g in s["by_outcome"])
+        return (code == 0 and timed >= pages and positive,
+                f"{s['faults']} faults timed, {timed} through do_anonymous_page, p50 "
+                + ", ".join(f"{g['key']}: {g['percentiles_ns']['50'] / 1000:.1f} µs" for g in s["by_outcome"][:3]))
+    t = time.monotonic()
+    checks.run("trace-latency", trace_latency)
+    times["trace-latency"] = time.monotonic() - t
+
     def entry_kinds():
         sys.path.insert(0, str(ROOT / "tests"))
         from live_helpers.nonpresent import check_entry_kinds, read_entry_kinds

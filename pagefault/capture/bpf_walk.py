@@ -62,40 +62,48 @@ OBJECT_FIELDS = ("map_count", "maple_root", "maple_layout_ok", "vma", "vm_start"
                  "vm_page_prot", "vm_file", "anon_vma", "folio_pfn", "page_flags", "refcount", "mapcount")
 
 
-def _objects_block(when: str, address: int) -> str:
-    """bpftrace statements reading mm->map_count, the maple-tree search for `address` and the VMA it finds."""
+def _objects_block(when: str, address: int, search: bool = True) -> str:
+    """bpftrace statements reading mm->map_count and, with `search`, the maple-tree search for `address`
+    and the VMA it ends at. The search is written with bounded while loops: unrolled, it made a program
+    that took bpftrace minutes to compile under QEMU's TCG."""
     out = ["$mm = curtask->mm;",
-           f'printf("{when} obj map_count %d\\n", $mm->map_count);',
-           "$me = (uint64)$mm->mm_mt.ma_root;",
-           f'printf("{when} obj maple_root 0x%lx\\n", $me);',
-           "$leaf = 0; $vma = (uint64)0; $lvl = 0;",
-           "if (($me & 3) == 2 && $me > 4096) {",
-           "  $rn = $me & ~0xff;",
-           f'  printf("{when} obj maple_layout_ok %d\\n", (uint64)((struct maple_node *)$rn)->ma64.slot[0] == '
-           "*(uint64 *)($rn + 80) && (uint64)((struct maple_node *)$rn)->mr64.slot[0] == *(uint64 *)($rn + 128) && "
-           "((struct maple_node *)$rn)->ma64.pivot[0] == *(uint64 *)($rn + 8));",
-           "} else { $vma = $me; $leaf = 1; }"]
-    for depth in range(MAPLE_DEPTH):
-        out.append("if ($leaf == 0) {")
-        out.append("  $node = $me & ~0xff; $type = ($me >> 3) & 0xf; $off = 99;")
-        for node_type, (pivots, slot_offset) in ((3, MAPLE_LAYOUT[3]), (2, MAPLE_LAYOUT[2])):
-            test = "$type == 3" if node_type == 3 else "$type != 3"
-            out.append(f"  if ({test}) {{")
-            for i in range(pivots):
-                stop = f"$p >= {address:#x}" + (" || $p == 0" if i else "")
-                out.append(f"    if ($off == 99) {{ $p = *(uint64 *)($node + {8 + 8 * i}); if ({stop}) {{ $off = {i}; }} }}")
-            out.append(f"    if ($off == 99) {{ $off = {pivots}; }}")
-            out.append(f"    $next = *(uint64 *)($node + {slot_offset} + $off * 8);")
-            out.append("  }")
-        out.append(f'  printf("{when} maple {depth} 0x%lx %d %d 0x%lx\\n", $node, $type, $off, $next);')
-        out.append("  if ($type < 2) { $leaf = 1; $vma = $next;")
-        for i in range(MAPLE_LAYOUT[1][0]):
-            out.append(f'    printf("{when} pivot {i} 0x%lx\\n", *(uint64 *)($node + {8 + 8 * i}));')
-        out.append("  } else { $me = $next; }")
-        out.append("}")
-    out.append("if ($vma != 0) {")
-    out.append("  $v = (struct vm_area_struct *)$vma;")
-    out.append(f'  printf("{when} obj vma 0x%lx\\n", $vma);')
+           f'printf("{when} obj map_count %d\\n", $mm->map_count);']
+    if not search:
+        return "\n    ".join(out)
+    out += ["$me = (uint64)$mm->mm_mt.ma_root;",
+            f'printf("{when} obj maple_root 0x%lx\\n", $me);',
+            "$leaf = 0; $vma = (uint64)0; $depth = 0;",
+            "if (($me & 3) == 2 && $me > 4096) {",
+            "  $rn = $me & ~0xff;",
+            f'  printf("{when} obj maple_layout_ok %d\\n", (uint64)((struct maple_node *)$rn)->ma64.slot[0] == '
+            "*(uint64 *)($rn + 80) && (uint64)((struct maple_node *)$rn)->mr64.slot[0] == *(uint64 *)($rn + 128) && "
+            "((struct maple_node *)$rn)->ma64.pivot[0] == *(uint64 *)($rn + 8));",
+            "} else { $vma = $me; $leaf = 1; }",
+            f"while ($leaf == 0 && $depth < {MAPLE_DEPTH}) {{",
+            "  $node = $me & ~0xff; $type = ($me >> 3) & 0xf; $off = 99; $i = 0;",
+            f"  $npiv = $type == 3 ? {MAPLE_LAYOUT[3][0]} : {MAPLE_LAYOUT[2][0]};",
+            f"  $slots = $type == 3 ? {MAPLE_LAYOUT[3][1]} : {MAPLE_LAYOUT[2][1]};",
+            f"  while ($i < {MAPLE_LAYOUT[2][0]}) {{",
+            "    if ($off == 99 && $i < $npiv) {",
+            "      $p = *(uint64 *)($node + 8 + $i * 8);",
+            f"      if ($p >= {address:#x} || ($p == 0 && $i > 0)) {{ $off = $i; }}",
+            "    }",
+            "    $i++;",
+            "  }",
+            "  if ($off == 99) { $off = $npiv; }",
+            "  $next = *(uint64 *)($node + $slots + $off * 8);",
+            f'  printf("{when} maple %d 0x%lx %d %d 0x%lx\\n", $depth, $node, $type, $off, $next);',
+            "  if ($type < 2) {",
+            "    $leaf = 1; $vma = $next; $i = 0;",
+            f"    while ($i < {MAPLE_LAYOUT[1][0]}) {{",
+            f'      printf("{when} pivot %d 0x%lx\\n", $i, *(uint64 *)($node + 8 + $i * 8)); $i++;',
+            "    }",
+            "  } else { $me = $next; }",
+            "  $depth++;",
+            "}",
+            "if ($vma != 0) {",
+            "  $v = (struct vm_area_struct *)$vma;",
+            f'  printf("{when} obj vma 0x%lx\\n", $vma);']
     for name, expr in (("vm_start", "$v->vm_start"), ("vm_end", "$v->vm_end"), ("vm_flags", "(uint64)$v->vm_flags"),
                        ("vm_page_prot", "$v->vm_page_prot.pgprot"), ("vm_file", "(uint64)$v->vm_file"),
                        ("anon_vma", "(uint64)$v->anon_vma")):
@@ -135,7 +143,7 @@ tracepoint:raw_syscalls:sys_enter /pid == {pid} && @state == 1/ {{
     {base}
     {_walk_block("after", page, levels)}
     {_folio_block()}
-    {_objects_block("after", page)}
+    {_objects_block("after", page, search=False)}
     @state = 2;
     exit();
 }}
@@ -151,7 +159,7 @@ tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @armed == 0/ {{ printf("
 class BpfTracer:
     """A running bpftrace for one address; armed() returns once its probes fire."""
 
-    def __init__(self, pid: int, address: int, pgd_physical: int, levels: int):
+    def __init__(self, pid: int, address: int, pgd_physical: int, levels: int, extra_script: str = ""):
         try:
             exe = trusted_executable("bpftrace")
         except UnsafePathError as exc:
@@ -160,7 +168,7 @@ class BpfTracer:
             raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh (or apt-get install bpftrace)")
         self.page = address & ~0xFFF
         self.pgd_physical = pgd_physical
-        self.script = bpftrace_script(pid, self.page, pgd_physical, levels, os.getpid())
+        self.script = bpftrace_script(pid, self.page, pgd_physical, levels, os.getpid()) + "\n" + extra_script
         self.proc = start_child([exe, "-B", "line", "-e", self.script], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         self.lines: list[str] = []

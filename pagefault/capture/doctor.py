@@ -13,6 +13,7 @@ from ..kernel.btf import VMLINUX_BTF
 from ..kernel.kallsyms import KernelSymbols
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
 from .runner import run_child
+from .kprobes import kprobe_support
 from .safe_paths import UnsafePathError, trusted_executable
 
 TIERS = ("bpf", "perf", "user", "model")
@@ -97,6 +98,23 @@ def _bpftrace_works() -> tuple[bool, str]:
     return False, "bpftrace failed: " + (r.stderr.strip().splitlines() or ["no output"])[-1]
 
 
+def _bpftrace_info() -> dict[str, str]:
+    """`bpftrace --info` as name → value (kfunc, kprobe, probe_read_kernel, btf, ...); {} if it cannot run."""
+    try:
+        exe = trusted_executable("bpftrace")
+        if not exe:
+            return {}
+        r = run_child([exe, "--info"], timeout=120)
+    except (OSError, UnsafePathError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in (r.stdout + r.stderr).splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def diagnose(run_bpftrace: bool = True) -> Diagnosis:
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
@@ -150,6 +168,22 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
         d.checks.append(Check("bpftrace", ok, detail, "" if ok else
                               ("as root: bash scripts/setup.sh (installs bpftrace), or apt-get install bpftrace"
                                if root else "run as root"), ("bpf",)))
+    # What the bpf tier observes with, beyond tracepoints: none of these decides the tier; each one
+    # missing is a fallback the journey names.
+    kprobes, kprobe_detail = kprobe_support()
+    d.checks.append(Check("kprobes", kprobes, kprobe_detail + ("" if kprobes else
+                          ": the journey derives the fault flags and cannot show handlers, return value or duration; "
+                          "trace --latency refuses"), "", ()))
+    if run_bpftrace and root:
+        info = _bpftrace_info()
+        kfunc = info.get("kfunc") == "yes"
+        d.checks.append(Check("fentry (kfunc)", kfunc, "bpftrace --info: kfunc " + info.get("kfunc", "unknown") +
+                              ("" if kfunc else "; the kprobe probes are used where kprobes work"), "", ()))
+        reads = info.get("probe_read_kernel") == "yes" and btf
+        d.checks.append(Check("BPF reads of kernel objects", reads,
+                              "bpftrace can read kernel memory through BTF types (probe_read_kernel, BTF)" if reads else
+                              "bpftrace --info: probe_read_kernel " + info.get("probe_read_kernel", "unknown") +
+                              f", BTF {'present' if btf else 'missing'}", "", ("bpf",)))
     try:
         cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
     except UnsafePathError as exc:

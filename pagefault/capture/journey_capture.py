@@ -11,14 +11,26 @@ import time
 from typing import Callable
 
 from .. import __version__
+from ..evidence import JourneyEvidence, Snapshot, TraceEvent
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
 from .bpf_walk import BpfError, BpfTracer
-from ..evidence import JourneyEvidence, Snapshot, TraceEvent
 from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, build_program
-from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU,
-                         SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
+from .kprobes import FAULT_HANDLERS, MmapProbe, fault_probes, kprobe_support, parse_fault_lines, probeable
+from .perf_event import (
+    PERF_COUNT_SW_PAGE_FAULTS,
+    PERF_TYPE_SOFTWARE,
+    SAMPLE_ADDR,
+    SAMPLE_CALLCHAIN,
+    SAMPLE_CPU,
+    SAMPLE_IP,
+    SAMPLE_TID,
+    SAMPLE_TIME,
+    EventSpec,
+    PerfError,
+    PerfSession,
+)
 from .records import callchain, parse_stream, raw_field, split_callchain
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
 
@@ -82,6 +94,14 @@ class LiveJourney:
         self.sample_type = 0
         self.chunks: list[bytes] = []
         self.tracer: BpfTracer | None = None
+        self.mmap_probe: MmapProbe | None = None
+        self.handler_not_probeable: dict[str, str] = {}
+        self.kprobes = False
+        if tier == "bpf":
+            self.kprobes, why = kprobe_support()
+            if not self.kprobes:
+                self.ev.unavailable["kprobes"] = (f"{why}; so handle_mm_fault's flags, return value, duration and "
+                                                  "handlers are not observed (the flags are derived from the error code)")
 
     # -- stages ---------------------------------------------------------------------------------------
 
@@ -116,6 +136,8 @@ class LiveJourney:
             self.session.enable()
             self.proc.release()
             self._phase("ready")
+            if self.kprobes:
+                self._start_mmap_probe()
         except (PerfError, ExerciseError) as exc:
             self.close()
             raise CaptureError(str(exc)) from None
@@ -128,6 +150,12 @@ class LiveJourney:
                 self.proc.advance()
                 phase = self._phase("mapped")
                 self.ev.vaddr = int(phase.fields["vaddr"], 16)
+                if self.mmap_probe:
+                    try:
+                        self.ev.kprobe_mmap = self.mmap_probe.result()
+                    except BpfError as exc:
+                        self.ev.unavailable["kprobe mmap"] = str(exc)
+                    self.mmap_probe = None
                 self._snapshot_page("mapped")
                 if self.ev.tier == "bpf":
                     self._start_bpftrace()
@@ -141,6 +169,10 @@ class LiveJourney:
                         self.ev.bpf = self.tracer.result()
                     except BpfError as exc:
                         self.ev.unavailable["bpf"] = f"{exc}"
+                    if self.kprobes and self.ev.bpf:
+                        self.ev.kprobe_fault = parse_fault_lines(self.tracer.lines, self.handler_not_probeable)
+                        if self.ev.kprobe_fault is None:
+                            self.ev.unavailable["kprobes"] = "the kprobe on handle_mm_fault did not fire for the fault"
                     self.tracer = None
             elif stage == "touched":
                 self.ev.exit = self.proc.finish()
@@ -161,6 +193,9 @@ class LiveJourney:
         return self.ev
 
     def close(self) -> None:
+        if self.mmap_probe:
+            self.mmap_probe.stop()
+            self.mmap_probe = None
         if self.tracer:
             self.tracer.stop()
             self.tracer = None
@@ -221,12 +256,44 @@ class LiveJourney:
                                           "cannot be derived and the entries cannot be followed")
             return
         self.progress("starting bpftrace to read the page-table entries")
+        extra = ""
+        if self.kprobes:
+            handlers, self.handler_not_probeable = probeable(FAULT_HANDLERS)
+            extra = fault_probes(self.proc.pid, self.ev.fault_address & ~0xFFF, handlers)
         try:
-            self.tracer = BpfTracer(self.proc.pid, self.ev.fault_address, pgd << 12, self.ev.paging_levels)
-            self.tracer.arm(progress=self.progress)
+            self.tracer = self._armed_tracer(pgd, extra)
         except BpfError as exc:
-            self.ev.unavailable["bpf"] = str(exc)
-            self.tracer = None
+            if not extra:
+                self.ev.unavailable["bpf"] = str(exc)
+                return
+            # bpftrace refuses a whole script when one kprobe fails: keep the walk, drop the kprobes
+            self.kprobes = False
+            self.ev.unavailable["kprobes"] = f"bpftrace could not attach the fault kprobes ({exc}); the walk ran without them"
+            self.progress("the kprobes did not attach; starting bpftrace again without them")
+            try:
+                self.tracer = self._armed_tracer(pgd, "")
+            except BpfError as exc2:
+                self.ev.unavailable["bpf"] = str(exc2)
+
+    def _armed_tracer(self, pgd: int, extra: str) -> BpfTracer:
+        tracer = BpfTracer(self.proc.pid, self.ev.fault_address, pgd << 12, self.ev.paging_levels, extra)
+        try:
+            tracer.arm(progress=self.progress)
+        except BpfError:
+            tracer.stop()
+            raise
+        return tracer
+
+    def _start_mmap_probe(self) -> None:
+        self.progress("starting bpftrace on the mmap side (kprobes)")
+        try:
+            self.mmap_probe = MmapProbe(self.proc.pid)
+            self.mmap_probe.arm()
+        except BpfError as exc:
+            self.ev.unavailable["kprobe mmap"] = str(exc)
+            if self.mmap_probe:
+                self.mmap_probe.stop()
+            self.mmap_probe = None
 
     def _pgd_allocation(self) -> int | None:
         """The PFN of the new mm's PGD: the mm_page_alloc during exec whose call chain has pgd_alloc."""

@@ -13,6 +13,8 @@ from .. import __version__
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
+from .bpf_walk import BpfError
+from .kprobes import EveryFaultProbe, kprobe_support
 from .exercise import ExerciseError, ScenarioProcess, build_scenario_program
 from ..evidence import OpSnapshot, ScenarioEvidence
 from .journey_capture import decode_trace_events
@@ -47,10 +49,17 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
                           host=host, tool_version=__version__)
     for spec in events:
         ev.event_sources[spec.name] = f"tracepoint {spec.name} via perf_event_open"
+    table = facts.fault_flag_values()
+    ev.fault_flag_table, ev.fault_flag_source = table.values, table.source
+    ev.kernel_enums, ev.kernel_enums_source = facts.kernel_enums()
+    kprobes, why = kprobe_support()
+    if not kprobes:
+        ev.unavailable["kprobes"] = why
     ksyms = KernelSymbols.load()
     sample_type = TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN
     proc: ScenarioProcess | None = None
     session: PerfSession | None = None
+    probe: EveryFaultProbe | None = None
     chunks: list[bytes] = []
     try:
         proc = ScenarioProcess(program, ops)
@@ -58,6 +67,16 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
         session = PerfSession(events, proc.pid, enable_on_exec=True, callchain=True, data_pages=64,
                               monotonic_clock=True)
         session.enable()
+        if kprobes:
+            progress("attaching kprobes to handle_mm_fault and its handlers")
+            try:
+                probe = EveryFaultProbe(proc.pid)
+                probe.arm()
+            except BpfError as exc:
+                ev.unavailable["kprobes"] = str(exc)
+                if probe:
+                    probe.stop()
+                probe = None
         proc.release()
         phase = proc.wait_phase()
         if phase.name != "ready":
@@ -80,9 +99,14 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
             progress(f"operation {i} done: {op}")
         ev.exit = proc.finish()
         chunks.extend(session.drain())
+        if probe:
+            ev.kprobe_faults = probe.result()
+            probe = None
     except (PerfError, ExerciseError) as exc:
         raise CaptureError(str(exc)) from None
     finally:
+        if probe:
+            probe.stop()
         if session:
             session.close()
         if proc and proc.target.status is None:

@@ -10,6 +10,8 @@ from .records import (
                       ExerciseError,
                       ExerciseOptions,
                       JourneyEvidence,
+                      KprobeFault,
+                      KprobeMmap,
                       MapleStep,
                       Mapping,
                       MapsLine,
@@ -24,5 +26,6 @@ from .records import (
                       parse_maps,
 )
 
-__all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "Mapping", "MapsLine", "MemorySettings",
+__all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "KprobeFault", "KprobeMmap", "Mapping",
+           "MapsLine", "MemorySettings",
            "OpSnapshot", "Program", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]

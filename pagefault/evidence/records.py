@@ -178,6 +178,37 @@ class BpfWalk:
 
 
 @dataclass
+class KprobeFault:
+    """handle_mm_fault() of the followed fault, as its kprobe and kretprobe saw it."""
+
+    address: int | None = None
+    flags: int | None = None              # arg2: the fault flags, observed
+    vma_pointer: int | None = None        # arg0
+    vma: dict[str, int] = field(default_factory=dict)   # vm_start, vm_end, vm_flags, vm_page_prot, vm_file, anon_vma
+    retval: int | None = None             # vm_fault_t
+    duration_ns: int | None = None        # from the kprobe to the kretprobe
+    handlers: list[tuple[str, int]] = field(default_factory=list)   # (function, ns after the entry), in order
+    not_probeable: dict[str, str] = field(default_factory=dict)     # handler → why it has no kprobe here
+    pid: int | None = None
+    start_ns: int | None = None           # bpftrace nsecs (CLOCK_MONOTONIC, the perf samples' clock)
+
+
+@dataclass
+class KprobeMmap:
+    """The call that made the mapping's VMA, as its kprobe saw it."""
+
+    function: str = ""
+    file: int | None = None
+    addr: int | None = None
+    length: int | None = None
+    vm_flags: int | None = None
+    pgoff: int | None = None
+    retval: int | None = None
+    merges: list[tuple[str, int]] = field(default_factory=list)     # (function, returned VMA or 0)
+    not_probeable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class RipFacts:
     """The faulting RIP traced into the program's ELF file, as read where the fault was captured."""
 
@@ -225,6 +256,8 @@ class JourneyEvidence:
     migratetype_source: str = ""
     kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)   # enum name → value → name (BTF)
     kernel_enums_source: str = ""
+    kprobe_fault: KprobeFault | None = None
+    kprobe_mmap: KprobeMmap | None = None
     rip: RipFacts | None = None
     captured_at: str = ""             # ISO 8601, the capture's wall clock
     host: str = ""
@@ -288,6 +321,12 @@ class ScenarioEvidence:
     captured_at: str = ""
     host: str = ""
     tool_version: str = ""
+    kprobe_faults: list[KprobeFault] = field(default_factory=list)   # every handle_mm_fault of the program
+    unavailable: dict[str, str] = field(default_factory=dict)
+    fault_flag_table: dict[str, int] = field(default_factory=dict)
+    fault_flag_source: str = ""
+    kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)
+    kernel_enums_source: str = ""
 
     def op_events(self, index: int, name: str) -> list[TraceEvent]:
         """The events of the program (and its child) between the pause before operation index and the one after."""

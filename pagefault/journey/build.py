@@ -254,6 +254,21 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
                                 f"/proc/{ev.pid}/maps after mmap minus before" +
                                 (": merged with a neighbouring VMA of the same flags" if merged else "")))
         s.evidence += ["new in maps: " + _maps_line(m) for m in new]
+    km = ev.kprobe_mmap
+    if km is not None and km.retval is not None:
+        merges = [(fn, r) for fn, r in km.merges if r]
+        s.values.append(observed(f"{km.function}()", f"file 0x{km.file or 0:x}, addr 0x{km.addr or 0:x}, len 0x{km.length or 0:x}, "
+                                 f"vm_flags 0x{km.vm_flags or 0:x}, pgoff 0x{km.pgoff or 0:x} → 0x{km.retval:x}",
+                                 f"kprobe and kretprobe {km.function} (the function that makes the VMA on this kernel)",
+                                 derivation=[f"{fn} returned 0x{r:x}: the new range was merged into (or expanded) an "
+                                             "existing VMA" for fn, r in merges] or
+                                 ["no merge function returned a VMA: a new VMA was made"
+                                  + ("" if km.merges else " (no merge function was called)")]))
+        probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
+        s.values.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
+    elif ev.tier == "bpf":
+        s.values.append(unavailable(f"{'the VMA-making call'} (kprobe)", ev.unavailable.get("kprobe mmap") or
+                                    ev.unavailable.get("kprobes", "the kprobe tier was not used")))
     if f.vm_flags is not None:
         word = decode_vm_flags(f.vm_flags, ev.kernel_version)
         s.values.append(derived("vm_flags", f.vm_flags, f"VmFlags {' '.join(f.vm_flags_mnemonics)} in /proc/{ev.pid}/smaps "
@@ -404,6 +419,12 @@ def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
            "contradicts it"))
 
 
+def _flag_difference(seen: int, derived_value: int, ev: JourneyEvidence) -> str:
+    names = decode_fault_flags(seen ^ derived_value, ev.fault_flag_table).names
+    return (f"DIFFERENT: bits 0x{seen ^ derived_value:x} ({' | '.join(names)}) are where the derivation's "
+            "assumptions do not hold for this fault")
+
+
 def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
     s = catalogue_step("flags")
     if f.fault is None or "error_code" not in f.fault.fields:
@@ -421,6 +442,16 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
     s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; "
                             "taken from the kernel source, not observed: FAULT_FLAG_DEFAULT's makeup; "
                             f"the per-VMA lock path: {lock_basis}", list(d.derivations)))
+    kp = ev.kprobe_fault
+    if kp is not None and kp.flags is not None:
+        seen = decode_fault_flags(kp.flags, ev.fault_flag_table, ev.fault_flag_source)
+        agree = kp.flags == d.value
+        s.values.append(observed("flags (kprobe)", kp.flags, "kprobe handle_mm_fault arg2",
+                                 display=f"0x{kp.flags:x} = {' | '.join(seen.names)}",
+                                 derivation=[f"derived from the error code: 0x{d.value:x}: " + (
+                                     "the same" if agree else _flag_difference(kp.flags, d.value, ev))]))
+    else:
+        s.values.append(unavailable("flags (kprobe)", ev.unavailable.get("kprobes", "the kprobe tier was not used")))
     word = decode_fault_flags(d.value, ev.fault_flag_table, ev.fault_flag_source)
     for flag in word.set_flags:
         step = next((st for st in d.steps if st.name == flag.name), None)
@@ -518,6 +549,16 @@ def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(derived("write permitted", write, "vm_flags & VM_WRITE",
                                 [f"0x{f.vm_flags:x} & 0x2 = 0x{f.vm_flags & 2:x} → {'allowed' if write else 'refused: SIGSEGV'}"]))
     s.values += _vma_struct_values(ev, f, f.vma)
+    kp = ev.kprobe_fault
+    if kp is not None and kp.vma:
+        v = kp.vma
+        s.values.append(observed("VMA argument (kprobe)", f"[0x{v['vm_start']:x}, 0x{v['vm_end']:x}) vm_flags 0x{v['vm_flags']:x} "
+                                 f"vm_page_prot 0x{v['vm_page_prot']:x}", "kprobe handle_mm_fault arg0 (struct vm_area_struct *)",
+                                 derivation=[f"vm_file 0x{v['vm_file']:x} ({'a file' if v['vm_file'] else 'anonymous'}), "
+                                             f"anon_vma 0x{v['anon_vma']:x} "
+                                             f"({'set' if v['anon_vma'] else 'none yet: the first fault makes it'})",
+                                             f"/proc/{ev.pid}/maps says [0x{f.vma.start:x}, 0x{f.vma.end:x}): " +
+                                             ("the same" if (v['vm_start'], v['vm_end']) == (f.vma.start, f.vma.end) else "DIFFERENT")]))
     s.values += _maple_values(ev, addr)
     search = maple_search([(m.start, m.end) for m in ev.snapshots["touched"].maps if m.path != "[vsyscall]"], addr)
     s.values.append(modelled("maple tree search (model)", f"leaf {search.leaf_index}, slot {search.slot_index}",
@@ -743,6 +784,36 @@ def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
     return s
 
 
+def decode_vm_fault(value: int, names: dict[int, str]) -> list[str]:
+    """VM_FAULT_* bits of a vm_fault_t, named with the kernel's enum vm_fault_reason (0 reads "0: done")."""
+    if value == 0:
+        return ["0 (the fault was handled: no VM_FAULT bit set)"]
+    out = [names.get(1 << b, f"bit {b}") for b in range(32) if value >> b & 1 and (1 << b) in names]
+    rest = value & ~sum(1 << b for b in range(32) if (1 << b) in names)
+    return out + ([f"0x{rest:x} (not named by the enum)"] if rest else [])
+
+
+def _kprobe_return_values(ev: JourneyEvidence) -> list[Value]:
+    kp = ev.kprobe_fault
+    if kp is None:
+        return [unavailable("handlers and return value", ev.unavailable.get("kprobes", "the kprobe tier was not used"))]
+    values = [observed("handler path", " → ".join(fn for fn, _ns in kp.handlers) or "none of the probed handlers",
+                       "kprobes on the handlers, while handle_mm_fault ran for this fault",
+                       derivation=[f"{fn} at +{ns / 1000:.1f} µs" for fn, ns in kp.handlers]
+                       + [f"not probed: {fn} ({why})" for fn, why in sorted(kp.not_probeable.items())])]
+    if kp.retval is not None:
+        names = ev.kernel_enums.get("vm_fault_reason", {})
+        bits = decode_vm_fault(kp.retval, names)
+        values.append(observed("handle_mm_fault return value", kp.retval, "kretprobe handle_mm_fault retval",
+                               display=f"0x{kp.retval:x} = {' | '.join(bits)}",
+                               derivation=[f"names from {ev.kernel_enums_source}" if names else
+                                           "no enum vm_fault_reason in BTF: bits unnamed"]))
+    if kp.duration_ns is not None:
+        values.append(observed("fault duration", kp.duration_ns, "kretprobe time − kprobe time of handle_mm_fault (bpftrace nsecs)",
+                               display=f"{kp.duration_ns / 1000:.1f} µs"))
+    return values
+
+
 def step_return(ev: JourneyEvidence, f: Facts) -> Step:
     s = catalogue_step("return")
     mapped, touched = ev.snapshots["mapped"], ev.snapshots["touched"]
@@ -761,6 +832,7 @@ def step_return(ev: JourneyEvidence, f: Facts) -> Step:
                                  display=str(f.fault_count_on_page)))
     for n, e in enumerate(f.later_faults, 2):
         s.values += _later_fault_values(ev, f, e, n)
+    s.values += _kprobe_return_values(ev)
     if ev.exit:
         s.values.append(observed("program exit", ev.exit, "waitpid()"))
     s.ws = {
@@ -895,11 +967,36 @@ def fault_event(ev: JourneyEvidence) -> TraceEvent | None:
     return Facts(ev).fault
 
 
+def observation_means(ev: JourneyEvidence) -> list[str]:
+    """Which of tracepoints, BPF reads, kprobes and fentry this evidence was observed with, or why not."""
+    tracepoints = sorted(n for n, src in ev.event_sources.items() if src.startswith("tracepoint"))
+    out = [f"tracepoints: {', '.join(tracepoints)}" if tracepoints else "tracepoints: none ("
+           + ev.unavailable.get("tracepoints", "not this tier") + ")"]
+    reads = ev.bpf.reads.get("before") if ev.bpf else None
+    after = ev.bpf.reads.get("after") if ev.bpf else None
+    if reads and reads.objects:
+        out.append("BPF reads: page-table entries, mm->map_count, the maple tree, the VMA"
+                   + (", the struct page" if after and "refcount" in after.objects else ""))
+    elif ev.bpf:
+        out.append("BPF reads: page-table entries")
+    else:
+        out.append("BPF reads: none (" + ev.unavailable.get("bpf", "the bpf tier was not used") + ")")
+    if ev.kprobe_fault or ev.kprobe_mmap:
+        used = (["handle_mm_fault and its handlers"] if ev.kprobe_fault else []) + \
+            ([ev.kprobe_mmap.function] if ev.kprobe_mmap else [])
+        out.append("kprobes: " + ", ".join(used))
+    else:
+        out.append("kprobes: none (" + ev.unavailable.get("kprobes", "the bpf tier was not used") + ")")
+    out.append("fentry: not used (bpftrace's kprobes observe the same calls)")
+    return out
+
+
 def build_journey(ev: JourneyEvidence) -> Journey:
     """The steps the evidence so far supports (the target may still be paused at a phase)."""
     j = Journey(ev.tier, ev.kernel_release, ev.pid, list(ev.argv), ev.program.how,
                 fault_flag_table=dict(ev.fault_flag_table), fault_flag_source=ev.fault_flag_source)
     f = Facts(ev)
+    j.observed_with = observation_means(ev)
     for builder, stage in STEP_BUILDERS:
         if stage in ev.snapshots:
             j.steps.append(builder(ev, f))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
 from ..decode.pagemap import PM_PFN_MASK, page_state, summarise_states
-from ..evidence import MemorySettings, OpSnapshot, ScenarioEvidence
+from ..evidence import KprobeFault, MemorySettings, OpSnapshot, ScenarioEvidence, TraceEvent
 from ..model import kernel as mk
 from ..model.scenarios import ModelRun, Scenario
 
@@ -242,6 +243,57 @@ def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, 
     return model, live, agreement, ev, run
 
 
+# The handler each outcome must go through (mm/memory.c, mm/huge_memory.c), where it can be probed.
+EXPECTED_HANDLER = {mk.NEW_PAGE: "do_anonymous_page", mk.ZERO_PAGE: "do_anonymous_page", mk.COPY: "do_wp_page",
+                    mk.REUSE: "do_wp_page", mk.PAGE_CACHE: "do_fault", mk.HUGE_PAGE: "do_huge_pmd_anonymous_page"}
+
+
+def matching_kprobe(ev: ScenarioEvidence, event: TraceEvent) -> KprobeFault | None:
+    """The handle_mm_fault call of this page_fault_user event: same task and page, the first one after it."""
+    page = event.fields["address"] & ~0xFFF
+    later = [k for k in ev.kprobe_faults if k.pid == event.pid and k.address is not None
+             and k.address & ~0xFFF == page and (k.start_ns or 0) >= event.time_ns]
+    return min(later, key=lambda k: k.start_ns or 0) if later else None
+
+
+def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) -> list:
+    """What the kprobes saw of one fault: flags against their derivation, handlers, return value, duration."""
+    from .steps import derived, observed, unavailable
+    if not ev.kprobe_faults:
+        return [unavailable("handle_mm_fault (kprobes)", ev.unavailable.get("kprobes", "the kprobe tier was not used"))]
+    kp = matching_kprobe(ev, event)
+    if kp is None:
+        if row.outcome in (mk.MAPERR, mk.ACCERR):
+            return [derived("handle_mm_fault (kprobes)", "not called", "no kprobe hit for this fault",
+                            ["fault.c refused the access before calling handle_mm_fault (bad_area)"])]
+        return [unavailable("handle_mm_fault (kprobes)", "no kprobe hit matched this fault")]
+    code = row.error_code
+    d = derive_fault_flags(code, ev.fault_flag_table, source=ev.fault_flag_source)
+    flags = kp.flags or 0
+    same = flags == d.value
+    names = decode_fault_flags(flags, ev.fault_flag_table).names
+    diff = decode_fault_flags(flags ^ d.value, ev.fault_flag_table).names
+    values = [observed("flags (kprobe)", flags, "kprobe handle_mm_fault arg2",
+                       display=f"0x{flags:x} = {' | '.join(names)}",
+                       derivation=[f"derived from error code 0x{code:x}: 0x{d.value:x}: " + (
+                           "the same" if same else f"DIFFERENT in {' | '.join(diff)}")])]
+    path = [fn for fn, _ns in kp.handlers]
+    expected = EXPECTED_HANDLER.get(row.outcome)
+    check = []
+    if expected and expected not in kp.not_probeable:
+        check = [f"a {row.outcome} goes through {expected}: " + ("it did" if expected in path else "it DID NOT")]
+    values.append(observed("handler path (kprobes)", " → ".join(path) or "none of the probed handlers",
+                           "kprobes on the handlers during this handle_mm_fault", derivation=check))
+    if kp.retval is not None:
+        reasons = ev.kernel_enums.get("vm_fault_reason", {})
+        bits = [reasons.get(1 << b, f"bit {b}") for b in range(32) if kp.retval >> b & 1]
+        values.append(observed("return value (kretprobe)", kp.retval, "kretprobe handle_mm_fault",
+                               display=f"0x{kp.retval:x}" + (f" = {' | '.join(bits)}" if bits else " (handled)")))
+    if kp.duration_ns is not None:
+        values.append(observed("duration", kp.duration_ns, "kretprobe − kprobe time", display=f"{kp.duration_ns / 1000:.1f} µs"))
+    return values
+
+
 def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
                            model: ScenarioOutcome, agreement: Agreement):
     """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
@@ -256,13 +308,14 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     for snap in ev.snapshots:
         s = Step(len(j.steps) + 1, f"op{snap.index}", f"Operation {snap.index}: {snap.op}", "done")
         rows = [r for r in live.rows if r.op == snap.index]
-        for r in rows:
+        for r, event in zip(rows, ev.region_faults(snap.index)):
             s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
                                      f"error code 0x{r.error_code:x}", src_fault))
             s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
                                                             if r.stack_grown_pages else ""),
                                     "the program's siginfo, or the page's pagemap and kpageflags after the "
                                     "operation compared with before", live.details.get(snap.index, [])))
+            s.values += kprobe_fault_values(ev, event, r)
         if not rows:
             s.values.append(observed("faults in the region", 0, src_fault, display="0"))
         s.values.append(observed("region's pagemap after", summarise_states(snap.region_states(ev.pid)),

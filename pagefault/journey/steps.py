@@ -183,6 +183,7 @@ class Journey:
     fault_flag_table: dict[str, int] = field(default_factory=dict)   # enum fault_flag used for the flags step
     fault_flag_source: str = ""
     replayed_from: str = ""             # "replayed from FILE, captured on kernel K (host H) at T", or ""
+    observed_with: list[str] = field(default_factory=list)   # the means of observation used, one line each
 
 
 def timeline_from(items: list[tuple[int, str, str]], start_ns: int) -> list[TimelineEntry]:

@@ -49,6 +49,8 @@ def header(j: Journey, console: Console) -> None:
     console.print(f"[bold]pagefault journey[/bold] of {what} {j.pid} ({escape(' '.join(j.command))}); "
                   f"tier [bold]{j.tier}[/bold]; kernel {j.kernel}", highlight=False)
     console.print(escape(j.program), style="dim", highlight=False)
+    for line in j.observed_with:
+        console.print("observed with " + escape(line), style="dim", highlight=False)
     console.print("[green]observed[/] = read on this machine   [cyan]derived[/] = computed from observed values   "
                   "[magenta]modelled[/] = from the kernel source   [red]unavailable[/] = with the reason and fix")
 
@@ -78,7 +80,9 @@ def render_all(j: Journey, console: Console) -> None:
 def to_markdown(j: Journey) -> str:
     out = [f"# The journey of one page fault (PID {j.pid})", "",
            f"- kernel: {_md(j.kernel)}", f"- capture tier: {_md(j.tier)}",
-           f"- command: {_code(' '.join(j.command))}", f"- program: {_md(j.program)}", "",
+           f"- command: {_code(' '.join(j.command))}", f"- program: {_md(j.program)}"]
+    out += [f"- observed with {_md(line)}" for line in j.observed_with]
+    out += ["",
            "Every value says where it came from: **observed** (read on this machine), **derived** (computed "
            "from observed values, arithmetic shown), **modelled** (from the kernel source) or **unavailable** "
            "(with the reason and the fix).", ""]

@@ -85,3 +85,27 @@ def render_summary(s: TraceSummary, console: Console) -> None:
         console.print(f"allocations by order: {orders}", highlight=False)
         console.print("allocations by GFP flags: " + ", ".join(f"{g}: {n}" for g, n in s.alloc_gfp[:5]),
                       highlight=False)
+
+
+def render_latency(summary, console) -> None:
+    """trace --latency: one table by outcome, one by mapping, with log2 histograms."""
+    from rich.table import Table
+    console.print(f"[bold]{summary.faults}[/bold] faults timed from handle_mm_fault's entry to its return "
+                  "(kprobe and kretprobe)")
+    for title, groups in (("by outcome (last handler → VM_FAULT bits)", summary.by_outcome),
+                          ("by mapping", summary.by_mapping)):
+        table = Table(title=title, title_justify="left")
+        for col in ("", "faults", "p50 µs", "p90 µs", "p99 µs", "max µs", "histogram (log2 ns buckets)"):
+            table.add_column(col, justify="right" if col and col != "histogram (log2 ns buckets)" else "left")
+        for g in groups:
+            peak = max(c for _b, c in g.histogram)
+            hist = " ".join(f"{_ns(b)}:{'█' * max(1, round(8 * c / peak))}{c}" for b, c in g.histogram)
+            table.add_row(escape(g.key), str(g.count), *(f"{g.percentiles_ns[p] / 1000:.1f}" for p in (50, 90, 99)),
+                          f"{g.max_ns / 1000:.1f}", hist)
+        console.print(table)
+    for note in summary.notes:
+        console.print(escape(note), style="dim")
+
+
+def _ns(bucket: int) -> str:
+    return f"{bucket}ns" if bucket < 1000 else f"{bucket // 1000}µs" if bucket < 1_000_000 else f"{bucket // 1_000_000}ms"
