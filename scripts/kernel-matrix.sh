@@ -106,7 +106,7 @@ for k in "${KERNELS[@]}"; do
         # One vCPU: with two, QEMU 7.2's multi-threaded TCG stopped the guest mid-run (vng status 255, no
         # kernel message) in 4 of 5 tries here; with one, 4 of 4 runs completed, in the same time.
         setsid timeout --kill-after=15 "$BOUND" vng "${ACCEL[@]}" -r "/boot/vmlinuz-$rel" --memory 2G --cpus 1 \
-            --rwdir "$OUT" -- "bash $ROOT/scripts/matrix-guest.sh $OUT" > "$OUT/$rel/console.log" 2>&1 < /dev/null &
+            --rwdir "$OUT" -- "MATRIX_BENCH='${MATRIX_BENCH:-}' bash $ROOT/scripts/matrix-guest.sh $OUT" > "$OUT/$rel/console.log" 2>&1 < /dev/null &
         GUEST_PIDS+=($!)
         wait $!
         STATUS[$k]=$?

@@ -13,7 +13,13 @@ mkdir -p "$(dirname "$LOG")"
     grep -q ' debugfs ' /proc/self/mounts || mount -t debugfs none /sys/kernel/debug 2>/dev/null
     echo "guest: kernel $(uname -r), lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo '?'), \
 la57 $(grep -qw la57 /proc/cpuinfo && echo yes || echo no), kprobes $([ -e /sys/kernel/tracing/kprobe_events ] && echo yes || echo no)"
-    HOME=/root PYTHONUNBUFFERED=1 .venv/bin/python scripts/matrix_checks.py "$OUT"
-    echo "guest: checks ended with status $?"
+    if [ -n "${MATRIX_BENCH:-}" ]; then
+        # a benchmark on request (MATRIX_BENCH="bench/kprobe_cost.py --size N"), never in the checks' place
+        HOME=/root PYTHONUNBUFFERED=1 .venv/bin/python $MATRIX_BENCH > "$OUT/$(uname -r)/bench.log" 2>&1
+        echo "guest: bench ended with status $?"
+    else
+        HOME=/root PYTHONUNBUFFERED=1 .venv/bin/python scripts/matrix_checks.py "$OUT"
+        echo "guest: checks ended with status $?"
+    fi
 } > "$LOG" 2>&1
 tail -n 1 "$LOG"

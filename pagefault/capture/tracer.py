@@ -25,6 +25,9 @@ TRACEPOINTS = (
     ("syscalls", "sys_enter_mmap", False),
     ("syscalls", "sys_exit_mmap", False),
     ("mmap", "vm_unmapped_area", False),
+    # what a fault did, for its class: pages read into the page cache, and the signal it raised
+    ("filemap", "mm_filemap_add_to_page_cache", False),
+    ("signal", "signal_generate", False),
 )
 TRACEPOINT_SAMPLE = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_CPU | SAMPLE_RAW
 SOFTWARE_SAMPLE = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU

@@ -27,6 +27,7 @@ class Mapping:
     path: str
     prot: int = 0
     source: str = ""
+    shared: bool = False      # MAP_SHARED (maps perms "s", or the MMAP2 record's flags)
 
     def contains(self, address: int) -> bool:
         return self.start <= address < self.end

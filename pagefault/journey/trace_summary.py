@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -13,6 +14,19 @@ from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
+from .fault_classes import (
+    ALLOC,
+    CACHE_ADD,
+    CHAIN_CLASSES,
+    FAULT,
+    FAULT_ENTRY,
+    HOW,
+    SIGNAL,
+    Classified,
+    FaultEvents,
+    MappingKind,
+    classify_faults,
+)
 
 ENTRY_FUNCS = ("asm_exc_page_fault",)
 MAX_PAGE_ORDER = 20   # far above any kernel's MAX_PAGE_ORDER (10 on x86-64); beyond it a field is damaged
@@ -31,6 +45,8 @@ class TraceSummary:
     lost: int | None                  # None: not known (see lost_how)
     lost_records: int
     by_kind: dict[str, int] = field(default_factory=dict)
+    by_class: list[tuple[str, int, str]] = field(default_factory=list)        # (class, faults, how decided)
+    class_breakdown: list[tuple[str, str, str, int]] = field(default_factory=list)  # (class, mapping, site, faults)
     by_mapping: list[tuple[str, int]] = field(default_factory=list)
     top_instructions: list[dict] = field(default_factory=list)
     kernel_paths: list[tuple[str, int]] = field(default_factory=list)
@@ -59,7 +75,8 @@ def field_values(stream: Stream, meta: dict, event: str, name: str, mask: np.nda
 
 
 def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
-    maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], source="observed: /proc/PID/maps")
+    maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], source="observed: /proc/PID/maps",
+                    shared=m.get("perms", "---p")[3:4] == "s")
             for m in meta.get("maps", [])]
     return maps + stream.mmaps
 
@@ -117,7 +134,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     # a summary only counts: stream order will do, and tracepoint samples need no ip/tid/time/cpu
     tier = meta.get("tier", "perf")
     stream = parse_stream(rec.data, sample_type, in_time_order=False,
-                          columns=frozenset() if tier == "perf" else frozenset({"ip", "addr"}))
+                          columns=frozenset({"tid", "time"}) if tier == "perf" else frozenset({"ip", "addr"}))
     s = stream.samples
     event_type = _column(s.event_type, len(s), np.uint16)
     ids = _event_ids(meta)
@@ -183,6 +200,13 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
                                     for g, n in zip(gu, gc)),
                                    key=lambda t: -t[1])
 
+    if tier == "perf" and summary.faults:
+        ksyms = ksyms or KernelSymbols.load()
+        result = _classify(stream, meta, ids, event_type, fault_mask, alloc_mask, addresses,
+                           codes if codes is not None else np.zeros(len(addresses), dtype=np.uint64), maps,
+                           _chain_symbols(meta, ksyms))
+        _class_summary(summary, result, addresses, fault_ips, maps, top)
+
     if meta.get("callchain") and summary.allocations:
         ksyms = ksyms or KernelSymbols.load()
         if not ksyms.usable:
@@ -192,6 +216,96 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         else:
             summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
     return summary
+
+
+def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:
+    """The kernel symbols to read allocation call chains with, if the recording has chains of this boot."""
+    if meta.get("callchain") and ksyms.usable and meta.get("kernel", {}).get("text_base") in (None, ksyms.text_base()):
+        return ksyms
+    return None
+
+
+def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[np.ndarray, np.ndarray, Classified]:
+    """Every fault of a perf-tier recording: (addresses, thread ids, classes), in stream order."""
+    meta = rec.meta
+    stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0), in_time_order=False,
+                          columns=frozenset({"tid", "time"}))
+    ids = _event_ids(meta)
+    event_type = _column(stream.samples.event_type, len(stream.samples), np.uint16)
+    fault_mask = event_type == ids.get("exceptions:page_fault_user", -1)
+    alloc_mask = event_type == ids.get("kmem:mm_page_alloc", -1)
+    addresses = field_values(stream, meta, "exceptions:page_fault_user", "address", fault_mask)
+    codes = field_values(stream, meta, "exceptions:page_fault_user", "error_code", fault_mask)
+    result = _classify(stream, meta, ids, event_type, fault_mask, alloc_mask, addresses, codes,
+                       mappings_of(meta, stream), _chain_symbols(meta, ksyms or KernelSymbols.load()))
+    tids = _column(stream.samples.tid, len(stream.samples), np.uint32)[fault_mask]
+    return addresses, tids, result
+
+
+def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndarray, fault_ips: np.ndarray,
+                   maps: list[Mapping], top: int) -> None:
+    """The classes counted, and the faults broken down by class × mapping × call site."""
+    ordered, idx = mapping_index(addresses, maps)
+    counts = Counter(result.classes)
+    summary.by_class = [(c.value, n, HOW[c]) for c, n in counts.most_common()]
+    labels = [label_for(ordered[i]) if i >= 0 else "(unmapped)" for i in idx.tolist()]
+    combos = Counter(zip([c.value for c in result.classes], labels, fault_ips.tolist()))
+    starts = [o.start for o in ordered]
+    for (cls, label, ip), count in combos.most_common(top):
+        i = bisect.bisect_right(starts, ip) - 1
+        m = ordered[i] if 0 <= i < len(ordered) and ordered[i].contains(ip) else None
+        site = resolve_ip(ip, m.start, m.pgoff, m.path).describe() if m is not None and m.path.startswith("/") \
+            else f"0x{ip:x}"
+        summary.class_breakdown.append((cls, label, site, count))
+    summary.notes += result.notes
+
+
+def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.ndarray, fault_mask: np.ndarray,
+              alloc_mask: np.ndarray, addresses: np.ndarray, codes: np.ndarray, maps: list[Mapping],
+              ksyms: KernelSymbols | None) -> Classified:
+    """Every fault's class (journey.fault_classes), in stream order."""
+    s = stream.samples
+    n = len(s)
+    add_mask = event_type == ids.get("filemap:mm_filemap_add_to_page_cache", -1)
+    sig_mask = event_type == ids.get("signal:signal_generate", -1)
+    kind = np.full(n, -1, dtype=np.int64)
+    kind[fault_mask], kind[alloc_mask], kind[add_mask], kind[sig_mask] = FAULT, ALLOC, CACHE_ADD, SIGNAL
+    keep = kind >= 0
+    first = np.zeros(n, dtype=np.uint64)
+    second = np.zeros(n, dtype=np.uint64)
+    first[fault_mask], second[fault_mask] = addresses, codes
+    if alloc_mask.any():
+        first[alloc_mask] = field_values(stream, meta, "kmem:mm_page_alloc", "order", alloc_mask)
+        second[alloc_mask] = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
+    if sig_mask.any():
+        first[sig_mask] = field_values(stream, meta, "signal:signal_generate", "sig", sig_mask).astype(np.uint64)
+        second[sig_mask] = field_values(stream, meta, "signal:signal_generate", "code", sig_mask).astype(np.uint64)
+    chain_class = None
+    if ksyms is not None and s.callchain_offset is not None:
+        chain_class = np.full(n, -1, dtype=np.int64)
+        cache: dict[tuple, int] = {}
+        for i in np.nonzero(alloc_mask)[0].tolist():
+            kernel, _user = split_callchain(callchain(stream.data, s, i))
+            key = tuple(kernel)
+            if key not in cache:
+                names = [(ksyms.lookup(a) or ("?", 0))[0] for a in kernel]
+                hit = -2 if not any(f in names for f in FAULT_ENTRY) else -1
+                for j, (fn, _cls) in enumerate(CHAIN_CLASSES):
+                    if hit == -1 and any(name.startswith(fn) for name in names):
+                        hit = j
+                cache[key] = hit
+            chain_class[i] = cache[key]
+    events = FaultEvents(kind[keep], _column(s.tid, n, np.uint32)[keep].astype(np.int64),
+                         _column(s.time, n)[keep], first[keep], second[keep],
+                         chain_class[keep] if chain_class is not None else None)
+    ordered, idx = mapping_index(addresses, maps)
+    stacks = [m.start for m in ordered if m.path == "[stack]"]
+    stack_start = max(stacks) if stacks else None
+    kinds = [None if i < 0 else MappingKind(anonymous=not ordered[i].path.startswith("/") or ordered[i].path == "//anon",
+                                            private=not ordered[i].shared,
+                                            stack_start=stack_start if ordered[i].path == "[stack]" else None)
+             for i in idx.tolist()]
+    return classify_faults(events, kinds)
 
 
 def lost_events(stream: Stream, meta: dict, ids: dict[str, int], tier: str, complete: bool) -> tuple[int | None, str]:

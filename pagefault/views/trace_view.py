@@ -57,6 +57,21 @@ def render_summary(s: TraceSummary, console: Console) -> None:
         for k, n in sorted(s.by_kind.items(), key=lambda kv: -kv[1]):
             t.add_row(k, str(n))
         console.print(t)
+    if s.by_class:
+        t = Table(title="faults by class (what the kernel did inside each fault)", title_justify="left")
+        t.add_column("class")
+        t.add_column("faults", justify="right")
+        t.add_column("decided by")
+        for cls, n, how in s.by_class:
+            t.add_row(cls, str(n), escape(how))
+        console.print(t)
+    if s.class_breakdown:
+        t = Table(title="faults by class × mapping × call site", title_justify="left")
+        for col in ("class", "mapping", "call site", "faults"):
+            t.add_column(col, justify="right" if col == "faults" else "left")
+        for cls, mapping, site, n in s.class_breakdown:
+            t.add_row(cls, escape(mapping), escape(site), str(n))
+        console.print(t)
     if s.by_mapping:
         t = Table(title="faults by mapping (/proc/PID/maps and PERF_RECORD_MMAP2)", title_justify="left")
         t.add_column("mapping")

@@ -1,0 +1,197 @@
+"""What kind of fault each one was, decided from what the kernel did inside it, and how it was decided.
+
+Pure: numpy columns of a recording in, one class per fault out. A fault's *window* is the time from its
+page_fault_user event to the same thread's next fault; what the thread did in between is what the
+fault did, as far as the events show (an allocation by a system call between two faults would be
+counted too: with -g the allocation's kernel call chain settles it, and then only allocations made
+inside the fault handler count).
+
+The classes and their evidence:
+- SIGSEGV / SIGBUS: a signal_generate for the thread in the window (si_code from the tracepoint);
+- THP: a movable allocation of order ≥ 1 (a transparent huge page; order 9 for 2 MiB);
+- file read from disk: the thread added pages to the page cache (mm_filemap_add_to_page_cache);
+- COW copy: a movable order-0 allocation for a write to a present page (error code P|W), or a private
+  write to a file page (do_cow_fault);
+- swap-in: with -g, an allocation under do_swap_page (without -g it looks like a new anonymous page);
+- anonymous new page / stack growth: a movable order-0 allocation for a not-present page of an
+  anonymous mapping (below the initial stack: stack growth);
+- COW reuse: a write to a present page of a private mapping with no allocation (the page was exclusive);
+- zero page: a read of a not-present anonymous page with no allocation;
+- file page-cache hit: a not-present page of a file mapping, no allocation, nothing read;
+- spurious: a present page, no write, nothing allocated (another CPU fixed it first, or a TLB flush race).
+
+Page-table pages are allocated without __GFP_MOVABLE, data pages with it: only movable allocations
+count as the fault's page.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+X86_PF_PROT, X86_PF_WRITE = 1, 2
+GFP_MOVABLE = 0x08          # ___GFP_MOVABLE_BIT 3 on every kernel from 4.x to 6.18
+SIGBUS, SIGSEGV = 7, 11
+SEGV_CODES = {1: "SEGV_MAPERR", 2: "SEGV_ACCERR", 3: "SEGV_BNDERR", 4: "SEGV_PKUERR"}
+BUS_CODES = {1: "BUS_ADRALN", 2: "BUS_ADRERR", 3: "BUS_OBJERR", 4: "BUS_MCEERR_AR", 5: "BUS_MCEERR_AO"}
+
+
+class FaultClass(enum.Enum):
+    ANON_NEW = "anonymous new page"
+    ZERO_PAGE = "zero page"
+    COW_COPY = "COW copy"
+    COW_REUSE = "COW reuse"
+    FILE_HIT = "file page-cache hit"
+    FILE_MAJOR = "file read from disk"
+    SWAP_IN = "swap-in"
+    THP = "THP"
+    STACK_GROWTH = "stack growth"
+    SIGSEGV = "SIGSEGV"
+    SIGBUS = "SIGBUS"
+    SPURIOUS = "spurious"
+
+
+HOW = {
+    FaultClass.SIGSEGV: "signal_generate SIGSEGV for the thread inside the fault",
+    FaultClass.SIGBUS: "signal_generate SIGBUS for the thread inside the fault",
+    FaultClass.THP: "a movable allocation of order ≥ 1 inside the fault",
+    FaultClass.FILE_MAJOR: "the thread added pages to the page cache inside the fault (mm_filemap_add_to_page_cache)",
+    FaultClass.COW_COPY: "a movable order-0 allocation for a write to a present page, or to a private file page",
+    FaultClass.SWAP_IN: "an allocation whose kernel call chain runs through do_swap_page (-g)",
+    FaultClass.ANON_NEW: "a movable order-0 allocation for a not-present page of an anonymous mapping",
+    FaultClass.STACK_GROWTH: "a new anonymous page below the stack's initial start",
+    FaultClass.COW_REUSE: "a write to a present page of a private mapping, nothing allocated",
+    FaultClass.ZERO_PAGE: "a read of a not-present anonymous page, nothing allocated",
+    FaultClass.FILE_HIT: "a not-present page of a file mapping, nothing allocated or read",
+    FaultClass.SPURIOUS: "a present page, no write, nothing allocated or changed",
+}
+# Kernel functions that, in an allocation's call chain, name what the fault did (-g recordings).
+CHAIN_CLASSES = (("do_swap_page", FaultClass.SWAP_IN), ("swapin_", FaultClass.SWAP_IN),
+                 ("do_huge_pmd_anonymous_page", FaultClass.THP), ("wp_page_copy", FaultClass.COW_COPY),
+                 ("do_cow_fault", FaultClass.COW_COPY), ("do_anonymous_page", FaultClass.ANON_NEW),
+                 ("alloc_anon_folio", FaultClass.ANON_NEW), ("filemap_fault", FaultClass.FILE_MAJOR),
+                 ("page_cache_ra", FaultClass.FILE_MAJOR))
+FAULT_ENTRY = ("asm_exc_page_fault", "exc_page_fault")
+
+
+@dataclass
+class FaultEvents:
+    """One recording's events as columns, in any order: the classifier sorts them by thread and time."""
+
+    kind: np.ndarray            # 0 fault, 1 allocation, 2 page-cache add, 3 signal
+    tid: np.ndarray
+    time: np.ndarray
+    address: np.ndarray         # faults: the address; allocations: the order; signals: the signal
+    error_code: np.ndarray      # faults: the error code; allocations: the GFP flags; signals: si_code
+    chain_class: np.ndarray | None = None   # allocations with -g: index into CHAIN_CLASSES (−1 none, −2 not in a fault)
+
+
+FAULT, ALLOC, CACHE_ADD, SIGNAL = 0, 1, 2, 3
+
+
+@dataclass
+class MappingKind:
+    """What the classifier needs of the mapping a fault hit."""
+
+    anonymous: bool
+    private: bool
+    stack_start: int | None = None     # for the [stack]: where it started (below: growth)
+
+
+@dataclass
+class Classified:
+    classes: list[FaultClass]           # one per fault, in the order the faults were given
+    detail: list[str]                   # the signal's si_code, or ""
+    notes: list[str] = field(default_factory=list)
+
+
+def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | None]) -> Classified:
+    """Classify every fault of `events` (kind == FAULT, in their given order; mapping_of_fault in the same order)."""
+    n = len(events.kind)
+    fault_rows = np.nonzero(events.kind == FAULT)[0]
+    nf = len(fault_rows)
+    order = np.lexsort((events.time, events.tid))
+    tid_sorted = events.tid[order]
+    is_fault = events.kind[order] == FAULT
+    pos = np.arange(n)
+    group_start = np.zeros(n, dtype=np.int64)
+    if n:
+        starts = np.r_[0, np.nonzero(np.diff(tid_sorted))[0] + 1]
+        group_start[starts] = starts
+        group_start = np.maximum.accumulate(group_start)
+    last_fault = np.maximum.accumulate(np.where(is_fault, pos, -1)) if n else pos
+    owner_sorted = np.where((last_fault >= group_start) & ~is_fault, last_fault, -1)
+    # owner: for each event (by original row), the original row of the fault whose window holds it
+    owner = np.full(n, -1, dtype=np.int64)
+    owner[order] = np.where(owner_sorted >= 0, order[np.clip(owner_sorted, 0, None)], -1)
+    fault_index = np.full(n, -1, dtype=np.int64)
+    fault_index[fault_rows] = np.arange(nf)
+    owned = owner >= 0
+    of = fault_index[np.clip(owner, 0, None)]
+
+    def per_fault(mask: np.ndarray, values: np.ndarray | None = None, how=np.maximum, fill=0) -> np.ndarray:
+        out = np.full(nf, fill, dtype=np.int64)
+        sel = mask & owned
+        if values is None:
+            np.add.at(out, of[sel], 1)
+        else:
+            how.at(out, of[sel], values[sel].astype(np.int64))
+        return out
+
+    kind = events.kind
+    in_fault = np.ones(n, dtype=bool)
+    chain = events.chain_class
+    if chain is not None:
+        in_fault = chain != -2       # with call chains, only allocations inside the fault handler count
+    movable = (kind == ALLOC) & ((events.error_code & GFP_MOVABLE) != 0) & in_fault
+    data_allocs = per_fault(movable)
+    max_order = per_fault(movable, events.address, fill=-1)
+    cache_adds = per_fault(kind == CACHE_ADD)
+    sig = per_fault(kind == SIGNAL, events.address)
+    sig_code = per_fault(kind == SIGNAL, events.error_code)
+    chain_hint = per_fault(movable & (chain >= 0), chain, how=np.maximum, fill=-1) if chain is not None else None
+
+    codes = events.error_code[fault_rows].astype(np.int64)
+    addresses = events.address[fault_rows].astype(np.int64)
+    classes: list[FaultClass] = []
+    detail: list[str] = []
+    for i in range(nf):
+        m = mapping_of_fault[i]
+        write, present = bool(codes[i] & X86_PF_WRITE), bool(codes[i] & X86_PF_PROT)
+        detail.append("")
+        if sig[i] == SIGSEGV:
+            classes.append(FaultClass.SIGSEGV)
+            detail[-1] = SEGV_CODES.get(int(sig_code[i]), f"si_code {sig_code[i]}")
+        elif sig[i] == SIGBUS:
+            classes.append(FaultClass.SIGBUS)
+            detail[-1] = BUS_CODES.get(int(sig_code[i]), f"si_code {sig_code[i]}")
+        elif chain_hint is not None and chain_hint[i] >= 0:
+            c = CHAIN_CLASSES[int(chain_hint[i])][1]
+            if c is FaultClass.ANON_NEW and m is not None and m.stack_start is not None and addresses[i] < m.stack_start:
+                c = FaultClass.STACK_GROWTH
+            classes.append(c)
+        elif max_order[i] >= 1:
+            classes.append(FaultClass.THP)
+        elif cache_adds[i]:
+            classes.append(FaultClass.FILE_MAJOR)
+        elif data_allocs[i]:
+            if present and write:
+                classes.append(FaultClass.COW_COPY)
+            elif m is not None and not m.anonymous:
+                classes.append(FaultClass.COW_COPY if write and m.private else FaultClass.FILE_HIT)
+            elif m is not None and m.stack_start is not None and addresses[i] < m.stack_start:
+                classes.append(FaultClass.STACK_GROWTH)
+            else:
+                classes.append(FaultClass.ANON_NEW)
+        elif present:
+            classes.append(FaultClass.COW_REUSE if write else FaultClass.SPURIOUS)
+        elif m is not None and not m.anonymous:
+            classes.append(FaultClass.FILE_HIT)
+        else:
+            classes.append(FaultClass.ZERO_PAGE if not write else FaultClass.SPURIOUS)
+    notes = []
+    if chain is None:
+        notes.append("without -g a swap-in looks like a new anonymous page (record with -g to tell them apart)")
+    return Classified(classes, detail, notes)

@@ -1,0 +1,68 @@
+"""The fault classifier on hand-made events: each rule, the window, and what -g changes."""
+
+import numpy as np
+
+from pagefault.journey.fault_classes import (ALLOC, CACHE_ADD, FAULT, SIGNAL, FaultClass as C, FaultEvents,
+                                             MappingKind, classify_faults)
+
+ANON = MappingKind(anonymous=True, private=True)
+FILE = MappingKind(anonymous=False, private=True)
+MOVABLE, PGTABLE = 0x140dca, 0x400dc0   # GFP_HIGHUSER_MOVABLE|__GFP_ZERO|…; GFP_PGTABLE_USER (not movable)
+
+
+def events(rows, chains=None):
+    kind, tid, time, a, b = zip(*rows)
+    return FaultEvents(np.array(kind), np.array(tid), np.array(time, dtype=np.uint64),
+                       np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64),
+                       None if chains is None else np.array(chains))
+
+
+def test_each_rule_on_one_thread():
+    rows = [(FAULT, 1, 10, 0x1000, 0x6), (ALLOC, 1, 11, 0, PGTABLE), (ALLOC, 1, 12, 0, MOVABLE),  # new page
+            (FAULT, 1, 20, 0x2000, 0x4),                                                         # zero page
+            (FAULT, 1, 30, 0x2000, 0x7), (ALLOC, 1, 31, 0, MOVABLE),                              # COW copy
+            (FAULT, 1, 40, 0x1000, 0x7),                                                         # COW reuse
+            (FAULT, 1, 50, 0x9000, 0x4), (CACHE_ADD, 1, 51, 0, 0), (ALLOC, 1, 52, 0, MOVABLE),    # read from disk
+            (FAULT, 1, 60, 0xa000, 0x4),                                                         # page-cache hit
+            (FAULT, 1, 70, 0x200000, 0x6), (ALLOC, 1, 71, 9, MOVABLE),                           # THP
+            (FAULT, 1, 80, 0x5000, 0x6), (SIGNAL, 1, 81, 11, 2),                                  # SIGSEGV
+            (FAULT, 1, 90, 0x1000, 0x5)]                                                         # spurious
+    maps = [ANON, ANON, ANON, ANON, FILE, FILE, ANON, ANON, ANON]
+    r = classify_faults(events(rows), maps)
+    assert r.classes == [C.ANON_NEW, C.ZERO_PAGE, C.COW_COPY, C.COW_REUSE, C.FILE_MAJOR, C.FILE_HIT, C.THP,
+                         C.SIGSEGV, C.SPURIOUS]
+    assert r.detail[7] == "SEGV_ACCERR"
+
+
+def test_a_page_table_allocation_alone_is_not_the_faults_page():
+    r = classify_faults(events([(FAULT, 1, 10, 0x1000, 0x4), (ALLOC, 1, 11, 0, PGTABLE)]), [ANON])
+    assert r.classes == [C.ZERO_PAGE]
+
+
+def test_windows_are_per_thread_and_events_arrive_in_any_order():
+    # thread 2's allocation falls inside thread 1's window in time, but belongs to thread 2's fault
+    rows = [(ALLOC, 2, 16, 0, MOVABLE), (FAULT, 1, 10, 0x1000, 0x4), (FAULT, 2, 15, 0x3000, 0x6),
+            (FAULT, 1, 20, 0x2000, 0x6), (ALLOC, 1, 21, 0, MOVABLE)]
+    r = classify_faults(events(rows), [ANON, ANON, ANON])
+    assert r.classes == [C.ZERO_PAGE, C.ANON_NEW, C.ANON_NEW]
+
+
+def test_stack_growth_is_below_the_initial_stack():
+    stack = MappingKind(anonymous=True, private=True, stack_start=0x7000)
+    rows = [(FAULT, 1, 10, 0x6000, 0x6), (ALLOC, 1, 11, 0, MOVABLE), (FAULT, 1, 20, 0x8000, 0x6),
+            (ALLOC, 1, 21, 0, MOVABLE)]
+    assert classify_faults(events(rows), [stack, stack]).classes == [C.STACK_GROWTH, C.ANON_NEW]
+
+
+def test_with_call_chains_a_swap_in_is_told_apart_and_a_syscalls_allocation_is_not_the_faults():
+    # chain classes: index 0 = do_swap_page; −2 = an allocation outside the fault handler (a read() say)
+    rows = [(FAULT, 1, 10, 0x1000, 0x4), (ALLOC, 1, 11, 0, MOVABLE), (FAULT, 1, 20, 0x2000, 0x4),
+            (ALLOC, 1, 21, 0, MOVABLE)]
+    r = classify_faults(events(rows, chains=[-1, 0, -1, -2]), [ANON, ANON])
+    assert r.classes == [C.SWAP_IN, C.ZERO_PAGE] and not r.notes
+    assert classify_faults(events(rows), [ANON, ANON]).notes      # without -g it says what it cannot tell
+
+
+def test_no_faults():
+    r = classify_faults(events([(ALLOC, 1, 1, 0, MOVABLE)]), [])
+    assert r.classes == []

@@ -1,0 +1,88 @@
+"""Live: every fault of a program with known faults is classified, and the counts are the known ones (issue 16)."""
+
+import re
+from collections import Counter
+
+import pytest
+
+from pagefault.capture.recording import load_recording
+from pagefault.capture.tracer import TraceOptions, record
+from pagefault.journey.fault_classes import FaultClass as C
+from pagefault.journey.trace_summary import classify_recording, summarize
+
+pytestmark = pytest.mark.live
+LINE = re.compile(r"^(\w+) start=0x([0-9a-f]+) pages=(\d+) expect=(\d+)(?: child=(\d+))?$")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no-g", "with-g"])
+def traced(request, can_trace, cbin, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("classes")
+    exe = cbin("fault_kinds")
+    with open(tmp / "out", "w") as f:
+        record(TraceOptions(argv=[str(exe), str(tmp)], output=tmp / "t.pfrec", target_stdout=f.fileno(),
+                            callchain=request.param))
+    regions = {}
+    for line in (tmp / "out").read_text().splitlines():
+        m = LINE.match(line)
+        assert m, line
+        regions[m.group(1)] = (int(m.group(2), 16), int(m.group(3)), int(m.group(4)), int(m.group(5) or 0))
+    rec = load_recording(tmp / "t.pfrec")
+    addresses, tids, result = classify_recording(rec)
+    return regions, addresses, tids, result, rec
+
+
+def classes_in(traced, region, tid=None):
+    regions, addresses, tids, result, _rec = traced
+    start, pages, _expect, _child = regions[region]
+    end = start + pages * 4096
+    return Counter(c for a, t, c in zip(addresses.tolist(), tids.tolist(), result.classes)
+                   if start <= a < end and (tid is None or t == tid))
+
+
+def test_fresh_anonymous_pages(traced):
+    assert classes_in(traced, "anon") == {C.ANON_NEW: 32}
+
+
+def test_zero_page_reads_then_copies_on_write(traced):
+    assert classes_in(traced, "zero") == {C.ZERO_PAGE: 16, C.COW_COPY: 16}
+
+
+def test_fork_then_write_in_the_child_and_the_parent(traced):
+    regions = traced[0]
+    child = regions["fork"][3]
+    assert classes_in(traced, "fork", tid=child) == {C.COW_COPY: 8}
+    parent = classes_in(traced, "fork")
+    parent.subtract(classes_in(traced, "fork", tid=child))
+    assert parent[C.ANON_NEW] == 8
+    # the parent's second writes: reuse where its page was exclusive again, copy where a reference lingered
+    assert parent[C.COW_REUSE] + parent[C.COW_COPY] == 8 and sum(parent.values()) == 16
+
+
+def test_a_cold_file_is_read_from_disk_page_by_page(traced):
+    assert classes_in(traced, "file") == {C.FILE_MAJOR: 12}
+
+
+def test_a_huge_page(traced):
+    import pathlib
+    if "[never]" in pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+        pytest.skip("THP is off here")
+    assert classes_in(traced, "thp") == {C.THP: 1}
+
+
+def test_stack_growth(traced):
+    assert classes_in(traced, "stack") == {C.STACK_GROWTH: 24}
+
+
+def test_sigsegv_with_its_code(traced):
+    regions, addresses, tids, result, _rec = traced
+    start = regions["segv"][0]
+    hits = [(c, d) for a, c, d in zip(addresses.tolist(), result.classes, result.detail) if start <= a < start + 4096]
+    assert hits == [(C.SIGSEGV, "SEGV_ACCERR")]
+
+
+def test_the_summary_breaks_faults_down_by_class_mapping_and_site(traced):
+    summary = summarize(traced[4])
+    by_class = {cls: n for cls, n, _how in summary.by_class}
+    assert by_class["anonymous new page"] >= 32 + 8 and by_class["file read from disk"] >= 12
+    assert all(how for _c, _n, how in summary.by_class)
+    assert any(cls == "anonymous new page" and ":main+" in site for cls, _m, site, _n in summary.class_breakdown)
