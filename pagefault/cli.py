@@ -292,11 +292,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .capture.recording import load_recording
     if args.top < 0:
         raise UsageError(f"--top {args.top} is negative; give how many rows to show (0 or more)")
-    if args.output and args.format != "perfetto":
-        raise UsageError("-o FILE is where --format perfetto writes; add --format perfetto, or leave out -o")
+    if args.output and args.format == "text":
+        raise UsageError("-o FILE is where --format perfetto, folded or speedscope writes; add one, or leave out -o")
     if args.format == "perfetto":
         with _recording_problems_as_one_line(args.file):
             return _report_perfetto(load_recording(args.file), args)
+    if args.format in ("folded", "speedscope"):
+        with _recording_problems_as_one_line(args.file):
+            return _report_flame(load_recording(args.file), args)
     summary = _summarize(args.file, args.top)
     if args.json:
         from .decode.bits import to_jsonable
@@ -308,6 +311,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_flame(rec, args) -> int:
+    """report --format folded|speedscope: a page-fault flame graph, one root per fault class."""
+    from .journey.fault_stacks import fault_stacks, folded, speedscope
+    if rec.meta.get("tier", "perf") != "perf":
+        raise UsageError("flame graphs need a recording of the perf tier (run pagefault trace as root)")
+    stacks, chains = fault_stacks(rec)
+    name = " ".join(rec.meta.get("command") or []) or str(args.file)
+    text = folded(stacks) if args.format == "folded" else json.dumps(speedscope(stacks, name))
+    if args.output:
+        from .capture.safe_paths import check_output_target, write_output
+        check_output_target(Path(args.output), args.force)
+        write_output(Path(args.output), text, args.force)
+    else:
+        sys.stdout.write(text)
+    viewer = ("flamegraph.pl, inferno-flamegraph or speedscope.app" if args.format == "folded"
+              else "speedscope.app (drop the file on it)")
+    print(f"{sum(stacks.values()):,} faults in {len(stacks):,} stacks, one root per class"
+          + ("" if chains else "; no call chains in this recording (record with -g for full stacks): each stack is "
+             "the class and the faulting function") + (f"; written to {args.output}, open it with {viewer}"
+                                                        if args.output else ""), file=sys.stderr)
+    return 0
+
+
 def _report_perfetto(rec, args) -> int:
     from .journey.trace_summary import recording_columns
     from .views.perfetto import PerfettoError, dumps, recording_trace
@@ -315,9 +341,10 @@ def _report_perfetto(rec, args) -> int:
         raise UsageError("--format perfetto needs -o FILE (a .json trace for ui.perfetto.dev)")
     from .capture.safe_paths import check_output_target, write_output
     check_output_target(Path(args.output), args.force)   # an OutputError is one line from main()
+    from .journey.fault_stacks import sample_stacks
     columns, names, fields, comms = recording_columns(rec)
     try:
-        trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []))
+        trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []), sample_stacks(rec))
     except PerfettoError as exc:
         raise UsageError(str(exc)) from None
     write_output(Path(args.output), dumps(trace), args.force)
@@ -352,9 +379,11 @@ def _register_capture(sub) -> None:
     r.add_argument("file")
     r.add_argument("--top", type=int, default=10)
     r.add_argument("--json", action="store_true")
-    r.add_argument("--format", choices=("text", "perfetto"), default="text",
-                   help="perfetto: every sample on a timeline (Chrome JSON trace), with -o FILE")
-    r.add_argument("-o", "--output", help="where --format perfetto writes")
+    r.add_argument("--format", choices=("text", "perfetto", "folded", "speedscope"), default="text",
+                   help="perfetto: every sample on a timeline (Chrome JSON trace, with call stacks from -g), with -o "
+                        "FILE; folded, speedscope: a page-fault flame graph, one root per fault class")
+    r.add_argument("-o", "--output", help="where --format perfetto, folded or speedscope writes (folded and "
+                   "speedscope: standard output without it)")
     r.add_argument("--force", action="store_true", help="replace an existing output file")
     r.set_defaults(func=cmd_report)
 

@@ -40,9 +40,10 @@ def journey_trace(j: Journey) -> dict:
 
 
 def recording_trace(columns: dict[str, np.ndarray], names: list[str], fields: dict[str, dict[str, np.ndarray]],
-                    comms: dict[int, str], command: list[str]) -> dict:
+                    comms: dict[int, str], command: list[str], stacks: list[list[str]] | None = None) -> dict:
     """columns: time (ns), pid, tid, cpu, event (index into names); fields: per event name, per field, one value
-    per sample of that event (in sample order)."""
+    per sample of that event (in sample order); stacks: each sample's call stack root→leaf (a -g recording),
+    written as the trace's stackFrames with each sample's "sf"."""
     if not len(columns["time"]):
         raise PerfettoError("the recording holds no samples")
     t0 = int(columns["time"].min())
@@ -53,6 +54,8 @@ def recording_trace(columns: dict[str, np.ndarray], names: list[str], fields: di
         events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": int(tid),
                        "args": {"name": comms.get(int(tid), f"thread {tid}")}})
     cursors = {name: 0 for name in names}
+    frame_ids: dict[tuple, str] = {}
+    frames: dict[str, dict] = {}
     ev_idx = columns["event"].tolist()
     pids, tids, cpus, tss = columns["pid"].tolist(), columns["tid"].tolist(), columns["cpu"].tolist(), ts.tolist()
     field_lists = {name: {k: v.tolist() for k, v in f.items()} for name, f in fields.items()}
@@ -63,10 +66,29 @@ def recording_trace(columns: dict[str, np.ndarray], names: list[str], fields: di
         args = {f: (hex(v[k]) if f in ("address", "ip", "pfn", "gfp_flags", "error_code") else v[k])
                 for f, v in field_lists.get(name, {}).items()}
         args["cpu"] = cpus[i]
-        events.append({"ph": "i", "s": "t", "name": name, "cat": name.split(":")[0], "pid": pids[i], "tid": tids[i],
-                       "ts": tss[i], "args": args})
-    return {"traceEvents": events, "displayTimeUnit": "ns",
-            "otherData": {"tool": "pagefault trace", "command": " ".join(command)}}
+        event = {"ph": "i", "s": "t", "name": name, "cat": name.split(":")[0], "pid": pids[i], "tid": tids[i],
+                 "ts": tss[i], "args": args}
+        if stacks is not None and stacks[i]:
+            event["sf"] = _frame_id(stacks[i], frame_ids, frames)
+        events.append(event)
+    trace = {"traceEvents": events, "displayTimeUnit": "ns",
+             "otherData": {"tool": "pagefault trace", "command": " ".join(command)}}
+    if frames:
+        trace["stackFrames"] = frames
+    return trace
+
+
+def _frame_id(stack: list[str], ids: dict[tuple, str], frames: dict[str, dict]) -> str:
+    """The stackFrames id of a stack's leaf, adding the frames on the way (a tree: each names its parent)."""
+    parent = None
+    for depth in range(1, len(stack) + 1):
+        key = tuple(stack[:depth])
+        if key not in ids:
+            ids[key] = str(len(ids) + 1)
+            frames[ids[key]] = {"name": stack[depth - 1], "category": "pagefault"} | (
+                {"parent": parent} if parent else {})
+        parent = ids[key]
+    return parent or ""
 
 
 def dumps(trace: dict) -> str:

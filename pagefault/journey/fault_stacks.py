@@ -1,0 +1,134 @@
+"""Page-fault flame graphs: every fault's user and kernel stack, weighted by fault count, one root per class.
+
+Formats, each opened by its viewer as it is:
+- folded (Brendan Gregg's stackcollapse: "root;frame;…;leaf COUNT" per line) for flamegraph.pl, inferno,
+  speedscope and flameshow;
+- speedscope's JSON file format (a sampled profile over shared frames; file-format-spec.ts);
+- call stacks for the Perfetto/Chrome trace (stackFrames and each sample's "sf").
+
+Stacks come from a recording made with -g; without call chains a fault's stack is its class and the
+function of its faulting instruction, and the output says so.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+from ..capture.recording import Recording
+from ..capture.records import Mapping, callchain, parse_stream, split_callchain
+from ..kernel.kallsyms import KernelSymbols
+from ..symbols.elf import resolve_ip
+from .trace_summary import _chain_symbols, _column, _event_ids, classify_recording, field_values, mappings_of
+
+SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
+
+
+class Symbolizer:
+    """User addresses to "binary:function", kernel addresses to "function", each looked up once."""
+
+    def __init__(self, maps: list[Mapping], ksyms: KernelSymbols | None):
+        by_start = {}
+        for m in maps:
+            by_start.setdefault(m.start, m)
+        self.maps = sorted(by_start.values(), key=lambda m: m.start)
+        self.starts = [m.start for m in self.maps]
+        self.ksyms = ksyms
+        self.cache: dict[tuple[str, int], str] = {}
+
+    def user(self, ip: int) -> str:
+        key = ("u", ip)
+        if key not in self.cache:
+            i = bisect.bisect_right(self.starts, ip) - 1
+            m = self.maps[i] if i >= 0 and self.maps[i].contains(ip) else None
+            if m is None:
+                name = ""      # no mapping holds it: a frame-pointer walk through code built without them
+            elif m.path.startswith("/"):
+                r = resolve_ip(ip, m.start, m.pgoff, m.path)
+                base = m.path.rsplit("/", 1)[-1]
+                name = f"{base}:{r.symbol}" if r.symbol else f"{base}+0x{r.file_offset:x}"
+            else:
+                name = f"{m.path or '[anon]'}+0x{ip - m.start:x}"
+            self.cache[key] = _clean(name)
+        return self.cache[key]
+
+    def kernel(self, ip: int) -> str:
+        key = ("k", ip)
+        if key not in self.cache:
+            found = self.ksyms.lookup(ip) if self.ksyms else None
+            self.cache[key] = _clean(f"{found[0]}_[k]" if found else f"0x{ip:x}_[k]")
+        return self.cache[key]
+
+
+def _clean(name: str) -> str:
+    """Folded lines separate frames with ';' and the count with a space."""
+    return name.replace(";", ":").replace(" ", "_")
+
+
+def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter, bool]:
+    """(Counter of stacks root→leaf, with the fault's class as the root; whether call chains were recorded)."""
+    meta = rec.meta
+    if meta.get("tier", "perf") != "perf":
+        raise ValueError("flame graphs need a perf-tier recording (fault classes come from tracepoints)")
+    ksyms = _chain_symbols(meta, ksyms or KernelSymbols.load())
+    addresses, _tids, result = classify_recording(rec, ksyms)
+    stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0), in_time_order=False,
+                          columns=frozenset())
+    ids = _event_ids(meta)
+    event_type = _column(stream.samples.event_type, len(stream.samples))
+    fault_mask = event_type == ids.get("exceptions:page_fault_user", -1)
+    rows = fault_mask.nonzero()[0].tolist()
+    ips = field_values(stream, meta, "exceptions:page_fault_user", "ip", fault_mask).tolist()
+    sym = Symbolizer(mappings_of(meta, stream), ksyms)
+    chains = stream.samples.callchain_offset is not None
+    stacks: Counter = Counter()
+    for row, ip, cls in zip(rows, ips, result.classes):
+        frames = [cls.value]
+        if chains:
+            kernel, user = split_callchain(callchain(stream.data, stream.samples, row))
+            frames += [f for f in (sym.user(a) for a in reversed(user)) if f] or [sym.user(ip) or f"0x{ip:x}"]
+            frames += [sym.kernel(a) for a in reversed(kernel)]
+        else:
+            frames.append(sym.user(ip) or f"0x{ip:x}")
+        stacks[tuple(frames)] += 1
+    return stacks, chains
+
+
+def folded(stacks: Counter) -> str:
+    return "".join(f"{';'.join(frames)} {n}\n" for frames, n in sorted(stacks.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def speedscope(stacks: Counter, name: str) -> dict:
+    """A speedscope file: one sampled profile, weights in faults."""
+    index: dict[str, int] = {}
+    frames: list[dict] = []
+    samples, weights = [], []
+    for stack, n in sorted(stacks.items(), key=lambda kv: (-kv[1], kv[0])):
+        ids = []
+        for f in stack:
+            if f not in index:
+                index[f] = len(frames)
+                frames.append({"name": f})
+            ids.append(index[f])
+        samples.append(ids)
+        weights.append(n)
+    total = sum(weights)
+    return {"$schema": SPEEDSCOPE_SCHEMA, "shared": {"frames": frames}, "name": name, "exporter": "pagefault",
+            "activeProfileIndex": 0,
+            "profiles": [{"type": "sampled", "name": f"{name}: page faults by class", "unit": "none",
+                          "startValue": 0, "endValue": total, "samples": samples, "weights": weights}]}
+
+
+def sample_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> list[list[str]] | None:
+    """Each sample's stack root→leaf (user, then kernel), in time order as recording_columns gives them;
+    None if the recording has no call chains."""
+    meta = rec.meta
+    if not meta.get("callchain"):
+        return None
+    stream = parse_stream(rec.data, meta["sample_type"] | 32)
+    sym = Symbolizer(mappings_of(meta, stream), _chain_symbols(meta, ksyms or KernelSymbols.load()))
+    out = []
+    for i in range(len(stream.samples)):
+        kernel, user = split_callchain(callchain(stream.data, stream.samples, i))
+        out.append([f for f in (sym.user(a) for a in reversed(user)) if f] + [sym.kernel(a) for a in reversed(kernel)])
+    return out

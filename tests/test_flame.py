@@ -1,0 +1,92 @@
+"""Page-fault flame graphs: folded and speedscope files that their viewers open as they are (issue 16)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pagefault.journey.fault_classes import FaultClass
+
+pytestmark = pytest.mark.live
+CLI = [sys.executable, "-m", "pagefault"]
+SCHEMA = Path(__file__).parent / "fixtures" / "schemas" / "speedscope-file-format.schema.json"
+# flamegraph-textual (PyPI) pins textual 0.37, which pagefault's textual cannot share a venv with: it gets its own
+LOADER = """
+import json, sys
+from flamegraph_textual.parsers import parse
+for path, kind in zip(sys.argv[1::2], sys.argv[2::2]):
+    profile = parse(open(path, "rb").read(), path, kind)
+    roots = profile.root_stack.children
+    print(json.dumps({"kind": kind, "total": sum(r.values[0] for r in roots),
+                      "roots": sorted({r.name for r in roots})}))
+"""
+
+
+@pytest.fixture(scope="module")
+def flame_files(can_trace, cbin, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flame")
+    exe = cbin("fault_kinds")
+    r = subprocess.run(CLI + ["trace", "-g", "-q", "--no-summary", "-o", str(tmp / "t.pfrec"), "--", str(exe), str(tmp)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    faults = json.loads(subprocess.run(CLI + ["report", str(tmp / "t.pfrec"), "--json"], capture_output=True,
+                                       text=True, check=True).stdout)["faults"]
+    for fmt in ("folded", "speedscope"):
+        r = subprocess.run(CLI + ["report", str(tmp / "t.pfrec"), "--format", fmt, "-o", str(tmp / f"f.{fmt}")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "one root per class" in r.stderr, r.stderr
+    return tmp, faults
+
+
+def test_folded_lines_weigh_every_fault_once_under_its_class(flame_files):
+    tmp, faults = flame_files
+    classes = {c.value for c in FaultClass}
+    total = 0
+    for line in (tmp / "f.folded").read_text().splitlines():
+        stack, count = line.rsplit(" ", 1)
+        frames = stack.split(";")
+        assert frames[0] in classes and len(frames) >= 2 and int(count) > 0, line
+        total += int(count)
+    assert total == faults
+
+
+def test_speedscope_file_follows_the_file_format(flame_files):
+    jsonschema = pytest.importorskip("jsonschema")
+    tmp, faults = flame_files
+    doc = json.loads((tmp / "f.speedscope").read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    profile = doc["profiles"][0]
+    assert sum(profile["weights"]) == faults == profile["endValue"]
+    assert len(profile["samples"]) == len(profile["weights"])
+    assert all(0 <= i < len(doc["shared"]["frames"]) for stack in profile["samples"] for i in stack)
+
+
+def test_a_flame_graph_library_from_pypi_loads_both_files(flame_files, tmp_path_factory):
+    tmp, faults = flame_files
+    venv = tmp_path_factory.mktemp("flamegraph-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                        "flamegraph-textual==0.1.2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"pip could not install flamegraph-textual: {r.stderr[-500:]}"
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", LOADER, str(tmp / "f.folded"), "stackcollapse",
+                        str(tmp / "f.speedscope"), "speedscope"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-800:]
+    loaded = [json.loads(line) for line in r.stdout.splitlines()]
+    classes = {c.value for c in FaultClass}
+    for result in loaded:
+        assert result["total"] == faults, result
+        assert set(result["roots"]) <= classes and "anonymous new page" in result["roots"], result
+
+
+def test_perfetto_trace_carries_the_call_stacks(flame_files):
+    tmp, _faults = flame_files
+    out = tmp / "p.json"
+    subprocess.run(CLI + ["report", str(tmp / "t.pfrec"), "--format", "perfetto", "-o", str(out)], check=True,
+                   capture_output=True)
+    trace = json.loads(out.read_text())
+    frames = trace["stackFrames"]
+    with_stack = [e for e in trace["traceEvents"] if "sf" in e]
+    assert with_stack and all(e["sf"] in frames for e in with_stack)
+    assert all("parent" not in f or f["parent"] in frames for f in frames.values())
