@@ -28,7 +28,7 @@ class Symbolizer:
     """User addresses to "binary:function", kernel addresses to "function", each looked up once."""
 
     def __init__(self, maps: list[Mapping], ksyms: KernelSymbols | None):
-        by_start = {}
+        by_start: dict[int, Mapping] = {}
         for m in maps:
             by_start.setdefault(m.start, m)
         self.maps = sorted(by_start.values(), key=lambda m: m.start)
