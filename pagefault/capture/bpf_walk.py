@@ -34,15 +34,23 @@ class BpfError(Exception):
     """bpftrace could not be used; the message says why and the fix."""
 
 
-def _walk_block(when: str, address: int, levels: int) -> str:
-    """bpftrace statements that read one entry per level, stopping at a non-present or huge entry."""
+def _walk_block(when: str, address: int | str, levels: int, quiet: bool = False) -> str:
+    """bpftrace statements that read one entry per level, stopping at a non-present or huge entry.
+
+    address: a constant, or the name of a bpftrace variable holding it (indices computed in the script).
+    quiet: read without printing (a candidate fault that may not be the one followed); $pte and $pmd
+    keep the last two levels' entries (0 where the walk stopped above them)."""
     names = LEVEL_NAMES[levels]
-    lines = [f'$t = (uint64)curtask->mm->pgd; printf("{when} pgdv %lx\\n", $t);']
+    lines = ["$t = (uint64)curtask->mm->pgd; $pte = (uint64)0; $pmd = (uint64)0;"]
+    if not quiet:
+        lines.append(f'printf("{when} pgdv %lx\\n", $t);')
     indent = ""
     for pos, name in enumerate(names):
-        idx = (address >> level_shift(levels, pos)) & 0x1FF
-        lines.append(f'{indent}$e = *(uint64 *)($t + {idx * 8}); '
-                     f'printf("{when} {name} %lx %lx\\n", $e, $t - $base);')
+        shift = level_shift(levels, pos)
+        idx = f"{((address >> shift) & 0x1FF) * 8}" if isinstance(address, int) else f"((({address}) >> {shift}) & 0x1ff) * 8"
+        keep = " $pte = $e;" if name == "PTE" else " $pmd = $e;" if name == "PMD" else ""
+        show = "" if quiet else f' printf("{when} {name} %lx %lx\\n", $e, $t - $base);'
+        lines.append(f"{indent}$e = *(uint64 *)($t + {idx});{keep}{show}")
         if pos < len(names) - 1:
             huge_stop = name in ("PUD", "PMD")
             cond = "($e & 1)" + (" && !($e & 0x80)" if huge_stop else "")
@@ -62,14 +70,16 @@ OBJECT_FIELDS = ("map_count", "maple_root", "maple_layout_ok", "vma", "vm_start"
                  "vm_page_prot", "vm_file", "anon_vma", "folio_pfn", "page_flags", "refcount", "mapcount")
 
 
-def _objects_block(when: str, address: int, search: bool = True) -> str:
+def _objects_block(when: str, address: int | str, search: bool = True, quiet: bool = False) -> str:
     """bpftrace statements reading mm->map_count and, with `search`, the maple-tree search for `address`
     and the VMA it ends at. The search is written with bounded while loops: unrolled, it made a program
     that took bpftrace minutes to compile under QEMU's TCG."""
-    out = ["$mm = curtask->mm;",
-           f'printf("{when} obj map_count %d\\n", $mm->map_count);']
+    out = ["$mm = curtask->mm;"]
+    if not quiet:
+        out.append(f'printf("{when} obj map_count %d\\n", $mm->map_count);')
     if not search:
         return "\n    ".join(out)
+    target = f"{address:#x}" if isinstance(address, int) else address
     out += ["$me = (uint64)$mm->mm_mt.ma_root;",
             f'printf("{when} obj maple_root 0x%lx\\n", $me);',
             "$leaf = 0; $vma = (uint64)0; $depth = 0;",
@@ -86,7 +96,7 @@ def _objects_block(when: str, address: int, search: bool = True) -> str:
             f"  while ($i < {MAPLE_LAYOUT[2][0]}) {{",
             "    if ($off == 99 && $i < $npiv) {",
             "      $p = *(uint64 *)($node + 8 + $i * 8);",
-            f"      if ($p >= {address:#x} || ($p == 0 && $i > 0)) {{ $off = $i; }}",
+            f"      if ($p >= {target} || ($p == 0 && $i > 0)) {{ $off = $i; }}",
             "    }",
             "    $i++;",
             "  }",
@@ -109,7 +119,9 @@ def _objects_block(when: str, address: int, search: bool = True) -> str:
                        ("anon_vma", "(uint64)$v->anon_vma")):
         out.append(f'  printf("{when} obj {name} 0x%lx\\n", {expr});')
     out.append("}")
-    return "\n    ".join(out)
+    text = "\n    ".join(out)
+    # a quiet read keeps $vma and the reads, and prints nothing (bpftrace printf arguments hold no ';')
+    return re.sub(r"printf\([^;]*\);", "", text) if quiet else text
 
 
 def _folio_block() -> str:

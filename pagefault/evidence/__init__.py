@@ -18,6 +18,7 @@ from .records import (
                       MemorySettings,
                       OpSnapshot,
                       Program,
+                      ProgramFaultEvidence,
                       RipFacts,
                       ScenarioEvidence,
                       Snapshot,
@@ -28,4 +29,4 @@ from .records import (
 
 __all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "KprobeFault", "KprobeMmap", "Mapping",
            "MapsLine", "MemorySettings",
-           "OpSnapshot", "Program", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]
+           "OpSnapshot", "Program", "ProgramFaultEvidence", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]

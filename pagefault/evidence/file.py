@@ -20,12 +20,12 @@ from typing import Any, get_args, get_origin
 
 import cattrs
 
-from .records import JourneyEvidence, ScenarioEvidence
+from .records import JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 
 FORMAT = "pagefault-evidence"
 VERSION = 1
 MAX_BYTES = 512 << 20          # far above any capture (a journey is ~100 KiB): refuse before reading more
-KINDS = {"journey": JourneyEvidence, "scenario": ScenarioEvidence}
+KINDS = {"journey": JourneyEvidence, "scenario": ScenarioEvidence, "program-fault": ProgramFaultEvidence}
 
 
 class EvidenceError(Exception):
@@ -96,7 +96,7 @@ CONVERTER = _converter()
 
 
 def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence) -> dict[str, Any]:
-    kind = "journey" if isinstance(evidence, JourneyEvidence) else "scenario"
+    kind = next(k for k, cls in KINDS.items() if isinstance(evidence, cls))
     return {"format": FORMAT, "version": VERSION, "kind": kind, "tool_version": evidence.tool_version,
             "evidence": CONVERTER.unstructure(evidence)}
 

@@ -341,3 +341,48 @@ class ScenarioEvidence:
         snap = self.snapshots[index]
         lo, hi = snap.region, snap.region + snap.pages * 4096
         return [e for e in self.op_events(index, "exceptions:page_fault_user") if lo <= e.fields["address"] < hi]
+
+
+@dataclass
+class ProgramFaultEvidence:
+    """One chosen fault of any program, and what was seen of it (capture/program_fault.py)."""
+
+    kernel_release: str
+    kernel_version: tuple[int, int]
+    paging_levels: int
+    paging_why: str
+    argv: list[str]
+    pid: int
+    selector_words: str                # how the fault was chosen, in words
+    selector: str                      # own-code, nth, address, symbol, line or kind
+    selector_value: str = ""
+    tier: str = "bpf"
+    tid: int = 0
+    nth: int = 0                       # the program's fault number of the chosen fault
+    address: int = 0
+    ip: int = 0
+    error_code: int = 0
+    fault_ns: int = 0                  # bpftrace nsecs (CLOCK_MONOTONIC, the perf samples' clock)
+    lines: list[str] = field(default_factory=list)      # bpftrace's output, as printed
+    bpf: BpfWalk | None = None
+    paused: bool = False               # the program was stopped after the fault while /proc was read
+    maps: list[MapsLine] = field(default_factory=list)
+    pagemap: int | None = None
+    kpageflags: int | None = None
+    kpagecount: int | None = None
+    rip: RipFacts | None = None
+    events: list[TraceEvent] = field(default_factory=list)
+    event_sources: dict[str, str] = field(default_factory=dict)
+    lost_events: int = 0
+    exit: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    fault_flag_table: dict[str, int] = field(default_factory=dict)
+    fault_flag_source: str = ""
+    gfp_table: dict[str, int] = field(default_factory=dict)
+    gfp_source: str = ""
+    kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)
+    kernel_enums_source: str = ""
+    direct_map_how: str = ""
+    captured_at: str = ""
+    host: str = ""
+    tool_version: str = ""

@@ -265,7 +265,13 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
                                  ["no merge function returned a VMA: a new VMA was made"
                                   + ("" if km.merges else " (no merge function was called)")]))
         probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
-        s.values.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
+        blind = {fn: why for fn, why in km.not_probeable.items() if fn != km.function and not why.startswith("not a function")}
+        if merges or not blind:
+            s.values.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
+        else:
+            s.values.append(unavailable("merged", "no probed merge function returned a VMA, but "
+                                        + "; ".join(f"{fn} cannot be probed here ({why})" for fn, why in blind.items())
+                                        + ": a merge through it would not be seen (the maps diff above decides)"))
     elif ev.tier == "bpf":
         s.values.append(unavailable(f"{'the VMA-making call'} (kprobe)", ev.unavailable.get("kprobe mmap") or
                                     ev.unavailable.get("kprobes", "the kprobe tier was not used")))

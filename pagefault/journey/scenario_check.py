@@ -268,14 +268,18 @@ def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) 
                             ["fault.c refused the access before calling handle_mm_fault (bad_area)"])]
         return [unavailable("handle_mm_fault (kprobes)", "no kprobe hit matched this fault")]
     code = row.error_code
-    d = derive_fault_flags(code, ev.fault_flag_table, source=ev.fault_flag_source)
+    # a fault below the stack is outside every VMA: lock_vma_under_rcu() finds none, and fault.c takes
+    # mmap_lock to grow the stack (no FAULT_FLAG_VMA_LOCK)
+    d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=not row.stack_grown_pages, source=ev.fault_flag_source)
     flags = kp.flags or 0
     same = flags == d.value
     names = decode_fault_flags(flags, ev.fault_flag_table).names
     diff = decode_fault_flags(flags ^ d.value, ev.fault_flag_table).names
     values = [observed("flags (kprobe)", flags, "kprobe handle_mm_fault arg2",
                        display=f"0x{flags:x} = {' | '.join(names)}",
-                       derivation=[f"derived from error code 0x{code:x}: 0x{d.value:x}: " + (
+                       derivation=([f"the stack grew {row.stack_grown_pages} pages: the address was below every VMA, "
+                                    "so the fault ran under mmap_lock, not the per-VMA lock"] if row.stack_grown_pages
+                                   else []) + [f"derived from error code 0x{code:x}: 0x{d.value:x}: " + (
                            "the same" if same else f"DIFFERENT in {' | '.join(diff)}")])]
     path = [fn for fn, _ns in kp.handlers]
     expected = EXPECTED_HANDLER.get(row.outcome)

@@ -200,3 +200,61 @@ def rip_facts(ip: int, mapping: MapsLine) -> RipFacts | None:
             facts.error = f"no instruction could be decoded at ELF address 0x{r.elf_vaddr:x}"
         facts.source_line = source_line(mapping.path, r.elf_vaddr)
     return facts
+
+
+def min_exec_vaddr(path: str) -> int | None:
+    """The lowest p_vaddr of the executable PT_LOAD segments: load_elf_binary() sets mm->start_code to it
+    plus the load bias, so an ELF address is RIP − (mm->start_code − this)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    try:
+        with open(path, "rb") as f:
+            xs = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments()
+                  if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1]
+    except (OSError, ELFError, ValueError):
+        return None
+    return min(xs) if xs else None
+
+
+def symbol_range(path: str, name: str) -> tuple[int, int] | None:
+    """[start, end) ELF addresses of function `name` in the file's symbol table, or None."""
+    img = load_image(path)
+    if not img.ok:
+        return None
+    for start, size, off in zip(img.addrs, img.sym_sizes, img.sym_names):
+        if img.strtab[off:img.strtab.index(b"\0", off)].decode("utf-8", "replace") == name:
+            return start, start + max(size, 1)
+    return None
+
+
+def line_ranges(path: str, file: str, line: int) -> list[tuple[int, int]]:
+    """[start, end) ELF address ranges the DWARF line table gives to `file:line` (file by its base name)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    out: list[tuple[int, int]] = []
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return []
+            dwarf = elf.get_dwarf_info()
+            for cu in dwarf.iter_CUs():
+                program = dwarf.line_program_for_CU(cu)
+                if program is None:
+                    continue
+                files = program["file_entry"]
+                base = 0 if program.header["version"] >= 5 else 1
+                prev = None
+                for entry in program.get_entries():
+                    state = entry.state
+                    if state is None:
+                        continue
+                    if prev is not None and prev.line == line and state.address > prev.address:
+                        name = files[prev.file - base].name
+                        name = name.decode() if isinstance(name, bytes) else str(name)
+                        if name.rsplit("/", 1)[-1] == file.rsplit("/", 1)[-1]:
+                            out.append((prev.address, state.address))
+                    prev = None if state.end_sequence else state
+    except (OSError, ELFError, ValueError, IndexError, KeyError):
+        return []
+    return out

@@ -1,0 +1,367 @@
+"""The journey of one chosen fault of any program: `pagefault journey -- CMD ARGS…` or `-p PID`.
+
+The program runs at full speed under perf (tracepoints with kernel call chains, for the allocations and
+the class) and one bpftrace that picks the fault in the kernel, by a selector:
+
+- ``first in the program's own code`` (the default): the first fault whose RIP lies between the
+  mm's start_code and end_code (the executable's text, not the loader's or a library's);
+- ``--nth N``: the program's N-th fault;
+- ``--at ADDRESS``: the first fault on that page;
+- ``--at SYMBOL`` / ``--at FILE:LINE``: the first fault whose RIP, taken back to an ELF address
+  (RIP − (start_code − the lowest executable p_vaddr)), lies in that function or line;
+- ``--kind K``: the first fault that looks like K when it enters the kernel (the error code, the PTE
+  and the VMA the maple tree gives, read for every candidate), checked afterwards against the class
+  the events give.
+
+Only the chosen fault pays for the deep reads: the walk and kernel objects at its entry, the walk and
+its struct page at the thread's next kernel entry, where bpftrace stops the program (SIGSTOP) so that
+/proc can be read; then it runs on (SIGCONT).
+
+The direct map's base, which the walk needs, is derived once per boot by a journey of the exercise
+program (mm->pgd − the PGD's physical address) and kept in the tool's state directory with how it was found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..evidence import BpfWalk, ProgramFaultEvidence, WalkRead
+from ..kernel import facts
+from ..kernel.kallsyms import KernelSymbols
+from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts, symbol_range
+from . import procfs
+from .bpf_walk import BpfError, _folio_block, _objects_block, _walk_block
+from .journey_capture import decode_trace_events
+from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
+from .runner import Target, TargetError, attach, spawn_held, start_child
+from .safe_paths import root_safe_state_dir, trusted_executable, write_output
+from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
+
+KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv")
+PROGRAM_TRACEPOINTS = (
+    ("exceptions", "page_fault_user", True),
+    ("kmem", "mm_page_alloc", True),
+    ("filemap", "mm_filemap_add_to_page_cache", False),
+    ("signal", "signal_generate", False),
+)
+VM_WRITE, VM_GROWSDOWN, VM_HUGEPAGE = 0x2, 0x100, 0x20000000
+STACK_REACH = 8 << 20   # a fault this far below mm->start_stack, with no VMA, is taken as stack growth
+
+
+def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
+    """page_offset_base for this boot, with how it was derived; derived by an exercise journey once per boot."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    cache = root_safe_state_dir() / f"direct-map-{boot}.json" if boot else None
+    if cache is not None:
+        try:
+            kept = json.loads(cache.read_text())
+            return int(kept["base"]), kept["how"]
+        except (OSError, ValueError, KeyError):
+            pass
+    from ..evidence import ExerciseOptions
+    from .journey_capture import LiveJourney
+    progress("deriving the direct map's base once for this boot (a journey of the exercise program)")
+    live = LiveJourney(ExerciseOptions(), tier="bpf", progress=progress)
+    try:
+        ev = live.run_all()
+    finally:
+        live.close()
+    if ev.bpf is None:
+        raise CaptureError("the direct map's base could not be derived: " + ev.unavailable.get("bpf", "no walk"))
+    before = ev.bpf.reads["before"]
+    how = (f"derived this boot from a journey of the exercise program (PID {ev.pid}): mm->pgd 0x{before.pgd_virtual:x} "
+           f"− the PGD's physical address 0x{ev.bpf.pgd_physical:x} (its mm_page_alloc under pgd_alloc)")
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_output(cache, json.dumps({"base": ev.bpf.direct_map_base, "how": how}), force=True)
+        except OSError:
+            pass
+    return ev.bpf.direct_map_base, how
+
+
+def selector_condition(selector: str, value: str | int | None, exe: str | None) -> tuple[str, str]:
+    """The bpftrace condition for a candidate fault ($page, $ip, $ec are set), and the selector in words."""
+    if selector == "nth":
+        return f"@n == {int(value or 1)}", f"the program's fault number {value}"
+    if selector == "address":
+        return f"$page == {int(value or 0) & ~0xFFF:#x}", f"the first fault on the page of 0x{int(value or 0):x}"
+    if selector in ("symbol", "line"):
+        if not exe:
+            raise CaptureError("--at SYMBOL or FILE:LINE needs the program's executable file")
+        low = min_exec_vaddr(exe)
+        if low is None:
+            raise CaptureError(f"{exe} is not an ELF file with executable segments")
+        if selector == "symbol":
+            r = symbol_range(exe, str(value))
+            if r is None:
+                raise CaptureError(f"no function {value!r} in the symbol table of {exe}; fix: give an address, "
+                                   "or build the program with symbols")
+            ranges, words = [r], f"the first fault whose RIP is in {value} (ELF 0x{r[0]:x}..0x{r[1]:x})"
+        else:
+            file, _, line = str(value).rpartition(":")
+            ranges = line_ranges(exe, file, int(line))
+            if not ranges:
+                raise CaptureError(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
+                                   "give a function name")
+            words = f"the first fault whose RIP is on {value} (DWARF: {len(ranges)} address range(s))"
+        elf = f"($ip - (curtask->mm->start_code - {low:#x}))"
+        cond = " || ".join(f"({elf} >= {lo:#x} && {elf} < {hi:#x})" for lo, hi in ranges[:8])
+        return cond, words
+    if selector == "kind":
+        return _kind_condition(str(value)), f"the first fault that enters the kernel looking like a {value} fault"
+    return ("$ip >= curtask->mm->start_code && $ip < curtask->mm->end_code",
+            "the first fault in the program's own code (RIP inside its executable's text)")
+
+
+def _kind_condition(kind: str) -> str:
+    """What a fault of `kind` looks like at entry: $ec (error code), $pte/$pmd (quiet walk), $vma (quiet search)."""
+    vma = "$vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr"
+    anon = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_file == 0"
+    filed = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_file != 0"
+    flags = "(uint64)((struct vm_area_struct *)$vma)->vm_flags"
+    return {
+        "anon": f"{anon} && $pte == 0 && ($ec & 2) && !({flags} & {VM_HUGEPAGE:#x})",
+        "zero": f"{anon} && $pte == 0 && !($ec & 2) && !($ec & 16)",
+        "cow": f"{vma} && ($pte & 1) && ($ec & 3) == 3",
+        "file": f"{filed} && $pte == 0",
+        "major": f"{filed} && $pte == 0",
+        "swap": f"{anon} && $pte != 0 && !($pte & 1) && !($pte & 0x100)",
+        "thp": f"{anon} && $pmd == 0 && ({flags} & {VM_HUGEPAGE:#x})",
+        "stack": f"!({vma}) && $addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack",
+        "segv": f"(!({vma}) && !($addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack))"
+                f" || ({vma} && ($ec & 2) && !({flags} & {VM_WRITE}))",
+    }[kind]
+
+
+def program_script(pid: int, levels: int, base: int, condition: str, deep_candidates: bool, tool_pid: int) -> str:
+    """The bpftrace program: pick the fault, read at it and at the thread's next entry, stop the program there."""
+    candidate = ""
+    if deep_candidates:   # --kind: every fault's PTE and VMA, read quietly, decide
+        candidate = "\n    ".join([_walk_block("c", "$page", levels, quiet=True),
+                                   _objects_block("c", "$addr", quiet=True)])
+    return f"""
+tracepoint:exceptions:page_fault_user /pid == {pid} && @state == 0/ {{
+    @n = @n + 1;
+    $addr = args->address; $page = $addr & ~0xfff; $ip = args->ip; $ec = args->error_code;
+    $base = (uint64){base:#x};
+    {candidate}
+    if ({condition}) {{
+        printf("sel %d %d 0x%lx 0x%lx 0x%lx %ld\\n", tid, @n, $addr, $ip, $ec, nsecs);
+        printf("before base %lx\\n", $base);
+        {_walk_block("before", "$page", levels)}
+        {_objects_block("before", "$addr")}
+        @state = 1; @tid = tid; @page = $page; @addr = $addr; @ip = $ip;
+    }}
+}}
+tracepoint:raw_syscalls:sys_enter /@state == 1 && tid == @tid/ {{
+    $base = (uint64){base:#x}; $page = @page;
+    {_walk_block("after", "$page", levels)}
+    {_folio_block()}
+    {_objects_block("after", "$page", search=False)}
+    printf("stopped %ld\\n", nsecs);
+    @state = 2; signal("SIGSTOP"); exit();
+}}
+tracepoint:exceptions:page_fault_user /@state == 1 && tid == @tid && (args->address != @addr || args->ip != @ip)/ {{
+    $base = (uint64){base:#x}; $page = @page;
+    {_walk_block("after", "$page", levels)}
+    {_folio_block()}
+    {_objects_block("after", "$page", search=False)}
+    printf("stopped %ld\\n", nsecs);
+    @state = 2; signal("SIGSTOP"); exit();
+}}
+tracepoint:sched:sched_process_exit /@state == 1 && tid == @tid/ {{ printf("exited\\n"); exit(); }}
+tracepoint:pagemap:mm_lru_insertion /@vmemmap == 0/ {{
+    @vmemmap = (uint64)args->folio - args->pfn * sizeof(struct page);
+    printf("vmemmap 0x%lx 0x%lx 0x%lx %d\\n", @vmemmap, (uint64)args->folio, args->pfn, sizeof(struct page));
+}}
+tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}
+"""
+
+
+class ProgramFault:
+    """Run (or attach to) a program and capture the journey of one of its faults."""
+
+    def __init__(self, argv: list[str] | None, pid: int | None, selector: str, value, progress=None):
+        self.progress = progress or (lambda _m: None)
+        if not facts.is_root():
+            raise CaptureError("the journey of a program's fault reads kernel memory with bpftrace: run as root (sudo)")
+        self.argv, self.pid_given, self.selector, self.value = argv, pid, selector, value
+
+    def run(self) -> ProgramFaultEvidence:
+        say = self.progress
+        exe = trusted_executable("bpftrace")
+        if not exe:
+            raise CaptureError("bpftrace is not installed; fix: as root, bash scripts/setup.sh")
+        levels, levels_why = facts.paging_levels()
+        base, base_how = direct_map_base(say)
+        try:
+            target: Target = spawn_held(self.argv) if self.argv else attach(self.pid_given or 0)
+        except TargetError as exc:
+            raise CaptureError(str(exc)) from None
+        program = self._executable(target)
+        condition, words = selector_condition(self.selector, self.value, program)
+        table, gfp = facts.fault_flag_values(), facts.gfp_bits()
+        enums, enums_source = facts.kernel_enums()
+        captured_at, host = facts.capture_origin()
+        ev = ProgramFaultEvidence(facts.kernel_release(), facts.kernel_version(), levels, levels_why,
+                                  list(target.argv), target.pid, words, self.selector, str(self.value or ""),
+                                  fault_flag_table=table.values, fault_flag_source=table.source,
+                                  gfp_table=gfp.values, gfp_source=gfp.source, kernel_enums=enums,
+                                  kernel_enums_source=enums_source, direct_map_how=base_how,
+                                  captured_at=captured_at, host=host, tool_version=__version__)
+        events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS)
+        for note in notes:
+            ev.unavailable[note.split(" ", 1)[0]] = note
+        ev.event_sources = {spec.name: f"tracepoint {spec.name} via perf_event_open" for spec in events}
+        script = program_script(target.pid, levels, base, condition, self.selector == "kind", os.getpid())
+        session = proc = None
+        out = bytearray()
+        try:
+            session = PerfSession(events, target.pid, enable_on_exec=bool(self.argv), callchain=True, data_pages=256,
+                                  monotonic_clock=True)
+            session.enable()
+            proc = start_child([exe, "--unsafe", "-B", "line", "-e", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+            say("attaching bpftrace (it picks the fault in the kernel)")
+            self._wait_for(proc, out, b"armed", 600, poke=True)
+            if self.argv:
+                target.release()
+            say(f"PID {target.pid} runs at full speed until {words}")
+            stopped = self._wait_for(proc, out, b"stopped", None, target=target)
+            ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
+            _selected(ev)
+            if stopped and ev.address:
+                ev.paused = self._read_proc(target.pid, ev)
+                os.kill(target.pid, signal.SIGCONT)
+            if self.argv:
+                target.wait()
+                ev.exit = target.describe_exit()
+            chunks = session.drain()
+        except (PerfError, TargetError) as exc:
+            raise CaptureError(str(exc)) from None
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if session is not None:
+                session.close()
+            if self.argv and target.poll():
+                target.kill(signal.SIGKILL)
+                target.wait()
+        ev.events, ev.lost_events = decode_trace_events(b"".join(chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
+                                                        formats, KernelSymbols.load())
+        ev.bpf = _parse_walk(ev.lines, base)
+        if not ev.address:
+            raise CaptureError(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
+                               f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events)} faults seen)")
+        mapping = next((m for m in ev.maps if m.start <= ev.ip < m.end), None)
+        if mapping is not None:
+            ev.rip = rip_facts(ev.ip, mapping)
+        return ev
+
+    def _executable(self, target: Target) -> str | None:
+        if self.argv:
+            import shutil
+            found = shutil.which(self.argv[0])
+            return os.path.realpath(found) if found else None
+        try:
+            return os.readlink(f"/proc/{target.pid}/exe")
+        except OSError:
+            return None
+
+    def _wait_for(self, proc, out: bytearray, word: bytes, bound: float | None, poke: bool = False,
+                  target: Target | None = None) -> bool:
+        started = time.monotonic()
+        while word not in out:
+            if proc.poll() is not None:
+                out += proc.stdout.read()
+                if word in out:
+                    return True
+                err = proc.stderr.read().decode(errors="replace").strip()
+                if word == b"armed":
+                    raise CaptureError("bpftrace stopped: " + (err.splitlines() or ["no output"])[-1])
+                return False
+            if bound is not None and time.monotonic() - started > bound:
+                raise CaptureError(f"bpftrace did not attach within {bound:.0f} s")
+            if target is not None and target.spawned and not target.poll():
+                return word in out
+            if poke:
+                os.getppid()
+            ready, _, _ = select.select([proc.stdout], [], [], 0.05)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 65536)
+        return True
+
+    def _read_proc(self, pid: int, ev: ProgramFaultEvidence) -> bool:
+        """/proc while bpftrace holds the program stopped after the fault."""
+        for _ in range(200):   # the SIGSTOP lands as the thread returns to user mode
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return False
+            if state in ("T", "t"):
+                break
+            time.sleep(0.005)
+        try:
+            ev.maps = procfs.read_maps(pid)
+            ev.pagemap = procfs.pagemap_entry(pid, ev.address)
+            pfn = ev.pagemap & ((1 << 55) - 1) if ev.pagemap >> 63 else 0
+            if pfn:
+                ev.kpageflags, ev.kpagecount = procfs.read_kpageflags(pfn), procfs.read_kpagecount(pfn)
+        except OSError as exc:
+            ev.unavailable["/proc"] = f"/proc/{pid} could not be read while stopped: {exc}"
+        return True
+
+
+def _selected(ev: ProgramFaultEvidence) -> None:
+    """The chosen fault as bpftrace printed it: thread, number, address, RIP, error code, time."""
+    sel = next((ln.split() for ln in ev.lines if ln.startswith("sel ")), None)
+    if sel is not None and len(sel) == 7:
+        ev.tid, ev.nth, ev.address, ev.ip, ev.error_code, ev.fault_ns = (
+            int(sel[1]), int(sel[2]), int(sel[3], 16), int(sel[4], 16), int(sel[5], 16), int(sel[6]))
+
+
+def _parse_walk(lines: list[str], base: int) -> BpfWalk | None:
+    import re
+    from ..evidence import MapleStep
+    entry = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
+    reads: dict[str, WalkRead] = {}
+    vmemmap: list[int] = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 4 and parts[1] == "obj":
+            reads.setdefault(parts[0], WalkRead(parts[0])).objects[parts[2]] = int(parts[3], 0)
+        elif len(parts) == 7 and parts[1] == "maple":
+            reads.setdefault(parts[0], WalkRead(parts[0])).maple_path.append(
+                MapleStep(int(parts[3], 0), int(parts[4]), int(parts[5]), int(parts[6], 0)))
+        elif len(parts) == 4 and parts[1] == "pivot":
+            reads.setdefault(parts[0], WalkRead(parts[0])).maple_leaf_pivots.append(int(parts[3], 0))
+        elif len(parts) == 3 and parts[1] == "pgdv":
+            reads.setdefault(parts[0], WalkRead(parts[0])).pgd_virtual = int(parts[2], 16)
+        elif len(parts) == 5 and parts[0] == "vmemmap":
+            vmemmap = [int(x, 0) for x in parts[1:]]
+        else:
+            m = entry.match(line)
+            if m and m.group(2) != "base":
+                r = reads.setdefault(m.group(1), WalkRead(m.group(1)))
+                r.entries[m.group(2)] = int(m.group(3), 16)
+                if m.group(4):
+                    r.table_physical[m.group(2)] = int(m.group(4), 16)
+    if "before" not in reads:
+        return None
+    walk = BpfWalk(base, 0, reads, "", "")
+    if vmemmap:
+        walk.vmemmap_base, walk.vmemmap_folio, walk.vmemmap_pfn, walk.struct_page_size = vmemmap
+    return walk
