@@ -495,6 +495,29 @@ def cmd_journey(args: argparse.Namespace) -> int:
     console = Console()
     if args.replay:
         return _emit_journey(core.replay(Path(args.replay)), args, output, console)
+    argv = list(args.cmd or [])
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    selector, value = _fault_selector(args)
+    if argv or args.pid is not None:
+        if argv and args.pid is not None:
+            raise UsageError("give either a command after -- or -p PID, not both")
+        if args.scenario or args.model or args.offset or args.size or args.text is not None or args.tier not in ("auto", "bpf"):
+            raise UsageError("--scenario, --model, --offset, --size, --text and --tier are for the exercise program; "
+                             "a program of yours is followed in the bpf tier")
+        if args.tui:
+            raise UsageError("--tui steps through the exercise program; for a program of yours use --no-pause or "
+                             "--format html")
+        request = core.JourneyRequest(save_evidence=Path(args.save_evidence) if args.save_evidence else None,
+                                      force=args.force, progress=None if args.quiet else stderr_progress)
+        if request.save_evidence:
+            from .capture.safe_paths import check_output_target
+            check_output_target(request.save_evidence, args.force)
+        journey = core.program_fault_journey(argv or None, args.pid, selector, value, request)
+        args.no_pause = True
+        return _emit_journey(journey, args, output, console)
+    if selector != "own":
+        raise UsageError("--at, --nth and --kind choose a fault of a program of yours: give it after -- (or -p PID)")
     request = _request(args, None if args.quiet else stderr_progress)
     if request.save_evidence:
         from .capture.safe_paths import check_output_target
@@ -510,10 +533,37 @@ def cmd_journey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fault_selector(args) -> tuple[str, object]:
+    """--at ADDRESS|SYMBOL|FILE:LINE, --nth N, --kind K → (selector, value); "own": the first fault in the program's code."""
+    given = [n for n in ("at", "nth", "kind") if getattr(args, n) is not None]
+    if len(given) > 1:
+        raise UsageError(f"choose the fault one way: --{given[0]} or --{given[1]}, not both")
+    if args.nth is not None:
+        if args.nth < 1:
+            raise UsageError(f"--nth {args.nth}: faults are counted from 1")
+        return "nth", args.nth
+    if args.kind is not None:
+        return "kind", args.kind
+    if args.at is not None:
+        text = args.at.strip()
+        try:
+            return "address", parse_number(text, "--at address")
+        except UsageError:
+            pass
+        if ":" in text and text.rsplit(":", 1)[1].isdigit():
+            return "line", text
+        if text.replace("_", "").replace(".", "").isalnum():
+            return "symbol", text
+        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name or FILE:LINE")
+    return "own", None
+
+
 def _register_journey(sub) -> None:
     j = sub.add_parser("journey", help="the live, step-by-step journey of one page fault, every number proven",
                        usage="pagefault journey [--scenario NAME] [--model] [--offset N] [--size N] [--text S] [--tier TIER] "
-                             "[--no-pause | --tui] [--format text|html|markdown|json|perfetto] [-o FILE] [--redact]")
+                             "[--no-pause | --tui] [--format text|html|markdown|json|perfetto] [-o FILE] [--redact]\n"
+                             "       pagefault journey [--at ADDRESS|SYMBOL|FILE:LINE | --nth N | --kind K] "
+                             "[--format …] [-o FILE] (-p PID | -- CMD ARGS…)")
     j.add_argument("--offset", help="where in the mapping to write (default 0x100)")
     j.add_argument("--size", help="the mapping's size in bytes (default 4096)")
     j.add_argument("--text", default=None, help="the string to write (default: 'offset world', copied inside main)")
@@ -536,6 +586,14 @@ def _register_journey(sub) -> None:
                                                      "tracing, any machine")
     j.add_argument("--tui", action="store_true", help="browse the steps in a terminal app (keyboard; works over SSH)")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    j.add_argument("-p", "--pid", type=int, help="follow a fault of this running process instead")
+    j.add_argument("--at", metavar="ADDRESS|SYMBOL|FILE:LINE", help="a program of yours: the first fault on this "
+                   "address's page, or whose RIP is in this function or on this source line")
+    j.add_argument("--nth", type=int, metavar="N", help="a program of yours: its N-th fault")
+    j.add_argument("--kind", choices=("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv"),
+                   help="a program of yours: the first fault of this kind (guessed at entry, checked after)")
+    j.add_argument("cmd", nargs=argparse.REMAINDER, help="a program of yours to follow, after -- (default: the "
+                   "first fault in its own code)")
     j.set_defaults(func=cmd_journey)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .evidence import ExerciseError, ExerciseOptions, JourneyEvidence, ScenarioEvidence
+from .evidence import ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 from .journey.steps import STEP_CATALOGUE, Journey
 
 Progress = Callable[[str], None] | None
@@ -121,7 +121,7 @@ def finish_live(live, request: JourneyRequest) -> Journey:
     return journey
 
 
-def save_evidence(ev: JourneyEvidence | ScenarioEvidence, request: JourneyRequest) -> None:
+def save_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence, request: JourneyRequest) -> None:
     if request.save_evidence is None:
         return
     from .capture.safe_paths import OutputError, write_output
@@ -134,6 +134,22 @@ def save_evidence(ev: JourneyEvidence | ScenarioEvidence, request: JourneyReques
     except OutputError as exc:
         raise JourneyUsageError(str(exc)) from None
     print(f"evidence saved to {path} (open it anywhere: pagefault journey --replay {path})", file=sys.stderr)
+
+
+def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str, value, request: JourneyRequest) -> Journey:
+    """The journey of one fault of any program (journey -- CMD, or -p PID), chosen by a selector.
+
+    :raises CannotTrace: this machine (or user) cannot capture it; the message has the reason and fix.
+    """
+    from .capture.program_fault import ProgramFault
+    from .capture.tracer import CaptureError
+    from .journey.program_journey import build_program_journey
+    try:
+        ev = ProgramFault(argv, pid, selector, value, request.progress).run()
+    except CaptureError as exc:
+        raise CannotTrace(str(exc)) from None
+    save_evidence(ev, request)
+    return build_program_journey(ev)
 
 
 def run_journey(request: JourneyRequest) -> Journey:
@@ -192,13 +208,16 @@ def replay(path: Path) -> Journey:
     return journey
 
 
-def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence) -> Journey:
+def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence) -> Journey:
     """The journey a saved capture supports: a pure function of the evidence."""
     from .journey.build import build_journey
+    from .journey.program_journey import build_program_journey
     from .journey.scenario_check import build_scenario_journey, cross_check
     from .model.scenarios import find_scenario
     if isinstance(ev, JourneyEvidence):
         return build_journey(ev)
+    if isinstance(ev, ProgramFaultEvidence):
+        return build_program_journey(ev)
     scenario = find_scenario(ev.scenario)
     model, live, agreement, _run = cross_check(scenario, ev)
     return build_scenario_journey(scenario, ev, live, model, agreement)

@@ -125,6 +125,31 @@ def selector_condition(selector: str, value: str | int | None, exe: str | None) 
             "the first fault in the program's own code (RIP inside its executable's text)")
 
 
+# struct xa_node: shift (u8) at +0, slots[64] at +40 on 64-bit (include/linux/xarray.h, 6.1 to 6.18); checked
+# against BTF's typed slots[0] at run time, like the maple layout.
+XA_SLOTS = 40
+
+
+def page_cache_lookup() -> str:
+    """bpftrace statements: $incache = 1 if the file page of $vma at $addr is in the page cache (a folio, not a
+    shadow value), 0 if not, −1 if the xarray could not be read (layout check failed)."""
+    return "\n    ".join([
+        "$incache = 0;",
+        "if ($vma != 0) {",
+        "  $v = (struct vm_area_struct *)$vma;",
+        "  $idx = (($addr - $v->vm_start) >> 12) + $v->vm_pgoff;",
+        "  $x = (uint64)$v->vm_file->f_mapping->i_pages.xa_head; $d = 0;",
+        "  while ($d < 6) {",
+        "    if (($x & 3) == 2 && $x > 4096) {",
+        "      $node = $x - 2;",
+        f"      if ((uint64)((struct xa_node *)$node)->slots[0] != *(uint64 *)($node + {XA_SLOTS})) {{ $incache = -1; $d = 6; }}",
+        "      else { $sh = *(uint8 *)$node; $x = *(uint64 *)($node + 40 + (($idx >> $sh) & 63) * 8); }",
+        "    } else { if ($d < 6) { $incache = ($x != 0 && !($x & 1)) ? 1 : 0; $d = 6; } }",
+        "    $d++;",
+        "  }",
+        "}"])
+
+
 def _kind_condition(kind: str) -> str:
     """What a fault of `kind` looks like at entry: $ec (error code), $pte/$pmd (quiet walk), $vma (quiet search)."""
     vma = "$vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr"
@@ -136,7 +161,7 @@ def _kind_condition(kind: str) -> str:
         "zero": f"{anon} && $pte == 0 && !($ec & 2) && !($ec & 16)",
         "cow": f"{vma} && ($pte & 1) && ($ec & 3) == 3",
         "file": f"{filed} && $pte == 0",
-        "major": f"{filed} && $pte == 0",
+        "major": f"{filed} && $pte == 0 && $incache == 0",
         "swap": f"{anon} && $pte != 0 && !($pte & 1) && !($pte & 0x100)",
         "thp": f"{anon} && $pmd == 0 && ({flags} & {VM_HUGEPAGE:#x})",
         "stack": f"!({vma}) && $addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack",
@@ -145,14 +170,22 @@ def _kind_condition(kind: str) -> str:
     }[kind]
 
 
-def program_script(pid: int, levels: int, base: int, condition: str, deep_candidates: bool, tool_pid: int) -> str:
+def program_script(pid: int, levels: int, base: int, condition: str, deep_candidates: bool, tool_pid: int,
+                   spawned: bool = True) -> str:
     """The bpftrace program: pick the fault, read at it and at the thread's next entry, stop the program there."""
     candidate = ""
-    if deep_candidates:   # --kind: every fault's PTE and VMA, read quietly, decide
+    if deep_candidates:   # --kind: every fault's PTE and VMA (and, for file pages, the page cache), read quietly
         candidate = "\n    ".join([_walk_block("c", "$page", levels, quiet=True),
-                                   _objects_block("c", "$addr", quiet=True)])
+                                   _objects_block("c", "$addr", quiet=True),
+                                   "if ($vma != 0 && (uint64)((struct vm_area_struct *)$vma)->vm_file != 0 && "
+                                   "((struct vm_area_struct *)$vma)->vm_start <= $addr) {",
+                                   page_cache_lookup(), "}"])
+    # a spawned program is counted from its exec: before it, the held child is still a copy of pagefault
+    start = ("" if spawned else "BEGIN { @execd = 1; }\n") + \
+        f"tracepoint:sched:sched_process_exec /pid == {pid}/ {{ @execd = 1; }}"
     return f"""
-tracepoint:exceptions:page_fault_user /pid == {pid} && @state == 0/ {{
+{start}
+tracepoint:exceptions:page_fault_user /pid == {pid} && @state == 0 && @execd == 1/ {{
     @n = @n + 1;
     $addr = args->address; $page = $addr & ~0xfff; $ip = args->ip; $ec = args->error_code;
     $base = (uint64){base:#x};
@@ -225,7 +258,8 @@ class ProgramFault:
         for note in notes:
             ev.unavailable[note.split(" ", 1)[0]] = note
         ev.event_sources = {spec.name: f"tracepoint {spec.name} via perf_event_open" for spec in events}
-        script = program_script(target.pid, levels, base, condition, self.selector == "kind", os.getpid())
+        script = program_script(target.pid, levels, base, condition, self.selector == "kind", os.getpid(),
+                                spawned=bool(self.argv))
         session = proc = None
         out = bytearray()
         try:

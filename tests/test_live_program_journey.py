@@ -1,0 +1,99 @@
+"""Live: the journey of a chosen fault of a program the tool does not control (issue 16).
+
+The program is tests/c/fault_kinds.c, whose faults are known; each selector must pick the right fault,
+and that fault's journey must pass the exercise's checks: the PFN equal across sources."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.live
+CLI = [sys.executable, "-m", "pagefault"]
+LINE = re.compile(r"^(\w+) start=0x([0-9a-f]+) pages=(\d+) expect=(\d+)")
+
+
+def journey(tmp_path, exe, *selector):
+    out = tmp_path / f"j{abs(hash(selector))}.json"
+    r = subprocess.run(CLI + ["journey", "-q", "--format", "json", "-o", str(out), *selector, "--", str(exe),
+                              str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    regions = {m.group(1): (int(m.group(2), 16), int(m.group(3)))
+               for m in (LINE.match(line) for line in r.stdout.splitlines()) if m}
+    j = json.loads(out.read_text())
+    return {v["label"]: v for s in j["steps"] for v in s["values"]}, regions
+
+
+def inside(values, regions, name):
+    start, pages = regions[name]
+    return start <= values["faulting address (CR2)"]["value"] < start + pages * 4096
+
+
+def pfn_checks(values):
+    """PTE after, pagemap and the allocation agree on the frame (where the fault got one)."""
+    assert values["PTE's PFN is pagemap's"]["value"] is True, values["PTE's PFN is pagemap's"]
+    alloc = values.get("allocation: the fault's page")
+    if alloc:
+        pfn, order = int(alloc["value"].split()[1].rstrip(","), 16), int(alloc["value"].split()[-1])
+        seen = int(values["pagemap"]["display"].rsplit("PFN 0x", 1)[1], 16)
+        assert pfn <= seen < pfn + (1 << order), (alloc["value"], values["pagemap"]["display"])
+
+
+@pytest.fixture(scope="module")
+def exe(can_trace, cbin):
+    import shutil
+    if not shutil.which("bpftrace"):
+        pytest.skip("bpftrace is not installed")
+    return cbin("fault_kinds")
+
+
+@pytest.mark.parametrize("kind, region, cls", [("anon", None, "anonymous new page"), ("zero", None, "zero page"),
+                                               ("cow", None, "COW copy"), ("major", "file", "file read from disk"),
+                                               ("thp", "thp", "THP"), ("stack", "stack", "stack growth"),
+                                               ("segv", "segv", "SIGSEGV")])
+def test_kind_picks_a_fault_of_that_kind(exe, tmp_path, kind, region, cls):
+    values, regions = journey(tmp_path, exe, "--kind", kind)
+    assert values["kind checked afterwards"]["value"] is True, values["kind checked afterwards"]
+    assert values["class"]["value"] == cls
+    if region:
+        assert inside(values, regions, region), (hex(values["faulting address (CR2)"]["value"]), regions[region])
+    if kind in ("anon", "zero", "cow", "major", "thp"):
+        pfn_checks(values)
+
+
+def test_default_is_the_first_fault_in_the_programs_own_code(exe, tmp_path):
+    values, _regions = journey(tmp_path, exe)
+    assert values["where"]["value"].startswith("fault_kinds:")
+
+
+def test_at_file_line_picks_the_fault_of_that_line(exe, tmp_path):
+    line = next(n for n, text in enumerate((exe.parent / "fault_kinds.c").read_text().splitlines(), 1)
+                if "anon[i * PAGE] = 1" in text) if (exe.parent / "fault_kinds.c").exists() else None
+    if line is None:
+        src = __import__("pathlib").Path(__file__).parent / "c" / "fault_kinds.c"
+        line = next(n for n, text in enumerate(src.read_text().splitlines(), 1) if "anon[i * PAGE] = 1" in text)
+    values, regions = journey(tmp_path, exe, "--at", f"fault_kinds.c:{line}")
+    assert values["source line"]["value"] == f"fault_kinds.c:{line}".replace("fault_kinds.c", values["source line"]["value"].split(":")[0])
+    assert inside(values, regions, "anon") and values["class"]["value"] == "anonymous new page"
+    pfn_checks(values)
+
+
+def test_at_symbol_picks_a_fault_whose_rip_is_in_that_function(exe, tmp_path):
+    values, regions = journey(tmp_path, exe, "--at", "grow")
+    assert values["where"]["value"].startswith("fault_kinds:grow+")
+    assert values["class"]["value"] == "stack growth" and inside(values, regions, "stack")
+
+
+def test_nth_counts_the_programs_faults(exe, tmp_path):
+    values, _regions = journey(tmp_path, exe, "--nth", "5")
+    assert values["fault number"]["value"] == 5
+
+
+def test_selectors_are_refused_without_a_program(tmp_path):
+    r = subprocess.run(CLI + ["journey", "--nth", "3", "--no-pause"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "give it after --" in r.stderr
+    r = subprocess.run(CLI + ["journey", "--nth", "3", "--kind", "anon", "--", "/bin/true"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "one way" in r.stderr
