@@ -78,3 +78,20 @@ def test_stack_growth_runs_under_mmap_lock_and_says_so():
     ev, j = journey_of("6.12.117+deb12-amd64", "scenario-stack-growth")
     flags = [v for s in j.steps for v in s.values if v.label == "flags (kprobe)"]
     assert flags and "mmap_lock" in flags[0].derivation[0] and flags[0].derivation[-1].endswith("the same")
+
+
+PROGRAM_CLASSES = {"major": "file read from disk", "cow": "COW copy", "thp": "THP", "stack": "stack growth"}
+
+
+@pytest.mark.parametrize("kind", sorted(PROGRAM_CLASSES))
+def test_program_fault_fixtures_replay_with_their_class_and_frame(kind):
+    """A program's chosen fault, captured on this project's 6.18 machine, rebuilt offline."""
+    paths = sorted(FIXTURES.glob(f"*/program-{kind}.json.gz"))
+    if not paths:
+        pytest.skip("no program-fault fixture")
+    for path in paths:
+        j = core.journey_from_evidence(load_evidence(path).evidence)
+        values = {v.label: v for s in j.steps for v in s.values}
+        assert values["kind checked afterwards"].value is True
+        assert values["class"].value == PROGRAM_CLASSES[kind]
+        assert values["PTE's PFN is pagemap's"].value is True
