@@ -213,6 +213,51 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
+    """trace without -o (or --summary-only): count in the kernel where bpftrace can; else record to a private
+    temporary file, summarise it and remove it. Nothing is written to the working directory."""
+    from rich.console import Console
+    from .capture.kernel_counts import count_faults
+    from .capture.tracer import CaptureError
+    from .core import CannotTrace
+    from .kernel import facts
+    from .views.progress import stderr_progress
+    progress = stderr_progress if not args.quiet else None
+    import shutil as _shutil
+    counted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and _shutil.which("bpftrace")
+    if counted:
+        from .journey.trace_summary import summarize_counts
+        try:
+            kc = count_faults(argv or None, args.pid, progress)
+        except CaptureError as exc:
+            raise CannotTrace(str(exc)) from None
+        summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
+                                   kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total)
+    else:
+        import tempfile
+        work = Path(tempfile.mkdtemp(prefix="pagefault-trace-"))
+        try:
+            args.output = str(work / "t.pfrec")
+            from .capture.tracer import TraceOptions, record
+            try:
+                record(TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=Path(args.output),
+                                    tier=args.tier, data_pages=_pow2_pages(args.buffer_mb), progress=progress))
+            except CaptureError as exc:
+                raise CannotTrace(str(exc)) from None
+            summary = _summarize(Path(args.output))
+            summary.notes.append("recorded into a temporary file (removed): counting in the kernel needs root and "
+                                 "bpftrace, and -g needs the events' call chains")
+        finally:
+            _shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        from .decode.bits import to_jsonable
+        print(json.dumps(to_jsonable(summary), indent=2))
+    else:
+        from .views.trace_view import render_summary
+        render_summary(summary, Console())
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from rich.console import Console
     from .capture.tracer import CaptureError, TraceOptions, record
@@ -228,6 +273,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return _trace_latency(args, argv)
     if not 1 <= args.buffer_mb <= 4096:
         raise UsageError("--buffer-mb must be from 1 to 4096")
+    if args.summary_only and args.output:
+        raise UsageError("--summary-only counts in the kernel and writes no recording; leave out -o FILE (or "
+                         "--summary-only)")
+    if args.no_summary and not args.output:
+        raise UsageError("--no-summary writes only the recording: give it a name with -o FILE")
+    if args.output is None:
+        return _trace_summary_only(args, argv)
     output = Path(args.output)
     opts = TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=output, tier=args.tier,
                         data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None,
@@ -359,9 +411,12 @@ def _register_capture(sub) -> None:
     d.add_argument("--quick", action="store_true", help="skip the bpftrace test run")
     d.set_defaults(func=cmd_doctor)
     t = sub.add_parser("trace", help="record a program's page faults and summarise them",
-                       usage="pagefault trace [-g] [-o FILE] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
+                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--latency] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
     t.add_argument("-g", "--call-graph", action="store_true", help="record kernel and user call chains")
-    t.add_argument("-o", "--output", default="pagefault.pfrec", help="recording file (default pagefault.pfrec)")
+    t.add_argument("-o", "--output", help="write a recording of every event to FILE (without it: a summary, the faults "
+                   "counted in the kernel)")
+    t.add_argument("--summary-only", action="store_true", help="count in the kernel (bpftrace maps), stream nothing, "
+                   "write no recording (the default without -o)")
     t.add_argument("-p", "--pid", type=int, help="attach to a running process instead of starting one")
     t.add_argument("--force", action="store_true", help="replace an existing output file")
     t.add_argument("--tier", choices=("auto", "perf", "user"), default="auto",

@@ -86,3 +86,25 @@ def test_the_summary_breaks_faults_down_by_class_mapping_and_site(traced):
     assert by_class["anonymous new page"] >= 32 + 8 and by_class["file read from disk"] >= 12
     assert all(how for _c, _n, how in summary.by_class)
     assert any(cls == "anonymous new page" and ":main+" in site for cls, _m, site, _n in summary.class_breakdown)
+
+
+def test_count_mode_counts_the_same_classes_in_the_kernel(can_trace, cbin, tmp_path):
+    """trace without -o counts in BPF maps; the classes of the known faults come out as a recording's do."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    if not shutil.which("bpftrace"):
+        pytest.skip("bpftrace is not installed")
+    exe = cbin("fault_kinds")
+    r = subprocess.run([sys.executable, "-m", "pagefault", "trace", "-q", "--json", "--", str(exe), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout[r.stdout.index("{\n"):])
+    assert s["tier"] == "bpf-counts" and "no event was streamed" in s["provenance"]
+    classes = {c: n for c, n, _how in s["by_class"]}
+    assert classes["stack growth"] == 24 and classes["THP"] == 1 and classes["SIGSEGV"] == 1
+    assert classes["file read from disk"] >= 12 and classes["zero page"] >= 16
+    assert classes["anonymous new page"] >= 32 + 8 and classes["COW copy"] >= 16 + 8
+    assert sum(classes.values()) == s["faults"]
+    assert not list(tmp_path.glob("*.pfrec")), "count mode wrote a recording"

@@ -107,6 +107,35 @@ class Classified:
     notes: list[str] = field(default_factory=list)
 
 
+def decide_class(code: int, sig: int, sig_code: int, chain_hint: int, max_order: int, cache_adds: int, data_allocs: int,
+                 m: MappingKind | None, address: int) -> tuple[FaultClass, str]:
+    """One fault's class from what it did (the rules of this module's docstring), and the signal's si_code."""
+    write, present = bool(code & X86_PF_WRITE), bool(code & X86_PF_PROT)
+    below_stack = m is not None and m.stack_start is not None and address < m.stack_start
+    if sig == SIGSEGV:
+        return FaultClass.SIGSEGV, SEGV_CODES.get(sig_code, f"si_code {sig_code}")
+    if sig == SIGBUS:
+        return FaultClass.SIGBUS, BUS_CODES.get(sig_code, f"si_code {sig_code}")
+    if chain_hint >= 0:
+        c = CHAIN_CLASSES[chain_hint][1]
+        return (FaultClass.STACK_GROWTH if c is FaultClass.ANON_NEW and below_stack else c), ""
+    if max_order >= 1:
+        return FaultClass.THP, ""
+    if cache_adds:
+        return FaultClass.FILE_MAJOR, ""
+    if data_allocs:
+        if present and write:
+            return FaultClass.COW_COPY, ""
+        if m is not None and not m.anonymous:
+            return (FaultClass.COW_COPY if write and m.private else FaultClass.FILE_HIT), ""
+        return (FaultClass.STACK_GROWTH if below_stack else FaultClass.ANON_NEW), ""
+    if present:
+        return (FaultClass.COW_REUSE if write else FaultClass.SPURIOUS), ""
+    if m is not None and not m.anonymous:
+        return FaultClass.FILE_HIT, ""
+    return (FaultClass.ZERO_PAGE if not write else FaultClass.SPURIOUS), ""
+
+
 def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | None]) -> Classified:
     """Classify every fault of `events` (kind == FAULT, in their given order; mapping_of_fault in the same order)."""
     n = len(events.kind)
@@ -158,39 +187,11 @@ def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | No
     classes: list[FaultClass] = []
     detail: list[str] = []
     for i in range(nf):
-        m = mapping_of_fault[i]
-        write, present = bool(codes[i] & X86_PF_WRITE), bool(codes[i] & X86_PF_PROT)
-        detail.append("")
-        if sig[i] == SIGSEGV:
-            classes.append(FaultClass.SIGSEGV)
-            detail[-1] = SEGV_CODES.get(int(sig_code[i]), f"si_code {sig_code[i]}")
-        elif sig[i] == SIGBUS:
-            classes.append(FaultClass.SIGBUS)
-            detail[-1] = BUS_CODES.get(int(sig_code[i]), f"si_code {sig_code[i]}")
-        elif chain_hint is not None and chain_hint[i] >= 0:
-            c = CHAIN_CLASSES[int(chain_hint[i])][1]
-            if c is FaultClass.ANON_NEW and m is not None and m.stack_start is not None and addresses[i] < m.stack_start:
-                c = FaultClass.STACK_GROWTH
-            classes.append(c)
-        elif max_order[i] >= 1:
-            classes.append(FaultClass.THP)
-        elif cache_adds[i]:
-            classes.append(FaultClass.FILE_MAJOR)
-        elif data_allocs[i]:
-            if present and write:
-                classes.append(FaultClass.COW_COPY)
-            elif m is not None and not m.anonymous:
-                classes.append(FaultClass.COW_COPY if write and m.private else FaultClass.FILE_HIT)
-            elif m is not None and m.stack_start is not None and addresses[i] < m.stack_start:
-                classes.append(FaultClass.STACK_GROWTH)
-            else:
-                classes.append(FaultClass.ANON_NEW)
-        elif present:
-            classes.append(FaultClass.COW_REUSE if write else FaultClass.SPURIOUS)
-        elif m is not None and not m.anonymous:
-            classes.append(FaultClass.FILE_HIT)
-        else:
-            classes.append(FaultClass.ZERO_PAGE if not write else FaultClass.SPURIOUS)
+        cls, why = decide_class(int(codes[i]), int(sig[i]), int(sig_code[i]),
+                                int(chain_hint[i]) if chain_hint is not None else -1, int(max_order[i]),
+                                int(cache_adds[i]), int(data_allocs[i]), mapping_of_fault[i], int(addresses[i]))
+        classes.append(cls)
+        detail.append(why)
     notes = []
     if chain is None:
         notes.append("without -g a swap-in looks like a new anonymous page (record with -g to tell them apart)")

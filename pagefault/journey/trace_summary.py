@@ -12,6 +12,8 @@ from ..capture.recording import Recording
 from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
+from ..evidence import Mapping as EvMapping
+from ..evidence import MapsLine
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
 from .fault_classes import (
@@ -26,6 +28,7 @@ from .fault_classes import (
     FaultEvents,
     MappingKind,
     classify_faults,
+    decide_class,
 )
 
 ENTRY_FUNCS = ("asm_exc_page_fault",)
@@ -377,3 +380,41 @@ def recording_columns(rec: Recording) -> tuple[dict[str, np.ndarray], list[str],
         fields = {"page-faults": {"address": _column(s.addr, len(s)), "ip": s.ip}}
     columns = {"time": s.time, "pid": s.pid, "tid": s.tid, "cpu": s.cpu, "event": event}
     return columns, names, fields, dict(stream.comms)
+
+
+def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str], pid: int, exit_text: str,
+                     duration: float, allocations: int = 0, total: int | None = None) -> TraceSummary:
+    """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
+    page-cache add, signal, si_code, vm_start << 3 | kind, faults); kind 1 file, 2 shared, 4 stack growth."""
+    summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, int(rows[:, 7].sum()) if len(rows) else 0,
+                           0, 0, 0, 0, provenance="observed: counted in the kernel by bpftrace (BPF maps), one "
+                           "counter per kind of fault and VMA; no event was streamed",
+                           lost_how="counters in BPF maps: no event crosses to user space, none can be lost")
+    if total is not None and total > summary.faults:
+        summary.notes.append(f"{total - summary.faults} of {total} faults are counted but not classified: the "
+                             "kernel's map of kinds filled")
+        summary.faults = total
+    by_start = {m.start: m for m in maps}
+    kinds: Counter = Counter()
+    by_kind: Counter = Counter()
+    by_mapping: Counter = Counter()
+    names = {0: "read", 1: "write", 2: "instruction fetch"}
+    for code, alloc, order, cache, sig, sig_code, vma, n in rows.tolist():
+        start, kind = vma >> 3, vma & 7
+        growth = bool(kind & 4)
+        mk = None if not start and not growth else MappingKind(anonymous=not kind & 1, private=not kind & 2,
+                                                                stack_start=(1 << 64) if growth else None)
+        cls, _why = decide_class(code, sig, sig_code, -1, order if alloc else -1, cache, alloc, mk, 0)
+        kinds[cls] += n
+        access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
+        by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}"] += n
+        m = by_start.get(start)
+        label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
+                 label_for(EvMapping(m.start, m.end, m.offset, m.path)) if m else
+                 "(a file)" if kind & 1 else "[anon]")
+        by_mapping[label] += n
+    summary.allocations = allocations
+    summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
+    summary.by_kind = dict(by_kind.most_common())
+    summary.by_mapping = by_mapping.most_common()
+    return summary
