@@ -197,8 +197,11 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     from .views.trace_view import render_latency
     if args.call_graph or args.no_summary:
         raise UsageError("--latency prints a summary of durations; it takes neither -g nor --no-summary")
+    from .capture.tracer import TargetProblem
     try:
         rec = record_latency(argv or None, args.pid, stderr_progress if not args.quiet else None)
+    except TargetProblem as exc:
+        raise UsageError(str(exc)) from None
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     enums, _source = kernel_enums(("vm_fault_reason",))
@@ -227,8 +230,11 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
     counted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and _shutil.which("bpftrace")
     if counted:
         from .journey.trace_summary import summarize_counts
+        from .capture.tracer import TargetProblem
         try:
             kc = count_faults(argv or None, args.pid, progress)
+        except TargetProblem as exc:
+            raise UsageError(str(exc)) from None
         except CaptureError as exc:
             raise CannotTrace(str(exc)) from None
         summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
@@ -239,9 +245,12 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
         try:
             args.output = str(work / "t.pfrec")
             from .capture.tracer import TraceOptions, record
+            from .capture.tracer import TargetProblem
             try:
                 record(TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=Path(args.output),
                                     tier=args.tier, data_pages=_pow2_pages(args.buffer_mb), progress=progress))
+            except TargetProblem as exc:
+                raise UsageError(str(exc)) from None
             except CaptureError as exc:
                 raise CannotTrace(str(exc)) from None
             summary = _summarize(Path(args.output))

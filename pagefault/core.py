@@ -142,10 +142,12 @@ def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str
     :raises CannotTrace: this machine (or user) cannot capture it; the message has the reason and fix.
     """
     from .capture.program_fault import ProgramFault
-    from .capture.tracer import CaptureError
+    from .capture.tracer import CaptureError, TargetProblem
     from .journey.program_journey import build_program_journey
     try:
         ev = ProgramFault(argv, pid, selector, value, request.progress).run()
+    except TargetProblem as exc:
+        raise JourneyUsageError(str(exc)) from None
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     save_evidence(ev, request)

@@ -19,7 +19,7 @@ CLI = [sys.executable, "-m", "pagefault"]
     (["journey", "--scenario", "fork-then-write", "--offset", "8", "--size", "8192"], "--offset, --size vary"),
     (["journey", "--scenario", ""], "--scenario needs a name"),
     (["journey", "--scenario", "  "], "--scenario needs a name"),
-    (["report", "x.pfrec", "-o", "out.json"], "-o FILE is where --format perfetto writes"),
+    (["report", "x.pfrec", "-o", "out.json"], "-o FILE is where --format perfetto, folded or speedscope writes"),
     (["report", "x.pfrec", "--top", "-1"], "--top -1 is negative"),
     (["trace", "--buffer-mb", "0", "--", "true"], "--buffer-mb must be from 1 to 4096"),
 ])

@@ -27,7 +27,7 @@ from . import procfs
 from .bpf_walk import _objects_block
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
-from .tracer import CaptureError
+from .tracer import CaptureError, TargetProblem
 
 MAP_KEYS = 65536    # distinct (kind of fault, VMA) pairs the map holds
 STACK_REACH = 8 << 20
@@ -119,7 +119,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     try:
         target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
     except TargetError as exc:
-        raise CaptureError(str(exc)) from None
+        raise TargetProblem(str(exc)) from None
     env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(MAP_KEYS))
     proc = start_child([exe, "--unsafe", "-B", "line", "-e", count_script(target.pid, os.getpid())],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -141,7 +141,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         try:
             target.release()
         except TargetError as exc:
-            raise CaptureError(str(exc)) from None
+            raise TargetProblem(str(exc)) from None
         say(f"counting the faults of PID {target.pid} in the kernel")
         last = 0.0
         stops = 0

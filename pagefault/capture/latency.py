@@ -24,7 +24,7 @@ from .bpf_walk import BpfError
 from .kprobes import FAULT_HANDLERS, kprobe_support, probeable
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
-from .tracer import CaptureError
+from .tracer import CaptureError, TargetProblem
 
 
 @dataclass
@@ -66,7 +66,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     try:
         target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
     except TargetError as exc:
-        raise CaptureError(str(exc)) from None
+        raise TargetProblem(str(exc)) from None
     script = latency_script([target.pid], handlers, os.getpid())
     proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = bytearray()
@@ -86,7 +86,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         try:
             target.release()
         except TargetError as exc:
-            raise CaptureError(str(exc)) from None
+            raise TargetProblem(str(exc)) from None
         say(f"timing the faults of PID {target.pid}")
         last_maps = 0.0
         while proc.poll() is None:

@@ -43,7 +43,7 @@ from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
-from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
+from .tracer import TRACEPOINT_SAMPLE, CaptureError, TargetProblem, tracepoint_events
 
 KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv")
 PROGRAM_TRACEPOINTS = (
@@ -234,6 +234,10 @@ class ProgramFault:
 
     def run(self) -> ProgramFaultEvidence:
         say = self.progress
+        if self.argv:
+            import shutil
+            if not shutil.which(self.argv[0]):
+                raise TargetProblem(f"cannot run {self.argv[0]!r}: no such program (give its path, or a command on PATH)")
         exe = trusted_executable("bpftrace")
         if not exe:
             raise CaptureError("bpftrace is not installed; fix: as root, bash scripts/setup.sh")
@@ -242,7 +246,7 @@ class ProgramFault:
         try:
             target: Target = spawn_held(self.argv) if self.argv else attach(self.pid_given or 0)
         except TargetError as exc:
-            raise CaptureError(str(exc)) from None
+            raise TargetProblem(str(exc)) from None
         program = self._executable(target)
         condition, words = selector_condition(self.selector, self.value, program)
         table, gfp = facts.fault_flag_values(), facts.gfp_bits()
@@ -271,7 +275,10 @@ class ProgramFault:
             say("attaching bpftrace (it picks the fault in the kernel)")
             self._wait_for(proc, out, b"armed", 600, poke=True)
             if self.argv:
-                target.release()
+                try:
+                    target.release()
+                except TargetError as exc:
+                    raise TargetProblem(str(exc)) from None
             say(f"PID {target.pid} runs at full speed until {words}")
             stopped = self._wait_for(proc, out, b"stopped", None, target=target)
             ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
@@ -283,7 +290,7 @@ class ProgramFault:
                 target.wait()
                 ev.exit = target.describe_exit()
             chunks = session.drain()
-        except (PerfError, TargetError) as exc:
+        except PerfError as exc:
             raise CaptureError(str(exc)) from None
         finally:
             if proc is not None and proc.poll() is None:

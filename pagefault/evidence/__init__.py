@@ -28,5 +28,5 @@ from .records import (
 )
 
 __all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "KprobeFault", "KprobeMmap", "Mapping",
-           "MapsLine", "MemorySettings",
-           "OpSnapshot", "Program", "ProgramFaultEvidence", "RipFacts", "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]
+           "MapsLine", "MemorySettings", "OpSnapshot", "Program", "ProgramFaultEvidence", "RipFacts",
+           "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]
