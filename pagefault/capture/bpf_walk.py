@@ -346,3 +346,21 @@ def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels:
         if m:
             entries.setdefault(int(m.group(1), 16), {})[m.group(2)] = int(m.group(3), 16)
     return entries
+
+
+def arm_with_own_faults(proc: subprocess.Popen, out: bytearray, word: bytes = b"armed", bound: float = 600.0) -> None:
+    """Fault a fresh page of ours until bpftrace prints `word` (its probe on our own faults fired): then its
+    probes on the target's are attached too. Output read on the way is kept in `out`."""
+    import mmap
+    started = time.monotonic()
+    while word not in out:
+        if proc.poll() is not None:
+            raise BpfError("bpftrace stopped: " + _last_error(proc.stderr.read().decode(errors="replace")))
+        if time.monotonic() - started > bound:
+            raise BpfError(f"bpftrace did not attach its probes within {bound:.0f} s")
+        page = mmap.mmap(-1, 4096)
+        page[0] = 1
+        page.close()
+        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
+        if ready:
+            out += os.read(proc.stdout.fileno(), 65536)

@@ -11,7 +11,6 @@ looked up in the program's mappings.
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import select
@@ -24,10 +23,10 @@ import numpy as np
 
 from ..evidence import MapsLine
 from . import procfs
-from .bpf_walk import _objects_block
+from .bpf_walk import BpfError, _objects_block, arm_with_own_faults
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
-from .tracer import CaptureError, TargetProblem
+from .tracer import CaptureError, TargetProblem, release_target
 
 MAP_KEYS = 65536    # distinct (kind of fault, VMA) pairs the map holds
 STACK_REACH = 8 << 20
@@ -77,7 +76,9 @@ tracepoint:exceptions:page_fault_user /pid == {tool_pid} && @armed == 0/ {{ prin
 // program stopped at its exec; the later ones are told by mmap and brk as they are made (a short program
 // is gone before a periodic read of /proc/PID/maps sees them)
 tracepoint:sched:sched_process_exec /pid == {pid}/ {{ signal("SIGSTOP"); printf("stopped exec\\n"); }}
-tracepoint:syscalls:sys_enter_mmap /@pids[pid]/ {{ @mfd[tid] = args->fd; @mfl[tid] = args->flags; @mpr[tid] = args->prot; @mof[tid] = args->off; @mln[tid] = args->len; }}
+tracepoint:syscalls:sys_enter_mmap /@pids[pid]/ {{
+    @mfd[tid] = args->fd; @mfl[tid] = args->flags; @mpr[tid] = args->prot; @mof[tid] = args->off; @mln[tid] = args->len;
+}}
 tracepoint:syscalls:sys_exit_mmap /@pids[pid] && @mln[tid] && args->ret >= 0/ {{
     if ((@mfl[tid] & 0x20) == 0 && @mfd[tid] >= 0) {{
         $f = (struct file *)*(curtask->files->fdt->fd + @mfd[tid]);
@@ -125,23 +126,14 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = bytearray()
     maps: dict[int, list[MapsLine]] = {}
-    started = time.monotonic()
     try:
         say("attaching bpftrace's counting probes")
-        while b"armed" not in out:
-            if proc.poll() is not None:
-                raise CaptureError("bpftrace stopped: " + proc.stderr.read().decode(errors="replace").strip()[-300:])
-            if time.monotonic() - started > 600:
-                raise CaptureError("bpftrace did not attach within 600 s")
-            page = mmap.mmap(-1, 4096)
-            page[0] = 1
-            page.close()
-            _read(proc, out, 0.05)
-        t0 = time.monotonic()
         try:
-            target.release()
-        except TargetError as exc:
-            raise TargetProblem(str(exc)) from None
+            arm_with_own_faults(proc, out)
+        except BpfError as exc:
+            raise CaptureError(str(exc)) from None
+        t0 = time.monotonic()
+        release_target(target)
         say(f"counting the faults of PID {target.pid} in the kernel")
         last = 0.0
         stops = 0

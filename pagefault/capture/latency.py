@@ -7,7 +7,6 @@ handler each fault went through, and its return value, name its outcome.
 
 from __future__ import annotations
 
-import mmap
 import os
 import select
 import subprocess
@@ -20,11 +19,11 @@ import numpy as np
 from ..evidence import MapsLine
 from ..journey.latency import LATENCY_DTYPE
 from . import procfs
-from .bpf_walk import BpfError
+from .bpf_walk import BpfError, arm_with_own_faults
 from .kprobes import FAULT_HANDLERS, kprobe_support, probeable
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
-from .tracer import CaptureError, TargetProblem
+from .tracer import CaptureError, TargetProblem, release_target
 
 
 @dataclass
@@ -73,20 +72,8 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     maps: dict[int, list[MapsLine]] = {}
     try:
         say("attaching the kprobes on handle_mm_fault")
-        started = time.monotonic()
-        while b"armed" not in out:
-            if proc.poll() is not None:
-                raise CaptureError("bpftrace stopped: " + proc.stderr.read().decode(errors="replace").strip()[-300:])
-            if time.monotonic() - started > 600:
-                raise CaptureError("bpftrace did not attach its kprobes within 600 s")
-            page = mmap.mmap(-1, 4096)
-            page[0] = 1  # a fault of ours shows the probe is live
-            page.close()
-            _wait_readable(proc, 0.05, out)
-        try:
-            target.release()
-        except TargetError as exc:
-            raise TargetProblem(str(exc)) from None
+        arm_with_own_faults(proc, out)
+        release_target(target)
         say(f"timing the faults of PID {target.pid}")
         last_maps = 0.0
         while proc.poll() is None:

@@ -38,12 +38,12 @@ from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts, symbol_range
 from . import procfs
-from .bpf_walk import BpfError, _folio_block, _objects_block, _walk_block
+from .bpf_walk import _folio_block, _objects_block, _walk_block
 from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
-from .tracer import TRACEPOINT_SAMPLE, CaptureError, TargetProblem, tracepoint_events
+from .tracer import TRACEPOINT_SAMPLE, CaptureError, TargetProblem, release_target, tracepoint_events
 
 KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv")
 PROGRAM_TRACEPOINTS = (
@@ -180,6 +180,10 @@ def program_script(pid: int, levels: int, base: int, condition: str, deep_candid
                                    "if ($vma != 0 && (uint64)((struct vm_area_struct *)$vma)->vm_file != 0 && "
                                    "((struct vm_area_struct *)$vma)->vm_start <= $addr) {",
                                    page_cache_lookup(), "}"])
+    # at the thread's next kernel entry (a system call, or its next fault): read again, stop the program
+    after = "\n    ".join([f"$base = (uint64){base:#x}; $page = @page;", _walk_block("after", "$page", levels),
+                           _folio_block(), _objects_block("after", "$page", search=False),
+                           'printf("stopped %ld\\n", nsecs);', '@state = 2; signal("SIGSTOP"); exit();'])
     # a spawned program is counted from its exec: before it, the held child is still a copy of pagefault
     start = ("" if spawned else "BEGIN { @execd = 1; }\n") + \
         f"tracepoint:sched:sched_process_exec /pid == {pid}/ {{ @execd = 1; }}"
@@ -199,20 +203,10 @@ tracepoint:exceptions:page_fault_user /pid == {pid} && @state == 0 && @execd == 
     }}
 }}
 tracepoint:raw_syscalls:sys_enter /@state == 1 && tid == @tid/ {{
-    $base = (uint64){base:#x}; $page = @page;
-    {_walk_block("after", "$page", levels)}
-    {_folio_block()}
-    {_objects_block("after", "$page", search=False)}
-    printf("stopped %ld\\n", nsecs);
-    @state = 2; signal("SIGSTOP"); exit();
+    {after}
 }}
 tracepoint:exceptions:page_fault_user /@state == 1 && tid == @tid && (args->address != @addr || args->ip != @ip)/ {{
-    $base = (uint64){base:#x}; $page = @page;
-    {_walk_block("after", "$page", levels)}
-    {_folio_block()}
-    {_objects_block("after", "$page", search=False)}
-    printf("stopped %ld\\n", nsecs);
-    @state = 2; signal("SIGSTOP"); exit();
+    {after}
 }}
 tracepoint:sched:sched_process_exit /@state == 1 && tid == @tid/ {{ printf("exited\\n"); exit(); }}
 tracepoint:pagemap:mm_lru_insertion /@vmemmap == 0/ {{
@@ -275,10 +269,7 @@ class ProgramFault:
             say("attaching bpftrace (it picks the fault in the kernel)")
             self._wait_for(proc, out, b"armed", 600, poke=True)
             if self.argv:
-                try:
-                    target.release()
-                except TargetError as exc:
-                    raise TargetProblem(str(exc)) from None
+                release_target(target)
             say(f"PID {target.pid} runs at full speed until {words}")
             stopped = self._wait_for(proc, out, b"stopped", None, target=target)
             ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
@@ -376,6 +367,7 @@ def _selected(ev: ProgramFaultEvidence) -> None:
 
 def _parse_walk(lines: list[str], base: int) -> BpfWalk | None:
     import re
+
     from ..evidence import MapleStep
     entry = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
     reads: dict[str, WalkRead] = {}

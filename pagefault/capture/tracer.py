@@ -12,9 +12,20 @@ from typing import Callable
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
-from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT, SAMPLE_ADDR,
-                         SAMPLE_CPU, SAMPLE_IP, SAMPLE_RAW, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError,
-                         PerfSession)
+from .perf_event import (
+    PERF_COUNT_SW_PAGE_FAULTS,
+    PERF_TYPE_SOFTWARE,
+    PERF_TYPE_TRACEPOINT,
+    SAMPLE_ADDR,
+    SAMPLE_CPU,
+    SAMPLE_IP,
+    SAMPLE_RAW,
+    SAMPLE_TID,
+    SAMPLE_TIME,
+    EventSpec,
+    PerfError,
+    PerfSession,
+)
 from .procfs import read_maps
 from .recording import RecordingWriter
 from .runner import TargetError, attach, spawn_held
@@ -39,6 +50,14 @@ class CaptureError(Exception):
 
 class TargetProblem(CaptureError):
     """The program to trace cannot be started or attached to (a usage error, not the machine's)."""
+
+
+def release_target(target) -> None:
+    """Let a held target exec; a program that cannot run is a TargetProblem."""
+    try:
+        target.release()
+    except TargetError as exc:
+        raise TargetProblem(str(exc)) from None
 
 
 @dataclass

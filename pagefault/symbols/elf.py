@@ -148,15 +148,15 @@ def disassemble(path: str, vaddr: int, count: int = 1) -> list[tuple[int, str, s
     return out
 
 
-def source_line(path: str, vaddr: int) -> tuple[str, int] | None:
-    """(source file, line) of an ELF address from its DWARF line table, or None without debug info."""
+def _line_rows(path: str):
+    """(start, end, source file, line) for each row of the DWARF line tables; nothing without debug info."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             if not elf.has_dwarf_info():
-                return None
+                return
             dwarf = elf.get_dwarf_info()
             for cu in dwarf.iter_CUs():
                 program = dwarf.line_program_for_CU(cu)
@@ -169,13 +169,18 @@ def source_line(path: str, vaddr: int) -> tuple[str, int] | None:
                     state = entry.state
                     if state is None:
                         continue
-                    if prev is not None and prev.address <= vaddr < state.address:
+                    if prev is not None and state.address > prev.address:
                         name = files[prev.file - base].name
-                        return (name.decode() if isinstance(name, bytes) else str(name)), prev.line
+                        yield prev.address, state.address, (name.decode() if isinstance(name, bytes) else str(name)), \
+                            prev.line
                     prev = None if state.end_sequence else state
     except (OSError, ELFError, ValueError, IndexError, KeyError):
-        return None
-    return None
+        return
+
+
+def source_line(path: str, vaddr: int) -> tuple[str, int] | None:
+    """(source file, line) of an ELF address from its DWARF line table, or None without debug info."""
+    return next(((name, line) for lo, hi, name, line in _line_rows(path) if lo <= vaddr < hi), None)
 
 
 def rip_facts(ip: int, mapping: MapsLine) -> RipFacts | None:
@@ -229,32 +234,5 @@ def symbol_range(path: str, name: str) -> tuple[int, int] | None:
 
 def line_ranges(path: str, file: str, line: int) -> list[tuple[int, int]]:
     """[start, end) ELF address ranges the DWARF line table gives to `file:line` (file by its base name)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-    out: list[tuple[int, int]] = []
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            if not elf.has_dwarf_info():
-                return []
-            dwarf = elf.get_dwarf_info()
-            for cu in dwarf.iter_CUs():
-                program = dwarf.line_program_for_CU(cu)
-                if program is None:
-                    continue
-                files = program["file_entry"]
-                base = 0 if program.header["version"] >= 5 else 1
-                prev = None
-                for entry in program.get_entries():
-                    state = entry.state
-                    if state is None:
-                        continue
-                    if prev is not None and prev.line == line and state.address > prev.address:
-                        name = files[prev.file - base].name
-                        name = name.decode() if isinstance(name, bytes) else str(name)
-                        if name.rsplit("/", 1)[-1] == file.rsplit("/", 1)[-1]:
-                            out.append((prev.address, state.address))
-                    prev = None if state.end_sequence else state
-    except (OSError, ELFError, ValueError, IndexError, KeyError):
-        return []
-    return out
+    want = file.rsplit("/", 1)[-1]
+    return [(lo, hi) for lo, hi, name, n in _line_rows(path) if n == line and name.rsplit("/", 1)[-1] == want]
