@@ -205,7 +205,8 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     enums, _source = kernel_enums(("vm_fault_reason",))
-    summary = summarize_latency(rec.records, rec.handler_names, enums.get("vm_fault_reason", {}), rec.maps)
+    summary = summarize_latency(rec.by_outcome, rec.by_vma, rec.handler_names, enums.get("vm_fault_reason", {}),
+                                [m for lines in rec.maps.values() for m in lines])
     summary.notes += [f"not probed: {fn} ({why})" for fn, why in sorted(rec.not_probeable.items())]
     summary.notes.append(f"the program {rec.target_exit}")
     if args.json:

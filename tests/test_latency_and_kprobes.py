@@ -3,38 +3,64 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from pagefault.capture.kprobes import kprobe_support, parse_fault_lines
 from pagefault.evidence import MapsLine
 from pagefault.journey.build import decode_vm_fault
-from pagefault.journey.latency import LATENCY_DTYPE, summarize_latency, vm_fault_names
+from pagefault.journey.latency import summarize_latency, vm_fault_names
 
 REASONS = {0x4: "VM_FAULT_MAJOR", 0x2: "VM_FAULT_SIGBUS", 0x400: "VM_FAULT_RETRY", 0x100: "VM_FAULT_NOPAGE"}
 
 
-def test_latency_summary_groups_by_outcome_and_mapping_with_hand_checked_percentiles():
+# bpftrace 0.17's printed maps, as seen here (a hist() and its max and sum beside it)
+PRINTED = """
+@lat[0, 0]:
+[1K, 2K)               8 |@@@@@@@@@@@@@@@@@@@@@@@@@@@                         |
+[2K, 4K)              15 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+[4K, 8K)               1 |@@@                                                 |
+
+@lat[-1, 260]:
+[32K, 64K)             2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+
+@max[-1, 260]: 50000
+@max[0, 0]: 4728
+@sum[-1, 260]: 90000
+@sum[0, 0]: 60000
+@vlat[4096]:
+[1K, 2K)               8 |@@@@@@@@@@@@@@@@@@@@@@@@@@@                         |
+[2K, 4K)              15 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+[4K, 8K)               1 |@@@                                                 |
+
+@vlat[65536]:
+[32K, 64K)             2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+
+@vmax[4096]: 4728
+@vsum[4096]: 60000
+"""
+
+
+def test_kernel_histograms_parse_and_summarise_with_hand_checked_percentiles():
+    from pagefault.capture.latency import parse_histograms
+    by_outcome, by_vma = parse_histograms(PRINTED)
+    assert by_outcome[(0, 0)].buckets == [(1024, 8), (2048, 15), (4096, 1)]
+    assert (by_outcome[(0, 0)].max_ns, by_outcome[(0, 0)].total_ns) == (4728, 60000)
+    assert by_outcome[(-1, 260)].buckets == [(32768, 2)] and by_vma[65536].buckets == [(32768, 2)]
     anon = MapsLine(0x1000, 0x9000, "rw-p", 0, "00:00", 0, "")
-    lib = MapsLine(0x10000, 0x20000, "r-xp", 0, "08:01", 42, "/usr/lib/libc.so.6")
-    rows = [(7, 0x1000 + 0x1000 * i, 0, 0, d) for i, d in enumerate([1000, 2000, 3000, 4000, 100_000])]
-    rows += [(7, 0x10000, 0x104, 1, 5000)]   # a file fault that returned NOPAGE|MAJOR through handler 1
-    summary = summarize_latency(np.array(rows, dtype=LATENCY_DTYPE), ["do_anonymous_page", "filemap_fault"],
-                                REASONS, {7: [anon, lib]})
-    assert summary.faults == 6
+    summary = summarize_latency(by_outcome, by_vma, ["do_anonymous_page"], REASONS, [anon])
+    assert summary.faults == 26
     first = summary.by_outcome[0]
-    assert first.key == "do_anonymous_page → 0" and first.count == 5
-    # numpy's linear percentiles of 1000, 2000, 3000, 4000, 100000: p50 = 3000, p90 = 4000 + 0.6 × 96000
-    assert first.percentiles_ns[50] == 3000 and first.percentiles_ns[90] == pytest.approx(61600)
-    assert first.max_ns == 100_000 and first.total_ns == 110_000
-    # log2 buckets: 1000 → 512, 2000/3000 → 1024... 2048, 4000 → 2048, 100000 → 65536
-    assert first.histogram == [(512, 1), (1024, 1), (2048, 2), (65536, 1)]
-    assert summary.by_outcome[1].key == "filemap_fault → VM_FAULT_MAJOR|VM_FAULT_NOPAGE"
-    assert {g.key: g.count for g in summary.by_mapping} == {"[anon rw-p]": 5, "/usr/lib/libc.so.6": 1}
+    assert first.key == "do_anonymous_page → 0" and first.count == 24
+    # 24 faults: the 12th (p50) and the 22nd (p90) are in [2K, 4K): at most 4096 ns; the 24th (p99) in
+    # [4K, 8K), whose bound 8192 the kernel's maximum 4728 lowers
+    assert first.percentiles_ns == {50: 4096.0, 90: 4096.0, 99: 4728.0}
+    assert summary.by_outcome[1].key == "(no probed handler) → VM_FAULT_MAJOR|VM_FAULT_NOPAGE"
+    assert {g.key: g.count for g in summary.by_mapping} == {"[anon rw-p]": 24,
+                                                           "(the VMA at 0x10000, gone before maps was read)": 2}
 
 
 def test_no_faults_is_said_not_divided_by():
-    s = summarize_latency(np.array([], dtype=LATENCY_DTYPE), [], {}, {})
+    s = summarize_latency({}, {}, [], {}, [])
     assert s.faults == 0 and s.notes and not s.by_outcome
 
 

@@ -2,22 +2,23 @@
 
 perf trace's fault durations are all 0 because a page fault is not a system call; the kprobe pair on
 handle_mm_fault brackets the generic handler (not the trap entry and exit around it). The last probed
-handler each fault went through, and its return value, name its outcome.
+handler each fault went through, and its return value, name its outcome. The durations are aggregated in
+the kernel (log2 histograms, sums and maxima in BPF maps, by outcome and by VMA): no record crosses to
+user space per fault.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 from ..evidence import MapsLine
-from ..journey.latency import LATENCY_DTYPE
+from ..journey.latency import KernelHistogram
 from . import procfs
 from .bpf_walk import BpfError, arm_with_own_faults
 from .kprobes import FAULT_HANDLERS, kprobe_support, probeable
@@ -28,7 +29,8 @@ from .tracer import CaptureError, TargetProblem, release_target
 
 @dataclass
 class LatencyRecording:
-    records: np.ndarray
+    by_outcome: dict[tuple[int, int], KernelHistogram]
+    by_vma: dict[int, KernelHistogram]
     handler_names: list[str]
     not_probeable: dict[str, str]
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)
@@ -36,18 +38,60 @@ class LatencyRecording:
 
 
 def latency_script(pids: list[int], handlers: list[str], tool_pid: int) -> str:
-    """Every process in `pids` and its descendants: one line per handle_mm_fault, with its last handler."""
+    """Every process in `pids` and its descendants: per fault, its duration into histograms by
+    (last handler, return value) and by the VMA's start, with sums and maxima beside them."""
     begin = " ".join(f"@pids[{p}] = 1;" for p in pids)
     lines = [f"BEGIN {{ {begin} }}",
              "tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ { @pids[args->child_pid] = 1; }",
-             "kprobe:handle_mm_fault /@pids[pid]/ { @t[tid] = nsecs; @a[tid] = arg1; @h[tid] = -1; }",
-             'kretprobe:handle_mm_fault /@t[tid]/ { printf("f %d %lx %lx %d %ld\\n", pid, @a[tid], retval, @h[tid], '
-             "nsecs - @t[tid]); delete(@t[tid]); delete(@a[tid]); delete(@h[tid]); }",
+             "kprobe:handle_mm_fault /@pids[pid]/ { @t[tid] = nsecs; @h[tid] = -1; "
+             "@v[tid] = ((struct vm_area_struct *)arg0)->vm_start; }",
+             "kretprobe:handle_mm_fault /@t[tid]/ { $d = nsecs - @t[tid]; $r = retval & 0xffffffff; "
+             "@lat[@h[tid], $r] = hist($d); @sum[@h[tid], $r] = sum($d); @max[@h[tid], $r] = max($d); "
+             "@vlat[@v[tid]] = hist($d); @vsum[@v[tid]] = sum($d); @vmax[@v[tid]] = max($d); "
+             "delete(@t[tid]); delete(@h[tid]); delete(@v[tid]); }",
              f'kprobe:handle_mm_fault /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}']
     lines += [f"kprobe:{fn} /@t[tid]/ {{ @h[tid] = {code}; }}" for code, fn in enumerate(handlers)]
     if len(pids) == 1:
         lines.append(f"tracepoint:sched:sched_process_exit /pid == {pids[0]} && tid == {pids[0]}/ {{ exit(); }}")
+    lines.append("END { clear(@pids); clear(@t); clear(@h); clear(@v); clear(@armed); }")
     return "\n".join(lines)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MAP_HEAD = re.compile(r"^@(lat|vlat)\[([^\]]*)\]:\s*$")
+_BUCKET = re.compile(r"^\[(\d+)([KMGT]?)(?:, (\d+)([KMGT]?)\))?\]?\s+(\d+)\s")
+_SCALAR = re.compile(r"^@(sum|max|vsum|vmax)\[([^\]]*)\]: (\d+)$")
+
+
+def parse_histograms(text: str) -> tuple[dict[tuple[int, int], KernelHistogram], dict[int, KernelHistogram]]:
+    """bpftrace's printed maps → histograms by (handler code, return value) and by vm_start."""
+    by_outcome: dict[tuple[int, int], KernelHistogram] = {}
+    by_vma: dict[int, KernelHistogram] = {}
+    current: KernelHistogram | None = None
+    for line in text.splitlines():
+        head = _MAP_HEAD.match(line)
+        if head:
+            key = tuple(int(x) for x in head.group(2).split(","))
+            current = (by_outcome.setdefault((key[0], key[1]), KernelHistogram([])) if head.group(1) == "lat"
+                       else by_vma.setdefault(key[0], KernelHistogram([])))
+            continue
+        bucket = _BUCKET.match(line)
+        if bucket and current is not None:
+            current.buckets.append((int(bucket.group(1)) * _UNITS[bucket.group(2)], int(bucket.group(5))))
+            continue
+        scalar = _SCALAR.match(line)
+        if scalar:
+            current = None
+            key = tuple(int(x) for x in scalar.group(2).split(","))
+            h = (by_outcome.setdefault((key[0], key[1]), KernelHistogram([])) if scalar.group(1) in ("sum", "max")
+                 else by_vma.setdefault(key[0], KernelHistogram([])))
+            if scalar.group(1).endswith("sum"):
+                h.total_ns = int(scalar.group(3))
+            else:
+                h.max_ns = int(scalar.group(3))
+        elif not line.strip():
+            current = None
+    return by_outcome, by_vma
 
 
 def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
@@ -98,13 +142,8 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         if target.spawned and target.poll():
             target.kill()
         target.wait()
-    rows = []
-    for line in out.decode(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) == 6 and parts[0] == "f":
-            rows.append((int(parts[1]), int(parts[2], 16), int(parts[3], 16) & 0xFFFFFFFF, int(parts[4]), int(parts[5])))
-    return LatencyRecording(np.array(rows, dtype=LATENCY_DTYPE), list(handlers), not_probeable, maps,
-                            target.describe_exit())
+    by_outcome, by_vma = parse_histograms(out.decode(errors="replace"))
+    return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit())
 
 
 def _wait_readable(proc: subprocess.Popen, timeout: float, out: bytearray) -> None:

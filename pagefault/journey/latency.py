@@ -1,19 +1,27 @@
 """Per-fault durations from the handle_mm_fault kprobe pair, summarised: histograms and percentiles by outcome and by mapping.
 
-Pure: the records come in as a numpy array (capture/latency.py makes them), the summary goes out as data.
+Pure: the kernel's histograms come in (capture/latency.py reads them from bpftrace's maps), the summary goes
+out as data. The kernel keeps log2 histograms (bpftrace's hist()), the count, the sum and the maximum per
+group: a percentile is therefore known to its log2 bucket, and is reported as that bucket's upper bound
+("at most"), never as a made-up exact value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..evidence import MapsLine
 
-LATENCY_DTYPE = np.dtype([("pid", np.int32), ("address", np.uint64), ("retval", np.uint32),
-                          ("handler", np.int16), ("duration_ns", np.int64)])
 PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class KernelHistogram:
+    """One group's durations as the kernel kept them: log2 buckets (lower bound in ns, faults), sum and max."""
+
+    buckets: list[tuple[int, int]]
+    total_ns: int = 0
+    max_ns: int = 0
 
 
 @dataclass
@@ -22,7 +30,7 @@ class LatencyGroup:
 
     key: str
     count: int
-    percentiles_ns: dict[int, float]
+    percentiles_ns: dict[int, float]    # the upper bound of the log2 bucket that holds the percentile
     max_ns: int
     total_ns: int
     histogram: list[tuple[int, int]]    # (bucket's lower bound in ns, a power of two; faults in it)
@@ -44,40 +52,53 @@ def vm_fault_names(value: int, names: dict[int, str]) -> str:
     return "|".join(parts)
 
 
-def _group(key: str, durations: np.ndarray) -> LatencyGroup:
-    d = np.sort(durations.astype(np.int64))
-    buckets = np.floor(np.log2(np.maximum(d, 1))).astype(np.int64)
-    values, counts = np.unique(buckets, return_counts=True)
-    return LatencyGroup(key, int(d.size), {p: float(np.percentile(d, p)) for p in PERCENTILES}, int(d[-1]),
-                        int(d.sum()), [(1 << int(v), int(c)) for v, c in zip(values, counts)])
+def group(key: str, h: KernelHistogram) -> LatencyGroup:
+    """A group from its histogram: count, each percentile's bucket bound, the kernel's sum and maximum."""
+    buckets = sorted(h.buckets)
+    count = sum(n for _lo, n in buckets)
+    percentiles: dict[int, float] = {}
+    for p in PERCENTILES:
+        need, seen = count * p / 100, 0
+        for lo, n in buckets:
+            seen += n
+            if seen >= need:
+                percentiles[p] = float(min(max(2 * lo, 1), h.max_ns) if h.max_ns else max(2 * lo, 1))
+                break
+    return LatencyGroup(key, count, percentiles, h.max_ns, h.total_ns, buckets)
 
 
-def _mapping_of(address: int, maps: list[MapsLine]) -> str:
+def _mapping_of(start: int, maps: list[MapsLine]) -> str:
     for m in maps:
-        if m.start <= address < m.end:
+        if m.start == start:
             return m.path or f"[anon {m.perms}]"
-    return "(unmapped when maps was last read)"
+    return f"(the VMA at 0x{start:x}, gone before maps was read)" if start else "(no VMA)"
 
 
-def summarize_latency(records: np.ndarray, handler_names: list[str], vm_fault_reasons: dict[int, str],
-                      maps: dict[int, list[MapsLine]]) -> LatencySummary:
-    """Group the faults by outcome (last handler seen × VM_FAULT bits) and by the mapping they hit.
-
-    handler_names[i] names handler code i (−1: none of the probed handlers ran); maps: pid → the
-    last /proc/PID/maps read of that process.
-    """
-    out = LatencySummary(int(records.size))
-    if records.size == 0:
+def summarize_latency(by_outcome: dict[tuple[int, int], KernelHistogram], by_vma: dict[int, KernelHistogram],
+                      handler_names: list[str], vm_fault_reasons: dict[int, str],
+                      maps: list[MapsLine]) -> LatencySummary:
+    """by_outcome: (handler code, return value) → histogram (code −1: none of the probed handlers ran);
+    by_vma: the VMA's vm_start → histogram; maps: the program's mappings, to name the VMAs."""
+    out = LatencySummary(sum(sum(n for _lo, n in h.buckets) for h in by_outcome.values()))
+    if not out.faults:
         out.notes.append("no fault of the program reached handle_mm_fault")
         return out
-    outcome_keys = np.array([f"{handler_names[h] if h >= 0 else '(no probed handler)'} → "
-                             f"{vm_fault_names(int(r), vm_fault_reasons)}"
-                             for h, r in zip(records["handler"], records["retval"])])
-    for key in np.unique(outcome_keys):
-        out.by_outcome.append(_group(str(key), records["duration_ns"][outcome_keys == key]))
-    mapping_keys = np.array([_mapping_of(int(a), maps.get(int(p), [])) for p, a in zip(records["pid"], records["address"])])
-    for key in np.unique(mapping_keys):
-        out.by_mapping.append(_group(str(key), records["duration_ns"][mapping_keys == key]))
+    for (code, retval), h in by_outcome.items():
+        name = handler_names[code] if 0 <= code < len(handler_names) else "(no probed handler)"
+        out.by_outcome.append(group(f"{name} → {vm_fault_names(retval, vm_fault_reasons)}", h))
+    merged: dict[str, KernelHistogram] = {}
+    for start, h in by_vma.items():
+        label = _mapping_of(start, maps)
+        into = merged.setdefault(label, KernelHistogram([]))
+        counts = dict(into.buckets)
+        for lo, n in h.buckets:
+            counts[lo] = counts.get(lo, 0) + n
+        into.buckets = sorted(counts.items())
+        into.total_ns += h.total_ns
+        into.max_ns = max(into.max_ns, h.max_ns)
+    out.by_mapping = [group(label, h) for label, h in merged.items()]
     out.by_outcome.sort(key=lambda g: -g.count)
     out.by_mapping.sort(key=lambda g: -g.count)
+    out.notes.append("durations kept in the kernel as log2 histograms (bpftrace hist): a percentile is given as the "
+                     "upper bound of its bucket; the sum and maximum are exact")
     return out

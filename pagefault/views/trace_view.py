@@ -110,7 +110,7 @@ def render_latency(summary, console) -> None:
     for title, groups in (("by outcome (last handler → VM_FAULT bits)", summary.by_outcome),
                           ("by mapping", summary.by_mapping)):
         table = Table(title=title, title_justify="left")
-        for col in ("", "faults", "p50 µs", "p90 µs", "p99 µs", "max µs", "histogram (log2 ns buckets)"):
+        for col in ("", "faults", "p50 ≤ µs", "p90 ≤ µs", "p99 ≤ µs", "max µs", "histogram (log2 ns buckets)"):
             table.add_column(col, justify="right" if col and col != "histogram (log2 ns buckets)" else "left")
         for g in groups:
             peak = max(c for _b, c in g.histogram)
