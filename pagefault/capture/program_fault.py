@@ -292,6 +292,12 @@ class ProgramFault:
             if self.argv and target.poll():
                 target.kill(signal.SIGKILL)
                 target.wait()
+            elif not self.argv:
+                # an attached process is someone else's: whatever happened, it is never left stopped
+                try:
+                    os.kill(target.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
         ev.events, ev.lost_events = decode_trace_events(b"".join(chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
                                                         formats, KernelSymbols.load())
         ev.bpf = _parse_walk(ev.lines, base)
