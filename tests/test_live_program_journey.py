@@ -97,3 +97,28 @@ def test_selectors_are_refused_without_a_program(tmp_path):
     r = subprocess.run(CLI + ["journey", "--nth", "3", "--kind", "anon", "--", "/bin/true"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "one way" in r.stderr
+
+
+def test_attach_to_a_running_process_and_leave_it_running(exe, tmp_path):
+    """journey -p PID: a process of someone else's is followed, then left running, never stopped."""
+    import time
+    child = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
+                              "while True:\n"
+                              "    m = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
+                              "    for i in range(0, 1 << 20, 4096): m[i] = 1\n"
+                              "    m.close(); time.sleep(0.05)\n"])
+    try:
+        time.sleep(0.5)
+        out = tmp_path / "p.json"
+        r = subprocess.run(CLI + ["journey", "-q", "--format", "json", "-o", str(out), "--kind", "anon", "-p",
+                                  str(child.pid)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        values = {v["label"]: v for s in json.loads(out.read_text())["steps"] for v in s["values"]}
+        assert values["class"]["value"] == "anonymous new page"
+        assert values["PTE's PFN is pagemap's"]["value"] is True
+        time.sleep(0.2)
+        state = open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        assert state not in ("T", "t") and child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
