@@ -28,26 +28,37 @@ from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
 from .tracer import CaptureError, TargetProblem, release_target
 
-MAP_KEYS = 65536    # distinct (kind of fault, VMA) pairs the map holds
+MAP_KEYS = 8192     # distinct (kind of fault, VMA) pairs the map holds (every map is preallocated this big)
 STACK_REACH = 8 << 20
 PAGE_KEY = 1 << 62
 ALLOCS = re.compile(r"^@allocs: (\d+)$")
 TOTAL = re.compile(r"^@total: (\d+)$")
-KEY = re.compile(r"^@f\[(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\]: (\d+)$")
+KEY = re.compile(r"^@f\[(\d+), (\d+)\]: (\d+)$")
+
+
+# A thread's fault in progress, packed in one map value (one map operation where seven were):
+# bit 0 open, 1-6 error code, 7 a movable allocation, 8-12 its largest order, 13 page-cache add,
+# 14-18 signal, 19-26 si_code.
+ST_OPEN, ST_ALLOC, ST_CACHE = 1, 1 << 7, 1 << 13
+
+
+def unpack_state(state: int) -> tuple[int, int, int, int, int, int]:
+    """(error code, allocated, order, page-cache add, signal, si_code) of a packed state."""
+    return (state >> 1 & 0x3F, state >> 7 & 1, state >> 8 & 0x1F, state >> 13 & 1, state >> 14 & 0x1F,
+            state >> 19 & 0xFF)
 
 
 def count_script(pid: int, tool_pid: int) -> str:
-    """Per fault, when the thread's next fault (or its exit) closes it: @f[ec, alloc, order, cache, sig, code, region]."""
-    close = ("@f[@ec[tid], @al[tid], @or[tid], @ca[tid], @sg[tid], @sc[tid], @rg[tid]] = count();")
+    """Per fault, when the thread's next fault (or its exit) closes it: @f[state, vm_start << 3 | kind] += 1."""
+    close = "@f[@st[tid] & ~1, @rg[tid]] = count();"
     lookup = _objects_block("c", "$addr", quiet=True)
     return f"""
 BEGIN {{ @pids[{pid}] = 1; }}
 tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ {{ @pids[args->child_pid] = 1; }}
 tracepoint:exceptions:page_fault_user /@pids[pid]/ {{
-    if (@open[tid]) {{ {close} }}
+    if (@st[tid]) {{ {close} }}
     @total = count();
-    @open[tid] = 1; @ec[tid] = args->error_code & 0x3f; @al[tid] = 0; @or[tid] = 0; @ca[tid] = 0; @sg[tid] = 0;
-    @sc[tid] = 0;
+    @st[tid] = {ST_OPEN} | ((args->error_code & 0x3f) << 1);
     // the fault's VMA: the thread's last one if it still holds the address, else the maple tree's answer
     $addr = args->address;
     if (!($addr >= @vs[tid] && $addr < @ve[tid])) {{
@@ -55,22 +66,32 @@ tracepoint:exceptions:page_fault_user /@pids[pid]/ {{
         if ($vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr) {{
             $v = (struct vm_area_struct *)$vma;
             @vs[tid] = $v->vm_start; @ve[tid] = $v->vm_end;
-            @vf[tid] = ((uint64)$v->vm_file != 0 ? 1 : 0) | (((uint64)$v->vm_flags & 0x8) ? 2 : 0);
+            @rg[tid] = ($v->vm_start << 3) | ((uint64)$v->vm_file != 0 ? 1 : 0) | (((uint64)$v->vm_flags & 0x8) ? 2 : 0);
         }} else {{
             @vs[tid] = 0; @ve[tid] = 0;
             // no VMA: below the stack it grows; anywhere else it is a SIGSEGV
-            @vf[tid] = ($addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack) ? 4 : 0;
+            @rg[tid] = ($addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack) ? 4 : 0;
         }}
     }}
-    @rg[tid] = (@vs[tid] << 3) | @vf[tid];
 }}
-tracepoint:kmem:mm_page_alloc /@pids[pid]/ {{ @allocs = count(); }}
-tracepoint:kmem:mm_page_alloc /@open[tid] && (args->gfp_flags & 0x8)/ {{
-    @al[tid] = 1; if (args->order > @or[tid]) {{ @or[tid] = args->order; }}
+tracepoint:kmem:mm_page_alloc /@pids[pid]/ {{
+    @allocs = count();
+    $s = @st[tid];
+    if ($s && (args->gfp_flags & 0x8)) {{
+        if (args->order > (($s >> 8) & 31)) {{ $s = ($s & ~(31 << 8)) | (args->order << 8); }}
+        @st[tid] = $s | {ST_ALLOC};
+    }}
 }}
-tracepoint:filemap:mm_filemap_add_to_page_cache /@open[tid]/ {{ @ca[tid] = 1; }}
-tracepoint:signal:signal_generate /@open[tid] && (args->sig == 7 || args->sig == 11)/ {{ @sg[tid] = args->sig; @sc[tid] = args->code; }}
-tracepoint:sched:sched_process_exit /@open[tid]/ {{ {close} delete(@open[tid]); }}
+tracepoint:filemap:mm_filemap_add_to_page_cache /@st[tid]/ {{ @st[tid] = @st[tid] | {ST_CACHE}; }}
+tracepoint:signal:signal_generate /@st[tid] && (args->sig == 7 || args->sig == 11)/ {{
+    @st[tid] = @st[tid] | (args->sig << 14) | ((args->code & 0xff) << 19);
+}}
+tracepoint:sched:sched_process_exit /@st[tid]/ {{ {close} delete(@st[tid]); }}
+// when the program's main thread exits, the counters are printed at once: bpftrace's own exit detaches
+// every probe first, which takes about a second here
+tracepoint:sched:sched_process_exit /pid == {pid} && tid == {pid}/ {{
+    print(@f); print(@total); print(@allocs); printf("counted\\n");
+}}
 tracepoint:exceptions:page_fault_user /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}
 // the mappings, for the summary's mapping column: exec's own are read from /proc while bpftrace holds the
 // program stopped at its exec; the later ones are told by mmap and brk as they are made (a short program
@@ -90,7 +111,7 @@ tracepoint:syscalls:sys_exit_mmap /@pids[pid] && @mln[tid] && args->ret >= 0/ {{
     delete(@mln[tid]);
 }}
 tracepoint:syscalls:sys_exit_brk /@pids[pid]/ {{ printf("brk %d 0x%lx 0x%lx\\n", pid, curtask->mm->start_brk, args->ret); }}
-END {{ clear(@pids); clear(@open); clear(@ec); clear(@al); clear(@or); clear(@ca); clear(@sg); clear(@sc); clear(@rg); clear(@armed); }}
+END {{ clear(@pids); clear(@st); clear(@rg); clear(@vs); clear(@ve); clear(@armed); }}
 """
 
 
@@ -147,19 +168,24 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                 stops = stopped
                 os.kill(target.pid, 18)   # SIGCONT: the maps are read
         duration = time.monotonic() - t0
-        proc.send_signal(2)   # SIGINT: bpftrace prints the maps and exits
-        rest, _err = proc.communicate(timeout=120)
-        out += rest
+        waited = time.monotonic()
+        while b"counted" not in out and proc.poll() is None and time.monotonic() - waited < 5:
+            _read(proc, out, 0.05)
+        if b"counted" not in out:   # attached to a process that is still running (Ctrl-C): the slow way
+            proc.send_signal(2)   # SIGINT: bpftrace prints the maps and exits
+            rest, _err = proc.communicate(timeout=120)
+            out += rest
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.kill()    # its probes go with its file descriptors; the kernel finishes that on its own
             proc.wait()
         if target.spawned and target.poll():
             target.kill()
         target.wait()
-    text = out.decode(errors="replace").splitlines()
+    text = out.decode(errors="replace").split("counted\n", 1)[0].splitlines()
     _told_maps(text, target.pid, maps)
-    rows = [tuple(int(g) for g in m.groups()) for m in (KEY.match(line.strip()) for line in text) if m]
+    rows = [unpack_state(int(m.group(1))) + (int(m.group(2)), int(m.group(3)))
+            for m in (KEY.match(line.strip()) for line in text) if m]
     allocs = next((int(m.group(1)) for m in (ALLOCS.match(line.strip()) for line in text) if m), 0)
     total = next((int(m.group(1)) for m in (TOTAL.match(line.strip()) for line in text) if m), 0)
     counts = KernelCounts(np.array(rows, dtype=np.uint64).reshape(-1, 8), maps, allocs, target.describe_exit(),
