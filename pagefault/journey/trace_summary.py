@@ -20,12 +20,14 @@ from .fault_classes import (
     ALLOC,
     CACHE_ADD,
     CHAIN_CLASSES,
+    CLASS_LIST,
     FAULT,
     FAULT_ENTRY,
     HOW,
     SIGNAL,
     Classified,
     FaultEvents,
+    MappingColumns,
     MappingKind,
     classify_faults,
     decide_class,
@@ -204,10 +206,11 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
                                    key=lambda t: -t[1])
 
     if tier == "perf" and summary.faults:
-        ksyms = ksyms or KernelSymbols.load()
+        if meta.get("callchain"):
+            ksyms = ksyms or KernelSymbols.load()
         result = _classify(stream, meta, ids, event_type, fault_mask, alloc_mask, addresses,
                            codes if codes is not None else np.zeros(len(addresses), dtype=np.uint64), maps,
-                           _chain_symbols(meta, ksyms))
+                           _chain_symbols(meta, ksyms) if ksyms is not None else None)
         _class_summary(summary, result, addresses, fault_ips, maps, top)
 
     if meta.get("callchain") and summary.allocations:
@@ -249,12 +252,20 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
                    maps: list[Mapping], top: int) -> None:
     """The classes counted, and the faults broken down by class × mapping × call site."""
     ordered, idx = mapping_index(addresses, maps)
-    counts = Counter(result.classes)
-    summary.by_class = [(c.value, n, HOW[c]) for c, n in counts.most_common()]
-    labels = [label_for(ordered[i]) if i >= 0 else "(unmapped)" for i in idx.tolist()]
-    combos = Counter(zip([c.value for c in result.classes], labels, fault_ips.tolist()))
+    index = result.index if result.index is not None else np.array([CLASS_LIST.index(c) for c in result.classes])
+    counts = np.bincount(index, minlength=len(CLASS_LIST)) if len(index) else np.zeros(len(CLASS_LIST), dtype=np.int64)
+    summary.by_class = [(CLASS_LIST[i].value, int(counts[i]), HOW[CLASS_LIST[i]])
+                        for i in np.argsort(-counts, kind="stable").tolist() if counts[i]]
+    label_of = [label_for(m) for m in ordered] + ["(unmapped)"]
+    # class × mapping × faulting instruction, counted in bulk
+    ips, ip_index = np.unique(fault_ips, return_inverse=True)
+    key = (ip_index.astype(np.int64) << 32) | ((idx.astype(np.int64) + 1) << 8) | index.astype(np.int64)
+    uniq, n = np.unique(key, return_counts=True)
+    top_rows = np.argsort(-n, kind="stable")[:top]
+    combos = [((CLASS_LIST[int(uniq[r] & 0xFF)].value, label_of[int((uniq[r] >> 8 & 0xFFFFFF) - 1)],
+                int(ips[int(uniq[r] >> 32)])), int(n[r])) for r in top_rows.tolist()]
     starts = [o.start for o in ordered]
-    for (cls, label, ip), count in combos.most_common(top):
+    for (cls, label, ip), count in combos:
         i = bisect.bisect_right(starts, ip) - 1
         m = ordered[i] if 0 <= i < len(ordered) and ordered[i].contains(ip) else None
         site = resolve_ip(ip, m.start, m.pgoff, m.path).describe() if m is not None and m.path.startswith("/") \
@@ -303,11 +314,11 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
                          chain_class[keep] if chain_class is not None else None)
     ordered, idx = mapping_index(addresses, maps)
     stacks = [m.start for m in ordered if m.path == "[stack]"]
-    stack_start = max(stacks) if stacks else None
-    kinds = [None if i < 0 else MappingKind(anonymous=not ordered[i].path.startswith("/") or ordered[i].path == "//anon",
-                                            private=not ordered[i].shared,
-                                            stack_start=stack_start if ordered[i].path == "[stack]" else None)
-             for i in idx.tolist()]
+    stack_start = max(stacks) if stacks else -1
+    per_map_anon = np.array([not m.path.startswith("/") or m.path == "//anon" for m in ordered] + [True], dtype=bool)
+    per_map_private = np.array([not m.shared for m in ordered] + [True], dtype=bool)
+    per_map_stack = np.array([stack_start if m.path == "[stack]" else -1 for m in ordered] + [-1], dtype=np.int64)
+    kinds = MappingColumns(idx >= 0, per_map_anon[idx], per_map_private[idx], per_map_stack[idx])
     return classify_faults(events, kinds)
 
 
