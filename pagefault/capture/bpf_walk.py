@@ -246,38 +246,7 @@ class BpfTracer:
             raise BpfError("bpftrace saw no fault on the page within the time allowed") from None
         self.lines += [l.decode(errors="replace").strip() for l in (self._partial + out).splitlines()]
         err = err.decode(errors="replace")
-        reads: dict[str, WalkRead] = {}
-        base = None
-        vmemmap: list[int] = []
-        for line in self.lines:
-            if line.startswith("armed"):
-                continue
-            parts = line.split()
-            if len(parts) == 5 and parts[0] == "vmemmap":
-                vmemmap = [int(x, 0) for x in parts[1:]]
-                continue
-            if len(parts) == 4 and parts[1] == "obj" and parts[0] in ("before", "after"):
-                reads.setdefault(parts[0], WalkRead(parts[0])).objects[parts[2]] = int(parts[3], 0)
-                continue
-            if len(parts) == 7 and parts[1] == "maple":
-                r = reads.setdefault(parts[0], WalkRead(parts[0]))
-                r.maple_path.append(MapleStep(int(parts[3], 0), int(parts[4]), int(parts[5]), int(parts[6], 0)))
-                continue
-            if len(parts) == 4 and parts[1] == "pivot":
-                reads.setdefault(parts[0], WalkRead(parts[0])).maple_leaf_pivots.append(int(parts[3], 0))
-                continue
-            if len(parts) == 3 and parts[1] == "base":
-                base = int(parts[2], 16)
-                continue
-            if len(parts) == 3 and parts[1] == "pgdv":
-                reads.setdefault(parts[0], WalkRead(parts[0])).pgd_virtual = int(parts[2], 16)
-                continue
-            m = _LINE.match(line)
-            if m:
-                r = reads.setdefault(m.group(1), WalkRead(m.group(1)))
-                r.entries[m.group(2)] = int(m.group(3), 16)
-                if m.group(4):
-                    r.table_physical[m.group(2)] = int(m.group(4), 16)
+        reads, base, vmemmap = parse_walk_lines(self.lines)
         if base is None or "before" not in reads:
             raise BpfError("bpftrace saw no fault on the page: " + (_last_error(err) or "no output"))
         if base & ((1 << 30) - 1):
@@ -296,6 +265,54 @@ class BpfTracer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def parse_walk_lines(lines: list[str]) -> tuple[dict[str, WalkRead], int | None, list[int]]:
+    """What the walk blocks printed: the reads by moment ("before", "after"), the direct-map base the script
+    printed (None if it printed none), and the vmemmap line's (base, folio, pfn, sizeof(struct page))."""
+    reads: dict[str, WalkRead] = {}
+    base = None
+    vmemmap: list[int] = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == "vmemmap":
+            vmemmap = [int(x, 0) for x in parts[1:]]
+        elif len(parts) == 4 and parts[1] == "obj" and parts[0] in ("before", "after"):
+            reads.setdefault(parts[0], WalkRead(parts[0])).objects[parts[2]] = int(parts[3], 0)
+        elif len(parts) == 7 and parts[1] == "maple":
+            reads.setdefault(parts[0], WalkRead(parts[0])).maple_path.append(
+                MapleStep(int(parts[3], 0), int(parts[4]), int(parts[5]), int(parts[6], 0)))
+        elif len(parts) == 4 and parts[1] == "pivot":
+            reads.setdefault(parts[0], WalkRead(parts[0])).maple_leaf_pivots.append(int(parts[3], 0))
+        elif len(parts) == 3 and parts[1] == "base":
+            base = int(parts[2], 16)
+        elif len(parts) == 3 and parts[1] == "pgdv":
+            reads.setdefault(parts[0], WalkRead(parts[0])).pgd_virtual = int(parts[2], 16)
+        else:
+            m = _LINE.match(line)
+            if m:
+                r = reads.setdefault(m.group(1), WalkRead(m.group(1)))
+                r.entries[m.group(2)] = int(m.group(3), 16)
+                if m.group(4):
+                    r.table_physical[m.group(2)] = int(m.group(4), 16)
+    return reads, base, vmemmap
+
+
+def read_available(proc: subprocess.Popen, out: bytearray, timeout: float) -> None:
+    """Add what bpftrace has printed, waiting at most `timeout` s (raw reads: a buffered reader would hide
+    lines from select)."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if ready:
+        out += os.read(proc.stdout.fileno(), 65536)
+
+
+# A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as SIGSEGV.
+STACK_REACH = 8 << 20
+
+
+def below_stack(address: str) -> str:
+    """The bpftrace condition: `address` lies in the STACK_REACH below the task's start_stack."""
+    return f"({address} < curtask->mm->start_stack && {address} + {STACK_REACH} > curtask->mm->start_stack)"
 
 
 def _last_error(stderr: str) -> str:
@@ -361,6 +378,4 @@ def arm_with_own_faults(proc: subprocess.Popen, out: bytearray, word: bytes = b"
         page = mmap.mmap(-1, 4096)
         page[0] = 1
         page.close()
-        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-        if ready:
-            out += os.read(proc.stdout.fileno(), 65536)
+        read_available(proc, out, 0.05)

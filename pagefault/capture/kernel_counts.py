@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-import select
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,14 +23,12 @@ import numpy as np
 
 from ..evidence import MapsLine
 from . import procfs
-from .bpf_walk import BpfError, _objects_block, arm_with_own_faults
+from .bpf_walk import BpfError, _objects_block, arm_with_own_faults, below_stack, read_available
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
 from .tracer import CaptureError, TargetProblem, release_target
 
 MAP_KEYS = 8192     # distinct (kind of fault, VMA) pairs the map holds (every map is preallocated this big)
-STACK_REACH = 8 << 20
-PAGE_KEY = 1 << 62
 ALLOCS = re.compile(r"^@allocs: (\d+)$")
 TOTAL = re.compile(r"^@total: (\d+)$")
 KEY = re.compile(r"^@f\[(\d+), (\d+)\]: (\d+)$")
@@ -70,7 +68,7 @@ tracepoint:exceptions:page_fault_user /@pids[pid]/ {{
         }} else {{
             @vs[tid] = 0; @ve[tid] = 0;
             // no VMA: below the stack it grows; anywhere else it is a SIGSEGV
-            @rg[tid] = ($addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack) ? 4 : 0;
+            @rg[tid] = {below_stack("$addr")} ? 4 : 0;
         }}
     }}
 }}
@@ -159,18 +157,18 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         last = 0.0
         stops = 0
         while target.poll():
-            _read(proc, out, 0.05)
+            read_available(proc, out, 0.05)
             stopped = out.count(b"stopped ")
             if stopped > stops or time.monotonic() - last > 0.05:
                 _union_maps(target.pid, maps)
                 last = time.monotonic()
             if stopped > stops:
                 stops = stopped
-                os.kill(target.pid, 18)   # SIGCONT: the maps are read
+                os.kill(target.pid, signal.SIGCONT)   # the maps are read
         duration = time.monotonic() - t0
         waited = time.monotonic()
         while b"counted" not in out and proc.poll() is None and time.monotonic() - waited < 5:
-            _read(proc, out, 0.05)
+            read_available(proc, out, 0.05)
         if b"counted" not in out:   # attached to a process that is still running (Ctrl-C): the slow way
             proc.send_signal(2)   # SIGINT: bpftrace prints the maps and exits
             rest, _err = proc.communicate(timeout=120)
@@ -222,9 +220,3 @@ def _union_maps(pid: int, maps: dict[int, list[MapsLine]]) -> None:
     seen = {(m.start, m.end, m.path): m for m in maps.get(pid, [])}
     seen.update({(m.start, m.end, m.path): m for m in now})
     maps[pid] = list(seen.values())
-
-
-def _read(proc: subprocess.Popen, out: bytearray, timeout: float) -> None:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if ready:
-        out += os.read(proc.stdout.fileno(), 65536)

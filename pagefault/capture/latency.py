@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Callable
 from ..evidence import MapsLine
 from ..journey.latency import KernelHistogram
 from . import procfs
-from .bpf_walk import BpfError, arm_with_own_faults
+from .bpf_walk import BpfError, arm_with_own_faults, read_available
 from .kprobes import FAULT_HANDLERS, kprobe_support, probeable
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
@@ -121,7 +120,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         say(f"timing the faults of PID {target.pid}")
         last_maps = 0.0
         while proc.poll() is None:
-            _wait_readable(proc, 0.2, out)
+            read_available(proc, out, 0.2)
             if time.monotonic() - last_maps > 0.5 and target.poll():
                 _read_maps(target.pid, maps)
                 last_maps = time.monotonic()
@@ -144,13 +143,6 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         target.wait()
     by_outcome, by_vma = parse_histograms(out.decode(errors="replace"))
     return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit())
-
-
-def _wait_readable(proc: subprocess.Popen, timeout: float, out: bytearray) -> None:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if ready:
-        chunk = os.read(proc.stdout.fileno(), 1 << 20)
-        out += chunk
 
 
 def _read_maps(pid: int, maps: dict[int, list[MapsLine]]) -> None:

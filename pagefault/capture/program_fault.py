@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import time
@@ -33,27 +32,34 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..evidence import BpfWalk, ProgramFaultEvidence, WalkRead
+from ..evidence import BpfWalk, ProgramFaultEvidence
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts, symbol_range
 from . import procfs
-from .bpf_walk import _folio_block, _objects_block, _walk_block
+from .bpf_walk import (
+    BpfError,
+    _folio_block,
+    _objects_block,
+    _walk_block,
+    arm_with_own_faults,
+    below_stack,
+    parse_walk_lines,
+    read_available,
+)
 from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, TargetProblem, release_target, tracepoint_events
 
-KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv")
 PROGRAM_TRACEPOINTS = (
     ("exceptions", "page_fault_user", True),
     ("kmem", "mm_page_alloc", True),
     ("filemap", "mm_filemap_add_to_page_cache", False),
     ("signal", "signal_generate", False),
 )
-VM_WRITE, VM_GROWSDOWN, VM_HUGEPAGE = 0x2, 0x100, 0x20000000
-STACK_REACH = 8 << 20   # a fault this far below mm->start_stack, with no VMA, is taken as stack growth
+VM_WRITE, VM_HUGEPAGE = 0x2, 0x20000000
 
 
 def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
@@ -143,7 +149,7 @@ def page_cache_lookup() -> str:
         "    if (($x & 3) == 2 && $x > 4096) {",
         "      $node = $x - 2;",
         f"      if ((uint64)((struct xa_node *)$node)->slots[0] != *(uint64 *)($node + {XA_SLOTS})) {{ $incache = -1; $d = 6; }}",
-        "      else { $sh = *(uint8 *)$node; $x = *(uint64 *)($node + 40 + (($idx >> $sh) & 63) * 8); }",
+        f"      else {{ $sh = *(uint8 *)$node; $x = *(uint64 *)($node + {XA_SLOTS} + (($idx >> $sh) & 63) * 8); }}",
         "    } else { if ($d < 6) { $incache = ($x != 0 && !($x & 1)) ? 1 : 0; $d = 6; } }",
         "    $d++;",
         "  }",
@@ -164,9 +170,8 @@ def _kind_condition(kind: str) -> str:
         "major": f"{filed} && $pte == 0 && $incache == 0",
         "swap": f"{anon} && $pte != 0 && !($pte & 1) && !($pte & 0x100)",
         "thp": f"{anon} && $pmd == 0 && ({flags} & {VM_HUGEPAGE:#x})",
-        "stack": f"!({vma}) && $addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack",
-        "segv": f"(!({vma}) && !($addr < curtask->mm->start_stack && $addr + {STACK_REACH} > curtask->mm->start_stack))"
-                f" || ({vma} && ($ec & 2) && !({flags} & {VM_WRITE}))",
+        "stack": f"!({vma}) && {below_stack('$addr')}",
+        "segv": f"(!({vma}) && !{below_stack('$addr')}) || ({vma} && ($ec & 2) && !({flags} & {VM_WRITE}))",
     }[kind]
 
 
@@ -267,11 +272,14 @@ class ProgramFault:
             proc = start_child([exe, "--unsafe", "-B", "line", "-e", script], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
             say("attaching bpftrace (it picks the fault in the kernel)")
-            self._wait_for(proc, out, b"armed", 600, poke=True)
+            try:
+                arm_with_own_faults(proc, out)   # our mmap and read system calls fire its armed probe
+            except BpfError as exc:
+                raise CaptureError(str(exc)) from None
             if self.argv:
                 release_target(target)
             say(f"PID {target.pid} runs at full speed until {words}")
-            stopped = self._wait_for(proc, out, b"stopped", None, target=target)
+            stopped = self._wait_for_stop(proc, out, target)
             ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
             _selected(ev)
             if stopped and ev.address:
@@ -300,7 +308,13 @@ class ProgramFault:
                     pass
         ev.events, ev.lost_events = decode_trace_events(b"".join(chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
                                                         formats, KernelSymbols.load())
-        ev.bpf = _parse_walk(ev.lines, base)
+        reads, _printed_base, vmemmap = parse_walk_lines(ev.lines)
+        if "before" in reads:
+            pgdv = reads["before"].pgd_virtual
+            # the PGD's physical address follows from the base: mm->pgd (read) − base (derived this boot)
+            ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, reads, script, "")
+            if vmemmap:
+                ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = vmemmap
         if not ev.address:
             raise CaptureError(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
                                f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events)} faults seen)")
@@ -319,27 +333,16 @@ class ProgramFault:
         except OSError:
             return None
 
-    def _wait_for(self, proc, out: bytearray, word: bytes, bound: float | None, poke: bool = False,
-                  target: Target | None = None) -> bool:
-        started = time.monotonic()
-        while word not in out:
+    def _wait_for_stop(self, proc, out: bytearray, target: Target) -> bool:
+        """Until bpftrace says it stopped the program after the chosen fault (False: bpftrace or a spawned
+        program ended first)."""
+        while b"stopped" not in out:
             if proc.poll() is not None:
                 out += proc.stdout.read()
-                if word in out:
-                    return True
-                err = proc.stderr.read().decode(errors="replace").strip()
-                if word == b"armed":
-                    raise CaptureError("bpftrace stopped: " + (err.splitlines() or ["no output"])[-1])
-                return False
-            if bound is not None and time.monotonic() - started > bound:
-                raise CaptureError(f"bpftrace did not attach within {bound:.0f} s")
-            if target is not None and target.spawned and not target.poll():
-                return word in out
-            if poke:
-                os.getppid()
-            ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-            if ready:
-                out += os.read(proc.stdout.fileno(), 65536)
+                return b"stopped" in out
+            if target.spawned and not target.poll():
+                return b"stopped" in out
+            read_available(proc, out, 0.05)
         return True
 
     def _read_proc(self, pid: int, ev: ProgramFaultEvidence) -> bool:
@@ -369,38 +372,3 @@ def _selected(ev: ProgramFaultEvidence) -> None:
     if sel is not None and len(sel) == 7:
         ev.tid, ev.nth, ev.address, ev.ip, ev.error_code, ev.fault_ns = (
             int(sel[1]), int(sel[2]), int(sel[3], 16), int(sel[4], 16), int(sel[5], 16), int(sel[6]))
-
-
-def _parse_walk(lines: list[str], base: int) -> BpfWalk | None:
-    import re
-
-    from ..evidence import MapleStep
-    entry = re.compile(r"^(before|after) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
-    reads: dict[str, WalkRead] = {}
-    vmemmap: list[int] = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 4 and parts[1] == "obj":
-            reads.setdefault(parts[0], WalkRead(parts[0])).objects[parts[2]] = int(parts[3], 0)
-        elif len(parts) == 7 and parts[1] == "maple":
-            reads.setdefault(parts[0], WalkRead(parts[0])).maple_path.append(
-                MapleStep(int(parts[3], 0), int(parts[4]), int(parts[5]), int(parts[6], 0)))
-        elif len(parts) == 4 and parts[1] == "pivot":
-            reads.setdefault(parts[0], WalkRead(parts[0])).maple_leaf_pivots.append(int(parts[3], 0))
-        elif len(parts) == 3 and parts[1] == "pgdv":
-            reads.setdefault(parts[0], WalkRead(parts[0])).pgd_virtual = int(parts[2], 16)
-        elif len(parts) == 5 and parts[0] == "vmemmap":
-            vmemmap = [int(x, 0) for x in parts[1:]]
-        else:
-            m = entry.match(line)
-            if m and m.group(2) != "base":
-                r = reads.setdefault(m.group(1), WalkRead(m.group(1)))
-                r.entries[m.group(2)] = int(m.group(3), 16)
-                if m.group(4):
-                    r.table_physical[m.group(2)] = int(m.group(4), 16)
-    if "before" not in reads:
-        return None
-    walk = BpfWalk(base, 0, reads, "", "")
-    if vmemmap:
-        walk.vmemmap_base, walk.vmemmap_folio, walk.vmemmap_pfn, walk.struct_page_size = vmemmap
-    return walk
