@@ -108,35 +108,6 @@ class Classified:
     index: np.ndarray | None = None     # the classes as indices into CLASS_LIST (for counting in bulk)
 
 
-def decide_class(code: int, sig: int, sig_code: int, chain_hint: int, max_order: int, cache_adds: int, data_allocs: int,
-                 m: MappingKind | None, address: int) -> tuple[FaultClass, str]:
-    """One fault's class from what it did (the rules of this module's docstring), and the signal's si_code."""
-    write, present = bool(code & X86_PF_WRITE), bool(code & X86_PF_PROT)
-    below_stack = m is not None and m.stack_start is not None and address < m.stack_start
-    if sig == SIGSEGV:
-        return FaultClass.SIGSEGV, SEGV_CODES.get(sig_code, f"si_code {sig_code}")
-    if sig == SIGBUS:
-        return FaultClass.SIGBUS, BUS_CODES.get(sig_code, f"si_code {sig_code}")
-    if chain_hint >= 0:
-        c = CHAIN_CLASSES[chain_hint][1]
-        return (FaultClass.STACK_GROWTH if c is FaultClass.ANON_NEW and below_stack else c), ""
-    if max_order >= 1:
-        return FaultClass.THP, ""
-    if cache_adds:
-        return FaultClass.FILE_MAJOR, ""
-    if data_allocs:
-        if present and write:
-            return FaultClass.COW_COPY, ""
-        if m is not None and not m.anonymous:
-            return (FaultClass.COW_COPY if write and m.private else FaultClass.FILE_HIT), ""
-        return (FaultClass.STACK_GROWTH if below_stack else FaultClass.ANON_NEW), ""
-    if present:
-        return (FaultClass.COW_REUSE if write else FaultClass.SPURIOUS), ""
-    if m is not None and not m.anonymous:
-        return FaultClass.FILE_HIT, ""
-    return (FaultClass.ZERO_PAGE if not write else FaultClass.SPURIOUS), ""
-
-
 @dataclass
 class MappingColumns:
     """The mapping of each fault as columns (a recording's hundreds of thousands of faults, in order)."""
@@ -162,10 +133,47 @@ def _class_index(c: FaultClass) -> int:
     return CLASS_LIST.index(c)
 
 
+def class_columns(codes: np.ndarray, sig: np.ndarray, sig_code: np.ndarray, chain_hint: np.ndarray | None,
+                  max_order: np.ndarray, cache_adds: np.ndarray, data_allocs: np.ndarray, maps: MappingColumns,
+                  addresses: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The rules of this module's docstring, for many faults at once: each fault's class (an index into
+    CLASS_LIST) and its signal's si_code name ("" for no signal). One row per fault in every column:
+    its error code, signal and si_code, the class its allocation's call chain names (index into
+    CHAIN_CLASSES, −1 none; None without chains), the largest order of its movable allocations (−1 none),
+    its page-cache adds, its movable allocations, its mapping and its address."""
+    nf = len(codes)
+    write, present = (codes & X86_PF_WRITE) != 0, (codes & X86_PF_PROT) != 0
+    below_stack = (maps.stack_start >= 0) & (addresses < maps.stack_start)
+    file_backed = maps.known & ~maps.anonymous
+    alloc = data_allocs > 0
+    hint = chain_hint if chain_hint is not None else np.full(nf, -1, dtype=np.int64)
+    hint_class = np.array([_class_index(c) for _fn, c in CHAIN_CLASSES] + [0], dtype=np.int64)[np.where(hint >= 0, hint, -1)]
+    hint_class = np.where((hint_class == _class_index(FaultClass.ANON_NEW)) & below_stack,
+                          _class_index(FaultClass.STACK_GROWTH), hint_class)
+    C = _class_index
+    rules: list[tuple[np.ndarray, int | np.ndarray]] = [
+        (sig == SIGSEGV, C(FaultClass.SIGSEGV)), (sig == SIGBUS, C(FaultClass.SIGBUS)),
+        (hint >= 0, hint_class), (max_order >= 1, C(FaultClass.THP)), (cache_adds > 0, C(FaultClass.FILE_MAJOR)),
+        (alloc & present & write, C(FaultClass.COW_COPY)),
+        (alloc & file_backed & write & maps.private, C(FaultClass.COW_COPY)),
+        (alloc & file_backed, C(FaultClass.FILE_HIT)), (alloc & below_stack, C(FaultClass.STACK_GROWTH)),
+        (alloc, C(FaultClass.ANON_NEW)), (present & write, C(FaultClass.COW_REUSE)), (present, C(FaultClass.SPURIOUS)),
+        (file_backed, C(FaultClass.FILE_HIT)), (~write, C(FaultClass.ZERO_PAGE)),
+    ]
+    choices: list[np.ndarray] = [np.full(nf, c, dtype=np.int64) if isinstance(c, int) else c for _cond, c in rules]
+    index: np.ndarray = np.select([cond for cond, _c in rules], choices, default=C(FaultClass.SPURIOUS))
+    detail = [""] * nf
+    for i in np.nonzero((sig == SIGSEGV) | (sig == SIGBUS))[0].tolist():
+        names = SEGV_CODES if sig[i] == SIGSEGV else BUS_CODES
+        detail[i] = names.get(int(sig_code[i]), f"si_code {sig_code[i]}")
+    return index, detail
+
+
 def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | None] | MappingColumns) -> Classified:
     """Classify every fault of `events` (kind == FAULT, in their given order; mapping_of_fault in the same order).
 
-    The rules are decide_class's, applied to all faults at once with numpy (a recording has ~10^5–10^6)."""
+    The windows' sums go to class_columns, which applies the rules to all faults at once (a recording has
+    ~10^5–10^6)."""
     maps = mapping_of_fault if isinstance(mapping_of_fault, MappingColumns) else MappingColumns.of(mapping_of_fault)
     n = len(events.kind)
     fault_rows = np.nonzero(events.kind == FAULT)[0]
@@ -211,33 +219,9 @@ def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | No
     sig_code = per_fault(kind == SIGNAL, events.error_code)
     chain_hint = per_fault(movable & (chain >= 0), chain, how=np.maximum, fill=-1) if chain is not None else None
 
-    codes = events.error_code[fault_rows].astype(np.int64)
-    addresses = events.address[fault_rows].astype(np.int64)
-    write, present = (codes & X86_PF_WRITE) != 0, (codes & X86_PF_PROT) != 0
-    below_stack = (maps.stack_start >= 0) & (addresses < maps.stack_start)
-    file_backed = maps.known & ~maps.anonymous
-    alloc = data_allocs > 0
-    hint = chain_hint if chain_hint is not None else np.full(nf, -1, dtype=np.int64)
-    hint_class = np.array([_class_index(c) for _fn, c in CHAIN_CLASSES] + [0], dtype=np.int64)[np.where(hint >= 0, hint, -1)]
-    hint_class = np.where((hint_class == _class_index(FaultClass.ANON_NEW)) & below_stack,
-                          _class_index(FaultClass.STACK_GROWTH), hint_class)
-    C = _class_index
-    rules: list[tuple[np.ndarray, int | np.ndarray]] = [
-        (sig == SIGSEGV, C(FaultClass.SIGSEGV)), (sig == SIGBUS, C(FaultClass.SIGBUS)),
-        (hint >= 0, hint_class), (max_order >= 1, C(FaultClass.THP)), (cache_adds > 0, C(FaultClass.FILE_MAJOR)),
-        (alloc & present & write, C(FaultClass.COW_COPY)),
-        (alloc & file_backed & write & maps.private, C(FaultClass.COW_COPY)),
-        (alloc & file_backed, C(FaultClass.FILE_HIT)), (alloc & below_stack, C(FaultClass.STACK_GROWTH)),
-        (alloc, C(FaultClass.ANON_NEW)), (present & write, C(FaultClass.COW_REUSE)), (present, C(FaultClass.SPURIOUS)),
-        (file_backed, C(FaultClass.FILE_HIT)), (~write, C(FaultClass.ZERO_PAGE)),
-    ]
-    choices: list[np.ndarray] = [np.full(nf, c, dtype=np.int64) if isinstance(c, int) else c for _cond, c in rules]
-    index: np.ndarray = np.select([cond for cond, _c in rules], choices, default=C(FaultClass.SPURIOUS))
+    index, detail = class_columns(events.error_code[fault_rows].astype(np.int64), sig, sig_code, chain_hint,
+                                  max_order, cache_adds, data_allocs, maps, events.address[fault_rows].astype(np.int64))
     classes = [CLASS_LIST[i] for i in index.tolist()]
-    detail = [""] * nf
-    for i in np.nonzero((sig == SIGSEGV) | (sig == SIGBUS))[0].tolist():
-        names = SEGV_CODES if sig[i] == SIGSEGV else BUS_CODES
-        detail[i] = names.get(int(sig_code[i]), f"si_code {sig_code[i]}")
     notes = []
     if chain is None:
         notes.append("without -g a swap-in looks like a new anonymous page (record with -g to tell them apart)")

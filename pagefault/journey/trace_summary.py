@@ -28,9 +28,8 @@ from .fault_classes import (
     Classified,
     FaultEvents,
     MappingColumns,
-    MappingKind,
+    class_columns,
     classify_faults,
-    decide_class,
 )
 
 ENTRY_FUNCS = ("asm_exc_page_fault",)
@@ -406,24 +405,28 @@ def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str],
                              "kernel's map of kinds filled")
         summary.faults = total
     by_start = {m.start: m for m in maps}
+    code, alloc, order, cache, sig, sig_code, vma, n = (rows[:, i].astype(np.int64) for i in range(8))
+    start, kind = vma >> 3, vma & 7
+    growth = (kind & 4) != 0
+    # a growth fault had no VMA: it is "below the stack" (any address under stack_start 2^63 − 1)
+    maps_columns = MappingColumns((start != 0) | growth, (kind & 1) == 0, (kind & 2) == 0,
+                                  np.where(growth, (1 << 63) - 1, -1))
+    index, _detail = class_columns(code, sig, sig_code, None, np.where(alloc > 0, order, -1), cache, alloc,
+                                   maps_columns, np.zeros(len(rows), dtype=np.int64))
     kinds: Counter = Counter()
     by_kind: Counter = Counter()
     by_mapping: Counter = Counter()
     names = {0: "read", 1: "write", 2: "instruction fetch"}
-    for code, alloc, order, cache, sig, sig_code, vma, n in rows.tolist():
-        start, kind = vma >> 3, vma & 7
-        growth = bool(kind & 4)
-        mk = None if not start and not growth else MappingKind(anonymous=not kind & 1, private=not kind & 2,
-                                                                stack_start=(1 << 64) if growth else None)
-        cls, _why = decide_class(code, sig, sig_code, -1, order if alloc else -1, cache, alloc, mk, 0)
-        kinds[cls] += n
-        access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
-        by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}"] += n
-        m = by_start.get(start)
-        label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
+    for c, co, st, kd, gr, count in zip(index.tolist(), code.tolist(), start.tolist(), kind.tolist(), growth.tolist(),
+                                        n.tolist()):
+        kinds[CLASS_LIST[c]] += count
+        access = 2 if co & X86_PF_INSTR else 1 if co & X86_PF_WRITE else 0
+        by_kind[f"{names[access]}, {'protection fault' if co & X86_PF_PROT else 'not-present page'}"] += count
+        m = by_start.get(st)
+        label = ("[stack]" if gr else "(no mapping: unmapped address)" if not st else
                  label_for(EvMapping(m.start, m.end, m.offset, m.path)) if m else
-                 "(a file)" if kind & 1 else "[anon]")
-        by_mapping[label] += n
+                 "(a file)" if kd & 1 else "[anon]")
+        by_mapping[label] += count
     summary.allocations = allocations
     summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
     summary.by_kind = dict(by_kind.most_common())
