@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..decode.address import LEVEL_NAMES, level_shift
 from ..evidence import BpfWalk, MapleStep, WalkRead
-from .runner import start_child
+from .runner import start_child, stop_child
 from .safe_paths import UnsafePathError, trusted_executable
 
 FRAME_MASK = 0x000F_FFFF_FFFF_F000
@@ -258,13 +258,7 @@ class BpfTracer:
         return walk
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc, 5)
 
 
 def parse_walk_lines(lines: list[str]) -> tuple[dict[str, WalkRead], int | None, list[int]]:

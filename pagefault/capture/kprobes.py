@@ -17,7 +17,7 @@ from pathlib import Path
 from ..evidence import KprobeFault, KprobeMmap
 from ..kernel import facts
 from .bpf_walk import BpfError
-from .runner import start_child
+from .runner import start_child, stop_child
 from .safe_paths import trusted_executable
 
 # The handlers of mm/memory.c and mm/huge_memory.c a fault can go through, in the order of the path.
@@ -280,10 +280,4 @@ class EveryFaultProbe:
         return parse_every_fault(self.out.read().decode(errors="replace"), self.not_probeable)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc, 30)

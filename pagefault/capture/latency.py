@@ -21,7 +21,7 @@ from ..journey.latency import KernelHistogram
 from . import procfs
 from .bpf_walk import BpfError, arm_with_own_faults, read_available
 from .kprobes import FAULT_HANDLERS, kprobe_support, probeable
-from .runner import Target, TargetError, attach, spawn_held, start_child
+from .runner import Target, TargetError, attach, spawn_held, start_child, stop_child
 from .safe_paths import trusted_executable
 from .tracer import CaptureError, TargetProblem, release_target
 
@@ -131,13 +131,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     except BpfError as exc:
         raise CaptureError(str(exc)) from None
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc, 10)
         if target.spawned and target.poll():
             target.kill()
         target.wait()

@@ -37,6 +37,17 @@ def start_child(argv: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(argv, preexec_fn=child_preexec(), **kwargs)
 
 
+def stop_child(proc: subprocess.Popen, grace: float) -> None:
+    """Stop a child of ours: SIGTERM, up to `grace` seconds to finish (bpftrace prints its maps then), else SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_child(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
     """subprocess.run of a helper program (text output captured) that dies with the tool."""
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=child_preexec())
