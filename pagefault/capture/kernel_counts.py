@@ -179,6 +179,12 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             proc.wait()
         if target.spawned and target.poll():
             target.kill()
+        elif not target.spawned:
+            # an attached process that execs is stopped there by bpftrace: it is never left stopped
+            try:
+                os.kill(target.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         target.wait()
     text = out.decode(errors="replace").split("counted\n", 1)[0].splitlines()
     _told_maps(text, target.pid, maps)
