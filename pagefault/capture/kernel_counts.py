@@ -177,14 +177,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         if proc.poll() is None:
             proc.kill()    # its probes go with its file descriptors; the kernel finishes that on its own
             proc.wait()
-        if target.spawned and target.poll():
-            target.kill()
-        elif not target.spawned:
-            # an attached process that execs is stopped there by bpftrace: it is never left stopped
-            try:
-                os.kill(target.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        target.end()   # an attached process that execs is stopped there by bpftrace: it is continued
         target.wait()
     text = out.decode(errors="replace").split("counted\n", 1)[0].splitlines()
     _told_maps(text, target.pid, maps)

@@ -297,15 +297,8 @@ class ProgramFault:
                 proc.wait()
             if session is not None:
                 session.close()
-            if self.argv and target.poll():
-                target.kill(signal.SIGKILL)
-                target.wait()
-            elif not self.argv:
-                # an attached process is someone else's: whatever happened, it is never left stopped
-                try:
-                    os.kill(target.pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+            target.end(signal.SIGKILL)
+            target.wait()
         ev.events, ev.lost_events = decode_trace_events(b"".join(chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
                                                         formats, KernelSymbols.load())
         reads, _printed_base, vmemmap = parse_walk_lines(ev.lines)

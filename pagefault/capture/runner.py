@@ -111,6 +111,18 @@ class Target:
             except ProcessLookupError:
                 pass
 
+    def end(self, sig: int = signal.SIGTERM) -> None:
+        """After a capture that may have stopped it: a spawned target still running is killed with `sig`; an
+        attached one is someone else's process and is continued (SIGCONT), never left stopped."""
+        if self.spawned:
+            if self.poll():
+                self.kill(sig)
+            return
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def describe_exit(self) -> str:
         if self.status is None:
             return "still running" if not self.spawned else "unknown"
