@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
@@ -72,8 +73,17 @@ def _decode(kind: str, value: int, levels: int, level: str, error_code: bool,
             kernel: str | None = None) -> tuple[str, list, list[str], Any]:
     """→ (title, rows, derivations, result object)."""
     # imported here, not at the top: `trace` and `report` start faster without every decoder
-    from .decode import (decode_error_code, decode_fault_flags, decode_gfp, decode_kpageflags, decode_pagemap_entry,
-                         decode_pte, decode_vm_flags, derive_fault_flags, split_virtual_address)
+    from .decode import (
+        decode_error_code,
+        decode_fault_flags,
+        decode_gfp,
+        decode_kpageflags,
+        decode_pagemap_entry,
+        decode_pte,
+        decode_vm_flags,
+        derive_fault_flags,
+        split_virtual_address,
+    )
     from .views.decode_view import field_rows, flag_rows
     if kind == "address":
         r = split_virtual_address(value, levels)
@@ -138,20 +148,91 @@ def _decode(kind: str, value: int, levels: int, level: str, error_code: bool,
     raise UsageError(f"unknown kind {kind!r}")
 
 
-DECODE_KINDS = ("address", "error-code", "fault-flags", "vm-flags", "pte", "pagemap", "kpageflags", "gfp")
+DECODE_KINDS = ("address", "error-code", "esr", "fault-flags", "vm-flags", "pte", "pagemap", "kpageflags", "gfp")
+# Which kinds are one architecture's own: the other's decoder is named in the error.
+_ARCH_ONLY_KINDS = {"error-code": ("x86_64", "on arm64 the trap's syndrome is ESR_EL1: pagefault decode esr VALUE "
+                                   "--arch arm64"),
+                    "esr": ("arm64", "on x86-64 the trap pushes an error code: pagefault decode error-code VALUE "
+                            "--arch x86_64")}
+
+
+def _decode_arm64(kind: str, value: int, args: argparse.Namespace) -> tuple[str, list, list[str], Any]:
+    """arm64's address, descriptor and ESR decoders; the other kinds are shared with x86-64."""
+    from .decode.arm64_address import split_arm64_address
+    from .decode.arm64_descriptor import decode_arm64_descriptor
+    from .decode.esr import decode_esr
+    from .views.decode_view import field_rows, flag_rows
+    granule = {"4k": 4096, "16k": 16384, "64k": 65536}[args.granule]
+    if kind == "address":
+        r = split_arm64_address(value, args.va_bits, granule)
+        rows = [(f"{i.level} index (level {i.architectural_level})", str(i.index), f"bits {i.high_bit}..{i.shift} = {i.bits}")
+                for i in r.indices]
+        rows += [("page offset", f"0x{r.page_offset:x}", ""), ("page base", f"0x{r.page_base:x}", ""),
+                 ("table base", r.table_base, f"the {r.half} half"), ("tag", f"0x{r.tag:x}", "bits 63..56 (TBI)")]
+        return (f"arm64 virtual address 0x{value:x} ({args.va_bits}-bit VA, {granule // 1024} KiB pages, {r.levels} levels)",
+                rows, list(r.derivations), r)
+    if kind == "esr":
+        r = decode_esr(value)
+        rows = [("EC", f"0x{r.exception_class:02x}", r.class_meaning), ("IL", str(int(r.instruction_length_32)), ""),
+                ("ISS", f"0x{r.iss:x}", "")]
+        if r.is_abort:
+            rows += [("fault status", f"0x{r.fault_status:02x}", r.fault_status_meaning),
+                     ("access", "instruction fetch" if r.instruction_fetch else "write" if r.write else "read",
+                      "WnR and not CM" if r.write else ""),
+                     ("from", "user (EL0)" if r.from_user else "kernel (EL1)", ""),
+                     ("S1PTW", "yes" if r.stage1_walk else "no", "fault on the table walk"),
+                     ("FAR valid", "yes" if r.far_valid else "no", "")]
+        return f"ESR_EL1 {r.summary}", rows, list(r.derivations), r
+    if kind == "pte":
+        version, config = _decode_kernel(args.kernel)
+        r = decode_arm64_descriptor(value, args.level, kernel=version, va_bits=args.va_bits, granule=granule,
+                                    pa_bits=args.pa_bits, swap_config=config)
+        rows = flag_rows(r.flags) + [("kind", r.kind.value, f"level {r.architectural_level}")]
+        if r.swap is not None:
+            rows += [("swap type", str(r.swap.swap_type), ""), ("offset", f"0x{r.swap.offset:x}", r.swap.summary)]
+        else:
+            rows += field_rows(r, ["output_address", "pfn", "memory_type", "access", "shareability", "block_size"])
+        rows.append(("table", "", r.table_source))
+        return f"arm64 {r.level} descriptor 0x{value:x}: {r.kind.value}", rows, list(r.derivations), r
+    raise UsageError(f"unknown kind {kind!r}")
+
+
+def _decode_for(args: argparse.Namespace, value: int) -> tuple[str, tuple[str, list, list[str], Any]]:
+    """→ (the architecture decoded as, (title, rows, derivations, result))."""
+    from .decode.arch import Arch, arch_of_machine, parse_arch
+    from .decode.bits import DecodeError
+    try:
+        arch = parse_arch(args.arch) if args.arch else arch_of_machine(os.uname().machine)
+    except DecodeError as exc:
+        raise UsageError(f"{exc}; fix: --arch x86_64 or --arch arm64") from None
+    own = _ARCH_ONLY_KINDS.get(args.kind)
+    if own and own[0] != arch.value:
+        raise UsageError(f"{args.kind} is {own[0]}'s, and the architecture is {arch.value}; {own[1]}")
+    if arch is Arch.ARM64 and args.kind == "fault-flags" and args.from_error_code:
+        raise UsageError("--from-error-code takes an x86 error code; on arm64, decode the ESR (decode esr VALUE) "
+                         "and read the flags it gives")
+    if arch is Arch.ARM64 and args.kind in ("address", "esr", "pte"):
+        return arch.value, _decode_arm64(args.kind, value, args)
+    if arch is Arch.ARM64 and args.kind == "vm-flags":
+        from .decode import decode_vm_flags
+        from .kernel.facts import kernel_version
+        from .views.decode_view import flag_rows
+        r = decode_vm_flags(value, kernel_version(), arch)
+        return arch.value, (f"vm_flags 0x{value:x} ({r.table_source})", flag_rows(r), list(r.derivations), r)
+    return arch.value, _decode(args.kind, value, args.levels, args.level, args.from_error_code, args.kernel)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from .decode import DecodeError, to_jsonable
     value = parse_number(args.value, args.kind)
     try:
-        title, rows, derivations, result = _decode(args.kind, value, args.levels, args.level, args.from_error_code,
-                                                   args.kernel)
+        arch, (title, rows, derivations, result) = _decode_for(args, value)
     except DecodeError as exc:
         raise UsageError(str(exc)) from None
+    doubts = list(getattr(result, "suspicions", ()) or ()) + list(getattr(result, "impossible", ()) or ())
     if args.json:
         print(json.dumps({"kind": args.kind, "value": value, "provenance": "derived", "title": title,
-                          "result": to_jsonable(result)}, indent=2))
+                          "architecture": arch, "result": to_jsonable(result)}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -167,6 +248,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
         console.print("[bold]derivation[/bold]")
         for line in derivations:
             console.print("  " + line, highlight=False, markup=False)
+    console.print(f"decoded as {arch}" + ("" if args.arch else " (this machine's architecture; --arch to choose)"),
+                  highlight=False, markup=False)
+    for line in doubts:
+        console.print("[bold yellow]doubt:[/bold yellow] " + line, highlight=False)
     return 0
 
 
@@ -174,6 +259,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
+
     from .capture.doctor import diagnose
     from .views.trace_view import render_doctor
     d = diagnose(run_bpftrace=not args.quick)
@@ -188,6 +274,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     """trace --latency: time every fault with the kprobe pair; a summary, no recording."""
     from rich.console import Console
+
     from .capture.latency import record_latency
     from .capture.tracer import CaptureError
     from .core import CannotTrace
@@ -221,6 +308,7 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
     """trace without -o (or --summary-only): count in the kernel where bpftrace can; else record to a private
     temporary file, summarise it and remove it. Nothing is written to the working directory."""
     from rich.console import Console
+
     from .capture.kernel_counts import count_faults
     from .capture.tracer import CaptureError
     from .core import CannotTrace
@@ -230,8 +318,8 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
     import shutil as _shutil
     counted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and _shutil.which("bpftrace")
     if counted:
-        from .journey.trace_summary import summarize_counts
         from .capture.tracer import TargetProblem
+        from .journey.trace_summary import summarize_counts
         try:
             kc = count_faults(argv or None, args.pid, progress)
         except TargetProblem as exc:
@@ -245,8 +333,7 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
         work = Path(tempfile.mkdtemp(prefix="pagefault-trace-"))
         try:
             args.output = str(work / "t.pfrec")
-            from .capture.tracer import TraceOptions, record
-            from .capture.tracer import TargetProblem
+            from .capture.tracer import TargetProblem, TraceOptions, record
             try:
                 record(TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=Path(args.output),
                                     tier=args.tier, data_pages=_pow2_pages(args.buffer_mb), progress=progress))
@@ -270,10 +357,11 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    from .capture.safe_paths import OutputError, check_output_target
     from .capture.tracer import CaptureError, TraceOptions, record
     from .views.progress import stderr_progress
     from .views.trace_view import render_summary
-    from .capture.safe_paths import OutputError, check_output_target
     argv = list(args.cmd)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -368,6 +456,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(to_jsonable(summary), indent=2))
     else:
         from rich.console import Console
+
         from .views.trace_view import render_summary
         render_summary(summary, Console())
     return 0
@@ -554,6 +643,7 @@ def _request(args, progress) -> JourneyRequest:
 
 def cmd_journey(args: argparse.Namespace) -> int:
     from rich.console import Console
+
     from . import core
     from .views.progress import stderr_progress
     output = _journey_output(args)
@@ -717,9 +807,10 @@ def cmd_exercise(args: argparse.Namespace) -> int:
 
 def _exercise(args, progress) -> int:
     from rich.console import Console
-    from .views.progress import stderr_progress
+
     from .journey.exercises import ORDER, build_exercises
     from .views.exercise_view import run_exercises
+    from .views.progress import stderr_progress
     if progress.warning:
         print(f"note: {progress.warning}", file=sys.stderr)
     if args.reset:
@@ -789,6 +880,14 @@ def build_parser() -> Parser:
                    help="fault-flags: treat VALUE as an x86 error code and derive the flags handle_mm_fault gets")
     d.add_argument("--kernel", metavar="X.Y", help="pte, pagemap: decode with the tables of kernel X.Y (default: the "
                    "running kernel, with its configuration)")
+    d.add_argument("--arch", help="x86_64 or arm64: whose formats address, pte, error-code/esr and vm-flags are "
+                   "(default: this machine's)")
+    d.add_argument("--va-bits", type=int, default=48, choices=(36, 39, 42, 47, 48, 52),
+                   help="arm64: virtual-address size of the walk (default 48)")
+    d.add_argument("--granule", default="4k", type=str.lower, choices=("4k", "16k", "64k"),
+                   help="arm64: translation granule / page size (default 4k)")
+    d.add_argument("--pa-bits", type=int, default=48, choices=(48, 52),
+                   help="arm64: output-address size; 52 = FEAT_LPA (64k) or FEAT_LPA2 (4k, 16k) (default 48)")
     d.add_argument("--json", action="store_true", help="print JSON")
     d.set_defaults(func=cmd_decode)
     for register in COMMANDS:
@@ -822,6 +921,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pagefault: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader (`| head`) left: not an error; point stdout at /dev/null so the exit flush is quiet
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         from .capture.safe_paths import OutputError
         from .core import CannotTrace, JourneyUsageError
@@ -838,8 +942,6 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"pagefault: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

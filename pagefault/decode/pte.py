@@ -93,6 +93,8 @@ class PageTableEntry:
     kind: EntryKind = EntryKind.PRESENT
     swap: SwapEntry | None = None  # for a swap-format entry
     table_source: str = ""
+    suspicions: tuple[str, ...] = ()  # what Linux never writes in an x86-64 entry: signs of another format
+    arch: str = "x86_64"
 
 
 def _table_for(level: str, huge_capable: bool, version: tuple[int, int] | None,
@@ -165,7 +167,25 @@ def decode_pte(value: int, level: str = "PTE", kernel: tuple[int, int] | None = 
                           bool(value & _PAGE_USER), bool(value & _PAGE_ACCESSED), bool(value & _PAGE_DIRTY),
                           bool(value & _PAGE_NX), huge, leaf, pfn if kind is EntryKind.PRESENT else None,
                           phys if kind is EntryKind.PRESENT else None, pkey, word, points_to, tuple(lines),
-                          kind, None, source)
+                          kind, None, source, _foreign_signs(value, phys, paging_levels) if kind is EntryKind.PRESENT else ())
+
+
+_IGNORED_HIGH = sum(bit(b) for b in range(52, 57))  # bits 52..56: ignored by the MMU, never set by Linux
+
+
+def _foreign_signs(value: int, phys: int, paging_levels: int) -> tuple[str, ...]:
+    """What Linux never writes into a present x86-64 entry, and which an arm64 descriptor often has."""
+    out = []
+    max_physical = 52 if paging_levels == 5 else 46  # MAX_PHYSMEM_BITS
+    if phys >> max_physical:
+        out.append(f"the frame 0x{phys:x} lies beyond x86-64's {max_physical}-bit physical addresses "
+                   f"(MAX_PHYSMEM_BITS with {paging_levels}-level paging)")
+    if value & _IGNORED_HIGH:
+        out.append(f"bits 0x{value & _IGNORED_HIGH:x} (of 52..56) are set, which Linux never sets on x86-64")
+    if out and value & 0b11 == 0b11 and value & bit(10):
+        out.append("bits 1..0 = 0b11 with bit 10 set reads as an arm64 page descriptor (AF at bit 10; "
+                   "DBM, PXN, UXN, DIRTY at 51..55): decode pte --arch arm64")
+    return tuple(out)
 
 
 def _decode_prot_none(value: int, level: str, kernel: tuple[int, int] | None) -> PageTableEntry:

@@ -1,7 +1,12 @@
-"""vma->vm_flags (include/linux/mm.h), x86-64, per kernel version where they differ."""
+"""vma->vm_flags (include/linux/mm.h), per kernel version and architecture where they differ.
+
+The architecture-specific bits (VM_ARCH_1 = bit 24, VM_HIGH_ARCH_* = bits 32..37) mean different things
+on x86-64 (PAT, protection keys, shadow stack) and arm64 (BTI, MTE, POE protection keys).
+"""
 
 from __future__ import annotations
 
+from .arch import Arch
 from .bits import Flag, FlagWord, bit, decode_flag_word
 
 _BASE = (
@@ -40,20 +45,42 @@ _ADDED = (
 )
 
 
-def vm_flags_table(version: tuple[int, int]) -> tuple[tuple[Flag, ...], str]:
+# arm64's own bits, checked in Debian's 6.1.192 and 6.12.117 include/linux/mm.h: before 6.12 MTE takes
+# VM_HIGH_ARCH_0/1; 6.12 gave VM_HIGH_ARCH_0..2 to POE protection keys and moved MTE to 4/5.
+ARM64_POE_SINCE = (6, 12)
+_ARM64_BEFORE_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
+                      (32, "VM_MTE", "arm64: memory tagging in use"), (33, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
+_ARM64_FROM_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
+                    (32, "VM_PKEY_BIT0", "arm64 POE protection key bit 0"), (33, "VM_PKEY_BIT1", "POE protection key bit 1"),
+                    (34, "VM_PKEY_BIT2", "POE protection key bit 2"),
+                    (36, "VM_MTE", "arm64: memory tagging in use"), (37, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
+_X86_ONLY = {24, 32, 33, 34, 35}
+
+
+def vm_flags_table(version: tuple[int, int], arch: Arch = Arch.X86_64) -> tuple[tuple[Flag, ...], str]:
     by_bit = {b: Flag(bit(b), n, m) for b, n, m in _BASE}
     for first, b, name, meaning in _ADDED:
-        if tuple(version[:2]) >= first:
+        if tuple(version[:2]) >= first and (arch is Arch.X86_64 or name != "VM_SHADOW_STACK"):
             if name is None:
                 by_bit.pop(b, None)
             else:
                 by_bit[b] = Flag(bit(b), name, meaning)
-    source = f"include/linux/mm.h as of kernel {version[0]}.{version[1]} (x86-64), modelled from the kernel sources"
+    note = ""
+    if arch is Arch.ARM64:
+        for b in _X86_ONLY:
+            by_bit.pop(b, None)
+        own = _ARM64_FROM_6_12 if tuple(version[:2]) >= ARM64_POE_SINCE else _ARM64_BEFORE_6_12
+        for b, name, meaning in own:
+            by_bit[b] = Flag(bit(b), name, meaning)
+        if tuple(version[:2]) > (6, 12):
+            note = "; arm64's bits 32..37 as in 6.12, not checked for later kernels (arm64 GCS came in 6.13)"
+    source = (f"include/linux/mm.h as of kernel {version[0]}.{version[1]} ({arch.value}), modelled from the kernel "
+              f"sources{note}")
     return tuple(by_bit[b] for b in sorted(by_bit)), source
 
 
-def decode_vm_flags(value: int, version: tuple[int, int] = (6, 18)) -> FlagWord:
-    table, source = vm_flags_table(version)
+def decode_vm_flags(value: int, version: tuple[int, int] = (6, 18), arch: Arch = Arch.X86_64) -> FlagWord:
+    table, source = vm_flags_table(version, arch)
     return decode_flag_word(value, table, width=64, what="vm_flags", table_source=source)
 
 
