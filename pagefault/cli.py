@@ -668,6 +668,9 @@ def cmd_journey(args: argparse.Namespace) -> int:
         if request.save_evidence:
             from .capture.safe_paths import check_output_target
             check_output_target(request.save_evidence, args.force)
+        if core.on_arm64():
+            raise UsageError("following a program of yours needs the exceptions:page_fault_user tracepoint, which "
+                             "arm64 kernels lack; on arm64, pagefault journey follows the exercise program's fault")
         journey = core.program_fault_journey(argv or None, args.pid, selector, value, request)
         args.no_pause = True
         return _emit_journey(journey, args, output, console)
@@ -679,7 +682,7 @@ def cmd_journey(args: argparse.Namespace) -> int:
         check_output_target(request.save_evidence, args.force)
     interactive = (args.format == "text" and not args.no_pause and not args.tui and sys.stdin.isatty()
                    and sys.stdout.isatty())
-    if not interactive or request.model or request.tier == "model" or request.scenario:
+    if not interactive or request.model or request.tier == "model" or request.scenario or core.on_arm64():
         return _emit_journey(core.run_journey(request), args, output, console)
     live = core.start_live(request)
     if live is None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .evidence import ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
+from .evidence import (Arm64FaultEvidence, ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence,
+                       ScenarioEvidence)
 from .journey.steps import STEP_CATALOGUE, Journey
 
 Progress = Callable[[str], None] | None
@@ -121,7 +122,8 @@ def finish_live(live, request: JourneyRequest) -> Journey:
     return journey
 
 
-def save_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence, request: JourneyRequest) -> None:
+def save_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence,
+                  request: JourneyRequest) -> None:
     if request.save_evidence is None:
         return
     from .capture.safe_paths import OutputError, write_output
@@ -154,10 +156,36 @@ def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str
     return build_program_journey(ev)
 
 
+def on_arm64() -> bool:
+    import os
+    return os.uname().machine == "aarch64"
+
+
+def arm64_journey(request: JourneyRequest) -> Journey:
+    """The live journey on an arm64 machine (capture/arm64_fault.py): the exercise program's write fault."""
+    from .capture.arm64_fault import capture_arm64_fault
+    from .capture.bpf_walk import BpfError
+    from .journey.arm64_journey import build_arm64_journey
+    from .kernel.facts import is_root
+    if request.scenario:
+        raise JourneyUsageError("live scenarios are x86-64 only so far; on arm64 run them in the simulator "
+                                "(--model)")
+    if not is_root():
+        raise CannotTrace("the arm64 journey reads kernel memory with bpftrace: run it as root (sudo)")
+    try:
+        ev = capture_arm64_fault(request.options, request.progress)
+    except (BpfError, ExerciseError) as exc:
+        raise CannotTrace(str(exc)) from None
+    save_evidence(ev, request)
+    return build_arm64_journey(ev)
+
+
 def run_journey(request: JourneyRequest) -> Journey:
     """The journey asked for, run to its end: the simulator's, a live scenario's, or the live one."""
     if request.model or request.tier == "model":
         return model_journey(request.scenario)
+    if on_arm64():
+        return arm64_journey(request)
     if request.scenario:
         return live_scenario(request)
     live = start_live(request)
@@ -210,7 +238,7 @@ def replay(path: Path) -> Journey:
     return journey
 
 
-def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence) -> Journey:
+def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> Journey:
     """The journey a saved capture supports: a pure function of the evidence."""
     from .journey.build import build_journey
     from .journey.program_journey import build_program_journey
@@ -220,6 +248,9 @@ def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultE
         return build_journey(ev)
     if isinstance(ev, ProgramFaultEvidence):
         return build_program_journey(ev)
+    if isinstance(ev, Arm64FaultEvidence):
+        from .journey.arm64_journey import build_arm64_journey
+        return build_arm64_journey(ev)
     scenario = find_scenario(ev.scenario)
     model, live, agreement, _run = cross_check(scenario, ev)
     return build_scenario_journey(scenario, ev, live, model, agreement)

@@ -5,8 +5,10 @@
 #
 #   sudo bash scripts/kernel-matrix.sh [KERNEL…] [--out DIR] [--bound SECONDS]
 #
-# KERNEL: host, 6.1, 6.12 (the newest Debian package of that series), or a release such as
-# 6.1.0-56-amd64 (its linux-image-RELEASE-unsigned package). Default: host 6.1 6.12.
+# KERNEL: host, 6.1, 6.12 (the newest Debian package of that series), a release such as
+# 6.1.0-56-amd64 (its linux-image-RELEASE-unsigned package), or arm64 (Debian bookworm's arm64 kernel in
+# an arm64 root built by scripts/arm64-root.sh and cached in ARM64_CACHE, default
+# /var/cache/pagefault/arm64, under qemu-system-aarch64). Default: host 6.1 6.12 arm64.
 # Each kernel's outputs go to DIR/<kernel release>/ (default: matrix-out/): doctor.json, journey.json,
 # evidence/ (the offline tests' fixtures), trace.json, decode-*.json, checks.tsv, console.log.
 # Prints a table of kernel × check, each kernel's wall times, and a last line
@@ -27,7 +29,8 @@ while [ $# -gt 0 ]; do
         *) KERNELS+=("$1"); shift ;;
     esac
 done
-[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 6.1 6.12)
+[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 6.1 6.12 arm64)
+ARM64_CACHE=${ARM64_CACHE:-/var/cache/pagefault/arm64}
 if [ "$(id -u)" != 0 ]; then
     echo "kernel-matrix: needs root (apt-get, tracing inside the guests); fix: sudo bash scripts/kernel-matrix.sh" >&2
     exit 2
@@ -44,6 +47,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 release_of() {   # a KERNEL argument -> the release to boot ("" for the host)
     case "$1" in
         host) echo "" ;;
+        arm64) echo "arm64" ;;     # known once its root is built, below
         6.1|6.12)
             apt-cache search --names-only "^linux-image-$1\\.[0-9].*-amd64-unsigned\$" 2>/dev/null \
                 | awk '{print $1}' | grep -v -e cloud -e '-rt-' | sed 's/^linux-image-//; s/-unsigned$//' \
@@ -62,7 +66,7 @@ for k in "${KERNELS[@]}"; do
         log "no Debian kernel package for $k; fix: apt-get update, or name a release (e.g. 6.1.0-56-amd64)"; exit 1
     fi
     RELEASE[$k]=$r
-    [ -z "$r" ] || [ -e "/boot/vmlinuz-$r" ] || need+=("linux-image-$r-unsigned")
+    [ -z "$r" ] || [ "$k" = arm64 ] || [ -e "/boot/vmlinuz-$r" ] || need+=("linux-image-$r-unsigned")
 done
 if [ ${#need[@]} -gt 0 ]; then
     log "installing from Debian: ${need[*]}"
@@ -91,7 +95,27 @@ declare -A WALL STATUS
 for k in "${KERNELS[@]}"; do
     r=${RELEASE[$k]}
     start=$(date +%s)
-    if [ -z "$r" ]; then
+    if [ "$k" = arm64 ]; then
+        # the arm64 row: its own root (cached), the project and OUT shared into it, Python from the root
+        rel=arm64
+        if ! bash scripts/arm64-root.sh "$ARM64_CACHE"; then
+            log "arm64: the root could not be built (see above)"; STATUS[$k]=1
+        else
+            rel=$(cat "$ARM64_CACHE/release")
+            aroot="$ARM64_CACHE/root"
+            mkdir -p "$OUT/$rel" "$aroot$ROOT" "$aroot$OUT"    # mount points of --rodir/--rwdir in the root
+            log "booting $rel (arm64) under qemu-system-aarch64 (TCG), bound ${BOUND} s"
+            setsid timeout --kill-after=15 "$BOUND" vng --arch arm64 --root "$aroot" -r "$aroot/boot/vmlinuz-$rel" \
+                --memory 2G --cpus 1 --rodir "$ROOT" --rwdir "$OUT" -- \
+                "MATRIX_PYTHON=python3 PYTHONPATH=/opt/pagefault-site:$ROOT PYTHONDONTWRITEBYTECODE=1 bash $ROOT/scripts/matrix-guest.sh $OUT" \
+                > "$OUT/$rel/console.log" 2>&1 < /dev/null &
+            GUEST_PIDS+=($!)
+            wait $!
+            STATUS[$k]=$?
+            [ -s "$OUT/$rel/guest.log" ] && cat "$OUT/$rel/guest.log" >> "$OUT/$rel/console.log"
+            [ -s "$OUT/$rel/checks.tsv" ] || log "$rel: the arm64 guest wrote no results; see $OUT/$rel/console.log"
+        fi
+    elif [ -z "$r" ]; then
         log "host kernel $(uname -r): running the checks directly"
         .venv/bin/python scripts/matrix_checks.py "$OUT" > "$OUT/host-console.log" 2>&1
         STATUS[$k]=$?

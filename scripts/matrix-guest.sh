@@ -6,6 +6,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT="$1"
+PY=${MATRIX_PYTHON:-.venv/bin/python}     # the arm64 guest runs its root's python3 with the wheels on PYTHONPATH
 LOG="$OUT/$(uname -r)/guest.log"
 mkdir -p "$(dirname "$LOG")"
 {
@@ -15,10 +16,10 @@ mkdir -p "$(dirname "$LOG")"
 la57 $(grep -qw la57 /proc/cpuinfo && echo yes || echo no), kprobes $([ -e /sys/kernel/tracing/kprobe_events ] && echo yes || echo no)"
     if [ -n "${MATRIX_BENCH:-}" ]; then
         # a benchmark on request (MATRIX_BENCH="bench/kprobe_cost.py --size N"), never in the checks' place
-        HOME=/root PYTHONUNBUFFERED=1 .venv/bin/python $MATRIX_BENCH > "$OUT/$(uname -r)/bench.log" 2>&1
+        HOME=/root PYTHONUNBUFFERED=1 $PY $MATRIX_BENCH > "$OUT/$(uname -r)/bench.log" 2>&1
         echo "guest: bench ended with status $?"
     else
-        HOME=/root PYTHONUNBUFFERED=1 .venv/bin/python scripts/matrix_checks.py "$OUT"
+        HOME=/root PYTHONUNBUFFERED=1 $PY scripts/matrix_checks.py "$OUT"
         echo "guest: checks ended with status $?"
     fi
 } > "$LOG" 2>&1

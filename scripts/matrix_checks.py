@@ -129,8 +129,83 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
     return not problems, "kprobes: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
 
 
+def main_arm64(base: Path) -> int:
+    """The arm64 row: doctor, the live journey (its sources must agree) and decode against what was read."""
+    from pagefault.journey.arm64_journey import arm64_checks, derived_pte, first_invalid_level
+    release = kernel_release()
+    out = base / release
+    (out / "evidence").mkdir(parents=True, exist_ok=True)
+    checks = Checks(out)
+    times: dict[str, float] = {}
+    t0 = time.monotonic()
+    progress = lambda m: print(f"  [{time.monotonic() - t0:6.1f} s] {m}", flush=True)  # noqa: E731
+
+    def doctor():
+        from pagefault.capture.doctor import diagnose
+        from pagefault.decode.bits import to_jsonable
+        d = diagnose()
+        (out / "doctor.json").write_text(json.dumps(to_jsonable(d), indent=2))
+        return d.tier == "bpf", f"tier {d.tier}; " + "; ".join(f"{c.name}: {c.detail}" for c in d.checks if not c.ok)
+    t = time.monotonic()
+    checks.run("doctor", doctor)
+    times["doctor"] = time.monotonic() - t
+
+    path = out / "evidence" / "arm64-fault.json.gz"
+    t = time.monotonic()
+
+    def journey():
+        from pagefault.views.journey_view import to_json
+        j = core.run_journey(core.JourneyRequest(save_evidence=path, force=True, progress=progress))
+        (out / "journey.json").write_text(to_json(j))
+        ev = load_evidence(path).evidence
+        results = arm64_checks(ev)
+        return all(c.ok for c in results), " | ".join(f"{c.name} {'ok' if c.ok else 'FAILED'}: {c.detail}" for c in results)
+    checks.run("journey-arm64", journey)
+    times["journey"] = time.monotonic() - t
+
+    def decode():
+        ev = load_evidence(path).evidence
+        leaf = next(r for r in ev.walk_after if r.level == "PTE")
+        pfn = ev.pagemap & PM_PFN_MASK
+        problems = []
+        pte = _cli_json("decode", "pte", hex(leaf.value), "--arch", "arm64", "--json")
+        if pte["result"]["pfn"] != pfn or pte["result"]["kind"] != "page" or pte["result"]["suspicions"]:
+            problems.append(f"decode pte {leaf.value:#x} gave PFN {pte['result']['pfn']}, kind "
+                            f"{pte['result']['kind']}, doubts {pte['result']['suspicions']}; pagemap PFN {pfn:#x}")
+        if derived_pte(ev) != leaf.value:
+            problems.append(f"derived {derived_pte(ev)} != read {leaf.value:#x}")
+        address = _cli_json("decode", "address", hex(ev.address), "--arch", "arm64", "--json")
+        for index, read in zip(address["result"]["indices"], ev.walk_after):
+            if index["level"] != read.level:
+                problems.append(f"level {index['level']} != walk's {read.level}")
+        level = first_invalid_level(ev)
+        x86 = _cli_json("decode", "pte", hex(leaf.value), "--arch", "x86_64", "--json")
+        if not x86["result"]["suspicions"]:
+            problems.append("the x86 decoder did not doubt an arm64 descriptor")
+        return not problems, "; ".join(problems) or (f"PTE {leaf.value:#x} → PFN {pfn:#x} as pagemap; derived equal; "
+                                                     f"walk levels as decode address; trap at level {level}; the x86 "
+                                                     "decoder doubts it")
+    t = time.monotonic()
+    checks.run("decode", decode)
+    times["decode"] = time.monotonic() - t
+    times["total"] = time.monotonic() - t0
+    (out / "times.json").write_text(json.dumps(times, indent=2))
+    checks.save()
+    failed = [n for n, ok, _ in checks.rows if not ok]
+    print(f"matrix-kernel {release}: {len(checks.rows)} checks, {len(failed)} failed, {times['total']:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+def _cli_json(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "pagefault", *args], capture_output=True, text=True, check=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return json.loads(done.stdout)
+
+
 def main() -> int:
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
+    if os.uname().machine == "aarch64":
+        return main_arm64(base)
     release = kernel_release()
     out = base / release
     (out / "evidence").mkdir(parents=True, exist_ok=True)

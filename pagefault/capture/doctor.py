@@ -127,11 +127,18 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
                           f"/proc/sys/kernel/perf_event_paranoid = {paranoid}",
                           "sysctl kernel.perf_event_paranoid=2", ("user",)))
     tp_id = None
+    # arm64 kernels (6.1, 6.12) have no exceptions:page_fault_user: there the bpf tier meets the fault at
+    # kprobe:handle_mm_fault instead (capture/arm64_fault.py), so kprobes decide that tier, not the tracepoint.
+    arm64 = os.uname().machine == "aarch64"
+    if arm64:
+        d.checks.append(Check("architecture", True, "arm64: the journey meets the fault at kprobe:handle_mm_fault and "
+                              "reads descriptors through the linear map; ESR_EL1 is derived, not read", "", ()))
     try:
         tracefs = find_tracefs(mount=root)
         d.checks.append(Check("tracefs", True, f"tracefs at {tracefs}", "", ("perf", "bpf")))
         missing = []
-        for system, name in (("exceptions", "page_fault_user"), ("kmem", "mm_page_alloc")):
+        wanted = (("kmem", "mm_page_alloc"),) if arm64 else (("exceptions", "page_fault_user"), ("kmem", "mm_page_alloc"))
+        for system, name in wanted:
             try:
                 fmt = read_event_format(system, name, tracefs)
                 if name == "page_fault_user":
@@ -139,7 +146,7 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
             except TracefsError as exc:
                 missing.append(str(exc))
         d.checks.append(Check("tracepoints", not missing, "; ".join(missing) or
-                              "exceptions:page_fault_user and kmem:mm_page_alloc are present",
+                              " and ".join(f"{a}:{b}" for a, b in wanted) + " present",
                               "a kernel built with CONFIG_TRACEPOINTS (and x86 page-fault tracepoints)" if missing else "",
                               ("perf", "bpf")))
     except TracefsError as exc:
@@ -173,7 +180,7 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
     kprobes, kprobe_detail = kprobe_support()
     d.checks.append(Check("kprobes", kprobes, kprobe_detail + ("" if kprobes else
                           ": the journey derives the fault flags and cannot show handlers, return value or duration; "
-                          "trace --latency refuses"), "", ()))
+                          "trace --latency refuses"), "", ("bpf",) if arm64 else ()))
     if run_bpftrace and root:
         info = _bpftrace_info()
         kfunc = info.get("kfunc") == "yes"

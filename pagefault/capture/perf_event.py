@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 _libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
 _libc.syscall.restype = ctypes.c_long
-NR_perf_event_open = 298  # x86-64
+# The system-call number differs per architecture (arch/x86/entry/syscalls/syscall_64.tbl: 298;
+# include/uapi/asm-generic/unistd.h, used by arm64: 241).
+_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+NR_perf_event_open = _NR_PERF_EVENT_OPEN.get(os.uname().machine, 298)
 
 PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT = 1, 2
 PERF_COUNT_SW_PAGE_FAULTS = 2

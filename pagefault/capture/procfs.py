@@ -8,6 +8,9 @@ from pathlib import Path
 
 from ..evidence import MapsLine, parse_maps  # noqa: F401  (parse_maps: read here, parsed there)
 
+# pagemap has one entry per page of the kernel's PAGE_SIZE (4 KiB on x86-64; 4, 16 or 64 KiB on arm64)
+PAGE_SHIFT = os.sysconf("SC_PAGE_SIZE").bit_length() - 1
+
 
 def read_maps(pid: int | str) -> list[MapsLine]:
     return parse_maps(Path(f"/proc/{pid}/maps").read_text())
@@ -16,7 +19,7 @@ def read_maps(pid: int | str) -> list[MapsLine]:
 def read_pagemap(pid: int | str, address: int, count: int = 1) -> list[int]:
     """Raw 64-bit pagemap entries for `count` pages from the page holding `address`."""
     with open(f"/proc/{pid}/pagemap", "rb") as f:
-        f.seek((address >> 12) * 8)
+        f.seek((address >> PAGE_SHIFT) * 8)
         data = f.read(8 * count)
     return list(struct.unpack(f"<{len(data) // 8}Q", data))
 

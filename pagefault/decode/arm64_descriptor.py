@@ -107,8 +107,9 @@ def _software_bits(version: Version | None) -> tuple[tuple[Flag, ...], str]:
         table.append(Flag(PTE_DEVMAP, "DEVMAP", "software bit 57: a ZONE_DEVICE page"))
     if v >= PRESENT_INVALID_SINCE:
         table.append(Flag(bit(58), "UFFD_WP", "software bit 58: userfaultfd write-protected"))
-    source = (f"pgtable-prot.h {'from 6.10 (PROT_NONE = nG with bit 0 clear)' if v >= PRESENT_INVALID_SINCE else 'before 6.10 (PROT_NONE = bit 58)'}"
-              f", for {which}; checked against {CHECKED}")
+    layout = ("from 6.10 (PROT_NONE = nG with bit 0 clear)" if v >= PRESENT_INVALID_SINCE
+              else "before 6.10 (PROT_NONE = bit 58)")
+    source = f"pgtable-prot.h {layout}, for {which}; checked against {CHECKED}"
     return tuple(table), source
 
 

@@ -6,6 +6,8 @@ can be opened anywhere Python runs.
 """
 
 from .records import (
+                      Arm64FaultEvidence,
+                      Arm64WalkRead,
                       BpfWalk,
                       ExerciseError,
                       ExerciseOptions,
@@ -27,6 +29,7 @@ from .records import (
                       parse_maps,
 )
 
-__all__ = ["BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "KprobeFault", "KprobeMmap", "Mapping",
+__all__ = ["Arm64FaultEvidence", "Arm64WalkRead",
+           "BpfWalk", "ExerciseError", "ExerciseOptions", "JourneyEvidence", "KprobeFault", "KprobeMmap", "Mapping",
            "MapsLine", "MemorySettings", "OpSnapshot", "Program", "ProgramFaultEvidence", "RipFacts",
            "ScenarioEvidence", "Snapshot", "TraceEvent", "WalkRead", "MapleStep", "parse_maps"]

@@ -20,12 +20,13 @@ from typing import Any, get_args, get_origin
 
 import cattrs
 
-from .records import JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
+from .records import Arm64FaultEvidence, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 
 FORMAT = "pagefault-evidence"
 VERSION = 1
 MAX_BYTES = 512 << 20          # far above any capture (a journey is ~100 KiB): refuse before reading more
-KINDS = {"journey": JourneyEvidence, "scenario": ScenarioEvidence, "program-fault": ProgramFaultEvidence}
+KINDS = {"journey": JourneyEvidence, "scenario": ScenarioEvidence, "program-fault": ProgramFaultEvidence,
+         "arm64-fault": Arm64FaultEvidence}
 
 
 class EvidenceError(Exception):

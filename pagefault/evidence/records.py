@@ -386,3 +386,67 @@ class ProgramFaultEvidence:
     captured_at: str = ""
     host: str = ""
     tool_version: str = ""
+
+
+@dataclass
+class Arm64WalkRead:
+    """One descriptor read by bpftrace on arm64: its level, its value, and the physical address of its table."""
+
+    level: str
+    value: int
+    table_physical: int
+
+
+@dataclass
+class Arm64FaultEvidence:
+    """One anonymous write fault of the exercise program on arm64 (capture/arm64_fault.py).
+
+    arm64 kernels before 6.x have no exceptions:page_fault_user tracepoint and refuse kprobes on
+    do_mem_abort, so the trap is seen at kprobe:handle_mm_fault: the address, the fault flags, the
+    saved user registers (PC) and the kernel stack that led there.
+    """
+
+    kernel_release: str
+    kernel_version: tuple[int, int]
+    machine: str
+    va_bits: int
+    page_size: int
+    translation_source: str            # where VA_BITS and the page size were read
+    pid: int
+    mapping_start: int
+    mapping_size: int
+    offset: int
+    program: str = ""
+    program_how: str = ""
+    address: int = 0                   # handle_mm_fault's address argument
+    flags: int = 0                     # handle_mm_fault's flags argument
+    pc: int = 0                        # the saved user PC (struct user_pt_regs, UAPI layout)
+    pstate: int = 0
+    instruction: str = ""              # the 4 bytes at PC, hex, read from /proc/PID/mem
+    instruction_path: str = ""         # the mapping holding PC
+    kernel_stack: list[str] = field(default_factory=list)
+    vma: dict[str, int] = field(default_factory=dict)       # vm_start, vm_end, vm_flags, vm_page_prot
+    linear_offset: int | None = None   # PAGE_OFFSET - PHYS_OFFSET: virtual = physical + this
+    linear_how: str = ""
+    pgd_virtual: int = 0
+    walk_before: list[Arm64WalkRead] = field(default_factory=list)
+    walk_after: list[Arm64WalkRead] = field(default_factory=list)
+    alloc_pfn: int | None = None
+    alloc_order: int | None = None
+    alloc_gfp: int | None = None
+    alloc_stack: list[str] = field(default_factory=list)
+    retval: int | None = None
+    duration_ns: int | None = None
+    pagemap: int | None = None
+    kpageflags: int | None = None
+    maps: list[MapsLine] = field(default_factory=list)
+    readback: str = ""
+    lines: list[str] = field(default_factory=list)           # bpftrace's output, as printed
+    script: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    fault_flag_table: dict[str, int] = field(default_factory=dict)
+    fault_flag_source: str = ""
+    kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)
+    captured_at: str = ""
+    host: str = ""
+    tool_version: str = ""

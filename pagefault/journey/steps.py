@@ -132,7 +132,7 @@ class WalkLevel:
 
 @dataclass
 class PageWalk:
-    """The walk drawn in the HTML report: CR3 → each level's table and entry → the page frame."""
+    """The walk drawn in the HTML report: CR3 (TTBR0_EL1) → each level's table and entry → the page frame."""
 
     address: int
     cr3: int | None                     # the PGD's physical address
@@ -141,6 +141,9 @@ class PageWalk:
     frame_pfn: int | None = None        # from the leaf entry's frame field
     page_size: int = 4096
     frame_source: str = "unavailable: no present entry was read"
+    root_register: str = "CR3"          # the register holding the PGD's address: CR3, or TTBR0_EL1 on arm64
+    architecture: str = "x86_64"
+    va_bits: int = 48                   # arm64: the virtual-address size the walk's levels follow
 
     def set_frame(self) -> None:
         """The frame and page size from the last entry read, when it is present (a PMD or PUD leaf is huge)."""

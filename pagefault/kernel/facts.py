@@ -97,21 +97,57 @@ def gfp_bits() -> KernelTable:
     return KernelTable(table, f"modelled: built-in table of {what}, for kernel {version[0]}.{version[1]}, {fit} ({why})")
 
 
-def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool | None:
-    """Whether the running kernel was built with `name` (=y or =m); None: its configuration cannot be read."""
+def _kernel_config_text(path: Path = Path("/proc/config.gz")) -> tuple[str | None, str]:
+    """The running kernel's configuration and where it was read, or (None, why not)."""
     import gzip
     try:
         with gzip.open(path, "rt") as f:
-            text = f.read()
+            return f.read(), str(path)
     except OSError:
+        boot = Path(f"/boot/config-{kernel_release()}")
         try:
-            text = Path(f"/boot/config-{kernel_release()}").read_text()
+            return boot.read_text(), str(boot)
         except OSError:
-            return None
+            return None, f"neither {path} nor {boot} is readable"
+
+
+def kernel_config_value(name: str, path: Path = Path("/proc/config.gz")) -> str | None:
+    """The value `name` has in the running kernel's configuration ("" if not set); None: unreadable."""
+    text, _ = _kernel_config_text(path)
+    if text is None:
+        return None
     for line in text.splitlines():
         if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip() in ("y", "m")
-    return False
+            return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
+def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool | None:
+    """Whether the running kernel was built with `name` (=y or =m); None: its configuration cannot be read."""
+    value = kernel_config_value(name, path)
+    return None if value is None else value in ("y", "m")
+
+
+def arm64_translation() -> tuple[int, int, str]:
+    """(VA_BITS, page size, how they are known) of the running arm64 kernel.
+
+    CONFIG_ARM64_VA_BITS from the kernel's configuration; the page size from sysconf (the kernel's own
+    PAGE_SIZE). A 52-bit kernel on a CPU without LPA/LPA2 runs with 48 bits (vabits_actual): said, not
+    resolved here.
+    """
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    text, where = _kernel_config_text()
+    va = None
+    if text is not None:
+        match = re.search(r"^CONFIG_ARM64_VA_BITS=(\d+)$", text, re.M)
+        va = int(match.group(1)) if match else None
+    if va is None:
+        missing = where if text is None else f"CONFIG_ARM64_VA_BITS is not in {where}"
+        return 48, page_size, f"VA_BITS assumed 48 (Debian's and most distributions' choice): {missing}"
+    how = f"CONFIG_ARM64_VA_BITS={va} in {where}; page size {page_size} from sysconf"
+    if va == 52:
+        how += " (a 52-bit kernel falls back to 48 bits on CPUs without LPA/LPA2)"
+    return va, page_size, how
 
 
 def swap_config():

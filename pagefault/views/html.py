@@ -28,7 +28,12 @@ def walk_nodes(walk: PageWalk, r: Redactor) -> list[dict]:
     nodes = []
     for pos, lv in enumerate(walk.levels):
         meaning = "not read"
-        if lv.entry is not None:
+        if lv.entry is not None and walk.architecture == "arm64":
+            from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor
+            d = decode_arm64_descriptor(lv.entry, lv.level, va_bits=walk.va_bits, granule=walk.page_size)
+            meaning = ("→ the next table" if d.kind is DescriptorKind.TABLE else
+                       "→ the page frame" if d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK) else d.kind.value)
+        elif lv.entry is not None:
             p = decode_pte(lv.entry, lv.level)
             meaning = (p.kind.value if not p.present else
                        "→ the page frame" if p.leaf else "→ the next table")

@@ -1,0 +1,259 @@
+"""The live journey on arm64: one anonymous write fault of the exercise program, seen by bpftrace.
+
+What arm64 kernels let us see (Debian's 6.1 here): there is no exceptions:page_fault_user tracepoint,
+and do_mem_abort, do_translation_fault and do_page_fault are off limits to kprobes. So the fault is
+met at kprobe:handle_mm_fault, which gets the address, the fault flags, the VMA and the saved user
+registers (whose PC is the faulting instruction); its kernel stack shows the arm64 path that led
+there (el0_da → do_mem_abort → do_translation_fault → do_page_fault). ESR_EL1 is not kept anywhere a
+probe can reach for a fault that is handled, so the journey derives it from the flags and the walk,
+and says so.
+
+The walk reads every level's descriptor through the kernel's linear map. Its offset (PAGE_OFFSET -
+PHYS_OFFSET; memstart_addr is not in kallsyms without CONFIG_KALLSYMS_ALL) is derived the way the
+x86 direct-map base is: a PGD page is allocated (pgd_alloc → __get_free_page, seen by mm_page_alloc
+with its PFN) and returned as a linear-map address, so offset = returned address - PFN × page size.
+The tool forks once to make pgd_alloc run.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+from typing import Callable
+
+from .. import __version__
+from ..decode.arm64_address import split_arm64_address
+from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
+from ..kernel import facts
+from . import procfs
+from .bpf_walk import BpfError, _last_error
+from .exercise import ExerciseProcess, build_program
+from .runner import start_child, stop_child
+from .safe_paths import UnsafePathError, trusted_executable
+
+OUTPUT_ADDRESS_MASK = 0x0000_FFFF_FFFF_F000   # OA bits 47..12 (48-bit physical addresses)
+# struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h, a UAPI layout): regs[31], sp, pc, pstate
+PT_REGS_PC, PT_REGS_PSTATE = 31 * 8 + 8, 31 * 8 + 16
+
+
+def _walk_block(tag: str, page: int, va_bits: int, granule: int) -> str:
+    """bpftrace statements reading one descriptor per level through the linear map ($base), stopping at an
+    invalid descriptor or a block."""
+    split = split_arm64_address(page, va_bits, granule)
+    mask = OUTPUT_ADDRESS_MASK & ~(granule - 1)
+    lines = ["$t = (uint64)curtask->mm->pgd;", f'printf("{tag} pgdv %lx\\n", $t);']
+    indent = ""
+    for position, level in enumerate(split.indices):
+        lines.append(f"{indent}$e = *(uint64 *)($t + {level.index * 8}); "
+                     f'printf("{tag} {level.level} %lx %lx\\n", $e, $t - $base);')
+        if position < len(split.indices) - 1:
+            lines.append(f"{indent}if (($e & 3) == 3) {{ $t = $base + ($e & {mask:#x});")
+            indent += "  "
+    lines.append("}" * (len(split.indices) - 1))
+    return "\n    ".join(lines)
+
+
+def bpftrace_script(pid: int, page: int, va_bits: int, granule: int, tool_pid: int) -> str:
+    """The probes of one arm64 fault on `page` of process `pid`; the tool's own fault and syscall arm it."""
+    return f"""
+kprobe:pgd_alloc {{ @pg[tid] = 1; }}
+tracepoint:kmem:mm_page_alloc /@pg[tid] == 1/ {{ @pgpfn[tid] = args->pfn; }}
+kretprobe:pgd_alloc /@pg[tid] == 1/ {{
+    if (@lin == 0 && @pgpfn[tid] != 0) {{
+        @lin = retval - @pgpfn[tid] * {granule};
+        printf("linear %lx %lx %lx\\n", @lin, retval, @pgpfn[tid]);
+    }}
+    delete(@pg[tid]); delete(@pgpfn[tid]);
+}}
+kprobe:handle_mm_fault /pid == {pid} && @state == 0 && (arg1 & ~{granule - 1:#x}) == {page:#x}/ {{
+    @state = 1; @t0 = nsecs; $base = @lin;
+    $v = (struct vm_area_struct *)arg0;
+    printf("fault %lx %lx %lx %lx\\n", arg1, arg2, *(uint64 *)(arg3 + {PT_REGS_PC}), *(uint64 *)(arg3 + {PT_REGS_PSTATE}));
+    printf("vma %lx %lx %lx %lx\\n", $v->vm_start, $v->vm_end, (uint64)$v->vm_flags, $v->vm_page_prot.pgprot);
+    printf("stack begin%s\\nstack end\\n", kstack);
+    {_walk_block("before", page, va_bits, granule)}
+}}
+tracepoint:kmem:mm_page_alloc /pid == {pid} && @state == 1/ {{
+    printf("alloc %lx %d %lx\\n", args->pfn, args->order, args->gfp_flags);
+    printf("stack begin%s\\nstack end\\n", kstack);
+}}
+kretprobe:handle_mm_fault /pid == {pid} && @state == 1/ {{ printf("ret %lx %ld\\n", retval, nsecs - @t0); @state = 2; }}
+tracepoint:raw_syscalls:sys_enter /pid == {pid} && @state == 2/ {{
+    $base = @lin;
+    {_walk_block("after", page, va_bits, granule)}
+    @state = 3;
+    exit();
+}}
+kprobe:handle_mm_fault /pid == {tool_pid} && @armf == 0/ {{ printf("armed fault\\n"); @armf = 1; }}
+tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @arms == 0/ {{ printf("armed syscall\\n"); @arms = 1; }}
+"""
+
+
+def parse_lines(lines: list[str], ev: Arm64FaultEvidence) -> None:
+    """Fill `ev` from bpftrace's lines (the allocations in the order printed, with their stacks)."""
+    allocs: list[tuple[int, int, int, list[str]]] = []
+    stack: list[str] | None = None
+    owner = ""
+    for line in lines:
+        if line == "stack begin" or line.startswith("stack begin"):
+            stack = []
+            continue
+        if line == "stack end":
+            if owner == "fault":
+                ev.kernel_stack = stack or []
+            elif owner == "alloc" and allocs:
+                allocs[-1][3].extend(stack or [])
+            stack = None
+            continue
+        if stack is not None:
+            if line.strip():
+                stack.append(line.strip())
+            continue
+        words = line.split()
+        if not words:
+            continue
+        head = words[0]
+        if head == "linear" and len(words) == 4:
+            ev.linear_offset = int(words[1], 16)
+            ev.linear_how = (f"derived: pgd_alloc returned 0x{int(words[2], 16):x} for the page of PFN "
+                             f"0x{int(words[3], 16):x} (kmem:mm_page_alloc inside it): linear offset = "
+                             f"0x{int(words[2], 16):x} - 0x{int(words[3], 16):x} × {ev.page_size} = 0x{ev.linear_offset:x}")
+        elif head == "fault" and len(words) == 5:
+            ev.address, ev.flags, ev.pc, ev.pstate = (int(w, 16) for w in words[1:])
+            owner = "fault"
+        elif head == "vma" and len(words) == 5:
+            ev.vma = dict(zip(("vm_start", "vm_end", "vm_flags", "vm_page_prot"), (int(w, 16) for w in words[1:])))
+        elif head == "alloc" and len(words) == 4:
+            allocs.append((int(words[1], 16), int(words[2]), int(words[3], 16), []))
+            owner = "alloc"
+        elif head == "ret" and len(words) == 3:
+            ev.retval, ev.duration_ns = int(words[1], 16) & 0xFFFFFFFF, int(words[2])
+        elif head in ("before", "after") and len(words) >= 3:
+            if words[1] == "pgdv":
+                ev.pgd_virtual = int(words[2], 16)
+            elif len(words) == 4:
+                read = Arm64WalkRead(words[1], int(words[2], 16), int(words[3], 16))
+                (ev.walk_before if head == "before" else ev.walk_after).append(read)
+    # the data page is the movable allocation (GFP_HIGHUSER_MOVABLE); page tables are not movable
+    data = [a for a in allocs if a[2] & 0x08] or allocs[-1:]
+    if data:
+        ev.alloc_pfn, ev.alloc_order, ev.alloc_gfp, ev.alloc_stack = data[0]
+
+
+def _read_some(proc: subprocess.Popen, buf: bytearray, timeout: float) -> bool:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        return False
+    chunk = os.read(proc.stdout.fileno(), 65536)
+    buf += chunk
+    return bool(chunk)
+
+
+def _arm(proc: subprocess.Popen, buf: bytearray, bound: float, progress: Callable[[str], None] | None) -> None:
+    """Fault, make a system call and fork until bpftrace says its probes fire and the linear offset is known."""
+    import mmap
+    started = last_said = time.monotonic()
+    while not (b"armed fault" in buf and b"armed syscall" in buf and b"linear " in buf):
+        if proc.poll() is not None:
+            raise BpfError("bpftrace stopped: " + _last_error(proc.stderr.read().decode(errors="replace")))
+        now = time.monotonic()
+        if now - started > bound:
+            missing = "the linear-map offset (no pgd_alloc seen)" if b"armed" in buf else "its probes"
+            raise BpfError(f"bpftrace did not report {missing} within {bound:.0f} s")
+        if progress and now - last_said > 5:
+            progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
+            last_said = now
+        page = mmap.mmap(-1, 4096)
+        page[0] = 1
+        page.close()
+        child = os.fork()           # a new mm: pgd_alloc runs, and shows the linear map's offset
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
+        _read_some(proc, buf, 0.2)
+
+
+def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: Callable[[str], None] | None = None,
+                        bound: float = 600.0) -> Arm64FaultEvidence:
+    """Run the exercise program and capture its write fault, on an arm64 machine, as root.
+
+    Raises BpfError (bpftrace missing, a probe refused, nothing seen) with the reason and fix.
+    """
+    if os.uname().machine != "aarch64":
+        raise BpfError(f"the arm64 capture runs on arm64 machines; this one is {os.uname().machine}")
+    try:
+        exe = trusted_executable("bpftrace")
+    except UnsafePathError as exc:
+        raise BpfError(str(exc)) from None
+    if not exe:
+        raise BpfError("bpftrace is not installed; fix: apt-get install bpftrace")
+    va_bits, page_size, how = facts.arm64_translation()
+    program = build_program(progress)
+    ev = Arm64FaultEvidence(facts.kernel_release(), facts.kernel_version(), os.uname().machine, va_bits, page_size,
+                            how, 0, 0, options.size, options.offset, " ".join(program.argv_prefix), program.how)
+    target = ExerciseProcess(program, options)
+    proc = None
+    try:
+        target.release()
+        ev.pid = target.pid
+        target.wait_phase()                       # ready
+        target.advance()
+        mapped = target.wait_phase()              # mapped: the VMA exists, nothing touched yet
+        ev.mapping_start = int(mapped.fields["vaddr"], 16)
+        page = (ev.mapping_start + options.offset) & ~(page_size - 1)
+        ev.script = bpftrace_script(ev.pid, page, va_bits, page_size, os.getpid())
+        if progress:
+            progress("starting bpftrace (compiling and attaching takes a while under emulation)")
+        proc = start_child([exe, "-B", "line", "-e", ev.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        buf = bytearray()
+        _arm(proc, buf, bound, progress)
+        target.advance()                          # the write: the fault
+        touched = target.wait_phase()
+        ev.readback = touched.fields.get("readback", "")
+        address = ev.mapping_start + options.offset
+        ev.pagemap = procfs.pagemap_entry(ev.pid, address)
+        pfn = ev.pagemap & ((1 << 55) - 1)
+        try:
+            ev.kpageflags = procfs.read_kpageflags(pfn) if pfn else None
+        except OSError as exc:
+            ev.unavailable["kpageflags"] = str(exc)
+        ev.maps = procfs.read_maps(ev.pid)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            _read_some(proc, buf, 0.5)
+        while _read_some(proc, buf, 0.1):
+            pass
+        err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
+        ev.lines = [l for l in buf.decode(errors="replace").splitlines() if not l.startswith("armed")]
+        parse_lines(ev.lines, ev)
+        if not ev.address:
+            raise BpfError("bpftrace saw no fault on the page: " + (_last_error(err) or "no output"))
+        _read_instruction(ev)
+        flag_table = facts.fault_flag_values()
+        ev.fault_flag_table, ev.fault_flag_source = dict(flag_table.values), flag_table.source
+        ev.kernel_enums, _ = facts.kernel_enums()
+        ev.captured_at, ev.host = facts.capture_origin()
+        ev.tool_version = __version__
+        target.finish()
+        return ev
+    finally:
+        if proc is not None:
+            stop_child(proc, 5)
+        if target.target.poll():
+            target.kill()
+
+
+def _read_instruction(ev: Arm64FaultEvidence) -> None:
+    """The 4 bytes at PC from /proc/PID/mem (the program is paused after the fault), and the mapping holding PC."""
+    holder = next((m for m in ev.maps if m.start <= ev.pc < m.end), None)
+    ev.instruction_path = holder.path if holder else ""
+    try:
+        fd = os.open(f"/proc/{ev.pid}/mem", os.O_RDONLY)
+        try:
+            ev.instruction = os.pread(fd, 4, ev.pc).hex()
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        ev.unavailable["instruction"] = f"cannot read /proc/{ev.pid}/mem at 0x{ev.pc:x}: {exc.strerror}"

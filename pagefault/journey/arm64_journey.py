@@ -1,0 +1,252 @@
+"""The journey of one arm64 write fault (evidence from capture/arm64_fault.py), step by step.
+
+Pure: evidence in, a Journey out (and the checks the kernel matrix and the tests assert). The steps are
+the catalogue's, told in arm64's words: the trap is a data abort taken from EL0, its syndrome (ESR_EL1)
+is derived from the fault flags and the walk because no probe can read it for a handled fault; the
+PC step disassembles the faulting instruction with capstone's arm64 mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..decode.arch import Arch
+from ..decode.arm64_address import split_arm64_address
+from ..decode.arm64_descriptor import decode_arm64_descriptor, derive_arm64_anonymous_pte
+from ..decode.esr import derive_esr
+from ..decode.fault_flags import decode_fault_flags
+from ..decode.gfp import decode_gfp
+from ..decode.pagemap import decode_kpageflags, decode_pagemap_entry
+from ..decode.vm_flags import decode_vm_flags
+from ..evidence import Arm64FaultEvidence
+from .build import decode_vm_fault
+from .steps import STEP_CATALOGUE, Journey, PageWalk, Step, WalkLevel, derived, modelled, observed, unavailable
+
+AT_FAULT = "bpftrace at kprobe:handle_mm_fault (the fault on the written page)"
+AFTER = "bpftrace at the program's next system call (the fault handled, the write retried)"
+ARM64_PATH = ("el0_da", "do_mem_abort", "do_translation_fault", "do_page_fault", "handle_mm_fault")
+TITLES = {
+    "trap": "The CPU takes a data abort from EL0: FAR (the address), ELR (the PC) and ESR_EL1",
+    "rip": "The PC proven: the faulting instruction, disassembled",
+    "flags": "Fault flags: what do_page_fault() hands to handle_mm_fault()",
+    "walk": "The page-table walk: TTBR0_EL1 → one descriptor per level",
+    "pte": "The page descriptor that lets the retried instruction succeed",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _version(ev: Arm64FaultEvidence) -> tuple[int, int]:
+    return (int(ev.kernel_version[0]), int(ev.kernel_version[1]))
+
+
+def _pfn_of_pagemap(ev: Arm64FaultEvidence) -> int | None:
+    if ev.pagemap is None:
+        return None
+    entry = decode_pagemap_entry(ev.pagemap, _version(ev))
+    return entry.pfn if entry.present else None
+
+
+def _leaf(reads, level: str = "PTE"):
+    return next((r for r in reads if r.level == level), None)
+
+
+def first_invalid_level(ev: Arm64FaultEvidence) -> int | None:
+    """The architectural level of the first invalid descriptor at the trap: where the MMU's walk stopped."""
+    split = split_arm64_address(ev.address, ev.va_bits, ev.page_size)
+    by_name = {i.level: i.architectural_level for i in split.indices}
+    for read in ev.walk_before:
+        if not read.value & 1:
+            return by_name.get(read.level)
+    return None
+
+
+def derived_pte(ev: Arm64FaultEvidence) -> int | None:
+    pfn = _pfn_of_pagemap(ev)
+    if pfn is None or "vm_flags" not in ev.vma:
+        return None
+    return derive_arm64_anonymous_pte(pfn, ev.vma["vm_flags"], kernel=_version(ev),
+                                      granule=ev.page_size).value
+
+
+def arm64_checks(ev: Arm64FaultEvidence) -> list[Check]:
+    """What must hold between the sources, each a check that can fail."""
+    out = []
+    want = ev.mapping_start + ev.offset
+    out.append(Check("fault address", ev.address == want,
+                     f"handle_mm_fault address 0x{ev.address:x}, mapping 0x{ev.mapping_start:x} + offset 0x{ev.offset:x}"))
+    write, user = ev.fault_flag_table.get("FAULT_FLAG_WRITE", 1), ev.fault_flag_table.get("FAULT_FLAG_USER", 0x40)
+    out.append(Check("fault flags", bool(ev.flags & write and ev.flags & user),
+                     f"flags 0x{ev.flags:x} carry WRITE (0x{write:x}) and USER (0x{user:x})"))
+    pfn = _pfn_of_pagemap(ev)
+    out.append(Check("alloc = pagemap", pfn is not None and ev.alloc_pfn == pfn,
+                     f"mm_page_alloc PFN {_hex(ev.alloc_pfn)}, pagemap PFN {_hex(pfn)}"))
+    leaf = _leaf(ev.walk_after)
+    read_pfn = None
+    if leaf is not None:
+        read_pfn = decode_arm64_descriptor(leaf.value, "PTE", _version(ev), ev.va_bits, ev.page_size).pfn
+    out.append(Check("descriptor = pagemap", pfn is not None and read_pfn == pfn,
+                     f"PTE read {_hex(leaf.value if leaf else None)} → PFN {_hex(read_pfn)}, pagemap PFN {_hex(pfn)}"))
+    want_pte = derived_pte(ev)
+    out.append(Check("derived = read", want_pte is not None and leaf is not None and want_pte == leaf.value,
+                     f"derived {_hex(want_pte)}, read {_hex(leaf.value if leaf else None)}"))
+    path = [f for f in ARM64_PATH if any(line.startswith(f + "+") for line in ev.kernel_stack)]
+    out.append(Check("arm64 path", "do_mem_abort" in path and "el0_da" in path,
+                     "kernel stack at handle_mm_fault: " + " → ".join(path or ["none of " + ", ".join(ARM64_PATH)])))
+    return out
+
+
+def _hex(value: int | None) -> str:
+    return "none" if value is None else f"0x{value:x}"
+
+
+def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
+    version = _version(ev)
+    j = Journey("bpf", ev.kernel_release, ev.pid, ev.program.split(), ev.program)
+    j.notes.append(f"arm64 ({ev.machine}), {ev.va_bits}-bit virtual addresses, {ev.page_size // 1024} KiB pages: "
+                   f"{ev.translation_source}")
+    j.notes.append("observed through kprobes and tracepoints: arm64 kernels of this age have no "
+                   "exceptions:page_fault_user tracepoint, and do_mem_abort refuses kprobes")
+    j.observed_with = [AT_FAULT, AFTER, "tracepoint kmem:mm_page_alloc", "/proc/PID/pagemap, /proc/kpageflags"]
+
+    def step(key: str) -> Step:
+        entry = STEP_CATALOGUE[key]
+        s = Step(len(j.steps) + 1, key, TITLES.get(key, entry.title), "done")
+        j.steps.append(s)
+        return s
+
+    s = step("mmap")
+    s.values += [observed("mapping start", ev.mapping_start, "the exercise program's mapped line (its mmap's return)"),
+                 observed("VMA", f"0x{ev.vma.get('vm_start', 0):x}-0x{ev.vma.get('vm_end', 0):x}", AT_FAULT + ": vma->vm_start, vm_end")]
+    if "vm_flags" in ev.vma:
+        word = decode_vm_flags(ev.vma["vm_flags"], version, Arch.ARM64)
+        s.values.append(observed("vm_flags", ev.vma["vm_flags"], AT_FAULT + "; " + word.table_source,
+                                 display=f"0x{ev.vma['vm_flags']:x} = " + " | ".join(word.names)))
+    s.ws = {"what": "a private anonymous read-write mapping: a VMA, no page, no page-table entry yet",
+            "why": "mmap only promises memory; the first touch pays for it"}
+
+    esr_level = first_invalid_level(ev)
+    s = step("trap")
+    s.values.append(observed("faulting address (FAR_EL1)", ev.address, AT_FAULT + ": handle_mm_fault's address"))
+    s.values.append(observed("PC (ELR_EL1)", ev.pc, AT_FAULT + ": the saved user registers (struct user_pt_regs)"))
+    write = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_WRITE", 1))
+    instruction = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_INSTRUCTION", 0x100))
+    user = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_USER", 0x40))
+    syndrome = derive_esr(write, instruction, user, esr_level)
+    s.values.append(derived("ESR_EL1", syndrome.value, "derived from the fault flags (EC, WnR) and the walk at the trap "
+                            "(the level of the first invalid descriptor): no probe can read ESR_EL1 for a handled fault",
+                            list(syndrome.derivations) + [f"assumed: {a}" for a in syndrome.assumed],
+                            display=f"0x{syndrome.value:x} ({syndrome.syndrome.summary.split(' = ', 1)[-1]})"))
+    path = [line for line in ev.kernel_stack if line.split("+")[0] in ARM64_PATH]
+    s.evidence += ["kernel stack at handle_mm_fault (innermost first):"] + ev.kernel_stack
+    s.ws = {"where": "the exception vector el0_sync → el0_da → do_mem_abort → do_translation_fault → do_page_fault",
+            "who": "the MMU found no valid descriptor and raised a synchronous data abort",
+            "which": "seen: " + (" ← ".join(p.split("+")[0] for p in path) or "no stack was printed")}
+
+    s = step("rip")
+    if ev.instruction:
+        text = _disassemble(bytes.fromhex(ev.instruction), ev.pc)
+        s.values.append(observed("instruction bytes", ev.instruction, f"/proc/{ev.pid}/mem at PC",
+                                 display=" ".join(ev.instruction[i:i + 2] for i in range(0, 8, 2))))
+        s.values.append(derived("instruction", text, "capstone, arm64 mode (AArch64: 4-byte instructions)"))
+        s.values.append(observed("mapping of PC", ev.instruction_path or "anonymous", "/proc/PID/maps"))
+    else:
+        s.values.append(unavailable("instruction", ev.unavailable.get("instruction", "not read")))
+
+    s = step("flags")
+    word = decode_fault_flags(ev.flags, ev.fault_flag_table, ev.fault_flag_source)
+    s.values.append(observed("flags", ev.flags, AT_FAULT + ": handle_mm_fault's flags; " + ev.fault_flag_source,
+                             display=f"0x{ev.flags:x} = " + " | ".join(word.names)))
+
+    s = step("walk")
+    split = split_arm64_address(ev.address, ev.va_bits, ev.page_size)
+    pgd_physical = ev.pgd_virtual - ev.linear_offset if ev.linear_offset is not None and ev.pgd_virtual else None
+    walk = PageWalk(ev.address, pgd_physical,
+                    f"derived: mm->pgd 0x{ev.pgd_virtual:x} − the linear-map offset (TTBR0_EL1 holds this address, "
+                    "with the ASID in its bits 63..48; no probe reads the register)" if pgd_physical is not None
+                    else "unavailable: the linear-map offset was not derived",
+                    page_size=ev.page_size, root_register="TTBR0_EL1", architecture="arm64", va_bits=ev.va_bits)
+    before = {r.level: r for r in ev.walk_before}
+    after = {r.level: r for r in ev.walk_after}
+    for index in split.indices:
+        b, a = before.get(index.level), after.get(index.level)
+        seen = a or b
+        table = seen.table_physical if seen is not None else None
+        walk.levels.append(WalkLevel(index.level, index.index, table, a.value if a else None, b.value if b else None,
+                                     "observed", AT_FAULT + " and " + AFTER))
+        if a is not None:
+            d = decode_arm64_descriptor(a.value, index.level, version, ev.va_bits, ev.page_size)
+            s.values.append(observed(f"{index.level} (level {index.architectural_level}) [{index.index}]", a.value,
+                                     AFTER + f"; table at physical 0x{a.table_physical:x}",
+                                     display=f"0x{a.value:016x}: {d.kind.value}"))
+        if b is not None and (a is None or b.value != a.value):
+            d = decode_arm64_descriptor(b.value, index.level, version, ev.va_bits, ev.page_size)
+            s.values.append(observed(f"{index.level} at the trap", b.value, AT_FAULT,
+                                     display=f"0x{b.value:016x}: {d.kind.value}"))
+    leaf = after.get("PTE")
+    if leaf is not None:
+        d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size)
+        if d.pfn is not None:
+            walk.frame_pfn, walk.frame_source = d.pfn, "derived: the output address of the page descriptor"
+    j.walk = walk
+    if ev.linear_offset is not None:
+        s.values.append(derived("linear-map offset", ev.linear_offset, ev.linear_how))
+    s.derivations += list(split.derivations)
+
+    s = step("alloc")
+    if ev.alloc_pfn is not None:
+        gfp = decode_gfp(ev.alloc_gfp or 0)
+        s.values += [observed("PFN", ev.alloc_pfn, "tracepoint kmem:mm_page_alloc in the fault"),
+                     observed("order", ev.alloc_order, "tracepoint kmem:mm_page_alloc"),
+                     observed("GFP flags", ev.alloc_gfp, "tracepoint kmem:mm_page_alloc; " + gfp.flags.table_source,
+                              display=f"0x{ev.alloc_gfp:x} = {gfp.symbolic}")]
+        s.evidence += ["allocation stack:"] + ev.alloc_stack
+    else:
+        s.values.append(unavailable("PFN", "no movable allocation was seen in the fault"))
+
+    s = step("pagemap")
+    pfn = _pfn_of_pagemap(ev)
+    s.values.append(observed("PFN", pfn, f"/proc/{ev.pid}/pagemap") if pfn is not None else
+                    unavailable("PFN", "the page was not present in pagemap"))
+    if ev.kpageflags is not None:
+        flags = decode_kpageflags(ev.kpageflags, version)
+        s.values.append(observed("kpageflags", ev.kpageflags, "/proc/kpageflags", display=" | ".join(flags.names)))
+
+    s = step("pte")
+    want = derived_pte(ev)
+    if leaf is not None:
+        d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size)
+        s.values.append(observed("page descriptor", leaf.value, AFTER, display=f"0x{leaf.value:016x}"))
+        s.derivations += list(d.derivations)
+    if want is not None:
+        proof = derive_arm64_anonymous_pte(pfn or 0, ev.vma["vm_flags"], kernel=version, granule=ev.page_size)
+        s.values.append(modelled("derived descriptor", want, "arm64 protection_map and do_anonymous_page() for kernel "
+                                 f"{version[0]}.{version[1]}", list(proof.derivations), display=f"0x{want:016x}"))
+
+    s = step("return")
+    if ev.retval is not None:
+        s.values.append(observed("handle_mm_fault returned", ev.retval, "kretprobe:handle_mm_fault",
+                                 display="; ".join(decode_vm_fault(ev.retval, ev.kernel_enums.get("vm_fault_reason", {})))))
+        s.values.append(observed("time in handle_mm_fault", ev.duration_ns, "bpftrace nsecs at entry and return",
+                                 display=f"{(ev.duration_ns or 0) / 1000:.1f} µs"))
+    s.ws = {"what": "the exception returns (eret) to the same PC, and the store now finds a valid descriptor"}
+    j.notes += [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in arm64_checks(ev)]
+    j.complete = all(c.ok for c in arm64_checks(ev))
+    if esr_level is not None and esr_level < 3:
+        j.notes.append(f"the walk stopped at level {esr_level} at the trap: the tables below did not exist yet")
+    if ev.retval is None:
+        j.notes.append("no return from handle_mm_fault was seen")
+    return j
+
+
+def _disassemble(code: bytes, address: int) -> str:
+    import capstone
+    md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    for insn in md.disasm(code, address):
+        return f"{insn.mnemonic} {insn.op_str}".strip()
+    return f"(capstone does not decode {code.hex()})"

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The arm64 guest of the kernel matrix: a Debian bookworm arm64 root with Python, bpftrace and busybox,
+# pagefault's Python dependencies (aarch64 wheels, installed on the host into the root), and Debian's
+# arm64 kernel unpacked into it (no initramfs: virtme-ng makes its own).
+#
+#   sudo bash scripts/arm64-root.sh DIR        → DIR/root, and DIR/release (the kernel release to boot)
+#
+# Built once and reused while DIR/stamp matches what this script would build (its own text and
+# pyproject.toml's dependencies); a root left half-built by an interrupted run has no stamp and is
+# rebuilt. Cold: mmdebstrap runs arm64 maintainer scripts under qemu-user (minutes); warm: nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DIR=$(realpath -m "${1:?usage: arm64-root.sh DIR}")
+log() { printf 'arm64-root: %s\n' "$*" >&2; }
+[ "$(id -u)" = 0 ] || { log "needs root (mmdebstrap, binfmt); fix: sudo bash scripts/arm64-root.sh $DIR"; exit 2; }
+
+PACKAGES=python3,bpftrace,busybox-static,mount,kmod,procps,gcc,libc6-dev
+want=$( { cat "$0"; sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml; echo "$PACKAGES"; } | sha256sum | cut -c1-16)
+if [ -f "$DIR/stamp" ] && [ "$(cat "$DIR/stamp")" = "$want" ] && [ -s "$DIR/release" ]; then
+    log "reusing $DIR/root (stamp $want)"
+    exit 0
+fi
+
+need=()
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v arch-test >/dev/null || need+=(arch-test)
+[ -x /usr/libexec/qemu-binfmt/aarch64-binfmt-P ] || [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
+command -v update-binfmts >/dev/null || need+=(binfmt-support)
+command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+command -v depmod >/dev/null || need+=(kmod)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing from Debian: ${need[*]}"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 \
+        || { log "could not install ${need[*]}; fix: apt-get install ${need[*]}"; exit 1; }
+fi
+# arm64 programs run on this x86 host through binfmt_misc and qemu-user (mmdebstrap's maintainer scripts)
+grep -qs binfmt_misc /proc/mounts || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
+    || { log "cannot mount binfmt_misc; fix: modprobe binfmt_misc"; exit 1; }
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] \
+    || { log "qemu-aarch64 is not registered with binfmt_misc; fix: update-binfmts --enable qemu-aarch64"; exit 1; }
+
+case "$DIR" in /|/root|/home|/tmp|/var|/usr|"$ROOT") log "refusing to rebuild into $DIR (it would be deleted)"; exit 2 ;; esac
+rm -rf "$DIR"
+mkdir -p "$DIR"
+start=$(date +%s)
+log "building the arm64 root with mmdebstrap (cold: several minutes under qemu-user)"
+# Debian's arm64 kernel is downloaded inside the build (while the root has its package lists and network) and
+# unpacked afterwards: installed, its postinst would build an initramfs under qemu-user for many minutes.
+cat > "$DIR/kernel-hook.sh" <<HOOK
+set -e
+pkg=\$(chroot "\$1" apt-cache depends linux-image-arm64 | awk '/Depends: linux-image-6/ {print \$2; exit}')
+chroot "\$1" sh -c "cd /tmp && apt-get download -q \$pkg" >/dev/null
+mv "\$1"/tmp/"\$pkg"_*.deb "$DIR/"       # out of the root: mmdebstrap empties its /tmp at the end
+echo "\$pkg" > "$DIR/kernel-package"
+HOOK
+mmdebstrap --arch=arm64 --variant=apt --include="$PACKAGES" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --customize-hook="sh $DIR/kernel-hook.sh \"\$1\"" \
+    bookworm "$DIR/root" http://deb.debian.org/debian > "$DIR/mmdebstrap.log" 2>&1 \
+    || { log "mmdebstrap failed; see $DIR/mmdebstrap.log"; tail -5 "$DIR/mmdebstrap.log" >&2; exit 1; }
+kpkg=$(cat "$DIR/kernel-package" 2>/dev/null || true)
+[ -n "$kpkg" ] || { log "no arm64 kernel package was downloaded; see $DIR/mmdebstrap.log"; exit 1; }
+dpkg-deb -x "$DIR"/"$kpkg"_*.deb "$DIR/root"
+rm -f "$DIR"/"$kpkg"_*.deb
+release=${kpkg#linux-image-}
+depmod -b "$DIR/root" "$release"
+
+# pagefault's dependencies: aarch64 wheels for CPython 3.11 (bookworm's python3), installed by the host's pip
+deps=$(sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml | grep -o '"[^"]*"' | tr -d '"')
+# shellcheck disable=SC2086
+"$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --no-compile --target "$DIR/root/opt/pagefault-site" \
+    --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux_2_28_aarch64 \
+    --only-binary=:all: --python-version 3.11 --implementation cp $deps > "$DIR/pip.log" 2>&1 \
+    || { log "could not fetch aarch64 wheels; see $DIR/pip.log"; exit 1; }
+echo "$release" > "$DIR/release"
+echo "$want" > "$DIR/stamp"
+log "arm64 root ready in $(( $(date +%s) - start )) s: kernel $release"
