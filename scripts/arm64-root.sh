@@ -63,10 +63,20 @@ mmdebstrap --arch=arm64 --variant=apt --include="$PACKAGES" \
     || { log "mmdebstrap failed; see $DIR/mmdebstrap.log"; tail -5 "$DIR/mmdebstrap.log" >&2; exit 1; }
 kpkg=$(cat "$DIR/kernel-package" 2>/dev/null || true)
 [ -n "$kpkg" ] || { log "no arm64 kernel package was downloaded; see $DIR/mmdebstrap.log"; exit 1; }
-dpkg-deb -x "$DIR"/"$kpkg"_*.deb "$DIR/root"
-rm -f "$DIR"/"$kpkg"_*.deb
+# unpacked beside the root, then copied in: extracted over it, tar would replace the merged-/usr symlink
+# /lib -> usr/lib with a directory holding only the modules, and nothing would run in the guest
+rm -rf "$DIR/kernel" && mkdir "$DIR/kernel"
+dpkg-deb -x "$DIR"/"$kpkg"_*.deb "$DIR/kernel"
+cp -a "$DIR/kernel/boot/." "$DIR/root/boot/"
+[ ! -d "$DIR/kernel/lib" ] || cp -a "$DIR/kernel/lib/." "$DIR/root/usr/lib/"
+[ ! -d "$DIR/kernel/usr" ] || cp -a "$DIR/kernel/usr/." "$DIR/root/usr/"
+rm -rf "$DIR/kernel" "$DIR"/"$kpkg"_*.deb
+[ -L "$DIR/root/lib" ] || { log "the root's /lib is no longer the merged-/usr symlink"; exit 1; }
 release=${kpkg#linux-image-}
 depmod -b "$DIR/root" "$release"
+
+# virtme-ng's guest init ends with poweroff, which a root without systemd lacks: busybox's does it
+[ -e "$DIR/root/usr/sbin/poweroff" ] || ln -s /bin/busybox "$DIR/root/usr/sbin/poweroff"
 
 # pagefault's dependencies: aarch64 wheels for CPython 3.11 (bookworm's python3), installed by the host's pip
 deps=$(sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml | grep -o '"[^"]*"' | tr -d '"')

@@ -106,7 +106,7 @@ for k in "${KERNELS[@]}"; do
             mkdir -p "$OUT/$rel" "$aroot$ROOT" "$aroot$OUT"    # mount points of --rodir/--rwdir in the root
             log "booting $rel (arm64) under qemu-system-aarch64 (TCG), bound ${BOUND} s"
             setsid timeout --kill-after=15 "$BOUND" vng --arch arm64 --root "$aroot" -r "$aroot/boot/vmlinuz-$rel" \
-                --memory 2G --cpus 1 --rodir "$ROOT" --rwdir "$OUT" -- \
+                --memory 2G --cpus 1 --rodir "$ROOT=$ROOT" --rwdir "$OUT=$OUT" -- \
                 "MATRIX_PYTHON=python3 PYTHONPATH=/opt/pagefault-site:$ROOT PYTHONDONTWRITEBYTECODE=1 bash $ROOT/scripts/matrix-guest.sh $OUT" \
                 > "$OUT/$rel/console.log" 2>&1 < /dev/null &
             GUEST_PIDS+=($!)

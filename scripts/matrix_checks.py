@@ -253,6 +253,7 @@ def main() -> int:
 
     def trace():
         import shutil
+
         from pagefault.capture.recording import load_recording
         from pagefault.capture.tracer import TraceOptions, record
         from pagefault.journey.trace_summary import summarize
@@ -294,6 +295,7 @@ def main() -> int:
         """trace --latency on the first-touch loop: only where kprobes work; elsewhere the refusal is checked."""
         import contextlib
         import io
+
         from pagefault.capture.kprobes import kprobe_support
         from pagefault.cli import main as cli_main
         exe = out / "first_touch"
@@ -323,6 +325,7 @@ def main() -> int:
     def entry_kinds():
         sys.path.insert(0, str(ROOT / "tests"))
         from live_helpers.nonpresent import check_entry_kinds, read_entry_kinds
+
         from pagefault.kernel import facts
         ev = load_evidence(out / "evidence" / "journey-bpf.json.gz").evidence
         seen = read_entry_kinds(ev.bpf.direct_map_base, ev.paging_levels)

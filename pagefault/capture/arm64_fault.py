@@ -233,6 +233,9 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         _read_instruction(ev)
         flag_table = facts.fault_flag_values()
         ev.fault_flag_table, ev.fault_flag_source = dict(flag_table.values), flag_table.source
+        gfp = facts.gfp_bits()
+        ev.gfp_table, ev.gfp_source = dict(gfp.values), gfp.source + " (bit positions are the same on arm64 while " \
+            "CONFIG_KASAN_HW_TAGS is off, as in distribution kernels)"
         ev.kernel_enums, _ = facts.kernel_enums()
         ev.captured_at, ev.host = facts.capture_origin()
         ev.tool_version = __version__

@@ -160,8 +160,23 @@ def load_evidence(path: Path) -> EvidenceFile:
     return EvidenceFile(kind, evidence, path, str(doc.get("tool_version") or ""))
 
 
-def _out_of_range(ev: JourneyEvidence | ScenarioEvidence) -> str:
+def _out_of_range(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> str:
     """What no capture can hold, though each field has its type: the limits the builders rely on."""
+    if isinstance(ev, Arm64FaultEvidence):
+        from ..decode.arm64_address import GRANULES, check_va_bits
+        from ..decode.bits import DecodeError
+        if ev.page_size not in GRANULES:
+            return f"evidence.page_size is {ev.page_size}: arm64 pages are 4, 16 or 64 KiB"
+        try:
+            check_va_bits(ev.va_bits, ev.page_size)
+        except DecodeError as exc:
+            return f"evidence.va_bits: {exc}"
+        words = [ev.address, ev.pc, ev.pgd_virtual, ev.mapping_start] + [r.value for r in ev.walk_before + ev.walk_after]
+        if any(not 0 <= w < 1 << 64 for w in words) or not 0 <= ev.flags < 1 << 32:
+            return "evidence holds a register, descriptor or flag word that no 64-bit machine has"
+        if ev.offset < 0 or ev.offset >= ev.mapping_size:
+            return f"evidence.offset 0x{ev.offset:x} is outside the mapping of 0x{ev.mapping_size:x} bytes"
+        return ""
     if ev.paging_levels not in (4, 5):
         return f"evidence.paging_levels is {ev.paging_levels}: x86-64 pages with 4 or 5 levels"
     if isinstance(ev, JourneyEvidence):

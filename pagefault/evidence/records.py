@@ -446,6 +446,8 @@ class Arm64FaultEvidence:
     unavailable: dict[str, str] = field(default_factory=dict)
     fault_flag_table: dict[str, int] = field(default_factory=dict)
     fault_flag_source: str = ""
+    gfp_table: dict[str, int] = field(default_factory=dict)   # empty: not captured (the builder says what it used)
+    gfp_source: str = ""
     kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)
     captured_at: str = ""
     host: str = ""

@@ -15,7 +15,7 @@ from ..decode.arm64_address import split_arm64_address
 from ..decode.arm64_descriptor import decode_arm64_descriptor, derive_arm64_anonymous_pte
 from ..decode.esr import derive_esr
 from ..decode.fault_flags import decode_fault_flags
-from ..decode.gfp import decode_gfp
+from ..decode.gfp import builtin_gfp_bits, decode_gfp
 from ..decode.pagemap import decode_kpageflags, decode_pagemap_entry
 from ..decode.vm_flags import decode_vm_flags
 from ..evidence import Arm64FaultEvidence
@@ -142,11 +142,15 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
                             "(the level of the first invalid descriptor): no probe can read ESR_EL1 for a handled fault",
                             list(syndrome.derivations) + [f"assumed: {a}" for a in syndrome.assumed],
                             display=f"0x{syndrome.value:x} ({syndrome.syndrome.summary.split(' = ', 1)[-1]})"))
-    path = [line for line in ev.kernel_stack if line.split("+")[0] in ARM64_PATH]
+    # At handle_mm_fault's first instruction its caller's return address is still in the link register, so
+    # that stack lacks do_page_fault; the allocation's stack, deeper in, shows the whole path.
+    fullest = ev.alloc_stack if any(line.startswith("do_page_fault+") for line in ev.alloc_stack) else ev.kernel_stack
+    path = [line for line in fullest if line.split("+")[0] in ARM64_PATH]
     s.evidence += ["kernel stack at handle_mm_fault (innermost first):"] + ev.kernel_stack
     s.ws = {"where": "the exception vector el0_sync → el0_da → do_mem_abort → do_translation_fault → do_page_fault",
             "who": "the MMU found no valid descriptor and raised a synchronous data abort",
-            "which": "seen: " + (" ← ".join(p.split("+")[0] for p in path) or "no stack was printed")}
+            "which": "seen" + (" (in the allocation's stack)" if fullest is ev.alloc_stack else "") + ": "
+                     + (" ← ".join(p.split("+")[0] for p in path) or "no stack was printed")}
 
     s = step("rip")
     if ev.instruction:
@@ -200,7 +204,13 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
 
     s = step("alloc")
     if ev.alloc_pfn is not None:
-        gfp = decode_gfp(ev.alloc_gfp or 0)
+        if ev.gfp_table:
+            table, source = ev.gfp_table, ev.gfp_source
+        else:   # an older capture: the built-in table keyed to its version, said so
+            table, what, holds = builtin_gfp_bits(version)
+            source = (f"modelled: built-in table of {what}, for kernel {version[0]}.{version[1]}"
+                      + ("" if holds else ", the nearest: it may not hold") + "; the capture kept no GFP table")
+        gfp = decode_gfp(ev.alloc_gfp or 0, table, source)
         s.values += [observed("PFN", ev.alloc_pfn, "tracepoint kmem:mm_page_alloc in the fault"),
                      observed("order", ev.alloc_order, "tracepoint kmem:mm_page_alloc"),
                      observed("GFP flags", ev.alloc_gfp, "tracepoint kmem:mm_page_alloc; " + gfp.flags.table_source,
