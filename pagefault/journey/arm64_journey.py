@@ -205,12 +205,12 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
     s = step("alloc")
     if ev.alloc_pfn is not None:
         if ev.gfp_table:
-            table, source = ev.gfp_table, ev.gfp_source
+            gfp_bits, source = ev.gfp_table, ev.gfp_source
         else:   # an older capture: the built-in table keyed to its version, said so
-            table, what, holds = builtin_gfp_bits(version)
+            gfp_bits, what, holds = builtin_gfp_bits(version)
             source = (f"modelled: built-in table of {what}, for kernel {version[0]}.{version[1]}"
                       + ("" if holds else ", the nearest: it may not hold") + "; the capture kept no GFP table")
-        gfp = decode_gfp(ev.alloc_gfp or 0, table, source)
+        gfp = decode_gfp(ev.alloc_gfp or 0, gfp_bits, source)
         s.values += [observed("PFN", ev.alloc_pfn, "tracepoint kmem:mm_page_alloc in the fault"),
                      observed("order", ev.alloc_order, "tracepoint kmem:mm_page_alloc"),
                      observed("GFP flags", ev.alloc_gfp, "tracepoint kmem:mm_page_alloc; " + gfp.flags.table_source,
