@@ -34,6 +34,17 @@ def test_each_rule_on_one_thread():
     assert r.detail[7] == "SEGV_ACCERR"
 
 
+def test_other_signals_in_the_window_do_not_hide_the_faults_own():
+    # the fault's SIGSEGV (SEGV_ACCERR), then the tool's SIGSTOP (SI_KERNEL) and a child's SIGCHLD (CLD_STOPPED):
+    # seen live when the tool holds the program stopped after the fault (a larger signal number won before)
+    rows = [(FAULT, 1, 10, 0x5000, 0x6), (SIGNAL, 1, 11, 11, 2), (SIGNAL, 1, 12, 19, 128), (SIGNAL, 1, 13, 17, 5),
+            (FAULT, 1, 20, 0x6000, 0x6), (SIGNAL, 1, 21, 11, 0),       # a kill(SIGSEGV): SI_USER, not a fault's
+            (FAULT, 1, 30, 0x7000, 0x6), (SIGNAL, 1, 31, 7, 2)]        # SIGBUS, BUS_ADRERR
+    r = classify_faults(events(rows), [ANON, ANON, ANON])
+    assert r.classes == [C.SIGSEGV, C.SPURIOUS, C.SIGBUS]     # the second: a write with nothing seen to follow
+    assert r.detail[0] == "SEGV_ACCERR" and r.detail[2] == "BUS_ADRERR"
+
+
 def test_a_page_table_allocation_alone_is_not_the_faults_page():
     r = classify_faults(events([(FAULT, 1, 10, 0x1000, 0x4), (ALLOC, 1, 11, 0, PGTABLE)]), [ANON])
     assert r.classes == [C.ZERO_PAGE]

@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "evidence"
 JOURNEYS = sorted(FIXTURES.glob("*/journey-*.json.gz"))
 SCENARIOS = sorted(FIXTURES.glob("*/scenario-*.json.gz"))
 PROGRAMS = sorted(FIXTURES.glob("*/program-*.json.gz"))
+ARM64 = sorted(FIXTURES.glob("*/arm64-*.json.gz"))
 ids = lambda p: f"{p.parent.name}/{p.name.split('.')[0]}"  # noqa: E731
 
 
@@ -150,7 +151,7 @@ print("built", n)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"built {len(JOURNEYS) + len(SCENARIOS) + len(PROGRAMS)}"
+    assert r.stdout.strip() == f"built {len(JOURNEYS) + len(SCENARIOS) + len(PROGRAMS) + len(ARM64)}"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or os.environ.get("PAGEFAULT_OFFLINE_INNER"),

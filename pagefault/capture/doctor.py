@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import enum
 import mmap
 import os
 import subprocess
@@ -16,7 +17,16 @@ from .runner import run_child
 from .kprobes import kprobe_support
 from .safe_paths import UnsafePathError, trusted_executable
 
-TIERS = ("bpf", "perf", "user", "model")
+class Tier(enum.StrEnum):
+    """The capture tiers, best first (DESIGN.md): what this machine lets a journey observe."""
+
+    BPF = "bpf"
+    PERF = "perf"
+    USER = "user"
+    MODEL = "model"
+
+
+TIERS = tuple(Tier)
 
 
 @dataclass
@@ -31,7 +41,7 @@ class Check:
 @dataclass
 class Diagnosis:
     checks: list[Check] = field(default_factory=list)
-    tier: str = "model"
+    tier: Tier = Tier.MODEL
     kernel: str = ""
     paging: str = ""
 
@@ -200,5 +210,5 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
 
     def tier_ok(tier: str) -> bool:
         return all(c.ok for c in d.checks if tier in c.tiers)
-    d.tier = next((t for t in TIERS[:-1] if tier_ok(t)), "model")
+    d.tier = next((t for t in TIERS[:-1] if tier_ok(t)), Tier.MODEL)
     return d

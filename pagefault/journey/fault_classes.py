@@ -215,8 +215,15 @@ def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | No
     data_allocs = per_fault(movable)
     max_order = per_fault(movable, events.address, fill=-1)
     cache_adds = per_fault(kind == CACHE_ADD)
-    sig = per_fault(kind == SIGNAL, events.address)
-    sig_code = per_fault(kind == SIGNAL, events.error_code)
+    # Only the fault's own signal counts: SIGSEGV or SIGBUS with a fault si_code (SEGV_MAPERR, BUS_ADRERR, …:
+    # 1..127). Other signals land in the same window (SIGSTOP from the tool holding the program, a child's
+    # SIGCHLD, a kill()'s SI_USER) and, as the largest number, once hid the SIGSEGV.
+    codes = events.error_code.astype(np.int64)
+    fault_signal = (kind == SIGNAL) & ((events.address == SIGSEGV) | (events.address == SIGBUS)) & (codes > 0) & (codes < 128)
+    segv, bus = fault_signal & (events.address == SIGSEGV), fault_signal & (events.address == SIGBUS)
+    has_segv = per_fault(segv) > 0
+    sig = np.where(has_segv, SIGSEGV, np.where(per_fault(bus) > 0, SIGBUS, 0))
+    sig_code = np.where(has_segv, per_fault(segv, codes), per_fault(bus, codes))
     chain_hint = per_fault(movable & (chain >= 0), chain, how=np.maximum, fill=-1) if chain is not None else None
 
     index, detail = class_columns(events.error_code[fault_rows].astype(np.int64), sig, sig_code, chain_hint,

@@ -8,12 +8,24 @@ unavailable could not be had here; `source` gives the reason and the fix
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..decode.pte import decode_pte
 
-PROVENANCES = ("observed", "derived", "modelled", "unavailable")
+
+class Provenance(enum.StrEnum):
+    """Where a value came from: the closed vocabulary of the provenance rule (a StrEnum, so it prints,
+    compares and serialises as its word)."""
+
+    OBSERVED = "observed"
+    DERIVED = "derived"
+    MODELLED = "modelled"
+    UNAVAILABLE = "unavailable"
+
+
+PROVENANCES = tuple(p.value for p in Provenance)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class Value:
     def __post_init__(self) -> None:
         if self.provenance not in PROVENANCES:
             raise ValueError(f"unknown provenance {self.provenance!r}")
+        self.provenance = Provenance(self.provenance)   # given as a word, kept as the enum member
         if not self.display:
             if self.value is None:
                 self.display = "unavailable"
