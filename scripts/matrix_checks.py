@@ -129,9 +129,8 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
     return not problems, "kprobes: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
 
 
-def main_arm64(base: Path) -> int:
-    """The arm64 row: doctor, the live journey (its sources must agree) and decode against what was read."""
-    from pagefault.journey.arm64_journey import arm64_checks, derived_pte, first_invalid_level
+def begin(base: Path):
+    """This kernel's output folder, its checks and times, a progress printer, and the doctor check run."""
     release = kernel_release()
     out = base / release
     (out / "evidence").mkdir(parents=True, exist_ok=True)
@@ -146,9 +145,24 @@ def main_arm64(base: Path) -> int:
         d = diagnose()
         (out / "doctor.json").write_text(json.dumps(to_jsonable(d), indent=2))
         return d.tier == "bpf", f"tier {d.tier}; " + "; ".join(f"{c.name}: {c.detail}" for c in d.checks if not c.ok)
-    t = time.monotonic()
     checks.run("doctor", doctor)
-    times["doctor"] = time.monotonic() - t
+    times["doctor"] = time.monotonic() - t0
+    return release, out, checks, times, t0, progress
+
+
+def finish(release: str, out: Path, checks: Checks, times: dict[str, float], t0: float) -> int:
+    times["total"] = time.monotonic() - t0
+    (out / "times.json").write_text(json.dumps(times, indent=2))
+    checks.save()
+    failed = [n for n, ok, _ in checks.rows if not ok]
+    print(f"matrix-kernel {release}: {len(checks.rows)} checks, {len(failed)} failed, {times['total']:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+def main_arm64(base: Path) -> int:
+    """The arm64 row: doctor, the live journey (its sources must agree) and decode against what was read."""
+    from pagefault.journey.arm64_journey import arm64_checks, derived_pte, first_invalid_level
+    release, out, checks, times, t0, progress = begin(base)
 
     path = out / "evidence" / "arm64-fault.json.gz"
     t = time.monotonic()
@@ -188,12 +202,7 @@ def main_arm64(base: Path) -> int:
     t = time.monotonic()
     checks.run("decode", decode)
     times["decode"] = time.monotonic() - t
-    times["total"] = time.monotonic() - t0
-    (out / "times.json").write_text(json.dumps(times, indent=2))
-    checks.save()
-    failed = [n for n, ok, _ in checks.rows if not ok]
-    print(f"matrix-kernel {release}: {len(checks.rows)} checks, {len(failed)} failed, {times['total']:.0f} s", flush=True)
-    return 1 if failed else 0
+    return finish(release, out, checks, times, t0)
 
 
 def _cli_json(*args: str) -> dict:
@@ -206,23 +215,7 @@ def main() -> int:
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
     if os.uname().machine == "aarch64":
         return main_arm64(base)
-    release = kernel_release()
-    out = base / release
-    (out / "evidence").mkdir(parents=True, exist_ok=True)
-    checks = Checks(out)
-    times: dict[str, float] = {}
-    t0 = time.monotonic()
-    progress = lambda m: print(f"  [{time.monotonic() - t0:6.1f} s] {m}", flush=True)  # noqa: E731
-
-    def doctor():
-        from pagefault.capture.doctor import diagnose
-        from pagefault.decode.bits import to_jsonable
-        d = diagnose()
-        (out / "doctor.json").write_text(json.dumps(to_jsonable(d), indent=2))
-        return d.tier == "bpf", f"tier {d.tier}; " + "; ".join(f"{c.name}: {c.detail}" for c in d.checks if not c.ok)
-    t = time.monotonic()
-    checks.run("doctor", doctor)
-    times["doctor"] = time.monotonic() - t
+    release, out, checks, times, t0, progress = begin(base)
 
     for tier in ("bpf", "perf"):
         t = time.monotonic()
@@ -342,12 +335,7 @@ def main() -> int:
     checks.run("decode", decode)
     times["decode"] = time.monotonic() - t
 
-    times["total"] = time.monotonic() - t0
-    (out / "times.json").write_text(json.dumps(times, indent=2))
-    checks.save()
-    failed = [n for n, ok, _ in checks.rows if not ok]
-    print(f"matrix-kernel {release}: {len(checks.rows)} checks, {len(failed)} failed, {times['total']:.0f} s", flush=True)
-    return 1 if failed else 0
+    return finish(release, out, checks, times, t0)
 
 
 if __name__ == "__main__":

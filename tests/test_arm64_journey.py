@@ -131,3 +131,14 @@ def test_script_walks_the_levels_of_the_address():
     for shift in (39, 30, 21, 12):     # PGD, PUD, PMD, PTE: each level's index × 8 bytes into its table
         assert f"($t + {(page >> shift & 0x1FF) * 8})" in script
     assert "kprobe:handle_mm_fault /pid == 10" in script and "pid == 11" in script
+
+
+def test_exercises_on_the_arm64_fault(ev):
+    from pagefault.journey.exercises import build_exercises
+    j = build_arm64_journey(ev)
+    by_key = {e.key: e for e in build_exercises(j)}
+    indices = [q.answer for q in by_key["indices"].questions]
+    assert indices == [ev.address >> shift & 0x1FF for shift in (39, 30, 21, 12)] + [ev.address & 0xFFF]
+    assert by_key["pfn"].questions[1].answer == ev.alloc_pfn
+    assert by_key["pte"].questions[0].answer == next(r.value for r in ev.walk_after if r.level == "PTE")
+    assert "arm64" in by_key["rip"].unavailable and "ESR_EL1" in by_key["flags"].unavailable

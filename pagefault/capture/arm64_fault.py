@@ -28,10 +28,9 @@ from ..decode.arm64_address import split_arm64_address
 from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
 from ..kernel import facts
 from . import procfs
-from .bpf_walk import BpfError, _last_error
+from .bpf_walk import BpfError, _last_error, bpftrace_executable
 from .exercise import ExerciseProcess, build_program
 from .runner import start_child, stop_child
-from .safe_paths import UnsafePathError, trusted_executable
 
 OUTPUT_ADDRESS_MASK = 0x0000_FFFF_FFFF_F000   # OA bits 47..12 (48-bit physical addresses)
 # struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h, a UAPI layout): regs[31], sp, pc, pstate
@@ -183,12 +182,7 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
     """
     if os.uname().machine != "aarch64":
         raise BpfError(f"the arm64 capture runs on arm64 machines; this one is {os.uname().machine}")
-    try:
-        exe = trusted_executable("bpftrace")
-    except UnsafePathError as exc:
-        raise BpfError(str(exc)) from None
-    if not exe:
-        raise BpfError("bpftrace is not installed; fix: apt-get install bpftrace")
+    exe = bpftrace_executable()
     va_bits, page_size, how = facts.arm64_translation()
     program = build_program(progress)
     ev = Arm64FaultEvidence(facts.kernel_release(), facts.kernel_version(), os.uname().machine, va_bits, page_size,
@@ -226,7 +220,7 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         while _read_some(proc, buf, 0.1):
             pass
         err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
-        ev.lines = [l for l in buf.decode(errors="replace").splitlines() if not l.startswith("armed")]
+        ev.lines = [line for line in buf.decode(errors="replace").splitlines() if not line.startswith("armed")]
         parse_lines(ev.lines, ev)
         if not ev.address:
             raise BpfError("bpftrace saw no fault on the page: " + (_last_error(err) or "no output"))

@@ -34,6 +34,17 @@ class BpfError(Exception):
     """bpftrace could not be used; the message says why and the fix."""
 
 
+def bpftrace_executable() -> str:
+    """bpftrace's path, from a directory nobody else can write (safe_paths); BpfError with the fix otherwise."""
+    try:
+        exe = trusted_executable("bpftrace")
+    except UnsafePathError as exc:
+        raise BpfError(str(exc)) from None
+    if not exe:
+        raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh (or apt-get install bpftrace)")
+    return exe
+
+
 def _walk_block(when: str, address: int | str, levels: int, quiet: bool = False) -> str:
     """bpftrace statements that read one entry per level, stopping at a non-present or huge entry.
 
@@ -172,12 +183,7 @@ class BpfTracer:
     """A running bpftrace for one address; armed() returns once its probes fire."""
 
     def __init__(self, pid: int, address: int, pgd_physical: int, levels: int, extra_script: str = ""):
-        try:
-            exe = trusted_executable("bpftrace")
-        except UnsafePathError as exc:
-            raise BpfError(str(exc)) from None
-        if not exe:
-            raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh (or apt-get install bpftrace)")
+        exe = bpftrace_executable()
         self.page = address & ~0xFFF
         self.pgd_physical = pgd_physical
         self.script = bpftrace_script(pid, self.page, pgd_physical, levels, os.getpid()) + "\n" + extra_script

@@ -26,7 +26,7 @@ from . import procfs
 from .bpf_walk import BpfError, _objects_block, arm_with_own_faults, below_stack, read_available
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
-from .tracer import CaptureError, TargetProblem, release_target
+from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
 
 MAP_KEYS = 8192     # distinct (kind of fault, VMA) pairs the map holds (every map is preallocated this big)
 ALLOCS = re.compile(r"^@allocs: (\d+)$")
@@ -136,6 +136,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     if not exe:
         raise CaptureError("counting in the kernel needs bpftrace; fix: as root, bash scripts/setup.sh, or record "
                            "with -o FILE")
+    tracepoint_events((("exceptions", "page_fault_user", True),))   # missing (arm64): the reason, before any start
     try:
         target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
     except TargetError as exc:

@@ -221,6 +221,9 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
 
     s = step("pagemap")
     pfn = _pfn_of_pagemap(ev)
+    if ev.pagemap is not None:
+        s.values.append(observed("pagemap entry", ev.pagemap, f"/proc/{ev.pid}/pagemap, the entry of the written page",
+                                 display=f"0x{ev.pagemap:016x}"))
     s.values.append(observed("PFN", pfn, f"/proc/{ev.pid}/pagemap") if pfn is not None else
                     unavailable("PFN", "the page was not present in pagemap"))
     if ev.kpageflags is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..decode.address import split_virtual_address
+from ..decode.arm64_address import split_arm64_address
 from ..decode.error_code import decode_error_code
 from ..decode.pagemap import PM_PFN_MASK, decode_pagemap_entry
 from ..decode.pte import decode_pte
@@ -108,6 +109,9 @@ def _missing(key: str, what: str, j: Journey, model_why: str = "the simulator's 
 
 
 def exercise_rip(j: Journey) -> Exercise:
+    if _arm64(j):
+        return Exercise("rip", TITLES["rip"], unavailable="on arm64 the journey's PC step reads and disassembles the "
+                        "instruction itself; the file-offset proof is written for x86-64 only so far")
     rip, mapping, offset = _find(j, "trap", "RIP"), _find(j, "rip", "mapping holding RIP"), _find(j, "rip", "file offset")
     insn = _find(j, "rip", "instruction")
     if not (rip and mapping and offset and insn):
@@ -134,6 +138,9 @@ def exercise_rip(j: Journey) -> Exercise:
 
 
 def exercise_flags(j: Journey) -> Exercise:
+    if _arm64(j):
+        return Exercise("flags", TITLES["flags"], unavailable="on arm64 the flags are observed at handle_mm_fault "
+                        "and ESR_EL1 is derived from them (no probe reads it): there is no error code to start from")
     code, flags = _find(j, "trap", "error code"), _find(j, "flags", "flags")
     if not (code and flags):
         return _missing("flags", "the error code and the flags derived from it", j)
@@ -159,7 +166,53 @@ def exercise_flags(j: Journey) -> Exercise:
     return e
 
 
+def _arm64(j: Journey) -> bool:
+    return j.walk is not None and j.walk.architecture == "arm64"
+
+
+def exercise_indices_arm64(j: Journey) -> Exercise:
+    addr = _find(j, "trap", "faulting address (FAR_EL1)")
+    if not addr or j.walk is None:
+        return _missing("indices", "the faulting address", j)
+    split = split_arm64_address(addr.value, j.walk.va_bits, j.walk.page_size)
+    shift = split.indices[-1].shift
+    e = Exercise("indices", TITLES["indices"])
+    e.givens = [_given(addr), ("translation", f"{split.va_bits}-bit virtual addresses, {split.granule // 1024} KiB "
+                               f"pages: {split.levels} levels", "observed: the kernel's configuration"),
+                ("rule", f"each level's index is {shift - 3} bits of the address, the PTE's bits "
+                 f"{shift + shift - 4}..{shift}, each level above the next {shift - 3} bits up; the page offset is bits "
+                 f"{shift - 1}..0", "modelled: Arm ARM D8.2 (VMSAv8-64 translation)")]
+    lines = split.derivations[1 + (1 if split.tag else 0):]
+    e.questions = [Question(f"{i.level} index?", i.index, "int", [lines[n]]) for n, i in enumerate(split.indices)]
+    e.questions.append(Question("page offset? (hex)", split.page_offset, "hex", [lines[len(split.indices)]]))
+    if any(lv.entry is not None for lv in j.walk.levels):
+        e.confirmation = ["the kernel's tables, read at these indices: " + ", ".join(
+            f"{lv.level}[{lv.index}] = 0x{lv.entry:x}" for lv in j.walk.levels if lv.entry is not None)]
+    return e
+
+
+def exercise_pte_arm64(j: Journey) -> Exercise:
+    pfn, vm_flags = _find(j, "alloc", "PFN"), _find(j, "mmap", "vm_flags")
+    built, read = _find(j, "pte", "derived descriptor"), _find(j, "pte", "page descriptor")
+    if not (pfn and vm_flags and built) or not isinstance(pfn.value, int):
+        return _missing("pte", "the PFN, the VMA's flags and the derived descriptor", j)
+    e = Exercise("pte", TITLES["pte"])
+    e.givens = [_given(pfn), _given(vm_flags),
+                ("descriptor bits", "VALID|PAGE 0x3, USER (AP[1]) 0x40, RDONLY (AP[2]) 0x80, SH 0x300, AF 0x400, "
+                 "nG 0x800, DBM = PTE_WRITE bit 51, PXN bit 53, UXN bit 54, PTE_DIRTY bit 55; the output address "
+                 "is PFN << 12", "modelled: arch/arm64/include/asm/pgtable-hwdef.h, pgtable-prot.h"),
+                ("rules", "a private writable VMA's vm_page_prot is PAGE_READONLY (VALID|PAGE|AF|SH|USER|RDONLY|nG|"
+                 "PXN|UXN); do_anonymous_page() applies pte_mkdirty (DIRTY) then pte_mkwrite (DBM, and RDONLY "
+                 "cleared)", "modelled: mm/memory.c, arch/arm64/mm/mmap.c, arch/arm64/include/asm/pgtable.h")]
+    e.questions = [Question("Which descriptor does the fault install? (hex)", built.value, "hex", list(built.derivation))]
+    if read:
+        e.confirmation = [f"the descriptor bpftrace read from the table: {read.display}"]
+    return e
+
+
 def exercise_indices(j: Journey) -> Exercise:
+    if _arm64(j):
+        return exercise_indices_arm64(j)
     addr, levels = _find(j, "trap", "faulting address (CR2)"), _find(j, "walk", "paging levels")
     if not (addr and levels):
         return _missing("indices", "the faulting address and the paging mode", j)
@@ -188,11 +241,12 @@ def exercise_pfn(j: Journey) -> Exercise:
                 ("format", "bit 63 present, bit 62 swapped, bit 61 file-page or shared-anon, bit 56 exclusively "
                  "mapped, bit 55 soft-dirty; bits 54..0 the PFN", "modelled: Documentation/admin-guide/mm/pagemap.rst")]
     decoded = list(decode_pagemap_entry(pm.value).derivations)
-    shift = f"0x{pfn:x} << 12 = 0x{pfn << 12:x}"
+    page_shift = (j.walk.page_size if j.walk else 4096).bit_length() - 1
+    shift = f"0x{pfn:x} << {page_shift} = 0x{pfn << page_shift:x}"
     e.questions = [Question("Is the page present?", True, "yesno",
                             [f"0x{pm.value:x} >> 63 = 1: bit 63 (present) is set"]),
                    Question("Which PFN? (hex)", pfn, "hex", [line for line in decoded if line.startswith("PFN")]),
-                   Question("At which physical address does the page start? (hex)", pfn << 12, "hex", [shift])]
+                   Question("At which physical address does the page start? (hex)", pfn << page_shift, "hex", [shift])]
     alloc = _find(j, "alloc", "PFN")
     if alloc:
         e.confirmation = [f"mm_page_alloc handed out PFN {alloc.display} ({alloc.provenance}: {alloc.source})"]
@@ -200,6 +254,8 @@ def exercise_pfn(j: Journey) -> Exercise:
 
 
 def exercise_pte(j: Journey) -> Exercise:
+    if _arm64(j):
+        return exercise_pte_arm64(j)
     pfn = _find(j, "alloc", "PFN") or _find(j, "alloc", "data page: PFN")
     vm_flags = _find(j, "mmap", "vm_flags")
     built = _find(j, "pte", "PTE (derived)") or _find(j, "pte", "PTE entry after")
