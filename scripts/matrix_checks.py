@@ -129,11 +129,20 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
     return not problems, "kprobes: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
 
 
-def begin(base: Path):
-    """This kernel's output folder, its checks and times, a progress printer, and the doctor check run."""
+ARM64_CHECKS = ("doctor", "journey-arm64", "decode")
+X86_CHECKS = ("doctor", "journey-bpf", "journey-perf") + tuple(f"scenario-{s.name}" for s in SCENARIOS) + (
+    "trace", "trace-latency", "entry-kinds", "decode")
+
+
+def begin(base: Path, expected: tuple[str, ...]):
+    """This kernel's output folder, its checks and times, a progress printer, and the doctor check run.
+
+    expected.txt names every check this kernel is to report: the matrix's table marks the others "n/a" and
+    fails any of these that is missing."""
     release = kernel_release()
     out = base / release
     (out / "evidence").mkdir(parents=True, exist_ok=True)
+    (out / "expected.txt").write_text("".join(name + "\n" for name in expected))
     checks = Checks(out)
     times: dict[str, float] = {}
     t0 = time.monotonic()
@@ -162,7 +171,7 @@ def finish(release: str, out: Path, checks: Checks, times: dict[str, float], t0:
 def main_arm64(base: Path) -> int:
     """The arm64 row: doctor, the live journey (its sources must agree) and decode against what was read."""
     from pagefault.journey.arm64_journey import arm64_checks, derived_pte, first_invalid_level
-    release, out, checks, times, t0, progress = begin(base)
+    release, out, checks, times, t0, progress = begin(base, ARM64_CHECKS)
 
     path = out / "evidence" / "arm64-fault.json.gz"
     t = time.monotonic()
@@ -215,7 +224,7 @@ def main() -> int:
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
     if os.uname().machine == "aarch64":
         return main_arm64(base)
-    release, out, checks, times, t0, progress = begin(base)
+    release, out, checks, times, t0, progress = begin(base, X86_CHECKS)
 
     for tier in ("bpf", "perf"):
         t = time.monotonic()

@@ -188,7 +188,7 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
     ev = Arm64FaultEvidence(facts.kernel_release(), facts.kernel_version(), os.uname().machine, va_bits, page_size,
                             how, 0, 0, options.size, options.offset, " ".join(program.argv_prefix), program.how)
     target = ExerciseProcess(program, options)
-    proc = None
+    proc = session = None
     try:
         target.release()
         ev.pid = target.pid
@@ -203,8 +203,11 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         proc = start_child([exe, "-B", "line", "-e", ev.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         buf = bytearray()
         _arm(proc, buf, bound, progress)
+        session = _open_fault_event(ev)
         target.advance()                          # the write: the fault
         touched = target.wait_phase()
+        if session is not None:
+            _read_fault_event(ev, session, page_size)
         ev.readback = touched.fields.get("readback", "")
         address = ev.mapping_start + options.offset
         ev.pagemap = procfs.pagemap_entry(ev.pid, address)
@@ -236,10 +239,49 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         target.finish()
         return ev
     finally:
+        if session is not None:
+            session.close()          # closing twice is harmless: a closed session holds no descriptors
         if proc is not None:
             stop_child(proc, 5)
         if target.target.poll():
             target.kill()
+
+
+def _open_fault_event(ev: Arm64FaultEvidence):
+    """The perf software page-fault event on the target, with call chains; None (said) where it cannot open."""
+    from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CPU, SAMPLE_IP,
+                             SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
+    spec = EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS,
+                     SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU)
+    try:
+        session = PerfSession([spec], ev.pid, enable_on_exec=False, callchain=True, data_pages=16, monotonic_clock=True)
+        session.enable()
+        return session
+    except PerfError as exc:
+        ev.unavailable["perf"] = f"the software page-fault event could not be opened: {exc}"
+        return None
+
+
+def _read_fault_event(ev: Arm64FaultEvidence, session, page_size: int) -> None:
+    """The sample of the fault on the written page: its address, IP and both call chains."""
+    from ..kernel.kallsyms import KernelSymbols
+    from .journey_capture import decode_trace_events
+    from .perf_event import SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME
+    try:
+        session.disable()
+        data = b"".join(session.drain())
+    finally:
+        session.close()
+    sample_type = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU | SAMPLE_CALLCHAIN
+    events, _lost = decode_trace_events(data, sample_type, {}, KernelSymbols.load())
+    page = (ev.mapping_start + ev.offset) & ~(page_size - 1)
+    mine = [e for e in events if e.fields.get("address", 0) & ~(page_size - 1) == page]
+    if not mine:
+        ev.unavailable["perf"] = f"no page-fault sample on the page among {len(events)} samples"
+        return
+    ev.perf_address, ev.perf_ip = mine[0].fields["address"], mine[0].fields["ip"]
+    ev.perf_kernel_chain = [name for _address, name in mine[0].kernel_chain]
+    ev.perf_user_chain = list(mine[0].user_chain)
 
 
 def _read_instruction(ev: Arm64FaultEvidence) -> None:

@@ -437,6 +437,12 @@ class Arm64FaultEvidence:
     alloc_stack: list[str] = field(default_factory=list)
     retval: int | None = None
     duration_ns: int | None = None
+    # the perf software page-fault event of the same fault (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP, call chains):
+    # a second, independent observation of the address and the PC; None where it was not captured
+    perf_address: int | None = None
+    perf_ip: int | None = None
+    perf_kernel_chain: list[str] = field(default_factory=list)
+    perf_user_chain: list[int] = field(default_factory=list)
     pagemap: int | None = None
     kpageflags: int | None = None
     maps: list[MapsLine] = field(default_factory=list)

@@ -95,6 +95,10 @@ def arm64_checks(ev: Arm64FaultEvidence) -> list[Check]:
     want_pte = derived_pte(ev)
     out.append(Check("derived = read", want_pte is not None and leaf is not None and want_pte == leaf.value,
                      f"derived {_hex(want_pte)}, read {_hex(leaf.value if leaf else None)}"))
+    if ev.perf_address is not None:     # captured since the perf event joined the arm64 capture
+        out.append(Check("perf = kprobe", ev.perf_address == ev.address and ev.perf_ip == ev.pc,
+                         f"perf sample address {_hex(ev.perf_address)} ip {_hex(ev.perf_ip)}; kprobe address "
+                         f"{_hex(ev.address)} PC {_hex(ev.pc)}"))
     path = [f for f in ARM64_PATH if any(line.startswith(f + "+") for line in ev.kernel_stack)]
     out.append(Check("arm64 path", "do_mem_abort" in path and "el0_da" in path,
                      "kernel stack at handle_mm_fault: " + " → ".join(path or ["none of " + ", ".join(ARM64_PATH)])))
@@ -134,6 +138,14 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
     s = step("trap")
     s.values.append(observed("faulting address (FAR_EL1)", ev.address, AT_FAULT + ": handle_mm_fault's address"))
     s.values.append(observed("PC (ELR_EL1)", ev.pc, AT_FAULT + ": the saved user registers (struct user_pt_regs)"))
+    if ev.perf_address is not None:
+        s.values.append(observed("perf sample: address, IP", f"0x{ev.perf_address:x}, 0x{ev.perf_ip or 0:x}",
+                                 "the software page-fault event (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP), recorded by "
+                                 "do_page_fault: the same fault seen a second way"))
+        s.evidence += ["perf call chain (kernel):"] + ev.perf_kernel_chain + \
+                      ["perf call chain (user):"] + [f"0x{a:x}" for a in ev.perf_user_chain]
+    else:
+        s.values.append(unavailable("perf sample: address, IP", ev.unavailable.get("perf", "not captured")))
     write = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_WRITE", 1))
     instruction = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_INSTRUCTION", 0x100))
     user = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_USER", 0x40))
