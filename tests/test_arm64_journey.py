@@ -92,14 +92,20 @@ def test_parser_picks_the_movable_allocation_not_a_page_table():
 
 
 @pytest.mark.parametrize("field,change,failing", [
-    ("address", 0x1000, "fault address"),
-    ("flags", -1, "fault flags"),
-    ("alloc_pfn", 1, "alloc = pagemap"),
+    ("address", 0x1000, {"fault address", "perf = kprobe"}),
+    ("flags", -1, {"fault flags"}),
+    ("alloc_pfn", 1, {"alloc = pagemap"}),
+    ("perf_ip", 4, {"perf = kprobe"}),
 ])
 def test_each_check_can_fail(ev, field, change, failing):
     bad = copy.deepcopy(ev)
     setattr(bad, field, getattr(bad, field) + change)
-    assert {c.name for c in arm64_checks(bad) if not c.ok} == {failing}
+    assert {c.name for c in arm64_checks(bad) if not c.ok} == failing
+
+
+def test_perf_saw_the_same_fault(ev):
+    assert (ev.perf_address, ev.perf_ip) == (ev.address, ev.pc) and ev.perf_user_chain[0] == ev.pc
+    assert "perf = kprobe" in {c.name for c in arm64_checks(ev)}
 
 
 def test_a_different_descriptor_fails_both_descriptor_checks(ev):

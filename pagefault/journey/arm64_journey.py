@@ -142,8 +142,10 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
         s.values.append(observed("perf sample: address, IP", f"0x{ev.perf_address:x}, 0x{ev.perf_ip or 0:x}",
                                  "the software page-fault event (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP), recorded by "
                                  "do_page_fault: the same fault seen a second way"))
-        s.evidence += ["perf call chain (kernel):"] + ev.perf_kernel_chain + \
-                      ["perf call chain (user):"] + [f"0x{a:x}" for a in ev.perf_user_chain]
+        if ev.perf_kernel_chain:
+            s.evidence += ["perf call chain (kernel):"] + ev.perf_kernel_chain
+        # the event is raised with the user's registers, so its chain is the program's own: PC first
+        s.evidence += ["perf call chain (user):"] + [f"0x{a:x}" for a in ev.perf_user_chain]
     else:
         s.values.append(unavailable("perf sample: address, IP", ev.unavailable.get("perf", "not captured")))
     write = bool(ev.flags & ev.fault_flag_table.get("FAULT_FLAG_WRITE", 1))
