@@ -4,8 +4,8 @@
 Prints, for both tools: events seen and lost, and the faults inside the program's 1 GiB region
 (exactly 262,144 are made there); the traced run's wall time as a ratio to perf record's
 (target ≤ 1.0, median of interleaved rounds); and the time to decode and symbolise the recording,
-`pagefault report` against `perf script` printing every event's decoded fields and symbolised ip
-(target: pagefault ≥ 3x faster). The target is linked statically so that both tools see the same
+`pagefault report --events` against `perf script` printing every event's decoded fields and symbolised ip,
+one line per event each (target: pagefault ≥ 3x faster). The target is linked statically so that both tools see the same
 number of loader faults run after run. Needs root, perf (linux-perf) and a C compiler.
 """
 
@@ -123,9 +123,14 @@ def main() -> None:
               f"{pf_wall[-1]:.2f} s ({pf_cpu[-1]:.2f} s CPU); with -g: perf {g_wall['perf'][-1]:.2f} s, "
               f"pagefault {g_wall['pf'][-1]:.2f} s", flush=True)
 
+    # like for like: both print every event of the same kind of recording, decoded and symbolised, one line each
     perf_script = [timed([perf, "script", "-i", str(work / "perf.data"), "-F", PERF_SCRIPT_FIELDS],
                          stdout=subprocess.DEVNULL)[0] for _ in range(3)]
-    pf_report = [timed(PF + ["report", str(work / "pf.pfrec")], stdout=subprocess.DEVNULL)[0] for _ in range(3)]
+    pf_report = [timed(PF + ["report", "--events", str(work / "pf.pfrec")], stdout=subprocess.DEVNULL)[0]
+                 for _ in range(3)]
+    _t, perf_lines = timed([perf, "script", "-i", str(work / "perf.data"), "-F", PERF_SCRIPT_FIELDS])
+    _t, pf_lines = timed(PF + ["report", "--events", str(work / "pf.pfrec")])
+    perf_lines, pf_lines = perf_lines.stdout.count("\n"), pf_lines.stdout.count("\n")
 
     p_events, p_inside = perf_counts(perf, work / "perf.data", perf_region)
     _t, stats = timed([perf, "report", "--stats", "-i", str(work / "perf.data")])
@@ -140,7 +145,8 @@ def main() -> None:
     print(f"{'events lost':30}{perf_lost:>14,}{pf_lost:>14,}")
     print(f"{'traced run wall (median)':30}{statistics.median(perf_wall):>13.2f}s{statistics.median(pf_wall):>13.2f}s")
     print(f"{'decode + symbolise (median)':30}{statistics.median(perf_script):>13.2f}s"
-          f"{statistics.median(pf_report):>13.2f}s   (perf script -F {PERF_SCRIPT_FIELDS} vs pagefault report)")
+          f"{statistics.median(pf_report):>13.2f}s   (perf script -F {PERF_SCRIPT_FIELDS} vs pagefault report --events)")
+    print(f"{'lines printed (last round)':30}{perf_lines:>14,}{pf_lines:>14,}   (one per event: the same work)")
     print(f"page_fault_user counts equal: {p_events[EVENTS[0]] == f_events[EVENTS[0]]}; "
           f"region faults equal (262,144 both): {p_inside == f_inside == 262144}; "
           f"none lost: {perf_lost == 0 and pf_lost == 0}")

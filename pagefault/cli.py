@@ -450,6 +450,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format in ("folded", "speedscope"):
         with _recording_problems_as_one_line(args.file):
             return _report_flame(load_recording(args.file), args)
+    if args.events:
+        if args.json:
+            raise UsageError("--events prints text lines (as perf script does); leave out --json")
+        with _recording_problems_as_one_line(args.file):
+            return _report_events(load_recording(args.file))
     summary = _summarize(args.file, args.top)
     if args.json:
         from .decode.bits import to_jsonable
@@ -459,6 +464,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         from .views.trace_view import render_summary
         render_summary(summary, Console())
+    return 0
+
+
+def _report_events(rec) -> int:
+    """report --events: every sample, decoded and symbolised, one line each (perf script's layout)."""
+    from .journey.trace_summary import recording_columns
+    from .kernel.kallsyms import KernelSymbols
+    from .views.event_lines import event_lines, symbolizer
+    columns, names, fields, comms = recording_columns(rec)
+    if rec.meta.get("tier", "perf") == "perf":
+        ips = columns.get("ip")
+        ksyms = KernelSymbols.load()
+        recorded_base = rec.meta.get("kernel", {}).get("text_base")
+        if ksyms.usable and recorded_base in (None, ksyms.text_base()):
+            symbols = symbolizer(ksyms.addresses, ksyms.names)(ips)
+        else:
+            symbols = {}
+            print("note: kernel symbols unavailable: " + ("/proc/kallsyms shows no addresses (run as root)"
+                  if not ksyms.usable else "this machine's kernel is not the recording's"), file=sys.stderr)
+    else:   # the user tier's software event: the ip is the program's own, shown without a symbol
+        ips, symbols = fields["page-faults"]["ip"], {}
+    for block in event_lines(columns, names, fields, comms, ips, symbols):
+        sys.stdout.write(block)
+    sys.stdout.flush()
     return 0
 
 
@@ -539,6 +568,8 @@ def _register_capture(sub) -> None:
     r.add_argument("-o", "--output", help="where --format perfetto, folded or speedscope writes (folded and "
                    "speedscope: standard output without it)")
     r.add_argument("--force", action="store_true", help="replace an existing output file")
+    r.add_argument("--events", action="store_true", help="print every sample, decoded and symbolised, one line each "
+                   "(as perf script -F comm,tid,cpu,time,event,ip,sym,trace does)")
     r.set_defaults(func=cmd_report)
 
 

@@ -201,3 +201,26 @@ def test_damaged_and_foreign_recordings_are_one_clear_line(tmp_path):
         r = subprocess.run(CLI + ["report", str(path)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0
+
+
+def test_report_events_prints_every_sample_decoded(can_trace, cbin, tmp_path):
+    """report --events: one line per sample, in time order, with the fault's address and the pagemap PFN's
+    allocation among them, and the tracepoint's ip named as kallsyms names it."""
+    meta, rec, out = run_traced(tmp_path, [cbin("touch_one"), "0x100"])
+    m = re.search(r"vaddr=0x([0-9a-f]+) offset=0x100 pagemap=0x([0-9a-f]+) pfn=0x([0-9a-f]+)", out)
+    vaddr, pfn = int(m.group(1), 16), int(m.group(3), 16)
+    r = subprocess.run(CLI + ["report", "--events", str(tmp_path / "t.pfrec")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    stream = parse_stream(rec.data, meta["sample_type"])
+    assert len(lines) == len(stream.samples) > 0
+    times = [float(line.split("]", 1)[1].split(":", 1)[0]) for line in lines]
+    assert times == sorted(times)
+    fault = [line for line in lines if "exceptions:page_fault_user:" in line and f"address=0x{vaddr + 0x100:x}" in line]
+    assert len(fault) == 1 and "error_code=0x6" in fault[0]
+    alloc = [line for line in lines if "kmem:mm_page_alloc:" in line and f" pfn=0x{pfn:x} " in line]
+    assert len(alloc) == 1
+    ksyms = KernelSymbols.load()
+    ip = int(alloc[0].split(": ", 2)[2].split()[0], 16)
+    assert alloc[0].split(": ", 2)[2].split()[1] == ksyms.describe(ip)

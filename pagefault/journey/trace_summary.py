@@ -388,7 +388,7 @@ def recording_columns(rec: Recording) -> tuple[dict[str, np.ndarray], list[str],
         names = ["page-faults"]
         event = np.zeros(len(s), dtype=np.int64)
         fields = {"page-faults": {"address": _column(s.addr, len(s)), "ip": s.ip}}
-    columns = {"time": s.time, "pid": s.pid, "tid": s.tid, "cpu": s.cpu, "event": event}
+    columns = {"time": s.time, "pid": s.pid, "tid": s.tid, "cpu": s.cpu, "event": event, "ip": s.ip}
     return columns, names, fields, dict(stream.comms)
 
 
