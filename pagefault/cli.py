@@ -485,9 +485,10 @@ def _report_events(rec) -> int:
                   if not ksyms.usable else "this machine's kernel is not the recording's"), file=sys.stderr)
     else:   # the user tier's software event: the ip is the program's own, shown without a symbol
         ips, symbols = fields["page-faults"]["ip"], {}
-    for block in event_lines(columns, names, fields, comms, ips, symbols):
-        sys.stdout.write(block)
     sys.stdout.flush()
+    for block in event_lines(columns, names, fields, comms, ips, symbols):
+        sys.stdout.buffer.write(block)
+    sys.stdout.buffer.flush()
     return 0
 
 

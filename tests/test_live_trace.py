@@ -217,9 +217,12 @@ def test_report_events_prints_every_sample_decoded(can_trace, cbin, tmp_path):
     assert len(lines) == len(stream.samples) > 0
     times = [float(line.split("]", 1)[1].split(":", 1)[0]) for line in lines]
     assert times == sorted(times)
-    fault = [line for line in lines if "exceptions:page_fault_user:" in line and f"address=0x{vaddr + 0x100:x}" in line]
-    assert len(fault) == 1 and "error_code=0x6" in fault[0]
-    alloc = [line for line in lines if "kmem:mm_page_alloc:" in line and f" pfn=0x{pfn:x} " in line]
+
+    def values(line):   # the line's field=value pairs (hex zero-padded to the column's widest value)
+        return {k: int(v, 0) for k, v in (part.split("=", 1) for part in line.split() if "=" in part)}
+    fault = [line for line in lines if "exceptions:page_fault_user:" in line and values(line)["address"] == vaddr + 0x100]
+    assert len(fault) == 1 and values(fault[0])["error_code"] == 0x6
+    alloc = [line for line in lines if "kmem:mm_page_alloc:" in line and values(line)["pfn"] == pfn]
     assert len(alloc) == 1
     ksyms = KernelSymbols.load()
     ip = int(alloc[0].split(": ", 2)[2].split()[0], 16)
