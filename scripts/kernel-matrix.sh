@@ -6,9 +6,10 @@
 #   sudo bash scripts/kernel-matrix.sh [KERNEL…] [--out DIR] [--bound SECONDS]
 #
 # KERNEL: host, 6.1, 6.12 (the newest Debian package of that series), a release such as
-# 6.1.0-56-amd64 (its linux-image-RELEASE-unsigned package), or arm64 (Debian bookworm's arm64 kernel in
-# an arm64 root built by scripts/arm64-root.sh and cached in ARM64_CACHE, default
-# /var/cache/pagefault/arm64, under qemu-system-aarch64). Default: host 6.1 6.12 arm64.
+# 6.1.0-56-amd64 (its linux-image-RELEASE-unsigned package), or arm64, arm64-6.12, arm64-6.12-16k (Debian
+# bookworm's arm64 6.1, and bookworm-backports' 6.12 with 4 and 16 KiB pages, in an arm64 root built by
+# scripts/arm64-root.sh and cached in ARM64_CACHE, default /var/cache/pagefault/arm64, under
+# qemu-system-aarch64). Default: host 6.1 6.12 arm64 arm64-6.12 arm64-6.12-16k.
 # Each kernel's outputs go to DIR/<kernel release>/ (default: matrix-out/): doctor.json, journey.json,
 # evidence/ (the offline tests' fixtures), trace.json, decode-*.json, checks.tsv, console.log.
 # Prints a table of kernel × check, each kernel's wall times, and a last line
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         *) KERNELS+=("$1"); shift ;;
     esac
 done
-[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 6.1 6.12 arm64)
+[ ${#KERNELS[@]} -gt 0 ] || KERNELS=(host 6.1 6.12 arm64 arm64-6.12 arm64-6.12-16k)
 ARM64_CACHE=${ARM64_CACHE:-/var/cache/pagefault/arm64}
 if [ "$(id -u)" != 0 ]; then
     echo "kernel-matrix: needs root (apt-get, tracing inside the guests); fix: sudo bash scripts/kernel-matrix.sh" >&2
@@ -47,7 +48,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 release_of() {   # a KERNEL argument -> the release to boot ("" for the host)
     case "$1" in
         host) echo "" ;;
-        arm64) echo "arm64" ;;     # known once its root is built, below
+        arm64|arm64-6.12|arm64-6.12-16k) echo "$1" ;;     # known once the arm64 root is built, below
         6.1|6.12)
             apt-cache search --names-only "^linux-image-$1\\.[0-9].*-amd64-unsigned\$" 2>/dev/null \
                 | awk '{print $1}' | grep -v -e cloud -e '-rt-' | sed 's/^linux-image-//; s/-unsigned$//' \
@@ -66,7 +67,7 @@ for k in "${KERNELS[@]}"; do
         log "no Debian kernel package for $k; fix: apt-get update, or name a release (e.g. 6.1.0-56-amd64)"; exit 1
     fi
     RELEASE[$k]=$r
-    [ -z "$r" ] || [ "$k" = arm64 ] || [ -e "/boot/vmlinuz-$r" ] || need+=("linux-image-$r-unsigned")
+    [ -z "$r" ] || [ "${k%%-*}" = arm64 ] || [ -e "/boot/vmlinuz-$r" ] || need+=("linux-image-$r-unsigned")
 done
 if [ ${#need[@]} -gt 0 ]; then
     log "installing from Debian: ${need[*]}"
@@ -95,13 +96,15 @@ declare -A WALL STATUS
 for k in "${KERNELS[@]}"; do
     r=${RELEASE[$k]}
     start=$(date +%s)
-    if [ "$k" = arm64 ]; then
-        # the arm64 row: its own root (cached), the project and OUT shared into it, Python from the root
-        rel=arm64
+    if [ "${k%%-*}" = arm64 ]; then
+        # an arm64 row: its own root (cached, shared by the arm64 kernels), the project and OUT shared into
+        # it, Python from the root
+        rel=$k
         if ! bash scripts/arm64-root.sh "$ARM64_CACHE"; then
-            log "arm64: the root could not be built (see above)"; STATUS[$k]=1
+            log "$k: the arm64 root could not be built (see above)"; STATUS[$k]=1
+        elif ! rel=$(awk -v k="$k" '$1 == k {print $2}' "$ARM64_CACHE/kernels") || [ -z "$rel" ]; then
+            rel=$k; log "$k: no such kernel in $ARM64_CACHE/kernels"; STATUS[$k]=1
         else
-            rel=$(cat "$ARM64_CACHE/release")
             aroot="$ARM64_CACHE/root"
             mkdir -p "$OUT/$rel" "$aroot$ROOT" "$aroot$OUT"    # mount points of --rodir/--rwdir in the root
             log "booting $rel (arm64) under qemu-system-aarch64 (TCG), bound ${BOUND} s"

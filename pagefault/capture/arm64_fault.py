@@ -37,11 +37,12 @@ OUTPUT_ADDRESS_MASK = 0x0000_FFFF_FFFF_F000   # OA bits 47..12 (48-bit physical 
 PT_REGS_PC, PT_REGS_PSTATE = 31 * 8 + 8, 31 * 8 + 16
 
 
-def _walk_block(tag: str, page: int, va_bits: int, granule: int) -> str:
+def _walk_block(tag: str, page: int, va_bits: int, granule: int, lpa2: bool = False) -> str:
     """bpftrace statements reading one descriptor per level through the linear map ($base), stopping at an
-    invalid descriptor or a block."""
+    invalid descriptor or a block. With LPA2 the table address runs to bit 49 (bits 51..50 sit in bits 9..8,
+    zero below 1 PiB of RAM)."""
     split = split_arm64_address(page, va_bits, granule)
-    mask = OUTPUT_ADDRESS_MASK & ~(granule - 1)
+    mask = ((1 << 50) - 1 if lpa2 else OUTPUT_ADDRESS_MASK) & ~(granule - 1)
     lines = ["$t = (uint64)curtask->mm->pgd;", f'printf("{tag} pgdv %lx\\n", $t);']
     indent = ""
     for position, level in enumerate(split.indices):
@@ -54,10 +55,17 @@ def _walk_block(tag: str, page: int, va_bits: int, granule: int) -> str:
     return "\n    ".join(lines)
 
 
-def bpftrace_script(pid: int, page: int, va_bits: int, granule: int, tool_pid: int) -> str:
-    """The probes of one arm64 fault on `page` of process `pid`; the tool's own fault and syscall arm it."""
-    return f"""
-kprobe:pgd_alloc {{ @pg[tid] = 1; }}
+def linear_probes(granule: int, page_offset: int | None) -> str:
+    """How the script learns the linear map's offset. With memstart_addr in kallsyms (CONFIG_KALLSYMS_ALL, as
+    Debian's 6.12): PAGE_OFFSET − memstart_addr, read at start. Without (Debian's 6.1): a PGD page's returned
+    address minus its PFN × page size, from a pgd_alloc that the tool's own fork causes."""
+    if page_offset is not None:
+        return f"""BEGIN {{
+    $memstart = *(int64 *)kaddr("memstart_addr");
+    @lin = {page_offset:#x} - $memstart;
+    printf("linearm %lx %lx\\n", @lin, $memstart);
+}}"""
+    return f"""kprobe:pgd_alloc {{ @pg[tid] = 1; }}
 tracepoint:kmem:mm_page_alloc /@pg[tid] == 1/ {{ @pgpfn[tid] = args->pfn; }}
 kretprobe:pgd_alloc /@pg[tid] == 1/ {{
     if (@lin == 0 && @pgpfn[tid] != 0) {{
@@ -65,14 +73,21 @@ kretprobe:pgd_alloc /@pg[tid] == 1/ {{
         printf("linear %lx %lx %lx\\n", @lin, retval, @pgpfn[tid]);
     }}
     delete(@pg[tid]); delete(@pgpfn[tid]);
-}}
+}}"""
+
+
+def bpftrace_script(pid: int, page: int, va_bits: int, granule: int, tool_pid: int, page_offset: int | None = None,
+                    lpa2: bool = False) -> str:
+    """The probes of one arm64 fault on `page` of process `pid`; the tool's own fault and syscall arm it."""
+    return f"""
+{linear_probes(granule, page_offset)}
 kprobe:handle_mm_fault /pid == {pid} && @state == 0 && (arg1 & ~{granule - 1:#x}) == {page:#x}/ {{
     @state = 1; @t0 = nsecs; $base = @lin;
     $v = (struct vm_area_struct *)arg0;
     printf("fault %lx %lx %lx %lx\\n", arg1, arg2, *(uint64 *)(arg3 + {PT_REGS_PC}), *(uint64 *)(arg3 + {PT_REGS_PSTATE}));
     printf("vma %lx %lx %lx %lx\\n", $v->vm_start, $v->vm_end, (uint64)$v->vm_flags, $v->vm_page_prot.pgprot);
     printf("stack begin%s\\nstack end\\n", kstack);
-    {_walk_block("before", page, va_bits, granule)}
+    {_walk_block("before", page, va_bits, granule, lpa2)}
 }}
 tracepoint:kmem:mm_page_alloc /pid == {pid} && @state == 1/ {{
     printf("alloc %lx %d %lx\\n", args->pfn, args->order, args->gfp_flags);
@@ -81,7 +96,7 @@ tracepoint:kmem:mm_page_alloc /pid == {pid} && @state == 1/ {{
 kretprobe:handle_mm_fault /pid == {pid} && @state == 1/ {{ printf("ret %lx %ld\\n", retval, nsecs - @t0); @state = 2; }}
 tracepoint:raw_syscalls:sys_enter /pid == {pid} && @state == 2/ {{
     $base = @lin;
-    {_walk_block("after", page, va_bits, granule)}
+    {_walk_block("after", page, va_bits, granule, lpa2)}
     @state = 3;
     exit();
 }}
@@ -114,7 +129,11 @@ def parse_lines(lines: list[str], ev: Arm64FaultEvidence) -> None:
         if not words:
             continue
         head = words[0]
-        if head == "linear" and len(words) == 4:
+        if head == "linearm" and len(words) == 3:
+            ev.linear_offset = int(words[1], 16)
+            ev.linear_how = (f"derived: PAGE_OFFSET − memstart_addr (read through kallsyms: 0x{int(words[2], 16):x}) "
+                             f"= 0x{ev.linear_offset:x}, as __phys_to_virt() computes it")
+        elif head == "linear" and len(words) == 4:
             ev.linear_offset = int(words[1], 16)
             ev.linear_how = (f"derived: pgd_alloc returned 0x{int(words[2], 16):x} for the page of PFN "
                              f"0x{int(words[3], 16):x} (kmem:mm_page_alloc inside it): linear offset = "
@@ -197,7 +216,8 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         mapped = target.wait_phase()              # mapped: the VMA exists, nothing touched yet
         ev.mapping_start = int(mapped.fields["vaddr"], 16)
         page = (ev.mapping_start + options.offset) & ~(page_size - 1)
-        ev.script = bpftrace_script(ev.pid, page, va_bits, page_size, os.getpid())
+        ev.lpa2 = va_bits == 52 and page_size != 65536
+        ev.script = bpftrace_script(ev.pid, page, va_bits, page_size, os.getpid(), _page_offset(), ev.lpa2)
         if progress:
             progress("starting bpftrace (compiling and attaching takes a while under emulation)")
         proc = start_child([exe, "-B", "line", "-e", ev.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -245,6 +265,20 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
             stop_child(proc, 5)
         if target.target.poll():
             target.kill()
+
+
+def _page_offset() -> int | None:
+    """PAGE_OFFSET (−2^CONFIG_ARM64_VA_BITS, the configured size, whatever runs) when memstart_addr can be read
+    through kallsyms; None otherwise (the script then derives the offset from a pgd_alloc)."""
+    try:
+        with open("/proc/kallsyms") as f:
+            found = any(line.rstrip().endswith(" memstart_addr") for line in f)
+    except OSError:
+        return None
+    configured = facts.kernel_config_value("CONFIG_ARM64_VA_BITS")
+    if not found or not configured or not configured.isdigit():
+        return None
+    return (1 << 64) - (1 << int(configured))
 
 
 def _open_fault_event(ev: Arm64FaultEvidence):

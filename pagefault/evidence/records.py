@@ -409,7 +409,7 @@ class Arm64FaultEvidence:
     kernel_release: str
     kernel_version: tuple[int, int]
     machine: str
-    va_bits: int
+    va_bits: int                       # in use (a 52-bit kernel runs with 48 on a CPU without LPA2)
     page_size: int
     translation_source: str            # where VA_BITS and the page size were read
     pid: int
@@ -428,6 +428,7 @@ class Arm64FaultEvidence:
     vma: dict[str, int] = field(default_factory=dict)       # vm_start, vm_end, vm_flags, vm_page_prot
     linear_offset: int | None = None   # PAGE_OFFSET - PHYS_OFFSET: virtual = physical + this
     linear_how: str = ""
+    lpa2: bool = False                 # descriptors in FEAT_LPA2's format (52-bit addresses with 4/16 KiB pages)
     pgd_virtual: int = 0
     walk_before: list[Arm64WalkRead] = field(default_factory=list)
     walk_after: list[Arm64WalkRead] = field(default_factory=list)

@@ -45,6 +45,10 @@ def _version(ev: Arm64FaultEvidence) -> tuple[int, int]:
     return (int(ev.kernel_version[0]), int(ev.kernel_version[1]))
 
 
+def _pa_bits(ev: Arm64FaultEvidence) -> int:
+    return 52 if ev.lpa2 else 48
+
+
 def _pfn_of_pagemap(ev: Arm64FaultEvidence) -> int | None:
     if ev.pagemap is None:
         return None
@@ -70,8 +74,8 @@ def derived_pte(ev: Arm64FaultEvidence) -> int | None:
     pfn = _pfn_of_pagemap(ev)
     if pfn is None or "vm_flags" not in ev.vma:
         return None
-    return derive_arm64_anonymous_pte(pfn, ev.vma["vm_flags"], kernel=_version(ev),
-                                      granule=ev.page_size).value
+    return derive_arm64_anonymous_pte(pfn, ev.vma["vm_flags"], kernel=_version(ev), granule=ev.page_size,
+                                      pa_bits=_pa_bits(ev)).value
 
 
 def arm64_checks(ev: Arm64FaultEvidence) -> list[Check]:
@@ -89,7 +93,8 @@ def arm64_checks(ev: Arm64FaultEvidence) -> list[Check]:
     leaf = _leaf(ev.walk_after)
     read_pfn = None
     if leaf is not None:
-        read_pfn = decode_arm64_descriptor(leaf.value, "PTE", _version(ev), ev.va_bits, ev.page_size).pfn
+        read_pfn = decode_arm64_descriptor(leaf.value, "PTE", _version(ev), ev.va_bits, ev.page_size,
+                                           _pa_bits(ev)).pfn
     out.append(Check("descriptor = pagemap", pfn is not None and read_pfn == pfn,
                      f"PTE read {_hex(leaf.value if leaf else None)} → PFN {_hex(read_pfn)}, pagemap PFN {_hex(pfn)}"))
     want_pte = derived_pte(ev)
@@ -198,17 +203,17 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
         walk.levels.append(WalkLevel(index.level, index.index, table, a.value if a else None, b.value if b else None,
                                      "observed", AT_FAULT + " and " + AFTER))
         if a is not None:
-            d = decode_arm64_descriptor(a.value, index.level, version, ev.va_bits, ev.page_size)
+            d = decode_arm64_descriptor(a.value, index.level, version, ev.va_bits, ev.page_size, _pa_bits(ev))
             s.values.append(observed(f"{index.level} (level {index.architectural_level}) [{index.index}]", a.value,
                                      AFTER + f"; table at physical 0x{a.table_physical:x}",
                                      display=f"0x{a.value:016x}: {d.kind.value}"))
         if b is not None and (a is None or b.value != a.value):
-            d = decode_arm64_descriptor(b.value, index.level, version, ev.va_bits, ev.page_size)
+            d = decode_arm64_descriptor(b.value, index.level, version, ev.va_bits, ev.page_size, _pa_bits(ev))
             s.values.append(observed(f"{index.level} at the trap", b.value, AT_FAULT,
                                      display=f"0x{b.value:016x}: {d.kind.value}"))
     leaf = after.get("PTE")
     if leaf is not None:
-        d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size)
+        d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size, _pa_bits(ev))
         if d.pfn is not None:
             walk.frame_pfn, walk.frame_source = d.pfn, "derived: the output address of the page descriptor"
     j.walk = walk
@@ -247,11 +252,12 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
     s = step("pte")
     want = derived_pte(ev)
     if leaf is not None:
-        d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size)
+        d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size, _pa_bits(ev))
         s.values.append(observed("page descriptor", leaf.value, AFTER, display=f"0x{leaf.value:016x}"))
         s.derivations += list(d.derivations)
     if want is not None:
-        proof = derive_arm64_anonymous_pte(pfn or 0, ev.vma["vm_flags"], kernel=version, granule=ev.page_size)
+        proof = derive_arm64_anonymous_pte(pfn or 0, ev.vma["vm_flags"], kernel=version, granule=ev.page_size,
+                                           pa_bits=_pa_bits(ev))
         s.values.append(modelled("derived descriptor", want, "arm64 protection_map and do_anonymous_page() for kernel "
                                  f"{version[0]}.{version[1]}", list(proof.derivations), display=f"0x{want:016x}"))
 

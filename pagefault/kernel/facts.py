@@ -129,11 +129,12 @@ def kernel_config_flag(name: str, path: Path = Path("/proc/config.gz")) -> bool 
 
 
 def arm64_translation() -> tuple[int, int, str]:
-    """(VA_BITS, page size, how they are known) of the running arm64 kernel.
+    """(VA_BITS in use, page size, how they are known) of the running arm64 kernel.
 
     CONFIG_ARM64_VA_BITS from the kernel's configuration; the page size from sysconf (the kernel's own
-    PAGE_SIZE). A 52-bit kernel on a CPU without LPA/LPA2 runs with 48 bits (vabits_actual): said, not
-    resolved here.
+    PAGE_SIZE). A kernel built for 52 bits (Debian's 6.12, with LPA2) runs with 48 on a CPU without
+    LPA2/LPA, folding its top level away at boot; which one runs is observed: a mapping asked for above
+    256 TiB lands there only when 52-bit addresses are on.
     """
     page_size = os.sysconf("SC_PAGE_SIZE")
     text, where = _kernel_config_text()
@@ -146,8 +147,31 @@ def arm64_translation() -> tuple[int, int, str]:
         return 48, page_size, f"VA_BITS assumed 48 (Debian's and most distributions' choice): {missing}"
     how = f"CONFIG_ARM64_VA_BITS={va} in {where}; page size {page_size} from sysconf"
     if va == 52:
-        how += " (a 52-bit kernel falls back to 48 bits on CPUs without LPA/LPA2)"
+        high = _mapping_above(1 << 50)
+        if high is None:
+            how += "; 52-bit addresses assumed in use (a mapping above 256 TiB could not be tried)"
+        elif high:
+            how += "; 52-bit addresses in use (observed: a mapping asked for at 1 PiB was placed above 256 TiB)"
+        else:
+            va = 48
+            how += ("; the CPU runs it with 48 (observed: a mapping asked for at 1 PiB was placed below 256 TiB, "
+                    "so the kernel folded its top level away)")
     return va, page_size, how
+
+
+def _mapping_above(hint: int) -> bool | None:
+    """Whether mmap places a page asked for at `hint` above 2^48 (None: mmap could not be called)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.sysconf("SC_PAGE_SIZE")
+    address = libc.mmap(hint, size, 1, 0x22, -1, 0)   # PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS
+    if address in (None, ctypes.c_void_p(-1).value):
+        return None
+    libc.munmap(address, size)
+    return address >= 1 << 48
 
 
 def swap_config():
