@@ -173,12 +173,14 @@ def _arm(proc: subprocess.Popen, buf: bytearray, bound: float, progress: Callabl
     """Fault, make a system call and fork until bpftrace says its probes fire and the linear offset is known."""
     import mmap
     started = last_said = time.monotonic()
-    while not (b"armed fault" in buf and b"armed syscall" in buf and b"linear " in buf):
+    # "linear " (pgd_alloc) or "linearm " (memstart_addr): the offset is known
+    while not (b"armed fault" in buf and b"armed syscall" in buf and (b"linear " in buf or b"linearm " in buf)):
         if proc.poll() is not None:
             raise BpfError("bpftrace stopped: " + _last_error(proc.stderr.read().decode(errors="replace")))
         now = time.monotonic()
         if now - started > bound:
-            missing = "the linear-map offset (no pgd_alloc seen)" if b"armed" in buf else "its probes"
+            missing = ("the linear-map offset (no pgd_alloc allocated a page: a PGD smaller than a page comes from a "
+                       "slab, and this kernel's kallsyms lacks memstart_addr)" if b"armed" in buf else "its probes")
             raise BpfError(f"bpftrace did not report {missing} within {bound:.0f} s")
         if progress and now - last_said > 5:
             progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
