@@ -191,13 +191,16 @@ def main_arm64(base: Path) -> int:
         leaf = next(r for r in ev.walk_after if r.level == "PTE")
         pfn = ev.pagemap & PM_PFN_MASK
         problems = []
-        pte = _cli_json("decode", "pte", hex(leaf.value), "--arch", "arm64", "--json")
+        # the walk's own shape: VA bits in use, page size, and LPA2's 52-bit output addresses
+        shape = ["--arch", "arm64", "--va-bits", str(ev.va_bits), "--granule", f"{ev.page_size // 1024}k",
+                 "--pa-bits", "52" if ev.lpa2 else "48", "--json"]
+        pte = _cli_json("decode", "pte", hex(leaf.value), *shape)
         if pte["result"]["pfn"] != pfn or pte["result"]["kind"] != "page" or pte["result"]["suspicions"]:
             problems.append(f"decode pte {leaf.value:#x} gave PFN {pte['result']['pfn']}, kind "
                             f"{pte['result']['kind']}, doubts {pte['result']['suspicions']}; pagemap PFN {pfn:#x}")
         if derived_pte(ev) != leaf.value:
             problems.append(f"derived {derived_pte(ev)} != read {leaf.value:#x}")
-        address = _cli_json("decode", "address", hex(ev.address), "--arch", "arm64", "--json")
+        address = _cli_json("decode", "address", hex(ev.address), *shape)
         for index, read in zip(address["result"]["indices"], ev.walk_after):
             if index["level"] != read.level:
                 problems.append(f"level {index['level']} != walk's {read.level}")

@@ -185,7 +185,7 @@ def _arm(proc: subprocess.Popen, buf: bytearray, bound: float, progress: Callabl
         if progress and now - last_said > 5:
             progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
             last_said = now
-        page = mmap.mmap(-1, 4096)
+        page = mmap.mmap(-1, mmap.PAGESIZE)
         page[0] = 1
         page.close()
         child = os.fork()           # a new mm: pgd_alloc runs, and shows the linear map's offset

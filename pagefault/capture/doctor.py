@@ -50,12 +50,12 @@ class Diagnosis:
 
 
 def _pagemap_pfn_visible() -> tuple[bool, str]:
-    buf = mmap.mmap(-1, 4096)
+    buf = mmap.mmap(-1, mmap.PAGESIZE)
     buf[0] = 1
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     try:
         with open("/proc/self/pagemap", "rb") as f:
-            f.seek((addr >> 12) * 8)
+            f.seek(addr // mmap.PAGESIZE * 8)    # one entry per page of the kernel's size (16 KiB on some arm64)
             entry = int.from_bytes(f.read(8), "little")
     except OSError as exc:
         return False, f"cannot read /proc/self/pagemap: {exc.strerror}"
