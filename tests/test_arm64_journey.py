@@ -16,20 +16,29 @@ import pytest
 
 from pagefault import core
 from pagefault.capture.arm64_fault import bpftrace_script, parse_lines
+from pagefault.decode.arm64_address import split_arm64_address
 from pagefault.decode.arm64_descriptor import decode_arm64_descriptor
 from pagefault.evidence import Arm64FaultEvidence
 from pagefault.evidence.file import EvidenceError, load_evidence
 from pagefault.journey.arm64_journey import arm64_checks, build_arm64_journey, derived_pte, first_invalid_level
 from pagefault.views.html import render_html
 
-FIXTURE = Path(__file__).parent / "fixtures" / "evidence" / "6.1.0-50-arm64" / "arm64-fault.json.gz"
+FIXTURES = sorted((Path(__file__).parent / "fixtures" / "evidence").glob("*/arm64-fault.json.gz"))
+# 6.1 (4 KiB pages, 48-bit: 4 levels), 6.12 (4 KiB, 52-bit with LPA2: 5 levels), 6.12-16k (16 KiB, 52-bit: 4 levels)
+FIXTURE = next(p for p in FIXTURES if p.parent.name == "6.1.0-50-arm64")
 
 
-@pytest.fixture(scope="module")
-def ev() -> Arm64FaultEvidence:
-    loaded = load_evidence(FIXTURE)
+@pytest.fixture(scope="module", params=FIXTURES, ids=lambda p: p.parent.name)
+def ev(request) -> Arm64FaultEvidence:
+    loaded = load_evidence(request.param)
     assert loaded.kind == "arm64-fault"
     return loaded.evidence
+
+
+def test_the_fixtures_cover_three_walk_shapes():
+    shapes = {(e.va_bits, e.page_size, e.lpa2, len(e.walk_after))
+              for e in (load_evidence(p).evidence for p in FIXTURES)}
+    assert {(48, 4096, False, 4), (52, 4096, True, 5), (52, 16384, True, 4)} <= shapes
 
 
 def test_every_source_agreed_in_the_guest(ev):
@@ -37,18 +46,21 @@ def test_every_source_agreed_in_the_guest(ev):
     assert all(c.ok for c in checks.values()), [c for c in checks.values() if not c.ok]
     assert ev.address == ev.mapping_start + ev.offset
     leaf = next(r for r in ev.walk_after if r.level == "PTE")
-    assert decode_arm64_descriptor(leaf.value, kernel=(6, 1)).pfn == ev.alloc_pfn == ev.pagemap & ((1 << 55) - 1)
+    entry = decode_arm64_descriptor(leaf.value, kernel=tuple(ev.kernel_version), va_bits=ev.va_bits,
+                                    granule=ev.page_size, pa_bits=52 if ev.lpa2 else 48)
+    assert entry.pfn == ev.alloc_pfn == ev.pagemap & ((1 << 55) - 1) and not entry.suspicions
     assert derived_pte(ev) == leaf.value
 
 
-def test_the_trap_was_a_level_3_translation_fault(ev):
-    # the PTE table already existed (other mappings share the mapping's 2 MiB region); the PTE itself was 0
-    before = {r.level: r.value for r in ev.walk_before}
-    assert before["PTE"] == 0 and all(before[level] & 3 == 3 for level in ("PGD", "PUD", "PMD"))
-    assert first_invalid_level(ev) == 3
+def test_the_trap_is_a_translation_fault_at_the_first_invalid_level(ev):
+    # the walk at the trap: valid table descriptors down to the first invalid one, where it stopped
+    before = ev.walk_before
+    assert all(r.value & 3 == 3 for r in before[:-1]) and before[-1].value & 1 == 0
+    level = first_invalid_level(ev)
+    assert level == 3 - (len(ev.walk_after) - len(before))
     j = build_arm64_journey(ev)
     esr = next(s for s in j.steps if s.key == "trap").value("ESR_EL1")
-    assert esr.provenance == "derived" and esr.value == 0x92000047
+    assert esr.provenance == "derived" and esr.value == 0x92000044 | level      # DABT from EL0, WnR, level
 
 
 def test_journey_steps_and_provenance(ev):
@@ -111,9 +123,10 @@ def test_perf_saw_the_same_fault(ev):
 def test_a_different_descriptor_fails_both_descriptor_checks(ev):
     bad = copy.deepcopy(ev)
     leaf = next(r for r in bad.walk_after if r.level == "PTE")
-    leaf.value ^= 1 << 12          # another frame
+    frame_bit = 1 << (ev.page_size.bit_length() - 1)
+    leaf.value ^= frame_bit        # another frame
     assert {c.name for c in arm64_checks(bad) if not c.ok} == {"descriptor = pagemap", "derived = read"}
-    leaf.value ^= (1 << 12) | (1 << 55)    # the right frame, not software-dirty
+    leaf.value ^= frame_bit | (1 << 55)    # the right frame, not software-dirty
     assert {c.name for c in arm64_checks(bad) if not c.ok} == {"derived = read"}
 
 
@@ -144,7 +157,9 @@ def test_exercises_on_the_arm64_fault(ev):
     j = build_arm64_journey(ev)
     by_key = {e.key: e for e in build_exercises(j)}
     indices = [q.answer for q in by_key["indices"].questions]
-    assert indices == [ev.address >> shift & 0x1FF for shift in (39, 30, 21, 12)] + [ev.address & 0xFFF]
+    split = split_arm64_address(ev.address, ev.va_bits, ev.page_size)
+    assert indices == [i.index for i in split.indices] + [ev.address & (ev.page_size - 1)]
+    assert [r.level for r in ev.walk_after] == [i.level for i in split.indices]
     assert by_key["pfn"].questions[1].answer == ev.alloc_pfn
     assert by_key["pte"].questions[0].answer == next(r.value for r in ev.walk_after if r.level == "PTE")
     assert "arm64" in by_key["rip"].unavailable and "ESR_EL1" in by_key["flags"].unavailable
