@@ -129,7 +129,7 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
     return not problems, "kprobes: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
 
 
-ARM64_CHECKS = ("doctor", "journey-arm64", "decode")
+ARM64_CHECKS = ("doctor", "journey-arm64", "decode", "entry-kinds")
 X86_CHECKS = ("doctor", "journey-bpf", "journey-perf") + tuple(f"scenario-{s.name}" for s in SCENARIOS) + (
     "trace", "trace-latency", "entry-kinds", "decode")
 
@@ -214,6 +214,21 @@ def main_arm64(base: Path) -> int:
     t = time.monotonic()
     checks.run("decode", decode)
     times["decode"] = time.monotonic() - t
+
+    def entry_kinds():
+        sys.path.insert(0, str(ROOT / "tests"))
+        from live_helpers.nonpresent import check_entry_kinds_arm64, read_entry_kinds_arm64
+        ev = load_evidence(path).evidence
+        seen = read_entry_kinds_arm64(ev.linear_offset, ev.va_bits, ev.page_size, ev.lpa2)
+        (out / "entry-kinds.json").write_text(json.dumps({"ptes": [hex(v) for v in seen.ptes],
+                                                          "pagemaps": [hex(v) for v in seen.pagemaps]}, indent=2))
+        version = (int(ev.kernel_version[0]), int(ev.kernel_version[1]))
+        problems, checked = check_entry_kinds_arm64(seen, version, ev.va_bits, ev.page_size, ev.lpa2)
+        return not problems, "; ".join(problems) or "decoded as the kernel keeps them: " + ", ".join(checked) + \
+            " (PTEs " + ", ".join(hex(v) for v in seen.ptes) + ")"
+    t = time.monotonic()
+    checks.run("entry-kinds", entry_kinds)
+    times["entry-kinds"] = time.monotonic() - t
     return finish(release, out, checks, times, t0)
 
 

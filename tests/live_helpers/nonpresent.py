@@ -105,3 +105,82 @@ def check_entry_kinds(seen: EntryKinds, version: tuple[int, int], levels: int, c
         expect(ok, f"swapped page: PTE 0x{seen.ptes[3]:x} decoded {swapped.points_to}; pagemap {pm[3].summary}")
         checked.append("swap")
     return problems, checked
+
+
+# --- arm64: a present page and a PROT_NONE page, read through the linear map --------------------------
+
+CHILD_ARM64 = textwrap.dedent("""
+    import ctypes, mmap, os, sys
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    base = libc.mmap(None, 2 * page, 3, 0x22, -1, 0)
+    ctypes.memset(base, 0x5a, 2 * page)
+    assert libc.mprotect(base + page, page, 0) == 0
+    print(hex(base), flush=True)
+    sys.stdin.readline()
+    os.getppid()
+    sys.stdin.readline()
+""")
+GETPPID_ARM64 = 173   # include/uapi/asm-generic/unistd.h
+
+
+def read_entry_kinds_arm64(linear_offset: int, va_bits: int, page_size: int, lpa2: bool) -> EntryKinds:
+    """The PTEs of a present and a PROT_NONE page of a child, read by bpftrace at its getppid(), with pagemap's."""
+    from pagefault.capture import procfs
+    from pagefault.capture.arm64_fault import _walk_block
+    from pagefault.capture.bpf_walk import bpftrace_executable
+    child = subprocess.Popen([sys.executable, "-c", CHILD_ARM64], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        base = int(child.stdout.readline(), 16)
+        pages = [base, base + page_size]
+        pagemaps = [procfs.pagemap_entry(child.pid, p) for p in pages]
+        blocks = "\n    ".join(f"$base = {linear_offset:#x};\n    " + _walk_block(f"p{i}", p, va_bits, page_size, lpa2)
+                               for i, p in enumerate(pages))
+        script = (f"tracepoint:raw_syscalls:sys_enter /pid == {child.pid} && args->id == {GETPPID_ARM64}/ {{\n"
+                  f"    {blocks}\n    exit();\n}}\nBEGIN {{ printf(\"ready\\n\"); }}")
+        tracer = subprocess.Popen([bpftrace_executable(), "-B", "line", "-e", script], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            while "ready" not in (tracer.stdout.readline() or "ready"):
+                pass
+            child.stdin.write("\n")
+            child.stdin.flush()
+            out, err = tracer.communicate(timeout=300)
+        finally:
+            if tracer.poll() is None:
+                tracer.kill()
+                tracer.wait()
+    finally:
+        child.kill()
+        child.wait()
+    ptes = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[1] == "PTE":
+            ptes[words[0]] = int(words[2], 16)
+    if set(ptes) != {"p0", "p1"}:
+        raise AssertionError(f"bpftrace read no PTE for both pages: {out!r} {err[-300:]!r}")
+    return EntryKinds(pages, [ptes["p0"], ptes["p1"]], pagemaps, False, False)
+
+
+def check_entry_kinds_arm64(seen: EntryKinds, version: tuple[int, int], va_bits: int, page_size: int,
+                            lpa2: bool) -> tuple[list[str], list[str]]:
+    """The arm64 decoder on a present and a PROT_NONE PTE against pagemap: (problems, kinds checked)."""
+    from pagefault.decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor
+    from pagefault.decode.pagemap import decode_pagemap_entry
+    present, prot_none = (decode_arm64_descriptor(v, "PTE", version, va_bits, page_size, 52 if lpa2 else 48)
+                          for v in seen.ptes)
+    pm = [decode_pagemap_entry(v, version) for v in seen.pagemaps]
+    problems = []
+    if not (present.kind is DescriptorKind.PAGE and pm[0].pfn and present.pfn == pm[0].pfn):
+        problems.append(f"present page: PTE 0x{seen.ptes[0]:x} {present.kind.value} PFN {present.pfn} vs pagemap "
+                        f"{pm[0].summary}")
+    if not (prot_none.kind is DescriptorKind.PROT_NONE and prot_none.present and not prot_none.valid
+            and pm[1].present and prot_none.pfn == pm[1].pfn):
+        problems.append(f"PROT_NONE page: PTE 0x{seen.ptes[1]:x} {prot_none.kind.value} PFN {prot_none.pfn} vs "
+                        f"pagemap {pm[1].summary}")
+    return problems, ["present", "PROT_NONE"]
