@@ -156,12 +156,36 @@ _ARCH_ONLY_KINDS = {"error-code": ("x86_64", "on arm64 the trap's syndrome is ES
                             "--arch x86_64")}
 
 
+def _arm64_shape(args: argparse.Namespace) -> None:
+    """Fill --va-bits, --granule and --pa-bits left out: this machine's own where it is arm64 (a 16 KiB or
+    52-bit kernel decodes as itself), else Linux's most common shape (48-bit, 4 KiB); args.shape_note says which."""
+    given = {"va_bits": args.va_bits, "granule": args.granule, "pa_bits": args.pa_bits}
+    if all(v is not None for v in given.values()):
+        args.shape_note = ""
+        return
+    if os.uname().machine == "aarch64":
+        from .kernel.facts import arm64_translation
+        va_bits, page_size, how = arm64_translation()
+        own = {"va_bits": va_bits, "granule": f"{page_size // 1024}k",
+               "pa_bits": 52 if va_bits == 52 and page_size != 65536 else 48}
+        whence = f"this machine's ({how})"
+    else:
+        own = {"va_bits": 48, "granule": "4k", "pa_bits": 48}
+        whence = "Linux's most common arm64 shape"
+    filled = [f"--{name.replace('_', '-')} {own[name]}" for name, value in given.items() if value is None]
+    for name, value in given.items():
+        if value is None:
+            setattr(args, name, own[name])
+    args.shape_note = f"assumed {', '.join(filled)}: {whence}"
+
+
 def _decode_arm64(kind: str, value: int, args: argparse.Namespace) -> tuple[str, list, list[str], Any]:
     """arm64's address, descriptor and ESR decoders; the other kinds are shared with x86-64."""
     from .decode.arm64_address import split_arm64_address
     from .decode.arm64_descriptor import decode_arm64_descriptor
     from .decode.esr import decode_esr
     from .views.decode_view import field_rows, flag_rows
+    _arm64_shape(args)
     granule = {"4k": 4096, "16k": 16384, "64k": 65536}[args.granule]
     if kind == "address":
         r = split_arm64_address(value, args.va_bits, granule)
@@ -232,7 +256,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     doubts = list(getattr(result, "suspicions", ()) or ()) + list(getattr(result, "impossible", ()) or ())
     if args.json:
         print(json.dumps({"kind": args.kind, "value": value, "provenance": "derived", "title": title,
-                          "architecture": arch, "result": to_jsonable(result)}, indent=2))
+                          "architecture": arch, "assumed": getattr(args, "shape_note", ""),
+                          "result": to_jsonable(result)}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -250,6 +275,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
             console.print("  " + line, highlight=False, markup=False)
     console.print(f"decoded as {arch}" + ("" if args.arch else " (this machine's architecture; --arch to choose)"),
                   highlight=False, markup=False)
+    if getattr(args, "shape_note", ""):
+        console.print(args.shape_note, highlight=False, markup=False)
     for line in doubts:
         console.print("[bold yellow]doubt:[/bold yellow] " + line, highlight=False)
     return 0
@@ -917,12 +944,13 @@ def build_parser() -> Parser:
                    "running kernel, with its configuration)")
     d.add_argument("--arch", help="x86_64 or arm64: whose formats address, pte, error-code/esr and vm-flags are "
                    "(default: this machine's)")
-    d.add_argument("--va-bits", type=int, default=48, choices=(36, 39, 42, 47, 48, 52),
-                   help="arm64: virtual-address size of the walk (default 48)")
-    d.add_argument("--granule", default="4k", type=str.lower, choices=("4k", "16k", "64k"),
-                   help="arm64: translation granule / page size (default 4k)")
-    d.add_argument("--pa-bits", type=int, default=48, choices=(48, 52),
-                   help="arm64: output-address size; 52 = FEAT_LPA (64k) or FEAT_LPA2 (4k, 16k) (default 48)")
+    d.add_argument("--va-bits", type=int, default=None, choices=(36, 39, 42, 47, 48, 52),
+                   help="arm64: virtual-address size of the walk (default: this machine's on arm64, else 48)")
+    d.add_argument("--granule", default=None, type=str.lower, choices=("4k", "16k", "64k"),
+                   help="arm64: translation granule / page size (default: this machine's on arm64, else 4k)")
+    d.add_argument("--pa-bits", type=int, default=None, choices=(48, 52),
+                   help="arm64: output-address size; 52 = FEAT_LPA (64k) or FEAT_LPA2 (4k, 16k) (default: this "
+                   "machine's on arm64, else 48)")
     d.add_argument("--json", action="store_true", help="print JSON")
     d.set_defaults(func=cmd_decode)
     for register in COMMANDS:

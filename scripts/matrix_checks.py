@@ -198,6 +198,9 @@ def main_arm64(base: Path) -> int:
         if pte["result"]["pfn"] != pfn or pte["result"]["kind"] != "page" or pte["result"]["suspicions"]:
             problems.append(f"decode pte {leaf.value:#x} gave PFN {pte['result']['pfn']}, kind "
                             f"{pte['result']['kind']}, doubts {pte['result']['suspicions']}; pagemap PFN {pfn:#x}")
+        own = _cli_json("decode", "pte", hex(leaf.value), "--arch", "arm64", "--json")   # the shape left to the machine
+        if own["result"]["pfn"] != pfn or "this machine's" not in own["assumed"]:
+            problems.append(f"decode without --va-bits/--granule/--pa-bits gave PFN {own['result']['pfn']} ({own['assumed']})")
         if derived_pte(ev) != leaf.value:
             problems.append(f"derived {derived_pte(ev)} != read {leaf.value:#x}")
         address = _cli_json("decode", "address", hex(ev.address), *shape)

@@ -347,3 +347,15 @@ def test_cli_names_the_other_architectures_decoder():
 def test_cli_prints_doubts_and_the_assumed_architecture():
     done = _decode("pte", "0xe8000041234f43", "--arch", "x86_64")
     assert done.returncode == 0 and "doubt:" in done.stdout and "decoded as x86_64" in done.stdout
+
+
+def test_cli_says_which_walk_shape_it_assumed():
+    done = _decode("address", "0xffffa1234567", "--arch", "arm64", "--json")
+    out = json.loads(done.stdout)
+    assert "--va-bits 48, --granule 4k, --pa-bits 48" in out["assumed"] and len(out["result"]["indices"]) == 4
+    done = _decode("address", "0x7fff12345678", "--arch", "arm64", "--granule", "16k", "--va-bits", "47", "--json")
+    out = json.loads(done.stdout)
+    assert out["assumed"].startswith("assumed --pa-bits 48") and len(out["result"]["indices"]) == 3
+    done = _decode("address", "0x7fff12345678", "--arch", "arm64", "--granule", "16k", "--va-bits", "47",
+                   "--pa-bits", "48", "--json")
+    assert json.loads(done.stdout)["assumed"] == ""
