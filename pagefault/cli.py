@@ -163,8 +163,8 @@ def _arm64_shape(args: argparse.Namespace) -> None:
     if all(v is not None for v in given.values()):
         args.shape_note = ""
         return
-    if os.uname().machine == "aarch64":
-        from .kernel.facts import arm64_translation
+    from .kernel.facts import arm64_translation, on_arm64
+    if on_arm64():
         va_bits, page_size, how = arm64_translation()
         own = {"va_bits": va_bits, "granule": f"{page_size // 1024}k",
                "pa_bits": 52 if va_bits == 52 and page_size != 65536 else 48}
@@ -704,6 +704,7 @@ def cmd_journey(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from . import core
+    from .kernel.facts import on_arm64
     from .views.progress import stderr_progress
     output = _journey_output(args)
     console = Console()
@@ -727,7 +728,7 @@ def cmd_journey(args: argparse.Namespace) -> int:
         if request.save_evidence:
             from .capture.safe_paths import check_output_target
             check_output_target(request.save_evidence, args.force)
-        if core.on_arm64():
+        if on_arm64():
             raise UsageError("following a program of yours needs the exceptions:page_fault_user tracepoint, which "
                              "arm64 kernels lack; on arm64, pagefault journey follows the exercise program's fault")
         journey = core.program_fault_journey(argv or None, args.pid, selector, value, request)
@@ -741,7 +742,7 @@ def cmd_journey(args: argparse.Namespace) -> int:
         check_output_target(request.save_evidence, args.force)
     interactive = (args.format == "text" and not args.no_pause and not args.tui and sys.stdin.isatty()
                    and sys.stdout.isatty())
-    if not interactive or request.model or request.tier == "model" or request.scenario or core.on_arm64():
+    if not interactive or request.model or request.tier == "model" or request.scenario or on_arm64():
         return _emit_journey(core.run_journey(request), args, output, console)
     live = core.start_live(request)
     if live is None:

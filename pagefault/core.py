@@ -156,11 +156,6 @@ def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str
     return build_program_journey(ev)
 
 
-def on_arm64() -> bool:
-    import os
-    return os.uname().machine == "aarch64"
-
-
 def arm64_journey(request: JourneyRequest) -> Journey:
     """The live journey on an arm64 machine (capture/arm64_fault.py): the exercise program's write fault."""
     from .capture.arm64_fault import capture_arm64_fault
@@ -184,6 +179,7 @@ def run_journey(request: JourneyRequest) -> Journey:
     """The journey asked for, run to its end: the simulator's, a live scenario's, or the live one."""
     if request.model or request.tier == "model":
         return model_journey(request.scenario)
+    from .kernel.facts import on_arm64
     if on_arm64():
         return arm64_journey(request)
     if request.scenario:

@@ -26,7 +26,7 @@ from pagefault.decode.pagemap import PM_PFN_MASK  # noqa: E402
 from pagefault.decode.pte import decode_pte  # noqa: E402
 from pagefault.evidence import ExerciseOptions  # noqa: E402
 from pagefault.evidence.file import load_evidence  # noqa: E402
-from pagefault.kernel.facts import kernel_release  # noqa: E402
+from pagefault.kernel.facts import kernel_release, on_arm64  # noqa: E402
 from pagefault.model.scenarios import SCENARIOS  # noqa: E402
 
 
@@ -243,7 +243,7 @@ def _cli_json(*args: str) -> dict:
 
 def main() -> int:
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
-    if os.uname().machine == "aarch64":
+    if on_arm64():
         return main_arm64(base)
     release, out, checks, times, t0, progress = begin(base, X86_CHECKS)
 

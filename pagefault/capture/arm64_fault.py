@@ -201,7 +201,7 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
 
     Raises BpfError (bpftrace missing, a probe refused, nothing seen) with the reason and fix.
     """
-    if os.uname().machine != "aarch64":
+    if not facts.on_arm64():
         raise BpfError(f"the arm64 capture runs on arm64 machines; this one is {os.uname().machine}")
     exe = bpftrace_executable()
     va_bits, page_size, how = facts.arm64_translation()

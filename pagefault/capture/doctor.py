@@ -139,7 +139,7 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
     tp_id = None
     # arm64 kernels (6.1, 6.12) have no exceptions:page_fault_user: there the bpf tier meets the fault at
     # kprobe:handle_mm_fault instead (capture/arm64_fault.py), so kprobes decide that tier, not the tracepoint.
-    arm64 = os.uname().machine == "aarch64"
+    arm64 = facts.on_arm64()
     if arm64:
         d.checks.append(Check("architecture", True, "arm64: the journey meets the fault at kprobe:handle_mm_fault and "
                               "reads descriptors through the linear map; ESR_EL1 is derived, not read", "", ()))

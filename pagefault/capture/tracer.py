@@ -98,7 +98,7 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
         try:
             fmt = read_event_format(system, name, root)
         except TracefsError as exc:
-            if required and (system, name) == ("exceptions", "page_fault_user") and os.uname().machine == "aarch64":
+            if required and (system, name) == ("exceptions", "page_fault_user") and facts.on_arm64():
                 raise CaptureError(f"{exc}: arm64 kernels (6.1, 6.12) have no page-fault tracepoint, so trace and "
                                    "journey -- CMD cannot follow every fault here; pagefault journey follows the "
                                    "exercise program's fault through kprobes, and decode takes --arch arm64") from None

@@ -14,6 +14,11 @@ from ..evidence import MemorySettings
 from .btf import BTFError, load_vmlinux_btf
 
 
+def on_arm64() -> bool:
+    """Whether this machine is arm64 (`uname -m` says aarch64): its trap, walk and tables are arm64's."""
+    return os.uname().machine == "aarch64"
+
+
 def kernel_release() -> str:
     return platform.release()
 
