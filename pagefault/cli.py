@@ -704,12 +704,12 @@ def cmd_journey(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from . import core
-    from .kernel.facts import on_arm64
     from .views.progress import stderr_progress
     output = _journey_output(args)
     console = Console()
     if args.replay:
         return _emit_journey(core.replay(Path(args.replay)), args, output, console)
+    from .kernel.facts import on_arm64   # not before: a replay touches nothing of the machine
     argv = list(args.cmd or [])
     if argv and argv[0] == "--":
         argv = argv[1:]
