@@ -18,7 +18,6 @@ The tool forks once to make pgd_alloc run.
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import time
 from typing import Callable
@@ -28,7 +27,7 @@ from ..decode.arm64_address import split_arm64_address
 from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
 from ..kernel import facts
 from . import procfs
-from .bpf_walk import BpfError, _last_error, bpftrace_executable
+from .bpf_walk import BpfError, _last_error, arm_with_own_faults, bpftrace_executable, read_available
 from .exercise import ExerciseProcess, build_program
 from .runner import start_child, stop_child
 
@@ -160,39 +159,18 @@ def parse_lines(lines: list[str], ev: Arm64FaultEvidence) -> None:
         ev.alloc_pfn, ev.alloc_order, ev.alloc_gfp, ev.alloc_stack = data[0]
 
 
-def _read_some(proc: subprocess.Popen, buf: bytearray, timeout: float) -> bool:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        return False
-    chunk = os.read(proc.stdout.fileno(), 65536)
-    buf += chunk
-    return bool(chunk)
+def _fork_once() -> None:
+    """A child that exits at once: its new mm makes pgd_alloc run, which shows the linear map's offset."""
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
 
 
-def _arm(proc: subprocess.Popen, buf: bytearray, bound: float, progress: Callable[[str], None] | None) -> None:
-    """Fault, make a system call and fork until bpftrace says its probes fire and the linear offset is known."""
-    import mmap
-    started = last_said = time.monotonic()
-    # "linear " (pgd_alloc) or "linearm " (memstart_addr): the offset is known
-    while not (b"armed fault" in buf and b"armed syscall" in buf and (b"linear " in buf or b"linearm " in buf)):
-        if proc.poll() is not None:
-            raise BpfError("bpftrace stopped: " + _last_error(proc.stderr.read().decode(errors="replace")))
-        now = time.monotonic()
-        if now - started > bound:
-            missing = ("the linear-map offset (no pgd_alloc allocated a page: a PGD smaller than a page comes from a "
-                       "slab, and this kernel's kallsyms lacks memstart_addr)" if b"armed" in buf else "its probes")
-            raise BpfError(f"bpftrace did not report {missing} within {bound:.0f} s")
-        if progress and now - last_said > 5:
-            progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
-            last_said = now
-        page = mmap.mmap(-1, mmap.PAGESIZE)
-        page[0] = 1
-        page.close()
-        child = os.fork()           # a new mm: pgd_alloc runs, and shows the linear map's offset
-        if child == 0:
-            os._exit(0)
-        os.waitpid(child, 0)
-        _read_some(proc, buf, 0.2)
+# "linear" starts both lines that carry the offset: "linear" (from a pgd_alloc), "linearm" (memstart_addr)
+ARMED = (b"armed fault", b"armed syscall", b"linear")
+ARMED_MEANING = {b"linear": "report the linear-map offset (no pgd_alloc allocated a page: a PGD smaller than a page "
+                            "comes from a slab, and this kernel's kallsyms lacks memstart_addr)"}
 
 
 def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: Callable[[str], None] | None = None,
@@ -224,7 +202,7 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
             progress("starting bpftrace (compiling and attaching takes a while under emulation)")
         proc = start_child([exe, "-B", "line", "-e", ev.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         buf = bytearray()
-        _arm(proc, buf, bound, progress)
+        arm_with_own_faults(proc, buf, ARMED, bound, progress, each_round=_fork_once, meaning=ARMED_MEANING)
         session = _open_fault_event(ev)
         target.advance()                          # the write: the fault
         touched = target.wait_phase()
@@ -241,8 +219,8 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         ev.maps = procfs.read_maps(ev.pid)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
-            _read_some(proc, buf, 0.5)
-        while _read_some(proc, buf, 0.1):
+            read_available(proc, buf, 0.5)
+        while read_available(proc, buf, 0.1):
             pass
         err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
         ev.lines = [line for line in buf.decode(errors="replace").splitlines() if not line.startswith("armed")]

@@ -298,12 +298,15 @@ def parse_walk_lines(lines: list[str]) -> tuple[dict[str, WalkRead], int | None,
     return reads, base, vmemmap
 
 
-def read_available(proc: subprocess.Popen, out: bytearray, timeout: float) -> None:
+def read_available(proc: subprocess.Popen, out: bytearray, timeout: float) -> bool:
     """Add what bpftrace has printed, waiting at most `timeout` s (raw reads: a buffered reader would hide
-    lines from select)."""
+    lines from select); True when anything was read."""
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if ready:
-        out += os.read(proc.stdout.fileno(), 65536)
+    if not ready:
+        return False
+    chunk = os.read(proc.stdout.fileno(), 65536)
+    out += chunk
+    return bool(chunk)
 
 
 # A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as SIGSEGV.
@@ -321,34 +324,31 @@ def _last_error(stderr: str) -> str:
 
 
 def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels: int, syscall_nr: int,
-                       poke: Callable[[], None], timeout: float = 120.0) -> dict[int, dict[str, int]]:
+                       poke: Callable[[], None], timeout: float = 120.0,
+                       walk: Callable[[str, int], str] | None = None) -> dict[int, dict[str, int]]:
     """The raw entries of each page of `pid`, read when it next enters system call `syscall_nr`.
 
-    direct_map_base: page_offset_base, derived by a bpf-tier journey (it is fixed for the boot).
-    poke: makes the target enter that system call; it is called once bpftrace is attached. Each page's
-    walk stops below a non-present or huge entry, as the journey's walk does. Raises BpfError.
+    direct_map_base: the kernel's map of physical memory (x86's page_offset_base, derived by a bpf-tier
+    journey; arm64's linear-map offset), fixed for the boot. poke: makes the target enter that system call;
+    it is called once bpftrace is attached. walk(tag, page): the bpftrace statements reading one page's
+    entries, printing "TAG LEVEL entry table" lines (default: x86's walk over `levels` levels, which stops
+    below a non-present or huge entry, as the journey's does). Raises BpfError.
     """
-    exe = trusted_executable("bpftrace")
-    if not exe:
-        raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh")
+    exe = bpftrace_executable()
+    if walk is None:
+        def walk(tag: str, page: int) -> str:
+            return _walk_block(tag, page, levels).replace('printf("' + tag + ' pgdv %lx\\n", $t);', "")
     blocks = []
     for page in pages:
         blocks.append(f"$base = {direct_map_base:#x};")
-        blocks.append(_walk_block(f"{page:x}", page, levels).replace('printf("' + f"{page:x}" + ' pgdv %lx\\n", $t);', ""))
+        blocks.append(walk(f"{page:x}", page))
     script = (f"tracepoint:raw_syscalls:sys_enter /pid == {pid} && args->id == {syscall_nr}/ {{\n    "
               + "\n    ".join(blocks) + "\n    exit();\n}\n"
               f'tracepoint:raw_syscalls:sys_enter /pid == {os.getpid()} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}\n')
     proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        started = time.monotonic()
-        out = b""
-        while b"armed" not in out:
-            if proc.poll() is not None or time.monotonic() - started > timeout:
-                raise BpfError("bpftrace did not attach: " + _last_error(proc.stderr.read().decode(errors="replace")))
-            os.getppid()
-            ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-            if ready:
-                out += os.read(proc.stdout.fileno(), 65536)
+        out = bytearray()
+        arm_with_own_faults(proc, out, bound=timeout)   # the armed probe fires on our own mmap (a system call)
         poke()
         rest, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -358,24 +358,37 @@ def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels:
             proc.kill()
             proc.wait()
     entries: dict[int, dict[str, int]] = {}
-    for line in (out + rest).decode(errors="replace").splitlines():
+    for line in (bytes(out) + rest).decode(errors="replace").splitlines():
         m = _LINE_ANY.match(line.strip())
         if m:
             entries.setdefault(int(m.group(1), 16), {})[m.group(2)] = int(m.group(3), 16)
     return entries
 
 
-def arm_with_own_faults(proc: subprocess.Popen, out: bytearray, word: bytes = b"armed", bound: float = 600.0) -> None:
-    """Fault a fresh page of ours until bpftrace prints `word` (its probe on our own faults fired): then its
-    probes on the target's are attached too. Output read on the way is kept in `out`."""
+def arm_with_own_faults(proc: subprocess.Popen, out: bytearray, words: tuple[bytes, ...] = (b"armed",),
+                        bound: float = 600.0, progress: Callable[[str], None] | None = None,
+                        each_round: Callable[[], None] | None = None, meaning: dict[bytes, str] | None = None) -> None:
+    """Fault a fresh page of ours (its mmap is a system call too), and run `each_round`, until bpftrace has
+    printed every one of `words` (its probes on our own faults and calls fired): then its probes on the
+    target's are attached too. Output read on the way is kept in `out`.
+
+    meaning: what a word's absence means, for the error at the bound (default: the probes did not attach).
+    A progress line every 5 s while it waits: compiling and attaching take tens of seconds under TCG."""
     import mmap
-    started = time.monotonic()
-    while word not in out:
+    started = last_said = time.monotonic()
+    while not all(word in out for word in words):
         if proc.poll() is not None:
             raise BpfError("bpftrace stopped: " + _last_error(proc.stderr.read().decode(errors="replace")))
-        if time.monotonic() - started > bound:
-            raise BpfError(f"bpftrace did not attach its probes within {bound:.0f} s")
-        page = mmap.mmap(-1, 4096)
+        now = time.monotonic()
+        if now - started > bound:
+            missing = dict.fromkeys((meaning or {}).get(w, "attach its probes") for w in words if w not in out)
+            raise BpfError(f"bpftrace did not {' or '.join(missing)} within {bound:.0f} s")
+        if progress and now - last_said > 5:
+            progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
+            last_said = now
+        page = mmap.mmap(-1, mmap.PAGESIZE)
         page[0] = 1
         page.close()
+        if each_round is not None:
+            each_round()
         read_available(proc, out, 0.05)

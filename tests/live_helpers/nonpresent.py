@@ -131,40 +131,26 @@ def read_entry_kinds_arm64(linear_offset: int, va_bits: int, page_size: int, lpa
     """The PTEs of a present and a PROT_NONE page of a child, read by bpftrace at its getppid(), with pagemap's."""
     from pagefault.capture import procfs
     from pagefault.capture.arm64_fault import _walk_block
-    from pagefault.capture.bpf_walk import bpftrace_executable
+    from pagefault.capture.bpf_walk import entries_at_syscall
     child = subprocess.Popen([sys.executable, "-c", CHILD_ARM64], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
     try:
         base = int(child.stdout.readline(), 16)
         pages = [base, base + page_size]
         pagemaps = [procfs.pagemap_entry(child.pid, p) for p in pages]
-        blocks = "\n    ".join(f"$base = {linear_offset:#x};\n    " + _walk_block(f"p{i}", p, va_bits, page_size, lpa2)
-                               for i, p in enumerate(pages))
-        script = (f"tracepoint:raw_syscalls:sys_enter /pid == {child.pid} && args->id == {GETPPID_ARM64}/ {{\n"
-                  f"    {blocks}\n    exit();\n}}\nBEGIN {{ printf(\"ready\\n\"); }}")
-        tracer = subprocess.Popen([bpftrace_executable(), "-B", "line", "-e", script], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        try:
-            while "ready" not in (tracer.stdout.readline() or "ready"):
-                pass
+
+        def poke():
             child.stdin.write("\n")
             child.stdin.flush()
-            out, err = tracer.communicate(timeout=300)
-        finally:
-            if tracer.poll() is None:
-                tracer.kill()
-                tracer.wait()
+        entries = entries_at_syscall(child.pid, pages, linear_offset, 0, GETPPID_ARM64, poke,
+                                     walk=lambda tag, page: _walk_block(tag, page, va_bits, page_size, lpa2))
     finally:
         child.kill()
         child.wait()
-    ptes = {}
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) == 4 and words[1] == "PTE":
-            ptes[words[0]] = int(words[2], 16)
-    if set(ptes) != {"p0", "p1"}:
-        raise AssertionError(f"bpftrace read no PTE for both pages: {out!r} {err[-300:]!r}")
-    return EntryKinds(pages, [ptes["p0"], ptes["p1"]], pagemaps, False, False)
+    missing = [hex(p) for p in pages if "PTE" not in entries.get(p, {})]
+    if missing:
+        raise AssertionError(f"bpftrace read no PTE for {missing}: {entries}")
+    return EntryKinds(pages, [entries[p]["PTE"] for p in pages], pagemaps, False, False)
 
 
 def check_entry_kinds_arm64(seen: EntryKinds, version: tuple[int, int], va_bits: int, page_size: int,
