@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..decode.arch import Arch
 from ..decode.arm64_address import split_arm64_address
-from ..decode.arm64_descriptor import decode_arm64_descriptor, derive_arm64_anonymous_pte
+from ..decode.arm64_descriptor import DerivedArm64PTE, decode_arm64_descriptor, derive_arm64_anonymous_pte
 from ..decode.esr import derive_esr
 from ..decode.fault_flags import decode_fault_flags
 from ..decode.gfp import builtin_gfp_bits, decode_gfp
@@ -70,12 +70,18 @@ def first_invalid_level(ev: Arm64FaultEvidence) -> int | None:
     return None
 
 
-def derived_pte(ev: Arm64FaultEvidence) -> int | None:
+def derivation(ev: Arm64FaultEvidence) -> DerivedArm64PTE | None:
+    """The page descriptor do_anonymous_page() installs for pagemap's frame and the VMA's flags, with its steps."""
     pfn = _pfn_of_pagemap(ev)
     if pfn is None or "vm_flags" not in ev.vma:
         return None
     return derive_arm64_anonymous_pte(pfn, ev.vma["vm_flags"], kernel=_version(ev), granule=ev.page_size,
-                                      pa_bits=_pa_bits(ev)).value
+                                      pa_bits=_pa_bits(ev))
+
+
+def derived_pte(ev: Arm64FaultEvidence) -> int | None:
+    found = derivation(ev)
+    return None if found is None else found.value
 
 
 def arm64_checks(ev: Arm64FaultEvidence) -> list[Check]:
@@ -250,16 +256,15 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
         s.values.append(observed("kpageflags", ev.kpageflags, "/proc/kpageflags", display=" | ".join(flags.names)))
 
     s = step("pte")
-    want = derived_pte(ev)
+    proof = derivation(ev)
     if leaf is not None:
         d = decode_arm64_descriptor(leaf.value, "PTE", version, ev.va_bits, ev.page_size, _pa_bits(ev))
         s.values.append(observed("page descriptor", leaf.value, AFTER, display=f"0x{leaf.value:016x}"))
         s.derivations += list(d.derivations)
-    if want is not None:
-        proof = derive_arm64_anonymous_pte(pfn or 0, ev.vma["vm_flags"], kernel=version, granule=ev.page_size,
-                                           pa_bits=_pa_bits(ev))
-        s.values.append(modelled("derived descriptor", want, "arm64 protection_map and do_anonymous_page() for kernel "
-                                 f"{version[0]}.{version[1]}", list(proof.derivations), display=f"0x{want:016x}"))
+    if proof is not None:
+        s.values.append(modelled("derived descriptor", proof.value, "arm64 protection_map and do_anonymous_page() for "
+                                 f"kernel {version[0]}.{version[1]}", list(proof.derivations),
+                                 display=f"0x{proof.value:016x}"))
 
     s = step("return")
     if ev.retval is not None:
@@ -268,8 +273,9 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
         s.values.append(observed("time in handle_mm_fault", ev.duration_ns, "bpftrace nsecs at entry and return",
                                  display=f"{(ev.duration_ns or 0) / 1000:.1f} µs"))
     s.ws = {"what": "the exception returns (eret) to the same PC, and the store now finds a valid descriptor"}
-    j.notes += [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in arm64_checks(ev)]
-    j.complete = all(c.ok for c in arm64_checks(ev))
+    checks = arm64_checks(ev)
+    j.notes += [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in checks]
+    j.complete = all(c.ok for c in checks)
     if esr_level is not None and esr_level < 3:
         j.notes.append(f"the walk stopped at level {esr_level} at the trap: the tables below did not exist yet")
     if ev.retval is None:
