@@ -43,15 +43,15 @@ IMPOSSIBLE = (
 )
 
 
+_DEFINED_BITS = sum(flag.mask for flag in ERROR_CODE_BITS)
+
+
 def impossible_combinations(value: int) -> list[str]:
     """Why the CPU cannot have pushed this error code, if it cannot."""
     out = [why for needs, missing, why in IMPOSSIBLE if value & needs and not value & missing]
     if value & X86_PF_INSTR and value & X86_PF_WRITE:
         out.append("INSTR and WRITE are both set: an instruction fetch is never a write")
-    known = 0
-    for flag in ERROR_CODE_BITS:
-        known |= flag.mask
-    stray = value & ~known
+    stray = value & ~_DEFINED_BITS
     if stray:
         text = f"bits 0x{stray:x} are set, and the CPU defines no such error-code bits"
         if (value >> 26) & 0x3F in (0x20, 0x21, 0x24, 0x25):

@@ -51,7 +51,7 @@ def fault_status_name(code: int) -> tuple[str, int | None]:
     groups = {0x00: "address size fault", 0x04: "translation fault", 0x08: "access flag fault",
               0x0C: "permission fault", 0x14: "synchronous external abort on a table walk",
               0x1C: "synchronous parity/ECC error on a table walk"}
-    if code & 0x3C in groups and code & 0x3C != 0x10 and code & 0x3C != 0x18:
+    if code & 0x3C in groups:
         return f"level {code & 3} {groups[code & 0x3C]}", code & 3
     singles = {0x10: ("synchronous external abort", None), 0x11: ("synchronous tag check fault (MTE)", None),
                0x13: ("synchronous external abort on a table walk, level -1", -1),

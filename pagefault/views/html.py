@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor
 from ..decode.pte import decode_pte
 from ..journey.redact import NoRedaction, Redactor, redact_journey
 from ..journey.steps import WS, Area, Journey, PageWalk
@@ -29,7 +30,6 @@ def walk_nodes(walk: PageWalk, r: Redactor) -> list[dict]:
     for pos, lv in enumerate(walk.levels):
         meaning = "not read"
         if lv.entry is not None and walk.architecture == "arm64":
-            from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor
             d = decode_arm64_descriptor(lv.entry, lv.level, va_bits=walk.va_bits, granule=walk.page_size)
             meaning = ("→ the next table" if d.kind is DescriptorKind.TABLE else
                        "→ the page frame" if d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK) else d.kind.value)
