@@ -60,7 +60,11 @@ def test_any_64_bit_pte_decodes_at_every_level(value, kernel):
 @given(st.integers(0, 31), st.integers(0, (1 << 50) - 1), st.booleans(), st.booleans(), st.booleans(),
        st.sampled_from([None, (6, 1), (6, 12), (6, 18)]))
 def test_swap_entry_encode_decode_round_trip(swap_type, offset, soft_dirty, uffd_wp, exclusive, kernel):
-    value = encode_swap_pte(swap_type, offset, soft_dirty, uffd_wp, exclusive)
+    try:
+        value = encode_swap_pte(swap_type, offset, soft_dirty, uffd_wp, exclusive)
+    except DecodeError:   # the one entry stored as 0 (the offset is kept inverted), which no kernel makes
+        assert (swap_type, offset, soft_dirty, uffd_wp, exclusive) == (0, (1 << 50) - 1, False, False, False)
+        return
     assert not value & 1 and not value & 0x100 and value
     p = decode_pte(value, "PTE", kernel=kernel)
     assert p.kind is EntryKind.SWAP_FORMAT and (p.swap.swap_type, p.swap.offset) == (swap_type, offset)

@@ -365,7 +365,11 @@ def encode_arm64_swap_pte(swap_type: int, offset: int, kernel: Version | None = 
     if not 0 <= swap_type < 32 or not 0 <= offset < 1 << 50:
         raise DecodeError(f"swap type must be 0..31 and offset below 2^50, got {swap_type}, 0x{offset:x}")
     type_shift, offset_shift, _ = swap_layout(kernel)
-    return swap_type << type_shift | offset << offset_shift | (PTE_SWP_EXCLUSIVE if exclusive else 0)
+    value = swap_type << type_shift | offset << offset_shift | (PTE_SWP_EXCLUSIVE if exclusive else 0)
+    if not value:
+        raise DecodeError("swap type 0, offset 0 would be stored as 0, an empty entry (pte_none): the kernel never "
+                          "makes it (slot 0 of a swap area holds its header)")
+    return value
 
 
 # --- the PTE do_anonymous_page() installs ------------------------------------------------------------

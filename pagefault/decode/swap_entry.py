@@ -243,4 +243,8 @@ def encode_swap_pte(swap_type: int, offset: int, soft_dirty: bool = False, uffd_
     if not 0 <= offset < 1 << SWP_OFFSET_BITS:
         raise DecodeError(f"swap offset 0x{offset:x} does not fit in {SWP_OFFSET_BITS} bits")
     value = ((~offset << SWP_OFFSET_SHIFT) & _WORD) >> SWP_TYPE_BITS | swap_type << (64 - SWP_TYPE_BITS)
-    return value | (bit(1) if soft_dirty else 0) | (bit(2) if uffd_wp else 0) | (bit(3) if exclusive else 0)
+    value |= (bit(1) if soft_dirty else 0) | (bit(2) if uffd_wp else 0) | (bit(3) if exclusive else 0)
+    if not value:
+        raise DecodeError(f"swap type {swap_type}, offset 0x{offset:x} would be stored as 0, an empty entry "
+                          "(pte_none): the kernel keeps offsets below max_swapfile_size, where they round-trip")
+    return value
