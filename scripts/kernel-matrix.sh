@@ -93,6 +93,23 @@ cleanup() { for p in "${GUEST_PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null; don
 trap cleanup EXIT INT TERM HUP
 
 declare -A WALL STATUS
+boot_guest() {   # KERNEL RELEASE KERNEL_IMAGE_WORDS VNG_ARGS… : one guest's run into OUT/RELEASE/, its status in STATUS
+    local k=$1 rel=$2 image=$3
+    shift 3
+    # its own session, so that the whole QEMU process tree can be killed at the bound or on exit
+    # One vCPU: with two, QEMU 7.2's multi-threaded TCG stopped the guest mid-run (vng status 255, no
+    # kernel message) in 4 of 5 tries here; with one, 4 of 4 runs completed, in the same time.
+    setsid timeout --kill-after=15 "$BOUND" vng --memory 2G --cpus 1 "$@" > "$OUT/$rel/console.log" 2>&1 < /dev/null &
+    GUEST_PIDS+=($!)
+    wait $!
+    STATUS[$k]=$?
+    [ -s "$OUT/$rel/guest.log" ] && cat "$OUT/$rel/guest.log" >> "$OUT/$rel/console.log"
+    if [ "${STATUS[$k]}" = 124 ] || [ "${STATUS[$k]}" = 137 ]; then
+        log "$rel: the guest did not finish within ${BOUND} s and was killed; see $OUT/$rel/console.log"
+    elif [ ! -s "$OUT/$rel/checks.tsv" ]; then
+        log "$rel: the guest wrote no results (did it boot? see $OUT/$rel/console.log); fix: check that $image exists and boots with vng"
+    fi
+}
 for k in "${KERNELS[@]}"; do
     r=${RELEASE[$k]}
     start=$(date +%s)
@@ -110,15 +127,10 @@ for k in "${KERNELS[@]}"; do
             log "booting $rel (arm64) under qemu-system-aarch64 (TCG), bound ${BOUND} s"
             # -cpu max: virtme-ng's default for TCG, cortex-a57, has neither 16 KiB pages nor LPA2, so the 16k
             # kernel could not boot and 6.12 ran folded to 48 bits; pauth-impdef keeps pointer auth cheap to emulate
-            setsid timeout --kill-after=15 "$BOUND" vng --arch arm64 --root "$aroot" -r "$aroot/boot/vmlinuz-$rel" \
-                --memory 2G --cpus 1 --qemu-opts="-cpu max,pauth-impdef=on" --rodir "$ROOT=$ROOT" --rwdir "$OUT=$OUT" -- \
-                "MATRIX_PYTHON=python3 PYTHONPATH=/opt/pagefault-site:$ROOT PYTHONDONTWRITEBYTECODE=1 bash $ROOT/scripts/matrix-guest.sh $OUT" \
-                > "$OUT/$rel/console.log" 2>&1 < /dev/null &
-            GUEST_PIDS+=($!)
-            wait $!
-            STATUS[$k]=$?
-            [ -s "$OUT/$rel/guest.log" ] && cat "$OUT/$rel/guest.log" >> "$OUT/$rel/console.log"
-            [ -s "$OUT/$rel/checks.tsv" ] || log "$rel: the arm64 guest wrote no results; see $OUT/$rel/console.log"
+            boot_guest "$k" "$rel" "the arm64 root's /boot/vmlinuz-$rel" --arch arm64 --root "$aroot" \
+                -r "$aroot/boot/vmlinuz-$rel" --qemu-opts="-cpu max,pauth-impdef=on" --rodir "$ROOT=$ROOT" \
+                --rwdir "$OUT=$OUT" -- \
+                "MATRIX_PYTHON=python3 PYTHONPATH=/opt/pagefault-site:$ROOT PYTHONDONTWRITEBYTECODE=1 bash $ROOT/scripts/matrix-guest.sh $OUT"
         fi
     elif [ -z "$r" ]; then
         log "host kernel $(uname -r): running the checks directly"
@@ -131,20 +143,8 @@ for k in "${KERNELS[@]}"; do
         mkdir -p "$OUT/$rel"
         mode=$([ ${#ACCEL[@]} = 0 ] && echo KVM || echo "TCG, no vmx/svm here")
         log "booting $rel under QEMU ($mode), bound ${BOUND} s"
-        # its own session, so that the whole QEMU process tree can be killed at the bound or on exit
-        # One vCPU: with two, QEMU 7.2's multi-threaded TCG stopped the guest mid-run (vng status 255, no
-        # kernel message) in 4 of 5 tries here; with one, 4 of 4 runs completed, in the same time.
-        setsid timeout --kill-after=15 "$BOUND" vng "${ACCEL[@]}" -r "/boot/vmlinuz-$rel" --memory 2G --cpus 1 \
-            --rwdir "$OUT" -- "MATRIX_BENCH='${MATRIX_BENCH:-}' bash $ROOT/scripts/matrix-guest.sh $OUT" > "$OUT/$rel/console.log" 2>&1 < /dev/null &
-        GUEST_PIDS+=($!)
-        wait $!
-        STATUS[$k]=$?
-        [ -s "$OUT/$rel/guest.log" ] && cat "$OUT/$rel/guest.log" >> "$OUT/$rel/console.log"
-        if [ "${STATUS[$k]}" = 124 ] || [ "${STATUS[$k]}" = 137 ]; then
-            log "$rel: the guest did not finish within ${BOUND} s and was killed; see $OUT/$rel/console.log"
-        elif [ ! -s "$OUT/$rel/checks.tsv" ]; then
-            log "$rel: the guest wrote no results (did it boot? see $OUT/$rel/console.log); fix: check that /boot/vmlinuz-$rel exists and boots with vng"
-        fi
+        boot_guest "$k" "$rel" "/boot/vmlinuz-$rel" "${ACCEL[@]}" -r "/boot/vmlinuz-$rel" --rwdir "$OUT" -- \
+            "MATRIX_BENCH='${MATRIX_BENCH:-}' bash $ROOT/scripts/matrix-guest.sh $OUT"
     fi
     WALL[$k]=$(( $(date +%s) - start ))
     RELEASE[$k]=$rel
