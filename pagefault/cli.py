@@ -14,6 +14,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .core import JourneyRequest
+    from .decode.arch import Arch
 
 EXIT_PARTIAL = 1   # the work stopped early (e.g. a full disk); what was done is kept, and said
 EXIT_USAGE = 2     # a usage error or a refusal: one line on stderr with the fix
@@ -70,8 +71,8 @@ def _decode_kernel(requested: str | None):
 
 
 def _decode(kind: str, value: int, levels: int, level: str, error_code: bool,
-            kernel: str | None = None) -> tuple[str, list, list[str], Any]:
-    """→ (title, rows, derivations, result object)."""
+            kernel: str | None = None, arch: "Arch | None" = None) -> tuple[str, list, list[str], Any]:
+    """→ (title, rows, derivations, result object). arch: whose vm_flags bits (default x86-64)."""
     # imported here, not at the top: `trace` and `report` start faster without every decoder
     from .decode import (
         decode_error_code,
@@ -110,7 +111,8 @@ def _decode(kind: str, value: int, levels: int, level: str, error_code: bool,
         return f"fault flags 0x{value:x} ({table.source})", flag_rows(r), list(r.derivations), r
     if kind == "vm-flags":
         _, _, kernel_version = _kernel_tables()
-        r = decode_vm_flags(value, kernel_version())
+        from .decode.arch import Arch
+        r = decode_vm_flags(value, kernel_version(), arch or Arch.X86_64)
         return f"vm_flags 0x{value:x} ({r.table_source})", flag_rows(r), list(r.derivations), r
     if kind == "pte":
         version, config = _decode_kernel(kernel)
@@ -237,13 +239,7 @@ def _decode_for(args: argparse.Namespace, value: int) -> tuple[str, tuple[str, l
                          "and read the flags it gives")
     if arch is Arch.ARM64 and args.kind in ("address", "esr", "pte"):
         return arch.value, _decode_arm64(args.kind, value, args)
-    if arch is Arch.ARM64 and args.kind == "vm-flags":
-        from .decode import decode_vm_flags
-        from .kernel.facts import kernel_version
-        from .views.decode_view import flag_rows
-        r = decode_vm_flags(value, kernel_version(), arch)
-        return arch.value, (f"vm_flags 0x{value:x} ({r.table_source})", flag_rows(r), list(r.derivations), r)
-    return arch.value, _decode(args.kind, value, args.levels, args.level, args.from_error_code, args.kernel)
+    return arch.value, _decode(args.kind, value, args.levels, args.level, args.from_error_code, args.kernel, arch)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
