@@ -366,5 +366,5 @@ def test_cli_says_which_walk_shape_it_assumed():
 def test_cli_vm_flags_follow_the_architecture():
     arm = json.loads(_decode("vm-flags", "0x1000073", "--arch", "arm64", "--json").stdout)
     x86 = json.loads(_decode("vm-flags", "0x1000073", "--arch", "x86_64", "--json").stdout)
-    assert "VM_ARM64_BTI" in arm["title"] or any("VM_ARM64_BTI" in d for d in arm["result"]["derivations"])
+    assert any("VM_ARM64_BTI" in d for d in arm["result"]["derivations"])
     assert any("VM_PAT" in d for d in x86["result"]["derivations"])
