@@ -44,13 +44,14 @@ def _constant(text: str, rows: int) -> np.ndarray:
     return np.broadcast_to(np.frombuffer(text.encode(), dtype=np.uint8), (rows, len(text.encode())))
 
 
-def _digits(values: np.ndarray, width: int, base: int) -> np.ndarray:
-    """Each value's last `width` digits in `base` (10 or 16), most significant first, as an (n, width) array."""
+def _decimal_digits(values: np.ndarray, width: int) -> np.ndarray:
+    """Each value's last `width` decimal digits, most significant first, as an (n, width) array (hex digits
+    need no division: see _hex)."""
     v = values.astype(np.uint64)
     out = np.empty((len(v), width), dtype=np.uint64)
     for k in range(width):
-        out[:, width - 1 - k] = v % np.uint64(base)
-        v = v // np.uint64(base)
+        out[:, width - 1 - k] = v % np.uint64(10)
+        v = v // np.uint64(10)
     return out
 
 
@@ -63,7 +64,7 @@ def _hex(values: np.ndarray, width: int) -> np.ndarray:
 
 def _decimal(values: np.ndarray, width: int, pad: int = _SPACE) -> np.ndarray:
     """Right-aligned decimal, padded on the left with spaces (or zeros)."""
-    digits = _digits(values, width, 10)
+    digits = _decimal_digits(values, width)
     text = (digits + np.uint64(_ZERO)).astype(np.uint8)
     if pad == _SPACE and width > 1:
         # a leading zero is a space up to the first non-zero digit (the last digit always shows)
