@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -102,8 +103,10 @@ def gfp_bits() -> KernelTable:
     return KernelTable(table, f"modelled: built-in table of {what}, for kernel {version[0]}.{version[1]}, {fit} ({why})")
 
 
+@functools.lru_cache(maxsize=4)
 def _kernel_config_text(path: Path = Path("/proc/config.gz")) -> tuple[str | None, str]:
-    """The running kernel's configuration and where it was read, or (None, why not)."""
+    """The running kernel's configuration and where it was read, or (None, why not). Read once: it cannot
+    change while the kernel runs, and swap_config and the arm64 capture ask it for several options."""
     import gzip
     try:
         with gzip.open(path, "rt") as f:
