@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .arm64_address import granule_shift, kernel_level_names, translation_levels
 from .bits import DecodeError, Flag, FlagWord, bit, check_word, decode_flag_word
+from .pte import DEVMAP_REMOVED_IN  # the generic pte_devmap removal (6.17), the same on arm64; not checked in a header
 from .swap_entry import SwapConfig, SwapEntry, SwapEntryKind, pte_marker_bits, special_swap_types
 
 Version = tuple[int, int]
@@ -43,8 +44,7 @@ PTE_SWP_EXCLUSIVE = bit(2)
 # bit 58 for PTE_UFFD_WP, and the swap layout moved up to make room. The 6.10 boundary comes from that
 # series; the two layouts were checked in Debian's 6.1.192 and 6.12.117 headers.
 PRESENT_INVALID_SINCE = (6, 10)
-DEVMAP_REMOVED_IN = (6, 17)   # the generic pte_devmap removal, as on x86; not checked in a header
-POE_SINCE = (6, 12)           # permission-overlay index bits 62..60 (FEAT_S1POE)
+POE_SINCE = (6, 12)           # permission overlays (FEAT_S1POE): index bits 62..60, and vm_flags' POE keys
 CHECKED = "Debian's 6.1.192 and 6.12.117 arm64 headers"
 
 MEMORY_TYPES = {0: "MT_NORMAL (write-back cacheable)", 1: "MT_NORMAL_TAGGED (normal, MTE tags)",

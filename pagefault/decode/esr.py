@@ -175,12 +175,6 @@ def encode_esr(exception_class: int, fault_status: int, write: bool = False, il:
             | int(write) << 6 | fault_status)
 
 
-class FlagsMeaning(enum.Enum):
-    WRITE = "write"
-    INSTRUCTION = "instruction"
-    READ = "read"
-
-
 @dataclass(frozen=True)
 class DerivedSyndrome:
     """An ESR reconstructed from what handle_mm_fault was told, when the register itself was not read."""

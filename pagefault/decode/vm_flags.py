@@ -7,6 +7,7 @@ on x86-64 (PAT, protection keys, shadow stack) and arm64 (BTI, MTE, POE protecti
 from __future__ import annotations
 
 from .arch import Arch
+from .arm64_descriptor import POE_SINCE
 from .bits import Flag, FlagWord, bit, decode_flag_word
 
 _BASE = (
@@ -47,7 +48,6 @@ _ADDED = (
 
 # arm64's own bits, checked in Debian's 6.1.192 and 6.12.117 include/linux/mm.h: before 6.12 MTE takes
 # VM_HIGH_ARCH_0/1; 6.12 gave VM_HIGH_ARCH_0..2 to POE protection keys and moved MTE to 4/5.
-ARM64_POE_SINCE = (6, 12)
 _ARM64_BEFORE_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
                       (32, "VM_MTE", "arm64: memory tagging in use"), (33, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
 _ARM64_FROM_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
@@ -69,7 +69,7 @@ def vm_flags_table(version: tuple[int, int], arch: Arch = Arch.X86_64) -> tuple[
     if arch is Arch.ARM64:
         for b in _X86_ONLY:
             by_bit.pop(b, None)
-        own = _ARM64_FROM_6_12 if tuple(version[:2]) >= ARM64_POE_SINCE else _ARM64_BEFORE_6_12
+        own = _ARM64_FROM_6_12 if tuple(version[:2]) >= POE_SINCE else _ARM64_BEFORE_6_12
         for b, name, meaning in own:
             by_bit[b] = Flag(bit(b), name, meaning)
         if tuple(version[:2]) > (6, 12):
