@@ -301,7 +301,7 @@ def _read_fault_event(ev: Arm64FaultEvidence, session, page_size: int) -> None:
 def _read_instruction(ev: Arm64FaultEvidence) -> None:
     """The 4 bytes at PC from /proc/PID/mem (the program is paused after the fault), and the mapping holding PC."""
     holder = next((m for m in ev.maps if m.start <= ev.pc < m.end), None)
-    ev.instruction_path = holder.path if holder else ""
+    ev.instruction_path = (holder.path or "[anonymous]") if holder else ""
     try:
         fd = os.open(f"/proc/{ev.pid}/mem", os.O_RDONLY)
         try:

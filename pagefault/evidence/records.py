@@ -423,7 +423,7 @@ class Arm64FaultEvidence:
     pc: int = 0                        # the saved user PC (struct user_pt_regs, UAPI layout)
     pstate: int = 0
     instruction: str = ""              # the 4 bytes at PC, hex, read from /proc/PID/mem
-    instruction_path: str = ""         # the mapping holding PC
+    instruction_path: str = ""         # the mapping holding PC ("[anonymous]" for one without a file; "": none)
     kernel_stack: list[str] = field(default_factory=list)
     vma: dict[str, int] = field(default_factory=dict)       # vm_start, vm_end, vm_flags, vm_page_prot
     linear_offset: int | None = None   # PAGE_OFFSET - PHYS_OFFSET: virtual = physical + this

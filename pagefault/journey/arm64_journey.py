@@ -183,7 +183,8 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
         s.values.append(observed("instruction bytes", ev.instruction, f"/proc/{ev.pid}/mem at PC",
                                  display=" ".join(ev.instruction[i:i + 2] for i in range(0, 8, 2))))
         s.values.append(derived("instruction", text, "capstone, arm64 mode (AArch64: 4-byte instructions)"))
-        s.values.append(observed("mapping of PC", ev.instruction_path or "anonymous", "/proc/PID/maps"))
+        s.values.append(observed("mapping of PC", ev.instruction_path, "/proc/PID/maps") if ev.instruction_path else
+                        unavailable("mapping of PC", "no line of /proc/PID/maps held the PC"))
     else:
         s.values.append(unavailable("instruction", ev.unavailable.get("instruction", "not read")))
 
