@@ -169,7 +169,8 @@ def finish(release: str, out: Path, checks: Checks, times: dict[str, float], t0:
 
 
 def main_arm64(base: Path) -> int:
-    """The arm64 row: doctor, the live journey (its sources must agree) and decode against what was read."""
+    """An arm64 row: doctor, the live journey (its sources must agree), decode against what was read, and the
+    entry kinds (a present and a PROT_NONE PTE) read live."""
     from pagefault.journey.arm64_journey import arm64_checks, derived_pte, first_invalid_level
     release, out, checks, times, t0, progress = begin(base, ARM64_CHECKS)
 
