@@ -45,14 +45,17 @@ def model_journey(scenario_name: str | None, note: str = "") -> Journey:
     """The simulator's journey of a scenario (first-touch by default), with this machine's settings."""
     from .journey.model_journey import build_model_journey
     from .journey.scenario_check import model_config
-    from .kernel.facts import memory_settings, paging_levels
+    from .kernel.facts import memory_settings, model_shape
     from .model.scenarios import ScenarioError, find_scenario, run_in_model
     try:
         scenario = find_scenario(scenario_name or "first-touch")
     except ScenarioError as exc:
         raise JourneyUsageError(str(exc)) from None
-    run = run_in_model(scenario, model_config(memory_settings(), paging_levels()[0]))
-    return build_model_journey(run, note)
+    arch, levels, lpa2, shape_note = model_shape()
+    run = run_in_model(scenario, model_config(memory_settings(), levels, arch, lpa2))
+    journey = build_model_journey(run, note)
+    journey.notes.append(shape_note)
+    return journey
 
 
 def _say(note: str) -> None:
@@ -180,10 +183,10 @@ def run_journey(request: JourneyRequest) -> Journey:
     if request.model or request.tier == "model":
         return model_journey(request.scenario)
     from .kernel.facts import on_arm64
-    if on_arm64():
-        return arm64_journey(request)
     if request.scenario:
         return live_scenario(request)
+    if on_arm64():
+        return arm64_journey(request)
     live = start_live(request)
     if live is None:
         return stand_in_journey(request)

@@ -1,6 +1,12 @@
 """Live evidence for a scenario: its program run one operation at a time under perf_event_open,
 with the region's pagemap (and the frames' kpageflags) read while it is paused after each one.
 
+On x86 the faults are the exceptions:page_fault_user tracepoint's, with their error codes. arm64
+kernels have no such tracepoint (before 6.x's newer ones), so there the faults are the perf software
+page-fault event's samples (address, IP: arm64's do_page_fault() emits it before it looks up the VMA,
+so a fault that ends in SIGSEGV has one too), and what each fault was is read from the flags
+handle_mm_fault() was called with (the kprobe tier, required there).
+
 This module gathers what the machine shows; pagefault.journey.scenario_check classifies it.
 """
 
@@ -18,14 +24,20 @@ from .kprobes import EveryFaultProbe, kprobe_support
 from .exercise import ExerciseError, ScenarioProcess, build_scenario_program
 from ..evidence import OpSnapshot, ScenarioEvidence
 from .journey_capture import decode_trace_events
-from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
+from ..decode.arm64_address import translation_levels
+from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU,
+                         SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
 
 SCENARIO_TRACEPOINTS = (
     ("exceptions", "page_fault_user", True),
     ("kmem", "mm_page_alloc", True),
 )
+ARM64_TRACEPOINTS = (("kmem", "mm_page_alloc", True),)
+SCENARIO_PAGE_SIZE = 4096       # the scenarios' offsets and page counts are in 4 KiB pages
 PM_PFN = (1 << 55) - 1
+SOFTWARE_FAULT_EVENT = EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS,
+                                 SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU)
 
 
 def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = None,
@@ -35,48 +47,72 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
     if not facts.is_root():
         raise CaptureError("a live scenario needs the tracepoints' error codes and the PFNs: run as root (sudo), "
                            "or run it in the simulator with --model")
+    arm64 = facts.on_arm64()
+    kprobes, why = kprobe_support()
+    if arm64:
+        va_bits, page_size, _how = facts.arm64_translation()
+        if page_size != SCENARIO_PAGE_SIZE:
+            raise CaptureError(f"the scenarios are written in 4 KiB pages and this kernel's pages are {page_size} "
+                               "bytes; run them on a 4 KiB-page kernel, or in the simulator with --model")
+        if not kprobes:
+            raise CaptureError(f"on arm64 a live scenario reads each fault from handle_mm_fault's kprobe ({why}); "
+                               "run it in the simulator with --model")
+        levels = translation_levels(va_bits, page_size)
+    else:
+        levels = facts.paging_levels()[0]
     try:
         program = build_scenario_program(progress)
     except ExerciseError as exc:
         raise CaptureError(str(exc)) from None
-    events, formats, notes = tracepoint_events(SCENARIO_TRACEPOINTS)
-    if not any(e.name == "exceptions:page_fault_user" for e in events):
+    events, formats, notes = tracepoint_events(ARM64_TRACEPOINTS if arm64 else SCENARIO_TRACEPOINTS)
+    if not arm64 and not any(e.name == "exceptions:page_fault_user" for e in events):
         raise CaptureError("the tracepoint exceptions:page_fault_user is missing here (" + "; ".join(notes) +
                            "); run the scenario in the simulator with --model")
     captured_at, host = facts.capture_origin()
     ev = ScenarioEvidence("perf", facts.kernel_release(), list(ops), program, facts.memory_settings(),
-                          scenario=scenario_name, paging_levels=facts.paging_levels()[0], captured_at=captured_at,
+                          scenario=scenario_name, paging_levels=levels, captured_at=captured_at,
                           host=host, tool_version=__version__)
+    if arm64:
+        ev.arch, ev.lpa2 = "arm64", va_bits == 52
+        ev.event_sources["page-faults"] = ("perf software event page-faults (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP) "
+                                           "via perf_event_open")
     for spec in events:
         ev.event_sources[spec.name] = f"tracepoint {spec.name} via perf_event_open"
     table = facts.fault_flag_values()
     ev.fault_flag_table, ev.fault_flag_source = table.values, table.source
     ev.kernel_enums, ev.kernel_enums_source = facts.kernel_enums()
-    kprobes, why = kprobe_support()
     if not kprobes:
         ev.unavailable["kprobes"] = why
     ksyms = KernelSymbols.load()
     sample_type = TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN
     proc: ScenarioProcess | None = None
     session: PerfSession | None = None
+    faults: PerfSession | None = None          # arm64: the software page-fault event, in its own buffers
     probe: EveryFaultProbe | None = None
     chunks: list[bytes] = []
+    fault_chunks: list[bytes] = []
     try:
         proc = ScenarioProcess(program, ops)
         ev.pid = proc.pid
         session = PerfSession(events, proc.pid, enable_on_exec=True, callchain=True, data_pages=64,
                               monotonic_clock=True)
         session.enable()
+        if arm64:
+            faults = PerfSession([SOFTWARE_FAULT_EVENT], proc.pid, enable_on_exec=True, callchain=True,
+                                 data_pages=64, monotonic_clock=True)
+            faults.enable()
         if kprobes:
             progress("attaching kprobes to handle_mm_fault and its handlers")
             try:
                 probe = EveryFaultProbe(proc.pid)
                 probe.arm()
             except BpfError as exc:
-                ev.unavailable["kprobes"] = str(exc)
                 if probe:
                     probe.stop()
                 probe = None
+                if arm64:
+                    raise CaptureError(f"the kprobes on handle_mm_fault could not be attached: {exc}") from None
+                ev.unavailable["kprobes"] = str(exc)
         proc.release()
         phase = proc.wait_phase()
         if phase.name != "ready":
@@ -96,9 +132,13 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
             _read_region(snap, [p for p in (ev.pid, ev.child_pid) if p])
             ev.snapshots.append(snap)
             chunks.extend(session.drain())
+            if faults:
+                fault_chunks.extend(faults.drain())
             progress(f"operation {i} done: {op}")
         ev.exit = proc.finish()
         chunks.extend(session.drain())
+        if faults:
+            fault_chunks.extend(faults.drain())
         if probe:
             ev.kprobe_faults = probe.result()
             probe = None
@@ -109,9 +149,16 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
             probe.stop()
         if session:
             session.close()
+        if faults:
+            faults.close()
         if proc and proc.target.status is None:
             proc.kill()
     ev.events, ev.lost_events = decode_trace_events(b"".join(chunks), sample_type, formats, ksyms)
+    if fault_chunks:
+        samples, lost = decode_trace_events(b"".join(fault_chunks), SOFTWARE_FAULT_EVENT.sample_type | SAMPLE_CALLCHAIN,
+                                            {}, ksyms)
+        ev.events = sorted(ev.events + samples, key=lambda e: e.time_ns)
+        ev.lost_events += lost
     return ev
 
 

@@ -328,6 +328,13 @@ class ScenarioEvidence:
     fault_flag_source: str = ""
     kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)
     kernel_enums_source: str = ""
+    # the architecture it ran on, "x86_64" or "arm64" (decode.arch.Arch's values; older files: x86_64).
+    # On arm64 the faults are the perf software page-fault event's samples (no tracepoint has the trap
+    # there), and what the trap was is read from handle_mm_fault's flags in kprobe_faults.
+    arch: str = "x86_64"
+    lpa2: bool = False                        # arm64: 52-bit (LPA2) descriptors in use
+
+    FAULT_EVENTS = ("exceptions:page_fault_user", "page-faults")
 
     def op_events(self, index: int, name: str) -> list[TraceEvent]:
         """The events of the program (and its child) between the pause before operation index and the one after."""
@@ -337,10 +344,12 @@ class ScenarioEvidence:
         return [e for e in self.events if e.name == name and e.pid in pids and lo < e.time_ns <= hi]
 
     def region_faults(self, index: int) -> list[TraceEvent]:
-        """The page_fault_user events of operation index whose address is in the region."""
+        """The fault events of operation index whose address is in the region: page_fault_user's on x86,
+        the software page-fault event's on arm64."""
         snap = self.snapshots[index]
         lo, hi = snap.region, snap.region + snap.pages * 4096
-        return [e for e in self.op_events(index, "exceptions:page_fault_user") if lo <= e.fields["address"] < hi]
+        name = self.FAULT_EVENTS[1] if self.arch == "arm64" else self.FAULT_EVENTS[0]
+        return [e for e in self.op_events(index, name) if lo <= e.fields["address"] < hi]
 
 
 @dataclass

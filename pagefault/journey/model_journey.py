@@ -6,6 +6,10 @@ numbers too (with the arithmetic shown), or unavailable.
 from __future__ import annotations
 
 from ..decode.address import split_virtual_address
+from ..decode.arch import Arch
+from ..decode.arm64_address import split_arm64_address
+from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
+from ..decode.esr import decode_esr, fault_flags_from_esr
 from ..decode.error_code import decode_error_code
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags, fallback_fault_flag_values
 from ..decode.gfp import decode_gfp, gfp_value
@@ -48,6 +52,32 @@ def _chain(chain: tuple[str, ...]) -> str:
     return " → ".join(chain)
 
 
+def _arm64(run: ModelRun) -> bool:
+    return run.kernel.config.arch is Arch.ARM64
+
+
+ARM64_VA_BITS = {3: 39, 4: 48, 5: 52}     # 4 KiB granule: the VA size each number of levels translates
+
+
+def _va_bits(run: ModelRun) -> int:
+    return ARM64_VA_BITS[run.kernel.config.paging_levels]
+
+
+def _describe_entry(run: ModelRun, entry: int, level: str):
+    """The entry decoded in the model's architecture: (what it points to, its derivations)."""
+    if _arm64(run):
+        d = decode_arm64_descriptor(entry, level, _model_version(run.kernel), _va_bits(run),
+                                    pa_bits=52 if run.kernel.config.lpa2 else 48)
+        points = (f"{d.kind.value}, PFN 0x{d.pfn:x}" if d.pfn is not None else d.kind.value)
+        return points, d
+    p = decode_pte(entry, level)
+    return p.points_to, p
+
+
+def _trap_text(run: ModelRun, f: mk.Fault) -> str:
+    return f"ESR 0x{f.error_code:x}" if _arm64(run) else f"error code 0x{f.error_code:x}"
+
+
 def build_model_journey(run: ModelRun, note: str = "") -> Journey:
     sc, k, proc = run.scenario, run.kernel, run.parent
     j = Journey("model", f"simulated Linux {k.config.kernel}", proc.pid, [sc.name], f"scenario {sc.name}: "
@@ -78,7 +108,15 @@ def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
     for level, table, idx, entry in (f.walk_after or f.walk_before):
         walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), "modelled",
                                      _src(run, "the simulated page tables")))
-    walk.set_frame()
+    if not _arm64(run):
+        walk.set_frame()
+        return walk
+    walk.root_register, walk.architecture, walk.va_bits = "TTBR0_EL1", "arm64", _va_bits(run)
+    level, _t, _i, entry = (f.walk_after or f.walk_before)[-1]
+    _points, d = _describe_entry(run, entry, level)
+    if d.valid and d.pfn is not None and d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK):
+        walk.frame_pfn, walk.frame_source = d.pfn, "modelled: the output address of the leaf descriptor"
+        walk.page_size = d.block_size or 4096
     return walk
 
 
@@ -90,7 +128,8 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s = catalogue_step("process")
     s.values += [modelled("PID", proc.pid, src("the simulated process"), display=str(proc.pid)),
                  modelled("PGD page (PFN)", pgd.pfn, src("pgd_alloc during exec, from the simulated buddy allocator")),
-                 _computed("PGD physical address (CR3 while it runs)", pgd.pfn << 12, "PFN << 12 (of a modelled PFN)",
+                 _computed(f"PGD physical address ({'TTBR0_EL1' if _arm64(run) else 'CR3'} while it runs)", pgd.pfn << 12,
+                           "PFN << 12 (of a modelled PFN)",
                          [f"0x{pgd.pfn:x} << 12 = 0x{pgd.pfn << 12:x}"]),
                  modelled("VMAs after exec", len(proc.vmas), src("a typical dynamically linked program's layout"),
                           display=str(len(proc.vmas)))]
@@ -115,28 +154,48 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     steps.append(s)
 
     code = f.error_code
-    d = decode_error_code(code)
     s = catalogue_step("trap")
     if not f.trap:
         s.values.append(modelled("trap", "none", src("MAP_POPULATE: the kernel faulted the page in itself, inside "
                                                      "mmap; the CPU never trapped")))
-    s.values += [modelled("faulting address (CR2)", f.address, src("the scenario's access")),
-                 modelled("error code", code, src("the simulated MMU: P if the entry was present, W for a write, "
-                                                  "U for user mode"), display=f"0x{code:x}"),
-                 _computed("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
-                 unavailable("RIP", LIVE_ONLY)]
+    if _arm64(run):
+        syndrome = decode_esr(code)
+        s.values += [modelled("faulting address (FAR_EL1)", f.address, src("the scenario's access")),
+                     modelled("ESR_EL1", code, src("the simulated MMU: a data abort from EL0, WnR for a write, a "
+                                                   "translation fault at the level whose descriptor was invalid or "
+                                                   "a permission fault at the leaf"), display=f"0x{code:x}"),
+                     _computed("ESR meaning", syndrome.summary, "the ESR_EL1 fields", list(syndrome.derivations)),
+                     unavailable("PC", LIVE_ONLY)]
+    else:
+        d = decode_error_code(code)
+        s.values += [modelled("faulting address (CR2)", f.address, src("the scenario's access")),
+                     modelled("error code", code, src("the simulated MMU: P if the entry was present, W for a write, "
+                                                      "U for user mode"), display=f"0x{code:x}"),
+                     _computed("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
+                     unavailable("RIP", LIVE_ONLY)]
     steps.append(s)
     s = catalogue_step("rip")
     s.values.append(unavailable("instruction", LIVE_ONLY))
     steps.append(s)
 
     values, source = model_fault_flags()
-    ff = derive_fault_flags(code, values, source=source)
     s = catalogue_step("flags")
     s.values.append(modelled("enum fault_flag table", source, source))
-    s.values.append(_computed("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
-                            list(ff.derivations)))
-    s.derivations += list(decode_fault_flags(ff.value, values, source).derivations)
+    if _arm64(run):
+        names = ("ALLOW_RETRY", "KILLABLE", "INTERRUPTIBLE") + fault_flags_from_esr(decode_esr(code)) + \
+            (() if f.stack_grown_pages else ("VMA_LOCK",))
+        value = sum(values.get(f"FAULT_FLAG_{n}", 0) for n in dict.fromkeys(names))
+        s.values.append(_computed("flags", value, "from the modelled ESR, as arch/arm64/mm/fault.c does", [
+            "FAULT_FLAG_DEFAULT: ALLOW_RETRY | KILLABLE | INTERRUPTIBLE",
+            "USER for a fault from EL0 (EC 0x24/0x20); WRITE for WnR without CM; INSTRUCTION for an instruction abort",
+            "VMA_LOCK: the VMA was found under the per-VMA lock" if not f.stack_grown_pages
+            else "no VMA_LOCK: the stack grew, under mmap_lock"]))
+    else:
+        ff = derive_fault_flags(code, values, source=source)
+        value = ff.value
+        s.values.append(_computed("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
+                                list(ff.derivations)))
+    s.derivations += list(decode_fault_flags(value, values, source).derivations)
     steps.append(s)
 
     s = catalogue_step("vma")
@@ -155,15 +214,21 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     steps.append(s)
 
     s = catalogue_step("walk")
-    split = split_virtual_address(f.address, k.config.paging_levels)
-    s.values.append(modelled("paging levels", k.config.paging_levels, src("the model's setting"),
+    s.values.append(modelled("paging levels", k.config.paging_levels, src(f"the model's setting ({k.config.arch.value})"),
                              display=str(k.config.paging_levels)))
-    for i in split.indices:
-        s.values.append(_computed(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
-                                [f"(0x{f.address:x} >> {i.shift}) & 0x1ff = {i.index}"], display=str(i.index)))
+    if _arm64(run):
+        for a in split_arm64_address(f.address, _va_bits(run)).indices:
+            mask = (1 << (a.high_bit - a.shift + 1)) - 1
+            s.values.append(_computed(f"{a.level} index (level {a.architectural_level})", a.index,
+                                      f"(address >> {a.shift}) & 0x{mask:x}",
+                                      [f"(0x{f.address:x} >> {a.shift}) & 0x{mask:x} = {a.index}"], display=str(a.index)))
+    else:
+        for i in split_virtual_address(f.address, k.config.paging_levels).indices:
+            s.values.append(_computed(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
+                                    [f"(0x{f.address:x} >> {i.shift}) & 0x1ff = {i.index}"], display=str(i.index)))
     for level, table, idx, entry in f.walk_before:
         s.values.append(modelled(f"{level} entry before", entry, src(f"table PFN 0x{table:x}, entry {idx}"),
-                                 display=f"0x{entry:016x}: {decode_pte(entry, level).points_to}"))
+                                 display=f"0x{entry:016x}: {_describe_entry(run, entry, level)[0]}"))
     steps.append(s)
 
     s = catalogue_step("alloc")
@@ -195,13 +260,19 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s = catalogue_step("pte")
     if f.walk_after:
         level, _t, _i, entry = f.walk_after[-1]
-        p = decode_pte(entry, level)
+        _points, p = _describe_entry(run, entry, level)
         s.values.append(modelled(f"{level} entry after", entry, src("set_pte_at() / set_pmd_at() in the fault path"),
                                  display=f"0x{entry:016x}", derivation=list(p.derivations)))
         if f.outcome == mk.NEW_PAGE and level == "PTE" and f.vma is not None and f.pfn is not None:
-            dp = derive_anonymous_pte(f.pfn, f.vma.flags, True, soft_dirty=k.config.soft_dirty)
-            s.values.append(_computed("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
-                                    list(dp.derivations)))
+            if _arm64(run):
+                da = derive_arm64_anonymous_pte(f.pfn, f.vma.flags, True, _model_version(k),
+                                                pa_bits=52 if k.config.lpa2 else 48)
+                s.values.append(_computed("derive_arm64_anonymous_pte() == the model's entry", da.value == entry,
+                                          "compare", list(da.derivations)))
+            else:
+                dp = derive_anonymous_pte(f.pfn, f.vma.flags, True, soft_dirty=k.config.soft_dirty)
+                s.values.append(_computed("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
+                                        list(dp.derivations)))
     else:
         s.values.append(modelled("entry", "none written", src(f"the fault ended in {f.outcome}")))
     steps.append(s)
@@ -223,7 +294,7 @@ def op_step(run: ModelRun, index: int, op: str, number: int) -> Step:
     for f in faults:
         page = (f.address - run.region) >> 12
         grown = f", the stack grew {f.stack_grown_pages} pages" if f.stack_grown_pages else ""
-        s.values.append(modelled(f"fault on page {page}", f"error code 0x{f.error_code:x} → {f.outcome}{grown}",
+        s.values.append(modelled(f"fault on page {page}", f"{_trap_text(run, f)} → {f.outcome}{grown}",
                                  _src(run, _chain(f.path))))
         for a in f.allocs:
             s.evidence.append(f"{a.what} PFN 0x{a.pfn:x} order {a.order}: {_chain(a.chain)}")

@@ -1,17 +1,25 @@
 """A scenario's faults in one comparable form, from the simulator or from the live kernel, and the comparison.
 
-A fault is (who, page of the region, error code, outcome, pages the stack grew by); the region's
+A fault is (who, page of the region, the trap, outcome, pages the stack grew by); the region's
 final state is one word per page (decode.pagemap.page_state). Live outcomes are derived from what
 was observed around each fault: the program's siginfo for a SIGSEGV, else the page's pagemap entry
 and kpageflags after the operation, compared with before it.
+
+The trap is compared as each architecture lets it be seen. On x86 it is the #PF error code (the
+tracepoint's, and the model's). On arm64 no probe can read ESR_EL1 for a handled fault, so it is
+what do_page_fault() made of the ESR: the USER, INSTRUCTION and WRITE flags it passed to
+handle_mm_fault() (the kprobe's, observed; the model's, from its modelled ESR), or "not called" for a
+fault that do_page_fault() refused before calling it (a SIGSEGV).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..decode.esr import decode_esr, fault_flags_from_esr
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
 from ..decode.pagemap import PM_PFN_MASK, page_state, summarise_states
+from ..decode.arch import Arch
 from ..evidence import KprobeFault, MemorySettings, OpSnapshot, ScenarioEvidence, TraceEvent
 from ..model import kernel as mk
 from ..model.scenarios import ModelRun, Scenario
@@ -31,14 +39,36 @@ class FaultRow:
     kernel_choice: str = ""   # why the kernel may legitimately have done otherwise than the model (live rows)
     gfp: int | None = None    # the GFP flags of the page this fault allocated (new page, copy, huge page)
     kpageflags: int | None = None   # of a fresh anonymous page after the fault
+    arch: str = "x86_64"
+    handler_flags: str = ""   # arm64: "USER|WRITE"-style names passed to handle_mm_fault, or NOT_CALLED
+
+    def trap(self) -> int | str:
+        """The trap as compared: the error code on x86, handle_mm_fault's access flags on arm64."""
+        return self.handler_flags if self.arch == "arm64" else self.error_code
 
     def key(self) -> tuple:
-        return (self.op, self.who, self.page, self.error_code, self.outcome, self.stack_grown_pages)
+        return (self.op, self.who, self.page, self.trap(), self.outcome, self.stack_grown_pages)
+
+    def trap_text(self) -> str:
+        if self.arch != "arm64":
+            return f"error code 0x{self.error_code:x}"
+        if self.handler_flags == NOT_CALLED:
+            return "handle_mm_fault not called"
+        return f"handle_mm_fault flags {self.handler_flags}"
 
     def describe(self) -> str:
         grown = f", stack grew {self.stack_grown_pages} pages" if self.stack_grown_pages else ""
         who = "child: " if self.who == "child" else ""
-        return f"op {self.op}: {who}page {self.page}, error code 0x{self.error_code:x} → {self.outcome}{grown}"
+        return f"op {self.op}: {who}page {self.page}, {self.trap_text()} → {self.outcome}{grown}"
+
+
+NOT_CALLED = "not called"
+ACCESS_FLAGS = ("USER", "INSTRUCTION", "WRITE")    # what arm64's do_page_fault() reads out of the ESR
+
+
+def access_flag_names(flags: int, table: dict[str, int]) -> str:
+    """The USER, INSTRUCTION and WRITE fault flags set in flags, by the kernel's values, as "USER|WRITE"."""
+    return "|".join(n for n in ACCESS_FLAGS if table.get(f"FAULT_FLAG_{n}", 0) & flags)
 
 
 @dataclass
@@ -48,10 +78,11 @@ class ScenarioOutcome:
     details: dict[int, list[str]] = field(default_factory=dict)    # op → evidence lines
 
 
-def model_config(settings: MemorySettings | None, paging_levels: int = 4) -> mk.ModelConfig:
+def model_config(settings: MemorySettings | None, paging_levels: int = 4, arch: Arch = Arch.X86_64,
+                 lpa2: bool = False) -> mk.ModelConfig:
     if settings is None:
-        return mk.ModelConfig(paging_levels=paging_levels)
-    return mk.ModelConfig(paging_levels=paging_levels, thp_enabled=settings.thp_enabled,
+        return mk.ModelConfig(arch=arch, paging_levels=paging_levels, lpa2=lpa2)
+    return mk.ModelConfig(arch=arch, paging_levels=paging_levels, lpa2=lpa2, thp_enabled=settings.thp_enabled,
                           thp_use_zero_page=settings.thp_use_zero_page, thp_defrag=settings.thp_defrag,
                           fault_around_bytes=settings.fault_around_bytes,
                           stack_rlimit=min(settings.stack_rlimit, 1 << 40))
@@ -67,13 +98,19 @@ def from_model(run: ModelRun) -> ScenarioOutcome:
     from ..decode.gfp import gfp_value
     rows = []
     child = run.child.pid if run.child else -1
+    arch = run.kernel.config.arch
     for op, faults in enumerate(run.faults_by_op):
         for f in faults:
             page = next((a for a in f.allocs if a.pfn == f.pfn), None) if f.outcome in ALLOCATING else None
             kpf = f.kpageflags_after if f.outcome == mk.NEW_PAGE else None
+            handler = ""
+            if arch is Arch.ARM64:
+                handler = NOT_CALLED if f.outcome in (mk.MAPERR, mk.ACCERR) else \
+                    "|".join(fault_flags_from_esr(decode_esr(f.error_code)))
             rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
                                  f.error_code, f.outcome, f.stack_grown_pages,
-                                 gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf))
+                                 gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf, arch=arch.value,
+                                 handler_flags=handler))
     return ScenarioOutcome(rows, run.final_states())
 
 
@@ -90,7 +127,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
         faults = ev.region_faults(snap.index)
         lines = out.details.setdefault(snap.index, [])
         for n, e in enumerate(faults):
-            addr, code = e.fields["address"], e.fields["error_code"]
+            addr, code = e.fields["address"], e.fields.get("error_code", 0)
             page = (addr - lo) >> 12
             after = snap.pagemaps.get(e.pid, [])
             entry = after[page] if page < len(after) else 0
@@ -111,7 +148,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                     outcome = OUTCOME_BY_STATE[state]
                 elif state == "not present":
                     outcome = "not mapped afterwards"
-                elif code & mk.PF_PROT:
+                elif (before >> 63 if ev.arch == "arm64" else code & mk.PF_PROT):    # a protection fault
                     same = before >> 63 and (before & PM_PFN_MASK) == (entry & PM_PFN_MASK)
                     outcome = mk.REUSE if same else mk.COPY
                     lines.append(f"page {page}: PFN 0x{before & PM_PFN_MASK:x} before, 0x{entry & PM_PFN_MASK:x} after"
@@ -128,7 +165,13 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                           if pfn is not None and a.fields.get("pfn") in (pfn, pfn & ~511)), None)
             gfp = alloc.fields.get("gfp_flags") if alloc is not None and outcome in ALLOCATING else None
             kpf = snap.kpageflags.get(pfn) if outcome == mk.NEW_PAGE and pfn is not None else None
-            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown, choice, gfp, kpf))
+            handler = ""
+            if ev.arch == "arm64":
+                kp = matching_kprobe(ev, e)
+                handler = NOT_CALLED if kp is None or kp.flags is None else \
+                    access_flag_names(kp.flags, ev.fault_flag_table)
+            out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown, choice, gfp, kpf,
+                                     ev.arch, handler))
         prev = snap
     if ev.snapshots:
         out.final_states = ev.snapshots[-1].region_states(ev.pid)
@@ -225,7 +268,8 @@ def model_run_for(scenario: Scenario, ev: ScenarioEvidence) -> ModelRun:
     placed at the address the live kernel chose (observed), as fault-around's window depends on it."""
     from ..model.scenarios import run_in_model
     hint = next((snap.region for snap in ev.snapshots if snap.op.split()[:1] == ["mmap"]), None)
-    return run_in_model(scenario, model_config(ev.settings, ev.paging_levels), region_hint=hint)
+    config = model_config(ev.settings, ev.paging_levels, Arch(ev.arch), ev.lpa2)
+    return run_in_model(scenario, config, region_hint=hint)
 
 
 def cross_check(scenario: Scenario, ev: ScenarioEvidence) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ModelRun]:
@@ -268,19 +312,24 @@ def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) 
                             ["fault.c refused the access before calling handle_mm_fault (bad_area)"])]
         return [unavailable("handle_mm_fault (kprobes)", "no kprobe hit matched this fault")]
     code = row.error_code
-    # a fault below the stack is outside every VMA: lock_vma_under_rcu() finds none, and fault.c takes
-    # mmap_lock to grow the stack (no FAULT_FLAG_VMA_LOCK)
-    d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=not row.stack_grown_pages, source=ev.fault_flag_source)
     flags = kp.flags or 0
-    same = flags == d.value
     names = decode_fault_flags(flags, ev.fault_flag_table).names
-    diff = decode_fault_flags(flags ^ d.value, ev.fault_flag_table).names
+    grown = [f"the stack grew {row.stack_grown_pages} pages: the address was below every VMA, so the fault ran "
+             "under mmap_lock, not the per-VMA lock"] if row.stack_grown_pages else []
+    if ev.arch == "arm64":
+        why = ["arm64: ESR_EL1 cannot be read for a handled fault, so these flags are the trap's record: "
+               "do_page_fault() set USER for a fault from EL0, WRITE for WnR without CM, INSTRUCTION for an "
+               "instruction abort"]
+    else:
+        # a fault below the stack is outside every VMA: lock_vma_under_rcu() finds none, and fault.c takes
+        # mmap_lock to grow the stack (no FAULT_FLAG_VMA_LOCK)
+        d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=not row.stack_grown_pages,
+                               source=ev.fault_flag_source)
+        diff = decode_fault_flags(flags ^ d.value, ev.fault_flag_table).names
+        why = [f"derived from error code 0x{code:x}: 0x{d.value:x}: " + (
+            "the same" if flags == d.value else f"DIFFERENT in {' | '.join(diff)}")]
     values = [observed("flags (kprobe)", flags, "kprobe handle_mm_fault arg2",
-                       display=f"0x{flags:x} = {' | '.join(names)}",
-                       derivation=([f"the stack grew {row.stack_grown_pages} pages: the address was below every VMA, "
-                                    "so the fault ran under mmap_lock, not the per-VMA lock"] if row.stack_grown_pages
-                                   else []) + [f"derived from error code 0x{code:x}: 0x{d.value:x}: " + (
-                           "the same" if same else f"DIFFERENT in {' | '.join(diff)}")])]
+                       display=f"0x{flags:x} = {' | '.join(names)}", derivation=grown + why)]
     path = [fn for fn, _ns in kp.handlers]
     expected = EXPECTED_HANDLER.get(row.outcome)
     check = []
@@ -303,7 +352,9 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
     from .steps import Journey, Step, derived, modelled, observed, unavailable
     j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
-    src_fault = ev.event_sources.get("exceptions:page_fault_user", "tracepoint exceptions:page_fault_user")
+    fault_event = ev.FAULT_EVENTS[1] if ev.arch == "arm64" else ev.FAULT_EVENTS[0]
+    src_fault = ev.event_sources.get(fault_event, fault_event)
+    src_trap = "kprobe handle_mm_fault arg2 (flags)" if ev.arch == "arm64" else src_fault
     intro = Step(1, "scenario", f"Scenario {scenario.name}: {scenario.title}", "ready")
     intro.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
                                  f"PID {ev.pid}, paused after each operation"))
@@ -314,7 +365,7 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
         rows = [r for r in live.rows if r.op == snap.index]
         for r, event in zip(rows, ev.region_faults(snap.index)):
             s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
-                                     f"error code 0x{r.error_code:x}", src_fault))
+                                     r.trap_text(), f"{src_fault}; {src_trap}" if src_trap != src_fault else src_fault))
             s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
                                                             if r.stack_grown_pages else ""),
                                     "the program's siginfo, or the page's pagemap and kpageflags after the "
@@ -334,7 +385,8 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     j.timeline = _scenario_timeline(ev)
     verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
     verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
-                                   "pagefault simulator with this machine's THP, zero-page and fault-around settings"))
+                                   f"pagefault simulator ({ev.arch}, {ev.paging_levels} levels) with this machine's "
+                                   "THP, zero-page and fault-around settings"))
     verdict.values.append(derived("model agrees with the kernel", agreement.agree, "compare", agreement.lines))
     j.steps.append(verdict)
     j.notes += [f"{k}: {v}" for k, v in ev.settings.sources.items()]
@@ -349,7 +401,8 @@ def _scenario_timeline(ev: ScenarioEvidence):
     items = [(snap.time_ns, f"program paused after operation {snap.index}: {snap.op}",
               "pagefault's clock (CLOCK_MONOTONIC)") for snap in ev.snapshots]
     for snap in ev.snapshots:
-        items += [(e.time_ns, f"PID {e.pid}: fault at 0x{e.fields['address']:x}, error code "
-                   f"0x{e.fields['error_code']:x}", ev.event_sources.get(e.name, e.name))
+        items += [(e.time_ns, f"PID {e.pid}: fault at 0x{e.fields['address']:x}" + (
+                   f", error code 0x{e.fields['error_code']:x}" if "error_code" in e.fields else
+                   f", PC 0x{e.fields.get('ip', 0):x}"), ev.event_sources.get(e.name, e.name))
                   for e in ev.region_faults(snap.index)]
     return timeline_from(items, ev.start_ns)

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..decode.arch import Arch
+from ..decode.arm64_address import translation_levels
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import builtin_gfp_bits
 from ..evidence import MemorySettings
@@ -165,6 +167,24 @@ def arm64_translation() -> tuple[int, int, str]:
             how += ("; the CPU runs it with 48 (observed: a mapping asked for at 1 PiB was placed below 256 TiB, "
                     "so the kernel folded its top level away)")
     return va, page_size, how
+
+
+def model_shape() -> tuple[Arch, int, bool, str]:
+    """(architecture, paging levels, LPA2, how chosen) for the simulator to follow this machine.
+
+    The simulator models arm64 with 4 KiB pages only; on a kernel with larger pages it follows a 4 KiB
+    kernel with the same VA size instead, and says so."""
+    if not on_arm64():
+        levels, how = paging_levels()
+        return Arch.X86_64, levels, False, f"the simulator follows this machine: x86_64, {how}"
+    va_bits, page_size, how = arm64_translation()
+    va_4k = va_bits if va_bits in (39, 48, 52) else 48
+    levels = translation_levels(va_4k, 4096)
+    note = f"the simulator follows this machine: arm64, {va_4k}-bit addresses, {levels} levels ({how})"
+    if page_size != 4096:
+        note += (f"; this kernel's pages are {page_size} bytes but the simulator models 4 KiB pages only, so it "
+                 "follows a 4 KiB-page kernel")
+    return Arch.ARM64, levels, va_4k == 52, note
 
 
 def _mapping_above(hint: int) -> bool | None:

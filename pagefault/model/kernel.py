@@ -1,10 +1,14 @@
-"""A simulated x86-64 MMU and Linux fault handler (mm/memory.c, arch/x86/mm/fault.c, kernel 6.18).
+"""A simulated MMU and Linux fault handler (mm/memory.c and the architecture's fault.c, kernel 6.18).
 
 Processes have an mm: VMAs kept sorted (the kernel keeps them in a maple tree, see maple_tree.py),
-and 4- or 5-level page tables whose pages come from a simulated buddy allocator. access() is the
-MMU: it walks the tables and, when the entry does not allow the access, raises a fault with an
-x86 error code; handle_fault() is do_user_addr_fault() and handle_mm_fault(): the VMA lookup (and
-stack growth), the access check, the table allocation, and one of the fault paths:
+and page tables whose pages come from a simulated buddy allocator. The architecture is a parameter
+(ModelConfig.arch): its entry format, MMU check and trap code live in page_tables.py, as the
+kernel's live in arch/; this module is the generic part and never tests an entry's bit itself.
+x86-64 walks 4 or 5 levels and traps with an error code; arm64 (4 KiB granule) walks 3 to 5 and
+traps with an ESR. access() is the MMU: it walks the tables and, when the entry does not allow the
+access, raises a fault with the architecture's trap code; handle_fault() is the architecture's front
+end (do_user_addr_fault() or do_page_fault()) and handle_mm_fault(): the VMA lookup (and stack
+growth), the access check, the table allocation, and one of the fault paths:
 
   anonymous read       the shared zero page, read-only            "zero page"
   anonymous write      a new zeroed page                          "new page"
@@ -26,18 +30,18 @@ import bisect
 from array import array
 from dataclasses import dataclass, field
 
-from ..decode.pte import vm_page_prot
+from ..decode.arch import Arch
 from .buddy import BuddyAllocator
+from .page_tables import EntryFormat, FaultKind, Trap, X86Format, entry_format
 
 PAGE_SHIFT, PAGE_SIZE = 12, 4096
 PMD_SIZE = 1 << 21
 PTRS_PER_TABLE = 512
-# page-table entry bits (arch/x86/include/asm/pgtable_types.h)
-P, RW, US, A, D, PSE, SPECIAL, SOFT_DIRTY, NX = 1, 2, 4, 0x20, 0x40, 0x80, 0x200, 0x800, 1 << 63
-TABLE_ENTRY = P | RW | US | A | D                   # _PAGE_TABLE: what a user table's parent entry holds
-FRAME = ((1 << 52) - 1) & ~0xFFF
-# x86 #PF error code bits
-PF_PROT, PF_WRITE, PF_USER, PF_INSTR = 1, 2, 4, 0x10
+# x86 page-table entry and #PF error code bits, for callers that read x86 faults (page_tables.X86Format)
+P, RW, US, A, D, PSE, SPECIAL = X86Format.P, X86Format.RW, X86Format.US, X86Format.A, X86Format.D, X86Format.PSE, \
+    X86Format.SPECIAL
+FRAME = X86Format.frame_mask
+PF_PROT, PF_WRITE, PF_USER, PF_INSTR = X86Format.PF_PROT, X86Format.PF_WRITE, X86Format.PF_USER, X86Format.PF_INSTR
 # vm_flags (include/linux/mm.h)
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 1, 2, 4, 8
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC, VM_MAYSHARE = 0x10, 0x20, 0x40, 0x80
@@ -74,7 +78,6 @@ def thp_gfp(defrag: str, madvised: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(base + THP_FIRST_TRY))
 GFP_PAGE_CACHE = ("GFP_HIGHUSER_MOVABLE", "__GFP_COMP")
 
-FAULT_ENTRY = ("asm_exc_page_fault", "exc_page_fault", "do_user_addr_fault", "handle_mm_fault", "__handle_mm_fault")
 ALLOC_TAIL = ("alloc_pages_mpol", "__alloc_frozen_pages_noprof", "get_page_from_freelist")
 
 
@@ -82,6 +85,7 @@ ALLOC_TAIL = ("alloc_pages_mpol", "__alloc_frozen_pages_noprof", "get_page_from_
 class ModelConfig:
     """The kernel settings the model follows; the live cross-check passes the machine's own."""
 
+    arch: Arch = Arch.X86_64
     paging_levels: int = 4
     memory_mib: int = 4096
     thp_enabled: str = "madvise"          # /sys/kernel/mm/transparent_hugepage/enabled
@@ -91,11 +95,15 @@ class ModelConfig:
     soft_dirty: bool = False              # CONFIG_MEM_SOFT_DIRTY
     stack_guard_gap_pages: int = 256      # stack_guard_gap
     stack_rlimit: int = 8 << 20           # RLIMIT_STACK
+    lpa2: bool = False                    # arm64: FEAT_LPA2 in use (52-bit tables); SH is left to TCR_EL1
     kernel: str = "6.18"
 
+    def entry_format(self) -> EntryFormat:
+        """The architecture's helpers for this shape; ValueError if the architecture has no such shape."""
+        return entry_format(self.arch, self.paging_levels, self.soft_dirty, self.lpa2)
+
     def check(self) -> None:
-        if self.paging_levels not in (4, 5):
-            raise ValueError(f"paging levels must be 4 or 5, not {self.paging_levels}")
+        self.entry_format()
         if self.thp_enabled not in ("always", "madvise", "never"):
             raise ValueError(f"THP setting must be always, madvise or never, not {self.thp_enabled!r}")
 
@@ -138,7 +146,7 @@ class Fault:
 
     pid: int
     address: int
-    error_code: int
+    error_code: int                   # the trap code: x86's #PF error code, or arm64's ESR_EL1 (see esr)
     outcome: str = ""
     trap: bool = True                 # False: a fault taken by the kernel itself (MAP_POPULATE)
     vma: VMA | None = None
@@ -152,6 +160,12 @@ class Fault:
     entry: int = 0                    # the leaf entry written
     also_mapped: int = 0              # pages mapped besides the faulting one (fault-around, THP)
     si_code: int = 0
+    arch: Arch = Arch.X86_64
+
+    @property
+    def esr(self) -> int | None:
+        """ESR_EL1 of an arm64 fault (the trap code); None on x86."""
+        return self.error_code if self.arch is Arch.ARM64 else None
 
 
 @dataclass
@@ -175,6 +189,51 @@ def _vm_from_prot(prot: int) -> int:
     """calc_vm_prot_bits(): PROT_READ/WRITE/EXEC → VM_READ/WRITE/EXEC."""
     return (VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0) | \
         (VM_EXEC if prot & PROT_EXEC else 0)
+
+
+_R, _X, _W, _MAY = VM_READ, VM_EXEC, VM_WRITE, VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+_STACK = VM_READ | VM_WRITE | _MAY | VM_GROWSDOWN | VM_ACCOUNT
+# Where mmap() starts looking, top-down (below the stack's gap), as the layouts below place things
+_MMAP_BASE = {Arch.X86_64: 0x7FFFF7FFF000, Arch.ARM64: 0xFFFFF7FFF000}
+
+
+def _layout(arch: Arch, name: str) -> tuple[tuple[int, int, int, str], ...]:
+    """The VMAs of a dynamically linked program after execve, without address randomisation (modelled)."""
+    if arch is Arch.ARM64:
+        ld = "ld-linux-aarch64.so.1"
+        return (
+            (0xAAAAAAAA0000, 0xAAAAAAAA1000, _R | _X | _MAY, name),
+            (0xAAAAAAAB0000, 0xAAAAAAAB1000, _R | _MAY, name),
+            (0xAAAAAAAB1000, 0xAAAAAAAB2000, _R | _W | _MAY, name),
+            (0xAAAAAAAB2000, 0xAAAAAAAD3000, _R | _W | _MAY, "[heap]"),
+            (0xFFFFF7E00000, 0xFFFFF7F88000, _R | _X | _MAY, "libc.so.6"),
+            (0xFFFFF7F98000, 0xFFFFF7F9C000, _R | _MAY, "libc.so.6"),
+            (0xFFFFF7F9C000, 0xFFFFF7F9E000, _R | _W | _MAY, "libc.so.6"),
+            (0xFFFFF7FC0000, 0xFFFFF7FEB000, _R | _X | _MAY, ld),
+            (0xFFFFF7FF7000, 0xFFFFF7FF9000, VM_READ | VM_MAYREAD, "[vvar]"),
+            (0xFFFFF7FF9000, 0xFFFFF7FFA000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
+            (0xFFFFF7FFA000, 0xFFFFF7FFC000, _R | _MAY, ld),
+            (0xFFFFF7FFC000, 0xFFFFF7FFE000, _R | _W | _MAY, ld),
+            (0xFFFFFFFDF000, 0xFFFFFFFFF000, _STACK, "[stack]"),
+        )
+    ld = "ld-linux-x86-64.so.2"
+    return (
+        (0x555555554000, 0x555555555000, _R | _MAY, name),
+        (0x555555555000, 0x555555556000, _R | _X | _MAY, name),
+        (0x555555556000, 0x555555557000, _R | _MAY, name),
+        (0x555555557000, 0x555555558000, _R | _W | _MAY, name),
+        (0x555555559000, 0x55555557A000, _R | _W | _MAY, "[heap]"),
+        (0x7FFFF7DC3000, 0x7FFFF7DE9000, _R | _MAY, "libc.so.6"),
+        (0x7FFFF7DE9000, 0x7FFFF7F3E000, _R | _X | _MAY, "libc.so.6"),
+        (0x7FFFF7F3E000, 0x7FFFF7F95000, _R | _MAY, "libc.so.6"),
+        (0x7FFFF7F95000, 0x7FFFF7F9B000, _R | _W | _MAY, "libc.so.6"),
+        (0x7FFFF7FC1000, 0x7FFFF7FC5000, VM_READ | VM_MAYREAD, "[vvar]"),
+        (0x7FFFF7FC5000, 0x7FFFF7FC7000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
+        (0x7FFFF7FC7000, 0x7FFFF7FF1000, _R | _X | _MAY, ld),
+        (0x7FFFF7FF1000, 0x7FFFF7FFB000, _R | _MAY, ld),
+        (0x7FFFF7FFB000, 0x7FFFF7FFF000, _R | _W | _MAY, ld),
+        (0x7FFFFFFDE000, 0x7FFFFFFFF000, _STACK, "[stack]"),
+    )
 
 
 class Process:
@@ -211,10 +270,9 @@ class SimulatedKernel:
 
     def __init__(self, config: ModelConfig | None = None):
         self.config = config or ModelConfig()
-        self.config.check()
-        levels = self.config.paging_levels
-        self.levels = ("PGD", "PUD", "PMD", "PTE") if levels == 4 else ("PGD", "P4D", "PUD", "PMD", "PTE")
-        self.shifts = (39, 30, 21, 12) if levels == 4 else (48, 39, 30, 21, 12)
+        self.fmt = self.config.entry_format()
+        self.levels = self.fmt.level_names()
+        self.shifts = self.fmt.shifts()
         pages = self.config.memory_mib * 256
         self.buddy = BuddyAllocator(0x100000, pages)       # RAM from 4 GiB physical up (modelled)
         self.zero_pfn = 0x3A04                              # empty_zero_page, inside the kernel image (modelled)
@@ -254,26 +312,9 @@ class SimulatedKernel:
         proc = Process(self.next_pid, name, pgd)
         self.next_pid += 1
         self.processes[proc.pid] = proc
-        layout = (
-            (0x555555554000, 0x555555555000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
-            (0x555555555000, 0x555555556000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
-            (0x555555556000, 0x555555557000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
-            (0x555555557000, 0x555555558000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, name),
-            (0x555555559000, 0x55555557A000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "[heap]"),
-            (0x7FFFF7DC3000, 0x7FFFF7DE9000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
-            (0x7FFFF7DE9000, 0x7FFFF7F3E000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
-            (0x7FFFF7F3E000, 0x7FFFF7F95000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
-            (0x7FFFF7F95000, 0x7FFFF7F9B000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "libc.so.6"),
-            (0x7FFFF7FC1000, 0x7FFFF7FC5000, VM_READ | VM_MAYREAD, "[vvar]"),
-            (0x7FFFF7FC5000, 0x7FFFF7FC7000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
-            (0x7FFFF7FC7000, 0x7FFFF7FF1000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "ld-linux-x86-64.so.2"),
-            (0x7FFFF7FF1000, 0x7FFFF7FFB000, VM_READ | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "ld-linux-x86-64.so.2"),
-            (0x7FFFF7FFB000, 0x7FFFF7FFF000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC, "ld-linux-x86-64.so.2"),
-            (0x7FFFFFFDE000, 0x7FFFFFFFF000, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_GROWSDOWN
-             | VM_ACCOUNT, "[stack]"),
-        )
-        for start, end, flags, vname in layout:
+        for start, end, flags, vname in _layout(self.config.arch, name):
             proc.insert(VMA(start, end, flags, vname))
+        proc.mmap_base = _MMAP_BASE[self.config.arch]
         return proc
 
     def fork(self, parent: Process) -> Process:
@@ -284,6 +325,7 @@ class SimulatedKernel:
         self.processes[child.pid] = child
         child.mmap_base = parent.mmap_base
         chain = ("kernel_clone", "copy_process", "dup_mm", "dup_mmap", "copy_page_range")
+        fmt = self.fmt
         for vma in parent.vmas:
             copy = VMA(vma.start, vma.end, vma.flags, vma.name, vma.file, vma.pgoff, vma.anon_vma)
             child.insert(copy)
@@ -291,8 +333,8 @@ class SimulatedKernel:
                 continue
             cow = not vma.flags & VM_SHARED and vma.flags & VM_MAYWRITE
             for addr, level, table, idx, entry in self._present_leaves(parent, vma.start, vma.end):
-                if cow and entry & RW:
-                    entry &= ~RW
+                if cow and fmt.write(entry):
+                    entry = fmt.wrprotect(entry)
                     self.tables[table][idx] = entry
                 head = self._folio_head(entry, level)
                 if head is not None and self.kind.get(head) in ("anon", "thp"):
@@ -300,7 +342,7 @@ class SimulatedKernel:
                     self.exclusive.discard(head)
                 elif head is not None and head in self.mapcount:
                     self.mapcount[head] += 1
-                self._set_leaf(child, addr, level, entry & ~A, chain, None)
+                self._set_leaf(child, addr, level, fmt.mkold(entry), chain, None)
         return child
 
     # -- system calls ------------------------------------------------------------------------------------
@@ -365,14 +407,14 @@ class SimulatedKernel:
             new = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | _vm_from_prot(prot)
             adding_write = new & VM_WRITE and not vma.flags & VM_WRITE
             vma.flags = new
-            prot_bits = vm_page_prot(new)
+            fmt = self.fmt
+            prot_bits = fmt.page_prot(new)
             for addr, level, table, idx, entry in self._present_leaves(proc, vma.start, vma.end):
-                keep = entry & (FRAME | A | D | SPECIAL | SOFT_DIRTY | (PSE if level != "PTE" else 0))
-                entry = keep | (prot_bits & ~(A))
+                entry = fmt.modify(entry, prot_bits, huge=level != "PTE")
                 head = self._folio_head(entry, level)
                 # MM_CP_TRY_CHANGE_WRITABLE: an exclusive anonymous page may become writable at once
-                if adding_write and head in self.exclusive and entry & D and not vma.flags & VM_SHARED:
-                    entry |= RW
+                if adding_write and head in self.exclusive and fmt.dirty(entry) and not vma.flags & VM_SHARED:
+                    entry = fmt.mkwrite(entry)
                 self.tables[table][idx] = entry
 
     def madvise_hugepage(self, proc: Process, start: int, length: int) -> None:
@@ -396,8 +438,10 @@ class SimulatedKernel:
             addr = vma.start
             while addr < vma.end:
                 entry = self._leaf(proc, addr)[0]
-                if not entry & P or (write and not entry & RW):
-                    f = Fault(proc.pid, addr, PF_USER | (PF_WRITE if write else 0), trap=False)
+                if not self.fmt.present(entry) or (write and not self.fmt.write(entry)):
+                    # no trap: the code is the one the access would have trapped with, for the record
+                    code = self.fmt.trap_code(Trap(write, False, False, len(self.shifts) - 1))
+                    f = Fault(proc.pid, addr, code, trap=False, arch=self.config.arch)
                     self._handle_mm_fault(proc, vma, addr, write, f, ("__mm_populate", "populate_vma_page_range",
                                                                        "__get_user_pages", "handle_mm_fault",
                                                                        "__handle_mm_fault"))
@@ -423,16 +467,19 @@ class SimulatedKernel:
         Returns the fault taken (its outcome may be a SIGSEGV), or None when the TLB-less walk succeeded.
         """
         # the walk inlined (not walk()): this runs once per simulated access
-        tables, t = self.tables, self.tables[proc.pgd]
-        entry = 0
-        for shift in self.shifts:
-            entry = t[(addr >> shift) & 511]
-            if not entry & P or (entry & PSE and shift != 12) or shift == 12:
+        fmt, tables, t = self.fmt, self.tables, self.tables[proc.pgd]
+        entry, depth, idx = 0, 0, 0
+        for depth, shift in enumerate(self.shifts):
+            idx = (addr >> shift) & 511
+            entry = t[idx]
+            if not entry & fmt.present_bit or shift == 12 or fmt.is_huge(entry):
                 break
-            t = tables[(entry & FRAME) >> 12]
-        if entry & P and entry & US and (entry & RW or not write) and not (execute and entry & NX):
+            t = tables[(entry & fmt.frame_mask) >> 12]
+        leaf = entry & fmt.present_bit and (self.shifts[depth] == 12 or fmt.is_huge(entry))
+        if leaf and fmt.allows(entry, write, execute):
+            t[idx] = fmt.on_access(entry, write)
             return None
-        code = PF_USER | (PF_WRITE if write else 0) | (PF_PROT if entry & P else 0) | (PF_INSTR if execute else 0)
+        code = fmt.trap_code(Trap(write, execute, bool(leaf), depth))
         return self.handle_fault(proc, addr, code)
 
     def write_loop(self, proc: Process, start: int, pages: int) -> FaultRun:
@@ -449,7 +496,7 @@ class SimulatedKernel:
         run = FaultRun(proc.pid, start, pages)
         tables, buddy, kind, mapcount, exclusive = self.tables, self.buddy, self.kind, self.mapcount, self.exclusive
         free0 = buddy.free[0]
-        dirty = self._dirty_bits()
+        fmt = self.fmt
         addresses, pfns = run.addresses, run.pfns
         vma: VMA | None = None
         table: list[int] | None = None
@@ -464,9 +511,9 @@ class SimulatedKernel:
                          and vma.end >= min((window + 1) << 21, start + pages * PAGE_SIZE)
                          and not self._thp_allowed(vma, addr))
                 table = tables[tpfn] if plain else None
-                leaf_bits = vm_page_prot(vma.flags) | dirty | RW if plain and vma is not None else 0
+                leaf_bits = fmt.mkwrite(fmt.mkdirty(fmt.page_prot(vma.flags))) if plain and vma is not None else 0
             idx = (addr >> 12) & 511
-            if table is not None and vma is not None and not table[idx] & P:
+            if table is not None and vma is not None and not table[idx] & fmt.present_bit:
                 if free0:                   # the buddy allocator's order-0 fast case, inline
                     pfn = free0.popitem()[0]
                     buddy.allocated += 1
@@ -488,32 +535,27 @@ class SimulatedKernel:
         return run
 
     def handle_fault(self, proc: Process, addr: int, code: int) -> Fault:
-        """exc_page_fault → do_user_addr_fault → handle_mm_fault, as far as this address needs."""
-        fault = Fault(proc.pid, addr, code)
+        """The trap (x86: exc_page_fault → do_user_addr_fault; arm64: el0_da → do_mem_abort → do_page_fault)
+        → handle_mm_fault, as far as this address needs. code: the architecture's trap code."""
+        fault = Fault(proc.pid, addr, code, arch=self.config.arch)
         self.faults.append(fault)
         fault.walk_before = self.walk(proc, addr)
+        kind = self.fmt.fault_kind(code)
         vma = proc.find_vma(addr)
         if vma is None:
             vma = self._expand_stack(proc, addr, fault)
             if vma is None:
-                return self._segv(proc, fault, SEGV_MAPERR, ("do_user_addr_fault", "lock_mm_and_find_vma",
-                                                               "bad_area_nosemaphore", "force_sig_fault"))
+                return self._segv(proc, fault, SEGV_MAPERR, self.fmt.segv_path(kind, mapped=False))
         fault.vma = vma
-        if self._access_error(code, vma):
-            return self._segv(proc, fault, SEGV_ACCERR, ("do_user_addr_fault", "bad_area_access_error",
-                                                           "force_sig_fault"))
+        if self.fmt.access_error(kind, vma.flags):
+            return self._segv(proc, fault, SEGV_ACCERR, self.fmt.segv_path(kind, mapped=True))
         proc.minor_faults += 1
-        self._handle_mm_fault(proc, vma, addr, bool(code & PF_WRITE), fault, FAULT_ENTRY)
+        self._handle_mm_fault(proc, vma, addr, kind.write, fault, self.fmt.entry_path(kind))
         return fault
 
-    @staticmethod
-    def _access_error(code: int, vma: VMA) -> bool:
-        """access_error() in arch/x86/mm/fault.c."""
-        if code & PF_WRITE:
-            return not vma.flags & VM_WRITE
-        if code & PF_PROT:                  # a read of a present page that still faulted
-            return True
-        return not vma.flags & (VM_READ | VM_WRITE | VM_EXEC)
+    def fault_kind(self, fault: Fault) -> FaultKind:
+        """What the architecture's trap handler read out of a fault's trap code."""
+        return self.fmt.fault_kind(fault.error_code)
 
     def _expand_stack(self, proc: Process, addr: int, fault: Fault) -> VMA | None:
         """expand_downwards(): a fault just below a VM_GROWSDOWN VMA grows it, within the limits."""
@@ -536,7 +578,7 @@ class SimulatedKernel:
     def _segv(self, proc: Process, fault: Fault, si_code: int, path: tuple[str, ...]) -> Fault:
         fault.si_code = si_code
         fault.outcome = MAPERR if si_code == SEGV_MAPERR else ACCERR
-        fault.path = ("asm_exc_page_fault", "exc_page_fault") + path
+        fault.path = path
         proc.signals.append((si_code, fault.address))
         return fault
 
@@ -544,18 +586,18 @@ class SimulatedKernel:
 
     def _handle_mm_fault(self, proc: Process, vma: VMA, addr: int, write: bool, fault: Fault,
                          entry_path: tuple[str, ...]) -> None:
-        tables, shifts, levels = self.tables, self.shifts, self.levels
+        tables, shifts, levels, fmt = self.tables, self.shifts, self.levels, self.fmt
         table = proc.pgd
         chain = entry_path
         for depth in range(len(shifts) - 1):
             idx = (addr >> shifts[depth]) & 511
             entry = tables[table][idx]
-            if levels[depth + 1] == "PTE" and not entry & P and self._thp_allowed(vma, addr):
+            if levels[depth + 1] == "PTE" and not fmt.present(entry) and self._thp_allowed(vma, addr):
                 self._huge_fault(vma, addr, write, table, idx, fault, chain + ("create_huge_pmd",))
                 break
-            if entry & P and entry & PSE:
+            if fmt.present(entry) and fmt.is_huge(entry):
                 raise NotImplementedError("the model does not simulate write faults on PMD-mapped huge pages")
-            if not entry & P:
+            if not fmt.present(entry):
                 below = levels[depth + 1]
                 if below != "PTE":
                     how = chain + (f"__{below.lower()}_alloc", f"{below.lower()}_alloc_one")
@@ -566,9 +608,9 @@ class SimulatedKernel:
                     how = chain + ("handle_pte_fault", "do_pte_missing", "do_anonymous_page", "__pte_alloc",
                                    "pte_alloc_one")
                 new = self._new_table(below, how, fault)
-                tables[table][idx] = new << 12 | TABLE_ENTRY
+                tables[table][idx] = fmt.table_entry(new)
                 entry = tables[table][idx]
-            table = (entry & FRAME) >> 12
+            table = fmt.frame(entry)
         else:
             idx = (addr >> 12) & 511
             self._pte_fault(vma, addr, write, table, idx, fault, chain + ("handle_pte_fault",))
@@ -576,44 +618,46 @@ class SimulatedKernel:
 
     def _pte_fault(self, vma: VMA, addr: int, write: bool, table: int, idx: int, fault: Fault,
                    chain: tuple[str, ...]) -> None:
+        fmt = self.fmt
         pte = self.tables[table][idx]
-        prot = vm_page_prot(vma.flags)
-        if not pte & P:
+        prot = fmt.page_prot(vma.flags)
+        if not fmt.present(pte):
             if vma.file is not None:
                 self._file_fault(vma, addr, write, table, idx, fault, chain + ("do_pte_missing", "do_fault"))
                 return
             vma.anon_vma = True
             if not write:                  # do_anonymous_page: the zero page, special, read-only
-                entry = self.zero_pfn << 12 | prot | SPECIAL
+                entry = fmt.mkspecial(fmt.mk_pte(self.zero_pfn, prot))
                 fault.outcome, fault.pfn = ZERO_PAGE, self.zero_pfn
                 fault.path = chain + ("do_pte_missing", "do_anonymous_page")
             else:
                 path = chain + ("do_pte_missing", "do_anonymous_page", "alloc_anon_folio", "vma_alloc_folio_noprof")
                 pfn = self._alloc(0, GFP_USER_PAGE, "data page", path, fault)
                 self._new_anon(pfn)
-                entry = pfn << 12 | prot | self._dirty_bits()
-                if vma.flags & VM_WRITE:
-                    entry |= RW
+                entry = fmt.mk_pte(pfn, prot)
+                if vma.flags & VM_WRITE:     # maybe_mkwrite(pte_mkdirty(entry))
+                    entry = fmt.mkwrite(fmt.mkdirty(entry))
                 fault.outcome, fault.pfn, fault.path = NEW_PAGE, pfn, path
             self.tables[table][idx] = entry
             fault.entry = entry
             return
-        if write and not pte & RW:
+        if write and not fmt.write(pte):
             self._wp_page(vma, pte, table, idx, fault, chain + ("do_wp_page",))
 
     def _wp_page(self, vma: VMA, pte: int, table: int, idx: int, fault: Fault, chain: tuple[str, ...]) -> None:
         """do_wp_page(): reuse the page when nothing else maps it, else copy it (the zero page: a new page)."""
-        old = (pte & FRAME) >> 12
-        if not pte & SPECIAL and self.kind.get(old) == "anon" and self.mapcount.get(old, 0) == 1:
-            entry = pte | RW | self._dirty_bits() | A
+        fmt = self.fmt
+        old = fmt.frame(pte)
+        if not fmt.special(pte) and self.kind.get(old) == "anon" and self.mapcount.get(old, 0) == 1:
+            entry = fmt.mkwrite(fmt.mkdirty(fmt.mkyoung(pte)))     # wp_page_reuse(): maybe_mkwrite(pte_mkdirty())
             self.exclusive.add(old)
             fault.outcome, fault.pfn, fault.path = REUSE, old, chain + ("wp_page_reuse",)
         else:
-            zero = bool(pte & SPECIAL)
+            zero = fmt.special(pte)
             path = chain + ("wp_page_copy", "folio_prealloc", "vma_alloc_folio_noprof")
             pfn = self._alloc(0, GFP_USER_PAGE if zero else GFP_COPY_PAGE, "data page", path, fault)
             self._new_anon(pfn)
-            entry = pfn << 12 | vm_page_prot(vma.flags) | self._dirty_bits() | RW
+            entry = fmt.mkwrite(fmt.mkdirty(fmt.mk_pte(pfn, fmt.page_prot(vma.flags))))
             vma.anon_vma = True
             if not zero:
                 self._drop_mapping(old)
@@ -643,14 +687,15 @@ class SimulatedKernel:
         vma_off = (addr - vma.start) >> PAGE_SHIFT
         from_pte = max(idx - idx % n, idx - min(idx, vma_off))
         to_pte = min(from_pte + n, PTRS_PER_TABLE, idx + ((vma.end - vma.start) >> PAGE_SHIFT) - vma_off)
-        prot = vm_page_prot(vma.flags)
+        fmt = self.fmt
+        prot = fmt.page_prot(vma.flags)
         mapped = 0
         for i in range(from_pte, to_pte):
             pgoff = page_index + i - idx
-            if pgoff >= f.pages or pgoff not in f.cache or self.tables[table][i] & P:
+            if pgoff >= f.pages or pgoff not in f.cache or fmt.present(self.tables[table][i]):
                 continue
             pfn = f.cache[pgoff]
-            self.tables[table][i] = pfn << 12 | prot
+            self.tables[table][i] = fmt.mk_pte(pfn, prot)
             self.mapcount[pfn] += 1
             mapped += 1
         fault.outcome, fault.pfn = PAGE_CACHE, f.cache[page_index]
@@ -672,7 +717,8 @@ class SimulatedKernel:
                     chain: tuple[str, ...]) -> None:
         """do_huge_pmd_anonymous_page(): one order-9 folio mapped by the PMD entry (or the huge zero page)."""
         vma.anon_vma = True
-        prot = vm_page_prot(vma.flags)
+        fmt = self.fmt
+        prot = fmt.page_prot(vma.flags)
         path = chain + ("do_huge_pmd_anonymous_page",)
         if not write and self.config.thp_use_zero_page:
             if self.huge_zero_pfn is None:
@@ -680,7 +726,8 @@ class SimulatedKernel:
                                                  path + ("mm_get_huge_zero_folio",), fault)
                 self.kind[self.huge_zero_pfn] = "huge zero"
             self._new_table("PTE", path + ("pte_alloc_one",), fault)     # deposited for a later split
-            entry = self.huge_zero_pfn << 12 | (prot & ~RW) | PSE | SPECIAL
+            # set_huge_zero_folio(): pmd_mkhuge(mk_pmd(zero folio, vm_page_prot)), write-protected, special
+            entry = fmt.mkspecial(fmt.mkhuge(fmt.wrprotect(fmt.mk_pte(self.huge_zero_pfn, prot))))
             fault.outcome, fault.pfn = HUGE_ZERO_PAGE, self.huge_zero_pfn + ((addr >> 12) & 511)
         else:
             gfp = thp_gfp(self.config.thp_defrag, bool(vma.flags & VM_HUGEPAGE))
@@ -690,7 +737,9 @@ class SimulatedKernel:
             self.kind[pfn] = "thp"
             self.mapcount[pfn] = 1
             self.exclusive.add(pfn)
-            entry = pfn << 12 | prot | PSE | self._dirty_bits() | (RW if vma.flags & VM_WRITE else 0)
+            entry = fmt.mkdirty(fmt.mkhuge(fmt.mk_pte(pfn, prot)))
+            if vma.flags & VM_WRITE:         # maybe_pmd_mkwrite(pmd_mkdirty(entry))
+                entry = fmt.mkwrite(entry)
             fault.outcome, fault.pfn = HUGE_PAGE, pfn + ((addr >> 12) & 511)
         self.tables[table][idx] = entry
         fault.entry = entry
@@ -698,9 +747,6 @@ class SimulatedKernel:
         fault.path = path
 
     # -- helpers --------------------------------------------------------------------------------------
-
-    def _dirty_bits(self) -> int:
-        return D | (SOFT_DIRTY if self.config.soft_dirty else 0)
 
     def _new_anon(self, pfn: int) -> None:
         self.kind[pfn] = "anon"
@@ -718,9 +764,9 @@ class SimulatedKernel:
             self.buddy.free_block(head, order)
 
     def _folio_head(self, entry: int, level: str) -> int | None:
-        if entry & SPECIAL:
+        if self.fmt.special(entry):
             return None
-        pfn = (entry & FRAME) >> 12
+        pfn = self.fmt.frame(entry)
         return pfn if level == "PTE" else pfn & ~511
 
     def _leaf(self, proc: Process, addr: int) -> tuple[int, str, int, int]:
@@ -735,9 +781,9 @@ class SimulatedKernel:
             idx = (addr >> shift) & 511
             entry = self.tables[t][idx]
             out.append((self.levels[depth], t, idx, entry))
-            if not entry & P or shift == 12 or entry & PSE:
+            if not self.fmt.present(entry) or shift == 12 or self.fmt.is_huge(entry):
                 break
-            t = (entry & FRAME) >> 12
+            t = self.fmt.frame(entry)
         return out
 
     def _present_leaves(self, proc: Process, start: int, end: int):
@@ -745,8 +791,9 @@ class SimulatedKernel:
         addr = start
         while addr < end:
             entry, level, table, idx = self._leaf(proc, addr)
-            size = PMD_SIZE if level == "PMD" and entry & PSE else PAGE_SIZE
-            if entry & P and (level == "PTE" or entry & PSE):
+            huge = level != "PTE" and self.fmt.present(entry) and self.fmt.is_huge(entry)
+            size = PMD_SIZE if level == "PMD" and huge else PAGE_SIZE
+            if self.fmt.present(entry) and (level == "PTE" or huge):
                 yield addr, level, table, idx, entry
             addr = (addr & ~(size - 1)) + size
 
@@ -760,23 +807,24 @@ class SimulatedKernel:
                 self.tables[t][idx] = entry
                 return
             cur = self.tables[t][idx]
-            if not cur & P:
+            if not self.fmt.present(cur):
                 new = self._new_table(self.levels[depth + 1], chain, fault)
-                cur = self.tables[t][idx] = new << 12 | TABLE_ENTRY
-            t = (cur & FRAME) >> 12
+                cur = self.tables[t][idx] = self.fmt.table_entry(new)
+            t = self.fmt.frame(cur)
 
     # -- what /proc would show ---------------------------------------------------------------------------
 
     def pagemap(self, proc: Process, addr: int) -> int:
         """The /proc/PID/pagemap entry (fs/proc/task_mmu.c) the model's tables give for addr."""
         entry, level, _t, _i = self._leaf(proc, addr)
-        if not entry & P or (level != "PTE" and not entry & PSE):
+        fmt = self.fmt
+        if not fmt.present(entry) or (level != "PTE" and not fmt.is_huge(entry)):
             return 0
-        pfn = (entry & FRAME) >> 12
+        pfn = fmt.frame(entry)
         if level != "PTE":
             pfn = (pfn & ~511) + ((addr >> 12) & 511)
         value = 1 << 63 | pfn
-        if entry & SPECIAL and level == "PTE":
+        if fmt.special(entry) and level == "PTE":
             return value                                 # vm_normal_page() is NULL for the zero page
         head = self._folio_head(entry, level)
         if head is None:

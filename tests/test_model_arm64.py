@@ -1,0 +1,160 @@
+"""The simulator with the architecture as a parameter: arm64's tables, descriptor bits and trap (ESR).
+
+The arm64 entries are held to three things: values worked out by hand from the arm64 headers
+(pgtable-hwdef.h, pgtable-prot.h, esr.h), the descriptors read live in the kernel matrix's arm64
+guests (tests/fixtures/evidence/*arm64*/arm64-fault.json.gz: the same bits, other addresses), and the
+x86 model (the generic fault paths are the same code on both, so every scenario must end the same way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pagefault.decode.arch import Arch
+from pagefault.decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
+from pagefault.decode.esr import decode_esr
+from pagefault.evidence.file import load_evidence
+from pagefault.journey.model_journey import build_model_journey
+from pagefault.journey.scenario_check import from_model
+from pagefault.model import kernel as mk
+from pagefault.model.page_tables import Arm64Format
+from pagefault.model.scenarios import SCENARIOS, find_scenario, run_in_model
+
+FIXTURES = {p.parent.name: load_evidence(p).evidence
+            for p in (Path(__file__).parent / "fixtures" / "evidence").glob("*/arm64-fault.json.gz")}
+ADDRESS_BITS = ((1 << 50) - 1) & ~0xFFF        # the output address (LPA2's low part included)
+
+
+def arm64(levels: int = 4, lpa2: bool = False, **kw) -> mk.ModelConfig:
+    return mk.ModelConfig(arch=Arch.ARM64, paging_levels=levels, lpa2=lpa2, **kw)
+
+
+def first_touch(config: mk.ModelConfig) -> mk.Fault:
+    return run_in_model(find_scenario("first-touch"), config).faults_by_op[1][0]
+
+
+def test_hand_checked_first_touch_on_a_4_level_kernel():
+    f = first_touch(arm64(4))
+    # a user-mode write (EC 0x24 DABT_LOW, IL, WnR 0x40) into a fresh mm: its PGD entry is empty, so a
+    # translation fault at level 0 (DFSC 0b000100)
+    assert f.error_code == 0x24 << 26 | 1 << 25 | 0x40 | 0x04 == 0x92000044
+    assert [lv for lv, *_ in f.walk_after] == ["PGD", "PUD", "PMD", "PTE"]
+    # table descriptors: next table | PXNTable (bit 59) | table | valid
+    assert all(e & ~ADDRESS_BITS == 1 << 59 | 3 for *_, e in f.walk_after[:-1])
+    # the page: PAGE_READONLY (valid, page, USER, RDONLY, SH inner, AF, nG, PXN, UXN) made dirty and
+    # writable: RDONLY cleared, DIRTY (55) and WRITE/DBM (51) set
+    leaf = f.walk_after[-1][3]
+    assert leaf & ~ADDRESS_BITS == 1 << 55 | 1 << 54 | 1 << 53 | 1 << 51 | 0x800 | 0x400 | 0x300 | 0x40 | 3
+    assert leaf == derive_arm64_anonymous_pte(f.pfn, f.vma.flags, True, (6, 18)).value
+    assert f.path[:6] == ("el0t_64_sync", "el0t_64_sync_handler", "el0_da", "do_mem_abort", "do_translation_fault",
+                          "do_page_fault")
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_entries_have_the_bits_the_live_kernel_wrote(name):
+    """The model's table and page descriptors carry exactly the non-address bits the guest's kernel wrote
+    for the same fault (a write to fresh anonymous memory), in the guest's shape (4 KiB pages only)."""
+    live = FIXTURES[name]
+    if live.page_size != 4096:
+        pytest.skip("the simulator models 4 KiB pages; this guest ran 16 KiB")
+    f = first_touch(arm64(len(live.walk_after), live.lpa2))
+    model_bits = [e & ~ADDRESS_BITS for *_, e in f.walk_after]
+    live_bits = [r.value & ~ADDRESS_BITS for r in live.walk_after]
+    assert [lv for lv, *_ in f.walk_after] == [r.level for r in live.walk_after]
+    assert model_bits == live_bits, [hex(v) for v in model_bits + live_bits]
+
+
+def test_the_model_and_the_decoder_read_its_entries_alike():
+    f = first_touch(arm64(5, lpa2=True))
+    level, _t, _i, leaf = f.walk_after[-1]
+    d = decode_arm64_descriptor(leaf, level, (6, 18), 52, pa_bits=52)
+    assert d.kind is DescriptorKind.PAGE and d.pfn == f.pfn and d.writable and d.dirty and not d.suspicions
+    assert decode_esr(f.error_code).fault_level == -1       # LPA2's level −1 PGD was empty
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+@pytest.mark.parametrize("levels", [3, 4, 5])
+def test_every_scenario_ends_as_on_x86(scenario, levels):
+    a = run_in_model(scenario, arm64(levels, lpa2=levels == 5))
+    x = run_in_model(scenario, mk.ModelConfig())
+    assert [(f.outcome, f.stack_grown_pages) for fs in a.faults_by_op for f in fs] == \
+        [(f.outcome, f.stack_grown_pages) for fs in x.faults_by_op for f in fs]
+    assert a.final_states() == x.final_states()
+    # what arm64's do_page_fault makes of each ESR, as the live kprobe reports it
+    for row in from_model(a).rows:
+        assert row.arch == "arm64"
+        if row.outcome in (mk.MAPERR, mk.ACCERR):
+            assert row.handler_flags == "not called"
+        else:
+            assert row.handler_flags.startswith("USER")
+
+
+def test_protection_faults_are_permission_faults_at_the_leaf():
+    run = run_in_model(find_scenario("fork-then-write"), arm64(4))
+    child_write = run.faults_by_op[4][0]
+    syndrome = decode_esr(child_write.error_code)
+    assert child_write.outcome == mk.COPY and syndrome.write and syndrome.fault_level == 3
+    assert child_write.error_code & 0x3F == 0x0F                 # permission fault, level 3
+    assert "do_translation_fault" not in child_write.path       # fault_info[]: permission faults go straight on
+
+
+def test_mprotect_read_only_keeps_the_dirty_state_in_software():
+    run = run_in_model(find_scenario("mprotect-violation"), arm64(4))
+    k, proc = run.kernel, run.parent
+    entry = k.walk(proc, run.region)[-1][3]
+    d = decode_arm64_descriptor(entry, "PTE", (6, 18))
+    # pte_modify(): hardware-dirty (DBM, AP[2] clear) saved as PTE_DIRTY, then PAGE_READONLY's bits
+    assert entry & 1 << 55 and entry & 1 << 7 and not entry & 1 << 51 and d.dirty and not d.writable
+    assert run.faults_by_op[3][0].outcome == mk.ACCERR
+
+
+def test_an_arm64_shape_that_does_not_exist_is_refused():
+    with pytest.raises(ValueError, match="3, 4 or 5"):
+        mk.SimulatedKernel(arm64(2))
+    with pytest.raises(ValueError, match="4 or 5"):
+        mk.SimulatedKernel(mk.ModelConfig(paging_levels=3))
+
+
+def test_the_model_journey_speaks_arm64():
+    j = build_model_journey(run_in_model(find_scenario("first-touch"), arm64(4)))
+    trap = next(s for s in j.steps if s.key == "trap")
+    labels = {v.label: v for v in trap.values}
+    assert labels["ESR_EL1"].value == 0x92000044 and "FAR_EL1" in " ".join(labels)
+    assert j.walk.root_register == "TTBR0_EL1" and j.walk.architecture == "arm64"
+    pte = next(s for s in j.steps if s.key == "pte")
+    assert next(v for v in pte.values if v.label.startswith("derive_arm64_anonymous_pte")).value is True
+    flags = next(s for s in j.steps if s.key == "flags")
+    # FAULT_FLAG_DEFAULT | USER | WRITE | VMA_LOCK in 6.18's enum
+    assert next(v for v in flags.values if v.label == "flags").value == 0x1255
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 15), st.booleans()), min_size=1, max_size=24),
+       st.sampled_from([3, 4, 5]))
+def test_any_accesses_leave_descriptors_that_decode_to_the_pagemap(accesses, levels):
+    """After any reads and writes in an anonymous region: every page descriptor decodes as a valid user
+    page whose PFN is pagemap's, writable exactly where a write happened (the zero page elsewhere)."""
+    k = mk.SimulatedKernel(arm64(levels, lpa2=levels == 5))
+    proc = k.exec()
+    region = k.mmap(proc, 16 * 4096, mk.PROT_READ | mk.PROT_WRITE, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    written: set[int] = set()
+    for page, write in accesses:
+        k.access(proc, region + page * 4096, write=write)
+        if write:
+            written.add(page)
+    fmt = k.fmt
+    assert isinstance(fmt, Arm64Format)
+    for page in {p for p, _w in accesses}:
+        level, _t, _i, entry = k.walk(proc, region + page * 4096)[-1]
+        d = decode_arm64_descriptor(entry, level, (6, 18), {3: 39, 4: 48, 5: 52}[levels],
+                                    pa_bits=52 if levels == 5 else 48)
+        assert d.kind is DescriptorKind.PAGE and d.valid and not d.suspicions
+        assert d.pfn == k.pagemap(proc, region + page * 4096) & ((1 << 55) - 1)
+        assert d.writable == (page in written)
+        assert (d.pfn == k.zero_pfn) == (page not in written)
+        # and the MMU now lets the access through without a fault
+        assert k.access(proc, region + page * 4096, write=page in written) is None
