@@ -620,6 +620,16 @@ def _journey_output(args) -> Path | None:
         if clashing:
             raise UsageError(f"--replay builds the journey from the saved file; {', '.join(clashing)} would change "
                              "a capture that already happened, so leave them out")
+    if getattr(args, "arch", None) is not None and not (args.model or args.tier == "model"):
+        raise UsageError("--arch chooses the simulator's architecture; add --model (a live journey follows this "
+                         "machine's)")
+    if getattr(args, "arch", None) is not None:
+        from .decode.arch import parse_arch
+        from .decode.bits import DecodeError
+        try:
+            args.arch = parse_arch(args.arch)
+        except DecodeError as exc:
+            raise UsageError(str(exc)) from None
     if args.model and args.tier in ("bpf", "perf", "user"):
         raise UsageError(f"--model runs the simulator, --tier {args.tier} traces the kernel; give one of them")
     if args.scenario is not None and not args.scenario.strip():
@@ -693,7 +703,8 @@ def _request(args, progress) -> JourneyRequest:
                               size=parse_number(args.size or "4096", "--size"), text=args.text)
     save = Path(args.save_evidence) if getattr(args, "save_evidence", None) else None
     return JourneyRequest(tier=args.tier, options=options, scenario=args.scenario, model=args.model,
-                          save_evidence=save, force=args.force, progress=progress)
+                          save_evidence=save, force=args.force, progress=progress,
+                          model_arch=getattr(args, "arch", None))
 
 
 def cmd_journey(args: argparse.Namespace) -> int:
@@ -786,6 +797,8 @@ def _register_journey(sub) -> None:
                         "model: the simulator")
     j.add_argument("--scenario", metavar="NAME", help="run a scenario of the library (see pagefault scenarios)")
     j.add_argument("--model", action="store_true", help="run in the simulator: no root, no tracing, all modelled")
+    j.add_argument("--arch", metavar="ARCH", help="with --model: the architecture the simulator follows, x86_64 or "
+                   "arm64 (default: this machine's)")
     j.add_argument("--no-pause", action="store_true", help="print every step at once instead of stepping")
     j.add_argument("--format", choices=("text", "html", "markdown", "json", "perfetto"), default="text",
                    help="html: one self-contained page with the walk drawn; perfetto: the timeline as a Chrome "

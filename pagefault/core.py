@@ -15,6 +15,7 @@ from typing import Callable
 from .evidence import (Arm64FaultEvidence, ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence,
                        ScenarioEvidence)
 from .journey.steps import STEP_CATALOGUE, Journey
+from .decode.arch import Arch
 
 Progress = Callable[[str], None] | None
 
@@ -38,11 +39,13 @@ class JourneyRequest:
     save_evidence: Path | None = None
     force: bool = False
     progress: Progress = None
+    model_arch: Arch | None = None         # the simulator's architecture when asked for (--arch); else this machine's
     fallback_reason: str = ""             # what the simulator's journey says when it stands in
 
 
-def model_journey(scenario_name: str | None, note: str = "") -> Journey:
-    """The simulator's journey of a scenario (first-touch by default), with this machine's settings."""
+def model_journey(scenario_name: str | None, note: str = "", arch: Arch | None = None) -> Journey:
+    """The simulator's journey of a scenario (first-touch by default), with this machine's settings, and its
+    architecture and paging shape unless ``arch`` names another (then its usual shape: 4 levels, 48 bits)."""
     from .journey.model_journey import build_model_journey
     from .journey.scenario_check import model_config
     from .kernel.facts import memory_settings, model_shape
@@ -51,7 +54,12 @@ def model_journey(scenario_name: str | None, note: str = "") -> Journey:
         scenario = find_scenario(scenario_name or "first-touch")
     except ScenarioError as exc:
         raise JourneyUsageError(str(exc)) from None
-    arch, levels, lpa2, shape_note = model_shape()
+    arch_here, levels, lpa2, shape_note = model_shape()
+    if arch is not None and arch is not arch_here:
+        levels, lpa2 = 4, False
+        shape_note = (f"the simulator follows {arch.value} as asked (--arch), with 4 KiB pages and 4 levels "
+                      f"(48-bit addresses); this machine is {arch_here.value}")
+    arch = arch or arch_here
     run = run_in_model(scenario, model_config(memory_settings(), levels, arch, lpa2))
     journey = build_model_journey(run, note)
     journey.notes.append(shape_note)
@@ -181,7 +189,7 @@ def arm64_journey(request: JourneyRequest) -> Journey:
 def run_journey(request: JourneyRequest) -> Journey:
     """The journey asked for, run to its end: the simulator's, a live scenario's, or the live one."""
     if request.model or request.tier == "model":
-        return model_journey(request.scenario)
+        return model_journey(request.scenario, arch=request.model_arch)
     from .kernel.facts import on_arm64
     if request.scenario:
         return live_scenario(request)

@@ -190,7 +190,8 @@ def main_arm64(base: Path) -> int:
     "n/a", and a live run refuses them with that reason)."""
     from pagefault.journey.arm64_journey import arm64_checks, derived_pte, first_invalid_level
     four_k = os.sysconf("SC_PAGE_SIZE") == 4096
-    release, out, checks, times, t0, progress = begin(base, ARM64_CHECKS + (SCENARIO_CHECKS if four_k else ()))
+    release, out, checks, times, t0, progress = begin(base, ARM64_CHECKS + (SCENARIO_CHECKS if four_k
+                                                                           else ("scenario-refused",)))
 
     path = out / "evidence" / "arm64-fault.json.gz"
     t = time.monotonic()
@@ -251,10 +252,21 @@ def main_arm64(base: Path) -> int:
     t = time.monotonic()
     checks.run("entry-kinds", entry_kinds)
     times["entry-kinds"] = time.monotonic() - t
+    t = time.monotonic()
     if four_k:
-        t = time.monotonic()
         run_scenarios(out, checks)
-        times["scenarios"] = time.monotonic() - t
+    else:
+        def refused():
+            # larger pages: a live scenario must refuse with the reason, and the simulator stand in for a 4 KiB kernel
+            try:
+                core.run_journey(core.JourneyRequest(scenario="first-touch", force=True))
+            except core.CannotTrace as exc:
+                model = core.run_journey(core.JourneyRequest(scenario="first-touch", model=True))
+                followed = next((n for n in model.notes if "the simulator follows" in n), "")
+                return "written in 4 KiB pages" in str(exc) and "4 KiB pages only" in followed, f"{exc} | {followed}"
+            return False, "a live scenario ran on a kernel whose pages are not 4 KiB"
+        checks.run("scenario-refused", refused)
+    times["scenarios"] = time.monotonic() - t
     return finish(release, out, checks, times, t0)
 
 

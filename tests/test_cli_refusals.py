@@ -22,6 +22,8 @@ CLI = [sys.executable, "-m", "pagefault"]
     (["report", "x.pfrec", "-o", "out.json"], "-o FILE is where --format perfetto, folded or speedscope writes"),
     (["report", "x.pfrec", "--top", "-1"], "--top -1 is negative"),
     (["trace", "--buffer-mb", "0", "--", "true"], "--buffer-mb must be from 1 to 4096"),
+    (["journey", "--arch", "arm64"], "--arch chooses the simulator's architecture; add --model"),
+    (["journey", "--model", "--arch", "sparc"], "unknown architecture 'sparc'"),
 ])
 def test_meaningless_combinations_are_refused_with_the_reason(argv, words, tmp_path):
     r = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -158,3 +158,88 @@ def test_any_accesses_leave_descriptors_that_decode_to_the_pagemap(accesses, lev
         assert (d.pfn == k.zero_pfn) == (page not in written)
         # and the MMU now lets the access through without a fault
         assert k.access(proc, region + page * 4096, write=page in written) is None
+
+
+def test_the_cli_runs_the_arm64_simulator_on_any_machine(tmp_path):
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pagefault", "journey", "--model", "--arch", "arm64", "--scenario",
+                        "read-then-write", "--format", "json", "-o", str(tmp_path / "j.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    j = json.loads((tmp_path / "j.json").read_text())
+    trap = next(s for s in j["steps"] if s["key"] == "trap")
+    esr = next(v for v in trap["values"] if v["label"] == "ESR_EL1")
+    # the featured fault: the write after the read, a permission fault on the zero page's read-only PTE
+    assert esr["value"] == 0x9200004F and esr["provenance"] == "modelled"
+    assert any("the simulator follows arm64" in n for n in j["notes"])
+
+
+# --- the arm64 guests' live scenarios, replayed against the arm64 simulator --------------------------
+
+EVIDENCE = Path(__file__).parent / "fixtures" / "evidence"
+ARM64_SCENARIOS = sorted(p for p in EVIDENCE.glob("*arm64*/scenario-*.json.gz"))
+
+
+def test_both_4k_arm64_guests_ran_every_scenario():
+    from pagefault.model.scenarios import SCENARIOS as LIBRARY
+    kernels = {p.parent.name for p in ARM64_SCENARIOS}
+    assert kernels == {"6.1.0-50-arm64", "6.12.95+deb12-arm64"}
+    for kernel in kernels:
+        names = {p.name.split(".")[0].split("-", 1)[1] for p in (EVIDENCE / kernel).glob("scenario-*.json.gz")}
+        assert names == {s.name for s in LIBRARY}, kernel
+
+
+@pytest.mark.parametrize("path", ARM64_SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.name.split('.')[0]}")
+def test_the_arm64_simulator_agrees_with_the_guest(path):
+    from pagefault.journey.scenario_check import cross_check
+    ev = load_evidence(path).evidence
+    assert ev.arch == "arm64" and ev.kprobe_faults, "an arm64 scenario needs the kprobes' flags"
+    model, live, agreement, run = cross_check(find_scenario(ev.scenario), ev)
+    assert run.kernel.config.arch is Arch.ARM64 and run.kernel.config.paging_levels == ev.paging_levels
+    assert agreement.agree, agreement.lines
+    # every live fault is a software page-fault sample inside the region, with the PC it trapped at
+    for i in range(len(ev.snapshots)):
+        for e in ev.region_faults(i):
+            assert e.name == "page-faults" and e.fields["ip"] and "error_code" not in e.fields
+    assert [r.handler_flags for r in live.rows] == [r.handler_flags for r in model.rows]
+
+
+def _scenario(kernel: str, name: str):
+    return load_evidence(EVIDENCE / kernel / f"scenario-{name}.json.gz").evidence
+
+
+def test_a_fault_whose_flags_lost_write_makes_the_verdict_fail():
+    import copy
+
+    from pagefault.journey.scenario_check import cross_check
+    ev = copy.deepcopy(_scenario("6.12.95+deb12-arm64", "first-touch"))
+    write = ev.fault_flag_table["FAULT_FLAG_WRITE"]
+    for kp in ev.kprobe_faults:
+        if kp.flags is not None:
+            kp.flags &= ~write
+    _m, _l, agreement, _r = cross_check(find_scenario("first-touch"), ev)
+    assert not agreement.agree
+    assert any("handle_mm_fault flags USER → new page" in line and "differs" in line for line in agreement.lines)
+
+
+def test_without_the_kprobes_every_fault_reads_as_not_passed_on_and_disagrees():
+    import copy
+
+    from pagefault.journey.scenario_check import cross_check
+    ev = copy.deepcopy(_scenario("6.1.0-50-arm64", "read-then-write"))
+    ev.kprobe_faults = []
+    _m, live, agreement, _r = cross_check(find_scenario("read-then-write"), ev)
+    assert {r.handler_flags for r in live.rows} == {"not called"} and not agreement.agree
+
+
+def test_a_scenario_capture_says_it_was_arm64_and_replays_with_its_shape():
+    from pagefault.core import replay
+    path = EVIDENCE / "6.12.95+deb12-arm64" / "scenario-fork-then-write.json.gz"
+    j = replay(path)
+    verdict = next(s for s in j.steps if s.key == "model")
+    assert "arm64, 5 levels" in verdict.values[0].source
+    faults = [v for s in j.steps if s.key.startswith("op") for v in s.values if v.label.startswith("fault on page")]
+    assert faults and all(v.value.startswith("handle_mm_fault flags USER|WRITE") for v in faults)
+    assert all("kprobe handle_mm_fault" in v.source for v in faults)

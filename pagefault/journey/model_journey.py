@@ -9,8 +9,8 @@ from ..decode.address import split_virtual_address
 from ..decode.arch import Arch
 from ..decode.arm64_address import split_arm64_address
 from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
-from ..decode.esr import decode_esr, fault_flags_from_esr
 from ..decode.error_code import decode_error_code
+from ..decode.esr import decode_esr, fault_flags_from_esr
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags, fallback_fault_flag_values
 from ..decode.gfp import decode_gfp, gfp_value
 from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry, page_state, summarise_states
@@ -89,6 +89,10 @@ def build_model_journey(run: ModelRun, note: str = "") -> Journey:
     j.fault_flag_source = "modelled: " + source
     f = featured_fault(run)
     j.steps += featured_steps(run, f) if f else []
+    if _arm64(run):
+        from .arm64_journey import TITLES
+        for step in j.steps:
+            step.title = TITLES.get(step.key, step.title)
     if f:
         j.walk = model_walk(run, f)
         proc_f = k.processes[f.pid]
@@ -217,11 +221,12 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
     s.values.append(modelled("paging levels", k.config.paging_levels, src(f"the model's setting ({k.config.arch.value})"),
                              display=str(k.config.paging_levels)))
     if _arm64(run):
-        for a in split_arm64_address(f.address, _va_bits(run)).indices:
-            mask = (1 << (a.high_bit - a.shift + 1)) - 1
-            s.values.append(_computed(f"{a.level} index (level {a.architectural_level})", a.index,
-                                      f"(address >> {a.shift}) & 0x{mask:x}",
-                                      [f"(0x{f.address:x} >> {a.shift}) & 0x{mask:x} = {a.index}"], display=str(a.index)))
+        for part in split_arm64_address(f.address, _va_bits(run)).indices:
+            mask = (1 << (part.high_bit - part.shift + 1)) - 1
+            s.values.append(_computed(f"{part.level} index (level {part.architectural_level})", part.index,
+                                      f"(address >> {part.shift}) & 0x{mask:x}",
+                                      [f"(0x{f.address:x} >> {part.shift}) & 0x{mask:x} = {part.index}"],
+                                      display=str(part.index)))
     else:
         for i in split_virtual_address(f.address, k.config.paging_levels).indices:
             s.values.append(_computed(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",

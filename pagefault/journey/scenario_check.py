@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..decode.arch import Arch
 from ..decode.esr import decode_esr, fault_flags_from_esr
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
 from ..decode.pagemap import PM_PFN_MASK, page_state, summarise_states
-from ..decode.arch import Arch
 from ..evidence import KprobeFault, MemorySettings, OpSnapshot, ScenarioEvidence, TraceEvent
 from ..model import kernel as mk
 from ..model.scenarios import ModelRun, Scenario
