@@ -173,9 +173,6 @@ def arm64_journey(request: JourneyRequest) -> Journey:
     from .capture.bpf_walk import BpfError
     from .journey.arm64_journey import build_arm64_journey
     from .kernel.facts import is_root
-    if request.scenario:
-        raise JourneyUsageError("live scenarios are x86-64 only so far; on arm64 run them in the simulator "
-                                "(--model)")
     if not is_root():
         raise CannotTrace("the arm64 journey reads kernel memory with bpftrace: run it as root (sudo)")
     try:

@@ -243,3 +243,15 @@ def test_a_scenario_capture_says_it_was_arm64_and_replays_with_its_shape():
     faults = [v for s in j.steps if s.key.startswith("op") for v in s.values if v.label.startswith("fault on page")]
     assert faults and all(v.value.startswith("handle_mm_fault flags USER|WRITE") for v in faults)
     assert all("kprobe handle_mm_fault" in v.source for v in faults)
+
+
+def test_an_observed_esr_is_held_to_the_models():
+    from pagefault.journey.scenario_check import compare_esr
+    # mprotect-violation: a write to a read-only page, permission fault at level 3, on both sides
+    assert compare_esr(0x9200004F, 0x9200004F)[0]
+    # a translation fault at another level: the live process had more tables; the level is not compared
+    same, text = compare_esr(0x92000044, 0x92000047)
+    assert same and "level: live 3, model 0" in text
+    # a read where the model wrote, or a translation fault where it took a permission fault: refused
+    assert not compare_esr(0x9200004F, 0x9200000F)[0]
+    assert not compare_esr(0x9200004F, 0x92000047)[0]

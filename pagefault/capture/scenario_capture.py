@@ -126,7 +126,8 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
                 raise CaptureError(f"the scenario program said {phase.line!r} after operation {i} ({op!r})")
             snap = OpSnapshot(i, op, int(phase.fields["pid"]), time.clock_gettime_ns(time.CLOCK_MONOTONIC),
                               int(phase.fields["region"], 16), int(phase.fields["pages"]),
-                              int(phase.fields.get("segv", 0)), int(phase.fields.get("addr", "0"), 16))
+                              int(phase.fields.get("segv", 0)), int(phase.fields.get("addr", "0"), 16),
+                              segv_esr=int(phase.fields.get("esr", "0"), 16))
             if snap.pid != ev.pid:
                 ev.child_pid = snap.pid
             _read_region(snap, [p for p in (ev.pid, ev.child_pid) if p])

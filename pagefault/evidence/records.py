@@ -293,6 +293,7 @@ class OpSnapshot:
     kpageflags: dict[int, int] = field(default_factory=dict)         # PFN → flags
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    segv_esr: int = 0                         # arm64: ESR_EL1 from the SIGSEGV's signal frame (esr_context), observed
 
     def region_states(self, pid: int) -> list[str]:
         """One page_state word per page of the region in pid's pagemap."""

@@ -41,6 +41,7 @@ class FaultRow:
     kpageflags: int | None = None   # of a fresh anonymous page after the fault
     arch: str = "x86_64"
     handler_flags: str = ""   # arm64: "USER|WRITE"-style names passed to handle_mm_fault, or NOT_CALLED
+    esr: int | None = None    # arm64: the model's ESR; live, the SIGSEGV signal frame's (observed), when one was sent
 
     def trap(self) -> int | str:
         """The trap as compared: the error code on x86, handle_mm_fault's access flags on arm64."""
@@ -110,7 +111,7 @@ def from_model(run: ModelRun) -> ScenarioOutcome:
             rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
                                  f.error_code, f.outcome, f.stack_grown_pages,
                                  gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf, arch=arch.value,
-                                 handler_flags=handler))
+                                 handler_flags=handler, esr=f.esr))
     return ScenarioOutcome(rows, run.final_states())
 
 
@@ -141,6 +142,9 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
             if snap.segv_code and n == len(faults) - 1 and snap.segv_addr >> 12 == addr >> 12:
                 outcome = mk.MAPERR if snap.segv_code == mk.SEGV_MAPERR else mk.ACCERR
                 lines.append(f"SIGSEGV si_code {snap.segv_code} at 0x{snap.segv_addr:x} (the program's siginfo)")
+                if snap.segv_esr:
+                    syndrome = decode_esr(snap.segv_esr)
+                    lines.append(f"ESR_EL1 0x{snap.segv_esr:x} from the signal frame's esr_context: {syndrome.summary}")
             else:
                 flags = snap.kpageflags.get(entry & PM_PFN_MASK) if entry >> 63 else None
                 state = page_state(entry, flags)
@@ -170,8 +174,9 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                 kp = matching_kprobe(ev, e)
                 handler = NOT_CALLED if kp is None or kp.flags is None else \
                     access_flag_names(kp.flags, ev.fault_flag_table)
+            segv_esr = snap.segv_esr if outcome in (mk.MAPERR, mk.ACCERR) and snap.segv_esr else None
             out.rows.append(FaultRow(snap.index, roles[e.pid], page, code, outcome, grown, choice, gfp, kpf,
-                                     ev.arch, handler))
+                                     ev.arch, handler, segv_esr))
         prev = snap
     if ev.snapshots:
         out.final_states = ev.snapshots[-1].region_states(ev.pid)
@@ -202,6 +207,19 @@ def _copy_of_a_sole_mapping(ev: ScenarioEvidence, prev: OpSnapshot | None, fault
     return (f"kernel choice: frame 0x{old_pfn:x} was allocated on CPU {alloc.cpu} and written again on CPU "
             f"{fault.cpu}, so it could still be in CPU {alloc.cpu}'s LRU-add batch holding a reference; "
             + REUSE_RULE)
+
+
+def compare_esr(model_esr: int, live_esr: int) -> tuple[bool, str]:
+    """The model's ESR against the one the kernel put in the signal frame: the exception class, WnR and
+    the kind of fault (translation, permission, …) must agree. The level is shown, not compared: it is
+    the first level whose descriptor was missing, and the live process had mapped more than the model's."""
+    m, lv = decode_esr(model_esr), decode_esr(live_esr)
+    fields = lambda s: (s.exception_class, s.write, s.fault_status_kind)  # noqa: E731
+    level = f"level: live {lv.fault_level}, model {m.fault_level}"
+    if fields(m) == fields(lv):
+        return True, (f"the ESR agrees: live 0x{live_esr:x} (signal frame, observed), model 0x{model_esr:x}: "
+                      f"{lv.summary} ({level}; the level is not compared: the live process had more tables)")
+    return False, f"the ESR differs: live 0x{live_esr:x} = {lv.summary} | model 0x{model_esr:x} = {m.summary}"
 
 
 @dataclass
@@ -246,6 +264,12 @@ def compare(model: ScenarioOutcome, live: ScenarioOutcome, page_fields: bool = T
                 lines.append(f"fault {i}: the page's {what} differ: model 0x{mv:x} | live 0x{lvv:x}")
             elif m.key() == lv.key() and mv is not None and lvv is not None:
                 lines.append(f"fault {i}: the page's {what} agree: 0x{lvv:x}")
+    for i, (m, lv) in enumerate(zip(model.rows, live.rows)):
+        if m.esr is None or lv.esr is None or m.key() != lv.key():
+            continue
+        same, text = compare_esr(m.esr, lv.esr)
+        agree = agree and same
+        lines.append(f"fault {i}: {text}")
     if m_keys == l_keys:
         lines.append(f"the {len(m_keys)} fault{'s' if len(m_keys) != 1 else ''} agree: "
                      + ("; ".join(r.describe() for r in live.rows) or "none on either side"))
@@ -370,6 +394,10 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
                                                             if r.stack_grown_pages else ""),
                                     "the program's siginfo, or the page's pagemap and kpageflags after the "
                                     "operation compared with before", live.details.get(snap.index, [])))
+            if r.esr is not None:
+                s.values.append(observed("ESR_EL1 (signal frame)", r.esr, "the SIGSEGV's esr_context record in the "
+                                         "program's signal frame (arm64 passes a user address's ESR unsanitised)",
+                                         display=f"0x{r.esr:x} = {decode_esr(r.esr).summary}"))
             s.values += kprobe_fault_values(ev, event, r)
         if not rows:
             s.values.append(observed("faults in the region", 0, src_fault, display="0"))

@@ -5,9 +5,11 @@
  * Each OP is one argument, e.g. "mmap 1 rw anon", "write 0x100", "fork", "child write 0x0"
  * (the operations are described in pagefault/model/scenarios.py, which runs the same list in
  * the simulator). After each operation it writes one line to STATUS_FD:
- *     op N pid=P region=0xADDR pages=K [segv=CODE addr=0xADDR]
+ *     op N pid=P region=0xADDR pages=K [segv=CODE addr=0xADDR [esr=0xESR]]
  * and waits for one byte on CTL_FD, so the tool reads /proc while the program stands still.
  * A SIGSEGV from an access is caught (its si_code and si_addr reported) and the program goes on.
+ * On arm64 the kernel also puts the abort's ESR_EL1 in the signal frame (an esr_context record;
+ * unsanitised for a user address), the one place a program can read it: it is reported as esr=.
  * After a fork, the child runs the "child" operations when the parent hands them over, and
  * stays alive until the last operation is done, so its pages stay mapped while the tool looks.
  */
@@ -27,6 +29,29 @@ static long region_pages;
 static sigjmp_buf segv_jump;
 static volatile int segv_code;
 static volatile unsigned long segv_addr;
+static volatile unsigned long segv_esr;
+
+#if defined(__aarch64__)
+/* arch/arm64/include/uapi/asm/sigcontext.h: records in uc_mcontext.__reserved, each a {magic, size}
+ * header; ESR_MAGIC's record holds the ESR. Spelled out here: that header clashes with glibc's. */
+#define ESR_MAGIC 0x45535201u
+struct record_head { unsigned int magic, size; };
+
+static unsigned long esr_of(void *ctx) {
+    ucontext_t *uc = ctx;
+    unsigned char *p = (unsigned char *)uc->uc_mcontext.__reserved;
+    unsigned char *end = p + sizeof uc->uc_mcontext.__reserved;
+    while (p + sizeof(struct record_head) <= end) {
+        struct record_head *h = (struct record_head *)p;
+        if (h->magic == 0 || h->size < sizeof *h) break;
+        if (h->magic == ESR_MAGIC) return *(unsigned long *)(p + sizeof *h);
+        p += h->size;
+    }
+    return 0;
+}
+#else
+static unsigned long esr_of(void *ctx) { (void)ctx; return 0; }
+#endif
 
 static void say(const char *line) {
     size_t len = strlen(line);
@@ -46,9 +71,10 @@ static void fail(const char *what) {
 }
 
 static void on_segv(int sig, siginfo_t *info, void *ctx) {
-    (void)sig; (void)ctx;
+    (void)sig;
     segv_code = info->si_code;
     segv_addr = (unsigned long)info->si_addr;
+    segv_esr = esr_of(ctx);
     siglongjmp(segv_jump, 1);
 }
 
@@ -94,6 +120,7 @@ static int run_op(const char *op) {
     char verb[16], a[32], b[32], c[32];
     int n = sscanf(op, "%15s %31s %31s %31s", verb, a, b, c);
     segv_code = 0;
+    segv_esr = 0;
     if (n >= 1 && !strcmp(verb, "mmap") && n == 4) {
         region_pages = atol(a);
         if (!strcmp(c, "file")) {
@@ -146,7 +173,7 @@ int main(int argc, char **argv) {
         const char *op = argv[i];
         int code = 0;
         pid_t who = getpid();
-        unsigned long addr = 0;
+        unsigned long addr = 0, esr = 0;
         if (!strcmp(op, "fork")) {
             int down[2], up[2];
             if (pipe(down) || pipe(up)) fail("pipe failed");
@@ -157,7 +184,7 @@ int main(int argc, char **argv) {
                 int index;
                 while (read(down[0], &index, sizeof index) == sizeof index && index > 0) {
                     int c = run_op(argv[index] + 6);   /* after "child " */
-                    unsigned long reply[2] = {(unsigned long)c, segv_addr};
+                    unsigned long reply[3] = {(unsigned long)c, segv_addr, segv_esr};
                     if (write(up[1], reply, sizeof reply) != sizeof reply) _exit(5);
                 }
                 _exit(0);
@@ -165,20 +192,24 @@ int main(int argc, char **argv) {
             close(down[0]); close(up[1]);
             to_child = down[1]; from_child = up[0];
         } else if (!strncmp(op, "child ", 6)) {
-            unsigned long reply[2];
+            unsigned long reply[3];
             if (to_child < 0) fail("a child operation before fork");
             if (write(to_child, &i, sizeof i) != sizeof i || read(from_child, reply, sizeof reply) != sizeof reply)
                 fail("the child did not answer");
             code = (int)reply[0];
             addr = reply[1];
+            esr = reply[2];
             who = child;
         } else {
             code = run_op(op);
             addr = segv_addr;
+            esr = segv_esr;
         }
         int len = snprintf(line, sizeof line, "op %d pid=%d region=%p pages=%ld", i - 3, (int)who,
                            (void *)region, region_pages);
-        if (code)
+        if (code && esr)
+            snprintf(line + len, sizeof line - len, " segv=%d addr=0x%lx esr=0x%lx\n", code, addr, esr);
+        else if (code)
             snprintf(line + len, sizeof line - len, " segv=%d addr=0x%lx\n", code, addr);
         else
             snprintf(line + len, sizeof line - len, "\n");
