@@ -255,3 +255,23 @@ def test_an_observed_esr_is_held_to_the_models():
     # a read where the model wrote, or a translation fault where it took a permission fault: refused
     assert not compare_esr(0x9200004F, 0x9200000F)[0]
     assert not compare_esr(0x9200004F, 0x92000047)[0]
+
+
+@pytest.mark.parametrize("kernel", ["6.1.0-50-arm64", "6.12.95+deb12-arm64"])
+@pytest.mark.parametrize("name, kind", [("mprotect-violation", "permission"), ("unmapped-access", "translation")])
+def test_a_sigsegv_on_arm64_carries_the_real_esr(kernel, name, kind):
+    """The scenario program read ESR_EL1 from its signal frame: a data abort from EL0 with WnR set, of the
+    kind the model's MMU raised; the verdict compares them."""
+    from pagefault.decode.esr import FaultStatusKind
+    from pagefault.journey.scenario_check import cross_check
+    ev = _scenario(kernel, name)
+    snap = next(s for s in ev.snapshots if s.segv_code)
+    syndrome = decode_esr(snap.segv_esr)
+    assert syndrome.exception_class == 0x24 and syndrome.from_user and syndrome.write
+    assert syndrome.fault_status_kind is FaultStatusKind[kind.upper()]
+    if kind == "permission":
+        assert syndrome.fault_level == 3
+    _m, live, agreement, _r = cross_check(find_scenario(name), ev)
+    assert live.rows[-1].esr == snap.segv_esr
+    assert agreement.agree and any(line.startswith(f"fault {len(live.rows) - 1}: the ESR agrees")
+                                   for line in agreement.lines), agreement.lines
