@@ -275,3 +275,27 @@ def test_a_sigsegv_on_arm64_carries_the_real_esr(kernel, name, kind):
     assert live.rows[-1].esr == snap.segv_esr
     assert agreement.agree and any(line.startswith(f"fault {len(live.rows) - 1}: the ESR agrees")
                                    for line in agreement.lines), agreement.lines
+
+
+HELPERS = ("mkwrite", "mkdirty", "mkyoung", "mkold", "wrprotect", "mkspecial")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, (1 << 36) - 1), st.sampled_from([0x1, 0x3, 0x9, 0xB, 0x0, 0x4 | 0x1]),
+       st.lists(st.sampled_from(HELPERS + ("modify",)), max_size=12), st.sampled_from([0x1, 0x3, 0xB]))
+def test_the_models_helpers_and_the_decoder_agree_on_every_entry(pfn, vm_flags, steps, new_flags):
+    """Any sequence of the model's arm64 pte helpers on any page: the decoder reads the same PFN, the same
+    pte_write() and pte_dirty(), and a valid user page whenever the mapping is readable."""
+    fmt = Arm64Format(4)
+    entry = fmt.mk_pte(pfn, fmt.page_prot(vm_flags))
+    for step in steps:
+        entry = fmt.modify(entry, fmt.page_prot(new_flags), huge=False) if step == "modify" else \
+            getattr(fmt, step)(entry)
+    d = decode_arm64_descriptor(entry, "PTE", (6, 18))
+    assert fmt.frame(entry) == pfn
+    if d.valid:
+        assert d.pfn == pfn and d.writable == fmt.write(entry) and d.dirty == fmt.dirty(entry)
+        assert d.kind is DescriptorKind.PAGE and entry & 1 << 6     # USER: EL0 may use it
+    else:
+        # PROT_NONE (no READ, WRITE or EXEC since the last protection change): present to Linux only
+        assert d.kind is DescriptorKind.PROT_NONE and not fmt.present(entry)
