@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from pagefault import core  # noqa: E402
 from pagefault.decode.address import LEVEL_NAMES  # noqa: E402
+from pagefault.decode.arch import Arch  # noqa: E402
 from pagefault.decode.pagemap import PM_PFN_MASK  # noqa: E402
 from pagefault.decode.pte import decode_pte  # noqa: E402
 from pagefault.evidence import ExerciseOptions  # noqa: E402
@@ -117,7 +118,7 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
             if v.label == "flags (kprobe)":
                 seen.append(f"{step.key}: flags {v.display}")
                 # on arm64 the flags are the trap's only record: the model's verdict compares them
-                if ev.arch != "arm64" and not v.derivation[-1].endswith("the same"):
+                if ev.arch is not Arch.ARM64 and not v.derivation[-1].endswith("the same"):
                     problems.append(f"{step.key}: flags {v.derivation[-1]}")
             elif v.label == "handler path (kprobes)":
                 seen.append(f"path {v.value}")

@@ -86,7 +86,7 @@ def test_every_scenario_ends_as_on_x86(scenario, levels):
     assert a.final_states() == x.final_states()
     # what arm64's do_page_fault makes of each ESR, as the live kprobe reports it
     for row in from_model(a).rows:
-        assert row.arch == "arm64"
+        assert row.arch is Arch.ARM64
         if row.outcome in (mk.MAPERR, mk.ACCERR):
             assert row.handler_flags == "not called"
         else:
@@ -195,7 +195,7 @@ def test_both_4k_arm64_guests_ran_every_scenario():
 def test_the_arm64_simulator_agrees_with_the_guest(path):
     from pagefault.journey.scenario_check import cross_check
     ev = load_evidence(path).evidence
-    assert ev.arch == "arm64" and ev.kprobe_faults, "an arm64 scenario needs the kprobes' flags"
+    assert ev.arch is Arch.ARM64 and ev.kprobe_faults, "an arm64 scenario needs the kprobes' flags"
     model, live, agreement, run = cross_check(find_scenario(ev.scenario), ev)
     assert run.kernel.config.arch is Arch.ARM64 and run.kernel.config.paging_levels == ev.paging_levels
     assert agreement.agree, agreement.lines
@@ -299,3 +299,22 @@ def test_the_models_helpers_and_the_decoder_agree_on_every_entry(pfn, vm_flags, 
     else:
         # PROT_NONE (no READ, WRITE or EXEC since the last protection change): present to Linux only
         assert d.kind is DescriptorKind.PROT_NONE and not fmt.present(entry)
+
+
+@pytest.mark.parametrize("field, value, words", [("arch", "sparc", "expected Arch @ evidence.arch"),
+                                                 ("paging_levels", 2, "walks 3, 4 or 5 levels"),
+                                                 ("paging_levels", "four", "paging_levels")])
+def test_a_tampered_arm64_scenario_file_is_refused_in_one_line(tmp_path, field, value, words):
+    import gzip
+    import json
+    import subprocess
+    import sys
+    source = EVIDENCE / "6.1.0-50-arm64" / "scenario-first-touch.json.gz"
+    doc = json.loads(gzip.decompress(source.read_bytes()))
+    doc["evidence"][field] = value
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    r = subprocess.run([sys.executable, "-m", "pagefault", "journey", "--replay", str(bad), "--format", "json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0

@@ -24,6 +24,7 @@ from .kprobes import EveryFaultProbe, kprobe_support
 from .exercise import ExerciseError, ScenarioProcess, build_scenario_program
 from ..evidence import OpSnapshot, ScenarioEvidence
 from .journey_capture import decode_trace_events
+from ..decode.arch import Arch
 from ..decode.arm64_address import translation_levels
 from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU,
                          SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
@@ -73,7 +74,7 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
                           scenario=scenario_name, paging_levels=levels, captured_at=captured_at,
                           host=host, tool_version=__version__)
     if arm64:
-        ev.arch, ev.lpa2 = "arm64", va_bits == 52
+        ev.arch, ev.lpa2 = Arch.ARM64, va_bits == 52
         ev.event_sources["page-faults"] = ("perf software event page-faults (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP) "
                                            "via perf_event_open")
     for spec in events:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..decode.arch import Arch
+
 DEFAULT_TEXT = "offset world"
 
 
@@ -329,10 +331,10 @@ class ScenarioEvidence:
     fault_flag_source: str = ""
     kernel_enums: dict[str, dict[int, str]] = field(default_factory=dict)
     kernel_enums_source: str = ""
-    # the architecture it ran on, "x86_64" or "arm64" (decode.arch.Arch's values; older files: x86_64).
+    # the architecture it ran on (stored as "x86_64" or "arm64"; older files hold none: x86_64).
     # On arm64 the faults are the perf software page-fault event's samples (no tracepoint has the trap
     # there), and what the trap was is read from handle_mm_fault's flags in kprobe_faults.
-    arch: str = "x86_64"
+    arch: Arch = Arch.X86_64
     lpa2: bool = False                        # arm64: 52-bit (LPA2) descriptors in use
 
     FAULT_EVENTS = ("exceptions:page_fault_user", "page-faults")
@@ -349,7 +351,7 @@ class ScenarioEvidence:
         the software page-fault event's on arm64."""
         snap = self.snapshots[index]
         lo, hi = snap.region, snap.region + snap.pages * 4096
-        name = self.FAULT_EVENTS[1] if self.arch == "arm64" else self.FAULT_EVENTS[0]
+        name = self.FAULT_EVENTS[1] if self.arch is Arch.ARM64 else self.FAULT_EVENTS[0]
         return [e for e in self.op_events(index, name) if lo <= e.fields["address"] < hi]
 
 

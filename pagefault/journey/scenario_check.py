@@ -39,19 +39,19 @@ class FaultRow:
     kernel_choice: str = ""   # why the kernel may legitimately have done otherwise than the model (live rows)
     gfp: int | None = None    # the GFP flags of the page this fault allocated (new page, copy, huge page)
     kpageflags: int | None = None   # of a fresh anonymous page after the fault
-    arch: str = "x86_64"
+    arch: Arch = Arch.X86_64
     handler_flags: str = ""   # arm64: "USER|WRITE"-style names passed to handle_mm_fault, or NOT_CALLED
     esr: int | None = None    # arm64: the model's ESR; live, the SIGSEGV signal frame's (observed), when one was sent
 
     def trap(self) -> int | str:
         """The trap as compared: the error code on x86, handle_mm_fault's access flags on arm64."""
-        return self.handler_flags if self.arch == "arm64" else self.error_code
+        return self.handler_flags if self.arch is Arch.ARM64 else self.error_code
 
     def key(self) -> tuple:
         return (self.op, self.who, self.page, self.trap(), self.outcome, self.stack_grown_pages)
 
     def trap_text(self) -> str:
-        if self.arch != "arm64":
+        if self.arch is not Arch.ARM64:
             return f"error code 0x{self.error_code:x}"
         if self.handler_flags == NOT_CALLED:
             return "handle_mm_fault not called"
@@ -110,7 +110,7 @@ def from_model(run: ModelRun) -> ScenarioOutcome:
                     "|".join(fault_flags_from_esr(decode_esr(f.error_code)))
             rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
                                  f.error_code, f.outcome, f.stack_grown_pages,
-                                 gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf, arch=arch.value,
+                                 gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf, arch=arch,
                                  handler_flags=handler, esr=f.esr))
     return ScenarioOutcome(rows, run.final_states())
 
@@ -152,7 +152,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                     outcome = OUTCOME_BY_STATE[state]
                 elif state == "not present":
                     outcome = "not mapped afterwards"
-                elif (before >> 63 if ev.arch == "arm64" else code & mk.PF_PROT):    # a protection fault
+                elif (before >> 63 if ev.arch is Arch.ARM64 else code & mk.PF_PROT):    # a protection fault
                     same = before >> 63 and (before & PM_PFN_MASK) == (entry & PM_PFN_MASK)
                     outcome = mk.REUSE if same else mk.COPY
                     lines.append(f"page {page}: PFN 0x{before & PM_PFN_MASK:x} before, 0x{entry & PM_PFN_MASK:x} after"
@@ -170,7 +170,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
             gfp = alloc.fields.get("gfp_flags") if alloc is not None and outcome in ALLOCATING else None
             kpf = snap.kpageflags.get(pfn) if outcome == mk.NEW_PAGE and pfn is not None else None
             handler = ""
-            if ev.arch == "arm64":
+            if ev.arch is Arch.ARM64:
                 kp = matching_kprobe(ev, e)
                 handler = NOT_CALLED if kp is None or kp.flags is None else \
                     access_flag_names(kp.flags, ev.fault_flag_table)
@@ -292,7 +292,7 @@ def model_run_for(scenario: Scenario, ev: ScenarioEvidence) -> ModelRun:
     placed at the address the live kernel chose (observed), as fault-around's window depends on it."""
     from ..model.scenarios import run_in_model
     hint = next((snap.region for snap in ev.snapshots if snap.op.split()[:1] == ["mmap"]), None)
-    config = model_config(ev.settings, ev.paging_levels, Arch(ev.arch), ev.lpa2)
+    config = model_config(ev.settings, ev.paging_levels, ev.arch, ev.lpa2)
     return run_in_model(scenario, config, region_hint=hint)
 
 
@@ -340,7 +340,7 @@ def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) 
     names = decode_fault_flags(flags, ev.fault_flag_table).names
     grown = [f"the stack grew {row.stack_grown_pages} pages: the address was below every VMA, so the fault ran "
              "under mmap_lock, not the per-VMA lock"] if row.stack_grown_pages else []
-    if ev.arch == "arm64":
+    if ev.arch is Arch.ARM64:
         why = ["arm64: ESR_EL1 cannot be read for a handled fault, so these flags are the trap's record: "
                "do_page_fault() set USER for a fault from EL0, WRITE for WnR without CM, INSTRUCTION for an "
                "instruction abort"]
@@ -376,9 +376,9 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
     from .steps import Journey, Step, derived, modelled, observed, unavailable
     j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
-    fault_event = ev.FAULT_EVENTS[1] if ev.arch == "arm64" else ev.FAULT_EVENTS[0]
+    fault_event = ev.FAULT_EVENTS[1] if ev.arch is Arch.ARM64 else ev.FAULT_EVENTS[0]
     src_fault = ev.event_sources.get(fault_event, fault_event)
-    src_trap = "kprobe handle_mm_fault arg2 (flags)" if ev.arch == "arm64" else src_fault
+    src_trap = "kprobe handle_mm_fault arg2 (flags)" if ev.arch is Arch.ARM64 else src_fault
     intro = Step(1, "scenario", f"Scenario {scenario.name}: {scenario.title}", "ready")
     intro.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
                                  f"PID {ev.pid}, paused after each operation"))
@@ -413,7 +413,7 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     j.timeline = _scenario_timeline(ev)
     verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
     verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
-                                   f"pagefault simulator ({ev.arch}, {ev.paging_levels} levels) with this machine's "
+                                   f"pagefault simulator ({ev.arch.value}, {ev.paging_levels} levels) with this machine's "
                                    "THP, zero-page and fault-around settings"))
     verdict.values.append(derived("model agrees with the kernel", agreement.agree, "compare", agreement.lines))
     j.steps.append(verdict)
