@@ -303,7 +303,7 @@ def test_the_models_helpers_and_the_decoder_agree_on_every_entry(pfn, vm_flags, 
         assert d.kind is DescriptorKind.PAGE and entry & 1 << 6     # USER: EL0 may use it
     else:
         # PROT_NONE (no READ, WRITE or EXEC since the last protection change): present to Linux only
-        assert d.kind is DescriptorKind.PROT_NONE and not fmt.present(entry)
+        assert d.kind is DescriptorKind.PROT_NONE and d.present and fmt.present(entry)
 
 
 @pytest.mark.parametrize("field, value, words", [("arch", "sparc", "expected Arch @ evidence.arch"),
@@ -323,3 +323,25 @@ def test_a_tampered_arm64_scenario_file_is_refused_in_one_line(tmp_path, field, 
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("config", [mk.ModelConfig(), arm64(4), arm64(5, lpa2=True)],
+                         ids=["x86_64", "arm64-4", "arm64-5"])
+def test_prot_none_keeps_the_page_and_mprotect_back_restores_it(config):
+    """A PROT_NONE entry is invalid to the MMU but present to Linux (pte_present): pagemap still shows its
+    frame, an access is refused (SEGV_ACCERR), and mprotect back makes it usable with no new page."""
+    k = mk.SimulatedKernel(config)
+    proc = k.exec()
+    region = k.mmap(proc, 4096, mk.PROT_READ | mk.PROT_WRITE, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS)
+    k.access(proc, region, write=True)
+    frame = k.pagemap(proc, region) & ((1 << 55) - 1)
+    allocations = len(k.allocs)
+    k.mprotect(proc, region, 4096, 0)
+    entry = k.walk(proc, region)[-1][3]
+    assert not entry & 1 and k.fmt.present(entry)
+    assert k.pagemap(proc, region) == 1 << 63 | 1 << 56 | frame
+    assert k.access(proc, region).outcome == mk.ACCERR
+    k.mprotect(proc, region, 4096, mk.PROT_READ | mk.PROT_WRITE)
+    # exclusive and dirty: MM_CP_TRY_CHANGE_WRITABLE makes it writable at once, so neither access faults
+    assert k.access(proc, region, write=True) is None and k.access(proc, region) is None
+    assert k.pagemap(proc, region) & ((1 << 55) - 1) == frame and len(k.allocs) == allocations

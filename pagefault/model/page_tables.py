@@ -59,7 +59,7 @@ class EntryFormat:
 
     arch: Arch
     frame_mask: int
-    present_bit: int       # the bit the fast path of write_loop tests (bit 0 on both)
+    present_bit: int       # the MMU's valid bit (bit 0 on both): what access() and write_loop's fast path test
 
     def __init__(self, paging_levels: int, soft_dirty: bool = False):
         self.paging_levels = paging_levels
@@ -74,7 +74,9 @@ class EntryFormat:
 
     # -- entries -------------------------------------------------------------------------------------
     def present(self, entry: int) -> bool:
-        return bool(entry & self.present_bit)
+        """pte_present(): mapped, as Linux counts it: valid to the MMU, or a PROT_NONE entry (invalid to the
+        MMU, still holding its frame: mprotect back restores it, pagemap reports it present)."""
+        raise NotImplementedError
 
     def frame(self, entry: int) -> int:
         return (entry & self.frame_mask) >> 12
@@ -167,8 +169,13 @@ class X86Format(EntryFormat):
             raise ValueError(f"x86-64 paging levels must be 4 or 5, not {paging_levels}")
         super().__init__(paging_levels, soft_dirty)
 
+    PROTNONE = 0x100                              # _PAGE_PROTNONE (the GLOBAL bit, with P clear)
+
     def level_names(self) -> tuple[str, ...]:
         return ("PGD", "PUD", "PMD", "PTE") if self.paging_levels == 4 else ("PGD", "P4D", "PUD", "PMD", "PTE")
+
+    def present(self, entry: int) -> bool:
+        return bool(entry & (self.P | self.PROTNONE))
 
     def table_entry(self, pfn: int) -> int:
         return pfn << 12 | self.TABLE
@@ -258,6 +265,10 @@ class Arm64Format(EntryFormat):
     def level_names(self) -> tuple[str, ...]:
         return kernel_level_names(self.paging_levels)
 
+    def present(self, entry: int) -> bool:
+        # from 6.10 a PROT_NONE entry is nG with VALID clear (PTE_PRESENT_INVALID); the model follows 6.18
+        return bool(entry & a64.PTE_VALID) or entry & (a64.PTE_VALID | a64.PTE_NG) == a64.PTE_NG
+
     def arch_level(self, depth: int) -> int:
         """The architectural lookup level of the walk's depth-th table (level 3 is the PTE's; −1 with LPA2)."""
         return depth + 4 - self.paging_levels
@@ -266,7 +277,7 @@ class Arm64Format(EntryFormat):
         return pfn << 12 | self.PXN_TABLE | a64.PTE_TABLE_BIT | a64.PTE_VALID
 
     def is_huge(self, entry: int) -> bool:
-        return entry & 3 == 1                 # a block descriptor: valid, table bit clear
+        return self.present(entry) and not entry & a64.PTE_TABLE_BIT      # pmd_leaf(): a block (or PROT_NONE one)
 
     def page_prot(self, vm_flags: int) -> int:
         prot, _name = a64.arm64_vm_page_prot(vm_flags & ~VM_EXEC, self.KERNEL, self.lpa2)
