@@ -345,3 +345,32 @@ def test_prot_none_keeps_the_page_and_mprotect_back_restores_it(config):
     # exclusive and dirty: MM_CP_TRY_CHANGE_WRITABLE makes it writable at once, so neither access faults
     assert k.access(proc, region, write=True) is None and k.access(proc, region) is None
     assert k.pagemap(proc, region) & ((1 << 55) - 1) == frame and len(k.allocs) == allocations
+
+
+def test_the_live_kernel_keeps_a_prot_none_page_as_the_model_does():
+    """This machine's kernel, on the same steps: pagemap shows the page present, with the same entry, while
+    it is PROT_NONE and after mprotect back (the model's test above asserts the same of the model)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    addr = libc.mmap(None, 4096, mk.PROT_READ | mk.PROT_WRITE, mk.MAP_PRIVATE | mk.MAP_ANONYMOUS, -1, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+
+    def pagemap() -> int:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(addr // 4096 * 8)
+            return struct.unpack("<Q", f.read(8))[0]
+    try:
+        ctypes.memset(addr, 1, 1)
+        written = pagemap()
+        assert written >> 63
+        assert libc.mprotect(addr, 4096, 0) == 0
+        assert pagemap() == written
+        assert libc.mprotect(addr, 4096, mk.PROT_READ | mk.PROT_WRITE) == 0
+        assert pagemap() == written
+    finally:
+        libc.munmap(addr, 4096)
