@@ -374,3 +374,13 @@ def test_the_live_kernel_keeps_a_prot_none_page_as_the_model_does():
         assert pagemap() == written
     finally:
         libc.munmap(addr, 4096)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_every_view_renders_the_arm64_simulators_journey(scenario):
+    from pagefault.views import journey_view
+    from pagefault.views.html import render_html
+    j = build_model_journey(run_in_model(scenario, arm64(5, lpa2=True)))
+    assert "TTBR0_EL1" in render_html(j)
+    assert "ESR\\_EL1" in journey_view.to_markdown(j)          # Markdown escapes the underscore
+    assert '"ESR_EL1"' in journey_view.to_json(j)

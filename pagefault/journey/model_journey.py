@@ -119,8 +119,8 @@ def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
     level, _t, _i, entry = (f.walk_after or f.walk_before)[-1]
     _points, d = _describe_entry(run, entry, level)
     if d.valid and d.pfn is not None and d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK):
+        # page_size is the translation granule on arm64 (what the walk's index widths follow), not the block's size
         walk.frame_pfn, walk.frame_source = d.pfn, "modelled: the output address of the leaf descriptor"
-        walk.page_size = d.block_size or 4096
     return walk
 
 

@@ -26,6 +26,7 @@ Nothing in this module touches the machine.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from ..decode import arm64_descriptor as a64
@@ -54,7 +55,7 @@ class FaultKind(NamedTuple):
     present: bool
 
 
-class EntryFormat:
+class EntryFormat(ABC):
     """One architecture's page-table helpers, as the generic fault code calls them."""
 
     arch: Arch
@@ -66,92 +67,109 @@ class EntryFormat:
         self.soft_dirty = soft_dirty
 
     # -- the walk's shape ----------------------------------------------------------------------------
+    @abstractmethod
     def level_names(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        """Linux's names of the walk's levels, PGD first, PTE last."""
 
     def shifts(self) -> tuple[int, ...]:
         return tuple(12 + 9 * i for i in range(self.paging_levels - 1, -1, -1))
 
     # -- entries -------------------------------------------------------------------------------------
+    @abstractmethod
     def present(self, entry: int) -> bool:
         """pte_present(): mapped, as Linux counts it: valid to the MMU, or a PROT_NONE entry (invalid to the
         MMU, still holding its frame: mprotect back restores it, pagemap reports it present)."""
-        raise NotImplementedError
 
     def frame(self, entry: int) -> int:
         return (entry & self.frame_mask) >> 12
 
+    @abstractmethod
     def table_entry(self, pfn: int) -> int:
-        raise NotImplementedError
+        """The entry pointing at a new user table of PFN pfn (pmd_populate() and its kin)."""
 
+    @abstractmethod
     def is_huge(self, entry: int) -> bool:
         """A present entry above the PTE level that maps memory itself (pmd_leaf)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def page_prot(self, vm_flags: int) -> int:
-        raise NotImplementedError
+        """vm_get_page_prot(): the architecture's protection_map for these vm_flags."""
 
     def mk_pte(self, pfn: int, prot: int) -> int:
         return pfn << 12 | prot
 
+    @abstractmethod
     def write(self, entry: int) -> bool:
-        raise NotImplementedError
+        """pte_write()."""
 
+    @abstractmethod
     def dirty(self, entry: int) -> bool:
-        raise NotImplementedError
+        """pte_dirty()."""
 
+    @abstractmethod
     def special(self, entry: int) -> bool:
-        raise NotImplementedError
+        """pte_special(): the zero page's entries, which no folio owns."""
 
+    @abstractmethod
     def mkwrite(self, entry: int) -> int:
-        raise NotImplementedError
+        """pte_mkwrite()."""
 
+    @abstractmethod
     def mkdirty(self, entry: int) -> int:
-        raise NotImplementedError
+        """pte_mkdirty()."""
 
+    @abstractmethod
     def mkyoung(self, entry: int) -> int:
-        raise NotImplementedError
+        """pte_mkyoung()."""
 
+    @abstractmethod
     def mkold(self, entry: int) -> int:
-        raise NotImplementedError
+        """pte_mkold()."""
 
+    @abstractmethod
     def wrprotect(self, entry: int) -> int:
-        raise NotImplementedError
+        """pte_wrprotect()."""
 
+    @abstractmethod
     def mkspecial(self, entry: int) -> int:
-        raise NotImplementedError
+        """pte_mkspecial()."""
 
+    @abstractmethod
     def mkhuge(self, entry: int) -> int:
-        raise NotImplementedError
+        """pmd_mkhuge(): the entry made a PMD leaf."""
 
+    @abstractmethod
     def modify(self, entry: int, prot: int, huge: bool) -> int:
         """pte_modify(): the entry's protection replaced by prot, its frame and state kept."""
-        raise NotImplementedError
 
     # -- the MMU and the trap --------------------------------------------------------------------------
+    @abstractmethod
     def allows(self, leaf: int, write: bool, execute: bool) -> bool:
-        raise NotImplementedError
+        """Whether the MMU lets a user access through this leaf without trapping."""
 
     def on_access(self, leaf: int, write: bool) -> int:
         """The leaf after an allowed access (hardware-managed AF and dirty state); the same by default."""
         return leaf
 
+    @abstractmethod
     def trap_code(self, trap: Trap) -> int:
-        raise NotImplementedError
+        """The trap code the CPU reports for an access the MMU refused."""
 
+    @abstractmethod
     def fault_kind(self, code: int) -> FaultKind:
-        raise NotImplementedError
+        """What the architecture's trap handler reads out of its trap code."""
 
+    @abstractmethod
     def access_error(self, kind: FaultKind, vm_flags: int) -> bool:
-        raise NotImplementedError
+        """Whether the VMA's flags refuse the access (the handler then sends SIGSEGV, SEGV_ACCERR)."""
 
+    @abstractmethod
     def entry_path(self, kind: FaultKind) -> tuple[str, ...]:
         """The call chain from the trap to __handle_mm_fault."""
-        raise NotImplementedError
 
+    @abstractmethod
     def segv_path(self, kind: FaultKind, mapped: bool) -> tuple[str, ...]:
         """The call chain of a fault that ends in SIGSEGV (mapped: a VMA was found, the access refused)."""
-        raise NotImplementedError
 
 
 class X86Format(EntryFormat):
