@@ -168,8 +168,9 @@ def _arm64_shape(args: argparse.Namespace) -> None:
     from .kernel.facts import arm64_translation, on_arm64
     if on_arm64():
         va_bits, page_size, how = arm64_translation()
+        from .decode.arm64_address import lpa2_in_use
         own = {"va_bits": va_bits, "granule": f"{page_size // 1024}k",
-               "pa_bits": 52 if va_bits == 52 and page_size != 65536 else 48}
+               "pa_bits": 52 if lpa2_in_use(va_bits, page_size) else 48}
         whence = f"this machine's ({how})"
     else:
         own = {"va_bits": 48, "granule": "4k", "pa_bits": 48}

@@ -150,6 +150,14 @@ def run_scenarios(out: Path, checks) -> None:
         checks.run(f"scenario-{scenario.name}", run_scenario)
 
 
+def entry_kinds_result(out: Path, seen, problems: list[str], checked: list[str]) -> tuple[bool, str]:
+    """The entry-kinds check's verdict, with the entries read kept in entry-kinds.json beside it."""
+    (out / "entry-kinds.json").write_text(json.dumps({"ptes": [hex(v) for v in seen.ptes],
+                                                      "pagemaps": [hex(v) for v in seen.pagemaps]}, indent=2))
+    return not problems, "; ".join(problems) or "decoded as the kernel keeps them: " + ", ".join(checked) + \
+        " (PTEs " + ", ".join(hex(v) for v in seen.ptes) + ")"
+
+
 def begin(base: Path, expected: tuple[str, ...]):
     """This kernel's output folder, its checks and times, a progress printer, and the doctor check run.
 
@@ -244,12 +252,9 @@ def main_arm64(base: Path) -> int:
         from live_helpers.nonpresent import check_entry_kinds_arm64, read_entry_kinds_arm64
         ev = load_evidence(path).evidence
         seen = read_entry_kinds_arm64(ev.linear_offset, ev.va_bits, ev.page_size, ev.lpa2)
-        (out / "entry-kinds.json").write_text(json.dumps({"ptes": [hex(v) for v in seen.ptes],
-                                                          "pagemaps": [hex(v) for v in seen.pagemaps]}, indent=2))
         version = (int(ev.kernel_version[0]), int(ev.kernel_version[1]))
-        problems, checked = check_entry_kinds_arm64(seen, version, ev.va_bits, ev.page_size, ev.lpa2)
-        return not problems, "; ".join(problems) or "decoded as the kernel keeps them: " + ", ".join(checked) + \
-            " (PTEs " + ", ".join(hex(v) for v in seen.ptes) + ")"
+        return entry_kinds_result(out, seen, *check_entry_kinds_arm64(seen, version, ev.va_bits, ev.page_size,
+                                                                      ev.lpa2))
     t = time.monotonic()
     checks.run("entry-kinds", entry_kinds)
     times["entry-kinds"] = time.monotonic() - t
@@ -380,11 +385,8 @@ def main() -> int:
         from pagefault.kernel import facts
         ev = load_evidence(out / "evidence" / "journey-bpf.json.gz").evidence
         seen = read_entry_kinds(ev.bpf.direct_map_base, ev.paging_levels)
-        (out / "entry-kinds.json").write_text(json.dumps({"ptes": [hex(v) for v in seen.ptes],
-                                                          "pagemaps": [hex(v) for v in seen.pagemaps]}, indent=2))
-        problems, checked = check_entry_kinds(seen, ev.kernel_version, ev.paging_levels, facts.swap_config())
-        return not problems, "; ".join(problems) or "decoded as the kernel keeps them: " + ", ".join(checked) + \
-            " (PTEs " + ", ".join(hex(v) for v in seen.ptes) + ")"
+        return entry_kinds_result(out, seen, *check_entry_kinds(seen, ev.kernel_version, ev.paging_levels,
+                                                                facts.swap_config()))
     t = time.monotonic()
     checks.run("entry-kinds", entry_kinds)
     times["entry-kinds"] = time.monotonic() - t

@@ -155,7 +155,7 @@ def test_any_accesses_leave_descriptors_that_decode_to_the_pagemap(accesses, lev
     assert isinstance(fmt, Arm64Format)
     for page in {p for p, _w in accesses}:
         level, _t, _i, entry = k.walk(proc, region + page * 4096)[-1]
-        d = decode_arm64_descriptor(entry, level, (6, 18), {3: 39, 4: 48, 5: 52}[levels],
+        d = decode_arm64_descriptor(entry, level, (6, 18), Arm64Format.VA_BITS[levels],
                                     pa_bits=52 if levels == 5 else 48)
         assert d.kind is DescriptorKind.PAGE and d.valid and not d.suspicions
         assert d.pfn == k.pagemap(proc, region + page * 4096) & ((1 << 55) - 1)

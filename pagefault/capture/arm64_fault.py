@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from .. import __version__
-from ..decode.arm64_address import split_arm64_address
+from ..decode.arm64_address import lpa2_in_use, split_arm64_address
 from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
 from ..kernel import facts
 from . import procfs
@@ -196,7 +196,7 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         mapped = target.wait_phase()              # mapped: the VMA exists, nothing touched yet
         ev.mapping_start = int(mapped.fields["vaddr"], 16)
         page = (ev.mapping_start + options.offset) & ~(page_size - 1)
-        ev.lpa2 = va_bits == 52 and page_size != 65536
+        ev.lpa2 = lpa2_in_use(va_bits, page_size)
         ev.script = bpftrace_script(ev.pid, page, va_bits, page_size, os.getpid(), _page_offset(), ev.lpa2)
         if progress:
             progress("starting bpftrace (compiling and attaching takes a while under emulation)")

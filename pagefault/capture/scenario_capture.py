@@ -25,7 +25,7 @@ from .exercise import ExerciseError, ScenarioProcess, build_scenario_program
 from ..evidence import OpSnapshot, ScenarioEvidence
 from .journey_capture import decode_trace_events
 from ..decode.arch import Arch
-from ..decode.arm64_address import translation_levels
+from ..decode.arm64_address import lpa2_in_use, translation_levels
 from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU,
                          SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, tracepoint_events
@@ -74,7 +74,7 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
                           scenario=scenario_name, paging_levels=levels, captured_at=captured_at,
                           host=host, tool_version=__version__)
     if arm64:
-        ev.arch, ev.lpa2 = Arch.ARM64, va_bits == 52
+        ev.arch, ev.lpa2 = Arch.ARM64, lpa2_in_use(va_bits, page_size)
         ev.event_sources["page-faults"] = ("perf software event page-faults (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP) "
                                            "via perf_event_open")
     for spec in events:
@@ -92,6 +92,10 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
     probe: EveryFaultProbe | None = None
     chunks: list[bytes] = []
     fault_chunks: list[bytes] = []
+
+    def drain() -> None:
+        chunks.extend(session.drain() if session else [])
+        fault_chunks.extend(faults.drain() if faults else [])
     try:
         proc = ScenarioProcess(program, ops)
         ev.pid = proc.pid
@@ -133,14 +137,10 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
                 ev.child_pid = snap.pid
             _read_region(snap, [p for p in (ev.pid, ev.child_pid) if p])
             ev.snapshots.append(snap)
-            chunks.extend(session.drain())
-            if faults:
-                fault_chunks.extend(faults.drain())
+            drain()
             progress(f"operation {i} done: {op}")
         ev.exit = proc.finish()
-        chunks.extend(session.drain())
-        if faults:
-            fault_chunks.extend(faults.drain())
+        drain()
         if probe:
             ev.kprobe_faults = probe.result()
             probe = None

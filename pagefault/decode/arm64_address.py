@@ -50,6 +50,12 @@ def translation_levels(va_bits: int, granule: int = 4096) -> int:
     return -(-(va_bits - shift) // per_level)
 
 
+def lpa2_in_use(va_bits: int, granule: int) -> bool:
+    """Whether a kernel translating `va_bits`-bit addresses with this granule uses FEAT_LPA2's descriptors
+    (52-bit output addresses, SH left to TCR_EL1): 52 bits with 4 or 16 KiB pages (64 KiB uses FEAT_LPA)."""
+    return va_bits == 52 and granule != 65536
+
+
 def kernel_level_names(levels: int) -> tuple[str, ...]:
     """Linux's names for a walk of `levels` levels: PGD first, PTE last, the middle ones folded away."""
     if not 2 <= levels <= 5:

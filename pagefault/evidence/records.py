@@ -339,6 +339,11 @@ class ScenarioEvidence:
 
     FAULT_EVENTS = ("exceptions:page_fault_user", "page-faults")
 
+    @property
+    def fault_event(self) -> str:
+        """The name of the events that are the faults: page_fault_user on x86, the software event on arm64."""
+        return self.FAULT_EVENTS[1] if self.arch is Arch.ARM64 else self.FAULT_EVENTS[0]
+
     def op_events(self, index: int, name: str) -> list[TraceEvent]:
         """The events of the program (and its child) between the pause before operation index and the one after."""
         lo = self.snapshots[index - 1].time_ns if index else self.start_ns
@@ -351,8 +356,7 @@ class ScenarioEvidence:
         the software page-fault event's on arm64."""
         snap = self.snapshots[index]
         lo, hi = snap.region, snap.region + snap.pages * 4096
-        name = self.FAULT_EVENTS[1] if self.arch is Arch.ARM64 else self.FAULT_EVENTS[0]
-        return [e for e in self.op_events(index, name) if lo <= e.fields["address"] < hi]
+        return [e for e in self.op_events(index, self.fault_event) if lo <= e.fields["address"] < hi]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..decode.pte import decode_pte, derive_anonymous_pte
 from ..decode.vm_flags import decode_vm_flags
 from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
+from ..model.page_tables import Arm64Format
 from ..model.scenarios import ModelRun, parse_op
 from .steps import Area, Journey, PageWalk, Step, Value, WalkLevel, catalogue_step, modelled, unavailable
 
@@ -56,11 +57,8 @@ def _arm64(run: ModelRun) -> bool:
     return run.kernel.config.arch is Arch.ARM64
 
 
-ARM64_VA_BITS = {3: 39, 4: 48, 5: 52}     # 4 KiB granule: the VA size each number of levels translates
-
-
 def _va_bits(run: ModelRun) -> int:
-    return ARM64_VA_BITS[run.kernel.config.paging_levels]
+    return Arm64Format.VA_BITS[run.kernel.config.paging_levels]
 
 
 def _describe_entry(run: ModelRun, entry: int, level: str):

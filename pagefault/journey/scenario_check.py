@@ -264,12 +264,10 @@ def compare(model: ScenarioOutcome, live: ScenarioOutcome, page_fields: bool = T
                 lines.append(f"fault {i}: the page's {what} differ: model 0x{mv:x} | live 0x{lvv:x}")
             elif m.key() == lv.key() and mv is not None and lvv is not None:
                 lines.append(f"fault {i}: the page's {what} agree: 0x{lvv:x}")
-    for i, (m, lv) in enumerate(zip(model.rows, live.rows)):
-        if m.esr is None or lv.esr is None or m.key() != lv.key():
-            continue
-        same, text = compare_esr(m.esr, lv.esr)
-        agree = agree and same
-        lines.append(f"fault {i}: {text}")
+        if m.key() == lv.key() and m.esr is not None and lv.esr is not None:
+            same, text = compare_esr(m.esr, lv.esr)
+            agree = agree and same
+            lines.append(f"fault {i}: {text}")
     if m_keys == l_keys:
         lines.append(f"the {len(m_keys)} fault{'s' if len(m_keys) != 1 else ''} agree: "
                      + ("; ".join(r.describe() for r in live.rows) or "none on either side"))
@@ -376,8 +374,7 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
     """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
     from .steps import Journey, Step, derived, modelled, observed, unavailable
     j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
-    fault_event = ev.FAULT_EVENTS[1] if ev.arch is Arch.ARM64 else ev.FAULT_EVENTS[0]
-    src_fault = ev.event_sources.get(fault_event, fault_event)
+    src_fault = ev.event_sources.get(ev.fault_event, ev.fault_event)
     src_trap = "kprobe handle_mm_fault arg2 (flags)" if ev.arch is Arch.ARM64 else src_fault
     intro = Step(1, "scenario", f"Scenario {scenario.name}: {scenario.title}", "ready")
     intro.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..decode.arch import Arch
-from ..decode.arm64_address import translation_levels
+from ..decode.arm64_address import lpa2_in_use, translation_levels
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import builtin_gfp_bits
 from ..evidence import MemorySettings
@@ -184,7 +184,7 @@ def model_shape() -> tuple[Arch, int, bool, str]:
     if page_size != 4096:
         note += (f"; this kernel's pages are {page_size} bytes but the simulator models 4 KiB pages only, so it "
                  "follows a 4 KiB-page kernel")
-    return Arch.ARM64, levels, va_4k == 52, note
+    return Arch.ARM64, levels, lpa2_in_use(va_4k, 4096), note
 
 
 def _mapping_above(hint: int) -> bool | None:

@@ -270,6 +270,7 @@ class Arm64Format(EntryFormat):
 
     arch = Arch.ARM64
     PXN_TABLE = 1 << 59
+    VA_BITS = {3: 39, 4: 48, 5: 52}       # the VA size each number of levels translates with 4 KiB pages
     present_bit = a64.PTE_VALID
     KERNEL = (6, 18)                      # the version whose bits the model follows (as on x86)
 

@@ -52,18 +52,25 @@ def read_entry_kinds(direct_map_base: int, levels: int) -> EntryKinds:
         base = int(base_text, 16)
         pages = [base + i * 4096 for i in range(4)]
         pagemaps = [procfs.pagemap_entry(child.pid, p) for p in pages]
-
-        def poke():
-            child.stdin.write("\n")
-            child.stdin.flush()
-        entries = entries_at_syscall(child.pid, pages, direct_map_base, levels, GETPPID, poke)
+        ptes = _ptes_at_getppid(child, pages, lambda poke: entries_at_syscall(child.pid, pages, direct_map_base,
+                                                                              levels, GETPPID, poke))
     finally:
         child.kill()
         child.wait()
+    return EntryKinds(pages, ptes, pagemaps, guard_ok == "1", pageout_ok == "1")
+
+
+def _ptes_at_getppid(child: subprocess.Popen, pages: list[int], read) -> list[int]:
+    """Each page's PTE as read(poke) returns them: bpftrace's walk when the child, released by poke(), next
+    calls getppid(). AssertionError naming the pages it read no PTE for."""
+    def poke():
+        child.stdin.write("\n")
+        child.stdin.flush()
+    entries = read(poke)
     missing = [hex(p) for p in pages if "PTE" not in entries.get(p, {})]
     if missing:
         raise AssertionError(f"bpftrace read no PTE for {missing}: {entries}")
-    return EntryKinds(pages, [entries[p]["PTE"] for p in pages], pagemaps, guard_ok == "1", pageout_ok == "1")
+    return [entries[p]["PTE"] for p in pages]
 
 
 def check_entry_kinds(seen: EntryKinds, version: tuple[int, int], levels: int, config) -> tuple[list[str], list[str]]:
@@ -138,19 +145,13 @@ def read_entry_kinds_arm64(linear_offset: int, va_bits: int, page_size: int, lpa
         base = int(child.stdout.readline(), 16)
         pages = [base, base + page_size]
         pagemaps = [procfs.pagemap_entry(child.pid, p) for p in pages]
-
-        def poke():
-            child.stdin.write("\n")
-            child.stdin.flush()
-        entries = entries_at_syscall(child.pid, pages, linear_offset, 0, GETPPID_ARM64, poke,
-                                     walk=lambda tag, page: _walk_block(tag, page, va_bits, page_size, lpa2))
+        ptes = _ptes_at_getppid(child, pages, lambda poke: entries_at_syscall(
+            child.pid, pages, linear_offset, 0, GETPPID_ARM64, poke,
+            walk=lambda tag, page: _walk_block(tag, page, va_bits, page_size, lpa2)))
     finally:
         child.kill()
         child.wait()
-    missing = [hex(p) for p in pages if "PTE" not in entries.get(p, {})]
-    if missing:
-        raise AssertionError(f"bpftrace read no PTE for {missing}: {entries}")
-    return EntryKinds(pages, [entries[p]["PTE"] for p in pages], pagemaps, False, False)
+    return EntryKinds(pages, ptes, pagemaps, False, False)
 
 
 def check_entry_kinds_arm64(seen: EntryKinds, version: tuple[int, int], va_bits: int, page_size: int,
