@@ -299,7 +299,7 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     """trace --latency: time every fault with the kprobe pair; a summary, no recording."""
     from rich.console import Console
 
-    from .capture.latency import record_latency
+    from .capture.latency import FunctionProbe, record_latency
     from .capture.tracer import CaptureError
     from .core import CannotTrace
     from .journey.latency import summarize_latency
@@ -310,7 +310,8 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("--latency prints a summary of durations; it takes neither -g nor --no-summary")
     from .capture.tracer import TargetProblem
     try:
-        rec = record_latency(argv or None, args.pid, stderr_progress if not args.quiet else None)
+        rec = record_latency(argv or None, args.pid, stderr_progress if not args.quiet else None,
+                             probe=None if args.probes == "auto" else FunctionProbe(args.probes))
     except TargetProblem as exc:
         raise UsageError(str(exc)) from None
     except CaptureError as exc:
@@ -319,6 +320,7 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     summary = summarize_latency(rec.by_outcome, rec.by_vma, rec.handler_names, enums.get("vm_fault_reason", {}),
                                 [m for lines in rec.maps.values() for m in lines])
     summary.notes += [f"not probed: {fn} ({why})" for fn, why in sorted(rec.not_probeable.items())]
+    summary.notes.append(f"handle_mm_fault hooked with {rec.probe}: {rec.probe_reason}")
     summary.notes.append(f"the program {rec.target_exit}")
     if args.json:
         from .decode.bits import to_jsonable
@@ -393,6 +395,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError("give either a command after -- or -p PID (e.g. pagefault trace -- ls -l)")
     if args.latency:
         return _trace_latency(args, argv)
+    if args.probes != "auto":
+        raise UsageError("--probes chooses how --latency hooks handle_mm_fault; give it with --latency")
     if not 1 <= args.buffer_mb <= 4096:
         raise UsageError("--buffer-mb must be from 1 to 4096")
     if args.summary_only and args.output:
@@ -564,7 +568,7 @@ def _register_capture(sub) -> None:
     d.add_argument("--quick", action="store_true", help="skip the bpftrace test run")
     d.set_defaults(func=cmd_doctor)
     t = sub.add_parser("trace", help="record a program's page faults and summarise them",
-                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--latency] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
+                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
     t.add_argument("-g", "--call-graph", action="store_true", help="record kernel and user call chains")
     t.add_argument("-o", "--output", help="write a recording of every event to FILE (without it: a summary, the faults "
                    "counted in the kernel)")
@@ -581,6 +585,9 @@ def _register_capture(sub) -> None:
     t.add_argument("--latency", action="store_true",
                    help="time every fault (kprobes on handle_mm_fault): histograms and percentiles by outcome "
                         "and by mapping, instead of a recording")
+    t.add_argument("--probes", choices=("auto", "fentry", "kprobe"), default="auto",
+                   help="with --latency: how handle_mm_fault is hooked; auto tries fentry (BPF trampolines, the "
+                        "cheapest) and falls back to kprobes, saying why")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("report", help="summarise a recording made by pagefault trace")

@@ -9,6 +9,7 @@ user space per fault.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import subprocess
@@ -17,13 +18,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..evidence import MapsLine
-from ..journey.latency import KernelHistogram
+from ..journey.latency import KernelHistogram, merge_histogram
+from ..kernel.btf import VMLINUX_BTF
 from . import procfs
 from .bpf_walk import BpfError, arm_with_own_faults, read_available
-from .kprobes import FAULT_HANDLERS, kprobe_support, probeable
+from .kprobes import kprobe_support, probeable
 from .runner import Target, TargetError, attach, spawn_held, start_child, stop_child
 from .safe_paths import trusted_executable
 from .tracer import CaptureError, TargetProblem, release_target
+
+
+class FunctionProbe(enum.StrEnum):
+    """How the latency tier hooks a kernel function's entry and return."""
+
+    FENTRY = "fentry"   # BPF trampolines (bpftrace kfunc/kretfunc): a call, no trap; needs BTF and trampolines
+    KPROBE = "kprobe"   # kprobe/kretprobe: works wherever kprobes do, at the cost of a breakpoint or ftrace hop
 
 
 @dataclass
@@ -34,90 +43,140 @@ class LatencyRecording:
     not_probeable: dict[str, str]
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)
     target_exit: str = ""
+    probe: FunctionProbe = FunctionProbe.KPROBE
+    probe_reason: str = ""      # why this probe kind: fentry's absence, or the user's choice
 
 
-def latency_script(pids: list[int], handlers: list[str], tool_pid: int) -> str:
-    """Every process in `pids` and its descendants: per fault, its duration into histograms by
-    (last handler, return value) and by the VMA's start, with sums and maxima beside them."""
+# The handlers that name a fault's outcome: the leaves of the path, not the dispatchers every fault passes
+# (__handle_mm_fault, handle_pte_fault, do_fault) nor the steps inside a leaf (filemap_map_pages,
+# finish_fault). Each probe hit is the largest part of the tier's cost per fault, so only these are probed;
+# the single fault the journey follows gets the whole path (kprobes.FAULT_HANDLERS).
+OUTCOME_HANDLERS = ("do_anonymous_page", "do_read_fault", "do_cow_fault", "do_shared_fault", "filemap_fault",
+                    "do_wp_page", "wp_page_copy", "wp_page_reuse", "do_swap_page", "do_huge_pmd_anonymous_page",
+                    "do_huge_pmd_wp_page", "do_numa_page")
+
+
+def latency_script(pids: list[int], handlers: list[str], tool_pid: int,
+                   probe: FunctionProbe = FunctionProbe.KPROBE) -> str:
+    """Every process in `pids` and its descendants: per fault, its duration into one histogram (with its
+    sum and maximum) per (last handler, return value, the VMA's start); user space adds them up by outcome
+    and by VMA.
+
+    Written for the least work per fault: the program's own faults pass the filter on a comparison, not a
+    map lookup; the entry probe stores one timestamp (and, for a kretprobe, which cannot read the
+    arguments, the VMA's start); a handler stores its code + 1 (absent reads as 0, so nothing is written
+    for "no handler"); the return probe reads each per-thread value once into a local, and makes three
+    aggregations where one map per grouping made six.
+    """
     begin = " ".join(f"@pids[{p}] = 1;" for p in pids)
+    if probe is FunctionProbe.FENTRY:
+        entry, ret, handler = "kfunc:handle_mm_fault", "kretfunc:handle_mm_fault", "kfunc"
+        enter = "@t[tid] = nsecs;"
+        vma = "$v = args->vma->vm_start;"
+        forget = ""
+    else:
+        entry, ret, handler = "kprobe:handle_mm_fault", "kretprobe:handle_mm_fault", "kprobe"
+        enter = "@t[tid] = nsecs; @v[tid] = ((struct vm_area_struct *)arg0)->vm_start;"
+        vma = "$v = @v[tid];"
+        forget = " delete(@v[tid]);"
+    # the program itself first: its faults skip the map lookup (bpftrace's || stops at a true left side)
+    mine = f"pid == {pids[0]} || @pids[pid]" if len(pids) == 1 else "@pids[pid]"
     lines = [f"BEGIN {{ {begin} }}",
              "tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ { @pids[args->child_pid] = 1; }",
-             "kprobe:handle_mm_fault /@pids[pid]/ { @t[tid] = nsecs; @h[tid] = -1; "
-             "@v[tid] = ((struct vm_area_struct *)arg0)->vm_start; }",
-             "kretprobe:handle_mm_fault /@t[tid]/ { $d = nsecs - @t[tid]; $r = retval & 0xffffffff; "
-             "@lat[@h[tid], $r] = hist($d); @sum[@h[tid], $r] = sum($d); @max[@h[tid], $r] = max($d); "
-             "@vlat[@v[tid]] = hist($d); @vsum[@v[tid]] = sum($d); @vmax[@v[tid]] = max($d); "
-             "delete(@t[tid]); delete(@h[tid]); delete(@v[tid]); }",
-             f'kprobe:handle_mm_fault /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}']
-    lines += [f"kprobe:{fn} /@t[tid]/ {{ @h[tid] = {code}; }}" for code, fn in enumerate(handlers)]
+             f"{entry} /{mine}/ {{ {enter} }}",
+             f"{ret} /{mine}/ {{ $s = @t[tid]; if ($s != 0) {{ $d = nsecs - $s; $r = retval & 0xffffffff; "
+             f"$h = @h[tid] - 1; {vma} "
+             "@lat[$h, $r, $v] = hist($d); @sum[$h, $r, $v] = sum($d); @max[$h, $r, $v] = max($d); "
+             f"delete(@t[tid]);{forget} }} delete(@h[tid]); }}",
+             f'{entry} /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}']
+    # a handler of a fault that began before the probes were attached writes @h too: every return clears
+    # it, timed or not, so no later fault inherits it
+    lines += [f"{handler}:{fn} /{mine}/ {{ @h[tid] = {code + 1}; }}" for code, fn in enumerate(handlers)]
     if len(pids) == 1:
         lines.append(f"tracepoint:sched:sched_process_exit /pid == {pids[0]} && tid == {pids[0]}/ {{ exit(); }}")
-    lines.append("END { clear(@pids); clear(@t); clear(@h); clear(@v); clear(@armed); }")
+    lines.append("END { clear(@pids); clear(@t); clear(@h);" + (" clear(@v);" if forget else "") + " clear(@armed); }")
     return "\n".join(lines)
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_MAP_HEAD = re.compile(r"^@(lat|vlat)\[([^\]]*)\]:\s*$")
+_MAP_HEAD = re.compile(r"^@lat\[(-?\d+), (\d+), (\d+)\]:\s*$")
 _BUCKET = re.compile(r"^\[(\d+)([KMGT]?)(?:, (\d+)([KMGT]?)\))?\]?\s+(\d+)\s")
-_SCALAR = re.compile(r"^@(sum|max|vsum|vmax)\[([^\]]*)\]: (\d+)$")
+_SCALAR = re.compile(r"^@(sum|max)\[(-?\d+), (\d+), (\d+)\]: (\d+)$")
 
 
 def parse_histograms(text: str) -> tuple[dict[tuple[int, int], KernelHistogram], dict[int, KernelHistogram]]:
-    """bpftrace's printed maps → histograms by (handler code, return value) and by vm_start."""
-    by_outcome: dict[tuple[int, int], KernelHistogram] = {}
-    by_vma: dict[int, KernelHistogram] = {}
+    """bpftrace's printed maps, keyed (handler code, return value, vm_start) → histograms by (handler code,
+    return value) and by vm_start: buckets and sums added, maxima the larger."""
+    kept: dict[tuple[int, int, int], KernelHistogram] = {}
     current: KernelHistogram | None = None
     for line in text.splitlines():
         head = _MAP_HEAD.match(line)
         if head:
-            key = tuple(int(x) for x in head.group(2).split(","))
-            current = (by_outcome.setdefault((key[0], key[1]), KernelHistogram([])) if head.group(1) == "lat"
-                       else by_vma.setdefault(key[0], KernelHistogram([])))
+            current = kept.setdefault(tuple(int(x) for x in head.groups()), KernelHistogram([]))
             continue
         bucket = _BUCKET.match(line)
         if bucket and current is not None:
             current.buckets.append((int(bucket.group(1)) * _UNITS[bucket.group(2)], int(bucket.group(5))))
             continue
+        current = None
         scalar = _SCALAR.match(line)
         if scalar:
-            current = None
-            key = tuple(int(x) for x in scalar.group(2).split(","))
-            h = (by_outcome.setdefault((key[0], key[1]), KernelHistogram([])) if scalar.group(1) in ("sum", "max")
-                 else by_vma.setdefault(key[0], KernelHistogram([])))
-            if scalar.group(1).endswith("sum"):
-                h.total_ns = int(scalar.group(3))
+            h = kept.setdefault(tuple(int(x) for x in scalar.groups()[1:4]), KernelHistogram([]))
+            if scalar.group(1) == "sum":
+                h.total_ns = int(scalar.group(5))
             else:
-                h.max_ns = int(scalar.group(3))
-        elif not line.strip():
-            current = None
+                h.max_ns = int(scalar.group(5))
+    by_outcome: dict[tuple[int, int], KernelHistogram] = {}
+    by_vma: dict[int, KernelHistogram] = {}
+    for (code, retval, start), h in kept.items():
+        merge_histogram(by_outcome.setdefault((code, retval), KernelHistogram([])), h)
+        merge_histogram(by_vma.setdefault(start, KernelHistogram([])), h)
     return by_outcome, by_vma
 
 
 def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
-                   stdout: int | None = None) -> LatencyRecording:
-    """Run (or attach to) the target with the kprobe pair attached; raises CaptureError with the reason and fix."""
+                   stdout: int | None = None, probe: FunctionProbe | None = None) -> LatencyRecording:
+    """Run (or attach to) the target with handle_mm_fault's entry and return hooked; raises CaptureError with
+    the reason and fix.
+
+    probe: None tries fentry first (cheapest: BPF trampolines) and falls back to kprobes when bpftrace
+    cannot attach it, saying why; FENTRY or KPROBE uses that one only.
+    """
     say = progress or (lambda _m: None)
-    ok, why = kprobe_support()
-    if not ok:
-        raise CaptureError(f"--latency needs kprobes on handle_mm_fault: {why}. Without them no tool can time a "
-                           "fault from the inside; pagefault trace without --latency still counts and places every fault")
     exe = trusted_executable("bpftrace")
     if not exe:
         raise CaptureError("--latency needs bpftrace; fix: as root, bash scripts/setup.sh")
-    handlers, not_probeable = probeable(FAULT_HANDLERS)
+    candidates, refused = _probe_candidates(probe)
+    if not candidates:
+        raise CaptureError("--latency needs fentry or kprobes on handle_mm_fault: " + "; ".join(refused) +
+                           ". Without them no tool can time a fault from the inside; pagefault trace without "
+                           "--latency still counts and places every fault")
+    handlers, not_probeable = probeable(OUTCOME_HANDLERS)
     try:
         target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
     except TargetError as exc:
         raise TargetProblem(str(exc)) from None
-    script = latency_script([target.pid], handlers, os.getpid())
-    proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = bytearray()
     maps: dict[int, list[MapsLine]] = {}
+    proc: subprocess.Popen | None = None
+    used = candidates[0]
     try:
-        say("attaching the kprobes on handle_mm_fault")
-        arm_with_own_faults(proc, out)
+        for used in candidates:
+            script = latency_script([target.pid], handlers, os.getpid(), used)
+            proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            say(f"attaching the {used} probes on handle_mm_fault")
+            try:
+                arm_with_own_faults(proc, out)
+                break
+            except BpfError as exc:
+                stop_child(proc, 10)
+                refused.append(f"{used}: {exc}")
+                if used is candidates[-1]:
+                    raise CaptureError("; ".join(refused)) from None
+                out.clear()
+        assert proc is not None
         release_target(target)
-        say(f"timing the faults of PID {target.pid}")
+        say(f"timing the faults of PID {target.pid} ({used})")
         last_maps = 0.0
         while proc.poll() is None:
             read_available(proc, out, 0.2)
@@ -131,12 +190,33 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     except BpfError as exc:
         raise CaptureError(str(exc)) from None
     finally:
-        stop_child(proc, 10)
+        if proc is not None:
+            stop_child(proc, 10)
         if target.spawned and target.poll():
             target.kill()
         target.wait()
     by_outcome, by_vma = parse_histograms(out.decode(errors="replace"))
-    return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit())
+    reason = "chosen with --probes" if probe else ("; ".join(refused) if refused else
+                                                   "fentry attached (BPF trampolines, no breakpoint)")
+    return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit(),
+                            used, reason)
+
+
+def _probe_candidates(probe: FunctionProbe | None) -> tuple[list[FunctionProbe], list[str]]:
+    """The probe kinds to try in order, and why each left out cannot work here."""
+    wanted = [probe] if probe else [FunctionProbe.FENTRY, FunctionProbe.KPROBE]
+    candidates, refused = [], []
+    for kind in wanted:
+        if kind is FunctionProbe.FENTRY and not VMLINUX_BTF.exists():
+            refused.append(f"fentry: {VMLINUX_BTF} is missing (a kernel built with CONFIG_DEBUG_INFO_BTF)")
+            continue
+        if kind is FunctionProbe.KPROBE:
+            ok, why = kprobe_support()
+            if not ok:
+                refused.append(f"kprobes: {why}")
+                continue
+        candidates.append(kind)
+    return candidates, refused
 
 
 def _read_maps(pid: int, maps: dict[int, list[MapsLine]]) -> None:

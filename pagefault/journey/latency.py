@@ -44,6 +44,16 @@ class LatencySummary:
     notes: list[str] = field(default_factory=list)
 
 
+def merge_histogram(into: KernelHistogram, h: KernelHistogram) -> None:
+    """Add `h`'s faults to `into`: bucket counts and sums add up, the maximum is the larger."""
+    counts = dict(into.buckets)
+    for lo, n in h.buckets:
+        counts[lo] = counts.get(lo, 0) + n
+    into.buckets = sorted(counts.items())
+    into.total_ns += h.total_ns
+    into.max_ns = max(into.max_ns, h.max_ns)
+
+
 def vm_fault_names(value: int, names: dict[int, str]) -> str:
     """VM_FAULT_* names of a return value (0: the fault was handled)."""
     if value == 0:
@@ -88,14 +98,7 @@ def summarize_latency(by_outcome: dict[tuple[int, int], KernelHistogram], by_vma
         out.by_outcome.append(group(f"{name} → {vm_fault_names(retval, vm_fault_reasons)}", h))
     merged: dict[str, KernelHistogram] = {}
     for start, h in by_vma.items():
-        label = _mapping_of(start, maps)
-        into = merged.setdefault(label, KernelHistogram([]))
-        counts = dict(into.buckets)
-        for lo, n in h.buckets:
-            counts[lo] = counts.get(lo, 0) + n
-        into.buckets = sorted(counts.items())
-        into.total_ns += h.total_ns
-        into.max_ns = max(into.max_ns, h.max_ns)
+        merge_histogram(merged.setdefault(_mapping_of(start, maps), KernelHistogram([])), h)
     out.by_mapping = [group(label, h) for label, h in merged.items()]
     out.by_outcome.sort(key=lambda g: -g.count)
     out.by_mapping.sort(key=lambda g: -g.count)
