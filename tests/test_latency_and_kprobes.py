@@ -64,7 +64,10 @@ def test_latency_script_probes_only_the_outcome_handlers_with_either_hook():
     assert "__handle_mm_fault" not in OUTCOME_HANDLERS and "handle_pte_fault" not in OUTCOME_HANDLERS
     fentry = latency_script([42], ["do_anonymous_page", "do_wp_page"], 7, FunctionProbe.FENTRY)
     kprobe = latency_script([42], ["do_anonymous_page", "do_wp_page"], 7, FunctionProbe.KPROBE)
-    assert "kfunc:handle_mm_fault /pid == 42 || @pids[pid]/" in fentry and "kretfunc:handle_mm_fault" in fentry
+    assert "kfunc:handle_mm_fault { if (pid == 42 || @pids[pid]) { @t[tid] = nsecs; }" in fentry
+    # one program on the entry (the arming inside it): each program on it runs on every fault of the machine
+    assert fentry.count("kfunc:handle_mm_fault ") == 1 and kprobe.count("kprobe:handle_mm_fault ") == 1
+    assert 'else if (pid == 7 && @armed == 0) { printf("armed\\n")' in fentry
     assert "kfunc:do_wp_page /pid == 42 || @pids[pid]/ { @h[tid] = 2; }" in fentry and "kprobe:" not in fentry
     # every return clears the handler, timed or not: a fault begun before the probes leaves none behind
     assert fentry.split("kretfunc:handle_mm_fault")[1].split("\n")[0].endswith("} delete(@h[tid]); }")

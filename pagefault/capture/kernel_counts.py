@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from typing import Callable
 import numpy as np
 
 from ..evidence import MapsLine
-from . import procfs
 from .bpf_walk import BpfError, _objects_block, arm_with_own_faults, below_stack, read_available
+from .mapping_watch import MappingWatch, mapping_probes
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import trusted_executable
 from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
@@ -47,32 +46,45 @@ def unpack_state(state: int) -> tuple[int, int, int, int, int, int]:
 
 
 def count_script(pid: int, tool_pid: int) -> str:
-    """Per fault, when the thread's next fault (or its exit) closes it: @f[state, vm_start << 3 | kind] += 1."""
-    close = "@f[@st[tid] & ~1, @rg[tid]] = count();"
+    """Per fault, when the thread's next fault (or its exit) closes it: @f[state, vm_start << 3 | kind] += 1.
+
+    Per fault it does as little as it can, since every map operation is paid 262,144 times on a 1 GiB
+    loop: the program's own faults pass the filter without a map lookup, and the thread's state and its
+    VMA (one tuple of start, end and region key, where three maps were) are each read once."""
+    close = "$r = @vr[tid]; @f[@st[tid] & ~1, $r.2] = count();"
     lookup = _objects_block("c", "$addr", quiet=True)
+    # the program's own events pass the filter on a comparison; only its children's need the map
+    mine = f"pid == {pid} || @pids[pid]"
     return f"""
 BEGIN {{ @pids[{pid}] = 1; }}
 tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ {{ @pids[args->child_pid] = 1; }}
-tracepoint:exceptions:page_fault_user /@pids[pid]/ {{
-    if (@st[tid]) {{ {close} }}
+// one program on the fault tracepoint, not two: a second one (the arming as its own probe) ran on every
+// fault of the machine
+tracepoint:exceptions:page_fault_user {{
+  if (pid == {tool_pid} && @armed == 0) {{ printf("armed\\n"); @armed = 1; }}
+  if ({mine}) {{
+    // the thread's fault in progress and its VMA (start, end, region key), each read once
+    $s = @st[tid];
+    $r = @vr[tid];
+    if ($s) {{ @f[$s & ~1, $r.2] = count(); }}
     @total = count();
     @st[tid] = {ST_OPEN} | ((args->error_code & 0x3f) << 1);
     // the fault's VMA: the thread's last one if it still holds the address, else the maple tree's answer
     $addr = args->address;
-    if (!($addr >= @vs[tid] && $addr < @ve[tid])) {{
+    if (!($addr >= $r.0 && $addr < $r.1)) {{
         {lookup}
         if ($vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr) {{
             $v = (struct vm_area_struct *)$vma;
-            @vs[tid] = $v->vm_start; @ve[tid] = $v->vm_end;
-            @rg[tid] = ($v->vm_start << 3) | ((uint64)$v->vm_file != 0 ? 1 : 0) | (((uint64)$v->vm_flags & 0x8) ? 2 : 0);
+            @vr[tid] = ((uint64)$v->vm_start, (uint64)$v->vm_end, (uint64)(($v->vm_start << 3) |
+                       ((uint64)$v->vm_file != 0 ? 1 : 0) | (((uint64)$v->vm_flags & 0x8) ? 2 : 0)));
         }} else {{
-            @vs[tid] = 0; @ve[tid] = 0;
             // no VMA: below the stack it grows; anywhere else it is a SIGSEGV
-            @rg[tid] = {below_stack("$addr")} ? 4 : 0;
+            @vr[tid] = ((uint64)0, (uint64)0, (uint64)({below_stack("$addr")} ? 4 : 0));
         }}
     }}
+  }}
 }}
-tracepoint:kmem:mm_page_alloc /@pids[pid]/ {{
+tracepoint:kmem:mm_page_alloc /{mine}/ {{
     @allocs = count();
     $s = @st[tid];
     if ($s && (args->gfp_flags & 0x8)) {{
@@ -84,32 +96,14 @@ tracepoint:filemap:mm_filemap_add_to_page_cache /@st[tid]/ {{ @st[tid] = @st[tid
 tracepoint:signal:signal_generate /@st[tid] && (args->sig == 7 || args->sig == 11)/ {{
     @st[tid] = @st[tid] | (args->sig << 14) | ((args->code & 0xff) << 19);
 }}
-tracepoint:sched:sched_process_exit /@st[tid]/ {{ {close} delete(@st[tid]); }}
+tracepoint:sched:sched_process_exit /@st[tid]/ {{ {close} delete(@st[tid]); delete(@vr[tid]); }}
 // when the program's main thread exits, the counters are printed at once: bpftrace's own exit detaches
 // every probe first, which takes about a second here
 tracepoint:sched:sched_process_exit /pid == {pid} && tid == {pid}/ {{
     print(@f); print(@total); print(@allocs); printf("counted\\n");
 }}
-tracepoint:exceptions:page_fault_user /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}
-// the mappings, for the summary's mapping column: exec's own are read from /proc while bpftrace holds the
-// program stopped at its exec; the later ones are told by mmap and brk as they are made (a short program
-// is gone before a periodic read of /proc/PID/maps sees them)
-tracepoint:sched:sched_process_exec /pid == {pid}/ {{ signal("SIGSTOP"); printf("stopped exec\\n"); }}
-tracepoint:syscalls:sys_enter_mmap /@pids[pid]/ {{
-    @mfd[tid] = args->fd; @mfl[tid] = args->flags; @mpr[tid] = args->prot; @mof[tid] = args->off; @mln[tid] = args->len;
-}}
-tracepoint:syscalls:sys_exit_mmap /@pids[pid] && @mln[tid] && args->ret >= 0/ {{
-    if ((@mfl[tid] & 0x20) == 0 && @mfd[tid] >= 0) {{
-        $f = (struct file *)*(curtask->files->fdt->fd + @mfd[tid]);
-        printf("map %d 0x%lx 0x%lx %d %d 0x%lx %s\\n", pid, args->ret, @mln[tid], @mpr[tid], @mfl[tid], @mof[tid],
-               str($f->f_path.dentry->d_name.name));
-    }} else {{
-        printf("map %d 0x%lx 0x%lx %d %d 0x0 //anon\\n", pid, args->ret, @mln[tid], @mpr[tid], @mfl[tid]);
-    }}
-    delete(@mln[tid]);
-}}
-tracepoint:syscalls:sys_exit_brk /@pids[pid]/ {{ printf("brk %d 0x%lx 0x%lx\\n", pid, curtask->mm->start_brk, args->ret); }}
-END {{ clear(@pids); clear(@st); clear(@rg); clear(@vs); clear(@ve); clear(@armed); }}
+{mapping_probes(pid, mine)}
+END {{ clear(@pids); clear(@st); clear(@vr); clear(@armed); }}
 """
 
 
@@ -145,7 +139,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     proc = start_child([exe, "--unsafe", "-B", "line", "-e", count_script(target.pid, os.getpid())],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = bytearray()
-    maps: dict[int, list[MapsLine]] = {}
+    watch = MappingWatch(target.pid)
     try:
         say("attaching bpftrace's counting probes")
         try:
@@ -155,17 +149,9 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         t0 = time.monotonic()
         release_target(target)
         say(f"counting the faults of PID {target.pid} in the kernel")
-        last = 0.0
-        stops = 0
         while target.poll():
             read_available(proc, out, 0.05)
-            stopped = out.count(b"stopped ")
-            if stopped > stops or time.monotonic() - last > 0.05:
-                _union_maps(target.pid, maps)
-                last = time.monotonic()
-            if stopped > stops:
-                stops = stopped
-                os.kill(target.pid, signal.SIGCONT)   # the maps are read
+            watch.step(out)
         duration = time.monotonic() - t0
         waited = time.monotonic()
         while b"counted" not in out and proc.poll() is None and time.monotonic() - waited < 5:
@@ -181,7 +167,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         target.end()   # an attached process that execs is stopped there by bpftrace: it is continued
         target.wait()
     text = out.decode(errors="replace").split("counted\n", 1)[0].splitlines()
-    _told_maps(text, target.pid, maps)
+    maps = watch.finish(text)
     rows = [unpack_state(int(m.group(1))) + (int(m.group(2)), int(m.group(3)))
             for m in (KEY.match(line.strip()) for line in text) if m]
     allocs = next((int(m.group(1)) for m in (ALLOCS.match(line.strip()) for line in text) if m), 0)
@@ -189,34 +175,3 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     counts = KernelCounts(np.array(rows, dtype=np.uint64).reshape(-1, 8), maps, allocs, target.describe_exit(),
                           list(target.argv), target.pid, duration, total)
     return counts
-
-
-def _told_maps(lines: list[str], pid: int, maps: dict[int, list[MapsLine]]) -> None:
-    """The mappings bpftrace told of (mmap's result with its file's name; the heap's extent at each brk)."""
-    seen = {(m.start, m.end, m.path): m for m in maps.get(pid, [])}
-    heap = None
-    for line in lines:
-        parts = line.split()
-        if parts[:1] == ["map"] and len(parts) == 8 and int(parts[1]) == pid:
-            start, length, prot, flags, off = int(parts[2], 16), int(parts[3], 16), int(parts[4]), int(parts[5]), int(parts[6], 16)
-            perms = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
-                ("s" if flags & 1 else "p")
-            path = "" if parts[7] == "//anon" else parts[7]
-            end = start + ((length + 4095) & ~4095)
-            seen[(start, end, path)] = MapsLine(start, end, perms, off, "00:00", 0, path)
-        elif parts[:1] == ["brk"] and len(parts) == 4 and int(parts[1]) == pid:
-            heap = (int(parts[2], 16), int(parts[3], 16))
-    if heap and heap[1] > heap[0]:
-        seen[(heap[0], heap[1], "[heap]")] = MapsLine(heap[0], heap[1], "rw-p", 0, "00:00", 0, "[heap]")
-    maps[pid] = list(seen.values())
-
-
-def _union_maps(pid: int, maps: dict[int, list[MapsLine]]) -> None:
-    """Add the mappings /proc/PID/maps shows now to those seen before (a mapping unmapped later stays)."""
-    try:
-        now = procfs.read_maps(pid)
-    except OSError:
-        return
-    seen = {(m.start, m.end, m.path): m for m in maps.get(pid, [])}
-    seen.update({(m.start, m.end, m.path): m for m in now})
-    maps[pid] = list(seen.values())

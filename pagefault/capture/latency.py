@@ -13,16 +13,15 @@ import enum
 import os
 import re
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..evidence import MapsLine
 from ..journey.latency import KernelHistogram, merge_histogram
 from ..kernel.btf import VMLINUX_BTF
-from . import procfs
 from .bpf_walk import BpfError, arm_with_own_faults, read_available
 from .kprobes import kprobe_support, probeable
+from .mapping_watch import MAPPING_MAPS, MappingWatch, mapping_probes
 from .runner import Target, TargetError, attach, spawn_held, start_child, stop_child
 from .safe_paths import trusted_executable
 from .tracer import CaptureError, TargetProblem, release_target
@@ -83,18 +82,24 @@ def latency_script(pids: list[int], handlers: list[str], tool_pid: int,
     mine = f"pid == {pids[0]} || @pids[pid]" if len(pids) == 1 else "@pids[pid]"
     lines = [f"BEGIN {{ {begin} }}",
              "tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ { @pids[args->child_pid] = 1; }",
-             f"{entry} /{mine}/ {{ {enter} }}",
+             # one program on the entry, not two: a second one (the arming below as its own probe) ran on
+             # every fault of the machine
+             f"{entry} {{ if ({mine}) {{ {enter} }} else if (pid == {tool_pid} && @armed == 0) "
+             '{ printf("armed\\n"); @armed = 1; } }',
              f"{ret} /{mine}/ {{ $s = @t[tid]; if ($s != 0) {{ $d = nsecs - $s; $r = retval & 0xffffffff; "
              f"$h = @h[tid] - 1; {vma} "
              "@lat[$h, $r, $v] = hist($d); @sum[$h, $r, $v] = sum($d); @max[$h, $r, $v] = max($d); "
-             f"delete(@t[tid]);{forget} }} delete(@h[tid]); }}",
-             f'{entry} /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}']
+             f"delete(@t[tid]);{forget} }} delete(@h[tid]); }}"]
     # a handler of a fault that began before the probes were attached writes @h too: every return clears
     # it, timed or not, so no later fault inherits it
     lines += [f"{handler}:{fn} /{mine}/ {{ @h[tid] = {code + 1}; }}" for code, fn in enumerate(handlers)]
     if len(pids) == 1:
         lines.append(f"tracepoint:sched:sched_process_exit /pid == {pids[0]} && tid == {pids[0]}/ {{ exit(); }}")
-    lines.append("END { clear(@pids); clear(@t); clear(@h);" + (" clear(@v);" if forget else "") + " clear(@armed); }")
+        # the mappings, to name each VMA's histogram: the VMA is gone with the program, and a short
+        # program is gone before a periodic read of /proc/PID/maps sees it
+        lines.append(mapping_probes(pids[0], mine))
+    kept = ("@pids", "@t", "@h", "@armed") + (("@v",) if forget else ()) + (MAPPING_MAPS if len(pids) == 1 else ())
+    lines.append("END { " + " ".join(f"clear({m});" for m in kept) + " }")
     return "\n".join(lines)
 
 
@@ -157,13 +162,14 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     except TargetError as exc:
         raise TargetProblem(str(exc)) from None
     out = bytearray()
-    maps: dict[int, list[MapsLine]] = {}
+    watch = MappingWatch(target.pid)
     proc: subprocess.Popen | None = None
     used = candidates[0]
     try:
         for used in candidates:
             script = latency_script([target.pid], handlers, os.getpid(), used)
-            proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = start_child([exe, "--unsafe", "-B", "line", "-e", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
             say(f"attaching the {used} probes on handle_mm_fault")
             try:
                 arm_with_own_faults(proc, out)
@@ -175,15 +181,15 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
                     raise CaptureError("; ".join(refused)) from None
                 out.clear()
         assert proc is not None
+        if target.spawned:
+            watch.before_exec()
         release_target(target)
         say(f"timing the faults of PID {target.pid} ({used})")
-        last_maps = 0.0
         while proc.poll() is None:
-            read_available(proc, out, 0.2)
-            if time.monotonic() - last_maps > 0.5 and target.poll():
-                _read_maps(target.pid, maps)
-                last_maps = time.monotonic()
-            if target.spawned and not target.poll():
+            read_available(proc, out, 0.05)
+            if target.poll():
+                watch.step(out)
+            elif target.spawned:
                 break
         rest, _err = proc.communicate(timeout=120)
         out += rest
@@ -195,7 +201,9 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         if target.spawned and target.poll():
             target.kill()
         target.wait()
-    by_outcome, by_vma = parse_histograms(out.decode(errors="replace"))
+    text = out.decode(errors="replace")
+    by_outcome, by_vma = parse_histograms(text)
+    maps = watch.finish(text.splitlines())
     reason = "chosen with --probes" if probe else ("; ".join(refused) if refused else
                                                    "fentry attached (BPF trampolines, no breakpoint)")
     return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit(),
@@ -217,10 +225,3 @@ def _probe_candidates(probe: FunctionProbe | None) -> tuple[list[FunctionProbe],
                 continue
         candidates.append(kind)
     return candidates, refused
-
-
-def _read_maps(pid: int, maps: dict[int, list[MapsLine]]) -> None:
-    try:
-        maps[pid] = procfs.read_maps(pid)
-    except OSError:
-        pass
