@@ -75,6 +75,7 @@ def main() -> int:
     times: dict[str, list[float]] = {k: [] for k in variants}
     loops: dict[str, list[int]] = {k: [] for k in variants}
     counted = 0
+    run(loop, work)   # one loop first, its time thrown away: the first touch of fresh memory is slower
     for r in range(args.rounds):
         for name, cmd in variants.items():
             t, loop_ns, out = run(cmd, work)

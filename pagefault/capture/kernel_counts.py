@@ -96,11 +96,11 @@ tracepoint:filemap:mm_filemap_add_to_page_cache /@st[tid]/ {{ @st[tid] = @st[tid
 tracepoint:signal:signal_generate /@st[tid] && (args->sig == 7 || args->sig == 11)/ {{
     @st[tid] = @st[tid] | (args->sig << 14) | ((args->code & 0xff) << 19);
 }}
-tracepoint:sched:sched_process_exit /@st[tid]/ {{ {close} delete(@st[tid]); delete(@vr[tid]); }}
-// when the program's main thread exits, the counters are printed at once: bpftrace's own exit detaches
-// every probe first, which takes about a second here
-tracepoint:sched:sched_process_exit /pid == {pid} && tid == {pid}/ {{
-    print(@f); print(@total); print(@allocs); printf("counted\\n");
+tracepoint:sched:sched_process_exit {{
+    if (@st[tid]) {{ {close} delete(@st[tid]); delete(@vr[tid]); }}
+    // when the program's main thread exits, the counters are printed at once: bpftrace's own exit
+    // detaches every probe first, which takes about a second here
+    if (pid == {pid} && tid == {pid}) {{ print(@f); print(@total); print(@allocs); printf("counted\\n"); }}
 }}
 {mapping_probes(pid, mine)}
 END {{ clear(@pids); clear(@st); clear(@vr); clear(@armed); }}
