@@ -195,7 +195,9 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
         info = _bpftrace_info()
         kfunc = info.get("kfunc") == "yes"
         d.checks.append(Check("fentry (kfunc)", kfunc, "bpftrace --info: kfunc " + info.get("kfunc", "unknown") +
-                              ("" if kfunc else "; the kprobe probes are used where kprobes work"), "", ()))
+                              ("; trace --latency hooks handle_mm_fault with fentry (no breakpoint); the journey's "
+                               "single fault uses kprobes" if kfunc else
+                               "; trace --latency and the journey use kprobes where they work"), "", ()))
         reads = info.get("probe_read_kernel") == "yes" and btf
         d.checks.append(Check("BPF reads of kernel objects", reads,
                               "bpftrace can read kernel memory through BTF types (probe_read_kernel, BTF)" if reads else
