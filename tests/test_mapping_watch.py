@@ -66,6 +66,18 @@ def test_a_held_programs_mappings_before_exec_are_named_apart():
     assert any(p.startswith("(before exec) [anon ") for p in paths)
 
 
+def test_the_programs_own_mapping_wins_over_one_before_exec_at_the_same_start():
+    from pagefault.evidence import MapsLine
+    from pagefault.journey.latency import KernelHistogram, summarize_latency
+    watch = MappingWatch(4242)
+    watch.maps[4242] = [MapsLine(0x7F0000000000, 0x7F0000004000, "rw-p", 0, "00:00", 0, "(before exec) [anon rw-p]")]
+    maps = watch.finish(["map 4242 0x7f0000000000 0x400000 3 34 0x0 //anon"])[4242]
+    assert [m.path for m in maps] == ["", "(before exec) [anon rw-p]"]
+    h = KernelHistogram([(1024, 5)], 6000, 1500)
+    summary = summarize_latency({(0, 0): h}, {0x7F0000000000: h}, ["do_anonymous_page"], {}, maps)
+    assert [(g.key, g.count) for g in summary.by_mapping] == [("[anon rw-p]", 5)]
+
+
 def test_the_probes_stop_the_program_at_exec_and_follow_its_children_through_the_filter():
     text = mapping_probes(77, "pid == 77 || @pids[pid]")
     assert 'tracepoint:sched:sched_process_exec /pid == 77/ { signal("SIGSTOP")' in text

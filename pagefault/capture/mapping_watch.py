@@ -41,6 +41,7 @@ tracepoint:syscalls:sys_exit_brk /{mine}/ {{ printf("brk %d 0x%lx 0x%lx\\n", pid
 
 
 MAPPING_MAPS = ("@mfd", "@mfl", "@mpr", "@mof", "@mln")
+BEFORE_EXEC = "(before exec) "
 
 
 class MappingWatch:
@@ -57,7 +58,7 @@ class MappingWatch:
         that faults made there are not taken for the program's."""
         try:
             self.maps[self.pid] = [MapsLine(m.start, m.end, m.perms, m.offset, m.dev, m.inode,
-                                            f"(before exec) {m.path or '[anon ' + m.perms + ']'}")
+                                            f"{BEFORE_EXEC}{m.path or '[anon ' + m.perms + ']'}")
                                    for m in procfs.read_maps(self.pid)]
         except OSError:
             pass
@@ -98,7 +99,9 @@ class MappingWatch:
                 heap = (int(parts[2], 16), int(parts[3], 16))
         if heap and heap[1] > heap[0]:
             seen[(heap[0], heap[1], "[heap]")] = MapsLine(heap[0], heap[1], "rw-p", 0, "00:00", 0, "[heap]")
-        self.maps[self.pid] = list(seen.values())
+        # a mapping before the exec and one after it can start at the same address (seen with 16 KiB pages),
+        # and a VMA is looked up by its start: the program's own come first, since nearly all faults are its
+        self.maps[self.pid] = sorted(seen.values(), key=lambda m: m.path.startswith(BEFORE_EXEC))
         return self.maps
 
     def _union_maps(self) -> None:
