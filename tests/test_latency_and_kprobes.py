@@ -64,16 +64,20 @@ def test_latency_script_probes_only_the_outcome_handlers_with_either_hook():
     assert "__handle_mm_fault" not in OUTCOME_HANDLERS and "handle_pte_fault" not in OUTCOME_HANDLERS
     fentry = latency_script([42], ["do_anonymous_page", "do_wp_page"], 7, FunctionProbe.FENTRY)
     kprobe = latency_script([42], ["do_anonymous_page", "do_wp_page"], 7, FunctionProbe.KPROBE)
-    assert "kfunc:handle_mm_fault { if (pid == 42 || @pids[pid]) { @t[tid] = nsecs; }" in fentry
+    assert "kfunc:handle_mm_fault { if (pid == 42 || @pids[pid]) { @t[tid] = (nsecs, (uint64)args->vma->vm_start); }" \
+        in fentry
     # one program on the entry (the arming inside it): each program on it runs on every fault of the machine
     assert fentry.count("kfunc:handle_mm_fault ") == 1 and kprobe.count("kprobe:handle_mm_fault ") == 1
     assert 'else if (pid == 7 && @armed == 0) { printf("armed\\n")' in fentry
     assert "kfunc:do_wp_page /pid == 42 || @pids[pid]/ { @h[tid] = 2; }" in fentry and "kprobe:" not in fentry
     # every return clears the handler, timed or not: a fault begun before the probes leaves none behind
     assert fentry.split("kretfunc:handle_mm_fault")[1].split("\n")[0].endswith("} delete(@h[tid]); }")
-    # a kretprobe cannot read the arguments: the entry keeps the VMA's start for it
-    assert "@v[tid] = ((struct vm_area_struct *)arg0)->vm_start" in kprobe and "kfunc" not in kprobe
-    assert "@v[" not in fentry and "args->vma->vm_start" in fentry
+    # both hooks read the VMA at the entry, where the fault holds it (a kretprobe cannot read the arguments;
+    # at fexit a retried fault has dropped its lock): the return only reads what the entry kept
+    assert "@t[tid] = (nsecs, (uint64)((struct vm_area_struct *)arg0)->vm_start);" in kprobe and "kfunc" not in kprobe
+    for script in (fentry, kprobe):
+        returned = script.split("retfunc:handle_mm_fault" if script is fentry else "kretprobe:handle_mm_fault")[1]
+        assert "vm_start" not in returned.split("\n")[0] and "$v = $e.1;" in returned
     for script in (fentry, kprobe):
         assert script.count("hist(") == 1 and "@lat[$h, $r, $v]" in script
 

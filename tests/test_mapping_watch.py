@@ -34,6 +34,13 @@ def test_a_mapping_proc_showed_keeps_its_whole_path_when_bpftrace_tells_of_it_to
     assert [m.path for m in maps] == ["/usr/lib/libx.so"]
 
 
+def test_a_told_mappings_length_rounds_up_to_this_kernels_page_size():
+    watch = MappingWatch(4242)
+    watch.page_size = 16384     # a 16 KiB arm64 kernel: mmap rounds to its pages, not to 4 KiB
+    maps = watch.finish(["map 4242 0x7f0000000000 0x1800 3 34 0x0 //anon"])[4242]
+    assert [(m.start, m.end) for m in maps] == [(0x7F0000000000, 0x7F0000004000)]
+
+
 def test_mappings_read_from_proc_stay_after_they_are_unmapped():
     child = subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -62,22 +62,20 @@ def latency_script(pids: list[int], handlers: list[str], tool_pid: int,
     and by VMA.
 
     Written for the least work per fault: the program's own faults pass the filter on a comparison, not a
-    map lookup; the entry probe stores one timestamp (and, for a kretprobe, which cannot read the
-    arguments, the VMA's start); a handler stores its code + 1 (absent reads as 0, so nothing is written
-    for "no handler"); the return probe reads each per-thread value once into a local, and makes three
-    aggregations where one map per grouping made six.
+    map lookup; the entry probe stores one value (its time and the VMA's start); a handler stores its
+    code + 1 (absent reads as 0, so nothing is written for "no handler"); the return probe reads each
+    per-thread value once into a local, and makes three aggregations where one map per grouping made six.
     """
     begin = " ".join(f"@pids[{p}] = 1;" for p in pids)
+    # The entry keeps (start time, the VMA's start) in one map value. The VMA is read there, where the
+    # fault holds it, for both hooks: a kretprobe cannot read the arguments, and at fexit a fault that
+    # returned VM_FAULT_RETRY or COMPLETED has dropped its lock, so its VMA may already be freed.
     if probe is FunctionProbe.FENTRY:
-        entry, ret, handler = "kfunc:handle_mm_fault", "kretfunc:handle_mm_fault", "kfunc"
-        enter = "@t[tid] = nsecs;"
-        vma = "$v = args->vma->vm_start;"
-        forget = ""
+        entry, ret, handler, vma = "kfunc:handle_mm_fault", "kretfunc:handle_mm_fault", "kfunc", "args->vma"
     else:
-        entry, ret, handler = "kprobe:handle_mm_fault", "kretprobe:handle_mm_fault", "kprobe"
-        enter = "@t[tid] = nsecs; @v[tid] = ((struct vm_area_struct *)arg0)->vm_start;"
-        vma = "$v = @v[tid];"
-        forget = " delete(@v[tid]);"
+        entry, ret, handler, vma = ("kprobe:handle_mm_fault", "kretprobe:handle_mm_fault", "kprobe",
+                                    "((struct vm_area_struct *)arg0)")
+    enter = f"@t[tid] = (nsecs, (uint64){vma}->vm_start);"
     # the program itself first: its faults skip the map lookup (bpftrace's || stops at a true left side)
     mine = f"pid == {pids[0]} || @pids[pid]" if len(pids) == 1 else "@pids[pid]"
     lines = [f"BEGIN {{ {begin} }}",
@@ -86,10 +84,10 @@ def latency_script(pids: list[int], handlers: list[str], tool_pid: int,
              # every fault of the machine
              f"{entry} {{ if ({mine}) {{ {enter} }} else if (pid == {tool_pid} && @armed == 0) "
              '{ printf("armed\\n"); @armed = 1; } }',
-             f"{ret} /{mine}/ {{ $s = @t[tid]; if ($s != 0) {{ $d = nsecs - $s; $r = retval & 0xffffffff; "
-             f"$h = @h[tid] - 1; {vma} "
+             f"{ret} /{mine}/ {{ $e = @t[tid]; if ($e.0 != 0) {{ $d = nsecs - $e.0; $v = $e.1; "
+             "$r = retval & 0xffffffff; $h = @h[tid] - 1; "
              "@lat[$h, $r, $v] = hist($d); @sum[$h, $r, $v] = sum($d); @max[$h, $r, $v] = max($d); "
-             f"delete(@t[tid]);{forget} }} delete(@h[tid]); }}"]
+             "delete(@t[tid]); } delete(@h[tid]); }"]
     # a handler of a fault that began before the probes were attached writes @h too: every return clears
     # it, timed or not, so no later fault inherits it
     lines += [f"{handler}:{fn} /{mine}/ {{ @h[tid] = {code + 1}; }}" for code, fn in enumerate(handlers)]
@@ -98,7 +96,7 @@ def latency_script(pids: list[int], handlers: list[str], tool_pid: int,
         # the mappings, to name each VMA's histogram: the VMA is gone with the program, and a short
         # program is gone before a periodic read of /proc/PID/maps sees it
         lines.append(mapping_probes(pids[0], mine))
-    kept = ("@pids", "@t", "@h", "@armed") + (("@v",) if forget else ()) + (MAPPING_MAPS if len(pids) == 1 else ())
+    kept = ("@pids", "@t", "@h", "@armed") + (MAPPING_MAPS if len(pids) == 1 else ())
     lines.append("END { " + " ".join(f"clear({m});" for m in kept) + " }")
     return "\n".join(lines)
 
@@ -204,8 +202,9 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     text = out.decode(errors="replace")
     by_outcome, by_vma = parse_histograms(text)
     maps = watch.finish(text.splitlines())
-    reason = "chosen with --probes" if probe else ("; ".join(refused) if refused else
-                                                   "fentry attached (BPF trampolines, no breakpoint)")
+    # the reason names what was tried and refused before the hook used, not what was never needed
+    reason = ("chosen with --probes" if probe else "fentry attached (BPF trampolines, no breakpoint)"
+              if used is FunctionProbe.FENTRY else "; ".join(refused))
     return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit(),
                             used, reason)
 

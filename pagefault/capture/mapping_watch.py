@@ -52,6 +52,7 @@ class MappingWatch:
         self.maps: dict[int, list[MapsLine]] = {}
         self._stops = 0
         self._last_read = 0.0
+        self.page_size = os.sysconf("SC_PAGE_SIZE")   # this kernel's (16 KiB on some arm64 kernels)
 
     def before_exec(self) -> None:
         """The held program's mappings before its exec (the tool's own image, forked): named apart, so
@@ -90,7 +91,7 @@ class MappingWatch:
                 perms = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
                     ("s" if flags & 1 else "p")
                 path = "" if parts[7] == "//anon" else parts[7]
-                end = start + ((length + 4095) & ~4095)
+                end = start + ((length + self.page_size - 1) & ~(self.page_size - 1))   # mmap rounds up
                 # bpftrace tells the file's name only; /proc's line for the same mapping has its whole path
                 if any(k[0] == start and k[1] == end and (k[2] == path or k[2].endswith("/" + path)) for k in seen):
                     continue
