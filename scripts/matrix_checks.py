@@ -192,19 +192,27 @@ def finish(release: str, out: Path, checks: Checks, times: dict[str, float], t0:
     return 1 if failed else 0
 
 
+def first_touch(out: Path) -> Path:
+    """The bench's first-touch loop, compiled into the row's output (trace and trace-latency share it); an
+    output directory kept from an earlier run is rebuilt when the source is newer."""
+    import shutil
+    exe = out / "first_touch"
+    source = ROOT / "bench" / "c" / "first_touch.c"
+    if not exe.exists() or exe.stat().st_mtime < source.stat().st_mtime:
+        cc = shutil.which("cc") or shutil.which("gcc")
+        subprocess.run([cc, "-O1", "-o", str(exe), str(source)], check=True)
+    return exe
+
+
 def trace_latency_result(out: Path) -> tuple[bool, str]:
     """trace --latency on the first-touch loop (256 pages of this kernel's size), with each hook (auto: fentry
     where bpftrace attaches it; kprobes): only where kprobes work; elsewhere the refusal is checked."""
     import contextlib
     import io
-    import shutil
 
     from pagefault.capture.kprobes import kprobe_support
     from pagefault.cli import main as cli_main
-    exe = out / "first_touch"
-    if not exe.exists():
-        cc = shutil.which("cc") or shutil.which("gcc")
-        subprocess.run([cc, "-O1", "-o", str(exe), str(ROOT / "bench" / "c" / "first_touch.c")], check=True)
+    exe = first_touch(out)
     pages = 256
     details, good = [], True
     for probes in ("auto", "kprobe"):
@@ -355,14 +363,10 @@ def main() -> int:
     times["scenarios"] = time.monotonic() - t
 
     def trace():
-        import shutil
-
         from pagefault.capture.recording import load_recording
         from pagefault.capture.tracer import TraceOptions, record
         from pagefault.journey.trace_summary import summarize
-        cc = shutil.which("cc") or shutil.which("gcc")
-        exe = out / "first_touch"
-        subprocess.run([cc, "-O1", "-o", str(exe), str(ROOT / "bench" / "c" / "first_touch.c")], check=True)
+        exe = first_touch(out)
         pages = 256
         with open(out / "first_touch.out", "w") as f:
             record(TraceOptions(argv=[str(exe), str(pages * 4096)], output=out / "trace.pfrec", target_stdout=f.fileno(),
