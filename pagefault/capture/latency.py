@@ -196,8 +196,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     finally:
         if proc is not None:
             stop_child(proc, 10)
-        if target.spawned and target.poll():
-            target.kill()
+        target.end()   # an attached process that execs is stopped there by bpftrace: it is continued
         target.wait()
     text = out.decode(errors="replace")
     by_outcome, by_vma = parse_histograms(text)
