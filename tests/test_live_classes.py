@@ -8,7 +8,7 @@ import pytest
 from pagefault.capture.recording import load_recording
 from pagefault.capture.tracer import TraceOptions, record
 from pagefault.journey.fault_classes import FaultClass as C
-from pagefault.journey.trace_summary import classify_recording, summarize
+from pagefault.journey.trace_summary import classify_recording, recording_columns, summarize
 
 pytestmark = pytest.mark.live
 LINE = re.compile(r"^(\w+) start=0x([0-9a-f]+) pages=(\d+) expect=(\d+)(?: child=(\d+))?$")
@@ -27,16 +27,54 @@ def traced(request, can_trace, cbin, tmp_path_factory):
         assert m, line
         regions[m.group(1)] = (int(m.group(2), 16), int(m.group(3)), int(m.group(4)), int(m.group(5) or 0))
     rec = load_recording(tmp / "t.pfrec")
-    addresses, tids, result = classify_recording(rec)
-    return regions, addresses, tids, result, rec
+    addresses, tids, times, result = classify_recording(rec)
+    return regions, addresses, tids, result, rec, times
+
+
+def mmap_windows(rec) -> list[tuple[int, int, int]]:
+    """(time, start, end) of every mapping the program's mmap calls returned, in time order: each
+    sys_exit_mmap paired with its thread's sys_enter_mmap for the length."""
+    columns, names, fields, _comms = recording_columns(rec)
+    enter, leave = names.index("syscalls:sys_enter_mmap"), names.index("syscalls:sys_exit_mmap")
+    lengths = iter(fields[names[enter]]["len"].tolist())
+    returns = iter(fields[names[leave]]["ret"].tolist())
+    pending: dict[int, int] = {}
+    windows = []
+    for event, tid, time in zip(columns["event"].tolist(), columns["tid"].tolist(), columns["time"].tolist()):
+        if event == enter:
+            pending[tid] = next(lengths)
+        elif event == leave:
+            ret, length = next(returns), pending.pop(tid, 0)
+            if ret < (1 << 63) and length:           # not a -errno
+                windows.append((time, ret, ret + length))
+    return windows
+
+
+def region_faults(traced, region, tid=None) -> list[tuple[C, str]]:
+    """The (class, si_code) of each fault in the test's own region: inside its pages, after the mmap that
+    made it (an address can have held another mapping earlier: ld.so maps /etc/ld.so.cache and unmaps it
+    before main runs), and of the given thread."""
+    regions, addresses, tids, result, rec, times = traced
+    start, pages, _expect, _child = regions[region]
+    end = start + pages * 4096
+    made = [t for t, lo, hi in mmap_windows(rec) if lo <= start < hi]
+    since = made[-1] if made else 0          # no mmap made it (the stack grows from exec on): from the start
+    return [(c, d) for a, t, when, c, d in zip(addresses.tolist(), tids.tolist(), times.tolist(), result.classes,
+                                                result.detail)
+            if start <= a < end and when >= since and (tid is None or t == tid)]
 
 
 def classes_in(traced, region, tid=None):
-    regions, addresses, tids, result, _rec = traced
-    start, pages, _expect, _child = regions[region]
-    end = start + pages * 4096
-    return Counter(c for a, t, c in zip(addresses.tolist(), tids.tolist(), result.classes)
-                   if start <= a < end and (tid is None or t == tid))
+    return Counter(c for c, _d in region_faults(traced, region, tid))
+
+
+def test_a_region_is_told_apart_from_an_earlier_mapping_at_its_address(traced):
+    """The seam the class tests count through: every region but the stack was made by an mmap the
+    recording holds, and the faults kept are the ones after it."""
+    windows = mmap_windows(traced[4])
+    for name, (start, _pages, _expect, _child) in traced[0].items():
+        if name != "stack":
+            assert any(lo <= start < hi for _t, lo, hi in windows), name
 
 
 def test_fresh_anonymous_pages(traced):
@@ -74,10 +112,7 @@ def test_stack_growth(traced):
 
 
 def test_sigsegv_with_its_code(traced):
-    regions, addresses, tids, result, _rec = traced
-    start = regions["segv"][0]
-    hits = [(c, d) for a, c, d in zip(addresses.tolist(), result.classes, result.detail) if start <= a < start + 4096]
-    assert hits == [(C.SIGSEGV, "SEGV_ACCERR")]
+    assert region_faults(traced, "segv") == [(C.SIGSEGV, "SEGV_ACCERR")]
 
 
 def test_the_summary_breaks_faults_down_by_class_mapping_and_site(traced):

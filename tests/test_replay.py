@@ -19,6 +19,8 @@ from pagefault.decode.pagemap import PM_PFN_MASK
 from pagefault.decode.pte import decode_pte
 from pagefault.evidence.file import load_evidence
 
+from live_helpers.fixtures import matching_capture, saved_capture
+
 FIXTURES = Path(__file__).parent / "fixtures" / "evidence"
 JOURNEYS = sorted(FIXTURES.glob("*/journey-*.json.gz"))
 SCENARIOS = sorted(FIXTURES.glob("*/scenario-*.json.gz"))
@@ -250,24 +252,40 @@ def test_fuzz_the_evidence_loader(tmp_path_factory, fixture):
 
 
 def test_a_fresh_capture_has_the_fixtures_shape(can_trace, tmp_path):
-    """The format cannot rot unnoticed: today's live evidence has exactly the keys of the saved fixture."""
-    from pagefault.kernel.facts import kernel_release
-    fixture = FIXTURES / kernel_release() / "journey-bpf.json.gz"
-    if not fixture.exists():
-        fixture = JOURNEYS[0]
+    """The format cannot rot unnoticed: today's live evidence has exactly the keys of a saved fixture of the
+    same shape (architecture and paging levels, the nearest kernel version), whatever this kernel's build string."""
     out = tmp_path / "fresh.json.gz"
     r = subprocess.run([sys.executable, "-m", "pagefault", "journey", "--no-pause", "-q", "--tier", "bpf",
                         "--save-evidence", str(out), "--format", "json", "-o", str(tmp_path / "j.json")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     fresh = json.loads(gzip.decompress(out.read_bytes()))
+    ev = fresh["evidence"]
+    fixture = matching_capture("journey-bpf.json.gz", arch=str(ev.get("arch") or "x86_64"),
+                               paging_levels=ev["paging_levels"], kernel_version=tuple(ev["kernel_version"])).path
     saved = json.loads(gzip.decompress(fixture.read_bytes()))
     assert fresh["version"] == saved["version"]
     for key in ("snapshots", "bpf", "rip", "options", "program"):
-        assert _shape(fresh["evidence"][key]) == _shape(saved["evidence"][key]), key
+        assert _shape(fresh["evidence"][key]) == _shape(saved["evidence"][key]), (key, fixture)
     assert set(fresh["evidence"]) == set(saved["evidence"])
     assert _shape(fresh["evidence"]["events"][0]).keys() == _shape(saved["evidence"]["events"][0]).keys()
     journey_from_evidence(load_evidence(out).evidence)
+
+
+@pytest.mark.parametrize("path", JOURNEYS, ids=ids)
+@pytest.mark.parametrize("release", ["same", "unknown build", "unknown version"])
+def test_the_fixture_for_a_capture_depends_on_its_shape_not_its_build_string(path, release):
+    """The seam the fresh-capture test goes through: a kernel of a fixture's shape finds a fixture of that
+    shape, under the fixture's own version, under another build string of it, and under a version no
+    fixture has; it finds the fixture itself when its version is the nearest."""
+    mine = saved_capture(path)
+    version = {"same": mine.kernel_version, "unknown build": mine.kernel_version, "unknown version": (9, 99)}[release]
+    found = matching_capture(path.name, arch=mine.arch, paging_levels=mine.paging_levels, kernel_version=version)
+    assert (found.arch, found.paging_levels) == (mine.arch, mine.paging_levels)
+    if release != "unknown version":
+        assert found.kernel_version == mine.kernel_version
+    with pytest.raises(LookupError, match="no saved"):
+        matching_capture(path.name, arch=mine.arch, paging_levels=3, kernel_version=version)
 
 
 def test_the_cli_replay_path_loads_no_capture_kernel_or_symbol_code(tmp_path):

@@ -49,6 +49,7 @@ from .bpf_walk import (
 )
 from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
+from .records import parse_stream
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, TargetProblem, release_target, tracepoint_events
@@ -225,6 +226,10 @@ tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @armed == 0/ {{ printf("
 class ProgramFault:
     """Run (or attach to) a program and capture the journey of one of its faults."""
 
+    # pages per CPU and event of the perf buffers: enough for ~50 ms of a fast-faulting program between
+    # two reads (tests shrink it to stand for a machine where bpftrace attaches slowly)
+    perf_pages = 256
+
     def __init__(self, argv: list[str] | None, pid: int | None, selector: str, value, progress=None):
         self.progress = progress or (lambda _m: None)
         if not facts.is_root():
@@ -266,20 +271,25 @@ class ProgramFault:
         session = proc = None
         out = bytearray()
         try:
-            session = PerfSession(events, target.pid, enable_on_exec=bool(self.argv), callchain=True, data_pages=256,
+            session = PerfSession(events, target.pid, enable_on_exec=bool(self.argv), callchain=True, data_pages=self.perf_pages,
                                   monotonic_clock=True)
             session.enable()
+            # The buffers are read all along, not once at the end: a running process fills them while
+            # bpftrace attaches, and a full buffer drops the samples of the very fault that is chosen
+            # next (its allocation went missing and the fault read as spurious).
+            drained = _Drained(session)
             proc = start_child([exe, "--unsafe", "-B", "line", "-e", script], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
             say("attaching bpftrace (it picks the fault in the kernel)")
             try:
-                arm_with_own_faults(proc, out)   # our mmap and read system calls fire its armed probe
+                # our mmap and read system calls fire its armed probe
+                arm_with_own_faults(proc, out, each_round=drained.read)
             except BpfError as exc:
                 raise CaptureError(str(exc)) from None
             if self.argv:
                 release_target(target)
             say(f"PID {target.pid} runs at full speed until {words}")
-            stopped = self._wait_for_stop(proc, out, target)
+            stopped = self._wait_for_stop(proc, out, target, drained.read)
             ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
             _selected(ev)
             if stopped and ev.address:
@@ -288,7 +298,8 @@ class ProgramFault:
             if self.argv:
                 target.wait()
                 ev.exit = target.describe_exit()
-            chunks = session.drain()
+            drained.read()
+            counts = session.event_counts()
         except PerfError as exc:
             raise CaptureError(str(exc)) from None
         finally:
@@ -299,8 +310,12 @@ class ProgramFault:
                 session.close()
             target.end(signal.SIGKILL)
             target.wait()
-        ev.events, ev.lost_events = decode_trace_events(b"".join(chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
+        ev.events, ev.lost_events = decode_trace_events(b"".join(drained.chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
                                                         formats, KernelSymbols.load())
+        # the kernel's own count of each event against the samples kept: drops after the last
+        # PERF_RECORD_LOST (or when the oldest were let go) show only here
+        if counts is not None:
+            ev.lost_events = max(ev.lost_events, sum(counts.values()) - len(ev.events) - drained.dropped_samples)
         reads, _printed_base, vmemmap = parse_walk_lines(ev.lines)
         if "before" in reads:
             pgdv = reads["before"].pgd_virtual
@@ -326,10 +341,11 @@ class ProgramFault:
         except OSError:
             return None
 
-    def _wait_for_stop(self, proc, out: bytearray, target: Target) -> bool:
+    def _wait_for_stop(self, proc, out: bytearray, target: Target, each_round: Callable[[], None]) -> bool:
         """Until bpftrace says it stopped the program after the chosen fault (False: bpftrace or a spawned
-        program ended first)."""
+        program ended first); `each_round` runs every 50 ms or so."""
         while b"stopped" not in out:
+            each_round()
             if proc.poll() is not None:
                 out += proc.stdout.read()
                 return b"stopped" in out
@@ -357,6 +373,28 @@ class ProgramFault:
         except OSError as exc:
             ev.unavailable["/proc"] = f"/proc/{pid} could not be read while stopped: {exc}"
         return True
+
+
+class _Drained:
+    """The session's records read so far, newest kept: at most KEEP_BYTES, the oldest let go first (a
+    process followed for minutes fills memory otherwise; the chosen fault's window is the newest)."""
+
+    KEEP_BYTES = 256 << 20
+
+    def __init__(self, session: PerfSession):
+        self.session = session
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.dropped_samples = 0      # samples let go here on purpose: not lost by the kernel
+
+    def read(self) -> None:
+        for chunk in self.session.drain():
+            self.chunks.append(chunk)
+            self.kept += len(chunk)
+        while self.kept > self.KEEP_BYTES and len(self.chunks) > 1:
+            old = self.chunks.pop(0)
+            self.kept -= len(old)
+            self.dropped_samples += len(parse_stream(old, TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN).samples)
 
 
 def _selected(ev: ProgramFaultEvidence) -> None:

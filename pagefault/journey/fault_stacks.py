@@ -71,7 +71,7 @@ def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Co
     if meta.get("tier", "perf") != "perf":
         raise ValueError("flame graphs need a perf-tier recording (fault classes come from tracepoints)")
     ksyms = _chain_symbols(meta, ksyms or KernelSymbols.load())
-    addresses, _tids, result = classify_recording(rec, ksyms)
+    addresses, _tids, _times, result = classify_recording(rec, ksyms)
     stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0), in_time_order=False,
                           columns=frozenset())
     ids = _event_ids(meta)

@@ -69,6 +69,11 @@ def classify_chosen(ev: ProgramFaultEvidence) -> tuple[FaultClass, str, list[Tra
         if "vma" not in before or not before.get("vm_start", 0) <= ev.address:
             cls = FaultClass.STACK_GROWTH   # at entry no VMA held the address; after, the stack's did
     how = HOW[cls] + (f" ({result.detail[0]})" if result.detail[0] else "")
+    if ev.lost_events:
+        # a class decided by what is absent from the window (no allocation, nothing read) rests on events
+        # that may be among the dropped ones
+        how += (f"; {ev.lost_events} events were lost while tracing, so what this fault did may be missing "
+                "from its window")
     return cls, how, window
 
 

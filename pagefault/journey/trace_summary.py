@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -230,8 +231,17 @@ def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:
     return None
 
 
-def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[np.ndarray, np.ndarray, Classified]:
-    """Every fault of a perf-tier recording: (addresses, thread ids, classes), in stream order."""
+class ClassifiedFaults(NamedTuple):
+    """Every fault of a recording, in stream order: one row per fault in each column."""
+
+    addresses: np.ndarray
+    tids: np.ndarray
+    times: np.ndarray       # the sample's time (perf's clock): with the thread, what tells two faults on one address apart
+    result: Classified
+
+
+def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> ClassifiedFaults:
+    """Every fault of a perf-tier recording: its address, thread, time and class, in stream order."""
     meta = rec.meta
     stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0), in_time_order=False,
                           columns=frozenset({"tid", "time"}))
@@ -244,7 +254,8 @@ def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> tu
     result = _classify(stream, meta, ids, event_type, fault_mask, alloc_mask, addresses, codes,
                        mappings_of(meta, stream), _chain_symbols(meta, ksyms or KernelSymbols.load()))
     tids = _column(stream.samples.tid, len(stream.samples), np.uint32)[fault_mask]
-    return addresses, tids, result
+    times = _column(stream.samples.time, len(stream.samples))[fault_mask]
+    return ClassifiedFaults(addresses, tids, times, result)
 
 
 def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndarray, fault_ips: np.ndarray,
