@@ -77,3 +77,23 @@ def test_with_call_chains_a_swap_in_is_told_apart_and_a_syscalls_allocation_is_n
 def test_no_faults():
     r = classify_faults(events([(ALLOC, 1, 1, 0, MOVABLE)]), [])
     assert r.classes == []
+
+
+def test_a_read_of_the_vdso_is_its_own_class_not_a_zero_page():
+    """[vdso] and [vvar] have no file behind them, so a not-present read there looked like a zero-page read;
+    the kernel maps their own pages (vdso_fault, vvar_fault). An anonymous read beside it stays a zero page."""
+    vdso = MappingKind(anonymous=True, private=True, special=True)
+    rows = [(FAULT, 1, 10, 0x7fff0000, 0x4), (FAULT, 1, 20, 0x7fff1000, 0x14), (FAULT, 1, 30, 0x2000, 0x4)]
+    r = classify_faults(events(rows), [vdso, vdso, ANON])
+    assert r.classes == [C.SPECIAL, C.SPECIAL, C.ZERO_PAGE]
+
+
+def test_the_counts_summary_names_special_mappings_too():
+    from pagefault.evidence import MapsLine
+    from pagefault.journey.trace_summary import summarize_counts
+    vdso = MapsLine(0x7fff0000, 0x7fff2000, "r-xp", 0, "00:00", 0, "[vdso]")
+    heap = MapsLine(0x10000, 0x20000, "rw-p", 0, "00:00", 0, "")
+    # (error code, allocated, order, cache add, signal, si_code, vm_start << 3 | kind, faults)
+    rows = np.array([[0x4, 0, 0, 0, 0, 0, 0x7fff0000 << 3, 1], [0x4, 0, 0, 0, 0, 0, 0x10000 << 3, 3]], dtype=np.uint64)
+    s = summarize_counts(rows, [vdso, heap], ["p"], 1, "exited", 0.1)
+    assert dict((c, n) for c, n, _h in s.by_class) == {C.SPECIAL.value: 1, C.ZERO_PAGE.value: 3}

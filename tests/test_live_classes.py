@@ -7,6 +7,7 @@ import pytest
 
 from pagefault.capture.recording import load_recording
 from pagefault.capture.tracer import TraceOptions, record
+from pagefault.journey.fault_classes import SPECIAL_MAPPINGS
 from pagefault.journey.fault_classes import FaultClass as C
 from pagefault.journey.trace_summary import classify_recording, recording_columns, summarize
 
@@ -143,3 +144,12 @@ def test_count_mode_counts_the_same_classes_in_the_kernel(can_trace, cbin, tmp_p
     assert classes["anonymous new page"] >= 32 + 8 and classes["COW copy"] >= 16 + 8
     assert sum(classes.values()) == s["faults"]
     assert not list(tmp_path.glob("*.pfrec")), "count mode wrote a recording"
+
+
+def test_the_kernels_special_mappings_are_their_own_class(traced):
+    """ld.so reads the vDSO's ELF header and the clock code reads [vvar]: those faults map pages the kernel
+    already has (no zero page, nothing read from disk), whatever else the thread did before its next fault."""
+    regions, addresses, tids, result, rec, times = traced
+    special = [(m["start"], m["end"]) for m in rec.meta["maps"] if m["path"] in SPECIAL_MAPPINGS]
+    seen = [c for a, c in zip(addresses.tolist(), result.classes) if any(lo <= a < hi for lo, hi in special)]
+    assert seen and set(seen) == {C.SPECIAL}

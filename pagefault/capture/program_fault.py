@@ -160,7 +160,9 @@ def page_cache_lookup() -> str:
 def _kind_condition(kind: str) -> str:
     """What a fault of `kind` looks like at entry: $ec (error code), $pte/$pmd (quiet walk), $vma (quiet search)."""
     vma = "$vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr"
-    anon = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_file == 0"
+    # the kernel's vma_is_anonymous(): no vm_ops. [vdso] and [vvar] have no file either, but their own
+    # vm_ops (special mappings): a read there is no zero-page fault
+    anon = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_ops == 0"
     filed = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_file != 0"
     flags = "(uint64)((struct vm_area_struct *)$vma)->vm_flags"
     return {

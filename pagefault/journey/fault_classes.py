@@ -18,7 +18,11 @@ The classes and their evidence:
 - COW reuse: a write to a present page of a private mapping with no allocation (the page was exclusive);
 - zero page: a read of a not-present anonymous page with no allocation;
 - file page-cache hit: a not-present page of a file mapping, no allocation, nothing read;
-- spurious: a present page, no write, nothing allocated (another CPU fixed it first, or a TLB flush race).
+- spurious: a present page, no write, nothing allocated (another CPU fixed it first, or a TLB flush race);
+- special mapping: a fault in a mapping the kernel installs itself ([vdso], [vvar], [vsyscall]): its
+  pages exist before any fault and are mapped as they are (vdso_fault, vvar_fault): nothing allocated,
+  and no zero page either, though it looks like a zero-page read (a not-present read of a mapping with
+  no file behind it).
 
 Page-table pages are allocated without __GFP_MOVABLE, data pages with it: only movable allocations
 count as the fault's page.
@@ -51,6 +55,7 @@ class FaultClass(enum.Enum):
     SIGSEGV = "SIGSEGV"
     SIGBUS = "SIGBUS"
     SPURIOUS = "spurious"
+    SPECIAL = "kernel's special mapping"
 
 
 HOW = {
@@ -66,7 +71,11 @@ HOW = {
     FaultClass.ZERO_PAGE: "a read of a not-present anonymous page, nothing allocated",
     FaultClass.FILE_HIT: "a not-present page of a file mapping, nothing allocated or read",
     FaultClass.SPURIOUS: "a present page, no write, nothing allocated or changed",
+    FaultClass.SPECIAL: "a fault in a mapping the kernel installs itself ([vdso], [vvar]): its pages exist already "
+                        "and are mapped as they are, nothing allocated",
 }
+# /proc/PID/maps names of the mappings the kernel installs with their own fault handlers (special mappings).
+SPECIAL_MAPPINGS = frozenset({"[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]", "[sigpage]", "[vectors]"})
 # Kernel functions that, in an allocation's call chain, name what the fault did (-g recordings).
 CHAIN_CLASSES = (("do_swap_page", FaultClass.SWAP_IN), ("swapin_", FaultClass.SWAP_IN),
                  ("do_huge_pmd_anonymous_page", FaultClass.THP), ("wp_page_copy", FaultClass.COW_COPY),
@@ -98,6 +107,7 @@ class MappingKind:
     anonymous: bool
     private: bool
     stack_start: int | None = None     # for the [stack]: where it started (below: growth)
+    special: bool = False              # one of SPECIAL_MAPPINGS
 
 
 @dataclass
@@ -116,6 +126,7 @@ class MappingColumns:
     anonymous: np.ndarray
     private: np.ndarray
     stack_start: np.ndarray    # the stack's initial start for faults in the [stack] mapping, else −1
+    special: np.ndarray | None = None   # the mapping is one of SPECIAL_MAPPINGS (None: none is)
 
     @classmethod
     def of(cls, kinds: list[MappingKind | None]) -> "MappingColumns":
@@ -123,7 +134,8 @@ class MappingColumns:
                    np.array([k is None or k.anonymous for k in kinds], dtype=bool),
                    np.array([k is None or k.private for k in kinds], dtype=bool),
                    np.array([-1 if k is None or k.stack_start is None else min(k.stack_start, (1 << 63) - 1)
-                             for k in kinds], dtype=np.int64))
+                             for k in kinds], dtype=np.int64),
+                   np.array([k is not None and k.special for k in kinds], dtype=bool))
 
 
 CLASS_LIST = list(FaultClass)
@@ -146,6 +158,7 @@ def class_columns(codes: np.ndarray, sig: np.ndarray, sig_code: np.ndarray, chai
     below_stack = (maps.stack_start >= 0) & (addresses < maps.stack_start)
     file_backed = maps.known & ~maps.anonymous
     alloc = data_allocs > 0
+    special = maps.special if maps.special is not None else np.zeros(nf, dtype=bool)
     hint = chain_hint if chain_hint is not None else np.full(nf, -1, dtype=np.int64)
     hint_class = np.array([_class_index(c) for _fn, c in CHAIN_CLASSES] + [0], dtype=np.int64)[np.where(hint >= 0, hint, -1)]
     hint_class = np.where((hint_class == _class_index(FaultClass.ANON_NEW)) & below_stack,
@@ -153,6 +166,7 @@ def class_columns(codes: np.ndarray, sig: np.ndarray, sig_code: np.ndarray, chai
     C = _class_index
     rules: list[tuple[np.ndarray, int | np.ndarray]] = [
         (sig == SIGSEGV, C(FaultClass.SIGSEGV)), (sig == SIGBUS, C(FaultClass.SIGBUS)),
+        (special, C(FaultClass.SPECIAL)),   # its pages exist already: what the window shows is not the fault's
         (hint >= 0, hint_class), (max_order >= 1, C(FaultClass.THP)), (cache_adds > 0, C(FaultClass.FILE_MAJOR)),
         (alloc & present & write, C(FaultClass.COW_COPY)),
         (alloc & file_backed & write & maps.private, C(FaultClass.COW_COPY)),

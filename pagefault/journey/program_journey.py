@@ -15,7 +15,19 @@ from ..decode.pte import EntryKind, decode_pte
 from ..decode.vm_flags import decode_vm_flags
 from ..evidence import MapsLine, ProgramFaultEvidence, TraceEvent
 from .build import _maple_values, _struct_page_values
-from .fault_classes import ALLOC, CACHE_ADD, FAULT, GFP_MOVABLE, HOW, SIGNAL, FaultClass, FaultEvents, MappingKind, classify_faults
+from .fault_classes import (
+    ALLOC,
+    CACHE_ADD,
+    FAULT,
+    GFP_MOVABLE,
+    HOW,
+    SIGNAL,
+    SPECIAL_MAPPINGS,
+    FaultClass,
+    FaultEvents,
+    MappingKind,
+    classify_faults,
+)
 from .steps import Journey, Step, Value, derived, observed, unavailable
 
 AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user (the chosen fault)"
@@ -60,7 +72,7 @@ def classify_chosen(ev: ProgramFaultEvidence) -> tuple[FaultClass, str, list[Tra
     m = _mapping(ev.maps, ev.address)
     stack = [x.start for x in ev.maps if x.path == "[stack]"]
     mk = None if m is None else MappingKind(anonymous=not m.path.startswith("/"), private=m.perms[3:4] != "s",
-                                            stack_start=None)
+                                            stack_start=None, special=m.path in SPECIAL_MAPPINGS)
     result = classify_faults(FaultEvents(kind, tid, time.astype(np.uint64), a.astype(np.uint64), b.astype(np.uint64)),
                              [mk])
     cls = result.classes[0]

@@ -26,6 +26,7 @@ from .fault_classes import (
     FAULT_ENTRY,
     HOW,
     SIGNAL,
+    SPECIAL_MAPPINGS,
     Classified,
     FaultEvents,
     MappingColumns,
@@ -328,7 +329,8 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
     per_map_anon = np.array([not m.path.startswith("/") or m.path == "//anon" for m in ordered] + [True], dtype=bool)
     per_map_private = np.array([not m.shared for m in ordered] + [True], dtype=bool)
     per_map_stack = np.array([stack_start if m.path == "[stack]" else -1 for m in ordered] + [-1], dtype=np.int64)
-    kinds = MappingColumns(idx >= 0, per_map_anon[idx], per_map_private[idx], per_map_stack[idx])
+    per_map_special = np.array([m.path in SPECIAL_MAPPINGS for m in ordered] + [False], dtype=bool)
+    kinds = MappingColumns(idx >= 0, per_map_anon[idx], per_map_private[idx], per_map_stack[idx], per_map_special[idx])
     return classify_faults(events, kinds)
 
 
@@ -420,8 +422,9 @@ def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str],
     start, kind = vma >> 3, vma & 7
     growth = (kind & 4) != 0
     # a growth fault had no VMA: it is "below the stack" (any address under stack_start 2^63 − 1)
+    special = np.array([st in by_start and by_start[st].path in SPECIAL_MAPPINGS for st in start.tolist()], dtype=bool)
     maps_columns = MappingColumns((start != 0) | growth, (kind & 1) == 0, (kind & 2) == 0,
-                                  np.where(growth, (1 << 63) - 1, -1))
+                                  np.where(growth, (1 << 63) - 1, -1), special)
     index, _detail = class_columns(code, sig, sig_code, None, np.where(alloc > 0, order, -1), cache, alloc,
                                    maps_columns, np.zeros(len(rows), dtype=np.int64))
     kinds: Counter = Counter()
