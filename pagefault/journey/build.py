@@ -417,10 +417,12 @@ def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
             "per-VMA lock path", has_vma_lock,
             f"taken from the source: {MMAP_LOCK_EVENT} was recorded but saw the target take mmap_lock not even "
             "once (not for exec or mmap either), so its silence during the fault proves nothing")
-    return True, observed(
+    # Inferred from an absence: the per-VMA lock itself has no tracepoint, so this is derived, not observed.
+    return True, derived(
         "per-VMA lock path", True,
-        f"tracepoint {MMAP_LOCK_EVENT}: no mmap_lock acquisition by the target {window}, while the same tracepoint "
-        f"saw it take mmap_lock {len(seen)} time(s) elsewhere (exec, mmap): the fault ran under the VMA's own lock"
+        f"inferred from tracepoint {MMAP_LOCK_EVENT}: no mmap_lock acquisition by the target {window}, while the "
+        f"same tracepoint saw it take mmap_lock {len(seen)} time(s) elsewhere (exec, mmap); the per-VMA lock has "
+        "no tracepoint of its own, so its use is not seen, only mmap_lock's absence"
         + ("" if has_vma_lock else "; but this kernel's enum fault_flag has no FAULT_FLAG_VMA_LOCK, which "
            "contradicts it"))
 
@@ -668,6 +670,18 @@ def _migratetype(ev: JourneyEvidence, value) -> str:
     return f"{value} ({ev.migratetypes.get(value, '?')})"
 
 
+# vmemmap's base when KASLR does not move it (arch/x86/include/asm/pgtable_64_types.h, 4.x to 6.18)
+VMEMMAP_UNRANDOMISED = {4: 0xFFFFEA0000000000, 5: 0xFFD4000000000000}
+
+
+def _vmemmap_alignment(base: int, levels: int) -> str:
+    """What a 1 GiB aligned vmemmap base says of KASLR, from the value alone (the evidence holds no KASLR setting)."""
+    if base == VMEMMAP_UNRANDOMISED.get(levels):
+        return (f"1 GiB aligned, and the unrandomised {levels}-level base 0x{base:x}: KASLR did not move it "
+                "(off, or nokaslr)")
+    return "1 GiB aligned, and not the unrandomised base: KASLR placed it (memory randomisation is on)"
+
+
 def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | None) -> list[Value]:
     """The new frame's struct page read at vmemmap_base + PFN × sizeof(struct page), checked against /proc."""
     read = _bpf_read(ev, "after")
@@ -682,14 +696,18 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
     values = [derived("vmemmap_base", bpf.vmemmap_base,
                       "folio − PFN × sizeof(struct page), both from one pagemap:mm_lru_insertion event (bpftrace)",
                       [f"0x{bpf.vmemmap_folio or 0:x} − 0x{bpf.vmemmap_pfn or 0:x} × {size} = 0x{bpf.vmemmap_base:x}",
-                       "1 GiB aligned, as KASLR places it" if aligned else "NOT 1 GiB aligned: not vmemmap's base"],
+                       _vmemmap_alignment(bpf.vmemmap_base, ev.paging_levels) if aligned
+                       else "NOT 1 GiB aligned: not vmemmap's base"],
                       display=f"0x{bpf.vmemmap_base:x}")]
     objs = read.objects
     page = bpf.vmemmap_base + objs["folio_pfn"] * size
     where = f"{BPF_AFTER}: struct page at 0x{bpf.vmemmap_base:x} + 0x{objs['folio_pfn']:x} × {size} = 0x{page:x}"
-    values.append(observed("struct page's PFN", objs["folio_pfn"], where + " (the PFN in the PTE just read)",
-                           display=f"0x{objs['folio_pfn']:x}", derivation=[] if pfn is None else [
-                               f"pagemap PFN 0x{pfn:x}: " + ("the same" if pfn == objs["folio_pfn"] else "DIFFERENT")]))
+    # The struct page is found from the PTE's PFN, so its PFN is that one by construction: derived. Only the
+    # comparison with pagemap (the kernel's own answer, read apart) checks anything.
+    values.append(derived("struct page's PFN", objs["folio_pfn"], "the PFN in the PTE just read, which places the "
+                          f"struct page: {where}", display=f"0x{objs['folio_pfn']:x}", derivation=[] if pfn is None else [
+                              f"/proc/PID/pagemap, read apart, says PFN 0x{pfn:x}: "
+                              + ("the same" if pfn == objs["folio_pfn"] else "DIFFERENT")]))
     why_refs = {1: "one reference, the page-table mapping's: the folio is already on an LRU list",
                 2: "one reference for the page-table mapping, one more while the new folio waits in a per-CPU LRU "
                    "batch (folio_add_lru_vma) to be put on an LRU list"}
