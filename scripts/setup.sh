@@ -17,6 +17,11 @@ if [ "$(id -u)" = 0 ]; then
     command -v bpftrace >/dev/null || need+=(bpftrace)
     command -v gcc >/dev/null || need+=(gcc)
     command -v perf >/dev/null || need+=(linux-perf)   # the peer the benchmarks in bench/ compare with
+    # the compiled BPF programs (pagefault/capture/bpf/): built here once, loaded through the system's libbpf
+    command -v clang >/dev/null || need+=(clang)
+    command -v llvm-strip >/dev/null || need+=(llvm)
+    [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+    command -v bpftool >/dev/null || need+=(bpftool)
     if [ "${#need[@]}" -gt 0 ]; then
         echo "setup: installing Debian packages: ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -36,3 +41,5 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "setup: not root: bpftrace and tracefs are left as they are (pagefault doctor tells what is missing)"
 fi
+# the BPF objects: rebuilt only when a source is newer; a missing tool is one line, and the perf tier still works
+bash scripts/build-bpf.sh || echo "setup: the BPF objects were not built (the line above says what is missing); trace without -o needs them"

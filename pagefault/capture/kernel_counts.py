@@ -1,19 +1,22 @@
 """`pagefault trace --summary-only` (and `trace` without -o): the faults counted in the kernel, not streamed.
 
-bpftrace keeps, per thread, what the fault in progress did (a movable allocation and its order, pages
-added to the page cache, a signal) and closes it at the thread's next fault or exit, adding one to a
-BPF map keyed by (error code, what it did, the VMA's start and kind). The VMA is the thread's previous
-one while it holds the address, else the maple tree's answer, read as the journey reads it. Only those counters cross to
-user space, at the end: a few hundred map entries where a recording holds a record per event. The
-classes then follow from the same rules as a recording's (journey/fault_classes.py), with each region
-looked up in the program's mappings.
+The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
+movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
+next fault, exec or exit, adding one to a per-CPU map keyed by (error code, what it did, the VMA's start
+and kind). The VMA is the thread's previous one while it holds the address, else the maple tree's
+answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the
+program's mappings). Only those maps cross to user space, at the end: a few hundred entries where a
+recording holds a record per event. The classes then follow from the same rules as a recording's
+(journey/fault_classes.py).
+
+The object is loaded before the target is let go, so counting starts at its exec with nothing to wait
+for; the held child's own faults before its exec are not counted.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
+import select
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,90 +24,47 @@ from typing import Callable
 import numpy as np
 
 from ..evidence import MapsLine
-from .bpf_walk import BpfError, _objects_block, arm_with_own_faults, below_stack, read_available
-from .mapping_watch import MappingWatch, mapping_probes
-from .runner import Target, TargetError, attach, spawn_held, start_child
-from .safe_paths import trusted_executable
+from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
+from .libbpf import BpfObject, LibbpfError
+from .mapping_watch import maps_from_kernel
+from .runner import Target, TargetError, attach, spawn_held
 from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
 
-MAP_KEYS = 8192     # distinct (kind of fault, VMA) pairs the map holds (every map is preallocated this big)
-ALLOCS = re.compile(r"^@allocs: (\d+)$")
-TOTAL = re.compile(r"^@total: (\d+)$")
-KEY = re.compile(r"^@f\[(\d+), (\d+)\]: (\d+)$")
+# A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as
+# SIGSEGV (the same reach as the bpftrace captures', capture/bpf_walk.py STACK_REACH).
+STACK_REACH = 8 << 20
 
+# The Python mirror of fault_count.h (tests/test_bpf_engine.py holds it to the object's BTF).
+SETTINGS = np.dtype([("target_tgid", "<u4"), ("from_exec", "<u4"), ("stack_reach", "<u8")])
+FAULT_KEY = np.dtype([("state", "<u4"), ("_pad", "<u4"), ("vma", "<u8")])
+THREAD_FAULT = np.dtype([("state", "<u4"), ("_pad", "<u4"), ("vm_start", "<u8"), ("vm_end", "<u8"), ("vma", "<u8")])
+VMA_SEEN = np.dtype([("start", "<u8"), ("end", "<u8"), ("pgoff", "<u8"), ("flags", "<u8"), ("what", "<u4"),
+                     ("_pad", "<u4"), ("name", "S64")])
+COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_N = range(6)
+ST_OPEN = 1
 
-# A thread's fault in progress, packed in one map value (one map operation where seven were):
-# bit 0 open, 1-6 error code, 7 a movable allocation, 8-12 its largest order, 13 page-cache add,
-# 14-18 signal, 19-26 si_code.
-ST_OPEN, ST_ALLOC, ST_CACHE = 1, 1 << 7, 1 << 13
+# The hooks, each with its tp_btf and classic-tracepoint program. The classic page_fault_user's context
+# struct is declared by hand (pagefault.bpf.h: it is not in BTF), so its format is checked first.
+HOOKS = (
+    Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
+         layout={"address": (8, 8), "error_code": (24, 8)}),
+    Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
+    Hook("sched", "sched_process_exit", "exit_btf", "exit_tp"),
+    Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"),
+    Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False),
+    Hook("filemap", "mm_filemap_add_to_page_cache", "cache_btf", "cache_tp", required=False),
+    Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False),
+)
+# what a fault's class loses without an optional hook
+WITHOUT = {"mm_page_alloc": "no allocation is seen: new pages and copies are told apart by error code only",
+           "mm_filemap_add_to_page_cache": "no page-cache add is seen: reads from disk look like cache hits",
+           "signal_generate": "no signal is seen: SIGSEGV and SIGBUS faults are not told apart"}
 
 
 def unpack_state(state: int) -> tuple[int, int, int, int, int, int]:
-    """(error code, allocated, order, page-cache add, signal, si_code) of a packed state."""
+    """(error code, allocated, order, page-cache add, signal, si_code) of a packed state (fault_count.h)."""
     return (state >> 1 & 0x3F, state >> 7 & 1, state >> 8 & 0x1F, state >> 13 & 1, state >> 14 & 0x1F,
             state >> 19 & 0xFF)
-
-
-def count_script(pid: int, tool_pid: int) -> str:
-    """Per fault, when the thread's next fault (or its exit) closes it: @f[state, vm_start << 3 | kind] += 1.
-
-    Per fault it does as little as it can, since every map operation is paid 262,144 times on a 1 GiB
-    loop: the program's own faults pass the filter without a map lookup, and the thread's state and its
-    VMA (one tuple of start, end and region key, where three maps were) are each read once."""
-    close = "$r = @vr[tid]; @f[@st[tid] & ~1, $r.2] = count();"
-    lookup = _objects_block("c", "$addr", quiet=True)
-    # the program's own events pass the filter on a comparison; only its children's need the map
-    mine = f"pid == {pid} || @pids[pid]"
-    return f"""
-BEGIN {{ @pids[{pid}] = 1; }}
-tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ {{ @pids[args->child_pid] = 1; }}
-// one program on the fault tracepoint, not two: a second one (the arming as its own probe) ran on every
-// fault of the machine
-tracepoint:exceptions:page_fault_user {{
-  if (pid == {tool_pid} && @armed == 0) {{ printf("armed\\n"); @armed = 1; }}
-  if ({mine}) {{
-    // the thread's fault in progress and its VMA (start, end, region key), each read once
-    $s = @st[tid];
-    $r = @vr[tid];
-    if ($s) {{ @f[$s & ~1, $r.2] = count(); }}
-    @total = count();
-    @st[tid] = {ST_OPEN} | ((args->error_code & 0x3f) << 1);
-    // the fault's VMA: the thread's last one if it still holds the address, else the maple tree's answer
-    $addr = args->address;
-    if (!($addr >= $r.0 && $addr < $r.1)) {{
-        {lookup}
-        if ($vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr) {{
-            $v = (struct vm_area_struct *)$vma;
-            @vr[tid] = ((uint64)$v->vm_start, (uint64)$v->vm_end, (uint64)(($v->vm_start << 3) |
-                       ((uint64)$v->vm_file != 0 ? 1 : 0) | (((uint64)$v->vm_flags & 0x8) ? 2 : 0)));
-        }} else {{
-            // no VMA: below the stack it grows; anywhere else it is a SIGSEGV
-            @vr[tid] = ((uint64)0, (uint64)0, (uint64)({below_stack("$addr")} ? 4 : 0));
-        }}
-    }}
-  }}
-}}
-tracepoint:kmem:mm_page_alloc /{mine}/ {{
-    @allocs = count();
-    $s = @st[tid];
-    if ($s && (args->gfp_flags & 0x8)) {{
-        if (args->order > (($s >> 8) & 31)) {{ $s = ($s & ~(31 << 8)) | (args->order << 8); }}
-        @st[tid] = $s | {ST_ALLOC};
-    }}
-}}
-tracepoint:filemap:mm_filemap_add_to_page_cache /@st[tid]/ {{ @st[tid] = @st[tid] | {ST_CACHE}; }}
-tracepoint:signal:signal_generate /@st[tid] && (args->sig == 7 || args->sig == 11)/ {{
-    @st[tid] = @st[tid] | (args->sig << 14) | ((args->code & 0xff) << 19);
-}}
-tracepoint:sched:sched_process_exit {{
-    if (@st[tid]) {{ {close} delete(@st[tid]); delete(@vr[tid]); }}
-    // when the program's main thread exits, the counters are printed at once: bpftrace's own exit
-    // detaches every probe first, which takes about a second here
-    if (pid == {pid} && tid == {pid}) {{ print(@f); print(@total); print(@allocs); printf("counted\\n"); }}
-}}
-{mapping_probes(pid, mine)}
-END {{ clear(@pids); clear(@st); clear(@vr); clear(@armed); }}
-"""
 
 
 @dataclass
@@ -113,65 +73,152 @@ class KernelCounts:
     kind: 1 a file, 2 shared, 4 no VMA below the stack (growth), 0 with vm_start 0: no VMA."""
 
     rows: np.ndarray
-    maps: dict[int, list[MapsLine]] = field(default_factory=dict)   # every mapping seen while it ran
+    maps: dict[int, list[MapsLine]] = field(default_factory=dict)   # every VMA a fault was counted in
     allocations: int = 0
     target_exit: str = ""
     command: list[str] = field(default_factory=list)
     pid: int = 0
     duration: float = 0.0
     total: int = 0          # every fault, counted apart: more than the rows hold if the map filled
+    hooks: list[str] = field(default_factory=list)   # "EVENT: variant (why)" for each hook
+    notes: list[str] = field(default_factory=list)
+    load_ms: float = 0.0    # open + load + attach of the object
+
+
+def choose_hooks(kernel: KernelHooks | None = None) -> list[HookChoice]:
+    """One program per hook for this kernel.
+
+    :raises CaptureError: a hook the count cannot do without is missing (on arm64: the page-fault
+        tracepoint, with the reason and what works there instead)."""
+    kernel = kernel or KernelHooks()
+    choices = [kernel.choose(h) for h in HOOKS]
+    for c in choices:
+        if c.program is None and c.hook.required:
+            if c.hook.event == "page_fault_user":
+                tracepoint_events(((c.hook.system, c.hook.event, True),))   # arm64: its own reason and fix
+            raise CaptureError(f"counting faults in the kernel needs {c.hook.system}:{c.hook.event}: {c.reason}; "
+                               "fix: record instead with -o FILE")
+    return choices
+
+
+def _settings(pid: int, from_exec: bool) -> bytes:
+    s = np.zeros(1, dtype=SETTINGS)
+    s[0] = (pid, int(from_exec), STACK_REACH)
+    return s.tobytes()
+
+
+def _wait(target: Target, timeout: float | None = None) -> bool:
+    """Wait for the target to end (woken at once through a pidfd), at most `timeout` s; True if it ended."""
+    try:
+        fd = os.pidfd_open(target.pid)
+    except OSError:     # gone already, or a kernel before 5.3
+        fd = -1
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while target.poll():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if fd >= 0:
+                select.select([fd], [], [], 0.5 if left is None else min(left, 0.5))
+            else:
+                time.sleep(0.02)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_counts(obj: BpfObject) -> tuple[np.ndarray, int, int, list[str]]:
+    """The count map as rows (unpack_state(state) + (vma key, faults)), with the faults still in progress
+    at the read closed into them; the total and allocation counters; notes on anything not kept."""
+    counts: dict[tuple[int, int], int] = {}
+    for key, value in obj.map("counts").items():
+        k = np.frombuffer(key, dtype=FAULT_KEY)[0]
+        n = int(np.frombuffer(value, dtype="<u8").sum())
+        counts[(int(k["state"]), int(k["vma"]))] = counts.get((int(k["state"]), int(k["vma"])), 0) + n
+    for _tid, value in obj.map("threads").items():
+        t = np.frombuffer(value, dtype=THREAD_FAULT)[0]
+        if int(t["state"]) & ST_OPEN:   # a thread still running: its last fault ends at the read
+            key = (int(t["state"]) & ~ST_OPEN, int(t["vma"]))
+            counts[key] = counts.get(key, 0) + 1
+    totals = obj.map("counters")
+    sums = [int(np.frombuffer(totals.lookup(np.uint32(i).tobytes()) or bytes(8 * totals.cpus), dtype="<u8").sum())
+            for i in range(COUNT_N)]
+    notes = []
+    if sums[COUNT_UNNAMED]:
+        notes.append(f"{sums[COUNT_UNNAMED]} VMAs were not named: the kernel's map of them filled")
+    if sums[COUNT_UNTRACKED]:
+        notes.append(f"{sums[COUNT_UNTRACKED]} faults of threads beyond the map's room were counted, not classified")
+    rows = [unpack_state(s) + (v, n) for (s, v), n in counts.items()]
+    return np.array(rows, dtype=np.uint64).reshape(-1, 8), sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
+
+
+def read_vmas(obj: BpfObject) -> np.ndarray:
+    """Every VMA a fault was counted in, as VMA_SEEN records."""
+    values = [value for _key, value in obj.map("vmas").items()]
+    return np.frombuffer(b"".join(values), dtype=VMA_SEEN)
 
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
-                 stdout: int | None = None) -> KernelCounts:
-    """Run (or attach to) the target with counting probes; raises CaptureError with the reason and fix."""
+                 stdout: int | None = None, kernel: KernelHooks | None = None) -> KernelCounts:
+    """Run `argv` (or attach to `pid`) with the counting program loaded; count until it ends (or Ctrl-C).
+
+    :param argv: a command to start, held until the program is attached; or None with `pid`.
+    :param stdout: where the started command's standard output goes (default: ours).
+    :param kernel: what the kernel offers, for the choice of each hook's program (default: read from
+        this kernel's BTF and tracefs; the tests hand in a BTF without tp_btf to load the other variant).
+    :returns: the counts, the VMAs they fell in, the hooks chosen and why.
+    :raises TargetProblem: the command cannot be run, or `pid` cannot be traced.
+    :raises CaptureError: one line with the reason and the fix: a hook missing (arm64), the object not
+        built or libbpf not installed (``bash scripts/setup.sh`` as root), the kernel refused the program
+        (the file with libbpf's and the verifier's log is named). Without root, the load fails with EPERM
+        and the error says to run as root."""
     say = progress or (lambda _m: None)
-    exe = trusted_executable("bpftrace")
-    if not exe:
-        raise CaptureError("counting in the kernel needs bpftrace; fix: as root, bash scripts/setup.sh, or record "
-                           "with -o FILE")
-    tracepoint_events((("exceptions", "page_fault_user", True),))   # missing (arm64): the reason, before any start
+    choices = choose_hooks(kernel)
     try:
-        target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
-    except TargetError as exc:
-        raise TargetProblem(str(exc)) from None
-    env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(MAP_KEYS))
-    proc = start_child([exe, "--unsafe", "-B", "line", "-e", count_script(target.pid, os.getpid())],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = bytearray()
-    watch = MappingWatch(target.pid)
+        path = object_path("fault_count")
+        obj = BpfObject(path)
+    except (BpfObjectMissing, LibbpfError) as exc:
+        raise CaptureError(f"counting in the kernel: {exc}") from None
+    notes = [f"not counted: {c.hook.system}:{c.hook.event} ({c.reason}): {WITHOUT[c.hook.event]}"
+             for c in choices if c.program is None]
     try:
-        say("attaching bpftrace's counting probes")
         try:
-            arm_with_own_faults(proc, out)
-        except BpfError as exc:
-            raise CaptureError(str(exc)) from None
-        t0 = time.monotonic()
-        release_target(target)
-        say(f"counting the faults of PID {target.pid} in the kernel")
-        while target.poll():
-            read_available(proc, out, 0.05)
-            watch.step(out)
-        duration = time.monotonic() - t0
-        waited = time.monotonic()
-        while b"counted" not in out and proc.poll() is None and time.monotonic() - waited < 5:
-            read_available(proc, out, 0.05)
-        if b"counted" not in out:   # attached to a process that is still running (Ctrl-C): the slow way
-            proc.send_signal(2)   # SIGINT: bpftrace prints the maps and exits
-            rest, _err = proc.communicate(timeout=120)
-            out += rest
+            target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
+        except TargetError as exc:
+            raise TargetProblem(str(exc)) from None
+        try:
+            say("loading the counting program")
+            t0 = time.monotonic()
+            for c in choices:
+                obj.set_autoload(c.hook.btf_program, c.program == c.hook.btf_program)
+                obj.set_autoload(c.hook.tracepoint_program, c.program == c.hook.tracepoint_program)
+            obj.set_rodata(_settings(target.pid, from_exec=target.spawned))
+            try:
+                obj.load()
+                for c in choices:
+                    if c.program:
+                        obj.attach(c.program)
+            except LibbpfError as exc:
+                raise CaptureError(f"counting in the kernel: {exc}") from None
+            load_ms = (time.monotonic() - t0) * 1000
+            started = time.monotonic()
+            release_target(target)
+            say(f"counting the faults of PID {target.pid} in the kernel")
+            try:
+                _wait(target)
+            except KeyboardInterrupt:   # Ctrl-C: the counts so far are kept
+                notes.append("stopped by Ctrl-C: the counts are those made until then")
+            duration = time.monotonic() - started
+            obj.detach()
+            rows, total, allocs, more = read_counts(obj)
+            vmas = read_vmas(obj)
+        finally:
+            target.end()   # a spawned target still running is ended; an attached one is left running
+            target.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()    # its probes go with its file descriptors; the kernel finishes that on its own
-            proc.wait()
-        target.end()   # an attached process that execs is stopped there by bpftrace: it is continued
-        target.wait()
-    text = out.decode(errors="replace").split("counted\n", 1)[0].splitlines()
-    maps = watch.finish(text)
-    rows = [unpack_state(int(m.group(1))) + (int(m.group(2)), int(m.group(3)))
-            for m in (KEY.match(line.strip()) for line in text) if m]
-    allocs = next((int(m.group(1)) for m in (ALLOCS.match(line.strip()) for line in text) if m), 0)
-    total = next((int(m.group(1)) for m in (TOTAL.match(line.strip()) for line in text) if m), 0)
-    counts = KernelCounts(np.array(rows, dtype=np.uint64).reshape(-1, 8), maps, allocs, target.describe_exit(),
-                          list(target.argv), target.pid, duration, total)
-    return counts
+        obj.close()
+    return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
+                        target.pid, duration, total,
+                        [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms)

@@ -1,11 +1,17 @@
 """The traced program's mappings, for the summaries' mapping columns, when its faults are counted in the
 kernel (trace --summary-only, trace --latency) and no recording holds its mmap events.
 
-A short program is gone before a periodic read of /proc/PID/maps sees it, and its mm is torn down
-before the exit tracepoint fires. So bpftrace stops the program at its exec (SIGSTOP) while
-/proc/PID/maps is read, and tells of every later mmap (its result, flags and file name) and brk as
-they are made; /proc/PID/maps is read again every 50 ms while it runs. A mapping seen once stays,
-so a VMA unmapped before the end is still named.
+A short program is gone before a periodic read of /proc/PID/maps sees it, and its mm is torn down before
+the exit tracepoint fires. Two ways are used:
+
+- the compiled counter (capture/bpf/fault_count.bpf.c, trace --summary-only) names each VMA in the kernel
+  when a fault is first counted in it: start, end, flags, offset, its file's name or [heap], [stack],
+  [vdso]. Those are exactly the VMAs the counts refer to, read while they exist, with nothing to stop or
+  wait for; maps_from_kernel() turns them into /proc-style lines.
+- with bpftrace (trace --latency), mapping_probes() stops the program at its exec (SIGSTOP) while
+  /proc/PID/maps is read, and tells of every later mmap (its result, flags and file name) and brk as
+  they are made; MappingWatch reads /proc/PID/maps again every 50 ms while it runs. A mapping seen once
+  stays, so a VMA unmapped before the end is still named.
 """
 
 from __future__ import annotations
@@ -38,6 +44,31 @@ tracepoint:syscalls:sys_exit_mmap /({mine}) && @mln[tid] && args->ret >= 0/ {{
 }}
 tracepoint:syscalls:sys_exit_brk /{mine}/ {{ printf("brk %d 0x%lx 0x%lx\\n", pid, curtask->mm->start_brk, args->ret); }}
 """
+
+
+# struct vma_seen's `what` (capture/bpf/fault_count.h)
+VMA_HEAP, VMA_STACK, VMA_SPECIAL = 1, 2, 4
+VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
+
+
+def maps_from_kernel(vmas) -> list[MapsLine]:
+    """/proc/PID/maps-style lines for the VMAs the counter named (records with start, end, pgoff, flags,
+    what and name, as fault_count.h's struct vma_seen). A file's path is its name only (the kernel's
+    dentry, where /proc would print the whole path); an anonymous VMA's is "" unless it is the heap, the
+    stack or a special mapping ([vdso]); no device or inode is known."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    out = []
+    for v in vmas:
+        flags, what = int(v["flags"]), int(v["what"])
+        name = bytes(v["name"]).split(b"\0", 1)[0].decode(errors="replace")
+        perms = ("r" if flags & VM_READ else "-") + ("w" if flags & VM_WRITE else "-") + \
+            ("x" if flags & VM_EXEC else "-") + ("s" if flags & VM_SHARED else "p")
+        is_file = what == 0 and bool(name)
+        path = ("[heap]" if what & VMA_HEAP else "[stack]" if what & VMA_STACK else
+                name if is_file or (what & VMA_SPECIAL and name.startswith("[")) else "")
+        out.append(MapsLine(int(v["start"]), int(v["end"]), perms, int(v["pgoff"]) * page if is_file else 0,
+                            "00:00", 0, path))
+    return sorted(out, key=lambda m: m.start)
 
 
 MAPPING_MAPS = ("@mfd", "@mfl", "@mpr", "@mof", "@mln")

@@ -1,0 +1,109 @@
+"""pagefault's compiled BPF programs: C sources here (NAME.bpf.c, NAME.h, pagefault.bpf.h), built once by
+scripts/build-bpf.sh (run by scripts/setup.sh) into CO-RE objects under build/<machine>/, loaded through
+the system's libbpf (capture/libbpf.py). Nothing is compiled when pagefault runs.
+
+This module finds an object and chooses, per hook, which of its program variants this kernel takes:
+the BTF-typed raw tracepoint (``tp_btf/EVENT``) where the kernel's BTF has ``btf_trace_EVENT``, else the
+classic tracepoint (``tracepoint/SYSTEM/EVENT``) where tracefs has the event (and, for a context struct
+declared from tracefs's format, where the format still matches it). The choice and its reason are
+returned, to be shown.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...kernel.btf import VMLINUX_BTF
+
+HERE = Path(__file__).resolve().parent
+SETUP_FIX = "fix: as root, bash scripts/setup.sh (it installs clang, libbpf-dev and bpftool and builds the objects)"
+
+
+class BpfObjectMissing(Exception):
+    """The object is not built (or older than its source); the message says how to build it."""
+
+
+def object_path(name: str) -> Path:
+    """The built object NAME.bpf.o for this machine's architecture.
+
+    :raises BpfObjectMissing: not built, or its source is newer (then it could disagree with the Python
+        mirror of its structs): the message names the fix."""
+    obj = HERE / "build" / os.uname().machine / f"{name}.bpf.o"
+    if not obj.exists():
+        raise BpfObjectMissing(f"the BPF object {obj} is not built; {SETUP_FIX}")
+    newest = max(p.stat().st_mtime for p in HERE.iterdir() if p.suffix in (".c", ".h"))
+    if obj.stat().st_mtime < newest:
+        raise BpfObjectMissing(f"the BPF object {obj} is older than its sources; {SETUP_FIX}")
+    return obj
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One kernel event a program needs, with its two program variants in the object."""
+
+    system: str
+    event: str
+    btf_program: str            # SEC("tp_btf/EVENT")
+    tracepoint_program: str     # SEC("tracepoint/SYSTEM/EVENT")
+    required: bool = True
+    # for a classic context struct declared by hand (not in BTF): field → (offset, size) it expects
+    layout: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HookChoice:
+    hook: Hook
+    program: str | None         # the program to load, None: neither variant here
+    variant: str                # "tp_btf", "tracepoint" or "none"
+    reason: str
+
+
+class KernelHooks:
+    """What this kernel offers, read once: BTF's raw-tracepoint typedefs and tracefs's events."""
+
+    def __init__(self, btf_path: Path = VMLINUX_BTF, tracefs: Path | None = None):
+        try:
+            # the names of BTF types sit in its string section; a btf_trace_EVENT typedef is what makes
+            # tp_btf/EVENT attachable. A search of the bytes costs ~2 ms where parsing every type costs ~1 s.
+            self._btf = btf_path.read_bytes()
+            self.btf_problem = ""
+        except OSError as exc:
+            self._btf = b""
+            self.btf_problem = f"{btf_path}: {exc.strerror}"
+        self._tracefs = tracefs
+
+    def has_btf_tracepoint(self, event: str) -> bool:
+        return b"\0btf_trace_" + event.encode() + b"\0" in self._btf
+
+    def tracefs_format(self, system: str, event: str) -> str | None:
+        """The event's format file, or None where tracefs (mounted here if it is not) lacks it."""
+        from ...kernel.tracefs import TracefsError, find_tracefs
+        if self._tracefs is None:
+            try:
+                self._tracefs = find_tracefs()
+            except TracefsError:
+                return None
+        try:
+            return (self._tracefs / "events" / system / event / "format").read_text()
+        except OSError:
+            return None
+
+    def choose(self, hook: Hook) -> HookChoice:
+        name = f"{hook.system}:{hook.event}"
+        if self.has_btf_tracepoint(hook.event):
+            return HookChoice(hook, hook.btf_program, "tp_btf", f"the kernel's BTF has btf_trace_{hook.event}")
+        why = f"no btf_trace_{hook.event} in the kernel's BTF" + (f" ({self.btf_problem})" if self.btf_problem else "")
+        fmt = self.tracefs_format(hook.system, hook.event)
+        if fmt is None:
+            return HookChoice(hook, None, "none", f"{why}, and tracefs has no {name}")
+        if hook.layout:
+            from ...kernel.tracefs import parse_format
+            fields = parse_format(fmt, hook.system, hook.event).fields
+            wrong = [f for f, (off, size) in hook.layout.items()
+                     if f not in fields or (fields[f].offset, fields[f].size) != (off, size)]
+            if wrong:
+                return HookChoice(hook, None, "none", f"{why}, and tracefs's {name} format differs from the "
+                                  f"program's at {', '.join(wrong)}")
+        return HookChoice(hook, hook.tracepoint_program, "tracepoint", f"{why}; tracefs has {name}")

@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: GPL-2.0
+/* pagefault trace's summary-only count: every fault of one process (and the children it forks), counted in
+ * the kernel by what it did and the VMA it hit; nothing is streamed.
+ *
+ * Per thread, the fault in progress is kept open (what it allocated, whether it added to the page cache, the
+ * signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
+ * counts[(state, vm_start << 3 | kind)]. The VMA is the thread's last one while it holds the address, else
+ * the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
+ *
+ * Each hook has two programs, a BTF-typed raw tracepoint (tp_btf) and the classic tracepoint; the loader
+ * turns off, before load, the one it does not use. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "pagefault.bpf.h"
+#include "fault_count.h"
+
+#define VM_SHARED 0x8ULL
+#define GFP_MOVABLE 0x8U   /* ___GFP_MOVABLE: bit 3 on every kernel since 2.6 */
+#define SIGBUS 7
+#define SIGSEGV 11
+#define SI_USER 0
+#define SI_KERNEL 0x80
+
+const volatile struct fault_count_settings settings = {};
+
+__u32 started = 0;          /* the target has exec'ed (with settings.from_exec) */
+__u32 children_seen = 0;    /* the children map holds anything: most machine-wide events skip its lookup */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct fault_key);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct thread_fault);
+} threads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} children SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct vma_seen);
+} vmas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNT_N);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void bump(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &which);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int followed(__u32 tgid)
+{
+	if (tgid == settings.target_tgid)
+		return !settings.from_exec || started;
+	return children_seen && bpf_map_lookup_elem(&children, &tgid);
+}
+
+static __always_inline void close_fault(struct thread_fault *t)
+{
+	struct fault_key key = {.state = t->state & ~ST_OPEN, .vma = t->vma};
+	__u64 *n = bpf_map_lookup_elem(&counts, &key);
+	if (n) {
+		*n += 1;   /* this CPU's own counter: no atomic needed */
+	} else {
+		__u64 one = 1;
+		if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST))
+			bump(COUNT_UNCLASSIFIED);
+	}
+	t->state = 0;
+}
+
+/* Keep the VMA's name, read now: at the end the process and its mm may be gone. */
+static __always_inline void keep_vma(struct vm_area_struct *v, struct mm_struct *mm, __u64 start, __u64 end,
+				     __u64 flags, struct file *file)
+{
+	if (bpf_map_lookup_elem(&vmas, &start))
+		return;
+	struct vma_seen s = {.start = start, .end = end, .flags = flags};
+	s.pgoff = BPF_CORE_READ(v, vm_pgoff);
+	if (file) {
+		const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+		bpf_probe_read_kernel_str(s.name, sizeof(s.name), name);
+	} else {
+		__u64 brk = BPF_CORE_READ(mm, brk), start_brk = BPF_CORE_READ(mm, start_brk);
+		__u64 stack = BPF_CORE_READ(mm, start_stack);
+		/* the tests /proc/PID/maps makes for [heap] and [stack] */
+		if (start <= brk && end >= start_brk) {
+			s.what = VMA_HEAP;
+		} else if (start <= stack && end >= stack) {
+			s.what = VMA_STACK;
+		} else if (BPF_CORE_READ(v, vm_ops) && BPF_CORE_READ(v, vm_private_data)) {
+			/* an anonymous VMA with operations: a special mapping ([vdso], [vvar]) */
+			struct vm_special_mapping *sm = BPF_CORE_READ(v, vm_private_data);
+			const char *name = BPF_CORE_READ(sm, name);
+			if (!bpf_probe_read_kernel_str(s.name, sizeof(s.name), name))
+				s.name[0] = 0;
+			s.what = VMA_SPECIAL;
+		}
+	}
+	if (bpf_map_update_elem(&vmas, &start, &s, BPF_NOEXIST))
+		bump(COUNT_UNNAMED);
+}
+
+static __always_inline void find_vma(struct thread_fault *t, __u64 addr)
+{
+	struct mm_struct *mm = current_mm();
+	struct vm_area_struct *v = (struct vm_area_struct *)maple_find_vma(mm, addr);
+	if (v) {
+		__u64 start = BPF_CORE_READ(v, vm_start);
+		if (start <= addr) {
+			__u64 end = BPF_CORE_READ(v, vm_end);
+			__u64 flags = 0;
+			bpf_core_read(&flags, sizeof(flags), &v->vm_flags);
+			struct file *file = BPF_CORE_READ(v, vm_file);
+			t->vm_start = start;
+			t->vm_end = end;
+			t->vma = start << 3 | (file ? KIND_FILE : 0) | (flags & VM_SHARED ? KIND_SHARED : 0);
+			keep_vma(v, mm, start, end, flags, file);
+			return;
+		}
+	}
+	/* no VMA: below the stack it grows; anywhere else it is a SIGSEGV */
+	__u64 stack = BPF_CORE_READ(mm, start_stack);
+	t->vm_start = 0;
+	t->vm_end = 0;
+	t->vma = addr < stack && addr + settings.stack_reach > stack ? KIND_GROWTH : 0;
+}
+
+static __always_inline int on_fault(__u64 addr, __u64 error_code)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	if (!followed(id >> 32))
+		return 0;
+	bump(COUNT_TOTAL);
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (!t) {
+		struct thread_fault fresh = {};
+		bpf_map_update_elem(&threads, &tid, &fresh, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&threads, &tid);
+		if (!t) {
+			bump(COUNT_UNTRACKED);
+			return 0;
+		}
+	} else if (t->state) {
+		close_fault(t);
+	}
+	t->state = ST_OPEN | (__u32)(error_code & 0x3f) << ST_CODE_SHIFT;
+	if (!(addr >= t->vm_start && addr < t->vm_end))
+		find_vma(t, addr);
+	return 0;
+}
+
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(fault_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+{
+	return on_fault(address, error_code);
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int fault_tp(struct page_fault_user_args *ctx)
+{
+	return on_fault(ctx->address, ctx->error_code);
+}
+
+static __always_inline int on_alloc(__u32 order, __u64 gfp)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	if (!followed(id >> 32))
+		return 0;
+	bump(COUNT_ALLOCS);
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (t && t->state && (gfp & GFP_MOVABLE)) {
+		__u32 s = t->state;
+		if (order > ((s >> ST_ORDER_SHIFT) & 31))
+			s = (s & ~(31u << ST_ORDER_SHIFT)) | (order & 31) << ST_ORDER_SHIFT;
+		t->state = s | ST_ALLOC;
+	}
+	return 0;
+}
+
+SEC("tp_btf/mm_page_alloc")
+int BPF_PROG(alloc_btf, struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype)
+{
+	return on_alloc(order, gfp_flags);
+}
+
+SEC("tracepoint/kmem/mm_page_alloc")
+int alloc_tp(struct trace_event_raw_mm_page_alloc *ctx)
+{
+	return on_alloc(BPF_CORE_READ(ctx, order), BPF_CORE_READ(ctx, gfp_flags));
+}
+
+static __always_inline int on_cache_add(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	if (!followed(id >> 32))
+		return 0;
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (t && t->state)
+		t->state |= ST_CACHE;
+	return 0;
+}
+
+SEC("tp_btf/mm_filemap_add_to_page_cache")
+int BPF_PROG(cache_btf)
+{
+	return on_cache_add();
+}
+
+SEC("tracepoint/filemap/mm_filemap_add_to_page_cache")
+int cache_tp(void *ctx)
+{
+	return on_cache_add();
+}
+
+static __always_inline int on_signal(int sig, int code)
+{
+	if (sig != SIGBUS && sig != SIGSEGV)
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (t && t->state)
+		t->state |= (__u32)sig << ST_SIG_SHIFT | (__u32)(code & 0xff) << ST_SICODE_SHIFT;
+	return 0;
+}
+
+SEC("tp_btf/signal_generate")
+int BPF_PROG(signal_btf, int sig, struct kernel_siginfo *info)
+{
+	/* the classic tracepoint's code: SEND_SIG_NOINFO (0) is SI_USER, SEND_SIG_PRIV (1) SI_KERNEL */
+	int code = (__u64)info == 0 ? SI_USER : (__u64)info == 1 ? SI_KERNEL : BPF_CORE_READ(info, si_code);
+	return on_signal(sig, code);
+}
+
+SEC("tracepoint/signal/signal_generate")
+int signal_tp(struct trace_event_raw_signal_generate *ctx)
+{
+	return on_signal(BPF_CORE_READ(ctx, sig), BPF_CORE_READ(ctx, code));
+}
+
+/* fork runs in the parent: a followed process's new child is followed too */
+static __always_inline int on_fork(__u32 child)
+{
+	if (!followed(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	__u8 one = 1;
+	bpf_map_update_elem(&children, &child, &one, BPF_ANY);
+	children_seen = 1;
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	return on_fork(BPF_CORE_READ(child, tgid));
+}
+
+SEC("tracepoint/sched/sched_process_fork")
+int fork_tp(struct trace_event_raw_sched_process_fork *ctx)
+{
+	return on_fork(BPF_CORE_READ(ctx, child_pid));
+}
+
+/* a thread that ends, or execs a new image, closes its fault in progress and forgets its VMA */
+static __always_inline void forget_thread(__u32 tid)
+{
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (!t)
+		return;
+	if (t->state)
+		close_fault(t);
+	bpf_map_delete_elem(&threads, &tid);
+}
+
+static __always_inline int on_exit(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (followed(id >> 32))
+		forget_thread((__u32)id);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exit_btf)
+{
+	return on_exit();
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int exit_tp(void *ctx)
+{
+	return on_exit();
+}
+
+static __always_inline int on_exec(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == settings.target_tgid)
+		started = 1;
+	if (followed(id >> 32))
+		forget_thread((__u32)id);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf)
+{
+	return on_exec();
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int exec_tp(void *ctx)
+{
+	return on_exec();
+}
+
+char LICENSE[] SEC("license") = "GPL";

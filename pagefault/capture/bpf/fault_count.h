@@ -1,0 +1,72 @@
+/* What crosses between fault_count.bpf.c and its Python loader (pagefault/capture/kernel_counts.py, which
+ * mirrors every struct here once; tests/test_bpf_engine.py checks the mirror against the object's BTF).
+ * Plain fixed-width fields, no pointers, explicit padding. */
+#ifndef PAGEFAULT_FAULT_COUNT_H
+#define PAGEFAULT_FAULT_COUNT_H
+
+/* A thread's fault in progress, packed in one word (struct thread_fault.state, struct fault_key.state):
+ * bit 0 open, 1-6 the x86 error code, 7 a movable allocation, 8-12 its largest order, 13 a page-cache add,
+ * 14-18 the signal, 19-26 its si_code. */
+#define ST_OPEN (1u << 0)
+#define ST_CODE_SHIFT 1
+#define ST_ALLOC (1u << 7)
+#define ST_ORDER_SHIFT 8
+#define ST_CACHE (1u << 13)
+#define ST_SIG_SHIFT 14
+#define ST_SICODE_SHIFT 19
+
+/* The VMA's key in a count: vm_start << 3 | kind. With vm_start 0: 4 a fault below the stack with no VMA
+ * (growth), 0 no VMA at all. */
+#define KIND_FILE 1
+#define KIND_SHARED 2
+#define KIND_GROWTH 4
+
+/* Settings, in .rodata: set by the loader before load, constants to the verifier. */
+struct fault_count_settings {
+	__u32 target_tgid;   /* the traced process; its forked children are followed too */
+	__u32 from_exec;     /* 1: count from the target's exec on (a held child's faults before it are not its) */
+	__u64 stack_reach;   /* a fault with no VMA this little below mm->start_stack is taken as stack growth */
+};
+
+/* The count map's key: one fault, closed, by what it did and where. */
+struct fault_key {
+	__u32 state;         /* as above, without ST_OPEN */
+	__u32 _pad;
+	__u64 vma;           /* vm_start << 3 | kind */
+};
+
+/* Per thread (key: tid): its fault in progress, and the VMA of its last fault. */
+struct thread_fault {
+	__u32 state;
+	__u32 _pad;
+	__u64 vm_start;
+	__u64 vm_end;
+	__u64 vma;
+};
+
+/* A VMA that held a fault, read at that fault (key: vm_start): the mapping's name for the summary. */
+#define VMA_NAME_LEN 64
+#define VMA_HEAP 1       /* anonymous, holding the brk area (/proc's [heap]) */
+#define VMA_STACK 2      /* anonymous, holding mm->start_stack (/proc's [stack]) */
+#define VMA_SPECIAL 4    /* a special mapping: name is its vm_special_mapping's ([vdso], [vvar]) */
+struct vma_seen {
+	__u64 start;
+	__u64 end;
+	__u64 pgoff;         /* in pages */
+	__u64 flags;         /* vm_flags */
+	__u32 what;          /* VMA_* */
+	__u32 _pad;
+	char name[VMA_NAME_LEN];   /* the file's name (its dentry's, not its path), or the special mapping's */
+};
+
+/* Per-CPU counters (an array indexed by these). */
+enum fault_counter {
+	COUNT_TOTAL = 0,        /* every fault of the followed processes */
+	COUNT_ALLOCS = 1,       /* their page allocations (mm_page_alloc) */
+	COUNT_UNCLASSIFIED = 2, /* faults closed while the count map was full */
+	COUNT_UNNAMED = 3,      /* VMAs not kept because their map was full */
+	COUNT_UNTRACKED = 4,    /* faults of threads the thread map had no room for */
+	COUNT_N = 5,
+};
+
+#endif

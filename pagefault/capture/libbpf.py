@@ -1,0 +1,313 @@
+"""A small ctypes binding over the system's libbpf (libbpf.so.1, ≥ 1.0; Debian 12 ships 1.1.2): open a
+compiled CO-RE object, set its read-only settings, choose its programs, load, attach, read its maps, and
+tear it all down.
+
+Why by hand: pylibbpf (0.0.7) is a pre-release, and bcc's Python compiles C at every run (LLVM in the
+tool's process, seconds per start, and a compiler on every user's machine). libbpf itself is the
+library the field's production tools load their objects with; these few calls are all pagefault needs.
+
+Ownership: everything here belongs to the Python process. A BpfObject closes its links and its object
+in close() (it is a context manager); nothing is pinned, so if the process dies the kernel drops the
+programs, links and maps with its file descriptors.
+
+libbpf's own log (its warnings, the verifier's log of a rejected program) is kept for each object;
+when loading fails it is saved to a file in a private ``mkdtemp`` directory, and the one-line error
+names that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno as errno_names
+import os
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .safe_paths import path_problem
+
+c_void_p, c_char_p, c_int, c_bool, c_size_t, c_uint32 = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                                        ctypes.c_bool, ctypes.c_size_t, ctypes.c_uint32)
+
+# libbpf's function prototypes: (name, return type, argument types)
+_PROTOTYPES = (
+    ("libbpf_set_print", c_void_p, (c_void_p,)),
+    ("bpf_object__open_file", c_void_p, (c_char_p, c_void_p)),
+    ("bpf_object__load", c_int, (c_void_p,)),
+    ("bpf_object__close", None, (c_void_p,)),
+    ("bpf_object__next_program", c_void_p, (c_void_p, c_void_p)),
+    ("bpf_object__find_program_by_name", c_void_p, (c_void_p, c_char_p)),
+    ("bpf_object__find_map_by_name", c_void_p, (c_void_p, c_char_p)),
+    ("bpf_program__name", c_char_p, (c_void_p,)),
+    ("bpf_program__section_name", c_char_p, (c_void_p,)),
+    ("bpf_program__set_autoload", c_int, (c_void_p, c_bool)),
+    ("bpf_program__autoload", c_bool, (c_void_p,)),
+    ("bpf_program__attach", c_void_p, (c_void_p,)),
+    ("bpf_link__destroy", c_int, (c_void_p,)),
+    ("bpf_map__set_initial_value", c_int, (c_void_p, c_void_p, c_size_t)),
+    ("bpf_map__initial_value", c_void_p, (c_void_p, ctypes.POINTER(c_size_t))),
+    ("bpf_map__fd", c_int, (c_void_p,)),
+    ("bpf_map__key_size", c_uint32, (c_void_p,)),
+    ("bpf_map__value_size", c_uint32, (c_void_p,)),
+    ("bpf_map__type", c_int, (c_void_p,)),
+    ("bpf_map_get_next_key", c_int, (c_int, c_void_p, c_void_p)),
+    ("bpf_map_lookup_elem", c_int, (c_int, c_void_p, c_void_p)),
+    ("libbpf_num_possible_cpus", c_int, ()),
+)
+# map types whose values are per CPU (enum bpf_map_type, stable UAPI numbers)
+_PERCPU_MAP_TYPES = {5, 6, 10, 21}   # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
+# the print callback: int (*)(enum libbpf_print_level, const char *fmt, va_list ap); a va_list arrives as a
+# pointer on x86-64 and arm64 alike, and is handed on as one to vsnprintf
+_PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+_LEVELS = {0: "warning", 1: "info", 2: "debug"}
+FIX = "fix: as root, bash scripts/setup.sh (it installs libbpf and builds the objects)"
+
+
+class LibbpfError(Exception):
+    """libbpf is missing, or an object could not be opened, loaded or attached; the message is one line
+    with the reason and, for a failed load, the file holding libbpf's log and the verifier's."""
+
+    def __init__(self, message: str, log_path: Path | None = None):
+        super().__init__(message)
+        self.log_path = log_path
+
+
+_lib: ctypes.CDLL | None = None
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.vsnprintf.argtypes = (c_char_p, c_size_t, c_char_p, c_void_p)
+_log: list[str] | None = None     # where libbpf's messages go while an object is opened or loaded
+_printer = None                   # the callback object, kept alive as long as libbpf may call it
+
+
+def library_paths() -> list[Path]:
+    """Where Debian (and other distributions) keep libbpf.so.1, best first."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    dirs = [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []
+    return [Path(d) / "libbpf.so.1" for d in dirs + ["/usr/lib64", "/lib64", "/usr/lib", "/lib"]]
+
+
+def _on_print(level: int, fmt: bytes, ap: int) -> int:
+    if _log is not None:
+        buf = ctypes.create_string_buffer(4096)
+        _libc.vsnprintf(buf, len(buf), fmt, ap)
+        _log.append(f"{_LEVELS.get(level, level)}: {buf.value.decode(errors='replace').rstrip()}")
+    return 0
+
+
+def lib() -> ctypes.CDLL:
+    """The system's libbpf, loaded once from a root-owned library directory (never through
+    LD_LIBRARY_PATH or the working directory).
+
+    :returns: the library, with every prototype this module uses declared.
+    :raises LibbpfError: not installed, older than 1.0, or lying where another user could replace it.
+    """
+    global _lib, _printer
+    if _lib is not None:
+        return _lib
+    found = next((p for p in library_paths() if p.exists()), None)
+    if found is None:
+        raise LibbpfError(f"libbpf.so.1 is not installed (looked in {', '.join(str(p.parent) for p in library_paths())}); "
+                          f"{FIX}")
+    problem = path_problem(Path(os.path.realpath(found)))
+    if problem:
+        raise LibbpfError(f"refusing to load {found}: {problem}; fix: install libbpf1 from the distribution")
+    library = ctypes.CDLL(str(found), use_errno=True)
+    for name, restype, argtypes in _PROTOTYPES:
+        try:
+            fn = getattr(library, name)
+        except AttributeError:
+            raise LibbpfError(f"{found} has no {name}: libbpf is older than 1.0; {FIX}") from None
+        fn.restype = restype
+        fn.argtypes = argtypes
+    _printer = _PRINT_FN(_on_print)
+    library.libbpf_set_print(ctypes.cast(_printer, c_void_p))
+    _lib = library
+    return library
+
+
+def _errno_text(code: int) -> str:
+    code = abs(code)
+    return f"{errno_names.errorcode.get(code, code)}: {os.strerror(code)}"
+
+
+class BpfMap:
+    """One map of a loaded object: its file descriptor and sizes, read through the bpf(2) calls."""
+
+    def __init__(self, name: str, fd: int, key_size: int, value_size: int, per_cpu: bool):
+        self.name, self.fd, self.key_size, self.per_cpu = name, fd, key_size, per_cpu
+        self.cpus = lib().libbpf_num_possible_cpus() if per_cpu else 1
+        # a per-CPU value comes back as one 8-byte-aligned slot per possible CPU
+        self.value_size = ((value_size + 7) & ~7) * self.cpus if per_cpu else value_size
+        self.entry_size = value_size
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key, in the map's own order (a key deleted meanwhile may be skipped)."""
+        library = lib()
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        prev = None
+        while library.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            yield nxt.raw
+            ctypes.memmove(key, nxt, self.key_size)
+            prev = key
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value at `key` (for a per-CPU map, every CPU's slot, one after another), or None."""
+        value = ctypes.create_string_buffer(self.value_size)
+        if lib().bpf_map_lookup_elem(self.fd, key, value) != 0:
+            return None
+        return value.raw
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+
+class BpfObject:
+    """A compiled BPF object, opened (not yet loaded).
+
+    :param path: the ``.bpf.o`` file. Root loads it into the kernel, so it and every directory above it
+        must be writable by root (or the effective user) alone, as for an executable (safe_paths).
+    :raises LibbpfError: libbpf is missing, the path is unsafe, or libbpf cannot parse the file.
+
+    Use as a context manager; close() destroys the links, then the object (its programs and maps).
+    Without root, load() fails with EPERM and the error says to run as root.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.log: list[str] = []
+        self.links: list[int] = []
+        self._obj: int | None = None
+        problem = path_problem(self.path)
+        if problem:
+            raise LibbpfError(f"refusing to load {self.path}: {problem}; {FIX}")
+        library = lib()
+        with self._logging():
+            obj = library.bpf_object__open_file(str(self.path).encode(), None)
+        if not obj:
+            raise LibbpfError(f"libbpf cannot open {self.path} ({_errno_text(ctypes.get_errno())}): "
+                              + (self.log[-1] if self.log else "no message") + f"; {FIX}")
+        self._obj = obj
+
+    @contextlib.contextmanager
+    def _logging(self) -> Iterator[None]:
+        """libbpf's messages while inside go to this object's log."""
+        global _log
+        _log = self.log
+        try:
+            yield
+        finally:
+            _log = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _program(self, name: str) -> int:
+        prog = lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        if not prog:
+            raise LibbpfError(f"{self.path} has no program {name!r}; fix: bash scripts/build-bpf.sh --force")
+        return prog
+
+    def programs(self) -> dict[str, str]:
+        """Every program's name → its section (e.g. ``tp_btf/page_fault_user``), in the object's order."""
+        library, out, prog = lib(), {}, None
+        while True:
+            prog = library.bpf_object__next_program(self._obj, prog)
+            if not prog:
+                return out
+            out[library.bpf_program__name(prog).decode()] = library.bpf_program__section_name(prog).decode()
+
+    def set_autoload(self, name: str, on: bool) -> None:
+        """Load program `name` with the object or not (before load): a hook this kernel lacks is switched
+        off, so that one missing tracepoint does not fail the whole object."""
+        if lib().bpf_program__set_autoload(self._program(name), on) != 0:
+            raise LibbpfError(f"cannot choose program {name!r} after the object is loaded")
+
+    def set_rodata(self, data: bytes) -> None:
+        """The initial value of the object's ``.rodata`` (its ``const volatile`` settings), before load.
+
+        :raises LibbpfError: the object has no .rodata, or its size is not len(data) (the Python mirror
+            of the settings and the object disagree: rebuild the object)."""
+        library = lib()
+        m = library.bpf_object__find_map_by_name(self._obj, b".rodata")
+        if not m:
+            raise LibbpfError(f"{self.path} has no .rodata settings; fix: bash scripts/build-bpf.sh --force")
+        size = c_size_t(0)
+        library.bpf_map__initial_value(m, ctypes.byref(size))
+        if size.value != len(data):
+            raise LibbpfError(f"{self.path}'s settings are {size.value} bytes where pagefault writes {len(data)}: "
+                              "the object is older than the code; fix: bash scripts/build-bpf.sh --force")
+        buf = ctypes.create_string_buffer(data, len(data))
+        err = library.bpf_map__set_initial_value(m, buf, len(data))
+        if err:
+            raise LibbpfError(f"cannot set {self.path}'s settings: {_errno_text(err)}")
+
+    def load(self) -> None:
+        """Load every program left on (the verifier checks each) and create the maps.
+
+        :raises LibbpfError: one line: the reason (EPERM: not root), and the file in a private directory
+            that holds libbpf's log with the verifier's."""
+        with self._logging():
+            err = lib().bpf_object__load(self._obj)
+        if err:
+            code = abs(err)
+            saved = self.save_log()
+            why = ("loading BPF programs needs root (CAP_BPF and CAP_PERFMON); fix: run pagefault as root"
+                   if code == errno_names.EPERM and os.geteuid() != 0 else
+                   f"the kernel refused {self.path.name} ({_errno_text(code)}): "
+                   + next((line for line in reversed(self.log) if line.startswith("warning")), "no message"))
+            raise LibbpfError(f"{why}; libbpf's and the verifier's log: {saved}", saved)
+
+    def attach(self, name: str) -> None:
+        """Attach a loaded program where its section says; its link is destroyed by close()."""
+        with self._logging():
+            link = lib().bpf_program__attach(self._program(name))
+        if not link:
+            raise LibbpfError(f"cannot attach {name} ({_errno_text(ctypes.get_errno())}): "
+                              + (self.log[-1] if self.log else "no message"))
+        self.links.append(link)
+
+    def map(self, name: str) -> BpfMap:
+        """A map of the loaded object, by name."""
+        library = lib()
+        m = library.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise LibbpfError(f"{self.path} has no map {name!r}; fix: bash scripts/build-bpf.sh --force")
+        fd = library.bpf_map__fd(m)
+        if fd < 0:
+            raise LibbpfError(f"map {name!r} has no file descriptor: the object is not loaded")
+        return BpfMap(name, fd, library.bpf_map__key_size(m), library.bpf_map__value_size(m),
+                      library.bpf_map__type(m) in _PERCPU_MAP_TYPES)
+
+    def save_log(self) -> Path:
+        """Write libbpf's log of this object to a new private (0700) directory; its path."""
+        d = Path(tempfile.mkdtemp(prefix="pagefault-libbpf-"))
+        path = d / f"{self.path.stem}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(self.log) + "\n")
+        return path
+
+    def detach(self) -> None:
+        """Destroy every link: the programs stop running."""
+        library = lib()
+        while self.links:
+            library.bpf_link__destroy(self.links.pop())
+
+    def close(self) -> None:
+        """Detach, then free the object with its programs and maps. Safe to call twice."""
+        if self._obj is None:
+            return
+        try:
+            self.detach()
+        finally:
+            lib().bpf_object__close(self._obj)
+            self._obj = None
