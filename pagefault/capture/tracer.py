@@ -41,6 +41,8 @@ TRACEPOINTS = (
     # what a fault did, for its class: pages read into the page cache, and the signal it raised
     ("filemap", "mm_filemap_add_to_page_cache", False),
     ("signal", "signal_generate", False),
+    # the brk heap: perf writes no MMAP2 record when brk grows it, so its extent comes from brk's returns
+    ("syscalls", "sys_exit_brk", False),
 )
 TRACEPOINT_SAMPLE = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_CPU | SAMPLE_RAW
 SOFTWARE_SAMPLE = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU

@@ -81,10 +81,42 @@ def field_values(stream: Stream, meta: dict, event: str, name: str, mask: np.nda
 
 
 def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
+    """Every mapping the recording knows of: the brk heaps its brk calls show (first, so that a heap grown after
+    the last /proc snapshot is named to its top), then /proc/PID/maps snapshots, then perf's MMAP2 records."""
     maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], source="observed: /proc/PID/maps",
                     shared=m.get("perms", "---p")[3:4] == "s")
             for m in meta.get("maps", [])]
-    return maps + stream.mmaps
+    return brk_heaps(meta, stream) + maps + stream.mmaps
+
+
+PAGE = 4096
+
+
+def brk_heaps(meta: dict, stream: Stream) -> list[Mapping]:
+    """Each process's [heap], derived from the values its brk calls returned (syscalls:sys_exit_brk).
+
+    brk(2) returns the break after the call, whether it moved or not: the lowest value a process saw is its
+    heap's start (mm->start_brk, where the first brk(0) finds it), the highest its heap's top. A heap shrunk
+    later is still named over its largest extent: nothing else is placed there in between.
+    Empty when the recording has no brk events (older recordings, the unprivileged tier)."""
+    ids = _event_ids(meta)
+    event = ids.get("syscalls:sys_exit_brk")
+    if event is None or stream.samples.event_type is None:
+        return []
+    mask = stream.samples.event_type == event
+    if not mask.any():
+        return []
+    returns = field_values(stream, meta, "syscalls:sys_exit_brk", "ret", mask).astype(np.uint64)
+    pids = field_values(stream, meta, "syscalls:sys_exit_brk", "common_pid", mask)
+    heaps = []
+    for pid in np.unique(pids).tolist():
+        mine = returns[pids == pid]
+        start, top = int(mine.min()), int(mine.max())
+        end = (top + PAGE - 1) & ~(PAGE - 1)
+        if start and end > start:
+            heaps.append(Mapping(start, end, 0, "[heap]", source=f"derived: PID {pid}'s brk calls "
+                                 f"(syscalls:sys_exit_brk) returned 0x{start:x} to 0x{top:x}"))
+    return heaps
 
 
 def label_for(m: Mapping | None) -> str:
