@@ -1,0 +1,283 @@
+"""The compiled BPF engine: the counter's object loads on this kernel with every hook variant it offers, its
+structs agree with their Python mirror, the loader refuses what it must, and a live count of a program with
+known faults gives the known classes."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagefault.capture import kernel_counts as kc
+from pagefault.capture.bpf import HERE, BpfObjectMissing, Hook, KernelHooks, object_path
+from pagefault.capture.libbpf import BpfObject, LibbpfError
+
+VARIANTS = ("tp_btf", "tracepoint")
+
+
+def _object() -> Path:
+    try:
+        return object_path("fault_count")
+    except BpfObjectMissing as exc:
+        pytest.skip(str(exc))
+
+
+def _offered(variant: str) -> list[str]:
+    """The programs of that variant this kernel can take (BTF's raw tracepoints, tracefs's events)."""
+    kernel = KernelHooks()
+    if variant == "tp_btf":
+        return [h.btf_program for h in kc.HOOKS if kernel.has_btf_tracepoint(h.event)]
+    return [h.tracepoint_program for h in kc.HOOKS if kernel.tracefs_format(h.system, h.event) is not None]
+
+
+def _root():
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+
+
+# --- the object against its mirror and its hooks --------------------------------------------------------------
+
+def _btf_struct(obj: Path, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Struct `name`'s (size, member → (byte offset, byte size)), from `bpftool btf dump file OBJ`."""
+    bpftool = shutil.which("bpftool")
+    if not bpftool:
+        pytest.skip("bpftool is not installed (bash scripts/setup.sh installs it)")
+    text = subprocess.run([bpftool, "btf", "dump", "file", str(obj)], capture_output=True, text=True,
+                          check=True).stdout
+    types: dict[int, dict] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"\[(\d+)\] (\w+) '([^']*)'(.*)", line)
+        if m:
+            attrs = dict(re.findall(r"(\w+)=(\d+)", m.group(4)))
+            current = types[int(m.group(1))] = {"kind": m.group(2), "name": m.group(3), "attrs": attrs, "members": []}
+            continue
+        m = re.match(r"\s+'([^']*)' type_id=(\d+) bits_offset=(\d+)", line)
+        if m and current is not None:
+            current["members"].append((m.group(1), int(m.group(2)), int(m.group(3))))
+
+    def size(tid: int) -> int:
+        t = types[tid]
+        if t["kind"] in ("INT", "STRUCT", "UNION", "ENUM"):
+            return int(t["attrs"]["size"])
+        if t["kind"] == "ARRAY":
+            return size(int(t["attrs"]["type_id"])) * int(t["attrs"]["nr_elems"])
+        return size(int(t["attrs"]["type_id"]))     # TYPEDEF, CONST, VOLATILE
+
+    t = next(t for t in types.values() if t["kind"] == "STRUCT" and t["name"] == name)
+    return int(t["attrs"]["size"]), {n: (bits // 8, size(tid)) for n, tid, bits in t["members"]}
+
+
+@pytest.mark.parametrize("struct,dtype", [("fault_count_settings", kc.SETTINGS), ("fault_key", kc.FAULT_KEY),
+                                          ("thread_fault", kc.THREAD_FAULT), ("vma_seen", kc.VMA_SEEN)])
+def test_the_python_mirror_has_the_objects_sizes_and_offsets(struct, dtype):
+    size, members = _btf_struct(_object(), struct)
+    mirror = {name: (dtype.fields[name][1], dtype.fields[name][0].itemsize) for name in dtype.names}
+    assert (dtype.itemsize, mirror) == (size, members)
+
+
+def test_every_program_of_the_object_is_one_variant_of_a_known_hook():
+    _root()
+    with BpfObject(_object()) as obj:
+        programs = obj.programs()
+    named = {p: s for h in kc.HOOKS for p, s in ((h.btf_program, f"tp_btf/{h.event}"),
+                                                   (h.tracepoint_program, f"tracepoint/{h.system}/{h.event}"))}
+    assert programs == named
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(variant):
+    """A verifier rejection fails here, not on a user's machine."""
+    _root()
+    wanted = _offered(variant)
+    if not wanted:
+        pytest.skip(f"this kernel offers no {variant} hook of the counter")
+    with BpfObject(_object()) as obj:
+        for name in obj.programs():
+            obj.set_autoload(name, name in wanted)
+        obj.set_rodata(kc._settings(os.getpid(), from_exec=False))
+        obj.load()
+        for name in wanted:
+            obj.attach(name)
+        assert len(obj.links) == len(wanted)
+        # the maps' keys and values are the mirror's
+        assert (obj.map("counts").key_size, obj.map("counts").entry_size) == (kc.FAULT_KEY.itemsize, 8)
+        assert obj.map("threads").entry_size == kc.THREAD_FAULT.itemsize
+        assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (8, kc.VMA_SEEN.itemsize)
+    assert obj.links == []
+
+
+# --- the hook choice ------------------------------------------------------------------------------------------
+
+def _fake_tracefs(tmp_path: Path, formats: dict[str, str]) -> Path:
+    for event, text in formats.items():
+        d = tmp_path / "events" / event
+        d.mkdir(parents=True)
+        (d / "format").write_text(text)
+    return tmp_path
+
+
+FAULT_FORMAT = """name: page_fault_user
+ID: 120
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned long address;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:unsigned long ip;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:unsigned long error_code;\toffset:24;\tsize:8;\tsigned:0;
+"""
+FAULT = kc.HOOKS[0]
+
+
+def test_tp_btf_is_chosen_where_the_kernels_btf_has_its_typedef(tmp_path):
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"\x9f\xeb\0\0junk\0btf_trace_page_fault_user\0more\0")
+    choice = KernelHooks(btf, _fake_tracefs(tmp_path, {})).choose(FAULT)
+    assert (choice.program, choice.variant) == ("fault_btf", "tp_btf")
+    assert "btf_trace_page_fault_user" in choice.reason
+
+
+def test_the_classic_tracepoint_is_chosen_without_the_typedef_and_its_format_is_checked(tmp_path):
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"\0btf_trace_page_fault_user_other\0")   # a longer name is not the typedef
+    choice = KernelHooks(btf, _fake_tracefs(tmp_path / "a", {"exceptions/page_fault_user": FAULT_FORMAT})).choose(FAULT)
+    assert (choice.program, choice.variant) == ("fault_tp", "tracepoint")
+    moved = FAULT_FORMAT.replace("error_code;\toffset:24", "error_code;\toffset:32")
+    choice = KernelHooks(btf, _fake_tracefs(tmp_path / "b", {"exceptions/page_fault_user": moved})).choose(FAULT)
+    assert choice.program is None and "differs from the program's at error_code" in choice.reason
+
+
+def test_neither_variant_is_a_reason_and_a_required_hook_missing_refuses_the_count(tmp_path):
+    kernel = KernelHooks(tmp_path / "no-btf", _fake_tracefs(tmp_path, {}))
+    choice = kernel.choose(Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"))
+    assert choice.program is None and "no btf_trace_sched_process_fork" in choice.reason
+    assert "tracefs has no sched:sched_process_fork" in choice.reason
+
+    class OnlyTheFault(KernelHooks):
+        def has_btf_tracepoint(self, event):
+            return event == "page_fault_user"
+    from pagefault.capture.tracer import CaptureError
+    with pytest.raises(CaptureError, match="needs sched:sched_process_exec.*fix: record instead with -o FILE"):
+        kc.choose_hooks(OnlyTheFault(tmp_path / "no-btf", _fake_tracefs(tmp_path / "t", {})))
+
+
+# --- the loader's refusals ------------------------------------------------------------------------------------
+
+def test_an_object_another_user_could_have_written_is_refused(tmp_path):
+    planted = tmp_path / "fault_count.bpf.o"
+    shutil.copy(_object(), planted)
+    os.chmod(planted, 0o666)
+    with pytest.raises(LibbpfError, match="refusing to load .*writable by other users"):
+        BpfObject(planted)
+
+
+def test_settings_of_another_size_are_refused_before_load():
+    _root()
+    with BpfObject(_object()) as obj:
+        with pytest.raises(LibbpfError, match="settings are 16 bytes where pagefault writes 8"):
+            obj.set_rodata(bytes(8))
+
+
+def test_a_failed_load_names_the_file_holding_libbpfs_log():
+    _root()
+    with BpfObject(_object()) as obj:
+        for name in obj.programs():
+            obj.set_autoload(name, False)
+        obj.set_rodata(kc._settings(os.getpid(), from_exec=False))
+        obj.load()
+        with pytest.raises(LibbpfError) as err:
+            obj.load()      # an object loads once: libbpf refuses the second
+    message = str(err.value)
+    assert "\n" not in message and str(err.value.log_path) in message
+    log = err.value.log_path
+    assert oct(os.stat(log.parent).st_mode & 0o777) == "0o700" and "load can't be attempted twice" in log.read_text()
+    shutil.rmtree(log.parent)
+
+
+def test_without_root_the_load_says_to_run_as_root(tmp_path):
+    _root()
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("setpriv (util-linux) is not installed")
+    code = ("import sys; from pagefault.capture.kernel_counts import _settings; "
+            "from pagefault.capture.libbpf import BpfObject, LibbpfError\n"
+            f"o = BpfObject({str(_object())!r})\n"
+            "o.set_rodata(_settings(1, False))\n"
+            "try:\n    o.load()\nexcept LibbpfError as e:\n    print(e)")
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)})
+    assert "needs root" in r.stdout and "run pagefault as root" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_sources_are_in_the_package_and_the_objects_are_not_tracked():
+    assert {"fault_count.bpf.c", "fault_count.h", "pagefault.bpf.h"} <= {p.name for p in HERE.iterdir()}
+    r = subprocess.run(["git", "ls-files", str(HERE)], capture_output=True, text=True, cwd=HERE)
+    if r.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert not [f for f in r.stdout.split() if f.endswith((".o", "vmlinux.h"))]
+
+
+# --- a live count ---------------------------------------------------------------------------------------------
+
+LINE = re.compile(r"^(\w+) start=0x([0-9a-f]+) pages=(\d+) expect=(\d+)")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_live_count_gives_the_known_classes_and_names_their_mappings(variant, can_trace, cbin, tmp_path):
+    _root()
+    _object()
+    from pagefault.journey.trace_summary import summarize_counts
+    kernel = KernelHooks() if variant == "tp_btf" else KernelHooks(btf_path=tmp_path / "no-btf")
+    if variant == "tracepoint" and not all(c.variant == "tracepoint" for c in map(kernel.choose, kc.HOOKS)):
+        pytest.skip("this kernel does not offer every classic tracepoint the counter uses")
+    exe = cbin("fault_kinds")
+    with open(tmp_path / "out", "w") as out:
+        counts = kc.count_faults([str(exe), str(tmp_path)], None, stdout=out.fileno(), kernel=kernel)
+    regions = {m.group(1): int(m.group(2), 16) for m in map(LINE.match, (tmp_path / "out").read_text().splitlines()) if m}
+    assert counts.target_exit == "exited with status 0"
+    assert all(f": {variant} (" in h for h in counts.hooks), counts.hooks
+    maps = counts.maps[counts.pid]
+    s = summarize_counts(counts.rows, maps, counts.command, counts.pid, counts.target_exit, counts.duration,
+                         counts.allocations, counts.total)
+    classes = {c: n for c, n, _how in s.by_class}
+    assert classes["stack growth"] == 24 and classes["THP"] == 1 and classes["SIGSEGV"] == 1
+    assert classes["file read from disk"] >= 12 and classes["zero page"] >= 16
+    assert classes["anonymous new page"] >= 32 + 8 and classes["COW copy"] >= 16 + 8
+    assert sum(classes.values()) == s.faults == counts.total
+    # the VMAs were named in the kernel at their first fault: the cold file's (unlinked since), the stack's,
+    # the PROT_NONE page's with its permissions
+    by_start = {m.start: m for m in maps}
+    assert by_start[regions["file"]].path.startswith("fault_kinds.") and by_start[regions["file"]].perms == "r--p"
+    assert by_start[regions["segv"]].perms == "---p"
+    mappings = dict(s.by_mapping)
+    assert mappings["[stack]"] >= 24 and mappings[exe.name] >= 1
+    # the counting started at the exec: no fault of the held child (the forked Python tool) was counted
+    assert not [m for m in maps if "python" in m.path]
+
+
+@pytest.mark.live
+def test_the_count_follows_a_forked_child_and_closes_what_is_in_progress(can_trace, cbin, tmp_path):
+    """fault_kinds' child writes its K_FORK pages under its own PID: those copies are counted too, and every
+    fault of both processes is in a row (the last of each thread closed at its exit)."""
+    _root()
+    _object()
+    exe = cbin("fault_kinds")
+    with open(tmp_path / "out", "w") as out:
+        counts = kc.count_faults([str(exe), str(tmp_path)], None, stdout=out.fileno())
+    assert int(counts.rows[:, 7].sum()) == counts.total > 0
+    fork_start = next(int(m.group(2), 16) for m in map(LINE.match, (tmp_path / "out").read_text().splitlines())
+                      if m and m.group(1) == "fork")
+    # the region's writes: 8 before the fork, 8 in the child, 8 in the parent after it; each write of a
+    # present page is a protection fault (error code bit 0) after the fork
+    starts = counts.rows[:, 6] >> np.uint64(3)
+    holding = [m.start for m in counts.maps[counts.pid] if m.start <= fork_start < m.end]
+    assert holding, "the fork region's VMA was not named"
+    here = counts.rows[starts == np.uint64(max(holding))]
+    protection = int(here[(here[:, 0] & np.uint64(1)) == np.uint64(1), 7].sum())
+    assert protection >= 16, here
