@@ -281,3 +281,18 @@ def test_the_count_follows_a_forked_child_and_closes_what_is_in_progress(can_tra
     here = counts.rows[starts == np.uint64(max(holding))]
     protection = int(here[(here[:, 0] & np.uint64(1)) == np.uint64(1), 7].sum())
     assert protection >= 16, here
+
+
+def test_a_missing_or_stale_object_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    import pagefault.capture.bpf as engine
+    monkeypatch.setattr(engine, "HERE", tmp_path)
+    (tmp_path / "fault_count.bpf.c").write_text("")
+    with pytest.raises(BpfObjectMissing, match="is not built; fix: as root, bash scripts/setup.sh"):
+        object_path("fault_count")
+    built = tmp_path / "build" / os.uname().machine / "fault_count.bpf.o"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"")
+    os.utime(built, (1, 1))     # older than the source
+    with pytest.raises(BpfObjectMissing, match="older than its sources; fix: as root, bash scripts/setup.sh"):
+        object_path("fault_count")
+    assert "older than its sources" in kc.engine_problem()

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..evidence import MapsLine
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
-from .libbpf import BpfObject, LibbpfError
+from .libbpf import BpfObject, LibbpfError, lib
 from .mapping_watch import maps_from_kernel
 from .runner import Target, TargetError, attach, spawn_held
 from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
@@ -83,6 +83,17 @@ class KernelCounts:
     hooks: list[str] = field(default_factory=list)   # "EVENT: variant (why)" for each hook
     notes: list[str] = field(default_factory=list)
     load_ms: float = 0.0    # open + load + attach of the object
+
+
+def engine_problem() -> str | None:
+    """Why the faults cannot be counted in the kernel here, with the fix; None when they can (libbpf is
+    installed and the counter's object is built; root and the hooks are checked when it runs)."""
+    try:
+        lib()
+        object_path("fault_count")
+    except (LibbpfError, BpfObjectMissing) as exc:
+        return str(exc)
+    return None
 
 
 def choose_hooks(kernel: KernelHooks | None = None) -> list[HookChoice]:
