@@ -296,3 +296,13 @@ def test_a_missing_or_stale_object_is_one_line_with_the_fix(tmp_path, monkeypatc
     with pytest.raises(BpfObjectMissing, match="older than its sources; fix: as root, bash scripts/setup.sh"):
         object_path("fault_count")
     assert "older than its sources" in kc.engine_problem()
+
+
+def test_on_arm64_without_the_fault_tracepoint_the_refusal_says_what_works_there(tmp_path, monkeypatch):
+    import pagefault.capture.tracer as tracer
+    from pagefault.capture.tracer import CaptureError
+    fake = _fake_tracefs(tmp_path / "tracefs", {"sched/sched_process_fork": "ID: 1\n"})
+    monkeypatch.setattr(tracer, "find_tracefs", lambda *a, **k: fake)
+    monkeypatch.setattr(tracer.facts, "on_arm64", lambda: True)
+    with pytest.raises(CaptureError, match="arm64 kernels .* have no page-fault tracepoint"):
+        kc.choose_hooks(KernelHooks(tmp_path / "no-btf", fake))
