@@ -76,8 +76,14 @@ def test_first_touch_fault_allocation_and_pfn(can_trace, cbin, tmp_path):
 def test_summary_of_a_traced_program(can_trace, cbin, tmp_path):
     meta, rec, out = run_traced(tmp_path, [cbin("touch_one")], callchain=True)
     s = summarize(rec)
-    assert s.faults == int(np.sum(event_mask(parse_stream(rec.data, meta["sample_type"] | SAMPLE_CALLCHAIN),
-                                             meta, "exceptions:page_fault_user")))
+    stream = parse_stream(rec.data, meta["sample_type"] | SAMPLE_CALLCHAIN)
+    in_kernel = event_mask(stream, meta, "exceptions:page_fault_kernel")
+    user_addresses = field(stream, meta, "exceptions:page_fault_kernel", "address", in_kernel) < (1 << 47)
+    assert s.kernel_mode_faults == int(np.sum(user_addresses))
+    assert s.faults == int(np.sum(event_mask(stream, meta, "exceptions:page_fault_user"))) + s.kernel_mode_faults
+    # the total is the kernel's own: the page-faults software event counted the same task from its exec
+    assert s.kernel_counts["page-faults"] == s.faults, s.notes
+    assert any("the same as traced here" in n for n in s.notes)
     assert s.by_kind.get("write, not-present page", 0) >= 1
     assert any(label == "[anon]" for label, _ in s.by_mapping)
     assert any("touch_one:main+" in r["where"] for r in s.top_instructions)

@@ -25,6 +25,11 @@ NR_perf_event_open = _NR_PERF_EVENT_OPEN.get(os.uname().machine, 298)
 
 PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT = 1, 2
 PERF_COUNT_SW_PAGE_FAULTS = 2
+PERF_COUNT_SW_PAGE_FAULTS_MIN, PERF_COUNT_SW_PAGE_FAULTS_MAJ = 5, 6
+# The kernel's own fault counts, as `perf stat -e page-faults,minor-faults,major-faults` reads them: charged in
+# do_user_addr_fault (x86) / do_page_fault (arm64) to the faulting task, user and kernel mode alike.
+KERNEL_FAULT_COUNTERS = (("page-faults", PERF_COUNT_SW_PAGE_FAULTS), ("minor-faults", PERF_COUNT_SW_PAGE_FAULTS_MIN),
+                         ("major-faults", PERF_COUNT_SW_PAGE_FAULTS_MAJ))
 
 SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, SAMPLE_ADDR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_PERIOD, SAMPLE_RAW = 1 << 5, 1 << 7, 1 << 8, 1 << 10
@@ -252,3 +257,40 @@ class PerfSession:
             except OSError:
                 pass
         self.fds, self.fd_events, self.buffers = [], [], []
+
+
+class FaultCounters:
+    """The kernel's own counts of a task's page faults (children included), counted, not sampled.
+
+    Opened before the task runs with ``enable_on_exec`` (counting starts at its exec, as ``perf stat -- CMD``
+    does), or enabled at once for a running task. :meth:`read` returns {"page-faults": n, "minor-faults": n,
+    "major-faults": n}, or None if a counter cannot be read.
+
+    :raises PerfError: an event cannot be opened (perf_event_paranoid, or the task is gone).
+    """
+
+    def __init__(self, pid: int, *, enable_on_exec: bool):
+        self.fds: list[tuple[str, int]] = []
+        try:
+            for name, config in KERNEL_FAULT_COUNTERS:
+                attr = PerfAttr()
+                attr.type, attr.config = PERF_TYPE_SOFTWARE, config
+                attr.flags = 1 << F_INHERIT | (1 << F_DISABLED | 1 << F_ENABLE_ON_EXEC if enable_on_exec else 0)
+                self.fds.append((name, perf_event_open(attr, pid, -1, what=f"the kernel's {name} counter")))
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> dict[str, int] | None:
+        try:
+            return {name: struct.unpack("<Q", os.read(fd, 8))[0] for name, fd in self.fds}
+        except (OSError, struct.error):
+            return None
+
+    def close(self) -> None:
+        for _name, fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []

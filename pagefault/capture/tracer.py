@@ -25,6 +25,7 @@ from .perf_event import (
     SAMPLE_TID,
     SAMPLE_TIME,
     EventSpec,
+    FaultCounters,
     PerfError,
     PerfSession,
 )
@@ -34,6 +35,9 @@ from .runner import TargetError, attach, spawn_held
 
 TRACEPOINTS = (
     ("exceptions", "page_fault_user", True),
+    # faults on user addresses taken inside system calls (read() copying into a fresh buffer): the kernel counts
+    # them as the program's, and so must the summary
+    ("exceptions", "page_fault_kernel", False),
     ("kmem", "mm_page_alloc", True),
     ("syscalls", "sys_enter_mmap", False),
     ("syscalls", "sys_exit_mmap", False),
@@ -44,6 +48,8 @@ TRACEPOINTS = (
     # the brk heap: perf writes no MMAP2 record when brk grows it, so its extent comes from brk's returns
     ("syscalls", "sys_exit_brk", False),
 )
+# optional events that fire as often as faults do: a full-size ring buffer each
+BUSY_OPTIONAL = {("exceptions", "page_fault_kernel")}
 TRACEPOINT_SAMPLE = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_CPU | SAMPLE_RAW
 SOFTWARE_SAMPLE = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU
 
@@ -108,7 +114,7 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
                 raise CaptureError(str(exc)) from None
             notes.append(f"{system}:{name} unavailable: {exc}")
             continue
-        events.append(EventSpec(f"{system}:{name}", PERF_TYPE_TRACEPOINT, fmt.id, TRACEPOINT_SAMPLE, busy=required))
+        events.append(EventSpec(f"{system}:{name}", PERF_TYPE_TRACEPOINT, fmt.id, TRACEPOINT_SAMPLE, busy=required or (system, name) in BUSY_OPTIONAL))
         formats[str(fmt.id)] = {"system": system, "name": name,
                                 "fields": {f.name: [f.offset, f.size, f.signed] for f in fmt.fields.values()},
                                 "print_fmt": fmt.print_fmt}
@@ -174,6 +180,7 @@ def record(opts: TraceOptions) -> dict:
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     session = None
+    counters: FaultCounters | None = None
     maps_seen: dict[tuple[int, int, str], dict] = {}
     disk_full: str | None = None
     killed_by_us = ""
@@ -186,6 +193,11 @@ def record(opts: TraceOptions) -> dict:
             target.wait()
             writer.discard()
             raise CaptureError(str(exc)) from None
+        try:
+            counters = FaultCounters(target.pid, enable_on_exec=target.spawned)
+        except PerfError as exc:
+            counters = None
+            notes.append(f"the kernel's own fault counts are not shown: {exc}")
         if target.spawned:
             try:
                 target.release()
@@ -246,7 +258,10 @@ def record(opts: TraceOptions) -> dict:
         session.disable()
         drain()
         counts = session.event_counts()
+        kernel_counts = counters.read() if counters is not None else None
     except BaseException:
+        if counters is not None:
+            counters.close()
         if session:
             session.close()
         target.kill(signal.SIGKILL)
@@ -264,11 +279,13 @@ def record(opts: TraceOptions) -> dict:
         for s, h in old.items():
             signal.signal(s, h)
     session.close()
+    if counters is not None:
+        counters.close()
     exit_text = target.describe_exit() + (f" ({killed_by_us})" if killed_by_us else "")
     end = {
         "exit": exit_text, "exit_signal": target.exit_signal,
         "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
-        "maps": list(maps_seen.values()), "event_counts": counts,
+        "maps": list(maps_seen.values()), "event_counts": counts, "kernel_fault_counts": kernel_counts,
         "duration": time.time() - started, "bytes": writer.bytes,
     }
     if disk_full:

@@ -8,6 +8,13 @@ Formats, each opened by its viewer as it is:
 
 Stacks come from a recording made with -g; without call chains a fault's stack is its class and the
 function of its faulting instruction, and the output says so.
+
+Two kinds of frame are not the program's and are left out, so that identical paths fold into one stack:
+- the tracer's own frames at the kernel chain's leaf (``__traceiter_page_fault_user``, ``perf_trace_…``):
+  where the tracepoint's caller is inlined they are on some stacks and not on others;
+- user "frames" past the first one that points into no executable mapping: a frame-pointer walk through
+  code built without frame pointers reads data (a heap or stack address) as a return address, and every
+  such stack would be unique. The stack ends there, marked ``[truncated: no frame pointer]``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ from ..capture.recording import Recording
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
-from .trace_summary import _chain_symbols, _column, _event_ids, classify_recording, field_values, mappings_of
+from .trace_summary import PROT_EXEC, _chain_symbols, _column, classify_recording, fault_columns, mappings_of
+
+TRUNCATED = "[truncated: no frame pointer]"
+# Kernel frames of the tracing machinery itself, seen at the leaf of a tracepoint's call chain.
+TRACER_FRAME_PREFIXES = ("__traceiter_", "perf_trace_", "trace_event_", "__bpf_trace_", "bpf_trace_run", "perf_tp_event")
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
@@ -52,6 +63,28 @@ class Symbolizer:
             self.cache[key] = _clean(name)
         return self.cache[key]
 
+    def in_code(self, ip: int) -> bool:
+        """An executable mapping holds `ip` (what a real return address points into)."""
+        i = bisect.bisect_right(self.starts, ip) - 1
+        return i >= 0 and self.maps[i].contains(ip) and bool(self.maps[i].prot & PROT_EXEC)
+
+    def user_frames(self, chain: list[int]) -> list[str]:
+        """The user chain (leaf first) as frames root→leaf, cut at the first address outside executable code."""
+        kept = []
+        for ip in chain:
+            if not self.in_code(ip):
+                break
+            kept.append(ip)
+        frames = [self.user(ip) for ip in reversed(kept)]
+        return ([TRUNCATED] if len(kept) < len(chain) else []) + frames
+
+    def kernel_frames(self, chain: list[int]) -> list[str]:
+        """The kernel chain (leaf first) as frames root→leaf, without the tracer's own frames at its leaf."""
+        names = [self.kernel(ip) for ip in chain]
+        while names and names[0].startswith(TRACER_FRAME_PREFIXES):
+            names.pop(0)
+        return names[::-1]
+
     def kernel(self, ip: int) -> str:
         key = ("k", ip)
         if key not in self.cache:
@@ -74,22 +107,22 @@ def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Co
     addresses, _tids, _times, result = classify_recording(rec, ksyms)
     stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0), in_time_order=False,
                           columns=frozenset())
-    ids = _event_ids(meta)
     event_type = _column(stream.samples.event_type, len(stream.samples))
-    fault_mask = event_type == ids.get("exceptions:page_fault_user", -1)
-    rows = fault_mask.nonzero()[0].tolist()
-    ips = field_values(stream, meta, "exceptions:page_fault_user", "ip", fault_mask).tolist()
+    faults = fault_columns(stream, meta, event_type)
+    rows = faults.mask.nonzero()[0].tolist()
     sym = Symbolizer(mappings_of(meta, stream), ksyms)
     chains = stream.samples.callchain_offset is not None
     stacks: Counter = Counter()
-    for row, ip, cls in zip(rows, ips, result.classes):
+    for row, ip, in_kernel, cls in zip(rows, faults.ips.tolist(), faults.kernel_mode.tolist(), result.classes):
+        # a kernel-mode fault's ip is the kernel's (copy_to_user…): its own frame is a kernel one
+        leaf = sym.kernel(ip) if in_kernel else sym.user(ip) or f"0x{ip:x}"
         frames = [cls.value]
         if chains:
             kernel, user = split_callchain(callchain(stream.data, stream.samples, row))
-            frames += [f for f in (sym.user(a) for a in reversed(user)) if f] or [sym.user(ip) or f"0x{ip:x}"]
-            frames += [sym.kernel(a) for a in reversed(kernel)]
+            frames += sym.user_frames(user) if user else [] if in_kernel else [leaf]
+            frames += sym.kernel_frames(kernel)
         else:
-            frames.append(sym.user(ip) or f"0x{ip:x}")
+            frames.append(leaf)
         stacks[tuple(frames)] += 1
     return stacks, chains
 

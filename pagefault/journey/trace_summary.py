@@ -62,6 +62,47 @@ class TraceSummary:
     provenance: str = ""
     lost_how: str = ""                # how the lost count was found, or why it is unknown
     integrity: str = "complete"       # or "partial: …" (a recording cut short or damaged)
+    kernel_mode_faults: int = 0       # faults on user addresses taken in kernel mode (inside system calls)
+    kernel_counts: dict[str, int] = field(default_factory=dict)   # the kernel's own page-faults/major-faults counts
+
+
+USER_FAULT, KERNEL_FAULT = "exceptions:page_fault_user", "exceptions:page_fault_kernel"
+
+
+@dataclass
+class FaultColumns:
+    """The faults of a perf-tier recording on user addresses, in stream order, both modes together."""
+
+    mask: np.ndarray           # over all samples: this sample is such a fault
+    addresses: np.ndarray      # one row per fault from here on
+    ips: np.ndarray
+    codes: np.ndarray
+    kernel_mode: np.ndarray    # taken in kernel mode (a system call touching user memory), from page_fault_kernel
+
+
+def user_address_limit(meta: dict) -> int:
+    """The first address above user space: 2^47 with 4-level paging, 2^56 with 5 (x86-64 TASK_SIZE_MAX, rounded up)."""
+    return 1 << (56 if meta.get("kernel", {}).get("paging_levels") == 5 else 47)
+
+
+def fault_columns(stream: Stream, meta: dict, event_type: np.ndarray) -> FaultColumns:
+    """Every fault on a user address: page_fault_user's, and page_fault_kernel's below the user-space limit (a
+    kernel-mode fault on a kernel address, a vmalloc fault say, is no fault of the program's memory)."""
+    ids = _event_ids(meta)
+    n = len(event_type)
+    user = event_type == ids.get(USER_FAULT, -1)
+    kernel = event_type == ids.get(KERNEL_FAULT, -1)
+    columns = {}
+    for name in ("address", "ip", "error_code"):
+        col = np.zeros(n, dtype=np.uint64)
+        if user.any():
+            col[user] = field_values(stream, meta, USER_FAULT, name, user)
+        if kernel.any():
+            col[kernel] = field_values(stream, meta, KERNEL_FAULT, name, kernel)
+        columns[name] = col
+    kernel &= columns["address"] < np.uint64(user_address_limit(meta))
+    mask = user | kernel
+    return FaultColumns(mask, columns["address"][mask], columns["ip"][mask], columns["error_code"][mask], kernel[mask])
 
 
 def _event_ids(meta: dict) -> dict[str, int]:
@@ -83,10 +124,19 @@ def field_values(stream: Stream, meta: dict, event: str, name: str, mask: np.nda
 def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
     """Every mapping the recording knows of: the brk heaps its brk calls show (first, so that a heap grown after
     the last /proc snapshot is named to its top), then /proc/PID/maps snapshots, then perf's MMAP2 records."""
-    maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], source="observed: /proc/PID/maps",
-                    shared=m.get("perms", "---p")[3:4] == "s")
+    maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], prot=_prot(m.get("perms", "---p")),
+                    source="observed: /proc/PID/maps", shared=m.get("perms", "---p")[3:4] == "s")
             for m in meta.get("maps", [])]
     return brk_heaps(meta, stream) + maps + stream.mmaps
+
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+
+
+def _prot(perms: str) -> int:
+    """mmap's PROT_* bits from a maps line's "rwxp"."""
+    return ((PROT_READ if perms[0:1] == "r" else 0) | (PROT_WRITE if perms[1:2] == "w" else 0)
+            | (PROT_EXEC if perms[2:3] == "x" else 0))
 
 
 PAGE = 4096
@@ -180,14 +230,16 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     summary = TraceSummary([str(a) for a in meta.get("command") or []], meta.get("pid") or 0, tier,
                            meta.get("exit") or "?", meta.get("duration") or 0.0, 0, 0, 0, stream.lost,
                            stream.lost_records, notes=notes, integrity=rec.integrity.describe())
+    kernel_mode = None
     if tier == "perf":
-        fault_mask = event_type == ids.get("exceptions:page_fault_user", -1)
+        faults = fault_columns(stream, meta, event_type)
+        fault_mask, addresses, fault_ips, codes, kernel_mode = (faults.mask, faults.addresses, faults.ips, faults.codes,
+                                                                faults.kernel_mode)
         alloc_mask = event_type == ids.get("kmem:mm_page_alloc", -1)
         mmap_mask = event_type == ids.get("syscalls:sys_enter_mmap", -1)
-        addresses = field_values(stream, meta, "exceptions:page_fault_user", "address", fault_mask)
-        fault_ips = field_values(stream, meta, "exceptions:page_fault_user", "ip", fault_mask)
-        codes = field_values(stream, meta, "exceptions:page_fault_user", "error_code", fault_mask)
-        summary.provenance = "observed: tracepoints exceptions:page_fault_user, kmem:mm_page_alloc via perf_event_open"
+        summary.provenance = ("observed: tracepoints exceptions:page_fault_user"
+                              + (", exceptions:page_fault_kernel (on user addresses)" if KERNEL_FAULT in ids else "")
+                              + ", kmem:mm_page_alloc via perf_event_open")
     else:
         fault_mask = np.ones(len(s), dtype=bool)
         alloc_mask = mmap_mask = np.zeros(len(s), dtype=bool)
@@ -202,11 +254,22 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         access = np.where(codes & X86_PF_INSTR, 2, np.where(codes & X86_PF_WRITE, 1, 0))
         prot = (codes & X86_PF_PROT) != 0
         names = {0: "read", 1: "write", 2: "instruction fetch"}
+        in_kernel = kernel_mode if kernel_mode is not None else np.zeros(len(codes), dtype=bool)
         for a in (0, 1, 2):
             for p, pname in ((False, "not-present page"), (True, "protection fault")):
-                n = int(np.sum((access == a) & (prot == p)))
-                if n:
-                    summary.by_kind[f"{names[a]}, {pname}"] = n
+                for mode, mname in ((False, ""), (True, ", in kernel mode")):
+                    n = int(np.sum((access == a) & (prot == p) & (in_kernel == mode)))
+                    if n:
+                        summary.by_kind[f"{names[a]}, {pname}{mname}"] = n
+    if kernel_mode is not None:
+        summary.kernel_mode_faults = int(kernel_mode.sum())
+        if KERNEL_FAULT not in ids:
+            summary.notes.append("faults taken in kernel mode (a system call writing into a fresh user buffer) are "
+                                 "not in this recording: exceptions:page_fault_kernel was not recorded")
+        elif summary.kernel_mode_faults:
+            summary.notes.append(f"{summary.kernel_mode_faults} of the faults were taken in kernel mode, inside "
+                                 "system calls touching the program's memory (exceptions:page_fault_kernel)")
+    reconcile(summary, meta.get("kernel_fault_counts"), len(addresses))
 
     maps = mappings_of(meta, stream)
     summary.by_mapping = count_by_mapping(addresses, maps) if len(addresses) else []
@@ -257,6 +320,31 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     return summary
 
 
+def reconcile(summary: TraceSummary, kernel: dict | None, traced: int) -> None:
+    """Beside the traced total, the kernel's own count for the same processes and time, and the difference
+    with its reason (a note, and ``summary.kernel_counts`` for JSON)."""
+    if not kernel:
+        return
+    summary.kernel_counts = dict(kernel)
+    counted = kernel.get("page-faults", 0)
+    source = ("the kernel's own count (software events page-faults/major-faults, counted from exec, children "
+              "included, as perf stat counts them)")
+    if counted == traced:
+        summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major): the same as "
+                             "traced here")
+        return
+    if summary.integrity != "complete" or summary.lost:
+        why = "events were lost or the recording is partial"
+    elif counted > traced:
+        why = ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
+               "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
+    else:
+        why = ("traced faults the kernel did not charge: a fault the kernel resolved before counting it (a "
+               "spurious fault after another CPU fixed the entry, or one on a kernel address)")
+    summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major), "
+                         f"{counted - traced:+d} against the {traced} traced: {why}")
+
+
 def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:
     """The kernel symbols to read allocation call chains with, if the recording has chains of this boot."""
     if meta.get("callchain") and ksyms.usable and meta.get("kernel", {}).get("text_base") in (None, ksyms.text_base()):
@@ -280,15 +368,13 @@ def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> Cl
                           columns=frozenset({"tid", "time"}))
     ids = _event_ids(meta)
     event_type = _column(stream.samples.event_type, len(stream.samples), np.uint16)
-    fault_mask = event_type == ids.get("exceptions:page_fault_user", -1)
+    faults = fault_columns(stream, meta, event_type)
     alloc_mask = event_type == ids.get("kmem:mm_page_alloc", -1)
-    addresses = field_values(stream, meta, "exceptions:page_fault_user", "address", fault_mask)
-    codes = field_values(stream, meta, "exceptions:page_fault_user", "error_code", fault_mask)
-    result = _classify(stream, meta, ids, event_type, fault_mask, alloc_mask, addresses, codes,
+    result = _classify(stream, meta, ids, event_type, faults.mask, alloc_mask, faults.addresses, faults.codes,
                        mappings_of(meta, stream), _chain_symbols(meta, ksyms or KernelSymbols.load()))
-    tids = _column(stream.samples.tid, len(stream.samples), np.uint32)[fault_mask]
-    times = _column(stream.samples.time, len(stream.samples))[fault_mask]
-    return ClassifiedFaults(addresses, tids, times, result)
+    tids = _column(stream.samples.tid, len(stream.samples), np.uint32)[faults.mask]
+    times = _column(stream.samples.time, len(stream.samples))[faults.mask]
+    return ClassifiedFaults(faults.addresses, tids, times, result)
 
 
 def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndarray, fault_ips: np.ndarray,
