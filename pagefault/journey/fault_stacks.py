@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
 
 from ..capture.recording import Recording
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
@@ -98,22 +101,35 @@ def _clean(name: str) -> str:
     return name.replace(";", ":").replace(" ", "_")
 
 
-def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter, bool]:
-    """(Counter of stacks root→leaf, with the fault's class as the root; whether call chains were recorded)."""
+@dataclass(frozen=True)
+class FaultSample:
+    """What one fault is counted under: its stack and the dimensions a profiler filters by."""
+
+    frames: tuple[str, ...]     # root→leaf, the fault's class first
+    fault_class: str
+    pid: int
+    comm: str
+    kernel_mode: bool           # taken in kernel mode (a system call touching the program's memory)
+
+
+def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter[FaultSample], bool]:
+    """(Counter of faults by stack, class, process and mode; whether call chains were recorded)."""
     meta = rec.meta
     if meta.get("tier", "perf") != "perf":
         raise ValueError("flame graphs need a perf-tier recording (fault classes come from tracepoints)")
     ksyms = _chain_symbols(meta, ksyms or KernelSymbols.load())
     addresses, _tids, _times, result = classify_recording(rec, ksyms)
     stream = parse_stream(rec.data, meta["sample_type"] | (32 if meta.get("callchain") else 0), in_time_order=False,
-                          columns=frozenset())
+                          columns=frozenset({"tid"}))
     event_type = _column(stream.samples.event_type, len(stream.samples))
     faults = fault_columns(stream, meta, event_type)
     rows = faults.mask.nonzero()[0].tolist()
+    pids = _column(stream.samples.pid, len(stream.samples), np.uint32)[faults.mask].tolist()
     sym = Symbolizer(mappings_of(meta, stream), ksyms)
     chains = stream.samples.callchain_offset is not None
-    stacks: Counter = Counter()
-    for row, ip, in_kernel, cls in zip(rows, faults.ips.tolist(), faults.kernel_mode.tolist(), result.classes):
+    samples: Counter[FaultSample] = Counter()
+    for row, ip, in_kernel, pid, cls in zip(rows, faults.ips.tolist(), faults.kernel_mode.tolist(), pids,
+                                            result.classes):
         # a kernel-mode fault's ip is the kernel's (copy_to_user…): its own frame is a kernel one
         leaf = sym.kernel(ip) if in_kernel else sym.user(ip) or f"0x{ip:x}"
         frames = [cls.value]
@@ -123,7 +139,16 @@ def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Co
             frames += sym.kernel_frames(kernel)
         else:
             frames.append(leaf)
-        stacks[tuple(frames)] += 1
+        samples[FaultSample(tuple(frames), cls.value, pid, stream.comms.get(pid, ""), bool(in_kernel))] += 1
+    return samples, chains
+
+
+def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter, bool]:
+    """(Counter of stacks root→leaf, with the fault's class as the root; whether call chains were recorded)."""
+    samples, chains = fault_samples(rec, ksyms)
+    stacks: Counter = Counter()
+    for sample, n in samples.items():
+        stacks[sample.frames] += n
     return stacks, chains
 
 
@@ -163,5 +188,5 @@ def sample_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> list[li
     out = []
     for i in range(len(stream.samples)):
         kernel, user = split_callchain(callchain(stream.data, stream.samples, i))
-        out.append([f for f in (sym.user(a) for a in reversed(user)) if f] + [sym.kernel(a) for a in reversed(kernel)])
+        out.append(sym.user_frames(user) + sym.kernel_frames(kernel))
     return out
