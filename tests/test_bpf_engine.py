@@ -246,7 +246,7 @@ def _cache_can_be_dropped(directory: Path) -> bool:
         f.flush()
         os.fsync(f.fileno())
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        addr = libc.mmap(None, pages * mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        addr = libc.mmap(None, pages * mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_PRIVATE, f.fileno(), 0)
         assert addr not in (None, ctypes.c_void_p(-1).value)
         ok = libc.mincore(addr, pages * mmap.PAGESIZE, resident) == 0
         libc.munmap(addr, pages * mmap.PAGESIZE)
