@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from . import __version__
+from .views.safe_text import escape_controls
+from .views.terminal import print_json, say, write_text
 
 if TYPE_CHECKING:
     from .core import JourneyRequest
@@ -44,6 +46,12 @@ def parse_number(text: str, what: str = "value") -> int:
 
 
 COMMANDS: list[Callable[[Any], None]] = []
+
+
+def terminal_console(**kwargs):
+    """The rich Console of every text view: control characters in what it prints are shown escaped."""
+    from .views.safe_console import terminal_console as safe_console
+    return safe_console(**kwargs)
 
 
 # --- decode -----------------------------------------------------------------------------------------
@@ -252,13 +260,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     doubts = list(getattr(result, "suspicions", ()) or ()) + list(getattr(result, "impossible", ()) or ())
     if args.json:
-        print(json.dumps({"kind": args.kind, "value": value, "provenance": "derived", "title": title,
+        print_json(json.dumps({"kind": args.kind, "value": value, "provenance": "derived", "title": title,
                           "architecture": arch, "assumed": getattr(args, "shape_note", ""),
                           "result": to_jsonable(result)}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
-    console = Console()
+    console = terminal_console()
     table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("field")
     table.add_column("value")
@@ -282,23 +289,19 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # --- doctor, trace, report ----------------------------------------------------------------------------
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from .capture.doctor import diagnose
     from .views.trace_view import render_doctor
     d = diagnose(run_bpftrace=not args.quick)
     if args.json:
         from .decode.bits import to_jsonable
-        print(json.dumps(to_jsonable(d), indent=2))
+        print_json(json.dumps(to_jsonable(d), indent=2))
     else:
-        render_doctor(d, Console())
+        render_doctor(d, terminal_console())
     return 0
 
 
 def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     """trace --latency: time every fault with the kprobe pair; a summary, no recording."""
-    from rich.console import Console
-
     from .capture.latency import FunctionProbe, record_latency
     from .capture.tracer import CaptureError
     from .core import CannotTrace
@@ -324,17 +327,15 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     summary.notes.append(f"the program {rec.target_exit}")
     if args.json:
         from .decode.bits import to_jsonable
-        print(json.dumps(to_jsonable(summary), indent=2))
+        print_json(json.dumps(to_jsonable(summary), indent=2))
     else:
-        render_latency(summary, Console())
+        render_latency(summary, terminal_console())
     return 0
 
 
 def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
     """trace without -o (or --summary-only): count in the kernel where bpftrace can; else record to a private
     temporary file, summarise it and remove it. Nothing is written to the working directory."""
-    from rich.console import Console
-
     from .capture.kernel_counts import count_faults
     from .capture.tracer import CaptureError
     from .core import CannotTrace
@@ -374,16 +375,14 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             _shutil.rmtree(work, ignore_errors=True)
     if args.json:
         from .decode.bits import to_jsonable
-        print(json.dumps(to_jsonable(summary), indent=2))
+        print_json(json.dumps(to_jsonable(summary), indent=2))
     else:
         from .views.trace_view import render_summary
-        render_summary(summary, Console())
+        render_summary(summary, terminal_console())
     return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from .capture.safe_paths import OutputError, check_output_target
     from .capture.tracer import CaptureError, TraceOptions, record
     from .views.progress import stderr_progress
@@ -426,14 +425,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
         written = (f"the disk filled ({meta['disk_full']}): the recording stops there; what was recorded is kept "
                    f"in {output}, which pagefault report reads as partial")
     if args.no_summary:
-        print(f"{written}; read it with: pagefault report {output}")
+        say(f"{written}; read it with: pagefault report {output}", sys.stdout)
         return 0 if not meta.get("disk_full") else EXIT_PARTIAL
     summary = _summarize(output)
     if args.json:
         from .decode.bits import to_jsonable
-        print(json.dumps(to_jsonable(summary), indent=2))
+        print_json(json.dumps(to_jsonable(summary), indent=2))
     else:
-        console = Console()
+        console = terminal_console()
         render_summary(summary, console)
         console.print(f"{written}; read it again with: pagefault report {output}", highlight=False, markup=False)
     return 0 if not meta.get("disk_full") else EXIT_PARTIAL
@@ -486,12 +485,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = _summarize(args.file, args.top)
     if args.json:
         from .decode.bits import to_jsonable
-        print(json.dumps(to_jsonable(summary), indent=2))
+        print_json(json.dumps(to_jsonable(summary), indent=2))
     else:
-        from rich.console import Console
-
         from .views.trace_view import render_summary
-        render_summary(summary, Console())
+        render_summary(summary, terminal_console())
     return 0
 
 
@@ -509,7 +506,7 @@ def _report_events(rec) -> int:
             symbols = symbolizer(ksyms.addresses, ksyms.names)(ips)
         else:
             symbols = {}
-            print("note: kernel symbols unavailable: " + ("/proc/kallsyms shows no addresses (run as root)"
+            say("note: kernel symbols unavailable: " + ("/proc/kallsyms shows no addresses (run as root)"
                   if not ksyms.usable else "this machine's kernel is not the recording's"), file=sys.stderr)
     else:   # the user tier's software event: the ip is the program's own, shown without a symbol
         ips, symbols = fields["page-faults"]["ip"], {}
@@ -526,21 +523,35 @@ def _report_flame(rec, args) -> int:
     if rec.meta.get("tier", "perf") != "perf":
         raise UsageError("flame graphs need a recording of the perf tier (run pagefault trace as root)")
     stacks, chains = fault_stacks(rec)
-    name = " ".join(rec.meta.get("command") or []) or str(args.file)
+    stacks = _frames_escaped(stacks)
+    name = escape_controls(" ".join(rec.meta.get("command") or []) or str(args.file))
     text = folded(stacks) if args.format == "folded" else json.dumps(speedscope(stacks, name))
     if args.output:
         from .capture.safe_paths import check_output_target, write_output
         check_output_target(Path(args.output), args.force)
         write_output(Path(args.output), text, args.force)
     else:
-        sys.stdout.write(text)
+        write_text(text)
     viewer = ("flamegraph.pl, inferno-flamegraph or speedscope.app" if args.format == "folded"
               else "speedscope.app (drop the file on it)")
-    print(f"{sum(stacks.values()):,} faults in {len(stacks):,} stacks, one root per class"
+    say(f"{sum(stacks.values()):,} faults in {len(stacks):,} stacks, one root per class"
           + ("" if chains else "; no call chains in this recording (record with -g for full stacks): each stack is "
              "the class and the faulting function") + (f"; written to {args.output}, open it with {viewer}"
                                                         if args.output else ""), file=sys.stderr)
     return 0
+
+
+def _frames_escaped(stacks):
+    """Stacks whose frame names (the program's comm and symbols, from the recording) have every control
+    character escaped, newlines too: a folded file is read as it is printed (cat, a terminal), and a newline
+    in a frame would start a stack of its own."""
+    from collections import Counter
+
+    from .views.safe_text import escape_controls
+    escaped: Counter = Counter()
+    for frames, count in stacks.items():
+        escaped[tuple(escape_controls(f) for f in frames)] += count
+    return escaped
 
 
 def _report_perfetto(rec, args) -> int:
@@ -557,7 +568,7 @@ def _report_perfetto(rec, args) -> int:
     except PerfettoError as exc:
         raise UsageError(str(exc)) from None
     write_output(Path(args.output), dumps(trace), args.force)
-    print(f"{len(columns['time']):,} samples written to {args.output} (Chrome JSON trace: open it in "
+    say(f"{len(columns['time']):,} samples written to {args.output} (Chrome JSON trace: open it in "
           "ui.perfetto.dev)", file=sys.stderr)
     return 0
 
@@ -675,7 +686,7 @@ def _emit_journey(journey, args, output, console) -> int:
     if args.format == "html":
         from .views.html import render_html
         _write_output(output, render_html(journey, redact=args.redact), args)
-        print(f"journey written to {output} (html{', redacted' if args.redact else ''}; open it in a browser, "
+        say(f"journey written to {output} (html{', redacted' if args.redact else ''}; open it in a browser, "
               "it fetches nothing)", file=sys.stderr)
         return 0
     if args.redact:
@@ -698,9 +709,9 @@ def _emit_journey(journey, args, output, console) -> int:
         text = journey_view.to_markdown(journey) if args.format == "markdown" else journey_view.to_json(journey)
     if output:
         _write_output(output, text, args)
-        print(f"journey written to {output} ({args.format})", file=sys.stderr)
+        say(f"journey written to {output} ({args.format})")
     else:
-        sys.stdout.write(text)
+        write_text(text)
     return 0
 
 
@@ -716,12 +727,10 @@ def _request(args, progress) -> JourneyRequest:
 
 
 def cmd_journey(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from . import core
     from .views.progress import stderr_progress
     output = _journey_output(args)
-    console = Console()
+    console = terminal_console()
     if args.replay:
         return _emit_journey(core.replay(Path(args.replay)), args, output, console)
     from .kernel.facts import on_arm64   # not before: a replay touches nothing of the machine
@@ -838,12 +847,12 @@ COMMANDS.append(_register_journey)
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from .model.scenarios import SCENARIOS
     if args.json:
-        print(json.dumps([{"name": s.name, "title": s.title, "teaches": s.teaches, "ops": list(s.ops)}
+        print_json(json.dumps([{"name": s.name, "title": s.title, "teaches": s.teaches, "ops": list(s.ops)}
                           for s in SCENARIOS], indent=2))
         return 0
     width = max(len(s.name) for s in SCENARIOS)
     for s in SCENARIOS:
-        print(f"{s.name:<{width}}  {s.title}: {s.teaches}")
+        say(f"{s.name:<{width}}  {s.title}: {s.teaches}", sys.stdout)
     return 0
 
 
@@ -868,7 +877,7 @@ def _live_or_model_journey(args, progress):
     if not is_root():
         note = ("the exercises need root for the error code, the PFN and the PTE (fix: sudo); "
                 "these use the simulator's fault instead")
-        print(f"note: {note}", file=sys.stderr)
+        say(f"note: {note}")
         return core.model_journey(None, note)
     request = core.JourneyRequest(progress=progress)
     live = core.start_live(request)
@@ -886,32 +895,30 @@ def cmd_exercise(args: argparse.Namespace) -> int:
 
 
 def _exercise(args, progress) -> int:
-    from rich.console import Console
-
     from .journey.exercises import ORDER, build_exercises
     from .views.exercise_view import run_exercises
     from .views.progress import stderr_progress
     if progress.warning:
-        print(f"note: {progress.warning}", file=sys.stderr)
+        say(f"note: {progress.warning}")
     if args.reset:
         progress.reset()
-        print(f"progress reset ({progress.path})")
+        say(f"progress reset ({progress.path})", sys.stdout)
         return 0
     if args.list:
-        print("\n".join(progress.checklist()))
-        print(f"progress kept in {progress.path}")
+        say("\n".join(progress.checklist()), sys.stdout)
+        say(f"progress kept in {progress.path}", sys.stdout)
         return 0
     unknown = [n for n in args.names if n not in ORDER]
     if unknown:
         raise UsageError(f"no exercise {', '.join(unknown)}; the exercises are: {', '.join(ORDER)}")
     wanted = args.names or ([k for k in ORDER if not progress.done(k)] if not args.all else list(ORDER))
     if not wanted:
-        print("\n".join(progress.checklist()))
+        say("\n".join(progress.checklist()), sys.stdout)
         print("every exercise is done; pagefault exercise --all sets them all again on a new fault")
         return 0
     journey = _live_or_model_journey(args, None if args.quiet else stderr_progress)
     exercises = [e for e in build_exercises(journey) if e.key in wanted]
-    console = Console(highlight=False)
+    console = terminal_console(highlight=False)
     where = ("the simulator's fault (scenario first-touch)" if journey.tier == "model" else
              f"PID {journey.pid}'s fault at 0x{journey.walk.address:x}, kernel {journey.kernel}" if journey.walk
              else f"PID {journey.pid}, kernel {journey.kernel}")
@@ -1000,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return args.func(args)
     except UsageError as exc:
-        print(f"pagefault: {exc}", file=sys.stderr)
+        say(f"pagefault: {exc}")
         return EXIT_USAGE
     except BrokenPipeError:
         # the reader (`| head`) left: not an error; point stdout at /dev/null so the exit flush is quiet
@@ -1011,10 +1018,10 @@ def main(argv: list[str] | None = None) -> int:
         from .capture.safe_paths import OutputError
         from .core import CannotTrace, JourneyUsageError
         if isinstance(exc, (JourneyUsageError, OutputError)):
-            print(f"pagefault: {exc}", file=sys.stderr)
+            say(f"pagefault: {exc}")
             return EXIT_USAGE
         if isinstance(exc, CannotTrace):
-            print(f"pagefault: cannot trace here: {exc}", file=sys.stderr)
+            say(f"pagefault: cannot trace here: {exc}")
             return EXIT_CANNOT_TRACE
         raise
     except KeyboardInterrupt:

@@ -67,7 +67,8 @@ def model_journey(scenario_name: str | None, note: str = "", arch: Arch | None =
 
 
 def _say(note: str) -> None:
-    print(f"note: {note}", file=sys.stderr)
+    from .views.terminal import say
+    say(f"note: {note}")
 
 
 def complete_evidence(ev: JourneyEvidence) -> JourneyEvidence:
@@ -146,7 +147,8 @@ def save_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence 
         write_output(path, dumps_evidence(ev, gzipped=path.name.endswith(".gz")), request.force)
     except OutputError as exc:
         raise JourneyUsageError(str(exc)) from None
-    print(f"evidence saved to {path} (open it anywhere: pagefault journey --replay {path})", file=sys.stderr)
+    from .views.terminal import say
+    say(f"evidence saved to {path} (open it anywhere: pagefault journey --replay {path})")
 
 
 def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str, value, request: JourneyRequest) -> Journey:

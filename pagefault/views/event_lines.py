@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .safe_text import escape_controls
+
 ROWS_PER_BLOCK = 1 << 16
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _SPACE, _ZERO = ord(" "), ord("0")
@@ -95,13 +97,13 @@ def _type_matrix(name: str, rows: np.ndarray, columns: dict[str, np.ndarray], fi
     micros = columns["time"][rows].astype(np.uint64) // np.uint64(1000)
     row_ips = ips[rows].astype(np.uint64)
     unique_ips, ip_index = np.unique(row_ips, return_inverse=True)
-    symbols = [symbol_of.get(int(ip), "[unknown]") for ip in unique_ips.tolist()]
+    symbols = [escape_controls(symbol_of.get(int(ip), "[unknown]")) for ip in unique_ips.tolist()]
     symbol_width = max((len(s.encode()) for s in symbols), default=1)
     parts = [_table(comm_names, comm_index[rows], 16, right=True), _constant(" ", n),
              _decimal(columns["tid"][rows], 7), _constant(" [", n),
              _decimal(columns["cpu"][rows], 3, pad=_ZERO), _constant("] ", n),
              _decimal(micros // np.uint64(1_000_000), seconds_width), _constant(".", n),
-             _decimal(micros % np.uint64(1_000_000), 6, pad=_ZERO), _constant(f": {name}: ", n),
+             _decimal(micros % np.uint64(1_000_000), 6, pad=_ZERO), _constant(f": {escape_controls(name)}: ", n),
              _hex(row_ips, 16), _constant(" ", n), _table(symbols, ip_index, symbol_width, right=False)]
     for key, values in fields.items():
         v = np.asarray(values)
@@ -109,11 +111,11 @@ def _type_matrix(name: str, rows: np.ndarray, columns: dict[str, np.ndarray], fi
             continue
         if v.dtype.kind == "i" and (v < 0).any():
             width = _width(np.abs(v), 10)
-            parts += [_constant(f" {key}=", n), np.where((v < 0)[:, None], ord("-"), _SPACE).astype(np.uint8),
+            parts += [_constant(f" {escape_controls(key)}=", n), np.where((v < 0)[:, None], ord("-"), _SPACE).astype(np.uint8),
                       _decimal(np.abs(v), width)]
         else:
             width = _width(v.astype(np.uint64), 16)
-            parts += [_constant(f" {key}=0x", n), _hex(v, width)]
+            parts += [_constant(f" {escape_controls(key)}=0x", n), _hex(v, width)]
     return np.ascontiguousarray(np.hstack(parts))
 
 
@@ -126,7 +128,9 @@ def event_lines(columns: dict[str, np.ndarray], names: list[str], fields: dict[s
     event = np.asarray(columns["event"])
     tids = np.asarray(columns["tid"])
     unique_tids, comm_index = np.unique(tids, return_inverse=True)
-    comm_names = [comms.get(int(t), "-") for t in unique_tids.tolist()]
+    # names from the recording (the comm the program gave itself, the symbols) are escaped here, once per
+    # distinct name, so no line carries a control character a terminal would act on
+    comm_names = [escape_controls(comms.get(int(t), "-")) for t in unique_tids.tolist()]
     seconds_width = _width(columns["time"].astype(np.uint64) // np.uint64(1_000_000_000), 10)
     matrices, where = {}, {}
     for k, name in enumerate(names):

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ..decode.bits import to_jsonable
 from ..journey.steps import WS, Journey, Step
+from .safe_text import escape_controls
 
 BADGE = {"observed": "green", "derived": "cyan", "modelled": "magenta", "unavailable": "red"}
 
@@ -24,33 +25,40 @@ def step_renderable(step: Step, total: int = 11) -> Panel:
     t.add_column("provenance", no_wrap=True, min_width=11)
     t.add_column("source / how", ratio=4)
     for v in step.values:
-        t.add_row(escape(v.label), escape(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", escape(v.source))
+        t.add_row(_line(v.label), _line(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", _line(v.source))
     parts: list = [t]
     lines = step.all_derivations()
     if lines:
         parts.append(Text("derivation", style="bold"))
-        parts += [Text("  " + line) for line in lines]
+        parts += [Text("  " + escape_controls(line)) for line in lines]
     if step.ws:
         parts.append(Text(""))
         for w in WS:
             if w in step.ws:
-                parts.append(Text.assemble((f"{w.upper():>8}  ", "bold yellow"), step.ws[w]))
+                parts.append(Text.assemble((f"{w.upper():>8}  ", "bold yellow"), escape_controls(step.ws[w])))
     if step.evidence:
         parts.append(Text("evidence", style="bold"))
-        parts += [Text("  " + e, style="dim") for e in step.evidence[:40]]
+        parts += [Text("  " + escape_controls(e), style="dim") for e in step.evidence[:40]]
         if len(step.evidence) > 40:
             parts.append(Text(f"  … {len(step.evidence) - 40} more lines", style="dim"))
-    return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {escape(step.title)}[/bold]",
+    return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {_line(step.title)}[/bold]",
                  title_align="left")
+
+
+def _line(text: object) -> str:
+    """A string from the evidence as one line of console markup: its markup and its control characters
+    (newlines too) escaped. The console escapes controls again as it writes (views/safe_console.py); doing
+    it here as well keeps the table's columns their right width."""
+    return escape(escape_controls(str(text)))
 
 
 def header(j: Journey, console: Console) -> None:
     what = "the simulator's process" if j.tier == "model" else "PID"
-    console.print(f"[bold]pagefault journey[/bold] of {what} {j.pid} ({escape(' '.join(j.command))}); "
+    console.print(f"[bold]pagefault journey[/bold] of {what} {j.pid} ({_line(' '.join(j.command))}); "
                   f"tier [bold]{j.tier}[/bold]; kernel {j.kernel}", highlight=False)
-    console.print(escape(j.program), style="dim", highlight=False)
+    console.print(_line(j.program), style="dim", highlight=False)
     for line in j.observed_with:
-        console.print("observed with " + escape(line), style="dim", highlight=False)
+        console.print("observed with " + _line(line), style="dim", highlight=False)
     console.print("[green]observed[/] = read on this machine   [cyan]derived[/] = computed from observed values   "
                   "[magenta]modelled[/] = from the kernel source   [red]unavailable[/] = with the reason and fix")
 
@@ -64,14 +72,14 @@ def render_timeline(j: Journey, console: Console) -> None:
     t.add_column("what")
     t.add_column("source")
     for e in j.timeline:
-        t.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", escape(e.what), escape(e.source))
+        t.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", _line(e.what), _line(e.source))
     console.print(t)
 
 
 def render_all(j: Journey, console: Console) -> None:
     header(j, console)
     for note in j.notes:
-        console.print(f"note: {escape(note)}", style="yellow", highlight=False)
+        console.print(f"note: {_line(note)}", style="yellow", highlight=False)
     for step in j.steps:
         console.print(step_renderable(step, len(j.steps)))
     render_timeline(j, console)
@@ -111,13 +119,15 @@ def to_markdown(j: Journey) -> str:
 # Every string from the target or the environment (the program's path, --text, file names, kernel
 # strings) goes through one of these three, so no renderer of CommonMark/GFM turns it into markup:
 # text is HTML-escaped and its punctuation backslash-escaped; code spans and fences are opened with a
-# backtick run longer than any inside them, where nothing is interpreted.
+# backtick run longer than any inside them, where nothing is interpreted. Control characters, newlines
+# included, are shown escaped (safe_text): each string stays on its own line, so a file name holding
+# "\n```" can neither end a fence nor start a heading, and the file is safe to cat to a terminal.
 _MD_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")   # what can open markup mid-line (< > & become entities)
 
 
 def _md(text: object) -> str:
     """Inline Markdown text that renders as exactly these characters (table cells included)."""
-    flat = " ".join(str(text).splitlines())
+    flat = escape_controls(str(text))
     flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MD_PUNCTUATION.sub(r"\\\1", flat)
 
@@ -128,16 +138,17 @@ def _longest_backtick_run(text: str) -> int:
 
 def _code(text: object) -> str:
     """A code span holding the text literally (usable in a table cell: pipes are escaped for GFM)."""
-    flat = " ".join(str(text).splitlines()).replace("|", "\\|")
+    flat = escape_controls(str(text)).replace("|", "\\|")
     fence = "`" * (_longest_backtick_run(flat) + 1)
     pad = " " if flat.startswith(("`", " ")) or flat.endswith(("`", " ")) else ""
     return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _code_block(lines: list[str]) -> list[str]:
-    """A fenced code block whose fence no line inside can close."""
-    fence = "`" * max(3, max((_longest_backtick_run(l) for l in lines), default=0) + 1)
-    return [fence, *(str(l) for l in lines), fence]
+    """A fenced code block whose fence no line inside can close, one line per entry."""
+    flat = [escape_controls(str(line)) for line in lines]
+    fence = "`" * max(3, max((_longest_backtick_run(line) for line in flat), default=0) + 1)
+    return [fence, *flat, fence]
 
 
 def to_json(j: Journey) -> str:

@@ -1,6 +1,7 @@
 """pagefault journey --tui: the journey in a Textual app. The steps on the left, the current step's values
 with provenance badges, its derivations, the 7 Ws and its raw evidence on the right; keys move between steps.
-Textual draws in the terminal only, so it works over SSH (ssh -t).
+Textual draws in the terminal only, so it works over SSH (ssh -t). Textual writes the text it is given as
+it is, so every string of the journey passes through safe() (views/safe_text.py) before it is shown.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from textual.widgets import DataTable, Footer, Header, ListItem, ListView, Stati
 
 from ..journey.steps import WS, Journey, Step
 from .journey_view import BADGE
+from .safe_text import escape_controls as safe
 
 TIMELINE = "timeline"
 
@@ -52,7 +54,7 @@ class JourneyApp(App):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal():
-            items = [ListItem(Static(Text(f"{s.number:>2} {s.title}")), id=f"item-{i}") for i, s in enumerate(self.journey.steps)]
+            items = [ListItem(Static(Text(f"{s.number:>2} {safe(s.title)}")), id=f"item-{i}") for i, s in enumerate(self.journey.steps)]
             if self.journey.timeline:
                 items.append(ListItem(Static(" ⏱ timeline"), id=f"item-{len(items)}"))
             yield ListView(*items, id="steps")
@@ -67,7 +69,7 @@ class JourneyApp(App):
     def on_mount(self) -> None:
         j = self.journey
         what = "the simulator's process" if j.tier == "model" else "PID"
-        self.sub_title = f"{what} {j.pid} · tier {j.tier} · {j.kernel}"
+        self.sub_title = safe(f"{what} {j.pid} · tier {j.tier} · {j.kernel}")
         self.show_page(0)
 
     # --- navigation ---------------------------------------------------------------------------------------
@@ -131,28 +133,28 @@ class JourneyApp(App):
         return table
 
     def _show_step(self, step: Step) -> None:
-        notes = "".join(f"\nnote: {n}" for n in self.journey.notes) if step.number == 1 else ""
+        notes = "".join(f"\nnote: {safe(n)}" for n in self.journey.notes) if step.number == 1 else ""
         self.query_one("#title", Static).update(Text.assemble(
-            (f"step {step.number}/{len(self.journey.steps)}: {step.title}", "bold"),
-            ((f"\nevidence taken at the program's phase '{step.stage}'" if self.journey.tier != "model" else
+            (f"step {step.number}/{len(self.journey.steps)}: {safe(step.title)}", "bold"),
+            ((f"\nevidence taken at the program's phase '{safe(step.stage)}'" if self.journey.tier != "model" else
               "\nthe simulator's run") + notes, "dim")))
         table = self._table("value", "", "provenance", "source / how")
         for v in step.values:
-            table.add_row(Text(v.label), Text(v.display), badge(v.provenance), Text(v.source))
+            table.add_row(Text(safe(v.label)), Text(safe(v.display)), badge(v.provenance), Text(safe(v.source)))
         lines = step.all_derivations()
         self.query_one("#derivations", Static).update(
-            Text("derivation\n", style="bold") + Text("\n".join("  " + d for d in lines)) if lines else "")
+            Text("derivation\n", style="bold") + Text("\n".join("  " + safe(d) for d in lines)) if lines else "")
         ws = Text()
         for w in WS:
             if w in step.ws:
                 ws.append(f"{w.upper():>8}  ", style="bold yellow")
-                ws.append(step.ws[w] + "\n")
+                ws.append(safe(step.ws[w]) + "\n")
         self.query_one("#ws", Static).update(ws)
         evidence = self.query_one("#evidence", Static)
         if not step.evidence:
             evidence.update("")
         elif self.show_evidence:
-            evidence.update(Text("evidence (e hides)\n", style="bold") + Text("\n".join("  " + e for e in step.evidence)))
+            evidence.update(Text("evidence (e hides)\n", style="bold") + Text("\n".join("  " + safe(e) for e in step.evidence)))
         else:
             evidence.update(Text(f"evidence: {len(step.evidence)} lines hidden (e shows)", style="bold"))
 
@@ -160,7 +162,7 @@ class JourneyApp(App):
         self.query_one("#title", Static).update(Text("timeline (µs since the program was started)", style="bold"))
         table = self._table("t (µs)", "gap", "what", "source")
         for e in self.journey.timeline:
-            table.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", Text(e.what), Text(e.source))
+            table.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", Text(safe(e.what)), Text(safe(e.source)))
         for widget in ("#derivations", "#ws", "#evidence"):
             self.query_one(widget, Static).update("")
 
