@@ -257,8 +257,8 @@ def test_markdown_renders_hostile_strings_as_text_never_as_html():
     html = _render(to_markdown(_hostile_model_journey()))
     assert "<img" not in html and "<a " not in html and "<em>" not in html and "<del>" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
-    # the text round-trips: a reader sees exactly what the target said
-    flat = " ".join(HOSTILE.splitlines())
+    # the text round-trips: a reader sees exactly what the target said, its newline written as \n
+    flat = HOSTILE.replace("\n", "\\n")
     import html as html_lib
     import re
     text = html_lib.unescape(re.sub(r"<[^>]+>", "", html))
@@ -266,6 +266,45 @@ def test_markdown_renders_hostile_strings_as_text_never_as_html():
 
 
 ALLOWED_TAGS = {"table", "thead", "tbody", "tr", "th", "td", "code", "pre", "p"}
+
+BREAKOUT = "/tmp/lib\n```\n</details><img src=x onerror=alert(1)>\n# Injected heading\n\n<script>x</script>"
+
+
+def _breakout_journey():
+    """A saved journey whose program's file (in every /proc/PID/maps snapshot) is named to end the evidence
+    fence."""
+    import gzip
+    import json
+
+    from pagefault.core import journey_from_evidence
+    from pagefault.evidence.file import CONVERTER, KINDS
+    doc = json.loads(gzip.open(Path(__file__).parent / "fixtures" / "evidence" / "6.18.44-fc-v669" /
+                               "journey-bpf.json.gz").read())
+    for snapshot in doc["evidence"]["snapshots"].values():
+        for mapping in snapshot["maps"]:
+            mapping["path"] = mapping["path"] + BREAKOUT
+    doc["evidence"]["rip"]["mapping"]["path"] += BREAKOUT
+    return journey_from_evidence(CONVERTER.structure(doc["evidence"], KINDS[doc["kind"]]))
+
+
+def test_a_maps_path_with_a_newline_and_a_fence_stays_inside_its_line():
+    """Issue 28, item 6: each evidence line, table cell and path stays one line of Markdown, its newline
+    shown as \\n; no fence is closed, no heading or HTML appears."""
+    import re
+
+    from pagefault.views.journey_view import to_markdown
+    journey = _breakout_journey()
+    markdown = to_markdown(journey)
+    html = _render(markdown)
+    assert "<img" not in html and "<script" not in html and "Injected heading</h" not in html
+    headings = len(journey.steps) + (1 if journey.timeline else 0)
+    assert len(re.findall(r"<h1>", html)) == 1 and len(re.findall(r"<h2>", html)) == headings
+    blocks = re.findall(r"<pre><code>(.*?)</code></pre>", html, re.S)
+    shown = [line for step in journey.steps for line in step.evidence]
+    evidence_lines = [line for block in blocks for line in block.splitlines()]
+    assert len(evidence_lines) == sum(len(step.all_derivations()) for step in journey.steps) + len(shown)
+    assert any("/tmp/lib\\n```\\n&lt;/details&gt;" in line for line in evidence_lines)
+    assert all(BREAKOUT not in cell for cell in re.findall(r"<td>(.*?)</td>", html, re.S))
 
 
 def test_markdown_fuzz_no_string_escapes():
