@@ -97,3 +97,25 @@ def test_the_counts_summary_names_special_mappings_too():
     rows = np.array([[0x4, 0, 0, 0, 0, 0, 0x7fff0000 << 3, 1], [0x4, 0, 0, 0, 0, 0, 0x10000 << 3, 3]], dtype=np.uint64)
     s = summarize_counts(rows, [vdso, heap], ["p"], 1, "exited", 0.1)
     assert dict((c, n) for c, n, _h in s.by_class) == {C.SPECIAL.value: 1, C.ZERO_PAGE.value: 3}
+
+
+def test_a_major_fault_reads_its_own_page_and_readahead_is_a_minor_fault():
+    """The kernel counts a fault major when its own page had to be read (VM_FAULT_MAJOR); a fault that found
+    its page cached but started readahead of the next ones is minor. Page-cache adds carry the file index
+    (address column) and the folio order (error-code column)."""
+    own = MappingKind(anonymous=False, private=True, file_index=7, inode=50)
+    hit = MappingKind(anonymous=False, private=True, file_index=8, inode=50)
+    in_folio = MappingKind(anonymous=False, private=True, file_index=21, inode=50)
+    other_file = MappingKind(anonymous=False, private=True, file_index=3, inode=50)
+    unknown = MappingKind(anonymous=False, private=True)
+    # (kind, tid, time, address | file index, error code | folio order), and each event's inode
+    rows = [(FAULT, 1, 10, 0x7000, 0x4), (CACHE_ADD, 1, 11, 7, 0), (CACHE_ADD, 1, 12, 9, 0),     # own page: major
+            (FAULT, 1, 20, 0x8000, 0x4), (CACHE_ADD, 1, 21, 16, 2),                               # others: readahead
+            (FAULT, 1, 30, 0x15000, 0x4), (CACHE_ADD, 1, 31, 20, 2),                              # in a 4-page folio
+            (FAULT, 1, 40, 0x3000, 0x4), (CACHE_ADD, 1, 41, 3, 0),       # index 3 of another file: a write()'s
+            (FAULT, 1, 50, 0x9000, 0x4), (CACHE_ADD, 1, 51, 3, 0)]                                # index unknown
+    inodes = [0, 50, 50, 0, 50, 0, 50, 0, 77, 0, 77]
+    ev = events(rows)
+    ev.inode = np.array(inodes, dtype=np.uint64)
+    r = classify_faults(ev, [own, hit, in_folio, other_file, unknown])
+    assert r.classes == [C.FILE_MAJOR, C.FILE_READAHEAD, C.FILE_MAJOR, C.FILE_HIT, C.FILE_MAJOR]

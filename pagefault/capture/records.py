@@ -167,10 +167,10 @@ def _side_band(stream: Stream, counts: dict[int, int], data: bytes, pos: int, rt
         stream.lost += struct.unpack_from("<Q", data, pos + 16)[0]
         stream.lost_records += 1
     elif rtype == RECORD_MMAP2:
-        _pid, _tid, addr, length, pgoff = struct.unpack_from("<IIQQQ", data, pos + 8)
+        _pid, _tid, addr, length, pgoff, _maj, _min, ino = struct.unpack_from("<IIQQQIIQ", data, pos + 8)
         prot, flags = struct.unpack_from("<II", data, pos + 64)
         stream.mmaps.append(Mapping(addr, addr + length, pgoff, _cstr(data, pos + 72, pos + size),
-                                    prot, "observed: PERF_RECORD_MMAP2", bool(flags & 0x01)))
+                                    prot, "observed: PERF_RECORD_MMAP2", bool(flags & 0x01), ino))
     elif rtype == RECORD_COMM:
         _pid, tid = struct.unpack_from("<II", data, pos + 8)
         stream.comms[tid] = _cstr(data, pos + 16, pos + size)

@@ -30,6 +30,7 @@ class Mapping:
     prot: int = 0
     source: str = ""
     shared: bool = False      # MAP_SHARED (maps perms "s", or the MMAP2 record's flags)
+    inode: int = 0            # the mapped file's inode (0: anonymous, or not known)
 
     def contains(self, address: int) -> bool:
         return self.start <= address < self.end

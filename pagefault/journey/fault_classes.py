@@ -9,7 +9,11 @@ inside the fault handler count).
 The classes and their evidence:
 - SIGSEGV / SIGBUS: a signal_generate for the thread in the window (si_code from the tracepoint);
 - THP: a movable allocation of order ≥ 1 (a transparent huge page; order 9 for 2 MiB);
-- file read from disk: the thread added pages to the page cache (mm_filemap_add_to_page_cache);
+- file read from disk (a major fault, as the kernel counts it: VM_FAULT_MAJOR): the faulting page itself
+  was added to the page cache inside the fault (mm_filemap_add_to_page_cache of its file index);
+- readahead: the fault found its page in the page cache, and pages after it were read in (async readahead
+  started by it): a minor fault to the kernel. Where the fault's file index is not known (no mapping
+  offset) any page-cache add counts as a read from disk, as before;
 - COW copy: a movable order-0 allocation for a write to a present page (error code P|W), or a private
   write to a file page (do_cow_fault);
 - swap-in: with -g, an allocation under do_swap_page (without -g it looks like a new anonymous page);
@@ -56,13 +60,17 @@ class FaultClass(enum.Enum):
     SIGBUS = "SIGBUS"
     SPURIOUS = "spurious"
     SPECIAL = "kernel's special mapping"
+    FILE_READAHEAD = "file page-cache hit, readahead"
 
 
 HOW = {
     FaultClass.SIGSEGV: "signal_generate SIGSEGV for the thread inside the fault",
     FaultClass.SIGBUS: "signal_generate SIGBUS for the thread inside the fault",
     FaultClass.THP: "a movable allocation of order ≥ 1 inside the fault",
-    FaultClass.FILE_MAJOR: "the thread added pages to the page cache inside the fault (mm_filemap_add_to_page_cache)",
+    FaultClass.FILE_MAJOR: "the faulting page itself was added to the page cache inside the fault "
+                           "(mm_filemap_add_to_page_cache of its file index): a major fault",
+    FaultClass.FILE_READAHEAD: "the faulting page was in the page cache; other pages of the file were added inside the "
+                               "fault (readahead): a minor fault",
     FaultClass.COW_COPY: "a movable order-0 allocation for a write to a present page, or to a private file page",
     FaultClass.SWAP_IN: "an allocation whose kernel call chain runs through do_swap_page (-g)",
     FaultClass.ANON_NEW: "a movable order-0 allocation for a not-present page of an anonymous mapping",
@@ -93,8 +101,10 @@ class FaultEvents:
     tid: np.ndarray
     time: np.ndarray
     address: np.ndarray         # faults: the address; allocations: the order; signals: the signal
-    error_code: np.ndarray      # faults: the error code; allocations: the GFP flags; signals: si_code
+    error_code: np.ndarray      # faults: the error code; allocations: the GFP flags; signals: si_code;
+    #                             page-cache adds: the address column holds the file index, this one the order
     chain_class: np.ndarray | None = None   # allocations with -g: index into CHAIN_CLASSES (−1 none, −2 not in a fault)
+    inode: np.ndarray | None = None   # page-cache adds: the file's inode (0 or None: not known)
 
 
 FAULT, ALLOC, CACHE_ADD, SIGNAL = 0, 1, 2, 3
@@ -108,6 +118,8 @@ class MappingKind:
     private: bool
     stack_start: int | None = None     # for the [stack]: where it started (below: growth)
     special: bool = False              # one of SPECIAL_MAPPINGS
+    file_index: int = -1               # the faulting page's index in its file (−1: not a file, or not known)
+    inode: int = 0                     # the mapped file's inode (0: not known)
 
 
 @dataclass
@@ -127,6 +139,8 @@ class MappingColumns:
     private: np.ndarray
     stack_start: np.ndarray    # the stack's initial start for faults in the [stack] mapping, else −1
     special: np.ndarray | None = None   # the mapping is one of SPECIAL_MAPPINGS (None: none is)
+    file_index: np.ndarray | None = None   # the faulting page's index in its file, −1 unknown (None: all unknown)
+    inode: np.ndarray | None = None        # the mapped file's inode, 0 unknown (None: all unknown)
 
     @classmethod
     def of(cls, kinds: list[MappingKind | None]) -> "MappingColumns":
@@ -135,7 +149,9 @@ class MappingColumns:
                    np.array([k is None or k.private for k in kinds], dtype=bool),
                    np.array([-1 if k is None or k.stack_start is None else min(k.stack_start, (1 << 63) - 1)
                              for k in kinds], dtype=np.int64),
-                   np.array([k is not None and k.special for k in kinds], dtype=bool))
+                   np.array([k is not None and k.special for k in kinds], dtype=bool),
+                   np.array([-1 if k is None else k.file_index for k in kinds], dtype=np.int64),
+                   np.array([0 if k is None else k.inode for k in kinds], dtype=np.int64))
 
 
 CLASS_LIST = list(FaultClass)
@@ -147,12 +163,15 @@ def _class_index(c: FaultClass) -> int:
 
 def class_columns(codes: np.ndarray, sig: np.ndarray, sig_code: np.ndarray, chain_hint: np.ndarray | None,
                   max_order: np.ndarray, cache_adds: np.ndarray, data_allocs: np.ndarray, maps: MappingColumns,
-                  addresses: np.ndarray) -> tuple[np.ndarray, list[str]]:
+                  addresses: np.ndarray, own_page_added: np.ndarray | None = None,
+                  same_file_adds: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The rules of this module's docstring, for many faults at once: each fault's class (an index into
     CLASS_LIST) and its signal's si_code name ("" for no signal). One row per fault in every column:
     its error code, signal and si_code, the class its allocation's call chain names (index into
     CHAIN_CLASSES, −1 none; None without chains), the largest order of its movable allocations (−1 none),
-    its page-cache adds, its movable allocations, its mapping and its address."""
+    its page-cache adds, its movable allocations, its mapping and its address; and whether the page-cache adds
+    included the faulting page's own index and how many were of its file (−1 or None: not known; then every
+    page-cache add in the window counts, as a read from disk)."""
     nf = len(codes)
     write, present = (codes & X86_PF_WRITE) != 0, (codes & X86_PF_PROT) != 0
     below_stack = (maps.stack_start >= 0) & (addresses < maps.stack_start)
@@ -164,9 +183,19 @@ def class_columns(codes: np.ndarray, sig: np.ndarray, sig_code: np.ndarray, chai
     hint_class = np.where((hint_class == _class_index(FaultClass.ANON_NEW)) & below_stack,
                           _class_index(FaultClass.STACK_GROWTH), hint_class)
     C = _class_index
+    own = own_page_added if own_page_added is not None else np.full(nf, -1, dtype=np.int64)
+    same = same_file_adds if same_file_adds is not None else np.full(nf, -1, dtype=np.int64)
+    known = own >= 0
+    # where the file is known, only its own pages count: another file's adds in the window are a system call's
+    cache_adds = np.where(known, same, cache_adds)
+    read_by_chain = (hint >= 0) & (hint_class == C(FaultClass.FILE_MAJOR))
+    # read in, but not the faulting page: readahead around a page-cache hit (a minor fault to the kernel)
+    readahead = known & (same > 0) & (own == 0) & file_backed & ~(write & maps.private)
+    hint = np.where(known & read_by_chain & (own == 0), -1, hint)   # the chain saw a read, not the fault's page
     rules: list[tuple[np.ndarray, int | np.ndarray]] = [
         (sig == SIGSEGV, C(FaultClass.SIGSEGV)), (sig == SIGBUS, C(FaultClass.SIGBUS)),
         (special, C(FaultClass.SPECIAL)),   # its pages exist already: what the window shows is not the fault's
+        (readahead, C(FaultClass.FILE_READAHEAD)),
         (hint >= 0, hint_class), (max_order >= 1, C(FaultClass.THP)), (cache_adds > 0, C(FaultClass.FILE_MAJOR)),
         (alloc & present & write, C(FaultClass.COW_COPY)),
         (alloc & file_backed & write & maps.private, C(FaultClass.COW_COPY)),
@@ -229,6 +258,17 @@ def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | No
     data_allocs = per_fault(movable)
     max_order = per_fault(movable, events.address, fill=-1)
     cache_adds = per_fault(kind == CACHE_ADD)
+    own_page_added = same_file_adds = None
+    if maps.file_index is not None and maps.inode is not None and events.inode is not None and nf:
+        # Pages added to the fault's own file count (a system call in the window may add another file's), and
+        # among them its own page: when the folio added (index, 2^order pages) holds the fault's index.
+        fi, ino = maps.file_index[np.clip(of, 0, None)], maps.inode[np.clip(of, 0, None)]
+        first = events.address.astype(np.int64)
+        span = np.left_shift(1, np.clip(events.error_code.astype(np.int64), 0, 20))
+        same_file = (kind == CACHE_ADD) & (fi >= 0) & (ino != 0) & (events.inode.astype(np.int64) == ino)
+        known = (maps.file_index >= 0) & (maps.inode != 0)
+        same_file_adds = np.where(known, per_fault(same_file), -1)
+        own_page_added = np.where(known, per_fault(same_file & (first <= fi) & (fi < first + span)), -1)
     # Only the fault's own signal counts: SIGSEGV or SIGBUS with a fault si_code (SEGV_MAPERR, BUS_ADRERR, …:
     # 1..127). Other signals land in the same window (SIGSTOP from the tool holding the program, a child's
     # SIGCHLD, a kill()'s SI_USER) and, as the largest number, once hid the SIGSEGV.
@@ -241,7 +281,8 @@ def classify_faults(events: FaultEvents, mapping_of_fault: list[MappingKind | No
     chain_hint = per_fault(movable & (chain >= 0), chain, how=np.maximum, fill=-1) if chain is not None else None
 
     index, detail = class_columns(events.error_code[fault_rows].astype(np.int64), sig, sig_code, chain_hint,
-                                  max_order, cache_adds, data_allocs, maps, events.address[fault_rows].astype(np.int64))
+                                  max_order, cache_adds, data_allocs, maps, events.address[fault_rows].astype(np.int64),
+                                  own_page_added, same_file_adds)
     classes = [CLASS_LIST[i] for i in index.tolist()]
     notes = []
     if chain is None:

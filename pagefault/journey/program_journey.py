@@ -34,7 +34,8 @@ AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user (the chosen fault)
 AFTER = "bpftrace at the thread's next kernel entry after the fault"
 # Which class a --kind asks for (major is a file fault that read from disk).
 KIND_CLASSES = {"anon": {FaultClass.ANON_NEW}, "zero": {FaultClass.ZERO_PAGE},
-                "cow": {FaultClass.COW_COPY, FaultClass.COW_REUSE}, "file": {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR},
+                "cow": {FaultClass.COW_COPY, FaultClass.COW_REUSE}, "file": {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR,
+                                                                                      FaultClass.FILE_READAHEAD},
                 "major": {FaultClass.FILE_MAJOR}, "swap": {FaultClass.SWAP_IN}, "thp": {FaultClass.THP},
                 "stack": {FaultClass.STACK_GROWTH}, "segv": {FaultClass.SIGSEGV, FaultClass.SIGBUS}}
 
@@ -62,19 +63,24 @@ def classify_chosen(ev: ProgramFaultEvidence) -> tuple[FaultClass, str, list[Tra
     window = _window(ev)
     kinds = {"kmem:mm_page_alloc": ALLOC, "filemap:mm_filemap_add_to_page_cache": CACHE_ADD,
              "signal:signal_generate": SIGNAL}
-    rows = [(FAULT, ev.tid, ev.fault_ns, ev.address, ev.error_code)]
+    rows = [(FAULT, ev.tid, ev.fault_ns, ev.address, ev.error_code, 0)]
     for e in window:
-        if e.name in kinds:
+        if e.name == "filemap:mm_filemap_add_to_page_cache":   # which file and page (and folio order) was added
+            rows.append((CACHE_ADD, e.pid, e.time_ns, e.fields.get("index", -1), e.fields.get("order", 0),
+                         e.fields.get("i_ino", 0)))
+        elif e.name in kinds:
             first = e.fields.get("order", e.fields.get("sig", 0))
             second = e.fields.get("gfp_flags", e.fields.get("code", 0))
-            rows.append((kinds[e.name], e.pid, e.time_ns, first, second))
-    kind, tid, time, a, b = (np.array(c, dtype=np.int64) for c in zip(*rows))
+            rows.append((kinds[e.name], e.pid, e.time_ns, first, second, 0))
+    kind, tid, time, a, b, inode = (np.array(c, dtype=np.int64) for c in zip(*rows))
     m = _mapping(ev.maps, ev.address)
     stack = [x.start for x in ev.maps if x.path == "[stack]"]
     mk = None if m is None else MappingKind(anonymous=not m.path.startswith("/"), private=m.perms[3:4] != "s",
-                                            stack_start=None, special=m.path in SPECIAL_MAPPINGS)
-    result = classify_faults(FaultEvents(kind, tid, time.astype(np.uint64), a.astype(np.uint64), b.astype(np.uint64)),
-                             [mk])
+                                            stack_start=None, special=m.path in SPECIAL_MAPPINGS,
+                                            file_index=(m.offset + ev.address - m.start) >> 12 if m.path.startswith("/")
+                                            else -1, inode=m.inode)
+    result = classify_faults(FaultEvents(kind, tid, time.astype(np.uint64), a.astype(np.uint64), b.astype(np.uint64),
+                                         inode=inode.astype(np.uint64)), [mk])
     cls = result.classes[0]
     if cls is FaultClass.ANON_NEW and m is not None and m.path == "[stack]" and stack and ev.bpf:
         before = ev.bpf.reads["before"].objects

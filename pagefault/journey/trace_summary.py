@@ -67,6 +67,7 @@ class TraceSummary:
 
 
 USER_FAULT, KERNEL_FAULT = "exceptions:page_fault_user", "exceptions:page_fault_kernel"
+CACHE_ADD_EVENT = "filemap:mm_filemap_add_to_page_cache"
 
 
 @dataclass
@@ -125,7 +126,8 @@ def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
     """Every mapping the recording knows of: the brk heaps its brk calls show (first, so that a heap grown after
     the last /proc snapshot is named to its top), then /proc/PID/maps snapshots, then perf's MMAP2 records."""
     maps = [Mapping(m["start"], m["end"], m["offset"], m["path"], prot=_prot(m.get("perms", "---p")),
-                    source="observed: /proc/PID/maps", shared=m.get("perms", "---p")[3:4] == "s")
+                    source="observed: /proc/PID/maps", shared=m.get("perms", "---p")[3:4] == "s",
+                    inode=int(m.get("inode") or 0))
             for m in meta.get("maps", [])]
     return brk_heaps(meta, stream) + maps + stream.mmaps
 
@@ -409,17 +411,24 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
     """Every fault's class (journey.fault_classes), in stream order."""
     s = stream.samples
     n = len(s)
-    add_mask = event_type == ids.get("filemap:mm_filemap_add_to_page_cache", -1)
+    add_mask = event_type == ids.get(CACHE_ADD_EVENT, -1)
     sig_mask = event_type == ids.get("signal:signal_generate", -1)
     kind = np.full(n, -1, dtype=np.int64)
     kind[fault_mask], kind[alloc_mask], kind[add_mask], kind[sig_mask] = FAULT, ALLOC, CACHE_ADD, SIGNAL
     keep = kind >= 0
     first = np.zeros(n, dtype=np.uint64)
     second = np.zeros(n, dtype=np.uint64)
+    inode = np.zeros(n, dtype=np.uint64)
     first[fault_mask], second[fault_mask] = addresses, codes
     if alloc_mask.any():
         first[alloc_mask] = field_values(stream, meta, "kmem:mm_page_alloc", "order", alloc_mask)
         second[alloc_mask] = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
+    if add_mask.any():
+        # which file page was added, and how many with it (a large folio): compared with the fault's own page
+        first[add_mask] = field_values(stream, meta, CACHE_ADD_EVENT, "index", add_mask)
+        inode[add_mask] = field_values(stream, meta, CACHE_ADD_EVENT, "i_ino", add_mask)
+        if "order" in meta["events"][str(ids[CACHE_ADD_EVENT])]["fields"]:
+            second[add_mask] = field_values(stream, meta, CACHE_ADD_EVENT, "order", add_mask)
     if sig_mask.any():
         first[sig_mask] = field_values(stream, meta, "signal:signal_generate", "sig", sig_mask).astype(np.uint64)
         second[sig_mask] = field_values(stream, meta, "signal:signal_generate", "code", sig_mask).astype(np.uint64)
@@ -440,7 +449,7 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
             chain_class[i] = cache[key]
     events = FaultEvents(kind[keep], _column(s.tid, n, np.uint32)[keep].astype(np.int64),
                          _column(s.time, n)[keep], first[keep], second[keep],
-                         chain_class[keep] if chain_class is not None else None)
+                         chain_class[keep] if chain_class is not None else None, inode[keep])
     ordered, idx = mapping_index(addresses, maps)
     stacks = [m.start for m in ordered if m.path == "[stack]"]
     stack_start = max(stacks) if stacks else -1
@@ -448,7 +457,14 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
     per_map_private = np.array([not m.shared for m in ordered] + [True], dtype=bool)
     per_map_stack = np.array([stack_start if m.path == "[stack]" else -1 for m in ordered] + [-1], dtype=np.int64)
     per_map_special = np.array([m.path in SPECIAL_MAPPINGS for m in ordered] + [False], dtype=bool)
-    kinds = MappingColumns(idx >= 0, per_map_anon[idx], per_map_private[idx], per_map_stack[idx], per_map_special[idx])
+    # the faulting page's index in its file: (offset of the mapping + address − start) / page size
+    per_map_base = np.array([m.pgoff - m.start if m.path.startswith("/") else -1 for m in ordered] + [-1],
+                            dtype=np.int64)
+    base = per_map_base[idx]
+    file_index = np.where(base != -1, (addresses.astype(np.int64) + base) >> 12, -1)
+    per_map_inode = np.array([m.inode for m in ordered] + [0], dtype=np.int64)
+    kinds = MappingColumns(idx >= 0, per_map_anon[idx], per_map_private[idx], per_map_stack[idx], per_map_special[idx],
+                           file_index, per_map_inode[idx])
     return classify_faults(events, kinds)
 
 
