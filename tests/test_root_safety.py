@@ -184,6 +184,49 @@ def test_a_symlink_planted_at_the_output_name_is_never_followed(open_tmp):
     assert stat.S_IMODE(out.stat().st_mode) & 0o022 == 0
 
 
+def _as_nobody(*argv: str) -> None:
+    subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv], check=True)
+
+
+@root_only
+def test_an_output_directory_reached_through_a_planted_link_is_refused(open_tmp):
+    """Issue 28, item 5: a directory symlink planted in sticky /tmp sends root's output where the attacker
+    chose; every output (-o, --save-evidence, trace -o) refuses it in one line, writing nothing there."""
+    shared = _shared_dir(open_tmp)
+    victim = open_tmp / "victim"           # root's own directory, where the attacker wants root to write
+    victim.mkdir()
+    _as_nobody("ln", "-s", str(victim), str(shared / "out"))
+    runs = [["journey", "--model", "--format", "markdown", "-o", str(shared / "out" / "j.md")],
+            ["journey", "--save-evidence", str(shared / "out" / "e.json"), "--no-pause"],
+            ["trace", "-o", str(shared / "out" / "t.pfrec"), "--", "/bin/true"]]
+    for argv in runs:
+        r = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert f"{shared / 'out'} is a symbolic link owned by uid {NOBODY}" in r.stderr and "fix:" in r.stderr
+    assert list(victim.iterdir()) == []
+    with pytest.raises(OutputError, match="symbolic link"):
+        write_output(shared / "out" / "x.json", "{}")
+    assert list(victim.iterdir()) == []
+
+
+@root_only
+def test_links_root_made_are_followed_only_where_nobody_else_can_swap_them(open_tmp):
+    shared = _shared_dir(open_tmp)
+    target = open_tmp / "target"
+    target.mkdir()
+    (shared / "mine").symlink_to(target)          # root's link in a sticky directory: only root can replace it
+    write_output(shared / "mine" / "a.json", "{}")
+    assert (target / "a.json").read_text() == "{}"
+    wide = open_tmp / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o777)                          # not sticky: anyone may rename root's link away
+    (wide / "via").symlink_to(target)
+    with pytest.raises(OutputError, match=r"which other users can write \(mode 0777\)"):
+        write_output(wide / "via" / "b.json", "{}")
+    assert sorted(p.name for p in target.iterdir()) == ["a.json"]
+
+
 def test_existing_files_directories_and_devices_are_refused_with_the_fix(tmp_path):
     existing = tmp_path / "old.json"
     existing.write_text("keep me")

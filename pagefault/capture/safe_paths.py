@@ -6,15 +6,17 @@ The tool runs as root, so three rules hold everywhere it touches the file system
   (or root): otherwise another user could swap in a program of their own;
 - a directory it caches programs in is created 0700 whatever the umask, and never under a
   predictable name in a shared directory (fresh ones come from ``mkdtemp``);
-- an output file is written to a temporary file made with ``O_EXCL|O_NOFOLLOW`` beside it and
-  then linked into place without following a symlink at the final name; an existing file is
-  never replaced unless the person says ``--force`` (and then the symlink itself is replaced,
-  never its target).
+- an output file's directory is reached by a walk from ``/`` that follows no symlink another user
+  planted or can swap (``openat(O_NOFOLLOW)``, one component at a time); the file is written to a
+  temporary file made with ``O_EXCL|O_NOFOLLOW`` in that directory and then linked into place without
+  following a symlink at the final name; an existing file is never replaced unless the person says
+  ``--force`` (and then the symlink itself is replaced, never its target).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import os
 import shutil
@@ -210,27 +212,129 @@ def executable_problem(exe: Path, root: Path) -> str | None:
 
 # --- output files ------------------------------------------------------------------------------------
 
+_MAX_LINKS = 40    # as the kernel's own limit on symlinks followed in one lookup (ELOOP)
+
+
+def _foreign_writable(st: os.stat_result) -> bool:
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _link_problem(name: str, link: os.stat_result, directory: str, dir_st: os.stat_result) -> str | None:
+    """Why the symlink ``name`` in ``directory`` must not be followed to an output, or None.
+
+    Another user could have planted it (it is theirs), or could swap it (its directory lets others
+    rename entries: group/world-writable and not sticky). A root-owned link in a sticky directory
+    (/tmp) or a root-only one (/var/run -> /run) is followed, and where it leads is walked in turn.
+    """
+    where = os.path.join(directory, name)
+    if link.st_uid not in _trusted_owners():
+        return f"{where} is a symbolic link owned by uid {link.st_uid}"
+    if _foreign_writable(dir_st) and not dir_st.st_mode & stat.S_ISVTX:
+        return (f"{where} is a symbolic link in {directory}, which other users can write "
+                f"(mode {stat.S_IMODE(dir_st.st_mode):04o})")
+    return None
+
+
+def open_output_directory(directory: Path) -> int:
+    """An ``O_PATH`` descriptor for ``directory``, reached without following a planted symlink.
+
+    The walk starts at ``/`` and opens one component at a time with ``openat(O_NOFOLLOW|O_DIRECTORY)``;
+    each symlink met is checked (:func:`_link_problem`) before its target is walked, and each directory
+    opened is checked to be the one ``lstat`` saw, so nothing can be swapped in between. Files are then
+    created and renamed relative to the descriptor: the output lands in the directory that was checked.
+
+    :returns: a descriptor the caller closes.
+    :raises OutputError: a component is missing, not a directory, or a symlink another user planted or
+        can swap; the message names it and the fix.
+    """
+    # not normalised: "a/link/.." is the link target's parent, as the kernel would walk it (getcwd() holds
+    # no symlink, so a relative path starts from the real working directory)
+    pending = [p for p in os.path.join(os.getcwd(), directory).split("/") if p]
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    here, links = "/", 0
+    try:
+        while pending:
+            name = pending.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                parent = os.open("..", flags, dir_fd=fd)
+                os.close(fd)
+                fd, here = parent, os.path.dirname(here)
+                continue
+            dir_st = os.fstat(fd)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise OutputError(f"cannot write in {directory}: {os.path.join(here, name)} is not a directory "
+                                  "(nothing is there); fix: create it, or choose another place with -o FILE") from None
+            if stat.S_ISLNK(st.st_mode):
+                problem = _link_problem(name, st, here, dir_st)
+                if problem:
+                    raise OutputError(f"refusing to write in {directory}: {problem}, so it could lead anywhere; "
+                                      f"fix: give the real directory ({os.path.realpath(directory)}) if it is "
+                                      "the one meant, or write elsewhere")
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OutputError(f"cannot write in {directory}: too many symbolic links")
+                target = os.readlink(name, dir_fd=fd)
+                pending[:0] = [p for p in target.split("/") if p]
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd, here = os.open("/", flags), "/"
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise OutputError(f"cannot write in {directory}: {os.path.join(here, name)} is not a directory; "
+                                  "fix: choose another place with -o FILE")
+            child = os.open(name, flags, dir_fd=fd)
+            seen = os.fstat(child)
+            if (seen.st_dev, seen.st_ino) != (st.st_dev, st.st_ino):
+                os.close(child)
+                raise OutputError(f"cannot write in {directory}: {os.path.join(here, name)} changed while it "
+                                  "was checked; fix: run again, or write elsewhere")
+            os.close(fd)
+            fd, here = child, os.path.join(here, name)
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        raise OutputError(f"cannot write in {directory}: {exc.strerror}; fix: choose another place") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _directory_of(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
 def check_output_target(path: Path, force: bool = False) -> Path:
     """Refuse, before any work is done, an output path that cannot be written safely.
 
     :returns: the path, unchanged.
-    :raises OutputError: the parent is missing or not a directory; the final name is a directory,
-        a device, a symlink, or an existing file (without ``force``).
+    :raises OutputError: the directory is missing, not a directory, or reached through a symlink
+        another user planted or can swap (see :func:`open_output_directory`); the final name is a
+        directory, a device, a symlink, or an existing file (without ``force``).
     """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: {parent} is not a directory; fix: create it, or choose "
-                          "another place with -o FILE")
+    dir_fd = open_output_directory(_directory_of(path))
     try:
-        st = os.lstat(path)
+        _check_final_name(path, dir_fd, force)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _check_final_name(path: Path, dir_fd: int, force: bool) -> None:
+    try:
+        st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return path
+        return
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     if stat.S_ISLNK(st.st_mode):
         if force:
-            return path
+            return
         raise OutputError(f"{path} is a symbolic link; pagefault never writes through one; fix: remove it, "
                           "or give --force to replace the link itself")
     if stat.S_ISDIR(st.st_mode):
@@ -239,71 +343,101 @@ def check_output_target(path: Path, force: bool = False) -> Path:
         raise OutputError(f"{path} exists and is not a regular file; fix: choose a file name with -o FILE")
     if not force:
         raise OutputError(f"{path} exists; fix: give --force to replace it, or choose another name with -o FILE")
-    return path
 
 
 class OutputFile:
     """An output being written: a private temporary file beside the target until commit().
 
-    The temporary file is created by ``mkstemp`` (``O_CREAT|O_EXCL|O_NOFOLLOW``, 0600) in the
-    target's directory, so it can never be a planted file or link; commit() moves it to the final
-    name without following a symlink there and, without ``force``, without replacing anything that
-    appeared at that name meanwhile.
+    The directory is opened once by :func:`open_output_directory` (no planted symlink on the way), and
+    everything after is relative to that descriptor: the temporary file is created there with
+    ``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600 while it is written, so it can never be a planted file or
+    link; commit() gives it the umask's mode and moves it to the final name without following a symlink
+    there and, without ``force``, without replacing anything that appeared at that name meanwhile.
     """
 
     def __init__(self, path: Path, force: bool = False, suffix: str = ".part"):
-        self.path = check_output_target(Path(path), force)
+        import secrets
+        self.path = Path(path)
         self.force = force
-        parent = self.path.parent if str(self.path.parent) else Path(".")
+        parent = _directory_of(self.path)
+        self.dir_fd = open_output_directory(parent)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=suffix, dir=parent)
+            _check_final_name(self.path, self.dir_fd, force)
+            for _attempt in range(100):
+                self.tmp_name = f"{self.path.name}.{secrets.token_hex(4)}{suffix}"
+                try:
+                    fd = os.open(self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o600, dir_fd=self.dir_fd)
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise FileExistsError(errno.EEXIST, "no free temporary name")
         except OSError as exc:
+            os.close(self.dir_fd)
             raise OutputError(f"cannot write in {parent}: {exc.strerror}; fix: choose another place with -o FILE") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        self.tmp = Path(tmp)
+        except BaseException:
+            os.close(self.dir_fd)
+            raise
+        self.tmp = parent / self.tmp_name
         self.file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
         self.file.write(data)
 
+    def _close_dir(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
     def discard(self) -> None:
         if not self.file.closed:
             self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        if self.dir_fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp_name, dir_fd=self.dir_fd)
+        self._close_dir()
 
     def commit(self) -> Path:
         """Flush, then give the file its final name; raises OutputError (keeping the temporary file)."""
         if not self.file.closed:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(self.file.fileno(), 0o666 & ~umask)
             # flushed, not fsync'ed: a recording is tens of MB, and fsync cost more than perf record's whole
             # overhead; the rename is still atomic for every reader, which is what "never half a file" needs
             self.file.close()
         try:
             if self.force:
-                os.rename(self.tmp, self.path)   # replaces a link or file at the name, never its target
+                # replaces a link or file at the name, never its target
+                os.rename(self.tmp_name, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
             else:
-                _link_no_replace(self.tmp, self.path)
+                _link_no_replace(self.tmp_name, self.path.name, self.dir_fd)
         except FileExistsError:
             raise OutputError(f"{self.path} appeared while pagefault was writing; the output is kept in "
                               f"{self.tmp}; fix: rename it yourself, or run again with --force") from None
         except OSError as exc:
             raise OutputError(f"cannot name the output {self.path}: {exc.strerror}; it is kept in {self.tmp}") from None
+        finally:
+            self._close_dir()
         return self.path
 
 
-def _link_no_replace(tmp: Path, final: Path) -> None:
-    """rename(tmp, final) that fails if final exists (link(2) never replaces and never follows)."""
+def _link_no_replace(tmp: str, final: str, dir_fd: int) -> None:
+    """rename(tmp, final) in dir_fd that fails if final exists (link(2) never replaces and never follows)."""
     try:
-        os.link(tmp, final, follow_symlinks=False)
+        os.link(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
-        if os.path.lexists(final):   # a file system without hard links: check, then rename
+        try:   # a file system without hard links: check, then rename
+            os.stat(final, dir_fd=dir_fd, follow_symlinks=False)
             raise FileExistsError(errno.EEXIST, "exists") from None
-        os.rename(tmp, final)
+        except FileNotFoundError:
+            pass
+        os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return
-    os.unlink(tmp)
+    os.unlink(tmp, dir_fd=dir_fd)
 
 
 def write_output(path: Path, data: str | bytes, force: bool = False) -> Path:
