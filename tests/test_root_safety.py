@@ -405,3 +405,29 @@ def test_a_directory_link_above_is_followed_and_its_target_checked(open_tmp):
     assert "writable by other users" in path_problem(link / "prog")
     os.chmod(wide, 0o755)
     assert path_problem(link / "prog") is None
+
+
+# --- the compiler's environment ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("variables", [("CPATH", "C_INCLUDE_PATH"), ("COMPILER_PATH",), ("GCC_EXEC_PREFIX",),
+                                       ("PATH", "LIBRARY_PATH")])
+def test_the_compile_ignores_the_callers_compiler_environment(variables, tmp_path, monkeypatch):
+    """Issue 28, item 4: with sudo -E, COMPILER_PATH, GCC_EXEC_PREFIX, CPATH and friends would make root run
+    the caller's assembler and include the caller's stdio.h. The compile runs with a fixed environment."""
+    import shutil
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("needs a C compiler")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "planted-as-ran"
+    _plant(planted / "as", marker, owner=None)
+    _plant(planted / "ld", marker, owner=None)
+    (planted / "stdio.h").write_text('#error "the planted stdio.h was included"\n')
+    for variable in variables:
+        monkeypatch.setenv(variable, f"{planted}:{os.environ['PATH']}" if variable == "PATH" else f"{planted}/")
+    (tmp_path / "cache").mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))    # a fresh cache: the compile really runs
+    built = exercise._compile(exercise.SOURCE, "exercise")
+    assert isinstance(built, exercise.Program), built
+    assert not marker.exists(), "the compiler ran the planted assembler"
+    assert built.path.parent == tmp_path / "cache" / "pagefault"

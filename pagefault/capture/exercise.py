@@ -10,18 +10,31 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..evidence import ExerciseError, ExerciseOptions, Program  # noqa: F401  (re-exported)
-from .runner import Target, TargetError, run_child, spawn_held
-from .safe_paths import (UnsafePathError, executable_problem, fresh_private_dir, private_cache_dir,
-                         trusted_executable)
+from .runner import Target, TargetError, child_preexec, spawn_held
+from .safe_paths import UnsafePathError, executable_problem, fresh_private_dir, private_cache_dir, trusted_executable
 
 SOURCE = Path(__file__).with_name("c") / "exercise.c"
 SCENARIO_SOURCE = Path(__file__).with_name("c") / "scenario.c"
 FALLBACK = Path(__file__).with_name("exercise_fallback.py")
+
+# The compiler runs as root with this environment and no other. The caller's (kept by sudo -E or
+# env_keep) would choose what root runs and reads: COMPILER_PATH and GCC_EXEC_PREFIX name the
+# assembler and linker, CPATH, C_INCLUDE_PATH and LIBRARY_PATH the headers and libraries, PATH the
+# rest. LANG=C keeps its one-line error in English for the message we pass on.
+COMPILER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+COMPILER_ENVIRONMENT = {"PATH": COMPILER_PATH, "LANG": "C"}
+
+
+def _run_compiler(argv: list[str]) -> subprocess.CompletedProcess:
+    """The compiler run with COMPILER_ENVIRONMENT, from /, dying with the tool (text output captured)."""
+    return subprocess.run(argv, capture_output=True, text=True, env=COMPILER_ENVIRONMENT, cwd="/",
+                          preexec_fn=child_preexec())
 
 
 def _compile(source: Path, name: str, progress=None) -> Program | str:
@@ -33,11 +46,12 @@ def _compile(source: Path, name: str, progress=None) -> Program | str:
     """
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     try:
-        cc = trusted_executable("cc") or trusted_executable("gcc")
+        cc = trusted_executable("cc", COMPILER_PATH) or trusted_executable("gcc", COMPILER_PATH)
     except UnsafePathError as exc:
         return str(exc)
     if not cc:
-        return "no C compiler (cc or gcc) on PATH (fix: apt-get install gcc, or bash scripts/setup.sh as root)"
+        return (f"no C compiler (cc or gcc) in {COMPILER_PATH} (fix: apt-get install gcc, or bash scripts/setup.sh "
+                "as root)")
     folder, why_fresh = private_cache_dir()
     exe = folder / f"{name}-{digest}"
     if os.path.lexists(exe):
@@ -51,7 +65,7 @@ def _compile(source: Path, name: str, progress=None) -> Program | str:
     if progress:
         progress(f"compiling the {name} program with {cc}" + (" (once)" if why_fresh is None else ""))
     tmp = exe.with_name(exe.name + f".{os.getpid()}.tmp")
-    r = run_child([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-o", str(tmp), str(source)])
+    r = _run_compiler([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-o", str(tmp), str(source)])
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
         return f"{cc} failed on {source.name}: {(r.stderr.strip().splitlines() or ['?'])[-1]}"

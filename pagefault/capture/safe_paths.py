@@ -79,13 +79,14 @@ def path_problem(path: Path, *, private: bool = False) -> str | None:
     return None
 
 
-def trusted_executable(name: str) -> str | None:
-    """The absolute path of program ``name`` on PATH, if root may run it; None if it is not installed.
+def trusted_executable(name: str, search_path: str | None = None) -> str | None:
+    """The absolute path of program ``name`` on PATH (or ``search_path``), if root may run it; None if it
+    is not installed.
 
     :raises UnsafePathError: the program found is, or lies under, a path another user can write
         (a PATH entry planted in a home directory, a world-writable bin directory).
     """
-    found = shutil.which(name)
+    found = shutil.which(name, path=search_path)
     if not found:
         return None
     real = os.path.realpath(found)
