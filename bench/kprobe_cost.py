@@ -79,8 +79,9 @@ def main() -> int:
     variants = {"plain": loop,
                 "bpftrace kprobe": bpftrace_pair(bpftrace, "kprobe", "kretprobe", loop),
                 "bpftrace kfunc": bpftrace_pair(bpftrace, "kfunc", "kretfunc", loop),
-                "ours": PF + ["trace", "--latency", "-q", "--json", "--"] + loop,
-                "ours, kprobes": PF + ["trace", "--latency", "--probes", "kprobe", "-q", "--json", "--"] + loop}
+                "ours": PF + ["trace", "--latency", "-q", "--json", "--summary", "-", "--"] + loop,
+                "ours, kprobes": PF + ["trace", "--latency", "--probes", "kprobe", "-q", "--json", "--summary", "-", "--"]
+                + loop}
     if perf:
         variants["perf record"] = [perf, "record", "-q", "-o", str(work / "perf.data"), "-e",
                                    "exceptions:page_fault_user", "--"] + loop

@@ -325,12 +325,33 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     summary.notes += [f"not probed: {fn} ({why})" for fn, why in sorted(rec.not_probeable.items())]
     summary.notes.append(f"handle_mm_fault hooked with {rec.probe}: {rec.probe_reason}")
     summary.notes.append(f"the program {rec.target_exit}")
-    if args.json:
-        from .decode.bits import to_jsonable
-        print_json(json.dumps(to_jsonable(summary), indent=2))
-    else:
-        render_latency(summary, terminal_console())
+    _write_trace_summary(args, summary, render_latency)
     return 0
+
+
+def _write_trace_summary(args: argparse.Namespace, summary, render) -> None:
+    """trace's summary (text, or JSON with --json) goes where perf stat's goes: to stderr, so that the traced
+    program's standard output stays its own (`pagefault trace -- xz -c f > f.xz`). --summary FILE writes it to
+    FILE instead, and --summary - to standard output."""
+    import io
+
+    from .decode.bits import to_jsonable
+    if args.summary and args.summary != "-":
+        from .capture.safe_paths import write_output
+        if args.json:
+            text = json.dumps(to_jsonable(summary), indent=2) + "\n"
+        else:
+            buf = io.StringIO()
+            render(summary, terminal_console(file=buf, width=140, color_system=None))
+            text = buf.getvalue()
+        write_output(Path(args.summary), text, args.force)
+        say(f"summary written to {args.summary}")
+        return
+    out = sys.stdout if args.summary == "-" else sys.stderr
+    if args.json:
+        print_json(json.dumps(to_jsonable(summary), indent=2), out)
+    else:
+        render(summary, terminal_console(file=out))
 
 
 def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
@@ -343,8 +364,12 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
     from .views.progress import stderr_progress
     progress = stderr_progress if not args.quiet else None
     import shutil as _shutil
-    counted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and _shutil.which("bpftrace")
-    if counted:
+
+    from .capture.kernel_counts import engine_problem
+    # counting in the kernel has no stacks: -g and --pprof record the events (into a temporary file)
+    wanted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and not args.pprof
+    problem = engine_problem() if wanted else None
+    if wanted and problem is None:
         from .capture.tracer import TargetProblem
         from .journey.trace_summary import summarize_counts
         try:
@@ -369,16 +394,15 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             except CaptureError as exc:
                 raise CannotTrace(str(exc)) from None
             summary = _summarize(Path(args.output))
-            summary.notes.append("recorded into a temporary file (removed): counting in the kernel needs root and "
-                                 "bpftrace, and -g needs the events' call chains")
+            summary.notes.append("recorded into a temporary file (removed): " + (
+                f"counting in the kernel cannot run here ({problem})" if problem else
+                "counting in the kernel needs root, and -g and --pprof need the events' call chains"))
+            if args.pprof:
+                _write_pprof(Path(args.output), Path(args.pprof), args.force)
         finally:
             _shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        from .decode.bits import to_jsonable
-        print_json(json.dumps(to_jsonable(summary), indent=2))
-    else:
-        from .views.trace_view import render_summary
-        render_summary(summary, terminal_console())
+    from .views.trace_view import render_summary
+    _write_trace_summary(args, summary, render_summary)
     return 0
 
 
@@ -403,6 +427,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
                          "--summary-only)")
     if args.no_summary and not args.output:
         raise UsageError("--no-summary writes only the recording: give it a name with -o FILE")
+    if args.summary_only and args.pprof:
+        raise UsageError("--pprof needs every fault's stack, which --summary-only does not keep; leave out one of them")
+    for path in (args.summary, args.pprof):
+        if path and path != "-":
+            try:
+                check_output_target(Path(path), args.force)   # refused before the program runs, not after
+            except OutputError as exc:
+                raise UsageError(str(exc)) from None
     if args.output is None:
         return _trace_summary_only(args, argv)
     output = Path(args.output)
@@ -424,18 +456,34 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if meta.get("disk_full"):
         written = (f"the disk filled ({meta['disk_full']}): the recording stops there; what was recorded is kept "
                    f"in {output}, which pagefault report reads as partial")
+    if args.pprof:
+        _write_pprof(output, Path(args.pprof), args.force)
     if args.no_summary:
-        say(f"{written}; read it with: pagefault report {output}", sys.stdout)
+        say(f"{written}; read it with: pagefault report {output}")
         return 0 if not meta.get("disk_full") else EXIT_PARTIAL
     summary = _summarize(output)
-    if args.json:
-        from .decode.bits import to_jsonable
-        print_json(json.dumps(to_jsonable(summary), indent=2))
-    else:
-        console = terminal_console()
-        render_summary(summary, console)
-        console.print(f"{written}; read it again with: pagefault report {output}", highlight=False, markup=False)
+    _write_trace_summary(args, summary, render_summary)
+    say(f"{written}; read it again with: pagefault report {output}")
     return 0 if not meta.get("disk_full") else EXIT_PARTIAL
+
+
+def _write_pprof(recording: Path, path: Path, force: bool) -> None:
+    """The recording's faults as a pprof profile at `path` (go tool pprof, Pyroscope, Parca, Grafana)."""
+    from .capture.recording import load_recording
+    from .capture.safe_paths import write_output
+    from .journey.fault_stacks import fault_samples
+    from .views.pprof import to_pprof
+    with _recording_problems_as_one_line(recording):
+        rec = load_recording(recording)
+        if rec.meta.get("tier", "perf") != "perf":
+            raise UsageError("a pprof profile needs a recording of the perf tier (run pagefault trace as root)")
+        samples, chains = fault_samples(rec)
+    started = float(rec.meta.get("started") or 0)
+    write_output(path, to_pprof(samples, time_ns=int(started * 1e9), duration_ns=int(float(rec.meta.get("duration")
+                                                                                         or 0) * 1e9)), force)
+    say(f"{sum(samples.values()):,} faults in {len(samples):,} samples written to {path} (pprof"
+        + ("" if chains else "; no call chains: record with -g for whole stacks")
+        + f"); read it with: go tool pprof -top {path}")
 
 
 @contextlib.contextmanager
@@ -477,6 +525,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format in ("folded", "speedscope"):
         with _recording_problems_as_one_line(args.file):
             return _report_flame(load_recording(args.file), args)
+    if args.format == "pprof":
+        if not args.output:
+            raise UsageError("--format pprof writes a binary profile: give it a file with -o FILE.pb.gz")
+        from .capture.safe_paths import check_output_target
+        check_output_target(Path(args.output), args.force)
+        _write_pprof(Path(args.file), Path(args.output), args.force)
+        return 0
     if args.events:
         if args.json:
             raise UsageError("--events prints text lines (as perf script does); leave out --json")
@@ -579,18 +634,22 @@ def _register_capture(sub) -> None:
     d.add_argument("--quick", action="store_true", help="skip the bpftrace test run")
     d.set_defaults(func=cmd_doctor)
     t = sub.add_parser("trace", help="record a program's page faults and summarise them",
-                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
+                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--json] [--summary FILE] [--pprof FILE] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
     t.add_argument("-g", "--call-graph", action="store_true", help="record kernel and user call chains")
     t.add_argument("-o", "--output", help="write a recording of every event to FILE (without it: a summary, the faults "
                    "counted in the kernel)")
-    t.add_argument("--summary-only", action="store_true", help="count in the kernel (bpftrace maps), stream nothing, "
+    t.add_argument("--summary-only", action="store_true", help="count in the kernel (a compiled BPF program's maps), stream nothing, "
                    "write no recording (the default without -o)")
     t.add_argument("-p", "--pid", type=int, help="attach to a running process instead of starting one")
     t.add_argument("--force", action="store_true", help="replace an existing output file")
     t.add_argument("--tier", choices=("auto", "perf", "user"), default="auto",
                    help="perf: tracepoints (root); user: software page-fault event (no root)")
     t.add_argument("--buffer-mb", type=int, default=8, help="ring buffer per CPU in MiB (default 8)")
-    t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    t.add_argument("--json", action="store_true", help="the summary as JSON")
+    t.add_argument("--summary", metavar="FILE", help="write the summary to FILE (- for standard output); without it "
+                   "the summary goes to standard error, as perf stat's does: standard output is the program's")
+    t.add_argument("--pprof", metavar="FILE", help="also write the faults as a pprof profile (gzipped profile.proto: "
+                   "go tool pprof, Pyroscope, Parca, Grafana); records the events, with -g for whole stacks")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     t.add_argument("--no-summary", action="store_true", help="only write the recording")
     t.add_argument("--latency", action="store_true",
@@ -605,10 +664,10 @@ def _register_capture(sub) -> None:
     r.add_argument("file")
     r.add_argument("--top", type=int, default=10)
     r.add_argument("--json", action="store_true")
-    r.add_argument("--format", choices=("text", "perfetto", "folded", "speedscope"), default="text",
+    r.add_argument("--format", choices=("text", "perfetto", "folded", "speedscope", "pprof"), default="text",
                    help="perfetto: every sample on a timeline (Chrome JSON trace, with call stacks from -g), with -o "
                         "FILE; folded, speedscope: a page-fault flame graph, one root per fault class")
-    r.add_argument("-o", "--output", help="where --format perfetto, folded or speedscope writes (folded and "
+    r.add_argument("-o", "--output", help="where --format perfetto, folded, speedscope or pprof writes (folded and "
                    "speedscope: standard output without it)")
     r.add_argument("--force", action="store_true", help="replace an existing output file")
     r.add_argument("--events", action="store_true", help="print every sample, decoded and symbolised, one line each "

@@ -218,7 +218,7 @@ def trace_latency_result(out: Path) -> tuple[bool, str]:
     for probes in ("auto", "kprobe"):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()) as err:
-            code = cli_main(["trace", "--latency", "--probes", probes, "--json", "-q", "--", str(exe),
+            code = cli_main(["trace", "--latency", "--probes", probes, "--json", "--summary", "-", "-q", "--", str(exe),
                              str(pages * os.sysconf("SC_PAGE_SIZE"))])
         ok, why = kprobe_support()
         if not ok:

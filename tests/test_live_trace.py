@@ -113,10 +113,10 @@ def test_unprivileged_tier_sees_address_and_ip(can_trace, cbin, tmp_path):
 
 def test_cli_trace_and_report_agree(can_trace, cbin, tmp_path):
     rec = tmp_path / "cli.pfrec"
-    r = subprocess.run(CLI + ["trace", "-q", "--json", "-o", str(rec), "--", str(cbin("touch_one"))],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(CLI + ["trace", "-q", "--json", "--summary", str(tmp_path / "s.json"), "-o", str(rec), "--",
+                              str(cbin("touch_one"))], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    traced = json.loads(r.stdout[r.stdout.index("{"):])
+    traced = json.loads((tmp_path / "s.json").read_text())
     r2 = subprocess.run(CLI + ["report", "--json", str(rec)], capture_output=True, text=True, timeout=120)
     assert r2.returncode == 0, r2.stderr
     assert json.loads(r2.stdout)["faults"] == traced["faults"] > 0
@@ -178,7 +178,7 @@ def test_non_root_user_gets_the_user_tier(can_trace, cbin, tmp_path):
     exe = work / "touch_one"
     shutil.copy(cbin("touch_one"), exe)
     r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *CLI, "trace", "-q",
-                        "--json", "-o", str(rec), "--", str(exe)],
+                        "--json", "--summary", "-", "-o", str(rec), "--", str(exe)],
                        capture_output=True, text=True, timeout=120, cwd=work)
     if "perf_event_paranoid" in r.stderr:
         pytest.skip(f"unprivileged perf is off here: {r.stderr.strip()}")
@@ -254,3 +254,43 @@ def test_faults_taken_in_kernel_mode_are_counted_classed_and_reconciled(can_trac
     in_buffer = [c for a, c in zip(addresses.tolist(), result.classes) if start <= a < start + pages * 4096]
     assert in_buffer == [FaultClass.ANON_NEW] * pages
     assert s.kernel_counts["page-faults"] == s.faults, s.notes
+
+
+@pytest.mark.parametrize("mode", [[], ["-o", "REC"], ["--json"]], ids=["counted", "recorded", "json"])
+def test_the_summary_never_mixes_with_the_programs_output(can_trace, tmp_path, mode):
+    """`pagefault trace -- xz -c f > f.xz` appended the tables to the compressed data: stdout belongs to the
+    traced program, the summary goes to stderr (as perf stat's does), or to --summary FILE."""
+    program = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)) * 64)"]
+    args = [a.replace("REC", str(tmp_path / "t.pfrec")) for a in mode]
+    r = subprocess.run(CLI + ["trace", "-q", *args, "--", *program], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == bytes(range(256)) * 64
+    assert b"page faults" in r.stderr or b'"faults"' in r.stderr
+    args = [a.replace("t.pfrec", "t2.pfrec") for a in args]
+    r = subprocess.run(CLI + ["trace", "-q", *args, "--summary", str(tmp_path / "s.txt"), "--", *program],
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == bytes(range(256)) * 64
+    written = (tmp_path / "s.txt").read_text()
+    assert ("page faults" in written) or json.loads(written)["faults"] > 0
+
+
+def test_pprof_from_the_cli_for_trace_and_report(can_trace, cbin, tmp_path):
+    import shutil
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go tool pprof is not installed (bash scripts/setup.sh test does it)")
+    rec = tmp_path / "t.pfrec"
+    r = subprocess.run(CLI + ["trace", "-q", "-g", "--json", "--summary", str(tmp_path / "s.json"), "--pprof",
+                              str(tmp_path / "t.pb.gz"), "-o", str(rec), "--", str(cbin("touch_one"))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    faults = json.loads((tmp_path / "s.json").read_text())["faults"]
+    r = subprocess.run(CLI + ["report", "--format", "pprof", "-o", str(tmp_path / "r.pb.gz"), str(rec)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for profile in ("t.pb.gz", "r.pb.gz"):
+        top = subprocess.run([go, "tool", "pprof", "-top", str(tmp_path / profile)], capture_output=True, text=True,
+                             timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert top.returncode == 0 and f"of {faults} total" in top.stdout, top.stdout + top.stderr
+    r = subprocess.run(CLI + ["report", "--format", "pprof", str(rec)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "-o FILE" in r.stderr

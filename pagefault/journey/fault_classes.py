@@ -188,6 +188,8 @@ def class_columns(codes: np.ndarray, sig: np.ndarray, sig_code: np.ndarray, chai
     known = own >= 0
     # where the file is known, only its own pages count: another file's adds in the window are a system call's
     cache_adds = np.where(known, same, cache_adds)
+    # a fault in an anonymous mapping reads no file: page-cache adds in its window are a system call's
+    cache_adds = np.where(maps.known & maps.anonymous & ~special, 0, cache_adds)
     read_by_chain = (hint >= 0) & (hint_class == C(FaultClass.FILE_MAJOR))
     # read in, but not the faulting page: readahead around a page-cache hit (a minor fault to the kernel)
     readahead = known & (same > 0) & (own == 0) & file_backed & ~(write & maps.private)
