@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 EXIT_PARTIAL = 1   # the work stopped early (e.g. a full disk); what was done is kept, and said
 EXIT_USAGE = 2     # a usage error or a refusal: one line on stderr with the fix
 EXIT_CANNOT_TRACE = 3   # this machine (or user) cannot trace what was asked for: one line with the fix
+EXIT_NOTHING_MATCHED = 4   # the capture ran but nothing matched the selector: one line with what was seen
 
 
 class UsageError(Exception):
@@ -1075,13 +1076,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         from .capture.safe_paths import OutputError
-        from .core import CannotTrace, JourneyUsageError
+        from .core import CannotTrace, JourneyUsageError, NothingMatched
         if isinstance(exc, (JourneyUsageError, OutputError)):
             say(f"pagefault: {exc}")
             return EXIT_USAGE
         if isinstance(exc, CannotTrace):
             say(f"pagefault: cannot trace here: {exc}")
             return EXIT_CANNOT_TRACE
+        if isinstance(exc, NothingMatched):
+            say(f"pagefault: nothing matched: {exc}")
+            return EXIT_NOTHING_MATCHED
         raise
     except KeyboardInterrupt:
         print("pagefault: interrupted", file=sys.stderr)

@@ -28,6 +28,11 @@ class CannotTrace(Exception):
     """This machine cannot trace what was asked for (exit 3); the message says why and the fix."""
 
 
+class NothingMatched(Exception):
+    """The capture ran, but no fault matched the selector, or the one picked was not of the kind asked for
+    (exit 4); the message says what was seen instead."""
+
+
 @dataclass
 class JourneyRequest:
     """What `pagefault journey` (or `exercise`) was asked for."""
@@ -155,18 +160,37 @@ def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str
     """The journey of one fault of any program (journey -- CMD, or -p PID), chosen by a selector.
 
     :raises CannotTrace: this machine (or user) cannot capture it; the message has the reason and fix.
+    :raises NothingMatched: no fault, symbol or line matched; or --kind picked a fault at entry whose events
+        show another class (the journey is not shown; the evidence is saved if asked).
     """
+    from .capture import tracer
     from .capture.program_fault import ProgramFault
-    from .capture.tracer import CaptureError, TargetProblem
     from .journey.program_journey import build_program_journey
     try:
         ev = ProgramFault(argv, pid, selector, value, request.progress).run()
-    except TargetProblem as exc:
+    except tracer.TargetProblem as exc:
         raise JourneyUsageError(str(exc)) from None
-    except CaptureError as exc:
+    except tracer.NothingMatched as exc:
+        raise NothingMatched(str(exc)) from None
+    except tracer.CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     save_evidence(ev, request)
+    if selector == "kind":
+        check_kind(ev, str(value))
     return build_program_journey(ev)
+
+
+def check_kind(ev, kind: str) -> None:
+    """--kind picks a fault at its entry, from its PTE and VMA; its events tell what it really was.
+
+    :raises NothingMatched: the events give a class that is not `kind`'s (the journey must not be shown as one).
+    """
+    from .journey.program_journey import KIND_CLASSES, classify_chosen
+    cls, how, _window = classify_chosen(ev)
+    if cls not in KIND_CLASSES.get(kind, set()):
+        raise NothingMatched(f"the fault picked at entry as a {kind} fault (0x{ev.address:x}, its PTE and VMA "
+                             f"looked so) was a {cls.value} fault by its events ({how}); nothing is shown: run it "
+                             "again, or choose the fault with --nth or --at")
 
 
 def arm64_journey(request: JourneyRequest) -> Journey:

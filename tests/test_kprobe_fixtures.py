@@ -107,3 +107,17 @@ def test_what_vmemmaps_base_says_of_kaslr_comes_from_the_value():
     assert "KASLR did not move it" in _vmemmap_alignment(0xFFD4000000000000, 5)
     assert "KASLR placed it" in _vmemmap_alignment(0xFFFFD98A40000000, 4)
     assert "KASLR placed it" in _vmemmap_alignment(0xFFFFEA0000000000, 5)
+
+
+@pytest.mark.parametrize("kind", ["cow", "major", "stack", "thp"])
+def test_a_kind_is_checked_against_the_faults_events_before_its_journey_is_shown(kind):
+    """journey --kind K printed "kind checked afterwards: no" and exited 0; now a fault whose events give
+    another class is refused (exit 4), and one of the kind asked for passes."""
+    from pagefault.core import NothingMatched, check_kind
+    from pagefault.evidence.file import load_evidence
+    path = next(FIXTURES.glob(f"*/program-{kind}.json.gz"))
+    ev = load_evidence(path).evidence
+    check_kind(ev, kind)
+    other = "anon" if kind != "anon" else "zero"
+    with pytest.raises(NothingMatched, match=f"picked at entry as a {other} fault"):
+        check_kind(ev, other)

@@ -150,3 +150,14 @@ def test_attach_to_a_running_process_and_leave_it_running(exe, tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("selector", [["--nth", "999999"], ["--at", "nosuchsym"], ["--kind", "swap"]],
+                         ids=["nth", "symbol", "kind"])
+def test_nothing_matched_is_its_own_exit_status(exe, tmp_path, selector):
+    """Exit 3 says this machine cannot trace; a capture that ran but matched nothing is exit 4, with what it saw."""
+    r = subprocess.run(CLI + ["journey", "-q", "--format", "json", "-o", str(tmp_path / "j.json"), *selector, "--",
+                              str(exe), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.startswith("pagefault: nothing matched:") and "Traceback" not in r.stderr
+    assert not (tmp_path / "j.json").exists()

@@ -52,7 +52,7 @@ from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .records import parse_stream
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
-from .tracer import TRACEPOINT_SAMPLE, CaptureError, TargetProblem, release_target, tracepoint_events
+from .tracer import TRACEPOINT_SAMPLE, CaptureError, NothingMatched, TargetProblem, release_target, tracepoint_events
 
 PROGRAM_TRACEPOINTS = (
     ("exceptions", "page_fault_user", True),
@@ -113,14 +113,14 @@ def selector_condition(selector: str, value: str | int | None, exe: str | None) 
         if selector == "symbol":
             r = symbol_range(exe, str(value))
             if r is None:
-                raise CaptureError(f"no function {value!r} in the symbol table of {exe}; fix: give an address, "
+                raise NothingMatched(f"no function {value!r} in the symbol table of {exe}; fix: give an address, "
                                    "or build the program with symbols")
             ranges, words = [r], f"the first fault whose RIP is in {value} (ELF 0x{r[0]:x}..0x{r[1]:x})"
         else:
             file, _, line = str(value).rpartition(":")
             ranges = line_ranges(exe, file, int(line))
             if not ranges:
-                raise CaptureError(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
+                raise NothingMatched(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
                                    "give a function name")
             words = f"the first fault whose RIP is on {value} (DWARF: {len(ranges)} address range(s))"
         elf = f"($ip - (curtask->mm->start_code - {low:#x}))"
@@ -326,7 +326,7 @@ class ProgramFault:
             if vmemmap:
                 ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = vmemmap
         if not ev.address:
-            raise CaptureError(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
+            raise NothingMatched(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
                                f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events)} faults seen)")
         mapping = next((m for m in ev.maps if m.start <= ev.ip < m.end), None)
         if mapping is not None:

@@ -58,6 +58,10 @@ class CaptureError(Exception):
     """Capture cannot start; the message says why and the fix."""
 
 
+class NothingMatched(CaptureError):
+    """The capture ran, but nothing matched what was asked for (no such fault, symbol or line): exit 4."""
+
+
 class TargetProblem(CaptureError):
     """The program to trace cannot be started or attached to (a usage error, not the machine's)."""
 
