@@ -807,8 +807,11 @@ def cmd_journey(args: argparse.Namespace) -> int:
         if args.tui:
             raise UsageError("--tui steps through the exercise program; for a program of yours use --no-pause or "
                              "--format html")
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"--timeout {args.timeout} must be a number of seconds above 0")
         request = core.JourneyRequest(save_evidence=Path(args.save_evidence) if args.save_evidence else None,
-                                      force=args.force, progress=None if args.quiet else stderr_progress)
+                                      force=args.force, progress=None if args.quiet else stderr_progress,
+                                      timeout=args.timeout)
         if request.save_evidence:
             from .capture.safe_paths import check_output_target
             check_output_target(request.save_evidence, args.force)
@@ -896,6 +899,8 @@ def _register_journey(sub) -> None:
     j.add_argument("--nth", type=int, metavar="N", help="a program of yours: its N-th fault")
     j.add_argument("--kind", choices=("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv"),
                    help="a program of yours: the first fault of this kind (guessed at entry, checked after)")
+    j.add_argument("--timeout", type=float, metavar="SECONDS", help="a program of yours: give up (exit 4) when no "
+                   "fault has matched after this long (default: wait until the program ends)")
     j.add_argument("cmd", nargs=argparse.REMAINDER, help="a program of yours to follow, after -- (default: the "
                    "first fault in its own code)")
     j.set_defaults(func=cmd_journey)
@@ -1055,6 +1060,20 @@ def _terminate(signum, _frame) -> NoReturn:
     raise Terminated(signum)
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message as the one line a person reads: Python's "[Errno 13] " prefix (an OSError's str(),
+    passed on inside many capture errors) left out, and the lines of a multi-line message joined."""
+    import re
+    text = re.sub(r"\[Errno -?\d+\] ", "", str(exc))
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError nothing else explained (a /proc file of a process that ended, a file system failing)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or _one_line(exc)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     parser = build_parser()
@@ -1067,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return args.func(args)
     except UsageError as exc:
-        say(f"pagefault: {exc}")
+        say(f"pagefault: {_one_line(exc)}")
         return EXIT_USAGE
     except BrokenPipeError:
         # the reader (`| head`) left: not an error; point stdout at /dev/null so the exit flush is quiet
@@ -1078,14 +1097,17 @@ def main(argv: list[str] | None = None) -> int:
         from .capture.safe_paths import OutputError
         from .core import CannotTrace, JourneyUsageError, NothingMatched
         if isinstance(exc, (JourneyUsageError, OutputError)):
-            say(f"pagefault: {exc}")
+            say(f"pagefault: {_one_line(exc)}")
             return EXIT_USAGE
         if isinstance(exc, CannotTrace):
-            say(f"pagefault: cannot trace here: {exc}")
+            say(f"pagefault: cannot trace here: {_one_line(exc)}")
             return EXIT_CANNOT_TRACE
         if isinstance(exc, NothingMatched):
-            say(f"pagefault: nothing matched: {exc}")
+            say(f"pagefault: nothing matched: {_one_line(exc)}")
             return EXIT_NOTHING_MATCHED
+        if isinstance(exc, OSError):
+            say(f"pagefault: {_os_error_line(exc)}")
+            return EXIT_USAGE
         raise
     except KeyboardInterrupt:
         print("pagefault: interrupted", file=sys.stderr)

@@ -46,6 +46,7 @@ class JourneyRequest:
     progress: Progress = None
     model_arch: Arch | None = None         # the simulator's architecture when asked for (--arch); else this machine's
     fallback_reason: str = ""             # what the simulator's journey says when it stands in
+    timeout: float | None = None          # a program's fault: give up when none matched after this long
 
 
 def model_journey(scenario_name: str | None, note: str = "", arch: Arch | None = None) -> Journey:
@@ -167,7 +168,7 @@ def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str
     from .capture.program_fault import ProgramFault
     from .journey.program_journey import build_program_journey
     try:
-        ev = ProgramFault(argv, pid, selector, value, request.progress).run()
+        ev = ProgramFault(argv, pid, selector, value, request.progress, timeout=request.timeout).run()
     except tracer.TargetProblem as exc:
         raise JourneyUsageError(str(exc)) from None
     except tracer.NothingMatched as exc:

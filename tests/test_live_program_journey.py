@@ -161,3 +161,29 @@ def test_nothing_matched_is_its_own_exit_status(exe, tmp_path, selector):
     assert r.returncode == 4, r.stderr
     assert r.stderr.startswith("pagefault: nothing matched:") and "Traceback" not in r.stderr
     assert not (tmp_path / "j.json").exists()
+
+
+def test_journey_of_an_attached_process_ends_when_it_exits_or_the_timeout_passes(exe, tmp_path):
+    """journey -p waited forever (140 s after its target died) with no progress line: it ends with exit 4
+    when its target exits, or when --timeout passes, leaving the target running and not stopped."""
+    import time
+    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(CLI + ["journey", "-q", "--nth", "999999", "-p", str(short.pid)], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 4 and "nothing matched" in r.stderr and time.monotonic() - t0 < 60, r.stderr
+    finally:
+        short.kill()
+        short.wait()
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(CLI + ["journey", "--timeout", "2", "--nth", "999999", "-p", str(idle.pid)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 4 and "within 2 s" in r.stderr and time.monotonic() - t0 < 60, r.stderr
+        state = open(f"/proc/{idle.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        assert state not in ("T", "t") and idle.poll() is None
+    finally:
+        idle.kill()
+        idle.wait()

@@ -232,8 +232,10 @@ class ProgramFault:
     # two reads (tests shrink it to stand for a machine where bpftrace attaches slowly)
     perf_pages = 256
 
-    def __init__(self, argv: list[str] | None, pid: int | None, selector: str, value, progress=None):
+    def __init__(self, argv: list[str] | None, pid: int | None, selector: str, value, progress=None,
+                 timeout: float | None = None):
         self.progress = progress or (lambda _m: None)
+        self.timeout = timeout
         if not facts.is_root():
             raise CaptureError("the journey of a program's fault reads kernel memory with bpftrace: run as root (sudo)")
         self.argv, self.pid_given, self.selector, self.value = argv, pid, selector, value
@@ -291,7 +293,7 @@ class ProgramFault:
             if self.argv:
                 release_target(target)
             say(f"PID {target.pid} runs at full speed until {words}")
-            stopped = self._wait_for_stop(proc, out, target, drained.read)
+            stopped = self._wait_for_stop(proc, out, target, drained.read, session, words)
             ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
             _selected(ev)
             if stopped and ev.address:
@@ -300,6 +302,8 @@ class ProgramFault:
             if self.argv:
                 target.wait()
                 ev.exit = target.describe_exit()
+            elif not target.poll() or _is_zombie(target.pid):
+                ev.exit = "ended while it was followed"
             drained.read()
             counts = session.event_counts()
         except PerfError as exc:
@@ -343,16 +347,29 @@ class ProgramFault:
         except OSError:
             return None
 
-    def _wait_for_stop(self, proc, out: bytearray, target: Target, each_round: Callable[[], None]) -> bool:
-        """Until bpftrace says it stopped the program after the chosen fault (False: bpftrace or a spawned
-        program ended first); `each_round` runs every 50 ms or so."""
+    def _wait_for_stop(self, proc, out: bytearray, target: Target, each_round: Callable[[], None],
+                       session: PerfSession, words: str) -> bool:
+        """Until bpftrace says it stopped the program after the chosen fault (False: bpftrace or the program
+        ended first, a spawned or an attached one). `each_round` runs every 50 ms or so; a progress line every
+        5 s says how many faults the program took (the kernel's count of the tracepoint's firings).
+
+        :raises NothingMatched: --timeout passed with no fault matched."""
+        started = last_said = time.monotonic()
         while b"stopped" not in out:
             each_round()
             if proc.poll() is not None:
                 out += proc.stdout.read()
                 return b"stopped" in out
-            if target.spawned and not target.poll():
+            if not target.poll() or _is_zombie(target.pid):
                 return b"stopped" in out
+            now = time.monotonic()
+            if self.timeout is not None and now - started > self.timeout:
+                raise NothingMatched(f"no fault matched {words} within {self.timeout:g} s; PID {target.pid} took "
+                                     f"{_faults_seen(session)} faults meanwhile (it is left running)")
+            if now - last_said >= 5:
+                self.progress(f"PID {target.pid}: {_faults_seen(session)} faults in {now - started:.0f} s, none "
+                              f"matched {words} yet" + ("" if self.timeout else " (Ctrl-C stops; --timeout S gives up)"))
+                last_said = now
             read_available(proc, out, 0.05)
         return True
 
@@ -374,6 +391,20 @@ class ProgramFault:
                 ev.kpageflags, ev.kpagecount = procfs.read_kpageflags(pfn), procfs.read_kpagecount(pfn)
         except OSError as exc:
             ev.unavailable["/proc"] = f"/proc/{pid} could not be read while stopped: {exc}"
+        return True
+
+
+def _faults_seen(session: PerfSession) -> str:
+    counts = session.event_counts() or {}
+    n = counts.get("exceptions:page_fault_user")
+    return f"{n:,}" if n is not None else "an unknown number of"
+
+
+def _is_zombie(pid: int) -> bool:
+    """An attached process that exited but is not yet reaped by its parent still answers kill(pid, 0)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
         return True
 
 
