@@ -167,3 +167,15 @@ def test_major_faults_are_counted_as_the_kernel_counts_them(can_trace, cbin, tmp
     summary = summarize(rec)
     by_class = {c: n for c, n, _how in summary.by_class}
     assert by_class.get(C.FILE_MAJOR.value, 0) == summary.kernel_counts["major-faults"], (by_class, summary.kernel_counts)
+
+
+def test_the_summary_has_a_row_per_process(traced):
+    """fault_kinds forks a child that writes 8 pages: the summary counts the parent's and the child's faults
+    apart, and together they are every fault (issue 29: gcc's cc1, as and ld looked like duplicated rows)."""
+    regions, _a, _t, _r, rec, _times = traced
+    summary = summarize(rec)
+    rows = {pid: (comm, n) for pid, comm, n in summary.by_process}
+    child = regions["fork"][3]
+    assert rec.meta["pid"] in rows and child in rows
+    assert rows[child][1] >= 8 and rows[child][0] == rows[rec.meta["pid"]][0] == "fault_kinds"
+    assert sum(n for _c, n in rows.values()) == summary.faults

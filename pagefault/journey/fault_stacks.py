@@ -29,7 +29,15 @@ from ..capture.recording import Recording
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
-from .trace_summary import PROT_EXEC, _chain_symbols, _column, classify_recording, fault_columns, mappings_of
+from .trace_summary import (
+    PROT_EXEC,
+    _chain_symbols,
+    _column,
+    classify_recording,
+    fault_columns,
+    mappings_of,
+    process_names,
+)
 
 TRUNCATED = "[truncated: no frame pointer]"
 # Kernel frames of the tracing machinery itself, seen at the leaf of a tracepoint's call chain.
@@ -127,6 +135,7 @@ def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[C
     pids = _column(stream.samples.pid, len(stream.samples), np.uint32)[faults.mask].tolist()
     sym = Symbolizer(mappings_of(meta, stream), ksyms)
     chains = stream.samples.callchain_offset is not None
+    names = process_names(stream)
     samples: Counter[FaultSample] = Counter()
     for row, ip, in_kernel, pid, cls in zip(rows, faults.ips.tolist(), faults.kernel_mode.tolist(), pids,
                                             result.classes):
@@ -139,7 +148,7 @@ def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[C
             frames += sym.kernel_frames(kernel)
         else:
             frames.append(leaf)
-        samples[FaultSample(tuple(frames), cls.value, pid, stream.comms.get(pid, ""), bool(in_kernel))] += 1
+        samples[FaultSample(tuple(frames), cls.value, pid, names.get(pid, ""), bool(in_kernel))] += 1
     return samples, chains
 
 

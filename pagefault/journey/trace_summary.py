@@ -64,6 +64,7 @@ class TraceSummary:
     integrity: str = "complete"       # or "partial: …" (a recording cut short or damaged)
     kernel_mode_faults: int = 0       # faults on user addresses taken in kernel mode (inside system calls)
     kernel_counts: dict[str, int] = field(default_factory=dict)   # the kernel's own page-faults/major-faults counts
+    by_process: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, command, faults), most first
 
 
 USER_FAULT, KERNEL_FAULT = "exceptions:page_fault_user", "exceptions:page_fault_kernel"
@@ -275,6 +276,12 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
 
     maps = mappings_of(meta, stream)
     summary.by_mapping = count_by_mapping(addresses, maps) if len(addresses) else []
+    if tier == "perf" and len(addresses):
+        # a program that runs others (gcc: cc1, as, ld) has their faults too: one row per process
+        pids, counts = np.unique(_column(s.pid, len(s), np.uint32)[fault_mask], return_counts=True)
+        names = process_names(stream)
+        summary.by_process = sorted(((int(p), names.get(int(p), "?"), int(n)) for p, n in zip(pids, counts)),
+                                    key=lambda row: (-row[2], row[0]))
 
     if len(fault_ips):
         uniq, counts = np.unique(fault_ips, return_counts=True)
@@ -320,6 +327,15 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         else:
             summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
     return summary
+
+
+def process_names(stream: Stream) -> dict[int, str]:
+    """Each process's command: its own COMM record (exec), else its parent's, which a fork without exec keeps."""
+    names = dict(stream.comms)
+    for parent, child in stream.forks:      # in the order the kernel told of them
+        if child not in names and parent in names:
+            names[child] = names[parent]
+    return names
 
 
 def reconcile(summary: TraceSummary, kernel: dict | None, traced: int) -> None:

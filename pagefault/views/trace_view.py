@@ -57,6 +57,13 @@ def render_summary(s: TraceSummary, console: Console) -> None:
         for k, n in sorted(s.by_kind.items(), key=lambda kv: -kv[1]):
             t.add_row(k, str(n))
         console.print(t)
+    if len(s.by_process) > 1:
+        t = Table(title="faults by process (the program and the ones it ran)", title_justify="left")
+        for col in ("PID", "command", "faults"):
+            t.add_column(col, justify="left" if col == "command" else "right")
+        for pid, comm, n in s.by_process[:15]:
+            t.add_row(str(pid), escape(comm), str(n))
+        console.print(t)
     if s.by_class:
         t = Table(title="faults by class (what the kernel did inside each fault)", title_justify="left")
         t.add_column("class")
