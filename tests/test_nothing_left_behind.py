@@ -256,3 +256,61 @@ def test_trace_refuses_itself_and_impossible_pids():
     for pid in ("99999999999", "0", "4194304"):
         r = subprocess.run(CLI + ["trace", "-q", "-p", pid], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "Traceback" not in r.stderr and "bad PID" in r.stderr, r.stderr
+
+
+TOOL_HOLDING_A_STOP = """
+import os, signal, sys
+from pagefault.capture.resume_guard import ResumeGuard
+target = int(sys.argv[1])
+guard = ResumeGuard(target)          # as journey -p makes it, before bpftrace can stop the target
+os.kill(target, signal.SIGSTOP)      # as bpftrace's signal("SIGSTOP") after the chosen fault
+if sys.argv[2] == "clean":
+    os.kill(target, signal.SIGCONT)  # the tool's own cleanup, then the guard is disarmed
+    guard.disarm()
+    os.kill(target, signal.SIGSTOP)  # a stop of the owner's afterwards: not for the guard to undo
+print("holding", flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize("end", ["killed", "clean"])
+def test_a_tool_killed_while_it_holds_its_attached_target_stopped_leaves_it_running(end):
+    """bpftrace stops an attached process after the chosen fault while /proc is read; a kill -9 of pagefault
+    then left it stopped for good (4 of 4 runs). The resume guard journey -p forks continues it; once the
+    tool has ended in order (disarmed), a later stop is the owner's and stays."""
+    from pagefault.capture.resume_guard import process_state
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    tool = subprocess.Popen([sys.executable, "-c", TOOL_HOLDING_A_STOP, str(target.pid), end], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert tool.stdout.readline().strip() == "holding"
+        assert process_state(target.pid) in ("T", "t")
+        tool.kill()                               # SIGKILL: nothing of the tool's runs
+        tool.wait()
+        time.sleep(1.0)
+        state = process_state(target.pid)
+        assert state not in ("T", "t") if end == "killed" else state in ("T", "t"), state
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+        target.kill()
+        target.wait()
+
+
+def test_journey_refuses_a_process_its_owner_stopped_and_leaves_it_stopped(can_trace):
+    import shutil
+    if not shutil.which("bpftrace"):
+        pytest.skip("journey -p picks its fault with bpftrace")
+    from pagefault.capture.resume_guard import process_state
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        time.sleep(0.3)
+        os.kill(target.pid, signal.SIGSTOP)
+        r = subprocess.run(CLI + ["journey", "-q", "--nth", "1", "-p", str(target.pid)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and "is stopped" in r.stderr and f"kill -CONT {target.pid}" in r.stderr, r.stderr
+        time.sleep(0.3)
+        assert process_state(target.pid) in ("T", "t"), "pagefault continued a process its owner had stopped"
+    finally:
+        target.kill()
+        target.wait()

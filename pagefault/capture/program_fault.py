@@ -50,6 +50,7 @@ from .bpf_walk import (
 from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .records import parse_stream
+from .resume_guard import ResumeGuard, refuse_stopped
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, NothingMatched, TargetProblem, release_target, tracepoint_events
@@ -255,6 +256,22 @@ class ProgramFault:
             target: Target = spawn_held(self.argv) if self.argv else attach(self.pid_given or 0)
         except TargetError as exc:
             raise TargetProblem(str(exc)) from None
+        guard = None
+        if not target.spawned:
+            why = refuse_stopped(target.pid)
+            if why:
+                raise TargetProblem(why)
+            # bpftrace stops it after the fault: if pagefault dies then, the guard continues it
+            guard = ResumeGuard(target.pid)
+        try:
+            return self._follow(target, exe, levels, levels_why, base, base_how)
+        finally:
+            if guard is not None:
+                guard.disarm()
+
+    def _follow(self, target: Target, exe: str, levels: int, levels_why: str, base: int,
+                base_how: str) -> ProgramFaultEvidence:
+        say = self.progress
         program = self._executable(target)
         condition, words = selector_condition(self.selector, self.value, program)
         table, gfp = facts.fault_flag_values(), facts.gfp_bits()
