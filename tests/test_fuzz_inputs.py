@@ -5,10 +5,13 @@ Recordings are made offline from hand-built perf records, so these run anywhere,
 """
 
 import contextlib
+import copy
+import gzip
 import io
 import json
 import os
 import struct
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from pagefault.capture.recording import RecordingWriter, load_recording
 from pagefault.capture.records import parse_stream
 from pagefault.journey.trace_summary import summarize
 
+HANG = timedelta(seconds=5)   # a fuzz case running longer than this fails: a hang is a bug, not a slow case
 SAMPLE_TYPE = 1 | 2 | 4 | 128 | 1024        # ip, tid, time, cpu, raw: the perf tier's tracepoint samples
 FAULT_ID, ALLOC_ID = 101, 102
 EVENTS = {
@@ -117,7 +121,7 @@ def pristine(tmp_path_factory):
     return make_recording(tmp_path_factory.mktemp("fuzz") / "p.pfrec", n=30, chunks=3).read_bytes()
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=500, deadline=HANG, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), recording_bytes), min_size=1, max_size=6),
        cut=st.one_of(st.none(), st.floats(0, 1)), recompute_crc=st.booleans())
 def test_fuzz_corrupted_recordings(tmp_path, pristine, edits, cut, recompute_crc):
@@ -156,7 +160,7 @@ META_FIELDS = ["command", "pid", "tier", "callchain", "sample_type", "events", "
                "exit", "maps", "duration", "event_counts", "spawned"]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=HANG, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(META_FIELDS), value=json_values, in_end=st.booleans(), drop=st.booleans())
 def test_fuzz_wrong_typed_or_missing_metadata(tmp_path, field, value, in_end, drop):
     end = {"exit": "exited with status 0", "event_counts": {"exceptions:page_fault_user": 5}}
@@ -213,7 +217,7 @@ def scratch_cwd(tmp_path_factory):
         signal.signal(s, h)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=HANG)
 @given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=7))
 def test_fuzz_arguments_are_a_result_or_one_line(scratch_cwd, argv):
     if "journey" in argv and "--model" not in argv:
@@ -230,3 +234,137 @@ def test_fuzz_arguments_are_a_result_or_one_line(scratch_cwd, argv):
     assert "Traceback" not in err.getvalue()
     if code == 2:
         assert err.getvalue().count("\n") <= 1, err.getvalue()
+
+
+# --- evidence files and the exercises' progress file (issue 28, item 12) ------------------------------
+# Each case must finish well inside HANG (a hang is a failure, not a slow test); the counts keep the whole
+# fuzz (recordings, metadata, evidence, progress: 1,600 cases) under a minute on two cores.
+
+EVIDENCE_DIR = Path(__file__).parent / "fixtures" / "evidence"
+EVIDENCE = ["6.18.44-fc-v669/journey-user.json.gz", "6.18.44-fc-v669/journey-perf.json.gz",
+            "6.18.44-fc-v669/program-own.json.gz", "6.18.44-fc-v669/scenario-first-touch.json.gz",
+            "6.12.95+deb12-arm64/arm64-fault.json.gz"]
+
+
+@pytest.fixture(scope="module")
+def evidence_docs():
+    return {name: json.loads(gzip.open(EVIDENCE_DIR / name).read()) for name in EVIDENCE}
+
+
+def _paths(node, path=()):
+    """Every key and list position in the document, leaves and containers alike."""
+    yield path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths(value, path + (i,))
+
+
+def one_line_or_result(argv: list[str]) -> None:
+    """The CLI's answer is a result (0) or one line on stderr (2), never a traceback."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    assert code in (0, 2), (code, err.getvalue())
+    if code == 2:
+        assert err.getvalue().count("\n") == 1, err.getvalue()
+
+
+same_typed = {str: st.text(max_size=12), int: st.integers(-2**64, 2**65), bool: st.booleans(),
+              float: st.floats(allow_nan=True, allow_infinity=True)}
+
+
+@settings(max_examples=500, deadline=HANG, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(EVIDENCE), where=st.floats(0, 1, exclude_max=True), how=st.sampled_from(
+       ["json", "same-type", "drop", "top"]), value=json_values, data=st.data())
+def test_fuzz_evidence_files(tmp_path, evidence_docs, name, where, how, value, data):
+    doc = copy.deepcopy(evidence_docs[name])
+    if how == "top":
+        doc[data.draw(st.sampled_from(["format", "version", "kind", "tool_version", "evidence"]))] = value
+    else:
+        paths = [p for p in _paths(doc["evidence"]) if p]
+        path = paths[int(where * len(paths))]
+        parent = doc["evidence"]
+        for p in path[:-1]:
+            parent = parent[p]
+        old = parent[path[-1]]
+        if how == "drop":
+            del parent[path[-1]]
+        elif how == "same-type" and type(old) in same_typed:
+            parent[path[-1]] = data.draw(same_typed[type(old)])
+        else:
+            parent[path[-1]] = value
+    file = tmp_path / "e.json"
+    file.write_text(json.dumps(doc))
+    one_line_or_result(["journey", "--replay", str(file), "--format", "json"])
+
+
+progress_values = st.one_of(json_values, st.dictionaries(st.sampled_from(["rip", "flags", "pfn", "x"]), json_values,
+                                                         max_size=3).map(lambda e: {"exercises": e}),
+                            st.text(max_size=20))
+
+
+@settings(max_examples=300, deadline=HANG, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=progress_values, raw=st.booleans())
+def test_fuzz_exercises_progress_file(tmp_path_factory, monkeypatch, content, raw):
+    state = tmp_path_factory.mktemp("state")
+    (state / "pagefault").mkdir()
+    (state / "pagefault" / "exercises.json").write_text(content if raw and isinstance(content, str)
+                                                          else json.dumps(content))
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    one_line_or_result(["exercise", "--list"])
+
+
+def test_evidence_of_a_kind_that_is_not_a_name_is_one_line(tmp_path, evidence_docs):
+    for kind in (["journey"], {"a": 1}, 7, None):
+        doc = dict(evidence_docs[EVIDENCE[0]], kind=kind)
+        (tmp_path / "k.json").write_text(json.dumps(doc))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert cli.main(["journey", "--replay", str(tmp_path / "k.json")]) == 2
+        assert "unknown evidence kind" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_a_progress_file_of_the_wrong_shape_is_set_aside_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "pagefault").mkdir()
+    progress = tmp_path / "pagefault" / "exercises.json"
+    progress.write_text('{"exercises": {"rip": 5}}')
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["exercise", "--list"]) == 0
+    assert "exercise 'rip' is int, not an object" in err.getvalue() and err.getvalue().count("\n") == 1
+    assert (tmp_path / "pagefault" / "exercises.json.broken").read_text() == '{"exercises": {"rip": 5}}'
+    assert "[ ] rip" in out.getvalue()
+
+
+def test_errno_text_never_reaches_a_message(tmp_path, monkeypatch):
+    """-p PID where perf_event_open fails, or the process's /proc files vanish: one line without Python's
+    "[Errno N]" prefix."""
+    import errno
+
+    from pagefault.capture import tracer
+    from pagefault.capture.perf_event import PerfError
+
+    def refused(*_args, **_kwargs):
+        raise PerfError(errno.ESRCH, "perf_event_open for PID 4242: no such process (it ended); fix: give a "
+                                     "running process")
+
+    def vanished(_pid):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/4242/cmdline")
+    import subprocess
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        for patch, words in ((("PerfSession", refused), "no such process (it ended)"),
+                             (("attach", vanished), "/proc/4242/cmdline: No such file or directory")):
+            monkeypatch.setattr(tracer, *patch)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = cli.main(["trace", "--tier", "user", "-o", str(tmp_path / "t.pfrec"), "-p", str(target.pid)])
+            assert code in (2, 3) and words in err.getvalue(), err.getvalue()
+            assert "[Errno" not in err.getvalue() and err.getvalue().count("\n") == 1
+    finally:
+        target.kill()
+        target.wait()

@@ -145,11 +145,11 @@ def load_evidence(path: Path) -> EvidenceFile:
         raise EvidenceError(f"{path} is not a pagefault evidence file (no \"format\": \"{FORMAT}\")")
     version = doc.get("version")
     if version != VERSION:
-        raise EvidenceError(f"{path} is evidence version {version!r}; this pagefault reads version {VERSION} "
+        raise EvidenceError(f"{path} is evidence version {_brief(version)}; this pagefault reads version {VERSION} "
                             "(capture it again with this version)")
     kind = doc.get("kind")
-    if kind not in KINDS:
-        raise EvidenceError(f"{path}: unknown evidence kind {kind!r} (journey or scenario)")
+    if not isinstance(kind, str) or kind not in KINDS:   # a list or an object here is not hashable
+        raise EvidenceError(f"{path}: unknown evidence kind {_brief(kind)}; it is one of {', '.join(KINDS)}")
     evidence: JourneyEvidence | ScenarioEvidence
     try:
         evidence = CONVERTER.structure(doc.get("evidence"), KINDS[kind])
@@ -159,6 +159,12 @@ def load_evidence(path: Path) -> EvidenceFile:
     if problem:
         raise EvidenceError(f"{path}: {problem}")
     return EvidenceFile(kind, evidence, path, str(doc.get("tool_version") or ""))
+
+
+def _brief(value: Any) -> str:
+    """A value from the file, quoted for a one-line message: a hostile one can be megabytes long."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "…"
 
 
 def _out_of_range(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> str:

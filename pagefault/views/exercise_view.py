@@ -47,6 +47,20 @@ def _fix(path: Path, exc: OSError) -> ProgressError:
                          "directory you can write (progress goes to $XDG_STATE_HOME/pagefault/exercises.json)")
 
 
+def _shape_problem(loaded: object) -> str:
+    """What makes a loaded progress file unusable ('' when nothing does): the file is the person's own, but
+    it may have been edited by hand (or by someone else), and a wrong shape must not become a traceback."""
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("exercises"), dict):
+        return "no 'exercises' object"
+    for key, entry in loaded["exercises"].items():
+        if not isinstance(entry, dict):
+            return f"exercise {key!r} is {type(entry).__name__}, not an object"
+        attempts = entry.get("attempts", 0)
+        if not isinstance(entry.get("done", False), bool) or not isinstance(attempts, int) or isinstance(attempts, bool):
+            return f"exercise {key!r} does not hold done (true or false) and attempts (a number)"
+    return ""
+
+
 class Progress:
     """exercises.json: per exercise, done or not, the attempts and the last fault it was set on."""
 
@@ -60,15 +74,18 @@ class Progress:
         if exists:
             try:
                 loaded = json.loads(self.path.read_text())
-                if isinstance(loaded, dict) and isinstance(loaded.get("exercises"), dict):
-                    self.data = loaded
-                else:
-                    raise ValueError("no 'exercises' object")
+                problem = _shape_problem(loaded)
+                if problem:
+                    raise ValueError(problem)
+                self.data = loaded
             except OSError as exc:
                 raise _fix(self.path, exc) from None
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:   # not JSON, nested too deep, or the wrong shape
                 broken = self.path.with_suffix(".json.broken")
-                self.path.replace(broken)
+                try:
+                    self.path.replace(broken)
+                except OSError as replace_exc:
+                    raise _fix(self.path, replace_exc) from None
                 self.warning = f"{self.path} could not be read ({exc}); it was kept as {broken} and progress restarts"
                 return
         self.warning = ""
