@@ -326,3 +326,22 @@ def test_pagemap_names_the_swap_type_with_the_kernel_table():
     assert e.swap_kind is SwapEntryKind.PTE_MARKER and "PTE_MARKER_GUARD" in e.summary
     hidden = decode_pagemap_entry(1 << 62, (6, 18), HOST_6_18)
     assert "hidden" in hidden.summary
+
+
+@pytest.mark.parametrize("code, words", [
+    (0x5, "a read of a present page"), (0x15, "an instruction fetch of a present page"),
+    (0x26, "protection key"), (0x8006, "SGX"), (0xE, "reserved bit"), (0x10, "kernel-mode code fetching"),
+])
+def test_error_codes_the_kernel_refuses_before_handle_mm_fault_say_so(code, words):
+    """arch/x86/mm/fault.c (6.1 to 6.18): these never reach handle_mm_fault(); the flags are not what it gets."""
+    from pagefault.decode.fault_flags import derive_fault_flags
+    d = derive_fault_flags(code, {"FAULT_FLAG_WRITE": 1, "FAULT_FLAG_USER": 0x40})
+    assert any(words in r for r in d.rejected), d.rejected
+    assert d.derivations[[i for i, line in enumerate(d.derivations) if "never gets" in line][0]].startswith(
+        "handle_mm_fault() never gets these flags")
+
+
+@pytest.mark.parametrize("code", [0x4, 0x6, 0x7, 0x14, 0x2])
+def test_error_codes_that_reach_handle_mm_fault_are_not_refused(code):
+    from pagefault.decode.fault_flags import derive_fault_flags
+    assert derive_fault_flags(code, {"FAULT_FLAG_WRITE": 1}).rejected == ()

@@ -176,3 +176,14 @@ def test_smaps_mnemonics_round_trip_through_vm_flags(mnemonics):
     value, _lines, unknown = vm_flags_from_smaps(mnemonics, (6, 18))
     assert set(unknown) == {m for m in mnemonics if SMAPS_MNEMONICS.get(m) not in known}
     assert set(decode_vm_flags(value, (6, 18)).names) == {SMAPS_MNEMONICS[m] for m in mnemonics if m not in unknown}
+
+
+@given(st.integers(min_value=0, max_value=(1 << 32) - 1))
+def test_a_refused_error_code_says_so_first_and_a_handled_one_never(code):
+    from pagefault.decode.fault_flags import derive_fault_flags
+    d = derive_fault_flags(code, {"FAULT_FLAG_WRITE": 1, "FAULT_FLAG_INSTRUCTION": 0x100, "FAULT_FLAG_USER": 0x40})
+    said = [line for line in d.derivations if line.startswith("handle_mm_fault() never gets these flags")]
+    assert bool(said) == bool(d.rejected)
+    # the code's own bits decide it: a write or shadow-stack access to a present page can reach the handler
+    if code & 0x1 and not code & 0x42 and code & 0x4:
+        assert d.rejected

@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .bits import Flag, FlagWord, decode_flag_word
-from .error_code import X86_PF_INSTR, X86_PF_SHSTK, X86_PF_USER, X86_PF_WRITE, impossible_combinations
+from .error_code import (
+    X86_PF_INSTR,
+    X86_PF_PK,
+    X86_PF_PROT,
+    X86_PF_RSVD,
+    X86_PF_SGX,
+    X86_PF_SHSTK,
+    X86_PF_USER,
+    X86_PF_WRITE,
+    impossible_combinations,
+)
 
 MEANINGS = {
     "FAULT_FLAG_WRITE": "the fault is a write",
@@ -76,6 +86,29 @@ class DerivedFaultFlags:
     derivations: tuple[str, ...]
     table_source: str
     impossible: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()      # why do_user_addr_fault() never calls handle_mm_fault() for this code
+
+
+def rejections(error_code: int) -> list[str]:
+    """What arch/x86/mm/fault.c does instead of calling handle_mm_fault() for a fault with this error code on a
+    user address, whatever the VMA (the checks of do_user_addr_fault() and access_error() that depend on the
+    code alone; 6.1 to 6.18 agree on them). Empty when the code can reach handle_mm_fault()."""
+    why = []
+    if error_code & (X86_PF_USER | X86_PF_INSTR) == X86_PF_INSTR:
+        why.append("kernel-mode code fetching an instruction from user memory: page_fault_oops(), no VMA is looked up")
+    if error_code & X86_PF_RSVD:
+        why.append("a reserved bit set in a user page-table entry: pgtable_bad() reports a corrupted page table and "
+                   "kills the task (an oops in kernel mode)")
+    if error_code & X86_PF_PK:
+        why.append("a protection key refused the access: access_error() is true whatever the VMA, so the fault ends "
+                   "in bad_area_access_error(): SIGSEGV with si_code SEGV_PKUERR")
+    if error_code & X86_PF_SGX:
+        why.append("an SGX EPCM violation: access_error() is true whatever the VMA: SIGSEGV (SEGV_ACCERR)")
+    if error_code & X86_PF_PROT and not error_code & (X86_PF_WRITE | X86_PF_SHSTK):
+        access = "an instruction fetch" if error_code & X86_PF_INSTR else "a read"
+        why.append(f"{access} of a present page: no fault handling can allow it (the page is mapped and still "
+                   "refused: NX, or a protection the PTE keeps), so access_error() sends SIGSEGV (SEGV_ACCERR)")
+    return why
 
 
 def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bool | None = None,
@@ -119,6 +152,13 @@ def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bo
                      "for a kernel-mode fault on a user address (on a kernel address it never calls handle_mm_fault)")
     impossible = impossible_combinations(error_code)
     notes += [f"the CPU never reports this code: {why}" for why in impossible]
+    rejected = rejections(error_code)
+    if rejected:
+        notes.insert(0, "handle_mm_fault() never gets these flags: the kernel refuses this error code before it "
+                        "(arch/x86/mm/fault.c): " + "; ".join(rejected))
+    elif not user_mode:
+        notes.append("in kernel mode with SMAP on, an access outside a user-access section (EFLAGS.AC clear, which "
+                     "the error code does not show) is a kernel bug: page_fault_oops()")
     value = 0
     for s in steps:
         value |= s.value
@@ -126,4 +166,4 @@ def derive_fault_flags(error_code: int, values: dict[str, int], *, user_mode: bo
     lines.append(" | ".join(f"0x{s.value:x}" for s in steps) + f" = 0x{value:x}")
     lines += notes
     return DerivedFaultFlags(error_code, user_mode, vma_lock and user_mode, value, tuple(steps), tuple(lines), source,
-                             tuple(impossible))
+                             tuple(impossible), tuple(rejected))
