@@ -121,3 +121,12 @@ def test_a_kind_is_checked_against_the_faults_events_before_its_journey_is_shown
     other = "anon" if kind != "anon" else "zero"
     with pytest.raises(NothingMatched, match=f"picked at entry as a {other} fault"):
         check_kind(ev, other)
+
+
+def test_a_page_cache_pages_refcount_is_explained_as_the_page_caches():
+    """The anonymous page's reason (the per-CPU LRU batch) was given for a file page's refcount too."""
+    from pagefault.journey.build import _why_refs
+    swapbacked = 19
+    assert "per-CPU LRU batch" in _why_refs(2, 1 << swapbacked, swapbacked)
+    assert _why_refs(2, 0, swapbacked) == "one reference for the page cache, one for this page-table mapping"
+    assert "no page-flag names" in _why_refs(2, 0, None)

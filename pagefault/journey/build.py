@@ -682,6 +682,25 @@ def _vmemmap_alignment(base: int, levels: int) -> str:
     return "1 GiB aligned, and not the unrandomised base: KASLR placed it (memory randomisation is on)"
 
 
+def _why_refs(refcount: int, page_flags: int, swapbacked_bit: int | None) -> str:
+    """Whose references a freshly mapped page's refcount counts: an anonymous (swap-backed) page's are its
+    mappings' and the LRU batch's; a page-cache page has one more, the page cache's own."""
+    if swapbacked_bit is None:
+        return "the mapping's reference and others held elsewhere in the kernel (no page-flag names from BTF to " \
+               "tell an anonymous page from a page-cache one)"
+    if page_flags >> swapbacked_bit & 1:
+        return {1: "one reference, the page-table mapping's: the folio is already on an LRU list",
+                2: "one reference for the page-table mapping, one more while the new folio waits in a per-CPU LRU "
+                   "batch (folio_add_lru_vma) to be put on an LRU list"}.get(
+                       refcount, "the mappings' references and others held elsewhere in the kernel")
+    return {1: "one reference, the page cache's: no mapping holds one (not yet mapped, or mapped by a PFN map)",
+            2: "one reference for the page cache, one for this page-table mapping",
+            3: "one for the page cache, one for this mapping, and one more: another mapping, or a folio just "
+               "read in that waits in a per-CPU LRU batch"}.get(
+                refcount, "the page cache's reference, one per mapping, and others held elsewhere (readahead, "
+                          "LRU batches, other processes' mappings)")
+
+
 def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | None) -> list[Value]:
     """The new frame's struct page read at vmemmap_base + PFN × sizeof(struct page), checked against /proc."""
     read = _bpf_read(ev, "after")
@@ -708,18 +727,15 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
                           f"struct page: {where}", display=f"0x{objs['folio_pfn']:x}", derivation=[] if pfn is None else [
                               f"/proc/PID/pagemap, read apart, says PFN 0x{pfn:x}: "
                               + ("the same" if pfn == objs["folio_pfn"] else "DIFFERENT")]))
-    why_refs = {1: "one reference, the page-table mapping's: the folio is already on an LRU list",
-                2: "one reference for the page-table mapping, one more while the new folio waits in a per-CPU LRU "
-                   "batch (folio_add_lru_vma) to be put on an LRU list"}
+    names = ev.kernel_enums.get("pageflags", {})
+    swapbacked = next((b for b, n in names.items() if n == "PG_swapbacked"), None)
     values.append(observed("page refcount", objs["refcount"], where,
-                           derivation=[why_refs.get(objs["refcount"], "the mapping's reference and others held "
-                                                    "elsewhere in the kernel")]))
+                           derivation=[_why_refs(objs["refcount"], objs["page_flags"], swapbacked)]))
     mapcount = objs["mapcount"] + 1
     values.append(observed("page mapcount", mapcount, where + "; _mapcount starts at −1",
                            derivation=[f"_mapcount {objs['mapcount']} + 1 = {mapcount}"] + ([] if kpagecount is None else [
                                f"/proc/kpagecount says {kpagecount}: "
                                + ("the same" if kpagecount == mapcount else "DIFFERENT")])))
-    names = ev.kernel_enums.get("pageflags", {})
     limit = next((v for v, n in names.items() if n == "__NR_PAGEFLAGS"), 0)
     flags = objs["page_flags"]
     set_names = [names[b] for b in range(limit) if flags >> b & 1 and b in names]
