@@ -659,6 +659,8 @@ def _register_capture(sub) -> None:
     t.add_argument("--probes", choices=("auto", "fentry", "kprobe"), default="auto",
                    help="with --latency: how handle_mm_fault is hooked; auto tries fentry (BPF trampolines, the "
                         "cheapest) and falls back to kprobes, saying why")
+    t.add_argument("--as-root", action="store_true", help="under sudo, run the command after -- as root with "
+                   "root's environment (by default it runs as the user who ran sudo, with a clean environment)")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("report", help="summarise a recording made by pagefault trace")
@@ -901,6 +903,8 @@ def _register_journey(sub) -> None:
                    help="a program of yours: the first fault of this kind (guessed at entry, checked after)")
     j.add_argument("--timeout", type=float, metavar="SECONDS", help="a program of yours: give up (exit 4) when no "
                    "fault has matched after this long (default: wait until the program ends)")
+    j.add_argument("--as-root", action="store_true", help="under sudo, run the command after -- as root with "
+                   "root's environment (by default it runs as the user who ran sudo, with a clean environment)")
     j.add_argument("cmd", nargs=argparse.REMAINDER, help="a program of yours to follow, after -- (default: the "
                    "first fault in its own code)")
     j.set_defaults(func=cmd_journey)
@@ -1081,6 +1085,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _terminate)
     try:
         args = parser.parse_args(argv)
+        if hasattr(args, "as_root"):   # trace and journey: whom the command after -- runs as under sudo
+            from .capture.runner import keep_root_for_commands
+            keep_root_for_commands(args.as_root)
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE

@@ -109,7 +109,8 @@ class PausedProgram:
         os.set_inheritable(status_w, True)
         self.argv = argv_prefix + [str(ctl_r), str(status_w)] + args
         try:
-            self.target: Target = spawn_held(self.argv, stdout)
+            # pagefault's own program, from root's private cache: it stays root's under sudo
+            self.target: Target = spawn_held(self.argv, stdout, own_program=True)
         except TargetError as exc:
             raise ExerciseError(str(exc)) from None
         finally:

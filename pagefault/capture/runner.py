@@ -4,6 +4,11 @@ perf does with its start pipe), and helper programs (bpftrace, the compiler).
 Every child asks the kernel for SIGKILL when the tool dies (PR_SET_PDEATHSIG, set in the child
 before exec), so not even a SIGKILL of the tool leaves a paused program or an attached bpftrace
 behind; SIGTERM and SIGHUP are turned into an orderly exit by the CLI.
+
+A command given after ``--`` runs as the person who ran sudo, not as root: where sudoers grants
+only pagefault, ``sudo pagefault trace -- /bin/sh`` must not be a root shell. Under sudo (root, with
+SUDO_UID naming another user) the held child takes that user's uid, gid and groups and a clean
+environment before it execs; ``--as-root`` (keep_root_for_commands) keeps root, as before.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import ctypes.util
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
@@ -57,6 +62,73 @@ class TargetError(Exception):
     """The target could not be started or attached to; the message says why."""
 
 
+# What a command run as the invoking user keeps of root's environment: how the terminal and the
+# language are set. Everything else (root's PATH, HOME, tokens, LD_* and the like) is left behind.
+KEPT_VARIABLES = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "COLUMNS", "LINES")
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Whom a command runs as, and the environment it starts with."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    environment: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+_keep_root = False
+
+
+def keep_root_for_commands(keep: bool) -> None:
+    """--as-root: commands after -- run as root with root's environment even under sudo."""
+    global _keep_root
+    _keep_root = keep
+
+
+def invoking_user(environ: dict[str, str] | None = None) -> Credentials | None:
+    """The user who ran ``sudo pagefault``, for the command after ``--``: None when pagefault is not root,
+    not under sudo (no SUDO_UID, or SUDO_UID 0), or --as-root was given.
+
+    :raises TargetError: SUDO_UID or SUDO_GID is not a number (one line, with the fix).
+    """
+    import pwd
+    env = os.environ if environ is None else environ
+    if _keep_root or os.geteuid() != 0 or not env.get("SUDO_UID"):
+        return None
+    try:
+        uid = int(env["SUDO_UID"])
+        gid = int(env["SUDO_GID"]) if env.get("SUDO_GID") else None
+    except ValueError:
+        raise TargetError(f"SUDO_UID={env.get('SUDO_UID')!r} / SUDO_GID={env.get('SUDO_GID')!r} do not name a user; "
+                          "fix: run pagefault with sudo as it sets them, or give --as-root to run the command as "
+                          "root") from None
+    if uid == 0:
+        return None
+    try:
+        entry = pwd.getpwuid(uid)
+        name, home, shell = entry.pw_name, entry.pw_dir, entry.pw_shell
+        gid = entry.pw_gid if gid is None else gid
+        groups = tuple(sorted(set(os.getgrouplist(name, gid))))
+    except KeyError:             # a uid without a passwd entry: no supplementary groups, no home
+        name, home, shell = str(uid), "/", "/bin/sh"
+        gid = uid if gid is None else gid
+        groups = (gid,)
+    environment = {"PATH": USER_PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell}
+    environment.update({k: v for k, v in env.items() if k in KEPT_VARIABLES or k.startswith("LC_")})
+    return Credentials(uid, gid, groups, name, environment)
+
+
+def _become(user: Credentials) -> None:
+    """In the held child, before exec: the user's groups, gid and uid, real, effective and saved (so root
+    cannot be taken back)."""
+    os.setgroups(list(user.groups))
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+
+
 @dataclass
 class Target:
     pid: int
@@ -65,6 +137,7 @@ class Target:
     _go_fd: int = -1
     _err_fd: int = -1
     status: int | None = None
+    run_as: str = ""          # the sudo user a spawned command runs as ("" for root, or pagefault's own user)
 
     def release(self) -> None:
         """Let a spawned target exec; raise TargetError if exec failed."""
@@ -79,7 +152,8 @@ class Target:
         if err:
             self.wait()
             code = int(err.decode() or 0)
-            raise TargetError(f"cannot run {self.argv[0]!r}: {os.strerror(code)}")
+            who = (f" as {self.run_as}, the user who ran sudo (--as-root runs it as root)" if self.run_as else "")
+            raise TargetError(f"cannot run {self.argv[0]!r}{who}: {os.strerror(code)}")
 
     def poll(self) -> bool:
         """True while the target runs."""
@@ -140,10 +214,17 @@ class Target:
         return None
 
 
-def spawn_held(argv: list[str], stdout: int | None = None) -> Target:
-    """fork now, exec only after release(): events opened in between see the exec and everything after."""
+def spawn_held(argv: list[str], stdout: int | None = None, own_program: bool = False) -> Target:
+    """fork now, exec only after release(): events opened in between see the exec and everything after.
+
+    The command runs as the user who ran sudo, with a clean environment (invoking_user()), unless it is
+    pagefault's ``own_program`` (the exercise and scenario programs, built in root's private cache).
+
+    :raises TargetError: no command, or SUDO_UID/SUDO_GID that name no user.
+    """
     if not argv:
         raise TargetError("no command given; usage: pagefault trace -- CMD ARGS…")
+    user = None if own_program else invoking_user()
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
@@ -162,14 +243,18 @@ def spawn_held(argv: list[str], stdout: int | None = None) -> Target:
             if os.read(go_r, 1) != b"g":
                 os._exit(126)
             os.close(go_r)
-            os.execvp(argv[0], argv)
+            if user is None:
+                os.execvp(argv[0], argv)
+            _become(user)
+            die_with_parent(parent)   # a change of credentials clears the parent-death signal: ask again
+            os.execvpe(argv[0], argv, user.environment)
         except OSError as exc:
             os.write(err_w, str(exc.errno or 0).encode())
         finally:
             os._exit(127)
     os.close(go_r)
     os.close(err_w)
-    return Target(pid, True, list(argv), go_w, err_r)
+    return Target(pid, True, list(argv), go_w, err_r, run_as=user.name if user else "")
 
 
 def _pid_max() -> int:
