@@ -987,11 +987,12 @@ def _exercise(args, progress) -> int:
         return 0
     journey = _live_or_model_journey(args, None if args.quiet else stderr_progress)
     exercises = [e for e in build_exercises(journey) if e.key in wanted]
+    from rich.markup import escape as escape_markup
     console = terminal_console(highlight=False)
     where = ("the simulator's fault (scenario first-touch)" if journey.tier == "model" else
              f"PID {journey.pid}'s fault at 0x{journey.walk.address:x}, kernel {journey.kernel}" if journey.walk
              else f"PID {journey.pid}, kernel {journey.kernel}")
-    console.print(f"[bold]pagefault exercise[/bold] on {where}; answer each question, Enter after each "
+    console.print(f"[bold]pagefault exercise[/bold] on {escape_markup(where)}; answer each question, Enter after each "
                   "(end of input stops, keeping what is finished)")
 
     def ask(prompt: str) -> str | None:

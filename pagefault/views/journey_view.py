@@ -55,7 +55,7 @@ def _line(text: object) -> str:
 def header(j: Journey, console: Console) -> None:
     what = "the simulator's process" if j.tier == "model" else "PID"
     console.print(f"[bold]pagefault journey[/bold] of {what} {j.pid} ({_line(' '.join(j.command))}); "
-                  f"tier [bold]{j.tier}[/bold]; kernel {j.kernel}", highlight=False)
+                  f"tier [bold]{_line(j.tier)}[/bold]; kernel {_line(j.kernel)}", highlight=False)
     console.print(_line(j.program), style="dim", highlight=False)
     for line in j.observed_with:
         console.print("observed with " + _line(line), style="dim", highlight=False)

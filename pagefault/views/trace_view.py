@@ -1,4 +1,7 @@
-"""Rendering a trace summary and a doctor diagnosis in the terminal."""
+"""Rendering a trace summary and a doctor diagnosis in the terminal. Every string that comes from a
+recording (names of mappings, processes, GFP bits) is escaped for rich's markup, which would otherwise
+make a "[link=…]" in a file name a hyperlink sequence; control characters are the console's to escape
+(views/safe_console.py)."""
 
 from __future__ import annotations
 
@@ -21,22 +24,22 @@ TIER_TEXT = {
 
 
 def render_doctor(d: Diagnosis, console: Console) -> None:
-    console.print(f"kernel {d.kernel}; {d.paging}", highlight=False)
+    console.print(f"kernel {escape(d.kernel)}; {escape(d.paging)}", highlight=False)
     t = Table(show_header=True)
     t.add_column("check")
     t.add_column("")
     t.add_column("what was seen")
     t.add_column("fix")
     for c in d.checks:
-        t.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]missing[/red]", escape(c.detail), "" if c.ok else escape(c.fix))
+        t.add_row(escape(c.name), "[green]ok[/green]" if c.ok else "[red]missing[/red]", escape(c.detail), "" if c.ok else escape(c.fix))
     console.print(t)
     console.print(f"[bold]capture tier: {TIER_TEXT[d.tier]}[/bold]")
 
 
 def render_summary(s: TraceSummary, console: Console) -> None:
     console.print(f"[bold]{escape(' '.join(s.command))}[/bold] (PID {s.pid}) {escape(s.exit)}; traced for "
-                  f"{s.duration:.2f} s; tier {s.tier}", highlight=False)
-    console.print(f"{s.provenance}", style="dim", highlight=False)
+                  f"{s.duration:.2f} s; tier {escape(s.tier)}", highlight=False)
+    console.print(s.provenance, style="dim", highlight=False, markup=False)
     if s.integrity != "complete":
         console.print(f"recording {s.integrity}", style="bold red", highlight=False, markup=False)
     if s.lost:
@@ -55,7 +58,7 @@ def render_summary(s: TraceSummary, console: Console) -> None:
         t.add_column("kind")
         t.add_column("faults", justify="right")
         for k, n in sorted(s.by_kind.items(), key=lambda kv: -kv[1]):
-            t.add_row(k, str(n))
+            t.add_row(escape(k), str(n))
         console.print(t)
     if len(s.by_process) > 1:
         t = Table(title="faults by process (the program and the ones it ran)", title_justify="left")
@@ -70,14 +73,14 @@ def render_summary(s: TraceSummary, console: Console) -> None:
         t.add_column("faults", justify="right")
         t.add_column("decided by")
         for cls, n, how in s.by_class:
-            t.add_row(cls, str(n), escape(how))
+            t.add_row(escape(cls), str(n), escape(how))
         console.print(t)
     if s.class_breakdown:
         t = Table(title="faults by class × mapping × call site", title_justify="left")
         for col in ("class", "mapping", "call site", "faults"):
             t.add_column(col, justify="right" if col == "faults" else "left")
         for cls, mapping, site, n in s.class_breakdown:
-            t.add_row(cls, escape(mapping), escape(site), str(n))
+            t.add_row(escape(cls), escape(mapping), escape(site), str(n))
         console.print(t)
     if s.by_mapping:
         t = Table(title="faults by mapping (/proc/PID/maps and PERF_RECORD_MMAP2)", title_justify="left")
@@ -104,9 +107,10 @@ def render_summary(s: TraceSummary, console: Console) -> None:
     if s.alloc_orders:
         orders = ", ".join(f"order {o} ({4 << o} KiB): {n}" if o <= 20 else f"order {o} (impossible): {n}"
                            for o, n in sorted(s.alloc_orders.items()))
-        console.print(f"allocations by order: {orders}", highlight=False)
+        console.print(f"allocations by order: {orders}", highlight=False, markup=False)
+        # the GFP names come from the recording's table: printed without markup, as they are
         console.print("allocations by GFP flags: " + ", ".join(f"{g}: {n}" for g, n in s.alloc_gfp[:5]),
-                      highlight=False)
+                      highlight=False, markup=False)
 
 
 def render_latency(summary, console) -> None:
