@@ -291,3 +291,11 @@ def test_live_hostile_comm_and_file_name_are_escaped(tmp_path):
     # the names are shown, escaped: the comm (in report --events) and the mapped file's name (in the summary)
     assert "\\x1b]0;PWN\\x07" in everything
     assert "\\x1b[2J" in everything
+
+
+def test_progress_lines_are_escaped_and_stay_one_line(capsys):
+    """A progress line can name the program or its files (`compiling …`, `attaching to …`)."""
+    from pagefault.views.progress import stderr_progress
+    stderr_progress(f"attaching to ./prog{HOSTILE}\nsecond line")
+    err = capsys.readouterr().err
+    assert raw_controls(err) == [] and err.count("\n") == 1 and "\\x1b]52" in err
