@@ -37,7 +37,8 @@ STACK_REACH = 8 << 20
 # The Python mirror of fault_count.h (tests/test_bpf_engine.py holds it to the object's BTF).
 SETTINGS = np.dtype([("target_tgid", "<u4"), ("from_exec", "<u4"), ("stack_reach", "<u8")])
 FAULT_KEY = np.dtype([("state", "<u4"), ("_pad", "<u4"), ("vma", "<u8")])
-THREAD_FAULT = np.dtype([("state", "<u4"), ("_pad", "<u4"), ("vm_start", "<u8"), ("vm_end", "<u8"), ("vma", "<u8")])
+THREAD_FAULT = np.dtype([("state", "<u4"), ("run_state", "<u4"), ("vm_start", "<u8"), ("vm_end", "<u8"), ("vma", "<u8"),
+                         ("run_vma", "<u8"), ("run_count", "<u8")])
 VMA_SEEN = np.dtype([("start", "<u8"), ("end", "<u8"), ("pgoff", "<u8"), ("flags", "<u8"), ("what", "<u4"),
                      ("_pad", "<u4"), ("name", "S64")])
 COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_N = range(6)
@@ -141,18 +142,22 @@ def _wait(target: Target, timeout: float | None = None) -> bool:
 
 
 def read_counts(obj: BpfObject) -> tuple[np.ndarray, int, int, list[str]]:
-    """The count map as rows (unpack_state(state) + (vma key, faults)), with the faults still in progress
-    at the read closed into them; the total and allocation counters; notes on anything not kept."""
+    """The count map as rows (unpack_state(state) + (vma key, faults)), with each live thread's run of alike
+    faults and its fault still in progress (closed at the read) added; the total and allocation counters;
+    notes on anything not kept."""
     counts: dict[tuple[int, int], int] = {}
+
+    def add(state: int, vma: int, n: int) -> None:
+        counts[(state, vma)] = counts.get((state, vma), 0) + n
     for key, value in obj.map("counts").items():
         k = np.frombuffer(key, dtype=FAULT_KEY)[0]
-        n = int(np.frombuffer(value, dtype="<u8").sum())
-        counts[(int(k["state"]), int(k["vma"]))] = counts.get((int(k["state"]), int(k["vma"])), 0) + n
+        add(int(k["state"]), int(k["vma"]), int(np.frombuffer(value, dtype="<u8").sum()))
     for _tid, value in obj.map("threads").items():
         t = np.frombuffer(value, dtype=THREAD_FAULT)[0]
+        if int(t["run_count"]):
+            add(int(t["run_state"]), int(t["run_vma"]), int(t["run_count"]))
         if int(t["state"]) & ST_OPEN:   # a thread still running: its last fault ends at the read
-            key = (int(t["state"]) & ~ST_OPEN, int(t["vma"]))
-            counts[key] = counts.get(key, 0) + 1
+            add(int(t["state"]) & ~ST_OPEN, int(t["vma"]), 1)
     totals = obj.map("counters")
     sums = [int(np.frombuffer(totals.lookup(np.uint32(i).tobytes()) or bytes(8 * totals.cpus), dtype="<u8").sum())
             for i in range(COUNT_N)]

@@ -4,7 +4,7 @@
  *
  * Per thread, the fault in progress is kept open (what it allocated, whether it added to the page cache, the
  * signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
- * counts[(state, vm_start << 3 | kind)]. The VMA is the thread's last one while it holds the address, else
+ * counts[(state, vm_start << 3 | kind)] (through the thread's run of alike faults: one map update per run). The VMA is the thread's last one while it holds the address, else
  * the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
  *
  * Each hook has two programs, a BTF-typed raw tracepoint (tp_btf) and the classic tracepoint; the loader
@@ -77,16 +77,34 @@ static __always_inline int followed(__u32 tgid)
 	return children_seen && bpf_map_lookup_elem(&children, &tgid);
 }
 
-static __always_inline void close_fault(struct thread_fault *t)
+/* Add the thread's run of alike faults to the count map. */
+static __always_inline void flush_run(struct thread_fault *t)
 {
-	struct fault_key key = {.state = t->state & ~ST_OPEN, .vma = t->vma};
+	if (!t->run_count)
+		return;
+	struct fault_key key = {.state = t->run_state, .vma = t->run_vma};
 	__u64 *n = bpf_map_lookup_elem(&counts, &key);
 	if (n) {
-		*n += 1;   /* this CPU's own counter: no atomic needed */
+		*n += t->run_count;   /* this CPU's own counter: no atomic needed */
+	} else if (bpf_map_update_elem(&counts, &key, &t->run_count, BPF_NOEXIST)) {
+		__u32 which = COUNT_UNCLASSIFIED;
+		__u64 *lost = bpf_map_lookup_elem(&counters, &which);
+		if (lost)
+			*lost += t->run_count;
+	}
+	t->run_count = 0;
+}
+
+static __always_inline void close_fault(struct thread_fault *t)
+{
+	__u32 state = t->state & ~ST_OPEN;
+	if (t->run_count && t->run_state == state && t->run_vma == t->vma) {
+		t->run_count += 1;
 	} else {
-		__u64 one = 1;
-		if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST))
-			bump(COUNT_UNCLASSIFIED);
+		flush_run(t);
+		t->run_state = state;
+		t->run_vma = t->vma;
+		t->run_count = 1;
 	}
 	t->state = 0;
 }
@@ -294,6 +312,7 @@ static __always_inline void forget_thread(__u32 tid)
 		return;
 	if (t->state)
 		close_fault(t);
+	flush_run(t);
 	bpf_map_delete_elem(&threads, &tid);
 }
 

@@ -35,13 +35,17 @@ struct fault_key {
 	__u64 vma;           /* vm_start << 3 | kind */
 };
 
-/* Per thread (key: tid): its fault in progress, and the VMA of its last fault. */
+/* Per thread (key: tid): its fault in progress, the VMA of its last fault, and its run of closed faults of
+ * one kind not yet added to the count map (a first-touch loop closes thousands alike: one map update per run,
+ * not per fault). The loader adds a thread's run and open fault to the counts when it reads them. */
 struct thread_fault {
 	__u32 state;
-	__u32 _pad;
+	__u32 run_state;     /* the run's kind (a state without ST_OPEN) */
 	__u64 vm_start;
 	__u64 vm_end;
 	__u64 vma;
+	__u64 run_vma;       /* the run's VMA key */
+	__u64 run_count;     /* faults in the run (0: none) */
 };
 
 /* A VMA that held a fault, read at that fault (key: vm_start): the mapping's name for the summary. */
