@@ -557,7 +557,7 @@ def _report_events(rec) -> int:
     if rec.meta.get("tier", "perf") == "perf":
         ips = columns.get("ip")
         ksyms = KernelSymbols.load()
-        recorded_base = rec.meta.get("kernel", {}).get("text_base")
+        recorded_base = (rec.meta.get("kernel") or {}).get("text_base")
         if ksyms.usable and recorded_base in (None, ksyms.text_base()):
             symbols = symbolizer(ksyms.addresses, ksyms.names)(ips)
         else:

@@ -47,8 +47,14 @@ def test_recording_trace_has_one_event_per_sample_with_its_fields(can_trace, cbi
     assert r.returncode == 0, r.stderr
     events = json.loads(out.read_text())["traceEvents"]
     faults = [e for e in events if e["name"] == "exceptions:page_fault_user"]
+    from pagefault.capture.recording import load_recording
+    from pagefault.journey.trace_summary import user_address_limit
+    limit = user_address_limit(load_recording(rec).meta)
+    in_kernel = [e for e in events if e["name"] == "exceptions:page_fault_kernel" and int(e["args"]["address"], 16) < limit]
     allocs = [e for e in events if e["name"] == "kmem:mm_page_alloc"]
-    assert len(faults) == summary["faults"] and len(allocs) == summary["allocations"]
+    # the summary counts faults in both modes: the user-mode ones, and kernel-mode ones on user addresses
+    assert len(faults) + len(in_kernel) == summary["faults"] and len(in_kernel) == summary["kernel_mode_faults"]
+    assert len(allocs) == summary["allocations"]
     assert all(int(e["args"]["address"], 16) and "error_code" in e["args"] for e in faults)
     assert all(int(e["args"]["pfn"], 16) for e in allocs)
     # the program's own write and the page its pagemap showed are on the timeline, in that order

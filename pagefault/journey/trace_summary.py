@@ -84,7 +84,7 @@ class FaultColumns:
 
 def user_address_limit(meta: dict) -> int:
     """The first address above user space: 2^47 with 4-level paging, 2^56 with 5 (x86-64 TASK_SIZE_MAX, rounded up)."""
-    return 1 << (56 if meta.get("kernel", {}).get("paging_levels") == 5 else 47)
+    return 1 << (56 if (meta.get("kernel") or {}).get("paging_levels") == 5 else 47)
 
 
 def fault_columns(stream: Stream, meta: dict, event_type: np.ndarray) -> FaultColumns:
@@ -322,7 +322,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         ksyms = ksyms or KernelSymbols.load()
         if not ksyms.usable:
             notes.append("kernel call chains recorded, but /proc/kallsyms shows no addresses (fix: run as root)")
-        elif meta.get("kernel", {}).get("text_base") not in (None, ksyms.text_base()):
+        elif (meta.get("kernel") or {}).get("text_base") not in (None, ksyms.text_base()):
             notes.append("this recording was made under another boot of the kernel: call paths are not symbolised")
         else:
             summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
@@ -365,7 +365,7 @@ def reconcile(summary: TraceSummary, kernel: dict | None, traced: int) -> None:
 
 def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:
     """The kernel symbols to read allocation call chains with, if the recording has chains of this boot."""
-    if meta.get("callchain") and ksyms.usable and meta.get("kernel", {}).get("text_base") in (None, ksyms.text_base()):
+    if meta.get("callchain") and ksyms.usable and (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base()):
         return ksyms
     return None
 
