@@ -1086,9 +1086,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _terminate)
     try:
         args = parser.parse_args(argv)
-        if hasattr(args, "as_root"):   # trace and journey: whom the command after -- runs as under sudo
+        as_root = bool(getattr(args, "as_root", False))   # trace and journey: whom the command after -- runs as
+        if as_root or "pagefault.capture.runner" in sys.modules:   # a replay imports no capture code
             from .capture.runner import keep_root_for_commands
-            keep_root_for_commands(args.as_root)
+            keep_root_for_commands(as_root)
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
