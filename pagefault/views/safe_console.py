@@ -17,6 +17,9 @@ class SafeConsole(Console):
     Strings are escaped before rich lays them out (render_str: print(str) and table cells), so columns
     keep their width; every segment is escaped again as it is written, which catches Text objects built
     elsewhere. rich's own styling and cursor control are added after that, and pass as they are.
+
+    _render_buffer is rich's own (private) method, the one every write passes through (rich 13 to 15);
+    tests/test_terminal_safety.py fails if a rich release stops calling it.
     """
 
     def render_str(self, text: str, **kwargs) -> Text:
