@@ -18,7 +18,7 @@ class SafeConsole(Console):
     keep their width; every segment is escaped again as it is written, which catches Text objects built
     elsewhere. rich's own styling and cursor control are added after that, and pass as they are.
 
-    _render_buffer is rich's own (private) method, the one every write passes through (rich 13 to 15);
+    _render_buffer is rich's own (private) method, the one every write passes through (rich 15 here);
     tests/test_terminal_safety.py fails if a rich release stops calling it.
     """
 
