@@ -17,6 +17,9 @@
 # Exits non-zero on any miss. A guest that hangs is killed at its bound; no QEMU is left behind.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The host's checks and the guests run the traced programs as root: `sudo bash scripts/kernel-matrix.sh` must not
+# hand them to the invoking user (pagefault does that under sudo, unless --as-root)
+unset SUDO_UID SUDO_GID SUDO_USER SUDO_COMMAND
 ROOT=$(pwd)
 OUT="$ROOT/matrix-out"
 BOUND=900            # per guest: boot + every check, under TCG (about 10-30x slower than the host)

@@ -5,6 +5,8 @@
 # virtme-ng's console stopped the guest mid-run under TCG, where the same run into a file completed.
 set -u
 cd "$(dirname "$0")/.."
+# The checks run as root on purpose: under sudo, pagefault runs the traced command as the invoking user
+unset SUDO_UID SUDO_GID SUDO_USER SUDO_COMMAND
 OUT="$1"
 PY=${MATRIX_PYTHON:-.venv/bin/python}     # the arm64 guest runs its root's python3 with the wheels on PYTHONPATH
 LOG="$OUT/$(uname -r)/guest.log"

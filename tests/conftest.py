@@ -7,6 +7,11 @@ import pytest
 
 C_DIR = Path(__file__).parent / "c"
 
+# `sudo bash scripts/test.sh` must test as root: under sudo, pagefault runs a traced command as the invoking user
+# (tests/test_sudo_user.py sets these variables itself where it means to)
+for _name in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND"):
+    os.environ.pop(_name, None)
+
 
 def _capture_skip_reason() -> str | None:
     if os.geteuid() != 0:
