@@ -66,7 +66,7 @@ class Symbolizer:
             if m is None:
                 name = ""      # no mapping holds it: a frame-pointer walk through code built without them
             elif m.path.startswith("/"):
-                r = resolve_ip(ip, m.start, m.pgoff, m.path)
+                r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
                 base = m.path.rsplit("/", 1)[-1]
                 name = f"{base}:{r.symbol}" if r.symbol else f"{base}+0x{r.file_offset:x}"
             else:

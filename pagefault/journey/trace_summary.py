@@ -290,7 +290,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         for ip, n, m in zip(uniq[order], counts[order], ip_maps):
             ip = int(ip)
             if m is not None and m.path.startswith("/"):
-                r = resolve_ip(ip, m.start, m.pgoff, m.path)
+                r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
                 where, detail = r.describe(), r.derivations[0]
             else:
                 where, detail = label_for(m) if m else "(unknown mapping)", ""
@@ -415,7 +415,7 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
     for (cls, label, ip), count in combos:
         i = bisect.bisect_right(starts, ip) - 1
         m = ordered[i] if 0 <= i < len(ordered) and ordered[i].contains(ip) else None
-        site = resolve_ip(ip, m.start, m.pgoff, m.path).describe() if m is not None and m.path.startswith("/") \
+        site = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode).describe() if m is not None and m.path.startswith("/") \
             else f"0x{ip:x}"
         summary.class_breakdown.append((cls, label, site, count))
     summary.notes += result.notes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import os
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -37,9 +39,42 @@ class ResolvedIP:
         return f"{name}+0x{self.file_offset:x}"
 
 
+class NotARegularFile(OSError):
+    """The path names no regular file (a device, a FIFO, a symlink at its end, a directory), or not the file
+    the capture saw mapped: it is not opened."""
+
+
+def open_mapped_file(path: str, inode: int | None = None):
+    """A file named by a mapping, opened for reading only if it is a regular file: as root, a path from a
+    recording or an evidence file must never open a device (whose open may act), block on a FIFO, or follow a
+    symlink at its end. `inode`, when given, is the inode the capture saw mapped there: another file now at
+    that path (or 0: the capture did not say) is refused.
+
+    :returns: a binary file object.
+    :raises NotARegularFile: what the docstring says is refused; OSError: it cannot be opened.
+    """
+    if inode == 0:
+        raise NotARegularFile(f"{path}: the capture did not record which file was mapped there (its inode)")
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotARegularFile(f"{path} is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(opened.st_mode):
+            raise NotARegularFile(f"{path} changed while it was opened")
+        if inode is not None and opened.st_ino != inode:
+            raise NotARegularFile(f"{path} is not the file the capture saw mapped (inode {opened.st_ino}, not {inode})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class ElfImage:
-    def __init__(self, path: str):
+    def __init__(self, path: str, inode: int | None = None):
         self.path = path
+        self.inode = inode
         self.segments: list[tuple[int, int, int]] = []   # (p_offset, p_vaddr, p_filesz)
         self.addrs: list[int] = []
         self.sym_sizes: list[int] = []
@@ -50,7 +85,7 @@ class ElfImage:
         from elftools.common.exceptions import ELFError  # imported here: most reports never open an ELF file
         from elftools.elf.elffile import ELFFile
         try:
-            with open(path, "rb") as f:
+            with open_mapped_file(path, inode) as f:
                 elf = ELFFile(f)
                 self.machine = elf["e_machine"]
                 for seg in elf.iter_segments():
@@ -102,25 +137,28 @@ class ElfImage:
     def read_at_vaddr(self, vaddr: int, length: int) -> bytes:
         for p_off, p_vaddr, p_filesz in self.segments:
             if p_vaddr <= vaddr < p_vaddr + p_filesz:
-                with open(self.path, "rb") as f:
+                with open_mapped_file(self.path, self.inode) as f:
                     f.seek(vaddr - p_vaddr + p_off)
                     return f.read(min(length, p_vaddr + p_filesz - vaddr))
         return b""
 
 
 @lru_cache(maxsize=64)
-def load_image(path: str) -> ElfImage:
-    return ElfImage(path)
+def load_image(path: str, inode: int | None = None) -> ElfImage:
+    return ElfImage(path, inode)
 
 
-def resolve_ip(ip: int, map_start: int, map_pgoff: int, path: str) -> ResolvedIP:
-    """RIP − mapping start + mapping file offset = file offset; file offset → ELF vaddr → symbol."""
+def resolve_ip(ip: int, map_start: int, map_pgoff: int, path: str, inode: int | None = None) -> ResolvedIP:
+    """RIP − mapping start + mapping file offset = file offset; file offset → ELF vaddr → symbol.
+
+    inode: the mapped file's inode as the capture saw it, for a path read from a recording (the file is read
+    only if it is still that regular file; 0: unknown, not read); None for a live caller's own /proc read."""
     file_offset = ip - map_start + map_pgoff
     lines = [f"file offset = RIP 0x{ip:x} − mapping start 0x{map_start:x} + mapping offset 0x{map_pgoff:x} "
              f"= 0x{file_offset:x}"]
     vaddr = symbol = sym_off = None
     if path.startswith("/"):
-        img = load_image(path)
+        img = load_image(path, inode)
         if img.ok:
             vaddr = img.offset_to_vaddr(file_offset)
             if vaddr is not None:
@@ -153,7 +191,7 @@ def _line_rows(path: str):
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     try:
-        with open(path, "rb") as f:
+        with open_mapped_file(path) as f:
             elf = ELFFile(f)
             if not elf.has_dwarf_info():
                 return
@@ -193,7 +231,7 @@ def rip_facts(ip: int, mapping: MapsLine) -> RipFacts | None:
     from ..evidence import RipFacts
     if not mapping.path.startswith("/"):
         return None
-    r = resolve_ip(ip, mapping.start, mapping.offset, mapping.path)
+    r = resolve_ip(ip, mapping.start, mapping.offset, mapping.path, mapping.inode or None)
     facts = RipFacts(ip, mapping, r.file_offset, r.elf_vaddr, r.symbol, r.symbol_offset, list(r.derivations),
                      r.describe())
     if r.elf_vaddr is not None:
@@ -213,7 +251,7 @@ def min_exec_vaddr(path: str) -> int | None:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     try:
-        with open(path, "rb") as f:
+        with open_mapped_file(path) as f:
             xs = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments()
                   if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1]
     except (OSError, ELFError, ValueError):
