@@ -285,7 +285,9 @@ def test_a_tool_killed_while_it_holds_its_attached_target_stopped_leaves_it_runn
         assert tool.stdout.readline().strip() == "holding"
         if end == "clean":
             os.kill(target.pid, signal.SIGSTOP)   # a stop of the owner's, after the tool ended in order
-            time.sleep(0.1)
+        deadline = time.monotonic() + 5           # a signal lands when the target is next scheduled
+        while process_state(target.pid) not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert process_state(target.pid) in ("T", "t")
         tool.kill()                               # SIGKILL: nothing of the tool's runs
         tool.wait()
