@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..evidence.file import NotARegularInput, open_input_file
 from .safe_paths import OutputFile
 
 MAGIC = b"PFREC\x003\n"
@@ -116,11 +117,13 @@ def load_recording(path: Path) -> Recording:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_input_file(path) as f:
             size = f.seek(0, 2)
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except FileNotFoundError:
         raise RecordingError(f"no recording at {path}") from None
+    except NotARegularInput as exc:     # a FIFO blocked forever; /dev/zero was read for 512 MiB
+        raise RecordingError(str(exc)) from None
     except IsADirectoryError:
         raise RecordingError(f"{path} is a directory, not a recording") from None
     except (OSError, ValueError) as exc:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,30 @@ def dumps_evidence(evidence: JourneyEvidence | ScenarioEvidence, gzipped: bool) 
     return gzip.compress(text, mtime=0) if gzipped else text
 
 
+class NotARegularInput(OSError):
+    """An input path that names a FIFO, a device, a socket or a directory: never read (a FIFO blocks forever,
+    /dev/zero never ends, a device's open may act)."""
+
+
+def open_input_file(path: Path | str):
+    """Open a file the user named for reading, only if it is a regular file (symlinks to one are fine): the
+    open cannot block (O_NONBLOCK) and a FIFO or device is refused before any read.
+
+    :returns: a binary file object.
+    :raises NotARegularInput: it is not a regular file; OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise NotARegularInput(f"{path} is {what}, not a regular file: give the path of a file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def load_evidence(path: Path) -> EvidenceFile:
     """Read and check an evidence file.
 
@@ -118,10 +144,12 @@ def load_evidence(path: Path) -> EvidenceFile:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_input_file(path) as f:
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise EvidenceError(f"no evidence file at {path}") from None
+    except NotARegularInput as exc:
+        raise EvidenceError(str(exc)) from None
     except IsADirectoryError:
         raise EvidenceError(f"{path} is a directory, not an evidence file") from None
     except OSError as exc:

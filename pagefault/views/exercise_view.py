@@ -14,6 +14,7 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from ..evidence.file import open_input_file
 from ..journey.exercises import KINDS, ORDER, TITLES, AnswerError, Exercise
 
 Ask = Callable[[str], "str | None"]     # None: no more input
@@ -35,7 +36,7 @@ class ProgressError(Exception):
 
 
 def _fix(path: Path, exc: OSError) -> ProgressError:
-    why = exc.strerror
+    why = exc.strerror or str(exc)
     for part in reversed(path.parents):   # name the component in the way (a file where a directory must be)
         if os.path.lexists(part) and not os.path.isdir(part):
             why = f"{part} is a file, not a directory"
@@ -73,7 +74,8 @@ class Progress:
             raise _fix(self.path, exc) from None
         if exists:
             try:
-                loaded = json.loads(self.path.read_text())
+                with open_input_file(self.path) as f:      # a FIFO planted there would block forever
+                    loaded = json.loads(f.read(1 << 20).decode())
                 problem = _shape_problem(loaded)
                 if problem:
                     raise ValueError(problem)
