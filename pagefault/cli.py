@@ -444,9 +444,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
                         force=args.force)
     from .capture.tracer import TargetProblem
     from .core import CannotTrace
+    from .capture.safe_paths import OutputWriteFailed
     try:
         check_output_target(output, args.force)   # refused before the program runs, not after
         meta = record(opts)
+    except OutputWriteFailed:
+        raise                                      # a full disk: exit 1 from main()
     except (TargetProblem, OutputError) as exc:
         raise UsageError(str(exc)) from None
     except CaptureError as exc:
@@ -1103,8 +1106,11 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        from .capture.safe_paths import OutputError
+        from .capture.safe_paths import OutputError, OutputWriteFailed
         from .core import CannotTrace, JourneyUsageError, NothingMatched
+        if isinstance(exc, OutputWriteFailed):
+            say(f"pagefault: {exc}")
+            return EXIT_PARTIAL
         if isinstance(exc, (JourneyUsageError, OutputError)):
             say(f"pagefault: {_one_line(exc)}")
             return EXIT_USAGE

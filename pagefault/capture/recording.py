@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evidence.file import NotARegularInput, open_input_file
-from .safe_paths import OutputFile
+from .safe_paths import OutputFile, OutputWriteFailed
 
 MAGIC = b"PFREC\x003\n"
 _OLD_MAGICS = {b"PFREC\x001\n": 1, b"PFREC\x002\n": 2}
@@ -91,7 +91,13 @@ class RecordingWriter:
         self.out = OutputFile(Path(path), force)
         self.path = self.out.path
         self.bytes = 0
-        self.out.write(MAGIC + _chunk(HEAD, json.dumps(head).encode()))
+        try:
+            self.out.write(MAGIC + _chunk(HEAD, json.dumps(head).encode()))
+            self.out.file.flush()    # a full disk is found now, before the program runs, not at the end
+        except OSError as exc:
+            self.out.discard()
+            raise OutputWriteFailed(f"cannot write {path}: {exc.strerror}; nothing was recorded; fix: free space "
+                                    "on its file system, or record elsewhere with -o") from None
 
     def add(self, records: bytes) -> None:
         """One run of whole records; raises OSError (a full disk) with nothing half-counted."""
@@ -105,7 +111,7 @@ class RecordingWriter:
         """Append the END metadata (None: the disk is full, leave it out) and give FILE its name."""
         if end is not None:
             self.out.write(_chunk(END, json.dumps(end).encode()))
-        return self.out.commit()
+        return self.out.commit(keep_partial=True)
 
 
 def load_recording(path: Path) -> Recording:

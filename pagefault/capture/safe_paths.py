@@ -33,6 +33,10 @@ class OutputError(Exception):
     """An output file cannot be written where asked; the message has the fix."""
 
 
+class OutputWriteFailed(OutputError):
+    """Writing an output failed midway (a full disk): exit 1, one line saying what was kept, if anything."""
+
+
 def _trusted_owners() -> set[int]:
     return {0, os.geteuid()}
 
@@ -393,21 +397,34 @@ class OutputFile:
 
     def discard(self) -> None:
         if not self.file.closed:
-            self.file.close()
+            with contextlib.suppress(OSError):   # a full disk fails the flush of what is being thrown away
+                self.file.close()
         if self.dir_fd >= 0:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp_name, dir_fd=self.dir_fd)
         self._close_dir()
 
-    def commit(self) -> Path:
-        """Flush, then give the file its final name; raises OutputError (keeping the temporary file)."""
+    def commit(self, keep_partial: bool = False) -> Path:
+        """Flush, then give the file its final name; raises OutputError (keeping the temporary file).
+
+        A flush that fails (a full disk) discards the file and raises OutputWriteFailed; with keep_partial (a
+        recording, whose reader takes every whole chunk before the damage) the file is named all the same and
+        OutputWriteFailed says so."""
+        failed: OSError | None = None
         if not self.file.closed:
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(self.file.fileno(), 0o666 & ~umask)
             # flushed, not fsync'ed: a recording is tens of MB, and fsync cost more than perf record's whole
             # overhead; the rename is still atomic for every reader, which is what "never half a file" needs
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as exc:
+                failed = exc
+                if not keep_partial:
+                    self.discard()
+                    raise OutputWriteFailed(f"cannot write {self.path}: {exc.strerror}; nothing was kept; fix: "
+                                            "free space on its file system, or write elsewhere") from None
         try:
             if self.force:
                 # replaces a link or file at the name, never its target
@@ -421,6 +438,9 @@ class OutputFile:
             raise OutputError(f"cannot name the output {self.path}: {exc.strerror}; it is kept in {self.tmp}") from None
         finally:
             self._close_dir()
+        if failed is not None:
+            raise OutputWriteFailed(f"{self.path} was written up to a failure ({failed.strerror}): what was written "
+                                    "is kept under that name; fix: free space on its file system")
         return self.path
 
 

@@ -31,6 +31,7 @@ from .perf_event import (
 )
 from .procfs import read_maps
 from .recording import RecordingWriter
+from .safe_paths import OutputWriteFailed
 from .runner import TargetError, attach, spawn_held
 
 TRACEPOINTS = (
@@ -295,9 +296,12 @@ def record(opts: TraceOptions) -> dict:
     if disk_full:
         end["notes"] = notes + [f"the disk filled ({disk_full}): the recording stops there"]
     try:
-        writer.close(end)
-    except OSError:
-        writer.close(None)   # no room for the END chunk either: the file is still read, as partial
+        try:
+            writer.close(end)
+        except OSError:
+            writer.close(None)   # no room for the END chunk either: the file is still read, as partial
+    except OutputWriteFailed as exc:     # the last flush failed: the file is named all the same, read as partial
+        disk_full = disk_full or str(exc)
     meta = {**head, **end, "disk_full": disk_full, "output": str(writer.path)}
     return meta
 

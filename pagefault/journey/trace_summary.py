@@ -292,6 +292,14 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
             if m is not None and m.path.startswith("/"):
                 r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
                 where, detail = r.describe(), r.derivations[0]
+            elif m is None and ip >= user_address_limit(meta) and tier == "perf":
+                # a kernel-mode fault's instruction is the kernel's (copy_to_user, clear_user, …)
+                ksyms = ksyms or KernelSymbols.load()
+                same_boot = (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base())
+                found = ksyms.lookup(ip) if ksyms.usable and same_boot else None
+                where = (f"kernel: {found[0]}+0x{found[1]:x}" if found else
+                         "kernel (no symbols: " + ("run as root)" if not ksyms.usable else "another boot's kernel)"))
+                detail = "a fault taken in kernel mode, inside a system call"
             else:
                 where, detail = label_for(m) if m else "(unknown mapping)", ""
             summary.top_instructions.append({"ip": ip, "count": int(n), "where": where, "derivation": detail})
