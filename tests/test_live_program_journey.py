@@ -99,11 +99,17 @@ def test_selectors_are_refused_without_a_program(tmp_path):
     assert r.returncode == 2 and "one way" in r.stderr
 
 
+# Fresh anonymous pages all along. A region is unmapped only long after its pages were written: the chosen
+# fault's page must still be mapped when /proc is read after it (a munmap right after the last page's
+# write unmapped it first, and the PTE/pagemap comparison had nothing to compare).
 FAULT_LOOP = ("import mmap, sys, time\n"
+              "kept = []\n"
               "while True:\n"
               "    m = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
               "    for i in range(0, 1 << 20, 4096): m[i] = 1\n"
-              "    m.close(); time.sleep(0.05)\n")
+              "    kept.append(m)\n"
+              "    if len(kept) > 32: kept.pop(0).close()\n"
+              "    time.sleep(0.05)\n")
 
 
 def test_an_attached_process_that_fills_the_buffers_before_the_choice_keeps_the_chosen_faults_events(can_trace):

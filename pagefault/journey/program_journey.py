@@ -221,6 +221,11 @@ def build_program_journey(ev: ProgramFaultEvidence) -> Journey:
                                     "4 KiB page's index inside it)" if pages > 1 else "compare",
                                     ([f"0x{p.pfn:x} + {sub} = 0x{pfn:x}"] if pages > 1 else [])
                                     + [f"0x{pfn:x} {'==' if pfn == pm.pfn else '!='} 0x{pm.pfn:x}"]))
+        elif p.kind is EntryKind.PRESENT and p.leaf:
+            why = ("/proc was not read while the program was stopped" if pm is None else
+                   "pagemap showed no frame when /proc was read: the page was unmapped (or paged out) between the "
+                   "walk after the fault and the program's stop")
+            s.values.append(unavailable("PTE's PFN is pagemap's", why))
     else:
         s.values.append(unavailable("PTE after", "the thread did not enter the kernel again after the fault (it "
                                     "died of it?), so no walk was read after"))
