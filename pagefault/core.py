@@ -225,10 +225,23 @@ def run_journey(request: JourneyRequest) -> Journey:
     return finish_live(live, request)
 
 
+def check_scenario(scenario, progress: Progress = None):
+    """Run the scenario live, then in the simulator with this machine's settings, and compare.
+
+    :returns: (the model's outcome, the live outcome, their agreement, the live evidence, the model's run).
+    :raises CaptureError: the scenario cannot run live here (capture/ says why and the fix).
+    """
+    from .capture.scenario_capture import run_scenario_live
+    from .journey.scenario_check import cross_check
+    ev = run_scenario_live(list(scenario.ops), progress, scenario.name)   # capture gathers; journey/ only compares
+    model, live, agreement, run = cross_check(scenario, ev)
+    return model, live, agreement, ev, run
+
+
 def live_scenario(request: JourneyRequest) -> Journey:
     """A scenario run live with the model's verdict; the simulator's run where this user cannot trace."""
     from .capture.tracer import CaptureError
-    from .journey.scenario_check import build_scenario_journey, check_scenario
+    from .journey.scenario_check import build_scenario_journey
     from .kernel.facts import is_root
     from .model.scenarios import ScenarioError, find_scenario
     try:

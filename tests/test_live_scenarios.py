@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pagefault.decode.pagemap import PM_PFN_MASK
-from pagefault.journey.scenario_check import check_scenario
+from pagefault.core import check_scenario
 from pagefault.model.scenarios import SCENARIOS, find_scenario
 
 pytestmark = pytest.mark.live

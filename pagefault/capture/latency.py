@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..evidence import MapsLine
-from ..journey.latency import KernelHistogram, merge_histogram
+from ..evidence.latency import KernelHistogram, merge_histogram
 from ..kernel.btf import VMLINUX_BTF
 from .bpf_walk import BpfError, arm_with_own_faults, read_available
 from .kprobes import kprobe_support, probeable

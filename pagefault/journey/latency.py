@@ -11,17 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..evidence import MapsLine
+from ..evidence.latency import KernelHistogram, merge_histogram
 
 PERCENTILES = (50, 90, 99)
-
-
-@dataclass
-class KernelHistogram:
-    """One group's durations as the kernel kept them: log2 buckets (lower bound in ns, faults), sum and max."""
-
-    buckets: list[tuple[int, int]]
-    total_ns: int = 0
-    max_ns: int = 0
 
 
 @dataclass
@@ -42,16 +34,6 @@ class LatencySummary:
     by_outcome: list[LatencyGroup] = field(default_factory=list)
     by_mapping: list[LatencyGroup] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def merge_histogram(into: KernelHistogram, h: KernelHistogram) -> None:
-    """Add `h`'s faults to `into`: bucket counts and sums add up, the maximum is the larger."""
-    counts = dict(into.buckets)
-    for lo, n in h.buckets:
-        counts[lo] = counts.get(lo, 0) + n
-    into.buckets = sorted(counts.items())
-    into.total_ns += h.total_ns
-    into.max_ns = max(into.max_ns, h.max_ns)
 
 
 def vm_fault_names(value: int, names: dict[int, str]) -> str:

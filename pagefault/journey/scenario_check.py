@@ -301,14 +301,6 @@ def cross_check(scenario: Scenario, ev: ScenarioEvidence) -> tuple[ScenarioOutco
     return model, live, compare(model, live, same_kernel_as_model(ev.kernel_release, run.kernel.config.kernel)), run
 
 
-def check_scenario(scenario: Scenario, progress=None) -> tuple[ScenarioOutcome, ScenarioOutcome, Agreement, ScenarioEvidence, ModelRun]:
-    """Run the scenario live and in the model (with this machine's settings) and compare."""
-    from ..capture.scenario_capture import run_scenario_live
-    ev = run_scenario_live(list(scenario.ops), progress, scenario.name)
-    model, live, agreement, run = cross_check(scenario, ev)
-    return model, live, agreement, ev, run
-
-
 # The handler each outcome must go through (mm/memory.c, mm/huge_memory.c), where it can be probed.
 EXPECTED_HANDLER = {mk.NEW_PAGE: "do_anonymous_page", mk.ZERO_PAGE: "do_anonymous_page", mk.COPY: "do_wp_page",
                     mk.REUSE: "do_wp_page", mk.PAGE_CACHE: "do_fault", mk.HUGE_PAGE: "do_huge_pmd_anonymous_page"}
