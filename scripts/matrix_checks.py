@@ -74,11 +74,14 @@ def check_journey(path: Path, tier: str) -> tuple[bool, str]:
     unknown = [n for n in named if n not in ev.fault_flag_table]
     if unknown:
         problems.append(f"flags not in this kernel's enum: {unknown}")
-    # the per-VMA lock path is observed through the mmap_lock tracepoint, and agrees with the kernel's enum
+    # the per-VMA lock path comes from the mmap_lock tracepoint: a lock taken is observed, its absence (the
+    # per-VMA path) is inferred, so derived; either way it agrees with the kernel's enum
     lock = value(j, "flags", "per-VMA lock path")
-    if lock.provenance != "observed" or lock.value != ("FAULT_FLAG_VMA_LOCK" in ev.fault_flag_table):
+    if lock.provenance != ("derived" if lock.value else "observed") or \
+            lock.value != ("FAULT_FLAG_VMA_LOCK" in ev.fault_flag_table):
         problems.append(f"per-VMA lock path {lock.value} ({lock.provenance}: {lock.source})")
-    detail = f"{ev.paging_levels}-level, flags {flags.display}, per-VMA lock {lock.value} (observed), PFN 0x{pagemap_pfn:x}"
+    detail = (f"{ev.paging_levels}-level, flags {flags.display}, per-VMA lock {lock.value} ({lock.provenance}), "
+              f"PFN 0x{pagemap_pfn:x}")
     if tier == "bpf":
         entries = {lv: value(j, "walk", f"{lv} entry before") for lv in levels}
         missing = [lv for lv, v in entries.items() if v.provenance != "observed"]
@@ -91,10 +94,13 @@ def check_journey(path: Path, tier: str) -> tuple[bool, str]:
             problems.append("the PTE's PFN field is not the pagemap PFN")
         detail += f", levels read {'/'.join(levels)}, PTE 0x{read.value:016x}"
         # kernel objects read through BTF agree with /proc (issue 15)
-        for key, label in (("vma", "vm_start, vm_end"), ("vma", "vm_flags (struct)"), ("vma", "vm_page_prot"),
-                           ("vma", "mm->map_count"), ("pagemap", "struct page's PFN"), ("pagemap", "page mapcount")):
+        # (struct page's PFN is the PTE's, which places the struct page: derived; pagemap is the check)
+        for key, label, provenance in (("vma", "vm_start, vm_end", "observed"), ("vma", "vm_flags (struct)", "observed"),
+                                       ("vma", "vm_page_prot", "observed"), ("vma", "mm->map_count", "observed"),
+                                       ("pagemap", "struct page's PFN", "derived"),
+                                       ("pagemap", "page mapcount", "observed")):
             v = value(j, key, label)
-            if v.provenance != "observed" or not v.derivation or not v.derivation[-1].endswith("the same"):
+            if v.provenance != provenance or not v.derivation or not v.derivation[-1].endswith("the same"):
                 problems.append(f"{label}: {v.provenance} {v.display or v.value} {v.derivation[-1:] or v.source}")
         maple = value(j, "vma", "maple tree search (read)")
         if maple.provenance != "observed" or not maple.derivation[-1].endswith("is inside"):
