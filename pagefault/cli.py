@@ -381,6 +381,12 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             raise CannotTrace(str(exc)) from None
         summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
                                    kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total)
+        from .journey.trace_summary import reconcile
+        summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
+        summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms; faults taken in kernel "
+                             "mode (inside system calls) are not counted in this mode: record with -o FILE for them")
+        reconcile(summary, kc.kernel_fault_counts, summary.faults,
+                  "faults taken in kernel mode, which this mode does not count (record with -o FILE to count them)")
     else:
         import tempfile
         work = Path(tempfile.mkdtemp(prefix="pagefault-trace-"))

@@ -34,6 +34,12 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             chromium fonts-dejavu-core >/dev/null || echo "setup: could not install chromium; the HTML browser test will fail"
     fi
+    if [[ ",$extras," == *",test,"* ]] && ! command -v go >/dev/null; then
+        # the pprof export's test reads it with go tool pprof itself, a real consumer, not a parser of ours
+        echo "setup: installing Debian packages for the tests: golang-go"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            golang-go >/dev/null || echo "setup: could not install golang-go; the pprof tests will skip"
+    fi
     if ! grep -q ' tracefs ' /proc/self/mounts; then
         echo "setup: mounting tracefs at /sys/kernel/tracing"
         mount -t tracefs nodev /sys/kernel/tracing || echo "setup: could not mount tracefs"

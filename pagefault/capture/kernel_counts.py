@@ -27,6 +27,7 @@ from ..evidence import MapsLine
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, lib
 from .mapping_watch import maps_from_kernel
+from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
 from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
 
@@ -84,6 +85,7 @@ class KernelCounts:
     hooks: list[str] = field(default_factory=list)   # "EVENT: variant (why)" for each hook
     notes: list[str] = field(default_factory=list)
     load_ms: float = 0.0    # open + load + attach of the object
+    kernel_fault_counts: dict[str, int] | None = None   # the kernel's own page-faults/minor/major counts, from exec
 
 
 def engine_problem() -> str | None:
@@ -219,6 +221,11 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             except LibbpfError as exc:
                 raise CaptureError(f"counting in the kernel: {exc}") from None
             load_ms = (time.monotonic() - t0) * 1000
+            try:   # the kernel's own counts, beside ours: the summary reconciles the two
+                counters: FaultCounters | None = FaultCounters(target.pid, enable_on_exec=target.spawned)
+            except PerfError as exc:
+                counters = None
+                notes.append(f"the kernel's own fault counts are not shown: {exc}")
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
@@ -227,6 +234,9 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             except KeyboardInterrupt:   # Ctrl-C: the counts so far are kept
                 notes.append("stopped by Ctrl-C: the counts are those made until then")
             duration = time.monotonic() - started
+            kernel_fault_counts = counters.read() if counters is not None else None
+            if counters is not None:
+                counters.close()
             obj.detach()
             rows, total, allocs, more = read_counts(obj)
             vmas = read_vmas(obj)
@@ -237,4 +247,5 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         obj.close()
     return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
                         target.pid, duration, total,
-                        [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms)
+                        [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
+                        kernel_fault_counts)

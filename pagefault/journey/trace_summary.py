@@ -346,7 +346,7 @@ def process_names(stream: Stream) -> dict[int, str]:
     return names
 
 
-def reconcile(summary: TraceSummary, kernel: dict | None, traced: int) -> None:
+def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "") -> None:
     """Beside the traced total, the kernel's own count for the same processes and time, and the difference
     with its reason (a note, and ``summary.kernel_counts`` for JSON)."""
     if not kernel:
@@ -362,8 +362,8 @@ def reconcile(summary: TraceSummary, kernel: dict | None, traced: int) -> None:
     if summary.integrity != "complete" or summary.lost:
         why = "events were lost or the recording is partial"
     elif counted > traced:
-        why = ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
-               "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
+        why = unseen or ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
+                         "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
     else:
         why = ("traced faults the kernel did not charge: a fault the kernel resolved before counting it (a "
                "spurious fault after another CPU fixed the entry, or one on a kernel address)")
@@ -568,7 +568,7 @@ def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str],
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
     page-cache add, signal, si_code, vm_start << 3 | kind, faults); kind 1 file, 2 shared, 4 stack growth."""
     summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, int(rows[:, 7].sum()) if len(rows) else 0,
-                           0, 0, 0, 0, provenance="observed: counted in the kernel by bpftrace (BPF maps), one "
+                           0, 0, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
                            "counter per kind of fault and VMA; no event was streamed",
                            lost_how="counters in BPF maps: no event crosses to user space, none can be lost")
     if total is not None and total > summary.faults:
