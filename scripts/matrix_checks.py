@@ -139,8 +139,8 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
 
 SCENARIO_CHECKS = tuple(f"scenario-{s.name}" for s in SCENARIOS)
 ARM64_CHECKS = ("doctor", "journey-arm64", "decode", "entry-kinds", "trace-latency")
-X86_CHECKS = ("doctor", "journey-bpf", "journey-perf") + SCENARIO_CHECKS + ("trace", "trace-latency", "entry-kinds",
-                                                                           "decode")
+X86_CHECKS = ("doctor", "journey-bpf", "journey-perf") + SCENARIO_CHECKS + ("trace", "trace-count", "trace-latency",
+                                                                           "entry-kinds", "decode")
 
 
 def run_scenarios(out: Path, checks) -> None:
@@ -384,6 +384,31 @@ def main() -> int:
     t = time.monotonic()
     checks.run("trace", trace)
     times["trace"] = time.monotonic() - t
+
+    def trace_count():
+        """Summary-only trace on the compiled CO-RE counter: loaded through libbpf on this kernel, its hooks
+        chosen from this kernel's BTF and tracefs, and its total held to the kernel's own count."""
+        import contextlib
+        import io
+        from pagefault.cli import main as cli_main
+        exe = first_touch(out)
+        pages = 256
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+            code = cli_main(["trace", "-q", "--json", "--summary", "-", "--", str(exe), str(pages * 4096)])
+        if code != 0:
+            return False, f"exit {code}: {err.getvalue().strip()[-400:]}"
+        text = buf.getvalue()
+        s = json.loads(text[text.index("{\n"):])
+        (out / "trace-count.json").write_text(json.dumps(s, indent=2))
+        hooks = [n for n in s["notes"] if n.startswith("hook ")]
+        kernel = s.get("kernel_counts", {}).get("page-faults")
+        ok = s["tier"] == "bpf-counts" and s["faults"] >= pages and kernel is not None and s["faults"] <= kernel
+        return ok, (f"{s['faults']} faults counted in the kernel for {pages} pages, the kernel's own count {kernel} "
+                    f"(user and kernel mode); hooks: {'; '.join(h[5:] for h in hooks)}")
+    t = time.monotonic()
+    checks.run("trace-count", trace_count)
+    times["trace-count"] = time.monotonic() - t
 
     def decode():
         from pagefault.cli import main as cli_main
