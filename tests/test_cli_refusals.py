@@ -60,3 +60,21 @@ def test_a_non_root_user_facing_a_closed_tracefs_gets_one_line_or_a_result(argv)
         assert r.returncode == 0 and "capture tier:" in r.stdout
     else:
         assert r.returncode == 3 and "cannot trace here" in r.stderr and "fix: run as root" in r.stderr, r.stderr
+
+
+def test_doctor_names_the_compiled_counter_and_its_hooks():
+    """The doctor says whether summary-only trace can count in the kernel here, and with which hook variants."""
+    import json
+    import subprocess
+    import sys
+    from pagefault.capture.kernel_counts import engine_problem
+    r = subprocess.run([sys.executable, "-m", "pagefault", "doctor", "--quick", "--json"], capture_output=True,
+                       text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    counter = checks["compiled BPF counter"]
+    problem = engine_problem()
+    if problem:
+        assert not counter["ok"] and counter["detail"] == problem and "setup.sh" in counter["fix"]
+    else:
+        import re
+        assert counter["ok"] and re.search(r"page_fault_user: (tp_btf|tracepoint)", counter["detail"]), counter

@@ -125,6 +125,22 @@ def _bpftrace_info() -> dict[str, str]:
     return out
 
 
+def _compiled_counter_check() -> Check:
+    """The compiled CO-RE counter (summary-only trace): libbpf and the built object, and the hook variant each
+    event would take on this kernel. It decides no tier: without it, trace records to a temporary file."""
+    from .kernel_counts import choose_hooks, engine_problem
+    from .tracer import CaptureError
+    problem = engine_problem()
+    if problem:
+        return Check("compiled BPF counter", False, problem, "as root: bash scripts/setup.sh (installs clang, "
+                     "libbpf-dev and bpftool, and builds the objects)")
+    try:
+        hooks = "; ".join(f"{c.hook.event}: {c.variant}" for c in choose_hooks())
+    except CaptureError as exc:
+        return Check("compiled BPF counter", False, str(exc), "trace -o FILE records instead")
+    return Check("compiled BPF counter", True, f"libbpf.so.1 and the counter's object are here; hooks: {hooks}")
+
+
 def diagnose(run_bpftrace: bool = True) -> Diagnosis:
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
@@ -185,6 +201,7 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
         d.checks.append(Check("bpftrace", ok, detail, "" if ok else
                               ("as root: bash scripts/setup.sh (installs bpftrace), or apt-get install bpftrace"
                                if root else "run as root"), ("bpf",)))
+    d.checks.append(_compiled_counter_check())
     # What the bpf tier observes with, beyond tracepoints: none of these decides the tier; each one
     # missing is a fallback the journey names.
     kprobes, kprobe_detail = kprobe_support()
