@@ -341,3 +341,38 @@ def test_a_disk_full_before_the_first_record_is_one_line_exit_1_and_no_part_file
     finally:
         subprocess.run(["umount", str(mnt)])
         mnt.rmdir()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["INT", "TERM", "HUP"])
+def test_counting_mode_keeps_its_counts_when_stopped_by_a_signal(can_trace, sig):
+    """Summary-only trace of a program that ignores the signal: the first one is passed to it and counting goes
+    on; a second one kills it; the counts made until then are printed either way (12 of 12 were lost)."""
+    from pagefault.capture.kernel_counts import engine_problem
+    if engine_problem():
+        pytest.skip(engine_problem())
+    program = ("import mmap, signal, time\n"
+               f"signal.signal({int(sig)}, signal.SIG_IGN)\n"
+               "print('ready', flush=True)\n"
+               "end = time.time() + 60\n"
+               "while time.time() < end:\n"
+               "    m = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
+               "    for i in range(0, 1 << 16, 4096): m[i] = 1\n"
+               "    m.close(); time.sleep(0.01)\n")
+    proc = subprocess.Popen(CLI + ["trace", "-q", "--json", "--summary", "-", "--", sys.executable, "-c", program],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the first signal ended the count: it was for the program, which ignores it"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    s = json.loads(out[out.index("{\n"):])
+    assert s["tier"] == "bpf-counts" and s["faults"] >= 16
+    assert any("killed the program after a second" in n for n in s["notes"]), s["notes"]

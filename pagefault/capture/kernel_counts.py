@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,7 +30,7 @@ from .libbpf import BpfObject, LibbpfError, lib
 from .mapping_watch import maps_from_kernel
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
-from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
+from .tracer import STOP_SIGNALS, CaptureError, TargetProblem, _Stop, release_target, tracepoint_events
 
 # A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as
 # SIGSEGV (the same reach as the bpftrace captures', capture/bpf_walk.py STACK_REACH).
@@ -119,6 +120,34 @@ def _settings(pid: int, from_exec: bool) -> bytes:
     s = np.zeros(1, dtype=SETTINGS)
     s[0] = (pid, int(from_exec), STACK_REACH)
     return s.tobytes()
+
+
+def _wait_forwarding_signals(target: Target, notes: list[str]) -> None:
+    """Wait for the target to end. A first SIGINT, SIGTERM or SIGHUP goes to a started program (counting goes
+    on until it ends) or, with -p, ends the counting and leaves the process running; a second one kills a
+    started program. Either way the counts made until then are kept and printed."""
+    stop = _Stop()
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    forwarded = False
+    try:
+        while not _wait(target, 0.2):
+            if not stop.count:
+                continue
+            name = signal.Signals(stop.signal or signal.SIGINT).name
+            if not target.spawned:
+                notes.append(f"stopped by {name}: the counts are those made until then; PID {target.pid} runs on")
+                return
+            if stop.count >= 2:
+                target.kill(signal.SIGKILL)
+                notes.append(f"pagefault killed the program after a second {name}: the counts are those made until then")
+                return
+            if not forwarded:
+                target.kill(stop.signal or signal.SIGTERM)
+                forwarded = True
+                notes.append(f"{name} was passed to the program; the counts go on to its end")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _wait(target: Target, timeout: float | None = None) -> bool:
@@ -229,10 +258,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
-            try:
-                _wait(target)
-            except KeyboardInterrupt:   # Ctrl-C: the counts so far are kept
-                notes.append("stopped by Ctrl-C: the counts are those made until then")
+            _wait_forwarding_signals(target, notes)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
             if counters is not None:
