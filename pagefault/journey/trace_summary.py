@@ -47,7 +47,7 @@ class TraceSummary:
     duration: float
     faults: int
     allocations: int
-    mmaps: int
+    mmaps: int | None                 # None: not counted (the summary-only count has no mmap probe)
     lost: int | None                  # None: not known (see lost_how)
     lost_records: int
     by_kind: dict[str, int] = field(default_factory=dict)
@@ -568,7 +568,7 @@ def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str],
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
     page-cache add, signal, si_code, vm_start << 3 | kind, faults); kind 1 file, 2 shared, 4 stack growth."""
     summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, int(rows[:, 7].sum()) if len(rows) else 0,
-                           0, 0, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
+                           0, None, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
                            "counter per kind of fault and VMA; no event was streamed",
                            lost_how="counters in BPF maps: no event crosses to user space, none can be lost")
     if total is not None and total > summary.faults:

@@ -50,7 +50,7 @@ def render_summary(s: TraceSummary, console: Console) -> None:
     else:
         console.print(f"events lost: 0 ({s.lost_how})", highlight=False, markup=False)
     console.print(f"page faults: [bold]{s.faults}[/bold]   page allocations: {s.allocations}   "
-                  f"mmap calls: {s.mmaps}", highlight=False)
+                  f"mmap calls: {'not counted in this mode' if s.mmaps is None else s.mmaps}", highlight=False)
     for note in s.notes:
         console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
     if s.by_kind:
