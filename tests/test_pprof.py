@@ -72,3 +72,13 @@ def test_a_recordings_profile_totals_the_summarys_faults(can_trace, cbin, tmp_pa
     # the fork child's faults carry their own pid
     pids = {s.pid for s in samples}
     assert len(pids) >= 2 and f"{min(pids)}" in _pprof(["-tags"], path)
+
+
+def test_the_traps_entry_frames_are_not_every_samples_leaf():
+    from pagefault.views.pprof import _profile_frames
+    user = ("COW copy", "prog:main", "asm_exc_page_fault_[k]", "exc_page_fault_[k]")
+    assert _profile_frames(user) == ("COW copy", "prog:main")
+    kernel = ("anonymous new page", "__x64_sys_read_[k]", "_copy_to_user_[k]", "asm_exc_page_fault_[k]",
+              "exc_page_fault_[k]")
+    assert _profile_frames(kernel)[-1] == "_copy_to_user_[k]"
+    assert _profile_frames(("zero page", "exc_page_fault_[k]")) == ("zero page",)

@@ -69,13 +69,25 @@ def _mapping_of(frames: tuple[str, ...]) -> str:
     return user[-1].split(":", 1)[0].split("+", 1)[0]
 
 
+# The trap's own entry frames close every user-mode fault's kernel chain: in a profile they would be the leaf of
+# every sample (100% flat), hiding the program's own frames; the class, the first frame, says it was a fault.
+TRAP_FRAMES = ("asm_exc_page_fault_[k]", "exc_page_fault_[k]")
+
+
+def _profile_frames(frames: tuple[str, ...]) -> tuple[str, ...]:
+    end = len(frames)
+    while end > 1 and frames[end - 1] in TRAP_FRAMES:
+        end -= 1
+    return frames[:end]
+
+
 def to_pprof(samples: Counter[FaultSample], *, time_ns: int = 0, duration_ns: int = 0) -> bytes:
-    """The gzipped profile of `samples` (journey.fault_stacks.fault_samples)."""
+    """The gzipped profile of `samples` (journey.fault_stacks.fault_samples), the trap's entry frames left out."""
     strings = _Strings()
     functions: dict[str, int] = {}
     body = bytearray()
     for sample, n in sorted(samples.items(), key=lambda kv: (-kv[1], kv[0].frames, kv[0].pid)):
-        ids = [functions.setdefault(frame, len(functions) + 1) for frame in sample.frames]
+        ids = [functions.setdefault(frame, len(functions) + 1) for frame in _profile_frames(sample.frames)]
         labels = [("class", sample.fault_class), ("mapping", _mapping_of(sample.frames)), ("comm", sample.comm),
                   ("mode", "kernel" if sample.kernel_mode else "user")]
         encoded_labels = b"".join(_bytes(3, _int(1, strings(k)) + _int(2, strings(v))) for k, v in labels)
