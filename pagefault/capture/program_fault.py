@@ -50,7 +50,7 @@ from .bpf_walk import (
 from .journey_capture import decode_trace_events
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .records import parse_stream
-from .resume_guard import ResumeGuard, refuse_stopped
+from .resume_guard import ResumeGuard, process_state, refuse_stopped
 from .runner import Target, TargetError, attach, spawn_held, start_child
 from .safe_paths import root_safe_state_dir, trusted_executable, write_output
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, NothingMatched, TargetProblem, release_target, tracepoint_events
@@ -393,9 +393,8 @@ class ProgramFault:
     def _read_proc(self, pid: int, ev: ProgramFaultEvidence) -> bool:
         """/proc while bpftrace holds the program stopped after the fault."""
         for _ in range(200):   # the SIGSTOP lands as the thread returns to user mode
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
+            state = process_state(pid)
+            if not state:
                 return False
             if state in ("T", "t"):
                 break
@@ -419,10 +418,7 @@ def _faults_seen(session: PerfSession) -> str:
 
 def _is_zombie(pid: int) -> bool:
     """An attached process that exited but is not yet reaped by its parent still answers kill(pid, 0)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    return process_state(pid) in ("Z", "X", "")
 
 
 class _Drained:
