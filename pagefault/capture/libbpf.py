@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as errno_names
+import mmap
 import os
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .safe_paths import path_problem
 
@@ -55,6 +56,11 @@ _PROTOTYPES = (
     ("bpf_map_get_next_key", c_int, (c_int, c_void_p, c_void_p)),
     ("bpf_map_lookup_elem", c_int, (c_int, c_void_p, c_void_p)),
     ("libbpf_num_possible_cpus", c_int, ()),
+    ("bpf_map_update_elem", c_int, (c_int, c_void_p, c_void_p, ctypes.c_uint64)),
+    ("ring_buffer__new", c_void_p, (c_int, c_void_p, c_void_p, c_void_p)),
+    ("ring_buffer__poll", c_int, (c_void_p, c_int)),
+    ("ring_buffer__consume", c_int, (c_void_p,)),
+    ("ring_buffer__free", None, (c_void_p,)),
 )
 # map types whose values are per CPU (enum bpf_map_type, stable UAPI numbers)
 _PERCPU_MAP_TYPES = {5, 6, 10, 21}   # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
@@ -62,6 +68,8 @@ _PERCPU_MAP_TYPES = {5, 6, 10, 21}   # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HAS
 # pointer on x86-64 and arm64 alike, and is handed on as one to vsnprintf
 _PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 _LEVELS = {0: "warning", 1: "info", 2: "debug"}
+# a ring buffer's sample callback: int (*)(void *ctx, void *data, size_t size)
+_SAMPLE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 FIX = "fix: as root, bash scripts/setup.sh (it installs libbpf and builds the objects)"
 
 
@@ -166,6 +174,75 @@ class BpfMap:
             if value is not None:
                 yield key, value
 
+    def update(self, key: bytes, value: bytes) -> None:
+        """Write `value` at `key` (BPF_ANY: create or replace).
+
+        :raises LibbpfError: the kernel refused it (a full hash map: E2BIG; a wrong size: EINVAL)."""
+        if len(key) != self.key_size or len(value) != self.value_size:
+            raise LibbpfError(f"map {self.name!r} takes {self.key_size}-byte keys and {self.value_size}-byte values, "
+                              f"not {len(key)} and {len(value)}")
+        if lib().bpf_map_update_elem(self.fd, key, value, 0) != 0:
+            raise LibbpfError(f"cannot write map {self.name!r}: {_errno_text(ctypes.get_errno())}")
+
+
+class RingBuffer:
+    """A BPF ring buffer map read from user space: poll() hands each record, as bytes, to `on_record`.
+
+    :param bpf_map: a loaded map of type BPF_MAP_TYPE_RINGBUF.
+    :param on_record: called with a copy of each record, in the order the kernel committed them; an
+        exception it raises stops that poll and is raised from poll() (libbpf's callback cannot carry it).
+
+    A ring buffer drops nothing silently: a record that finds it full is not written, and the BPF program
+    is expected to count that (bpf_ringbuf_reserve returning NULL). Use as a context manager, or close().
+    """
+
+    def __init__(self, bpf_map: BpfMap, on_record: Callable[[bytes], None]):
+        self._on_record = on_record
+        self._error: BaseException | None = None
+        self._callback = _SAMPLE_FN(self._sample)   # kept alive as long as libbpf may call it
+        self._rb = lib().ring_buffer__new(bpf_map.fd, ctypes.cast(self._callback, c_void_p), None, None)
+        if not self._rb:
+            raise LibbpfError(f"cannot read map {bpf_map.name!r} as a ring buffer: {_errno_text(ctypes.get_errno())}")
+
+    def _sample(self, _ctx: int, data: int, size: int) -> int:
+        try:
+            self._on_record(ctypes.string_at(data, size))
+        except BaseException as exc:   # noqa: BLE001 - handed back to poll(), which raises it
+            self._error = exc
+            return -1                  # a negative return stops libbpf's loop over the records
+        return 0
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to `timeout_ms` (0: don't wait) for records and hand each to on_record; how many.
+
+        :raises LibbpfError: the poll failed (EINTR is not a failure: 0 records)."""
+        if self._rb is None:
+            raise LibbpfError("the ring buffer is closed")
+        n = lib().ring_buffer__poll(self._rb, timeout_ms)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if n < 0:
+            if -n == errno_names.EINTR:
+                return 0
+            raise LibbpfError(f"reading the ring buffer failed: {_errno_text(n)}")
+        return n
+
+    def drain(self) -> int:
+        """Hand on every record already committed, without waiting; how many."""
+        return self.poll(0)
+
+    def close(self) -> None:
+        if self._rb is not None:
+            lib().ring_buffer__free(self._rb)
+            self._rb = None
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class BpfObject:
     """A compiled BPF object, opened (not yet loaded).
@@ -182,6 +259,7 @@ class BpfObject:
         self.path = Path(path)
         self.log: list[str] = []
         self.links: list[int] = []
+        self._mappings: list[mmap.mmap] = []
         self._obj: int | None = None
         problem = path_problem(self.path)
         if problem:
@@ -287,6 +365,31 @@ class BpfObject:
         return BpfMap(name, fd, library.bpf_map__key_size(m), library.bpf_map__value_size(m),
                       library.bpf_map__type(m) in _PERCPU_MAP_TYPES)
 
+    def global_data(self, section: str = ".bss") -> memoryview:
+        """The loaded object's global variables of `section` (``.bss``, ``.data``), mapped shared into this
+        process: writes are seen by the BPF programs at once, as a libbpf skeleton's ``skel->bss`` are.
+        A struct mirror (ctypes ``from_buffer``) over it reads and writes its fields in place.
+
+        (libbpf 1.1 maps these sections over the map only inside bpf_object__load_skeleton, which a
+        loader without a generated skeleton cannot call: the map's file descriptor is mapped here.)
+
+        :raises LibbpfError: not loaded, or the object has no such section (it has no globals of that kind)."""
+        library = lib()
+        m = library.bpf_object__find_map_by_name(self._obj, section.encode())
+        if not m:
+            raise LibbpfError(f"{self.path} has no {section} globals; fix: bash scripts/build-bpf.sh --force")
+        fd = library.bpf_map__fd(m)
+        if fd < 0:
+            raise LibbpfError(f"{self.path}'s {section} has no map: the object is not loaded")
+        size = library.bpf_map__value_size(m)
+        try:
+            shared = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise LibbpfError(f"cannot map {self.path}'s {section} ({exc.strerror}): the kernel does not "
+                              "allow mapping BPF arrays (before 5.5)") from None
+        self._mappings.append(shared)
+        return memoryview(shared)
+
     def save_log(self) -> Path:
         """Write libbpf's log of this object to a new private (0700) directory; its path."""
         d = Path(tempfile.mkdtemp(prefix="pagefault-libbpf-"))
@@ -309,5 +412,9 @@ class BpfObject:
         try:
             self.detach()
         finally:
+            for shared in self._mappings:
+                with contextlib.suppress(BufferError):   # a mirror still over it: the GC unmaps it later
+                    shared.close()
+            self._mappings.clear()
             lib().bpf_object__close(self._obj)
             self._obj = None
