@@ -345,3 +345,17 @@ def test_error_codes_the_kernel_refuses_before_handle_mm_fault_say_so(code, word
 def test_error_codes_that_reach_handle_mm_fault_are_not_refused(code):
     from pagefault.decode.fault_flags import derive_fault_flags
     assert derive_fault_flags(code, {"FAULT_FLAG_WRITE": 1}).rejected == ()
+
+
+def test_derived_pte_middle_step_uses_saved_dirty_from_6_6_only():
+    # hand-checked against mksaveddirty_shift/clear_saveddirty_shift (arch/x86/include/asm/pgtable.h, 6.6+):
+    # a private writable mapping's vm_page_prot has no RW, so pte_mkdirty's D lands in SAVED_DIRTY (bit 58)
+    new = derive_anonymous_pte(0x13A875, 0x100073, write_fault=True, kernel=(6, 12))
+    assert "= 0x840000013a875025" in new.derivations[2] and "SAVED_DIRTY" in new.derivations[2]
+    assert new.value == 0x800000013A875067          # the installed entry is the same on every version
+    old = derive_anonymous_pte(0x13A875, 0x100073, write_fault=True, kernel=(6, 1))
+    assert "= 0x800000013a875065" in old.derivations[2] and "moved to SAVED_DIRTY" not in old.derivations[2]
+    assert old.value == new.value
+    # a shared writable mapping's vm_page_prot has RW already: D is set directly, on 6.12 too
+    shared = derive_anonymous_pte(0x13A875, 0x1000FB, write_fault=True, kernel=(6, 12))
+    assert "SAVED_DIRTY" not in " ".join(shared.derivations) and shared.value & 0x42 == 0x42

@@ -187,3 +187,16 @@ def test_a_refused_error_code_says_so_first_and_a_handled_one_never(code):
     # the code's own bits decide it: a write or shadow-stack access to a present page can reach the handler
     if code & 0x1 and not code & 0x42 and code & 0x4:
         assert d.rejected
+
+
+# PROT_NONE (no READ/WRITE/EXEC bit) is left out: such a fault is refused before do_anonymous_page
+@given(st.integers(0, (1 << 40) - 1), st.integers(0, 0xF).filter(lambda p: p & 7), st.booleans(),
+       st.sampled_from([None, (6, 1), (6, 5), (6, 6), (6, 12), (6, 18)]))
+def test_the_derived_pte_is_the_same_on_every_kernel_and_its_last_step_is_its_value(pfn, prot_bits, soft, kernel):
+    from pagefault.decode.pte import derive_anonymous_pte
+    vm_flags = prot_bits | 0x70            # VM_MAY* set, as mmap leaves them
+    d = derive_anonymous_pte(pfn, vm_flags, True, soft_dirty=soft, kernel=kernel)
+    assert d.value == derive_anonymous_pte(pfn, vm_flags, True, soft_dirty=soft, kernel=(6, 1)).value
+    assert d.derivations[-1].endswith(f"0x{d.value:x}")
+    assert not d.value & (1 << 58)          # SAVED_DIRTY never survives into the installed entry
+    assert decode_pte(d.value).pfn == pfn

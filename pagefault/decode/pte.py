@@ -260,10 +260,17 @@ class DerivedPTE:
     derivations: tuple[str, ...]
 
 
-def derive_anonymous_pte(pfn: int, vm_flags: int, write_fault: bool = True, soft_dirty: bool = False) -> DerivedPTE:
+def derive_anonymous_pte(pfn: int, vm_flags: int, write_fault: bool = True, soft_dirty: bool = False,
+                         kernel: tuple[int, int] | None = None) -> DerivedPTE:
     """The PTE do_anonymous_page() (mm/memory.c) installs, for a CPU without user shadow stacks.
 
     soft_dirty: the kernel has CONFIG_MEM_SOFT_DIRTY, so x86's pte_mkdirty() sets bit 11 with D.
+    kernel: the kernel's (major, minor), None for the newest. From 6.6 (user shadow stacks),
+    pte_mkdirty() of an entry that is not yet writable (a private mapping's vm_page_prot has no RW:
+    copy-on-write) sets SAVED_DIRTY (bit 58) instead of D, since Dirty=1 with Write=0 means shadow
+    stack to the CPU; pte_mkwrite() then sets RW and moves SAVED_DIRTY back to D
+    (mksaveddirty_shift / clear_saveddirty_shift, arch/x86/include/asm/pgtable.h, unconditional: done
+    whether or not the CPU has shadow stacks). The entry installed is the same; the middle step is not.
     """
     if not 0 <= pfn < 1 << (PHYSICAL_MASK_SHIFT - 12):
         raise DecodeError(f"PFN 0x{pfn:x} does not fit in {PHYSICAL_MASK_SHIFT - 12} bits")
@@ -278,10 +285,23 @@ def derive_anonymous_pte(pfn: int, vm_flags: int, write_fault: bool = True, soft
         entry |= _PAGE_SPECIAL
         lines.append(f"| SPECIAL 0x{_PAGE_SPECIAL:x} = 0x{entry:x}")
     elif vm_flags & bit(1):
+        which = f"kernel {kernel[0]}.{kernel[1]}" if kernel else "no kernel version given: the newest"
+        saved = (kernel or (99, 0)) >= SAVED_DIRTY_SINCE and not entry & _PAGE_RW
         dirty = _PAGE_DIRTY | (_PAGE_SOFT_DIRTY if soft_dirty else 0)
         entry |= dirty
-        lines.append(f"pte_mkdirty: | {'D|SOFT_DIRTY' if soft_dirty else 'D'} 0x{dirty:x} = 0x{entry:x}"
-                     + ("" if soft_dirty else " (no soft-dirty bit: the kernel lacks CONFIG_MEM_SOFT_DIRTY)"))
-        entry |= _PAGE_RW
-        lines.append(f"pte_mkwrite (VM_WRITE is set): | RW 0x{_PAGE_RW:x} = 0x{entry:x}")
+        no_soft = "" if soft_dirty else " (no soft-dirty bit: the kernel lacks CONFIG_MEM_SOFT_DIRTY)"
+        if saved:
+            entry = entry & ~_PAGE_DIRTY | _PAGE_SAVED_DIRTY
+            lines.append(f"pte_mkdirty: | {'D|SOFT_DIRTY' if soft_dirty else 'D'} 0x{dirty:x}, then, the entry "
+                         f"not being writable, D moved to SAVED_DIRTY 0x{_PAGE_SAVED_DIRTY:x} (from 6.6; {which}) "
+                         f"= 0x{entry:x}{no_soft}")
+            entry = (entry | _PAGE_RW | _PAGE_DIRTY) & ~_PAGE_SAVED_DIRTY
+            lines.append(f"pte_mkwrite (VM_WRITE is set): | RW 0x{_PAGE_RW:x}, and SAVED_DIRTY moved back to "
+                         f"D 0x{_PAGE_DIRTY:x} = 0x{entry:x}")
+        else:
+            lines.append(f"pte_mkdirty: | {'D|SOFT_DIRTY' if soft_dirty else 'D'} 0x{dirty:x} = 0x{entry:x}"
+                         + no_soft + (f" (before 6.6 there is no SAVED_DIRTY; {which})"
+                                      if not entry & _PAGE_RW and kernel else ""))
+            entry |= _PAGE_RW
+            lines.append(f"pte_mkwrite (VM_WRITE is set): | RW 0x{_PAGE_RW:x} = 0x{entry:x}")
     return DerivedPTE(entry, pfn, vm_flags, write_fault, tuple(lines))
