@@ -264,8 +264,18 @@ def _pid_max() -> int:
         return 1 << 22   # PID_MAX_LIMIT on 64-bit
 
 
-def attach(pid: int) -> Target:
-    """A running process to trace; raises TargetError for a PID that cannot be one, or is this tool."""
+# PF_KTHREAD (include/linux/sched.h, the same value since 2.6.27): the flags word of /proc/PID/stat says a
+# task is a kernel thread, which has no user address space and so no page faults of its own to follow
+PF_KTHREAD = 0x00200000
+
+
+def attach(pid: int, allow_init: bool = False) -> Target:
+    """A running process to trace.
+
+    :param pid: the process; it must not be pagefault itself, a zombie, a kernel thread, or (without
+        `allow_init`) PID 1, whose stop or slowdown stops the whole machine's services.
+    :raises TargetError: one line saying why this PID cannot be traced, and the fix where there is one.
+    """
     if pid <= 0 or pid >= _pid_max():
         raise TargetError(f"bad PID {pid}: PIDs here run from 1 to {_pid_max() - 1}")
     if pid == os.getpid() or os.path.exists(f"/proc/self/task/{pid}"):
@@ -277,9 +287,31 @@ def attach(pid: int) -> Target:
         raise TargetError(f"no process with PID {pid}") from None
     except PermissionError:
         pass
+    problem = _unattachable(pid, allow_init)
+    if problem:
+        raise TargetError(problem)
     try:
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         argv = [a.decode(errors="replace") for a in cmdline if a]
     except OSError:
         argv = [str(pid)]
     return Target(pid, False, argv)
+
+
+def _unattachable(pid: int, allow_init: bool) -> str | None:
+    """Why `pid` is not a process whose faults can be followed (from /proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        state, flags = fields[0].decode(), int(fields[6])
+    except (OSError, IndexError, ValueError):
+        return f"PID {pid} ended while pagefault looked at it (or its /proc/{pid}/stat is unreadable)"
+    if state in ("Z", "X"):
+        return f"PID {pid} has exited (a zombie waiting for its parent to reap it): there is nothing left to trace"
+    if flags & PF_KTHREAD:
+        return (f"PID {pid} is a kernel thread: it has no user address space, so no page faults of its own; "
+                "give the PID of a user process")
+    if pid == 1 and not allow_init:
+        return ("PID 1 is the init process: holding or slowing it holds every service of the machine; "
+                "fix: add --allow-init if you mean it")
+    return None
