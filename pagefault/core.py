@@ -305,45 +305,81 @@ def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultE
 _typed = b""
 
 
-def read_line(prompt: str) -> str | None:
-    """One line typed at the terminal (None at the end of input), waiting in select() on stdin and on a
-    signal wake-up pipe: a SIGTERM or SIGHUP that comes while the person reads always ends the wait, so
-    its handler runs and the paused program and bpftrace are stopped. (input() waits inside readline,
-    where a signal that lands between two of its select() calls went unnoticed until the next key.)"""
-    global _typed
+def _wait_readable(fd: int) -> bool:
+    """Wait until `fd` has input; a signal that lands meanwhile always ends the wait for a moment, so that
+    its Python handler runs (a SIGTERM or SIGHUP while the person reads stops the paused program).
+    False: only a signal came, look again."""
     import os
     import select
     import signal
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     old = signal.set_wakeup_fd(wake_w)
     try:
-        while b"\n" not in _typed:
-            ready, _, _ = select.select([sys.stdin.fileno(), wake_r], [], [])
-            if wake_r in ready:
-                os.read(wake_r, 512)   # a signal arrived: its Python handler runs before the next line
-                continue
-            chunk = os.read(sys.stdin.fileno(), 4096)
-            if not chunk:
-                return None
-            _typed += chunk
-        line, _typed = _typed.split(b"\n", 1)
-        return line.decode(errors="replace")
+        ready, _, _ = select.select([fd, wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 512)
+            return False
+        return True
     finally:
         signal.set_wakeup_fd(old)
         os.close(wake_r)
         os.close(wake_w)
 
 
-def next_index(index: int, prompt: str) -> int | None:
-    """Enter: the next step; b: the one before; q (or end of input): None, to stop."""
-    line = read_line(prompt)
-    if line is None:
+def read_line(prompt: str) -> str | None:
+    """One line typed (None at the end of input), for a stdin that is not a terminal. (input() waits
+    inside readline, where a signal that lands between two of its select() calls went unnoticed until
+    the next key.)"""
+    global _typed
+    import os
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    while b"\n" not in _typed:
+        if not _wait_readable(sys.stdin.fileno()):
+            continue
+        chunk = os.read(sys.stdin.fileno(), 4096)
+        if not chunk:
+            sys.stdout.write("\n")    # what is printed next starts on its own line
+            return None
+        _typed += chunk
+    line, _typed = _typed.split(b"\n", 1)
+    return line.decode(errors="replace")
+
+
+def read_key(prompt: str) -> str | None:
+    """One key pressed at a terminal, without waiting for Enter ("\n" for Enter; None at the end of input
+    or on Ctrl-D). The terminal is in cbreak mode only while waiting, and is put back whatever happens."""
+    import os
+    import termios
+    import tty
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        line = read_line(prompt)
+        return None if line is None else (line.strip()[:1].lower() or "\n")
+    saved = termios.tcgetattr(fd)
+    try:
+        # TCSANOW, and before the prompt shows: a key pressed as soon as the prompt appears is kept
+        # (setcbreak's default, TCSAFLUSH, would throw away what was typed before the switch)
+        tty.setcbreak(fd, termios.TCSANOW)
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        while not _wait_readable(fd):
+            pass
+        key = os.read(fd, 1)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    sys.stdout.write("\n")            # the prompt's line ends here, whatever was pressed
+    sys.stdout.flush()
+    if key in (b"", b"\x04"):
         return None
-    key = line.strip().lower()
-    if key == "q":
+    return "\n" if key in (b"\r", b"\n") else key.decode(errors="replace").lower()
+
+
+def next_index(index: int, prompt: str) -> int | None:
+    """Enter (or any other key): the next step; b: the one before; q (or end of input): None, to stop."""
+    key = read_key(prompt)
+    if key is None or key == "q":
         return None
     return max(0, index - 1) if key == "b" else index + 1
 

@@ -1,0 +1,72 @@
+"""The stepper at a terminal: one key acts at once (no Enter after q or b), and whatever is printed after
+the prompt starts on a line of its own. Driven through a pseudo-terminal, on the simulator's journey (no
+root needed)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import sys
+import time
+
+CLI = [sys.executable, "-m", "pagefault"]
+
+
+class Terminal:
+    def __init__(self, argv: list[str]):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execvp(argv[0], argv)
+        self.out = b""
+
+    def read_until(self, marker: bytes, since: int = 0, timeout: float = 60) -> int:
+        """Read until `marker` appears after `since`; where it starts."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.out[since:]:
+            assert time.monotonic() < deadline, self.out[-1500:].decode(errors="replace")
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:
+                    break
+        return self.out.index(marker, since)
+
+    def finish(self, timeout: float = 30) -> int:
+        """Read to the end; the exit status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                self.out += chunk
+        done, status = os.waitpid(self.pid, os.WNOHANG)
+        if not done:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+            raise AssertionError("the stepper did not end: " + self.out[-800:].decode(errors="replace"))
+        return os.waitstatus_to_exitcode(status)
+
+
+def test_q_alone_quits_and_b_alone_goes_back():
+    term = Terminal(CLI + ["journey", "--model"])
+    one = term.read_until(b"step 1/")
+    os.write(term.fd, b"\r")                       # Enter, typed ahead of the prompt: kept, step 2
+    first = term.read_until(b"[q] quit", one)
+    two = term.read_until(b"step 2/", first)
+    prompt = term.read_until(b"[q] quit", two)
+    os.write(term.fd, b"b")                        # b alone, no Enter: back to step 1
+    back = term.read_until(b"step 1/", prompt)
+    prompt = term.read_until(b"[q] quit", back)
+    os.write(term.fd, b"q")                        # q alone, no Enter: the stepper ends
+    assert term.finish() == 0
+    assert b"Traceback" not in term.out
+    # the prompt's line was ended before the stepper's next words (no "quit step 1/…" run together)
+    after = term.out[term.out.index(b"[q] quit", prompt):]
+    assert after.split(b"\n", 1)[0].strip().endswith(b"quit"), after[:200]
