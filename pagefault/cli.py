@@ -627,9 +627,11 @@ def _report_perfetto(rec, args) -> int:
     from .capture.safe_paths import check_output_target, write_output
     check_output_target(Path(args.output), args.force)   # an OutputError is one line from main()
     from .journey.fault_stacks import sample_stacks
+    from .journey.trace_summary import fault_labels
     columns, names, fields, comms = recording_columns(rec)
     try:
-        trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []), sample_stacks(rec))
+        trace = recording_trace(columns, names, fields, comms, rec.meta.get("command", []), sample_stacks(rec),
+                                fault_labels(rec))
     except PerfettoError as exc:
         raise UsageError(str(exc)) from None
     write_output(Path(args.output), dumps(trace), args.force)

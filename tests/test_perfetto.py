@@ -46,11 +46,13 @@ def test_recording_trace_has_one_event_per_sample_with_its_fields(can_trace, cbi
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     events = json.loads(out.read_text())["traceEvents"]
-    faults = [e for e in events if e["name"] == "exceptions:page_fault_user"]
+    def event(e):   # a classified fault is named by its class, its tracepoint in its arguments
+        return e["args"].get("event", e["name"])
+    faults = [e for e in events if event(e) == "exceptions:page_fault_user"]
     from pagefault.capture.recording import load_recording
     from pagefault.journey.trace_summary import user_address_limit
     limit = user_address_limit(load_recording(rec).meta)
-    in_kernel = [e for e in events if e["name"] == "exceptions:page_fault_kernel" and int(e["args"]["address"], 16) < limit]
+    in_kernel = [e for e in events if event(e) == "exceptions:page_fault_kernel" and int(e["args"]["address"], 16) < limit]
     allocs = [e for e in events if e["name"] == "kmem:mm_page_alloc"]
     # the summary counts faults in both modes: the user-mode ones, and kernel-mode ones on user addresses
     assert len(faults) + len(in_kernel) == summary["faults"] and len(in_kernel) == summary["kernel_mode_faults"]
@@ -61,5 +63,13 @@ def test_recording_trace_has_one_event_per_sample_with_its_fields(can_trace, cbi
     write = next(e for e in faults if int(e["args"]["address"], 16) == vaddr + 0x100)
     page = next(e for e in allocs if int(e["args"]["pfn"], 16) == pfn)
     assert write["args"]["error_code"] == "0x6" and write["ts"] <= page["ts"]
+    # every fault is named by its class, counted as the summary counts them; the write took a new zeroed page
+    # in the program's own anonymous mapping
+    assert all(e["name"] == f"fault: {e['args']['class']}" and e["args"]["mapping"] for e in faults + in_kernel)
+    named = {}
+    for e in faults + in_kernel:
+        named[e["args"]["class"]] = named.get(e["args"]["class"], 0) + 1
+    assert named == {cls: n for cls, n, _how in summary["by_class"]}, (named, summary["by_class"])
+    assert write["args"]["class"] == "anonymous new page", write["args"]
     bad = subprocess.run(CLI + ["report", str(rec), "--format", "perfetto"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "needs -o FILE" in bad.stderr

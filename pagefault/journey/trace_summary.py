@@ -604,3 +604,19 @@ def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str],
     summary.by_kind = dict(by_kind.most_common())
     summary.by_mapping = by_mapping.most_common()
     return summary
+
+
+def fault_labels(rec: Recording, ksyms: KernelSymbols | None = None) -> dict[tuple[int, int, int], tuple[str, str]]:
+    """Each fault of a perf-tier recording, keyed by (thread, time, address): its class and the mapping it hit,
+    as the summary names them ({} for a recording of another tier, which has no classes)."""
+    if rec.meta.get("tier", "perf") != "perf":
+        return {}
+    faults = classify_recording(rec, ksyms)
+    stream = parse_stream(rec.data, rec.meta["sample_type"] | (32 if rec.meta.get("callchain") else 0),
+                          in_time_order=False, columns=frozenset({"tid", "time"}))
+    ordered, idx = mapping_index(faults.addresses, mappings_of(rec.meta, stream))
+    label_of = [label_for(m) for m in ordered] + ["(unmapped)"]
+    classes = faults.result.classes
+    return {(tid, time, address): (classes[i].value, label_of[idx[i]])
+            for i, (tid, time, address) in enumerate(zip(faults.tids.tolist(), faults.times.tolist(),
+                                                         faults.addresses.tolist()))}

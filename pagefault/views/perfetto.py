@@ -2,7 +2,10 @@
 
 A journey's timeline becomes instant events on the program's track, with the pauses between its
 phases as slices; a `pagefault trace` recording becomes one instant event per sample, on the track
-of the thread that took it, with its decoded fields as arguments. Times are microseconds.
+of the thread that took it, with its decoded fields as arguments. A fault is named by its class (what
+the kernel did: "anonymous: new zeroed page", …) with the event and the mapping it hit among its
+arguments, so the timeline says what happened. No per-fault duration is shown: the tracepoints mark a
+fault's entry only (the latency tier measures durations, as histograms). Times are microseconds.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ def journey_trace(j: Journey) -> dict:
 
 
 def recording_trace(columns: dict[str, np.ndarray], names: list[str], fields: dict[str, dict[str, np.ndarray]],
-                    comms: dict[int, str], command: list[str], stacks: list[list[str]] | None = None) -> dict:
+                    comms: dict[int, str], command: list[str], stacks: list[list[str]] | None = None,
+                    labels: dict[tuple[int, int, int], tuple[str, str]] | None = None) -> dict:
     """columns: time (ns), pid, tid, cpu, event (index into names); fields: per event name, per field, one value
     per sample of that event (in sample order); stacks: each sample's call stack root→leaf (a -g recording),
-    written as the trace's stackFrames with each sample's "sf"."""
+    written as the trace's stackFrames with each sample's "sf"; labels: (tid, time, address) → (class,
+    mapping) of each fault (trace_summary.fault_labels): such a fault's event is named "fault: CLASS"."""
     if not len(columns["time"]):
         raise PerfettoError("the recording holds no samples")
     t0 = int(columns["time"].min())
@@ -58,6 +63,7 @@ def recording_trace(columns: dict[str, np.ndarray], names: list[str], fields: di
     frames: dict[str, dict] = {}
     ev_idx = columns["event"].tolist()
     pids, tids, cpus, tss = columns["pid"].tolist(), columns["tid"].tolist(), columns["cpu"].tolist(), ts.tolist()
+    times = columns["time"].tolist()
     field_lists = {name: {k: v.tolist() for k, v in f.items()} for name, f in fields.items()}
     for i in range(len(tss)):
         name = names[ev_idx[i]]
@@ -66,7 +72,13 @@ def recording_trace(columns: dict[str, np.ndarray], names: list[str], fields: di
         args = {f: (hex(v[k]) if f in ("address", "ip", "pfn", "gfp_flags", "error_code") else v[k])
                 for f, v in field_lists.get(name, {}).items()}
         args["cpu"] = cpus[i]
-        event = {"ph": "i", "s": "t", "name": name, "cat": name.split(":")[0], "pid": pids[i], "tid": tids[i],
+        label = labels.get((tids[i], times[i], field_lists[name]["address"][k])) \
+            if labels and "address" in field_lists.get(name, {}) else None
+        shown = name
+        if label is not None:
+            shown = f"fault: {label[0]}"
+            args.update(event=name, **{"class": label[0], "mapping": label[1]})
+        event = {"ph": "i", "s": "t", "name": shown, "cat": name.split(":")[0], "pid": pids[i], "tid": tids[i],
                  "ts": tss[i], "args": args}
         if stacks is not None and stacks[i]:
             event["sf"] = _frame_id(stacks[i], frame_ids, frames)
