@@ -246,3 +246,35 @@ def test_live_scenario_redacted_holds_none_of_its_pfns(can_trace):
     redacted = json.dumps(to_jsonable(redact_journey(j)[0])) + render_html(j, redact=True)
     leaked = [hex(p) for p in pfns if re.search(rf"(?<![0-9a-f])(0x)?0*{p:x}(?![0-9a-f])", redacted)]
     assert not leaked and "[PFN]" in redacted
+
+
+def _fixture_journeys():
+    """The model's journey and a replayed live one (the newest x86-64 exercise capture saved)."""
+    from pathlib import Path
+
+    from pagefault.core import replay
+    saved = sorted(Path(__file__).parent.glob("fixtures/evidence/*-amd64/journey-bpf.json.gz")) + \
+        sorted(Path(__file__).parent.glob("fixtures/evidence/*-fc-*/journey-bpf.json.gz"))
+    return [("model", build_model_journey(run_in_model(find_scenario("first-touch"))))] + \
+        [(p.parent.name, replay(p)) for p in saved[-1:]]
+
+
+@pytest.mark.parametrize("width", [390, 1300])
+def test_nothing_overflows_and_the_walk_scrolls_instead_of_shrinking(browser, tmp_path, width):
+    for name, j in _fixture_journeys():
+        html = tmp_path / f"{name}.html"
+        html.write_text(render_html(j))
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(html.as_uri())
+        # the page itself never scrolls sideways: wide tables and the walk scroll inside their own boxes
+        page_width = page.evaluate("document.scrollingElement.scrollWidth")
+        assert page_width <= width, f"{name} at {width} px: the page is {page_width} px wide"
+        # the walk keeps a readable size: at least 80 % of its drawing's own width, whatever the screen
+        drawn = page.evaluate("document.getElementById('walk-svg').getBoundingClientRect().width")
+        view_box = float(page.get_attribute("svg#walk-svg", "viewBox").split()[2])
+        assert drawn >= 0.8 * view_box - 1, f"{name} at {width} px: the walk shrank to {drawn} of {view_box} px"
+        box = page.evaluate("(() => { const b = document.getElementById('walk-box'); "
+                            "return [b.scrollWidth, b.clientWidth]; })()")
+        assert (box[0] > box[1]) == (0.8 * view_box > width - 40), (name, width, box)   # it scrolls when it must
+        page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)
+        page.close()

@@ -79,4 +79,10 @@ def render_html(j: Journey, redact: bool = False) -> str:
         frame_x=180 + len(nodes) * (NODE_WIDTH + NODE_GAP), frame_pfn=r.number(walk.frame_pfn) if walk else "",
         frame_size=_size(walk.page_size) + " page" if walk else "",
         frame_offset=f"0x{walk.address & offset_mask:x}" if walk else "",
-        layout=layout_rows(j.layout))
+        layout=layout_rows(j.layout), walk_missing=_walk_missing(shown))
+
+
+def _walk_missing(j: Journey) -> str:
+    """Why the journey's walk step read no entries, in its own words ("" where it says nothing)."""
+    return next((f"{v.display}: {v.source}" if v.source else str(v.display) for s in j.steps if s.key == "walk"
+                 for v in s.values if v.provenance == "unavailable"), "")
