@@ -231,8 +231,8 @@ def test_cli_html_needs_a_file_and_writes_one_for_the_model(tmp_path):
 
 @pytest.mark.live
 def test_live_scenario_redacted_holds_none_of_its_pfns(can_trace):
-    from pagefault.decode.bits import to_jsonable
     from pagefault.core import check_scenario
+    from pagefault.decode.bits import to_jsonable
     from pagefault.journey.scenario_check import build_scenario_journey
     scenario = find_scenario("fork-then-write")
     model, live, agreement, ev, _run = check_scenario(scenario)

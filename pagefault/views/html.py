@@ -70,7 +70,7 @@ def render_html(j: Journey, redact: bool = False) -> str:
     offset_mask = (walk.page_size - 1) if walk else 0xFFF
     provenances = sorted({lv.provenance for lv in walk.levels}) if walk else []
     return env.get_template("journey.html").render(
-        j=shown, redacted=redact, ws_order=WS, 
+        j=shown, redacted=redact, ws_order=WS,
         what="the simulator's process" if j.tier == "model" else "PID",
         walk=walk, nodes=nodes, walk_address=f"0x{walk.address:x}" if walk else "",
         walk_provenance=", ".join(f"{p} ({next(lv.source for lv in walk.levels if lv.provenance == p)})"
