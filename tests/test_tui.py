@@ -141,3 +141,30 @@ async def _list_keys(journey):
 
 def test_up_and_down_in_the_list_of_steps_show_that_step():
     asyncio.run(_list_keys(build_model_journey(run_in_model(find_scenario("file-read")))))
+
+
+async def _table_widths(journey, size):
+    app = JourneyApp(journey)
+    seen = []
+    async with app.run_test(size=size) as pilot:
+        for _ in app.pages:
+            await pilot.pause()
+            table = app.query_one("#values")
+            widths = {str(c.label.plain): c.get_render_width(table) for c in table.columns.values()}
+            tall = max((table.rows[k].height for k in table.rows), default=1)
+            seen.append((table.virtual_size.width, table.region.width, widths, tall))
+            await pilot.press("n")
+    return seen
+
+
+@pytest.mark.parametrize("size", [(140, 50), (100, 40)])
+def test_the_values_table_fits_the_screen_and_long_cells_wrap(size):
+    from pathlib import Path
+
+    from pagefault.core import replay
+    saved = sorted(Path(__file__).parent.glob("fixtures/evidence/*/journey-bpf.json.gz"))[-1]
+    pages = asyncio.run(_table_widths(replay(saved), size))
+    for virtual, region, widths, _tall in pages:
+        assert virtual <= region, (size, virtual, region, widths)       # nothing cut at the screen's edge
+        assert min(widths.values()) >= 3 + 2, widths                     # no column squeezed to a sliver
+    assert any(tall > 1 for *_rest, tall in pages)                       # long cells wrapped onto more lines

@@ -126,11 +126,28 @@ class JourneyApp(App):
             self._show_step(page)
         self.query_one("#detail", VerticalScroll).scroll_home(animate=False)
 
-    def _table(self, *columns: str) -> DataTable:
+    def _table(self, columns: tuple[str, ...], rows: list[tuple]) -> DataTable:
+        """Fill the values table so that it fits the width the screen gives it: each column at most as wide
+        as it needs, the last one taking what is left, and cells too long for their column wrapped onto
+        more lines (a row grows in height) instead of being cut at the screen's edge."""
         table = self.query_one("#values", DataTable)
         table.clear(columns=True)
-        table.add_columns(*columns)
+        for name, width in zip(columns, fit_widths(columns, rows, self._values_width())):
+            table.add_column(name, width=width)
+        for row in rows:
+            table.add_row(*row, height=None)
         return table
+
+    def _values_width(self) -> int:
+        """The columns the values table may use: the detail pane's width, less its padding and the table's
+        own cell padding (DataTable pads each cell by one column on both sides)."""
+        detail = self.query_one("#detail", VerticalScroll)
+        width = detail.size.width or max(self.size.width - 44, 40)
+        return max(width - 2 - 2, 20)     # its padding (0 1), and its vertical scrollbar (2 columns)
+
+    def on_resize(self, _event) -> None:
+        if self.pages:
+            self.show_page(self.index)
 
     def _show_step(self, step: Step) -> None:
         notes = "".join(f"\nnote: {safe(n)}" for n in self.journey.notes) if step.number == 1 else ""
@@ -138,9 +155,9 @@ class JourneyApp(App):
             (f"step {step.number}/{len(self.journey.steps)}: {safe(step.title)}", "bold"),
             ((f"\nevidence taken at the program's phase '{safe(step.stage)}'" if self.journey.tier != "model" else
               "\nthe simulator's run") + notes, "dim")))
-        table = self._table("value", "", "provenance", "source / how")
-        for v in step.values:
-            table.add_row(Text(safe(v.label)), Text(safe(v.display)), badge(v.provenance), Text(safe(v.source)))
+        self._table(("value", "", "provenance", "source / how"),
+                    [(Text(safe(v.label)), Text(safe(v.display)), badge(v.provenance), Text(safe(v.source)))
+                     for v in step.values])
         lines = step.all_derivations()
         self.query_one("#derivations", Static).update(
             Text("derivation\n", style="bold") + Text("\n".join("  " + safe(d) for d in lines)) if lines else "")
@@ -160,11 +177,38 @@ class JourneyApp(App):
 
     def _show_timeline(self) -> None:
         self.query_one("#title", Static).update(Text("timeline (µs since the program was started)", style="bold"))
-        table = self._table("t (µs)", "gap", "what", "source")
-        for e in self.journey.timeline:
-            table.add_row(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", Text(safe(e.what)), Text(safe(e.source)))
+        self._table(("t (µs)", "gap", "what", "source"),
+                    [(f"{e.time_us:.1f}", f"+{e.gap_us:.1f}", Text(safe(e.what)), Text(safe(e.source)))
+                     for e in self.journey.timeline])
         for widget in ("#derivations", "#ws", "#evidence"):
             self.query_one(widget, Static).update("")
+
+
+CELL_PADDING = 2      # DataTable's cell_padding: one column each side
+
+
+def fit_widths(columns: tuple[str, ...], rows: list[tuple], available: int) -> list[int]:
+    """Content widths for the columns so that, padding included, they fill at most `available` columns.
+
+    Each column wants its longest cell (or heading); while they do not fit, the widest column gives up
+    width, never below a floor (12 columns where the screen allows, less on a narrow one; a column's
+    want, if smaller): a long source no longer pushes the others off the screen, and a long value wraps
+    rather than hiding the source.
+    """
+    def length(cell) -> int:
+        text = cell.plain if isinstance(cell, Text) else str(cell)
+        return max((len(line) for line in text.splitlines()), default=0)
+
+    wants = [max([len(c)] + [length(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    widths = list(wants)
+    budget = available - CELL_PADDING * len(columns)
+    floor = [min(w, max(4, min(12, budget // len(columns)))) for w in wants]
+    while sum(widths) > budget:
+        i = max(range(len(widths)), key=lambda k: widths[k] - floor[k])
+        if widths[i] <= floor[i]:
+            break
+        widths[i] -= 1
+    return widths
 
 
 def run_tui(journey: Journey, redact: bool = False) -> None:
