@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..decode.address import split_virtual_address
 from ..decode.error_code import decode_error_code
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
@@ -11,6 +13,7 @@ from ..decode.pte import decode_pte, derive_anonymous_pte, vm_page_prot
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..model.maple_tree import search as maple_search
+from .catalogue import STEP_DEFS, assemble
 from .steps import (
     Area,
     Journey,
@@ -19,13 +22,13 @@ from .steps import (
     TimelineEntry,
     Value,
     WalkLevel,
-    catalogue_step,
     derived,
     modelled,
     observed,
     timeline_from,
     unavailable,
 )
+from .vocabulary import Source, StepKey, seven_ws
 
 GATE_AREA = "[vsyscall]"    # get_gate_vma(): shown in maps, not in the mm's VMA tree
 MMAP_LOCK_EVENT = "mmap_lock:mmap_lock_acquire_returned"
@@ -158,8 +161,7 @@ class Facts:
 
 # --- steps -----------------------------------------------------------------------------------------------------
 
-def step_process(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("process")
+def step_process(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     snap = ev.snapshots["ready"]
     s.values.append(observed("PID", ev.pid, "the return value of fork() in pagefault, which started the program",
                              display=str(ev.pid)))
@@ -198,20 +200,18 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
     s.values.append(observed("minor faults so far", snap.minor_faults, f"/proc/{ev.pid}/stat field 10",
                              display=str(snap.minor_faults)))
     s.evidence += [_maps_line(m) for m in snap.maps]
-    s.ws = {
-        "what": f"PID {ev.pid} runs {ev.argv[0].rsplit('/', 1)[-1]}; exec gave it a fresh mm_struct with its own PGD page.",
-        "why": "a process needs an address space (mm_struct, VMAs, page tables) before any of its code can run.",
-        "where": "kernel/fork.c (fork), fs/exec.c (exec: alloc_bprm → mm_init → pgd_alloc).",
-        "who": "pagefault forked the child; the child's execve built the new mm.",
-        "when": "before main(): the loader's own faults above happened before the program's first line.",
-        "without": "without an mm there is no CR3 to load and no VMA to check a fault against.",
-        "which": f"the PGD page is PFN 0x{f.pgd_alloc.fields['pfn']:x}" if f.pgd_alloc else "the PGD page was not seen",
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"PID {ev.pid} runs {ev.argv[0].rsplit('/', 1)[-1]}; exec gave it a fresh mm_struct with its own PGD page.",
+        why="a process needs an address space (mm_struct, VMAs, page tables) before any of its code can run.",
+        where="kernel/fork.c (fork), fs/exec.c (exec: alloc_bprm → mm_init → pgd_alloc).",
+        who="pagefault forked the child; the child's execve built the new mm.",
+        when="before main(): the loader's own faults above happened before the program's first line.",
+        without="without an mm there is no CR3 to load and no VMA to check a fault against.",
+        which=f"the PGD page is PFN 0x{f.pgd_alloc.fields['pfn']:x}" if f.pgd_alloc else "the PGD page was not seen",
+    )
 
 
-def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("mmap")
+def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     enter = _between(ev, "syscalls:sys_enter_mmap", "ready", "mapped")
     exit_ = _between(ev, "syscalls:sys_exit_mmap", "ready", "mapped")
     area = _between(ev, "mmap:vm_unmapped_area", "ready", "mapped")
@@ -284,24 +284,22 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
         pm = decode_pagemap_entry(mapped.pagemap)
         s.values.append(observed("pagemap of the page now", mapped.pagemap, f"/proc/{ev.pid}/pagemap",
                                  display=f"0x{mapped.pagemap:x}: {pm.summary}"))
-    s.ws = {
-        "what": f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{_vaddr(ev):x}.",
-        "why": "mmap only reserves addresses: physical memory is given on the first touch (demand paging).",
-        "where": "mm/mmap.c do_mmap → __get_unmapped_area → vm_unmapped_area; the VMA goes into mm->mm_mt.",
-        "who": "the program's mmap() call; the kernel picked the address (top-down, below the stack gap).",
-        "when": "after exec, before the write: the program is paused right after mmap returned.",
-        "without": "without the VMA the later write would have no mapping and end in SIGSEGV.",
-        "which": f"VMA [0x{vma.start:x}, 0x{vma.end:x})" if vma else "the VMA was not found in maps",
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{_vaddr(ev):x}.",
+        why="mmap only reserves addresses: physical memory is given on the first touch (demand paging).",
+        where="mm/mmap.c do_mmap → __get_unmapped_area → vm_unmapped_area; the VMA goes into mm->mm_mt.",
+        who="the program's mmap() call; the kernel picked the address (top-down, below the stack gap).",
+        when="after exec, before the write: the program is paused right after mmap returned.",
+        without="without the VMA the later write would have no mapping and end in SIGSEGV.",
+        which=f"VMA [0x{vma.start:x}, 0x{vma.end:x})" if vma else "the VMA was not found in maps",
+    )
 
 
-def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("trap")
+def step_trap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     e = f.fault
     if e is None:
         s.values.append(unavailable("page fault", "no fault on the page was seen; " + FIX_ROOT))
-        return s
+        return
     src = _src(ev, f.fault_event_name)
     addr = e.fields["address"]
     s.values.append(observed("faulting address (CR2)", addr, src))
@@ -326,33 +324,31 @@ def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
                             [f"0x{addr:x} & ~0xfff = 0x{split.page_base:x}"]))
     if e.kernel_chain:
         s.evidence.append("kernel stack at the tracepoint: " + _chain_text(e))
-    s.ws = {
-        "what": "a user-mode write to a page with no present PTE: the MMU cannot translate, so it raises #PF.",
-        "why": "the VMA exists but no page frame has been given to this page yet.",
-        "where": "vector 14 → asm_exc_page_fault → exc_page_fault (arch/x86/mm/fault.c), where the tracepoint fires.",
-        "who": "the CPU saved CR2, RIP and the error code; the kernel's entry code read them.",
-        "when": f"{_us(ev, e.time_ns)}, on CPU {e.cpu}.",
-        "without": "without the trap the store would silently miss: the fault is what lets the kernel fill the page.",
-        "which": f"address 0x{addr:x}, RIP 0x{e.fields['ip']:x}",
-    }
-    return s
+    s.ws = seven_ws(
+        what="a user-mode write to a page with no present PTE: the MMU cannot translate, so it raises #PF.",
+        why="the VMA exists but no page frame has been given to this page yet.",
+        where="vector 14 → asm_exc_page_fault → exc_page_fault (arch/x86/mm/fault.c), where the tracepoint fires.",
+        who="the CPU saved CR2, RIP and the error code; the kernel's entry code read them.",
+        when=f"{_us(ev, e.time_ns)}, on CPU {e.cpu}.",
+        without="without the trap the store would silently miss: the fault is what lets the kernel fill the page.",
+        which=f"address 0x{addr:x}, RIP 0x{e.fields['ip']:x}",
+    )
 
 
-def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("rip")
+def step_rip(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if f.fault is None:
         s.values.append(unavailable("RIP", "no fault was seen"))
-        return s
+        return
     ip = f.fault.fields["ip"]
     m = _vma_at(ev.snapshots["touched"].maps, ip)
     if m is None or not m.path.startswith("/"):
         s.values.append(unavailable("mapping of RIP", f"RIP 0x{ip:x} is not in a file mapping of /proc/{ev.pid}/maps"))
-        return s
+        return
     s.values.append(observed("mapping holding RIP", _maps_line(m), f"/proc/{ev.pid}/maps"))
     r = ev.rip
     if r is None or r.ip != ip:
         s.values.append(unavailable("file offset", f"the ELF file {m.path} was not read for this RIP"))
-        return s
+        return
     s.values.append(derived("file offset", r.file_offset, "RIP − mapping start + mapping file offset", [r.derivations[0]]))
     if r.elf_vaddr is not None:
         s.values.append(derived("ELF address", r.elf_vaddr, "the PT_LOAD segment holding that file offset",
@@ -373,16 +369,15 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
                                 f"the DWARF line table of {m.path}"))
     elif r.elf_vaddr is not None and ev.program.compiled and m.path == str(ev.program.path):
         s.values.append(unavailable("source line", "the binary has no line for this address"))
-    s.ws = {
-        "what": "the address the CPU saved as RIP, traced back to a byte offset in a file on disk.",
-        "why": "ASLR moves where a file is mapped; the offset inside the file does not move.",
-        "where": m.path,
-        "who": "the instruction the CPU retries after the handler returns.",
-        "when": "the instruction was executing when the trap came; it had not completed.",
-        "without": "without this proof the RIP is just a number; with it, it is a line of code.",
-        "which": r.describe,
-    }
-    return s
+    s.ws = seven_ws(
+        what="the address the CPU saved as RIP, traced back to a byte offset in a file on disk.",
+        why="ASLR moves where a file is mapped; the offset inside the file does not move.",
+        where=m.path,
+        who="the instruction the CPU retries after the handler returns.",
+        when="the instruction was executing when the trap came; it had not completed.",
+        without="without this proof the RIP is just a number; with it, it is a line of code.",
+        which=r.describe,
+    )
 
 
 def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
@@ -433,11 +428,10 @@ def _flag_difference(seen: int, derived_value: int, ev: JourneyEvidence) -> str:
             "assumptions do not hold for this fault")
 
 
-def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("flags")
+def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if f.fault is None or "error_code" not in f.fault.fields:
         s.values.append(unavailable("fault flags", "needs the error code; " + FIX_ROOT))
-        return s
+        return
     code = f.fault.fields["error_code"]
     vma_lock, lock_value = _vma_lock_path(ev, f)
     d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=vma_lock, source=ev.fault_flag_source)
@@ -465,16 +459,15 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
         step = next((st for st in d.steps if st.name == flag.name), None)
         s.values.append(derived(flag.name, flag.mask, step.reason if step else flag.meaning))
     s.derivations += list(word.derivations)
-    s.ws = {
-        "what": f"error code 0x{code:x} becomes flags 0x{d.value:x} for handle_mm_fault().",
-        "why": "the generic mm code speaks FAULT_FLAG_*, not x86 error codes.",
-        "where": "do_user_addr_fault() in arch/x86/mm/fault.c (inlined into exc_page_fault here).",
-        "who": "the x86 fault handler; the values of the bits come from this kernel's enum fault_flag.",
-        "when": "after the trap, before the VMA lookup.",
-        "without": "without FAULT_FLAG_WRITE the kernel would map the shared zero page read-only instead.",
-        "which": " | ".join(word.names),
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"error code 0x{code:x} becomes flags 0x{d.value:x} for handle_mm_fault().",
+        why="the generic mm code speaks FAULT_FLAG_*, not x86 error codes.",
+        where="do_user_addr_fault() in arch/x86/mm/fault.c (inlined into exc_page_fault here).",
+        who="the x86 fault handler; the values of the bits come from this kernel's enum fault_flag.",
+        when="after the trap, before the VMA lookup.",
+        without="without FAULT_FLAG_WRITE the kernel would map the shared zero page read-only instead.",
+        which=" | ".join(word.names),
+    )
 
 
 BPF_AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user, through BTF types"
@@ -545,12 +538,11 @@ def _maple_values(ev: JourneyEvidence, addr: int) -> list[Value]:
                      BPF_AT_FAULT + "; node types named by " + (ev.kernel_enums_source or "their numbers"), derivation=lines)]
 
 
-def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("vma")
+def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     addr = _fault_address(ev)
     if f.vma is None:
         s.values.append(unavailable("VMA", f"no VMA holds 0x{addr:x} in /proc/{ev.pid}/maps"))
-        return s
+        return
     s.values.append(observed("VMA holding the address", _maps_line(f.vma), f"/proc/{ev.pid}/maps"))
     if f.vm_flags is not None:
         write = bool(f.vm_flags & 2)
@@ -573,20 +565,18 @@ def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
                              f"a maple tree of kernel 6.{ev.kernel_version[1]} packed from these VMAs "
                              "(node boundaries modelled, ranges observed); a cross-check of the read above",
                              list(search.derivations)))
-    s.ws = {
-        "what": "find the VMA that contains the address and check the access against its flags.",
-        "why": "only a VMA says whether an address is part of the process and what it may do there.",
-        "where": "lock_vma_under_rcu() → mas_walk() over mm->mm_mt (mm/memory.c, lib/maple_tree.c).",
-        "who": "the fault handler, under RCU and the VMA's own lock rather than mmap_lock.",
-        "when": "right after the flags are set, before any page-table work.",
-        "without": "no VMA → SEGV_MAPERR; a VMA without VM_WRITE → SEGV_ACCERR.",
-        "which": f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}",
-    }
-    return s
+    s.ws = seven_ws(
+        what="find the VMA that contains the address and check the access against its flags.",
+        why="only a VMA says whether an address is part of the process and what it may do there.",
+        where="lock_vma_under_rcu() → mas_walk() over mm->mm_mt (mm/memory.c, lib/maple_tree.c).",
+        who="the fault handler, under RCU and the VMA's own lock rather than mmap_lock.",
+        when="right after the flags are set, before any page-table work.",
+        without="no VMA → SEGV_MAPERR; a VMA without VM_WRITE → SEGV_ACCERR.",
+        which=f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}",
+    )
 
 
-def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("walk")
+def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     addr = _fault_address(ev)
     split = split_virtual_address(addr, ev.paging_levels)
     s.values.append(observed("paging levels", ev.paging_levels, ev.paging_why, display=str(ev.paging_levels)))
@@ -618,25 +608,23 @@ def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(unavailable("raw entries", ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     if ev.paging_levels == 4:
         s.derivations.append("4-level paging: the P4D level is folded into the PGD (it has one entry, the PGD's)")
-    s.ws = {
-        "what": "the same walk the MMU did in hardware, now done by __handle_mm_fault() in software.",
-        "why": "to find (and create where missing) the tables down to the PTE that will map the page.",
-        "where": "pgd_offset → p4d_alloc → pud_alloc → pmd_alloc → the PTE in handle_pte_fault (mm/memory.c).",
-        "who": "the fault handler; missing tables come from the page allocator too.",
-        "when": "after the VMA check, before the page is allocated.",
-        "without": "without the indices the kernel could not tell which entry of each table is this address's.",
-        "which": " → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}",
-    }
-    return s
+    s.ws = seven_ws(
+        what="the same walk the MMU did in hardware, now done by __handle_mm_fault() in software.",
+        why="to find (and create where missing) the tables down to the PTE that will map the page.",
+        where="pgd_offset → p4d_alloc → pud_alloc → pmd_alloc → the PTE in handle_pte_fault (mm/memory.c).",
+        who="the fault handler; missing tables come from the page allocator too.",
+        when="after the VMA check, before the page is allocated.",
+        without="without the indices the kernel could not tell which entry of each table is this address's.",
+        which=" → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}",
+    )
 
 
-def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("alloc")
+def step_alloc(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     a = f.data_alloc
     if a is None:
         s.values.append(unavailable("allocation", ev.unavailable.get("kmem:mm_page_alloc",
                                                                      "no allocation seen in the fault; " + FIX_ROOT)))
-        return s
+        return
     src = _src(ev, "kmem:mm_page_alloc")
     pfn, order, gfp = a.fields["pfn"], a.fields["order"], a.fields["gfp_flags"]
     g = decode_gfp(gfp, ev.gfp_table, ev.gfp_source)
@@ -654,16 +642,15 @@ def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
     for t in f.table_allocs:
         what = next((v for k, v in TABLE_FUNCS.items() if k in _funcs(t)), "other page")
         s.values.append(observed(f"also allocated: {what}", t.fields["pfn"], src + " in the same fault: " + _chain_text(t)))
-    s.ws = {
-        "what": f"an order-{order} page, PFN 0x{pfn:x}, zeroed ({'__GFP_ZERO' if 'ZERO' in g.symbolic else 'see flags'}).",
-        "why": "a private anonymous page must start as zeros and belong to this process alone.",
-        "where": "do_anonymous_page → vma_alloc_folio → alloc_pages_mpol → the buddy allocator (mm/page_alloc.c).",
-        "who": "the page allocator, likely from this CPU's per-CPU free list.",
-        "when": "inside the fault, after the page tables down to the PMD exist.",
-        "without": "without a free page the fault would reclaim, or end in the OOM killer.",
-        "which": f"PFN 0x{pfn:x} = physical 0x{pfn << 12:x}",
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"an order-{order} page, PFN 0x{pfn:x}, zeroed ({'__GFP_ZERO' if 'ZERO' in g.symbolic else 'see flags'}).",
+        why="a private anonymous page must start as zeros and belong to this process alone.",
+        where="do_anonymous_page → vma_alloc_folio → alloc_pages_mpol → the buddy allocator (mm/page_alloc.c).",
+        who="the page allocator, likely from this CPU's per-CPU free list.",
+        when="inside the fault, after the page tables down to the PMD exist.",
+        without="without a free page the fault would reclaim, or end in the OOM killer.",
+        which=f"PFN 0x{pfn:x} = physical 0x{pfn << 12:x}",
+    )
 
 
 def _migratetype(ev: JourneyEvidence, value) -> str:
@@ -746,12 +733,11 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
     return values
 
 
-def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("pagemap")
+def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     snap = ev.snapshots["touched"]
     if snap.pagemap is None:
         s.values.append(unavailable("pagemap entry", "; ".join(snap.errors) or "not read"))
-        return s
+        return
     pm = decode_pagemap_entry(snap.pagemap)
     s.values.append(observed("pagemap entry", snap.pagemap, f"/proc/{ev.pid}/pagemap at offset (0x{_fault_address(ev):x} >> 12) * 8",
                              display=f"0x{snap.pagemap:016x}"))
@@ -772,25 +758,23 @@ def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
     else:
         s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
     s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount)
-    s.ws = {
-        "what": "the kernel's own report of which frame now backs the page.",
-        "why": "a second, independent witness for the PFN the allocator handed out.",
-        "where": f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
-        "who": "read by pagefault while the program is paused right after its write.",
-        "when": "after the fault returned and the write completed.",
-        "without": "without root the PFN reads as 0: the physical layout is hidden (Rowhammer and friends).",
-        "which": f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
-    }
-    return s
+    s.ws = seven_ws(
+        what="the kernel's own report of which frame now backs the page.",
+        why="a second, independent witness for the PFN the allocator handed out.",
+        where=f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
+        who="read by pagefault while the program is paused right after its write.",
+        when="after the fault returned and the write completed.",
+        without="without root the PFN reads as 0: the physical layout is hidden (Rowhammer and friends).",
+        which=f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
+    )
 
 
-def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("pte")
+def step_pte(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     a = f.data_alloc
     pfn = a.fields["pfn"] if a else f.pagemap_pfn
     if pfn is None or f.vm_flags is None:
         s.values.append(unavailable("PTE", "needs the PFN and the VMA's flags; " + FIX_ROOT))
-        return s
+        return
     write = bool(f.fault and f.fault.fields.get("error_code", 2) & 2)
     d = derive_anonymous_pte(pfn, f.vm_flags, write, soft_dirty=bool(ev.soft_dirty_config))
     s.values.append(derived("PTE (derived)", d.value, f"mk_pte(PFN, vm_page_prot) as do_anonymous_page() builds it; "
@@ -812,16 +796,15 @@ def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
             s.values.append(derived(f"PTE {name}", bitval, "a bit of the PTE read"))
     else:
         s.values.append(unavailable("PTE (read)", ev.unavailable.get("bpf", "reading the PTE needs the bpf tier; " + FIX_BPF)))
-    s.ws = {
-        "what": "the entry that maps the virtual page to the frame, with its permission bits.",
-        "why": "the MMU only understands page tables; this entry is what makes the retry succeed.",
-        "where": "set_pte_at() in do_anonymous_page (mm/memory.c), into the PTE table found in the walk.",
-        "who": "the fault handler writes it; the MMU reads it on the retry and caches it in the TLB.",
-        "when": "at the end of the fault, before returning to user mode.",
-        "without": "no PTE → the retry faults again, forever.",
-        "which": f"0x{d.value:016x}",
-    }
-    return s
+    s.ws = seven_ws(
+        what="the entry that maps the virtual page to the frame, with its permission bits.",
+        why="the MMU only understands page tables; this entry is what makes the retry succeed.",
+        where="set_pte_at() in do_anonymous_page (mm/memory.c), into the PTE table found in the walk.",
+        who="the fault handler writes it; the MMU reads it on the retry and caches it in the TLB.",
+        when="at the end of the fault, before returning to user mode.",
+        without="no PTE → the retry faults again, forever.",
+        which=f"0x{d.value:016x}",
+    )
 
 
 def decode_vm_fault(value: int, names: dict[int, str]) -> list[str]:
@@ -854,8 +837,7 @@ def _kprobe_return_values(ev: JourneyEvidence) -> list[Value]:
     return values
 
 
-def step_return(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("return")
+def step_return(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     mapped, touched = ev.snapshots["mapped"], ev.snapshots["touched"]
     s.values.append(observed("string read back", ev.readback, "the program read it from the page after the write"))
     s.values.append(derived("equals the text written", ev.readback == ev.options.written, "compare",
@@ -875,17 +857,16 @@ def step_return(ev: JourneyEvidence, f: Facts) -> Step:
     s.values += _kprobe_return_values(ev)
     if ev.exit:
         s.values.append(observed("program exit", ev.exit, "waitpid()"))
-    s.ws = {
-        "what": "iret back to the same RIP; the store runs again and this time the MMU finds the PTE.",
-        "why": "a page fault is restartable: the instruction did not complete the first time.",
-        "where": "the exception return path (arch/x86/entry), back to user mode.",
-        "who": "the CPU, retrying the instruction it faulted on.",
-        "when": "right after the handler returned.",
-        "without": "without the retry the program would have to know about paging; it never does.",
-        "which": (f"{1 + len(f.later_faults)} faults, one per page the write covers "
+    s.ws = seven_ws(
+        what="iret back to the same RIP; the store runs again and this time the MMU finds the PTE.",
+        why="a page fault is restartable: the instruction did not complete the first time.",
+        where="the exception return path (arch/x86/entry), back to user mode.",
+        who="the CPU, retrying the instruction it faulted on.",
+        when="right after the handler returned.",
+        without="without the retry the program would have to know about paging; it never does.",
+        which=(f"{1 + len(f.later_faults)} faults, one per page the write covers "
                   f"({len(ev.written_pages())} pages); {touched.minor_faults - mapped.minor_faults} counted by the kernel"),
-    }
-    return s
+    )
 
 
 def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) -> list:
@@ -988,18 +969,18 @@ def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
 
 
 # The contract of every step builder step_<key>(ev, f):
-#   takes   the evidence (whatever phase it reached, as long as its catalogue stage is in ev.snapshots)
-#           and the Facts picked from it once;
-#   returns the catalogue's Step, each value observed (with its source), derived (with its arithmetic),
+#   takes   the catalogue's Step to fill, the evidence (whatever phase it reached, as long as its catalogue
+#           stage is in ev.snapshots) and the Facts picked from it once;
+#   fills   the step with values, each observed (with its source), derived (with its arithmetic),
 #           modelled (with the kernel version) or unavailable (with the reason and the fix): evidence that
 #           a tier could not gather (no root, no bpftrace, another kernel's tracepoints) never raises;
 #   raises  ValueError only for evidence that contradicts itself (a phase reached without the mapping's
 #           address), which a replay reports as an inconsistent file;
 #   reads   nothing of the machine: no /proc, no tracefs, no ELF file (the RIP's ELF facts come in
 #           ev.rip), so every journey can be rebuilt from a saved file as any user, anywhere.
-STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),
-                 (step_flags, "touched"), (step_vma, "touched"), (step_walk, "touched"), (step_alloc, "touched"),
-                 (step_pagemap, "touched"), (step_pte, "touched"), (step_return, "touched"))
+STEP_BUILDERS = {StepKey.PROCESS: step_process, StepKey.MMAP: step_mmap, StepKey.TRAP: step_trap, StepKey.RIP: step_rip,
+                 StepKey.FLAGS: step_flags, StepKey.VMA: step_vma, StepKey.WALK: step_walk, StepKey.ALLOC: step_alloc,
+                 StepKey.PAGEMAP: step_pagemap, StepKey.PTE: step_pte, StepKey.RETURN: step_return}
 
 
 def fault_event(ev: JourneyEvidence) -> TraceEvent | None:
@@ -1037,9 +1018,9 @@ def build_journey(ev: JourneyEvidence) -> Journey:
                 fault_flag_table=dict(ev.fault_flag_table), fault_flag_source=ev.fault_flag_source)
     f = Facts(ev)
     j.observed_with = observation_means(ev)
-    for builder, stage in STEP_BUILDERS:
-        if stage in ev.snapshots:
-            j.steps.append(builder(ev, f))
+    reached = {key: partial(builder, ev=ev, f=f) for key, builder in STEP_BUILDERS.items()
+               if STEP_DEFS[key].stage in ev.snapshots}
+    j.steps = assemble(reached, Source.EXERCISE)
     if "touched" in ev.snapshots:
         j.timeline = timeline(ev, f)
         j.walk = page_walk(ev, f)
