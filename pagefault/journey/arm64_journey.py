@@ -21,7 +21,7 @@ from ..decode.vm_flags import decode_vm_flags
 from ..evidence import Arm64FaultEvidence
 from .build import decode_vm_fault
 from .catalogue import Filler, Missing, assemble
-from .steps import Journey, PageWalk, Step, WalkLevel, derived, modelled, observed, unavailable
+from .steps import Journey, PageWalk, Provenance, Step, WalkLevel, derived, modelled, observed, unavailable
 from .vocabulary import Source, Stage, StepKey, seven_ws
 
 AT_FAULT = "bpftrace at kprobe:handle_mm_fault (the fault on the written page)"
@@ -209,7 +209,7 @@ class _Arm64Steps:
             seen = a or b
             table = seen.table_physical if seen is not None else None
             walk.levels.append(WalkLevel(index.level, index.index, table, a.value if a else None, b.value if b else None,
-                                         "observed", AT_FAULT + " and " + AFTER))
+                                         Provenance.OBSERVED, AT_FAULT + " and " + AFTER))
             if a is not None:
                 d = self._descriptor(a.value, index.level)
                 s.values.append(observed(f"{index.level} (level {index.architectural_level}) [{index.index}]", a.value,

@@ -18,6 +18,7 @@ from .steps import (
     Area,
     Journey,
     PageWalk,
+    Provenance,
     Step,
     TimelineEntry,
     Value,
@@ -211,6 +212,33 @@ def step_process(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     )
 
 
+def _kprobe_mmap_values(ev: JourneyEvidence) -> list[Value]:
+    """The VMA-making call as kprobes saw it (its arguments, result and merges), or why it was not seen."""
+    out: list[Value] = []
+    km = ev.kprobe_mmap
+    if km is not None and km.retval is not None:
+        merges = [(fn, r) for fn, r in km.merges if r]
+        out.append(observed(f"{km.function}()", f"file 0x{km.file or 0:x}, addr 0x{km.addr or 0:x}, len 0x{km.length or 0:x}, "
+                                 f"vm_flags 0x{km.vm_flags or 0:x}, pgoff 0x{km.pgoff or 0:x} → 0x{km.retval:x}",
+                                 f"kprobe and kretprobe {km.function} (the function that makes the VMA on this kernel)",
+                                 derivation=[f"{fn} returned 0x{r:x}: the new range was merged into (or expanded) an "
+                                             "existing VMA" for fn, r in merges] or
+                                 ["no merge function returned a VMA: a new VMA was made"
+                                  + ("" if km.merges else " (no merge function was called)")]))
+        probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
+        blind = {fn: why for fn, why in km.not_probeable.items() if fn != km.function and not why.startswith("not a function")}
+        if merges or not blind:
+            out.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
+        else:
+            out.append(unavailable("merged", "no probed merge function returned a VMA, but "
+                                        + "; ".join(f"{fn} cannot be probed here ({why})" for fn, why in blind.items())
+                                        + ": a merge through it would not be seen (the maps diff above decides)"))
+    elif ev.tier == "bpf":
+        out.append(unavailable(f"{'the VMA-making call'} (kprobe)", ev.unavailable.get("kprobe mmap") or
+                                    ev.unavailable.get("kprobes", "the kprobe tier was not used")))
+    return out
+
+
 def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     enter = _between(ev, "syscalls:sys_enter_mmap", "ready", "mapped")
     exit_ = _between(ev, "syscalls:sys_exit_mmap", "ready", "mapped")
@@ -254,27 +282,7 @@ def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                                 f"/proc/{ev.pid}/maps after mmap minus before" +
                                 (": merged with a neighbouring VMA of the same flags" if merged else "")))
         s.evidence += ["new in maps: " + _maps_line(m) for m in new]
-    km = ev.kprobe_mmap
-    if km is not None and km.retval is not None:
-        merges = [(fn, r) for fn, r in km.merges if r]
-        s.values.append(observed(f"{km.function}()", f"file 0x{km.file or 0:x}, addr 0x{km.addr or 0:x}, len 0x{km.length or 0:x}, "
-                                 f"vm_flags 0x{km.vm_flags or 0:x}, pgoff 0x{km.pgoff or 0:x} → 0x{km.retval:x}",
-                                 f"kprobe and kretprobe {km.function} (the function that makes the VMA on this kernel)",
-                                 derivation=[f"{fn} returned 0x{r:x}: the new range was merged into (or expanded) an "
-                                             "existing VMA" for fn, r in merges] or
-                                 ["no merge function returned a VMA: a new VMA was made"
-                                  + ("" if km.merges else " (no merge function was called)")]))
-        probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
-        blind = {fn: why for fn, why in km.not_probeable.items() if fn != km.function and not why.startswith("not a function")}
-        if merges or not blind:
-            s.values.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
-        else:
-            s.values.append(unavailable("merged", "no probed merge function returned a VMA, but "
-                                        + "; ".join(f"{fn} cannot be probed here ({why})" for fn, why in blind.items())
-                                        + ": a merge through it would not be seen (the maps diff above decides)"))
-    elif ev.tier == "bpf":
-        s.values.append(unavailable(f"{'the VMA-making call'} (kprobe)", ev.unavailable.get("kprobe mmap") or
-                                    ev.unavailable.get("kprobes", "the kprobe tier was not used")))
+    s.values += _kprobe_mmap_values(ev)
     if f.vm_flags is not None:
         word = decode_vm_flags(f.vm_flags, ev.kernel_version)
         s.values.append(derived("vm_flags", f.vm_flags, f"VmFlags {' '.join(f.vm_flags_mnemonics)} in /proc/{ev.pid}/smaps "
@@ -439,7 +447,7 @@ def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                              ev.fault_flag_source) if ev.fault_flag_source.startswith("observed")
                     else modelled("enum fault_flag table", ev.fault_flag_source, ev.fault_flag_source))
     s.values.append(lock_value)
-    lock_basis = ("observed (the mmap_lock tracepoint, above)" if lock_value.provenance == "observed"
+    lock_basis = ("observed (the mmap_lock tracepoint, above)" if lock_value.provenance == Provenance.OBSERVED
                   else "taken from the source (above)")
     s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; "
                             "taken from the kernel source, not observed: FAULT_FLAG_DEFAULT's makeup; "
@@ -954,7 +962,7 @@ def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
             i.level, i.index, table,
             read.entries[i.level] if read else None,
             before.entries.get(i.level) if before else None,
-            "observed" if read else "unavailable",
+            Provenance.OBSERVED if read else Provenance.UNAVAILABLE,
             "bpftrace read at the program's next system call after the fault" if read
             else ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     walk.set_frame()

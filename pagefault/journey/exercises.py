@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..decode.address import split_virtual_address
+from ..decode.arch import Arch
 from ..decode.arm64_address import split_arm64_address
 from ..decode.error_code import decode_error_code
 from ..decode.pagemap import PM_PFN_MASK, decode_pagemap_entry
 from ..decode.pte import decode_pte
 from ..evidence import parse_maps
-from .steps import Journey, Value
+from .steps import Journey, Provenance, Value
 
 ORDER = ("rip", "flags", "indices", "pfn", "pte")
 TITLES = {
@@ -95,7 +96,7 @@ def _find(j: Journey, key: str, label: str) -> Value | None:
     step = next((s for s in j.steps if s.key == key), None)
     if step is None:
         return None
-    return next((v for v in step.values if v.label == label and v.provenance != "unavailable"), None)
+    return next((v for v in step.values if v.label == label and v.provenance != Provenance.UNAVAILABLE), None)
 
 
 def _given(v: Value, what: str | None = None) -> tuple[str, str, str]:
@@ -108,10 +109,12 @@ def _missing(key: str, what: str, j: Journey, model_why: str = "the simulator's 
     return Exercise(key, TITLES[key], unavailable=f"needs {what}: {fix}")
 
 
+def exercise_rip_arm64(j: Journey) -> Exercise:
+    return Exercise("rip", TITLES["rip"], unavailable="on arm64 the journey's PC step reads and disassembles the "
+                    "instruction itself; the file-offset proof is written for x86-64 only so far")
+
+
 def exercise_rip(j: Journey) -> Exercise:
-    if _arm64(j):
-        return Exercise("rip", TITLES["rip"], unavailable="on arm64 the journey's PC step reads and disassembles the "
-                        "instruction itself; the file-offset proof is written for x86-64 only so far")
     rip, mapping, offset = _find(j, "trap", "RIP"), _find(j, "rip", "mapping holding RIP"), _find(j, "rip", "file offset")
     insn = _find(j, "rip", "instruction")
     if not (rip and mapping and offset and insn):
@@ -137,10 +140,12 @@ def exercise_rip(j: Journey) -> Exercise:
     return e
 
 
+def exercise_flags_arm64(j: Journey) -> Exercise:
+    return Exercise("flags", TITLES["flags"], unavailable="on arm64 the flags are observed at handle_mm_fault "
+                    "and ESR_EL1 is derived from them (no probe reads it): there is no error code to start from")
+
+
 def exercise_flags(j: Journey) -> Exercise:
-    if _arm64(j):
-        return Exercise("flags", TITLES["flags"], unavailable="on arm64 the flags are observed at handle_mm_fault "
-                        "and ESR_EL1 is derived from them (no probe reads it): there is no error code to start from")
     code, flags = _find(j, "trap", "error code"), _find(j, "flags", "flags")
     if not (code and flags):
         return _missing("flags", "the error code and the flags derived from it", j)
@@ -164,10 +169,6 @@ def exercise_flags(j: Journey) -> Exercise:
                             list(flags.derivation))]
     e.confirmation = [f"flags: {flags.display} ({flags.provenance}: {flags.source})"]
     return e
-
-
-def _arm64(j: Journey) -> bool:
-    return j.walk is not None and j.walk.architecture == "arm64"
 
 
 def exercise_indices_arm64(j: Journey) -> Exercise:
@@ -211,8 +212,6 @@ def exercise_pte_arm64(j: Journey) -> Exercise:
 
 
 def exercise_indices(j: Journey) -> Exercise:
-    if _arm64(j):
-        return exercise_indices_arm64(j)
     addr, levels = _find(j, "trap", "faulting address (CR2)"), _find(j, "walk", "paging levels")
     if not (addr and levels):
         return _missing("indices", "the faulting address and the paging mode", j)
@@ -254,8 +253,6 @@ def exercise_pfn(j: Journey) -> Exercise:
 
 
 def exercise_pte(j: Journey) -> Exercise:
-    if _arm64(j):
-        return exercise_pte_arm64(j)
     pfn = _find(j, "alloc", "PFN") or _find(j, "alloc", "data page: PFN")
     vm_flags = _find(j, "mmap", "vm_flags")
     built = _find(j, "pte", "PTE (derived)") or _find(j, "pte", "PTE entry after")
@@ -277,6 +274,13 @@ def exercise_pte(j: Journey) -> Exercise:
     return e
 
 
+# Each architecture's exercises, in the order they are set (the journey's walk says whose journey it is).
+EXERCISES = {
+    Arch.X86_64: (exercise_rip, exercise_flags, exercise_indices, exercise_pfn, exercise_pte),
+    Arch.ARM64: (exercise_rip_arm64, exercise_flags_arm64, exercise_indices_arm64, exercise_pfn, exercise_pte_arm64),
+}
+
+
 def build_exercises(j: Journey) -> list[Exercise]:
-    return [exercise_rip(j), exercise_flags(j), exercise_indices(j),
-            exercise_pfn(j), exercise_pte(j)]
+    arch = Arch(j.walk.architecture) if j.walk is not None else Arch.X86_64
+    return [exercise(j) for exercise in EXERCISES[arch]]

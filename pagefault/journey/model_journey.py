@@ -16,7 +16,7 @@ from ..model.maple_tree import search as maple_search
 from ..model.page_tables import Arm64Format
 from ..model.scenarios import ModelRun, parse_op
 from .catalogue import Filler, Missing, assemble
-from .steps import Area, Journey, PageWalk, Step, Value, WalkLevel, modelled, unavailable
+from .steps import Area, Journey, PageWalk, Provenance, Step, Value, WalkLevel, modelled, unavailable
 from .vocabulary import Source, StepKey, seven_ws
 
 LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
@@ -57,10 +57,9 @@ def _iface(run: ModelRun) -> ArchInterface:
                           pa_bits=52 if c.lpa2 else 48)
 
 
-def _kernel(run: ModelRun) -> tuple[int, int] | None:
-    """The version the simulator's entries are decoded for: its own on arm64; x86's decoder default (the
-    entries the model writes carry no bit that differs between versions)."""
-    return _model_version(run.kernel) if run.kernel.config.arch is Arch.ARM64 else None
+def _kernel(run: ModelRun) -> tuple[int, int]:
+    """The version the simulator's entries are decoded for: the model's own."""
+    return _model_version(run.kernel)
 
 
 def _trap_text(run: ModelRun, f: mk.Fault) -> str:
@@ -96,7 +95,7 @@ def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
                     **arch.walk_shape())  # type: ignore[arg-type]
     before = {level: entry for level, _t, _i, entry in f.walk_before}
     for level, table, idx, entry in (f.walk_after or f.walk_before):
-        walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), "modelled",
+        walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), Provenance.MODELLED,
                                      _src(run, "the simulated page tables")))
     walk.set_frame(arch, _kernel(run))
     return walk

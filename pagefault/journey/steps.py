@@ -37,7 +37,7 @@ WS = tuple(W)    # the 7 Ws in the order they are shown
 class Value:
     label: str
     value: Any                 # an int, a string, or None when unavailable
-    provenance: str
+    provenance: Provenance | str   # given as a member (or its word); kept as the member
     source: str
     derivation: list[str] = field(default_factory=list)
     display: str = ""          # how to show it (hex for addresses); filled from value when empty
@@ -58,19 +58,19 @@ class Value:
 
 
 def observed(label: str, value: Any, source: str, display: str = "", derivation: list[str] | None = None) -> Value:
-    return Value(label, value, "observed", source, list(derivation or []), display)
+    return Value(label, value, Provenance.OBSERVED, source, list(derivation or []), display)
 
 
 def derived(label: str, value: Any, how: str, derivation: list[str] | None = None, display: str = "") -> Value:
-    return Value(label, value, "derived", how, list(derivation or []), display)
+    return Value(label, value, Provenance.DERIVED, how, list(derivation or []), display)
 
 
 def modelled(label: str, value: Any, model: str, derivation: list[str] | None = None, display: str = "") -> Value:
-    return Value(label, value, "modelled", model, list(derivation or []), display)
+    return Value(label, value, Provenance.MODELLED, model, list(derivation or []), display)
 
 
 def unavailable(label: str, reason: str) -> Value:
-    return Value(label, None, "unavailable", reason)
+    return Value(label, None, Provenance.UNAVAILABLE, reason)
 
 
 @dataclass
@@ -112,7 +112,7 @@ class WalkLevel:
     table: int | None                   # physical address of this level's table (None: not known here)
     entry: int | None                   # the entry once the fault was handled (None: not read)
     entry_before: int | None            # the entry at the trap (None: not read)
-    provenance: str                     # of the entries
+    provenance: Provenance              # of the entries
     source: str
 
 
@@ -142,7 +142,7 @@ class PageWalk:
         frame = arch.leaf_frame(leaf.entry, leaf.level, kernel)
         if frame is not None:
             self.frame_pfn, self.page_size = frame
-            kind = "derived" if leaf.provenance == "observed" else leaf.provenance
+            kind = Provenance.DERIVED if leaf.provenance == Provenance.OBSERVED else leaf.provenance
             self.frame_source = f"{kind}: {arch.frame_field(leaf.level)}"
 
 
