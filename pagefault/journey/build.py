@@ -29,7 +29,7 @@ from .steps import (
     timeline_from,
     unavailable,
 )
-from .vocabulary import Source, StepKey, seven_ws
+from .vocabulary import Source, Stage, StepKey, seven_ws
 
 GATE_AREA = "[vsyscall]"    # get_gate_vma(): shown in maps, not in the mm's VMA tree
 MMAP_LOCK_EVENT = "mmap_lock:mmap_lock_acquire_returned"
@@ -113,7 +113,7 @@ class Facts:
 
     def _mmap_lock_during_fault(self, write_faults: list[TraceEvent]) -> tuple[tuple[int, int] | None, list[TraceEvent]]:
         """mmap_lock acquisitions by the target from the fault's entry to its next fault (or the touched phase)."""
-        touched = self.ev.snapshots.get("touched")
+        touched = self.ev.snapshots.get(Stage.TOUCHED)
         if self.fault is None or touched is None:
             return None, []
         later = [e.time_ns for e in write_faults if e.time_ns > self.fault.time_ns]
@@ -126,7 +126,7 @@ class Facts:
         page = (ev.fault_address or 0) & ~0xFFF
         fault_name = "exceptions:page_fault_user" if ev.tier in ("bpf", "perf") else "page-faults"
         self.fault_event_name = fault_name
-        write_faults = _between(ev, fault_name, "mapped", "touched")
+        write_faults = _between(ev, fault_name, Stage.MAPPED, Stage.TOUCHED)
         faults = [e for e in write_faults if page <= e.fields.get("address", -1) < page + 4096]
         self.fault = faults[0] if faults else None
         self.fault_count_on_page = len(faults)
@@ -136,10 +136,10 @@ class Facts:
                              for p in ev.written_pages()[1:]
                              if any(p <= e.fields.get("address", -1) < p + 4096 for e in write_faults)]
         self.lock_window, self.locks_during_fault = self._mmap_lock_during_fault(write_faults)
-        all_allocs = _between(ev, "kmem:mm_page_alloc", "mapped", "touched")
+        all_allocs = _between(ev, "kmem:mm_page_alloc", Stage.MAPPED, Stage.TOUCHED)
         self.allocs = self.allocs_of(self.fault, all_allocs) if self.fault and self.later_faults else all_allocs
         self.later_allocs = {id(e): self.allocs_of(e, all_allocs) for e in self.later_faults}
-        touched = ev.snapshots.get("touched")
+        touched = ev.snapshots.get(Stage.TOUCHED)
         entry = touched.pagemap if touched else None
         self.pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
         self.data_alloc = next((a for a in self.allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
@@ -148,7 +148,7 @@ class Facts:
         self.table_allocs = [a for a in self.allocs if a is not self.data_alloc]
         vma = _vma_at(touched.maps, ev.fault_address) if touched and ev.fault_address else None
         self.vma = vma
-        snap = ev.snapshots.get("touched") or ev.snapshots.get("mapped")
+        snap = ev.snapshots.get(Stage.TOUCHED) or ev.snapshots.get(Stage.MAPPED)
         self.vm_flags_mnemonics: list[str] = (snap.vm_flags_mnemonics or []) if snap else []
         self.vm_flags: int | None = None
         self.vm_flags_lines: list[str] = []
@@ -163,7 +163,7 @@ class Facts:
 # --- steps -----------------------------------------------------------------------------------------------------
 
 def step_process(s: Step, ev: JourneyEvidence, f: Facts) -> None:
-    snap = ev.snapshots["ready"]
+    snap = ev.snapshots[Stage.READY]
     s.values.append(observed("PID", ev.pid, "the return value of fork() in pagefault, which started the program",
                              display=str(ev.pid)))
     execs = [e for e in ev.events if e.name == "sched:sched_process_exec" and e.pid == ev.pid]
@@ -240,9 +240,9 @@ def _kprobe_mmap_values(ev: JourneyEvidence) -> list[Value]:
 
 
 def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
-    enter = _between(ev, "syscalls:sys_enter_mmap", "ready", "mapped")
-    exit_ = _between(ev, "syscalls:sys_exit_mmap", "ready", "mapped")
-    area = _between(ev, "mmap:vm_unmapped_area", "ready", "mapped")
+    enter = _between(ev, "syscalls:sys_enter_mmap", Stage.READY, Stage.MAPPED)
+    exit_ = _between(ev, "syscalls:sys_exit_mmap", Stage.READY, Stage.MAPPED)
+    area = _between(ev, "mmap:vm_unmapped_area", Stage.READY, Stage.MAPPED)
     if enter:
         a = enter[-1].fields
         fd = ((a.get("fd", 0) & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # ksys_mmap_pgoff takes it as an int
@@ -272,8 +272,8 @@ def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
         s.evidence.append("vm_unmapped_area call chain: " + _chain_text(area[-1]))
     else:
         s.values.append(unavailable("address choice", ev.unavailable.get("mmap:vm_unmapped_area", "not seen; " + FIX_ROOT)))
-    before = {(m.start, m.end) for m in ev.snapshots["ready"].maps}
-    mapped = ev.snapshots["mapped"]
+    before = {(m.start, m.end) for m in ev.snapshots[Stage.READY].maps}
+    mapped = ev.snapshots[Stage.MAPPED]
     new = [m for m in mapped.maps if (m.start, m.end) not in before]
     vma = _vma_at(mapped.maps, _vaddr(ev))
     if vma:
@@ -348,7 +348,7 @@ def step_rip(s: Step, ev: JourneyEvidence, f: Facts) -> None:
         s.values.append(unavailable("RIP", "no fault was seen"))
         return
     ip = f.fault.fields["ip"]
-    m = _vma_at(ev.snapshots["touched"].maps, ip)
+    m = _vma_at(ev.snapshots[Stage.TOUCHED].maps, ip)
     if m is None or not m.path.startswith("/"):
         s.values.append(unavailable("mapping of RIP", f"RIP 0x{ip:x} is not in a file mapping of /proc/{ev.pid}/maps"))
         return
@@ -406,7 +406,7 @@ def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
                else "this kernel's enum fault_flag has no FAULT_FLAG_VMA_LOCK: faults take mmap_lock"))
     seen = [e for e in ev.events if e.name == MMAP_LOCK_EVENT and e.pid == ev.pid]
     start, end = f.lock_window
-    until = "the next fault" if end != ev.snapshots["touched"].time_ns else "the touched phase"
+    until = "the next fault" if end != ev.snapshots[Stage.TOUCHED].time_ns else "the touched phase"
     window = f"from the fault's entry to {until} ({(end - start) / 1000:.0f} µs)"
     if f.locks_during_fault:
         first = f.locks_during_fault[0]
@@ -512,7 +512,7 @@ def _vma_struct_values(ev: JourneyEvidence, f: Facts, vma: MapsLine) -> list[Val
                                        + ("the same" if expected == objs["vm_page_prot"] else
                                           "DIFFERENT (the mapping's protection was changed after mmap, or the "
                                           "built-in protection_map does not hold for this kernel)")]))
-    mapped = ev.snapshots.get("mapped")
+    mapped = ev.snapshots.get(Stage.MAPPED)
     vmas = [m for m in mapped.maps if m.path != GATE_AREA] if mapped else []
     values.append(observed("mm->map_count", objs["map_count"], BPF_AT_FAULT, display=str(objs["map_count"]),
                            derivation=[f"/proc/{ev.pid}/maps at the mapped phase: {len(vmas)} VMAs without the gate "
@@ -568,7 +568,7 @@ def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                                              f"/proc/{ev.pid}/maps says [0x{f.vma.start:x}, 0x{f.vma.end:x}): " +
                                              ("the same" if (v['vm_start'], v['vm_end']) == (f.vma.start, f.vma.end) else "DIFFERENT")]))
     s.values += _maple_values(ev, addr)
-    search = maple_search([(m.start, m.end) for m in ev.snapshots["touched"].maps if m.path != "[vsyscall]"], addr)
+    search = maple_search([(m.start, m.end) for m in ev.snapshots[Stage.TOUCHED].maps if m.path != "[vsyscall]"], addr)
     s.values.append(modelled("maple tree search (model)", f"leaf {search.leaf_index}, slot {search.slot_index}",
                              f"a maple tree of kernel 6.{ev.kernel_version[1]} packed from these VMAs "
                              "(node boundaries modelled, ranges observed); a cross-check of the read above",
@@ -742,7 +742,7 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
 
 
 def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
-    snap = ev.snapshots["touched"]
+    snap = ev.snapshots[Stage.TOUCHED]
     if snap.pagemap is None:
         s.values.append(unavailable("pagemap entry", "; ".join(snap.errors) or "not read"))
         return
@@ -846,7 +846,7 @@ def _kprobe_return_values(ev: JourneyEvidence) -> list[Value]:
 
 
 def step_return(s: Step, ev: JourneyEvidence, f: Facts) -> None:
-    mapped, touched = ev.snapshots["mapped"], ev.snapshots["touched"]
+    mapped, touched = ev.snapshots[Stage.MAPPED], ev.snapshots[Stage.TOUCHED]
     s.values.append(observed("string read back", ev.readback, "the program read it from the page after the write"))
     s.values.append(derived("equals the text written", ev.readback == ev.options.written, "compare",
                             [f"{ev.readback!r} {'==' if ev.readback == ev.options.written else '!='} {ev.options.written!r}"]))
@@ -897,7 +897,7 @@ def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) ->
     out.append(unavailable(f"fault {n}: raw entries", "bpftrace reads the entries of the write's first page only"))
     allocs = f.later_allocs.get(id(e), [])
     data = next((a for a in allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
-    entry = ev.snapshots["touched"].more_pagemaps.get(page)
+    entry = ev.snapshots[Stage.TOUCHED].more_pagemaps.get(page)
     pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
     if data is not None:
         out.append(observed(f"fault {n}: PFN allocated", data.fields["pfn"], _src(ev, "kmem:mm_page_alloc") +
@@ -927,9 +927,9 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
     for e in ev.events:
         if e.pid != ev.pid:
             continue
-        before_write = ev.snapshots.get("mapped", ev.snapshots["ready"]).time_ns
+        before_write = ev.snapshots.get(Stage.MAPPED, ev.snapshots[Stage.READY]).time_ns
         if e.name in interesting and (e.name == "sched:sched_process_exec" or
-                                      ev.snapshots["ready"].time_ns <= e.time_ns <= before_write):
+                                      ev.snapshots[Stage.READY].time_ns <= e.time_ns <= before_write):
             items.append((e.time_ns, interesting[e.name], _src(ev, e.name)))
     if f.pgd_alloc:
         items.append((f.pgd_alloc.time_ns, f"PGD page allocated, PFN 0x{f.pgd_alloc.fields['pfn']:x}", _src(ev, "kmem:mm_page_alloc")))
@@ -1029,13 +1029,13 @@ def build_journey(ev: JourneyEvidence) -> Journey:
     reached = {key: partial(builder, ev=ev, f=f) for key, builder in STEP_BUILDERS.items()
                if STEP_DEFS[key].stage in ev.snapshots}
     j.steps = assemble(reached, Source.EXERCISE)
-    if "touched" in ev.snapshots:
+    if Stage.TOUCHED in ev.snapshots:
         j.timeline = timeline(ev, f)
         j.walk = page_walk(ev, f)
-        j.layout = layout(ev.snapshots["touched"].maps, _fault_address(ev))
+        j.layout = layout(ev.snapshots[Stage.TOUCHED].maps, _fault_address(ev))
         j.layout_source = f"/proc/{ev.pid}/maps after the write (observed)"
     if ev.lost_events:
         j.notes.append(f"LOST {ev.lost_events} events: some values may be missing")
     j.notes += [f"{k}: {v}" for k, v in ev.unavailable.items()]
-    j.complete = ev.stage == "done"
+    j.complete = ev.stage == Stage.DONE
     return j

@@ -30,16 +30,22 @@ from .fault_classes import (
     classify_faults,
 )
 from .steps import Journey, Step, Value, derived, observed, unavailable
-from .vocabulary import Source, Stage, StepKey
+from .vocabulary import FaultKind, Source, Stage, StepKey
 
 AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user (the chosen fault)"
 AFTER = "bpftrace at the thread's next kernel entry after the fault"
 # Which class a --kind asks for (major is a file fault that read from disk).
-KIND_CLASSES = {"anon": {FaultClass.ANON_NEW}, "zero": {FaultClass.ZERO_PAGE},
-                "cow": {FaultClass.COW_COPY, FaultClass.COW_REUSE}, "file": {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR,
-                                                                                      FaultClass.FILE_READAHEAD},
-                "major": {FaultClass.FILE_MAJOR}, "swap": {FaultClass.SWAP_IN}, "thp": {FaultClass.THP},
-                "stack": {FaultClass.STACK_GROWTH}, "segv": {FaultClass.SIGSEGV, FaultClass.SIGBUS}}
+KIND_CLASSES: dict[FaultKind, set[FaultClass]] = {
+    FaultKind.ANON: {FaultClass.ANON_NEW}, FaultKind.ZERO: {FaultClass.ZERO_PAGE},
+    FaultKind.COW: {FaultClass.COW_COPY, FaultClass.COW_REUSE},
+    FaultKind.FILE: {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR, FaultClass.FILE_READAHEAD},
+    FaultKind.MAJOR: {FaultClass.FILE_MAJOR}, FaultKind.SWAP: {FaultClass.SWAP_IN}, FaultKind.THP: {FaultClass.THP},
+    FaultKind.STACK: {FaultClass.STACK_GROWTH}, FaultKind.SEGV: {FaultClass.SIGSEGV, FaultClass.SIGBUS}}
+
+
+def kind_classes(kind: str) -> set[FaultClass]:
+    """The classes a --kind word may turn out to be (none for a word that is no FaultKind: a damaged file)."""
+    return next((classes for k, classes in KIND_CLASSES.items() if k == kind), set())
 
 
 def _window(ev: ProgramFaultEvidence) -> list[TraceEvent]:
@@ -116,7 +122,7 @@ class _ProgramSteps:
                                  display=str(ev.nth)))
         s.values.append(observed("thread", ev.tid, AT_FAULT, display=str(ev.tid)))
         if ev.selector == "kind":
-            wanted = KIND_CLASSES.get(ev.selector_value, set())
+            wanted = kind_classes(ev.selector_value)
             s.values.append(derived("kind checked afterwards", cls in wanted, "the class from the fault's events (below) "
                                     f"against --kind {ev.selector_value}",
                                     [f"the fault looked like {ev.selector_value} at entry; its events say {cls.value}"

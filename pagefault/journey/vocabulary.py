@@ -58,3 +58,18 @@ class Source(enum.StrEnum):
     ARM64_EXERCISE = "arm64 exercise"
     PROGRAM = "program"             # one fault of any program (journey -- CMD, -p PID)
     MODEL = "model"                 # the simulator
+
+
+class FaultKind(enum.StrEnum):
+    """The kinds of fault `pagefault journey --kind` picks (at the fault's entry, from its PTE and VMA; the
+    classes its events may then show are program_journey.KIND_CLASSES)."""
+
+    ANON = "anon"
+    ZERO = "zero"
+    COW = "cow"
+    FILE = "file"
+    MAJOR = "major"
+    SWAP = "swap"
+    THP = "thp"
+    STACK = "stack"
+    SEGV = "segv"
