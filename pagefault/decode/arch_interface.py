@@ -11,6 +11,7 @@ Pure: integers in, decoded results out.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -38,11 +39,21 @@ class LevelIndex:
     label: str                  # how a step names it ("PMD index", "PMD index (level 2)")
 
 
+class EntryRole(enum.Enum):
+    """What an entry does in the walk, whatever the architecture calls it."""
+
+    NEXT_TABLE = "→ the next table"
+    FRAME = "→ the page frame"
+    NEITHER = "neither"             # empty, swapped out, PROT_NONE, reserved: its kind says which
+
+
 @dataclass(frozen=True)
 class EntryMeaning:
     """An entry decoded: what it points to, its frame if it maps one, and how it was read."""
 
     points_to: str
+    kind: str                   # the architecture's word for it (present, table, page, swap-format entry, …)
+    role: EntryRole
     pfn: int | None             # the frame of a valid leaf (page or block), else None
     derivations: tuple[str, ...]
     decoded: object             # the architecture's own decoded record (PageTableEntry, Arm64Descriptor)
@@ -134,7 +145,8 @@ class X86_64(ArchInterface):
     def describe_entry(self, entry: int, level: str, kernel: Version | None = None) -> EntryMeaning:
         p = decode_pte(entry, level) if kernel is None else decode_pte(entry, level, kernel=kernel,
                                                                           paging_levels=self.paging_levels)
-        return EntryMeaning(p.points_to, p.pfn if p.present else None, tuple(p.derivations), p)
+        role = EntryRole.NEITHER if not p.present else EntryRole.FRAME if p.leaf else EntryRole.NEXT_TABLE
+        return EntryMeaning(p.points_to, p.kind.value, role, p.pfn if p.present else None, tuple(p.derivations), p)
 
     def decode_syndrome(self, code: int) -> SyndromeMeaning:
         d = decode_error_code(code)
@@ -176,7 +188,9 @@ class Arm64(ArchInterface):
         d = decode_arm64_descriptor(entry, level, kernel, self.va_bits, self.granule, self.pa_bits)
         points = f"{d.kind.value}, PFN 0x{d.pfn:x}" if d.pfn is not None else d.kind.value
         leaf = d.valid and d.pfn is not None and d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK)
-        return EntryMeaning(points, d.pfn if leaf else None, tuple(d.derivations), d)
+        role = (EntryRole.NEXT_TABLE if d.kind is DescriptorKind.TABLE else
+                EntryRole.FRAME if d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK) else EntryRole.NEITHER)
+        return EntryMeaning(points, d.kind.value, role, d.pfn if leaf else None, tuple(d.derivations), d)
 
     def decode_syndrome(self, code: int) -> SyndromeMeaning:
         s = decode_esr(code)
