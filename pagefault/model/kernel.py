@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ..decode.arch import Arch
 from .buddy import BuddyAllocator
-from .page_tables import EntryFormat, FaultKind, Trap, X86Format, entry_format
+from .page_tables import FORMATS, EntryFormat, FaultKind, Trap, X86Format, entry_format
 
 PAGE_SHIFT, PAGE_SIZE = 12, 4096
 PMD_SIZE = 1 << 21
@@ -165,7 +165,7 @@ class Fault:
     @property
     def esr(self) -> int | None:
         """ESR_EL1 of an arm64 fault (the trap code); None on x86."""
-        return self.error_code if self.arch is Arch.ARM64 else None
+        return self.error_code if FORMATS[self.arch].trap_code_is_esr else None
 
 
 @dataclass
