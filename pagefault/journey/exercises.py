@@ -22,6 +22,7 @@ from ..decode.pagemap import PM_PFN_MASK, decode_pagemap_entry
 from ..decode.pte import decode_pte
 from ..evidence import parse_maps
 from .steps import Journey, Provenance, Value
+from .vocabulary import StepKey
 
 ORDER = ("rip", "flags", "indices", "pfn", "pte")
 TITLES = {
@@ -92,7 +93,7 @@ class Exercise:
     unavailable: str = ""
 
 
-def _find(j: Journey, key: str, label: str) -> Value | None:
+def _find(j: Journey, key: StepKey, label: str) -> Value | None:
     step = next((s for s in j.steps if s.key == key), None)
     if step is None:
         return None
@@ -115,8 +116,8 @@ def exercise_rip_arm64(j: Journey) -> Exercise:
 
 
 def exercise_rip(j: Journey) -> Exercise:
-    rip, mapping, offset = _find(j, "trap", "RIP"), _find(j, "rip", "mapping holding RIP"), _find(j, "rip", "file offset")
-    insn = _find(j, "rip", "instruction")
+    rip, mapping, offset = _find(j, StepKey.TRAP, "RIP"), _find(j, StepKey.RIP, "mapping holding RIP"), _find(j, StepKey.RIP, "file offset")
+    insn = _find(j, StepKey.RIP, "instruction")
     if not (rip and mapping and offset and insn):
         return _missing("rip", "RIP, its mapping and the instruction there", j, "the simulator runs no machine code")
     m = parse_maps(mapping.value)[0]
@@ -124,7 +125,7 @@ def exercise_rip(j: Journey) -> Exercise:
     e = Exercise("rip", TITLES["rip"])
     e.givens = [_given(rip), _given(mapping, "the mapping holding RIP (start-end perms file-offset dev inode path)")]
     arithmetic = f"0x{rip.value:x} − 0x{m.start:x} + 0x{m.offset:x} = 0x{offset.value:x}"
-    elf = _find(j, "rip", "ELF address")
+    elf = _find(j, StepKey.RIP, "ELF address")
     e.questions = [
         Question("At which offset in the file is the instruction RIP points to? (RIP − mapping start + the "
                  "mapping's file offset)", offset.value, "hex", [arithmetic]),
@@ -133,7 +134,7 @@ def exercise_rip(j: Journey) -> Exercise:
                  [arithmetic, *(elf.derivation if elf else []), *insn.derivation]),
     ]
     e.confirmation = [f"instruction: {insn.display} ({insn.source})"]
-    line = _find(j, "rip", "source line")
+    line = _find(j, StepKey.RIP, "source line")
     if line:
         e.confirmation.append(f"source line: {line.display}")
     e.confirmation.append("a store whose destination is memory: the write the CPU could not finish")
@@ -146,7 +147,7 @@ def exercise_flags_arm64(j: Journey) -> Exercise:
 
 
 def exercise_flags(j: Journey) -> Exercise:
-    code, flags = _find(j, "trap", "error code"), _find(j, "flags", "flags")
+    code, flags = _find(j, StepKey.TRAP, "error code"), _find(j, StepKey.FLAGS, "flags")
     if not (code and flags):
         return _missing("flags", "the error code and the flags derived from it", j)
     d = decode_error_code(code.value)
@@ -172,7 +173,7 @@ def exercise_flags(j: Journey) -> Exercise:
 
 
 def exercise_indices_arm64(j: Journey) -> Exercise:
-    addr = _find(j, "trap", "faulting address (FAR_EL1)")
+    addr = _find(j, StepKey.TRAP, "faulting address (FAR_EL1)")
     if not addr or j.walk is None:
         return _missing("indices", "the faulting address", j)
     split = split_arm64_address(addr.value, j.walk.va_bits, j.walk.page_size)
@@ -193,8 +194,8 @@ def exercise_indices_arm64(j: Journey) -> Exercise:
 
 
 def exercise_pte_arm64(j: Journey) -> Exercise:
-    pfn, vm_flags = _find(j, "alloc", "PFN"), _find(j, "mmap", "vm_flags")
-    built, read = _find(j, "pte", "derived descriptor"), _find(j, "pte", "page descriptor")
+    pfn, vm_flags = _find(j, StepKey.ALLOC, "PFN"), _find(j, StepKey.MMAP, "vm_flags")
+    built, read = _find(j, StepKey.PTE, "derived descriptor"), _find(j, StepKey.PTE, "page descriptor")
     if not (pfn and vm_flags and built) or not isinstance(pfn.value, int):
         return _missing("pte", "the PFN, the VMA's flags and the derived descriptor", j)
     e = Exercise("pte", TITLES["pte"])
@@ -212,7 +213,7 @@ def exercise_pte_arm64(j: Journey) -> Exercise:
 
 
 def exercise_indices(j: Journey) -> Exercise:
-    addr, levels = _find(j, "trap", "faulting address (CR2)"), _find(j, "walk", "paging levels")
+    addr, levels = _find(j, StepKey.TRAP, "faulting address (CR2)"), _find(j, StepKey.WALK, "paging levels")
     if not (addr and levels):
         return _missing("indices", "the faulting address and the paging mode", j)
     split = split_virtual_address(addr.value, levels.value)
@@ -231,7 +232,7 @@ def exercise_indices(j: Journey) -> Exercise:
 
 
 def exercise_pfn(j: Journey) -> Exercise:
-    pm = _find(j, "pagemap", "pagemap entry")
+    pm = _find(j, StepKey.PAGEMAP, "pagemap entry")
     if not pm or not isinstance(pm.value, int) or not pm.value >> 63:
         return _missing("pfn", "a present pagemap entry (root reads PFNs; others see 0)", j)
     pfn = pm.value & PM_PFN_MASK
@@ -246,17 +247,17 @@ def exercise_pfn(j: Journey) -> Exercise:
                             [f"0x{pm.value:x} >> 63 = 1: bit 63 (present) is set"]),
                    Question("Which PFN? (hex)", pfn, "hex", [line for line in decoded if line.startswith("PFN")]),
                    Question("At which physical address does the page start? (hex)", pfn << page_shift, "hex", [shift])]
-    alloc = _find(j, "alloc", "PFN")
+    alloc = _find(j, StepKey.ALLOC, "PFN")
     if alloc:
         e.confirmation = [f"mm_page_alloc handed out PFN {alloc.display} ({alloc.provenance}: {alloc.source})"]
     return e
 
 
 def exercise_pte(j: Journey) -> Exercise:
-    pfn = _find(j, "alloc", "PFN") or _find(j, "alloc", "data page: PFN")
-    vm_flags = _find(j, "mmap", "vm_flags")
-    built = _find(j, "pte", "PTE (derived)") or _find(j, "pte", "PTE entry after")
-    code = _find(j, "trap", "error code")
+    pfn = _find(j, StepKey.ALLOC, "PFN") or _find(j, StepKey.ALLOC, "data page: PFN")
+    vm_flags = _find(j, StepKey.MMAP, "vm_flags")
+    built = _find(j, StepKey.PTE, "PTE (derived)") or _find(j, StepKey.PTE, "PTE entry after")
+    code = _find(j, StepKey.TRAP, "error code")
     if not (pfn and vm_flags and built and code) or not isinstance(pfn.value, int):
         return _missing("pte", "the PFN, the VMA's flags and the PTE", j)
     e = Exercise("pte", TITLES["pte"])
@@ -267,7 +268,7 @@ def exercise_pte(j: Journey) -> Exercise:
                  "do_anonymous_page() adds D and RW for a write fault to its new page",
                  "modelled: mm/memory.c, arch/x86/mm/pgprot.c")]
     e.questions = [Question("Which PTE does the fault install? (hex)", built.value, "hex", list(built.derivation))]
-    read = _find(j, "pte", "PTE (read)")
+    read = _find(j, StepKey.PTE, "PTE (read)")
     if read:
         e.confirmation = [f"the PTE bpftrace read from the table: {read.display}"]
         e.confirmation += [line for line in decode_pte(read.value, "PTE").derivations if "=" in line][:3]
