@@ -21,7 +21,7 @@ from pagefault.decode.esr import ExceptionClass, derive_esr, encode_esr
 from pagefault.decode.fault_flags import fallback_fault_flag_values
 from pagefault.evidence import Arm64FaultEvidence, JourneyEvidence, ProgramFaultEvidence
 from pagefault.evidence.file import load_evidence
-from pagefault.journey.catalogue import CATALOGUE, STEP_DEFS, Missing, assemble
+from pagefault.journey.catalogue import CATALOGUE, STEP_DEFS, STEP_WS, Missing, assemble
 from pagefault.journey.model_journey import build_model_journey
 from pagefault.journey.scenario_check import model_config
 from pagefault.journey.steps import Provenance, Step, observed
@@ -145,3 +145,17 @@ def test_entries_decode_to_their_frames() -> None:
         assert arm64.leaf_frame(built.value, "PTE", (6, 12)) == (0x12345, 4096)
     derived = x86.derive_anonymous_entry(0x13A875, flags, True, (6, 18))
     assert x86.describe_entry(derived.value, "PTE").pfn == 0x13A875
+
+
+def test_a_steps_ws_are_the_sources_telling_and_the_fillers_own_in_w_order() -> None:
+    def fill(s: Step) -> None:
+        s.ws = seven_ws(which="PFN 0x1234", what="an order-0 page")
+
+    (step,) = assemble({StepKey.ALLOC: fill}, Source.EXERCISE)
+    told = STEP_WS[StepKey.ALLOC][Source.EXERCISE]
+    assert list(step.ws) == [w for w in W if w in told or w in (W.WHAT, W.WHICH)]
+    assert step.ws[W.WHICH] == "PFN 0x1234" and step.ws[W.WHY] == told[W.WHY]
+    (bare,) = assemble({StepKey.ALLOC: Missing("no allocation seen")}, Source.EXERCISE)
+    assert bare.ws == told                          # the explanation stands when the values are unavailable
+    (model,) = assemble({StepKey.ALLOC: Missing("x")}, Source.MODEL)
+    assert not model.ws                             # a source tells only what it tells

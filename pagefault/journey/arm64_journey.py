@@ -141,8 +141,6 @@ class _Arm64Steps:
             word = decode_vm_flags(ev.vma["vm_flags"], version, Arch.ARM64)
             s.values.append(observed("vm_flags", ev.vma["vm_flags"], AT_FAULT + "; " + word.table_source,
                                      display=f"0x{ev.vma['vm_flags']:x} = " + " | ".join(word.names)))
-        s.ws = seven_ws(what="a private anonymous read-write mapping: a VMA, no page, no page-table entry yet",
-                why="mmap only promises memory; the first touch pays for it")
 
     def trap(self, s: Step) -> None:
         ev = self.ev
@@ -171,10 +169,10 @@ class _Arm64Steps:
         fullest = ev.alloc_stack if any(line.startswith("do_page_fault+") for line in ev.alloc_stack) else ev.kernel_stack
         path = [line for line in fullest if line.split("+")[0] in ARM64_PATH]
         s.evidence += ["kernel stack at handle_mm_fault (innermost first):"] + ev.kernel_stack
-        s.ws = seven_ws(where="the exception vector el0_sync → el0_da → do_mem_abort → do_translation_fault → do_page_fault",
-                who="the MMU found no valid descriptor and raised a synchronous data abort",
-                which="seen" + (" (in the allocation's stack)" if fullest is ev.alloc_stack else "") + ": "
-                         + (" ← ".join(p.split("+")[0] for p in path) or "no stack was printed"))
+        s.ws = seven_ws(
+            which="seen" + (" (in the allocation's stack)" if fullest is ev.alloc_stack else "") + ": "
+                         + (" ← ".join(p.split("+")[0] for p in path) or "no stack was printed"),
+        )
 
     def rip(self, s: Step) -> None:
         ev = self.ev
@@ -279,7 +277,6 @@ class _Arm64Steps:
                                      display="; ".join(decode_vm_fault(ev.retval, ev.kernel_enums.get("vm_fault_reason", {})))))
             s.values.append(observed("time in handle_mm_fault", ev.duration_ns, "bpftrace nsecs at entry and return",
                                      display=f"{(ev.duration_ns or 0) / 1000:.1f} µs"))
-        s.ws = seven_ws(what="the exception returns (eret) to the same PC, and the store now finds a valid descriptor")
 
 
 def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:

@@ -203,11 +203,6 @@ def step_process(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     s.evidence += [_maps_line(m) for m in snap.maps]
     s.ws = seven_ws(
         what=f"PID {ev.pid} runs {ev.argv[0].rsplit('/', 1)[-1]}; exec gave it a fresh mm_struct with its own PGD page.",
-        why="a process needs an address space (mm_struct, VMAs, page tables) before any of its code can run.",
-        where="kernel/fork.c (fork), fs/exec.c (exec: alloc_bprm → mm_init → pgd_alloc).",
-        who="pagefault forked the child; the child's execve built the new mm.",
-        when="before main(): the loader's own faults above happened before the program's first line.",
-        without="without an mm there is no CR3 to load and no VMA to check a fault against.",
         which=f"the PGD page is PFN 0x{f.pgd_alloc.fields['pfn']:x}" if f.pgd_alloc else "the PGD page was not seen",
     )
 
@@ -294,11 +289,6 @@ def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                                  display=f"0x{mapped.pagemap:x}: {pm.summary}"))
     s.ws = seven_ws(
         what=f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{_vaddr(ev):x}.",
-        why="mmap only reserves addresses: physical memory is given on the first touch (demand paging).",
-        where="mm/mmap.c do_mmap → __get_unmapped_area → vm_unmapped_area; the VMA goes into mm->mm_mt.",
-        who="the program's mmap() call; the kernel picked the address (top-down, below the stack gap).",
-        when="after exec, before the write: the program is paused right after mmap returned.",
-        without="without the VMA the later write would have no mapping and end in SIGSEGV.",
         which=f"VMA [0x{vma.start:x}, 0x{vma.end:x})" if vma else "the VMA was not found in maps",
     )
 
@@ -333,12 +323,7 @@ def step_trap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if e.kernel_chain:
         s.evidence.append("kernel stack at the tracepoint: " + _chain_text(e))
     s.ws = seven_ws(
-        what="a user-mode write to a page with no present PTE: the MMU cannot translate, so it raises #PF.",
-        why="the VMA exists but no page frame has been given to this page yet.",
-        where="vector 14 → asm_exc_page_fault → exc_page_fault (arch/x86/mm/fault.c), where the tracepoint fires.",
-        who="the CPU saved CR2, RIP and the error code; the kernel's entry code read them.",
         when=f"{_us(ev, e.time_ns)}, on CPU {e.cpu}.",
-        without="without the trap the store would silently miss: the fault is what lets the kernel fill the page.",
         which=f"address 0x{addr:x}, RIP 0x{e.fields['ip']:x}",
     )
 
@@ -377,15 +362,7 @@ def step_rip(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                                 f"the DWARF line table of {m.path}"))
     elif r.elf_vaddr is not None and ev.program.compiled and m.path == str(ev.program.path):
         s.values.append(unavailable("source line", "the binary has no line for this address"))
-    s.ws = seven_ws(
-        what="the address the CPU saved as RIP, traced back to a byte offset in a file on disk.",
-        why="ASLR moves where a file is mapped; the offset inside the file does not move.",
-        where=m.path,
-        who="the instruction the CPU retries after the handler returns.",
-        when="the instruction was executing when the trap came; it had not completed.",
-        without="without this proof the RIP is just a number; with it, it is a line of code.",
-        which=r.describe,
-    )
+    s.ws = seven_ws(where=m.path, which=r.describe)
 
 
 def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
@@ -469,11 +446,6 @@ def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     s.derivations += list(word.derivations)
     s.ws = seven_ws(
         what=f"error code 0x{code:x} becomes flags 0x{d.value:x} for handle_mm_fault().",
-        why="the generic mm code speaks FAULT_FLAG_*, not x86 error codes.",
-        where="do_user_addr_fault() in arch/x86/mm/fault.c (inlined into exc_page_fault here).",
-        who="the x86 fault handler; the values of the bits come from this kernel's enum fault_flag.",
-        when="after the trap, before the VMA lookup.",
-        without="without FAULT_FLAG_WRITE the kernel would map the shared zero page read-only instead.",
         which=" | ".join(word.names),
     )
 
@@ -573,15 +545,7 @@ def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                              f"a maple tree of kernel 6.{ev.kernel_version[1]} packed from these VMAs "
                              "(node boundaries modelled, ranges observed); a cross-check of the read above",
                              list(search.derivations)))
-    s.ws = seven_ws(
-        what="find the VMA that contains the address and check the access against its flags.",
-        why="only a VMA says whether an address is part of the process and what it may do there.",
-        where="lock_vma_under_rcu() → mas_walk() over mm->mm_mt (mm/memory.c, lib/maple_tree.c).",
-        who="the fault handler, under RCU and the VMA's own lock rather than mmap_lock.",
-        when="right after the flags are set, before any page-table work.",
-        without="no VMA → SEGV_MAPERR; a VMA without VM_WRITE → SEGV_ACCERR.",
-        which=f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}",
-    )
+    s.ws = seven_ws(which=f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}")
 
 
 def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
@@ -616,15 +580,7 @@ def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
         s.values.append(unavailable("raw entries", ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     if ev.paging_levels == 4:
         s.derivations.append("4-level paging: the P4D level is folded into the PGD (it has one entry, the PGD's)")
-    s.ws = seven_ws(
-        what="the same walk the MMU did in hardware, now done by __handle_mm_fault() in software.",
-        why="to find (and create where missing) the tables down to the PTE that will map the page.",
-        where="pgd_offset → p4d_alloc → pud_alloc → pmd_alloc → the PTE in handle_pte_fault (mm/memory.c).",
-        who="the fault handler; missing tables come from the page allocator too.",
-        when="after the VMA check, before the page is allocated.",
-        without="without the indices the kernel could not tell which entry of each table is this address's.",
-        which=" → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}",
-    )
+    s.ws = seven_ws(which=" → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}")
 
 
 def step_alloc(s: Step, ev: JourneyEvidence, f: Facts) -> None:
@@ -652,11 +608,6 @@ def step_alloc(s: Step, ev: JourneyEvidence, f: Facts) -> None:
         s.values.append(observed(f"also allocated: {what}", t.fields["pfn"], src + " in the same fault: " + _chain_text(t)))
     s.ws = seven_ws(
         what=f"an order-{order} page, PFN 0x{pfn:x}, zeroed ({'__GFP_ZERO' if 'ZERO' in g.symbolic else 'see flags'}).",
-        why="a private anonymous page must start as zeros and belong to this process alone.",
-        where="do_anonymous_page → vma_alloc_folio → alloc_pages_mpol → the buddy allocator (mm/page_alloc.c).",
-        who="the page allocator, likely from this CPU's per-CPU free list.",
-        when="inside the fault, after the page tables down to the PMD exist.",
-        without="without a free page the fault would reclaim, or end in the OOM killer.",
         which=f"PFN 0x{pfn:x} = physical 0x{pfn << 12:x}",
     )
 
@@ -767,12 +718,7 @@ def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
         s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
     s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount)
     s.ws = seven_ws(
-        what="the kernel's own report of which frame now backs the page.",
-        why="a second, independent witness for the PFN the allocator handed out.",
         where=f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
-        who="read by pagefault while the program is paused right after its write.",
-        when="after the fault returned and the write completed.",
-        without="without root the PFN reads as 0: the physical layout is hidden (Rowhammer and friends).",
         which=f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
     )
 
@@ -804,15 +750,7 @@ def step_pte(s: Step, ev: JourneyEvidence, f: Facts) -> None:
             s.values.append(derived(f"PTE {name}", bitval, "a bit of the PTE read"))
     else:
         s.values.append(unavailable("PTE (read)", ev.unavailable.get("bpf", "reading the PTE needs the bpf tier; " + FIX_BPF)))
-    s.ws = seven_ws(
-        what="the entry that maps the virtual page to the frame, with its permission bits.",
-        why="the MMU only understands page tables; this entry is what makes the retry succeed.",
-        where="set_pte_at() in do_anonymous_page (mm/memory.c), into the PTE table found in the walk.",
-        who="the fault handler writes it; the MMU reads it on the retry and caches it in the TLB.",
-        when="at the end of the fault, before returning to user mode.",
-        without="no PTE → the retry faults again, forever.",
-        which=f"0x{d.value:016x}",
-    )
+    s.ws = seven_ws(which=f"0x{d.value:016x}")
 
 
 def decode_vm_fault(value: int, names: dict[int, str]) -> list[str]:
@@ -866,14 +804,8 @@ def step_return(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if ev.exit:
         s.values.append(observed("program exit", ev.exit, "waitpid()"))
     s.ws = seven_ws(
-        what="iret back to the same RIP; the store runs again and this time the MMU finds the PTE.",
-        why="a page fault is restartable: the instruction did not complete the first time.",
-        where="the exception return path (arch/x86/entry), back to user mode.",
-        who="the CPU, retrying the instruction it faulted on.",
-        when="right after the handler returned.",
-        without="without the retry the program would have to know about paging; it never does.",
-        which=(f"{1 + len(f.later_faults)} faults, one per page the write covers "
-                  f"({len(ev.written_pages())} pages); {touched.minor_faults - mapped.minor_faults} counted by the kernel"),
+        which=f"{1 + len(f.later_faults)} faults, one per page the write covers "
+                  f"({len(ev.written_pages())} pages); {touched.minor_faults - mapped.minor_faults} counted by the kernel",
     )
 
 

@@ -126,8 +126,7 @@ class _Featured:
                      modelled("VMAs after exec", len(proc.vmas), src("a typical dynamically linked program's layout"),
                               display=str(len(proc.vmas)))]
         s.evidence.append("PGD allocation (modelled chain): " + _chain(pgd.chain))
-        s.ws = seven_ws(what="exec gave the process a fresh mm_struct with its own PGD page.",
-                        who="the simulated execve", which=f"PGD PFN 0x{pgd.pfn:x} (modelled)")
+        s.ws = seven_ws(which=f"PGD PFN 0x{pgd.pfn:x} (modelled)")
 
     def mmap(self, s: Step) -> None:
         vma, src = self.f.vma, self.src
@@ -140,8 +139,6 @@ class _Featured:
                                   display=f"0x{vma.flags:x} = {' | '.join(word.names)}")]
         else:
             s.values.append(modelled("VMA", "none", src("no VMA holds the address")))
-        s.ws = seven_ws(what="mmap only reserved addresses; no page frame was given yet.",
-                        why="demand paging: memory is handed out on the first touch.")
 
     # how the simulated MMU sets each architecture's syndrome
     SYNDROME_HOW = {Arch.X86_64: "the simulated MMU: P if the entry was present, W for a write, U for user mode",
