@@ -13,7 +13,7 @@ from ..decode.pte import decode_pte, derive_anonymous_pte, vm_page_prot
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..model.maple_tree import search as maple_search
-from .catalogue import STEP_DEFS, assemble
+from .catalogue import STEP_DEFS, Filler, Missing, assemble
 from .steps import (
     Area,
     Journey,
@@ -295,9 +295,7 @@ def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
 
 def step_trap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     e = f.fault
-    if e is None:
-        s.values.append(unavailable("page fault", "no fault on the page was seen; " + FIX_ROOT))
-        return
+    assert e is not None                # _lacking(): without it the step is the catalogue's unavailable value
     src = _src(ev, f.fault_event_name)
     addr = e.fields["address"]
     s.values.append(observed("faulting address (CR2)", addr, src))
@@ -414,9 +412,7 @@ def _flag_difference(seen: int, derived_value: int, ev: JourneyEvidence) -> str:
 
 
 def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
-    if f.fault is None or "error_code" not in f.fault.fields:
-        s.values.append(unavailable("fault flags", "needs the error code; " + FIX_ROOT))
-        return
+    assert f.fault is not None          # _lacking()
     code = f.fault.fields["error_code"]
     vma_lock, lock_value = _vma_lock_path(ev, f)
     d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=vma_lock, source=ev.fault_flag_source)
@@ -519,10 +515,8 @@ def _maple_values(ev: JourneyEvidence, addr: int) -> list[Value]:
 
 
 def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    assert f.vma is not None            # _lacking(): without it the step is the catalogue's unavailable value
     addr = _fault_address(ev)
-    if f.vma is None:
-        s.values.append(unavailable("VMA", f"no VMA holds 0x{addr:x} in /proc/{ev.pid}/maps"))
-        return
     s.values.append(observed("VMA holding the address", _maps_line(f.vma), f"/proc/{ev.pid}/maps"))
     if f.vm_flags is not None:
         write = bool(f.vm_flags & 2)
@@ -585,10 +579,7 @@ def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
 
 def step_alloc(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     a = f.data_alloc
-    if a is None:
-        s.values.append(unavailable("allocation", ev.unavailable.get("kmem:mm_page_alloc",
-                                                                     "no allocation seen in the fault; " + FIX_ROOT)))
-        return
+    assert a is not None                # _lacking()
     src = _src(ev, "kmem:mm_page_alloc")
     pfn, order, gfp = a.fields["pfn"], a.fields["order"], a.fields["gfp_flags"]
     g = decode_gfp(gfp, ev.gfp_table, ev.gfp_source)
@@ -694,9 +685,7 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
 
 def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     snap = ev.snapshots[Stage.TOUCHED]
-    if snap.pagemap is None:
-        s.values.append(unavailable("pagemap entry", "; ".join(snap.errors) or "not read"))
-        return
+    assert snap.pagemap is not None     # _lacking()
     pm = decode_pagemap_entry(snap.pagemap)
     s.values.append(observed("pagemap entry", snap.pagemap, f"/proc/{ev.pid}/pagemap at offset (0x{_fault_address(ev):x} >> 12) * 8",
                              display=f"0x{snap.pagemap:016x}"))
@@ -726,9 +715,7 @@ def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
 def step_pte(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     a = f.data_alloc
     pfn = a.fields["pfn"] if a else f.pagemap_pfn
-    if pfn is None or f.vm_flags is None:
-        s.values.append(unavailable("PTE", "needs the PFN and the VMA's flags; " + FIX_ROOT))
-        return
+    assert pfn is not None and f.vm_flags is not None      # _lacking()
     write = bool(f.fault and f.fault.fields.get("error_code", 2) & 2)
     d = derive_anonymous_pte(pfn, f.vm_flags, write, soft_dirty=bool(ev.soft_dirty_config))
     s.values.append(derived("PTE (derived)", d.value, f"mk_pte(PFN, vm_page_prot) as do_anonymous_page() builds it; "
@@ -923,6 +910,24 @@ STEP_BUILDERS = {StepKey.PROCESS: step_process, StepKey.MMAP: step_mmap, StepKey
                  StepKey.PAGEMAP: step_pagemap, StepKey.PTE: step_pte, StepKey.RETURN: step_return}
 
 
+def _lacking(ev: JourneyEvidence, f: Facts, key: StepKey) -> str | None:
+    """Why this evidence cannot fill the step at all (the step then holds the catalogue's unavailable
+    value with this reason), or None."""
+    if key is StepKey.TRAP and f.fault is None:
+        return "no fault on the page was seen; " + FIX_ROOT
+    if key is StepKey.FLAGS and (f.fault is None or "error_code" not in f.fault.fields):
+        return "needs the error code; " + FIX_ROOT
+    if key is StepKey.VMA and f.vma is None:
+        return f"no VMA holds 0x{_fault_address(ev):x} in /proc/{ev.pid}/maps"
+    if key is StepKey.ALLOC and f.data_alloc is None:
+        return ev.unavailable.get("kmem:mm_page_alloc", "no allocation seen in the fault; " + FIX_ROOT)
+    if key is StepKey.PAGEMAP and ev.snapshots[Stage.TOUCHED].pagemap is None:
+        return "; ".join(ev.snapshots[Stage.TOUCHED].errors) or "not read"
+    if key is StepKey.PTE and ((f.data_alloc is None and f.pagemap_pfn is None) or f.vm_flags is None):
+        return "needs the PFN and the VMA's flags; " + FIX_ROOT
+    return None
+
+
 def fault_event(ev: JourneyEvidence) -> TraceEvent | None:
     """The fault the journey follows: the first one on the written page between mmap and the write."""
     return Facts(ev).fault
@@ -958,8 +963,11 @@ def build_journey(ev: JourneyEvidence) -> Journey:
                 fault_flag_table=dict(ev.fault_flag_table), fault_flag_source=ev.fault_flag_source)
     f = Facts(ev)
     j.observed_with = observation_means(ev)
-    reached = {key: partial(builder, ev=ev, f=f) for key, builder in STEP_BUILDERS.items()
-               if STEP_DEFS[key].stage in ev.snapshots}
+    reached: dict[StepKey, Filler | Missing] = {}
+    for key, builder in STEP_BUILDERS.items():
+        if STEP_DEFS[key].stage in ev.snapshots:
+            why = _lacking(ev, f, key)
+            reached[key] = partial(builder, ev=ev, f=f) if why is None else Missing(why)
     j.steps = assemble(reached, Source.EXERCISE)
     if Stage.TOUCHED in ev.snapshots:
         j.timeline = timeline(ev, f)
