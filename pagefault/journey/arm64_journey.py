@@ -124,7 +124,9 @@ class _Arm64Steps:
         self.after = {r.level: r for r in ev.walk_after}
 
     def fillers(self) -> dict[StepKey, Filler | Missing]:
-        return {StepKey.MMAP: self.mmap, StepKey.TRAP: self.trap, StepKey.RIP: self.rip, StepKey.FLAGS: self.flags,
+        ev = self.ev
+        rip = self.rip if ev.instruction else Missing(ev.unavailable.get("instruction", "not read"))
+        return {StepKey.MMAP: self.mmap, StepKey.TRAP: self.trap, StepKey.RIP: rip, StepKey.FLAGS: self.flags,
                 StepKey.WALK: self.walk, StepKey.ALLOC: self.alloc, StepKey.PAGEMAP: self.pagemap,
                 StepKey.PTE: self.pte, StepKey.RETURN: self.result}
 
@@ -176,15 +178,12 @@ class _Arm64Steps:
 
     def rip(self, s: Step) -> None:
         ev = self.ev
-        if ev.instruction:
-            text = _disassemble(bytes.fromhex(ev.instruction), ev.pc)
-            s.values.append(observed("instruction bytes", ev.instruction, f"/proc/{ev.pid}/mem at PC",
-                                     display=" ".join(ev.instruction[i:i + 2] for i in range(0, 8, 2))))
-            s.values.append(derived("instruction", text, "capstone, arm64 mode (AArch64: 4-byte instructions)"))
-            s.values.append(observed("mapping of PC", ev.instruction_path, "/proc/PID/maps") if ev.instruction_path else
-                            unavailable("mapping of PC", "no line of /proc/PID/maps held the PC"))
-        else:
-            s.values.append(unavailable("instruction", ev.unavailable.get("instruction", "not read")))
+        text = _disassemble(bytes.fromhex(ev.instruction), ev.pc)
+        s.values.append(observed("instruction bytes", ev.instruction, f"/proc/{ev.pid}/mem at PC",
+                                 display=" ".join(ev.instruction[i:i + 2] for i in range(0, 8, 2))))
+        s.values.append(derived("instruction", text, "capstone, arm64 mode (AArch64: 4-byte instructions)"))
+        s.values.append(observed("mapping of PC", ev.instruction_path, "/proc/PID/maps") if ev.instruction_path else
+                        unavailable("mapping of PC", "no line of /proc/PID/maps held the PC"))
 
     def flags(self, s: Step) -> None:
         ev = self.ev

@@ -112,7 +112,8 @@ class _ProgramSteps:
 
     def fillers(self) -> dict[StepKey, Filler | Missing]:
         return {StepKey.SELECTED: self.selected, StepKey.TRAP: self.trap, StepKey.RIP: self.rip,
-                StepKey.FLAGS: self.flags, StepKey.VMA: self.vma, StepKey.WALK: self.walk, StepKey.ALLOC: self.alloc,
+                StepKey.FLAGS: self.flags, StepKey.VMA: self.vma, StepKey.ALLOC: self.alloc,
+                StepKey.WALK: self.walk if self.ev.bpf else Missing(self.ev.unavailable.get("bpf", "bpftrace read no walk")),
                 StepKey.CLASS: self.kind, StepKey.PTE: self.pte, StepKey.RETURN: self.result}
 
     def selected(self, s: Step) -> None:
@@ -190,17 +191,15 @@ class _ProgramSteps:
         s.values += _maple_values(ev, ev.address)  # type: ignore[arg-type]
 
     def walk(self, s: Step) -> None:
-        ev = self.ev
-        if ev.bpf is None:
-            s.values.append(unavailable("walk", ev.unavailable.get("bpf", "bpftrace read no walk")))
-        else:
-            for when, src in (("before", AT_FAULT), ("after", AFTER)):
-                read = ev.bpf.reads.get(when)
-                for level, entry in (read.entries.items() if read else []):
-                    p = decode_pte(entry, level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
-                    s.values.append(observed(f"{level} entry {when}", entry, src, display=f"0x{entry:016x}: {p.points_to}"))
-            s.values.append(derived("direct-map base", ev.bpf.direct_map_base, ev.direct_map_how,
-                                    display=f"0x{ev.bpf.direct_map_base:x}"))
+        ev, bpf = self.ev, self.ev.bpf
+        assert bpf is not None              # fillers(): without the BPF reads the step says why
+        for when, src in (("before", AT_FAULT), ("after", AFTER)):
+            read = bpf.reads.get(when)
+            for level, entry in (read.entries.items() if read else []):
+                p = decode_pte(entry, level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
+                s.values.append(observed(f"{level} entry {when}", entry, src, display=f"0x{entry:016x}: {p.points_to}"))
+        s.values.append(derived("direct-map base", bpf.direct_map_base, ev.direct_map_how,
+                                display=f"0x{bpf.direct_map_base:x}"))
 
     def alloc(self, s: Step) -> None:
         cls, window = self.cls, self.window
