@@ -159,3 +159,27 @@ def test_a_steps_ws_are_the_sources_telling_and_the_fillers_own_in_w_order() -> 
     assert bare.ws == told                          # the explanation stands when the values are unavailable
     (model,) = assemble({StepKey.ALLOC: Missing("x")}, Source.MODEL)
     assert not model.ws                             # a source tells only what it tells
+
+
+def _saved(name: str):
+    return load_evidence(next(FIXTURES.glob(f"6.18*/{name}"))).evidence
+
+
+def test_live_evidence_without_a_steps_inputs_gives_the_catalogues_unavailable_step() -> None:
+    ev = _saved("journey-perf.json.gz")
+    ev.events = [e for e in ev.events if e.name != "kmem:mm_page_alloc"]     # as a tier without the tracepoint
+    ev.unavailable["kmem:mm_page_alloc"] = "no allocation tracepoint here"
+    step = next(s for s in journey_from_evidence(ev).steps if s.key == StepKey.ALLOC)
+    (value,) = step.values
+    assert (value.label, value.provenance, value.source) == (STEP_DEFS[StepKey.ALLOC].missing_label,
+                                                             Provenance.UNAVAILABLE, "no allocation tracepoint here")
+    assert step.ws == STEP_WS[StepKey.ALLOC][Source.EXERCISE]
+
+
+def test_a_program_fault_without_bpf_reads_says_why_its_walk_is_missing() -> None:
+    ev = _saved("program-own.json.gz")
+    ev.bpf = None
+    ev.unavailable["bpf"] = "bpftrace is not installed"
+    walk = next(s for s in journey_from_evidence(ev).steps if s.key == StepKey.WALK)
+    assert [(v.label, v.provenance, v.source) for v in walk.values] == [
+        (STEP_DEFS[StepKey.WALK].missing_label, Provenance.UNAVAILABLE, "bpftrace is not installed")]
