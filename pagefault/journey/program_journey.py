@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..decode.error_code import decode_error_code
-from ..decode.fault_flags import derive_fault_flags
+from ..decode.arch import Arch
+from ..decode.arch_interface import arch_interface
 from ..decode.pagemap import decode_kpageflags, decode_pagemap_entry
 from ..decode.pte import EntryKind, decode_pte
 from ..decode.vm_flags import decode_vm_flags
@@ -108,6 +108,8 @@ class _ProgramSteps:
 
     def __init__(self, ev: ProgramFaultEvidence):
         self.ev = ev
+        # the program capture traps at x86's exceptions:page_fault_user; its evidence names no architecture yet
+        self.arch = arch_interface(Arch.X86_64, ev.paging_levels)
         self.cls, self.how, self.window = classify_chosen(ev)
 
     def fillers(self) -> dict[StepKey, Filler | Missing]:
@@ -131,12 +133,13 @@ class _ProgramSteps:
                                         "only guessed from its PTE and VMA)")]))
 
     def trap(self, s: Step) -> None:
-        ev = self.ev
-        code = decode_error_code(ev.error_code)
-        s.values += [observed("faulting address (CR2)", ev.address, AT_FAULT + " args->address", display=f"0x{ev.address:x}"),
-                     observed("RIP", ev.ip, AT_FAULT + " args->ip", display=f"0x{ev.ip:x}"),
-                     observed("error code", ev.error_code, AT_FAULT + " args->error_code",
-                              display=f"0x{ev.error_code:x}: {code.summary}", derivation=list(code.bit_meanings))]
+        ev, arch = self.ev, self.arch
+        code = arch.decode_syndrome(ev.error_code)
+        s.values += [observed(f"faulting address ({arch.address_register})", ev.address, AT_FAULT + " args->address",
+                              display=f"0x{ev.address:x}"),
+                     observed(arch.pc_register, ev.ip, AT_FAULT + " args->ip", display=f"0x{ev.ip:x}"),
+                     observed(arch.syndrome_register, ev.error_code, AT_FAULT + " args->error_code",
+                              display=f"0x{ev.error_code:x}: {code.summary}", derivation=list(code.derivations))]
 
     def rip(self, s: Step) -> None:
         ev = self.ev
@@ -157,10 +160,10 @@ class _ProgramSteps:
                                         "no ELF file to read it back in"))
 
     def flags(self, s: Step) -> None:
-        ev = self.ev
-        d = derive_fault_flags(ev.error_code, ev.fault_flag_table, source=ev.fault_flag_source)
-        s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; taken "
-                                "from the source: FAULT_FLAG_DEFAULT and the per-VMA lock path", list(d.derivations)))
+        ev, arch = self.ev, self.arch
+        value, how = arch.fault_flags(ev.error_code, ev.fault_flag_table, ev.fault_flag_source, vma_lock=True)
+        s.values.append(derived("flags", value, f"from the {arch.syndrome_noun} (observed) as {arch.fault_handler_source} "
+                                "does; taken from the source: FAULT_FLAG_DEFAULT and the per-VMA lock path", how))
 
     def vma(self, s: Step) -> None:
         ev, window = self.ev, self.window
