@@ -84,6 +84,7 @@ class ArchInterface(ABC):
     root_register: str          # holds the PGD's physical address
     syndrome_register: str      # the trap's syndrome, as a step labels it
     syndrome_noun: str          # the syndrome in a sentence ("error code", "ESR")
+    syndrome_fields: str        # what its decoding reads
     fault_handler_source: str   # the file that turns the syndrome into fault flags
     derive_entry_name: str      # the function that derives an anonymous page's entry
 
@@ -128,6 +129,7 @@ class X86_64(ArchInterface):
     arch = Arch.X86_64
     address_register, pc_register, root_register = "CR2", "RIP", "CR3"
     syndrome_register = syndrome_noun = "error code"
+    syndrome_fields = "the x86 #PF error-code bits"
     fault_handler_source = "arch/x86/mm/fault.c"
     derive_entry_name = "derive_anonymous_pte()"
 
@@ -173,6 +175,7 @@ class Arm64(ArchInterface):
     arch = Arch.ARM64
     address_register, pc_register, root_register = "FAR_EL1", "PC", "TTBR0_EL1"
     syndrome_register, syndrome_noun = "ESR_EL1", "ESR"
+    syndrome_fields = "the ESR_EL1 fields"
     fault_handler_source = "arch/arm64/mm/fault.c"
     derive_entry_name = "derive_arm64_anonymous_pte()"
 

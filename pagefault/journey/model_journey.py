@@ -144,7 +144,6 @@ class _Featured:
     SYNDROME_HOW = {Arch.X86_64: "the simulated MMU: P if the entry was present, W for a write, U for user mode",
                     Arch.ARM64: "the simulated MMU: a data abort from EL0, WnR for a write, a translation fault at "
                                 "the level whose descriptor was invalid or a permission fault at the leaf"}
-    SYNDROME_FIELDS = {Arch.X86_64: "the x86 #PF error-code bits", Arch.ARM64: "the ESR_EL1 fields"}
 
     def trap(self, s: Step) -> None:
         f, arch, src = self.f, self.arch, self.src
@@ -155,7 +154,7 @@ class _Featured:
         s.values += [modelled(f"faulting address ({arch.address_register})", f.address, src("the scenario's access")),
                      modelled(arch.syndrome_register, f.error_code, src(self.SYNDROME_HOW[arch.arch]),
                               display=f"0x{f.error_code:x}"),
-                     _computed(f"{arch.syndrome_noun} meaning", meaning.summary, self.SYNDROME_FIELDS[arch.arch],
+                     _computed(f"{arch.syndrome_noun} meaning", meaning.summary, arch.syndrome_fields,
                                list(meaning.derivations)),
                      unavailable(arch.pc_register, LIVE_ONLY)]
 
