@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from . import __version__
+from .journey.vocabulary import FaultKind
 from .views.safe_text import escape_controls
 from .views.terminal import print_json, say, write_text
 
@@ -910,7 +911,7 @@ def _register_journey(sub) -> None:
     j.add_argument("--at", metavar="ADDRESS|SYMBOL|FILE:LINE", help="a program of yours: the first fault on this "
                    "address's page, or whose RIP is in this function or on this source line")
     j.add_argument("--nth", type=int, metavar="N", help="a program of yours: its N-th fault")
-    j.add_argument("--kind", choices=("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv"),
+    j.add_argument("--kind", choices=[k.value for k in FaultKind],
                    help="a program of yours: the first fault of this kind (guessed at entry, checked after)")
     j.add_argument("--timeout", type=float, metavar="SECONDS", help="a program of yours: give up (exit 4) when no "
                    "fault has matched after this long (default: wait until the program ends)")

@@ -14,7 +14,8 @@ from typing import Callable
 
 from .evidence import (Arm64FaultEvidence, ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence,
                        ScenarioEvidence)
-from .journey.steps import STEP_CATALOGUE, Journey
+from .journey.catalogue import STEP_CATALOGUE
+from .journey.steps import Journey
 from .decode.arch import Arch
 
 Progress = Callable[[str], None] | None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..decode.address import split_virtual_address
 from ..decode.error_code import decode_error_code
 from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
@@ -11,21 +13,23 @@ from ..decode.pte import decode_pte, derive_anonymous_pte, vm_page_prot
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..evidence import JourneyEvidence, MapsLine, TraceEvent
 from ..model.maple_tree import search as maple_search
+from .catalogue import STEP_DEFS, Filler, Missing, assemble
 from .steps import (
     Area,
     Journey,
     PageWalk,
+    Provenance,
     Step,
     TimelineEntry,
     Value,
     WalkLevel,
-    catalogue_step,
     derived,
     modelled,
     observed,
     timeline_from,
     unavailable,
 )
+from .vocabulary import Source, Stage, StepKey, seven_ws
 
 GATE_AREA = "[vsyscall]"    # get_gate_vma(): shown in maps, not in the mm's VMA tree
 MMAP_LOCK_EVENT = "mmap_lock:mmap_lock_acquire_returned"
@@ -109,7 +113,7 @@ class Facts:
 
     def _mmap_lock_during_fault(self, write_faults: list[TraceEvent]) -> tuple[tuple[int, int] | None, list[TraceEvent]]:
         """mmap_lock acquisitions by the target from the fault's entry to its next fault (or the touched phase)."""
-        touched = self.ev.snapshots.get("touched")
+        touched = self.ev.snapshots.get(Stage.TOUCHED)
         if self.fault is None or touched is None:
             return None, []
         later = [e.time_ns for e in write_faults if e.time_ns > self.fault.time_ns]
@@ -122,7 +126,7 @@ class Facts:
         page = (ev.fault_address or 0) & ~0xFFF
         fault_name = "exceptions:page_fault_user" if ev.tier in ("bpf", "perf") else "page-faults"
         self.fault_event_name = fault_name
-        write_faults = _between(ev, fault_name, "mapped", "touched")
+        write_faults = _between(ev, fault_name, Stage.MAPPED, Stage.TOUCHED)
         faults = [e for e in write_faults if page <= e.fields.get("address", -1) < page + 4096]
         self.fault = faults[0] if faults else None
         self.fault_count_on_page = len(faults)
@@ -132,10 +136,10 @@ class Facts:
                              for p in ev.written_pages()[1:]
                              if any(p <= e.fields.get("address", -1) < p + 4096 for e in write_faults)]
         self.lock_window, self.locks_during_fault = self._mmap_lock_during_fault(write_faults)
-        all_allocs = _between(ev, "kmem:mm_page_alloc", "mapped", "touched")
+        all_allocs = _between(ev, "kmem:mm_page_alloc", Stage.MAPPED, Stage.TOUCHED)
         self.allocs = self.allocs_of(self.fault, all_allocs) if self.fault and self.later_faults else all_allocs
         self.later_allocs = {id(e): self.allocs_of(e, all_allocs) for e in self.later_faults}
-        touched = ev.snapshots.get("touched")
+        touched = ev.snapshots.get(Stage.TOUCHED)
         entry = touched.pagemap if touched else None
         self.pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
         self.data_alloc = next((a for a in self.allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
@@ -144,7 +148,7 @@ class Facts:
         self.table_allocs = [a for a in self.allocs if a is not self.data_alloc]
         vma = _vma_at(touched.maps, ev.fault_address) if touched and ev.fault_address else None
         self.vma = vma
-        snap = ev.snapshots.get("touched") or ev.snapshots.get("mapped")
+        snap = ev.snapshots.get(Stage.TOUCHED) or ev.snapshots.get(Stage.MAPPED)
         self.vm_flags_mnemonics: list[str] = (snap.vm_flags_mnemonics or []) if snap else []
         self.vm_flags: int | None = None
         self.vm_flags_lines: list[str] = []
@@ -158,9 +162,8 @@ class Facts:
 
 # --- steps -----------------------------------------------------------------------------------------------------
 
-def step_process(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("process")
-    snap = ev.snapshots["ready"]
+def step_process(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    snap = ev.snapshots[Stage.READY]
     s.values.append(observed("PID", ev.pid, "the return value of fork() in pagefault, which started the program",
                              display=str(ev.pid)))
     execs = [e for e in ev.events if e.name == "sched:sched_process_exec" and e.pid == ev.pid]
@@ -198,23 +201,43 @@ def step_process(ev: JourneyEvidence, f: Facts) -> Step:
     s.values.append(observed("minor faults so far", snap.minor_faults, f"/proc/{ev.pid}/stat field 10",
                              display=str(snap.minor_faults)))
     s.evidence += [_maps_line(m) for m in snap.maps]
-    s.ws = {
-        "what": f"PID {ev.pid} runs {ev.argv[0].rsplit('/', 1)[-1]}; exec gave it a fresh mm_struct with its own PGD page.",
-        "why": "a process needs an address space (mm_struct, VMAs, page tables) before any of its code can run.",
-        "where": "kernel/fork.c (fork), fs/exec.c (exec: alloc_bprm → mm_init → pgd_alloc).",
-        "who": "pagefault forked the child; the child's execve built the new mm.",
-        "when": "before main(): the loader's own faults above happened before the program's first line.",
-        "without": "without an mm there is no CR3 to load and no VMA to check a fault against.",
-        "which": f"the PGD page is PFN 0x{f.pgd_alloc.fields['pfn']:x}" if f.pgd_alloc else "the PGD page was not seen",
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"PID {ev.pid} runs {ev.argv[0].rsplit('/', 1)[-1]}; exec gave it a fresh mm_struct with its own PGD page.",
+        which=f"the PGD page is PFN 0x{f.pgd_alloc.fields['pfn']:x}" if f.pgd_alloc else "the PGD page was not seen",
+    )
 
 
-def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("mmap")
-    enter = _between(ev, "syscalls:sys_enter_mmap", "ready", "mapped")
-    exit_ = _between(ev, "syscalls:sys_exit_mmap", "ready", "mapped")
-    area = _between(ev, "mmap:vm_unmapped_area", "ready", "mapped")
+def _kprobe_mmap_values(ev: JourneyEvidence) -> list[Value]:
+    """The VMA-making call as kprobes saw it (its arguments, result and merges), or why it was not seen."""
+    out: list[Value] = []
+    km = ev.kprobe_mmap
+    if km is not None and km.retval is not None:
+        merges = [(fn, r) for fn, r in km.merges if r]
+        out.append(observed(f"{km.function}()", f"file 0x{km.file or 0:x}, addr 0x{km.addr or 0:x}, len 0x{km.length or 0:x}, "
+                                 f"vm_flags 0x{km.vm_flags or 0:x}, pgoff 0x{km.pgoff or 0:x} → 0x{km.retval:x}",
+                                 f"kprobe and kretprobe {km.function} (the function that makes the VMA on this kernel)",
+                                 derivation=[f"{fn} returned 0x{r:x}: the new range was merged into (or expanded) an "
+                                             "existing VMA" for fn, r in merges] or
+                                 ["no merge function returned a VMA: a new VMA was made"
+                                  + ("" if km.merges else " (no merge function was called)")]))
+        probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
+        blind = {fn: why for fn, why in km.not_probeable.items() if fn != km.function and not why.startswith("not a function")}
+        if merges or not blind:
+            out.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
+        else:
+            out.append(unavailable("merged", "no probed merge function returned a VMA, but "
+                                        + "; ".join(f"{fn} cannot be probed here ({why})" for fn, why in blind.items())
+                                        + ": a merge through it would not be seen (the maps diff above decides)"))
+    elif ev.tier == "bpf":
+        out.append(unavailable(f"{'the VMA-making call'} (kprobe)", ev.unavailable.get("kprobe mmap") or
+                                    ev.unavailable.get("kprobes", "the kprobe tier was not used")))
+    return out
+
+
+def step_mmap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    enter = _between(ev, "syscalls:sys_enter_mmap", Stage.READY, Stage.MAPPED)
+    exit_ = _between(ev, "syscalls:sys_exit_mmap", Stage.READY, Stage.MAPPED)
+    area = _between(ev, "mmap:vm_unmapped_area", Stage.READY, Stage.MAPPED)
     if enter:
         a = enter[-1].fields
         fd = ((a.get("fd", 0) & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # ksys_mmap_pgoff takes it as an int
@@ -244,8 +267,8 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
         s.evidence.append("vm_unmapped_area call chain: " + _chain_text(area[-1]))
     else:
         s.values.append(unavailable("address choice", ev.unavailable.get("mmap:vm_unmapped_area", "not seen; " + FIX_ROOT)))
-    before = {(m.start, m.end) for m in ev.snapshots["ready"].maps}
-    mapped = ev.snapshots["mapped"]
+    before = {(m.start, m.end) for m in ev.snapshots[Stage.READY].maps}
+    mapped = ev.snapshots[Stage.MAPPED]
     new = [m for m in mapped.maps if (m.start, m.end) not in before]
     vma = _vma_at(mapped.maps, _vaddr(ev))
     if vma:
@@ -254,27 +277,7 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
                                 f"/proc/{ev.pid}/maps after mmap minus before" +
                                 (": merged with a neighbouring VMA of the same flags" if merged else "")))
         s.evidence += ["new in maps: " + _maps_line(m) for m in new]
-    km = ev.kprobe_mmap
-    if km is not None and km.retval is not None:
-        merges = [(fn, r) for fn, r in km.merges if r]
-        s.values.append(observed(f"{km.function}()", f"file 0x{km.file or 0:x}, addr 0x{km.addr or 0:x}, len 0x{km.length or 0:x}, "
-                                 f"vm_flags 0x{km.vm_flags or 0:x}, pgoff 0x{km.pgoff or 0:x} → 0x{km.retval:x}",
-                                 f"kprobe and kretprobe {km.function} (the function that makes the VMA on this kernel)",
-                                 derivation=[f"{fn} returned 0x{r:x}: the new range was merged into (or expanded) an "
-                                             "existing VMA" for fn, r in merges] or
-                                 ["no merge function returned a VMA: a new VMA was made"
-                                  + ("" if km.merges else " (no merge function was called)")]))
-        probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
-        blind = {fn: why for fn, why in km.not_probeable.items() if fn != km.function and not why.startswith("not a function")}
-        if merges or not blind:
-            s.values.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
-        else:
-            s.values.append(unavailable("merged", "no probed merge function returned a VMA, but "
-                                        + "; ".join(f"{fn} cannot be probed here ({why})" for fn, why in blind.items())
-                                        + ": a merge through it would not be seen (the maps diff above decides)"))
-    elif ev.tier == "bpf":
-        s.values.append(unavailable(f"{'the VMA-making call'} (kprobe)", ev.unavailable.get("kprobe mmap") or
-                                    ev.unavailable.get("kprobes", "the kprobe tier was not used")))
+    s.values += _kprobe_mmap_values(ev)
     if f.vm_flags is not None:
         word = decode_vm_flags(f.vm_flags, ev.kernel_version)
         s.values.append(derived("vm_flags", f.vm_flags, f"VmFlags {' '.join(f.vm_flags_mnemonics)} in /proc/{ev.pid}/smaps "
@@ -284,24 +287,15 @@ def step_mmap(ev: JourneyEvidence, f: Facts) -> Step:
         pm = decode_pagemap_entry(mapped.pagemap)
         s.values.append(observed("pagemap of the page now", mapped.pagemap, f"/proc/{ev.pid}/pagemap",
                                  display=f"0x{mapped.pagemap:x}: {pm.summary}"))
-    s.ws = {
-        "what": f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{_vaddr(ev):x}.",
-        "why": "mmap only reserves addresses: physical memory is given on the first touch (demand paging).",
-        "where": "mm/mmap.c do_mmap → __get_unmapped_area → vm_unmapped_area; the VMA goes into mm->mm_mt.",
-        "who": "the program's mmap() call; the kernel picked the address (top-down, below the stack gap).",
-        "when": "after exec, before the write: the program is paused right after mmap returned.",
-        "without": "without the VMA the later write would have no mapping and end in SIGSEGV.",
-        "which": f"VMA [0x{vma.start:x}, 0x{vma.end:x})" if vma else "the VMA was not found in maps",
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"a {ev.options.size}-byte private anonymous read-write mapping at 0x{_vaddr(ev):x}.",
+        which=f"VMA [0x{vma.start:x}, 0x{vma.end:x})" if vma else "the VMA was not found in maps",
+    )
 
 
-def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("trap")
+def step_trap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     e = f.fault
-    if e is None:
-        s.values.append(unavailable("page fault", "no fault on the page was seen; " + FIX_ROOT))
-        return s
+    assert e is not None                # _lacking(): without it the step is the catalogue's unavailable value
     src = _src(ev, f.fault_event_name)
     addr = e.fields["address"]
     s.values.append(observed("faulting address (CR2)", addr, src))
@@ -326,33 +320,26 @@ def step_trap(ev: JourneyEvidence, f: Facts) -> Step:
                             [f"0x{addr:x} & ~0xfff = 0x{split.page_base:x}"]))
     if e.kernel_chain:
         s.evidence.append("kernel stack at the tracepoint: " + _chain_text(e))
-    s.ws = {
-        "what": "a user-mode write to a page with no present PTE: the MMU cannot translate, so it raises #PF.",
-        "why": "the VMA exists but no page frame has been given to this page yet.",
-        "where": "vector 14 → asm_exc_page_fault → exc_page_fault (arch/x86/mm/fault.c), where the tracepoint fires.",
-        "who": "the CPU saved CR2, RIP and the error code; the kernel's entry code read them.",
-        "when": f"{_us(ev, e.time_ns)}, on CPU {e.cpu}.",
-        "without": "without the trap the store would silently miss: the fault is what lets the kernel fill the page.",
-        "which": f"address 0x{addr:x}, RIP 0x{e.fields['ip']:x}",
-    }
-    return s
+    s.ws = seven_ws(
+        when=f"{_us(ev, e.time_ns)}, on CPU {e.cpu}.",
+        which=f"address 0x{addr:x}, RIP 0x{e.fields['ip']:x}",
+    )
 
 
-def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("rip")
+def step_rip(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if f.fault is None:
         s.values.append(unavailable("RIP", "no fault was seen"))
-        return s
+        return
     ip = f.fault.fields["ip"]
-    m = _vma_at(ev.snapshots["touched"].maps, ip)
+    m = _vma_at(ev.snapshots[Stage.TOUCHED].maps, ip)
     if m is None or not m.path.startswith("/"):
         s.values.append(unavailable("mapping of RIP", f"RIP 0x{ip:x} is not in a file mapping of /proc/{ev.pid}/maps"))
-        return s
+        return
     s.values.append(observed("mapping holding RIP", _maps_line(m), f"/proc/{ev.pid}/maps"))
     r = ev.rip
     if r is None or r.ip != ip:
         s.values.append(unavailable("file offset", f"the ELF file {m.path} was not read for this RIP"))
-        return s
+        return
     s.values.append(derived("file offset", r.file_offset, "RIP − mapping start + mapping file offset", [r.derivations[0]]))
     if r.elf_vaddr is not None:
         s.values.append(derived("ELF address", r.elf_vaddr, "the PT_LOAD segment holding that file offset",
@@ -373,16 +360,7 @@ def step_rip(ev: JourneyEvidence, f: Facts) -> Step:
                                 f"the DWARF line table of {m.path}"))
     elif r.elf_vaddr is not None and ev.program.compiled and m.path == str(ev.program.path):
         s.values.append(unavailable("source line", "the binary has no line for this address"))
-    s.ws = {
-        "what": "the address the CPU saved as RIP, traced back to a byte offset in a file on disk.",
-        "why": "ASLR moves where a file is mapped; the offset inside the file does not move.",
-        "where": m.path,
-        "who": "the instruction the CPU retries after the handler returns.",
-        "when": "the instruction was executing when the trap came; it had not completed.",
-        "without": "without this proof the RIP is just a number; with it, it is a line of code.",
-        "which": r.describe,
-    }
-    return s
+    s.ws = seven_ws(where=m.path, which=r.describe)
 
 
 def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
@@ -403,7 +381,7 @@ def _vma_lock_path(ev: JourneyEvidence, f: Facts) -> tuple[bool, Value]:
                else "this kernel's enum fault_flag has no FAULT_FLAG_VMA_LOCK: faults take mmap_lock"))
     seen = [e for e in ev.events if e.name == MMAP_LOCK_EVENT and e.pid == ev.pid]
     start, end = f.lock_window
-    until = "the next fault" if end != ev.snapshots["touched"].time_ns else "the touched phase"
+    until = "the next fault" if end != ev.snapshots[Stage.TOUCHED].time_ns else "the touched phase"
     window = f"from the fault's entry to {until} ({(end - start) / 1000:.0f} µs)"
     if f.locks_during_fault:
         first = f.locks_during_fault[0]
@@ -433,11 +411,8 @@ def _flag_difference(seen: int, derived_value: int, ev: JourneyEvidence) -> str:
             "assumptions do not hold for this fault")
 
 
-def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("flags")
-    if f.fault is None or "error_code" not in f.fault.fields:
-        s.values.append(unavailable("fault flags", "needs the error code; " + FIX_ROOT))
-        return s
+def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    assert f.fault is not None          # _lacking()
     code = f.fault.fields["error_code"]
     vma_lock, lock_value = _vma_lock_path(ev, f)
     d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=vma_lock, source=ev.fault_flag_source)
@@ -445,7 +420,7 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
                              ev.fault_flag_source) if ev.fault_flag_source.startswith("observed")
                     else modelled("enum fault_flag table", ev.fault_flag_source, ev.fault_flag_source))
     s.values.append(lock_value)
-    lock_basis = ("observed (the mmap_lock tracepoint, above)" if lock_value.provenance == "observed"
+    lock_basis = ("observed (the mmap_lock tracepoint, above)" if lock_value.provenance == Provenance.OBSERVED
                   else "taken from the source (above)")
     s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; "
                             "taken from the kernel source, not observed: FAULT_FLAG_DEFAULT's makeup; "
@@ -465,16 +440,10 @@ def step_flags(ev: JourneyEvidence, f: Facts) -> Step:
         step = next((st for st in d.steps if st.name == flag.name), None)
         s.values.append(derived(flag.name, flag.mask, step.reason if step else flag.meaning))
     s.derivations += list(word.derivations)
-    s.ws = {
-        "what": f"error code 0x{code:x} becomes flags 0x{d.value:x} for handle_mm_fault().",
-        "why": "the generic mm code speaks FAULT_FLAG_*, not x86 error codes.",
-        "where": "do_user_addr_fault() in arch/x86/mm/fault.c (inlined into exc_page_fault here).",
-        "who": "the x86 fault handler; the values of the bits come from this kernel's enum fault_flag.",
-        "when": "after the trap, before the VMA lookup.",
-        "without": "without FAULT_FLAG_WRITE the kernel would map the shared zero page read-only instead.",
-        "which": " | ".join(word.names),
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"error code 0x{code:x} becomes flags 0x{d.value:x} for handle_mm_fault().",
+        which=" | ".join(word.names),
+    )
 
 
 BPF_AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user, through BTF types"
@@ -511,7 +480,7 @@ def _vma_struct_values(ev: JourneyEvidence, f: Facts, vma: MapsLine) -> list[Val
                                        + ("the same" if expected == objs["vm_page_prot"] else
                                           "DIFFERENT (the mapping's protection was changed after mmap, or the "
                                           "built-in protection_map does not hold for this kernel)")]))
-    mapped = ev.snapshots.get("mapped")
+    mapped = ev.snapshots.get(Stage.MAPPED)
     vmas = [m for m in mapped.maps if m.path != GATE_AREA] if mapped else []
     values.append(observed("mm->map_count", objs["map_count"], BPF_AT_FAULT, display=str(objs["map_count"]),
                            derivation=[f"/proc/{ev.pid}/maps at the mapped phase: {len(vmas)} VMAs without the gate "
@@ -545,12 +514,9 @@ def _maple_values(ev: JourneyEvidence, addr: int) -> list[Value]:
                      BPF_AT_FAULT + "; node types named by " + (ev.kernel_enums_source or "their numbers"), derivation=lines)]
 
 
-def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("vma")
+def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    assert f.vma is not None            # _lacking(): without it the step is the catalogue's unavailable value
     addr = _fault_address(ev)
-    if f.vma is None:
-        s.values.append(unavailable("VMA", f"no VMA holds 0x{addr:x} in /proc/{ev.pid}/maps"))
-        return s
     s.values.append(observed("VMA holding the address", _maps_line(f.vma), f"/proc/{ev.pid}/maps"))
     if f.vm_flags is not None:
         write = bool(f.vm_flags & 2)
@@ -568,25 +534,15 @@ def step_vma(ev: JourneyEvidence, f: Facts) -> Step:
                                              f"/proc/{ev.pid}/maps says [0x{f.vma.start:x}, 0x{f.vma.end:x}): " +
                                              ("the same" if (v['vm_start'], v['vm_end']) == (f.vma.start, f.vma.end) else "DIFFERENT")]))
     s.values += _maple_values(ev, addr)
-    search = maple_search([(m.start, m.end) for m in ev.snapshots["touched"].maps if m.path != "[vsyscall]"], addr)
+    search = maple_search([(m.start, m.end) for m in ev.snapshots[Stage.TOUCHED].maps if m.path != "[vsyscall]"], addr)
     s.values.append(modelled("maple tree search (model)", f"leaf {search.leaf_index}, slot {search.slot_index}",
                              f"a maple tree of kernel 6.{ev.kernel_version[1]} packed from these VMAs "
                              "(node boundaries modelled, ranges observed); a cross-check of the read above",
                              list(search.derivations)))
-    s.ws = {
-        "what": "find the VMA that contains the address and check the access against its flags.",
-        "why": "only a VMA says whether an address is part of the process and what it may do there.",
-        "where": "lock_vma_under_rcu() → mas_walk() over mm->mm_mt (mm/memory.c, lib/maple_tree.c).",
-        "who": "the fault handler, under RCU and the VMA's own lock rather than mmap_lock.",
-        "when": "right after the flags are set, before any page-table work.",
-        "without": "no VMA → SEGV_MAPERR; a VMA without VM_WRITE → SEGV_ACCERR.",
-        "which": f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}",
-    }
-    return s
+    s.ws = seven_ws(which=f"[0x{f.vma.start:x}, 0x{f.vma.end:x}) {f.vma.perms}")
 
 
-def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("walk")
+def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     addr = _fault_address(ev)
     split = split_virtual_address(addr, ev.paging_levels)
     s.values.append(observed("paging levels", ev.paging_levels, ev.paging_why, display=str(ev.paging_levels)))
@@ -618,25 +574,12 @@ def step_walk(ev: JourneyEvidence, f: Facts) -> Step:
         s.values.append(unavailable("raw entries", ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     if ev.paging_levels == 4:
         s.derivations.append("4-level paging: the P4D level is folded into the PGD (it has one entry, the PGD's)")
-    s.ws = {
-        "what": "the same walk the MMU did in hardware, now done by __handle_mm_fault() in software.",
-        "why": "to find (and create where missing) the tables down to the PTE that will map the page.",
-        "where": "pgd_offset → p4d_alloc → pud_alloc → pmd_alloc → the PTE in handle_pte_fault (mm/memory.c).",
-        "who": "the fault handler; missing tables come from the page allocator too.",
-        "when": "after the VMA check, before the page is allocated.",
-        "without": "without the indices the kernel could not tell which entry of each table is this address's.",
-        "which": " → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}",
-    }
-    return s
+    s.ws = seven_ws(which=" → ".join(f"{i.level}[{i.index}]" for i in split.indices) + f" + 0x{split.page_offset:x}")
 
 
-def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("alloc")
+def step_alloc(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     a = f.data_alloc
-    if a is None:
-        s.values.append(unavailable("allocation", ev.unavailable.get("kmem:mm_page_alloc",
-                                                                     "no allocation seen in the fault; " + FIX_ROOT)))
-        return s
+    assert a is not None                # _lacking()
     src = _src(ev, "kmem:mm_page_alloc")
     pfn, order, gfp = a.fields["pfn"], a.fields["order"], a.fields["gfp_flags"]
     g = decode_gfp(gfp, ev.gfp_table, ev.gfp_source)
@@ -654,16 +597,10 @@ def step_alloc(ev: JourneyEvidence, f: Facts) -> Step:
     for t in f.table_allocs:
         what = next((v for k, v in TABLE_FUNCS.items() if k in _funcs(t)), "other page")
         s.values.append(observed(f"also allocated: {what}", t.fields["pfn"], src + " in the same fault: " + _chain_text(t)))
-    s.ws = {
-        "what": f"an order-{order} page, PFN 0x{pfn:x}, zeroed ({'__GFP_ZERO' if 'ZERO' in g.symbolic else 'see flags'}).",
-        "why": "a private anonymous page must start as zeros and belong to this process alone.",
-        "where": "do_anonymous_page → vma_alloc_folio → alloc_pages_mpol → the buddy allocator (mm/page_alloc.c).",
-        "who": "the page allocator, likely from this CPU's per-CPU free list.",
-        "when": "inside the fault, after the page tables down to the PMD exist.",
-        "without": "without a free page the fault would reclaim, or end in the OOM killer.",
-        "which": f"PFN 0x{pfn:x} = physical 0x{pfn << 12:x}",
-    }
-    return s
+    s.ws = seven_ws(
+        what=f"an order-{order} page, PFN 0x{pfn:x}, zeroed ({'__GFP_ZERO' if 'ZERO' in g.symbolic else 'see flags'}).",
+        which=f"PFN 0x{pfn:x} = physical 0x{pfn << 12:x}",
+    )
 
 
 def _migratetype(ev: JourneyEvidence, value) -> str:
@@ -746,12 +683,9 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
     return values
 
 
-def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("pagemap")
-    snap = ev.snapshots["touched"]
-    if snap.pagemap is None:
-        s.values.append(unavailable("pagemap entry", "; ".join(snap.errors) or "not read"))
-        return s
+def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    snap = ev.snapshots[Stage.TOUCHED]
+    assert snap.pagemap is not None     # _lacking()
     pm = decode_pagemap_entry(snap.pagemap)
     s.values.append(observed("pagemap entry", snap.pagemap, f"/proc/{ev.pid}/pagemap at offset (0x{_fault_address(ev):x} >> 12) * 8",
                              display=f"0x{snap.pagemap:016x}"))
@@ -772,25 +706,16 @@ def step_pagemap(ev: JourneyEvidence, f: Facts) -> Step:
     else:
         s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
     s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount)
-    s.ws = {
-        "what": "the kernel's own report of which frame now backs the page.",
-        "why": "a second, independent witness for the PFN the allocator handed out.",
-        "where": f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
-        "who": "read by pagefault while the program is paused right after its write.",
-        "when": "after the fault returned and the write completed.",
-        "without": "without root the PFN reads as 0: the physical layout is hidden (Rowhammer and friends).",
-        "which": f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
-    }
-    return s
+    s.ws = seven_ws(
+        where=f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
+        which=f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
+    )
 
 
-def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("pte")
+def step_pte(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     a = f.data_alloc
     pfn = a.fields["pfn"] if a else f.pagemap_pfn
-    if pfn is None or f.vm_flags is None:
-        s.values.append(unavailable("PTE", "needs the PFN and the VMA's flags; " + FIX_ROOT))
-        return s
+    assert pfn is not None and f.vm_flags is not None      # _lacking()
     write = bool(f.fault and f.fault.fields.get("error_code", 2) & 2)
     d = derive_anonymous_pte(pfn, f.vm_flags, write, soft_dirty=bool(ev.soft_dirty_config))
     s.values.append(derived("PTE (derived)", d.value, f"mk_pte(PFN, vm_page_prot) as do_anonymous_page() builds it; "
@@ -812,16 +737,7 @@ def step_pte(ev: JourneyEvidence, f: Facts) -> Step:
             s.values.append(derived(f"PTE {name}", bitval, "a bit of the PTE read"))
     else:
         s.values.append(unavailable("PTE (read)", ev.unavailable.get("bpf", "reading the PTE needs the bpf tier; " + FIX_BPF)))
-    s.ws = {
-        "what": "the entry that maps the virtual page to the frame, with its permission bits.",
-        "why": "the MMU only understands page tables; this entry is what makes the retry succeed.",
-        "where": "set_pte_at() in do_anonymous_page (mm/memory.c), into the PTE table found in the walk.",
-        "who": "the fault handler writes it; the MMU reads it on the retry and caches it in the TLB.",
-        "when": "at the end of the fault, before returning to user mode.",
-        "without": "no PTE → the retry faults again, forever.",
-        "which": f"0x{d.value:016x}",
-    }
-    return s
+    s.ws = seven_ws(which=f"0x{d.value:016x}")
 
 
 def decode_vm_fault(value: int, names: dict[int, str]) -> list[str]:
@@ -854,9 +770,8 @@ def _kprobe_return_values(ev: JourneyEvidence) -> list[Value]:
     return values
 
 
-def step_return(ev: JourneyEvidence, f: Facts) -> Step:
-    s = catalogue_step("return")
-    mapped, touched = ev.snapshots["mapped"], ev.snapshots["touched"]
+def step_return(s: Step, ev: JourneyEvidence, f: Facts) -> None:
+    mapped, touched = ev.snapshots[Stage.MAPPED], ev.snapshots[Stage.TOUCHED]
     s.values.append(observed("string read back", ev.readback, "the program read it from the page after the write"))
     s.values.append(derived("equals the text written", ev.readback == ev.options.written, "compare",
                             [f"{ev.readback!r} {'==' if ev.readback == ev.options.written else '!='} {ev.options.written!r}"]))
@@ -875,17 +790,10 @@ def step_return(ev: JourneyEvidence, f: Facts) -> Step:
     s.values += _kprobe_return_values(ev)
     if ev.exit:
         s.values.append(observed("program exit", ev.exit, "waitpid()"))
-    s.ws = {
-        "what": "iret back to the same RIP; the store runs again and this time the MMU finds the PTE.",
-        "why": "a page fault is restartable: the instruction did not complete the first time.",
-        "where": "the exception return path (arch/x86/entry), back to user mode.",
-        "who": "the CPU, retrying the instruction it faulted on.",
-        "when": "right after the handler returned.",
-        "without": "without the retry the program would have to know about paging; it never does.",
-        "which": (f"{1 + len(f.later_faults)} faults, one per page the write covers "
-                  f"({len(ev.written_pages())} pages); {touched.minor_faults - mapped.minor_faults} counted by the kernel"),
-    }
-    return s
+    s.ws = seven_ws(
+        which=f"{1 + len(f.later_faults)} faults, one per page the write covers "
+                  f"({len(ev.written_pages())} pages); {touched.minor_faults - mapped.minor_faults} counted by the kernel",
+    )
 
 
 def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) -> list:
@@ -908,7 +816,7 @@ def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) ->
     out.append(unavailable(f"fault {n}: raw entries", "bpftrace reads the entries of the write's first page only"))
     allocs = f.later_allocs.get(id(e), [])
     data = next((a for a in allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
-    entry = ev.snapshots["touched"].more_pagemaps.get(page)
+    entry = ev.snapshots[Stage.TOUCHED].more_pagemaps.get(page)
     pagemap_pfn = entry & PM_PFN_MASK if entry and entry >> 63 else None
     if data is not None:
         out.append(observed(f"fault {n}: PFN allocated", data.fields["pfn"], _src(ev, "kmem:mm_page_alloc") +
@@ -938,9 +846,9 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
     for e in ev.events:
         if e.pid != ev.pid:
             continue
-        before_write = ev.snapshots.get("mapped", ev.snapshots["ready"]).time_ns
+        before_write = ev.snapshots.get(Stage.MAPPED, ev.snapshots[Stage.READY]).time_ns
         if e.name in interesting and (e.name == "sched:sched_process_exec" or
-                                      ev.snapshots["ready"].time_ns <= e.time_ns <= before_write):
+                                      ev.snapshots[Stage.READY].time_ns <= e.time_ns <= before_write):
             items.append((e.time_ns, interesting[e.name], _src(ev, e.name)))
     if f.pgd_alloc:
         items.append((f.pgd_alloc.time_ns, f"PGD page allocated, PFN 0x{f.pgd_alloc.fields['pfn']:x}", _src(ev, "kmem:mm_page_alloc")))
@@ -973,7 +881,7 @@ def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
             i.level, i.index, table,
             read.entries[i.level] if read else None,
             before.entries.get(i.level) if before else None,
-            "observed" if read else "unavailable",
+            Provenance.OBSERVED if read else Provenance.UNAVAILABLE,
             "bpftrace read at the program's next system call after the fault" if read
             else ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     walk.set_frame()
@@ -988,18 +896,36 @@ def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
 
 
 # The contract of every step builder step_<key>(ev, f):
-#   takes   the evidence (whatever phase it reached, as long as its catalogue stage is in ev.snapshots)
-#           and the Facts picked from it once;
-#   returns the catalogue's Step, each value observed (with its source), derived (with its arithmetic),
+#   takes   the catalogue's Step to fill, the evidence (whatever phase it reached, as long as its catalogue
+#           stage is in ev.snapshots) and the Facts picked from it once;
+#   fills   the step with values, each observed (with its source), derived (with its arithmetic),
 #           modelled (with the kernel version) or unavailable (with the reason and the fix): evidence that
 #           a tier could not gather (no root, no bpftrace, another kernel's tracepoints) never raises;
 #   raises  ValueError only for evidence that contradicts itself (a phase reached without the mapping's
 #           address), which a replay reports as an inconsistent file;
 #   reads   nothing of the machine: no /proc, no tracefs, no ELF file (the RIP's ELF facts come in
 #           ev.rip), so every journey can be rebuilt from a saved file as any user, anywhere.
-STEP_BUILDERS = ((step_process, "ready"), (step_mmap, "mapped"), (step_trap, "touched"), (step_rip, "touched"),
-                 (step_flags, "touched"), (step_vma, "touched"), (step_walk, "touched"), (step_alloc, "touched"),
-                 (step_pagemap, "touched"), (step_pte, "touched"), (step_return, "touched"))
+STEP_BUILDERS = {StepKey.PROCESS: step_process, StepKey.MMAP: step_mmap, StepKey.TRAP: step_trap, StepKey.RIP: step_rip,
+                 StepKey.FLAGS: step_flags, StepKey.VMA: step_vma, StepKey.WALK: step_walk, StepKey.ALLOC: step_alloc,
+                 StepKey.PAGEMAP: step_pagemap, StepKey.PTE: step_pte, StepKey.RETURN: step_return}
+
+
+def _lacking(ev: JourneyEvidence, f: Facts, key: StepKey) -> str | None:
+    """Why this evidence cannot fill the step at all (the step then holds the catalogue's unavailable
+    value with this reason), or None."""
+    if key is StepKey.TRAP and f.fault is None:
+        return "no fault on the page was seen; " + FIX_ROOT
+    if key is StepKey.FLAGS and (f.fault is None or "error_code" not in f.fault.fields):
+        return "needs the error code; " + FIX_ROOT
+    if key is StepKey.VMA and f.vma is None:
+        return f"no VMA holds 0x{_fault_address(ev):x} in /proc/{ev.pid}/maps"
+    if key is StepKey.ALLOC and f.data_alloc is None:
+        return ev.unavailable.get("kmem:mm_page_alloc", "no allocation seen in the fault; " + FIX_ROOT)
+    if key is StepKey.PAGEMAP and ev.snapshots[Stage.TOUCHED].pagemap is None:
+        return "; ".join(ev.snapshots[Stage.TOUCHED].errors) or "not read"
+    if key is StepKey.PTE and ((f.data_alloc is None and f.pagemap_pfn is None) or f.vm_flags is None):
+        return "needs the PFN and the VMA's flags; " + FIX_ROOT
+    return None
 
 
 def fault_event(ev: JourneyEvidence) -> TraceEvent | None:
@@ -1037,16 +963,19 @@ def build_journey(ev: JourneyEvidence) -> Journey:
                 fault_flag_table=dict(ev.fault_flag_table), fault_flag_source=ev.fault_flag_source)
     f = Facts(ev)
     j.observed_with = observation_means(ev)
-    for builder, stage in STEP_BUILDERS:
-        if stage in ev.snapshots:
-            j.steps.append(builder(ev, f))
-    if "touched" in ev.snapshots:
+    reached: dict[StepKey, Filler | Missing] = {}
+    for key, builder in STEP_BUILDERS.items():
+        if STEP_DEFS[key].stage in ev.snapshots:
+            why = _lacking(ev, f, key)
+            reached[key] = partial(builder, ev=ev, f=f) if why is None else Missing(why)
+    j.steps = assemble(reached, Source.EXERCISE)
+    if Stage.TOUCHED in ev.snapshots:
         j.timeline = timeline(ev, f)
         j.walk = page_walk(ev, f)
-        j.layout = layout(ev.snapshots["touched"].maps, _fault_address(ev))
+        j.layout = layout(ev.snapshots[Stage.TOUCHED].maps, _fault_address(ev))
         j.layout_source = f"/proc/{ev.pid}/maps after the write (observed)"
     if ev.lost_events:
         j.notes.append(f"LOST {ev.lost_events} events: some values may be missing")
     j.notes += [f"{k}: {v}" for k, v in ev.unavailable.items()]
-    j.complete = ev.stage == "done"
+    j.complete = ev.stage == Stage.DONE
     return j

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..decode.address import split_virtual_address
+from ..decode.arch import Arch
 from ..decode.arm64_address import split_arm64_address
 from ..decode.error_code import decode_error_code
 from ..decode.pagemap import PM_PFN_MASK, decode_pagemap_entry
 from ..decode.pte import decode_pte
 from ..evidence import parse_maps
-from .steps import Journey, Value
+from .steps import Journey, Provenance, Value
+from .vocabulary import StepKey
 
 ORDER = ("rip", "flags", "indices", "pfn", "pte")
 TITLES = {
@@ -91,11 +93,11 @@ class Exercise:
     unavailable: str = ""
 
 
-def _find(j: Journey, key: str, label: str) -> Value | None:
+def _find(j: Journey, key: StepKey, label: str) -> Value | None:
     step = next((s for s in j.steps if s.key == key), None)
     if step is None:
         return None
-    return next((v for v in step.values if v.label == label and v.provenance != "unavailable"), None)
+    return next((v for v in step.values if v.label == label and v.provenance != Provenance.UNAVAILABLE), None)
 
 
 def _given(v: Value, what: str | None = None) -> tuple[str, str, str]:
@@ -108,12 +110,14 @@ def _missing(key: str, what: str, j: Journey, model_why: str = "the simulator's 
     return Exercise(key, TITLES[key], unavailable=f"needs {what}: {fix}")
 
 
+def exercise_rip_arm64(j: Journey) -> Exercise:
+    return Exercise("rip", TITLES["rip"], unavailable="on arm64 the journey's PC step reads and disassembles the "
+                    "instruction itself; the file-offset proof is written for x86-64 only so far")
+
+
 def exercise_rip(j: Journey) -> Exercise:
-    if _arm64(j):
-        return Exercise("rip", TITLES["rip"], unavailable="on arm64 the journey's PC step reads and disassembles the "
-                        "instruction itself; the file-offset proof is written for x86-64 only so far")
-    rip, mapping, offset = _find(j, "trap", "RIP"), _find(j, "rip", "mapping holding RIP"), _find(j, "rip", "file offset")
-    insn = _find(j, "rip", "instruction")
+    rip, mapping, offset = _find(j, StepKey.TRAP, "RIP"), _find(j, StepKey.RIP, "mapping holding RIP"), _find(j, StepKey.RIP, "file offset")
+    insn = _find(j, StepKey.RIP, "instruction")
     if not (rip and mapping and offset and insn):
         return _missing("rip", "RIP, its mapping and the instruction there", j, "the simulator runs no machine code")
     m = parse_maps(mapping.value)[0]
@@ -121,7 +125,7 @@ def exercise_rip(j: Journey) -> Exercise:
     e = Exercise("rip", TITLES["rip"])
     e.givens = [_given(rip), _given(mapping, "the mapping holding RIP (start-end perms file-offset dev inode path)")]
     arithmetic = f"0x{rip.value:x} − 0x{m.start:x} + 0x{m.offset:x} = 0x{offset.value:x}"
-    elf = _find(j, "rip", "ELF address")
+    elf = _find(j, StepKey.RIP, "ELF address")
     e.questions = [
         Question("At which offset in the file is the instruction RIP points to? (RIP − mapping start + the "
                  "mapping's file offset)", offset.value, "hex", [arithmetic]),
@@ -130,18 +134,20 @@ def exercise_rip(j: Journey) -> Exercise:
                  [arithmetic, *(elf.derivation if elf else []), *insn.derivation]),
     ]
     e.confirmation = [f"instruction: {insn.display} ({insn.source})"]
-    line = _find(j, "rip", "source line")
+    line = _find(j, StepKey.RIP, "source line")
     if line:
         e.confirmation.append(f"source line: {line.display}")
     e.confirmation.append("a store whose destination is memory: the write the CPU could not finish")
     return e
 
 
+def exercise_flags_arm64(j: Journey) -> Exercise:
+    return Exercise("flags", TITLES["flags"], unavailable="on arm64 the flags are observed at handle_mm_fault "
+                    "and ESR_EL1 is derived from them (no probe reads it): there is no error code to start from")
+
+
 def exercise_flags(j: Journey) -> Exercise:
-    if _arm64(j):
-        return Exercise("flags", TITLES["flags"], unavailable="on arm64 the flags are observed at handle_mm_fault "
-                        "and ESR_EL1 is derived from them (no probe reads it): there is no error code to start from")
-    code, flags = _find(j, "trap", "error code"), _find(j, "flags", "flags")
+    code, flags = _find(j, StepKey.TRAP, "error code"), _find(j, StepKey.FLAGS, "flags")
     if not (code and flags):
         return _missing("flags", "the error code and the flags derived from it", j)
     d = decode_error_code(code.value)
@@ -166,12 +172,8 @@ def exercise_flags(j: Journey) -> Exercise:
     return e
 
 
-def _arm64(j: Journey) -> bool:
-    return j.walk is not None and j.walk.architecture == "arm64"
-
-
 def exercise_indices_arm64(j: Journey) -> Exercise:
-    addr = _find(j, "trap", "faulting address (FAR_EL1)")
+    addr = _find(j, StepKey.TRAP, "faulting address (FAR_EL1)")
     if not addr or j.walk is None:
         return _missing("indices", "the faulting address", j)
     split = split_arm64_address(addr.value, j.walk.va_bits, j.walk.page_size)
@@ -192,8 +194,8 @@ def exercise_indices_arm64(j: Journey) -> Exercise:
 
 
 def exercise_pte_arm64(j: Journey) -> Exercise:
-    pfn, vm_flags = _find(j, "alloc", "PFN"), _find(j, "mmap", "vm_flags")
-    built, read = _find(j, "pte", "derived descriptor"), _find(j, "pte", "page descriptor")
+    pfn, vm_flags = _find(j, StepKey.ALLOC, "PFN"), _find(j, StepKey.MMAP, "vm_flags")
+    built, read = _find(j, StepKey.PTE, "derived descriptor"), _find(j, StepKey.PTE, "page descriptor")
     if not (pfn and vm_flags and built) or not isinstance(pfn.value, int):
         return _missing("pte", "the PFN, the VMA's flags and the derived descriptor", j)
     e = Exercise("pte", TITLES["pte"])
@@ -211,9 +213,7 @@ def exercise_pte_arm64(j: Journey) -> Exercise:
 
 
 def exercise_indices(j: Journey) -> Exercise:
-    if _arm64(j):
-        return exercise_indices_arm64(j)
-    addr, levels = _find(j, "trap", "faulting address (CR2)"), _find(j, "walk", "paging levels")
+    addr, levels = _find(j, StepKey.TRAP, "faulting address (CR2)"), _find(j, StepKey.WALK, "paging levels")
     if not (addr and levels):
         return _missing("indices", "the faulting address and the paging mode", j)
     split = split_virtual_address(addr.value, levels.value)
@@ -232,7 +232,7 @@ def exercise_indices(j: Journey) -> Exercise:
 
 
 def exercise_pfn(j: Journey) -> Exercise:
-    pm = _find(j, "pagemap", "pagemap entry")
+    pm = _find(j, StepKey.PAGEMAP, "pagemap entry")
     if not pm or not isinstance(pm.value, int) or not pm.value >> 63:
         return _missing("pfn", "a present pagemap entry (root reads PFNs; others see 0)", j)
     pfn = pm.value & PM_PFN_MASK
@@ -247,19 +247,17 @@ def exercise_pfn(j: Journey) -> Exercise:
                             [f"0x{pm.value:x} >> 63 = 1: bit 63 (present) is set"]),
                    Question("Which PFN? (hex)", pfn, "hex", [line for line in decoded if line.startswith("PFN")]),
                    Question("At which physical address does the page start? (hex)", pfn << page_shift, "hex", [shift])]
-    alloc = _find(j, "alloc", "PFN")
+    alloc = _find(j, StepKey.ALLOC, "PFN")
     if alloc:
         e.confirmation = [f"mm_page_alloc handed out PFN {alloc.display} ({alloc.provenance}: {alloc.source})"]
     return e
 
 
 def exercise_pte(j: Journey) -> Exercise:
-    if _arm64(j):
-        return exercise_pte_arm64(j)
-    pfn = _find(j, "alloc", "PFN") or _find(j, "alloc", "data page: PFN")
-    vm_flags = _find(j, "mmap", "vm_flags")
-    built = _find(j, "pte", "PTE (derived)") or _find(j, "pte", "PTE entry after")
-    code = _find(j, "trap", "error code")
+    pfn = _find(j, StepKey.ALLOC, "PFN") or _find(j, StepKey.ALLOC, "data page: PFN")
+    vm_flags = _find(j, StepKey.MMAP, "vm_flags")
+    built = _find(j, StepKey.PTE, "PTE (derived)") or _find(j, StepKey.PTE, "PTE entry after")
+    code = _find(j, StepKey.TRAP, "error code")
     if not (pfn and vm_flags and built and code) or not isinstance(pfn.value, int):
         return _missing("pte", "the PFN, the VMA's flags and the PTE", j)
     e = Exercise("pte", TITLES["pte"])
@@ -270,13 +268,20 @@ def exercise_pte(j: Journey) -> Exercise:
                  "do_anonymous_page() adds D and RW for a write fault to its new page",
                  "modelled: mm/memory.c, arch/x86/mm/pgprot.c")]
     e.questions = [Question("Which PTE does the fault install? (hex)", built.value, "hex", list(built.derivation))]
-    read = _find(j, "pte", "PTE (read)")
+    read = _find(j, StepKey.PTE, "PTE (read)")
     if read:
         e.confirmation = [f"the PTE bpftrace read from the table: {read.display}"]
         e.confirmation += [line for line in decode_pte(read.value, "PTE").derivations if "=" in line][:3]
     return e
 
 
+# Each architecture's exercises, in the order they are set (the journey's walk says whose journey it is).
+EXERCISES = {
+    Arch.X86_64: (exercise_rip, exercise_flags, exercise_indices, exercise_pfn, exercise_pte),
+    Arch.ARM64: (exercise_rip_arm64, exercise_flags_arm64, exercise_indices_arm64, exercise_pfn, exercise_pte_arm64),
+}
+
+
 def build_exercises(j: Journey) -> list[Exercise]:
-    return [exercise_rip(j), exercise_flags(j), exercise_indices(j),
-            exercise_pfn(j), exercise_pte(j)]
+    arch = Arch(j.walk.architecture) if j.walk is not None else Arch.X86_64
+    return [exercise(j) for exercise in EXERCISES[arch]]

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-X86_PF_PROT, X86_PF_WRITE = 1, 2
+from ..decode.error_code import X86_PF_PROT, X86_PF_WRITE  # the #PF bits decode/ owns
+
 GFP_MOVABLE = 0x08          # ___GFP_MOVABLE_BIT 3 on every kernel from 4.x to 6.18
 SIGBUS, SIGSEGV = 7, 11
 SEGV_CODES = {1: "SEGV_MAPERR", 2: "SEGV_ACCERR", 3: "SEGV_BNDERR", 4: "SEGV_PKUERR"}

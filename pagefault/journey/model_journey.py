@@ -5,22 +5,19 @@ numbers too (with the arithmetic shown), or unavailable.
 
 from __future__ import annotations
 
-from ..decode.address import split_virtual_address
 from ..decode.arch import Arch
-from ..decode.arm64_address import split_arm64_address
-from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
-from ..decode.error_code import decode_error_code
-from ..decode.esr import decode_esr, fault_flags_from_esr
-from ..decode.fault_flags import decode_fault_flags, derive_fault_flags, fallback_fault_flag_values
+from ..decode.arch_interface import ArchInterface, arch_interface
+from ..decode.fault_flags import decode_fault_flags, fallback_fault_flag_values
 from ..decode.gfp import decode_gfp, gfp_value
 from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry, page_state, summarise_states
-from ..decode.pte import decode_pte, derive_anonymous_pte
 from ..decode.vm_flags import decode_vm_flags
 from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
 from ..model.page_tables import Arm64Format
 from ..model.scenarios import ModelRun, parse_op
-from .steps import Area, Journey, PageWalk, Step, Value, WalkLevel, catalogue_step, modelled, unavailable
+from .catalogue import Filler, Missing, assemble
+from .steps import Area, Journey, PageWalk, Provenance, Step, Value, WalkLevel, modelled, unavailable
+from .vocabulary import Source, StepKey, seven_ws
 
 LIVE_ONLY = "the simulator runs no machine code; the live journey shows it (sudo pagefault journey)"
 
@@ -53,27 +50,20 @@ def _chain(chain: tuple[str, ...]) -> str:
     return " → ".join(chain)
 
 
-def _arm64(run: ModelRun) -> bool:
-    return run.kernel.config.arch is Arch.ARM64
+def _iface(run: ModelRun) -> ArchInterface:
+    """The simulated machine's architecture, in the model's paging shape."""
+    c = run.kernel.config
+    return arch_interface(c.arch, c.paging_levels, va_bits=Arm64Format.VA_BITS.get(c.paging_levels, 48),
+                          pa_bits=52 if c.lpa2 else 48)
 
 
-def _va_bits(run: ModelRun) -> int:
-    return Arm64Format.VA_BITS[run.kernel.config.paging_levels]
-
-
-def _describe_entry(run: ModelRun, entry: int, level: str):
-    """The entry decoded in the model's architecture: (what it points to, its derivations)."""
-    if _arm64(run):
-        d = decode_arm64_descriptor(entry, level, _model_version(run.kernel), _va_bits(run),
-                                    pa_bits=52 if run.kernel.config.lpa2 else 48)
-        points = (f"{d.kind.value}, PFN 0x{d.pfn:x}" if d.pfn is not None else d.kind.value)
-        return points, d
-    p = decode_pte(entry, level)
-    return p.points_to, p
+def _kernel(run: ModelRun) -> tuple[int, int]:
+    """The version the simulator's entries are decoded for: the model's own."""
+    return _model_version(run.kernel)
 
 
 def _trap_text(run: ModelRun, f: mk.Fault) -> str:
-    return f"ESR 0x{f.error_code:x}" if _arm64(run) else f"error code 0x{f.error_code:x}"
+    return f"{_iface(run).syndrome_noun} 0x{f.error_code:x}"
 
 
 def build_model_journey(run: ModelRun, note: str = "") -> Journey:
@@ -87,10 +77,6 @@ def build_model_journey(run: ModelRun, note: str = "") -> Journey:
     j.fault_flag_source = "modelled: " + source
     f = featured_fault(run)
     j.steps += featured_steps(run, f) if f else []
-    if _arm64(run):
-        from .arm64_journey import TITLES
-        for step in j.steps:
-            step.title = TITLES.get(step.key, step.title)
     if f:
         j.walk = model_walk(run, f)
         proc_f = k.processes[f.pid]
@@ -104,190 +90,164 @@ def build_model_journey(run: ModelRun, note: str = "") -> Journey:
 
 def model_walk(run: ModelRun, f: mk.Fault) -> PageWalk:
     """The featured fault's walk in the simulator's tables, with the entries after it (and before)."""
-    proc = run.kernel.processes[f.pid]
-    walk = PageWalk(f.address, proc.pgd << 12, "modelled: " + _src(run, "the simulated PGD page's PFN << 12"))
+    proc, arch = run.kernel.processes[f.pid], _iface(run)
+    walk = PageWalk(f.address, proc.pgd << 12, "modelled: " + _src(run, "the simulated PGD page's PFN << 12"),
+                    **arch.walk_shape())  # type: ignore[arg-type]
     before = {level: entry for level, _t, _i, entry in f.walk_before}
     for level, table, idx, entry in (f.walk_after or f.walk_before):
-        walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), "modelled",
+        walk.levels.append(WalkLevel(level, idx, table << 12, entry, before.get(level), Provenance.MODELLED,
                                      _src(run, "the simulated page tables")))
-    if not _arm64(run):
-        walk.set_frame()
-        return walk
-    walk.root_register, walk.architecture, walk.va_bits = "TTBR0_EL1", "arm64", _va_bits(run)
-    level, _t, _i, entry = (f.walk_after or f.walk_before)[-1]
-    _points, d = _describe_entry(run, entry, level)
-    if d.valid and d.pfn is not None and d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK):
-        # page_size is the translation granule on arm64 (what the walk's index widths follow), not the block's size
-        walk.frame_pfn, walk.frame_source = d.pfn, "modelled: the output address of the leaf descriptor"
+    walk.set_frame(arch, _kernel(run))
     return walk
 
 
-def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
-    k, proc = run.kernel, run.parent
-    src = lambda what: _src(run, what)  # noqa: E731
-    steps: list[Step] = []
-    pgd = next(a for a in k.allocs if a.what == "PGD table")
-    s = catalogue_step("process")
-    s.values += [modelled("PID", proc.pid, src("the simulated process"), display=str(proc.pid)),
-                 modelled("PGD page (PFN)", pgd.pfn, src("pgd_alloc during exec, from the simulated buddy allocator")),
-                 _computed(f"PGD physical address ({'TTBR0_EL1' if _arm64(run) else 'CR3'} while it runs)", pgd.pfn << 12,
-                           "PFN << 12 (of a modelled PFN)",
-                         [f"0x{pgd.pfn:x} << 12 = 0x{pgd.pfn << 12:x}"]),
-                 modelled("VMAs after exec", len(proc.vmas), src("a typical dynamically linked program's layout"),
-                          display=str(len(proc.vmas)))]
-    s.evidence.append("PGD allocation (modelled chain): " + _chain(pgd.chain))
-    s.ws = {"what": "exec gave the process a fresh mm_struct with its own PGD page.",
-            "who": "the simulated execve", "which": f"PGD PFN 0x{pgd.pfn:x} (modelled)"}
-    steps.append(s)
+class _Featured:
+    """The featured fault's steps, one filler each: every value modelled, or computed from modelled ones."""
 
-    vma = f.vma
-    s = catalogue_step("mmap")
-    if vma is not None:
-        word = decode_vm_flags(vma.flags)
-        s.values += [modelled("VMA", f"[0x{vma.start:x}, 0x{vma.end:x}) {vma.perms()} {vma.name}".rstrip(),
-                              src("the region, placed by the modelled vm_unmapped_area() top-down below mmap_base "
-                                  "(2 MiB-aligned for anonymous lengths that are multiples of 2 MiB)")),
-                     modelled("vm_flags", vma.flags, src("the flags mmap/mprotect/madvise gave it"),
-                              display=f"0x{vma.flags:x} = {' | '.join(word.names)}")]
-    else:
-        s.values.append(modelled("VMA", "none", src("no VMA holds the address")))
-    s.ws = {"what": "mmap only reserved addresses; no page frame was given yet.",
-            "why": "demand paging: memory is handed out on the first touch."}
-    steps.append(s)
+    def __init__(self, run: ModelRun, f: mk.Fault):
+        self.run, self.f, self.k, self.proc, self.arch = run, f, run.kernel, run.parent, _iface(run)
 
-    code = f.error_code
-    s = catalogue_step("trap")
-    if not f.trap:
-        s.values.append(modelled("trap", "none", src("MAP_POPULATE: the kernel faulted the page in itself, inside "
-                                                     "mmap; the CPU never trapped")))
-    if _arm64(run):
-        syndrome = decode_esr(code)
-        s.values += [modelled("faulting address (FAR_EL1)", f.address, src("the scenario's access")),
-                     modelled("ESR_EL1", code, src("the simulated MMU: a data abort from EL0, WnR for a write, a "
-                                                   "translation fault at the level whose descriptor was invalid or "
-                                                   "a permission fault at the leaf"), display=f"0x{code:x}"),
-                     _computed("ESR meaning", syndrome.summary, "the ESR_EL1 fields", list(syndrome.derivations)),
-                     unavailable("PC", LIVE_ONLY)]
-    else:
-        d = decode_error_code(code)
-        s.values += [modelled("faulting address (CR2)", f.address, src("the scenario's access")),
-                     modelled("error code", code, src("the simulated MMU: P if the entry was present, W for a write, "
-                                                      "U for user mode"), display=f"0x{code:x}"),
-                     _computed("error code meaning", d.summary, "the x86 #PF error-code bits", list(d.bit_meanings)),
-                     unavailable("RIP", LIVE_ONLY)]
-    steps.append(s)
-    s = catalogue_step("rip")
-    s.values.append(unavailable("instruction", LIVE_ONLY))
-    steps.append(s)
+    def src(self, what: str) -> str:
+        return _src(self.run, what)
 
-    values, source = model_fault_flags()
-    s = catalogue_step("flags")
-    s.values.append(modelled("enum fault_flag table", source, source))
-    if _arm64(run):
-        names = ("ALLOW_RETRY", "KILLABLE", "INTERRUPTIBLE") + fault_flags_from_esr(decode_esr(code)) + \
-            (() if f.stack_grown_pages else ("VMA_LOCK",))
-        value = sum(values.get(f"FAULT_FLAG_{n}", 0) for n in dict.fromkeys(names))
-        s.values.append(_computed("flags", value, "from the modelled ESR, as arch/arm64/mm/fault.c does", [
-            "FAULT_FLAG_DEFAULT: ALLOW_RETRY | KILLABLE | INTERRUPTIBLE",
-            "USER for a fault from EL0 (EC 0x24/0x20); WRITE for WnR without CM; INSTRUCTION for an instruction abort",
-            "VMA_LOCK: the VMA was found under the per-VMA lock" if not f.stack_grown_pages
-            else "no VMA_LOCK: the stack grew, under mmap_lock"]))
-    else:
-        ff = derive_fault_flags(code, values, source=source)
-        value = ff.value
-        s.values.append(_computed("flags", ff.value, "from the modelled error code, as arch/x86/mm/fault.c does",
-                                list(ff.derivations)))
-    s.derivations += list(decode_fault_flags(value, values, source).derivations)
-    steps.append(s)
+    def fillers(self) -> dict[StepKey, Filler | Missing]:
+        return {StepKey.PROCESS: self.process, StepKey.MMAP: self.mmap, StepKey.TRAP: self.trap,
+                StepKey.RIP: Missing(LIVE_ONLY), StepKey.FLAGS: self.flags, StepKey.VMA: self.vma,
+                StepKey.WALK: self.walk, StepKey.ALLOC: self.alloc, StepKey.PAGEMAP: self.pagemap,
+                StepKey.PTE: self.pte, StepKey.RETURN: self.result}
 
-    s = catalogue_step("vma")
-    search = maple_search([(v.start, v.end) for v in proc.vmas], f.address)
-    s.values.append(modelled("maple tree search", f"leaf {search.leaf_index}, slot {search.slot_index}",
-                             src("a maple tree packed from the simulated VMAs"), list(search.derivations)))
-    if f.stack_grown_pages:
-        s.values.append(modelled("stack growth", f"{f.stack_grown_pages} pages", src(
-            "expand_downwards(): the address was below a VM_GROWSDOWN VMA, within RLIMIT_STACK and the guard gap")))
-    if f.si_code:
-        s.values.append(modelled("verdict", f.outcome, src("access_error() / no VMA → force_sig_fault(SIGSEGV)")))
-    elif vma is not None:
-        write = bool(vma.flags & mk.VM_WRITE)
-        s.values.append(_computed("write permitted", write, "vm_flags & VM_WRITE",
-                                [f"0x{vma.flags:x} & 0x2 = 0x{vma.flags & 2:x}"]))
-    steps.append(s)
+    def process(self, s: Step) -> None:
+        proc, src = self.proc, self.src
+        pgd = next(a for a in self.k.allocs if a.what == "PGD table")
+        s.values += [modelled("PID", proc.pid, src("the simulated process"), display=str(proc.pid)),
+                     modelled("PGD page (PFN)", pgd.pfn, src("pgd_alloc during exec, from the simulated buddy allocator")),
+                     _computed(f"PGD physical address ({self.arch.root_register} while it runs)", pgd.pfn << 12,
+                               "PFN << 12 (of a modelled PFN)", [f"0x{pgd.pfn:x} << 12 = 0x{pgd.pfn << 12:x}"]),
+                     modelled("VMAs after exec", len(proc.vmas), src("a typical dynamically linked program's layout"),
+                              display=str(len(proc.vmas)))]
+        s.evidence.append("PGD allocation (modelled chain): " + _chain(pgd.chain))
+        s.ws = seven_ws(which=f"PGD PFN 0x{pgd.pfn:x} (modelled)")
 
-    s = catalogue_step("walk")
-    s.values.append(modelled("paging levels", k.config.paging_levels, src(f"the model's setting ({k.config.arch.value})"),
-                             display=str(k.config.paging_levels)))
-    if _arm64(run):
-        for part in split_arm64_address(f.address, _va_bits(run)).indices:
-            mask = (1 << (part.high_bit - part.shift + 1)) - 1
-            s.values.append(_computed(f"{part.level} index (level {part.architectural_level})", part.index,
-                                      f"(address >> {part.shift}) & 0x{mask:x}",
-                                      [f"(0x{f.address:x} >> {part.shift}) & 0x{mask:x} = {part.index}"],
-                                      display=str(part.index)))
-    else:
-        for i in split_virtual_address(f.address, k.config.paging_levels).indices:
-            s.values.append(_computed(f"{i.level} index", i.index, f"(address >> {i.shift}) & 0x1ff",
-                                    [f"(0x{f.address:x} >> {i.shift}) & 0x1ff = {i.index}"], display=str(i.index)))
-    for level, table, idx, entry in f.walk_before:
-        s.values.append(modelled(f"{level} entry before", entry, src(f"table PFN 0x{table:x}, entry {idx}"),
-                                 display=f"0x{entry:016x}: {_describe_entry(run, entry, level)[0]}"))
-    steps.append(s)
+    def mmap(self, s: Step) -> None:
+        vma, src = self.f.vma, self.src
+        if vma is not None:
+            word = decode_vm_flags(vma.flags)
+            s.values += [modelled("VMA", f"[0x{vma.start:x}, 0x{vma.end:x}) {vma.perms()} {vma.name}".rstrip(),
+                                  src("the region, placed by the modelled vm_unmapped_area() top-down below mmap_base "
+                                      "(2 MiB-aligned for anonymous lengths that are multiples of 2 MiB)")),
+                         modelled("vm_flags", vma.flags, src("the flags mmap/mprotect/madvise gave it"),
+                                  display=f"0x{vma.flags:x} = {' | '.join(word.names)}")]
+        else:
+            s.values.append(modelled("VMA", "none", src("no VMA holds the address")))
 
-    s = catalogue_step("alloc")
-    if not f.allocs:
-        why = {mk.ZERO_PAGE: "the shared zero page needs no allocation", mk.REUSE: "the page itself is reused",
-               mk.PAGE_CACHE: "the page was already in the page cache"}.get(f.outcome, f"outcome: {f.outcome}")
-        s.values.append(modelled("allocation", "none", src(why)))
-    for a in f.allocs:
-        gfp = gfp_value(a.gfp)
-        s.values += [modelled(f"{a.what}: PFN", a.pfn, src("the simulated buddy allocator (expand() splits a "
-                                                            "larger free block)")),
-                     modelled(f"{a.what}: order", a.order, src("the fault path"), display=f"{a.order} ({4096 << a.order} bytes)"),
-                     modelled(f"{a.what}: GFP flags", gfp, src(" | ".join(a.gfp)),
-                              display=f"0x{gfp:x} = {decode_gfp(gfp).symbolic}"),
-                     modelled(f"{a.what}: call chain", _chain(a.chain), src("mm/memory.c as of 6.18"))]
-    steps.append(s)
+    # how the simulated MMU sets each architecture's syndrome
+    SYNDROME_HOW = {Arch.X86_64: "the simulated MMU: P if the entry was present, W for a write, U for user mode",
+                    Arch.ARM64: "the simulated MMU: a data abort from EL0, WnR for a write, a translation fault at "
+                                "the level whose descriptor was invalid or a permission fault at the leaf"}
 
-    s = catalogue_step("pagemap")
-    pm = k.pagemap(k.processes[f.pid], f.address)
-    flags = k.kpageflags(pm & PM_PFN_MASK) if pm >> 63 else None
-    s.values.append(modelled("pagemap entry", pm, src("fs/proc/task_mmu.c's encoding of the simulated PTE"),
-                             display=f"0x{pm:016x}", derivation=list(decode_pagemap_entry(pm).derivations)))
-    if flags is not None:
-        s.values.append(modelled("kpageflags", flags, src("the page kinds the model tracks"),
-                                 display=" | ".join(decode_kpageflags(flags, _model_version(k)).names) or "0"))
-    s.values.append(_computed("page state", page_state(pm, flags), "decode.pagemap.page_state"))
-    steps.append(s)
+    def trap(self, s: Step) -> None:
+        f, arch, src = self.f, self.arch, self.src
+        if not f.trap:
+            s.values.append(modelled("trap", "none", src("MAP_POPULATE: the kernel faulted the page in itself, inside "
+                                                         "mmap; the CPU never trapped")))
+        meaning = arch.decode_syndrome(f.error_code)
+        s.values += [modelled(f"faulting address ({arch.address_register})", f.address, src("the scenario's access")),
+                     modelled(arch.syndrome_register, f.error_code, src(self.SYNDROME_HOW[arch.arch]),
+                              display=f"0x{f.error_code:x}"),
+                     _computed(f"{arch.syndrome_noun} meaning", meaning.summary, arch.syndrome_fields,
+                               list(meaning.derivations)),
+                     unavailable(arch.pc_register, LIVE_ONLY)]
 
-    s = catalogue_step("pte")
-    if f.walk_after:
+    def flags(self, s: Step) -> None:
+        values, source = model_fault_flags()
+        s.values.append(modelled("enum fault_flag table", source, source))
+        value, how = self.arch.fault_flags(self.f.error_code, values, source, vma_lock=not self.f.stack_grown_pages)
+        s.values.append(_computed("flags", value, f"from the modelled {self.arch.syndrome_noun}, as "
+                                  f"{self.arch.fault_handler_source} does", how))
+        s.derivations += list(decode_fault_flags(value, values, source).derivations)
+
+    def vma(self, s: Step) -> None:
+        f, vma, src = self.f, self.f.vma, self.src
+        search = maple_search([(v.start, v.end) for v in self.proc.vmas], f.address)
+        s.values.append(modelled("maple tree search", f"leaf {search.leaf_index}, slot {search.slot_index}",
+                                 src("a maple tree packed from the simulated VMAs"), list(search.derivations)))
+        if f.stack_grown_pages:
+            s.values.append(modelled("stack growth", f"{f.stack_grown_pages} pages", src(
+                "expand_downwards(): the address was below a VM_GROWSDOWN VMA, within RLIMIT_STACK and the guard gap")))
+        if f.si_code:
+            s.values.append(modelled("verdict", f.outcome, src("access_error() / no VMA → force_sig_fault(SIGSEGV)")))
+        elif vma is not None:
+            write = bool(vma.flags & mk.VM_WRITE)
+            s.values.append(_computed("write permitted", write, "vm_flags & VM_WRITE",
+                                      [f"0x{vma.flags:x} & 0x2 = 0x{vma.flags & 2:x}"]))
+
+    def walk(self, s: Step) -> None:
+        f, k = self.f, self.k
+        s.values.append(modelled("paging levels", k.config.paging_levels, self.src(f"the model's setting ({k.config.arch.value})"),
+                                 display=str(k.config.paging_levels)))
+        indices, _how = self.arch.split(f.address)
+        for i in indices:
+            s.values.append(_computed(i.label, i.index, f"(address >> {i.shift}) & 0x{i.mask:x}",
+                                      [f"(0x{f.address:x} >> {i.shift}) & 0x{i.mask:x} = {i.index}"], display=str(i.index)))
+        for level, table, idx, entry in f.walk_before:
+            points = self.arch.describe_entry(entry, level, _kernel(self.run)).points_to
+            s.values.append(modelled(f"{level} entry before", entry, self.src(f"table PFN 0x{table:x}, entry {idx}"),
+                                     display=f"0x{entry:016x}: {points}"))
+
+    def alloc(self, s: Step) -> None:
+        f, src = self.f, self.src
+        if not f.allocs:
+            why = {mk.ZERO_PAGE: "the shared zero page needs no allocation", mk.REUSE: "the page itself is reused",
+                   mk.PAGE_CACHE: "the page was already in the page cache"}.get(f.outcome, f"outcome: {f.outcome}")
+            s.values.append(modelled("allocation", "none", src(why)))
+        for a in f.allocs:
+            gfp = gfp_value(a.gfp)
+            s.values += [modelled(f"{a.what}: PFN", a.pfn, src("the simulated buddy allocator (expand() splits a "
+                                                                "larger free block)")),
+                         modelled(f"{a.what}: order", a.order, src("the fault path"),
+                                  display=f"{a.order} ({4096 << a.order} bytes)"),
+                         modelled(f"{a.what}: GFP flags", gfp, src(" | ".join(a.gfp)),
+                                  display=f"0x{gfp:x} = {decode_gfp(gfp).symbolic}"),
+                         modelled(f"{a.what}: call chain", _chain(a.chain), src("mm/memory.c as of 6.18"))]
+
+    def pagemap(self, s: Step) -> None:
+        k, f = self.k, self.f
+        pm = k.pagemap(k.processes[f.pid], f.address)
+        flags = k.kpageflags(pm & PM_PFN_MASK) if pm >> 63 else None
+        s.values.append(modelled("pagemap entry", pm, self.src("fs/proc/task_mmu.c's encoding of the simulated PTE"),
+                                 display=f"0x{pm:016x}", derivation=list(decode_pagemap_entry(pm).derivations)))
+        if flags is not None:
+            s.values.append(modelled("kpageflags", flags, self.src("the page kinds the model tracks"),
+                                     display=" | ".join(decode_kpageflags(flags, _model_version(k)).names) or "0"))
+        s.values.append(_computed("page state", page_state(pm, flags), "decode.pagemap.page_state"))
+
+    def pte(self, s: Step) -> None:
+        f, k = self.f, self.k
+        if not f.walk_after:
+            s.values.append(modelled("entry", "none written", self.src(f"the fault ended in {f.outcome}")))
+            return
         level, _t, _i, entry = f.walk_after[-1]
-        _points, p = _describe_entry(run, entry, level)
-        s.values.append(modelled(f"{level} entry after", entry, src("set_pte_at() / set_pmd_at() in the fault path"),
-                                 display=f"0x{entry:016x}", derivation=list(p.derivations)))
+        meaning = self.arch.describe_entry(entry, level, _kernel(self.run))
+        s.values.append(modelled(f"{level} entry after", entry, self.src("set_pte_at() / set_pmd_at() in the fault path"),
+                                 display=f"0x{entry:016x}", derivation=list(meaning.derivations)))
         if f.outcome == mk.NEW_PAGE and level == "PTE" and f.vma is not None and f.pfn is not None:
-            if _arm64(run):
-                da = derive_arm64_anonymous_pte(f.pfn, f.vma.flags, True, _model_version(k),
-                                                pa_bits=52 if k.config.lpa2 else 48)
-                s.values.append(_computed("derive_arm64_anonymous_pte() == the model's entry", da.value == entry,
-                                          "compare", list(da.derivations)))
-            else:
-                dp = derive_anonymous_pte(f.pfn, f.vma.flags, True, soft_dirty=k.config.soft_dirty)
-                s.values.append(_computed("derive_anonymous_pte() == the model's entry", dp.value == entry, "compare",
-                                        list(dp.derivations)))
-    else:
-        s.values.append(modelled("entry", "none written", src(f"the fault ended in {f.outcome}")))
-    steps.append(s)
+            d = self.arch.derive_anonymous_entry(f.pfn, f.vma.flags, True, _model_version(k),
+                                                 soft_dirty=k.config.soft_dirty)
+            s.values.append(_computed(f"{self.arch.derive_entry_name} == the model's entry", d.value == entry,
+                                      "compare", list(d.derivations)))
 
-    s = catalogue_step("return")
-    s.values.append(modelled("outcome", f.outcome, src("the fault path taken: " + _chain(f.path))))
-    if f.also_mapped:
-        s.values.append(modelled("pages mapped besides this one", f.also_mapped, src(
-            "fault-around (filemap_map_pages)" if f.outcome == mk.PAGE_CACHE else "one PMD entry maps 512 pages"),
-            display=str(f.also_mapped)))
-    steps.append(s)
-    return steps
+    def result(self, s: Step) -> None:
+        f = self.f
+        s.values.append(modelled("outcome", f.outcome, self.src("the fault path taken: " + _chain(f.path))))
+        if f.also_mapped:
+            s.values.append(modelled("pages mapped besides this one", f.also_mapped, self.src(
+                "fault-around (filemap_map_pages)" if f.outcome == mk.PAGE_CACHE else "one PMD entry maps 512 pages"),
+                display=str(f.also_mapped)))
+
+
+def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
+    """The catalogue's steps for the scenario's featured fault, as the simulator tells them."""
+    return assemble(_Featured(run, f).fillers(), Source.MODEL, run.kernel.config.arch)
 
 
 def op_step(run: ModelRun, index: int, op: str, number: int) -> Step:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..decode.error_code import decode_error_code
-from ..decode.fault_flags import derive_fault_flags
+from ..decode.arch import Arch
+from ..decode.arch_interface import arch_interface
 from ..decode.pagemap import decode_kpageflags, decode_pagemap_entry
 from ..decode.pte import EntryKind, decode_pte
 from ..decode.vm_flags import decode_vm_flags
 from ..evidence import MapsLine, ProgramFaultEvidence, TraceEvent
 from .build import _maple_values, _struct_page_values
+from .catalogue import Filler, Missing, assemble
 from .fault_classes import (
     ALLOC,
     CACHE_ADD,
@@ -29,15 +30,22 @@ from .fault_classes import (
     classify_faults,
 )
 from .steps import Journey, Step, Value, derived, observed, unavailable
+from .vocabulary import FaultKind, Source, Stage, StepKey
 
 AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user (the chosen fault)"
 AFTER = "bpftrace at the thread's next kernel entry after the fault"
 # Which class a --kind asks for (major is a file fault that read from disk).
-KIND_CLASSES = {"anon": {FaultClass.ANON_NEW}, "zero": {FaultClass.ZERO_PAGE},
-                "cow": {FaultClass.COW_COPY, FaultClass.COW_REUSE}, "file": {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR,
-                                                                                      FaultClass.FILE_READAHEAD},
-                "major": {FaultClass.FILE_MAJOR}, "swap": {FaultClass.SWAP_IN}, "thp": {FaultClass.THP},
-                "stack": {FaultClass.STACK_GROWTH}, "segv": {FaultClass.SIGSEGV, FaultClass.SIGBUS}}
+KIND_CLASSES: dict[FaultKind, set[FaultClass]] = {
+    FaultKind.ANON: {FaultClass.ANON_NEW}, FaultKind.ZERO: {FaultClass.ZERO_PAGE},
+    FaultKind.COW: {FaultClass.COW_COPY, FaultClass.COW_REUSE},
+    FaultKind.FILE: {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR, FaultClass.FILE_READAHEAD},
+    FaultKind.MAJOR: {FaultClass.FILE_MAJOR}, FaultKind.SWAP: {FaultClass.SWAP_IN}, FaultKind.THP: {FaultClass.THP},
+    FaultKind.STACK: {FaultClass.STACK_GROWTH}, FaultKind.SEGV: {FaultClass.SIGSEGV, FaultClass.SIGBUS}}
+
+
+def kind_classes(kind: str) -> set[FaultClass]:
+    """The classes a --kind word may turn out to be (none for a word that is no FaultKind: a damaged file)."""
+    return next((classes for k, classes in KIND_CLASSES.items() if k == kind), set())
 
 
 def _window(ev: ProgramFaultEvidence) -> list[TraceEvent]:
@@ -95,154 +103,172 @@ def classify_chosen(ev: ProgramFaultEvidence) -> tuple[FaultClass, str, list[Tra
     return cls, how, window
 
 
-def build_program_journey(ev: ProgramFaultEvidence) -> Journey:
-    j = Journey("bpf", ev.kernel_release, ev.pid, list(ev.argv), f"PID {ev.pid}: {' '.join(ev.argv)}")
-    cls, how, window = classify_chosen(ev)
-    steps: list[Step] = []
+class _ProgramSteps:
+    """The steps of one fault of any program, one filler each."""
 
-    def step(key: str, title: str) -> Step:
-        s = Step(len(steps) + 1, key, title, "done")
-        steps.append(s)
-        return s
+    def __init__(self, ev: ProgramFaultEvidence):
+        self.ev = ev
+        # the program capture traps at x86's exceptions:page_fault_user; its evidence names no architecture yet
+        self.arch = arch_interface(Arch.X86_64, ev.paging_levels)
+        self.cls, self.how, self.window = classify_chosen(ev)
 
-    s = step("selected", "Which fault: chosen in the kernel while the program ran at full speed")
-    s.values.append(observed("selector", ev.selector_words, "pagefault journey's selector, applied by bpftrace"))
-    s.values.append(observed("fault number", ev.nth, AT_FAULT + ": the program's faults counted in the kernel",
-                             display=str(ev.nth)))
-    s.values.append(observed("thread", ev.tid, AT_FAULT, display=str(ev.tid)))
-    if ev.selector == "kind":
-        wanted = KIND_CLASSES.get(ev.selector_value, set())
-        s.values.append(derived("kind checked afterwards", cls in wanted, "the class from the fault's events (below) "
-                                f"against --kind {ev.selector_value}",
-                                [f"the fault looked like {ev.selector_value} at entry; its events say {cls.value}"
-                                 + ("" if cls in wanted else ": NOT the kind asked for (at entry a fault's outcome is "
-                                    "only guessed from its PTE and VMA)")]))
+    def fillers(self) -> dict[StepKey, Filler | Missing]:
+        return {StepKey.SELECTED: self.selected, StepKey.TRAP: self.trap, StepKey.RIP: self.rip,
+                StepKey.FLAGS: self.flags, StepKey.VMA: self.vma, StepKey.ALLOC: self.alloc,
+                StepKey.WALK: self.walk if self.ev.bpf else Missing(self.ev.unavailable.get("bpf", "bpftrace read no walk")),
+                StepKey.CLASS: self.kind, StepKey.PTE: self.pte, StepKey.RETURN: self.result}
 
-    s = step("trap", "The CPU traps: address, RIP, error code")
-    code = decode_error_code(ev.error_code)
-    s.values += [observed("faulting address (CR2)", ev.address, AT_FAULT + " args->address", display=f"0x{ev.address:x}"),
-                 observed("RIP", ev.ip, AT_FAULT + " args->ip", display=f"0x{ev.ip:x}"),
-                 observed("error code", ev.error_code, AT_FAULT + " args->error_code",
-                          display=f"0x{ev.error_code:x}: {code.summary}", derivation=list(code.bit_meanings))]
+    def selected(self, s: Step) -> None:
+        ev, cls = self.ev, self.cls
+        s.values.append(observed("selector", ev.selector_words, "pagefault journey's selector, applied by bpftrace"))
+        s.values.append(observed("fault number", ev.nth, AT_FAULT + ": the program's faults counted in the kernel",
+                                 display=str(ev.nth)))
+        s.values.append(observed("thread", ev.tid, AT_FAULT, display=str(ev.tid)))
+        if ev.selector == "kind":
+            wanted = kind_classes(ev.selector_value)
+            s.values.append(derived("kind checked afterwards", cls in wanted, "the class from the fault's events (below) "
+                                    f"against --kind {ev.selector_value}",
+                                    [f"the fault looked like {ev.selector_value} at entry; its events say {cls.value}"
+                                     + ("" if cls in wanted else ": NOT the kind asked for (at entry a fault's outcome is "
+                                        "only guessed from its PTE and VMA)")]))
 
-    s = step("rip", "The instruction that faulted")
-    if ev.rip is not None:
-        r = ev.rip
-        s.values.append(derived("where", r.describe, "RIP − mapping start + file offset → ELF address → symbol",
-                                list(r.derivations)))
-        if r.instruction:
-            s.values.append(derived("instruction", f"{r.instruction[1]} {r.instruction[2]}",
-                                    f"capstone at ELF 0x{r.instruction[0]:x}", [f"bytes {r.instruction[3]}"]))
-        s.values.append(derived("source line", f"{r.source_line[0]}:{r.source_line[1]}", "DWARF line table")
-                        if r.source_line else unavailable("source line", "no DWARF line information for this "
-                                                          "address (a stripped file, or code built without -g): "
-                                                          f"{r.describe} is the nearest name"))
-    else:
-        m = _mapping(ev.maps, ev.ip)
-        s.values.append(unavailable("where", f"the RIP is in {m.path or 'anonymous memory' if m else 'no mapping'}: "
-                                    "no ELF file to read it back in"))
+    def trap(self, s: Step) -> None:
+        ev, arch = self.ev, self.arch
+        code = arch.decode_syndrome(ev.error_code)
+        s.values += [observed(f"faulting address ({arch.address_register})", ev.address, AT_FAULT + " args->address",
+                              display=f"0x{ev.address:x}"),
+                     observed(arch.pc_register, ev.ip, AT_FAULT + " args->ip", display=f"0x{ev.ip:x}"),
+                     observed(arch.syndrome_register, ev.error_code, AT_FAULT + " args->error_code",
+                              display=f"0x{ev.error_code:x}: {code.summary}", derivation=list(code.derivations))]
 
-    s = step("flags", "The flags handle_mm_fault() gets")
-    d = derive_fault_flags(ev.error_code, ev.fault_flag_table, source=ev.fault_flag_source)
-    s.values.append(derived("flags", d.value, "from the error code (observed) as arch/x86/mm/fault.c does; taken "
-                            "from the source: FAULT_FLAG_DEFAULT and the per-VMA lock path", list(d.derivations)))
+    def rip(self, s: Step) -> None:
+        ev = self.ev
+        if ev.rip is not None:
+            r = ev.rip
+            s.values.append(derived("where", r.describe, "RIP − mapping start + file offset → ELF address → symbol",
+                                    list(r.derivations)))
+            if r.instruction:
+                s.values.append(derived("instruction", f"{r.instruction[1]} {r.instruction[2]}",
+                                        f"capstone at ELF 0x{r.instruction[0]:x}", [f"bytes {r.instruction[3]}"]))
+            s.values.append(derived("source line", f"{r.source_line[0]}:{r.source_line[1]}", "DWARF line table")
+                            if r.source_line else unavailable("source line", "no DWARF line information for this "
+                                                              "address (a stripped file, or code built without -g): "
+                                                              f"{r.describe} is the nearest name"))
+        else:
+            m = _mapping(ev.maps, ev.ip)
+            s.values.append(unavailable("where", f"the RIP is in {m.path or 'anonymous memory' if m else 'no mapping'}: "
+                                        "no ELF file to read it back in"))
 
-    s = step("vma", "The VMA that holds the address")
-    before = ev.bpf.reads.get("before") if ev.bpf else None
-    objs = before.objects if before else {}
-    if "vma" in objs and objs["vm_start"] <= ev.address < objs["vm_end"]:
-        word = decode_vm_flags(objs["vm_flags"], ev.kernel_version)
-        s.values += [observed("VMA", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", AT_FAULT + ": the maple-tree "
-                              "search's result, read through BTF"),
-                     observed("vm_flags", objs["vm_flags"], AT_FAULT, display=f"0x{objs['vm_flags']:x} = "
-                              f"{' | '.join(word.names)}"),
-                     observed("backing", "a file" if objs["vm_file"] else "anonymous memory", AT_FAULT + ": vm_file",
-                              display=f"vm_file 0x{objs['vm_file']:x}")]
-    else:
-        s.values.append(derived("VMA", "none held the address when the fault entered the kernel", AT_FAULT +
-                                ": the maple-tree search ended in a gap",
-                                ["a fault below the stack grows it; anywhere else it is SIGSEGV (SEGV_MAPERR)"]))
-    m = _mapping(ev.maps, ev.address)
-    if m is not None:
-        s.values.append(observed("mapping after the fault", f"{m.start:x}-{m.end:x} {m.perms} {m.offset:x} {m.path}",
-                                 f"/proc/{ev.pid}/maps while bpftrace held the program stopped after the fault"))
-        if m.path.startswith("/"):
-            page_index = (ev.address - m.start + m.offset) >> 12
-            added = [e for e in window if e.name == "filemap:mm_filemap_add_to_page_cache"]
-            s.values.append(derived("file page", f"{m.path} page {page_index}", "(address − mapping start + offset) >> 12",
-                                    [f"(0x{ev.address:x} − 0x{m.start:x} + 0x{m.offset:x}) >> 12 = {page_index}",
-                                     f"page cache before the fault: {'not there: read in' if added else 'there (nothing added)'}"]))
-    s.values += _maple_values(ev, ev.address)  # type: ignore[arg-type]
+    def flags(self, s: Step) -> None:
+        ev, arch = self.ev, self.arch
+        value, how = arch.fault_flags(ev.error_code, ev.fault_flag_table, ev.fault_flag_source, vma_lock=True)
+        s.values.append(derived("flags", value, f"from the {arch.syndrome_noun} (observed) as {arch.fault_handler_source} "
+                                "does; taken from the source: FAULT_FLAG_DEFAULT and the per-VMA lock path", how))
 
-    s = step("walk", "The page-table walk, before and after")
-    if ev.bpf is None:
-        s.values.append(unavailable("walk", ev.unavailable.get("bpf", "bpftrace read no walk")))
-    else:
+    def vma(self, s: Step) -> None:
+        ev, window = self.ev, self.window
+        before = ev.bpf.reads.get("before") if ev.bpf else None
+        objs = before.objects if before else {}
+        if "vma" in objs and objs["vm_start"] <= ev.address < objs["vm_end"]:
+            word = decode_vm_flags(objs["vm_flags"], ev.kernel_version)
+            s.values += [observed("VMA", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", AT_FAULT + ": the maple-tree "
+                                  "search's result, read through BTF"),
+                         observed("vm_flags", objs["vm_flags"], AT_FAULT, display=f"0x{objs['vm_flags']:x} = "
+                                  f"{' | '.join(word.names)}"),
+                         observed("backing", "a file" if objs["vm_file"] else "anonymous memory", AT_FAULT + ": vm_file",
+                                  display=f"vm_file 0x{objs['vm_file']:x}")]
+        else:
+            s.values.append(derived("VMA", "none held the address when the fault entered the kernel", AT_FAULT +
+                                    ": the maple-tree search ended in a gap",
+                                    ["a fault below the stack grows it; anywhere else it is SIGSEGV (SEGV_MAPERR)"]))
+        m = _mapping(ev.maps, ev.address)
+        if m is not None:
+            s.values.append(observed("mapping after the fault", f"{m.start:x}-{m.end:x} {m.perms} {m.offset:x} {m.path}",
+                                     f"/proc/{ev.pid}/maps while bpftrace held the program stopped after the fault"))
+            if m.path.startswith("/"):
+                page_index = (ev.address - m.start + m.offset) >> 12
+                added = [e for e in window if e.name == "filemap:mm_filemap_add_to_page_cache"]
+                s.values.append(derived("file page", f"{m.path} page {page_index}", "(address − mapping start + offset) >> 12",
+                                        [f"(0x{ev.address:x} − 0x{m.start:x} + 0x{m.offset:x}) >> 12 = {page_index}",
+                                         f"page cache before the fault: {'not there: read in' if added else 'there (nothing added)'}"]))
+        s.values += _maple_values(ev, ev.address)  # type: ignore[arg-type]
+
+    def walk(self, s: Step) -> None:
+        ev, bpf = self.ev, self.ev.bpf
+        assert bpf is not None              # fillers(): without the BPF reads the step says why
         for when, src in (("before", AT_FAULT), ("after", AFTER)):
-            read = ev.bpf.reads.get(when)
+            read = bpf.reads.get(when)
             for level, entry in (read.entries.items() if read else []):
                 p = decode_pte(entry, level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
                 s.values.append(observed(f"{level} entry {when}", entry, src, display=f"0x{entry:016x}: {p.points_to}"))
-        s.values.append(derived("direct-map base", ev.bpf.direct_map_base, ev.direct_map_how,
-                                display=f"0x{ev.bpf.direct_map_base:x}"))
+        s.values.append(derived("direct-map base", bpf.direct_map_base, ev.direct_map_how,
+                                display=f"0x{bpf.direct_map_base:x}"))
 
-    s = step("alloc", "The page the fault got")
-    allocs = [e for e in window if e.name == "kmem:mm_page_alloc"]
-    for a in allocs:
-        chain = " → ".join(fn.split("+")[0] for _x, fn in reversed(a.kernel_chain)) or "(no call chain)"
-        what = "the fault's page" if a.fields.get("gfp_flags", 0) & GFP_MOVABLE else "a page-table page (not movable)"
-        s.values.append(observed(f"allocation: {what}", f"PFN 0x{a.fields.get('pfn', 0):x}, order {a.fields.get('order', 0)}",
-                                 f"tracepoint kmem:mm_page_alloc (thread {a.pid}, during the fault)", derivation=[chain]))
-    if not allocs:
-        s.values.append(derived("allocation", "none", "no mm_page_alloc by the thread during the fault",
-                                [{FaultClass.FILE_HIT: "a file page already in the page cache: no allocation",
-                                  FaultClass.ZERO_PAGE: "a read of anonymous memory maps the shared zero page",
-                                  FaultClass.COW_REUSE: "the page was exclusive: reused in place",
-                                  FaultClass.SIGSEGV: "refused: no page",
-                                  FaultClass.SPURIOUS: "nothing was missing"}.get(cls, "none seen")]))
+    def alloc(self, s: Step) -> None:
+        cls, window = self.cls, self.window
+        allocs = [e for e in window if e.name == "kmem:mm_page_alloc"]
+        for a in allocs:
+            chain = " → ".join(fn.split("+")[0] for _x, fn in reversed(a.kernel_chain)) or "(no call chain)"
+            what = "the fault's page" if a.fields.get("gfp_flags", 0) & GFP_MOVABLE else "a page-table page (not movable)"
+            s.values.append(observed(f"allocation: {what}", f"PFN 0x{a.fields.get('pfn', 0):x}, order {a.fields.get('order', 0)}",
+                                     f"tracepoint kmem:mm_page_alloc (thread {a.pid}, during the fault)", derivation=[chain]))
+        if not allocs:
+            s.values.append(derived("allocation", "none", "no mm_page_alloc by the thread during the fault",
+                                    [{FaultClass.FILE_HIT: "a file page already in the page cache: no allocation",
+                                      FaultClass.ZERO_PAGE: "a read of anonymous memory maps the shared zero page",
+                                      FaultClass.COW_REUSE: "the page was exclusive: reused in place",
+                                      FaultClass.SIGSEGV: "refused: no page",
+                                      FaultClass.SPURIOUS: "nothing was missing"}.get(cls, "none seen")]))
 
-    s = step("class", "What kind of fault it was")
-    s.values.append(derived("class", cls.value, how))
+    def kind(self, s: Step) -> None:
+        cls = self.cls
+        s.values.append(derived("class", cls.value, self.how))
 
-    s = step("pte", "The PTE after, and the page behind it")
-    after = ev.bpf.reads.get("after") if ev.bpf else None
-    leaf_level, leaf = (list(after.entries.items())[-1] if after and after.entries else (None, None))
-    pm = decode_pagemap_entry(ev.pagemap, ev.kernel_version) if ev.pagemap is not None else None
-    if leaf is not None and leaf_level is not None:
-        p = decode_pte(leaf, leaf_level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
-        what = "a huge page" if p.huge else "the walk stopped here"
-        label = "PTE after" if leaf_level == "PTE" else f"{leaf_level} after (the leaf: {what})"
-        s.values.append(observed(label, leaf, AFTER, display=f"0x{leaf:016x}: {p.kind.value}", derivation=list(p.derivations)))
-        if p.kind is EntryKind.PRESENT and p.leaf and p.pfn is not None and pm is not None and pm.pfn:
-            pages = {"PTE": 1, "PMD": 512, "PUD": 512 * 512}[leaf_level]
-            sub = (ev.address >> 12) & (pages - 1)
-            pfn = p.pfn + sub
-            s.values.append(derived("PTE's PFN is pagemap's", pfn == pm.pfn, "compare (a huge leaf: its first PFN + the "
-                                    "4 KiB page's index inside it)" if pages > 1 else "compare",
-                                    ([f"0x{p.pfn:x} + {sub} = 0x{pfn:x}"] if pages > 1 else [])
-                                    + [f"0x{pfn:x} {'==' if pfn == pm.pfn else '!='} 0x{pm.pfn:x}"]))
-        elif p.kind is EntryKind.PRESENT and p.leaf:
-            why = ("/proc was not read while the program was stopped" if pm is None else
-                   "pagemap showed no frame when /proc was read: the page was unmapped (or paged out) between the "
-                   "walk after the fault and the program's stop")
-            s.values.append(unavailable("PTE's PFN is pagemap's", why))
-    else:
-        s.values.append(unavailable("PTE after", "the thread did not enter the kernel again after the fault (it "
-                                    "died of it?), so no walk was read after"))
-    if pm is not None:
-        s.values.append(observed("pagemap", ev.pagemap, f"/proc/{ev.pid}/pagemap, the program stopped",
-                                 display=f"0x{ev.pagemap:016x}: {pm.summary}"))
-    if ev.kpageflags is not None:
-        kw = decode_kpageflags(ev.kpageflags, ev.kernel_version)
-        s.values.append(observed("kpageflags", ev.kpageflags, "/proc/kpageflags", display=" | ".join(kw.names)))
-    s.values += _struct_page_values(ev, pm.pfn if pm else None, ev.kpagecount)  # type: ignore[arg-type]
+    def pte(self, s: Step) -> None:
+        ev = self.ev
+        after = ev.bpf.reads.get("after") if ev.bpf else None
+        leaf_level, leaf = (list(after.entries.items())[-1] if after and after.entries else (None, None))
+        pm = decode_pagemap_entry(ev.pagemap, ev.kernel_version) if ev.pagemap is not None else None
+        if leaf is not None and leaf_level is not None:
+            p = decode_pte(leaf, leaf_level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
+            what = "a huge page" if p.huge else "the walk stopped here"
+            label = "PTE after" if leaf_level == "PTE" else f"{leaf_level} after (the leaf: {what})"
+            s.values.append(observed(label, leaf, AFTER, display=f"0x{leaf:016x}: {p.kind.value}", derivation=list(p.derivations)))
+            if p.kind is EntryKind.PRESENT and p.leaf and p.pfn is not None and pm is not None and pm.pfn:
+                pages = {"PTE": 1, "PMD": 512, "PUD": 512 * 512}[leaf_level]
+                sub = (ev.address >> 12) & (pages - 1)
+                pfn = p.pfn + sub
+                s.values.append(derived("PTE's PFN is pagemap's", pfn == pm.pfn, "compare (a huge leaf: its first PFN + the "
+                                        "4 KiB page's index inside it)" if pages > 1 else "compare",
+                                        ([f"0x{p.pfn:x} + {sub} = 0x{pfn:x}"] if pages > 1 else [])
+                                        + [f"0x{pfn:x} {'==' if pfn == pm.pfn else '!='} 0x{pm.pfn:x}"]))
+            elif p.kind is EntryKind.PRESENT and p.leaf:
+                why = ("/proc was not read while the program was stopped" if pm is None else
+                       "pagemap showed no frame when /proc was read: the page was unmapped (or paged out) between the "
+                       "walk after the fault and the program's stop")
+                s.values.append(unavailable("PTE's PFN is pagemap's", why))
+        else:
+            s.values.append(unavailable("PTE after", "the thread did not enter the kernel again after the fault (it "
+                                        "died of it?), so no walk was read after"))
+        if pm is not None:
+            s.values.append(observed("pagemap", ev.pagemap, f"/proc/{ev.pid}/pagemap, the program stopped",
+                                     display=f"0x{ev.pagemap:016x}: {pm.summary}"))
+        if ev.kpageflags is not None:
+            kw = decode_kpageflags(ev.kpageflags, ev.kernel_version)
+            s.values.append(observed("kpageflags", ev.kpageflags, "/proc/kpageflags", display=" | ".join(kw.names)))
+        s.values += _struct_page_values(ev, pm.pfn if pm else None, ev.kpagecount)  # type: ignore[arg-type]
 
-    s = step("return", "Back to the program")
-    s.values.append(observed("stopped after the fault", ev.paused, "bpftrace signal(SIGSTOP) at the thread's next "
-                             "kernel entry; /proc read; SIGCONT"))
-    if ev.exit:
-        s.values.append(observed("program exit", ev.exit, "waitpid()"))
-    j.steps = steps
+    def result(self, s: Step) -> None:
+        ev = self.ev
+        s.values.append(observed("stopped after the fault", ev.paused, "bpftrace signal(SIGSTOP) at the thread's next "
+                                 "kernel entry; /proc read; SIGCONT"))
+        if ev.exit:
+            s.values.append(observed("program exit", ev.exit, "waitpid()"))
+
+
+def build_program_journey(ev: ProgramFaultEvidence) -> Journey:
+    j = Journey("bpf", ev.kernel_release, ev.pid, list(ev.argv), f"PID {ev.pid}: {' '.join(ev.argv)}")
+    j.steps = assemble(_ProgramSteps(ev).fillers(), Source.PROGRAM, stage=Stage.DONE)
     j.notes += [f"{k}: {v}" for k, v in ev.unavailable.items()]
     j.complete = True
     return j

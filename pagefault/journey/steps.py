@@ -12,7 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..decode.pte import decode_pte
+from ..decode.arch import Arch
+from ..decode.arch_interface import ArchInterface, arch_interface
+from .vocabulary import Stage, StepKey, W
 
 
 class Provenance(enum.StrEnum):
@@ -28,43 +30,14 @@ class Provenance(enum.StrEnum):
 PROVENANCES = tuple(p.value for p in Provenance)
 
 
-@dataclass(frozen=True)
-class CatalogueEntry:
-    number: int
-    key: str
-    title: str
-    stage: str          # the phase the target is paused at while the step is read
-
-
-# One catalogue for the live journey and the simulator's: the same steps, titles and phases.
-STEP_CATALOGUE = {e.key: e for e in (
-    CatalogueEntry(1, "process", "The process and its mm exist before main() runs", "ready"),
-    CatalogueEntry(2, "mmap", "mmap() creates a VMA: a promise of memory, no page yet", "mapped"),
-    CatalogueEntry(3, "trap", "The CPU traps: #PF with the faulting address, RIP and error code", "touched"),
-    CatalogueEntry(4, "rip", "RIP proven: the faulting instruction, found in the file", "touched"),
-    CatalogueEntry(5, "flags", "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", "touched"),
-    CatalogueEntry(6, "vma", "The VMA lookup: is the address legal, and is a write allowed?", "touched"),
-    CatalogueEntry(7, "walk", "The page-table walk: one index per level", "touched"),
-    CatalogueEntry(8, "alloc", "The buddy allocator hands out a page", "touched"),
-    CatalogueEntry(9, "pagemap", "The PFN confirmed in /proc/PID/pagemap", "touched"),
-    CatalogueEntry(10, "pte", "The PTE that lets the retried instruction succeed", "touched"),
-    CatalogueEntry(11, "return", "Return: the instruction retried", "touched"),
-)}
-
-
-def catalogue_step(key: str) -> "Step":
-    """A new, empty step of the catalogue."""
-    e = STEP_CATALOGUE[key]
-    return Step(e.number, e.key, e.title, e.stage)
-LEAF_PAGE_SIZE = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}
-WS = ("what", "why", "where", "who", "when", "without", "which")
+WS = tuple(W)    # the 7 Ws in the order they are shown
 
 
 @dataclass
 class Value:
     label: str
     value: Any                 # an int, a string, or None when unavailable
-    provenance: str
+    provenance: Provenance | str   # given as a member (or its word); kept as the member
     source: str
     derivation: list[str] = field(default_factory=list)
     display: str = ""          # how to show it (hex for addresses); filled from value when empty
@@ -85,27 +58,27 @@ class Value:
 
 
 def observed(label: str, value: Any, source: str, display: str = "", derivation: list[str] | None = None) -> Value:
-    return Value(label, value, "observed", source, list(derivation or []), display)
+    return Value(label, value, Provenance.OBSERVED, source, list(derivation or []), display)
 
 
 def derived(label: str, value: Any, how: str, derivation: list[str] | None = None, display: str = "") -> Value:
-    return Value(label, value, "derived", how, list(derivation or []), display)
+    return Value(label, value, Provenance.DERIVED, how, list(derivation or []), display)
 
 
 def modelled(label: str, value: Any, model: str, derivation: list[str] | None = None, display: str = "") -> Value:
-    return Value(label, value, "modelled", model, list(derivation or []), display)
+    return Value(label, value, Provenance.MODELLED, model, list(derivation or []), display)
 
 
 def unavailable(label: str, reason: str) -> Value:
-    return Value(label, None, "unavailable", reason)
+    return Value(label, None, Provenance.UNAVAILABLE, reason)
 
 
 @dataclass
 class Step:
     number: int
-    key: str
+    key: StepKey | str                  # a catalogue step's StepKey; the simulator's operations are op0, op1, …
     title: str
-    stage: str                          # the phase the target is paused at while this step is read
+    stage: Stage | str                  # the phase the target is paused at while this step is read
     values: list[Value] = field(default_factory=list)
     derivations: list[str] = field(default_factory=list)
     ws: dict[str, str] = field(default_factory=dict)
@@ -139,7 +112,7 @@ class WalkLevel:
     table: int | None                   # physical address of this level's table (None: not known here)
     entry: int | None                   # the entry once the fault was handled (None: not read)
     entry_before: int | None            # the entry at the trap (None: not read)
-    provenance: str                     # of the entries
+    provenance: Provenance              # of the entries
     source: str
 
 
@@ -158,17 +131,19 @@ class PageWalk:
     architecture: str = "x86_64"
     va_bits: int = 48                   # arm64: the virtual-address size the walk's levels follow
 
-    def set_frame(self) -> None:
-        """The frame and page size from the last entry read, when it is present (a PMD or PUD leaf is huge)."""
+    def set_frame(self, arch: ArchInterface | None = None, kernel: tuple[int, int] | None = None) -> None:
+        """The frame and page size from the last entry read, when it maps one (a PMD or PUD leaf is huge on
+        x86; arm64's drawing keeps its granule), decoded by ``arch`` (default: this walk's, in its shape)."""
         leaf = next((lv for lv in reversed(self.levels) if lv.entry is not None), None)
         if leaf is None or leaf.entry is None:
             return
-        p = decode_pte(leaf.entry, leaf.level)
-        if p.present:
-            self.frame_pfn = p.pfn
-            self.page_size = LEAF_PAGE_SIZE.get(leaf.level, 4096)
-            kind = "derived" if leaf.provenance == "observed" else leaf.provenance
-            self.frame_source = f"{kind}: the frame field of the {leaf.level} entry"
+        arch = arch or arch_interface(Arch(self.architecture), len(self.levels), va_bits=self.va_bits,
+                                      granule=self.page_size)
+        frame = arch.leaf_frame(leaf.entry, leaf.level, kernel)
+        if frame is not None:
+            self.frame_pfn, self.page_size = frame
+            kind = Provenance.DERIVED if leaf.provenance == Provenance.OBSERVED else leaf.provenance
+            self.frame_source = f"{kind}: {arch.frame_field(leaf.level)}"
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ..decode.arch import Arch
 from .buddy import BuddyAllocator
-from .page_tables import EntryFormat, FaultKind, Trap, X86Format, entry_format
+from .page_tables import FORMATS, EntryFormat, FaultKind, Trap, X86Format, entry_format
 
 PAGE_SHIFT, PAGE_SIZE = 12, 4096
 PMD_SIZE = 1 << 21
@@ -165,7 +165,7 @@ class Fault:
     @property
     def esr(self) -> int | None:
         """ESR_EL1 of an arm64 fault (the trap code); None on x86."""
-        return self.error_code if self.arch is Arch.ARM64 else None
+        return self.error_code if FORMATS[self.arch].trap_code_is_esr else None
 
 
 @dataclass
@@ -197,31 +197,30 @@ _STACK = VM_READ | VM_WRITE | _MAY | VM_GROWSDOWN | VM_ACCOUNT
 _MMAP_BASE = {Arch.X86_64: 0x7FFFF7FFF000, Arch.ARM64: 0xFFFFF7FFF000}
 
 
-def _layout(arch: Arch, name: str) -> tuple[tuple[int, int, int, str], ...]:
-    """The VMAs of a dynamically linked program after execve, without address randomisation (modelled)."""
-    if arch is Arch.ARM64:
-        ld = "ld-linux-aarch64.so.1"
-        return (
-            (0xAAAAAAAA0000, 0xAAAAAAAA1000, _R | _X | _MAY, name),
-            (0xAAAAAAAB0000, 0xAAAAAAAB1000, _R | _MAY, name),
-            (0xAAAAAAAB1000, 0xAAAAAAAB2000, _R | _W | _MAY, name),
-            (0xAAAAAAAB2000, 0xAAAAAAAD3000, _R | _W | _MAY, "[heap]"),
-            (0xFFFFF7E00000, 0xFFFFF7F88000, _R | _X | _MAY, "libc.so.6"),
-            (0xFFFFF7F98000, 0xFFFFF7F9C000, _R | _MAY, "libc.so.6"),
-            (0xFFFFF7F9C000, 0xFFFFF7F9E000, _R | _W | _MAY, "libc.so.6"),
-            (0xFFFFF7FC0000, 0xFFFFF7FEB000, _R | _X | _MAY, ld),
-            (0xFFFFF7FF7000, 0xFFFFF7FF9000, VM_READ | VM_MAYREAD, "[vvar]"),
-            (0xFFFFF7FF9000, 0xFFFFF7FFA000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
-            (0xFFFFF7FFA000, 0xFFFFF7FFC000, _R | _MAY, ld),
-            (0xFFFFF7FFC000, 0xFFFFF7FFE000, _R | _W | _MAY, ld),
-            (0xFFFFFFFDF000, 0xFFFFFFFFF000, _STACK, "[stack]"),
-        )
-    ld = "ld-linux-x86-64.so.2"
-    return (
-        (0x555555554000, 0x555555555000, _R | _MAY, name),
-        (0x555555555000, 0x555555556000, _R | _X | _MAY, name),
-        (0x555555556000, 0x555555557000, _R | _MAY, name),
-        (0x555555557000, 0x555555558000, _R | _W | _MAY, name),
+_PROGRAM = ""   # stands for the program's own name in the layouts below
+# The VMAs of a dynamically linked program after execve, without address randomisation (modelled), per
+# architecture: where each one's loader puts the program, its heap, libc, the vDSO and the stack.
+_LAYOUTS: dict[Arch, tuple[tuple[int, int, int, str], ...]] = {
+    Arch.ARM64: (
+        (0xAAAAAAAA0000, 0xAAAAAAAA1000, _R | _X | _MAY, _PROGRAM),
+        (0xAAAAAAAB0000, 0xAAAAAAAB1000, _R | _MAY, _PROGRAM),
+        (0xAAAAAAAB1000, 0xAAAAAAAB2000, _R | _W | _MAY, _PROGRAM),
+        (0xAAAAAAAB2000, 0xAAAAAAAD3000, _R | _W | _MAY, "[heap]"),
+        (0xFFFFF7E00000, 0xFFFFF7F88000, _R | _X | _MAY, "libc.so.6"),
+        (0xFFFFF7F98000, 0xFFFFF7F9C000, _R | _MAY, "libc.so.6"),
+        (0xFFFFF7F9C000, 0xFFFFF7F9E000, _R | _W | _MAY, "libc.so.6"),
+        (0xFFFFF7FC0000, 0xFFFFF7FEB000, _R | _X | _MAY, "ld-linux-aarch64.so.1"),
+        (0xFFFFF7FF7000, 0xFFFFF7FF9000, VM_READ | VM_MAYREAD, "[vvar]"),
+        (0xFFFFF7FF9000, 0xFFFFF7FFA000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
+        (0xFFFFF7FFA000, 0xFFFFF7FFC000, _R | _MAY, "ld-linux-aarch64.so.1"),
+        (0xFFFFF7FFC000, 0xFFFFF7FFE000, _R | _W | _MAY, "ld-linux-aarch64.so.1"),
+        (0xFFFFFFFDF000, 0xFFFFFFFFF000, _STACK, "[stack]"),
+    ),
+    Arch.X86_64: (
+        (0x555555554000, 0x555555555000, _R | _MAY, _PROGRAM),
+        (0x555555555000, 0x555555556000, _R | _X | _MAY, _PROGRAM),
+        (0x555555556000, 0x555555557000, _R | _MAY, _PROGRAM),
+        (0x555555557000, 0x555555558000, _R | _W | _MAY, _PROGRAM),
         (0x555555559000, 0x55555557A000, _R | _W | _MAY, "[heap]"),
         (0x7FFFF7DC3000, 0x7FFFF7DE9000, _R | _MAY, "libc.so.6"),
         (0x7FFFF7DE9000, 0x7FFFF7F3E000, _R | _X | _MAY, "libc.so.6"),
@@ -229,11 +228,17 @@ def _layout(arch: Arch, name: str) -> tuple[tuple[int, int, int, str], ...]:
         (0x7FFFF7F95000, 0x7FFFF7F9B000, _R | _W | _MAY, "libc.so.6"),
         (0x7FFFF7FC1000, 0x7FFFF7FC5000, VM_READ | VM_MAYREAD, "[vvar]"),
         (0x7FFFF7FC5000, 0x7FFFF7FC7000, VM_READ | VM_EXEC | VM_MAYREAD | VM_MAYEXEC, "[vdso]"),
-        (0x7FFFF7FC7000, 0x7FFFF7FF1000, _R | _X | _MAY, ld),
-        (0x7FFFF7FF1000, 0x7FFFF7FFB000, _R | _MAY, ld),
-        (0x7FFFF7FFB000, 0x7FFFF7FFF000, _R | _W | _MAY, ld),
+        (0x7FFFF7FC7000, 0x7FFFF7FF1000, _R | _X | _MAY, "ld-linux-x86-64.so.2"),
+        (0x7FFFF7FF1000, 0x7FFFF7FFB000, _R | _MAY, "ld-linux-x86-64.so.2"),
+        (0x7FFFF7FFB000, 0x7FFFF7FFF000, _R | _W | _MAY, "ld-linux-x86-64.so.2"),
         (0x7FFFFFFDE000, 0x7FFFFFFFF000, _STACK, "[stack]"),
-    )
+    ),
+}
+
+
+def _layout(arch: Arch, name: str) -> tuple[tuple[int, int, int, str], ...]:
+    """The VMAs of a dynamically linked program after execve, without address randomisation (modelled)."""
+    return tuple((start, end, flags, path or name) for start, end, flags, path in _LAYOUTS[arch])
 
 
 class Process:

@@ -59,6 +59,7 @@ class EntryFormat(ABC):
     """One architecture's page-table helpers, as the generic fault code calls them."""
 
     arch: Arch
+    trap_code_is_esr: bool                        # the trap code is arm64's ESR_EL1 (else x86's error code)
     frame_mask: int
     present_bit: int       # the MMU's valid bit (bit 0 on both): what access() and write_loop's fast path test
 
@@ -175,6 +176,7 @@ class EntryFormat(ABC):
 class X86Format(EntryFormat):
     """x86-64, 4 KiB pages, 4- or 5-level paging."""
 
+    trap_code_is_esr = False                      # the trap code is the #PF error code
     arch = Arch.X86_64
     P, RW, US, A, D, PSE, SPECIAL, SOFT_DIRTY, NX = 1, 2, 4, 0x20, 0x40, 0x80, 0x200, 0x800, 1 << 63
     frame_mask = ((1 << 52) - 1) & ~0xFFF
@@ -182,9 +184,11 @@ class X86Format(EntryFormat):
     TABLE = P | RW | US | A | D                   # _PAGE_TABLE: what a user table's parent entry holds
     PF_PROT, PF_WRITE, PF_USER, PF_INSTR = 1, 2, 4, 0x10
 
-    def __init__(self, paging_levels: int, soft_dirty: bool = False):
+    def __init__(self, paging_levels: int, soft_dirty: bool = False, lpa2: bool = False):
         if paging_levels not in (4, 5):
             raise ValueError(f"x86-64 paging levels must be 4 or 5, not {paging_levels}")
+        if lpa2:
+            raise ValueError("LPA2 is arm64's (52-bit tables); x86-64 has no such shape")
         super().__init__(paging_levels, soft_dirty)
 
     PROTNONE = 0x100                              # _PAGE_PROTNONE (the GLOBAL bit, with P clear)
@@ -268,6 +272,7 @@ class X86Format(EntryFormat):
 class Arm64Format(EntryFormat):
     """arm64, 4 KiB granule, 3 to 5 table levels (39-, 48- or 52-bit VAs). See the module's assumptions."""
 
+    trap_code_is_esr = True                       # the trap code is ESR_EL1
     arch = Arch.ARM64
     PXN_TABLE = 1 << 59
     VA_BITS = {3: 39, 4: 48, 5: 52}       # the VA size each number of levels translates with 4 KiB pages
@@ -399,8 +404,9 @@ class Arm64Format(EntryFormat):
         return self.entry_path(kind)[:-2] + ("arm64_force_sig_fault",)
 
 
+FORMATS: dict[Arch, type[X86Format] | type[Arm64Format]] = {Arch.X86_64: X86Format, Arch.ARM64: Arm64Format}
+
+
 def entry_format(arch: Arch, paging_levels: int, soft_dirty: bool = False, lpa2: bool = False) -> EntryFormat:
     """The helpers of an architecture; ValueError for a shape it does not have."""
-    if arch is Arch.ARM64:
-        return Arm64Format(paging_levels, soft_dirty, lpa2)
-    return X86Format(paging_levels, soft_dirty)
+    return FORMATS[arch](paging_levels, soft_dirty, lpa2)

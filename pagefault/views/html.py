@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..decode.arm64_descriptor import DescriptorKind, decode_arm64_descriptor
-from ..decode.pte import decode_pte
+from ..decode.arch import Arch
+from ..decode.arch_interface import EntryRole, arch_interface
 from ..journey.redact import NoRedaction, Redactor, redact_journey
 from ..journey.steps import WS, Area, Journey, PageWalk
 
@@ -27,16 +27,12 @@ def _size(n: int) -> str:
 def walk_nodes(walk: PageWalk, r: Redactor) -> list[dict]:
     """One node per level of the walk, with what the drawing writes in it."""
     nodes = []
+    arch = arch_interface(Arch(walk.architecture), len(walk.levels), va_bits=walk.va_bits, granule=walk.page_size)
     for pos, lv in enumerate(walk.levels):
         meaning = "not read"
-        if lv.entry is not None and walk.architecture == "arm64":
-            d = decode_arm64_descriptor(lv.entry, lv.level, va_bits=walk.va_bits, granule=walk.page_size)
-            meaning = ("→ the next table" if d.kind is DescriptorKind.TABLE else
-                       "→ the page frame" if d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK) else d.kind.value)
-        elif lv.entry is not None:
-            p = decode_pte(lv.entry, lv.level)
-            meaning = (p.kind.value if not p.present else
-                       "→ the page frame" if p.leaf else "→ the next table")
+        if lv.entry is not None:
+            m = arch.describe_entry(lv.entry, lv.level)
+            meaning = m.kind if m.role is EntryRole.NEITHER else m.role.value
         nodes.append({
             "level": lv.level, "index": lv.index, "offset": f"0x{lv.index * 8:x}",
             "x": 180 + pos * (NODE_WIDTH + NODE_GAP), "w": NODE_WIDTH,

@@ -1,0 +1,234 @@
+"""What differs between the architectures pagefault explains, behind one interface.
+
+``Arch`` (decode/arch.py) names an architecture; ``arch_interface`` gives its object for one paging
+shape (levels, virtual-address bits, granule, physical-address bits). journey/ and model/ ask the
+object — which register holds what, how an address splits, how an entry or the trap's syndrome
+decodes, which fault flags the syndrome gives — instead of branching on the architecture's name.
+Adding riscv64 is one more class here.
+
+Pure: integers in, decoded results out.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from .address import split_virtual_address, virtual_address_bits
+from .arch import Arch
+from .arm64_address import split_arm64_address
+from .arm64_descriptor import DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
+from .error_code import X86_PF_PROT, X86_PF_WRITE, decode_error_code
+from .esr import FaultStatusKind, decode_esr, fault_flags_from_esr
+from .fault_flags import derive_fault_flags
+from .pte import decode_pte, derive_anonymous_pte
+
+Version = tuple[int, int]
+LEAF_PAGE_SIZE = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}
+
+
+@dataclass(frozen=True)
+class LevelIndex:
+    """One level's index in a split address, in the words every architecture shares."""
+
+    level: str                  # Linux's name: PGD, P4D, PUD, PMD, PTE
+    index: int
+    shift: int
+    mask: int
+    label: str                  # how a step names it ("PMD index", "PMD index (level 2)")
+
+
+class EntryRole(enum.Enum):
+    """What an entry does in the walk, whatever the architecture calls it."""
+
+    NEXT_TABLE = "→ the next table"
+    FRAME = "→ the page frame"
+    NEITHER = "neither"             # empty, swapped out, PROT_NONE, reserved: its kind says which
+
+
+@dataclass(frozen=True)
+class EntryMeaning:
+    """An entry decoded: what it points to, its frame if it maps one, and how it was read."""
+
+    points_to: str
+    kind: str                   # the architecture's word for it (present, table, page, swap-format entry, …)
+    role: EntryRole
+    pfn: int | None             # the frame of a valid leaf (page or block), else None
+    derivations: tuple[str, ...]
+    decoded: object             # the architecture's own decoded record (PageTableEntry, Arm64Descriptor)
+
+
+@dataclass(frozen=True)
+class SyndromeMeaning:
+    """The trap's syndrome (x86's #PF error code, arm64's ESR_EL1) decoded."""
+
+    summary: str
+    derivations: tuple[str, ...]
+    write: bool                 # the access was a write
+    present: bool               # the entry was present (a protection fault, not a translation fault)
+
+
+@dataclass(frozen=True)
+class DerivedEntry:
+    value: int
+    derivations: tuple[str, ...]
+
+
+class ArchInterface(ABC):
+    """One architecture in one paging shape."""
+
+    arch: Arch
+    address_register: str       # holds the faulting address
+    pc_register: str            # holds the faulting instruction's address
+    root_register: str          # holds the PGD's physical address
+    syndrome_register: str      # the trap's syndrome, as a step labels it
+    syndrome_noun: str          # the syndrome in a sentence ("error code", "ESR")
+    syndrome_fields: str        # what its decoding reads
+    fault_handler_source: str   # the file that turns the syndrome into fault flags
+    derive_entry_name: str      # the function that derives an anonymous page's entry
+
+    def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
+        self.paging_levels, self.va_bits, self.granule, self.pa_bits = paging_levels, va_bits, granule, pa_bits
+
+    @abstractmethod
+    def walk_shape(self) -> dict[str, object]:
+        """The PageWalk fields that say whose walk it is (its root register, its architecture, its VA size
+        where the drawing needs it to decode entries)."""
+
+    @abstractmethod
+    def split(self, address: int) -> tuple[tuple[LevelIndex, ...], tuple[str, ...]]:
+        """The address's index at each level, outermost first, and the arithmetic."""
+
+    @abstractmethod
+    def describe_entry(self, entry: int, level: str, kernel: Version | None = None) -> EntryMeaning:
+        """An entry found at ``level`` decoded as the kernel ``kernel`` (None: the decoder's default) reads it."""
+
+    @abstractmethod
+    def decode_syndrome(self, code: int) -> SyndromeMeaning: ...
+
+    @abstractmethod
+    def fault_flags(self, code: int, table: dict[str, int], source: str, *, vma_lock: bool) -> tuple[int, list[str]]:
+        """The FAULT_FLAG_* word the trap handler hands to handle_mm_fault() for this syndrome, and how."""
+
+    @abstractmethod
+    def derive_anonymous_entry(self, pfn: int, vm_flags: int, write: bool, kernel: Version,
+                               soft_dirty: bool = False) -> DerivedEntry:
+        """The leaf entry do_anonymous_page() installs for this frame and VMA."""
+
+    @abstractmethod
+    def leaf_frame(self, entry: int, level: str, kernel: Version | None = None) -> tuple[int, int] | None:
+        """The frame a leaf entry maps and the page size the walk's drawing shows, or None if it maps none."""
+
+    @abstractmethod
+    def frame_field(self, level: str) -> str:
+        """Where in the entry the frame is, in a sentence."""
+
+
+class X86_64(ArchInterface):
+    arch = Arch.X86_64
+    address_register, pc_register, root_register = "CR2", "RIP", "CR3"
+    syndrome_register = syndrome_noun = "error code"
+    syndrome_fields = "the x86 #PF error-code bits"
+    fault_handler_source = "arch/x86/mm/fault.c"
+    derive_entry_name = "derive_anonymous_pte()"
+
+    def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
+        # the levels fix x86's address size (48 or 57 bits) and its granule is 4 KiB
+        super().__init__(paging_levels, va_bits=virtual_address_bits(paging_levels), pa_bits=pa_bits)
+
+    def walk_shape(self) -> dict[str, object]:
+        return {"root_register": self.root_register, "architecture": self.arch.value}
+
+    def split(self, address: int) -> tuple[tuple[LevelIndex, ...], tuple[str, ...]]:
+        s = split_virtual_address(address, self.paging_levels)
+        return tuple(LevelIndex(i.level, i.index, i.shift, 0x1FF, f"{i.level} index") for i in s.indices), s.derivations
+
+    def describe_entry(self, entry: int, level: str, kernel: Version | None = None) -> EntryMeaning:
+        p = decode_pte(entry, level) if kernel is None else decode_pte(entry, level, kernel=kernel,
+                                                                          paging_levels=self.paging_levels)
+        role = EntryRole.NEITHER if not p.present else EntryRole.FRAME if p.leaf else EntryRole.NEXT_TABLE
+        return EntryMeaning(p.points_to, p.kind.value, role, p.pfn if p.present else None, tuple(p.derivations), p)
+
+    def decode_syndrome(self, code: int) -> SyndromeMeaning:
+        d = decode_error_code(code)
+        return SyndromeMeaning(d.summary, tuple(d.bit_meanings), bool(code & X86_PF_WRITE), bool(code & X86_PF_PROT))
+
+    def fault_flags(self, code: int, table: dict[str, int], source: str, *, vma_lock: bool) -> tuple[int, list[str]]:
+        ff = derive_fault_flags(code, table, source=source)
+        return ff.value, list(ff.derivations)
+
+    def derive_anonymous_entry(self, pfn: int, vm_flags: int, write: bool, kernel: Version,
+                               soft_dirty: bool = False) -> DerivedEntry:
+        d = derive_anonymous_pte(pfn, vm_flags, write, soft_dirty=soft_dirty)
+        return DerivedEntry(d.value, tuple(d.derivations))
+
+    def leaf_frame(self, entry: int, level: str, kernel: Version | None = None) -> tuple[int, int] | None:
+        p = decode_pte(entry, level)
+        return (p.pfn, LEAF_PAGE_SIZE.get(level, 4096)) if p.present and p.pfn is not None else None
+
+    def frame_field(self, level: str) -> str:
+        return f"the frame field of the {level} entry"
+
+
+class Arm64(ArchInterface):
+    arch = Arch.ARM64
+    address_register, pc_register, root_register = "FAR_EL1", "PC", "TTBR0_EL1"
+    syndrome_register, syndrome_noun = "ESR_EL1", "ESR"
+    syndrome_fields = "the ESR_EL1 fields"
+    fault_handler_source = "arch/arm64/mm/fault.c"
+    derive_entry_name = "derive_arm64_anonymous_pte()"
+
+    def walk_shape(self) -> dict[str, object]:
+        return {"root_register": self.root_register, "architecture": self.arch.value, "va_bits": self.va_bits}
+
+    def split(self, address: int) -> tuple[tuple[LevelIndex, ...], tuple[str, ...]]:
+        s = split_arm64_address(address, self.va_bits, self.granule)
+        return tuple(LevelIndex(p.level, p.index, p.shift, (1 << (p.high_bit - p.shift + 1)) - 1,
+                                f"{p.level} index (level {p.architectural_level})") for p in s.indices), s.derivations
+
+    def describe_entry(self, entry: int, level: str, kernel: Version | None = None) -> EntryMeaning:
+        d = decode_arm64_descriptor(entry, level, kernel, self.va_bits, self.granule, self.pa_bits)
+        points = f"{d.kind.value}, PFN 0x{d.pfn:x}" if d.pfn is not None else d.kind.value
+        leaf = d.valid and d.pfn is not None and d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK)
+        role = (EntryRole.NEXT_TABLE if d.kind is DescriptorKind.TABLE else
+                EntryRole.FRAME if d.kind in (DescriptorKind.PAGE, DescriptorKind.BLOCK) else EntryRole.NEITHER)
+        return EntryMeaning(points, d.kind.value, role, d.pfn if leaf else None, tuple(d.derivations), d)
+
+    def decode_syndrome(self, code: int) -> SyndromeMeaning:
+        s = decode_esr(code)
+        # a translation fault is arm64's not-present; permission and access-flag faults are on a valid entry
+        present = s.fault_status_kind in (FaultStatusKind.PERMISSION, FaultStatusKind.ACCESS_FLAG)
+        return SyndromeMeaning(s.summary, tuple(s.derivations), s.write, present)
+
+    def fault_flags(self, code: int, table: dict[str, int], source: str, *, vma_lock: bool) -> tuple[int, list[str]]:
+        names = ("ALLOW_RETRY", "KILLABLE", "INTERRUPTIBLE") + fault_flags_from_esr(decode_esr(code)) + \
+            (("VMA_LOCK",) if vma_lock else ())
+        value = sum(table.get(f"FAULT_FLAG_{n}", 0) for n in dict.fromkeys(names))
+        return value, ["FAULT_FLAG_DEFAULT: ALLOW_RETRY | KILLABLE | INTERRUPTIBLE",
+                       "USER for a fault from EL0 (EC 0x24/0x20); WRITE for WnR without CM; INSTRUCTION for an "
+                       "instruction abort",
+                       "VMA_LOCK: the VMA was found under the per-VMA lock" if vma_lock
+                       else "no VMA_LOCK: the stack grew, under mmap_lock"]
+
+    def derive_anonymous_entry(self, pfn: int, vm_flags: int, write: bool, kernel: Version,
+                               soft_dirty: bool = False) -> DerivedEntry:
+        d = derive_arm64_anonymous_pte(pfn, vm_flags, write, kernel, granule=self.granule, pa_bits=self.pa_bits)
+        return DerivedEntry(d.value, tuple(d.derivations))
+
+    def leaf_frame(self, entry: int, level: str, kernel: Version | None = None) -> tuple[int, int] | None:
+        pfn = self.describe_entry(entry, level, kernel).pfn
+        # the drawing's page size is the translation granule (what the walk's index widths follow)
+        return None if pfn is None else (pfn, self.granule)
+
+    def frame_field(self, level: str) -> str:
+        return "the output address of the leaf descriptor"
+
+
+_CLASSES: dict[Arch, type[ArchInterface]] = {Arch.X86_64: X86_64, Arch.ARM64: Arm64}
+
+
+def arch_interface(arch: Arch, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096,
+                   pa_bits: int = 48) -> ArchInterface:
+    """The interface of ``arch`` in one paging shape (va_bits, granule and pa_bits matter on arm64 only)."""
+    return _CLASSES[arch](paging_levels, va_bits=va_bits, granule=granule, pa_bits=pa_bits)
