@@ -160,7 +160,7 @@ class X86_64(ArchInterface):
 
     def derive_anonymous_entry(self, pfn: int, vm_flags: int, write: bool, kernel: Version,
                                soft_dirty: bool = False) -> DerivedEntry:
-        d = derive_anonymous_pte(pfn, vm_flags, write, soft_dirty=soft_dirty)
+        d = derive_anonymous_pte(pfn, vm_flags, write, soft_dirty=soft_dirty, kernel=kernel[:2] if kernel else None)
         return DerivedEntry(d.value, tuple(d.derivations))
 
     def leaf_frame(self, entry: int, level: str, kernel: Version | None = None) -> tuple[int, int] | None:

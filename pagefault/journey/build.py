@@ -717,7 +717,8 @@ def step_pte(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     pfn = a.fields["pfn"] if a else f.pagemap_pfn
     assert pfn is not None and f.vm_flags is not None      # _lacking()
     write = bool(f.fault and f.fault.fields.get("error_code", 2) & 2)
-    d = derive_anonymous_pte(pfn, f.vm_flags, write, soft_dirty=bool(ev.soft_dirty_config))
+    d = derive_anonymous_pte(pfn, f.vm_flags, write, soft_dirty=bool(ev.soft_dirty_config),
+                             kernel=(ev.kernel_version[0], ev.kernel_version[1]))
     s.values.append(derived("PTE (derived)", d.value, f"mk_pte(PFN, vm_page_prot) as do_anonymous_page() builds it; "
                             f"CONFIG_MEM_SOFT_DIRTY={'y' if ev.soft_dirty_config else 'n' if ev.soft_dirty_config is False else '?'}"
                             " (/proc/config.gz)", list(d.derivations), display=f"0x{d.value:016x}"))
@@ -831,7 +832,8 @@ def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) ->
         out.append(derived(f"fault {n}: same PFN in pagemap", same, "pagemap PFN == allocation PFN",
                            [f"0x{pagemap_pfn:x} {'==' if same else '!='} 0x{data.fields['pfn']:x}"]))
     if pagemap_pfn and f.vm_flags is not None:
-        pte = derive_anonymous_pte(pagemap_pfn, f.vm_flags, True, soft_dirty=bool(ev.soft_dirty_config))
+        pte = derive_anonymous_pte(pagemap_pfn, f.vm_flags, True, soft_dirty=bool(ev.soft_dirty_config),
+                                   kernel=(ev.kernel_version[0], ev.kernel_version[1]))
         out.append(derived(f"fault {n}: PTE (derived)", pte.value, "mk_pte(PFN, vm_page_prot) from this page's "
                            "pagemap PFN, as for the first page", list(pte.derivations), display=f"0x{pte.value:016x}"))
     return out
