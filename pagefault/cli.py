@@ -356,37 +356,39 @@ def _write_trace_summary(args: argparse.Namespace, summary, render) -> None:
 
 
 def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
-    """trace without -o (or --summary-only): count in the kernel where bpftrace can; else record to a private
-    temporary file, summarise it and remove it. Nothing is written to the working directory."""
-    from .capture.kernel_counts import count_faults
+    """trace without -o (or --summary-only): count in the kernel where the compiled counter can; else record to a
+    private temporary file, summarise it and remove it. Nothing is written to the working directory."""
+    # Only what counting needs is imported on that path (no numpy, rich only for a text summary): the whole
+    # command is measured against the untraced program (bench/summary_only.py).
+    from .capture.kernel_counts import count_faults, engine_problem
     from .capture.tracer import CaptureError
-    from .core import CannotTrace
-    from .kernel import facts
     from .views.progress import stderr_progress
     progress = stderr_progress if not args.quiet else None
     import shutil as _shutil
 
-    from .capture.kernel_counts import engine_problem
     # counting in the kernel has no stacks: -g and --pprof record the events (into a temporary file)
-    wanted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and not args.pprof
+    wanted = os.geteuid() == 0 and args.tier in ("auto", "perf") and not args.call_graph and not args.pprof
     problem = engine_problem() if wanted else None
     if wanted and problem is None:
         from .capture.tracer import TargetProblem
-        from .journey.trace_summary import summarize_counts
+        from .journey.count_summary import reconcile, summarize_counts
         try:
             kc = count_faults(argv or None, args.pid, progress)
         except TargetProblem as exc:
             raise UsageError(str(exc)) from None
         except CaptureError as exc:
+            from .core import CannotTrace
             raise CannotTrace(str(exc)) from None
         summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
                                    kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total)
-        from .journey.trace_summary import reconcile
         summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
-        summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms; faults taken in kernel "
-                             "mode (inside system calls) are not counted in this mode: record with -o FILE for them")
+        summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms")
+        if summary.kernel_mode_faults:
+            summary.notes.append(f"{summary.kernel_mode_faults} of the faults were taken in kernel mode, inside system "
+                                 "calls touching the program's memory (exceptions:page_fault_kernel)")
         reconcile(summary, kc.kernel_fault_counts, summary.faults,
-                  "faults taken in kernel mode, which this mode does not count (record with -o FILE to count them)")
+                  "" if kc.kernel_mode_counted else
+                  "faults taken in kernel mode, which this kernel's hooks do not count (record with -o FILE)")
     else:
         import tempfile
         work = Path(tempfile.mkdtemp(prefix="pagefault-trace-"))
@@ -399,6 +401,7 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             except TargetProblem as exc:
                 raise UsageError(str(exc)) from None
             except CaptureError as exc:
+                from .core import CannotTrace
                 raise CannotTrace(str(exc)) from None
             summary = _summarize(Path(args.output))
             summary.notes.append("recorded into a temporary file (removed): " + (
@@ -408,16 +411,20 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
                 _write_pprof(Path(args.output), Path(args.pprof), args.force)
         finally:
             _shutil.rmtree(work, ignore_errors=True)
-    from .views.trace_view import render_summary
-    _write_trace_summary(args, summary, render_summary)
+    _write_trace_summary(args, summary, _render_summary)
     return 0
+
+
+def _render_summary(summary, console) -> None:
+    # rich is imported for a text summary only, not for --json
+    from .views.trace_view import render_summary
+    render_summary(summary, console)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from .capture.safe_paths import OutputError, check_output_target
     from .capture.tracer import CaptureError, TraceOptions, record
     from .views.progress import stderr_progress
-    from .views.trace_view import render_summary
     argv = list(args.cmd)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -472,7 +479,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         say(f"{written}; read it with: pagefault report {output}")
         return 0 if not meta.get("disk_full") else EXIT_PARTIAL
     summary = _summarize(output)
-    _write_trace_summary(args, summary, render_summary)
+    _write_trace_summary(args, summary, _render_summary)
     say(f"{written}; read it again with: pagefault report {output}")
     return 0 if not meta.get("disk_full") else EXIT_PARTIAL
 

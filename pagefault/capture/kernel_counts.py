@@ -18,31 +18,60 @@ from __future__ import annotations
 import os
 import select
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from ..evidence import MapsLine
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, lib
-from .mapping_watch import maps_from_kernel
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
 from .tracer import STOP_SIGNALS, CaptureError, TargetProblem, _Stop, release_target, tracepoint_events
+
+if TYPE_CHECKING:
+    from ..evidence import MapsLine
+
+# No numpy here: the summary-only path reads a few hundred map entries, and importing numpy (with its BLAS
+# threads) costs ~70-100 ms of a command whose whole budget over the untraced program is about that.
 
 # A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as
 # SIGSEGV (the same reach as the bpftrace captures', capture/bpf_walk.py STACK_REACH).
 STACK_REACH = 8 << 20
 
+
+
+class Layout:
+    """One struct of fault_count.h as Python reads it: (field, struct code) pairs, little-endian, no implicit
+    padding (the header pads explicitly). ``dtype`` is the same as a numpy dtype, built when asked for (the
+    tests compare it with the object's BTF; the count itself never imports numpy)."""
+
+    def __init__(self, *fields: tuple[str, str]):
+        self.names = tuple(name for name, _code in fields)
+        self.codes = tuple(code for _name, code in fields)
+        self.struct = struct.Struct("<" + "".join(self.codes))
+        self.itemsize = self.struct.size
+
+    def unpack(self, data: bytes, offset: int = 0) -> dict[str, Any]:
+        return dict(zip(self.names, self.struct.unpack_from(data, offset)))
+
+    def pack(self, *values) -> bytes:
+        return self.struct.pack(*values)
+
+    @property
+    def dtype(self):
+        import numpy as np
+        numpy_code = {"I": "<u4", "Q": "<u8", "i": "<i4", "q": "<i8"}
+        return np.dtype([(n, numpy_code.get(c, f"S{c[:-1]}")) for n, c in zip(self.names, self.codes)])
+
+
 # The Python mirror of fault_count.h (tests/test_bpf_engine.py holds it to the object's BTF).
-SETTINGS = np.dtype([("target_tgid", "<u4"), ("from_exec", "<u4"), ("stack_reach", "<u8")])
-FAULT_KEY = np.dtype([("state", "<u4"), ("_pad", "<u4"), ("vma", "<u8")])
-THREAD_FAULT = np.dtype([("state", "<u4"), ("run_state", "<u4"), ("vm_start", "<u8"), ("vm_end", "<u8"), ("vma", "<u8"),
-                         ("run_vma", "<u8"), ("run_count", "<u8")])
-VMA_SEEN = np.dtype([("start", "<u8"), ("end", "<u8"), ("pgoff", "<u8"), ("flags", "<u8"), ("what", "<u4"),
-                     ("_pad", "<u4"), ("name", "S64")])
+SETTINGS = Layout(("target_tgid", "I"), ("from_exec", "I"), ("stack_reach", "Q"))
+FAULT_KEY = Layout(("state", "I"), ("_pad", "I"), ("vma", "Q"))
+THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("vm_end", "Q"), ("vma", "Q"),
+                      ("run_vma", "Q"), ("run_count", "Q"))
+VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
+                  ("name", "64s"))
 COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_N = range(6)
 ST_OPEN = 1
 
@@ -51,7 +80,11 @@ ST_OPEN = 1
 HOOKS = (
     Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
          layout={"address": (8, 8), "error_code": (24, 8)}),
+    # faults on user addresses taken in kernel mode (inside system calls): the kernel's own count has them
+    Hook("exceptions", "page_fault_kernel", "fault_kernel_btf", "fault_kernel_tp", required=False,
+         layout={"address": (8, 8), "error_code": (24, 8)}),
     Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
+    Hook("sched", "sched_prepare_exec", "prepare_exec_btf", "prepare_exec_tp", required=False),
     Hook("sched", "sched_process_exit", "exit_btf", "exit_tp"),
     Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"),
     Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False),
@@ -59,7 +92,10 @@ HOOKS = (
     Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False),
 )
 # what a fault's class loses without an optional hook
-WITHOUT = {"mm_page_alloc": "no allocation is seen: new pages and copies are told apart by error code only",
+WITHOUT = {"sched_prepare_exec": "counting starts at sched_process_exec: the faults exec takes setting up the new "
+                                 "image (argv and auxv on its stack) are not counted, where the kernel's own count has them",
+           "page_fault_kernel": "faults taken in kernel mode (inside system calls) are not counted",
+           "mm_page_alloc": "no allocation is seen: new pages and copies are told apart by error code only",
            "mm_filemap_add_to_page_cache": "no page-cache add is seen: reads from disk look like cache hits",
            "signal_generate": "no signal is seen: SIGSEGV and SIGBUS faults are not told apart"}
 
@@ -75,7 +111,7 @@ class KernelCounts:
     """(error code, allocated, order, page-cache add, signal, si_code, vm_start << 3 | kind) → faults;
     kind: 1 a file, 2 shared, 4 no VMA below the stack (growth), 0 with vm_start 0: no VMA."""
 
-    rows: np.ndarray
+    rows: list[tuple[int, ...]]   # (error code, allocated, order, page-cache add, signal, si_code, vma key, faults)
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)   # every VMA a fault was counted in
     allocations: int = 0
     target_exit: str = ""
@@ -87,6 +123,7 @@ class KernelCounts:
     notes: list[str] = field(default_factory=list)
     load_ms: float = 0.0    # open + load + attach of the object
     kernel_fault_counts: dict[str, int] | None = None   # the kernel's own page-faults/minor/major counts, from exec
+    kernel_mode_counted: bool = True   # page_fault_kernel was hooked: faults taken in kernel mode are counted too
 
 
 def engine_problem() -> str | None:
@@ -117,9 +154,12 @@ def choose_hooks(kernel: KernelHooks | None = None) -> list[HookChoice]:
 
 
 def _settings(pid: int, from_exec: bool) -> bytes:
-    s = np.zeros(1, dtype=SETTINGS)
-    s[0] = (pid, int(from_exec), STACK_REACH)
-    return s.tobytes()
+    return SETTINGS.pack(pid, int(from_exec), STACK_REACH)
+
+
+def _per_cpu_sum(value: bytes) -> int:
+    """A per-CPU map's value (one u64 per possible CPU), summed."""
+    return sum(struct.unpack(f"<{len(value) // 8}Q", value))
 
 
 def _wait_forwarding_signals(target: Target, notes: list[str]) -> None:
@@ -172,7 +212,7 @@ def _wait(target: Target, timeout: float | None = None) -> bool:
             os.close(fd)
 
 
-def read_counts(obj: BpfObject) -> tuple[np.ndarray, int, int, list[str]]:
+def read_counts(obj: BpfObject) -> tuple[list[tuple[int, ...]], int, int, list[str]]:
     """The count map as rows (unpack_state(state) + (vma key, faults)), with each live thread's run of alike
     faults and its fault still in progress (closed at the read) added; the total and allocation counters;
     notes on anything not kept."""
@@ -181,30 +221,28 @@ def read_counts(obj: BpfObject) -> tuple[np.ndarray, int, int, list[str]]:
     def add(state: int, vma: int, n: int) -> None:
         counts[(state, vma)] = counts.get((state, vma), 0) + n
     for key, value in obj.map("counts").items():
-        k = np.frombuffer(key, dtype=FAULT_KEY)[0]
-        add(int(k["state"]), int(k["vma"]), int(np.frombuffer(value, dtype="<u8").sum()))
+        k = FAULT_KEY.unpack(key)
+        add(k["state"], k["vma"], _per_cpu_sum(value))
     for _tid, value in obj.map("threads").items():
-        t = np.frombuffer(value, dtype=THREAD_FAULT)[0]
-        if int(t["run_count"]):
-            add(int(t["run_state"]), int(t["run_vma"]), int(t["run_count"]))
-        if int(t["state"]) & ST_OPEN:   # a thread still running: its last fault ends at the read
-            add(int(t["state"]) & ~ST_OPEN, int(t["vma"]), 1)
+        t = THREAD_FAULT.unpack(value)
+        if t["run_count"]:
+            add(t["run_state"], t["run_vma"], t["run_count"])
+        if t["state"] & ST_OPEN:   # a thread still running: its last fault ends at the read
+            add(t["state"] & ~ST_OPEN, t["vma"], 1)
     totals = obj.map("counters")
-    sums = [int(np.frombuffer(totals.lookup(np.uint32(i).tobytes()) or bytes(8 * totals.cpus), dtype="<u8").sum())
-            for i in range(COUNT_N)]
+    sums = [_per_cpu_sum(totals.lookup(struct.pack("<I", i)) or bytes(8 * totals.cpus)) for i in range(COUNT_N)]
     notes = []
     if sums[COUNT_UNNAMED]:
         notes.append(f"{sums[COUNT_UNNAMED]} VMAs were not named: the kernel's map of them filled")
     if sums[COUNT_UNTRACKED]:
         notes.append(f"{sums[COUNT_UNTRACKED]} faults of threads beyond the map's room were counted, not classified")
-    rows = [unpack_state(s) + (v, n) for (s, v), n in counts.items()]
-    return np.array(rows, dtype=np.uint64).reshape(-1, 8), sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
+    rows: list[tuple[int, ...]] = [unpack_state(s) + (v, n) for (s, v), n in counts.items()]
+    return rows, sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
 
 
-def read_vmas(obj: BpfObject) -> np.ndarray:
-    """Every VMA a fault was counted in, as VMA_SEEN records."""
-    values = [value for _key, value in obj.map("vmas").items()]
-    return np.frombuffer(b"".join(values), dtype=VMA_SEEN)
+def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
+    """Every VMA a fault was counted in, as VMA_SEEN records (dicts of its fields)."""
+    return [VMA_SEEN.unpack(value) for _key, value in obj.map("vmas").items()]
 
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
@@ -271,7 +309,9 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             target.wait()
     finally:
         obj.close()
+    from .mapping_watch import maps_from_kernel
     return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
                         target.pid, duration, total,
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
-                        kernel_fault_counts)
+                        kernel_fault_counts,
+                        any(c.program for c in choices if c.hook.event == "page_fault_kernel"))

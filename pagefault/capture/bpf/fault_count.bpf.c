@@ -7,6 +7,9 @@
  * counts[(state, vm_start << 3 | kind)] (through the thread's run of alike faults: one map update per run). The VMA is the thread's last one while it holds the address, else
  * the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
  *
+ * Faults are counted in both modes: page_fault_user's, and page_fault_kernel's on user addresses (a system call
+ * touching the program's memory); the error code in the key tells them apart (X86_PF_USER).
+ *
  * Each hook has two programs, a BTF-typed raw tracepoint (tp_btf) and the classic tracepoint; the loader
  * turns off, before load, the one it does not use. */
 #include "vmlinux.h"
@@ -203,6 +206,33 @@ int fault_tp(struct page_fault_user_args *ctx)
 	return on_fault(ctx->address, ctx->error_code);
 }
 
+/* A fault taken in kernel mode on a user address: a system call copying to or from the program's memory
+ * (read() into a fresh buffer faults in copy_to_user). The kernel charges it to the program as it does a
+ * user-mode fault (its page-faults counter), so it is counted too; its error code lacks X86_PF_USER, which
+ * keeps the mode in the count's key. Faults on kernel addresses (the upper half: vmalloc...) are not the
+ * program's. A kernel-mode fault with page faults disabled (a *_nofault copy), which the kernel fixes up
+ * without counting it, cannot be told apart here: task->pagefault_disabled read in this program is 1 at
+ * every fault, user-mode ones included (seen on 6.18), so it says nothing of the faulting code. */
+static __always_inline int on_kernel_fault(__u64 addr, __u64 error_code)
+{
+	if ((__s64)addr < 0)
+		return 0;
+	return on_fault(addr, error_code);
+}
+
+SEC("tp_btf/page_fault_kernel")
+int BPF_PROG(fault_kernel_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+{
+	return on_kernel_fault(address, error_code);
+}
+
+/* page_fault_kernel's classic record is page_fault_user's (one event class, x86_exceptions) */
+SEC("tracepoint/exceptions/page_fault_kernel")
+int fault_kernel_tp(struct page_fault_user_args *ctx)
+{
+	return on_kernel_fault(ctx->address, ctx->error_code);
+}
+
 static __always_inline int on_alloc(__u32 order, __u64 gfp)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -334,6 +364,29 @@ SEC("tracepoint/sched/sched_process_exit")
 int exit_tp(void *ctx)
 {
 	return on_exit();
+}
+
+/* exec's point of no return (6.10 on), just before perf_event_exec() enables the kernel's own counters of an
+ * exec'ing task: counting starts here, as theirs does, so that the faults exec itself takes on the new image
+ * (copying argv and auxv to the new stack, clearing .bss) are counted as the kernel counts them. Where the
+ * kernel lacks it, counting starts at sched_process_exec, after those. */
+static __always_inline int on_prepare_exec(void)
+{
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == settings.target_tgid)
+		started = 1;
+	return 0;
+}
+
+SEC("tp_btf/sched_prepare_exec")
+int BPF_PROG(prepare_exec_btf)
+{
+	return on_prepare_exec();
+}
+
+SEC("tracepoint/sched/sched_prepare_exec")
+int prepare_exec_tp(void *ctx)
+{
+	return on_prepare_exec();
 }
 
 static __always_inline int on_exec(void)
