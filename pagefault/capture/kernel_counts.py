@@ -69,10 +69,14 @@ class Layout:
 SETTINGS = Layout(("target_tgid", "I"), ("from_exec", "I"), ("stack_reach", "Q"))
 FAULT_KEY = Layout(("state", "I"), ("_pad", "I"), ("vma", "Q"))
 THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("vm_end", "Q"), ("vma", "Q"),
-                      ("run_vma", "Q"), ("run_count", "Q"))
+                      ("run_vma", "Q"), ("run_count", "Q"), ("user_stack", "i"), ("kernel_stack", "i"),
+                      ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"))
+# fault_stacks.h
+FAULT_STACK_KEY = Layout(("state", "I"), ("user_stack", "i"), ("kernel_stack", "i"), ("tgid", "I"), ("vma", "Q"))
+STACK_DEPTH = 64
 VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
                   ("name", "64s"))
-COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_N = range(6)
+COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_N = range(7)
 ST_OPEN = 1
 
 # The hooks, each with its tp_btf and classic-tracepoint program. The classic page_fault_user's context
@@ -124,14 +128,21 @@ class KernelCounts:
     load_ms: float = 0.0    # open + load + attach of the object
     kernel_fault_counts: dict[str, int] | None = None   # the kernel's own page-faults/minor/major counts, from exec
     kernel_mode_counted: bool = True   # page_fault_kernel was hooked: faults taken in kernel mode are counted too
+    # with stacks (trace -g): the rows by stack, (rows' columns..., user stack id, kernel stack id, tgid), ids < 0
+    # for none; the stacks by id (leaf first); the mappings and process names perf's side-band records gave
+    stack_rows: list[tuple[int, ...]] = field(default_factory=list)
+    stacks: dict[int, list[int]] = field(default_factory=dict)
+    mappings: list = field(default_factory=list)     # capture.records' Mapping, from PERF_RECORD_MMAP2
+    comms: dict[int, str] = field(default_factory=dict)
 
 
-def engine_problem() -> str | None:
+def engine_problem(name: str = "fault_count") -> str | None:
     """Why the faults cannot be counted in the kernel here, with the fix; None when they can (libbpf is
-    installed and the counter's object is built; root and the hooks are checked when it runs)."""
+    installed and the counter's object `name` is built: fault_stacks for stacks; root and the hooks are checked
+    when it runs)."""
     try:
         lib()
-        object_path("fault_count")
+        object_path(name)
     except (LibbpfError, BpfObjectMissing) as exc:
         return str(exc)
     return None
@@ -162,7 +173,7 @@ def _per_cpu_sum(value: bytes) -> int:
     return sum(struct.unpack(f"<{len(value) // 8}Q", value))
 
 
-def _wait_forwarding_signals(target: Target, notes: list[str]) -> None:
+def _wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[], None] | None = None) -> None:
     """Wait for the target to end. A first SIGINT, SIGTERM or SIGHUP goes to a started program (counting goes
     on until it ends) or, with -p, ends the counting and leaves the process running; a second one kills a
     started program. Either way the counts made until then are kept and printed."""
@@ -171,6 +182,8 @@ def _wait_forwarding_signals(target: Target, notes: list[str]) -> None:
     forwarded = False
     try:
         while not _wait(target, 0.2):
+            if tick:
+                tick()
             if not stop.count:
                 continue
             name = signal.Signals(stop.signal or signal.SIGINT).name
@@ -212,23 +225,30 @@ def _wait(target: Target, timeout: float | None = None) -> bool:
             os.close(fd)
 
 
-def read_counts(obj: BpfObject) -> tuple[list[tuple[int, ...]], int, int, list[str]]:
+def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[int, ...]], int, int, list[str]]:
     """The count map as rows (unpack_state(state) + (vma key, faults)), with each live thread's run of alike
     faults and its fault still in progress (closed at the read) added; the total and allocation counters;
-    notes on anything not kept."""
-    counts: dict[tuple[int, int], int] = {}
+    notes on anything not kept. With stacks (fault_stacks' map), each row ends with the user and kernel stack
+    ids and the process: (..., vma key, faults, user stack, kernel stack, tgid)."""
+    counts: dict[tuple[int, ...], int] = {}
 
-    def add(state: int, vma: int, n: int) -> None:
-        counts[(state, vma)] = counts.get((state, vma), 0) + n
+    def add(key: tuple[int, ...], n: int) -> None:
+        counts[key] = counts.get(key, 0) + n
     for key, value in obj.map("counts").items():
-        k = FAULT_KEY.unpack(key)
-        add(k["state"], k["vma"], _per_cpu_sum(value))
+        if with_stacks:
+            k = FAULT_STACK_KEY.unpack(key)
+            add((k["state"], k["vma"], k["user_stack"], k["kernel_stack"], k["tgid"]), _per_cpu_sum(value))
+        else:
+            k = FAULT_KEY.unpack(key)
+            add((k["state"], k["vma"]), _per_cpu_sum(value))
     for _tid, value in obj.map("threads").items():
         t = THREAD_FAULT.unpack(value)
+        run = (t["run_user_stack"], t["run_kernel_stack"], t["tgid"]) if with_stacks else ()
+        now = (t["user_stack"], t["kernel_stack"], t["tgid"]) if with_stacks else ()
         if t["run_count"]:
-            add(t["run_state"], t["run_vma"], t["run_count"])
+            add((t["run_state"], t["run_vma"]) + run, t["run_count"])
         if t["state"] & ST_OPEN:   # a thread still running: its last fault ends at the read
-            add(t["state"] & ~ST_OPEN, t["vma"], 1)
+            add((t["state"] & ~ST_OPEN, t["vma"]) + now, 1)
     totals = obj.map("counters")
     sums = [_per_cpu_sum(totals.lookup(struct.pack("<I", i)) or bytes(8 * totals.cpus)) for i in range(COUNT_N)]
     notes = []
@@ -236,8 +256,30 @@ def read_counts(obj: BpfObject) -> tuple[list[tuple[int, ...]], int, int, list[s
         notes.append(f"{sums[COUNT_UNNAMED]} VMAs were not named: the kernel's map of them filled")
     if sums[COUNT_UNTRACKED]:
         notes.append(f"{sums[COUNT_UNTRACKED]} faults of threads beyond the map's room were counted, not classified")
-    rows: list[tuple[int, ...]] = [unpack_state(s) + (v, n) for (s, v), n in counts.items()]
+    if sums[COUNT_NO_STACK]:
+        notes.append(f"{sums[COUNT_NO_STACK]} faults have a stack missing (the stack map full, or no frame to read)")
+    rows: list[tuple[int, ...]] = [unpack_state(k[0]) + (k[1], n) + k[2:] for k, n in counts.items()]
     return rows, sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
+
+
+def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Rows with stacks summed over their stacks: the summary's rows."""
+    summed: dict[tuple[int, ...], int] = {}
+    for r in stack_rows:
+        summed[r[:7]] = summed.get(r[:7], 0) + r[7]
+    return [k + (n,) for k, n in summed.items()]
+
+
+def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
+    """The stacks map's entries for `ids`: addresses, leaf first (a stack shorter than STACK_DEPTH ends at 0)."""
+    stacks = obj.map("stacks")
+    out = {}
+    for i in ids:
+        value = stacks.lookup(struct.pack("<I", i)) if i >= 0 else None
+        if value:
+            ips = struct.unpack(f"<{len(value) // 8}Q", value)
+            out[i] = list(ips[:ips.index(0)] if 0 in ips else ips)
+    return out
 
 
 def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
@@ -246,13 +288,15 @@ def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
 
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
-                 stdout: int | None = None, kernel: KernelHooks | None = None) -> KernelCounts:
+                 stdout: int | None = None, kernel: KernelHooks | None = None, stacks: bool = False) -> KernelCounts:
     """Run `argv` (or attach to `pid`) with the counting program loaded; count until it ends (or Ctrl-C).
 
     :param argv: a command to start, held until the program is attached; or None with `pid`.
     :param stdout: where the started command's standard output goes (default: ours).
     :param kernel: what the kernel offers, for the choice of each hook's program (default: read from
         this kernel's BTF and tracefs; the tests hand in a BTF without tp_btf to load the other variant).
+    :param stacks: count each fault's user and kernel stack too (fault_stacks.bpf.c, for trace -g), with the
+        program's mappings and process names from perf's side-band records (a dummy event: no sample).
     :returns: the counts, the VMAs they fell in, the hooks chosen and why.
     :raises TargetProblem: the command cannot be run, or `pid` cannot be traced.
     :raises CaptureError: one line with the reason and the fix: a hook missing (arm64), the object not
@@ -262,7 +306,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     say = progress or (lambda _m: None)
     choices = choose_hooks(kernel)
     try:
-        path = object_path("fault_count")
+        path = object_path("fault_stacks" if stacks else "fault_count")
         obj = BpfObject(path)
     except (BpfObjectMissing, LibbpfError) as exc:
         raise CaptureError(f"counting in the kernel: {exc}") from None
@@ -293,17 +337,23 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             except PerfError as exc:
                 counters = None
                 notes.append(f"the kernel's own fault counts are not shown: {exc}")
+            side_band = _SideBand(target) if stacks else None
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
-            _wait_forwarding_signals(target, notes)
+            _wait_forwarding_signals(target, notes, side_band.drain if side_band else None)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
             if counters is not None:
                 counters.close()
             obj.detach()
-            rows, total, allocs, more = read_counts(obj)
+            rows, total, allocs, more = read_counts(obj, stacks)
             vmas = read_vmas(obj)
+            stack_rows: list[tuple[int, ...]] = []
+            stack_ips: dict[int, list[int]] = {}
+            if stacks:
+                stack_rows, rows = rows, by_kind(rows)
+                stack_ips = read_stacks(obj, {r[8] for r in stack_rows} | {r[9] for r in stack_rows})
         finally:
             target.end()   # a spawned target still running is ended; an attached one is left running
             target.wait()
@@ -314,4 +364,37 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                         target.pid, duration, total,
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
                         kernel_fault_counts,
-                        any(c.program for c in choices if c.hook.event == "page_fault_kernel"))
+                        any(c.program for c in choices if c.hook.event == "page_fault_kernel"),
+                        stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})))
+
+
+class _SideBand:
+    """perf's side-band records of the target (its mappings with their files' whole paths, its process names),
+    through a dummy software event that takes no sample: what the stacks' user addresses are symbolised with
+    (the counter keeps only a file's name)."""
+
+    PAGES = 16       # per CPU: a few hundred mmap records between two drains
+
+    def __init__(self, target: Target):
+        from .perf_event import PERF_TYPE_SOFTWARE, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfSession
+        self.sample_type = SAMPLE_TID | SAMPLE_TIME
+        self.session = PerfSession([EventSpec("side-band", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, self.sample_type)],
+                                   target.pid, enable_on_exec=target.spawned, callchain=False, data_pages=self.PAGES)
+        if not target.spawned:
+            self.session.enable()
+        self.chunks: list[bytes] = []
+
+    def drain(self) -> None:
+        self.chunks += self.session.drain()
+
+    def read(self, notes: list[str]) -> tuple[list, dict[int, str]]:
+        from .records import parse_stream
+        self.drain()
+        self.session.close()
+        stream = parse_stream(b"".join(self.chunks), self.sample_type)
+        if stream.lost:
+            notes.append(f"{stream.lost} of perf's mapping records were lost: some user frames may go unnamed")
+        return stream.mmaps, stream.comms
+
+
+PERF_COUNT_SW_DUMMY = 9     # include/uapi/linux/perf_event.h: an event that never counts, for side-band records

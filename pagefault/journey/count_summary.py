@@ -112,6 +112,18 @@ def counted_class(code: int, allocated: bool, order: int, cache_adds: int, sig: 
     return FaultClass.SPURIOUS
 
 
+def row_class(row: Sequence[int], by_start: dict) -> FaultClass:
+    """The class of a row of counts (error code, allocated, order, page-cache add, signal, si_code, vma key, ...),
+    its VMA's mapping found in `by_start` (start → MapsLine) to tell a special mapping."""
+    code, alloc, order, cache, sig, _sig_code, vma = (int(v) for v in row[:7])
+    start, kind = vma >> 3, vma & 7
+    growth = bool(kind & KIND_GROWTH)
+    m = by_start.get(start)
+    return counted_class(code, alloc > 0, order, cache, sig, known=start != 0 or growth, anonymous=not kind & KIND_FILE,
+                         private=not kind & KIND_SHARED, growth=growth,
+                         special=m is not None and m.path in SPECIAL_MAPPINGS)
+
+
 def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], command: list[str], pid: int,
                      exit_text: str, duration: float, allocations: int = 0, total: int | None = None) -> TraceSummary:
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
@@ -136,9 +148,7 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
         start, kind = vma >> 3, vma & 7
         growth = bool(kind & KIND_GROWTH)
         m = by_start.get(start)
-        cls = counted_class(code, alloc > 0, order, cache, sig, known=start != 0 or growth,
-                            anonymous=not kind & KIND_FILE, private=not kind & KIND_SHARED, growth=growth,
-                            special=m is not None and m.path in SPECIAL_MAPPINGS)
+        cls = row_class((code, alloc, order, cache, sig, _sig_code, vma), by_start)
         kinds[cls] += n
         access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
         by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}"] += n
