@@ -423,11 +423,11 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
 def _write_counted_stacks(args: argparse.Namespace, kc) -> None:
     """trace -g counted in the kernel: the faults' stacks as a folded flame graph (--folded) and a pprof profile
     (--pprof), built as report builds them from a recording."""
+    from .capture.kernel_counts import kernel_symbols_for
     from .capture.safe_paths import write_output
     from .journey.fault_stacks import counted_samples, folded
-    from .kernel.kallsyms import KernelSymbols
     from .views.pprof import to_pprof
-    ksyms = KernelSymbols.load()
+    ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
     samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, kc.maps.get(kc.pid, []), kc.comms,
                               ksyms if ksyms.usable else None)
     if args.folded:

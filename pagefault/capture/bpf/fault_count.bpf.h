@@ -11,6 +11,8 @@
 #define SIGSEGV 11
 #define SI_USER 0
 #define SI_KERNEL 0x80
+#define ENOENT 2
+#define ENOSPC 28
 
 const volatile struct fault_count_settings settings = {};
 
@@ -33,13 +35,32 @@ struct {
 } counts SEC(".maps");
 
 #ifdef COUNT_STACKS
-/* each fault's user and kernel stack, kept once (leaf first): the count's key holds their ids */
+/* Each distinct stack (user or kernel), kept once with its id: the count's key holds the ids. Keyed by the
+ * stack itself, so that two stacks never share an id: a BPF_MAP_TYPE_STACK_TRACE map keys them by a hash of
+ * the addresses into a bucket and drops a stack whose bucket holds another (-EEXIST; seen here for a whole
+ * kernel path in about one run in ten), which would leave its faults without frames. */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, STACK_ENTRIES);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, STACK_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
+	__type(key, struct stack);
+	__type(value, __s32);
+} stack_ids SEC(".maps");
+
+/* the stack being read (too big for the BPF stack), per CPU */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stack);
+} scratch SEC(".maps");
+
+/* ids are handed out per CPU, no atomics needed: the CPU's number above bit 20, its own count below */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} next_stack SEC(".maps");
 
 /* Set on this CPU while a fault's stacks are read. The user stack is read frame by frame without faulting
  * (copy_from_user_nofault): where code has no frame pointers the walk follows data as if it were one, and a
@@ -52,6 +73,36 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } walking SEC(".maps");
+
+#define X86_PF_USER 4
+__s32 user_entry_stack = -1;   /* the kernel stack of a user-mode fault, its id (-1: not read yet) */
+
+/* The id of the stack bpf_get_stack reads with `flags` (BPF_F_USER_STACK or 0), given one the first time it is
+ * seen; < 0: not read (-errno), or the map of stacks is full (-ENOSPC). */
+static __always_inline __s32 stack_id(void *ctx, __u64 flags)
+{
+	__u32 zero = 0;
+	struct stack *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return -ENOENT;
+	/* bpf_get_stack zeroes what it does not fill, so a stack's key is the same however long the last one was */
+	long n = bpf_get_stack(ctx, s->ip, sizeof(s->ip), flags);
+	if (n < 0)
+		return n;
+	__s32 *id = bpf_map_lookup_elem(&stack_ids, s);
+	if (id)
+		return *id;
+	__u32 *next = bpf_map_lookup_elem(&next_stack, &zero);
+	if (!next)
+		return -ENOENT;
+	__s32 fresh = (__s32)((bpf_get_smp_processor_id() & 0x3ff) << 20 | (*next & 0xfffff));
+	if (!bpf_map_update_elem(&stack_ids, s, &fresh, BPF_NOEXIST)) {
+		*next += 1;
+		return fresh;
+	}
+	id = bpf_map_lookup_elem(&stack_ids, s);   /* another CPU kept it first, or the map is full */
+	return id ? *id : -ENOSPC;
+}
 
 static __always_inline __u32 *walking_flag(void)
 {
@@ -221,13 +272,23 @@ static __always_inline int on_fault(void *ctx, __u64 addr, __u64 error_code)
 	t->state = ST_OPEN | (__u32)(error_code & 0x3f) << ST_CODE_SHIFT;
 #ifdef COUNT_STACKS
 	/* the stacks of the faulting thread as the tracepoint sees them: the user one from the registers saved at
-	 * its entry to the kernel (the faulting instruction, or the system call's site), the kernel one from here */
+	 * its entry to the kernel (the faulting instruction, or the system call's site), the kernel one from here.
+	 * A fault taken in user mode enters the kernel on a fresh stack and the tracepoint fires at the trap's
+	 * entry, before any path of the kernel's: its kernel stack is the entry's own (asm_exc_page_fault,
+	 * exc_page_fault), the same at every such fault, so it is read once (unwinding it cost ~3.5 µs a fault
+	 * here). A kernel-mode fault's is read each time: it is the system call's path to the user address. */
 	t->tgid = id >> 32;
 	__u32 *walk = walking_flag();
 	if (walk)
 		*walk = 1;
-	t->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-	t->kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
+	t->user_stack = stack_id(ctx, BPF_F_USER_STACK);
+	if (!(error_code & X86_PF_USER)) {
+		t->kernel_stack = stack_id(ctx, 0);
+	} else {
+		if (user_entry_stack < 0)
+			user_entry_stack = stack_id(ctx, 0);
+		t->kernel_stack = user_entry_stack;
+	}
 	if (walk)
 		*walk = 0;
 	if (t->user_stack < 0 || t->kernel_stack < 0)
