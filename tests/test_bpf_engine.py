@@ -18,9 +18,12 @@ from pagefault.capture.libbpf import BpfObject, LibbpfError
 VARIANTS = ("tp_btf", "tracepoint")
 
 
-def _object() -> Path:
+OBJECTS = ("fault_count", "fault_stacks")
+
+
+def _object(name: str = "fault_count") -> Path:
     try:
-        return object_path("fault_count")
+        return object_path(name)
     except BpfObjectMissing as exc:
         pytest.skip(str(exc))
 
@@ -71,18 +74,21 @@ def _btf_struct(obj: Path, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
     return int(t["attrs"]["size"]), {n: (bits // 8, size(tid)) for n, tid, bits in t["members"]}
 
 
-@pytest.mark.parametrize("struct,dtype", [("fault_count_settings", kc.SETTINGS), ("fault_key", kc.FAULT_KEY),
-                                          ("thread_fault", kc.THREAD_FAULT), ("vma_seen", kc.VMA_SEEN)])
-def test_the_python_mirror_has_the_objects_sizes_and_offsets(struct, dtype):
-    size, members = _btf_struct(_object(), struct)
+@pytest.mark.parametrize("name,struct,dtype", [
+    ("fault_count", "fault_count_settings", kc.SETTINGS), ("fault_count", "fault_key", kc.FAULT_KEY),
+    ("fault_count", "thread_fault", kc.THREAD_FAULT), ("fault_count", "vma_seen", kc.VMA_SEEN),
+    ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY)])
+def test_the_python_mirror_has_the_objects_sizes_and_offsets(name, struct, dtype):
+    size, members = _btf_struct(_object(name), struct)
     dtype = dtype.dtype
     mirror = {name: (dtype.fields[name][1], dtype.fields[name][0].itemsize) for name in dtype.names}
     assert (dtype.itemsize, mirror) == (size, members)
 
 
-def test_every_program_of_the_object_is_one_variant_of_a_known_hook():
+@pytest.mark.parametrize("name", OBJECTS)
+def test_every_program_of_the_object_is_one_variant_of_a_known_hook(name):
     _root()
-    with BpfObject(_object()) as obj:
+    with BpfObject(_object(name)) as obj:
         programs = obj.programs()
     named = {p: s for h in kc.HOOKS for p, s in ((h.btf_program, f"tp_btf/{h.event}"),
                                                    (h.tracepoint_program, f"tracepoint/{h.system}/{h.event}"))}
@@ -90,14 +96,16 @@ def test_every_program_of_the_object_is_one_variant_of_a_known_hook():
 
 
 @pytest.mark.live
+@pytest.mark.parametrize("name", OBJECTS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(variant):
+def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(variant, name):
     """A verifier rejection fails here, not on a user's machine."""
     _root()
     wanted = _offered(variant)
     if not wanted:
         pytest.skip(f"this kernel offers no {variant} hook of the counter")
-    with BpfObject(_object()) as obj:
+    stacks = name == "fault_stacks"
+    with BpfObject(_object(name)) as obj:
         for name in obj.programs():
             obj.set_autoload(name, name in wanted)
         obj.set_rodata(kc._settings(os.getpid(), from_exec=False))
@@ -106,8 +114,11 @@ def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(varia
             obj.attach(name)
         assert len(obj.links) == len(wanted)
         # the maps' keys and values are the mirror's
-        assert (obj.map("counts").key_size, obj.map("counts").entry_size) == (kc.FAULT_KEY.itemsize, 8)
+        key = kc.FAULT_STACK_KEY if stacks else kc.FAULT_KEY
+        assert (obj.map("counts").key_size, obj.map("counts").entry_size) == (key.itemsize, 8)
         assert obj.map("threads").entry_size == kc.THREAD_FAULT.itemsize
+        if stacks:
+            assert (obj.map("stack_ids").key_size, obj.map("stack_ids").entry_size) == (8 * kc.STACK_DEPTH, 4)
         assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (8, kc.VMA_SEEN.itemsize)
     assert obj.links == []
 
@@ -215,7 +226,8 @@ def test_without_root_the_load_says_to_run_as_root(tmp_path):
 
 
 def test_the_sources_are_in_the_package_and_the_objects_are_not_tracked():
-    assert {"fault_count.bpf.c", "fault_count.h", "pagefault.bpf.h"} <= {p.name for p in HERE.iterdir()}
+    assert {"fault_count.bpf.c", "fault_count.bpf.h", "fault_count.h", "fault_stacks.bpf.c", "fault_stacks.h",
+            "pagefault.bpf.h"} <= {p.name for p in HERE.iterdir()}
     r = subprocess.run(["git", "ls-files", str(HERE)], capture_output=True, text=True, cwd=HERE)
     if r.returncode != 0:
         pytest.skip("not a git checkout")
