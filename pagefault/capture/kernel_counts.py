@@ -1,4 +1,5 @@
-"""`pagefault trace --summary-only` (and `trace` without -o): the faults counted in the kernel, not streamed.
+"""`pagefault trace --summary-only` (and `trace` without -o): the faults counted in the kernel, not streamed; with
+-g (or --folded, --pprof) each fault's user and kernel stacks counted too.
 
 The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
 movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
@@ -7,7 +8,11 @@ and kind). The VMA is the thread's previous one while it holds the address, else
 answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the
 program's mappings). Only those maps cross to user space, at the end: a few hundred entries where a
 recording holds a record per event. The classes then follow from the same rules as a recording's
-(journey/fault_classes.py).
+(journey/fault_classes.py). Faults taken in kernel mode on the program's addresses (a system call copying into
+its memory) are counted too, their error code without X86_PF_USER, as the kernel's own count has them.
+
+fault_stacks.bpf.c is the same count with each fault's user and kernel stack ids (and process) in the key, the
+stacks kept once each; the program's mappings, for naming user frames, come from perf's side-band records.
 
 The object is loaded before the target is let go, so counting starts at its exec with nothing to wait
 for; the held child's own faults before its exec are not counted.

@@ -4,14 +4,16 @@
  *
  * Per thread, the fault in progress is kept open (what it allocated, whether it added to the page cache, the
  * signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
- * counts[(state, vm_start << 3 | kind)] (through the thread's run of alike faults: one map update per run). The VMA is the thread's last one while it holds the address, else
- * the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
+ * counts[(state, vm_start << 3 | kind)] (through the thread's run of alike faults: one map update per run).
+ * The VMA is the thread's last one while it holds the address, else the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
  *
  * Faults are counted in both modes: page_fault_user's, and page_fault_kernel's on user addresses (a system call
  * touching the program's memory); the error code in the key tells them apart (X86_PF_USER).
  *
  * Each hook has two programs, a BTF-typed raw tracepoint (tp_btf) and the classic tracepoint; the loader
- * turns off, before load, the one it does not use. */
+ * turns off, before load, the one it does not use.
+ *
+ * The count itself is in fault_count.bpf.h, which fault_stacks.bpf.c (trace -g) shares. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
