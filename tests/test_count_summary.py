@@ -39,6 +39,7 @@ def test_kernel_mode_faults_are_told_by_the_error_codes_user_bit():
     s = summarize_counts(rows, [heap], ["p"], 1, "exited", 0.1)
     assert (s.faults, s.kernel_mode_faults) == (69, 64)
     assert s.by_class[0][:2] == ("anonymous new page", 69) and s.by_mapping == [("[heap]", 69)]
+    assert s.by_kind == {"write, not-present page, in kernel mode": 64, "write, not-present page": 5}
 
 
 def test_the_summary_only_path_imports_no_numpy_and_no_rich():

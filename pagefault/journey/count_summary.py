@@ -151,7 +151,8 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
         cls = row_class((code, alloc, order, cache, sig, _sig_code, vma), by_start)
         kinds[cls] += n
         access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
-        by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}"] += n
+        mode = "" if code & X86_PF_USER else ", in kernel mode"   # as a recording's summary names them
+        by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}{mode}"] += n
         if not code & X86_PF_USER:
             summary.kernel_mode_faults += n
         label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
