@@ -22,10 +22,10 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..capture.recording import Recording
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
@@ -38,6 +38,9 @@ from .trace_summary import (
     mappings_of,
     process_names,
 )
+
+if TYPE_CHECKING:   # a type only: the recording's loader (cattrs) is not imported to read counts
+    from ..capture.recording import Recording
 
 TRUNCATED = "[truncated: no frame pointer]"
 # Kernel frames of the tracing machinery itself, seen at the leaf of a tracepoint's call chain.

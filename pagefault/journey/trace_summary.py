@@ -5,11 +5,10 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..capture.recording import Recording
 from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
@@ -31,6 +30,9 @@ from .fault_classes import (
     MappingColumns,
     classify_faults,
 )
+
+if TYPE_CHECKING:   # a type only: the recording's loader (cattrs) is not imported to read counts
+    from ..capture.recording import Recording
 
 ENTRY_FUNCS = ("asm_exc_page_fault",)
 MAX_PAGE_ORDER = 20   # far above any kernel's MAX_PAGE_ORDER (10 on x86-64); beyond it a field is damaged
