@@ -411,9 +411,21 @@ class _SideBand:
         self.sample_type = SAMPLE_TID | SAMPLE_TIME
         self.session = PerfSession([EventSpec("side-band", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, self.sample_type)],
                                    target.pid, enable_on_exec=target.spawned, callchain=False, data_pages=self.PAGES)
+        self.chunks: list[bytes] = []
+        self.existing: list = []
         if not target.spawned:
             self.session.enable()
-        self.chunks: list[bytes] = []
+            # a running process's mappings made before now have no MMAP2 record: /proc/PID/maps names them
+            from ..evidence import Mapping
+            from .procfs import read_maps
+            try:
+                for m in read_maps(target.pid):
+                    prot = (1 if m.perms[0:1] == "r" else 0) | (2 if m.perms[1:2] == "w" else 0) | \
+                        (4 if m.perms[2:3] == "x" else 0)
+                    self.existing.append(Mapping(m.start, m.end, m.offset, m.path, prot, "observed: /proc/PID/maps",
+                                                 m.perms[3:4] == "s", m.inode))
+            except OSError:
+                pass
 
     def drain(self) -> None:
         self.chunks += self.session.drain()
@@ -425,7 +437,7 @@ class _SideBand:
         stream = parse_stream(b"".join(self.chunks), self.sample_type)
         if stream.lost:
             notes.append(f"{stream.lost} of perf's mapping records were lost: some user frames may go unnamed")
-        return stream.mmaps, stream.comms
+        return self.existing + stream.mmaps, stream.comms
 
 
 PERF_COUNT_SW_DUMMY = 9     # include/uapi/linux/perf_event.h: an event that never counts, for side-band records
