@@ -357,37 +357,42 @@ def _write_trace_summary(args: argparse.Namespace, summary, render) -> None:
 
 
 def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
-    """trace without -o (or --summary-only): count in the kernel where bpftrace can; else record to a private
-    temporary file, summarise it and remove it. Nothing is written to the working directory."""
-    from .capture.kernel_counts import count_faults
+    """trace without -o (or --summary-only): count in the kernel where the compiled counter can; else record to a
+    private temporary file, summarise it and remove it. Nothing is written to the working directory."""
+    # Only what counting needs is imported on that path (no numpy, rich only for a text summary): the whole
+    # command is measured against the untraced program (bench/summary_only.py).
+    from .capture.kernel_counts import count_faults, engine_problem
     from .capture.tracer import CaptureError
-    from .core import CannotTrace
-    from .kernel import facts
     from .views.progress import stderr_progress
     progress = stderr_progress if not args.quiet else None
     import shutil as _shutil
 
-    from .capture.kernel_counts import engine_problem
-    # counting in the kernel has no stacks: -g and --pprof record the events (into a temporary file)
-    wanted = facts.is_root() and args.tier in ("auto", "perf") and not args.call_graph and not args.pprof
-    problem = engine_problem() if wanted else None
+    # -g, --folded and --pprof count each fault's stacks too (fault_stacks.bpf.c), in the kernel as well
+    stacks = bool(args.call_graph or args.pprof or args.folded)
+    wanted = os.geteuid() == 0 and args.tier in ("auto", "perf")
+    problem = engine_problem("fault_stacks" if stacks else "fault_count") if wanted else None
     if wanted and problem is None:
         from .capture.tracer import TargetProblem
-        from .journey.trace_summary import summarize_counts
+        from .journey.count_summary import reconcile, summarize_counts
         try:
-            kc = count_faults(argv or None, args.pid, progress)
+            kc = count_faults(argv or None, args.pid, progress, stacks=stacks)
         except TargetProblem as exc:
             raise UsageError(str(exc)) from None
         except CaptureError as exc:
+            from .core import CannotTrace
             raise CannotTrace(str(exc)) from None
         summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
                                    kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total)
-        from .journey.trace_summary import reconcile
         summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
-        summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms; faults taken in kernel "
-                             "mode (inside system calls) are not counted in this mode: record with -o FILE for them")
+        summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms")
+        if summary.kernel_mode_faults:
+            summary.notes.append(f"{summary.kernel_mode_faults} of the faults were taken in kernel mode, inside system "
+                                 "calls touching the program's memory (exceptions:page_fault_kernel)")
         reconcile(summary, kc.kernel_fault_counts, summary.faults,
-                  "faults taken in kernel mode, which this mode does not count (record with -o FILE to count them)")
+                  "" if kc.kernel_mode_counted else
+                  "faults taken in kernel mode, which this kernel's hooks do not count (record with -o FILE)")
+        if stacks:
+            _write_counted_stacks(args, kc)
     else:
         import tempfile
         work = Path(tempfile.mkdtemp(prefix="pagefault-trace-"))
@@ -400,25 +405,81 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             except TargetProblem as exc:
                 raise UsageError(str(exc)) from None
             except CaptureError as exc:
+                from .core import CannotTrace
                 raise CannotTrace(str(exc)) from None
             summary = _summarize(Path(args.output))
             summary.notes.append("recorded into a temporary file (removed): " + (
                 f"counting in the kernel cannot run here ({problem})" if problem else
-                "counting in the kernel needs root, and -g and --pprof need the events' call chains"))
+                "counting in the kernel needs root and the perf tier"))
             if args.pprof:
                 _write_pprof(Path(args.output), Path(args.pprof), args.force)
+            if args.folded:
+                _write_folded(Path(args.output), args.folded, args.force)
         finally:
             _shutil.rmtree(work, ignore_errors=True)
-    from .views.trace_view import render_summary
-    _write_trace_summary(args, summary, render_summary)
+    _write_trace_summary(args, summary, _render_summary)
     return 0
+
+
+def _write_counted_stacks(args: argparse.Namespace, kc) -> None:
+    """trace -g counted in the kernel: the faults' stacks as a folded flame graph (--folded) and a pprof profile
+    (--pprof), built as report builds them from a recording."""
+    from .capture.kernel_counts import kernel_symbols_for
+    from .capture.safe_paths import write_output
+    from .journey.fault_stacks import counted_samples, folded
+    from .views.pprof import to_pprof
+    ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
+    samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, kc.maps.get(kc.pid, []), kc.comms,
+                              ksyms if ksyms.usable else None)
+    if args.folded:
+        from collections import Counter
+        stacks: Counter = Counter()
+        for sample, n in samples.items():
+            stacks[sample.frames] += n
+        _emit_folded(folded(_frames_escaped(stacks)), args.folded, args.force, sum(stacks.values()), len(stacks))
+    if args.pprof:
+        write_output(Path(args.pprof), to_pprof(samples, duration_ns=int(kc.duration * 1e9)), args.force)
+        say(f"{sum(samples.values()):,} faults in {len(samples):,} samples written to {args.pprof} (pprof); read "
+            f"it with: go tool pprof -top {args.pprof}")
+    if not (args.folded or args.pprof):
+        say(f"the faults' stacks were counted ({len(kc.stacks):,} distinct): write them with --folded FILE or "
+            "--pprof FILE")
+
+
+def _emit_folded(text: str, where: str, force: bool, faults: int, stacks: int) -> None:
+    if where == "-":
+        write_text(text)
+    else:
+        from .capture.safe_paths import write_output
+        write_output(Path(where), text, force)
+    say(f"{faults:,} faults in {stacks:,} stacks, one root per class"
+        + ("" if where == "-" else f"; written to {where}, open it with flamegraph.pl, inferno-flamegraph or "
+           "speedscope.app"))
+
+
+def _write_folded(recording: Path, where: str, force: bool) -> None:
+    """A recording's faults as a folded flame graph (what report --format folded writes)."""
+    from .capture.recording import load_recording
+    from .journey.fault_stacks import fault_stacks, folded
+    with _recording_problems_as_one_line(recording):
+        rec = load_recording(recording)
+        if rec.meta.get("tier", "perf") != "perf":
+            raise UsageError("flame graphs need a recording of the perf tier (run pagefault trace as root)")
+        stacks, _chains = fault_stacks(rec)
+    stacks = _frames_escaped(stacks)
+    _emit_folded(folded(stacks), where, force, sum(stacks.values()), len(stacks))
+
+
+def _render_summary(summary, console) -> None:
+    # rich is imported for a text summary only, not for --json
+    from .views.trace_view import render_summary
+    render_summary(summary, console)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from .capture.safe_paths import OutputError, check_output_target
     from .capture.tracer import CaptureError, TraceOptions, record
     from .views.progress import stderr_progress
-    from .views.trace_view import render_summary
     argv = list(args.cmd)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -435,9 +496,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                          "--summary-only)")
     if args.no_summary and not args.output:
         raise UsageError("--no-summary writes only the recording: give it a name with -o FILE")
-    if args.summary_only and args.pprof:
-        raise UsageError("--pprof needs every fault's stack, which --summary-only does not keep; leave out one of them")
-    for path in (args.summary, args.pprof):
+    for path in (args.summary, args.pprof, args.folded):
         if path and path != "-":
             try:
                 check_output_target(Path(path), args.force)   # refused before the program runs, not after
@@ -469,11 +528,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
                    f"in {output}, which pagefault report reads as partial")
     if args.pprof:
         _write_pprof(output, Path(args.pprof), args.force)
+    if args.folded:
+        _write_folded(output, args.folded, args.force)
     if args.no_summary:
         say(f"{written}; read it with: pagefault report {output}")
         return 0 if not meta.get("disk_full") else EXIT_PARTIAL
     summary = _summarize(output)
-    _write_trace_summary(args, summary, render_summary)
+    _write_trace_summary(args, summary, _render_summary)
     say(f"{written}; read it again with: pagefault report {output}")
     return 0 if not meta.get("disk_full") else EXIT_PARTIAL
 
@@ -647,8 +708,9 @@ def _register_capture(sub) -> None:
     d.add_argument("--quick", action="store_true", help="skip the bpftrace test run")
     d.set_defaults(func=cmd_doctor)
     t = sub.add_parser("trace", help="record a program's page faults and summarise them",
-                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--json] [--summary FILE] [--pprof FILE] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
-    t.add_argument("-g", "--call-graph", action="store_true", help="record kernel and user call chains")
+                       usage="pagefault trace [-g] [-o FILE | --summary-only] [--json] [--summary FILE] [--pprof FILE] [--folded FILE] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
+    t.add_argument("-g", "--call-graph", action="store_true", help="kernel and user call chains: without -o each "
+                   "fault's stacks are counted in the kernel (--folded, --pprof write them); with -o, recorded")
     t.add_argument("-o", "--output", help="write a recording of every event to FILE (without it: a summary, the faults "
                    "counted in the kernel)")
     t.add_argument("--summary-only", action="store_true", help="count in the kernel (a compiled BPF program's maps), stream nothing, "
@@ -663,6 +725,9 @@ def _register_capture(sub) -> None:
                    "the summary goes to standard error, as perf stat's does: standard output is the program's")
     t.add_argument("--pprof", metavar="FILE", help="also write the faults as a pprof profile (gzipped profile.proto: "
                    "go tool pprof, Pyroscope, Parca, Grafana); records the events, with -g for whole stacks")
+    t.add_argument("--folded", metavar="FILE", help="also write the faults' stacks as a folded flame graph, one root "
+                   "per class (- for standard output; flamegraph.pl, inferno, speedscope); without -o the stacks are "
+                   "counted in the kernel")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     t.add_argument("--no-summary", action="store_true", help="only write the recording")
     t.add_argument("--latency", action="store_true",

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pagefault.capture import kernel_counts as kc
@@ -19,9 +18,12 @@ from pagefault.capture.libbpf import BpfObject, LibbpfError
 VARIANTS = ("tp_btf", "tracepoint")
 
 
-def _object() -> Path:
+OBJECTS = ("fault_count", "fault_stacks")
+
+
+def _object(name: str = "fault_count") -> Path:
     try:
-        return object_path("fault_count")
+        return object_path(name)
     except BpfObjectMissing as exc:
         pytest.skip(str(exc))
 
@@ -72,17 +74,21 @@ def _btf_struct(obj: Path, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
     return int(t["attrs"]["size"]), {n: (bits // 8, size(tid)) for n, tid, bits in t["members"]}
 
 
-@pytest.mark.parametrize("struct,dtype", [("fault_count_settings", kc.SETTINGS), ("fault_key", kc.FAULT_KEY),
-                                          ("thread_fault", kc.THREAD_FAULT), ("vma_seen", kc.VMA_SEEN)])
-def test_the_python_mirror_has_the_objects_sizes_and_offsets(struct, dtype):
-    size, members = _btf_struct(_object(), struct)
+@pytest.mark.parametrize("name,struct,dtype", [
+    ("fault_count", "fault_count_settings", kc.SETTINGS), ("fault_count", "fault_key", kc.FAULT_KEY),
+    ("fault_count", "thread_fault", kc.THREAD_FAULT), ("fault_count", "vma_seen", kc.VMA_SEEN),
+    ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY)])
+def test_the_python_mirror_has_the_objects_sizes_and_offsets(name, struct, dtype):
+    size, members = _btf_struct(_object(name), struct)
+    dtype = dtype.dtype
     mirror = {name: (dtype.fields[name][1], dtype.fields[name][0].itemsize) for name in dtype.names}
     assert (dtype.itemsize, mirror) == (size, members)
 
 
-def test_every_program_of_the_object_is_one_variant_of_a_known_hook():
+@pytest.mark.parametrize("name", OBJECTS)
+def test_every_program_of_the_object_is_one_variant_of_a_known_hook(name):
     _root()
-    with BpfObject(_object()) as obj:
+    with BpfObject(_object(name)) as obj:
         programs = obj.programs()
     named = {p: s for h in kc.HOOKS for p, s in ((h.btf_program, f"tp_btf/{h.event}"),
                                                    (h.tracepoint_program, f"tracepoint/{h.system}/{h.event}"))}
@@ -90,14 +96,16 @@ def test_every_program_of_the_object_is_one_variant_of_a_known_hook():
 
 
 @pytest.mark.live
+@pytest.mark.parametrize("name", OBJECTS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(variant):
+def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(variant, name):
     """A verifier rejection fails here, not on a user's machine."""
     _root()
     wanted = _offered(variant)
     if not wanted:
         pytest.skip(f"this kernel offers no {variant} hook of the counter")
-    with BpfObject(_object()) as obj:
+    stacks = name == "fault_stacks"
+    with BpfObject(_object(name)) as obj:
         for name in obj.programs():
             obj.set_autoload(name, name in wanted)
         obj.set_rodata(kc._settings(os.getpid(), from_exec=False))
@@ -106,8 +114,11 @@ def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(varia
             obj.attach(name)
         assert len(obj.links) == len(wanted)
         # the maps' keys and values are the mirror's
-        assert (obj.map("counts").key_size, obj.map("counts").entry_size) == (kc.FAULT_KEY.itemsize, 8)
+        key = kc.FAULT_STACK_KEY if stacks else kc.FAULT_KEY
+        assert (obj.map("counts").key_size, obj.map("counts").entry_size) == (key.itemsize, 8)
         assert obj.map("threads").entry_size == kc.THREAD_FAULT.itemsize
+        if stacks:
+            assert (obj.map("stack_ids").key_size, obj.map("stack_ids").entry_size) == (8 * kc.STACK_DEPTH, 4)
         assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (8, kc.VMA_SEEN.itemsize)
     assert obj.links == []
 
@@ -215,7 +226,8 @@ def test_without_root_the_load_says_to_run_as_root(tmp_path):
 
 
 def test_the_sources_are_in_the_package_and_the_objects_are_not_tracked():
-    assert {"fault_count.bpf.c", "fault_count.h", "pagefault.bpf.h"} <= {p.name for p in HERE.iterdir()}
+    assert {"fault_count.bpf.c", "fault_count.bpf.h", "fault_count.h", "fault_stacks.bpf.c", "fault_stacks.h",
+            "pagefault.bpf.h"} <= {p.name for p in HERE.iterdir()}
     r = subprocess.run(["git", "ls-files", str(HERE)], capture_output=True, text=True, cwd=HERE)
     if r.returncode != 0:
         pytest.skip("not a git checkout")
@@ -300,17 +312,45 @@ def test_the_count_follows_a_forked_child_and_closes_what_is_in_progress(can_tra
     exe = cbin("fault_kinds")
     with open(tmp_path / "out", "w") as out:
         counts = kc.count_faults([str(exe), str(tmp_path)], None, stdout=out.fileno())
-    assert int(counts.rows[:, 7].sum()) == counts.total > 0
+    assert sum(r[7] for r in counts.rows) == counts.total > 0
     fork_start = next(int(m.group(2), 16) for m in map(LINE.match, (tmp_path / "out").read_text().splitlines())
                       if m and m.group(1) == "fork")
     # the region's writes: 8 before the fork, 8 in the child, 8 in the parent after it; each write of a
     # present page is a protection fault (error code bit 0) after the fork
-    starts = counts.rows[:, 6] >> np.uint64(3)
     holding = [m.start for m in counts.maps[counts.pid] if m.start <= fork_start < m.end]
     assert holding, "the fork region's VMA was not named"
-    here = counts.rows[starts == np.uint64(max(holding))]
-    protection = int(here[(here[:, 0] & np.uint64(1)) == np.uint64(1), 7].sum())
+    here = [r for r in counts.rows if r[6] >> 3 == max(holding)]
+    protection = sum(r[7] for r in here if r[0] & 1)
     assert protection >= 16, here
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_faults_taken_in_kernel_mode_are_counted_and_the_total_is_the_kernels(variant, can_trace, cbin, tmp_path):
+    """read_into_fresh preads 64 pages into a fresh anonymous buffer it never touches: copy_to_user faults on
+    each page in kernel mode. Those are counted (their error code without X86_PF_USER), and the total is the
+    kernel's own page-faults count for the program from its exec, to the fault."""
+    _root()
+    _object()
+    from pagefault.journey.count_summary import summarize_counts
+    kernel = KernelHooks() if variant == "tp_btf" else KernelHooks(btf_path=tmp_path / "no-btf")
+    choices = {c.hook.event: c for c in map(kernel.choose, kc.HOOKS)}
+    if choices["page_fault_kernel"].variant != variant:
+        pytest.skip(f"this kernel offers no {variant} hook for exceptions:page_fault_kernel")
+    exe = cbin("read_into_fresh")
+    with open(tmp_path / "out", "w") as out:
+        counts = kc.count_faults([str(exe), str(tmp_path)], None, stdout=out.fileno(), kernel=kernel)
+    start, pages = re.search(r"start=0x([0-9a-f]+) pages=(\d+)", (tmp_path / "out").read_text()).groups()
+    assert counts.target_exit == "exited with status 0" and counts.kernel_fault_counts, counts.notes
+    # the buffer's faults, every one in kernel mode (the program never touches it)
+    in_buffer = [r for r in counts.rows if r[6] >> 3 == int(start, 16)]
+    assert sum(r[7] for r in in_buffer) == int(pages) and not [r for r in in_buffer if r[0] & 4], in_buffer
+    s = summarize_counts(counts.rows, counts.maps[counts.pid], counts.command, counts.pid, counts.target_exit,
+                         counts.duration, counts.allocations, counts.total)
+    assert s.kernel_mode_faults >= int(pages)
+    if choices["sched_prepare_exec"].program is None:
+        pytest.skip("without sched_prepare_exec (before 6.10) exec's own faults on the new image are not counted")
+    assert counts.kernel_fault_counts["page-faults"] - s.faults == 0, (counts.kernel_fault_counts, s.faults)
 
 
 def test_a_missing_or_stale_object_is_one_line_with_the_fix(tmp_path, monkeypatch):
@@ -333,6 +373,7 @@ def test_on_arm64_without_the_fault_tracepoint_the_refusal_says_what_works_there
     from pagefault.capture.tracer import CaptureError
     fake = _fake_tracefs(tmp_path / "tracefs", {"sched/sched_process_fork": "ID: 1\n"})
     monkeypatch.setattr(tracer, "find_tracefs", lambda *a, **k: fake)
-    monkeypatch.setattr(tracer.facts, "on_arm64", lambda: True)
+    from pagefault.kernel import facts
+    monkeypatch.setattr(facts, "on_arm64", lambda: True)
     with pytest.raises(CaptureError, match="arm64 kernels .* have no page-fault tracepoint"):
         kc.choose_hooks(KernelHooks(tmp_path / "no-btf", fake))

@@ -90,3 +90,52 @@ def test_perfetto_trace_carries_the_call_stacks(flame_files):
     with_stack = [e for e in trace["traceEvents"] if "sf" in e]
     assert with_stack and all(e["sf"] in frames for e in with_stack)
     assert all("parent" not in f or f["parent"] in frames for f in frames.values())
+
+
+# --- trace -g counted in the kernel (capture/bpf/fault_stacks.bpf.c) ------------------------------------------
+
+def _root_and_engine():
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("counting stacks in the kernel needs root")
+    from pagefault.capture.kernel_counts import engine_problem
+    problem = engine_problem("fault_stacks")
+    if problem:
+        pytest.skip(problem)
+
+
+def _program_stacks(text: str) -> set[str]:
+    """The stacks through the program's own code, without their class and without the frame-pointer walk's
+    truncation mark (both depend on what the recording's and the count's classifiers and walks saw)."""
+    out = set()
+    for line in text.splitlines():
+        stack = line.rsplit(" ", 1)[0].split(";", 1)[1].replace("[truncated: no frame pointer];", "")
+        if "fault_kinds:" in stack:
+            out.add(stack)
+    return out
+
+
+def test_trace_g_counted_in_the_kernel_writes_the_recordings_flame_graph(flame_files, can_trace, cbin, tmp_path):
+    """trace -g without -o counts each fault's stacks in the kernel (no event streamed) and writes the same
+    folded flame graph as report --format folded of a -g recording: one root per class, every fault once (as
+    many as the kernel's own page-faults count), and the same stacks through the program's own code."""
+    _root_and_engine()
+    recorded, _faults = flame_files
+    exe = cbin("fault_kinds")
+    r = subprocess.run(CLI + ["trace", "-g", "-q", "--folded", str(tmp_path / "k.folded"), "--json", "--summary",
+                              str(tmp_path / "s.json"), "--", str(exe), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "one root per class" in r.stderr, r.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["tier"] == "bpf-counts"
+    text = (tmp_path / "k.folded").read_text()
+    classes = {c.value for c in FaultClass}
+    by_class: dict[str, int] = {}
+    for line in text.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        frames = stack.split(";")
+        assert frames[0] in classes and len(frames) >= 2 and int(count) > 0, line
+        by_class[frames[0]] = by_class.get(frames[0], 0) + int(count)
+    assert sum(by_class.values()) == summary["faults"] == summary["kernel_counts"]["page-faults"]
+    assert by_class["stack growth"] == 24 and by_class["THP"] == 1, by_class
+    assert _program_stacks(text) == _program_stacks((recorded / "f.folded").read_text())

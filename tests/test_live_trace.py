@@ -256,6 +256,24 @@ def test_faults_taken_in_kernel_mode_are_counted_classed_and_reconciled(can_trac
     assert s.kernel_counts["page-faults"] == s.faults, s.notes
 
 
+def test_the_counted_summary_has_the_kernel_mode_faults_and_the_kernels_total(can_trace, cbin, tmp_path):
+    """trace without -o (counted in the kernel) counts read_into_fresh's kernel-mode faults too: the buffer's
+    pages as kernel-mode writes, and a total equal to the kernel's own page-faults count for the program."""
+    if os.geteuid() != 0:
+        pytest.skip("counting in the kernel needs root")
+    r = subprocess.run(CLI + ["trace", "-q", "--json", "--summary", str(tmp_path / "s.json"), "--",
+                              str(cbin("read_into_fresh")), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    pages = int(re.search(r"pages=(\d+)", r.stdout).group(1))
+    s = json.loads((tmp_path / "s.json").read_text())
+    if s["tier"] != "bpf-counts":
+        pytest.skip(f"the faults were not counted in the kernel here: {s['notes'][-1]}")
+    assert s["kernel_mode_faults"] >= pages and s["by_kind"]["write, not-present page, in kernel mode"] >= pages
+    if not any("sched_prepare_exec: tp_btf" in n or "sched_prepare_exec: tracepoint" in n for n in s["notes"]):
+        pytest.skip("without sched_prepare_exec (before 6.10) exec's own faults on the new image are not counted")
+    assert s["kernel_counts"]["page-faults"] == s["faults"], s["notes"]
+
+
 @pytest.mark.parametrize("mode", [[], ["-o", "REC"], ["--json"]], ids=["counted", "recorded", "json"])
 def test_the_summary_never_mixes_with_the_programs_output(can_trace, tmp_path, mode):
     """`pagefault trace -- xz -c f > f.xz` appended the tables to the compressed data: stdout belongs to the

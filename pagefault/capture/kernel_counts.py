@@ -1,4 +1,5 @@
-"""`pagefault trace --summary-only` (and `trace` without -o): the faults counted in the kernel, not streamed.
+"""`pagefault trace --summary-only` (and `trace` without -o): the faults counted in the kernel, not streamed; with
+-g (or --folded, --pprof) each fault's user and kernel stacks counted too.
 
 The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
 movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
@@ -7,7 +8,11 @@ and kind). The VMA is the thread's previous one while it holds the address, else
 answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the
 program's mappings). Only those maps cross to user space, at the end: a few hundred entries where a
 recording holds a record per event. The classes then follow from the same rules as a recording's
-(journey/fault_classes.py).
+(journey/fault_classes.py). Faults taken in kernel mode on the program's addresses (a system call copying into
+its memory) are counted too, their error code without X86_PF_USER, as the kernel's own count has them.
+
+fault_stacks.bpf.c is the same count with each fault's user and kernel stack ids (and process) in the key, the
+stacks kept once each; the program's mappings, for naming user frames, come from perf's side-band records.
 
 The object is loaded before the target is let go, so counting starts at its exec with nothing to wait
 for; the held child's own faults before its exec are not counted.
@@ -18,32 +23,65 @@ from __future__ import annotations
 import os
 import select
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from ..evidence import MapsLine
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, lib
-from .mapping_watch import maps_from_kernel
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
 from .tracer import STOP_SIGNALS, CaptureError, TargetProblem, _Stop, release_target, tracepoint_events
+
+if TYPE_CHECKING:
+    from ..evidence import MapsLine
+
+# No numpy here: the summary-only path reads a few hundred map entries, and importing numpy (with its BLAS
+# threads) costs ~70-100 ms of a command whose whole budget over the untraced program is about that.
 
 # A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as
 # SIGSEGV (the same reach as the bpftrace captures', capture/bpf_walk.py STACK_REACH).
 STACK_REACH = 8 << 20
 
+
+
+class Layout:
+    """One struct of fault_count.h as Python reads it: (field, struct code) pairs, little-endian, no implicit
+    padding (the header pads explicitly). ``dtype`` is the same as a numpy dtype, built when asked for (the
+    tests compare it with the object's BTF; the count itself never imports numpy)."""
+
+    def __init__(self, *fields: tuple[str, str]):
+        self.names = tuple(name for name, _code in fields)
+        self.codes = tuple(code for _name, code in fields)
+        self.struct = struct.Struct("<" + "".join(self.codes))
+        self.itemsize = self.struct.size
+
+    def unpack(self, data: bytes, offset: int = 0) -> dict[str, Any]:
+        return dict(zip(self.names, self.struct.unpack_from(data, offset)))
+
+    def pack(self, *values) -> bytes:
+        return self.struct.pack(*values)
+
+    @property
+    def dtype(self):
+        import numpy as np
+        numpy_code = {"I": "<u4", "Q": "<u8", "i": "<i4", "q": "<i8"}
+        return np.dtype([(n, numpy_code.get(c, f"S{c[:-1]}")) for n, c in zip(self.names, self.codes)])
+
+
 # The Python mirror of fault_count.h (tests/test_bpf_engine.py holds it to the object's BTF).
-SETTINGS = np.dtype([("target_tgid", "<u4"), ("from_exec", "<u4"), ("stack_reach", "<u8")])
-FAULT_KEY = np.dtype([("state", "<u4"), ("_pad", "<u4"), ("vma", "<u8")])
-THREAD_FAULT = np.dtype([("state", "<u4"), ("run_state", "<u4"), ("vm_start", "<u8"), ("vm_end", "<u8"), ("vma", "<u8"),
-                         ("run_vma", "<u8"), ("run_count", "<u8")])
-VMA_SEEN = np.dtype([("start", "<u8"), ("end", "<u8"), ("pgoff", "<u8"), ("flags", "<u8"), ("what", "<u4"),
-                     ("_pad", "<u4"), ("name", "S64")])
-COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_N = range(6)
+SETTINGS = Layout(("target_tgid", "I"), ("from_exec", "I"), ("stack_reach", "Q"))
+FAULT_KEY = Layout(("state", "I"), ("_pad", "I"), ("vma", "Q"))
+THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("vm_end", "Q"), ("vma", "Q"),
+                      ("run_vma", "Q"), ("run_count", "Q"), ("user_stack", "i"), ("kernel_stack", "i"),
+                      ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"))
+# fault_stacks.h
+FAULT_STACK_KEY = Layout(("state", "I"), ("user_stack", "i"), ("kernel_stack", "i"), ("tgid", "I"), ("vma", "Q"))
+STACK_DEPTH = 64
+VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
+                  ("name", "64s"))
+COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_N = range(7)
 ST_OPEN = 1
 
 # The hooks, each with its tp_btf and classic-tracepoint program. The classic page_fault_user's context
@@ -51,7 +89,11 @@ ST_OPEN = 1
 HOOKS = (
     Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
          layout={"address": (8, 8), "error_code": (24, 8)}),
+    # faults on user addresses taken in kernel mode (inside system calls): the kernel's own count has them
+    Hook("exceptions", "page_fault_kernel", "fault_kernel_btf", "fault_kernel_tp", required=False,
+         layout={"address": (8, 8), "error_code": (24, 8)}),
     Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
+    Hook("sched", "sched_prepare_exec", "prepare_exec_btf", "prepare_exec_tp", required=False),
     Hook("sched", "sched_process_exit", "exit_btf", "exit_tp"),
     Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"),
     Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False),
@@ -59,7 +101,10 @@ HOOKS = (
     Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False),
 )
 # what a fault's class loses without an optional hook
-WITHOUT = {"mm_page_alloc": "no allocation is seen: new pages and copies are told apart by error code only",
+WITHOUT = {"sched_prepare_exec": "counting starts at sched_process_exec: the faults exec takes setting up the new "
+                                 "image (argv and auxv on its stack) are not counted, where the kernel's own count has them",
+           "page_fault_kernel": "faults taken in kernel mode (inside system calls) are not counted",
+           "mm_page_alloc": "no allocation is seen: new pages and copies are told apart by error code only",
            "mm_filemap_add_to_page_cache": "no page-cache add is seen: reads from disk look like cache hits",
            "signal_generate": "no signal is seen: SIGSEGV and SIGBUS faults are not told apart"}
 
@@ -75,7 +120,7 @@ class KernelCounts:
     """(error code, allocated, order, page-cache add, signal, si_code, vm_start << 3 | kind) → faults;
     kind: 1 a file, 2 shared, 4 no VMA below the stack (growth), 0 with vm_start 0: no VMA."""
 
-    rows: np.ndarray
+    rows: list[tuple[int, ...]]   # (error code, allocated, order, page-cache add, signal, si_code, vma key, faults)
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)   # every VMA a fault was counted in
     allocations: int = 0
     target_exit: str = ""
@@ -87,14 +132,22 @@ class KernelCounts:
     notes: list[str] = field(default_factory=list)
     load_ms: float = 0.0    # open + load + attach of the object
     kernel_fault_counts: dict[str, int] | None = None   # the kernel's own page-faults/minor/major counts, from exec
+    kernel_mode_counted: bool = True   # page_fault_kernel was hooked: faults taken in kernel mode are counted too
+    # with stacks (trace -g): the rows by stack, (rows' columns..., user stack id, kernel stack id, tgid), ids < 0
+    # for none; the stacks by id (leaf first); the mappings and process names perf's side-band records gave
+    stack_rows: list[tuple[int, ...]] = field(default_factory=list)
+    stacks: dict[int, list[int]] = field(default_factory=dict)
+    mappings: list = field(default_factory=list)     # capture.records' Mapping, from PERF_RECORD_MMAP2
+    comms: dict[int, str] = field(default_factory=dict)
 
 
-def engine_problem() -> str | None:
+def engine_problem(name: str = "fault_count") -> str | None:
     """Why the faults cannot be counted in the kernel here, with the fix; None when they can (libbpf is
-    installed and the counter's object is built; root and the hooks are checked when it runs)."""
+    installed and the counter's object `name` is built: fault_stacks for stacks; root and the hooks are checked
+    when it runs)."""
     try:
         lib()
-        object_path("fault_count")
+        object_path(name)
     except (LibbpfError, BpfObjectMissing) as exc:
         return str(exc)
     return None
@@ -117,12 +170,15 @@ def choose_hooks(kernel: KernelHooks | None = None) -> list[HookChoice]:
 
 
 def _settings(pid: int, from_exec: bool) -> bytes:
-    s = np.zeros(1, dtype=SETTINGS)
-    s[0] = (pid, int(from_exec), STACK_REACH)
-    return s.tobytes()
+    return SETTINGS.pack(pid, int(from_exec), STACK_REACH)
 
 
-def _wait_forwarding_signals(target: Target, notes: list[str]) -> None:
+def _per_cpu_sum(value: bytes) -> int:
+    """A per-CPU map's value (one u64 per possible CPU), summed."""
+    return sum(struct.unpack(f"<{len(value) // 8}Q", value))
+
+
+def _wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[], None] | None = None) -> None:
     """Wait for the target to end. A first SIGINT, SIGTERM or SIGHUP goes to a started program (counting goes
     on until it ends) or, with -p, ends the counting and leaves the process running; a second one kills a
     started program. Either way the counts made until then are kept and printed."""
@@ -131,6 +187,8 @@ def _wait_forwarding_signals(target: Target, notes: list[str]) -> None:
     forwarded = False
     try:
         while not _wait(target, 0.2):
+            if tick:
+                tick()
             if not stop.count:
                 continue
             name = signal.Signals(stop.signal or signal.SIGINT).name
@@ -172,49 +230,78 @@ def _wait(target: Target, timeout: float | None = None) -> bool:
             os.close(fd)
 
 
-def read_counts(obj: BpfObject) -> tuple[np.ndarray, int, int, list[str]]:
+def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[int, ...]], int, int, list[str]]:
     """The count map as rows (unpack_state(state) + (vma key, faults)), with each live thread's run of alike
     faults and its fault still in progress (closed at the read) added; the total and allocation counters;
-    notes on anything not kept."""
-    counts: dict[tuple[int, int], int] = {}
+    notes on anything not kept. With stacks (fault_stacks' map), each row ends with the user and kernel stack
+    ids and the process: (..., vma key, faults, user stack, kernel stack, tgid)."""
+    counts: dict[tuple[int, ...], int] = {}
 
-    def add(state: int, vma: int, n: int) -> None:
-        counts[(state, vma)] = counts.get((state, vma), 0) + n
+    def add(key: tuple[int, ...], n: int) -> None:
+        counts[key] = counts.get(key, 0) + n
     for key, value in obj.map("counts").items():
-        k = np.frombuffer(key, dtype=FAULT_KEY)[0]
-        add(int(k["state"]), int(k["vma"]), int(np.frombuffer(value, dtype="<u8").sum()))
+        if with_stacks:
+            k = FAULT_STACK_KEY.unpack(key)
+            add((k["state"], k["vma"], k["user_stack"], k["kernel_stack"], k["tgid"]), _per_cpu_sum(value))
+        else:
+            k = FAULT_KEY.unpack(key)
+            add((k["state"], k["vma"]), _per_cpu_sum(value))
     for _tid, value in obj.map("threads").items():
-        t = np.frombuffer(value, dtype=THREAD_FAULT)[0]
-        if int(t["run_count"]):
-            add(int(t["run_state"]), int(t["run_vma"]), int(t["run_count"]))
-        if int(t["state"]) & ST_OPEN:   # a thread still running: its last fault ends at the read
-            add(int(t["state"]) & ~ST_OPEN, int(t["vma"]), 1)
+        t = THREAD_FAULT.unpack(value)
+        run = (t["run_user_stack"], t["run_kernel_stack"], t["tgid"]) if with_stacks else ()
+        now = (t["user_stack"], t["kernel_stack"], t["tgid"]) if with_stacks else ()
+        if t["run_count"]:
+            add((t["run_state"], t["run_vma"]) + run, t["run_count"])
+        if t["state"] & ST_OPEN:   # a thread still running: its last fault ends at the read
+            add((t["state"] & ~ST_OPEN, t["vma"]) + now, 1)
     totals = obj.map("counters")
-    sums = [int(np.frombuffer(totals.lookup(np.uint32(i).tobytes()) or bytes(8 * totals.cpus), dtype="<u8").sum())
-            for i in range(COUNT_N)]
+    sums = [_per_cpu_sum(totals.lookup(struct.pack("<I", i)) or bytes(8 * totals.cpus)) for i in range(COUNT_N)]
     notes = []
     if sums[COUNT_UNNAMED]:
         notes.append(f"{sums[COUNT_UNNAMED]} VMAs were not named: the kernel's map of them filled")
     if sums[COUNT_UNTRACKED]:
         notes.append(f"{sums[COUNT_UNTRACKED]} faults of threads beyond the map's room were counted, not classified")
-    rows = [unpack_state(s) + (v, n) for (s, v), n in counts.items()]
-    return np.array(rows, dtype=np.uint64).reshape(-1, 8), sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
+    if sums[COUNT_NO_STACK]:
+        notes.append(f"{sums[COUNT_NO_STACK]} faults have a stack missing (the stack map full, or no frame to read)")
+    rows: list[tuple[int, ...]] = [unpack_state(k[0]) + (k[1], n) + k[2:] for k, n in counts.items()]
+    return rows, sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
 
 
-def read_vmas(obj: BpfObject) -> np.ndarray:
-    """Every VMA a fault was counted in, as VMA_SEEN records."""
-    values = [value for _key, value in obj.map("vmas").items()]
-    return np.frombuffer(b"".join(values), dtype=VMA_SEEN)
+def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Rows with stacks summed over their stacks: the summary's rows."""
+    summed: dict[tuple[int, ...], int] = {}
+    for r in stack_rows:
+        summed[r[:7]] = summed.get(r[:7], 0) + r[7]
+    return [k + (n,) for k, n in summed.items()]
+
+
+def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
+    """The stacks named by `ids`, from the map of stacks (fault_stacks.h: a stack's STACK_DEPTH addresses, leaf
+    first, zeros after its last frame → its id): id → addresses."""
+    out = {}
+    for key, value in obj.map("stack_ids").items():
+        i = struct.unpack("<i", value)[0]
+        if i in ids:
+            ips = struct.unpack(f"<{len(key) // 8}Q", key)
+            out[i] = list(ips[:ips.index(0)] if 0 in ips else ips)
+    return out
+
+
+def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
+    """Every VMA a fault was counted in, as VMA_SEEN records (dicts of its fields)."""
+    return [VMA_SEEN.unpack(value) for _key, value in obj.map("vmas").items()]
 
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
-                 stdout: int | None = None, kernel: KernelHooks | None = None) -> KernelCounts:
+                 stdout: int | None = None, kernel: KernelHooks | None = None, stacks: bool = False) -> KernelCounts:
     """Run `argv` (or attach to `pid`) with the counting program loaded; count until it ends (or Ctrl-C).
 
     :param argv: a command to start, held until the program is attached; or None with `pid`.
     :param stdout: where the started command's standard output goes (default: ours).
     :param kernel: what the kernel offers, for the choice of each hook's program (default: read from
         this kernel's BTF and tracefs; the tests hand in a BTF without tp_btf to load the other variant).
+    :param stacks: count each fault's user and kernel stack too (fault_stacks.bpf.c, for trace -g), with the
+        program's mappings and process names from perf's side-band records (a dummy event: no sample).
     :returns: the counts, the VMAs they fell in, the hooks chosen and why.
     :raises TargetProblem: the command cannot be run, or `pid` cannot be traced.
     :raises CaptureError: one line with the reason and the fix: a hook missing (arm64), the object not
@@ -224,7 +311,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     say = progress or (lambda _m: None)
     choices = choose_hooks(kernel)
     try:
-        path = object_path("fault_count")
+        path = object_path("fault_stacks" if stacks else "fault_count")
         obj = BpfObject(path)
     except (BpfObjectMissing, LibbpfError) as exc:
         raise CaptureError(f"counting in the kernel: {exc}") from None
@@ -255,23 +342,102 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             except PerfError as exc:
                 counters = None
                 notes.append(f"the kernel's own fault counts are not shown: {exc}")
+            side_band = _SideBand(target) if stacks else None
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
-            _wait_forwarding_signals(target, notes)
+            _wait_forwarding_signals(target, notes, side_band.drain if side_band else None)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
             if counters is not None:
                 counters.close()
             obj.detach()
-            rows, total, allocs, more = read_counts(obj)
+            rows, total, allocs, more = read_counts(obj, stacks)
             vmas = read_vmas(obj)
+            stack_rows: list[tuple[int, ...]] = []
+            stack_ips: dict[int, list[int]] = {}
+            if stacks:
+                stack_rows, rows = rows, by_kind(rows)
+                stack_ips = read_stacks(obj, {r[8] for r in stack_rows} | {r[9] for r in stack_rows})
         finally:
             target.end()   # a spawned target still running is ended; an attached one is left running
             target.wait()
     finally:
         obj.close()
+    from .mapping_watch import maps_from_kernel
     return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
                         target.pid, duration, total,
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
-                        kernel_fault_counts)
+                        kernel_fault_counts,
+                        any(c.program for c in choices if c.hook.event == "page_fault_kernel"),
+                        stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})))
+
+
+def kernel_symbols_for(addresses: set[int], path: str = "/proc/kallsyms"):
+    """The kernel's symbols (kernel.kallsyms.KernelSymbols) for `addresses` only: for each, the text symbol at or
+    below it, as a lookup in all of /proc/kallsyms finds it. One pass over the file's ~120,000 lines without the
+    full parse (0.3-0.4 s here, most of trace -g's own time), which would also keep every name.
+
+    Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives)."""
+    import bisect
+
+    from ..kernel.kallsyms import KernelSymbols
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
+        return KernelSymbols([])
+    text = [(int(line[:16], 16), i) for i, line in enumerate(lines) if len(line) > 18 and line[17] in b"tTwW"]
+    text.sort()     # in address order already but for modules and BPF programs: a near-sorted sort is quick
+    starts = [a for a, _i in text]
+    kept = {}
+    for address in addresses:
+        j = bisect.bisect_right(starts, address) - 1
+        if j >= 0:
+            a, i = text[j]
+            kept[a] = lines[i].split()[2].decode(errors="replace")
+    return KernelSymbols(list(kept.items()))
+
+
+class _SideBand:
+    """perf's side-band records of the target (its mappings with their files' whole paths, its process names),
+    through a dummy software event that takes no sample: what the stacks' user addresses are symbolised with
+    (the counter keeps only a file's name)."""
+
+    PAGES = 16       # per CPU: a few hundred mmap records between two drains
+
+    def __init__(self, target: Target):
+        from .perf_event import PERF_TYPE_SOFTWARE, SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfSession
+        self.sample_type = SAMPLE_TID | SAMPLE_TIME
+        self.session = PerfSession([EventSpec("side-band", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, self.sample_type)],
+                                   target.pid, enable_on_exec=target.spawned, callchain=False, data_pages=self.PAGES)
+        self.chunks: list[bytes] = []
+        self.existing: list = []
+        if not target.spawned:
+            self.session.enable()
+            # a running process's mappings made before now have no MMAP2 record: /proc/PID/maps names them
+            from ..evidence import Mapping
+            from .procfs import read_maps
+            try:
+                for m in read_maps(target.pid):
+                    prot = (1 if m.perms[0:1] == "r" else 0) | (2 if m.perms[1:2] == "w" else 0) | \
+                        (4 if m.perms[2:3] == "x" else 0)
+                    self.existing.append(Mapping(m.start, m.end, m.offset, m.path, prot, "observed: /proc/PID/maps",
+                                                 m.perms[3:4] == "s", m.inode))
+            except OSError:
+                pass
+
+    def drain(self) -> None:
+        self.chunks += self.session.drain()
+
+    def read(self, notes: list[str]) -> tuple[list, dict[int, str]]:
+        from .records import parse_stream
+        self.drain()
+        self.session.close()
+        stream = parse_stream(b"".join(self.chunks), self.sample_type)
+        if stream.lost:
+            notes.append(f"{stream.lost} of perf's mapping records were lost: some user frames may go unnamed")
+        return self.existing + stream.mmaps, stream.comms
+
+
+PERF_COUNT_SW_DUMMY = 9     # include/uapi/linux/perf_event.h: an event that never counts, for side-band records

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import select
 import signal
 import time
@@ -11,8 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..kernel import facts
-from ..kernel.kallsyms import KernelSymbols
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
 from .perf_event import (
     PERF_COUNT_SW_PAGE_FAULTS,
@@ -29,10 +25,12 @@ from .perf_event import (
     PerfError,
     PerfSession,
 )
-from .procfs import read_maps
-from .recording import RecordingWriter
-from .safe_paths import OutputWriteFailed
 from .runner import TargetError, attach, spawn_held
+from .safe_paths import OutputWriteFailed
+
+# kernel.facts (every decoder, through decode.arch), the recording's writer (cattrs) and /proc's maps parser
+# (the evidence records) are imported where they are used: the summary-only count imports this module for its
+# errors and signal handling, and these cost it ~50 ms of start-up.
 
 TRACEPOINTS = (
     ("exceptions", "page_fault_user", True),
@@ -89,6 +87,7 @@ class TraceOptions:
 
 
 def choose_tier(requested: str) -> str:
+    from ..kernel import facts
     if requested in ("perf", "user"):
         return requested
     if facts.is_root():
@@ -102,6 +101,7 @@ def choose_tier(requested: str) -> str:
 
 def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, list[str]]:
     """Specs for (system, name, required) tracepoints, their field layouts by id, notes on the missing."""
+    from ..kernel import facts
     try:
         root = find_tracefs()
     except TracefsError as exc:
@@ -119,7 +119,8 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
                 raise CaptureError(str(exc)) from None
             notes.append(f"{system}:{name} unavailable: {exc}")
             continue
-        events.append(EventSpec(f"{system}:{name}", PERF_TYPE_TRACEPOINT, fmt.id, TRACEPOINT_SAMPLE, busy=required or (system, name) in BUSY_OPTIONAL))
+        events.append(EventSpec(f"{system}:{name}", PERF_TYPE_TRACEPOINT, fmt.id, TRACEPOINT_SAMPLE,
+                                busy=required or (system, name) in BUSY_OPTIONAL))
         formats[str(fmt.id)] = {"system": system, "name": name,
                                 "fields": {f.name: [f.offset, f.size, f.signed] for f in fmt.fields.values()},
                                 "print_fmt": fmt.print_fmt}
@@ -151,6 +152,9 @@ def record(opts: TraceOptions) -> dict:
     :raises CaptureError: capture cannot start (the message has the fix).
     :raises OutputError: the output file cannot be created.
     """
+    from ..kernel import facts
+    from ..kernel.kallsyms import KernelSymbols
+    from .recording import RecordingWriter
     tier = choose_tier(opts.tier)
     if tier == "perf":
         events, formats, notes = tracepoint_events()
@@ -307,6 +311,7 @@ def record(opts: TraceOptions) -> dict:
 
 
 def _snapshot_maps(pid: int, seen: dict) -> None:
+    from .procfs import read_maps
     try:
         lines = read_maps(pid)
     except OSError:

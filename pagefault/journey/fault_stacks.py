@@ -22,10 +22,10 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..capture.recording import Recording
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
@@ -39,9 +39,14 @@ from .trace_summary import (
     process_names,
 )
 
+if TYPE_CHECKING:   # a type only: the recording's loader (cattrs) is not imported to read counts
+    from ..capture.recording import Recording
+
 TRUNCATED = "[truncated: no frame pointer]"
 # Kernel frames of the tracing machinery itself, seen at the leaf of a tracepoint's call chain.
-TRACER_FRAME_PREFIXES = ("__traceiter_", "perf_trace_", "trace_event_", "__bpf_trace_", "bpf_trace_run", "perf_tp_event")
+TRACER_FRAME_PREFIXES = ("__traceiter_", "perf_trace_", "trace_event_", "__bpf_trace_", "bpf_trace_run", "perf_tp_event",
+                         "bpf_prog_")   # a BPF program's own frame, where trace -g counts stacks in the kernel
+TRACER_DEPTH = 6   # how deep from the leaf the tracer's frames are looked for
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
@@ -92,9 +97,11 @@ class Symbolizer:
     def kernel_frames(self, chain: list[int]) -> list[str]:
         """The kernel chain (leaf first) as frames root→leaf, without the tracer's own frames at its leaf."""
         names = [self.kernel(ip) for ip in chain]
-        while names and names[0].startswith(TRACER_FRAME_PREFIXES):
-            names.pop(0)
-        return names[::-1]
+        # everything leafward of the last tracer frame near the leaf: what the tracer ran (a BPF program's JIT
+        # image, which kallsyms may name after the text symbol before it) is not the program's path either
+        last = max((i for i, name in enumerate(names[:TRACER_DEPTH]) if name.startswith(TRACER_FRAME_PREFIXES)),
+                   default=-1)
+        return names[last + 1:][::-1]
 
     def kernel(self, ip: int) -> str:
         key = ("k", ip)
@@ -150,6 +157,27 @@ def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[C
             frames.append(leaf)
         samples[FaultSample(tuple(frames), cls.value, pid, names.get(pid, ""), bool(in_kernel))] += 1
     return samples, chains
+
+
+def counted_samples(stack_rows: list[tuple[int, ...]], stacks: dict[int, list[int]], maps: list[Mapping],
+                    vmas: list, comms: dict[int, str], ksyms: KernelSymbols | None) -> Counter[FaultSample]:
+    """The faults counted in the kernel with their stacks (capture/kernel_counts.py, trace -g) as fault_samples
+    gives a recording's: rows of (error code, allocated, order, page-cache add, signal, si_code, vma key, faults,
+    user stack id, kernel stack id, tgid); the stacks by id, leaf first; the program's mappings (for user
+    frames) and the VMAs the counter named (for the class); the process names."""
+    from .count_summary import X86_PF_USER, row_class
+    sym = Symbolizer(maps, ksyms)
+    by_start = {m.start: m for m in vmas}
+    samples: Counter[FaultSample] = Counter()
+    for row in stack_rows:
+        code, n, user_id, kernel_id, tgid = row[0], row[7], row[8], row[9], row[10]
+        cls = row_class(row, by_start)
+        in_kernel = not code & X86_PF_USER
+        user = stacks.get(user_id, [])
+        frames = [cls.value] + (sym.user_frames(user) if user else [] if in_kernel else ["[no user stack]"])
+        frames += sym.kernel_frames(stacks.get(kernel_id, []))
+        samples[FaultSample(tuple(frames), cls.value, tgid, comms.get(tgid, ""), bool(in_kernel))] += n
+    return samples
 
 
 def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter, bool]:

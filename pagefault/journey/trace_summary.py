@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..capture.recording import Recording
 from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
-from ..evidence import Mapping as EvMapping
-from ..evidence import MapsLine
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import resolve_ip
+from .count_summary import TraceSummary, reconcile, summarize_counts  # noqa: F401  (re-exported)
 from .fault_classes import (
     ALLOC,
     CACHE_ADD,
@@ -30,41 +28,14 @@ from .fault_classes import (
     Classified,
     FaultEvents,
     MappingColumns,
-    class_columns,
     classify_faults,
 )
 
+if TYPE_CHECKING:   # a type only: the recording's loader (cattrs) is not imported to read counts
+    from ..capture.recording import Recording
+
 ENTRY_FUNCS = ("asm_exc_page_fault",)
 MAX_PAGE_ORDER = 20   # far above any kernel's MAX_PAGE_ORDER (10 on x86-64); beyond it a field is damaged
-
-
-@dataclass
-class TraceSummary:
-    command: list[str]
-    pid: int
-    tier: str
-    exit: str
-    duration: float
-    faults: int
-    allocations: int
-    mmaps: int | None                 # None: not counted (the summary-only count has no mmap probe)
-    lost: int | None                  # None: not known (see lost_how)
-    lost_records: int
-    by_kind: dict[str, int] = field(default_factory=dict)
-    by_class: list[tuple[str, int, str]] = field(default_factory=list)        # (class, faults, how decided)
-    class_breakdown: list[tuple[str, str, str, int]] = field(default_factory=list)  # (class, mapping, site, faults)
-    by_mapping: list[tuple[str, int]] = field(default_factory=list)
-    top_instructions: list[dict] = field(default_factory=list)
-    kernel_paths: list[tuple[str, int]] = field(default_factory=list)
-    alloc_orders: dict[int, int] = field(default_factory=dict)
-    alloc_gfp: list[tuple[str, int]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    provenance: str = ""
-    lost_how: str = ""                # how the lost count was found, or why it is unknown
-    integrity: str = "complete"       # or "partial: …" (a recording cut short or damaged)
-    kernel_mode_faults: int = 0       # faults on user addresses taken in kernel mode (inside system calls)
-    kernel_counts: dict[str, int] = field(default_factory=dict)   # the kernel's own page-faults/major-faults counts
-    by_process: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, command, faults), most first
 
 
 USER_FAULT, KERNEL_FAULT = "exceptions:page_fault_user", "exceptions:page_fault_kernel"
@@ -346,31 +317,6 @@ def process_names(stream: Stream) -> dict[int, str]:
     return names
 
 
-def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "") -> None:
-    """Beside the traced total, the kernel's own count for the same processes and time, and the difference
-    with its reason (a note, and ``summary.kernel_counts`` for JSON)."""
-    if not kernel:
-        return
-    summary.kernel_counts = dict(kernel)
-    counted = kernel.get("page-faults", 0)
-    source = ("the kernel's own count (software events page-faults/major-faults, counted from exec, children "
-              "included, as perf stat counts them)")
-    if counted == traced:
-        summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major): the same as "
-                             "traced here")
-        return
-    if summary.integrity != "complete" or summary.lost:
-        why = "events were lost or the recording is partial"
-    elif counted > traced:
-        why = unseen or ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
-                         "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
-    else:
-        why = ("traced faults the kernel did not charge: a fault the kernel resolved before counting it (a "
-               "spurious fault after another CPU fixed the entry, or one on a kernel address)")
-    summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major), "
-                         f"{counted - traced:+d} against the {traced} traced: {why}")
-
-
 def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:
     """The kernel symbols to read allocation call chains with, if the recording has chains of this boot."""
     if meta.get("callchain") and ksyms.usable and (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base()):
@@ -561,49 +507,6 @@ def recording_columns(rec: Recording) -> tuple[dict[str, np.ndarray], list[str],
         fields = {"page-faults": {"address": _column(s.addr, len(s)), "ip": s.ip}}
     columns = {"time": s.time, "pid": s.pid, "tid": s.tid, "cpu": s.cpu, "event": event, "ip": s.ip}
     return columns, names, fields, dict(stream.comms)
-
-
-def summarize_counts(rows: np.ndarray, maps: list[MapsLine], command: list[str], pid: int, exit_text: str,
-                     duration: float, allocations: int = 0, total: int | None = None) -> TraceSummary:
-    """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
-    page-cache add, signal, si_code, vm_start << 3 | kind, faults); kind 1 file, 2 shared, 4 stack growth."""
-    summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, int(rows[:, 7].sum()) if len(rows) else 0,
-                           0, None, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
-                           "counter per kind of fault and VMA; no event was streamed",
-                           lost_how="counters in BPF maps: no event crosses to user space, none can be lost")
-    if total is not None and total > summary.faults:
-        summary.notes.append(f"{total - summary.faults} of {total} faults are counted but not classified: the "
-                             "kernel's map of kinds filled")
-        summary.faults = total
-    by_start = {m.start: m for m in maps}
-    code, alloc, order, cache, sig, sig_code, vma, n = (rows[:, i].astype(np.int64) for i in range(8))
-    start, kind = vma >> 3, vma & 7
-    growth = (kind & 4) != 0
-    # a growth fault had no VMA: it is "below the stack" (any address under stack_start 2^63 − 1)
-    special = np.array([st in by_start and by_start[st].path in SPECIAL_MAPPINGS for st in start.tolist()], dtype=bool)
-    maps_columns = MappingColumns((start != 0) | growth, (kind & 1) == 0, (kind & 2) == 0,
-                                  np.where(growth, (1 << 63) - 1, -1), special)
-    index, _detail = class_columns(code, sig, sig_code, None, np.where(alloc > 0, order, -1), cache, alloc,
-                                   maps_columns, np.zeros(len(rows), dtype=np.int64))
-    kinds: Counter = Counter()
-    by_kind: Counter = Counter()
-    by_mapping: Counter = Counter()
-    names = {0: "read", 1: "write", 2: "instruction fetch"}
-    for c, co, st, kd, gr, count in zip(index.tolist(), code.tolist(), start.tolist(), kind.tolist(), growth.tolist(),
-                                        n.tolist()):
-        kinds[CLASS_LIST[c]] += count
-        access = 2 if co & X86_PF_INSTR else 1 if co & X86_PF_WRITE else 0
-        by_kind[f"{names[access]}, {'protection fault' if co & X86_PF_PROT else 'not-present page'}"] += count
-        m = by_start.get(st)
-        label = ("[stack]" if gr else "(no mapping: unmapped address)" if not st else
-                 label_for(EvMapping(m.start, m.end, m.offset, m.path)) if m else
-                 "(a file)" if kd & 1 else "[anon]")
-        by_mapping[label] += count
-    summary.allocations = allocations
-    summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
-    summary.by_kind = dict(by_kind.most_common())
-    summary.by_mapping = by_mapping.most_common()
-    return summary
 
 
 def fault_labels(rec: Recording, ksyms: KernelSymbols | None = None) -> dict[tuple[int, int, int], tuple[str, str]]:

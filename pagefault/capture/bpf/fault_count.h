@@ -46,6 +46,12 @@ struct thread_fault {
 	__u64 vma;
 	__u64 run_vma;       /* the run's VMA key */
 	__u64 run_count;     /* faults in the run (0: none) */
+	__s32 user_stack;    /* fault_stacks only (else 0): the fault's stack ids, and its run's */
+	__s32 kernel_stack;
+	__s32 run_user_stack;
+	__s32 run_kernel_stack;
+	__u32 tgid;          /* fault_stacks only: the thread's process */
+	__u32 _pad;
 };
 
 /* A VMA that held a fault, read at that fault (key: vm_start): the mapping's name for the summary. */
@@ -70,7 +76,8 @@ enum fault_counter {
 	COUNT_UNCLASSIFIED = 2, /* faults closed while the count map was full */
 	COUNT_UNNAMED = 3,      /* VMAs not kept because their map was full */
 	COUNT_UNTRACKED = 4,    /* faults of threads the thread map had no room for */
-	COUNT_N = 5,
+	COUNT_NO_STACK = 5,     /* fault_stacks: faults whose user or kernel stack was not taken (map full, no frame) */
+	COUNT_N = 6,
 };
 
 #endif

@@ -1,0 +1,524 @@
+/* The count shared by fault_count.bpf.c (trace's summary) and fault_stacks.bpf.c (trace -g: the same count with
+ * each fault's user and kernel stack in its key): its maps, its per-thread fault in progress and every hook.
+ * Included once per object, after vmlinux.h, libbpf's headers, pagefault.bpf.h and fault_count.h (and, with
+ * COUNT_STACKS defined, fault_stacks.h). */
+#ifndef PAGEFAULT_FAULT_COUNT_BPF_H
+#define PAGEFAULT_FAULT_COUNT_BPF_H
+
+#define VM_SHARED 0x8ULL
+#define GFP_MOVABLE 0x8U   /* ___GFP_MOVABLE: bit 3 on every kernel since 2.6 */
+#define SIGBUS 7
+#define SIGSEGV 11
+#define SI_USER 0
+#define SI_KERNEL 0x80
+#define ENOENT 2
+#define ENOSPC 28
+
+const volatile struct fault_count_settings settings = {};
+
+__u32 started = 0;          /* the target has exec'ed (with settings.from_exec) */
+__u32 children_seen = 0;    /* the children map holds anything: most machine-wide events skip its lookup */
+
+#ifdef COUNT_STACKS
+typedef struct fault_stack_key count_key_t;   /* fault_stacks.h */
+#define COUNT_KEYS 32768
+#else
+typedef struct fault_key count_key_t;
+#define COUNT_KEYS 8192
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, COUNT_KEYS);
+	__type(key, count_key_t);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+#ifdef COUNT_STACKS
+/* Each distinct stack (user or kernel), kept once with its id: the count's key holds the ids. Keyed by the
+ * stack itself, so that two stacks never share an id: a BPF_MAP_TYPE_STACK_TRACE map keys them by a hash of
+ * the addresses into a bucket and drops a stack whose bucket holds another (-EEXIST; seen here for a whole
+ * kernel path in about one run in ten), which would leave its faults without frames. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STACK_ENTRIES);
+	__type(key, struct stack);
+	__type(value, __s32);
+} stack_ids SEC(".maps");
+
+/* the stack being read (too big for the BPF stack), per CPU */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stack);
+} scratch SEC(".maps");
+
+/* ids are handed out per CPU, no atomics needed: the CPU's number above bit 20, its own count below */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} next_stack SEC(".maps");
+
+/* Set on this CPU while a fault's stacks are read. The user stack is read frame by frame without faulting
+ * (copy_from_user_nofault): where code has no frame pointers the walk follows data as if it were one, and a
+ * read of an unmapped page takes a kernel-mode fault on a user address, which page_fault_kernel would
+ * count as the program's (seen: ~47 extra for a 64-page read() program). Those faults are this program's
+ * own, and the kernel does not count them (page faults are disabled). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} walking SEC(".maps");
+
+#define X86_PF_USER 4
+__s32 user_entry_stack = -1;   /* the kernel stack of a user-mode fault, its id (-1: not read yet) */
+
+/* The id of the stack bpf_get_stack reads with `flags` (BPF_F_USER_STACK or 0), given one the first time it is
+ * seen; < 0: not read (-errno), or the map of stacks is full (-ENOSPC). */
+static __always_inline __s32 stack_id(void *ctx, __u64 flags)
+{
+	__u32 zero = 0;
+	struct stack *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return -ENOENT;
+	/* bpf_get_stack zeroes what it does not fill, so a stack's key is the same however long the last one was */
+	long n = bpf_get_stack(ctx, s->ip, sizeof(s->ip), flags);
+	if (n < 0)
+		return n;
+	__s32 *id = bpf_map_lookup_elem(&stack_ids, s);
+	if (id)
+		return *id;
+	__u32 *next = bpf_map_lookup_elem(&next_stack, &zero);
+	if (!next)
+		return -ENOENT;
+	__s32 fresh = (__s32)((bpf_get_smp_processor_id() & 0x3ff) << 20 | (*next & 0xfffff));
+	if (!bpf_map_update_elem(&stack_ids, s, &fresh, BPF_NOEXIST)) {
+		*next += 1;
+		return fresh;
+	}
+	id = bpf_map_lookup_elem(&stack_ids, s);   /* another CPU kept it first, or the map is full */
+	return id ? *id : -ENOSPC;
+}
+
+static __always_inline __u32 *walking_flag(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&walking, &zero);
+}
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct thread_fault);
+} threads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} children SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct vma_seen);
+} vmas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNT_N);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void bump(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &which);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int followed(__u32 tgid)
+{
+	if (tgid == settings.target_tgid)
+		return !settings.from_exec || started;
+	return children_seen && bpf_map_lookup_elem(&children, &tgid);
+}
+
+/* Add the thread's run of alike faults to the count map. */
+static __always_inline void flush_run(struct thread_fault *t)
+{
+	if (!t->run_count)
+		return;
+	count_key_t key = {.state = t->run_state, .vma = t->run_vma};
+#ifdef COUNT_STACKS
+	key.user_stack = t->run_user_stack;
+	key.kernel_stack = t->run_kernel_stack;
+	key.tgid = t->tgid;
+#endif
+	__u64 *n = bpf_map_lookup_elem(&counts, &key);
+	if (n) {
+		*n += t->run_count;   /* this CPU's own counter: no atomic needed */
+	} else if (bpf_map_update_elem(&counts, &key, &t->run_count, BPF_NOEXIST)) {
+		__u32 which = COUNT_UNCLASSIFIED;
+		__u64 *lost = bpf_map_lookup_elem(&counters, &which);
+		if (lost)
+			*lost += t->run_count;
+	}
+	t->run_count = 0;
+}
+
+static __always_inline void close_fault(struct thread_fault *t)
+{
+	__u32 state = t->state & ~ST_OPEN;
+	if (t->run_count && t->run_state == state && t->run_vma == t->vma && t->run_user_stack == t->user_stack &&
+	    t->run_kernel_stack == t->kernel_stack) {
+		t->run_count += 1;
+	} else {
+		flush_run(t);
+		t->run_state = state;
+		t->run_vma = t->vma;
+		t->run_user_stack = t->user_stack;
+		t->run_kernel_stack = t->kernel_stack;
+		t->run_count = 1;
+	}
+	t->state = 0;
+}
+
+/* Keep the VMA's name, read now: at the end the process and its mm may be gone. */
+static __always_inline void keep_vma(struct vm_area_struct *v, struct mm_struct *mm, __u64 start, __u64 end,
+				     __u64 flags, struct file *file)
+{
+	if (bpf_map_lookup_elem(&vmas, &start))
+		return;
+	struct vma_seen s = {.start = start, .end = end, .flags = flags};
+	s.pgoff = BPF_CORE_READ(v, vm_pgoff);
+	if (file) {
+		const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+		bpf_probe_read_kernel_str(s.name, sizeof(s.name), name);
+	} else {
+		__u64 brk = BPF_CORE_READ(mm, brk), start_brk = BPF_CORE_READ(mm, start_brk);
+		__u64 stack = BPF_CORE_READ(mm, start_stack);
+		/* the tests /proc/PID/maps makes for [heap] and [stack] */
+		if (start <= brk && end >= start_brk) {
+			s.what = VMA_HEAP;
+		} else if (start <= stack && end >= stack) {
+			s.what = VMA_STACK;
+		} else if (BPF_CORE_READ(v, vm_ops) && BPF_CORE_READ(v, vm_private_data)) {
+			/* an anonymous VMA with operations: a special mapping ([vdso], [vvar]) */
+			struct vm_special_mapping *sm = BPF_CORE_READ(v, vm_private_data);
+			const char *name = BPF_CORE_READ(sm, name);
+			if (!bpf_probe_read_kernel_str(s.name, sizeof(s.name), name))
+				s.name[0] = 0;
+			s.what = VMA_SPECIAL;
+		}
+	}
+	if (bpf_map_update_elem(&vmas, &start, &s, BPF_NOEXIST))
+		bump(COUNT_UNNAMED);
+}
+
+static __always_inline void find_vma(struct thread_fault *t, __u64 addr)
+{
+	struct mm_struct *mm = current_mm();
+	struct vm_area_struct *v = (struct vm_area_struct *)maple_find_vma(mm, addr);
+	if (v) {
+		__u64 start = BPF_CORE_READ(v, vm_start);
+		if (start <= addr) {
+			__u64 end = BPF_CORE_READ(v, vm_end);
+			__u64 flags = 0;
+			bpf_core_read(&flags, sizeof(flags), &v->vm_flags);
+			struct file *file = BPF_CORE_READ(v, vm_file);
+			t->vm_start = start;
+			t->vm_end = end;
+			t->vma = start << 3 | (file ? KIND_FILE : 0) | (flags & VM_SHARED ? KIND_SHARED : 0);
+			keep_vma(v, mm, start, end, flags, file);
+			return;
+		}
+	}
+	/* no VMA: below the stack it grows; anywhere else it is a SIGSEGV */
+	__u64 stack = BPF_CORE_READ(mm, start_stack);
+	t->vm_start = 0;
+	t->vm_end = 0;
+	t->vma = addr < stack && addr + settings.stack_reach > stack ? KIND_GROWTH : 0;
+}
+
+static __always_inline int on_fault(void *ctx, __u64 addr, __u64 error_code)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	if (!followed(id >> 32))
+		return 0;
+	bump(COUNT_TOTAL);
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (!t) {
+		struct thread_fault fresh = {};
+		bpf_map_update_elem(&threads, &tid, &fresh, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&threads, &tid);
+		if (!t) {
+			bump(COUNT_UNTRACKED);
+			return 0;
+		}
+	} else if (t->state) {
+		close_fault(t);
+	}
+	t->state = ST_OPEN | (__u32)(error_code & 0x3f) << ST_CODE_SHIFT;
+#ifdef COUNT_STACKS
+	/* the stacks of the faulting thread as the tracepoint sees them: the user one from the registers saved at
+	 * its entry to the kernel (the faulting instruction, or the system call's site), the kernel one from here.
+	 * A fault taken in user mode enters the kernel on a fresh stack and the tracepoint fires at the trap's
+	 * entry, before any path of the kernel's: its kernel stack is the entry's own (asm_exc_page_fault,
+	 * exc_page_fault), the same at every such fault, so it is read once (unwinding it cost ~3.5 µs a fault
+	 * here). A kernel-mode fault's is read each time: it is the system call's path to the user address. */
+	t->tgid = id >> 32;
+	__u32 *walk = walking_flag();
+	if (walk)
+		*walk = 1;
+	t->user_stack = stack_id(ctx, BPF_F_USER_STACK);
+	if (!(error_code & X86_PF_USER)) {
+		t->kernel_stack = stack_id(ctx, 0);
+	} else {
+		if (user_entry_stack < 0)
+			user_entry_stack = stack_id(ctx, 0);
+		t->kernel_stack = user_entry_stack;
+	}
+	if (walk)
+		*walk = 0;
+	if (t->user_stack < 0 || t->kernel_stack < 0)
+		bump(COUNT_NO_STACK);
+#endif
+	if (!(addr >= t->vm_start && addr < t->vm_end))
+		find_vma(t, addr);
+	return 0;
+}
+
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(fault_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+{
+	return on_fault(ctx, address, error_code);
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int fault_tp(struct page_fault_user_args *ctx)
+{
+	return on_fault(ctx, ctx->address, ctx->error_code);
+}
+
+/* A fault taken in kernel mode on a user address: a system call copying to or from the program's memory
+ * (read() into a fresh buffer faults in copy_to_user). The kernel charges it to the program as it does a
+ * user-mode fault (its page-faults counter), so it is counted too; its error code lacks X86_PF_USER, which
+ * keeps the mode in the count's key. Faults on kernel addresses (the upper half: vmalloc...) are not the
+ * program's. A kernel-mode fault with page faults disabled (a *_nofault copy), which the kernel fixes up
+ * without counting it, cannot be told apart here: task->pagefault_disabled read in this program is 1 at
+ * every fault, user-mode ones included (seen on 6.18), so it says nothing of the faulting code. */
+static __always_inline int on_kernel_fault(void *ctx, __u64 addr, __u64 error_code)
+{
+	if ((__s64)addr < 0)
+		return 0;
+#ifdef COUNT_STACKS
+	__u32 *walk = walking_flag();
+	if (walk && *walk)
+		return 0;   /* a fault of our own stack walk, above */
+#endif
+	return on_fault(ctx, addr, error_code);
+}
+
+SEC("tp_btf/page_fault_kernel")
+int BPF_PROG(fault_kernel_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+{
+	return on_kernel_fault(ctx, address, error_code);
+}
+
+/* page_fault_kernel's classic record is page_fault_user's (one event class, x86_exceptions) */
+SEC("tracepoint/exceptions/page_fault_kernel")
+int fault_kernel_tp(struct page_fault_user_args *ctx)
+{
+	return on_kernel_fault(ctx, ctx->address, ctx->error_code);
+}
+
+static __always_inline int on_alloc(__u32 order, __u64 gfp)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	if (!followed(id >> 32))
+		return 0;
+	bump(COUNT_ALLOCS);
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (t && t->state && (gfp & GFP_MOVABLE)) {
+		__u32 s = t->state;
+		if (order > ((s >> ST_ORDER_SHIFT) & 31))
+			s = (s & ~(31u << ST_ORDER_SHIFT)) | (order & 31) << ST_ORDER_SHIFT;
+		t->state = s | ST_ALLOC;
+	}
+	return 0;
+}
+
+SEC("tp_btf/mm_page_alloc")
+int BPF_PROG(alloc_btf, struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype)
+{
+	return on_alloc(order, gfp_flags);
+}
+
+SEC("tracepoint/kmem/mm_page_alloc")
+int alloc_tp(struct trace_event_raw_mm_page_alloc *ctx)
+{
+	return on_alloc(BPF_CORE_READ(ctx, order), BPF_CORE_READ(ctx, gfp_flags));
+}
+
+static __always_inline int on_cache_add(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	if (!followed(id >> 32))
+		return 0;
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (t && t->state)
+		t->state |= ST_CACHE;
+	return 0;
+}
+
+SEC("tp_btf/mm_filemap_add_to_page_cache")
+int BPF_PROG(cache_btf)
+{
+	return on_cache_add();
+}
+
+SEC("tracepoint/filemap/mm_filemap_add_to_page_cache")
+int cache_tp(void *ctx)
+{
+	return on_cache_add();
+}
+
+static __always_inline int on_signal(int sig, int code)
+{
+	if (sig != SIGBUS && sig != SIGSEGV)
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (t && t->state)
+		t->state |= (__u32)sig << ST_SIG_SHIFT | (__u32)(code & 0xff) << ST_SICODE_SHIFT;
+	return 0;
+}
+
+SEC("tp_btf/signal_generate")
+int BPF_PROG(signal_btf, int sig, struct kernel_siginfo *info)
+{
+	/* the classic tracepoint's code: SEND_SIG_NOINFO (0) is SI_USER, SEND_SIG_PRIV (1) SI_KERNEL */
+	int code = (__u64)info == 0 ? SI_USER : (__u64)info == 1 ? SI_KERNEL : BPF_CORE_READ(info, si_code);
+	return on_signal(sig, code);
+}
+
+SEC("tracepoint/signal/signal_generate")
+int signal_tp(struct trace_event_raw_signal_generate *ctx)
+{
+	return on_signal(BPF_CORE_READ(ctx, sig), BPF_CORE_READ(ctx, code));
+}
+
+/* fork runs in the parent: a followed process's new child is followed too */
+static __always_inline int on_fork(__u32 child)
+{
+	if (!followed(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	__u8 one = 1;
+	bpf_map_update_elem(&children, &child, &one, BPF_ANY);
+	children_seen = 1;
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	return on_fork(BPF_CORE_READ(child, tgid));
+}
+
+SEC("tracepoint/sched/sched_process_fork")
+int fork_tp(struct trace_event_raw_sched_process_fork *ctx)
+{
+	return on_fork(BPF_CORE_READ(ctx, child_pid));
+}
+
+/* a thread that ends, or execs a new image, closes its fault in progress and forgets its VMA */
+static __always_inline void forget_thread(__u32 tid)
+{
+	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
+	if (!t)
+		return;
+	if (t->state)
+		close_fault(t);
+	flush_run(t);
+	bpf_map_delete_elem(&threads, &tid);
+}
+
+static __always_inline int on_exit(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (followed(id >> 32))
+		forget_thread((__u32)id);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exit_btf)
+{
+	return on_exit();
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int exit_tp(void *ctx)
+{
+	return on_exit();
+}
+
+/* exec's point of no return (6.10 on), just before perf_event_exec() enables the kernel's own counters of an
+ * exec'ing task: counting starts here, as theirs does, so that the faults exec itself takes on the new image
+ * (copying argv and auxv to the new stack, clearing .bss) are counted as the kernel counts them. Where the
+ * kernel lacks it, counting starts at sched_process_exec, after those. */
+static __always_inline int on_prepare_exec(void)
+{
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == settings.target_tgid)
+		started = 1;
+	return 0;
+}
+
+SEC("tp_btf/sched_prepare_exec")
+int BPF_PROG(prepare_exec_btf)
+{
+	return on_prepare_exec();
+}
+
+SEC("tracepoint/sched/sched_prepare_exec")
+int prepare_exec_tp(void *ctx)
+{
+	return on_prepare_exec();
+}
+
+static __always_inline int on_exec(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == settings.target_tgid)
+		started = 1;
+	if (followed(id >> 32))
+		forget_thread((__u32)id);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf)
+{
+	return on_exec();
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int exec_tp(void *ctx)
+{
+	return on_exec();
+}
+
+#endif

@@ -1,0 +1,165 @@
+"""A summary's shape (TraceSummary), its reconciliation with the kernel's own counts, and the summary of faults
+counted in the kernel (capture/kernel_counts.py).
+
+Pure, and without numpy: the summary-only count reads a few hundred counters, and numpy's import (with its BLAS
+threads) would cost that command more than everything else it does in Python. A recording's summary
+(journey/trace_summary.py, numpy) fills the same TraceSummary.
+
+Counted faults are classed by fault_classes' rules (its module docstring), for the inputs a count has: no call
+chains, no file index, one row per kind of fault. ``counted_class`` is those rules for one row;
+tests/test_count_summary.py holds it to ``fault_classes.class_columns`` over every input a count can give.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from .fault_class_names import HOW, SPECIAL_MAPPINGS, FaultClass
+
+if TYPE_CHECKING:
+    from ..evidence import MapsLine
+
+X86_PF_PROT, X86_PF_WRITE, X86_PF_USER, X86_PF_INSTR = 1, 2, 4, 16
+SIGBUS, SIGSEGV = 7, 11
+# a counted fault's VMA key: vm_start << 3 | kind (capture/bpf/fault_count.h)
+KIND_FILE, KIND_SHARED, KIND_GROWTH = 1, 2, 4
+
+
+@dataclass
+class TraceSummary:
+    command: list[str]
+    pid: int
+    tier: str
+    exit: str
+    duration: float
+    faults: int
+    allocations: int
+    mmaps: int | None                 # None: not counted (the summary-only count has no mmap probe)
+    lost: int | None                  # None: not known (see lost_how)
+    lost_records: int
+    by_kind: dict[str, int] = field(default_factory=dict)
+    by_class: list[tuple[str, int, str]] = field(default_factory=list)        # (class, faults, how decided)
+    class_breakdown: list[tuple[str, str, str, int]] = field(default_factory=list)  # (class, mapping, site, faults)
+    by_mapping: list[tuple[str, int]] = field(default_factory=list)
+    top_instructions: list[dict] = field(default_factory=list)
+    kernel_paths: list[tuple[str, int]] = field(default_factory=list)
+    alloc_orders: dict[int, int] = field(default_factory=dict)
+    alloc_gfp: list[tuple[str, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    provenance: str = ""
+    lost_how: str = ""                # how the lost count was found, or why it is unknown
+    integrity: str = "complete"       # or "partial: …" (a recording cut short or damaged)
+    kernel_mode_faults: int = 0       # faults on user addresses taken in kernel mode (inside system calls)
+    kernel_counts: dict[str, int] = field(default_factory=dict)   # the kernel's own page-faults/major-faults counts
+    by_process: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, command, faults), most first
+
+
+def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "") -> None:
+    """Beside the traced total, the kernel's own count for the same processes and time, and the difference
+    with its reason (a note, and ``summary.kernel_counts`` for JSON)."""
+    if not kernel:
+        return
+    summary.kernel_counts = dict(kernel)
+    counted = kernel.get("page-faults", 0)
+    source = ("the kernel's own count (software events page-faults/major-faults, counted from exec, children "
+              "included, as perf stat counts them)")
+    if counted == traced:
+        summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major): the same as "
+                             "traced here")
+        return
+    if summary.integrity != "complete" or summary.lost:
+        why = "events were lost or the recording is partial"
+    elif counted > traced:
+        why = unseen or ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
+                         "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
+    else:
+        why = ("traced faults the kernel did not charge: a fault the kernel resolved before counting it (a "
+               "spurious fault after another CPU fixed the entry, or one on a kernel address)")
+    summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major), "
+                         f"{counted - traced:+d} against the {traced} traced: {why}")
+
+
+def mapping_label(path: str) -> str:
+    """A mapping's name in a summary: [heap], [vdso]..., [anon] for an unnamed one, a file's base name."""
+    if path.startswith("["):
+        return path
+    if not path or path == "//anon":
+        return "[anon]"
+    return path.rsplit("/", 1)[-1]
+
+
+def counted_class(code: int, allocated: bool, order: int, cache_adds: int, sig: int, *, known: bool,
+                  anonymous: bool, private: bool, growth: bool, special: bool) -> FaultClass:
+    """The class of a counted fault: its error code, whether it made a movable allocation and its largest
+    order, its page-cache adds and signal; its VMA known (or a fault below the stack: growth), anonymous,
+    private, one of SPECIAL_MAPPINGS. fault_classes.class_columns' rules, in their order."""
+    write, present = bool(code & X86_PF_WRITE), bool(code & X86_PF_PROT)
+    file_backed = known and not anonymous
+    if known and anonymous and not special:
+        cache_adds = 0      # an anonymous mapping reads no file: a page-cache add is a system call's
+    for taken, cls in ((sig == SIGSEGV, FaultClass.SIGSEGV), (sig == SIGBUS, FaultClass.SIGBUS),
+                       (special, FaultClass.SPECIAL), (allocated and order >= 1, FaultClass.THP),
+                       (cache_adds > 0, FaultClass.FILE_MAJOR), (allocated and present and write, FaultClass.COW_COPY),
+                       (allocated and file_backed and write and private, FaultClass.COW_COPY),
+                       (allocated and file_backed, FaultClass.FILE_HIT), (allocated and growth, FaultClass.STACK_GROWTH),
+                       (allocated, FaultClass.ANON_NEW), (present and write, FaultClass.COW_REUSE),
+                       (present, FaultClass.SPURIOUS), (file_backed, FaultClass.FILE_HIT),
+                       (not write, FaultClass.ZERO_PAGE)):
+        if taken:
+            return cls
+    return FaultClass.SPURIOUS
+
+
+def row_class(row: Sequence[int], by_start: dict) -> FaultClass:
+    """The class of a row of counts (error code, allocated, order, page-cache add, signal, si_code, vma key, ...),
+    its VMA's mapping found in `by_start` (start → MapsLine) to tell a special mapping."""
+    code, alloc, order, cache, sig, _sig_code, vma = (int(v) for v in row[:7])
+    start, kind = vma >> 3, vma & 7
+    growth = bool(kind & KIND_GROWTH)
+    m = by_start.get(start)
+    return counted_class(code, alloc > 0, order, cache, sig, known=start != 0 or growth, anonymous=not kind & KIND_FILE,
+                         private=not kind & KIND_SHARED, growth=growth,
+                         special=m is not None and m.path in SPECIAL_MAPPINGS)
+
+
+def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], command: list[str], pid: int,
+                     exit_text: str, duration: float, allocations: int = 0, total: int | None = None) -> TraceSummary:
+    """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
+    page-cache add, signal, si_code, vm_start << 3 | kind, faults); kind 1 file, 2 shared, 4 stack growth.
+    The error code's user bit (X86_PF_USER, set by the CPU) tells the faults taken in user mode from those
+    taken in kernel mode on a user address (a system call touching the program's memory)."""
+    rows = [tuple(int(v) for v in row) for row in rows]
+    summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, sum(r[7] for r in rows),
+                           0, None, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
+                           "counter per kind of fault and VMA; no event was streamed",
+                           lost_how="counters in BPF maps: no event crosses to user space, none can be lost")
+    if total is not None and total > summary.faults:
+        summary.notes.append(f"{total - summary.faults} of {total} faults are counted but not classified: the "
+                             "kernel's map of kinds filled")
+        summary.faults = total
+    by_start = {m.start: m for m in maps}
+    kinds: Counter = Counter()
+    by_kind: Counter = Counter()
+    by_mapping: Counter = Counter()
+    names = {0: "read", 1: "write", 2: "instruction fetch"}
+    for code, alloc, order, cache, sig, _sig_code, vma, n in rows:
+        start, kind = vma >> 3, vma & 7
+        growth = bool(kind & KIND_GROWTH)
+        m = by_start.get(start)
+        cls = row_class((code, alloc, order, cache, sig, _sig_code, vma), by_start)
+        kinds[cls] += n
+        access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
+        mode = "" if code & X86_PF_USER else ", in kernel mode"   # as a recording's summary names them
+        by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}{mode}"] += n
+        if not code & X86_PF_USER:
+            summary.kernel_mode_faults += n
+        label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
+                 mapping_label(m.path) if m else "(a file)" if kind & KIND_FILE else "[anon]")
+        by_mapping[label] += n
+    summary.allocations = allocations
+    summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
+    summary.by_kind = dict(by_kind.most_common())
+    summary.by_mapping = by_mapping.most_common()
+    return summary

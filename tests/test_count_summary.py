@@ -1,0 +1,50 @@
+"""The summary of faults counted in the kernel (journey/count_summary.py) classes each counted kind of fault by
+fault_classes' rules without numpy: held here to fault_classes.class_columns over every input a count can give,
+and it imports no numpy (the summary-only command's start-up)."""
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+
+from pagefault.evidence import MapsLine
+from pagefault.journey.count_summary import counted_class, summarize_counts
+from pagefault.journey.fault_classes import CLASS_LIST, MappingColumns, class_columns
+
+
+def test_the_counted_class_is_class_columns_for_every_input_a_count_can_give():
+    # error code (the 6 bits a count keeps), allocated, order, page-cache adds, signal, and the VMA: none, none
+    # below the stack (growth), anonymous/file × private/shared, special
+    vmas = [(False, True, True, False, False), (True, True, True, True, False)] + [
+        (True, anon, private, False, special) for anon in (True, False) for private in (True, False)
+        for special in (False, True)]
+    inputs = list(itertools.product(range(64), (0, 1), (0, 1, 9), (0, 1), (0, 7, 11), vmas))
+    code, alloc, order, cache, sig = (np.array([i[k] for i in inputs], dtype=np.int64) for k in range(5))
+    known, anon, private, growth, special = (np.array([i[5][k] for i in inputs], dtype=bool) for k in range(5))
+    maps = MappingColumns(known, anon, private, np.where(growth, (1 << 63) - 1, -1), special)
+    index, _detail = class_columns(code, sig, np.zeros(len(inputs), dtype=np.int64), None,
+                                   np.where(alloc > 0, order, -1), cache, alloc, maps,
+                                   np.zeros(len(inputs), dtype=np.int64))
+    for (c, a, o, ca, sg, (kn, an, pr, gr, sp)), want in zip(inputs, index.tolist()):
+        got = counted_class(c, a > 0, o, ca, sg, known=kn, anonymous=an, private=pr, growth=gr, special=sp)
+        assert got == CLASS_LIST[want], (c, a, o, ca, sg, kn, an, pr, gr, sp)
+
+
+def test_kernel_mode_faults_are_told_by_the_error_codes_user_bit():
+    heap = MapsLine(0x10000, 0x20000, "rw-p", 0, "00:00", 0, "[heap]")
+    # (error code, allocated, order, cache add, signal, si_code, vm_start << 3 | kind, faults)
+    rows = [(0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 5),    # user-mode write, not present: a new page
+            (0x2, 1, 0, 0, 0, 0, 0x10000 << 3, 64)]   # the same in kernel mode (copy_to_user)
+    s = summarize_counts(rows, [heap], ["p"], 1, "exited", 0.1)
+    assert (s.faults, s.kernel_mode_faults) == (69, 64)
+    assert s.by_class[0][:2] == ("anonymous new page", 69) and s.by_mapping == [("[heap]", 69)]
+    assert s.by_kind == {"write, not-present page, in kernel mode": 64, "write, not-present page": 5}
+
+
+def test_the_summary_only_path_imports_no_numpy_and_no_rich():
+    code = ("import sys\nfrom pagefault import cli\nfrom pagefault.capture import kernel_counts\n"
+            "from pagefault.journey import count_summary\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'rich')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
