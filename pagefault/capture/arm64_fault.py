@@ -157,6 +157,7 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
             raise BpfError("the fault's allocation needs the tracepoint kmem:mm_page_alloc, which tracefs lacks")
         hooks.append("mm_page_alloc: tracepoint (its record carries the PFN; tp_btf hands over a struct page *)")
     refused: list[str] = []
+    full: list[str] = []      # with libbpf's last warning and the file holding its log, for the error
     kinds = FUNCTION_KINDS if fault or pgd_alloc else ("none",)
     for kind in kinds:
         wanted = {choice.program or ""}
@@ -185,6 +186,7 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
                 session.close()
             # the kernel's reason, short (the log file it names is kept for the whole error below)
             refused.append(f"{kind} refused: {str(exc).split(': warning: ')[0]}")
+            full.append(f"{kind}: {exc}")
             continue
         if fault:
             why = ("BPF trampolines: a call, no breakpoint" if kind == "fentry" else
@@ -195,7 +197,7 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
                              "pgd_alloc)")
         session.hooks = hooks
         return session
-    raise BpfError("the arm64 capture could not hook handle_mm_fault: " + "; ".join(refused)
+    raise BpfError("the arm64 capture could not hook handle_mm_fault: " + "; ".join(full)
                    + "; fix: run as root on a kernel that allows BPF trampolines or kprobes (Debian's 6.1 and 6.12 do)")
 
 
