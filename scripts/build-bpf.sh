@@ -15,7 +15,7 @@
 #   guest has to boot for it. Default for aarch64 off an arm64 machine: the newest kernel of the matrix's arm64
 #   root (ARM64_CACHE, default /var/cache/pagefault/arm64, built by scripts/arm64-root.sh).
 #
-# An object is rebuilt only when a source (its .bpf.c, a header beside it, this script) is newer. A missing
+# An object is rebuilt only when a source (a .bpf.c or header beside it, this script) is newer. A missing
 # tool is one line naming it and the fix; the exit status is then 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +68,8 @@ stale=()
 for c in "${sources[@]}"; do
     obj="$OUT/$(basename "${c%.c}").o"
     if [ $force = 1 ] || [ ! -e "$obj" ]; then stale+=("$c"); continue; fi
-    for dep in "$c" "${headers[@]}" "$0"; do
+    # any source newer, not only its own: the loader (capture/bpf/__init__.py) holds every object to the newest
+    for dep in "${sources[@]}" "${headers[@]}" "$0"; do
         if [ "$dep" -nt "$obj" ]; then stale+=("$c"); break; fi
     done
 done

@@ -125,8 +125,8 @@ class WalkSession:
         return True
 
     def lost(self) -> int:
-        """Records the ring buffer had no room for (the program's state, in .bss)."""
-        return int(np.frombuffer(self.obj.global_data(".bss")[:STATE.itemsize], dtype=STATE)[0]["lost"])
+        """Records the ring buffer had no room for (the program's state, its section .data.state)."""
+        return int(np.frombuffer(self.obj.global_data(".data.state")[:STATE.itemsize], dtype=STATE)[0]["lost"])
 
     def close(self) -> None:
         if self.ring is not None:
@@ -385,8 +385,18 @@ def _page_offset() -> int | None:
 
 def _open_fault_event(ev: Arm64FaultEvidence):
     """The perf software page-fault event on the target, with call chains; None (said) where it cannot open."""
-    from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CPU, SAMPLE_IP,
-                             SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
+    from .perf_event import (
+        PERF_COUNT_SW_PAGE_FAULTS,
+        PERF_TYPE_SOFTWARE,
+        SAMPLE_ADDR,
+        SAMPLE_CPU,
+        SAMPLE_IP,
+        SAMPLE_TID,
+        SAMPLE_TIME,
+        EventSpec,
+        PerfError,
+        PerfSession,
+    )
     spec = EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS,
                      SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU)
     try:

@@ -34,7 +34,16 @@ const volatile struct arm64_walk_settings settings = {};
 /* memstart_addr (PHYS_OFFSET) by its kallsyms address, which libbpf reads; 0 where kallsyms lacks it */
 extern const void memstart_addr __ksym __weak;
 
-struct arm64_walk_state st = {};
+/* in a section of its own, so that the loader finds it at offset 0 of that map */
+struct arm64_walk_state st SEC(".data.state") = {};
+
+/* the records' types in the object's BTF (they are only ever cast from the ring buffer), for the test that
+ * holds the Python mirror to them */
+const struct fault_event *unused_fault_event __attribute__((unused));
+const struct walk_event *unused_walk_event __attribute__((unused));
+const struct alloc_event *unused_alloc_event __attribute__((unused));
+const struct return_event *unused_return_event __attribute__((unused));
+const struct linear_event *unused_linear_event __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
