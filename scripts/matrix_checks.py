@@ -203,8 +203,8 @@ def bpf_objects_result() -> tuple[bool, str]:
             if not group:
                 continue
             with BpfObject(path) as obj:
-                for name in programs:
-                    obj.set_autoload(name, name in group)
+                for program in programs:
+                    obj.set_autoload(program, program in group)
                 try:
                     obj.load()
                 except LibbpfError as exc:
