@@ -278,3 +278,16 @@ def test_the_capture_on_this_arm64_machine():
     assert not failed, failed
     assert any(h.startswith("handle_mm_fault: fentry") or h.startswith("handle_mm_fault: kprobe") for h in ev.hooks)
     assert ev.linear_offset and ev.linear_how.startswith("derived")
+
+
+def test_without_root_the_walk_says_to_run_as_root(tmp_path):
+    _root()
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("setpriv (util-linux) is not installed")
+    code = ("from pagefault.capture import arm64_fault as af\n"
+            "try:\n    af.open_walk(af.walk_settings(1, 48, 4096, False, pages=(4096,), syscall_nr=1), False, False)\n"
+            "except af.BpfError as e:\n    print(e)")
+    r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.stdout.count("\n") == 1 and "fix: run it as root" in r.stdout and not r.stderr, r.stdout + r.stderr

@@ -144,9 +144,12 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
     :raises BpfError: one line with the reason and the fix (the object not built, libbpf missing, not root,
         the kernel refused every kind of hook; a refused load names the file holding libbpf's log)."""
     kernel = kernel or KernelHooks()
+    if os.geteuid() != 0:
+        raise BpfError("the arm64 capture loads BPF programs (CAP_BPF and CAP_PERFMON); fix: run it as root (sudo)")
     try:
         path = object_path("arm64_walk")
-    except BpfObjectMissing as exc:
+        BpfObject(path).close()     # libbpf present, the object readable and safe: else one error, not one per kind
+    except (BpfObjectMissing, LibbpfError) as exc:
         raise BpfError(str(exc)) from None
     choice = kernel.choose(SYS_ENTER)
     if choice.program is None:
@@ -197,8 +200,10 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
                              "pgd_alloc)")
         session.hooks = hooks
         return session
+    if not fault:
+        raise BpfError(f"the walk at a system call could not be loaded: {'; '.join(full)}")
     raise BpfError("the arm64 capture could not hook handle_mm_fault: " + "; ".join(full)
-                   + "; fix: run as root on a kernel that allows BPF trampolines or kprobes (Debian's 6.1 and 6.12 do)")
+                   + "; fix: a kernel that allows BPF trampolines or kprobes (Debian's 6.1 and 6.12 do)")
 
 
 def symbolize(stack: np.ndarray, stack_bytes: int, symbols: KernelSymbols) -> list[str]:
