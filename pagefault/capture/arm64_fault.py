@@ -187,8 +187,12 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
         except LibbpfError as exc:
             if session is not None:
                 session.close()
-            # the kernel's reason, short (the log file it names is kept for the whole error below)
-            refused.append(f"{kind} refused: {str(exc).split(': warning: ')[0]}")
+            # the kernel's reason, short (the log file it names is kept for the whole error below). 524 is the
+            # kernel's ENOTSUPP, which strerror does not know: arm64 6.1 loads fentry programs but cannot attach
+            # a trampoline to a kernel function (no ftrace direct calls there)
+            why = str(exc).split(": warning: ")[0].replace(
+                "524: Unknown error 524", "ENOTSUPP: no BPF trampolines for kernel functions here")
+            refused.append(f"{kind} refused: {why}")
             full.append(f"{kind}: {exc}")
             continue
         if fault:
