@@ -192,7 +192,9 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
             # a trampoline to a kernel function (no ftrace direct calls there)
             why = str(exc).split(": warning: ")[0].replace(
                 "524: Unknown error 524", "ENOTSUPP: no BPF trampolines for kernel functions here")
-            refused.append(f"{kind} refused: {why}")
+            # the program the kernel refused says more than libbpf's last line ("failed to load object")
+            program = next((line.split("libbpf: ", 1)[-1] for line in obj.log if "BPF program load failed" in line), "")
+            refused.append(f"{kind} refused: {why}" + (f" ({program})" if program else ""))
             full.append(f"{kind}: {exc}")
             continue
         if fault:
