@@ -9,7 +9,8 @@
 # 6.1.0-56-amd64 (its linux-image-RELEASE-unsigned package), or arm64, arm64-6.12, arm64-6.12-16k (Debian
 # bookworm's arm64 6.1, and bookworm-backports' 6.12 with 4 and 16 KiB pages, in an arm64 root built by
 # scripts/arm64-root.sh and cached in ARM64_CACHE, default /var/cache/pagefault/arm64, under
-# qemu-system-aarch64). Default: host 6.1 6.12 arm64 arm64-6.12 arm64-6.12-16k.
+# qemu-system-aarch64; the arm64 BPF objects are built on this host for them, once: scripts/build-bpf.sh
+# --arch aarch64). Default: host 6.1 6.12 arm64 arm64-6.12 arm64-6.12-16k.
 # Each kernel's outputs go to DIR/<kernel release>/ (default: matrix-out/): doctor.json, journey.json,
 # evidence/ (the offline tests' fixtures), trace.json, decode-*.json, checks.tsv, console.log.
 # Prints a table of kernel × check, each kernel's wall times, and a last line
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT=$(realpath -m "$2"); shift 2 ;;
         --bound) BOUND="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         -*) echo "kernel-matrix: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) KERNELS+=("$1"); shift ;;
     esac
@@ -122,6 +123,9 @@ for k in "${KERNELS[@]}"; do
         rel=$k
         if ! bash scripts/arm64-root.sh "$ARM64_CACHE"; then
             log "$k: the arm64 root could not be built (see above)"; STATUS[$k]=1
+        elif ! ARM64_CACHE="$ARM64_CACHE" bash scripts/build-bpf.sh --arch aarch64; then
+            # built once (then only when a source changes), against the root's newest arm64 kernel's BTF
+            log "$k: the arm64 BPF objects could not be built (see above)"; STATUS[$k]=1
         elif ! rel=$(awk -v k="$k" '$1 == k {print $2}' "$ARM64_CACHE/kernels") || [ -z "$rel" ]; then
             rel=$k; log "$k: no such kernel in $ARM64_CACHE/kernels"; STATUS[$k]=1
         else

@@ -2,7 +2,8 @@
 (Debian 6.1.0-50-arm64 under qemu-system-aarch64, scripts/kernel-matrix.sh arm64).
 
 The live capture itself runs only on arm64 (the matrix row asserts the same checks there); these tests
-hold the builder, the parser and the checks to that capture, and show that each check can fail.
+hold the builder and the checks to that capture, and show that each check can fail. (The compiled capture's
+records → evidence: tests/test_arm64_walk_bpf.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from pagefault import core
-from pagefault.capture.arm64_fault import bpftrace_script, parse_lines
 from pagefault.decode.arm64_address import split_arm64_address
 from pagefault.decode.arm64_descriptor import decode_arm64_descriptor
 from pagefault.evidence import Arm64FaultEvidence
@@ -85,24 +85,6 @@ def test_replay_through_core_and_html(ev):
     assert "→ the next table" in html and "→ the page frame" in html
 
 
-def test_parser_reads_back_what_bpftrace_printed(ev):
-    again = copy.deepcopy(ev)
-    for name in ("address", "flags", "pc", "pstate", "pgd_virtual"):
-        setattr(again, name, 0)
-    again.walk_before, again.walk_after, again.alloc_pfn, again.kernel_stack = [], [], None, []
-    parse_lines(ev.lines, again)
-    assert (again.address, again.flags, again.pc, again.pgd_virtual) == (ev.address, ev.flags, ev.pc, ev.pgd_virtual)
-    assert again.walk_after == ev.walk_after and again.alloc_pfn == ev.alloc_pfn
-    assert again.kernel_stack and again.kernel_stack[0].startswith("handle_mm_fault")
-
-
-def test_parser_picks_the_movable_allocation_not_a_page_table():
-    ev = Arm64FaultEvidence("6.1.0", (6, 1), "aarch64", 48, 4096, "", 1, 0, 4096, 0)
-    parse_lines(["alloc 1111 0 cc0", "stack begin", "stack end",          # GFP_PGTABLE_USER: not movable
-                 "alloc 2222 0 140dca", "stack begin", "        a+1", "stack end"], ev)
-    assert ev.alloc_pfn == 0x2222 and ev.alloc_stack == ["a+1"]
-
-
 @pytest.mark.parametrize("field,change,failing", [
     ("address", 0x1000, {"fault address", "perf = kprobe"}),
     ("flags", -1, {"fault flags"}),
@@ -142,14 +124,6 @@ def test_damaged_arm64_evidence_is_refused(tmp_path, ev):
     path.write_text(json.dumps(doc))
     with pytest.raises(EvidenceError, match="VA_BITS"):
         load_evidence(path)
-
-
-def test_script_walks_the_levels_of_the_address():
-    page = 0xFFFFB42B9000
-    script = bpftrace_script(10, page, 48, 4096, 11)
-    for shift in (39, 30, 21, 12):     # PGD, PUD, PMD, PTE: each level's index × 8 bytes into its table
-        assert f"($t + {(page >> shift & 0x1FF) * 8})" in script
-    assert "kprobe:handle_mm_fault /pid == 10" in script and "pid == 11" in script
 
 
 def test_exercises_on_the_arm64_fault(ev):

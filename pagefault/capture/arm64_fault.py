@@ -1,158 +1,268 @@
-"""The live journey on arm64: one anonymous write fault of the exercise program, seen by bpftrace.
+"""The live journey on arm64: one anonymous write fault of the exercise program, seen from the inside by
+a compiled BPF program (capture/bpf/arm64_walk.bpf.c, loaded through libbpf: nothing is compiled here).
 
-What arm64 kernels let us see (Debian's 6.1 here): there is no exceptions:page_fault_user tracepoint,
-and do_mem_abort, do_translation_fault and do_page_fault are off limits to kprobes. So the fault is
-met at kprobe:handle_mm_fault, which gets the address, the fault flags, the VMA and the saved user
-registers (whose PC is the faulting instruction); its kernel stack shows the arm64 path that led
-there (el0_da → do_mem_abort → do_translation_fault → do_page_fault). ESR_EL1 is not kept anywhere a
-probe can reach for a fault that is handled, so the journey derives it from the flags and the walk,
-and says so.
+What arm64 kernels let us see (Debian's 6.1 and 6.12): there is no exceptions:page_fault_user
+tracepoint, and do_mem_abort, do_translation_fault and do_page_fault are off limits to kprobes. So the
+fault is met at handle_mm_fault, which gets the address, the fault flags, the VMA and the saved user
+registers (whose PC is the faulting instruction); its kernel stack shows the arm64 path that led there
+(el0_da → do_mem_abort → do_translation_fault → do_page_fault). handle_mm_fault is hooked with fentry/fexit
+(BPF trampolines: a call, no breakpoint) where the kernel attaches them (6.12), else with kprobes (6.1,
+whose arm64 build has no trampolines for kernel functions); the evidence's `hooks` says which and why.
+ESR_EL1 is not kept anywhere a probe can reach for a fault that is handled, so the journey derives it
+from the flags and the walk, and says so.
 
 The walk reads every level's descriptor through the kernel's linear map. Its offset (PAGE_OFFSET -
-PHYS_OFFSET; memstart_addr is not in kallsyms without CONFIG_KALLSYMS_ALL) is derived the way the
-x86 direct-map base is: a PGD page is allocated (pgd_alloc → __get_free_page, seen by mm_page_alloc
-with its PFN) and returned as a linear-map address, so offset = returned address - PFN × page size.
-The tool forks once to make pgd_alloc run.
+PHYS_OFFSET) is PAGE_OFFSET − memstart_addr where kallsyms has memstart_addr (CONFIG_KALLSYMS_ALL, as
+Debian's 6.12); else (Debian's 6.1) it is derived the way the x86 direct-map base is: a PGD page is
+allocated (pgd_alloc → __get_free_page, seen by mm_page_alloc with its PFN) and returned as a linear-map
+address, so offset = returned address − PFN × page size. The tool forks to make pgd_alloc run.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
+from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from .. import __version__
 from ..decode.arm64_address import lpa2_in_use, split_arm64_address
 from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
 from ..kernel import facts
+from ..kernel.kallsyms import KernelSymbols
 from . import procfs
-from .bpf_walk import BpfError, _last_error, arm_with_own_faults, bpftrace_executable, read_available
+from .bpf import BpfObjectMissing, Hook, KernelHooks, object_path
+from .bpf_walk import BpfError
 from .exercise import ExerciseProcess, build_program
-from .runner import start_child, stop_child
+from .libbpf import BpfObject, LibbpfError, RingBuffer
 
 OUTPUT_ADDRESS_MASK = 0x0000_FFFF_FFFF_F000   # OA bits 47..12 (48-bit physical addresses)
-# struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h, a UAPI layout): regs[31], sp, pc, pstate
-PT_REGS_PC, PT_REGS_PSTATE = 31 * 8 + 8, 31 * 8 + 16
+WALK_LEVELS, WALK_PAGES, STACK_DEPTH = 5, 4, 32
+
+# The Python mirror of arm64_walk.h (tests/test_arm64_walk_bpf.py holds it to the object's BTF).
+SETTINGS = np.dtype([("target_tgid", "<u4"), ("levels", "<u4"), ("fault_page", "<u8"), ("page_mask", "<u8"),
+                     ("page_size", "<u8"), ("table_mask", "<u8"), ("page_offset", "<u8"), ("linear_offset", "<u8"),
+                     ("syscall_nr", "<i8"), ("npages", "<u4"), ("_pad", "<u4"), ("pages", "<u8", (WALK_PAGES,)),
+                     ("shift", "<u4", (WALK_LEVELS,)), ("_pad2", "<u4"), ("mask", "<u8", (WALK_LEVELS,))])
+STATE = np.dtype([("state", "<u4"), ("fault_tid", "<u4"), ("fault_t0", "<u8"), ("linear", "<u8"), ("lost", "<u8")])
+FAULT_EVENT = np.dtype([("kind", "<u4"), ("flags", "<u4"), ("address", "<u8"), ("pc", "<u8"), ("pstate", "<u8"),
+                        ("vm_start", "<u8"), ("vm_end", "<u8"), ("vm_flags", "<u8"), ("vm_page_prot", "<u8"),
+                        ("ktime_ns", "<u8"), ("stack_bytes", "<i8"), ("stack", "<u8", (STACK_DEPTH,))])
+WALK_EVENT = np.dtype([("kind", "<u4"), ("nreads", "<u4"), ("page", "<u8"), ("pgd", "<u8"), ("linear_offset", "<u8"),
+                       ("value", "<u8", (WALK_LEVELS,)), ("table", "<u8", (WALK_LEVELS,))])
+ALLOC_EVENT = np.dtype([("kind", "<u4"), ("order", "<u4"), ("pfn", "<u8"), ("gfp_flags", "<u8"),
+                        ("stack_bytes", "<i8"), ("stack", "<u8", (STACK_DEPTH,))])
+RETURN_EVENT = np.dtype([("kind", "<u4"), ("retval", "<u4"), ("duration_ns", "<u8")])
+LINEAR_EVENT = np.dtype([("kind", "<u4"), ("how", "<u4"), ("offset", "<u8"), ("memstart_or_address", "<u8"),
+                         ("pfn", "<u8")])
+EV_FAULT, EV_BEFORE, EV_ALLOC, EV_RETURN, EV_AFTER, EV_LINEAR = range(1, 7)
+RECORDS = {EV_FAULT: FAULT_EVENT, EV_BEFORE: WALK_EVENT, EV_ALLOC: ALLOC_EVENT, EV_RETURN: RETURN_EVENT,
+           EV_AFTER: WALK_EVENT, EV_LINEAR: LINEAR_EVENT}
+LINEAR_MEMSTART, LINEAR_PGD_ALLOC = 1, 2
+
+# handle_mm_fault and pgd_alloc: (entry, return) programs of each kind, the cheaper kind first
+FUNCTION_KINDS = ("fentry", "kprobe")
+FAULT_PROGRAMS = {"fentry": ("fault_fentry", "fault_fexit"), "kprobe": ("fault_kprobe", "fault_kretprobe")}
+PGD_PROGRAMS = {"fentry": ("pgd_fentry", "pgd_fexit"), "kprobe": ("pgd_kprobe", "pgd_kretprobe")}
+SYS_ENTER = Hook("raw_syscalls", "sys_enter", "sys_enter_btf", "sys_enter_tp")
+ALLOC_PROGRAM = "alloc_tp"
+PGD_ALLOC_MISSING = ("no pgd_alloc allocated a page (a PGD smaller than a page comes from a slab), and this kernel's "
+                     "kallsyms lacks memstart_addr: the linear-map offset cannot be derived")
 
 
-def _walk_block(tag: str, page: int, va_bits: int, granule: int, lpa2: bool = False) -> str:
-    """bpftrace statements reading one descriptor per level through the linear map ($base), stopping at an
-    invalid descriptor or a block. With LPA2 the table address runs to bit 49 (bits 51..50 sit in bits 9..8,
-    zero below 1 PiB of RAM)."""
-    split = split_arm64_address(page, va_bits, granule)
-    mask = ((1 << 50) - 1 if lpa2 else OUTPUT_ADDRESS_MASK) & ~(granule - 1)
-    lines = ["$t = (uint64)curtask->mm->pgd;", f'printf("{tag} pgdv %lx\\n", $t);']
-    indent = ""
-    for position, level in enumerate(split.indices):
-        lines.append(f"{indent}$e = *(uint64 *)($t + {level.index * 8}); "
-                     f'printf("{tag} {level.level} %lx %lx\\n", $e, $t - $base);')
-        if position < len(split.indices) - 1:
-            lines.append(f"{indent}if (($e & 3) == 3) {{ $t = $base + ($e & {mask:#x});")
-            indent += "  "
-    lines.append("}" * (len(split.indices) - 1))
-    return "\n    ".join(lines)
+def walk_settings(pid: int, va_bits: int, page_size: int, lpa2: bool, *, fault_page: int = 0,
+                  pages: tuple[int, ...] = (), syscall_nr: int = -1, page_offset: int | None = None,
+                  linear_offset: int | None = None) -> bytes:
+    """arm64_walk's settings: the target, the walk's shape (each level's shift and width, from the same split
+    the journey shows), the fault page or the pages to walk at `syscall_nr`, and how the linear offset is
+    known (given, PAGE_OFFSET for memstart_addr, or neither: from a pgd_alloc)."""
+    split = split_arm64_address(fault_page or pages[0], va_bits, page_size)
+    s = np.zeros(1, dtype=SETTINGS)
+    s["target_tgid"], s["levels"] = pid, len(split.indices)
+    s["fault_page"], s["page_mask"], s["page_size"] = fault_page, ~(page_size - 1) & (2**64 - 1), page_size
+    # with LPA2 a table's address runs to bit 49 (bits 51..50 sit in bits 9..8, zero below 1 PiB of RAM)
+    s["table_mask"] = ((1 << 50) - 1 if lpa2 else OUTPUT_ADDRESS_MASK) & ~(page_size - 1)
+    s["page_offset"], s["linear_offset"] = page_offset or 0, linear_offset or 0
+    s["syscall_nr"], s["npages"] = syscall_nr, len(pages)
+    s["pages"][0, :len(pages)] = pages
+    for i, index in enumerate(split.indices):
+        s["shift"][0, i], s["mask"][0, i] = index.shift, (1 << (index.high_bit - index.shift + 1)) - 1
+    return s.tobytes()
 
 
-def linear_probes(granule: int, page_offset: int | None) -> str:
-    """How the script learns the linear map's offset. With memstart_addr in kallsyms (CONFIG_KALLSYMS_ALL, as
-    Debian's 6.12): PAGE_OFFSET − memstart_addr, read at start. Without (Debian's 6.1): a PGD page's returned
-    address minus its PFN × page size, from a pgd_alloc that the tool's own fork causes."""
-    if page_offset is not None:
-        return f"""BEGIN {{
-    $memstart = *(int64 *)kaddr("memstart_addr");
-    @lin = {page_offset:#x} - $memstart;
-    printf("linearm %lx %lx\\n", @lin, $memstart);
-}}"""
-    return f"""kprobe:pgd_alloc {{ @pg[tid] = 1; }}
-tracepoint:kmem:mm_page_alloc /@pg[tid] == 1/ {{ @pgpfn[tid] = args->pfn; }}
-kretprobe:pgd_alloc /@pg[tid] == 1/ {{
-    if (@lin == 0 && @pgpfn[tid] != 0) {{
-        @lin = retval - @pgpfn[tid] * {granule};
-        printf("linear %lx %lx %lx\\n", @lin, retval, @pgpfn[tid]);
-    }}
-    delete(@pg[tid]); delete(@pgpfn[tid]);
-}}"""
+@dataclass
+class WalkSession:
+    """arm64_walk loaded and attached, with the records its ring buffer handed over so far, in order."""
+
+    obj: BpfObject
+    hooks: list[str]
+    records: list[tuple[int, np.void]] = field(default_factory=list)
+    ring: RingBuffer | None = None
+
+    def _on_record(self, data: bytes) -> None:
+        kind = int.from_bytes(data[:4], "little")
+        dtype = RECORDS.get(kind)
+        if dtype is None or len(data) < dtype.itemsize:
+            raise BpfError(f"arm64_walk handed over a record of kind {kind} and {len(data)} bytes: the object is "
+                           "older than the code; fix: bash scripts/build-bpf.sh --force")
+        self.records.append((kind, np.frombuffer(data[:dtype.itemsize], dtype=dtype)[0]))
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        if self.ring is not None:
+            self.ring.poll(timeout_ms)
+
+    def wait_for(self, kind: int, timeout: float, each_round: Callable[[], None] | None = None) -> bool:
+        """Poll until a record of `kind` has come (True), running `each_round` between polls, for at most `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not any(k == kind for k, _ in self.records):
+            if time.monotonic() > deadline:
+                return False
+            if each_round:
+                each_round()
+            self.poll(100)
+        return True
+
+    def lost(self) -> int:
+        """Records the ring buffer had no room for (the program's state, its section .data.state)."""
+        return int(np.frombuffer(self.obj.global_data(".data.state")[:STATE.itemsize], dtype=STATE)[0]["lost"])
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        self.obj.close()
 
 
-def bpftrace_script(pid: int, page: int, va_bits: int, granule: int, tool_pid: int, page_offset: int | None = None,
-                    lpa2: bool = False) -> str:
-    """The probes of one arm64 fault on `page` of process `pid`; the tool's own fault and syscall arm it."""
-    return f"""
-{linear_probes(granule, page_offset)}
-kprobe:handle_mm_fault /pid == {pid} && @state == 0 && (arg1 & ~{granule - 1:#x}) == {page:#x}/ {{
-    @state = 1; @t0 = nsecs; $base = @lin;
-    $v = (struct vm_area_struct *)arg0;
-    printf("fault %lx %lx %lx %lx\\n", arg1, arg2, *(uint64 *)(arg3 + {PT_REGS_PC}), *(uint64 *)(arg3 + {PT_REGS_PSTATE}));
-    printf("vma %lx %lx %lx %lx\\n", $v->vm_start, $v->vm_end, (uint64)$v->vm_flags, $v->vm_page_prot.pgprot);
-    printf("stack begin%s\\nstack end\\n", kstack);
-    {_walk_block("before", page, va_bits, granule, lpa2)}
-}}
-tracepoint:kmem:mm_page_alloc /pid == {pid} && @state == 1/ {{
-    printf("alloc %lx %d %lx\\n", args->pfn, args->order, args->gfp_flags);
-    printf("stack begin%s\\nstack end\\n", kstack);
-}}
-kretprobe:handle_mm_fault /pid == {pid} && @state == 1/ {{ printf("ret %lx %ld\\n", retval, nsecs - @t0); @state = 2; }}
-tracepoint:raw_syscalls:sys_enter /pid == {pid} && @state == 2/ {{
-    $base = @lin;
-    {_walk_block("after", page, va_bits, granule, lpa2)}
-    @state = 3;
-    exit();
-}}
-kprobe:handle_mm_fault /pid == {tool_pid} && @armf == 0/ {{ printf("armed fault\\n"); @armf = 1; }}
-tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @arms == 0/ {{ printf("armed syscall\\n"); @arms = 1; }}
-"""
+def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks | None = None) -> WalkSession:
+    """Open, set up, load and attach arm64_walk: sys_enter (tp_btf, else the classic tracepoint) and, for a
+    fault, mm_page_alloc and handle_mm_fault (and pgd_alloc where the linear offset must come from it) with
+    fentry/fexit, else kprobes. Attached when it returns: no probe needs to be seen firing first.
+
+    :returns: the session (the caller closes it), its hooks named with why each was chosen.
+    :raises BpfError: one line with the reason and the fix (the object not built, libbpf missing, not root,
+        the kernel refused every kind of hook; a refused load names the file holding libbpf's log)."""
+    kernel = kernel or KernelHooks()
+    if os.geteuid() != 0:
+        raise BpfError("the arm64 capture loads BPF programs (CAP_BPF and CAP_PERFMON); fix: run it as root (sudo)")
+    try:
+        path = object_path("arm64_walk")
+        BpfObject(path).close()     # libbpf present, the object readable and safe: else one error, not one per kind
+    except (BpfObjectMissing, LibbpfError) as exc:
+        raise BpfError(str(exc)) from None
+    choice = kernel.choose(SYS_ENTER)
+    if choice.program is None:
+        raise BpfError(f"the walk after the fault needs raw_syscalls:sys_enter: {choice.reason}")
+    hooks = [f"sys_enter: {choice.variant} ({choice.reason})"]
+    if fault:
+        if kernel.tracefs_format("kmem", "mm_page_alloc") is None:
+            raise BpfError("the fault's allocation needs the tracepoint kmem:mm_page_alloc, which tracefs lacks")
+        hooks.append("mm_page_alloc: tracepoint (its record carries the PFN; tp_btf hands over a struct page *)")
+    refused: list[str] = []
+    full: list[str] = []      # with libbpf's last warning and the file holding its log, for the error
+    kinds = FUNCTION_KINDS if fault or pgd_alloc else ("none",)
+    for kind in kinds:
+        wanted = {choice.program or ""}
+        if fault:
+            wanted |= {ALLOC_PROGRAM, *FAULT_PROGRAMS[kind]}
+            if pgd_alloc:
+                wanted |= set(PGD_PROGRAMS[kind])
+        session = None
+        try:
+            obj = BpfObject(path)
+            session = WalkSession(obj, [])
+            for name in obj.programs():
+                obj.set_autoload(name, name in wanted)
+            obj.set_rodata(settings)
+            obj.load()
+            # the returns before the entries: every entry seen has its return seen
+            order = [choice.program or ""] + ([ALLOC_PROGRAM] if fault else [])
+            if fault:
+                order += ([PGD_PROGRAMS[kind][1], PGD_PROGRAMS[kind][0]] if pgd_alloc else []) + \
+                         [FAULT_PROGRAMS[kind][1], FAULT_PROGRAMS[kind][0]]
+            for name in order:
+                obj.attach(name)
+            session.ring = RingBuffer(obj.map("events"), session._on_record)
+        except LibbpfError as exc:
+            if session is not None:
+                session.close()
+            # the kernel's reason, short (the log file it names is kept for the whole error below). 524 is the
+            # kernel's ENOTSUPP, which strerror does not know: arm64 6.1 loads fentry programs but cannot attach
+            # a trampoline to a kernel function (no ftrace direct calls there)
+            why = str(exc).split(": warning: ")[0].replace(
+                "524: Unknown error 524", "ENOTSUPP: no BPF trampolines for kernel functions here")
+            # the program the kernel refused says more than libbpf's last line ("failed to load object")
+            program = next((line.split("libbpf: ", 1)[-1] for line in obj.log if "BPF program load failed" in line), "")
+            refused.append(f"{kind} refused: {why}" + (f" ({program})" if program else ""))
+            full.append(f"{kind}: {exc}")
+            continue
+        if fault:
+            why = ("BPF trampolines: a call, no breakpoint" if kind == "fentry" else
+                   "; ".join(refused) if refused else "breakpoints")
+            hooks.append(f"handle_mm_fault: {kind} ({why})")
+            if pgd_alloc:
+                hooks.append(f"pgd_alloc: {kind} (kallsyms lacks memstart_addr: the linear offset comes from a "
+                             "pgd_alloc)")
+        session.hooks = hooks
+        return session
+    if not fault:
+        raise BpfError(f"the walk at a system call could not be loaded: {'; '.join(full)}")
+    raise BpfError("the arm64 capture could not hook handle_mm_fault: " + "; ".join(full)
+                   + "; fix: a kernel that allows BPF trampolines or kprobes (Debian's 6.1 and 6.12 do)")
 
 
-def parse_lines(lines: list[str], ev: Arm64FaultEvidence) -> None:
-    """Fill `ev` from bpftrace's lines (the allocations in the order printed, with their stacks)."""
+def symbolize(stack: np.ndarray, stack_bytes: int, symbols: KernelSymbols) -> list[str]:
+    """A kernel stack as `function+offset` lines (decimal offsets, as bpftrace printed them), innermost first;
+    the BPF program's own frames and its trampoline's are left out (fentry's stack starts inside them)."""
+    out = []
+    for address in stack[:max(stack_bytes, 0) // 8]:
+        found = symbols.lookup(int(address)) if address else None
+        if found is None:
+            if address:
+                out.append(f"0x{int(address):x}")
+            continue
+        name, offset = found
+        if not out and name.startswith(("bpf_prog_", "bpf_trampoline_")):
+            continue
+        out.append(f"{name}+{offset}")
+    return out
+
+
+def apply_records(records: list[tuple[int, np.void]], ev: Arm64FaultEvidence, symbols: KernelSymbols) -> None:
+    """Fill `ev` from arm64_walk's records (the allocations in the order they came, with their stacks)."""
     allocs: list[tuple[int, int, int, list[str]]] = []
-    stack: list[str] | None = None
-    owner = ""
-    for line in lines:
-        if line == "stack begin" or line.startswith("stack begin"):
-            stack = []
-            continue
-        if line == "stack end":
-            if owner == "fault":
-                ev.kernel_stack = stack or []
-            elif owner == "alloc" and allocs:
-                allocs[-1][3].extend(stack or [])
-            stack = None
-            continue
-        if stack is not None:
-            if line.strip():
-                stack.append(line.strip())
-            continue
-        words = line.split()
-        if not words:
-            continue
-        head = words[0]
-        if head == "linearm" and len(words) == 3:
-            ev.linear_offset = int(words[1], 16)
-            ev.linear_how = (f"derived: PAGE_OFFSET − memstart_addr (read through kallsyms: 0x{int(words[2], 16):x}) "
-                             f"= 0x{ev.linear_offset:x}, as __phys_to_virt() computes it")
-        elif head == "linear" and len(words) == 4:
-            ev.linear_offset = int(words[1], 16)
-            ev.linear_how = (f"derived: pgd_alloc returned 0x{int(words[2], 16):x} for the page of PFN "
-                             f"0x{int(words[3], 16):x} (kmem:mm_page_alloc inside it): linear offset = "
-                             f"0x{int(words[2], 16):x} - 0x{int(words[3], 16):x} × {ev.page_size} = 0x{ev.linear_offset:x}")
-        elif head == "fault" and len(words) == 5:
-            ev.address, ev.flags, ev.pc, ev.pstate = (int(w, 16) for w in words[1:])
-            owner = "fault"
-        elif head == "vma" and len(words) == 5:
-            ev.vma = dict(zip(("vm_start", "vm_end", "vm_flags", "vm_page_prot"), (int(w, 16) for w in words[1:])))
-        elif head == "alloc" and len(words) == 4:
-            allocs.append((int(words[1], 16), int(words[2]), int(words[3], 16), []))
-            owner = "alloc"
-        elif head == "ret" and len(words) == 3:
-            ev.retval, ev.duration_ns = int(words[1], 16) & 0xFFFFFFFF, int(words[2])
-        elif head in ("before", "after") and len(words) >= 3:
-            if words[1] == "pgdv":
-                ev.pgd_virtual = int(words[2], 16)
-            elif len(words) == 4:
-                read = Arm64WalkRead(words[1], int(words[2], 16), int(words[3], 16))
-                (ev.walk_before if head == "before" else ev.walk_after).append(read)
+    split = split_arm64_address(ev.mapping_start + ev.offset, ev.va_bits, ev.page_size)
+    names = [i.level for i in split.indices]
+    for kind, r in records:
+        if kind == EV_LINEAR:
+            ev.linear_offset = int(r["offset"])
+            if int(r["how"]) == LINEAR_MEMSTART:
+                ev.linear_how = (f"derived: PAGE_OFFSET − memstart_addr (read through its kallsyms address: "
+                                 f"0x{int(r['memstart_or_address']):x}) = 0x{ev.linear_offset:x}, as __phys_to_virt() "
+                                 "computes it")
+            else:
+                returned, pfn = int(r["memstart_or_address"]), int(r["pfn"])
+                ev.linear_how = (f"derived: pgd_alloc returned 0x{returned:x} for the page of PFN 0x{pfn:x} "
+                                 f"(kmem:mm_page_alloc inside it): linear offset = 0x{returned:x} - 0x{pfn:x} × "
+                                 f"{ev.page_size} = 0x{ev.linear_offset:x}")
+        elif kind == EV_FAULT:
+            ev.address, ev.flags, ev.pc, ev.pstate = (int(r[n]) for n in ("address", "flags", "pc", "pstate"))
+            ev.vma = {n: int(r[n]) for n in ("vm_start", "vm_end", "vm_flags", "vm_page_prot")}
+            ev.kernel_stack = symbolize(r["stack"], int(r["stack_bytes"]), symbols)
+        elif kind in (EV_BEFORE, EV_AFTER):
+            ev.pgd_virtual = int(r["pgd"])
+            reads = [Arm64WalkRead(names[i], int(r["value"][i]), int(r["table"][i]))
+                     for i in range(min(int(r["nreads"]), len(names)))]
+            if kind == EV_BEFORE:
+                ev.walk_before = reads
+            else:
+                ev.walk_after = reads
+        elif kind == EV_ALLOC:
+            allocs.append((int(r["pfn"]), int(r["order"]), int(r["gfp_flags"]),
+                           symbolize(r["stack"], int(r["stack_bytes"]), symbols)))
+        elif kind == EV_RETURN:
+            ev.retval, ev.duration_ns = int(r["retval"]), int(r["duration_ns"])
     # the data page is the movable allocation (GFP_HIGHUSER_MOVABLE); page tables are not movable
     data = [a for a in allocs if a[2] & 0x08] or allocs[-1:]
     if data:
@@ -167,27 +277,20 @@ def _fork_once() -> None:
     os.waitpid(child, 0)
 
 
-# "linear" starts both lines that carry the offset: "linear" (from a pgd_alloc), "linearm" (memstart_addr)
-ARMED = (b"armed fault", b"armed syscall", b"linear")
-ARMED_MEANING = {b"linear": "report the linear-map offset (no pgd_alloc allocated a page: a PGD smaller than a page "
-                            "comes from a slab, and this kernel's kallsyms lacks memstart_addr)"}
-
-
 def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: Callable[[str], None] | None = None,
                         bound: float = 600.0) -> Arm64FaultEvidence:
     """Run the exercise program and capture its write fault, on an arm64 machine, as root.
 
-    Raises BpfError (bpftrace missing, a probe refused, nothing seen) with the reason and fix.
+    Raises BpfError (the object not built, a hook refused, nothing seen) with the reason and fix.
     """
     if not facts.on_arm64():
         raise BpfError(f"the arm64 capture runs on arm64 machines; this one is {os.uname().machine}")
-    exe = bpftrace_executable()
     va_bits, page_size, how = facts.arm64_translation()
     program = build_program(progress)
     ev = Arm64FaultEvidence(facts.kernel_release(), facts.kernel_version(), os.uname().machine, va_bits, page_size,
                             how, 0, 0, options.size, options.offset, " ".join(program.argv_prefix), program.how)
     target = ExerciseProcess(program, options)
-    proc = session = None
+    walk = perf = None
     try:
         target.release()
         ev.pid = target.pid
@@ -197,17 +300,26 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         ev.mapping_start = int(mapped.fields["vaddr"], 16)
         page = (ev.mapping_start + options.offset) & ~(page_size - 1)
         ev.lpa2 = lpa2_in_use(va_bits, page_size)
-        ev.script = bpftrace_script(ev.pid, page, va_bits, page_size, os.getpid(), _page_offset(), ev.lpa2)
+        page_offset = _page_offset()
         if progress:
-            progress("starting bpftrace (compiling and attaching takes a while under emulation)")
-        proc = start_child([exe, "-B", "line", "-e", ev.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        buf = bytearray()
-        arm_with_own_faults(proc, buf, ARMED, bound, progress, each_round=_fork_once, meaning=ARMED_MEANING)
-        session = _open_fault_event(ev)
+            progress("loading the arm64 walk program")
+        t0 = time.monotonic()
+        walk = open_walk(walk_settings(ev.pid, va_bits, page_size, ev.lpa2, fault_page=page, page_offset=page_offset),
+                         fault=True, pgd_alloc=page_offset is None)
+        ev.hooks = walk.hooks + [f"loaded and attached in {(time.monotonic() - t0) * 1000:.0f} ms"]
+        if page_offset is None and not walk.wait_for(EV_LINEAR, min(bound, 30.0), each_round=_fork_once):
+            raise BpfError(PGD_ALLOC_MISSING)
+        perf = _open_fault_event(ev)
         target.advance()                          # the write: the fault
-        touched = target.wait_phase()
-        if session is not None:
-            _read_fault_event(ev, session, page_size)
+        touched = target.wait_phase()             # its line is a write(2): the walk after ran at its entry
+        symbols = KernelSymbols.load()            # while the program is loaded: its frames are named too
+        if perf is not None:
+            _read_fault_event(ev, perf, page_size, symbols)
+        walk.wait_for(EV_AFTER, 10.0)
+        walk.poll(0)
+        apply_records(walk.records, ev, symbols)
+        if walk.lost():
+            ev.unavailable["records"] = f"{walk.lost()} records found the ring buffer full and were not kept"
         ev.readback = touched.fields.get("readback", "")
         address = ev.mapping_start + options.offset
         ev.pagemap = procfs.pagemap_entry(ev.pid, address)
@@ -217,16 +329,8 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         except OSError as exc:
             ev.unavailable["kpageflags"] = str(exc)
         ev.maps = procfs.read_maps(ev.pid)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            read_available(proc, buf, 0.5)
-        while read_available(proc, buf, 0.1):
-            pass
-        err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
-        ev.lines = [line for line in buf.decode(errors="replace").splitlines() if not line.startswith("armed")]
-        parse_lines(ev.lines, ev)
         if not ev.address:
-            raise BpfError("bpftrace saw no fault on the page: " + (_last_error(err) or "no output"))
+            raise BpfError(f"arm64_walk saw no fault on the page 0x{page:x} ({len(walk.records)} records)")
         _read_instruction(ev)
         flag_table = facts.fault_flag_values()
         ev.fault_flag_table, ev.fault_flag_source = dict(flag_table.values), flag_table.source
@@ -239,17 +343,46 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
         target.finish()
         return ev
     finally:
-        if session is not None:
-            session.close()          # closing twice is harmless: a closed session holds no descriptors
-        if proc is not None:
-            stop_child(proc, 5)
+        if perf is not None:
+            perf.close()             # closing twice is harmless: a closed session holds no descriptors
+        if walk is not None:
+            walk.close()
         if target.target.poll():
             target.kill()
 
 
+def walk_at_syscall(pid: int, pages: list[int], linear_offset: int, syscall_nr: int, poke: Callable[[], None],
+                    timeout: float = 120.0) -> dict[int, dict[str, int]]:
+    """The descriptors of each of `pages` (at most WALK_PAGES) of `pid`, read when it next enters system call
+    `syscall_nr`: page → level name → descriptor (down to the first that is not a valid table).
+
+    linear_offset: the linear map's (an arm64 journey derives it; fixed for the boot). poke: makes the target
+    enter that system call; it is called once the program is attached. Raises BpfError."""
+    va_bits, page_size, _how = facts.arm64_translation()
+    lpa2 = lpa2_in_use(va_bits, page_size)
+    settings = walk_settings(pid, va_bits, page_size, lpa2, pages=tuple(pages[:WALK_PAGES]), syscall_nr=syscall_nr,
+                             linear_offset=linear_offset)
+    walk = open_walk(settings, fault=False, pgd_alloc=False)
+    try:
+        poke()
+        if not walk.wait_for(EV_AFTER, timeout):
+            raise BpfError(f"the target did not enter system call {syscall_nr} within {timeout:.0f} s")
+        time.sleep(0.05)
+        walk.poll(0)
+    finally:
+        walk.close()
+    entries: dict[int, dict[str, int]] = {}
+    for kind, r in walk.records:
+        if kind != EV_AFTER:
+            continue
+        names = [i.level for i in split_arm64_address(int(r["page"]), va_bits, page_size).indices]
+        entries[int(r["page"])] = {names[i]: int(r["value"][i]) for i in range(min(int(r["nreads"]), len(names)))}
+    return entries
+
+
 def _page_offset() -> int | None:
     """PAGE_OFFSET (−2^CONFIG_ARM64_VA_BITS, the configured size, whatever runs) when memstart_addr can be read
-    through kallsyms; None otherwise (the script then derives the offset from a pgd_alloc)."""
+    through kallsyms; None otherwise (the program then derives the offset from a pgd_alloc)."""
     try:
         with open("/proc/kallsyms") as f:
             found = any(line.rstrip().endswith(" memstart_addr") for line in f)
@@ -263,8 +396,18 @@ def _page_offset() -> int | None:
 
 def _open_fault_event(ev: Arm64FaultEvidence):
     """The perf software page-fault event on the target, with call chains; None (said) where it cannot open."""
-    from .perf_event import (PERF_COUNT_SW_PAGE_FAULTS, PERF_TYPE_SOFTWARE, SAMPLE_ADDR, SAMPLE_CPU, SAMPLE_IP,
-                             SAMPLE_TID, SAMPLE_TIME, EventSpec, PerfError, PerfSession)
+    from .perf_event import (
+        PERF_COUNT_SW_PAGE_FAULTS,
+        PERF_TYPE_SOFTWARE,
+        SAMPLE_ADDR,
+        SAMPLE_CPU,
+        SAMPLE_IP,
+        SAMPLE_TID,
+        SAMPLE_TIME,
+        EventSpec,
+        PerfError,
+        PerfSession,
+    )
     spec = EventSpec("page-faults", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS,
                      SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU)
     try:
@@ -276,9 +419,8 @@ def _open_fault_event(ev: Arm64FaultEvidence):
         return None
 
 
-def _read_fault_event(ev: Arm64FaultEvidence, session, page_size: int) -> None:
+def _read_fault_event(ev: Arm64FaultEvidence, session, page_size: int, symbols: KernelSymbols) -> None:
     """The sample of the fault on the written page: its address, IP and both call chains."""
-    from ..kernel.kallsyms import KernelSymbols
     from .journey_capture import decode_trace_events
     from .perf_event import SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME
     try:
@@ -287,7 +429,7 @@ def _read_fault_event(ev: Arm64FaultEvidence, session, page_size: int) -> None:
     finally:
         session.close()
     sample_type = SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_ADDR | SAMPLE_CPU | SAMPLE_CALLCHAIN
-    events, _lost = decode_trace_events(data, sample_type, {}, KernelSymbols.load())
+    events, _lost = decode_trace_events(data, sample_type, {}, symbols)
     page = (ev.mapping_start + ev.offset) & ~(page_size - 1)
     mine = [e for e in events if e.fields.get("address", 0) & ~(page_size - 1) == page]
     if not mine:

@@ -476,3 +476,6 @@ class Arm64FaultEvidence:
     captured_at: str = ""
     host: str = ""
     tool_version: str = ""
+    # the compiled capture's hooks, each with why this kernel got that kind (fentry or kprobe, tp_btf or the
+    # classic tracepoint) and its start-up time; empty in a capture made with bpftrace
+    hooks: list[str] = field(default_factory=list)

@@ -135,19 +135,18 @@ GETPPID_ARM64 = 173   # include/uapi/asm-generic/unistd.h
 
 
 def read_entry_kinds_arm64(linear_offset: int, va_bits: int, page_size: int, lpa2: bool) -> EntryKinds:
-    """The PTEs of a present and a PROT_NONE page of a child, read by bpftrace at its getppid(), with pagemap's."""
+    """The PTEs of a present and a PROT_NONE page of a child, read by the compiled arm64 walk at its getppid(),
+    with pagemap's."""
     from pagefault.capture import procfs
-    from pagefault.capture.arm64_fault import _walk_block
-    from pagefault.capture.bpf_walk import entries_at_syscall
+    from pagefault.capture.arm64_fault import walk_at_syscall
     child = subprocess.Popen([sys.executable, "-c", CHILD_ARM64], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
     try:
         base = int(child.stdout.readline(), 16)
         pages = [base, base + page_size]
         pagemaps = [procfs.pagemap_entry(child.pid, p) for p in pages]
-        ptes = _ptes_at_getppid(child, pages, lambda poke: entries_at_syscall(
-            child.pid, pages, linear_offset, 0, GETPPID_ARM64, poke,
-            walk=lambda tag, page: _walk_block(tag, page, va_bits, page_size, lpa2)))
+        ptes = _ptes_at_getppid(child, pages, lambda poke: walk_at_syscall(
+            child.pid, pages, linear_offset, GETPPID_ARM64, poke))
     finally:
         child.kill()
         child.wait()
