@@ -118,6 +118,9 @@ class ArchInterface(ABC):
     trap_event: str             # the event whose samples are a scenario's faults
     untraced_syndrome_note: str = ""   # where the syndrome is not traced: what stands in for it, and why
     entry_address_field: str    # the field of a table entry that holds the next table's (or frame's) address
+    syndrome_how: str           # how the MMU sets the syndrome, as the simulator does
+    paging_level_choices: tuple[int, ...]   # the page-table depths a capture can have walked
+    paging_levels_rule: str
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         self.paging_levels, self.va_bits, self.granule, self.pa_bits = paging_levels, va_bits, granule, pa_bits
@@ -175,6 +178,8 @@ class X86_64(ArchInterface):
     derive_entry_name = "derive_anonymous_pte()"
     syndrome_traced, trap_event = True, "exceptions:page_fault_user"
     entry_address_field = "frame field"
+    syndrome_how = "P if the entry was present, W for a write, U for user mode"
+    paging_level_choices, paging_levels_rule = (4, 5), "x86-64 pages with 4 or 5 levels"
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         # the levels fix x86's address size (48 or 57 bits) and its granule is 4 KiB
@@ -233,6 +238,9 @@ class Arm64(ArchInterface):
                               "record: do_page_fault() set USER for a fault from EL0, WRITE for WnR without CM, "
                               "INSTRUCTION for an instruction abort")
     entry_address_field = "output address"
+    syndrome_how = ("a data abort from EL0, WnR for a write, a translation fault at the level whose descriptor was "
+                    "invalid or a permission fault at the leaf")
+    paging_level_choices, paging_levels_rule = (3, 4, 5), "arm64 with 4 KiB pages walks 3, 4 or 5 levels"
 
     def walk_shape(self) -> dict[str, object]:
         return {"root_register": self.root_register, "architecture": self.arch.value, "va_bits": self.va_bits}

@@ -5,7 +5,6 @@ numbers too (with the arithmetic shown), or unavailable.
 
 from __future__ import annotations
 
-from ..decode.arch import Arch
 from ..decode.arch_interface import ArchInterface, arch_interface
 from ..decode.fault_flags import decode_fault_flags, fallback_fault_flag_values
 from ..decode.gfp import decode_gfp, gfp_value
@@ -140,11 +139,6 @@ class _Featured:
         else:
             s.values.append(modelled("VMA", "none", src("no VMA holds the address")))
 
-    # how the simulated MMU sets each architecture's syndrome
-    SYNDROME_HOW = {Arch.X86_64: "the simulated MMU: P if the entry was present, W for a write, U for user mode",
-                    Arch.ARM64: "the simulated MMU: a data abort from EL0, WnR for a write, a translation fault at "
-                                "the level whose descriptor was invalid or a permission fault at the leaf"}
-
     def trap(self, s: Step) -> None:
         f, arch, src = self.f, self.arch, self.src
         if not f.trap:
@@ -152,7 +146,7 @@ class _Featured:
                                                          "mmap; the CPU never trapped")))
         meaning = arch.decode_syndrome(f.error_code)
         s.values += [modelled(f"faulting address ({arch.address_register})", f.address, src("the scenario's access")),
-                     modelled(arch.syndrome_register, f.error_code, src(self.SYNDROME_HOW[arch.arch]),
+                     modelled(arch.syndrome_register, f.error_code, src("the simulated MMU: " + arch.syndrome_how),
                               display=f"0x{f.error_code:x}"),
                      _computed(f"{arch.syndrome_noun} meaning", meaning.summary, arch.syndrome_fields,
                                list(meaning.derivations)),
