@@ -243,6 +243,26 @@ def assemble(fillers: Mapping[StepKey, Filler | Missing], source: Source, arch: 
     return steps
 
 
+# A scenario's steps, whether the simulator ran it or the live kernel did (checked against the simulator):
+# the scenario, one step per operation, and (live) the simulator's verdict. Their titles take the
+# scenario's words; an operation's key is OPERATION's with the operation's index (op0, op1, …).
+SCENARIO_DEFS: dict[StepKey, StepDef] = {d.key: d for d in (
+    StepDef(StepKey.SCENARIO, "Scenario {name}: {title}", Stage.READY, "the scenario's program and what it teaches",
+            "program"),
+    StepDef(StepKey.OPERATION, "Operation {index}: {op}", Stage.DONE,
+            "the operation's faults and the region's pagemap after it", "faults"),
+    StepDef(StepKey.VERDICT, "The simulator, run on the same operations", Stage.DONE,
+            "the simulator's run of the same operations with the machine's settings", "simulator's faults"),
+)}
+
+
+def scenario_step(key: StepKey, number: int, **words: object) -> Step:
+    """A scenario's step as SCENARIO_DEFS defines it, numbered ``number``, its title filled with ``words``
+    (name and title of the scenario; index and op of an operation)."""
+    d = SCENARIO_DEFS[key]
+    step_key = f"{d.key}{words['index']}" if key is StepKey.OPERATION else d.key
+    return Step(number, step_key, d.title.format(**words), d.stage)
+
 
 # The live exercise's steps, in order (the stepper counts them).
 EXERCISE_KEYS = (StepKey.PROCESS, StepKey.MMAP, StepKey.TRAP, StepKey.RIP, StepKey.FLAGS, StepKey.VMA, StepKey.WALK,

@@ -14,7 +14,7 @@ from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
 from ..model.page_tables import Arm64Format
 from ..model.scenarios import ModelRun, parse_op
-from .catalogue import Filler, Missing, assemble
+from .catalogue import Filler, Missing, assemble, scenario_step
 from .steps import Area, Journey, PageWalk, Provenance, Step, Value, WalkLevel, modelled, unavailable
 from .vocabulary import Source, StepKey, seven_ws
 
@@ -247,7 +247,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
 def op_step(run: ModelRun, index: int, op: str, number: int) -> Step:
     who, verb, _args = parse_op(op)
     faults = run.faults_by_op[index]
-    s = Step(number, f"op{index}", f"Operation {index}: {op}", "done")
+    s = scenario_step(StepKey.OPERATION, number, index=index, op=op)
     for f in faults:
         page = (f.address - run.region) >> 12
         grown = f", the stack grew {f.stack_grown_pages} pages" if f.stack_grown_pages else ""

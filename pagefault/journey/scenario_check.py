@@ -366,36 +366,32 @@ def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) 
     return values
 
 
-def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
-                           model: ScenarioOutcome, agreement: Agreement):
-    """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
-    from .steps import Journey, Step, derived, modelled, observed, unavailable
-    j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
-    src_fault = ev.event_sources.get(ev.fault_event, ev.fault_event)
-    ai = arch_interface(ev.arch, ev.paging_levels)
-    src_trap = src_fault if ai.syndrome_traced else "kprobe handle_mm_fault arg2 (flags)"
-    intro = Step(1, "scenario", f"Scenario {scenario.name}: {scenario.title}", "ready")
-    intro.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
+class _ScenarioSteps:
+    """The live scenario's steps, one filler each (catalogue.SCENARIO_DEFS defines and titles them)."""
+
+    def __init__(self, scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome, model: ScenarioOutcome,
+                 agreement: Agreement):
+        self.scenario, self.ev, self.live, self.model, self.agreement = scenario, ev, live, model, agreement
+        self.ai = arch_interface(ev.arch, ev.paging_levels)
+        self.src_fault = ev.event_sources.get(ev.fault_event, ev.fault_event)
+        # where the syndrome is not traced, the trap is read from the flags handle_mm_fault() was given
+        self.src_trap = self.src_fault if self.ai.syndrome_traced else "kprobe handle_mm_fault arg2 (flags)"
+
+    def intro(self, s) -> None:
+        from .steps import observed
+        ev = self.ev
+        s.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
                                  f"PID {ev.pid}, paused after each operation"))
-    intro.derivations.append(scenario.teaches)
-    j.steps.append(intro)
-    for snap in ev.snapshots:
-        s = Step(len(j.steps) + 1, f"op{snap.index}", f"Operation {snap.index}: {snap.op}", "done")
-        rows = [r for r in live.rows if r.op == snap.index]
+        s.derivations.append(self.scenario.teaches)
+
+    def operation(self, s, snap: OpSnapshot) -> None:
+        from .steps import observed, unavailable
+        ev = self.ev
+        rows = [r for r in self.live.rows if r.op == snap.index]
         for r, event in zip(rows, ev.region_faults(snap.index)):
-            s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
-                                     r.trap_text(), f"{src_fault}; {src_trap}" if src_trap != src_fault else src_fault))
-            s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
-                                                            if r.stack_grown_pages else ""),
-                                    "the program's siginfo, or the page's pagemap and kpageflags after the "
-                                    "operation compared with before", live.details.get(snap.index, [])))
-            if r.esr is not None:
-                s.values.append(observed(f"{ai.syndrome_register} (signal frame)", r.esr, "the SIGSEGV's esr_context "
-                                         "record in the program's signal frame (arm64 passes a user address's ESR "
-                                         "unsanitised)", display=f"0x{r.esr:x} = {ai.decode_syndrome(r.esr).summary}"))
-            s.values += kprobe_fault_values(ev, event, r)
+            self._fault(s, snap, r, event)
         if not rows:
-            s.values.append(observed("faults in the region", 0, src_fault, display="0"))
+            s.values.append(observed("faults in the region", 0, self.src_fault, display="0"))
         s.values.append(observed("region's pagemap after", summarise_states(snap.region_states(ev.pid)),
                                  f"/proc/{ev.pid}/pagemap, /proc/kpageflags"))
         for a in ev.op_events(snap.index, "kmem:mm_page_alloc"):
@@ -404,13 +400,50 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
                                   + " → ".join(fn.split("+")[0] for _a, fn in reversed(a.kernel_chain)))
         if snap.errors:
             s.values.append(unavailable("some /proc reads", "; ".join(snap.errors)))
+
+    def _fault(self, s, snap: OpSnapshot, r: FaultRow, event: TraceEvent) -> None:
+        from .steps import derived, observed
+        ai, src_fault, src_trap = self.ai, self.src_fault, self.src_trap
+        s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
+                                 r.trap_text(), f"{src_fault}; {src_trap}" if src_trap != src_fault else src_fault))
+        s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
+                                                        if r.stack_grown_pages else ""),
+                                "the program's siginfo, or the page's pagemap and kpageflags after the "
+                                "operation compared with before", self.live.details.get(snap.index, [])))
+        if r.esr is not None:
+            s.values.append(observed(f"{ai.syndrome_register} (signal frame)", r.esr, "the SIGSEGV's esr_context "
+                                     "record in the program's signal frame (arm64 passes a user address's ESR "
+                                     "unsanitised)", display=f"0x{r.esr:x} = {ai.decode_syndrome(r.esr).summary}"))
+        s.values += kprobe_fault_values(self.ev, event, r)
+
+    def verdict(self, s) -> None:
+        from .steps import derived, modelled
+        ev = self.ev
+        s.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in self.model.rows) or "none",
+                                 f"pagefault simulator ({ev.arch.value}, {ev.paging_levels} levels) with this "
+                                 "machine's THP, zero-page and fault-around settings"))
+        s.values.append(derived("model agrees with the kernel", self.agreement.agree, "compare", self.agreement.lines))
+
+
+def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
+                           model: ScenarioOutcome, agreement: Agreement):
+    """The live scenario as the catalogue's scenario steps: the scenario, one step per operation (observed),
+    then the model's verdict."""
+    from .catalogue import scenario_step
+    from .steps import Journey
+    from .vocabulary import StepKey
+    j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
+    fill = _ScenarioSteps(scenario, ev, live, model, agreement)
+    intro = scenario_step(StepKey.SCENARIO, 1, name=scenario.name, title=scenario.title)
+    fill.intro(intro)
+    j.steps.append(intro)
+    for snap in ev.snapshots:
+        s = scenario_step(StepKey.OPERATION, len(j.steps) + 1, index=snap.index, op=snap.op)
+        fill.operation(s, snap)
         j.steps.append(s)
     j.timeline = _scenario_timeline(ev)
-    verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
-    verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
-                                   f"pagefault simulator ({ev.arch.value}, {ev.paging_levels} levels) with this machine's "
-                                   "THP, zero-page and fault-around settings"))
-    verdict.values.append(derived("model agrees with the kernel", agreement.agree, "compare", agreement.lines))
+    verdict = scenario_step(StepKey.VERDICT, len(j.steps) + 1)
+    fill.verdict(verdict)
     j.steps.append(verdict)
     j.notes += [f"{k}: {v}" for k, v in ev.settings.sources.items()]
     if ev.lost_events:
