@@ -42,7 +42,7 @@ def test_assemble_numbers_titles_and_says_why_a_step_is_missing() -> None:
                       StepKey.RIP: Missing("the simulator runs no machine code")}, Source.MODEL, Arch.ARM64)
     assert [s.key for s in steps] == [StepKey.PROCESS, StepKey.RIP, StepKey.RETURN]   # the catalogue's order
     assert [s.number for s in steps] == [1, 2, 3]
-    assert steps[1].title == STEP_DEFS[StepKey.RIP].told_as[Arch.ARM64]
+    assert steps[1].title == arch_interface(Arch.ARM64).step_titles[StepKey.RIP]
     assert steps[0].stage == Stage.READY and steps[2].stage == Stage.TOUCHED
     (missing,) = steps[1].values
     assert missing.label == STEP_DEFS[StepKey.RIP].missing_label

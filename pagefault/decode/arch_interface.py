@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .address import split_virtual_address, virtual_address_bits
 from .arch import Arch
@@ -121,6 +123,9 @@ class ArchInterface(ABC):
     syndrome_how: str           # how the MMU sets the syndrome, as the simulator does
     paging_level_choices: tuple[int, ...]   # the page-table depths a capture can have walked
     paging_levels_rule: str
+    # the journey's step titles (by step key) that this architecture words in its own registers and tables;
+    # a step not here keeps the catalogue's title
+    step_titles: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         self.paging_levels, self.va_bits, self.granule, self.pa_bits = paging_levels, va_bits, granule, pa_bits
@@ -241,6 +246,13 @@ class Arm64(ArchInterface):
     syndrome_how = ("a data abort from EL0, WnR for a write, a translation fault at the level whose descriptor was "
                     "invalid or a permission fault at the leaf")
     paging_level_choices, paging_levels_rule = (3, 4, 5), "arm64 with 4 KiB pages walks 3, 4 or 5 levels"
+    step_titles = MappingProxyType({
+        "trap": "The CPU takes a data abort from EL0: FAR (the address), ELR (the PC) and ESR_EL1",
+        "rip": "The PC proven: the faulting instruction, disassembled",
+        "flags": "Fault flags: what do_page_fault() hands to handle_mm_fault()",
+        "walk": "The page-table walk: TTBR0_EL1 → one descriptor per level",
+        "pte": "The page descriptor that lets the retried instruction succeed",
+    })
 
     def walk_shape(self) -> dict[str, object]:
         return {"root_register": self.root_register, "architecture": self.arch.value, "va_bits": self.va_bits}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..decode.arch import Arch
+from ..decode.arch_interface import arch_interface
 from .steps import Step, unavailable
 from .vocabulary import Source, Stage, StepKey, W
 
@@ -27,10 +28,12 @@ class StepDef:
     stage: Stage                    # the phase the live exercise is paused at while the step is read
     needs: str                      # the evidence the step is built from
     missing_label: str              # the value that says why, when a source lacks that evidence
-    told_as: Mapping[Source | Arch, str] = field(default_factory=dict)   # a source's (or arch's) own title
+    told_as: Mapping[Source, str] = field(default_factory=dict)   # a source's own title
 
     def title_for(self, source: Source, arch: Arch) -> str:
-        return self.told_as.get(source) or self.told_as.get(arch) or self.title
+        """The title as ``source`` tells it, else as the architecture names the step (its Arch interface's
+        step_titles: registers and tables have its names), else the catalogue's."""
+        return self.told_as.get(source) or arch_interface(arch).step_titles.get(self.key) or self.title
 
 
 _T = Stage.TOUCHED
@@ -43,23 +46,19 @@ CATALOGUE: tuple[StepDef, ...] = (
             "the mmap call and the VMA it made", "VMA"),
     StepDef(StepKey.TRAP, "The CPU traps: #PF with the faulting address, RIP and error code", _T,
             "the trap's address, instruction pointer and syndrome", "page fault",
-            {Arch.ARM64: "The CPU takes a data abort from EL0: FAR (the address), ELR (the PC) and ESR_EL1",
-             Source.PROGRAM: "The CPU traps: address, RIP, error code"}),
+            {Source.PROGRAM: "The CPU traps: address, RIP, error code"}),
     StepDef(StepKey.RIP, "RIP proven: the faulting instruction, found in the file", _T,
             "the faulting instruction's bytes", "instruction",
-            {Arch.ARM64: "The PC proven: the faulting instruction, disassembled",
-             Source.PROGRAM: "The instruction that faulted"}),
+            {Source.PROGRAM: "The instruction that faulted"}),
     StepDef(StepKey.FLAGS, "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", _T,
             "the syndrome and enum fault_flag", "fault flags",
-            {Arch.ARM64: "Fault flags: what do_page_fault() hands to handle_mm_fault()",
-             Source.PROGRAM: "The flags handle_mm_fault() gets"}),
+            {Source.PROGRAM: "The flags handle_mm_fault() gets"}),
     StepDef(StepKey.VMA, "The VMA lookup: is the address legal, and is a write allowed?", _T,
             "the VMA that holds the address", "VMA",
             {Source.PROGRAM: "The VMA that holds the address"}),
     StepDef(StepKey.WALK, "The page-table walk: one index per level", _T,
             "the page-table entries at each level", "walk",
-            {Arch.ARM64: "The page-table walk: TTBR0_EL1 → one descriptor per level",
-             Source.PROGRAM: "The page-table walk, before and after"}),
+            {Source.PROGRAM: "The page-table walk, before and after"}),
     StepDef(StepKey.ALLOC, "The buddy allocator hands out a page", _T,
             "the page allocations inside the fault", "allocation",
             {Source.PROGRAM: "The page the fault got"}),
@@ -68,8 +67,7 @@ CATALOGUE: tuple[StepDef, ...] = (
             "the page's pagemap entry", "pagemap entry"),
     StepDef(StepKey.PTE, "The PTE that lets the retried instruction succeed", _T,
             "the leaf entry after the fault", "PTE",
-            {Arch.ARM64: "The page descriptor that lets the retried instruction succeed",
-             Source.PROGRAM: "The PTE after, and the page behind it"}),
+            {Source.PROGRAM: "The PTE after, and the page behind it"}),
     StepDef(StepKey.RETURN, "Return: the instruction retried", _T,
             "what happened after the handler returned", "outcome",
             {Source.PROGRAM: "Back to the program"}),
