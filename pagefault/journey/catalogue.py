@@ -1,8 +1,9 @@
 """The step catalogue: every step of a journey defined once, and the one builder that assembles them.
 
-A step's definition holds its key, its title (and how a source or an architecture tells it in its own
-words), the phase the live exercise is paused at while it is read, the evidence it needs, and the label
-of the value that stands in for it when a source lacks that evidence. Each source (the live exercise,
+A step's definition holds its key, its title (and how a source tells it in its own words; an
+architecture's words are its Arch interface's step_titles), the phase the live exercise is paused at
+while it is read, the evidence it needs, and the label of the value that stands in for it when a source
+lacks that evidence. Each source (the live exercise,
 a fault in any program, the simulator, the arm64 exercise) gives the builder a filler per step it has
 evidence for, or a ``Missing`` with the reason it has none; the builder numbers the steps in the
 catalogue's order, titles them, and turns each ``Missing`` into the step's "unavailable, because …".
