@@ -42,7 +42,7 @@ def test_assemble_numbers_titles_and_says_why_a_step_is_missing() -> None:
                       StepKey.RIP: Missing("the simulator runs no machine code")}, Source.MODEL, Arch.ARM64)
     assert [s.key for s in steps] == [StepKey.PROCESS, StepKey.RIP, StepKey.RETURN]   # the catalogue's order
     assert [s.number for s in steps] == [1, 2, 3]
-    assert steps[1].title == STEP_DEFS[StepKey.RIP].told_as[Arch.ARM64]
+    assert steps[1].title == arch_interface(Arch.ARM64).step_titles[StepKey.RIP]
     assert steps[0].stage == Stage.READY and steps[2].stage == Stage.TOUCHED
     (missing,) = steps[1].values
     assert missing.label == STEP_DEFS[StepKey.RIP].missing_label
@@ -183,3 +183,31 @@ def test_a_program_fault_without_bpf_reads_says_why_its_walk_is_missing() -> Non
     walk = next(s for s in journey_from_evidence(ev).steps if s.key == StepKey.WALK)
     assert [(v.label, v.provenance, v.source) for v in walk.values] == [
         (STEP_DEFS[StepKey.WALK].missing_label, Provenance.UNAVAILABLE, "bpftrace is not installed")]
+
+
+# --- a scenario's steps -----------------------------------------------------------------------------------
+
+def _scenario_journeys():
+    from pagefault.evidence import ScenarioEvidence
+    for path in sorted(FIXTURES.glob("*/scenario-*.json.gz")):
+        ev = load_evidence(path).evidence
+        assert isinstance(ev, ScenarioEvidence), path
+        yield f"{path.parent.name}/{path.name}", ev, journey_from_evidence(ev)
+
+
+@pytest.mark.parametrize("name,ev,journey", list(_scenario_journeys()), ids=lambda x: x if isinstance(x, str) else "")
+def test_a_live_scenario_journey_is_the_catalogues_scenario_steps(name, ev, journey) -> None:
+    from pagefault.journey.catalogue import SCENARIO_DEFS
+    keys = [s.key for s in journey.steps]
+    assert keys == ["scenario"] + [f"op{snap.index}" for snap in ev.snapshots] + ["model"], name
+    assert [s.number for s in journey.steps] == list(range(1, len(keys) + 1))
+    first, *ops, verdict = journey.steps
+    assert first.stage == SCENARIO_DEFS[StepKey.SCENARIO].stage and first.title.startswith(f"Scenario {ev.scenario}: ")
+    assert verdict.title == SCENARIO_DEFS[StepKey.VERDICT].title
+    for s, snap in zip(ops, ev.snapshots):
+        assert s.title == f"Operation {snap.index}: {snap.op}" and s.stage == SCENARIO_DEFS[StepKey.OPERATION].stage
+    # the trap is shown as the architecture lets it be seen: the error code on x86, the handler's flags on arm64
+    traps = [v.display for s in ops for v in s.values if v.label.startswith("fault on page")]
+    assert traps or "populate" in name, name     # MAP_POPULATE faults the pages in inside mmap: no trap
+    word = "error code 0x" if ev.arch is Arch.X86_64 else "handle_mm_fault"
+    assert all(str(t).startswith(word) for t in traps), (name, traps)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .address import split_virtual_address, virtual_address_bits
 from .arch import Arch
 from .arm64_address import split_arm64_address
-from .arm64_descriptor import DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
-from .error_code import X86_PF_PROT, X86_PF_WRITE, decode_error_code
+from .arm64_descriptor import POE_SINCE, DescriptorKind, decode_arm64_descriptor, derive_arm64_anonymous_pte
+from .error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, decode_error_code
 from .esr import FaultStatusKind, decode_esr, fault_flags_from_esr
 from .fault_flags import derive_fault_flags
 from .pte import decode_pte, derive_anonymous_pte
@@ -70,6 +72,31 @@ class SyndromeMeaning:
 
 
 @dataclass(frozen=True)
+class VmFlagBits:
+    """How an architecture reads vm_flags' architecture bits (VM_ARCH_1, VM_HIGH_ARCH_*) over the generic,
+    x86-64-shaped table of decode/vm_flags.py."""
+
+    absent: frozenset[str] = frozenset()    # flags of the generic table this architecture never has
+    dropped: frozenset[int] = frozenset()   # bits whose generic (x86) meaning it does not share
+    own: tuple[tuple[int, str, str], ...] = ()   # (bit, name, meaning) it gives those bits instead
+    note: str = ""
+
+
+# arm64's own vm_flags bits, checked in Debian's 6.1.192 and 6.12.117 include/linux/mm.h: before 6.12 MTE
+# takes VM_HIGH_ARCH_0/1; 6.12 gave VM_HIGH_ARCH_0..2 to POE protection keys and moved MTE to 4/5.
+_ARM64_VM_BEFORE_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
+                         (32, "VM_MTE", "arm64: memory tagging in use"),
+                         (33, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
+_ARM64_VM_FROM_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
+                       (32, "VM_PKEY_BIT0", "arm64 POE protection key bit 0"),
+                       (33, "VM_PKEY_BIT1", "POE protection key bit 1"),
+                       (34, "VM_PKEY_BIT2", "POE protection key bit 2"),
+                       (36, "VM_MTE", "arm64: memory tagging in use"),
+                       (37, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
+_X86_ONLY_VM_BITS = frozenset({24, 32, 33, 34, 35})
+
+
+@dataclass(frozen=True)
 class DerivedEntry:
     value: int
     derivations: tuple[str, ...]
@@ -87,6 +114,18 @@ class ArchInterface(ABC):
     syndrome_fields: str        # what its decoding reads
     fault_handler_source: str   # the file that turns the syndrome into fault flags
     derive_entry_name: str      # the function that derives an anonymous page's entry
+    # Whether a tracepoint gives the syndrome of every fault, handled or not (x86's page_fault_user has the
+    # error code); where none does, the trap is known only by the flags handle_mm_fault() was given.
+    syndrome_traced: bool
+    trap_event: str             # the event whose samples are a scenario's faults
+    untraced_syndrome_note: str = ""   # where the syndrome is not traced: what stands in for it, and why
+    entry_address_field: str    # the field of a table entry that holds the next table's (or frame's) address
+    syndrome_how: str           # how the MMU sets the syndrome, as the simulator does
+    paging_level_choices: tuple[int, ...]   # the page-table depths a capture can have walked
+    paging_levels_rule: str
+    # the journey's step titles (by step key) that this architecture words in its own registers and tables;
+    # a step not here keeps the catalogue's title
+    step_titles: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         self.paging_levels, self.va_bits, self.granule, self.pa_bits = paging_levels, va_bits, granule, pa_bits
@@ -124,6 +163,16 @@ class ArchInterface(ABC):
     def frame_field(self, level: str) -> str:
         """Where in the entry the frame is, in a sentence."""
 
+    @abstractmethod
+    def access_flags(self, code: int) -> tuple[str, ...]:
+        """The USER, INSTRUCTION and WRITE fault flags (their names, no FAULT_FLAG_) the handler reads out of
+        the syndrome ``code`` for a user-mode fault."""
+
+    def vm_flag_bits(self, version: Version) -> VmFlagBits:
+        """How this architecture reads vm_flags' architecture bits in kernel ``version`` (the generic table's
+        meanings are x86-64's)."""
+        return VmFlagBits()
+
 
 class X86_64(ArchInterface):
     arch = Arch.X86_64
@@ -132,6 +181,10 @@ class X86_64(ArchInterface):
     syndrome_fields = "the x86 #PF error-code bits"
     fault_handler_source = "arch/x86/mm/fault.c"
     derive_entry_name = "derive_anonymous_pte()"
+    syndrome_traced, trap_event = True, "exceptions:page_fault_user"
+    entry_address_field = "frame field"
+    syndrome_how = "P if the entry was present, W for a write, U for user mode"
+    paging_level_choices, paging_levels_rule = (4, 5), "x86-64 pages with 4 or 5 levels"
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         # the levels fix x86's address size (48 or 57 bits) and its granule is 4 KiB
@@ -155,8 +208,13 @@ class X86_64(ArchInterface):
         return SyndromeMeaning(d.summary, tuple(d.bit_meanings), bool(code & X86_PF_WRITE), bool(code & X86_PF_PROT))
 
     def fault_flags(self, code: int, table: dict[str, int], source: str, *, vma_lock: bool) -> tuple[int, list[str]]:
-        ff = derive_fault_flags(code, table, source=source)
+        ff = derive_fault_flags(code, table, source=source, vma_lock=vma_lock)
         return ff.value, list(ff.derivations)
+
+    def access_flags(self, code: int) -> tuple[str, ...]:
+        # do_user_addr_fault(): USER for a user-mode fault, WRITE for X86_PF_WRITE, INSTRUCTION for X86_PF_INSTR
+        return tuple(n for n, b in (("USER", X86_PF_USER), ("INSTRUCTION", X86_PF_INSTR), ("WRITE", X86_PF_WRITE))
+                     if code & b)
 
     def derive_anonymous_entry(self, pfn: int, vm_flags: int, write: bool, kernel: Version,
                                soft_dirty: bool = False) -> DerivedEntry:
@@ -178,6 +236,23 @@ class Arm64(ArchInterface):
     syndrome_fields = "the ESR_EL1 fields"
     fault_handler_source = "arch/arm64/mm/fault.c"
     derive_entry_name = "derive_arm64_anonymous_pte()"
+    # no arm64 tracepoint has the trap (6.1 has no exceptions:page_fault_user): the faults are the perf
+    # software page-fault event's samples, and no probe can read ESR_EL1 for a handled fault
+    syndrome_traced, trap_event = False, "page-faults"
+    untraced_syndrome_note = ("arm64: ESR_EL1 cannot be read for a handled fault, so these flags are the trap's "
+                              "record: do_page_fault() set USER for a fault from EL0, WRITE for WnR without CM, "
+                              "INSTRUCTION for an instruction abort")
+    entry_address_field = "output address"
+    syndrome_how = ("a data abort from EL0, WnR for a write, a translation fault at the level whose descriptor was "
+                    "invalid or a permission fault at the leaf")
+    paging_level_choices, paging_levels_rule = (3, 4, 5), "arm64 with 4 KiB pages walks 3, 4 or 5 levels"
+    step_titles = MappingProxyType({
+        "trap": "The CPU takes a data abort from EL0: FAR (the address), ELR (the PC) and ESR_EL1",
+        "rip": "The PC proven: the faulting instruction, disassembled",
+        "flags": "Fault flags: what do_page_fault() hands to handle_mm_fault()",
+        "walk": "The page-table walk: TTBR0_EL1 → one descriptor per level",
+        "pte": "The page descriptor that lets the retried instruction succeed",
+    })
 
     def walk_shape(self) -> dict[str, object]:
         return {"root_register": self.root_register, "architecture": self.arch.value, "va_bits": self.va_bits}
@@ -223,6 +298,15 @@ class Arm64(ArchInterface):
 
     def frame_field(self, level: str) -> str:
         return "the output address of the leaf descriptor"
+
+    def access_flags(self, code: int) -> tuple[str, ...]:
+        return fault_flags_from_esr(decode_esr(code))
+
+    def vm_flag_bits(self, version: Version) -> VmFlagBits:
+        own = _ARM64_VM_FROM_6_12 if tuple(version[:2]) >= POE_SINCE else _ARM64_VM_BEFORE_6_12
+        note = ("; arm64's bits 32..37 as in 6.12, not checked for later kernels (arm64 GCS came in 6.13)"
+                if tuple(version[:2]) > (6, 12) else "")
+        return VmFlagBits(frozenset({"VM_SHADOW_STACK"}), _X86_ONLY_VM_BITS, own, note)
 
 
 _CLASSES: dict[Arch, type[ArchInterface]] = {Arch.X86_64: X86_64, Arch.ARM64: Arm64}

@@ -7,7 +7,7 @@ on x86-64 (PAT, protection keys, shadow stack) and arm64 (BTI, MTE, POE protecti
 from __future__ import annotations
 
 from .arch import Arch
-from .arm64_descriptor import POE_SINCE
+from .arch_interface import arch_interface
 from .bits import Flag, FlagWord, bit, decode_flag_word
 
 _BASE = (
@@ -46,34 +46,20 @@ _ADDED = (
 )
 
 
-# arm64's own bits, checked in Debian's 6.1.192 and 6.12.117 include/linux/mm.h: before 6.12 MTE takes
-# VM_HIGH_ARCH_0/1; 6.12 gave VM_HIGH_ARCH_0..2 to POE protection keys and moved MTE to 4/5.
-_ARM64_BEFORE_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
-                      (32, "VM_MTE", "arm64: memory tagging in use"), (33, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
-_ARM64_FROM_6_12 = ((24, "VM_ARM64_BTI", "arm64 VM_ARCH_1: BTI-guarded pages (the GP bit)"),
-                    (32, "VM_PKEY_BIT0", "arm64 POE protection key bit 0"), (33, "VM_PKEY_BIT1", "POE protection key bit 1"),
-                    (34, "VM_PKEY_BIT2", "POE protection key bit 2"),
-                    (36, "VM_MTE", "arm64: memory tagging in use"), (37, "VM_MTE_ALLOWED", "arm64: memory tagging allowed"))
-_X86_ONLY = {24, 32, 33, 34, 35}
-
-
 def vm_flags_table(version: tuple[int, int], arch: Arch = Arch.X86_64) -> tuple[tuple[Flag, ...], str]:
+    arch_bits = arch_interface(arch).vm_flag_bits((version[0], version[1]))
     by_bit = {b: Flag(bit(b), n, m) for b, n, m in _BASE}
     for first, b, name, meaning in _ADDED:
-        if tuple(version[:2]) >= first and (arch is Arch.X86_64 or name != "VM_SHADOW_STACK"):
+        if tuple(version[:2]) >= first and name not in arch_bits.absent:
             if name is None:
                 by_bit.pop(b, None)
             else:
                 by_bit[b] = Flag(bit(b), name, meaning)
-    note = ""
-    if arch is Arch.ARM64:
-        for b in _X86_ONLY:
-            by_bit.pop(b, None)
-        own = _ARM64_FROM_6_12 if tuple(version[:2]) >= POE_SINCE else _ARM64_BEFORE_6_12
-        for b, name, meaning in own:
-            by_bit[b] = Flag(bit(b), name, meaning)
-        if tuple(version[:2]) > (6, 12):
-            note = "; arm64's bits 32..37 as in 6.12, not checked for later kernels (arm64 GCS came in 6.13)"
+    for b in arch_bits.dropped:
+        by_bit.pop(b, None)
+    for b, name, meaning in arch_bits.own:
+        by_bit[b] = Flag(bit(b), name, meaning)
+    note = arch_bits.note
     source = (f"include/linux/mm.h as of kernel {version[0]}.{version[1]} ({arch.value}), modelled from the kernel "
               f"sources{note}")
     return tuple(by_bit[b] for b in sorted(by_bit)), source

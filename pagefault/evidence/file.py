@@ -23,6 +23,7 @@ from typing import Any, get_args, get_origin
 import cattrs
 
 from ..decode.arch import Arch
+from ..decode.arch_interface import arch_interface
 from .records import Arm64FaultEvidence, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 
 FORMAT = "pagefault-evidence"
@@ -212,11 +213,9 @@ def _out_of_range(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence 
         if ev.offset < 0 or ev.offset >= ev.mapping_size:
             return f"evidence.offset 0x{ev.offset:x} is outside the mapping of 0x{ev.mapping_size:x} bytes"
         return ""
-    if isinstance(ev, ScenarioEvidence) and ev.arch is Arch.ARM64:
-        if ev.paging_levels not in (3, 4, 5):
-            return f"evidence.paging_levels is {ev.paging_levels}: arm64 with 4 KiB pages walks 3, 4 or 5 levels"
-    elif ev.paging_levels not in (4, 5):
-        return f"evidence.paging_levels is {ev.paging_levels}: x86-64 pages with 4 or 5 levels"
+    arch = arch_interface(ev.arch if isinstance(ev, ScenarioEvidence) else Arch.X86_64)
+    if ev.paging_levels not in arch.paging_level_choices:
+        return f"evidence.paging_levels is {ev.paging_levels}: {arch.paging_levels_rule}"
     if isinstance(ev, JourneyEvidence):
         try:
             ev.options.check()

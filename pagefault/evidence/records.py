@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..decode.arch import Arch
+from ..decode.arch_interface import arch_interface
 
 DEFAULT_TEXT = "offset world"
 
@@ -338,12 +339,10 @@ class ScenarioEvidence:
     arch: Arch = Arch.X86_64
     lpa2: bool = False                        # arm64: 52-bit (LPA2) descriptors in use
 
-    FAULT_EVENTS = ("exceptions:page_fault_user", "page-faults")
-
     @property
     def fault_event(self) -> str:
-        """The name of the events that are the faults: page_fault_user on x86, the software event on arm64."""
-        return self.FAULT_EVENTS[1] if self.arch is Arch.ARM64 else self.FAULT_EVENTS[0]
+        """The name of the events that are the faults: the architecture's (decode.arch_interface's trap_event)."""
+        return arch_interface(self.arch).trap_event
 
     def op_events(self, index: int, name: str) -> list[TraceEvent]:
         """The events of the program (and its child) between the pause before operation index and the one after."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..decode.arch import Arch
-from ..decode.arm64_address import split_arm64_address
+from ..decode.arch_interface import arch_interface
+from ..decode.arm64_address import split_arm64_address, translation_levels
 from ..decode.arm64_descriptor import DerivedArm64PTE, decode_arm64_descriptor, derive_arm64_anonymous_pte
 from ..decode.esr import derive_esr
 from ..decode.fault_flags import decode_fault_flags
@@ -120,6 +121,8 @@ class _Arm64Steps:
 
     def __init__(self, ev: Arm64FaultEvidence, j: Journey):
         self.ev, self.j, self.version = ev, j, _version(ev)
+        self.arch = arch_interface(Arch.ARM64, translation_levels(ev.va_bits, ev.page_size), va_bits=ev.va_bits,
+                                   granule=ev.page_size, pa_bits=_pa_bits(ev))
         self.esr_level = first_invalid_level(ev)
         self.after = {r.level: r for r in ev.walk_after}
 
@@ -199,7 +202,7 @@ class _Arm64Steps:
                         f"derived: mm->pgd 0x{ev.pgd_virtual:x} − the linear-map offset (TTBR0_EL1 holds this address, "
                         "with the ASID in its bits 63..48; no probe reads the register)" if pgd_physical is not None
                         else "unavailable: the linear-map offset was not derived",
-                        page_size=ev.page_size, root_register="TTBR0_EL1", architecture="arm64", va_bits=ev.va_bits)
+                        page_size=ev.page_size, **self.arch.walk_shape())  # type: ignore[arg-type]
         before, after = {r.level: r for r in ev.walk_before}, self.after
         for index in split.indices:
             b, a = before.get(index.level), after.get(index.level)

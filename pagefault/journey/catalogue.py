@@ -1,8 +1,9 @@
 """The step catalogue: every step of a journey defined once, and the one builder that assembles them.
 
-A step's definition holds its key, its title (and how a source or an architecture tells it in its own
-words), the phase the live exercise is paused at while it is read, the evidence it needs, and the label
-of the value that stands in for it when a source lacks that evidence. Each source (the live exercise,
+A step's definition holds its key, its title (and how a source tells it in its own words; an
+architecture's words are its Arch interface's step_titles), the phase the live exercise is paused at
+while it is read, the evidence it needs, and the label of the value that stands in for it when a source
+lacks that evidence. Each source (the live exercise,
 a fault in any program, the simulator, the arm64 exercise) gives the builder a filler per step it has
 evidence for, or a ``Missing`` with the reason it has none; the builder numbers the steps in the
 catalogue's order, titles them, and turns each ``Missing`` into the step's "unavailable, because …".
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..decode.arch import Arch
+from ..decode.arch_interface import arch_interface
 from .steps import Step, unavailable
 from .vocabulary import Source, Stage, StepKey, W
 
@@ -27,10 +29,12 @@ class StepDef:
     stage: Stage                    # the phase the live exercise is paused at while the step is read
     needs: str                      # the evidence the step is built from
     missing_label: str              # the value that says why, when a source lacks that evidence
-    told_as: Mapping[Source | Arch, str] = field(default_factory=dict)   # a source's (or arch's) own title
+    told_as: Mapping[Source, str] = field(default_factory=dict)   # a source's own title
 
     def title_for(self, source: Source, arch: Arch) -> str:
-        return self.told_as.get(source) or self.told_as.get(arch) or self.title
+        """The title as ``source`` tells it, else as the architecture names the step (its Arch interface's
+        step_titles: registers and tables have its names), else the catalogue's."""
+        return self.told_as.get(source) or arch_interface(arch).step_titles.get(self.key) or self.title
 
 
 _T = Stage.TOUCHED
@@ -43,23 +47,19 @@ CATALOGUE: tuple[StepDef, ...] = (
             "the mmap call and the VMA it made", "VMA"),
     StepDef(StepKey.TRAP, "The CPU traps: #PF with the faulting address, RIP and error code", _T,
             "the trap's address, instruction pointer and syndrome", "page fault",
-            {Arch.ARM64: "The CPU takes a data abort from EL0: FAR (the address), ELR (the PC) and ESR_EL1",
-             Source.PROGRAM: "The CPU traps: address, RIP, error code"}),
+            {Source.PROGRAM: "The CPU traps: address, RIP, error code"}),
     StepDef(StepKey.RIP, "RIP proven: the faulting instruction, found in the file", _T,
             "the faulting instruction's bytes", "instruction",
-            {Arch.ARM64: "The PC proven: the faulting instruction, disassembled",
-             Source.PROGRAM: "The instruction that faulted"}),
+            {Source.PROGRAM: "The instruction that faulted"}),
     StepDef(StepKey.FLAGS, "Fault flags: what do_user_addr_fault() hands to handle_mm_fault()", _T,
             "the syndrome and enum fault_flag", "fault flags",
-            {Arch.ARM64: "Fault flags: what do_page_fault() hands to handle_mm_fault()",
-             Source.PROGRAM: "The flags handle_mm_fault() gets"}),
+            {Source.PROGRAM: "The flags handle_mm_fault() gets"}),
     StepDef(StepKey.VMA, "The VMA lookup: is the address legal, and is a write allowed?", _T,
             "the VMA that holds the address", "VMA",
             {Source.PROGRAM: "The VMA that holds the address"}),
     StepDef(StepKey.WALK, "The page-table walk: one index per level", _T,
             "the page-table entries at each level", "walk",
-            {Arch.ARM64: "The page-table walk: TTBR0_EL1 → one descriptor per level",
-             Source.PROGRAM: "The page-table walk, before and after"}),
+            {Source.PROGRAM: "The page-table walk, before and after"}),
     StepDef(StepKey.ALLOC, "The buddy allocator hands out a page", _T,
             "the page allocations inside the fault", "allocation",
             {Source.PROGRAM: "The page the fault got"}),
@@ -68,8 +68,7 @@ CATALOGUE: tuple[StepDef, ...] = (
             "the page's pagemap entry", "pagemap entry"),
     StepDef(StepKey.PTE, "The PTE that lets the retried instruction succeed", _T,
             "the leaf entry after the fault", "PTE",
-            {Arch.ARM64: "The page descriptor that lets the retried instruction succeed",
-             Source.PROGRAM: "The PTE after, and the page behind it"}),
+            {Source.PROGRAM: "The PTE after, and the page behind it"}),
     StepDef(StepKey.RETURN, "Return: the instruction retried", _T,
             "what happened after the handler returned", "outcome",
             {Source.PROGRAM: "Back to the program"}),
@@ -242,6 +241,26 @@ def assemble(fillers: Mapping[StepKey, Filler | Missing], source: Source, arch: 
         steps.append(s)
     return steps
 
+
+# A scenario's steps, whether the simulator ran it or the live kernel did (checked against the simulator):
+# the scenario, one step per operation, and (live) the simulator's verdict. Their titles take the
+# scenario's words; an operation's key is OPERATION's with the operation's index (op0, op1, …).
+SCENARIO_DEFS: dict[StepKey, StepDef] = {d.key: d for d in (
+    StepDef(StepKey.SCENARIO, "Scenario {name}: {title}", Stage.READY, "the scenario's program and what it teaches",
+            "program"),
+    StepDef(StepKey.OPERATION, "Operation {index}: {op}", Stage.DONE,
+            "the operation's faults and the region's pagemap after it", "faults"),
+    StepDef(StepKey.VERDICT, "The simulator, run on the same operations", Stage.DONE,
+            "the simulator's run of the same operations with the machine's settings", "simulator's faults"),
+)}
+
+
+def scenario_step(key: StepKey, number: int, **words: object) -> Step:
+    """A scenario's step as SCENARIO_DEFS defines it, numbered ``number``, its title filled with ``words``
+    (name and title of the scenario; index and op of an operation)."""
+    d = SCENARIO_DEFS[key]
+    step_key = f"{d.key}{words['index']}" if key is StepKey.OPERATION else d.key
+    return Step(number, step_key, d.title.format(**words), d.stage)
 
 
 # The live exercise's steps, in order (the stepper counts them).

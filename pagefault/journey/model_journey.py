@@ -5,7 +5,6 @@ numbers too (with the arithmetic shown), or unavailable.
 
 from __future__ import annotations
 
-from ..decode.arch import Arch
 from ..decode.arch_interface import ArchInterface, arch_interface
 from ..decode.fault_flags import decode_fault_flags, fallback_fault_flag_values
 from ..decode.gfp import decode_gfp, gfp_value
@@ -15,7 +14,7 @@ from ..model import kernel as mk
 from ..model.maple_tree import search as maple_search
 from ..model.page_tables import Arm64Format
 from ..model.scenarios import ModelRun, parse_op
-from .catalogue import Filler, Missing, assemble
+from .catalogue import Filler, Missing, assemble, scenario_step
 from .steps import Area, Journey, PageWalk, Provenance, Step, Value, WalkLevel, modelled, unavailable
 from .vocabulary import Source, StepKey, seven_ws
 
@@ -140,11 +139,6 @@ class _Featured:
         else:
             s.values.append(modelled("VMA", "none", src("no VMA holds the address")))
 
-    # how the simulated MMU sets each architecture's syndrome
-    SYNDROME_HOW = {Arch.X86_64: "the simulated MMU: P if the entry was present, W for a write, U for user mode",
-                    Arch.ARM64: "the simulated MMU: a data abort from EL0, WnR for a write, a translation fault at "
-                                "the level whose descriptor was invalid or a permission fault at the leaf"}
-
     def trap(self, s: Step) -> None:
         f, arch, src = self.f, self.arch, self.src
         if not f.trap:
@@ -152,7 +146,7 @@ class _Featured:
                                                          "mmap; the CPU never trapped")))
         meaning = arch.decode_syndrome(f.error_code)
         s.values += [modelled(f"faulting address ({arch.address_register})", f.address, src("the scenario's access")),
-                     modelled(arch.syndrome_register, f.error_code, src(self.SYNDROME_HOW[arch.arch]),
+                     modelled(arch.syndrome_register, f.error_code, src("the simulated MMU: " + arch.syndrome_how),
                               display=f"0x{f.error_code:x}"),
                      _computed(f"{arch.syndrome_noun} meaning", meaning.summary, arch.syndrome_fields,
                                list(meaning.derivations)),
@@ -253,7 +247,7 @@ def featured_steps(run: ModelRun, f: mk.Fault) -> list[Step]:
 def op_step(run: ModelRun, index: int, op: str, number: int) -> Step:
     who, verb, _args = parse_op(op)
     faults = run.faults_by_op[index]
-    s = Step(number, f"op{index}", f"Operation {index}: {op}", "done")
+    s = scenario_step(StepKey.OPERATION, number, index=index, op=op)
     for f in faults:
         page = (f.address - run.region) >> 12
         grown = f", the stack grew {f.stack_grown_pages} pages" if f.stack_grown_pages else ""

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..decode.arch import Arch
-from ..decode.esr import decode_esr, fault_flags_from_esr
-from ..decode.fault_flags import decode_fault_flags, derive_fault_flags
+from ..decode.arch_interface import arch_interface
+from ..decode.esr import decode_esr
+from ..decode.fault_flags import decode_fault_flags
 from ..decode.pagemap import PM_PFN_MASK, page_state, summarise_states
 from ..evidence import KprobeFault, MemorySettings, OpSnapshot, ScenarioEvidence, TraceEvent
 from ..model import kernel as mk
@@ -44,15 +45,17 @@ class FaultRow:
     esr: int | None = None    # arm64: the model's ESR; live, the SIGSEGV signal frame's (observed), when one was sent
 
     def trap(self) -> int | str:
-        """The trap as compared: the error code on x86, handle_mm_fault's access flags on arm64."""
-        return self.handler_flags if self.arch is Arch.ARM64 else self.error_code
+        """The trap as compared: the syndrome where a tracepoint gives it (x86's error code), else
+        handle_mm_fault's access flags (arm64)."""
+        return self.error_code if arch_interface(self.arch).syndrome_traced else self.handler_flags
 
     def key(self) -> tuple:
         return (self.op, self.who, self.page, self.trap(), self.outcome, self.stack_grown_pages)
 
     def trap_text(self) -> str:
-        if self.arch is not Arch.ARM64:
-            return f"error code 0x{self.error_code:x}"
+        ai = arch_interface(self.arch)
+        if ai.syndrome_traced:
+            return f"{ai.syndrome_noun} 0x{self.error_code:x}"
         if self.handler_flags == NOT_CALLED:
             return "handle_mm_fault not called"
         return f"handle_mm_fault flags {self.handler_flags}"
@@ -100,14 +103,14 @@ def from_model(run: ModelRun) -> ScenarioOutcome:
     rows = []
     child = run.child.pid if run.child else -1
     arch = run.kernel.config.arch
+    ai = arch_interface(arch)
     for op, faults in enumerate(run.faults_by_op):
         for f in faults:
             page = next((a for a in f.allocs if a.pfn == f.pfn), None) if f.outcome in ALLOCATING else None
             kpf = f.kpageflags_after if f.outcome == mk.NEW_PAGE else None
             handler = ""
-            if arch is Arch.ARM64:
-                handler = NOT_CALLED if f.outcome in (mk.MAPERR, mk.ACCERR) else \
-                    "|".join(fault_flags_from_esr(decode_esr(f.error_code)))
+            if not ai.syndrome_traced:
+                handler = NOT_CALLED if f.outcome in (mk.MAPERR, mk.ACCERR) else "|".join(ai.access_flags(f.error_code))
             rows.append(FaultRow(op, "child" if f.pid == child else "parent", (f.address - run.region) >> 12,
                                  f.error_code, f.outcome, f.stack_grown_pages,
                                  gfp=gfp_value(page.gfp) if page else None, kpageflags=kpf, arch=arch,
@@ -123,6 +126,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
     out = ScenarioOutcome([], [])
     prev: OpSnapshot | None = None
     roles = {ev.pid: "parent", ev.child_pid: "child"}
+    ai = arch_interface(ev.arch, ev.paging_levels)
     for snap in ev.snapshots:
         lo = snap.region
         faults = ev.region_faults(snap.index)
@@ -143,8 +147,9 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                 outcome = mk.MAPERR if snap.segv_code == mk.SEGV_MAPERR else mk.ACCERR
                 lines.append(f"SIGSEGV si_code {snap.segv_code} at 0x{snap.segv_addr:x} (the program's siginfo)")
                 if snap.segv_esr:
-                    syndrome = decode_esr(snap.segv_esr)
-                    lines.append(f"ESR_EL1 0x{snap.segv_esr:x} from the signal frame's esr_context: {syndrome.summary}")
+                    syndrome = ai.decode_syndrome(snap.segv_esr)
+                    lines.append(f"{ai.syndrome_register} 0x{snap.segv_esr:x} from the signal frame's esr_context: "
+                                 f"{syndrome.summary}")
             else:
                 flags = snap.kpageflags.get(entry & PM_PFN_MASK) if entry >> 63 else None
                 state = page_state(entry, flags)
@@ -152,7 +157,8 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
                     outcome = OUTCOME_BY_STATE[state]
                 elif state == "not present":
                     outcome = "not mapped afterwards"
-                elif (before >> 63 if ev.arch is Arch.ARM64 else code & mk.PF_PROT):    # a protection fault
+                # a protection fault: the syndrome says so where it is traced, else the page was present before
+                elif (ai.decode_syndrome(code).present if ai.syndrome_traced else before >> 63):
                     same = before >> 63 and (before & PM_PFN_MASK) == (entry & PM_PFN_MASK)
                     outcome = mk.REUSE if same else mk.COPY
                     lines.append(f"page {page}: PFN 0x{before & PM_PFN_MASK:x} before, 0x{entry & PM_PFN_MASK:x} after"
@@ -170,7 +176,7 @@ def from_live(ev: ScenarioEvidence) -> ScenarioOutcome:
             gfp = alloc.fields.get("gfp_flags") if alloc is not None and outcome in ALLOCATING else None
             kpf = snap.kpageflags.get(pfn) if outcome == mk.NEW_PAGE and pfn is not None else None
             handler = ""
-            if ev.arch is Arch.ARM64:
+            if not ai.syndrome_traced:
                 kp = matching_kprobe(ev, e)
                 handler = NOT_CALLED if kp is None or kp.flags is None else \
                     access_flag_names(kp.flags, ev.fault_flag_table)
@@ -330,18 +336,17 @@ def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) 
     names = decode_fault_flags(flags, ev.fault_flag_table).names
     grown = [f"the stack grew {row.stack_grown_pages} pages: the address was below every VMA, so the fault ran "
              "under mmap_lock, not the per-VMA lock"] if row.stack_grown_pages else []
-    if ev.arch is Arch.ARM64:
-        why = ["arm64: ESR_EL1 cannot be read for a handled fault, so these flags are the trap's record: "
-               "do_page_fault() set USER for a fault from EL0, WRITE for WnR without CM, INSTRUCTION for an "
-               "instruction abort"]
+    ai = arch_interface(ev.arch, ev.paging_levels)
+    if not ai.syndrome_traced:
+        why = [ai.untraced_syndrome_note]
     else:
         # a fault below the stack is outside every VMA: lock_vma_under_rcu() finds none, and fault.c takes
         # mmap_lock to grow the stack (no FAULT_FLAG_VMA_LOCK)
-        d = derive_fault_flags(code, ev.fault_flag_table, vma_lock=not row.stack_grown_pages,
-                               source=ev.fault_flag_source)
-        diff = decode_fault_flags(flags ^ d.value, ev.fault_flag_table).names
-        why = [f"derived from error code 0x{code:x}: 0x{d.value:x}: " + (
-            "the same" if flags == d.value else f"DIFFERENT in {' | '.join(diff)}")]
+        value, _how = ai.fault_flags(code, ev.fault_flag_table, ev.fault_flag_source,
+                                     vma_lock=not row.stack_grown_pages)
+        diff = decode_fault_flags(flags ^ value, ev.fault_flag_table).names
+        why = [f"derived from {ai.syndrome_noun} 0x{code:x}: 0x{value:x}: " + (
+            "the same" if flags == value else f"DIFFERENT in {' | '.join(diff)}")]
     values = [observed("flags (kprobe)", flags, "kprobe handle_mm_fault arg2",
                        display=f"0x{flags:x} = {' | '.join(names)}", derivation=grown + why)]
     path = [fn for fn, _ns in kp.handlers]
@@ -361,35 +366,32 @@ def kprobe_fault_values(ev: ScenarioEvidence, event: TraceEvent, row: FaultRow) 
     return values
 
 
-def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
-                           model: ScenarioOutcome, agreement: Agreement):
-    """The live scenario as journey steps: one per operation, observed; then the model's verdict."""
-    from .steps import Journey, Step, derived, modelled, observed, unavailable
-    j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
-    src_fault = ev.event_sources.get(ev.fault_event, ev.fault_event)
-    src_trap = "kprobe handle_mm_fault arg2 (flags)" if ev.arch is Arch.ARM64 else src_fault
-    intro = Step(1, "scenario", f"Scenario {scenario.name}: {scenario.title}", "ready")
-    intro.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
+class _ScenarioSteps:
+    """The live scenario's steps, one filler each (catalogue.SCENARIO_DEFS defines and titles them)."""
+
+    def __init__(self, scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome, model: ScenarioOutcome,
+                 agreement: Agreement):
+        self.scenario, self.ev, self.live, self.model, self.agreement = scenario, ev, live, model, agreement
+        self.ai = arch_interface(ev.arch, ev.paging_levels)
+        self.src_fault = ev.event_sources.get(ev.fault_event, ev.fault_event)
+        # where the syndrome is not traced, the trap is read from the flags handle_mm_fault() was given
+        self.src_trap = self.src_fault if self.ai.syndrome_traced else "kprobe handle_mm_fault arg2 (flags)"
+
+    def intro(self, s) -> None:
+        from .steps import observed
+        ev = self.ev
+        s.values.append(observed("program", " ".join(["scenario"] + [repr(o) for o in ev.ops]),
                                  f"PID {ev.pid}, paused after each operation"))
-    intro.derivations.append(scenario.teaches)
-    j.steps.append(intro)
-    for snap in ev.snapshots:
-        s = Step(len(j.steps) + 1, f"op{snap.index}", f"Operation {snap.index}: {snap.op}", "done")
-        rows = [r for r in live.rows if r.op == snap.index]
+        s.derivations.append(self.scenario.teaches)
+
+    def operation(self, s, snap: OpSnapshot) -> None:
+        from .steps import observed, unavailable
+        ev = self.ev
+        rows = [r for r in self.live.rows if r.op == snap.index]
         for r, event in zip(rows, ev.region_faults(snap.index)):
-            s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
-                                     r.trap_text(), f"{src_fault}; {src_trap}" if src_trap != src_fault else src_fault))
-            s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
-                                                            if r.stack_grown_pages else ""),
-                                    "the program's siginfo, or the page's pagemap and kpageflags after the "
-                                    "operation compared with before", live.details.get(snap.index, [])))
-            if r.esr is not None:
-                s.values.append(observed("ESR_EL1 (signal frame)", r.esr, "the SIGSEGV's esr_context record in the "
-                                         "program's signal frame (arm64 passes a user address's ESR unsanitised)",
-                                         display=f"0x{r.esr:x} = {decode_esr(r.esr).summary}"))
-            s.values += kprobe_fault_values(ev, event, r)
+            self._fault(s, snap, r, event)
         if not rows:
-            s.values.append(observed("faults in the region", 0, src_fault, display="0"))
+            s.values.append(observed("faults in the region", 0, self.src_fault, display="0"))
         s.values.append(observed("region's pagemap after", summarise_states(snap.region_states(ev.pid)),
                                  f"/proc/{ev.pid}/pagemap, /proc/kpageflags"))
         for a in ev.op_events(snap.index, "kmem:mm_page_alloc"):
@@ -398,13 +400,50 @@ def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: Scena
                                   + " → ".join(fn.split("+")[0] for _a, fn in reversed(a.kernel_chain)))
         if snap.errors:
             s.values.append(unavailable("some /proc reads", "; ".join(snap.errors)))
+
+    def _fault(self, s, snap: OpSnapshot, r: FaultRow, event: TraceEvent) -> None:
+        from .steps import derived, observed
+        ai, src_fault, src_trap = self.ai, self.src_fault, self.src_trap
+        s.values.append(observed(f"fault on page {r.page}" + (" (child)" if r.who == "child" else ""),
+                                 r.trap_text(), f"{src_fault}; {src_trap}" if src_trap != src_fault else src_fault))
+        s.values.append(derived("outcome", r.outcome + (f", stack grew {r.stack_grown_pages} pages"
+                                                        if r.stack_grown_pages else ""),
+                                "the program's siginfo, or the page's pagemap and kpageflags after the "
+                                "operation compared with before", self.live.details.get(snap.index, [])))
+        if r.esr is not None:
+            s.values.append(observed(f"{ai.syndrome_register} (signal frame)", r.esr, "the SIGSEGV's esr_context "
+                                     "record in the program's signal frame (arm64 passes a user address's ESR "
+                                     "unsanitised)", display=f"0x{r.esr:x} = {ai.decode_syndrome(r.esr).summary}"))
+        s.values += kprobe_fault_values(self.ev, event, r)
+
+    def verdict(self, s) -> None:
+        from .steps import derived, modelled
+        ev = self.ev
+        s.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in self.model.rows) or "none",
+                                 f"pagefault simulator ({ev.arch.value}, {ev.paging_levels} levels) with this "
+                                 "machine's THP, zero-page and fault-around settings"))
+        s.values.append(derived("model agrees with the kernel", self.agreement.agree, "compare", self.agreement.lines))
+
+
+def build_scenario_journey(scenario: Scenario, ev: ScenarioEvidence, live: ScenarioOutcome,
+                           model: ScenarioOutcome, agreement: Agreement):
+    """The live scenario as the catalogue's scenario steps: the scenario, one step per operation (observed),
+    then the model's verdict."""
+    from .catalogue import scenario_step
+    from .steps import Journey
+    from .vocabulary import StepKey
+    j = Journey("perf", ev.kernel_release, ev.pid, list(ev.ops), f"scenario {scenario.name}: {ev.program.how}")
+    fill = _ScenarioSteps(scenario, ev, live, model, agreement)
+    intro = scenario_step(StepKey.SCENARIO, 1, name=scenario.name, title=scenario.title)
+    fill.intro(intro)
+    j.steps.append(intro)
+    for snap in ev.snapshots:
+        s = scenario_step(StepKey.OPERATION, len(j.steps) + 1, index=snap.index, op=snap.op)
+        fill.operation(s, snap)
         j.steps.append(s)
     j.timeline = _scenario_timeline(ev)
-    verdict = Step(len(j.steps) + 1, "model", "The simulator, run on the same operations", "done")
-    verdict.values.append(modelled("simulator's faults", "; ".join(r.describe() for r in model.rows) or "none",
-                                   f"pagefault simulator ({ev.arch.value}, {ev.paging_levels} levels) with this machine's "
-                                   "THP, zero-page and fault-around settings"))
-    verdict.values.append(derived("model agrees with the kernel", agreement.agree, "compare", agreement.lines))
+    verdict = scenario_step(StepKey.VERDICT, len(j.steps) + 1)
+    fill.verdict(verdict)
     j.steps.append(verdict)
     j.notes += [f"{k}: {v}" for k, v in ev.settings.sources.items()]
     if ev.lost_events:

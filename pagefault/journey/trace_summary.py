@@ -204,26 +204,69 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     summary = TraceSummary([str(a) for a in meta.get("command") or []], meta.get("pid") or 0, tier,
                            meta.get("exit") or "?", meta.get("duration") or 0.0, 0, 0, 0, stream.lost,
                            stream.lost_records, notes=notes, integrity=rec.integrity.describe())
-    kernel_mode = None
-    if tier == "perf":
-        faults = fault_columns(stream, meta, event_type)
-        fault_mask, addresses, fault_ips, codes, kernel_mode = (faults.mask, faults.addresses, faults.ips, faults.codes,
-                                                                faults.kernel_mode)
-        alloc_mask = event_type == ids.get("kmem:mm_page_alloc", -1)
-        mmap_mask = event_type == ids.get("syscalls:sys_enter_mmap", -1)
+    m = _summary_masks(summary, stream, meta, ids, event_type)
+    summary.lost, summary.lost_how = lost_events(stream, meta, ids, tier, rec.integrity.complete)
+    summary.faults = int(m.faults.sum())
+    summary.allocations = int(m.allocs.sum())
+    summary.mmaps = int(m.mmaps.sum())
+    _count_kinds(summary, m.codes, m.kernel_mode, ids)
+    reconcile(summary, meta.get("kernel_fault_counts"), len(m.addresses))
+
+    maps = mappings_of(meta, stream)
+    summary.by_mapping = count_by_mapping(m.addresses, maps) if len(m.addresses) else []
+    if tier == "perf" and len(m.addresses):
+        # a program that runs others (gcc: cc1, as, ld) has their faults too: one row per process
+        pids, counts = np.unique(_column(s.pid, len(s), np.uint32)[m.faults], return_counts=True)
+        names = process_names(stream)
+        summary.by_process = sorted(((int(p), names.get(int(p), "?"), int(n)) for p, n in zip(pids, counts)),
+                                    key=lambda row: (-row[2], row[0]))
+    ksyms = _top_instructions(summary, m.ips, maps, meta, top, ksyms)
+    if summary.allocations:
+        _allocation_counts(summary, stream, meta, m.allocs)
+    if tier == "perf" and summary.faults:
+        if meta.get("callchain"):
+            ksyms = ksyms or KernelSymbols.load()
+        result = _classify(stream, meta, ids, event_type, m.faults, m.allocs, m.addresses,
+                           m.codes if m.codes is not None else np.zeros(len(m.addresses), dtype=np.uint64), maps,
+                           _chain_symbols(meta, ksyms) if ksyms is not None else None)
+        _class_summary(summary, result, m.addresses, m.ips, maps, top)
+    if meta.get("callchain") and summary.allocations:
+        _allocation_paths(summary, stream, meta, m.allocs, top, ksyms or KernelSymbols.load())
+    return summary
+
+
+class _SummaryMasks(NamedTuple):
+    """Which samples are faults, allocations and mmaps, and the faults' columns (codes: None on the user tier)."""
+
+    faults: np.ndarray
+    allocs: np.ndarray
+    mmaps: np.ndarray
+    addresses: np.ndarray
+    ips: np.ndarray
+    codes: np.ndarray | None
+    kernel_mode: np.ndarray | None
+
+
+def _summary_masks(summary: TraceSummary, stream: Stream, meta: dict, ids: dict[str, int],
+                   event_type: np.ndarray) -> _SummaryMasks:
+    """The tier's fault samples and their columns; sets the summary's provenance to what gave them."""
+    s = stream.samples
+    if summary.tier == "perf":
+        f = fault_columns(stream, meta, event_type)
         summary.provenance = ("observed: tracepoints exceptions:page_fault_user"
                               + (", exceptions:page_fault_kernel (on user addresses)" if KERNEL_FAULT in ids else "")
                               + ", kmem:mm_page_alloc via perf_event_open")
-    else:
-        fault_mask = np.ones(len(s), dtype=bool)
-        alloc_mask = mmap_mask = np.zeros(len(s), dtype=bool)
-        addresses, fault_ips, codes = _column(s.addr, len(s)), s.ip, None
-        summary.provenance = "observed: software event page-faults (address and ip only)"
-    summary.lost, summary.lost_how = lost_events(stream, meta, ids, tier, rec.integrity.complete)
-    summary.faults = int(fault_mask.sum())
-    summary.allocations = int(alloc_mask.sum())
-    summary.mmaps = int(mmap_mask.sum())
+        return _SummaryMasks(f.mask, event_type == ids.get("kmem:mm_page_alloc", -1),
+                             event_type == ids.get("syscalls:sys_enter_mmap", -1), f.addresses, f.ips, f.codes,
+                             f.kernel_mode)
+    summary.provenance = "observed: software event page-faults (address and ip only)"
+    none = np.zeros(len(s), dtype=bool)
+    return _SummaryMasks(np.ones(len(s), dtype=bool), none, none, _column(s.addr, len(s)), s.ip, None, None)
 
+
+def _count_kinds(summary: TraceSummary, codes: np.ndarray | None, kernel_mode: np.ndarray | None,
+                 ids: dict[str, int]) -> None:
+    """The faults by access, present-or-not and mode, from their error codes; the kernel-mode faults' notes."""
     if codes is not None and len(codes):
         access = np.where(codes & X86_PF_INSTR, 2, np.where(codes & X86_PF_WRITE, 1, 0))
         prot = (codes & X86_PF_PROT) != 0
@@ -243,69 +286,61 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         elif summary.kernel_mode_faults:
             summary.notes.append(f"{summary.kernel_mode_faults} of the faults were taken in kernel mode, inside "
                                  "system calls touching the program's memory (exceptions:page_fault_kernel)")
-    reconcile(summary, meta.get("kernel_fault_counts"), len(addresses))
 
-    maps = mappings_of(meta, stream)
-    summary.by_mapping = count_by_mapping(addresses, maps) if len(addresses) else []
-    if tier == "perf" and len(addresses):
-        # a program that runs others (gcc: cc1, as, ld) has their faults too: one row per process
-        pids, counts = np.unique(_column(s.pid, len(s), np.uint32)[fault_mask], return_counts=True)
-        names = process_names(stream)
-        summary.by_process = sorted(((int(p), names.get(int(p), "?"), int(n)) for p, n in zip(pids, counts)),
-                                    key=lambda row: (-row[2], row[0]))
 
-    if len(fault_ips):
-        uniq, counts = np.unique(fault_ips, return_counts=True)
-        order = np.argsort(-counts, kind="stable")[:top]
-        ip_maps = classify(uniq[order], maps)
-        for ip, n, m in zip(uniq[order], counts[order], ip_maps):
-            ip = int(ip)
-            if m is not None and m.path.startswith("/"):
-                r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
-                where, detail = r.describe(), r.derivations[0]
-            elif m is None and ip >= user_address_limit(meta) and tier == "perf":
-                # a kernel-mode fault's instruction is the kernel's (copy_to_user, clear_user, …)
-                ksyms = ksyms or KernelSymbols.load()
-                same_boot = (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base())
-                found = ksyms.lookup(ip) if ksyms.usable and same_boot else None
-                where = (f"kernel: {found[0]}+0x{found[1]:x}" if found else
-                         "kernel (no symbols: " + ("run as root)" if not ksyms.usable else "another boot's kernel)"))
-                detail = "a fault taken in kernel mode, inside a system call"
-            else:
-                where, detail = label_for(m) if m else "(unknown mapping)", ""
-            summary.top_instructions.append({"ip": ip, "count": int(n), "where": where, "derivation": detail})
-
-    if summary.allocations:
-        orders = field_values(stream, meta, "kmem:mm_page_alloc", "order", alloc_mask)
-        summary.alloc_orders = {int(o): int(n) for o, n in zip(*np.unique(orders, return_counts=True))}
-        bad = {o: n for o, n in summary.alloc_orders.items() if o > MAX_PAGE_ORDER}
-        if bad:   # no buddy allocator hands out more than 2^MAX_PAGE_ORDER pages: a damaged field
-            notes.append(f"{sum(bad.values())} allocations carry an impossible order ({', '.join(map(str, bad))}); "
-                         "they are counted but their size is not shown")
-        gfps = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
-        gu, gc = np.unique(gfps, return_counts=True)
-        table = meta.get("gfp_bits") or {}
-        summary.alloc_gfp = sorted(((decode_gfp(int(g), table.get("values"), table.get("source", "")).symbolic, int(n))
-                                    for g, n in zip(gu, gc)),
-                                   key=lambda t: -t[1])
-
-    if tier == "perf" and summary.faults:
-        if meta.get("callchain"):
+def _top_instructions(summary: TraceSummary, fault_ips: np.ndarray, maps: list[Mapping], meta: dict, top: int,
+                      ksyms: KernelSymbols | None) -> KernelSymbols | None:
+    """The instructions that faulted most, each placed in its file or the kernel; returns the kernel's symbols
+    if they had to be loaded (so the caller loads them once)."""
+    if not len(fault_ips):
+        return ksyms
+    uniq, counts = np.unique(fault_ips, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    ip_maps = classify(uniq[order], maps)
+    for ip, n, m in zip(uniq[order], counts[order], ip_maps):
+        ip = int(ip)
+        if m is not None and m.path.startswith("/"):
+            r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
+            where, detail = r.describe(), r.derivations[0]
+        elif m is None and ip >= user_address_limit(meta) and summary.tier == "perf":
+            # a kernel-mode fault's instruction is the kernel's (copy_to_user, clear_user, …)
             ksyms = ksyms or KernelSymbols.load()
-        result = _classify(stream, meta, ids, event_type, fault_mask, alloc_mask, addresses,
-                           codes if codes is not None else np.zeros(len(addresses), dtype=np.uint64), maps,
-                           _chain_symbols(meta, ksyms) if ksyms is not None else None)
-        _class_summary(summary, result, addresses, fault_ips, maps, top)
-
-    if meta.get("callchain") and summary.allocations:
-        ksyms = ksyms or KernelSymbols.load()
-        if not ksyms.usable:
-            notes.append("kernel call chains recorded, but /proc/kallsyms shows no addresses (fix: run as root)")
-        elif (meta.get("kernel") or {}).get("text_base") not in (None, ksyms.text_base()):
-            notes.append("this recording was made under another boot of the kernel: call paths are not symbolised")
+            same_boot = (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base())
+            found = ksyms.lookup(ip) if ksyms.usable and same_boot else None
+            where = (f"kernel: {found[0]}+0x{found[1]:x}" if found else
+                     "kernel (no symbols: " + ("run as root)" if not ksyms.usable else "another boot's kernel)"))
+            detail = "a fault taken in kernel mode, inside a system call"
         else:
-            summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
-    return summary
+            where, detail = label_for(m) if m else "(unknown mapping)", ""
+        summary.top_instructions.append({"ip": ip, "count": int(n), "where": where, "derivation": detail})
+    return ksyms
+
+
+def _allocation_counts(summary: TraceSummary, stream: Stream, meta: dict, alloc_mask: np.ndarray) -> None:
+    """The page allocations by order and by GFP flags."""
+    orders = field_values(stream, meta, "kmem:mm_page_alloc", "order", alloc_mask)
+    summary.alloc_orders = {int(o): int(n) for o, n in zip(*np.unique(orders, return_counts=True))}
+    bad = {o: n for o, n in summary.alloc_orders.items() if o > MAX_PAGE_ORDER}
+    if bad:   # no buddy allocator hands out more than 2^MAX_PAGE_ORDER pages: a damaged field
+        summary.notes.append(f"{sum(bad.values())} allocations carry an impossible order ({', '.join(map(str, bad))}); "
+                             "they are counted but their size is not shown")
+    gfps = field_values(stream, meta, "kmem:mm_page_alloc", "gfp_flags", alloc_mask)
+    gu, gc = np.unique(gfps, return_counts=True)
+    table = meta.get("gfp_bits") or {}
+    summary.alloc_gfp = sorted(((decode_gfp(int(g), table.get("values"), table.get("source", "")).symbolic, int(n))
+                                for g, n in zip(gu, gc)),
+                               key=lambda t: -t[1])
+
+
+def _allocation_paths(summary: TraceSummary, stream: Stream, meta: dict, alloc_mask: np.ndarray, top: int,
+                      ksyms: KernelSymbols) -> None:
+    """The kernel call paths that allocated most, where this boot's symbols can name them."""
+    if not ksyms.usable:
+        summary.notes.append("kernel call chains recorded, but /proc/kallsyms shows no addresses (fix: run as root)")
+    elif (meta.get("kernel") or {}).get("text_base") not in (None, ksyms.text_base()):
+        summary.notes.append("this recording was made under another boot of the kernel: call paths are not symbolised")
+    else:
+        summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
 
 
 def process_names(stream: Stream) -> dict[int, str]:

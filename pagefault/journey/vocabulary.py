@@ -23,6 +23,10 @@ class StepKey(enum.StrEnum):
     PAGEMAP = "pagemap"
     PTE = "pte"
     RETURN = "return"
+    # a scenario's own steps: the scenario, one per operation (keyed op0, op1, …), the simulator's verdict
+    SCENARIO = "scenario"
+    OPERATION = "op"
+    VERDICT = "model"
 
 
 class Stage(enum.StrEnum):

@@ -71,6 +71,7 @@ def render_html(j: Journey, redact: bool = False) -> str:
         walk=walk, nodes=nodes, walk_address=f"0x{walk.address:x}" if walk else "",
         walk_provenance=", ".join(f"{p} ({next(lv.source for lv in walk.levels if lv.provenance == p)})"
                                   for p in provenances) if walk else "",
+        entry_address_field=arch_interface(Arch(walk.architecture)).entry_address_field if walk else "",
         cr3=r.number(walk.cr3) if walk else "", svg_width=180 + len(nodes) * (NODE_WIDTH + NODE_GAP) + 180,
         frame_x=180 + len(nodes) * (NODE_WIDTH + NODE_GAP), frame_pfn=r.number(walk.frame_pfn) if walk else "",
         frame_size=_size(walk.page_size) + " page" if walk else "",
