@@ -259,16 +259,33 @@ def _fixture_journeys():
         [(p.parent.name, replay(p)) for p in saved[-1:]]
 
 
+def _long_path_copy(tmp_path, saved):
+    """The fixture again, from a path as long as a deep checkout's: the file's path is shown, unbroken"""
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / ("and-another-one-below-it-" * 3)
+    deep.mkdir(parents=True)
+    copy = deep / saved.name
+    copy.write_bytes(saved.read_bytes())
+    return copy
+
+
 @pytest.mark.parametrize("width", [390, 1300])
 def test_nothing_overflows_and_the_walk_scrolls_instead_of_shrinking(browser, tmp_path, width):
-    for name, j in _fixture_journeys():
+    from pathlib import Path
+
+    from pagefault.core import replay
+    saved = sorted(Path(__file__).parent.glob("fixtures/evidence/*/journey-bpf.json.gz"))[-1]
+    for name, j in _fixture_journeys() + [("deep", replay(_long_path_copy(tmp_path, saved)))]:
         html = tmp_path / f"{name}.html"
         html.write_text(render_html(j))
         page = browser.new_page(viewport={"width": width, "height": 900})
         page.goto(html.as_uri())
+        page.evaluate("document.fonts.ready.then(() => true)")   # measured once the fonts are laid out
         # the page itself never scrolls sideways: wide tables and the walk scroll inside their own boxes
         page_width = page.evaluate("document.scrollingElement.scrollWidth")
-        assert page_width <= width, f"{name} at {width} px: the page is {page_width} px wide"
+        widest = page.evaluate("""(() => { let w = null; for (const e of document.body.querySelectorAll('*')) {
+            const r = e.getBoundingClientRect(); if (r.right > innerWidth && (!w || r.right > w[1]))
+            w = [e.tagName + (e.id ? '#' + e.id : '') + ' ' + (e.textContent || '').slice(0, 60), r.right]; } return w; })()""")
+        assert page_width <= width, f"{name} at {width} px: the page is {page_width} px wide; widest: {widest}"
         # the walk keeps a readable size: at least 80 % of its drawing's own width, whatever the screen
         drawn = page.evaluate("document.getElementById('walk-svg').getBoundingClientRect().width")
         view_box = float(page.get_attribute("svg#walk-svg", "viewBox").split()[2])
