@@ -375,7 +375,7 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
         from .capture.tracer import TargetProblem
         from .journey.count_summary import reconcile, summarize_counts
         try:
-            kc = count_faults(argv or None, args.pid, progress, stacks=stacks)
+            kc = count_faults(argv or None, args.pid, progress, stacks=stacks, allow_init=args.allow_init)
         except TargetProblem as exc:
             raise UsageError(str(exc)) from None
         except CaptureError as exc:
@@ -400,7 +400,7 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             args.output = str(work / "t.pfrec")
             from .capture.tracer import TargetProblem, TraceOptions, record
             try:
-                record(TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=Path(args.output),
+                record(TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph, output=Path(args.output),
                                     tier=args.tier, data_pages=_pow2_pages(args.buffer_mb), progress=progress))
             except TargetProblem as exc:
                 raise UsageError(str(exc)) from None
@@ -505,7 +505,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.output is None:
         return _trace_summary_only(args, argv)
     output = Path(args.output)
-    opts = TraceOptions(argv=argv, pid=args.pid, callchain=args.call_graph, output=output, tier=args.tier,
+    opts = TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph, output=output, tier=args.tier,
                         data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None,
                         force=args.force)
     from .capture.tracer import TargetProblem
@@ -716,6 +716,8 @@ def _register_capture(sub) -> None:
     t.add_argument("--summary-only", action="store_true", help="count in the kernel (a compiled BPF program's maps), stream nothing, "
                    "write no recording (the default without -o)")
     t.add_argument("-p", "--pid", type=int, help="attach to a running process instead of starting one")
+    t.add_argument("--allow-init", action="store_true", help="with -p 1: trace the init process (refused otherwise: "
+                   "holding or slowing it holds every service of the machine)")
     t.add_argument("--force", action="store_true", help="replace an existing output file")
     t.add_argument("--tier", choices=("auto", "perf", "user"), default="auto",
                    help="perf: tracepoints (root); user: software page-fault event (no root)")
@@ -973,6 +975,8 @@ def _register_journey(sub) -> None:
     j.add_argument("--tui", action="store_true", help="browse the steps in a terminal app (keyboard; works over SSH)")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     j.add_argument("-p", "--pid", type=int, help="follow a fault of this running process instead")
+    j.add_argument("--allow-init", action="store_true", help="with -p 1: follow a fault of the init process "
+                   "(refused otherwise)")
     j.add_argument("--at", metavar="ADDRESS|SYMBOL|FILE:LINE", help="a program of yours: the first fault on this "
                    "address's page, or whose RIP is in this function or on this source line")
     j.add_argument("--nth", type=int, metavar="N", help="a program of yours: its N-th fault")

@@ -66,3 +66,14 @@ def test_a_live_process_of_ours_is_accepted_and_pagefault_itself_is_not():
         child.wait()
     with pytest.raises(TargetError, match="pagefault itself"):
         attach(os.getpid())
+
+
+def test_the_cli_refuses_pid_1_in_one_line_naming_allow_init(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("trace -p attaches as root only")
+    for argv in (["trace", "-q", "--summary-only", "-p", "1"],
+                 ["trace", "-q", "--no-summary", "-o", str(tmp_path / "r.pfrec"), "-p", "1"]):
+        r = subprocess.run([sys.executable, "-m", "pagefault", *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "--allow-init" in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not list(tmp_path.iterdir())

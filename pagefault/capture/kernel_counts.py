@@ -293,7 +293,8 @@ def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
 
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
-                 stdout: int | None = None, kernel: KernelHooks | None = None, stacks: bool = False) -> KernelCounts:
+                 stdout: int | None = None, kernel: KernelHooks | None = None, stacks: bool = False,
+                 allow_init: bool = False) -> KernelCounts:
     """Run `argv` (or attach to `pid`) with the counting program loaded; count until it ends (or Ctrl-C).
 
     :param argv: a command to start, held until the program is attached; or None with `pid`.
@@ -319,7 +320,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
              for c in choices if c.program is None]
     try:
         try:
-            target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
+            target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0, allow_init)
         except TargetError as exc:
             raise TargetProblem(str(exc)) from None
         try:

@@ -77,6 +77,7 @@ def release_target(target) -> None:
 class TraceOptions:
     argv: list[str] = field(default_factory=list)
     pid: int | None = None
+    allow_init: bool = False     # -p 1: the init process, only when asked (--allow-init)
     callchain: bool = False
     output: Path | None = None
     tier: str = "auto"            # auto | perf | user
@@ -169,7 +170,7 @@ def record(opts: TraceOptions) -> dict:
     if callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
         notes.append("kernel call chains need perf_event_paranoid ≤ 1 or root; recording user frames only")
     try:
-        target = attach(opts.pid) if opts.pid is not None else spawn_held(opts.argv, opts.target_stdout)
+        target = attach(opts.pid, opts.allow_init) if opts.pid is not None else spawn_held(opts.argv, opts.target_stdout)
     except TargetError as exc:
         raise TargetProblem(str(exc)) from None
     started = time.time()
