@@ -219,3 +219,21 @@ def test_latency_refuses_with_each_reason_where_neither_hook_works():
     assert "kprobes: " in r.stderr and "fix" in r.stderr
     if os.geteuid() == 0:
         assert "fentry: " in r.stderr and "libbpf's and the verifier's log: /" in r.stderr
+
+
+def test_another_objects_newer_source_leaves_this_object_current(tmp_path, monkeypatch):
+    """build-bpf.sh rebuilds an object when its own .bpf.c or a header is newer; the loader's staleness test
+    is the same, or a newer latency.bpf.c would make the counter's object stale for good."""
+    from pagefault.capture import bpf
+    built = tmp_path / "build" / os.uname().machine
+    built.mkdir(parents=True)
+    for name, when in (("fault_count.bpf.c", 100), ("pagefault.bpf.h", 100), ("latency.bpf.c", 300)):
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (when, when))
+    (built / "fault_count.bpf.o").write_text("")
+    os.utime(built / "fault_count.bpf.o", (200, 200))
+    monkeypatch.setattr(bpf, "HERE", tmp_path)
+    assert bpf.object_path("fault_count") == built / "fault_count.bpf.o"
+    os.utime(tmp_path / "pagefault.bpf.h", (300, 300))   # a header both include: both are stale
+    with pytest.raises(bpf.BpfObjectMissing, match="older than its sources"):
+        bpf.object_path("fault_count")
