@@ -48,8 +48,10 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, int | None, str, bytes]:
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     elapsed = time.perf_counter() - t
     if r.returncode != 0:
-        lines = r.stderr.decode(errors="replace").strip().splitlines()   # pagefault's error is one line, its last
-        return elapsed, None, lines[-1] if lines else f"exit status {r.returncode}", r.stdout
+        # pagefault's error is one line ("pagefault: ..."); bpftrace's starts "ERROR:" and its source follows
+        lines = r.stderr.decode(errors="replace").strip().splitlines()
+        error = next((line for line in lines if line.startswith(("pagefault:", "ERROR"))), lines[-1] if lines else "")
+        return elapsed, None, error or f"exit status {r.returncode}", r.stdout
     m = LOOP_NS.search(r.stdout)
     return elapsed, int(m.group(1)) if m else None, "" if m else "the loop printed no loop_ns", r.stdout
 
