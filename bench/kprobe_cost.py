@@ -50,7 +50,7 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, int | None, str, bytes]:
     if r.returncode != 0:
         # pagefault's error is one line ("pagefault: ..."); bpftrace's starts "ERROR:" and its source follows
         lines = r.stderr.decode(errors="replace").strip().splitlines()
-        error = next((line for line in lines if line.startswith(("pagefault:", "ERROR"))), lines[-1] if lines else "")
+        error = next((line for line in reversed(lines) if line.startswith(("pagefault:", "ERROR"))), lines[-1] if lines else "")
         return elapsed, None, error or f"exit status {r.returncode}", r.stdout
     m = LOOP_NS.search(r.stdout)
     return elapsed, int(m.group(1)) if m else None, "" if m else "the loop printed no loop_ns", r.stdout
