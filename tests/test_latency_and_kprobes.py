@@ -1,8 +1,14 @@
-"""The kprobe tier's pieces that run anywhere: the latency summary, the kprobe line parser, the refusal."""
+"""The latency tier's pieces that run anywhere: the kernel's histograms read and summarised, the compiled object
+against its Python mirror and the verifier, the kprobe line parser, the refusal."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pagefault.capture.kprobes import kprobe_support, parse_fault_lines
@@ -13,38 +19,47 @@ from pagefault.journey.latency import summarize_latency, vm_fault_names
 REASONS = {0x4: "VM_FAULT_MAJOR", 0x2: "VM_FAULT_SIGBUS", 0x400: "VM_FAULT_RETRY", 0x100: "VM_FAULT_NOPAGE"}
 
 
-# bpftrace 0.17's printed maps, in the form seen here: one hist() per (handler code, return value,
-# vm_start), its max and sum beside it. Outcome (0, 0) spans two VMAs; the VMA at 0x10000 has gone.
-PRINTED = """
-@lat[0, 0, 4096]:
-[1K, 2K)               8 |@@@@@@@@@@@@@@@@@@@@@@@@@@@                         |
-[2K, 4K)              15 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
-[4K, 8K)               1 |@@@                                                 |
-
-@lat[0, 0, 36864]:
-[1K, 2K)               2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
-
-@lat[-1, 260, 65536]:
-[32K, 64K)             2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
-
-@max[-1, 260, 65536]: 50000
-@max[0, 0, 36864]: 1500
-@max[0, 0, 4096]: 4728
-@sum[-1, 260, 65536]: 90000
-@sum[0, 0, 36864]: 2600
-@sum[0, 0, 4096]: 60000
-"""
+# The kernel's histograms as the compiled program keeps them (latency.h): one per (handler code, return value,
+# vm_start), per CPU. Outcome (0, 0) spans two VMAs, and its VMA at 0x1000 was hit on two CPUs; the VMA at
+# 0x10000 has gone.
+def _hist(cpus: list[tuple[dict[int, int], int, int]]) -> bytes:
+    """One map value: per CPU, (slot → faults, sum, max)."""
+    from pagefault.capture.latency import LATENCY_HIST
+    v = np.zeros(len(cpus), dtype=LATENCY_HIST)
+    for i, (slots, total, mx) in enumerate(cpus):
+        for slot, n in slots.items():
+            v[i]["slots"][slot] = n
+        v[i]["total_ns"], v[i]["max_ns"] = total, mx
+    return v.tobytes()
 
 
-def test_kernel_histograms_parse_and_summarise_with_hand_checked_percentiles():
-    from pagefault.capture.latency import parse_histograms
-    by_outcome, by_vma = parse_histograms(PRINTED)
+def _key(handler: int, retval: int, start: int) -> bytes:
+    from pagefault.capture.latency import LATENCY_KEY
+    return np.array([(handler, retval, start)], dtype=LATENCY_KEY).tobytes()
+
+
+# slot s ≥ 1 holds [2^(s-1), 2^s): slot 11 is [1K, 2K), 12 [2K, 4K), 13 [4K, 8K), 16 [32K, 64K)
+MAP_ITEMS = [
+    (_key(0, 0, 0x1000), _hist([({11: 5, 12: 15}, 40000, 4000), ({11: 3, 13: 1}, 20000, 4728)])),
+    (_key(0, 0, 0x9000), _hist([({11: 2}, 2600, 1500), ({}, 0, 0)])),
+    (_key(-1, 260, 0x10000), _hist([({}, 0, 0), ({16: 2}, 90000, 50000)])),
+]
+
+
+def test_kernel_histograms_are_read_and_summarised_with_hand_checked_percentiles():
+    from pagefault.capture.latency import group_histograms, histograms_from_map, slot_floor
+    assert [slot_floor(s) for s in (0, 1, 2, 11, 39)] == [0, 1, 2, 1024, 1 << 38]
+    kept = histograms_from_map(MAP_ITEMS)
+    # the CPUs add up, the maximum is the larger
+    assert kept[(0, 0, 0x1000)].buckets == [(1024, 8), (2048, 15), (4096, 1)]
+    assert (kept[(0, 0, 0x1000)].total_ns, kept[(0, 0, 0x1000)].max_ns) == (60000, 4728)
+    by_outcome, by_vma = group_histograms(kept)
     # the outcome adds its two VMAs' buckets and sums; its maximum is the larger
     assert by_outcome[(0, 0)].buckets == [(1024, 10), (2048, 15), (4096, 1)]
     assert (by_outcome[(0, 0)].max_ns, by_outcome[(0, 0)].total_ns) == (4728, 62600)
-    assert by_vma[4096].buckets == [(1024, 8), (2048, 15), (4096, 1)] and by_vma[4096].max_ns == 4728
-    assert (by_vma[36864].buckets, by_vma[36864].total_ns) == ([(1024, 2)], 2600)
-    assert by_outcome[(-1, 260)].buckets == [(32768, 2)] and by_vma[65536].buckets == [(32768, 2)]
+    assert by_vma[0x1000].buckets == [(1024, 8), (2048, 15), (4096, 1)] and by_vma[0x1000].max_ns == 4728
+    assert (by_vma[0x9000].buckets, by_vma[0x9000].total_ns) == ([(1024, 2)], 2600)
+    assert by_outcome[(-1, 260)].buckets == [(32768, 2)] and by_vma[0x10000].buckets == [(32768, 2)]
     anon = MapsLine(0x1000, 0x9000, "rw-p", 0, "00:00", 0, "")
     lib = MapsLine(0x9000, 0xA000, "r--p", 0, "08:01", 12, "/usr/lib/libx.so")
     summary = summarize_latency(by_outcome, by_vma, ["do_anonymous_page"], REASONS, [anon, lib])
@@ -59,27 +74,113 @@ def test_kernel_histograms_parse_and_summarise_with_hand_checked_percentiles():
         "[anon rw-p]": 24, "/usr/lib/libx.so": 2, "(the VMA at 0x10000, gone before maps was read)": 2}
 
 
-def test_latency_script_probes_only_the_outcome_handlers_with_either_hook():
-    from pagefault.capture.latency import OUTCOME_HANDLERS, FunctionProbe, latency_script
-    assert "__handle_mm_fault" not in OUTCOME_HANDLERS and "handle_pte_fault" not in OUTCOME_HANDLERS
-    fentry = latency_script([42], ["do_anonymous_page", "do_wp_page"], 7, FunctionProbe.FENTRY)
-    kprobe = latency_script([42], ["do_anonymous_page", "do_wp_page"], 7, FunctionProbe.KPROBE)
-    assert "kfunc:handle_mm_fault { if (pid == 42 || @pids[pid]) { @t[tid] = (nsecs, (uint64)args->vma->vm_start); }" \
-        in fentry
-    # one program on the entry (the arming inside it): each program on it runs on every fault of the machine
-    assert fentry.count("kfunc:handle_mm_fault ") == 1 and kprobe.count("kprobe:handle_mm_fault ") == 1
-    assert 'else if (pid == 7 && @armed == 0) { printf("armed\\n")' in fentry
-    assert "kfunc:do_wp_page /pid == 42 || @pids[pid]/ { @h[tid] = 2; }" in fentry and "kprobe:" not in fentry
-    # every return clears the handler, timed or not: a fault begun before the probes leaves none behind
-    assert fentry.split("kretfunc:handle_mm_fault")[1].split("\n")[0].endswith("} delete(@h[tid]); }")
-    # both hooks read the VMA at the entry, where the fault holds it (a kretprobe cannot read the arguments;
-    # at fexit a retried fault has dropped its lock): the return only reads what the entry kept
-    assert "@t[tid] = (nsecs, (uint64)((struct vm_area_struct *)arg0)->vm_start);" in kprobe and "kfunc" not in kprobe
-    for script in (fentry, kprobe):
-        returned = script.split("retfunc:handle_mm_fault" if script is fentry else "kretprobe:handle_mm_fault")[1]
-        assert "vm_start" not in returned.split("\n")[0] and "$v = $e.1;" in returned
-    for script in (fentry, kprobe):
-        assert script.count("hist(") == 1 and "@lat[$h, $r, $v]" in script
+def test_what_the_kernel_could_not_keep_is_said():
+    from pagefault.capture.latency import LAT_N, LAT_NO_ROOM, LAT_UNNAMED, LAT_UNTIMED, counter_notes
+    assert counter_notes([300, 0, 0, 0]) == []
+    counts = [0] * LAT_N
+    counts[LAT_NO_ROOM], counts[LAT_UNNAMED], counts[LAT_UNTIMED] = 3, 2, 1
+    notes = counter_notes(counts)
+    assert len(notes) == 3 and notes[0].startswith("3 faults were timed but not kept")
+
+
+def test_fentry_needs_each_handler_in_the_kernels_btf_and_kprobes_do_not():
+    from pagefault.capture.kprobes import probeable
+    from pagefault.capture.latency import OUTCOME_HANDLERS, FunctionProbe, hookable
+    by_name, why = probeable(OUTCOME_HANDLERS)
+    assert hookable(FunctionProbe.KPROBE) == (by_name, why)
+    ok, why_fentry = hookable(FunctionProbe.FENTRY, btf=b"\0handle_mm_fault\0")
+    assert ok == [] and all(why_fentry[fn].startswith("not in the kernel's BTF") for fn in by_name)
+    named = b"".join(b"\0" + fn.encode() for fn in OUTCOME_HANDLERS) + b"\0"
+    assert hookable(FunctionProbe.FENTRY, btf=named)[0] == by_name
+
+
+# --- the compiled object against its Python mirror --------------------------------------------------------
+
+def _object() -> Path:
+    from pagefault.capture.bpf import BpfObjectMissing, object_path
+    try:
+        return object_path("latency")
+    except BpfObjectMissing as exc:
+        pytest.skip(str(exc))
+
+
+def _btf_types(obj: Path) -> dict[str, dict]:
+    """The object's named BTF types (`bpftool btf dump file OBJ -j`), by name."""
+    bpftool = shutil.which("bpftool")
+    if not bpftool:
+        pytest.skip("bpftool is not installed (bash scripts/setup.sh installs it)")
+    out = subprocess.run([bpftool, "btf", "dump", "file", str(obj), "-j"], capture_output=True, text=True,
+                         check=True).stdout
+    return {t["name"]: t for t in json.loads(out)["types"] if t.get("name")}
+
+
+def test_the_python_mirror_has_the_objects_sizes_offsets_and_handler_codes():
+    from pagefault.capture import latency as lat
+    from pagefault.capture.kernel_counts import VMA_SEEN
+    types = _btf_types(_object())
+    for struct, dtype in (("latency_settings", lat.SETTINGS), ("latency_key", lat.LATENCY_KEY),
+                          ("latency_hist", lat.LATENCY_HIST), ("fault_timing", lat.FAULT_TIMING),
+                          ("vma_seen", VMA_SEEN)):
+        t = types[struct]
+        offsets = {m["name"]: m["bits_offset"] // 8 for m in t["members"]}
+        assert (t["size"], offsets) == (dtype.itemsize, {n: dtype.fields[n][1] for n in dtype.names}), struct
+    # a histogram key's handler code is the index in OUTCOME_HANDLERS
+    values = {v["name"]: v["val"] for v in types["outcome_handler"]["values"] if v["name"] != "NO_HANDLER"}
+    assert values == {f"H_{fn}": i for i, fn in enumerate(lat.OUTCOME_HANDLERS)}
+
+
+def test_every_hook_has_an_fentry_and_a_kprobe_program_and_nothing_else_is_in_the_object():
+    _root()
+    from pagefault.capture import latency as lat
+    from pagefault.capture.libbpf import BpfObject
+    with BpfObject(_object()) as obj:
+        programs = obj.programs()
+    expected = {"enter_fentry": "fentry/handle_mm_fault", "return_fexit": "fexit/handle_mm_fault",
+                "enter_kprobe": "kprobe/handle_mm_fault", "return_kretprobe": "kretprobe/handle_mm_fault"}
+    for fn in lat.OUTCOME_HANDLERS:
+        expected[lat.handler_program(fn, lat.FunctionProbe.FENTRY)] = f"fentry/{fn}"
+        expected[lat.handler_program(fn, lat.FunctionProbe.KPROBE)] = f"kprobe/{fn}"
+    for h in lat.HOOKS:
+        expected[h.btf_program] = f"tp_btf/{h.event}"
+        expected[h.tracepoint_program] = f"tracepoint/{h.system}/{h.event}"
+    assert programs == expected
+
+
+def _root():
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("kind", ["fentry", "kprobe"])
+def test_the_object_passes_the_verifier_with_each_kind(kind):
+    """A verifier rejection fails here, not on a user's machine. The kprobe programs load anywhere (attaching
+    them needs kprobes); fentry's load needs BPF trampolines, which some kernels refuse (EPERM here)."""
+    _root()
+    from pagefault.capture import latency as lat
+    from pagefault.capture.libbpf import BpfObject, LibbpfError
+    probe = lat.FunctionProbe(kind)
+    handlers, _why = lat.hookable(probe)
+    choices = lat.choose_hooks()
+    entry, ret = lat.ENTRY_RETURN[probe]
+    wanted = {entry, ret} | {lat.handler_program(fn, probe) for fn in handlers} | {c.program for c in choices}
+    with BpfObject(_object()) as obj:
+        for name in obj.programs():
+            obj.set_autoload(name, name in wanted)
+        obj.set_rodata(lat._settings(os.getpid(), from_exec=False))
+        try:
+            obj.load()
+        except LibbpfError as exc:
+            if probe is lat.FunctionProbe.FENTRY and "EPERM" in str(exc):
+                pytest.skip(f"this kernel refuses fentry programs: {exc}")
+            raise
+        for c in choices:
+            obj.attach(c.program or "")
+        # the maps' keys and values are the mirror's
+        hists = obj.map("hists")
+        assert (hists.key_size, hists.entry_size) == (lat.LATENCY_KEY.itemsize, lat.LATENCY_HIST.itemsize)
+        assert obj.map("timing").entry_size == lat.FAULT_TIMING.itemsize
+        assert len(list(hists.items())) == 0 and lat.read_counters(obj) == [0] * lat.LAT_N
 
 
 def test_no_faults_is_said_not_divided_by():
@@ -104,10 +205,35 @@ def test_kprobe_lines_parse_into_the_evidence():
     assert parse_fault_lines(["before PTE 0"], {}) is None
 
 
-def test_latency_refuses_with_the_reason_where_kprobes_are_missing():
+def test_latency_refuses_with_each_reason_where_neither_hook_works():
     ok, why = kprobe_support()
     if ok:
         pytest.skip("this kernel has kprobes: the kernel matrix runs --latency for real")
-    r = subprocess.run([sys.executable, "-m", "pagefault", "trace", "--latency", "--", "/bin/true"],
+    r = subprocess.run([sys.executable, "-m", "pagefault", "trace", "--latency", "-q", "--", "/bin/true"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 3 and "kprobes" in r.stderr and "fix" in r.stderr and "Traceback" not in r.stderr
+    if r.returncode == 0:   # no kprobes, but BPF trampolines: fentry timed the faults
+        assert "hooked with fentry" in r.stderr
+        return
+    assert r.returncode == 3 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # each kind's own reason: kprobes' from tracefs and the config, fentry's from the kernel's refusal
+    assert "kprobes: " in r.stderr and "fix" in r.stderr
+    if os.geteuid() == 0:
+        assert "fentry: " in r.stderr and "libbpf's and the verifier's log: /" in r.stderr
+
+
+def test_another_objects_newer_source_leaves_this_object_current(tmp_path, monkeypatch):
+    """build-bpf.sh rebuilds an object when its own .bpf.c or a header is newer; the loader's staleness test
+    is the same, or a newer latency.bpf.c would make the counter's object stale for good."""
+    from pagefault.capture import bpf
+    built = tmp_path / "build" / os.uname().machine
+    built.mkdir(parents=True)
+    for name, when in (("fault_count.bpf.c", 100), ("pagefault.bpf.h", 100), ("latency.bpf.c", 300)):
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (when, when))
+    (built / "fault_count.bpf.o").write_text("")
+    os.utime(built / "fault_count.bpf.o", (200, 200))
+    monkeypatch.setattr(bpf, "HERE", tmp_path)
+    assert bpf.object_path("fault_count") == built / "fault_count.bpf.o"
+    os.utime(tmp_path / "pagefault.bpf.h", (300, 300))   # a header both include: both are stale
+    with pytest.raises(bpf.BpfObjectMissing, match="older than its sources"):
+        bpf.object_path("fault_count")

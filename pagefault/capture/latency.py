@@ -1,36 +1,43 @@
-"""`pagefault trace --latency`: every fault's handle_mm_fault() duration, from a kprobe/kretprobe pair.
+"""`pagefault trace --latency`: every fault's handle_mm_fault() duration, timed in the kernel.
 
-perf trace's fault durations are all 0 because a page fault is not a system call; the kprobe pair on
-handle_mm_fault brackets the generic handler (not the trap entry and exit around it). The last probed
-handler each fault went through, and its return value, name its outcome. The durations are aggregated in
-the kernel (log2 histograms, sums and maxima in BPF maps, by outcome and by VMA): no record crosses to
-user space per fault.
+perf trace's fault durations are all 0 because a page fault is not a system call; a probe pair on
+handle_mm_fault brackets the generic handler (not the trap entry and exit around it). The last outcome
+handler each fault went through, and its return value, name its outcome.
+
+The compiled program capture/bpf/latency.bpf.c does it all in the kernel: log2 histograms with their sums
+and maxima per (last handler, return value, the VMA's start) in a per-CPU map, and each VMA named once
+when a fault first enters it (struct vma_seen, which mapping_watch.maps_from_kernel reads). Only those
+maps cross to user space, at the end. handle_mm_fault and each handler have an fentry/fexit program (BPF
+trampolines, a call and no trap: the cheaper) and a kprobe/kretprobe one; `auto` loads the fentry ones
+and falls back to kprobes when the kernel refuses them, saying why. The object is loaded and attached
+before the target is let go, so timing starts at its exec with nothing to wait for.
 """
 
 from __future__ import annotations
 
 import enum
-import os
-import re
-import subprocess
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
+
+import numpy as np
 
 from ..evidence import MapsLine
 from ..evidence.latency import KernelHistogram, merge_histogram
 from ..kernel.btf import VMLINUX_BTF
-from .bpf_walk import BpfError, arm_with_own_faults, read_available
+from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
+from .kernel_counts import VMA_SEEN, _wait_forwarding_signals
 from .kprobes import kprobe_support, probeable
-from .mapping_watch import MAPPING_MAPS, MappingWatch, mapping_probes
-from .runner import Target, TargetError, attach, spawn_held, start_child, stop_child
-from .safe_paths import trusted_executable
+from .libbpf import BpfObject, LibbpfError
+from .mapping_watch import maps_from_kernel
+from .runner import Target, TargetError, attach, spawn_held
 from .tracer import CaptureError, TargetProblem, release_target
 
 
 class FunctionProbe(enum.StrEnum):
     """How the latency tier hooks a kernel function's entry and return."""
 
-    FENTRY = "fentry"   # BPF trampolines (bpftrace kfunc/kretfunc): a call, no trap; needs BTF and trampolines
+    FENTRY = "fentry"   # BPF trampolines (fentry/fexit): a call, no trap; needs BTF and trampolines
     KPROBE = "kprobe"   # kprobe/kretprobe: works wherever kprobes do, at the cost of a breakpoint or ftrace hop
 
 
@@ -43,92 +50,67 @@ class LatencyRecording:
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)
     target_exit: str = ""
     probe: FunctionProbe = FunctionProbe.KPROBE
-    probe_reason: str = ""      # why this probe kind: fentry's absence, or the user's choice
+    probe_reason: str = ""      # why this probe kind, and how long loading and attaching it took
+    load_ms: float = 0.0        # open + load + attach of the object (the tier's start-up)
+    notes: list[str] = field(default_factory=list)
 
 
 # The handlers that name a fault's outcome: the leaves of the path, not the dispatchers every fault passes
 # (__handle_mm_fault, handle_pte_fault, do_fault) nor the steps inside a leaf (filemap_map_pages,
 # finish_fault). Each probe hit is the largest part of the tier's cost per fault, so only these are probed;
-# the single fault the journey follows gets the whole path (kprobes.FAULT_HANDLERS).
+# the single fault the journey follows gets the whole path (kprobes.FAULT_HANDLERS). A handler's code in
+# a histogram's key is its index here: latency.h's enum outcome_handler, in the same order (a test holds
+# the two together through the object's BTF).
 OUTCOME_HANDLERS = ("do_anonymous_page", "do_read_fault", "do_cow_fault", "do_shared_fault", "filemap_fault",
                     "do_wp_page", "wp_page_copy", "wp_page_reuse", "do_swap_page", "do_huge_pmd_anonymous_page",
                     "do_huge_pmd_wp_page", "do_numa_page")
 
+# The Python mirror of latency.h (tests/test_latency_and_kprobes.py holds it to the object's BTF).
+SETTINGS = np.dtype([("target_tgid", "<u4"), ("from_exec", "<u4")])
+LATENCY_KEY = np.dtype([("handler", "<i4"), ("retval", "<u4"), ("vm_start", "<u8")])
+LATENCY_SLOTS = 40
+LATENCY_HIST = np.dtype([("slots", "<u8", (LATENCY_SLOTS,)), ("total_ns", "<u8"), ("max_ns", "<u8")])
+FAULT_TIMING = np.dtype([("start_ns", "<u8"), ("vm_start", "<u8"), ("handler", "<i4"), ("_pad", "<u4")])
+LAT_TIMED, LAT_NO_ROOM, LAT_UNNAMED, LAT_UNTIMED, LAT_N = range(5)
 
-def latency_script(pids: list[int], handlers: list[str], tool_pid: int,
-                   probe: FunctionProbe = FunctionProbe.KPROBE) -> str:
-    """Every process in `pids` and its descendants: per fault, its duration into one histogram (with its
-    sum and maximum) per (last handler, return value, the VMA's start); user space adds them up by outcome
-    and by VMA.
-
-    Written for the least work per fault: the program's own faults pass the filter on a comparison, not a
-    map lookup; the entry probe stores one value (its time and the VMA's start); a handler stores its
-    code + 1 (absent reads as 0, so nothing is written for "no handler"); the return probe reads each
-    per-thread value once into a local, and makes three aggregations where one map per grouping made six.
-    """
-    begin = " ".join(f"@pids[{p}] = 1;" for p in pids)
-    # The entry keeps (start time, the VMA's start) in one map value. The VMA is read there, where the
-    # fault holds it, for both hooks: a kretprobe cannot read the arguments, and at fexit a fault that
-    # returned VM_FAULT_RETRY or COMPLETED has dropped its lock, so its VMA may already be freed.
-    if probe is FunctionProbe.FENTRY:
-        entry, ret, handler, vma = "kfunc:handle_mm_fault", "kretfunc:handle_mm_fault", "kfunc", "args->vma"
-    else:
-        entry, ret, handler, vma = ("kprobe:handle_mm_fault", "kretprobe:handle_mm_fault", "kprobe",
-                                    "((struct vm_area_struct *)arg0)")
-    enter = f"@t[tid] = (nsecs, (uint64){vma}->vm_start);"
-    # the program itself first: its faults skip the map lookup (bpftrace's || stops at a true left side)
-    mine = f"pid == {pids[0]} || @pids[pid]" if len(pids) == 1 else "@pids[pid]"
-    lines = [f"BEGIN {{ {begin} }}",
-             "tracepoint:sched:sched_process_fork /@pids[args->parent_pid]/ { @pids[args->child_pid] = 1; }",
-             # one program on the entry, not two: a second one (the arming below as its own probe) ran on
-             # every fault of the machine
-             f"{entry} {{ if ({mine}) {{ {enter} }} else if (pid == {tool_pid} && @armed == 0) "
-             '{ printf("armed\\n"); @armed = 1; } }',
-             f"{ret} /{mine}/ {{ $e = @t[tid]; if ($e.0 != 0) {{ $d = nsecs - $e.0; $v = $e.1; "
-             "$r = retval & 0xffffffff; $h = @h[tid] - 1; "
-             "@lat[$h, $r, $v] = hist($d); @sum[$h, $r, $v] = sum($d); @max[$h, $r, $v] = max($d); "
-             "delete(@t[tid]); } delete(@h[tid]); }"]
-    # a handler of a fault that began before the probes were attached writes @h too: every return clears
-    # it, timed or not, so no later fault inherits it
-    lines += [f"{handler}:{fn} /{mine}/ {{ @h[tid] = {code + 1}; }}" for code, fn in enumerate(handlers)]
-    if len(pids) == 1:
-        lines.append(f"tracepoint:sched:sched_process_exit /pid == {pids[0]} && tid == {pids[0]}/ {{ exit(); }}")
-        # the mappings, to name each VMA's histogram: the VMA is gone with the program, and a short
-        # program is gone before a periodic read of /proc/PID/maps sees it
-        lines.append(mapping_probes(pids[0], mine))
-    kept = ("@pids", "@t", "@h", "@armed") + (MAPPING_MAPS if len(pids) == 1 else ())
-    lines.append("END { " + " ".join(f"clear({m});" for m in kept) + " }")
-    return "\n".join(lines)
+# The programs of each kind: (entry, return); a handler's is FUNCTION_fentry or FUNCTION_kprobe.
+ENTRY_RETURN = {FunctionProbe.FENTRY: ("enter_fentry", "return_fexit"),
+                FunctionProbe.KPROBE: ("enter_kprobe", "return_kretprobe")}
+# The scheduler hooks (the target's exec starts the timing; its forks are followed), each with its tp_btf
+# and classic-tracepoint program, chosen as the counter's are.
+HOOKS = (Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
+         Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"))
 
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_MAP_HEAD = re.compile(r"^@lat\[(-?\d+), (\d+), (\d+)\]:\s*$")
-_BUCKET = re.compile(r"^\[(\d+)([KMGT]?)(?:, (\d+)([KMGT]?)\))?\]?\s+(\d+)\s")
-_SCALAR = re.compile(r"^@(sum|max)\[(-?\d+), (\d+), (\d+)\]: (\d+)$")
+def handler_program(fn: str, kind: FunctionProbe) -> str:
+    return f"{fn}_{kind.value}"
 
 
-def parse_histograms(text: str) -> tuple[dict[tuple[int, int], KernelHistogram], dict[int, KernelHistogram]]:
-    """bpftrace's printed maps, keyed (handler code, return value, vm_start) → histograms by (handler code,
-    return value) and by vm_start: buckets and sums added, maxima the larger."""
-    kept: dict[tuple[int, int, int], KernelHistogram] = {}
-    current: KernelHistogram | None = None
-    for line in text.splitlines():
-        head = _MAP_HEAD.match(line)
-        if head:
-            current = kept.setdefault(tuple(int(x) for x in head.groups()), KernelHistogram([]))
-            continue
-        bucket = _BUCKET.match(line)
-        if bucket and current is not None:
-            current.buckets.append((int(bucket.group(1)) * _UNITS[bucket.group(2)], int(bucket.group(5))))
-            continue
-        current = None
-        scalar = _SCALAR.match(line)
-        if scalar:
-            h = kept.setdefault(tuple(int(x) for x in scalar.groups()[1:4]), KernelHistogram([]))
-            if scalar.group(1) == "sum":
-                h.total_ns = int(scalar.group(5))
-            else:
-                h.max_ns = int(scalar.group(5))
+def slot_floor(slot: int) -> int:
+    """A log2 slot's lower bound in ns (latency.h: slot 0 holds 0 ns, slot s ≥ 1 holds [2^(s-1), 2^s))."""
+    return 0 if slot == 0 else 1 << (slot - 1)
+
+
+def histograms_from_map(items: Iterable[tuple[bytes, bytes]]) -> dict[tuple[int, int, int], KernelHistogram]:
+    """The `hists` map's entries (key: LATENCY_KEY; value: one LATENCY_HIST per possible CPU) →
+    (handler code, return value, vm_start) → the histogram: every CPU's buckets and sums added, maxima the
+    largest; empty buckets left out."""
+    out: dict[tuple[int, int, int], KernelHistogram] = {}
+    for key, value in items:
+        k = np.frombuffer(key, dtype=LATENCY_KEY)[0]
+        per_cpu = np.frombuffer(value, dtype=LATENCY_HIST)
+        slots = per_cpu["slots"].sum(axis=0)
+        h = KernelHistogram([(slot_floor(s), int(n)) for s, n in enumerate(slots) if n],
+                            int(per_cpu["total_ns"].sum()), int(per_cpu["max_ns"].max()))
+        merge_histogram(out.setdefault((int(k["handler"]), int(k["retval"]), int(k["vm_start"])),
+                                       KernelHistogram([])), h)
+    return out
+
+
+def group_histograms(kept: dict[tuple[int, int, int], KernelHistogram]
+                     ) -> tuple[dict[tuple[int, int], KernelHistogram], dict[int, KernelHistogram]]:
+    """Histograms keyed (handler code, return value, vm_start) → by (handler code, return value) and by
+    vm_start: buckets and sums added, maxima the larger."""
     by_outcome: dict[tuple[int, int], KernelHistogram] = {}
     by_vma: dict[int, KernelHistogram] = {}
     for (code, retval, start), h in kept.items():
@@ -137,75 +119,180 @@ def parse_histograms(text: str) -> tuple[dict[tuple[int, int], KernelHistogram],
     return by_outcome, by_vma
 
 
-def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
-                   stdout: int | None = None, probe: FunctionProbe | None = None) -> LatencyRecording:
-    """Run (or attach to) the target with handle_mm_fault's entry and return hooked; raises CaptureError with
-    the reason and fix.
+def read_counters(obj: BpfObject) -> list[int]:
+    """The per-CPU counters (LAT_*), summed over the CPUs."""
+    m = obj.map("counters")
+    return [int(np.frombuffer(m.lookup(np.uint32(i).tobytes()) or bytes(8 * m.cpus), dtype="<u8").sum())
+            for i in range(LAT_N)]
 
-    probe: None tries fentry first (cheapest: BPF trampolines) and falls back to kprobes when bpftrace
-    cannot attach it, saying why; FENTRY or KPROBE uses that one only.
-    """
+
+def counter_notes(counts: list[int]) -> list[str]:
+    """What the kernel could not keep, said (nothing when all was kept)."""
+    notes = []
+    if counts[LAT_NO_ROOM]:
+        notes.append(f"{counts[LAT_NO_ROOM]} faults were timed but not kept: the kernel's map of histograms filled")
+    if counts[LAT_UNTIMED]:
+        notes.append(f"{counts[LAT_UNTIMED]} faults were not timed: the kernel's map of faults in progress filled")
+    if counts[LAT_UNNAMED]:
+        notes.append(f"{counts[LAT_UNNAMED]} VMAs were not named: the kernel's map of them filled")
+    return notes
+
+
+def hookable(kind: FunctionProbe, btf: bytes | None = None) -> tuple[list[str], dict[str, str]]:
+    """The outcome handlers this kind can hook here, and why each other one cannot: a kprobe needs the
+    function by name (kprobes.probeable: one text symbol, traceable, not blacklisted); fentry also needs
+    the function in the kernel's BTF (its name among BTF's strings: a cheap test, where parsing every
+    type costs about a second; a false match is refused at load, and `auto` then falls back to kprobes)."""
+    ok, why = probeable(OUTCOME_HANDLERS)
+    if kind is FunctionProbe.FENTRY:
+        if btf is None:
+            try:
+                btf = VMLINUX_BTF.read_bytes()
+            except OSError:
+                btf = b""
+        for fn in list(ok):
+            if b"\0" + fn.encode() + b"\0" not in btf:
+                ok.remove(fn)
+                why[fn] = "not in the kernel's BTF: fentry cannot attach to it"
+    return ok, why
+
+
+def _settings(pid: int, from_exec: bool) -> bytes:
+    s = np.zeros(1, dtype=SETTINGS)
+    s[0] = (pid, int(from_exec))
+    return s.tobytes()
+
+
+def choose_hooks(kernel: KernelHooks | None = None) -> list[HookChoice]:
+    """One program per scheduler hook for this kernel.
+
+    :raises CaptureError: neither variant of one is here."""
+    kernel = kernel or KernelHooks()
+    choices = [kernel.choose(h) for h in HOOKS]
+    for c in choices:
+        if c.program is None:
+            raise CaptureError(f"--latency needs {c.hook.system}:{c.hook.event}: {c.reason}")
+    return choices
+
+
+def load_latency(kind: FunctionProbe, handlers: list[str], choices: list[HookChoice], pid: int,
+                 from_exec: bool) -> tuple[BpfObject, dict[str, str]]:
+    """Open, set up, load and attach the latency object with `kind`'s programs on handle_mm_fault and on
+    `handlers`; the return program is attached first and the entry last, so that every fault timed has
+    its return seen.
+
+    :returns: the object (the caller closes it) and each handler whose attach the kernel refused, with why.
+    :raises LibbpfError: the object cannot be opened, loaded, or attached on handle_mm_fault (one line; a
+        failed load names the file holding libbpf's and the verifier's log)."""
+    obj = BpfObject(object_path("latency"))
+    try:
+        entry, ret = ENTRY_RETURN[kind]
+        wanted = {entry, ret} | {handler_program(fn, kind) for fn in handlers} | {c.program for c in choices}
+        for name in obj.programs():
+            obj.set_autoload(name, name in wanted)
+        obj.set_rodata(_settings(pid, from_exec))
+        try:
+            obj.load()
+        except LibbpfError as exc:
+            # the program the kernel refused says more than libbpf's last line ("failed to load object")
+            failed = next((line.split("libbpf: ", 1)[-1] for line in obj.log if "BPF program load failed" in line), "")
+            if not failed or exc.log_path is None:
+                raise
+            raise LibbpfError(f"{failed}; libbpf's and the verifier's log: {exc.log_path}", exc.log_path) from None
+        for c in choices:
+            obj.attach(c.program or "")
+        obj.attach(ret)
+        refused = {}
+        for fn in handlers:
+            try:
+                obj.attach(handler_program(fn, kind))
+            except LibbpfError as exc:
+                refused[fn] = f"{kind} refused: {exc}"
+        obj.attach(entry)
+    except BaseException:
+        obj.close()
+        raise
+    return obj, refused
+
+
+def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
+                   stdout: int | None = None, probe: FunctionProbe | None = None,
+                   kernel: KernelHooks | None = None) -> LatencyRecording:
+    """Run `argv` (or attach to `pid`) with handle_mm_fault's entry and return hooked; time until it ends
+    (or Ctrl-C, as the counter: the first is passed to a started program, a second kills it).
+
+    :param probe: None loads the fentry programs first (cheapest: BPF trampolines) and falls back to
+        kprobes when the kernel refuses them, saying why; FENTRY or KPROBE uses that one only.
+    :param kernel: what the kernel offers, for the scheduler hooks' variant (default: read from this
+        kernel's BTF and tracefs).
+    :returns: the histograms by outcome and by VMA, the VMAs named, the hook used and why, its start-up time.
+    :raises TargetProblem: the command cannot be run, or `pid` cannot be traced.
+    :raises CaptureError: one line with the reason and the fix: the object is not built or libbpf is
+        missing (``bash scripts/setup.sh`` as root), neither fentry nor kprobes work here (each reason)."""
     say = progress or (lambda _m: None)
-    exe = trusted_executable("bpftrace")
-    if not exe:
-        raise CaptureError("--latency needs bpftrace; fix: as root, bash scripts/setup.sh")
+    try:
+        object_path("latency")
+    except BpfObjectMissing as exc:
+        raise CaptureError(f"--latency: {exc}") from None
     candidates, refused = _probe_candidates(probe)
     if not candidates:
-        raise CaptureError("--latency needs fentry or kprobes on handle_mm_fault: " + "; ".join(refused) +
-                           ". Without them no tool can time a fault from the inside; pagefault trace without "
-                           "--latency still counts and places every fault")
-    handlers, not_probeable = probeable(OUTCOME_HANDLERS)
+        raise CaptureError(_no_hook(refused))
+    choices = choose_hooks(kernel)
     try:
         target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0)
     except TargetError as exc:
         raise TargetProblem(str(exc)) from None
-    out = bytearray()
-    watch = MappingWatch(target.pid)
-    proc: subprocess.Popen | None = None
-    used = candidates[0]
+    notes: list[str] = []
     try:
+        obj: BpfObject | None = None
+        used, not_probeable = candidates[0], dict[str, str]()
+        found_ms = load_ms = 0.0
         for used in candidates:
-            script = latency_script([target.pid], handlers, os.getpid(), used)
-            proc = start_child([exe, "--unsafe", "-B", "line", "-e", script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-            say(f"attaching the {used} probes on handle_mm_fault")
+            t0 = time.monotonic()
+            handlers, not_probeable = hookable(used)
+            found_ms += (time.monotonic() - t0) * 1000
+            t0 = time.monotonic()
+            say(f"loading the {used} programs on handle_mm_fault")
             try:
-                arm_with_own_faults(proc, out)
-                break
-            except BpfError as exc:
-                stop_child(proc, 10)
+                obj, attach_refused = load_latency(used, handlers, choices, target.pid, target.spawned)
+            except LibbpfError as exc:
                 refused.append(f"{used}: {exc}")
-                if used is candidates[-1]:
-                    raise CaptureError("; ".join(refused)) from None
-                out.clear()
-        assert proc is not None
-        if target.spawned:
-            watch.before_exec()
-        release_target(target)
-        say(f"timing the faults of PID {target.pid} ({used})")
-        while proc.poll() is None:
-            read_available(proc, out, 0.05)
-            if target.poll():
-                watch.step(out)
-            elif target.spawned:
-                break
-        rest, _err = proc.communicate(timeout=120)
-        out += rest
-    except BpfError as exc:
-        raise CaptureError(str(exc)) from None
+                load_ms += (time.monotonic() - t0) * 1000
+                continue
+            not_probeable.update(attach_refused)
+            break
+        if obj is None:
+            raise CaptureError(_no_hook(refused))
+        load_ms += (time.monotonic() - t0) * 1000
+        try:
+            release_target(target)
+            say(f"timing the faults of PID {target.pid} ({used})")
+            _wait_forwarding_signals(target, notes)
+            obj.detach()
+            kept = histograms_from_map(obj.map("hists").items())
+            vmas = np.frombuffer(b"".join(v for _k, v in obj.map("vmas").items()), dtype=VMA_SEEN)
+            notes += counter_notes(read_counters(obj))
+        finally:
+            obj.close()
     finally:
-        if proc is not None:
-            stop_child(proc, 10)
-        target.end()   # an attached process that execs is stopped there by bpftrace: it is continued
+        target.end()   # a spawned target still running is ended; an attached one is left running
         target.wait()
-    text = out.decode(errors="replace")
-    by_outcome, by_vma = parse_histograms(text)
-    maps = watch.finish(text.splitlines())
+    by_outcome, by_vma = group_histograms(kept)
     # the reason names what was tried and refused before the hook used, not what was never needed
     reason = ("chosen with --probes" if probe else "fentry attached (BPF trampolines, no breakpoint)"
               if used is FunctionProbe.FENTRY else "; ".join(refused))
-    return LatencyRecording(by_outcome, by_vma, list(handlers), not_probeable, maps, target.describe_exit(),
-                            used, reason)
+    # the tier's start-up, shown so that the kernel matrix's output carries it
+    reason += f"; loaded and attached in {load_ms:.0f} ms (the handlers found in {found_ms:.0f} ms before)"
+    return LatencyRecording(by_outcome, by_vma, list(OUTCOME_HANDLERS), not_probeable,
+                            {target.pid: maps_from_kernel(vmas)}, target.describe_exit(), used, reason, load_ms,
+                            notes)
+
+
+def _no_hook(refused: list[str]) -> str:
+    return ("--latency needs fentry or kprobes on handle_mm_fault: " + "; ".join(refused) +
+            ". Without them no tool can time a fault from the inside; fix: a kernel that allows BPF trampolines "
+            "or kprobes (Debian's 6.1 and 6.12 do), or pagefault trace without --latency, which still counts "
+            "and places every fault")
 
 
 def _probe_candidates(probe: FunctionProbe | None) -> tuple[list[FunctionProbe], list[str]]:

@@ -33,7 +33,8 @@ def object_path(name: str) -> Path:
     obj = HERE / "build" / os.uname().machine / f"{name}.bpf.o"
     if not obj.exists():
         raise BpfObjectMissing(f"the BPF object {obj} is not built; {SETUP_FIX}")
-    # what scripts/build-bpf.sh rebuilds it from: its own .bpf.c and every header (not another object's .bpf.c)
+    # its own source and every header, as scripts/build-bpf.sh decides what to rebuild (another object's
+    # newer .bpf.c must not make this one stale: the build would never rebuild it)
     newest = max(p.stat().st_mtime for p in HERE.iterdir() if p.suffix == ".h" or p.name == f"{name}.bpf.c")
     if obj.stat().st_mtime < newest:
         raise BpfObjectMissing(f"the BPF object {obj} is older than its sources; {SETUP_FIX}")
