@@ -120,7 +120,7 @@ def test_the_python_mirror_has_the_objects_sizes_offsets_and_handler_codes():
     types = _btf_types(_object())
     for struct, dtype in (("latency_settings", lat.SETTINGS), ("latency_key", lat.LATENCY_KEY),
                           ("latency_hist", lat.LATENCY_HIST), ("fault_timing", lat.FAULT_TIMING),
-                          ("vma_seen", VMA_SEEN)):
+                          ("vma_seen", VMA_SEEN.dtype)):
         t = types[struct]
         offsets = {m["name"]: m["bits_offset"] // 8 for m in t["members"]}
         assert (t["size"], offsets) == (dtype.itemsize, {n: dtype.fields[n][1] for n in dtype.names}), struct

@@ -26,7 +26,7 @@ from ..evidence import MapsLine
 from ..evidence.latency import KernelHistogram, merge_histogram
 from ..kernel.btf import VMLINUX_BTF
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
-from .kernel_counts import VMA_SEEN, _wait_forwarding_signals
+from .kernel_counts import _wait_forwarding_signals, read_vmas
 from .kprobes import kprobe_support, probeable
 from .libbpf import BpfObject, LibbpfError
 from .mapping_watch import maps_from_kernel
@@ -270,7 +270,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
             _wait_forwarding_signals(target, notes)
             obj.detach()
             kept = histograms_from_map(obj.map("hists").items())
-            vmas = np.frombuffer(b"".join(v for _k, v in obj.map("vmas").items()), dtype=VMA_SEEN)
+            vmas = read_vmas(obj)
             notes += counter_notes(read_counters(obj))
         finally:
             obj.close()
