@@ -324,7 +324,7 @@ def _trace_latency(args: argparse.Namespace, argv: list[str]) -> int:
     enums, _source = kernel_enums(("vm_fault_reason",))
     summary = summarize_latency(rec.by_outcome, rec.by_vma, rec.handler_names, enums.get("vm_fault_reason", {}),
                                 [m for lines in rec.maps.values() for m in lines])
-    summary.notes += [f"not probed: {fn} ({why})" for fn, why in sorted(rec.not_probeable.items())]
+    summary.notes += [f"not probed: {fn} ({why})" for fn, why in sorted(rec.not_probeable.items())] + list(rec.notes)
     summary.notes.append(f"handle_mm_fault hooked with {rec.probe}: {rec.probe_reason}")
     summary.notes.append(f"the program {rec.target_exit}")
     _write_trace_summary(args, summary, render_latency)

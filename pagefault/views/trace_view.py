@@ -117,7 +117,7 @@ def render_latency(summary, console) -> None:
     """trace --latency: one table by outcome, one by mapping, with log2 histograms."""
     from rich.table import Table
     console.print(f"[bold]{summary.faults}[/bold] faults timed from handle_mm_fault's entry to its return "
-                  "(kprobe and kretprobe)")
+                  "(the hook used is in the notes)")
     for title, groups in (("by outcome (last handler → VM_FAULT bits)", summary.by_outcome),
                           ("by mapping", summary.by_mapping)):
         table = Table(title=title, title_justify="left")
