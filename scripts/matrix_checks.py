@@ -271,7 +271,8 @@ def first_touch(out: Path) -> Path:
 
 def trace_latency_result(out: Path) -> tuple[bool, str]:
     """trace --latency on the first-touch loop (256 pages of this kernel's size), with each hook (auto: fentry
-    where bpftrace attaches it; kprobes): only where kprobes work; elsewhere the refusal is checked."""
+    where the kernel attaches it, else kprobes; kprobe): only where kprobes work; elsewhere the refusal is
+    checked. Each line says how long the compiled object took to load and attach."""
     import contextlib
     import io
 
@@ -302,7 +303,10 @@ def trace_latency_result(out: Path) -> tuple[bool, str]:
         # the loop's region is named: its mapping was told by mmap or read from /proc
         named = any(g["key"] == "[anon rw-p]" and g["count"] >= pages for g in s["by_mapping"])
         good = good and code == 0 and timed >= pages and positive and named and (probes == "auto" or hook == probes)
-        details.append(f"{probes} (hooked with {hook}): {s['faults']} faults timed, {timed} through {handler} "
+        started = next((n.split("loaded and attached in ", 1)[1].split(" (", 1)[0] for n in s["notes"]
+                        if "loaded and attached in" in n), "?")
+        details.append(f"{probes} (hooked with {hook}, started in {started}): {s['faults']} faults timed, "
+                       f"{timed} through {handler} "
                        f"returning 0, the loop's mapping {'named' if named else 'NOT named'}, p50 "
                        + ", ".join(f"{g['key']}: {g['percentiles_ns']['50'] / 1000:.1f} µs"
                                    for g in s["by_outcome"][:3]))
