@@ -1,12 +1,12 @@
 """Live evidence for the journey of one page fault: the exercise program run phase by phase under
-perf_event_open (and bpftrace in the bpf tier), with /proc snapshots while it is paused.
+perf_event_open (and the compiled walk, capture/bpf/journey_walk.bpf.c, in the bpf tier), with /proc
+snapshots while it is paused.
 
 This module only gathers what the machine shows; pagefault.journey turns it into steps.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Callable
 
@@ -15,9 +15,11 @@ from ..evidence import JourneyEvidence, Snapshot, TraceEvent
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
-from .bpf_walk import BpfError, BpfTracer
+from .bpf import BpfObjectMissing, object_path
+from .bpf_walk import OBJECT, BpfError, BpfTracer
 from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, build_program
-from .kprobes import FAULT_HANDLERS, MmapProbe, fault_probes, kprobe_support, parse_fault_lines, probeable
+from .kprobes import FaultPathChoice, fault_from_events, fault_path_programs, kprobe_support, mmap_from_events
+from .libbpf import LibbpfError, lib
 from .perf_event import (
     PERF_COUNT_SW_PAGE_FAULTS,
     PERF_TYPE_SOFTWARE,
@@ -47,11 +49,21 @@ JOURNEY_TRACEPOINTS = (
 )
 
 
-def choose_journey_tier(requested: str, bpftrace_ok: Callable[[], bool]) -> str:
+def walk_engine_problem() -> str | None:
+    """Why the compiled walk cannot run here, with the fix; None when libbpf and the built object are here."""
+    try:
+        lib()
+        object_path(OBJECT)
+    except (LibbpfError, BpfObjectMissing) as exc:
+        return str(exc)
+    return None
+
+
+def choose_journey_tier(requested: str, engine_ok: Callable[[], bool]) -> str:
     if requested in ("bpf", "perf", "user"):
         return requested
     if facts.is_root():
-        return "bpf" if bpftrace_ok() else "perf"
+        return "bpf" if engine_ok() else "perf"
     paranoid = facts.perf_event_paranoid()
     if paranoid is not None and paranoid <= 2:
         return "user"
@@ -70,9 +82,9 @@ class LiveJourney:
     def __init__(self, options: ExerciseOptions, tier: str = "auto", progress: Callable[[str], None] | None = None):
         options.check()
         self.progress = progress or (lambda _m: None)
-        # bpftrace on PATH is enough to choose the bpf tier: if it then fails, the walk's entries are
-        # shown unavailable with bpftrace's own reason (pagefault doctor runs the full check)
-        tier = choose_journey_tier(tier, lambda: shutil.which("bpftrace") is not None)
+        # libbpf and the built object are enough to choose the bpf tier: if the load then fails, the walk's
+        # entries are shown unavailable with the kernel's reason (pagefault doctor runs the full check)
+        tier = choose_journey_tier(tier, lambda: walk_engine_problem() is None)
         levels, why = facts.paging_levels()
         ff = facts.fault_flag_values()
         gfp = facts.gfp_bits()
@@ -94,8 +106,7 @@ class LiveJourney:
         self.sample_type = 0
         self.chunks: list[bytes] = []
         self.tracer: BpfTracer | None = None
-        self.mmap_probe: MmapProbe | None = None
-        self.handler_not_probeable: dict[str, str] = {}
+        self.fault_path: FaultPathChoice | None = None
         self.kprobes = False
         if tier == "bpf":
             self.kprobes, why = kprobe_support()
@@ -136,8 +147,8 @@ class LiveJourney:
             self.session.enable()
             self.proc.release()
             self._phase("ready")
-            if self.kprobes:
-                self._start_mmap_probe()
+            if ev.tier == "bpf":
+                self._start_walk()
         except (PerfError, ExerciseError) as exc:
             self.close()
             raise CaptureError(str(exc)) from None
@@ -150,15 +161,20 @@ class LiveJourney:
                 self.proc.advance()
                 phase = self._phase("mapped")
                 self.ev.vaddr = int(phase.fields["vaddr"], 16)
-                if self.mmap_probe:
-                    try:
-                        self.ev.kprobe_mmap = self.mmap_probe.result()
-                    except BpfError as exc:
-                        self.ev.unavailable["kprobe mmap"] = str(exc)
-                    self.mmap_probe = None
+                if self.tracer:
+                    self.tracer.set_page(self.ev.fault_address)
+                    if self.fault_path and self.fault_path.mmap_function:
+                        self.tracer.obj.poll(0)
+                        self.ev.kprobe_mmap = mmap_from_events(self.tracer.obj.walked.events,
+                                                               self.fault_path.mmap_function,
+                                                               self.fault_path.mmap_not_probeable)
+                        if self.ev.kprobe_mmap is None:
+                            self.ev.unavailable["kprobe mmap"] = (f"the {self.fault_path.variant} probe saw no return "
+                                                                  f"from {self.fault_path.mmap_function}")
+                    elif self.fault_path:
+                        self.ev.unavailable["kprobe mmap"] = "no VMA-making function can be probed: " + "; ".join(
+                            f"{fn}: {why}" for fn, why in self.fault_path.mmap_not_probeable.items())
                 self._snapshot_page("mapped")
-                if self.ev.tier == "bpf":
-                    self._start_bpftrace()
             elif stage == "mapped":
                 self.proc.advance()
                 phase = self._phase("touched")
@@ -169,10 +185,13 @@ class LiveJourney:
                         self.ev.bpf = self.tracer.result()
                     except BpfError as exc:
                         self.ev.unavailable["bpf"] = f"{exc}"
-                    if self.kprobes and self.ev.bpf:
-                        self.ev.kprobe_fault = parse_fault_lines(self.tracer.lines, self.handler_not_probeable)
+                    if self.fault_path and self.ev.bpf:
+                        self.ev.kprobe_fault = fault_from_events(self.tracer.obj.walked.events,
+                                                                 self.fault_path.not_probeable)
                         if self.ev.kprobe_fault is None:
-                            self.ev.unavailable["kprobes"] = "the kprobe on handle_mm_fault did not fire for the fault"
+                            self.ev.unavailable["kprobes"] = (f"the {self.fault_path.variant} program on "
+                                                              "handle_mm_fault did not fire for the fault")
+                    self.tracer.stop()
                     self.tracer = None
             elif stage == "touched":
                 self.ev.exit = self.proc.finish()
@@ -193,9 +212,6 @@ class LiveJourney:
         return self.ev
 
     def close(self) -> None:
-        if self.mmap_probe:
-            self.mmap_probe.stop()
-            self.mmap_probe = None
         if self.tracer:
             self.tracer.stop()
             self.tracer = None
@@ -249,51 +265,45 @@ class LiveJourney:
             self.chunks.extend(self.session.drain())
         self._decode_events()
 
-    def _start_bpftrace(self) -> None:
+    def _start_walk(self) -> None:
+        """Load and attach the compiled walk at the ready phase (the PGD's allocation is seen by then): the page
+        it follows is written into its state when the program has mapped it. With kprobes or BPF trampolines,
+        the fault-path programs ride in the same object: fentry first, then kprobes, then none."""
         pgd = self._pgd_allocation()
         if pgd is None:
             self.ev.unavailable["bpf"] = ("no pgd_alloc allocation was seen during exec, so the direct-map base "
                                           "cannot be derived and the entries cannot be followed")
             return
-        self.progress("starting bpftrace to read the page-table entries")
-        extra = ""
+        self.progress("loading the compiled walk of the page-table entries")
+        attempts: list[FaultPathChoice | None] = []
         if self.kprobes:
-            handlers, self.handler_not_probeable = probeable(FAULT_HANDLERS)
-            extra = fault_probes(self.proc.pid, self.ev.fault_address & ~0xFFF, handlers)
-        try:
-            self.tracer = self._armed_tracer(pgd, extra)
-        except BpfError as exc:
-            if not extra:
-                self.ev.unavailable["bpf"] = str(exc)
-                return
-            # bpftrace refuses a whole script when one kprobe fails: keep the walk, drop the kprobes
-            self.kprobes = False
-            self.ev.unavailable["kprobes"] = f"bpftrace could not attach the fault kprobes ({exc}); the walk ran without them"
-            self.progress("the kprobes did not attach; starting bpftrace again without them")
+            attempts += [c for c in (fault_path_programs("fentry"), fault_path_programs("kprobe")) if c.programs]
+        attempts.append(None)
+        refused: list[str] = []
+        for choice in attempts:
             try:
-                self.tracer = self._armed_tracer(pgd, "")
-            except BpfError as exc2:
-                self.ev.unavailable["bpf"] = str(exc2)
-
-    def _armed_tracer(self, pgd: int, extra: str) -> BpfTracer:
-        tracer = BpfTracer(self.proc.pid, self.ev.fault_address, pgd << 12, self.ev.paging_levels, extra)
-        try:
-            tracer.arm(progress=self.progress)
-        except BpfError:
-            tracer.stop()
-            raise
-        return tracer
-
-    def _start_mmap_probe(self) -> None:
-        self.progress("starting bpftrace on the mmap side (kprobes)")
-        try:
-            self.mmap_probe = MmapProbe(self.proc.pid)
-            self.mmap_probe.arm()
-        except BpfError as exc:
-            self.ev.unavailable["kprobe mmap"] = str(exc)
-            if self.mmap_probe:
-                self.mmap_probe.stop()
-            self.mmap_probe = None
+                self.tracer = BpfTracer(self.proc.pid, pgd << 12, self.ev.paging_levels,
+                                        choice.programs if choice else ())
+            except BpfError as exc:
+                if choice is None:
+                    self.ev.unavailable["bpf"] = str(exc)
+                    return
+                refused.append(f"{choice.variant}: {exc}")
+                continue
+            self.fault_path = choice
+            break
+        if self.kprobes and self.fault_path is None:
+            self.kprobes = False
+            self.ev.unavailable["kprobes"] = ("the fault-path programs did not load (" + "; ".join(refused)
+                                              + "); the walk ran without them")
+        elif self.fault_path is not None:
+            why = f"; {refused[0]}" if refused else ""
+            self.ev.event_sources["handle_mm_fault"] = (
+                f"{self.fault_path.variant} programs of the compiled walk on handle_mm_fault and its handlers"
+                + (" (BPF trampolines: no breakpoint per call)" if self.fault_path.variant == "fentry" else
+                   f" (fentry refused here{why})"))
+        self.ev.event_sources["walk"] = self.tracer.obj.describe()
+        self.tracer.arm()
 
     def _pgd_allocation(self) -> int | None:
         """The PFN of the new mm's PGD: the mm_page_alloc during exec whose call chain has pgd_alloc."""
