@@ -240,16 +240,24 @@ class WalkObject:
                 + ", ".join(self.programs) + "; hooks: " + "; ".join(self.hooks_text()))
 
     def lost_note(self) -> str:
-        lost = int(self.state.lost) if self.ring is not None else 0
+        """The records lost (bpf_ringbuf_reserve found no room: counted in the kernel, state.lost), or ""."""
+        lost = int(self.state.lost) if "state" in self.__dict__ else self.lost_at_close
         return f"{lost} records found the ring buffer full and were not written" if lost else ""
 
+    lost_at_close = 0
+
     def close(self) -> None:
+        """Stop reading, detach and free the object (safe to call twice)."""
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-        if getattr(self, "state", None) is not None:
-            self.lost_at_close = int(self.state.lost)
-            del self.state
+        state = self.__dict__.pop("state", None)
+        if state is not None:
+            self.lost_at_close = int(state.lost)
+            del state
+        bss = self.__dict__.pop("_bss", None)
+        if bss is not None:
+            bss.release()   # the mapping of .bss can then be closed with the object
         self.obj.close()
 
 
