@@ -40,6 +40,19 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } records SEC(".maps");
 
+/* Never written: its value type keeps the ring buffer's record structs in the object's BTF (a ring buffer has
+ * no value type), where tests/test_journey_walk_bpf.py holds the Python mirror to them. */
+struct record_types {
+	struct walk_read read;
+	struct walk_event event;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct record_types);
+} record_types SEC(".maps");
+
 /* A struct folio as 6.1 to 6.5 laid out its order (a byte in the first tail page); 6.6 on: _flags_1's low byte. */
 struct folio___old {
 	unsigned char _folio_order;
