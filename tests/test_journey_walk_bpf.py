@@ -196,9 +196,9 @@ def test_a_write_fault_is_walked_before_and_after_as_the_kernel_has_it(variant):
         page = int(child.stdout.readline(), 16) + 4096
         # the child's PGD, read at its getppid(): the walk needs its physical address (mm->pgd − base)
         pgd_virtual = _pgd_at_getppid(child, page, base, levels)
-        tracer = bw.BpfTracer(child.pid, pgd_virtual - base, levels, kernel=_offered(variant))
+        tracer = bw.BpfTracer(child.pid, levels, kernel=_offered(variant))
         try:
-            tracer.set_page(page + 5)
+            tracer.set_page(page + 5, pgd_virtual - base)
             tracer.arm()
             _poke(child)
             deadline = time.monotonic() + 10

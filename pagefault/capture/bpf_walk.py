@@ -69,6 +69,7 @@ MODE_PAGE, MODE_PROGRAM, MODE_SYSCALL = 0, 1, 2
 SEL_OWN_CODE, SEL_NTH, SEL_ADDRESS, SEL_RANGES, SEL_KIND = range(5)
 KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv")   # enum walk_kind, in order
 STAGE_WAITING, STAGE_FAULTED, STAGE_DONE = range(3)
+MMAP_NOT_YET = 3
 (REC_BEFORE, REC_AFTER, REC_VMEMMAP, REC_FAULT_ENTRY, REC_FAULT_RETURN, REC_HANDLER, REC_MMAP, REC_MMAP_RETURN,
  REC_MERGE, REC_EXITED, REC_AT_SYSCALL) = range(1, 12)
 HAVE_OBJECTS, HAVE_MAPLE_ROOT, HAVE_LAYOUT, HAVE_VMA, HAVE_FOLIO, HAVE_HEAD, HAVE_PIVOTS, HAVE_ORDER = (
@@ -76,7 +77,7 @@ HAVE_OBJECTS, HAVE_MAPLE_ROOT, HAVE_LAYOUT, HAVE_VMA, HAVE_FOLIO, HAVE_HEAD, HAV
 
 SETTINGS = np.dtype([("target_tgid", "<u4"), ("levels", "<u4"), ("mode", "<u4"), ("selector", "<u4"),
                      ("kind", "<u4"), ("from_exec", "<u4"), ("stop_after", "<u4"), ("fault_probes", "<u4"),
-                     ("pgd_physical", "<u8"), ("direct_map_base", "<u8"), ("page", "<u8"), ("nth", "<u8"),
+                     ("direct_map_base", "<u8"), ("page", "<u8"), ("nth", "<u8"),
                      ("elf_low", "<u8"), ("stack_reach", "<u8"), ("nranges", "<u4"), ("syscall_nr", "<u4"),
                      ("range_lo", "<u8", (WALK_RANGES,)), ("range_hi", "<u8", (WALK_RANGES,))])
 
@@ -84,7 +85,7 @@ SETTINGS = np.dtype([("target_tgid", "<u4"), ("levels", "<u4"), ("mode", "<u4"),
 class State(ctypes.Structure):
     """struct walk_state, the object's .bss, read and written in place (BpfObject.global_data)."""
 
-    _fields_ = [("page", ctypes.c_uint64), ("stage", ctypes.c_uint32), ("execd", ctypes.c_uint32),
+    _fields_ = [("page", ctypes.c_uint64), ("pgd_physical", ctypes.c_uint64), ("stage", ctypes.c_uint32), ("execd", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("kp", ctypes.c_uint32), ("n", ctypes.c_uint64), ("addr", ctypes.c_uint64),
                 ("ip", ctypes.c_uint64), ("vmemmap", ctypes.c_uint64), ("kt0", ctypes.c_uint64),
                 ("mmap_stage", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("lost", ctypes.c_uint64)]
@@ -282,18 +283,24 @@ def wait_for_vmemmap(obj: WalkObject, bound: float = 3.0) -> None:
 class BpfTracer:
     """The walk of one page of one process (the exercise's journey), from load to its two reads.
 
-    The object is loaded with the page still unknown (state.page 0: nothing is read) so that it can be
-    attached early; set_page() names the page when the program has mapped it."""
+    The object is loaded while the target is held before its exec, the page and the PGD still unknown
+    (state.page 0: nothing is read): loading overlaps the start, and nothing needs waiting for. arm_mmap()
+    lets the fault-path programs follow the next VMA-making call; set_page() names the page and the PGD once
+    the exec's PGD allocation has been seen and the program has mapped the page."""
 
-    def __init__(self, pid: int, pgd_physical: int, levels: int, fault_probes: tuple[str, ...] = (),
-                 kernel: KernelHooks | None = None):
-        self.pgd_physical = pgd_physical
+    def __init__(self, pid: int, levels: int, fault_probes: tuple[str, ...] = (), kernel: KernelHooks | None = None):
         self.levels = levels
-        settings = {"target_tgid": pid, "levels": levels, "mode": MODE_PAGE, "pgd_physical": pgd_physical,
-                    "fault_probes": int(bool(fault_probes))}
+        self.pgd_physical = 0
+        settings = {"target_tgid": pid, "levels": levels, "mode": MODE_PAGE, "fault_probes": int(bool(fault_probes))}
         self.obj = WalkObject(settings, (FAULT_HOOK, SYSCALL_HOOK), levels, fault_probes, kernel=kernel)
+        self.obj.state.mmap_stage = MMAP_NOT_YET
 
-    def set_page(self, address: int) -> None:
+    def arm_mmap(self) -> None:
+        self.obj.state.mmap_stage = 0
+
+    def set_page(self, address: int, pgd_physical: int) -> None:
+        self.pgd_physical = pgd_physical
+        self.obj.state.pgd_physical = pgd_physical    # before the page: a page names a walk to do
         self.obj.state.page = address & ~0xFFF
 
     def arm(self) -> None:

@@ -7,6 +7,7 @@ This module only gathers what the machine shows; pagefault.journey turns it into
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -86,7 +87,6 @@ class LiveJourney:
         # entries are shown unavailable with the kernel's reason (pagefault doctor runs the full check)
         tier = choose_journey_tier(tier, lambda: walk_engine_problem() is None)
         levels, why = facts.paging_levels()
-        ff = facts.fault_flag_values()
         gfp = facts.gfp_bits()
         migratetypes, migratetype_source = facts.migratetype_names()
         captured_at, host = facts.capture_origin()
@@ -94,12 +94,17 @@ class LiveJourney:
         self.ev = JourneyEvidence(tier, facts.kernel_release(), facts.kernel_version(), levels, why,
                                   build_program(self.progress), options, soft_dirty_config=facts.kernel_config_flag(
                                       "CONFIG_MEM_SOFT_DIRTY"),
-                                  fault_flag_table=ff.values, fault_flag_source=ff.source,
                                   gfp_table=gfp.values, gfp_source=gfp.source, migratetypes=migratetypes,
                                   migratetype_source=migratetype_source, kernel_enums=enums,
                                   kernel_enums_source=enums_source, captured_at=captured_at, host=host,
                                   tool_version=__version__)
-        self.ksyms = KernelSymbols.load()
+        # The kernel's symbols (for the call chains) and its fault-flag values (from BTF) take a few hundred ms
+        # of parsing: they are read in a thread while the program starts and the walk loads (libbpf and the
+        # waits for the program let go of the GIL), and joined where first needed.
+        self._ksyms: KernelSymbols | None = None
+        self._preload = threading.Thread(target=self._read_kernel_tables, name="pagefault-kernel-tables")
+        self._preload.start()
+        self._closing: list[threading.Thread] = []
         self.proc: ExerciseProcess | None = None
         self.session: PerfSession | None = None
         self.formats: dict = {}
@@ -107,6 +112,7 @@ class LiveJourney:
         self.chunks: list[bytes] = []
         self.tracer: BpfTracer | None = None
         self.fault_path: FaultPathChoice | None = None
+        self.pgd_physical: int | None = None
         self.kprobes = False
         if tier == "bpf":
             self.kprobes, why = kprobe_support()
@@ -141,14 +147,16 @@ class LiveJourney:
         ev.pid, ev.argv = self.proc.pid, self.proc.argv
         ev.spawned_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         try:
+            if ev.tier == "bpf":
+                self._load_walk()     # while the program is held before its exec
             # Enabled now, not on exec: the exec itself (its new mm and PGD) is part of the story.
             self.session = PerfSession(events, self.proc.pid, enable_on_exec=False, callchain=True,
                                        data_pages=256, monotonic_clock=True)
             self.session.enable()
             self.proc.release()
             self._phase("ready")
-            if ev.tier == "bpf":
-                self._start_walk()
+            if self.tracer:
+                self._arm_walk()
         except (PerfError, ExerciseError) as exc:
             self.close()
             raise CaptureError(str(exc)) from None
@@ -162,7 +170,8 @@ class LiveJourney:
                 phase = self._phase("mapped")
                 self.ev.vaddr = int(phase.fields["vaddr"], 16)
                 if self.tracer:
-                    self.tracer.set_page(self.ev.fault_address)
+                    if self.pgd_physical is not None:
+                        self.tracer.set_page(self.ev.fault_address, self.pgd_physical)
                     if self.fault_path and self.fault_path.mmap_function:
                         self.tracer.obj.poll(0)
                         self.ev.kprobe_mmap = mmap_from_events(self.tracer.obj.walked.events,
@@ -191,7 +200,7 @@ class LiveJourney:
                         if self.ev.kprobe_fault is None:
                             self.ev.unavailable["kprobes"] = (f"the {self.fault_path.variant} program on "
                                                               "handle_mm_fault did not fire for the fault")
-                    self.tracer.stop()
+                    self._close_later(self.tracer.stop)
                     self.tracer = None
             elif stage == "touched":
                 self.ev.exit = self.proc.finish()
@@ -213,15 +222,42 @@ class LiveJourney:
 
     def close(self) -> None:
         if self.tracer:
-            self.tracer.stop()
+            self._close_later(self.tracer.stop)
             self.tracer = None
         if self.session:
-            self.session.close()
+            self._close_later(self.session.close)
             self.session = None
         if self.proc and self.proc.target.status is None:
             self.proc.kill()
 
     # -- helpers --------------------------------------------------------------------------------------
+
+    def _read_kernel_tables(self) -> None:
+        self._ksyms = KernelSymbols.load()
+        ff = facts.fault_flag_values()
+        self._fault_flags = ff
+
+    @property
+    def ksyms(self) -> KernelSymbols:
+        """The kernel's symbols, once the thread reading them is done (and the fault-flag table with them)."""
+        if self._preload.is_alive() or self._ksyms is None:
+            self._preload.join()
+            if self._ksyms is None:     # the thread failed: read here, so that its error is raised here
+                self._read_kernel_tables()
+            ff = self._fault_flags
+            self.ev.fault_flag_table, self.ev.fault_flag_source = ff.values, ff.source
+        return self._ksyms
+
+    def _close_later(self, close: Callable[[], None]) -> None:
+        """Close in a thread: perf events and BPF links take an RCU grace period or more each to go, time
+        the journey can spend building its steps. Joined by wait_closed() (and by Python at exit)."""
+        t = threading.Thread(target=close, name="pagefault-close")
+        t.start()
+        self._closing.append(t)
+
+    def wait_closed(self) -> None:
+        while self._closing:
+            self._closing.pop().join()
 
     def _phase(self, name: str):
         phase = self.proc.wait_phase()
@@ -265,15 +301,10 @@ class LiveJourney:
             self.chunks.extend(self.session.drain())
         self._decode_events()
 
-    def _start_walk(self) -> None:
-        """Load and attach the compiled walk at the ready phase (the PGD's allocation is seen by then): the page
-        it follows is written into its state when the program has mapped it. With kprobes or BPF trampolines,
-        the fault-path programs ride in the same object: fentry first, then kprobes, then none."""
-        pgd = self._pgd_allocation()
-        if pgd is None:
-            self.ev.unavailable["bpf"] = ("no pgd_alloc allocation was seen during exec, so the direct-map base "
-                                          "cannot be derived and the entries cannot be followed")
-            return
+    def _load_walk(self) -> None:
+        """Load and attach the compiled walk while the program is held before its exec; the page it follows
+        and the PGD are written into its state later (_arm_walk, then the mapped phase). With kprobes or BPF
+        trampolines, the fault-path programs ride in the same object: fentry first, then kprobes, then none."""
         self.progress("loading the compiled walk of the page-table entries")
         attempts: list[FaultPathChoice | None] = []
         if self.kprobes:
@@ -282,8 +313,7 @@ class LiveJourney:
         refused: list[str] = []
         for choice in attempts:
             try:
-                self.tracer = BpfTracer(self.proc.pid, pgd << 12, self.ev.paging_levels,
-                                        choice.programs if choice else ())
+                self.tracer = BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs if choice else ())
             except BpfError as exc:
                 if choice is None:
                     self.ev.unavailable["bpf"] = str(exc)
@@ -303,6 +333,21 @@ class LiveJourney:
                 + (" (BPF trampolines: no breakpoint per call)" if self.fault_path.variant == "fentry" else
                    f" (fentry refused here{why})"))
         self.ev.event_sources["walk"] = self.tracer.obj.describe()
+
+    def _arm_walk(self) -> None:
+        """At the ready phase: the PGD's allocation has been seen (the exec is done), the mmap is next."""
+        pgd = self._pgd_allocation()
+        if pgd is None:
+            self.ev.unavailable["bpf"] = ("no pgd_alloc allocation was seen during exec, so the direct-map base "
+                                          "cannot be derived and the entries cannot be followed")
+        else:
+            self.pgd_physical = pgd << 12
+        if self.fault_path:
+            self.tracer.arm_mmap()
+        if pgd is None and not self.fault_path:
+            self._close_later(self.tracer.stop)
+            self.tracer = None
+            return
         self.tracer.arm()
 
     def _pgd_allocation(self) -> int | None:

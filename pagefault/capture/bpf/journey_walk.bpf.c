@@ -240,7 +240,7 @@ static __always_inline struct walk_read *start_read(__u32 kind, __u64 *base, __u
 	__builtin_memset(r, 0, sizeof(*r));
 	struct mm_struct *mm = current_mm();
 	*pgd = (__u64)BPF_CORE_READ(mm, pgd);
-	*base = settings.mode == MODE_PAGE ? *pgd - settings.pgd_physical : settings.direct_map_base;
+	*base = settings.mode == MODE_PAGE ? *pgd - state.pgd_physical : settings.direct_map_base;
 	r->kind = kind;
 	r->tid = (__u32)bpf_get_current_pid_tgid();
 	r->time_ns = bpf_ktime_get_ns();

@@ -41,7 +41,6 @@ struct walk_settings {
 	__u32 from_exec;      /* 1: the target's faults count from its exec (a held child before it is a copy of us) */
 	__u32 stop_after;     /* 1: SIGSTOP the target at the read after the fault (MODE_PROGRAM) */
 	__u32 fault_probes;   /* 1: the handle_mm_fault / handler programs follow the walked fault */
-	__u64 pgd_physical;   /* MODE_PAGE: the PGD's physical address; the direct map's base = mm->pgd − it */
 	__u64 direct_map_base;/* MODE_PROGRAM: derived before, once per boot */
 	__u64 page;           /* SEL_ADDRESS: the page */
 	__u64 nth;            /* SEL_NTH */
@@ -57,6 +56,8 @@ struct walk_settings {
 enum walk_stage { STAGE_WAITING = 0, STAGE_FAULTED = 1, STAGE_DONE = 2 };
 struct walk_state {
 	__u64 page;           /* MODE_PAGE: the page to follow; 0: not yet known (nothing is read) */
+	__u64 pgd_physical;   /* MODE_PAGE: the PGD's physical address (the direct map's base = mm->pgd − it),
+				 written before page: the object is loaded before the exec that allocates it */
 	__u32 stage;          /* enum walk_stage */
 	__u32 execd;          /* the target has exec'ed (or was not held: settings.from_exec 0) */
 	__u32 tid;            /* the chosen fault's thread */
@@ -66,10 +67,13 @@ struct walk_state {
 	__u64 ip;
 	__u64 vmemmap;        /* vmemmap's base, from the first LRU insertion seen; 0: none yet */
 	__u64 kt0;            /* handle_mm_fault's entry time */
-	__u32 mmap_stage;     /* 0 no VMA-making call seen, 1 inside it, 2 returned */
+	__u32 mmap_stage;     /* 0 no VMA-making call seen, 1 inside it, 2 returned; MMAP_NOT_YET: the loader has
+				 not armed it (the exec's own mappings are not the one followed) */
 	__u32 _pad;
 	__u64 lost;           /* records the ring buffer had no room for */
 };
+
+#define MMAP_NOT_YET 3
 
 /* Records in the ring buffer; each starts with its kind. */
 enum walk_record_kind {
