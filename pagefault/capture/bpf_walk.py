@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import re
 import select
 import subprocess
 import time
@@ -38,7 +39,15 @@ OBJECT = "journey_walk"
 
 
 class BpfError(Exception):
-    """The walk could not be read; the message says why and the fix."""
+    """The walk could not be read; the message says why and the fix. `refused`: the programs libbpf's log
+    names as the ones the kernel refused (a load failed for them), for a retry without them."""
+
+    def __init__(self, message: str, refused: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.refused = refused
+
+
+_REFUSED = re.compile(r"prog '(\w+)': (?:failed|BPF program load failed|-- BEGIN PROG LOAD LOG)")
 
 
 def bpftrace_executable() -> str:
@@ -199,8 +208,9 @@ class WalkObject:
             for name in sorted(wanted):
                 self.obj.attach(name)
         except LibbpfError as exc:
+            refused = tuple(dict.fromkeys(m.group(1) for line in self.obj.log for m in [_REFUSED.search(line)] if m))
             self.close()
-            raise BpfError(str(exc)) from None
+            raise BpfError(str(exc), refused) from None
         self.load_ms = (time.monotonic() - t0) * 1000
         self.programs = sorted(wanted)
 

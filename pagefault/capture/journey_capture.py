@@ -19,7 +19,15 @@ from . import procfs
 from .bpf import BpfObjectMissing, object_path
 from .bpf_walk import OBJECT, BpfError, BpfTracer
 from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, build_program
-from .kprobes import FaultPathChoice, fault_from_events, fault_path_programs, kprobe_support, mmap_from_events
+from .kprobes import (
+    FAULT_HANDLERS,
+    MMAP_FUNCTIONS,
+    FaultPathChoice,
+    fault_from_events,
+    fault_path_programs,
+    kprobe_support,
+    mmap_from_events,
+)
 from .libbpf import LibbpfError, lib
 from .perf_event import (
     PERF_COUNT_SW_PAGE_FAULTS,
@@ -313,7 +321,7 @@ class LiveJourney:
         refused: list[str] = []
         for choice in attempts:
             try:
-                self.tracer = BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs if choice else ())
+                self.tracer = self._walk_with(choice)
             except BpfError as exc:
                 if choice is None:
                     self.ev.unavailable["bpf"] = str(exc)
@@ -333,6 +341,27 @@ class LiveJourney:
                 + (" (BPF trampolines: no breakpoint per call)" if self.fault_path.variant == "fentry" else
                    f" (fentry refused here{why})"))
         self.ev.event_sources["walk"] = self.tracer.obj.describe()
+
+    def _walk_with(self, choice: FaultPathChoice | None) -> BpfTracer:
+        """The walk with `choice`'s fault-path programs; a handler's program the kernel refuses (a function
+        in BTF it will not attach to) is dropped and named, up to three times, before the variant is given up."""
+        for _ in range(3):
+            try:
+                return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs if choice else ())
+            except BpfError as exc:
+                droppable = [p for p in exc.refused if choice and p in choice.programs
+                             and p not in ("hmf_fentry", "hmf_fexit", "hmf_kprobe", "hmf_kretprobe")]
+                if not droppable:
+                    raise
+                for prog in droppable:
+                    fn = prog.split("_", 1)[1]
+                    table = choice.not_probeable if fn in FAULT_HANDLERS else choice.mmap_not_probeable
+                    table[fn] = f"the kernel refused its {choice.variant} program ({exc})"
+                    if fn == choice.mmap_function:
+                        choice.mmap_function = None
+                choice.programs = tuple(p for p in choice.programs if p not in droppable
+                                        and not (choice.mmap_function is None and p.split("_", 1)[1] in MMAP_FUNCTIONS))
+        return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs if choice else ())
 
     def _arm_walk(self) -> None:
         """At the ready phase: the PGD's allocation has been seen (the exec is done), the mmap is next."""
