@@ -110,7 +110,8 @@ class LiveJourney:
         # of parsing: they are read in a thread while the program starts and the walk loads (libbpf and the
         # waits for the program let go of the GIL), and joined where first needed.
         self._ksyms: KernelSymbols | None = None
-        self._preload = threading.Thread(target=self._read_kernel_tables, name="pagefault-kernel-tables")
+        self._tables_joined = False
+        self._preload = threading.Thread(target=self._read_kernel_tables_quietly, name="pagefault-kernel-tables")
         self._preload.start()
         self._closing: list[threading.Thread] = []
         self.proc: ExerciseProcess | None = None
@@ -241,19 +242,28 @@ class LiveJourney:
     # -- helpers --------------------------------------------------------------------------------------
 
     def _read_kernel_tables(self) -> None:
-        self._ksyms = KernelSymbols.load()
         ff = facts.fault_flag_values()
         self._fault_flags = ff
+        self._ksyms = KernelSymbols.load()
+
+    def _read_kernel_tables_quietly(self) -> None:
+        """The thread's reading: an error is left for the main thread to meet again (no thread traceback)."""
+        try:
+            self._read_kernel_tables()
+        except Exception:   # noqa: BLE001 - read again, and raised, where the tables are needed
+            self._ksyms = None
 
     @property
     def ksyms(self) -> KernelSymbols:
         """The kernel's symbols, once the thread reading them is done (and the fault-flag table with them)."""
-        if self._preload.is_alive() or self._ksyms is None:
+        if not self._tables_joined:
             self._preload.join()
             if self._ksyms is None:     # the thread failed: read here, so that its error is raised here
                 self._read_kernel_tables()
             ff = self._fault_flags
             self.ev.fault_flag_table, self.ev.fault_flag_source = ff.values, ff.source
+            self._tables_joined = True
+        assert self._ksyms is not None
         return self._ksyms
 
     def _close_later(self, close: Callable[[], None]) -> None:
