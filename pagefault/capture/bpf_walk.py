@@ -453,3 +453,44 @@ def arm_with_own_faults(proc: subprocess.Popen, out: bytearray, words: tuple[byt
         if each_round is not None:
             each_round()
         read_available(proc, out, 0.05)
+
+
+def walk_check(root: bool) -> tuple[bool, str]:
+    """For the doctor: whether the journey's compiled walk loads here, the hook variant each event takes, and
+    which fault-path variant the journey would take (fentry, else kprobes), found by loading each (as root).
+    (True, detail) when the walk itself loads; the fault path is a detail (the journey names it when missing)."""
+    from .kprobes import kprobe_support
+    from .libbpf import lib
+    try:
+        lib()
+        object_path(OBJECT)
+    except (LibbpfError, BpfObjectMissing) as exc:
+        return False, str(exc)
+    if not root:
+        return False, "libbpf.so.1 and the walk's object are here; loading it needs root"
+    from ..kernel import facts
+    levels, _why = facts.paging_levels()
+    kernel = KernelHooks()
+    try:
+        walk = BpfTracer(os.getpid(), levels, kernel=kernel)
+    except BpfError as exc:
+        return False, str(exc)
+    hooks = "; ".join(walk.obj.hooks_text())
+    walk.stop()
+    tried = []
+    kprobes, kprobe_why = kprobe_support()
+    for variant, programs in (("fentry", ("hmf_fentry", "hmf_fexit")), ("kprobe", ("hmf_kprobe", "hmf_kretprobe"))):
+        if variant == "kprobe" and not kprobes:
+            tried.append(f"kprobe: {kprobe_why}")
+            continue
+        try:
+            BpfTracer(os.getpid(), levels, programs, kernel=kernel).stop()
+        except BpfError as exc:
+            code = re.search(r"\(([A-Z0-9]+: [^)]*)\)", str(exc))
+            tried.append(f"{variant}: the kernel refused it ({code.group(1) if code else exc})")
+            continue
+        path = f"handle_mm_fault by {variant}" + (f" ({'; '.join(tried)})" if tried else " (BPF trampolines)")
+        break
+    else:
+        path = "handle_mm_fault not followed: " + "; ".join(tried)
+    return True, f"libbpf.so.1 and the walk's object load here; hooks: {hooks}; fault path: {path}"
