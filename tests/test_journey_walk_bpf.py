@@ -160,7 +160,7 @@ def test_the_object_loads_and_attaches_in_each_mode_with_each_variant(variant, m
 
 CHILD = r"""
 import ctypes, mmap, os, sys
-m = mmap.mmap(-1, 4 * 4096)
+m = mmap.mmap(-1, 4 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 print(f"{ctypes.addressof(ctypes.c_char.from_buffer(m)):x}", flush=True)
 sys.stdin.readline()
 os.getppid()              # the walk at a system call reads the mm's PGD (and the PTE, still 0)
@@ -240,3 +240,131 @@ def _pgd_at_getppid(child, page: int, base: int, levels: int) -> int:
     read = bw.walk_read(rec, "at syscall", levels)
     assert read.entries.get("PTE", 0) == 0 and int(rec["address"]) == page
     return read.pgd_virtual
+
+
+THP_CHILD = r"""
+import ctypes, mmap, os, sys
+m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+start = ctypes.addressof(ctypes.c_char.from_buffer(m))
+aligned = (start + (2 << 20) - 1) & ~((2 << 20) - 1)
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(2 << 20), 14):   # MADV_HUGEPAGE
+    print("0", flush=True)
+    sys.exit(0)
+print(f"{aligned:x}", flush=True)
+sys.stdin.readline()
+os.getppid()
+sys.stdin.readline()
+m[aligned - start + 4096 + 5] = 7     # a write fault in a THP-able region: a 2 MiB folio, mapped by the PMD
+os.getppid()
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.live
+def test_a_thp_fault_reads_the_folios_order_from_its_head_page():
+    """The large-folio reads: a write in an MADV_HUGEPAGE region gets a PMD-mapped 2 MiB folio; the walk stops
+    at the huge PMD, and the struct page it names is the folio's head, of order 9 (its PG_head flag set)."""
+    _root()
+    _object()
+    if os.uname().machine != "x86_64":
+        pytest.skip("the x86-64 walk")
+    if "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+        pytest.skip("transparent huge pages are off here")
+    from pagefault.capture import procfs
+    from pagefault.capture.program_fault import direct_map_base
+    from pagefault.kernel import facts
+    levels, _why = facts.paging_levels()
+    base, _how = direct_map_base(lambda _m: None)
+    child = subprocess.Popen([sys.executable, "-c", THP_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        region = int(child.stdout.readline(), 16)
+        if not region:
+            pytest.skip("madvise(MADV_HUGEPAGE) refused")
+        page = region + 4096
+        pgd_virtual = _pgd_at_getppid(child, page, base, levels)
+        tracer = bw.BpfTracer(child.pid, levels)
+        try:
+            tracer.set_page(page + 5, pgd_virtual - base)
+            tracer.arm()
+            _poke(child)
+            deadline = time.monotonic() + 10
+            while "after" not in tracer.obj.walked.reads and time.monotonic() < deadline:
+                tracer.obj.poll(50)
+            walk = tracer.result()
+        finally:
+            tracer.stop()
+        pagemap = procfs.pagemap_entry(child.pid, page)
+    finally:
+        child.kill()
+        child.wait()
+    after = walk.reads["after"]
+    if "PTE" in after.entries:
+        pytest.skip("no huge page was free: the fault got an order-0 page (the PMD points to a table)")
+    pmd = after.entries["PMD"]
+    assert pmd & 0x81 == 0x81, f"a present huge PMD, not 0x{pmd:x}"
+    head = (pmd & bw.FRAME_MASK) >> 12
+    assert head % 512 == 0 and (pagemap & ((1 << 55) - 1)) == head + 1   # pagemap names the sub-page, the 2nd
+    assert after.objects["folio_pfn"] == head and after.objects["folio_order"] == 9
+    assert "folio_head_pfn" not in after.objects      # the head itself: no tail's head to read
+
+
+def _mthp_size() -> int | None:
+    """The smallest multi-size THP (a PTE-mapped large folio) this machine hands an MADV_HUGEPAGE region."""
+    root = Path("/sys/kernel/mm/transparent_hugepage")
+    top = (root / "enabled").read_text() if (root / "enabled").exists() else "[never]"
+    sizes = []
+    for d in root.glob("hugepages-*kB"):
+        kb = int(d.name[len("hugepages-"):-2])
+        setting = (d / "enabled").read_text()
+        on = "[always]" in setting or "[madvise]" in setting or ("[inherit]" in setting and "[never]" not in top)
+        if on and 4 < kb < 2048:
+            sizes.append(kb << 10)
+    return min(sizes) if sizes else None
+
+
+@pytest.mark.live
+def test_a_tail_page_of_a_pte_mapped_large_folio_reads_its_head():
+    """Where multi-size THP is on: a write in a region too small for a PMD folio gets a PTE-mapped large folio;
+    the page written is a tail page (its second), and the walk reads its head through compound_head: the head's
+    PFN is the tail's − 1 and its order is the folio's."""
+    _root()
+    _object()
+    size = _mthp_size()
+    if os.uname().machine != "x86_64" or size is None:
+        pytest.skip("no multi-size THP size is enabled here (/sys/kernel/mm/transparent_hugepage/hugepages-*kB)")
+    from pagefault.capture import procfs
+    from pagefault.capture.program_fault import direct_map_base
+    from pagefault.kernel import facts
+    levels, _why = facts.paging_levels()
+    base, _how = direct_map_base(lambda _m: None)
+    child_src = THP_CHILD.replace("4 << 20", f"{4 * size}").replace("(2 << 20)", f"{size}")
+    child = subprocess.Popen([sys.executable, "-c", child_src], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        region = int(child.stdout.readline(), 16)
+        if not region:
+            pytest.skip("madvise(MADV_HUGEPAGE) refused")
+        page = region + 4096
+        pgd_virtual = _pgd_at_getppid(child, page, base, levels)
+        tracer = bw.BpfTracer(child.pid, levels)
+        try:
+            tracer.set_page(page + 5, pgd_virtual - base)
+            tracer.arm()
+            _poke(child)
+            deadline = time.monotonic() + 10
+            while "after" not in tracer.obj.walked.reads and time.monotonic() < deadline:
+                tracer.obj.poll(50)
+            walk = tracer.result()
+        finally:
+            tracer.stop()
+        pfn = procfs.pagemap_entry(child.pid, page) & ((1 << 55) - 1)
+    finally:
+        child.kill()
+        child.wait()
+    objs = walk.reads["after"].objects
+    if "folio_head_pfn" not in objs:
+        pytest.skip("the fault got an order-0 page (no large folio was free)")
+    assert objs["folio_pfn"] == pfn and objs["folio_head_pfn"] == pfn - 1
+    assert 1 << objs["folio_order"] == size // 4096 and objs["folio_head_refcount"] >= 1
