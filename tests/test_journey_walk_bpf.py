@@ -317,7 +317,10 @@ def _mthp_size() -> int | None:
     sizes = []
     for d in root.glob("hugepages-*kB"):
         kb = int(d.name[len("hugepages-"):-2])
-        setting = (d / "enabled").read_text()
+        try:
+            setting = (d / "enabled").read_text()
+        except OSError:     # a size without its own setting
+            continue
         on = "[always]" in setting or "[madvise]" in setting or ("[inherit]" in setting and "[never]" not in top)
         if on and 4 < kb < 2048:
             sizes.append(kb << 10)
