@@ -186,7 +186,7 @@ class WalkObject:
             c = missing[0]
             raise BpfError(f"the walk needs {c.hook.system}:{c.hook.event}: {c.reason}")
         self.lru = lru and kernel.tracefs_format("pagemap", "mm_lru_insertion") is not None
-        wanted = {c.program for c in self.choices} | set(extra) | ({LRU_PROGRAM} if self.lru else set())
+        wanted = {c.program for c in self.choices if c.program} | set(extra) | ({LRU_PROGRAM} if self.lru else set())
         t0 = time.monotonic()
         try:
             self.obj = BpfObject(object_path(OBJECT))

@@ -350,16 +350,20 @@ class LiveJourney:
                 f"{self.fault_path.variant} programs of the compiled walk on handle_mm_fault and its handlers"
                 + (" (BPF trampolines: no breakpoint per call)" if self.fault_path.variant == "fentry" else
                    f" (fentry refused here{why})"))
-        self.ev.event_sources["walk"] = self.tracer.obj.describe()
+        if self.tracer is not None:
+            self.ev.event_sources["walk"] = self.tracer.obj.describe()
 
     def _walk_with(self, choice: FaultPathChoice | None) -> BpfTracer:
         """The walk with `choice`'s fault-path programs; a handler's program the kernel refuses (a function
         in BTF it will not attach to) is dropped and named, up to three times, before the variant is given up."""
+        assert self.proc is not None
+        if choice is None:
+            return BpfTracer(self.proc.pid, self.ev.paging_levels)
         for _ in range(3):
             try:
-                return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs if choice else ())
+                return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs)
             except BpfError as exc:
-                droppable = [p for p in exc.refused if choice and p in choice.programs
+                droppable = [p for p in exc.refused if p in choice.programs
                              and p not in ("hmf_fentry", "hmf_fexit", "hmf_kprobe", "hmf_kretprobe")]
                 if not droppable:
                     raise
@@ -371,10 +375,12 @@ class LiveJourney:
                         choice.mmap_function = None
                 choice.programs = tuple(p for p in choice.programs if p not in droppable
                                         and not (choice.mmap_function is None and p.split("_", 1)[1] in MMAP_FUNCTIONS))
-        return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs if choice else ())
+        return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs)
 
     def _arm_walk(self) -> None:
         """At the ready phase: the PGD's allocation has been seen (the exec is done), the mmap is next."""
+        tracer = self.tracer
+        assert tracer is not None
         pgd = self._pgd_allocation()
         if pgd is None:
             self.ev.unavailable["bpf"] = ("no pgd_alloc allocation was seen during exec, so the direct-map base "
@@ -382,12 +388,12 @@ class LiveJourney:
         else:
             self.pgd_physical = pgd << 12
         if self.fault_path:
-            self.tracer.arm_mmap()
+            tracer.arm_mmap()
         if pgd is None and not self.fault_path:
-            self._close_later(self.tracer.stop)
+            self._close_later(tracer.stop)
             self.tracer = None
             return
-        self.tracer.arm()
+        tracer.arm()
 
     def _pgd_allocation(self) -> int | None:
         """The PFN of the new mm's PGD: the mm_page_alloc during exec whose call chain has pgd_alloc."""
