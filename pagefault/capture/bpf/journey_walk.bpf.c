@@ -411,7 +411,7 @@ static __always_inline int on_fault(__u64 addr, __u64 ip, __u64 ec)
 SEC("tp_btf/page_fault_user")
 int BPF_PROG(fault_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
 {
-	return on_fault(address, BPF_CORE_READ(regs, ip), error_code);
+	return on_fault(address, PT_REGS_IP_CORE(regs), error_code);   /* regs->ip on x86, ->pc on arm64 */
 }
 
 SEC("tracepoint/exceptions/page_fault_user")
