@@ -38,7 +38,7 @@ BLACKLIST = Path("/sys/kernel/debug/kprobes/blacklist")
 
 
 def kprobe_support() -> tuple[bool, str]:
-    """Whether bpftrace can attach kprobes here, and why not (with the fix)."""
+    """Whether kprobes can be attached here, and why not (with the fix)."""
     config = facts.kernel_config_flag("CONFIG_KPROBES")
     if config is False:
         return False, "this kernel is built without CONFIG_KPROBES; fix: a kernel with kprobes (Debian's have them)"

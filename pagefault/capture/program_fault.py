@@ -148,7 +148,7 @@ class ProgramFault:
     """Run (or attach to) a program and capture the journey of one of its faults."""
 
     # pages per CPU and event of the perf buffers: enough for ~50 ms of a fast-faulting program between
-    # two reads (tests shrink it to stand for a machine where bpftrace attaches slowly)
+    # two reads (tests shrink it to stand for a machine where the program is followed a long while before its fault)
     perf_pages = 256
 
     def __init__(self, argv: list[str] | None, pid: int | None, selector: str, value, progress=None,
