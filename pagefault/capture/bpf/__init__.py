@@ -33,7 +33,10 @@ def object_path(name: str) -> Path:
     obj = HERE / "build" / os.uname().machine / f"{name}.bpf.o"
     if not obj.exists():
         raise BpfObjectMissing(f"the BPF object {obj} is not built; {SETUP_FIX}")
-    newest = max(p.stat().st_mtime for p in HERE.iterdir() if p.suffix in (".c", ".h"))
+    # its own source and the headers beside it, as scripts/build-bpf.sh decides what to rebuild (another
+    # program's newer source made every object "older than its sources" with nothing left to rebuild)
+    sources = [HERE / f"{name}.bpf.c"] + [p for p in HERE.iterdir() if p.suffix == ".h"]
+    newest = max(p.stat().st_mtime for p in sources if p.exists())
     if obj.stat().st_mtime < newest:
         raise BpfObjectMissing(f"the BPF object {obj} is older than its sources; {SETUP_FIX}")
     return obj

@@ -73,6 +73,24 @@ static __always_inline __u64 read_u64(__u64 addr)
 	return v;
 }
 
+/* struct page's flags word, as two flavours: an unsigned long on older kernels (6.1, 6.12), a memdesc_flags_t (a struct of one
+ * unsigned long) after. A CO-RE field relocation must match the field's kind, so each era has its own. */
+struct page___ul {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+struct page___memdesc {
+	struct {
+		unsigned long f;
+	} flags;   /* memdesc_flags_t: declared here, as older kernels' vmlinux.h have no such type */
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 page_flags(__u64 page)
+{
+	if (bpf_core_field_exists(((struct page___memdesc *)0)->flags))
+		return read_u64(page + bpf_core_field_offset(struct page___memdesc, flags));
+	return read_u64(page + bpf_core_field_offset(struct page___ul, flags));
+}
+
 /* Shift of the index at level `pos` (0 = the top) of a `levels`-level walk. */
 static __always_inline __u32 level_shift(__u32 levels, __u32 pos)
 {
@@ -195,7 +213,7 @@ static __always_inline void read_folio(struct walk_read *r, __u64 e)
 	__u64 pfn = (e & FRAME_MASK) >> 12;
 	struct page *pg = (struct page *)(vmemmap + pfn * size);
 	r->folio_pfn = pfn;
-	r->page_flags = read_u64((__u64)pg + bpf_core_field_offset(struct page, flags));
+	r->page_flags = page_flags((__u64)pg);
 	r->refcount = BPF_CORE_READ(pg, _refcount.counter);
 	r->mapcount = BPF_CORE_READ(pg, _mapcount.counter);
 	r->have |= HAVE_FOLIO;
@@ -207,7 +225,7 @@ static __always_inline void read_folio(struct walk_read *r, __u64 e)
 			head = ch - 1;
 			struct page *hp = (struct page *)head;
 			r->head_pfn = (head - vmemmap) / size;
-			r->head_flags = read_u64(head + bpf_core_field_offset(struct page, flags));
+			r->head_flags = page_flags(head);
 			r->head_refcount = BPF_CORE_READ(hp, _refcount.counter);
 			r->head_mapcount = BPF_CORE_READ(hp, _mapcount.counter);
 			r->have |= HAVE_HEAD;
