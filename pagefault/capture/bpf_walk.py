@@ -186,6 +186,20 @@ class WalkObject:
             c = missing[0]
             raise BpfError(f"the walk needs {c.hook.system}:{c.hook.event}: {c.reason}")
         self.lru = lru and kernel.tracefs_format("pagemap", "mm_lru_insertion") is not None
+        self._settings = settings
+        try:
+            self._load(extra)
+        except BpfError as exc:
+            if not (self.lru and LRU_PROGRAM in exc.refused):
+                raise
+            # the struct page reads lose their vmemmap base; the walk itself still runs
+            self.lru = False
+            self.lru_refused = str(exc)
+            self._load(extra)
+
+    lru_refused = ""
+
+    def _load(self, extra: tuple[str, ...]) -> None:
         wanted = {c.program for c in self.choices if c.program} | set(extra) | ({LRU_PROGRAM} if self.lru else set())
         t0 = time.monotonic()
         try:
@@ -198,7 +212,7 @@ class WalkObject:
             for name in self.obj.programs():
                 self.obj.set_autoload(name, name in wanted)
             values = np.zeros(1, dtype=SETTINGS)
-            for key, value in settings.items():
+            for key, value in self._settings.items():
                 values[0][key] = value
             self.obj.set_rodata(values.tobytes())
             self.obj.load()
@@ -210,7 +224,8 @@ class WalkObject:
         except LibbpfError as exc:
             refused = tuple(dict.fromkeys(m.group(1) for line in self.obj.log for m in [_REFUSED.search(line)] if m))
             self.close()
-            raise BpfError(str(exc), refused) from None
+            which = f" (the program the kernel refused: {refused[0]})" if refused else ""
+            raise BpfError(str(exc) + which, refused) from None
         self.load_ms = (time.monotonic() - t0) * 1000
         self.programs = sorted(wanted)
 

@@ -487,6 +487,10 @@ int syscall_tp(struct trace_event_raw_sys_enter *ctx)
 	return on_syscall(BPF_CORE_READ(ctx, id));
 }
 
+struct trace_event_raw_mm_lru_insertion___page {
+	struct page *page;
+} __attribute__((preserve_access_index));
+
 /* vmemmap's base from the first LRU insertion anywhere: folio − pfn × sizeof(struct page). The classic
  * tracepoint only: its record holds the pfn, which the raw tracepoint's arguments (the folio alone) do not. */
 SEC("tracepoint/pagemap/mm_lru_insertion")
@@ -494,7 +498,11 @@ int lru_tp(struct trace_event_raw_mm_lru_insertion *ctx)
 {
 	if (state.vmemmap)
 		return 0;
-	__u64 folio = (__u64)BPF_CORE_READ(ctx, folio);
+	/* the record's folio (a page before the tracepoint's folio conversion: 6.1's has `page`); either is the
+	 * address of the struct page that pfn names */
+	struct trace_event_raw_mm_lru_insertion___page *old = (void *)ctx;
+	__u64 folio = bpf_core_field_exists(ctx->folio) ? (__u64)BPF_CORE_READ(ctx, folio)
+							: (__u64)BPF_CORE_READ(old, page);
 	__u64 pfn = BPF_CORE_READ(ctx, pfn);
 	__u64 size = bpf_core_type_size(struct page);
 	__u64 vmemmap = folio - pfn * size;
