@@ -167,6 +167,16 @@ def walk_read(rec: np.void, when: str, levels: int) -> WalkRead:
     return read
 
 
+def _verifier_said(log: list[str]) -> str:
+    """The verifier's last word on the refused program (the line before its log's end), or ""."""
+    lines = [line.split(": ", 1)[-1].strip() for line in log]
+    if "-- END PROG LOAD LOG --" not in " ".join(lines):
+        return ""
+    body = [line for line in lines[:next(i for i, line in enumerate(lines) if "END PROG LOAD LOG" in line)]
+            if line and not line.startswith(("processed ", "verification time"))]
+    return f"; the verifier: {body[-1][-200:]}" if body else ""
+
+
 class WalkObject:
     """journey_walk.bpf.o loaded and attached for one target, its records gathered from the ring buffer.
 
@@ -224,7 +234,7 @@ class WalkObject:
         except LibbpfError as exc:
             refused = tuple(dict.fromkeys(m.group(1) for line in self.obj.log for m in [_REFUSED.search(line)] if m))
             self.close()
-            which = f" (the program the kernel refused: {refused[0]})" if refused else ""
+            which = f" (the program the kernel refused: {refused[0]}{_verifier_said(self.obj.log)})" if refused else ""
             raise BpfError(str(exc) + which, refused) from None
         self.load_ms = (time.monotonic() - t0) * 1000
         self.programs = sorted(wanted)

@@ -237,16 +237,16 @@ static __always_inline void read_folio(struct walk_read *r, __u64 e)
 	__u64 head_flags = head == (__u64)pg ? r->page_flags : r->head_flags;
 	if (!(head_flags & head_bit))
 		return;   /* an order-0 page */
+	/* _folio_order where the kernel has it (its _flags_1, if any, is then the first tail's flags, not the
+	 * order); else _flags_1's low byte */
 	struct folio *folio = (struct folio *)head;
-	if (bpf_core_field_exists(folio->_flags_1)) {
+	struct folio___old *old = (struct folio___old *)head;
+	if (bpf_core_field_exists(old->_folio_order)) {
+		r->folio_order = BPF_CORE_READ(old, _folio_order);
+		r->have |= HAVE_ORDER;
+	} else if (bpf_core_field_exists(folio->_flags_1)) {
 		r->folio_order = BPF_CORE_READ(folio, _flags_1) & 0xff;
 		r->have |= HAVE_ORDER;
-	} else {
-		struct folio___old *old = (struct folio___old *)head;
-		if (bpf_core_field_exists(old->_folio_order)) {
-			r->folio_order = BPF_CORE_READ(old, _folio_order);
-			r->have |= HAVE_ORDER;
-		}
 	}
 }
 
