@@ -1,5 +1,5 @@
 """The latency tier's pieces that run anywhere: the kernel's histograms read and summarised, the compiled object
-against its Python mirror and the verifier, the kprobe line parser, the refusal."""
+against its Python mirror and the verifier, the refusal."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pagefault.capture.kprobes import kprobe_support, parse_fault_lines
+from pagefault.capture.kprobes import kprobe_support
 from pagefault.evidence import MapsLine
 from pagefault.journey.build import decode_vm_fault
 from pagefault.journey.latency import summarize_latency, vm_fault_names
@@ -193,16 +193,6 @@ def test_vm_fault_bits_are_named_and_zero_means_handled():
     assert decode_vm_fault(0, REASONS)[0].startswith("0 (the fault was handled")
     assert decode_vm_fault(0x404, REASONS) == ["VM_FAULT_MAJOR", "VM_FAULT_RETRY"]
     assert decode_vm_fault(0x8000, REASONS) == ["0x8000 (not named by the enum)"]
-
-
-def test_kprobe_lines_parse_into_the_evidence():
-    lines = ["kprobe handle_mm_fault 0xffff888100000000 0x7f0000000100 0x1255",
-             "kprobe vma 0x7f0000000000 0x7f0000001000 0x100073 0x8000000000000025 0x0 0x0",
-             "handler do_anonymous_page 1200", "kretprobe handle_mm_fault 0x0 5300", "before PTE 0"]
-    kp = parse_fault_lines(lines, {"do_read_fault": "inlined"})
-    assert (kp.address, kp.flags, kp.retval, kp.duration_ns) == (0x7F0000000100, 0x1255, 0, 5300)
-    assert kp.vma["vm_flags"] == 0x100073 and kp.handlers == [("do_anonymous_page", 1200)]
-    assert parse_fault_lines(["before PTE 0"], {}) is None
 
 
 def test_latency_refuses_with_each_reason_where_neither_hook_works():

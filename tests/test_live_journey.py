@@ -78,7 +78,7 @@ def test_one_pfn_from_allocator_pagemap_and_pte(journey_json):
     assert "do_anonymous_page" in value(st["alloc"], "kernel call chain")["value"]
     assert "handle_mm_fault" in value(st["alloc"], "kernel call chain")["value"]
     if journey_json["tier"] != "bpf":
-        pytest.skip("raw PTE needs the bpf tier (bpftrace)")
+        pytest.skip("raw PTE needs the bpf tier (the compiled walk)")
     raw = value(st["pte"], "PTE (read)")
     assert raw["provenance"] == "observed"
     pte = decode_pte(raw["value"])
@@ -89,7 +89,7 @@ def test_one_pfn_from_allocator_pagemap_and_pte(journey_json):
 
 def test_raw_walk_before_the_fault_leads_to_an_empty_pte(journey_json):
     if journey_json["tier"] != "bpf":
-        pytest.skip("raw entries need the bpf tier (bpftrace)")
+        pytest.skip("raw entries need the bpf tier (the compiled walk)")
     st = steps_by_key(journey_json)
     walk = st["walk"]
     assert value(walk, "PTE entry before")["value"] == 0
@@ -242,7 +242,7 @@ def test_a_write_that_straddles_two_pages_shows_both_faults(can_trace, tmp_path)
 
 
 def test_kernel_objects_read_with_bpf_agree_with_proc(journey_json):
-    """map_count, the VMA struct, the maple-tree search and the struct page, read through BTF by bpftrace,
+    """map_count, the VMA struct, the maple-tree search and the struct page, read through BTF by the compiled walk,
     against what /proc says of the same things (issue 15: BPF reads of kernel objects)."""
     if journey_json["tier"] != "bpf":
         pytest.skip("the struct reads need the bpf tier")

@@ -1,7 +1,7 @@
 """Entries that are not plain present pages, read live from the kernel and decoded as what they are.
 
 A child process makes four kinds of page in one mapping: present, PROT_NONE, a guard region
-(a PTE marker, Linux 6.13+) and, where swap can be turned on, a page swapped out. bpftrace reads
+(a PTE marker, Linux 6.13+) and, where swap can be turned on, a page swapped out. The compiled walk reads
 each raw PTE through the direct map; pagemap says what the kernel thinks of each page. The
 decoders must agree with both.
 """
@@ -21,9 +21,10 @@ from live_helpers.nonpresent import check_entry_kinds, read_entry_kinds
 @pytest.fixture(scope="module")
 def direct_map_base(can_trace):
     """The direct map's base, derived by one bpf-tier journey (it is fixed for the boot)."""
-    if not shutil.which("bpftrace"):
-        pytest.skip("bpftrace is not installed")
-    from pagefault.capture.journey_capture import LiveJourney
+    from pagefault.capture.journey_capture import LiveJourney, walk_engine_problem
+    problem = walk_engine_problem()
+    if problem:
+        pytest.skip(problem)
     from pagefault.evidence import ExerciseOptions
     live = LiveJourney(ExerciseOptions(), tier="bpf")
     try:

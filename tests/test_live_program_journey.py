@@ -43,9 +43,10 @@ def pfn_checks(values):
 
 @pytest.fixture(scope="module")
 def exe(can_trace, cbin):
-    import shutil
-    if not shutil.which("bpftrace"):
-        pytest.skip("bpftrace is not installed")
+    from pagefault.capture.journey_capture import walk_engine_problem
+    problem = walk_engine_problem()
+    if problem:
+        pytest.skip(problem)
     return cbin("fault_kinds")
 
 
@@ -113,7 +114,7 @@ FAULT_LOOP = ("import mmap, sys, time\n"
 
 
 def test_an_attached_process_that_fills_the_buffers_before_the_choice_keeps_the_chosen_faults_events(can_trace):
-    """A running process faults while bpftrace attaches (a second or more); the perf buffers were read only at
+    """A running process faults while the walk attaches (a second or more with bpftrace); the perf buffers were read only at
     the end, so on a machine where attaching took longer they were full when the fault was chosen, its
     allocation was dropped, and a fresh anonymous page read as "spurious". Small buffers stand here for a
     slow attach: the chosen fault's samples are kept and its class is the kernel's."""

@@ -40,6 +40,17 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _bpf_links(pid: int) -> int:
+    """How many BPF links the process holds (its fds whose fdinfo has a link_type): they go with its fds."""
+    n = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            n += "link_type:" in info.read_text()
+        except OSError:
+            pass
+    return n
+
+
 def _cmdline(pid: int) -> str | None:
     try:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
@@ -136,7 +147,7 @@ def test_killing_the_interactive_journey_at_a_paused_phase_leaves_nothing(can_tr
         kids = {p: c for p, c in kids.items() if c}
         assert any("exercise-" in c for c in kids.values()), kids     # the paused program is there
         if phase == "mapped":
-            assert any("bpftrace" in c for c in kids.values()), kids  # and bpftrace, attached
+            assert _bpf_links(term.proc.pid), "the compiled walk's links, held by the tool"   # attached
         term.proc.send_signal(sig)
         term.wait(timeout=60)
         left = _wait_gone(kids, 3.0)
@@ -262,8 +273,8 @@ TOOL_HOLDING_A_STOP = """
 import os, signal, sys
 from pagefault.capture.resume_guard import ResumeGuard
 target = int(sys.argv[1])
-guard = ResumeGuard(target)          # as journey -p makes it, before bpftrace can stop the target
-os.kill(target, signal.SIGSTOP)      # as bpftrace's signal("SIGSTOP") after the chosen fault
+guard = ResumeGuard(target)          # as journey -p makes it, before the walk can stop the target
+os.kill(target, signal.SIGSTOP)      # as the walk's bpf_send_signal(SIGSTOP) after the chosen fault
 if sys.argv[2] == "clean":
     os.kill(target, signal.SIGCONT)  # the tool's own cleanup, then the guard is disarmed
     guard.disarm()
@@ -274,7 +285,7 @@ signal.pause()
 
 @pytest.mark.parametrize("end", ["killed", "clean"])
 def test_a_tool_killed_while_it_holds_its_attached_target_stopped_leaves_it_running(end):
-    """bpftrace stops an attached process after the chosen fault while /proc is read; a kill -9 of pagefault
+    """The walk stops an attached process after the chosen fault while /proc is read; a kill -9 of pagefault
     then left it stopped for good (4 of 4 runs). The resume guard journey -p forks continues it; once the
     tool has ended in order (disarmed), a later stop is the owner's and stays."""
     from pagefault.capture.resume_guard import process_state
@@ -302,9 +313,9 @@ def test_a_tool_killed_while_it_holds_its_attached_target_stopped_leaves_it_runn
 
 
 def test_journey_refuses_a_process_its_owner_stopped_and_leaves_it_stopped(can_trace):
-    import shutil
-    if not shutil.which("bpftrace"):
-        pytest.skip("journey -p picks its fault with bpftrace")
+    from pagefault.capture.journey_capture import walk_engine_problem
+    if walk_engine_problem():
+        pytest.skip(f"journey -p picks its fault with the compiled walk: {walk_engine_problem()}")
     from pagefault.capture.resume_guard import process_state
     target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:

@@ -202,6 +202,11 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
                               ("as root: bash scripts/setup.sh (installs bpftrace), or apt-get install bpftrace"
                                if root else "run as root"), ("bpf",)))
     d.checks.append(_compiled_counter_check())
+    if not arm64:   # the x86 journey's walk (capture/bpf_walk.py): it decides the bpf tier there
+        from .bpf_walk import walk_check
+        ok, detail = walk_check(root)
+        d.checks.append(Check("compiled journey walk", ok, detail, "" if ok else "as root: bash scripts/setup.sh",
+                              ("bpf",)))
     # What the bpf tier observes with, beyond tracepoints: none of these decides the tier; each one
     # missing is a fallback the journey names.
     kprobes, kprobe_detail = kprobe_support()

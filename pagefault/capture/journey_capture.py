@@ -1,12 +1,13 @@
 """Live evidence for the journey of one page fault: the exercise program run phase by phase under
-perf_event_open (and bpftrace in the bpf tier), with /proc snapshots while it is paused.
+perf_event_open (and the compiled walk, capture/bpf/journey_walk.bpf.c, in the bpf tier), with /proc
+snapshots while it is paused.
 
 This module only gathers what the machine shows; pagefault.journey turns it into steps.
 """
 
 from __future__ import annotations
 
-import shutil
+import threading
 import time
 from typing import Callable
 
@@ -15,9 +16,19 @@ from ..evidence import JourneyEvidence, Snapshot, TraceEvent
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from . import procfs
-from .bpf_walk import BpfError, BpfTracer
+from .bpf import BpfObjectMissing, object_path
+from .bpf_walk import OBJECT, BpfError, BpfTracer
 from .exercise import ExerciseError, ExerciseOptions, ExerciseProcess, build_program
-from .kprobes import FAULT_HANDLERS, MmapProbe, fault_probes, kprobe_support, parse_fault_lines, probeable
+from .kprobes import (
+    FAULT_HANDLERS,
+    MMAP_FUNCTIONS,
+    FaultPathChoice,
+    fault_from_events,
+    fault_path_programs,
+    kprobe_support,
+    mmap_from_events,
+)
+from .libbpf import LibbpfError, lib
 from .perf_event import (
     PERF_COUNT_SW_PAGE_FAULTS,
     PERF_TYPE_SOFTWARE,
@@ -47,11 +58,21 @@ JOURNEY_TRACEPOINTS = (
 )
 
 
-def choose_journey_tier(requested: str, bpftrace_ok: Callable[[], bool]) -> str:
+def walk_engine_problem() -> str | None:
+    """Why the compiled walk cannot run here, with the fix; None when libbpf and the built object are here."""
+    try:
+        lib()
+        object_path(OBJECT)
+    except (LibbpfError, BpfObjectMissing) as exc:
+        return str(exc)
+    return None
+
+
+def choose_journey_tier(requested: str, engine_ok: Callable[[], bool]) -> str:
     if requested in ("bpf", "perf", "user"):
         return requested
     if facts.is_root():
-        return "bpf" if bpftrace_ok() else "perf"
+        return "bpf" if engine_ok() else "perf"
     paranoid = facts.perf_event_paranoid()
     if paranoid is not None and paranoid <= 2:
         return "user"
@@ -70,11 +91,10 @@ class LiveJourney:
     def __init__(self, options: ExerciseOptions, tier: str = "auto", progress: Callable[[str], None] | None = None):
         options.check()
         self.progress = progress or (lambda _m: None)
-        # bpftrace on PATH is enough to choose the bpf tier: if it then fails, the walk's entries are
-        # shown unavailable with bpftrace's own reason (pagefault doctor runs the full check)
-        tier = choose_journey_tier(tier, lambda: shutil.which("bpftrace") is not None)
+        # libbpf and the built object are enough to choose the bpf tier: if the load then fails, the walk's
+        # entries are shown unavailable with the kernel's reason (pagefault doctor runs the full check)
+        tier = choose_journey_tier(tier, lambda: walk_engine_problem() is None)
         levels, why = facts.paging_levels()
-        ff = facts.fault_flag_values()
         gfp = facts.gfp_bits()
         migratetypes, migratetype_source = facts.migratetype_names()
         captured_at, host = facts.capture_origin()
@@ -82,20 +102,26 @@ class LiveJourney:
         self.ev = JourneyEvidence(tier, facts.kernel_release(), facts.kernel_version(), levels, why,
                                   build_program(self.progress), options, soft_dirty_config=facts.kernel_config_flag(
                                       "CONFIG_MEM_SOFT_DIRTY"),
-                                  fault_flag_table=ff.values, fault_flag_source=ff.source,
                                   gfp_table=gfp.values, gfp_source=gfp.source, migratetypes=migratetypes,
                                   migratetype_source=migratetype_source, kernel_enums=enums,
                                   kernel_enums_source=enums_source, captured_at=captured_at, host=host,
                                   tool_version=__version__)
-        self.ksyms = KernelSymbols.load()
+        # The kernel's symbols (for the call chains) and its fault-flag values (from BTF) take a few hundred ms
+        # of parsing: they are read in a thread while the program starts and the walk loads (libbpf and the
+        # waits for the program let go of the GIL), and joined where first needed.
+        self._ksyms: KernelSymbols | None = None
+        self._tables_joined = False
+        self._preload = threading.Thread(target=self._read_kernel_tables_quietly, name="pagefault-kernel-tables")
+        self._preload.start()
+        self._closing: list[threading.Thread] = []
         self.proc: ExerciseProcess | None = None
         self.session: PerfSession | None = None
         self.formats: dict = {}
         self.sample_type = 0
         self.chunks: list[bytes] = []
         self.tracer: BpfTracer | None = None
-        self.mmap_probe: MmapProbe | None = None
-        self.handler_not_probeable: dict[str, str] = {}
+        self.fault_path: FaultPathChoice | None = None
+        self.pgd_physical: int | None = None
         self.kprobes = False
         if tier == "bpf":
             self.kprobes, why = kprobe_support()
@@ -130,14 +156,16 @@ class LiveJourney:
         ev.pid, ev.argv = self.proc.pid, self.proc.argv
         ev.spawned_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         try:
+            if ev.tier == "bpf":
+                self._load_walk()     # while the program is held before its exec
             # Enabled now, not on exec: the exec itself (its new mm and PGD) is part of the story.
             self.session = PerfSession(events, self.proc.pid, enable_on_exec=False, callchain=True,
                                        data_pages=256, monotonic_clock=True)
             self.session.enable()
             self.proc.release()
             self._phase("ready")
-            if self.kprobes:
-                self._start_mmap_probe()
+            if self.tracer:
+                self._arm_walk()
         except (PerfError, ExerciseError) as exc:
             self.close()
             raise CaptureError(str(exc)) from None
@@ -150,15 +178,21 @@ class LiveJourney:
                 self.proc.advance()
                 phase = self._phase("mapped")
                 self.ev.vaddr = int(phase.fields["vaddr"], 16)
-                if self.mmap_probe:
-                    try:
-                        self.ev.kprobe_mmap = self.mmap_probe.result()
-                    except BpfError as exc:
-                        self.ev.unavailable["kprobe mmap"] = str(exc)
-                    self.mmap_probe = None
+                if self.tracer:
+                    if self.pgd_physical is not None:
+                        self.tracer.set_page(self.ev.fault_address, self.pgd_physical)
+                    if self.fault_path and self.fault_path.mmap_function:
+                        self.tracer.obj.poll(0)
+                        self.ev.kprobe_mmap = mmap_from_events(self.tracer.obj.walked.events,
+                                                               self.fault_path.mmap_function,
+                                                               self.fault_path.mmap_not_probeable)
+                        if self.ev.kprobe_mmap is None:
+                            self.ev.unavailable["kprobe mmap"] = (f"the {self.fault_path.variant} probe saw no return "
+                                                                  f"from {self.fault_path.mmap_function}")
+                    elif self.fault_path:
+                        self.ev.unavailable["kprobe mmap"] = "no VMA-making function can be probed: " + "; ".join(
+                            f"{fn}: {why}" for fn, why in self.fault_path.mmap_not_probeable.items())
                 self._snapshot_page("mapped")
-                if self.ev.tier == "bpf":
-                    self._start_bpftrace()
             elif stage == "mapped":
                 self.proc.advance()
                 phase = self._phase("touched")
@@ -169,10 +203,13 @@ class LiveJourney:
                         self.ev.bpf = self.tracer.result()
                     except BpfError as exc:
                         self.ev.unavailable["bpf"] = f"{exc}"
-                    if self.kprobes and self.ev.bpf:
-                        self.ev.kprobe_fault = parse_fault_lines(self.tracer.lines, self.handler_not_probeable)
+                    if self.fault_path and self.ev.bpf:
+                        self.ev.kprobe_fault = fault_from_events(self.tracer.obj.walked.events,
+                                                                 self.fault_path.not_probeable)
                         if self.ev.kprobe_fault is None:
-                            self.ev.unavailable["kprobes"] = "the kprobe on handle_mm_fault did not fire for the fault"
+                            self.ev.unavailable["kprobes"] = (f"the {self.fault_path.variant} program on "
+                                                              "handle_mm_fault did not fire for the fault")
+                    self._close_later(self.tracer.stop)
                     self.tracer = None
             elif stage == "touched":
                 self.ev.exit = self.proc.finish()
@@ -193,19 +230,52 @@ class LiveJourney:
         return self.ev
 
     def close(self) -> None:
-        if self.mmap_probe:
-            self.mmap_probe.stop()
-            self.mmap_probe = None
         if self.tracer:
-            self.tracer.stop()
+            self._close_later(self.tracer.stop)
             self.tracer = None
         if self.session:
-            self.session.close()
+            self._close_later(self.session.close)
             self.session = None
         if self.proc and self.proc.target.status is None:
             self.proc.kill()
 
     # -- helpers --------------------------------------------------------------------------------------
+
+    def _read_kernel_tables(self) -> None:
+        ff = facts.fault_flag_values()
+        self._fault_flags = ff
+        self._ksyms = KernelSymbols.load()
+
+    def _read_kernel_tables_quietly(self) -> None:
+        """The thread's reading: an error is left for the main thread to meet again (no thread traceback)."""
+        try:
+            self._read_kernel_tables()
+        except Exception:   # noqa: BLE001 - read again, and raised, where the tables are needed
+            self._ksyms = None
+
+    @property
+    def ksyms(self) -> KernelSymbols:
+        """The kernel's symbols, once the thread reading them is done (and the fault-flag table with them)."""
+        if not self._tables_joined:
+            self._preload.join()
+            if self._ksyms is None:     # the thread failed: read here, so that its error is raised here
+                self._read_kernel_tables()
+            ff = self._fault_flags
+            self.ev.fault_flag_table, self.ev.fault_flag_source = ff.values, ff.source
+            self._tables_joined = True
+        assert self._ksyms is not None
+        return self._ksyms
+
+    def _close_later(self, close: Callable[[], None]) -> None:
+        """Close in a thread: perf events and BPF links take an RCU grace period or more each to go, time
+        the journey can spend building its steps. Joined by wait_closed() (and by Python at exit)."""
+        t = threading.Thread(target=close, name="pagefault-close")
+        t.start()
+        self._closing.append(t)
+
+    def wait_closed(self) -> None:
+        while self._closing:
+            self._closing.pop().join()
 
     def _phase(self, name: str):
         phase = self.proc.wait_phase()
@@ -249,51 +319,81 @@ class LiveJourney:
             self.chunks.extend(self.session.drain())
         self._decode_events()
 
-    def _start_bpftrace(self) -> None:
+    def _load_walk(self) -> None:
+        """Load and attach the compiled walk while the program is held before its exec; the page it follows
+        and the PGD are written into its state later (_arm_walk, then the mapped phase). With kprobes or BPF
+        trampolines, the fault-path programs ride in the same object: fentry first, then kprobes, then none."""
+        self.progress("loading the compiled walk of the page-table entries")
+        attempts: list[FaultPathChoice | None] = []
+        if self.kprobes:
+            attempts += [c for c in (fault_path_programs("fentry"), fault_path_programs("kprobe")) if c.programs]
+        attempts.append(None)
+        refused: list[str] = []
+        for choice in attempts:
+            try:
+                self.tracer = self._walk_with(choice)
+            except BpfError as exc:
+                if choice is None:
+                    self.ev.unavailable["bpf"] = str(exc)
+                    return
+                refused.append(f"{choice.variant}: {exc}")
+                continue
+            self.fault_path = choice
+            break
+        if self.kprobes and self.fault_path is None:
+            self.kprobes = False
+            self.ev.unavailable["kprobes"] = ("the fault-path programs did not load (" + "; ".join(refused)
+                                              + "); the walk ran without them")
+        elif self.fault_path is not None:
+            why = f"; {refused[0]}" if refused else ""
+            self.ev.event_sources["handle_mm_fault"] = (
+                f"{self.fault_path.variant} programs of the compiled walk on handle_mm_fault and its handlers"
+                + (" (BPF trampolines: no breakpoint per call)" if self.fault_path.variant == "fentry" else
+                   f" (fentry refused here{why})"))
+        if self.tracer is not None:
+            self.ev.event_sources["walk"] = self.tracer.obj.describe()
+
+    def _walk_with(self, choice: FaultPathChoice | None) -> BpfTracer:
+        """The walk with `choice`'s fault-path programs; a handler's program the kernel refuses (a function
+        in BTF it will not attach to) is dropped and named, up to three times, before the variant is given up."""
+        assert self.proc is not None
+        if choice is None:
+            return BpfTracer(self.proc.pid, self.ev.paging_levels)
+        for _ in range(3):
+            try:
+                return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs)
+            except BpfError as exc:
+                droppable = [p for p in exc.refused if p in choice.programs
+                             and p not in ("hmf_fentry", "hmf_fexit", "hmf_kprobe", "hmf_kretprobe")]
+                if not droppable:
+                    raise
+                for prog in droppable:
+                    fn = prog.split("_", 1)[1]
+                    table = choice.not_probeable if fn in FAULT_HANDLERS else choice.mmap_not_probeable
+                    table[fn] = f"the kernel refused its {choice.variant} program ({exc})"
+                    if fn == choice.mmap_function:
+                        choice.mmap_function = None
+                choice.programs = tuple(p for p in choice.programs if p not in droppable
+                                        and not (choice.mmap_function is None and p.split("_", 1)[1] in MMAP_FUNCTIONS))
+        return BpfTracer(self.proc.pid, self.ev.paging_levels, choice.programs)
+
+    def _arm_walk(self) -> None:
+        """At the ready phase: the PGD's allocation has been seen (the exec is done), the mmap is next."""
+        tracer = self.tracer
+        assert tracer is not None
         pgd = self._pgd_allocation()
         if pgd is None:
             self.ev.unavailable["bpf"] = ("no pgd_alloc allocation was seen during exec, so the direct-map base "
                                           "cannot be derived and the entries cannot be followed")
+        else:
+            self.pgd_physical = pgd << 12
+        if self.fault_path:
+            tracer.arm_mmap()
+        if pgd is None and not self.fault_path:
+            self._close_later(tracer.stop)
+            self.tracer = None
             return
-        self.progress("starting bpftrace to read the page-table entries")
-        extra = ""
-        if self.kprobes:
-            handlers, self.handler_not_probeable = probeable(FAULT_HANDLERS)
-            extra = fault_probes(self.proc.pid, self.ev.fault_address & ~0xFFF, handlers)
-        try:
-            self.tracer = self._armed_tracer(pgd, extra)
-        except BpfError as exc:
-            if not extra:
-                self.ev.unavailable["bpf"] = str(exc)
-                return
-            # bpftrace refuses a whole script when one kprobe fails: keep the walk, drop the kprobes
-            self.kprobes = False
-            self.ev.unavailable["kprobes"] = f"bpftrace could not attach the fault kprobes ({exc}); the walk ran without them"
-            self.progress("the kprobes did not attach; starting bpftrace again without them")
-            try:
-                self.tracer = self._armed_tracer(pgd, "")
-            except BpfError as exc2:
-                self.ev.unavailable["bpf"] = str(exc2)
-
-    def _armed_tracer(self, pgd: int, extra: str) -> BpfTracer:
-        tracer = BpfTracer(self.proc.pid, self.ev.fault_address, pgd << 12, self.ev.paging_levels, extra)
-        try:
-            tracer.arm(progress=self.progress)
-        except BpfError:
-            tracer.stop()
-            raise
-        return tracer
-
-    def _start_mmap_probe(self) -> None:
-        self.progress("starting bpftrace on the mmap side (kprobes)")
-        try:
-            self.mmap_probe = MmapProbe(self.proc.pid)
-            self.mmap_probe.arm()
-        except BpfError as exc:
-            self.ev.unavailable["kprobe mmap"] = str(exc)
-            if self.mmap_probe:
-                self.mmap_probe.stop()
-            self.mmap_probe = None
+        tracer.arm()
 
     def _pgd_allocation(self) -> int | None:
         """The PFN of the new mm's PGD: the mm_page_alloc during exec whose call chain has pgd_alloc."""

@@ -1,5 +1,7 @@
-"""The kprobe probes: what handle_mm_fault() was called with, which handlers ran, what it returned, how long it took;
-and, on the mmap side, the function that made the VMA and whether it merged.
+"""The fault-path probes: what handle_mm_fault() was called with, which handlers ran, what it returned, how long it
+took; and, on the mmap side, the function that made the VMA and whether it merged. For the journey these are
+programs of the compiled walk (capture/bpf/journey_walk.bpf.c), fentry/fexit where the kernel takes BPF
+trampolines and kprobes where not; the scenarios' every-fault timing is still a bpftrace script here.
 
 kprobes need a kernel built with CONFIG_KPROBES and not locked down against them. Many of the handlers
 are static functions the compiler may inline; a function is probed only if /proc/kallsyms lists it as
@@ -9,13 +11,14 @@ text and the kprobe blacklist does not name it, and the others are reported as n
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..evidence import KprobeFault, KprobeMmap
 from ..kernel import facts
+from ..kernel.btf import VMLINUX_BTF
 from .bpf_walk import BpfError
 from .runner import start_child, stop_child
 from .safe_paths import trusted_executable
@@ -35,7 +38,7 @@ BLACKLIST = Path("/sys/kernel/debug/kprobes/blacklist")
 
 
 def kprobe_support() -> tuple[bool, str]:
-    """Whether bpftrace can attach kprobes here, and why not (with the fix)."""
+    """Whether kprobes can be attached here, and why not (with the fix)."""
     config = facts.kernel_config_flag("CONFIG_KPROBES")
     if config is False:
         return False, "this kernel is built without CONFIG_KPROBES; fix: a kernel with kprobes (Debian's have them)"
@@ -103,112 +106,89 @@ def probeable(functions: tuple[str, ...], kallsyms: Path = Path("/proc/kallsyms"
     return ok, why
 
 
-def fault_probes(pid: int, page: int, handlers: list[str]) -> str:
-    """bpftrace probes on the target's fault on `page`: arguments, handlers in order, return value, duration.
+@dataclass
+class FaultPathChoice:
+    """The fault-path programs of the compiled walk (capture/bpf/journey_walk.bpf.c) chosen for this kernel."""
 
-    They key on @state == 1, which the page_fault_user probe of bpf_walk sets for the same fault, so
-    only that fault is followed (handle_mm_fault runs after the tracepoint).
-    """
-    lines = [f"""kprobe:handle_mm_fault /pid == {pid} && @state == 1 && @kp == 0 && (arg1 & ~0xfff) == {page:#x}/ {{
-    @kp = 1; @kt0 = nsecs;
-    $v = (struct vm_area_struct *)arg0;
-    printf("kprobe handle_mm_fault 0x%lx 0x%lx 0x%lx\\n", arg0, arg1, arg2);
-    printf("kprobe vma 0x%lx 0x%lx 0x%lx 0x%lx 0x%lx 0x%lx\\n", $v->vm_start, $v->vm_end, (uint64)$v->vm_flags,
-           $v->vm_page_prot.pgprot, (uint64)$v->vm_file, (uint64)$v->anon_vma);
-}}
-kretprobe:handle_mm_fault /pid == {pid} && @kp == 1/ {{
-    printf("kretprobe handle_mm_fault 0x%lx %ld\\n", retval, nsecs - @kt0);
-    @kp = 2;
-}}"""]
-    for fn in handlers:
-        lines.append(f'kprobe:{fn} /pid == {pid} && @kp == 1/ {{ printf("handler {fn} %ld\\n", nsecs - @kt0); }}')
-    return "\n".join(lines)
+    variant: str                                   # "fentry" (BPF trampolines) or "kprobe"
+    programs: tuple[str, ...]                      # the object's programs to load and attach
+    not_probeable: dict[str, str] = field(default_factory=dict)   # handler → why it is not followed here
+    mmap_function: str | None = None
+    mmap_not_probeable: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
 
 
-def mmap_probes(pid: int, mmap_function: str, merge_functions: list[str], tool_pid: int) -> str:
-    """bpftrace probes on the target's VMA-making call and the merges inside it."""
-    lines = [f"""kprobe:{mmap_function} /pid == {pid} && @m == 0/ {{
-    @m = 1;
-    printf("mmap {mmap_function} 0x%lx 0x%lx 0x%lx 0x%lx 0x%lx\\n", arg0, arg1, arg2, arg3, arg4);
-}}
-kretprobe:{mmap_function} /pid == {pid} && @m == 1/ {{ printf("mmapret 0x%lx\\n", retval); @m = 2; exit(); }}
-kprobe:{mmap_function} /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}"""]
-    for fn in merge_functions:
-        lines.append(f'kretprobe:{fn} /pid == {pid} && @m == 1/ {{ printf("merge {fn} 0x%lx\\n", retval); }}')
-    return "\n".join(lines)
+def _in_btf(name: str, btf: bytes) -> bool:
+    """`name` is in the kernel's BTF strings: a function fentry can attach to (if not, it was inlined or is
+    absent; a BTF type or member of the same name is possible but none is known among these functions)."""
+    return b"\0" + name.encode() + b"\0" in btf
 
 
-def parse_fault_lines(lines: list[str], not_probeable: dict[str, str]) -> KprobeFault | None:
-    """The kprobe lines of the walk's bpftrace run, or None if handle_mm_fault's probe never fired."""
+def fault_path_programs(variant: str, btf: bytes | None = None) -> FaultPathChoice:
+    """The programs following the walked fault through handle_mm_fault and its handlers, and the VMA-making
+    call of the mmap before it, for `variant` "fentry" (the function must be in the kernel's BTF) or "kprobe"
+    (probeable(): one text symbol, traceable, not blacklisted). Which runs is chosen by the loader: fentry
+    first where the kernel takes it (no breakpoint per call), kprobes where it refuses BPF trampolines."""
+    if variant == "fentry":
+        if btf is None:
+            try:
+                btf = VMLINUX_BTF.read_bytes()
+            except OSError:
+                btf = b""
+        names = FAULT_HANDLERS + MMAP_FUNCTIONS + MERGE_FUNCTIONS + ("handle_mm_fault",)
+        found = [fn for fn in names if _in_btf(fn, btf)]
+        why = {fn: "not a function in the kernel's BTF (inlined, renamed or absent): no fentry" for fn in names
+               if fn not in found}
+        entry, ret, handler, mmap_in, mmap_out, merge = ("hmf_fentry", "hmf_fexit", "fe_{}", "fe_{}", "fx_{}",
+                                                         "fx_{}")
+    else:
+        found, why = probeable(FAULT_HANDLERS + MMAP_FUNCTIONS + MERGE_FUNCTIONS + ("handle_mm_fault",))
+        entry, ret, handler, mmap_in, mmap_out, merge = ("hmf_kprobe", "hmf_kretprobe", "kp_{}", "kp_{}", "kr_{}",
+                                                         "kr_{}")
+    if "handle_mm_fault" not in found:
+        return FaultPathChoice(variant, (), reason=f"handle_mm_fault: {why.get('handle_mm_fault', '?')}")
+    programs = [entry, ret] + [handler.format(fn) for fn in FAULT_HANDLERS if fn in found]
+    mmap_fn = next((fn for fn in MMAP_FUNCTIONS if fn in found), None)
+    if mmap_fn:
+        programs += [mmap_in.format(mmap_fn), mmap_out.format(mmap_fn)]
+        programs += [merge.format(fn) for fn in MERGE_FUNCTIONS if fn in found]
+    return FaultPathChoice(variant, tuple(programs), {fn: why[fn] for fn in FAULT_HANDLERS if fn in why}, mmap_fn,
+                           {fn: why[fn] for fn in MMAP_FUNCTIONS + MERGE_FUNCTIONS if fn in why})
+
+
+def fault_from_events(events: list, not_probeable: dict[str, str]) -> KprobeFault | None:
+    """handle_mm_fault of the walked fault from the walk object's records (REC_FAULT_ENTRY, REC_HANDLER,
+    REC_FAULT_RETURN: journey_walk.h), or None if its entry was not seen."""
+    from .bpf_walk import REC_FAULT_ENTRY, REC_FAULT_RETURN, REC_HANDLER
     out = KprobeFault(not_probeable=dict(not_probeable))
-    for line in lines:
-        parts = line.split()
-        if parts[:2] == ["kprobe", "handle_mm_fault"] and len(parts) == 5:
-            out.vma_pointer, out.address, out.flags = (int(x, 0) for x in parts[2:])
-        elif parts[:2] == ["kprobe", "vma"] and len(parts) == 8:
+    for ev in events:
+        kind, v, w = int(ev["kind"]), [int(x) for x in ev["v"]], [int(x) for x in ev["w"]]
+        if kind == REC_FAULT_ENTRY:
+            out.vma_pointer, out.address, out.flags = v[0], v[1], v[2]
             out.vma = dict(zip(("vm_start", "vm_end", "vm_flags", "vm_page_prot", "vm_file", "anon_vma"),
-                               (int(x, 0) for x in parts[2:])))
-        elif parts[:2] == ["kretprobe", "handle_mm_fault"] and len(parts) == 4:
-            out.retval, out.duration_ns = int(parts[2], 0), int(parts[3])
-        elif parts[:1] == ["handler"] and len(parts) == 3:
-            out.handlers.append((parts[1], int(parts[2])))
+                               v[3:6] + w[0:3]))
+        elif kind == REC_FAULT_RETURN:
+            out.retval, out.duration_ns = v[0], v[1]
+        elif kind == REC_HANDLER and int(ev["id"]) < len(FAULT_HANDLERS):
+            out.handlers.append((FAULT_HANDLERS[int(ev["id"])], v[0]))
     return out if out.flags is not None else None
 
 
-class MmapProbe:
-    """A bpftrace on the target's next VMA-making call; arm() returns once its probe fires for us."""
-
-    def __init__(self, pid: int):
-        exe = trusted_executable("bpftrace")
-        if not exe:
-            raise BpfError("bpftrace is not installed")
-        found, self.not_probeable = probeable(MMAP_FUNCTIONS + MERGE_FUNCTIONS)
-        mmap_fn = next((fn for fn in MMAP_FUNCTIONS if fn in found), None)
-        if mmap_fn is None:
-            raise BpfError("no VMA-making function can be probed: " + "; ".join(
-                f"{fn}: {self.not_probeable.get(fn, '?')}" for fn in MMAP_FUNCTIONS))
-        self.function = mmap_fn
-        merges = [fn for fn in MERGE_FUNCTIONS if fn in found]
-        self.script = mmap_probes(pid, mmap_fn, merges, os.getpid())
-        self.proc = start_child([exe, "-B", "line", "-e", self.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.out = b""
-
-    def arm(self, bound: float = 600.0) -> None:
-        import mmap
-        started = time.monotonic()
-        while b"armed" not in self.out:
-            if self.proc.poll() is not None:
-                raise BpfError("bpftrace stopped: " + self.proc.stderr.read().decode(errors="replace").strip()[-300:])
-            if time.monotonic() - started > bound:
-                raise BpfError(f"bpftrace did not attach its mmap kprobe within {bound:.0f} s")
-            mmap.mmap(-1, 4096).close()     # a VMA-making call of ours
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.05)
-            if ready:
-                self.out += os.read(self.proc.stdout.fileno(), 65536)
-
-    def result(self, timeout: float = 60.0) -> KprobeMmap:
-        try:
-            rest, _err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise BpfError(f"the target made no VMA through {self.function} within {timeout:.0f} s") from None
-        found = KprobeMmap(self.function, not_probeable=dict(self.not_probeable))
-        for line in (self.out + rest).decode(errors="replace").splitlines():
-            parts = line.split()
-            if parts[:1] == ["mmap"] and len(parts) == 7:
-                found.file, found.addr, found.length, found.vm_flags, found.pgoff = (int(x, 0) for x in parts[2:])
-            elif parts[:1] == ["mmapret"] and len(parts) == 2:
-                found.retval = int(parts[1], 0)
-            elif parts[:1] == ["merge"] and len(parts) == 3:
-                found.merges.append((parts[1], int(parts[2], 0)))
-        if found.retval is None:
-            raise BpfError(f"bpftrace saw no return from {self.function}")
-        return found
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def mmap_from_events(events: list, function: str, not_probeable: dict[str, str]) -> KprobeMmap | None:
+    """The VMA-making call from the walk object's records (REC_MMAP, REC_MERGE, REC_MMAP_RETURN), or None if
+    it did not return while the object was attached."""
+    from .bpf_walk import REC_MERGE, REC_MMAP, REC_MMAP_RETURN
+    found = KprobeMmap(function, not_probeable=dict(not_probeable))
+    for ev in events:
+        kind, v = int(ev["kind"]), [int(x) for x in ev["v"]]
+        if kind == REC_MMAP:
+            found.function = MMAP_FUNCTIONS[int(ev["id"])] if int(ev["id"]) < len(MMAP_FUNCTIONS) else function
+            found.file, found.addr, found.length, found.vm_flags, found.pgoff = v[:5]
+        elif kind == REC_MMAP_RETURN:
+            found.retval = v[0]
+        elif kind == REC_MERGE and int(ev["id"]) < len(MERGE_FUNCTIONS):
+            found.merges.append((MERGE_FUNCTIONS[int(ev["id"])], v[0]))
+    return found if found.retval is not None else None
 
 
 def every_fault_probes(pid: int, handlers: list[str], tool_pid: int) -> str:

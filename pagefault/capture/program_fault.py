@@ -1,7 +1,8 @@
 """The journey of one chosen fault of any program: `pagefault journey -- CMD ARGS…` or `-p PID`.
 
 The program runs at full speed under perf (tracepoints with kernel call chains, for the allocations and
-the class) and one bpftrace that picks the fault in the kernel, by a selector:
+the class) and the compiled walk (capture/bpf/journey_walk.bpf.c, MODE_PROGRAM) that picks the fault in
+the kernel, by a selector (its settings, set before load):
 
 - ``first in the program's own code`` (the default): the first fault whose RIP lies between the
   mm's start_code and end_code (the executable's text, not the loader's or a library's);
@@ -14,8 +15,8 @@ the class) and one bpftrace that picks the fault in the kernel, by a selector:
   the events give.
 
 Only the chosen fault pays for the deep reads: the walk and kernel objects at its entry, the walk and
-its struct page at the thread's next kernel entry, where bpftrace stops the program (SIGSTOP) so that
-/proc can be read; then it runs on (SIGCONT).
+its struct page at the thread's next kernel entry, where the program stops it (bpf_send_signal(SIGSTOP)) so
+that /proc can be read; then it runs on (SIGCONT).
 
 The direct map's base, which the walk needs, is derived once per boot by a journey of the exercise
 program (mm->pgd − the PGD's physical address) and kept in the tool's state directory with how it was found.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,21 +38,30 @@ from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts, symbol_range
 from . import procfs
 from .bpf_walk import (
+    EXEC_HOOK,
+    EXIT_HOOK,
+    FAULT_HOOK,
+    KINDS,
+    MODE_PROGRAM,
+    SEL_ADDRESS,
+    SEL_KIND,
+    SEL_NTH,
+    SEL_OWN_CODE,
+    SEL_RANGES,
+    STACK_REACH,
+    STAGE_DONE,
+    SYSCALL_HOOK,
+    WALK_RANGES,
     BpfError,
-    _folio_block,
-    _objects_block,
-    _walk_block,
-    arm_with_own_faults,
-    below_stack,
-    parse_walk_lines,
-    read_available,
+    WalkObject,
+    wait_for_vmemmap,
 )
-from .journey_capture import decode_trace_events
+from .journey_capture import decode_trace_events, walk_engine_problem
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .records import parse_stream
 from .resume_guard import ResumeGuard, process_state, refuse_stopped
-from .runner import Target, TargetError, attach, spawn_held, start_child
-from .safe_paths import root_safe_state_dir, trusted_executable, write_output
+from .runner import Target, TargetError, attach, spawn_held
+from .safe_paths import root_safe_state_dir, write_output
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, NothingMatched, TargetProblem, release_target, tracepoint_events
 
 PROGRAM_TRACEPOINTS = (
@@ -61,7 +70,6 @@ PROGRAM_TRACEPOINTS = (
     ("filemap", "mm_filemap_add_to_page_cache", False),
     ("signal", "signal_generate", False),
 )
-VM_WRITE, VM_HUGEPAGE = 0x2, 0x20000000
 
 
 def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
@@ -99,12 +107,13 @@ def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
     return ev.bpf.direct_map_base, how
 
 
-def selector_condition(selector: str, value: str | int | None, exe: str | None) -> tuple[str, str]:
-    """The bpftrace condition for a candidate fault ($page, $ip, $ec are set), and the selector in words."""
+def selector_settings(selector: str, value: str | int | None, exe: str | None) -> tuple[dict, str]:
+    """The walk's settings that pick the fault (journey_walk.h walk_settings), and the selector in words."""
     if selector == "nth":
-        return f"@n == {int(value or 1)}", f"the program's fault number {value}"
+        return {"selector": SEL_NTH, "nth": int(value or 1)}, f"the program's fault number {value}"
     if selector == "address":
-        return f"$page == {int(value or 0) & ~0xFFF:#x}", f"the first fault on the page of 0x{int(value or 0):x}"
+        return ({"selector": SEL_ADDRESS, "page": int(value or 0) & ~0xFFF},
+                f"the first fault on the page of 0x{int(value or 0):x}")
     if selector in ("symbol", "line"):
         if not exe:
             raise CaptureError("--at SYMBOL or FILE:LINE needs the program's executable file")
@@ -124,113 +133,22 @@ def selector_condition(selector: str, value: str | int | None, exe: str | None) 
                 raise NothingMatched(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
                                    "give a function name")
             words = f"the first fault whose RIP is on {value} (DWARF: {len(ranges)} address range(s))"
-        elf = f"($ip - (curtask->mm->start_code - {low:#x}))"
-        cond = " || ".join(f"({elf} >= {lo:#x} && {elf} < {hi:#x})" for lo, hi in ranges[:8])
-        return cond, words
+        ranges = list(ranges[:WALK_RANGES])
+        pad = [0] * (WALK_RANGES - len(ranges))
+        return ({"selector": SEL_RANGES, "elf_low": low, "nranges": len(ranges),
+                 "range_lo": [lo for lo, _hi in ranges] + pad, "range_hi": [hi for _lo, hi in ranges] + pad}, words)
     if selector == "kind":
-        return _kind_condition(str(value)), f"the first fault that enters the kernel looking like a {value} fault"
-    return ("$ip >= curtask->mm->start_code && $ip < curtask->mm->end_code",
+        return ({"selector": SEL_KIND, "kind": KINDS.index(str(value))},
+                f"the first fault that enters the kernel looking like a {value} fault")
+    return ({"selector": SEL_OWN_CODE},
             "the first fault in the program's own code (RIP inside its executable's text)")
-
-
-# struct xa_node: shift (u8) at +0, slots[64] at +40 on 64-bit (include/linux/xarray.h, 6.1 to 6.18); checked
-# against BTF's typed slots[0] at run time, like the maple layout.
-XA_SLOTS = 40
-
-
-def page_cache_lookup() -> str:
-    """bpftrace statements: $incache = 1 if the file page of $vma at $addr is in the page cache (a folio, not a
-    shadow value), 0 if not, −1 if the xarray could not be read (layout check failed)."""
-    return "\n    ".join([
-        "$incache = 0;",
-        "if ($vma != 0) {",
-        "  $v = (struct vm_area_struct *)$vma;",
-        "  $idx = (($addr - $v->vm_start) >> 12) + $v->vm_pgoff;",
-        "  $x = (uint64)$v->vm_file->f_mapping->i_pages.xa_head; $d = 0;",
-        "  while ($d < 6) {",
-        "    if (($x & 3) == 2 && $x > 4096) {",
-        "      $node = $x - 2;",
-        f"      if ((uint64)((struct xa_node *)$node)->slots[0] != *(uint64 *)($node + {XA_SLOTS})) {{ $incache = -1; $d = 6; }}",
-        f"      else {{ $sh = *(uint8 *)$node; $x = *(uint64 *)($node + {XA_SLOTS} + (($idx >> $sh) & 63) * 8); }}",
-        "    } else { if ($d < 6) { $incache = ($x != 0 && !($x & 1)) ? 1 : 0; $d = 6; } }",
-        "    $d++;",
-        "  }",
-        "}"])
-
-
-def _kind_condition(kind: str) -> str:
-    """What a fault of `kind` looks like at entry: $ec (error code), $pte/$pmd (quiet walk), $vma (quiet search)."""
-    vma = "$vma != 0 && ((struct vm_area_struct *)$vma)->vm_start <= $addr"
-    # the kernel's vma_is_anonymous(): no vm_ops. [vdso] and [vvar] have no file either, but their own
-    # vm_ops (special mappings): a read there is no zero-page fault
-    anon = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_ops == 0"
-    filed = f"{vma} && (uint64)((struct vm_area_struct *)$vma)->vm_file != 0"
-    flags = "(uint64)((struct vm_area_struct *)$vma)->vm_flags"
-    return {
-        "anon": f"{anon} && $pte == 0 && ($ec & 2) && !({flags} & {VM_HUGEPAGE:#x})",
-        "zero": f"{anon} && $pte == 0 && !($ec & 2) && !($ec & 16)",
-        "cow": f"{vma} && ($pte & 1) && ($ec & 3) == 3",
-        "file": f"{filed} && $pte == 0",
-        "major": f"{filed} && $pte == 0 && $incache == 0",
-        "swap": f"{anon} && $pte != 0 && !($pte & 1) && !($pte & 0x100)",
-        "thp": f"{anon} && $pmd == 0 && ({flags} & {VM_HUGEPAGE:#x})",
-        "stack": f"!({vma}) && {below_stack('$addr')}",
-        "segv": f"(!({vma}) && !{below_stack('$addr')}) || ({vma} && ($ec & 2) && !({flags} & {VM_WRITE}))",
-    }[kind]
-
-
-def program_script(pid: int, levels: int, base: int, condition: str, deep_candidates: bool, tool_pid: int,
-                   spawned: bool = True) -> str:
-    """The bpftrace program: pick the fault, read at it and at the thread's next entry, stop the program there."""
-    candidate = ""
-    if deep_candidates:   # --kind: every fault's PTE and VMA (and, for file pages, the page cache), read quietly
-        candidate = "\n    ".join([_walk_block("c", "$page", levels, quiet=True),
-                                   _objects_block("c", "$addr", quiet=True),
-                                   "if ($vma != 0 && (uint64)((struct vm_area_struct *)$vma)->vm_file != 0 && "
-                                   "((struct vm_area_struct *)$vma)->vm_start <= $addr) {",
-                                   page_cache_lookup(), "}"])
-    # at the thread's next kernel entry (a system call, or its next fault): read again, stop the program
-    after = "\n    ".join([f"$base = (uint64){base:#x}; $page = @page;", _walk_block("after", "$page", levels),
-                           _folio_block(), _objects_block("after", "$page", search=False),
-                           'printf("stopped %ld\\n", nsecs);', '@state = 2; signal("SIGSTOP"); exit();'])
-    # a spawned program is counted from its exec: before it, the held child is still a copy of pagefault
-    start = ("" if spawned else "BEGIN { @execd = 1; }\n") + \
-        f"tracepoint:sched:sched_process_exec /pid == {pid}/ {{ @execd = 1; }}"
-    return f"""
-{start}
-tracepoint:exceptions:page_fault_user /pid == {pid} && @state == 0 && @execd == 1/ {{
-    @n = @n + 1;
-    $addr = args->address; $page = $addr & ~0xfff; $ip = args->ip; $ec = args->error_code;
-    $base = (uint64){base:#x};
-    {candidate}
-    if ({condition}) {{
-        printf("sel %d %d 0x%lx 0x%lx 0x%lx %ld\\n", tid, @n, $addr, $ip, $ec, nsecs);
-        printf("before base %lx\\n", $base);
-        {_walk_block("before", "$page", levels)}
-        {_objects_block("before", "$addr")}
-        @state = 1; @tid = tid; @page = $page; @addr = $addr; @ip = $ip;
-    }}
-}}
-tracepoint:raw_syscalls:sys_enter /@state == 1 && tid == @tid/ {{
-    {after}
-}}
-tracepoint:exceptions:page_fault_user /@state == 1 && tid == @tid && (args->address != @addr || args->ip != @ip)/ {{
-    {after}
-}}
-tracepoint:sched:sched_process_exit /@state == 1 && tid == @tid/ {{ printf("exited\\n"); exit(); }}
-tracepoint:pagemap:mm_lru_insertion /@vmemmap == 0/ {{
-    @vmemmap = (uint64)args->folio - args->pfn * sizeof(struct page);
-    printf("vmemmap 0x%lx 0x%lx 0x%lx %d\\n", @vmemmap, (uint64)args->folio, args->pfn, sizeof(struct page));
-}}
-tracepoint:raw_syscalls:sys_enter /pid == {tool_pid} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}
-"""
 
 
 class ProgramFault:
     """Run (or attach to) a program and capture the journey of one of its faults."""
 
     # pages per CPU and event of the perf buffers: enough for ~50 ms of a fast-faulting program between
-    # two reads (tests shrink it to stand for a machine where bpftrace attaches slowly)
+    # two reads (tests shrink it to stand for a machine where the program is followed a long while before its fault)
     perf_pages = 256
 
     def __init__(self, argv: list[str] | None, pid: int | None, selector: str, value, progress=None,
@@ -238,7 +156,7 @@ class ProgramFault:
         self.progress = progress or (lambda _m: None)
         self.timeout = timeout
         if not facts.is_root():
-            raise CaptureError("the journey of a program's fault reads kernel memory with bpftrace: run as root (sudo)")
+            raise CaptureError("the journey of a program's fault reads kernel memory with BPF: run as root (sudo)")
         self.argv, self.pid_given, self.selector, self.value = argv, pid, selector, value
 
     def run(self) -> ProgramFaultEvidence:
@@ -247,9 +165,9 @@ class ProgramFault:
             import shutil
             if not shutil.which(self.argv[0]):
                 raise TargetProblem(f"cannot run {self.argv[0]!r}: no such program (give its path, or a command on PATH)")
-        exe = trusted_executable("bpftrace")
-        if not exe:
-            raise CaptureError("bpftrace is not installed; fix: as root, bash scripts/setup.sh")
+        problem = walk_engine_problem()
+        if problem:
+            raise CaptureError(f"the journey of a program's fault needs the compiled walk: {problem}")
         levels, levels_why = facts.paging_levels()
         base, base_how = direct_map_base(say)
         try:
@@ -261,19 +179,19 @@ class ProgramFault:
             why = refuse_stopped(target.pid)
             if why:
                 raise TargetProblem(why)
-            # bpftrace stops it after the fault: if pagefault dies then, the guard continues it
+            # the walk stops it after the fault: if pagefault dies then, the guard continues it
             guard = ResumeGuard(target.pid)
         try:
-            return self._follow(target, exe, levels, levels_why, base, base_how)
+            return self._follow(target, levels, levels_why, base, base_how)
         finally:
             if guard is not None:
                 guard.disarm()
 
-    def _follow(self, target: Target, exe: str, levels: int, levels_why: str, base: int,
+    def _follow(self, target: Target, levels: int, levels_why: str, base: int,
                 base_how: str) -> ProgramFaultEvidence:
         say = self.progress
         program = self._executable(target)
-        condition, words = selector_condition(self.selector, self.value, program)
+        choice, words = selector_settings(self.selector, self.value, program)
         table, gfp = facts.fault_flag_values(), facts.gfp_bits()
         enums, enums_source = facts.kernel_enums()
         captured_at, host = facts.capture_origin()
@@ -287,32 +205,30 @@ class ProgramFault:
         for note in notes:
             ev.unavailable[note.split(" ", 1)[0]] = note
         ev.event_sources = {spec.name: f"tracepoint {spec.name} via perf_event_open" for spec in events}
-        script = program_script(target.pid, levels, base, condition, self.selector == "kind", os.getpid(),
-                                spawned=bool(self.argv))
-        session = proc = None
-        out = bytearray()
+        settings = dict(choice, target_tgid=target.pid, levels=levels, mode=MODE_PROGRAM, from_exec=int(bool(self.argv)),
+                        stop_after=1, direct_map_base=base, stack_reach=STACK_REACH)
+        session = obj = None
         try:
             session = PerfSession(events, target.pid, enable_on_exec=bool(self.argv), callchain=True, data_pages=self.perf_pages,
                                   monotonic_clock=True)
             session.enable()
-            # The buffers are read all along, not once at the end: a running process fills them while
-            # bpftrace attaches, and a full buffer drops the samples of the very fault that is chosen
-            # next (its allocation went missing and the fault read as spurious).
+            # The buffers are read all along, not once at the end: a running process fills them, and a full
+            # buffer drops the samples of the very fault that is chosen next (its allocation went missing and
+            # the fault read as spurious).
             drained = _Drained(session)
-            proc = start_child([exe, "--unsafe", "-B", "line", "-e", script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-            say("attaching bpftrace (it picks the fault in the kernel)")
+            say("loading the compiled walk (it picks the fault in the kernel)")
             try:
-                # our mmap and read system calls fire its armed probe
-                arm_with_own_faults(proc, out, each_round=drained.read)
+                obj = WalkObject(settings, (FAULT_HOOK, SYSCALL_HOOK, EXEC_HOOK, EXIT_HOOK), levels)
             except BpfError as exc:
                 raise CaptureError(str(exc)) from None
+            ev.event_sources["walk"] = obj.describe()
+            wait_for_vmemmap(obj)
+            drained.read()
             if self.argv:
                 release_target(target)
             say(f"PID {target.pid} runs at full speed until {words}")
-            stopped = self._wait_for_stop(proc, out, target, drained.read, session, words)
-            ev.lines = [ln for ln in out.decode(errors="replace").splitlines() if not ln.startswith("armed")]
-            _selected(ev)
+            stopped = self._wait_for_stop(obj, target, drained.read, session, words)
+            _selected(ev, obj)
             if stopped and ev.address:
                 ev.paused = self._read_proc(target.pid, ev)
                 os.kill(target.pid, signal.SIGCONT)
@@ -326,9 +242,8 @@ class ProgramFault:
         except PerfError as exc:
             raise CaptureError(str(exc)) from None
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if obj is not None:
+                obj.close()
             if session is not None:
                 session.close()
             target.end(signal.SIGKILL)
@@ -339,13 +254,13 @@ class ProgramFault:
         # PERF_RECORD_LOST (or when the oldest were let go) show only here
         if counts is not None:
             ev.lost_events = max(ev.lost_events, sum(counts.values()) - len(ev.events) - drained.dropped_samples)
-        reads, _printed_base, vmemmap = parse_walk_lines(ev.lines)
+        reads = obj.walked.reads
         if "before" in reads:
             pgdv = reads["before"].pgd_virtual
             # the PGD's physical address follows from the base: mm->pgd (read) − base (derived this boot)
-            ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, reads, script, "")
-            if vmemmap:
-                ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = vmemmap
+            ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, dict(reads), obj.describe(), obj.lost_note())
+            if obj.walked.vmemmap:
+                ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap
         if not ev.address:
             raise NothingMatched(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
                                f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events)} faults seen)")
@@ -364,21 +279,26 @@ class ProgramFault:
         except OSError:
             return None
 
-    def _wait_for_stop(self, proc, out: bytearray, target: Target, each_round: Callable[[], None],
+    def _wait_for_stop(self, obj: WalkObject, target: Target, each_round: Callable[[], None],
                        session: PerfSession, words: str) -> bool:
-        """Until bpftrace says it stopped the program after the chosen fault (False: bpftrace or the program
-        ended first, a spawned or an attached one). `each_round` runs every 50 ms or so; a progress line every
-        5 s says how many faults the program took (the kernel's count of the tracepoint's firings).
+        """Until the walk has read the chosen fault's second moment and stopped the program (False: the chosen
+        thread, or the program, a spawned or an attached one, ended first). `each_round` runs every 50 ms or
+        so; a progress line every 5 s says how many faults the program took (the kernel's count of the
+        tracepoint's firings).
 
         :raises NothingMatched: --timeout passed with no fault matched."""
         started = last_said = time.monotonic()
-        while b"stopped" not in out:
+        while "after" not in obj.walked.reads:
             each_round()
-            if proc.poll() is not None:
-                out += proc.stdout.read()
-                return b"stopped" in out
+            obj.poll(50)
+            if "after" in obj.walked.reads:
+                break
+            if obj.walked.exited or obj.state.stage == STAGE_DONE:
+                obj.poll(0)
+                return "after" in obj.walked.reads
             if not target.poll() or _is_zombie(target.pid):
-                return b"stopped" in out
+                obj.poll(0)
+                return "after" in obj.walked.reads
             now = time.monotonic()
             if self.timeout is not None and now - started > self.timeout:
                 raise NothingMatched(f"no fault matched {words} within {self.timeout:g} s; PID {target.pid} took "
@@ -387,11 +307,10 @@ class ProgramFault:
                 self.progress(f"PID {target.pid}: {_faults_seen(session)} faults in {now - started:.0f} s, none "
                               f"matched {words} yet" + ("" if self.timeout else " (Ctrl-C stops; --timeout S gives up)"))
                 last_said = now
-            read_available(proc, out, 0.05)
         return True
 
     def _read_proc(self, pid: int, ev: ProgramFaultEvidence) -> bool:
-        """/proc while bpftrace holds the program stopped after the fault."""
+        """/proc while the program is held stopped after the fault (the walk's SIGSTOP)."""
         for _ in range(200):   # the SIGSTOP lands as the thread returns to user mode
             state = process_state(pid)
             if not state:
@@ -443,9 +362,10 @@ class _Drained:
             self.dropped_samples += len(parse_stream(old, TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN).samples)
 
 
-def _selected(ev: ProgramFaultEvidence) -> None:
-    """The chosen fault as bpftrace printed it: thread, number, address, RIP, error code, time."""
-    sel = next((ln.split() for ln in ev.lines if ln.startswith("sel ")), None)
-    if sel is not None and len(sel) == 7:
+def _selected(ev: ProgramFaultEvidence, obj: WalkObject) -> None:
+    """The chosen fault as the walk recorded it at its entry: thread, number, address, RIP, error code, time."""
+    rec = obj.walked.raw.get("before")
+    if rec is not None:
         ev.tid, ev.nth, ev.address, ev.ip, ev.error_code, ev.fault_ns = (
-            int(sel[1]), int(sel[2]), int(sel[3], 16), int(sel[4], 16), int(sel[5], 16), int(sel[6]))
+            int(rec["tid"]), int(rec["nth"]), int(rec["address"]), int(rec["ip"]), int(rec["error_code"]),
+            int(rec["time_ns"]))

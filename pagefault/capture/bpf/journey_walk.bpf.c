@@ -1,0 +1,760 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The journey's reads of one fault (pagefault journey; journey -p PID and journey -- CMD): the page-table
+ * walk from the task's mm->pgd through the kernel's direct map, mm->map_count, the maple-tree search for the
+ * address and the VMA it ends at, read when the fault enters the kernel (page_fault_user, before the
+ * handler); then, at the thread's next kernel entry (a system call, or with MODE_PROGRAM its next fault),
+ * the walk again and the struct page of the frame the entry now names, through vmemmap.
+ *
+ * MODE_PAGE follows the target's first fault on the page the loader writes into state.page; MODE_PROGRAM
+ * picks the fault with a selector (settings.selector), reading every candidate's PTE and VMA quietly for
+ * SEL_KIND, and stops the program (SIGSTOP) after the second read so that /proc can be read.
+ *
+ * With settings.fault_probes, handle_mm_fault's arguments, the handlers it runs, its return value and
+ * duration are recorded for the followed fault, and the VMA-making call of MODE_PAGE's mmap: each as an
+ * fentry/fexit program and as a kprobe/kretprobe program; the loader keeps the kind this kernel attaches.
+ *
+ * Each tracepoint hook has a BTF-typed raw tracepoint (tp_btf) program and a classic tracepoint one; the
+ * loader turns off, before load, what it does not use. Records go through one ring buffer. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "pagefault.bpf.h"
+#include "journey_walk.h"
+
+#define FRAME_MASK 0x000ffffffffff000ULL
+#define PTE_PRESENT 0x1ULL
+#define PTE_HUGE 0x80ULL       /* _PAGE_PSE: a PUD or PMD entry that maps the page itself */
+#define PTE_PROTNONE 0x100ULL  /* _PAGE_PROTNONE (the global bit's place): a PROT_NONE or NUMA-hinting entry */
+#define VM_WRITE 0x2ULL
+#define VM_HUGEPAGE 0x20000000ULL
+#define SIGSTOP 19
+#define XA_CHUNK_MASK 63
+
+const volatile struct walk_settings settings = {};
+
+struct walk_state state = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} records SEC(".maps");
+
+/* Never written: its value type keeps the ring buffer's record structs in the object's BTF (a ring buffer has
+ * no value type), where tests/test_journey_walk_bpf.py holds the Python mirror to them. */
+struct record_types {
+	struct walk_read read;
+	struct walk_event event;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct record_types);
+} record_types SEC(".maps");
+
+/* A struct folio as 6.1 to 6.5 laid out its order (a byte in the first tail page); 6.6 on: _flags_1's low byte. */
+struct folio___old {
+	unsigned char _folio_order;
+} __attribute__((preserve_access_index));
+
+static __always_inline void *reserve(__u64 size)
+{
+	void *r = bpf_ringbuf_reserve(&records, size, 0);
+	if (!r)
+		__sync_fetch_and_add(&state.lost, 1);
+	return r;
+}
+
+static __always_inline __u64 read_u64(__u64 addr)
+{
+	__u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* struct page's flags word, as two flavours: an unsigned long on older kernels (6.1, 6.12), a memdesc_flags_t (a struct of one
+ * unsigned long) after. A CO-RE field relocation must match the field's kind, so each era has its own. */
+struct page___ul {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+struct page___memdesc {
+	struct {
+		unsigned long f;
+	} flags;   /* memdesc_flags_t: declared here, as older kernels' vmlinux.h have no such type */
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 page_flags(__u64 page)
+{
+	if (bpf_core_field_exists(((struct page___memdesc *)0)->flags))
+		return read_u64(page + bpf_core_field_offset(struct page___memdesc, flags));
+	return read_u64(page + bpf_core_field_offset(struct page___ul, flags));
+}
+
+/* Shift of the index at level `pos` (0 = the top) of a `levels`-level walk. */
+static __always_inline __u32 level_shift(__u32 levels, __u32 pos)
+{
+	return 12 + 9 * (levels - 1 - pos);
+}
+
+/* The walk of `page` from mm->pgd: one entry per level, stopping below a non-present or huge entry. With `r`,
+ * every entry and its table's physical address go there; the last two levels' entries come back in
+ * *pte / *pmd (0 where the walk stopped above them). Returns the last entry read. */
+static __always_inline __u64 walk(struct walk_read *r, __u64 pgd, __u64 base, __u64 page, __u64 *pte, __u64 *pmd)
+{
+	const __u32 levels = settings.levels == 5 ? 5 : 4;
+	__u64 t = pgd, e = 0;
+	*pte = 0;
+	*pmd = 0;
+	for (__u32 pos = 0; pos < WALK_MAX_LEVELS; pos++) {
+		if (pos >= levels)
+			break;
+		e = read_u64(t + ((page >> level_shift(levels, pos)) & 0x1ff) * 8);
+		if (r) {
+			r->entry[pos] = e;
+			r->table[pos] = t - base;
+			r->levels_read = pos + 1;
+		}
+		if (pos == levels - 1) {
+			*pte = e;
+			break;
+		}
+		if (pos == levels - 2)
+			*pmd = e;
+		if (!(e & PTE_PRESENT))
+			break;
+		/* a huge PUD or PMD entry maps the page itself: nothing below it */
+		if ((pos == levels - 3 || pos == levels - 2) && (e & PTE_HUGE))
+			break;
+		t = base + (e & FRAME_MASK);
+	}
+	return e;
+}
+
+/* The maple-tree search for `addr` as mas_walk() does it, each node recorded in `r` (root first): in each
+ * node, the first pivot ≥ addr picks the slot (a 0 pivot past the first ends the node's data); at the leaf
+ * (maple_dense or maple_leaf_64) the slot holds the VMA. Node layouts and type numbers come from BTF. */
+static __always_inline __u64 maple_search(struct walk_read *r, struct mm_struct *mm, __u64 addr)
+{
+	if (!bpf_core_field_exists(mm->mm_mt))
+		return 0;
+	__u64 entry = (__u64)BPF_CORE_READ(mm, mm_mt.ma_root);
+	r->maple_root = entry;
+	r->have |= HAVE_MAPLE_ROOT;
+	if (!((entry & 3) == 2 && entry > 4096))
+		return entry;   /* not a node: the root holds the only entry (or none) */
+	/* the offsets used are BTF's (CO-RE): they agree with the typed access by construction */
+	r->maple_layout_ok = 1;
+	r->have |= HAVE_LAYOUT;
+	const __u64 dense = bpf_core_enum_value(enum maple_type, maple_dense);
+	const __u64 leaf = bpf_core_enum_value(enum maple_type, maple_leaf_64);
+	const __u64 arange = bpf_core_enum_value(enum maple_type, maple_arange_64);
+	const __u32 r_piv = bpf_core_field_offset(struct maple_range_64, pivot);
+	const __u32 r_slot = bpf_core_field_offset(struct maple_range_64, slot);
+	const __u32 r_n = bpf_core_field_size(struct maple_range_64, pivot) / 8;
+	const __u32 a_piv = bpf_core_field_offset(struct maple_arange_64, pivot);
+	const __u32 a_slot = bpf_core_field_offset(struct maple_arange_64, slot);
+	const __u32 a_n = bpf_core_field_size(struct maple_arange_64, pivot) / 8;
+
+	for (__u32 depth = 0; depth < WALK_MAPLE_DEPTH; depth++) {
+		__u64 node = entry & ~MAPLE_NODE_MASK;
+		__u64 type = (entry >> MAPLE_TYPE_SHIFT) & MAPLE_TYPE_MASK;
+		int ar = type == arange;
+		__u32 npiv = ar ? a_n : r_n;
+		if (npiv > WALK_PIVOTS)
+			return 0;
+		if (bpf_probe_read_kernel(r->pivots, sizeof(r->pivots), (void *)(node + (ar ? a_piv : r_piv))))
+			return 0;
+		__u32 off = npiv;
+		for (__u32 i = 0; i < WALK_PIVOTS; i++) {
+			if (i >= npiv)
+				break;
+			if (r->pivots[i] >= addr || (r->pivots[i] == 0 && i > 0)) {
+				off = i;
+				break;
+			}
+		}
+		__u64 next = read_u64(node + (ar ? a_slot : r_slot) + (__u64)off * 8);
+		r->maple[depth].node = node;
+		r->maple[depth].type = type;
+		r->maple[depth].slot = off;
+		r->maple[depth].entry = next;
+		r->maple_depth = depth + 1;
+		if (type == dense || type == leaf) {
+			r->have |= HAVE_PIVOTS;
+			return next;
+		}
+		entry = next;
+	}
+	return 0;
+}
+
+static __always_inline void read_vma(struct walk_read *r, __u64 vma)
+{
+	struct vm_area_struct *v = (struct vm_area_struct *)vma;
+	r->vma = vma;
+	r->vm_start = BPF_CORE_READ(v, vm_start);
+	r->vm_end = BPF_CORE_READ(v, vm_end);
+	bpf_core_read(&r->vm_flags, sizeof(r->vm_flags), &v->vm_flags);
+	r->vm_page_prot = BPF_CORE_READ(v, vm_page_prot.pgprot);
+	r->vm_file = (__u64)BPF_CORE_READ(v, vm_file);
+	r->anon_vma = (__u64)BPF_CORE_READ(v, anon_vma);
+	r->have |= HAVE_VMA;
+}
+
+/* The struct page of the frame in `e` (a present entry) at vmemmap + pfn × sizeof(struct page); for a page of
+ * a large folio, the folio's order, and for a tail page its head's flags and counts too. */
+static __always_inline void read_folio(struct walk_read *r, __u64 e)
+{
+	__u64 vmemmap = state.vmemmap;
+	if (!vmemmap || !(e & PTE_PRESENT))
+		return;
+	const __u64 size = bpf_core_type_size(struct page);
+	__u64 pfn = (e & FRAME_MASK) >> 12;
+	struct page *pg = (struct page *)(vmemmap + pfn * size);
+	r->folio_pfn = pfn;
+	r->page_flags = page_flags((__u64)pg);
+	r->refcount = BPF_CORE_READ(pg, _refcount.counter);
+	r->mapcount = BPF_CORE_READ(pg, _mapcount.counter);
+	r->have |= HAVE_FOLIO;
+
+	__u64 head = (__u64)pg;
+	if (bpf_core_field_exists(pg->compound_head)) {
+		__u64 ch = BPF_CORE_READ(pg, compound_head);
+		if (ch & 1) {   /* a tail page: compound_head holds its head, bit 0 set */
+			head = ch - 1;
+			struct page *hp = (struct page *)head;
+			r->head_pfn = (head - vmemmap) / size;
+			r->head_flags = page_flags(head);
+			r->head_refcount = BPF_CORE_READ(hp, _refcount.counter);
+			r->head_mapcount = BPF_CORE_READ(hp, _mapcount.counter);
+			r->have |= HAVE_HEAD;
+		}
+	}
+	if (!bpf_core_enum_value_exists(enum pageflags, PG_head))
+		return;
+	__u64 head_bit = 1ULL << bpf_core_enum_value(enum pageflags, PG_head);
+	__u64 head_flags = head == (__u64)pg ? r->page_flags : r->head_flags;
+	if (!(head_flags & head_bit))
+		return;   /* an order-0 page */
+	/* _folio_order where the kernel has it (its _flags_1, if any, is then the first tail's flags, not the
+	 * order); else _flags_1's low byte */
+	struct folio *folio = (struct folio *)head;
+	struct folio___old *old = (struct folio___old *)head;
+	if (bpf_core_field_exists(old->_folio_order)) {
+		r->folio_order = BPF_CORE_READ(old, _folio_order);
+		r->have |= HAVE_ORDER;
+	} else if (bpf_core_field_exists(folio->_flags_1)) {
+		r->folio_order = BPF_CORE_READ(folio, _flags_1) & 0xff;
+		r->have |= HAVE_ORDER;
+	}
+}
+
+static __always_inline struct walk_read *start_read(__u32 kind, __u64 *base, __u64 *pgd)
+{
+	struct walk_read *r = reserve(sizeof(*r));
+	if (!r)
+		return 0;
+	__builtin_memset(r, 0, sizeof(*r));
+	struct mm_struct *mm = current_mm();
+	*pgd = (__u64)BPF_CORE_READ(mm, pgd);
+	*base = settings.mode == MODE_PAGE ? *pgd - state.pgd_physical : settings.direct_map_base;
+	r->kind = kind;
+	r->tid = (__u32)bpf_get_current_pid_tgid();
+	r->time_ns = bpf_ktime_get_ns();
+	r->direct_map_base = *base;
+	r->pgd_virtual = *pgd;
+	r->map_count = BPF_CORE_READ(mm, map_count);
+	r->have = HAVE_OBJECTS;
+	return r;
+}
+
+/* At the chosen fault's entry: the walk, the objects and the maple-tree search. */
+static __always_inline void read_before(__u64 addr, __u64 ip, __u64 error_code)
+{
+	__u64 base, pgd, pte, pmd;
+	struct walk_read *r = start_read(REC_BEFORE, &base, &pgd);
+	if (!r)
+		return;
+	r->address = addr;
+	r->ip = ip;
+	r->error_code = error_code;
+	r->nth = state.n;
+	walk(r, pgd, base, addr & ~0xfffULL, &pte, &pmd);
+	__u64 vma = maple_search(r, current_mm(), addr);
+	if (vma)
+		read_vma(r, vma);
+	bpf_ringbuf_submit(r, 0);
+}
+
+/* At the thread's next kernel entry: the walk again, and the struct page its last entry names. */
+static __always_inline void read_after(void)
+{
+	__u64 base, pgd, pte, pmd;
+	struct walk_read *r = start_read(REC_AFTER, &base, &pgd);
+	if (!r)
+		return;
+	r->address = state.addr;
+	r->ip = state.ip;
+	r->nth = state.n;
+	__u64 e = walk(r, pgd, base, state.addr & ~0xfffULL, &pte, &pmd);
+	read_folio(r, e);
+	bpf_ringbuf_submit(r, 0);
+}
+
+/* Is the file page of `v` at `addr` in the page cache (a folio in the mapping's xarray, not a shadow value)? */
+static __always_inline int in_page_cache(struct vm_area_struct *v, __u64 addr)
+{
+	__u64 idx = ((addr - BPF_CORE_READ(v, vm_start)) >> 12) + BPF_CORE_READ(v, vm_pgoff);
+	__u64 x = (__u64)BPF_CORE_READ(v, vm_file, f_mapping, i_pages.xa_head);
+	const __u32 slots = bpf_core_field_offset(struct xa_node, slots);
+	for (int d = 0; d < 6; d++) {
+		if (!((x & 3) == 2 && x > 4096))
+			return x != 0 && !(x & 1);
+		struct xa_node *node = (struct xa_node *)(x - 2);
+		__u8 shift = BPF_CORE_READ(node, shift);
+		x = read_u64((__u64)node + slots + ((idx >> shift) & XA_CHUNK_MASK) * 8);
+	}
+	return 0;
+}
+
+/* What a fault of settings.kind looks like at its entry: the error code, the PTE and PMD (a quiet walk),
+ * the VMA the maple tree gives and, for a file page, the page cache. */
+static __always_inline int looks_like_kind(struct mm_struct *mm, __u64 addr, __u64 ec)
+{
+	__u64 pte, pmd;
+	walk(0, (__u64)BPF_CORE_READ(mm, pgd), settings.direct_map_base, addr & ~0xfffULL, &pte, &pmd);
+	struct vm_area_struct *v = (struct vm_area_struct *)maple_find_vma(mm, addr);
+	int has = v && BPF_CORE_READ(v, vm_start) <= addr;
+	__u64 flags = 0;
+	int anon = 0, filed = 0;
+	if (has) {
+		bpf_core_read(&flags, sizeof(flags), &v->vm_flags);
+		/* the kernel's vma_is_anonymous(): no vm_ops ([vdso] and [vvar] have none of a file, but ops) */
+		anon = BPF_CORE_READ(v, vm_ops) == 0;
+		filed = BPF_CORE_READ(v, vm_file) != 0;
+	}
+	__u64 stack = BPF_CORE_READ(mm, start_stack);
+	int below_stack = addr < stack && addr + settings.stack_reach > stack;
+	switch (settings.kind) {
+	case WK_ANON:
+		return anon && pte == 0 && (ec & 2) && !(flags & VM_HUGEPAGE);
+	case WK_ZERO:
+		return anon && pte == 0 && !(ec & 2) && !(ec & 16);
+	case WK_COW:
+		return has && (pte & PTE_PRESENT) && (ec & 3) == 3;
+	case WK_FILE:
+		return filed && pte == 0;
+	case WK_MAJOR:
+		return filed && pte == 0 && !in_page_cache(v, addr);
+	case WK_SWAP:
+		return anon && pte != 0 && !(pte & PTE_PRESENT) && !(pte & PTE_PROTNONE);
+	case WK_THP:
+		return anon && pmd == 0 && (flags & VM_HUGEPAGE);
+	case WK_STACK:
+		return !has && below_stack;
+	case WK_SEGV:
+		return (!has && !below_stack) || (has && (ec & 2) && !(flags & VM_WRITE));
+	}
+	return 0;
+}
+
+static __always_inline int selected(__u64 addr, __u64 ip, __u64 ec)
+{
+	struct mm_struct *mm = current_mm();
+	switch (settings.selector) {
+	case SEL_NTH:
+		return state.n == settings.nth;
+	case SEL_ADDRESS:
+		return (addr & ~0xfffULL) == settings.page;
+	case SEL_RANGES: {
+		__u64 elf = ip - (BPF_CORE_READ(mm, start_code) - settings.elf_low);
+		for (__u32 i = 0; i < WALK_RANGES; i++) {
+			if (i >= settings.nranges)
+				break;
+			if (elf >= settings.range_lo[i] && elf < settings.range_hi[i])
+				return 1;
+		}
+		return 0;
+	}
+	case SEL_KIND:
+		return looks_like_kind(mm, addr, ec);
+	}
+	return ip >= BPF_CORE_READ(mm, start_code) && ip < BPF_CORE_READ(mm, end_code);
+}
+
+static __always_inline void after_and_stop(void)
+{
+	read_after();
+	state.stage = STAGE_DONE;
+	if (settings.stop_after)
+		bpf_send_signal(SIGSTOP);
+}
+
+static __always_inline int on_fault(__u64 addr, __u64 ip, __u64 ec)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) != settings.target_tgid)
+		return 0;
+	if (settings.mode == MODE_PAGE) {
+		__u64 page = state.page;
+		if (page && state.stage == STAGE_WAITING && (addr & ~0xfffULL) == page) {
+			state.tid = (__u32)id;
+			state.addr = addr;
+			state.ip = ip;
+			read_before(addr, ip, ec);
+			state.stage = STAGE_FAULTED;
+		}
+		return 0;
+	}
+	if (settings.from_exec && !state.execd)
+		return 0;
+	if (state.stage == STAGE_FAULTED && (__u32)id == state.tid && (addr != state.addr || ip != state.ip)) {
+		after_and_stop();   /* the thread's next fault is its next kernel entry */
+		return 0;
+	}
+	if (state.stage != STAGE_WAITING)
+		return 0;
+	state.n += 1;
+	if (!selected(addr, ip, ec))
+		return 0;
+	state.tid = (__u32)id;
+	state.addr = addr;
+	state.ip = ip;
+	read_before(addr, ip, ec);
+	state.stage = STAGE_FAULTED;
+	return 0;
+}
+
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(fault_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+{
+	return on_fault(address, PT_REGS_IP_CORE(regs), error_code);   /* regs->ip on x86, ->pc on arm64 */
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int fault_tp(struct page_fault_user_args *ctx)
+{
+	return on_fault(ctx->address, ctx->ip, ctx->error_code);
+}
+
+/* MODE_SYSCALL: each page's walk, read at once */
+static __always_inline void read_pages(void)
+{
+	for (__u32 i = 0; i < WALK_RANGES; i++) {
+		if (i >= settings.nranges)
+			break;
+		__u64 base, pgd, pte, pmd;
+		struct walk_read *r = start_read(REC_AT_SYSCALL, &base, &pgd);
+		if (!r)
+			return;
+		r->address = settings.range_lo[i];
+		walk(r, pgd, base, settings.range_lo[i] & ~0xfffULL, &pte, &pmd);
+		bpf_ringbuf_submit(r, 0);
+	}
+}
+
+static __always_inline int on_syscall(long nr)
+{
+	if (settings.mode == MODE_SYSCALL) {
+		if (nr != settings.syscall_nr || state.stage != STAGE_WAITING ||
+		    (__u32)(bpf_get_current_pid_tgid() >> 32) != settings.target_tgid)
+			return 0;
+		state.stage = STAGE_DONE;
+		read_pages();
+		return 0;
+	}
+	if (state.stage != STAGE_FAULTED)
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) != settings.target_tgid)
+		return 0;
+	if (settings.mode == MODE_PROGRAM && (__u32)id != state.tid)
+		return 0;
+	after_and_stop();
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(syscall_btf, struct pt_regs *regs, long id)
+{
+	return on_syscall(id);
+}
+
+SEC("tracepoint/raw_syscalls/sys_enter")
+int syscall_tp(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_syscall(BPF_CORE_READ(ctx, id));
+}
+
+struct trace_event_raw_mm_lru_insertion___page {
+	struct page *page;
+} __attribute__((preserve_access_index));
+
+/* vmemmap's base from the first LRU insertion anywhere: folio − pfn × sizeof(struct page). The classic
+ * tracepoint only: its record holds the pfn, which the raw tracepoint's arguments (the folio alone) do not. */
+SEC("tracepoint/pagemap/mm_lru_insertion")
+int lru_tp(struct trace_event_raw_mm_lru_insertion *ctx)
+{
+	if (state.vmemmap)
+		return 0;
+	/* the record's folio (a page before the tracepoint's folio conversion: 6.1's has `page`); either is the
+	 * address of the struct page that pfn names */
+	struct trace_event_raw_mm_lru_insertion___page *old = (void *)ctx;
+	__u64 folio = bpf_core_field_exists(ctx->folio) ? (__u64)BPF_CORE_READ(ctx, folio)
+							: (__u64)BPF_CORE_READ(old, page);
+	__u64 pfn = BPF_CORE_READ(ctx, pfn);
+	__u64 size = bpf_core_type_size(struct page);
+	__u64 vmemmap = folio - pfn * size;
+	if (__sync_val_compare_and_swap(&state.vmemmap, 0, vmemmap) != 0)
+		return 0;
+	struct walk_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = REC_VMEMMAP;
+	e->time_ns = bpf_ktime_get_ns();
+	e->v[0] = vmemmap;
+	e->v[1] = folio;
+	e->v[2] = pfn;
+	e->v[3] = size;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* MODE_PROGRAM: a spawned program is followed from its exec (before it, the held child is a copy of us). */
+static __always_inline int on_exec(void)
+{
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == settings.target_tgid)
+		state.execd = 1;
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf)
+{
+	return on_exec();
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int exec_tp(void *ctx)
+{
+	return on_exec();
+}
+
+static __always_inline int on_exit(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (state.stage != STAGE_FAULTED || (__u32)(id >> 32) != settings.target_tgid || (__u32)id != state.tid)
+		return 0;
+	state.stage = STAGE_DONE;
+	struct walk_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = REC_EXITED;
+	e->time_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exit_btf)
+{
+	return on_exit();
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int exit_tp(void *ctx)
+{
+	return on_exit();
+}
+
+/* ---- the fault path: handle_mm_fault and its handlers, for the followed fault (settings.fault_probes) ---- */
+
+static __always_inline struct walk_event *event(__u32 kind, __u32 id)
+{
+	struct walk_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	e->id = id;
+	e->time_ns = bpf_ktime_get_ns();
+	return e;
+}
+
+static __always_inline int ours(void)
+{
+	return (__u32)(bpf_get_current_pid_tgid() >> 32) == settings.target_tgid;
+}
+
+/* handle_mm_fault runs after the page_fault_user tracepoint: stage FAULTED and the page say it is the followed
+ * fault's */
+static __always_inline int on_hmf_entry(struct vm_area_struct *vma, __u64 address, __u64 flags)
+{
+	if (!settings.fault_probes || !ours() || state.stage != STAGE_FAULTED || state.kp != 0 ||
+	    (address & ~0xfffULL) != (state.addr & ~0xfffULL))
+		return 0;
+	state.kp = 1;
+	state.kt0 = bpf_ktime_get_ns();
+	struct walk_event *e = event(REC_FAULT_ENTRY, 0);
+	if (!e)
+		return 0;
+	e->v[0] = (__u64)vma;
+	e->v[1] = address;
+	e->v[2] = flags;
+	e->v[3] = BPF_CORE_READ(vma, vm_start);
+	e->v[4] = BPF_CORE_READ(vma, vm_end);
+	bpf_core_read(&e->v[5], sizeof(e->v[5]), &vma->vm_flags);
+	e->w[0] = BPF_CORE_READ(vma, vm_page_prot.pgprot);
+	e->w[1] = (__u64)BPF_CORE_READ(vma, vm_file);
+	e->w[2] = (__u64)BPF_CORE_READ(vma, anon_vma);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_hmf_return(__u64 ret)
+{
+	if (!settings.fault_probes || !ours() || state.kp != 1)
+		return 0;
+	state.kp = 2;
+	struct walk_event *e = event(REC_FAULT_RETURN, 0);
+	if (!e)
+		return 0;
+	e->v[0] = ret & 0xffffffff;   /* vm_fault_t: an unsigned int */
+	e->v[1] = e->time_ns - state.kt0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("fentry/handle_mm_fault")
+int BPF_PROG(hmf_fentry, struct vm_area_struct *vma, unsigned long address, unsigned int flags)
+{
+	return on_hmf_entry(vma, address, flags);
+}
+
+SEC("fexit/handle_mm_fault")
+int BPF_PROG(hmf_fexit, struct vm_area_struct *vma, unsigned long address, unsigned int flags, struct pt_regs *regs,
+	     vm_fault_t ret)
+{
+	return on_hmf_return(ret);
+}
+
+SEC("kprobe/handle_mm_fault")
+int BPF_KPROBE(hmf_kprobe, struct vm_area_struct *vma, unsigned long address, unsigned int flags)
+{
+	return on_hmf_entry(vma, address, flags);
+}
+
+SEC("kretprobe/handle_mm_fault")
+int BPF_KRETPROBE(hmf_kretprobe, long ret)
+{
+	return on_hmf_return(ret);
+}
+
+static __always_inline int on_handler(__u32 index)
+{
+	if (!ours() || state.kp != 1)
+		return 0;
+	struct walk_event *e = event(REC_HANDLER, index);
+	if (!e)
+		return 0;
+	e->v[0] = e->time_ns - state.kt0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* One fentry and one kprobe program per handler, `index` its place in capture/kprobes.py FAULT_HANDLERS. */
+#define HANDLER(index, fn)                                                \
+	SEC("fentry/" #fn) int BPF_PROG(fe_##fn) { return on_handler(index); } \
+	SEC("kprobe/" #fn) int BPF_KPROBE(kp_##fn) { return on_handler(index); }
+
+HANDLER(0, __handle_mm_fault)
+HANDLER(1, handle_pte_fault)
+HANDLER(2, do_anonymous_page)
+HANDLER(3, do_fault)
+HANDLER(4, do_read_fault)
+HANDLER(5, do_cow_fault)
+HANDLER(6, do_shared_fault)
+HANDLER(7, filemap_map_pages)
+HANDLER(8, filemap_fault)
+HANDLER(9, do_wp_page)
+HANDLER(10, wp_page_copy)
+HANDLER(11, wp_page_reuse)
+HANDLER(12, do_swap_page)
+HANDLER(13, do_huge_pmd_anonymous_page)
+HANDLER(14, do_huge_pmd_wp_page)
+HANDLER(15, do_numa_page)
+HANDLER(16, finish_fault)
+
+/* ---- the VMA-making call of MODE_PAGE's mmap (before the page is known), and the merges inside it ---- */
+
+static __always_inline int on_mmap(__u32 index, __u64 file, __u64 addr, __u64 len, __u64 vm_flags, __u64 pgoff)
+{
+	if (!settings.fault_probes || !ours() || state.mmap_stage != 0)
+		return 0;
+	state.mmap_stage = 1;
+	struct walk_event *e = event(REC_MMAP, index);
+	if (!e)
+		return 0;
+	e->v[0] = file;
+	e->v[1] = addr;
+	e->v[2] = len;
+	e->v[3] = vm_flags;
+	e->v[4] = pgoff;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_mmap_return(__u64 ret)
+{
+	if (!settings.fault_probes || !ours() || state.mmap_stage != 1)
+		return 0;
+	state.mmap_stage = 2;
+	struct walk_event *e = event(REC_MMAP_RETURN, 0);
+	if (e) {
+		e->v[0] = ret;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
+}
+
+static __always_inline int on_merge(__u32 index, __u64 ret)
+{
+	if (!settings.fault_probes || !ours() || state.mmap_stage != 1)
+		return 0;
+	struct walk_event *e = event(REC_MERGE, index);
+	if (e) {
+		e->v[0] = ret;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
+}
+
+/* __mmap_region (6.13 on) and mmap_region (before) take (file, addr, len, vm_flags, pgoff, uf); index: their
+ * place in capture/kprobes.py MMAP_FUNCTIONS. The return value of an fexit program comes from
+ * bpf_get_func_ret, which needs no count of the arguments. */
+#define MMAP_FN(index, fn)                                                                                 \
+	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, __u64 file, __u64 addr, __u64 len, __u64 flags, __u64 pgoff) \
+	{ return on_mmap(index, file, addr, len, flags, pgoff); }                                           \
+	SEC("fexit/" #fn) int BPF_PROG(fx_##fn)                                                             \
+	{ __u64 ret = 0; bpf_get_func_ret(ctx, &ret); return on_mmap_return(ret); }                          \
+	SEC("kprobe/" #fn) int BPF_KPROBE(kp_##fn, __u64 file, __u64 addr, __u64 len, __u64 flags, __u64 pgoff) \
+	{ return on_mmap(index, file, addr, len, flags, pgoff); }                                           \
+	SEC("kretprobe/" #fn) int BPF_KRETPROBE(kr_##fn, __u64 ret) { return on_mmap_return(ret); }
+
+MMAP_FN(0, __mmap_region)
+MMAP_FN(1, mmap_region)
+
+/* The merges, per era (capture/kprobes.py MERGE_FUNCTIONS): the VMA they return, or 0. */
+#define MERGE_FN(index, fn)                                                                         \
+	SEC("fexit/" #fn) int BPF_PROG(fx_##fn)                                                      \
+	{ __u64 ret = 0; bpf_get_func_ret(ctx, &ret); return on_merge(index, ret); }                  \
+	SEC("kretprobe/" #fn) int BPF_KRETPROBE(kr_##fn, __u64 ret) { return on_merge(index, ret); }
+
+MERGE_FN(0, vma_merge_new_range)
+MERGE_FN(1, vma_expand)
+MERGE_FN(2, vma_merge)
+
+char LICENSE[] SEC("license") = "GPL";
