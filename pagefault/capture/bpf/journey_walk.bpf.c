@@ -106,9 +106,14 @@ static __always_inline __u64 walk(struct walk_read *r, __u64 pgd, __u64 base, __
 	__u64 t = pgd, e = 0;
 	*pte = 0;
 	*pmd = 0;
+	/* unrolled (so no break: a stopped walk skips its remaining levels): as a loop, clang ended its body
+	 * with a fall-through into the loop's head, a back-edge the 6.1 verifier refuses whatever the loop's
+	 * bound ("back-edge from insn N to N+1", EINVAL) */
+	int stopped = 0;
+#pragma unroll
 	for (__u32 pos = 0; pos < WALK_MAX_LEVELS; pos++) {
-		if (pos >= levels)
-			break;
+		if (stopped || pos >= levels)
+			continue;
 		e = read_u64(t + ((page >> level_shift(levels, pos)) & 0x1ff) * 8);
 		if (r) {
 			r->entry[pos] = e;
@@ -117,15 +122,16 @@ static __always_inline __u64 walk(struct walk_read *r, __u64 pgd, __u64 base, __
 		}
 		if (pos == levels - 1) {
 			*pte = e;
-			break;
+			stopped = 1;
+			continue;
 		}
 		if (pos == levels - 2)
 			*pmd = e;
-		if (!(e & PTE_PRESENT))
-			break;
-		/* a huge PUD or PMD entry maps the page itself: nothing below it */
-		if ((pos == levels - 3 || pos == levels - 2) && (e & PTE_HUGE))
-			break;
+		/* not present, or a huge PUD or PMD entry that maps the page itself: nothing below it */
+		if (!(e & PTE_PRESENT) || ((pos == levels - 3 || pos == levels - 2) && (e & PTE_HUGE))) {
+			stopped = 1;
+			continue;
+		}
 		t = base + (e & FRAME_MASK);
 	}
 	return e;
