@@ -705,7 +705,7 @@ def _report_perfetto(rec, args) -> int:
 def _register_capture(sub) -> None:
     d = sub.add_parser("doctor", help="which capture tier works here, and the fix for what is missing")
     d.add_argument("--json", action="store_true")
-    d.add_argument("--quick", action="store_true", help="skip the bpftrace test run")
+    d.add_argument("--quick", action="store_true", help="accepted for old scripts: the doctor runs no test program now")
     d.set_defaults(func=cmd_doctor)
     t = sub.add_parser("trace", help="record a program's page faults and summarise them",
                        usage="pagefault trace [-g] [-o FILE | --summary-only] [--json] [--summary FILE] [--pprof FILE] [--folded FILE] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
@@ -954,7 +954,7 @@ def _register_journey(sub) -> None:
     j.add_argument("--size", help="the mapping's size in bytes (default 4096)")
     j.add_argument("--text", default=None, help="the string to write (default: 'offset world', copied inside main)")
     j.add_argument("--tier", choices=("auto", "bpf", "perf", "user", "model"), default="auto",
-                   help="bpf: raw page-table entries too (root, bpftrace); perf: tracepoints (root); user: no root; "
+                   help="bpf: raw page-table entries too (root, the compiled walk); perf: tracepoints (root); user: no root; "
                         "model: the simulator")
     j.add_argument("--scenario", metavar="NAME", help="run a scenario of the library (see pagefault scenarios)")
     j.add_argument("--model", action="store_true", help="run in the simulator: no root, no tracing, all modelled")

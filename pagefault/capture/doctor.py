@@ -6,16 +6,15 @@ import ctypes
 import enum
 import mmap
 import os
-import subprocess
 from dataclasses import dataclass, field
 
 from ..kernel import facts
 from ..kernel.btf import VMLINUX_BTF
 from ..kernel.kallsyms import KernelSymbols
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
-from .runner import run_child
 from .kprobes import kprobe_support
 from .safe_paths import UnsafePathError, trusted_executable
+
 
 class Tier(enum.StrEnum):
     """The capture tiers, best first (DESIGN.md): what this machine lets a journey observe."""
@@ -92,39 +91,6 @@ def _software_event_opens() -> tuple[bool, str]:
     return True, "perf_event_open accepted the software page-fault event for our own process"
 
 
-def _bpftrace_works() -> tuple[bool, str]:
-    try:
-        exe = trusted_executable("bpftrace")
-    except UnsafePathError as exc:
-        return False, str(exc)
-    if not exe:
-        return False, "bpftrace is not installed"
-    try:
-        r = run_child([exe, "-e", "BEGIN { printf(\"ok\\n\"); exit(); }"], timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"bpftrace did not run: {exc}"
-    if r.returncode == 0 and "ok" in r.stdout:
-        return True, f"{exe} ran a BEGIN probe"
-    return False, "bpftrace failed: " + (r.stderr.strip().splitlines() or ["no output"])[-1]
-
-
-def _bpftrace_info() -> dict[str, str]:
-    """`bpftrace --info` as name → value (kfunc, kprobe, probe_read_kernel, btf, ...); {} if it cannot run."""
-    try:
-        exe = trusted_executable("bpftrace")
-        if not exe:
-            return {}
-        r = run_child([exe, "--info"], timeout=120)
-    except (OSError, UnsafePathError, subprocess.TimeoutExpired):
-        return {}
-    out = {}
-    for line in (r.stdout + r.stderr).splitlines():
-        key, sep, value = line.strip().partition(":")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
-
-
 def _compiled_counter_check() -> Check:
     """The compiled CO-RE counter (summary-only trace): libbpf and the built object, and the hook variant each
     event would take on this kernel. It decides no tier: without it, trace records to a temporary file."""
@@ -141,7 +107,7 @@ def _compiled_counter_check() -> Check:
     return Check("compiled BPF counter", True, f"libbpf.so.1 and the counter's object are here; hooks: {hooks}")
 
 
-def diagnose(run_bpftrace: bool = True) -> Diagnosis:
+def diagnose(run_bpftrace: bool = True) -> Diagnosis:   # run_bpftrace: kept for callers; nothing runs bpftrace now
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
     d.paging = why
@@ -196,11 +162,6 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
     btf = VMLINUX_BTF.exists()
     d.checks.append(Check("BTF", btf, f"{VMLINUX_BTF} exists" if btf else f"{VMLINUX_BTF} is missing",
                           "" if btf else "a kernel built with CONFIG_DEBUG_INFO_BTF", ("bpf",)))
-    if run_bpftrace:
-        ok, detail = _bpftrace_works() if root else (False, "bpftrace needs root")
-        d.checks.append(Check("bpftrace", ok, detail, "" if ok else
-                              ("as root: bash scripts/setup.sh (installs bpftrace), or apt-get install bpftrace"
-                               if root else "run as root"), ("bpf",)))
     d.checks.append(_compiled_counter_check())
     if not arm64:   # the x86 journey's walk (capture/bpf_walk.py): it decides the bpf tier there
         from .bpf_walk import walk_check
@@ -213,18 +174,6 @@ def diagnose(run_bpftrace: bool = True) -> Diagnosis:
     d.checks.append(Check("kprobes", kprobes, kprobe_detail + ("" if kprobes else
                           ": the journey derives the fault flags and cannot show handlers, return value or duration; "
                           "trace --latency refuses"), "", ("bpf",) if arm64 else ()))
-    if run_bpftrace and root:
-        info = _bpftrace_info()
-        kfunc = info.get("kfunc") == "yes"
-        d.checks.append(Check("fentry (kfunc)", kfunc, "bpftrace --info: kfunc " + info.get("kfunc", "unknown") +
-                              ("; trace --latency hooks handle_mm_fault with fentry (no breakpoint); the journey's "
-                               "single fault uses kprobes" if kfunc else
-                               "; trace --latency and the journey use kprobes where they work"), "", ()))
-        reads = info.get("probe_read_kernel") == "yes" and btf
-        d.checks.append(Check("BPF reads of kernel objects", reads,
-                              "bpftrace can read kernel memory through BTF types (probe_read_kernel, BTF)" if reads else
-                              "bpftrace --info: probe_read_kernel " + info.get("probe_read_kernel", "unknown") +
-                              f", BTF {'present' if btf else 'missing'}", "", ("bpf",)))
     try:
         cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
     except UnsafePathError as exc:
