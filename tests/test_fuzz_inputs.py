@@ -352,7 +352,7 @@ def test_errno_text_never_reaches_a_message(tmp_path, monkeypatch):
         raise PerfError(errno.ESRCH, "perf_event_open for PID 4242: no such process (it ended); fix: give a "
                                      "running process")
 
-    def vanished(_pid):
+    def vanished(_pid, _allow_init=False):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/4242/cmdline")
     import subprocess
     target = subprocess.Popen(["sleep", "60"])
