@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The arm64 guest of the kernel matrix: a Debian bookworm arm64 root with Python, bpftrace and busybox,
-# pagefault's Python dependencies (aarch64 wheels, installed on the host into the root), and Debian's
-# arm64 kernel unpacked into it (no initramfs: virtme-ng makes its own).
+# The arm64 guest of the kernel matrix: a Debian bookworm arm64 root with Python, libbpf1 (the library
+# pagefault loads its compiled BPF objects through; the arm64 objects are built on the host by
+# scripts/build-bpf.sh --arch aarch64) and busybox, pagefault's Python dependencies (aarch64 wheels,
+# installed on the host into the root), and Debian's arm64 kernel unpacked into it (no initramfs:
+# virtme-ng makes its own). bpftrace is not installed: nothing in the guest runs it.
 #
 #   sudo bash scripts/arm64-root.sh DIR        → DIR/root, and DIR/kernels: one line per kernel, NAME RELEASE
 #
@@ -9,8 +11,9 @@
 # 52-bit virtual addresses with LPA2, with 4 KiB and with 16 KiB pages).
 #
 # Built once and reused while DIR/stamp matches what this script would build (its own text and
-# pyproject.toml's dependencies); a root left half-built by an interrupted run has no stamp and is
-# rebuilt. Cold: mmdebstrap runs arm64 maintainer scripts under qemu-user (minutes); warm: nothing.
+# pyproject.toml's dependencies, and so the package list below: a changed list rebuilds the root); a root
+# left half-built by an interrupted run has no stamp and is rebuilt. Cold: mmdebstrap runs arm64 maintainer
+# scripts under qemu-user (minutes); warm: nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,7 +21,7 @@ DIR=$(realpath -m "${1:?usage: arm64-root.sh DIR}")
 log() { printf 'arm64-root: %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "needs root (mmdebstrap, binfmt); fix: sudo bash scripts/arm64-root.sh $DIR"; exit 2; }
 
-PACKAGES=python3,bpftrace,busybox-static,mount,kmod,procps,gcc,libc6-dev
+PACKAGES=python3,libbpf1,busybox-static,mount,kmod,procps,gcc,libc6-dev
 want=$( { cat "$0"; sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml; echo "$PACKAGES"; } | sha256sum | cut -c1-16)
 if [ -f "$DIR/stamp" ] && [ "$(cat "$DIR/stamp")" = "$want" ] && [ -s "$DIR/kernels" ]; then
     log "reusing $DIR/root (stamp $want)"
