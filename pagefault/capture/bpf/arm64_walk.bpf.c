@@ -327,14 +327,4 @@ static __always_inline int on_syscall(long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
-{
-	return on_syscall(id);
-}
-
-SEC("tracepoint/raw_syscalls/sys_enter")
-int sys_enter_tp(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_syscall(ctx->id);
-}
+SYS_ENTER_PROGRAMS(sys_enter_btf, sys_enter_tp, on_syscall)

@@ -137,62 +137,25 @@ static __always_inline __u64 walk(struct walk_read *r, __u64 pgd, __u64 base, __
 	return e;
 }
 
-/* The maple-tree search for `addr` as mas_walk() does it, each node recorded in `r` (root first): in each
- * node, the first pivot ≥ addr picks the slot (a 0 pivot past the first ends the node's data); at the leaf
- * (maple_dense or maple_leaf_64) the slot holds the VMA. Node layouts and type numbers come from BTF. */
-static __always_inline __u64 maple_search(struct walk_read *r, struct mm_struct *mm, __u64 addr)
+/* The maple-tree search for `addr` (pagefault.bpf.h's maple_search), each node recorded in `r` (root first),
+ * the leaf's pivots too. The node layouts used are BTF's (CO-RE): they agree with the typed access by
+ * construction, so maple_layout_ok is 1 wherever a node is read. */
+static __always_inline __u64 maple_search_recorded(struct walk_read *r, struct mm_struct *mm, __u64 addr)
 {
 	if (!bpf_core_field_exists(mm->mm_mt))
 		return 0;
-	__u64 entry = (__u64)BPF_CORE_READ(mm, mm_mt.ma_root);
-	r->maple_root = entry;
+	__u64 vma = maple_search(mm, addr, r->pivots, r->maple, &r->maple_depth, &r->maple_root);
 	r->have |= HAVE_MAPLE_ROOT;
-	if (!((entry & 3) == 2 && entry > 4096))
-		return entry;   /* not a node: the root holds the only entry (or none) */
-	/* the offsets used are BTF's (CO-RE): they agree with the typed access by construction */
-	r->maple_layout_ok = 1;
-	r->have |= HAVE_LAYOUT;
-	const __u64 dense = bpf_core_enum_value(enum maple_type, maple_dense);
-	const __u64 leaf = bpf_core_enum_value(enum maple_type, maple_leaf_64);
-	const __u64 arange = bpf_core_enum_value(enum maple_type, maple_arange_64);
-	const __u32 r_piv = bpf_core_field_offset(struct maple_range_64, pivot);
-	const __u32 r_slot = bpf_core_field_offset(struct maple_range_64, slot);
-	const __u32 r_n = bpf_core_field_size(struct maple_range_64, pivot) / 8;
-	const __u32 a_piv = bpf_core_field_offset(struct maple_arange_64, pivot);
-	const __u32 a_slot = bpf_core_field_offset(struct maple_arange_64, slot);
-	const __u32 a_n = bpf_core_field_size(struct maple_arange_64, pivot) / 8;
-
-	for (__u32 depth = 0; depth < WALK_MAPLE_DEPTH; depth++) {
-		__u64 node = entry & ~MAPLE_NODE_MASK;
-		__u64 type = (entry >> MAPLE_TYPE_SHIFT) & MAPLE_TYPE_MASK;
-		int ar = type == arange;
-		__u32 npiv = ar ? a_n : r_n;
-		if (npiv > WALK_PIVOTS)
-			return 0;
-		if (bpf_probe_read_kernel(r->pivots, sizeof(r->pivots), (void *)(node + (ar ? a_piv : r_piv))))
-			return 0;
-		__u32 off = npiv;
-		for (__u32 i = 0; i < WALK_PIVOTS; i++) {
-			if (i >= npiv)
-				break;
-			if (r->pivots[i] >= addr || (r->pivots[i] == 0 && i > 0)) {
-				off = i;
-				break;
-			}
-		}
-		__u64 next = read_u64(node + (ar ? a_slot : r_slot) + (__u64)off * 8);
-		r->maple[depth].node = node;
-		r->maple[depth].type = type;
-		r->maple[depth].slot = off;
-		r->maple[depth].entry = next;
-		r->maple_depth = depth + 1;
-		if (type == dense || type == leaf) {
+	if (r->maple_depth) {
+		r->maple_layout_ok = 1;
+		r->have |= HAVE_LAYOUT;
+		__u32 last = r->maple_depth - 1;
+		const __u32 dense = bpf_core_enum_value(enum maple_type, maple_dense);
+		const __u32 leaf = bpf_core_enum_value(enum maple_type, maple_leaf_64);
+		if (last < WALK_MAPLE_DEPTH && (r->maple[last].type == dense || r->maple[last].type == leaf))
 			r->have |= HAVE_PIVOTS;
-			return next;
-		}
-		entry = next;
 	}
-	return 0;
+	return vma;
 }
 
 static __always_inline void read_vma(struct walk_read *r, __u64 vma)
@@ -287,7 +250,7 @@ static __always_inline void read_before(__u64 addr, __u64 ip, __u64 error_code)
 	r->error_code = error_code;
 	r->nth = state.n;
 	walk(r, pgd, base, addr & ~0xfffULL, &pte, &pmd);
-	__u64 vma = maple_search(r, current_mm(), addr);
+	__u64 vma = maple_search_recorded(r, current_mm(), addr);
 	if (vma)
 		read_vma(r, vma);
 	bpf_ringbuf_submit(r, 0);
@@ -481,17 +444,7 @@ static __always_inline int on_syscall(long nr)
 	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(syscall_btf, struct pt_regs *regs, long id)
-{
-	return on_syscall(id);
-}
-
-SEC("tracepoint/raw_syscalls/sys_enter")
-int syscall_tp(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_syscall(BPF_CORE_READ(ctx, id));
-}
+SYS_ENTER_PROGRAMS(syscall_btf, syscall_tp, on_syscall)
 
 struct trace_event_raw_mm_lru_insertion___page {
 	struct page *page;
@@ -536,17 +489,7 @@ static __always_inline int on_exec(void)
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(exec_btf)
-{
-	return on_exec();
-}
-
-SEC("tracepoint/sched/sched_process_exec")
-int exec_tp(void *ctx)
-{
-	return on_exec();
-}
+SCHED_PROGRAMS(sched_process_exec, exec_btf, exec_tp, on_exec)
 
 static __always_inline int on_exit(void)
 {
@@ -564,17 +507,7 @@ static __always_inline int on_exit(void)
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(exit_btf)
-{
-	return on_exit();
-}
-
-SEC("tracepoint/sched/sched_process_exit")
-int exit_tp(void *ctx)
-{
-	return on_exit();
-}
+SCHED_PROGRAMS(sched_process_exit, exit_btf, exit_tp, on_exit)
 
 /* ---- the fault path: handle_mm_fault and its handlers, for the followed fault (settings.fault_probes) ---- */
 

@@ -4,6 +4,8 @@
 #ifndef PAGEFAULT_JOURNEY_WALK_H
 #define PAGEFAULT_JOURNEY_WALK_H
 
+#include "maple_step.h"   /* struct maple_step_rec: one node of the maple-tree search */
+
 #define WALK_MAX_LEVELS 5
 #define WALK_MAPLE_DEPTH 6
 #define WALK_PIVOTS 15
@@ -99,13 +101,6 @@ enum walk_record_kind {
 #define HAVE_HEAD (1u << 5)         /* the page is a tail page: folio_head_* read from its head */
 #define HAVE_PIVOTS (1u << 6)
 #define HAVE_ORDER (1u << 7)        /* folio_order read (a head or tail page of a large folio) */
-
-struct maple_step_rec {
-	__u64 node;
-	__u32 type;
-	__u32 slot;
-	__u64 entry;
-};
 
 struct walk_read {
 	__u32 kind;           /* REC_BEFORE or REC_AFTER */

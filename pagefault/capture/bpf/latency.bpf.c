@@ -13,13 +13,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
-#include "fault_count.h"   /* struct vma_seen and VMA_*: the one record maps_from_kernel() reads */
+#define FOLLOW_FORKS        /* the target and its children (pagefault.bpf.h) */
+#include "pagefault.bpf.h"
 #include "latency.h"
 
 const volatile struct latency_settings settings = {};
 
-__u32 started = 0;          /* the target has exec'ed (with settings.from_exec) */
-__u32 children_seen = 0;    /* the children map holds anything: most faults of the machine skip its lookup */
 struct latency_hist empty_hist = {};   /* a new histogram's first value (too large for the stack) */
 
 struct {
@@ -35,13 +34,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fault_timing);
 } timing SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} children SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -74,9 +66,7 @@ static __always_inline void bump(__u32 which)
 
 static __always_inline int followed(__u32 tgid)
 {
-	if (tgid == settings.target_tgid)
-		return !settings.from_exec || started;
-	return children_seen && bpf_map_lookup_elem(&children, &tgid);
+	return target_or_child(tgid, settings.target_tgid, settings.from_exec);
 }
 
 /* floor(log2(v)) for v > 0, as libbpf-tools' bits.bpf.h */
@@ -97,7 +87,8 @@ static __always_inline __u64 log2_u64(__u64 v)
 	return hi ? log2_u32(hi) + 32 : log2_u32(v);
 }
 
-/* Name the VMA once, read now: at the end the process and its mm may be gone (the counter's keep_vma). */
+/* Name the VMA once (pagefault.bpf.h's keep_vma_named), read now: at the end the process and its mm may be
+ * gone. */
 static __always_inline void name_vma(struct vm_area_struct *v, __u64 start)
 {
 	__u32 zero = 0;
@@ -106,35 +97,7 @@ static __always_inline void name_vma(struct vm_area_struct *v, __u64 start)
 		return;
 	if (last)
 		*last = start;
-	if (bpf_map_lookup_elem(&vmas, &start))
-		return;
-	struct vma_seen s = {.start = start};
-	s.end = BPF_CORE_READ(v, vm_end);
-	bpf_core_read(&s.flags, sizeof(s.flags), &v->vm_flags);
-	s.pgoff = BPF_CORE_READ(v, vm_pgoff);
-	struct file *file = BPF_CORE_READ(v, vm_file);
-	if (file) {
-		const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
-		bpf_probe_read_kernel_str(s.name, sizeof(s.name), name);
-	} else {
-		struct mm_struct *mm = BPF_CORE_READ(v, vm_mm);
-		__u64 brk = BPF_CORE_READ(mm, brk), start_brk = BPF_CORE_READ(mm, start_brk);
-		__u64 stack = BPF_CORE_READ(mm, start_stack);
-		/* the tests /proc/PID/maps makes for [heap] and [stack] */
-		if (start <= brk && s.end >= start_brk) {
-			s.what = VMA_HEAP;
-		} else if (start <= stack && s.end >= stack) {
-			s.what = VMA_STACK;
-		} else if (BPF_CORE_READ(v, vm_ops) && BPF_CORE_READ(v, vm_private_data)) {
-			/* an anonymous VMA with operations: a special mapping ([vdso], [vvar]) */
-			struct vm_special_mapping *sm = BPF_CORE_READ(v, vm_private_data);
-			const char *name = BPF_CORE_READ(sm, name);
-			if (bpf_probe_read_kernel_str(s.name, sizeof(s.name), name) < 0)
-				s.name[0] = 0;
-			s.what = VMA_SPECIAL;
-		}
-	}
-	if (bpf_map_update_elem(&vmas, &start, &s, BPF_NOEXIST))
+	if (keep_vma_named(&vmas, v, BPF_CORE_READ(v, vm_mm), start))
 		bump(LAT_UNNAMED);
 }
 
@@ -260,43 +223,16 @@ OUTCOME_HANDLER(do_numa_page)
 /* fork runs in the parent: a followed process's new child is followed too */
 static __always_inline int on_fork(__u32 child)
 {
-	if (!followed(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	__u8 one = 1;
-	bpf_map_update_elem(&children, &child, &one, BPF_ANY);
-	children_seen = 1;
-	return 0;
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
-{
-	return on_fork(BPF_CORE_READ(child, tgid));
-}
-
-SEC("tracepoint/sched/sched_process_fork")
-int fork_tp(struct trace_event_raw_sched_process_fork *ctx)
-{
-	return on_fork(BPF_CORE_READ(ctx, child_pid));
+	return follow_child(followed(bpf_get_current_pid_tgid() >> 32), child);
 }
 
 static __always_inline int on_exec(void)
 {
-	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == settings.target_tgid)
-		started = 1;
+	start_at_exec(settings.target_tgid);
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(exec_btf)
-{
-	return on_exec();
-}
-
-SEC("tracepoint/sched/sched_process_exec")
-int exec_tp(void *ctx)
-{
-	return on_exec();
-}
+SCHED_FORK_PROGRAMS(fork_btf, fork_tp, on_fork)
+SCHED_PROGRAMS(sched_process_exec, exec_btf, exec_tp, on_exec)
 
 char LICENSE[] SEC("license") = "GPL";

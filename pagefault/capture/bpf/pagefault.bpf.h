@@ -1,8 +1,13 @@
-/* Helpers shared by pagefault's BPF programs: the task's mm and the VMA holding an address, read through
- * CO-RE (offsets relocated against the running kernel's BTF at load). Include after vmlinux.h and libbpf's
- * headers. */
+/* Helpers shared by pagefault's BPF programs: the task's mm, the VMA holding an address (the maple-tree
+ * search, quiet or recorded), a VMA's name for a summary, the following of a target and its children, and
+ * the two programs (tp_btf and classic tracepoint) of each scheduler and system-call hook. Kernel memory is
+ * read through CO-RE (offsets relocated against the running kernel's BTF at load). Include after vmlinux.h
+ * and libbpf's headers. */
 #ifndef PAGEFAULT_BPF_H
 #define PAGEFAULT_BPF_H
+
+#include "maple_step.h"    /* struct maple_step_rec: a recorded search's node */
+#include "fault_count.h"   /* struct vma_seen, VMA_*: the one record of a named VMA */
 
 /* exceptions:page_fault_user as a classic tracepoint hands it over (tracefs's events/exceptions/
  * page_fault_user/format; the struct is not in BTF): the loader checks these offsets against the format
@@ -27,16 +32,25 @@ static __always_inline struct mm_struct *current_mm(void)
 }
 
 /* The VMA holding `addr` in `mm` (0: none), found as mas_walk() does: from the root, in each node the
- * first pivot ≥ addr picks the slot (a 0 pivot past the first ends the node's data), down to a leaf. The
- * node layouts and type numbers come from BTF (CO-RE), not from a table of ours. bpf_find_vma would do
- * this for us, but costs an irq_work per call in this IRQs-off tracepoint (~12.7 µs per fault measured). */
-static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
+ * first pivot ≥ addr picks the slot (a 0 pivot past the first ends the node's data), down to a leaf
+ * (maple_dense or maple_leaf_64, whose slot holds the VMA). The node layouts and type numbers come from BTF
+ * (CO-RE), not from a table of ours. bpf_find_vma would do this for us, but costs an irq_work per call in
+ * an IRQs-off tracepoint (~12.7 µs per fault measured).
+ *
+ * pivots: MAPLE_MAX_PIVOTS words, where each node's pivots are read (the leaf's stay there). steps, depth:
+ * NULL for a quiet search; else each node read is recorded in steps[0..MAPLE_DEPTH) (root first) and
+ * *depth counts them. root: NULL, or where the tree's root entry goes (left alone before 6.1, whose VMAs
+ * are in an rbtree). Constant NULLs are folded away where the search is inlined. */
+static __always_inline __u64 maple_search(struct mm_struct *mm, __u64 addr, __u64 *pivots,
+					  struct maple_step_rec *steps, __u32 *depth, __u64 *root)
 {
 	if (!bpf_core_field_exists(mm->mm_mt))
-		return 0;   /* before 6.1: an rbtree of VMAs */
+		return 0;
 	__u64 entry = (__u64)BPF_CORE_READ(mm, mm_mt.ma_root);
+	if (root)
+		*root = entry;
 	if (!((entry & 3) == 2 && entry > 4096))
-		return entry;   /* not a node: the root holds the only entry */
+		return entry;   /* not a node: the root holds the only entry (or none) */
 	const __u64 dense = bpf_core_enum_value(enum maple_type, maple_dense);
 	const __u64 leaf = bpf_core_enum_value(enum maple_type, maple_leaf_64);
 	const __u64 arange = bpf_core_enum_value(enum maple_type, maple_arange_64);
@@ -46,9 +60,8 @@ static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
 	const __u32 a_piv = bpf_core_field_offset(struct maple_arange_64, pivot);
 	const __u32 a_slot = bpf_core_field_offset(struct maple_arange_64, slot);
 	const __u32 a_n = bpf_core_field_size(struct maple_arange_64, pivot) / 8;
-	__u64 pivots[MAPLE_MAX_PIVOTS];
 
-	for (int depth = 0; depth < MAPLE_DEPTH; depth++) {
+	for (__u32 d = 0; d < MAPLE_DEPTH; d++) {
 		__u64 node = entry & ~MAPLE_NODE_MASK;
 		__u64 type = (entry >> MAPLE_TYPE_SHIFT) & MAPLE_TYPE_MASK;
 		int ar = type == arange;
@@ -56,7 +69,7 @@ static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
 		if (npiv > MAPLE_MAX_PIVOTS)
 			return 0;
 		/* the node's pivots in one read (both layouts hold 15 words from the pivots on) */
-		if (bpf_probe_read_kernel(pivots, sizeof(pivots), (void *)(node + (ar ? a_piv : r_piv))))
+		if (bpf_probe_read_kernel(pivots, MAPLE_MAX_PIVOTS * sizeof(__u64), (void *)(node + (ar ? a_piv : r_piv))))
 			return 0;
 		__u32 off = npiv;
 		for (__u32 i = 0; i < MAPLE_MAX_PIVOTS; i++) {
@@ -70,11 +83,148 @@ static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
 		__u64 next = 0;
 		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(node + (ar ? a_slot : r_slot) + (__u64)off * 8)))
 			return 0;
+		if (steps) {
+			steps[d].node = node;
+			steps[d].type = type;
+			steps[d].slot = off;
+			steps[d].entry = next;
+			*depth = d + 1;
+		}
 		if (type == dense || type == leaf)
 			return next;
 		entry = next;
 	}
 	return 0;
 }
+
+/* The VMA holding `addr` in `mm` (0: none), searched quietly. */
+static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
+{
+	__u64 pivots[MAPLE_MAX_PIVOTS];
+	return maple_search(mm, addr, pivots, 0, 0, 0);
+}
+
+/* ---- the VMAs a summary names (struct vma_seen, fault_count.h: the one record
+ * capture/mapping_watch.maps_from_kernel reads) ---- */
+
+/* Keep VMA `v` of `mm`, named, in `vmas` (a hash map keyed by vm_start, of struct vma_seen), read now: at
+ * the end the process and its mm may be gone. The name is the file's (its dentry's), or for an anonymous
+ * VMA what /proc/PID/maps would call it: [heap], [stack], or a special mapping's own name ([vdso], [vvar]).
+ * Returns 1 when the VMA was not kept because the map is full (for the caller's counter), else 0. */
+static __always_inline int keep_vma_named(void *vmas, struct vm_area_struct *v, struct mm_struct *mm, __u64 start)
+{
+	if (bpf_map_lookup_elem(vmas, &start))
+		return 0;
+	struct vma_seen s = {.start = start};
+	s.end = BPF_CORE_READ(v, vm_end);
+	bpf_core_read(&s.flags, sizeof(s.flags), &v->vm_flags);
+	s.pgoff = BPF_CORE_READ(v, vm_pgoff);
+	struct file *file = BPF_CORE_READ(v, vm_file);
+	if (file) {
+		const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+		bpf_probe_read_kernel_str(s.name, sizeof(s.name), name);
+	} else {
+		__u64 brk = BPF_CORE_READ(mm, brk), start_brk = BPF_CORE_READ(mm, start_brk);
+		__u64 stack = BPF_CORE_READ(mm, start_stack);
+		/* the tests /proc/PID/maps makes for [heap] and [stack] */
+		if (start <= brk && s.end >= start_brk) {
+			s.what = VMA_HEAP;
+		} else if (start <= stack && s.end >= stack) {
+			s.what = VMA_STACK;
+		} else if (BPF_CORE_READ(v, vm_ops) && BPF_CORE_READ(v, vm_private_data)) {
+			/* an anonymous VMA with operations: a special mapping ([vdso], [vvar]) */
+			struct vm_special_mapping *sm = BPF_CORE_READ(v, vm_private_data);
+			const char *name = BPF_CORE_READ(sm, name);
+			if (bpf_probe_read_kernel_str(s.name, sizeof(s.name), name) < 0)
+				s.name[0] = 0;
+			s.what = VMA_SPECIAL;
+		}
+	}
+	return bpf_map_update_elem(vmas, &start, &s, BPF_NOEXIST) ? 1 : 0;
+}
+
+/* ---- following a target and the children it forks (an object defines FOLLOW_FORKS before including this,
+ * and its `settings` in .rodata carry target_tgid and from_exec) ---- */
+#ifdef FOLLOW_FORKS
+__u32 started = 0;          /* the target has exec'ed (with settings.from_exec) */
+__u32 children_seen = 0;    /* the children map holds anything: most machine-wide events skip its lookup */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} children SEC(".maps");
+
+/* Is `tgid` the target (from its exec on, where asked) or a child it forked? `target` and `from_exec`: the
+ * object's settings, constants to the verifier. */
+static __always_inline int target_or_child(__u32 tgid, __u32 target, __u32 from_exec)
+{
+	if (tgid == target)
+		return !from_exec || started;
+	return children_seen && bpf_map_lookup_elem(&children, &tgid);
+}
+
+/* At a fork (which runs in the parent) of a followed process: its new child is followed too. */
+static __always_inline int follow_child(int parent_followed, __u32 child)
+{
+	if (!parent_followed)
+		return 0;
+	__u8 one = 1;
+	bpf_map_update_elem(&children, &child, &one, BPF_ANY);
+	children_seen = 1;
+	return 0;
+}
+
+/* At an exec: the target's starts the following (settings.from_exec). */
+static __always_inline void start_at_exec(__u32 target)
+{
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == target)
+		started = 1;
+}
+#endif
+
+/* ---- the scheduler's and system calls' hooks, each as its two programs: the BTF-typed raw tracepoint
+ * (tp_btf, where the kernel's BTF has btf_trace_EVENT) and the classic tracepoint; capture/bpf's
+ * KernelHooks chooses one, the loader turns the other off. `fn` is the object's handler. ---- */
+
+/* sched_process_fork: fn(the child's tgid) */
+#define SCHED_FORK_PROGRAMS(btf_name, tp_name, fn)                                                        \
+	SEC("tp_btf/sched_process_fork")                                                                   \
+	int BPF_PROG(btf_name, struct task_struct *parent, struct task_struct *child)                       \
+	{                                                                                                  \
+		return fn(BPF_CORE_READ(child, tgid));                                                     \
+	}                                                                                                  \
+	SEC("tracepoint/sched/sched_process_fork")                                                         \
+	int tp_name(struct trace_event_raw_sched_process_fork *ctx)                                        \
+	{                                                                                                  \
+		return fn(BPF_CORE_READ(ctx, child_pid));                                                  \
+	}
+
+/* an event of the current task with nothing read from it: sched_process_exec, sched_process_exit...: fn() */
+#define SCHED_PROGRAMS(event, btf_name, tp_name, fn)                                                      \
+	SEC("tp_btf/" #event)                                                                              \
+	int BPF_PROG(btf_name)                                                                             \
+	{                                                                                                  \
+		return fn();                                                                               \
+	}                                                                                                  \
+	SEC("tracepoint/sched/" #event)                                                                    \
+	int tp_name(void *ctx)                                                                             \
+	{                                                                                                  \
+		return fn();                                                                               \
+	}
+
+/* raw_syscalls:sys_enter: fn(the system call's number) */
+#define SYS_ENTER_PROGRAMS(btf_name, tp_name, fn)                                                         \
+	SEC("tp_btf/sys_enter")                                                                            \
+	int BPF_PROG(btf_name, struct pt_regs *regs, long id)                                              \
+	{                                                                                                  \
+		return fn(id);                                                                             \
+	}                                                                                                  \
+	SEC("tracepoint/raw_syscalls/sys_enter")                                                           \
+	int tp_name(struct trace_event_raw_sys_enter *ctx)                                                 \
+	{                                                                                                  \
+		return fn(BPF_CORE_READ(ctx, id));                                                         \
+	}
 
 #endif
