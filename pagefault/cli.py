@@ -293,7 +293,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .capture.doctor import diagnose
     from .views.trace_view import render_doctor
-    d = diagnose(run_bpftrace=not args.quick)
+    d = diagnose()
     if args.json:
         from .decode.bits import to_jsonable
         print_json(json.dumps(to_jsonable(d), indent=2))
@@ -705,7 +705,6 @@ def _report_perfetto(rec, args) -> int:
 def _register_capture(sub) -> None:
     d = sub.add_parser("doctor", help="which capture tier works here, and the fix for what is missing")
     d.add_argument("--json", action="store_true")
-    d.add_argument("--quick", action="store_true", help="accepted for old scripts: the doctor runs no test program now")
     d.set_defaults(func=cmd_doctor)
     t = sub.add_parser("trace", help="record a program's page faults and summarise them",
                        usage="pagefault trace [-g] [-o FILE | --summary-only] [--json] [--summary FILE] [--pprof FILE] [--folded FILE] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")

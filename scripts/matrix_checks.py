@@ -134,7 +134,11 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
                 problems.append(f"{step.key}: duration {v.value}")
             elif v.label == "handle_mm_fault (kprobes)" and v.provenance == "unavailable":
                 problems.append(f"{step.key}: {v.source}")
-    return not problems, "kprobes: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
+    # which compiled programs timed the calls (fentry or kprobe), and how long they took to start
+    hook = ev.event_sources.get("handle_mm_fault", "")
+    how = f" ({hook.split(' ', 1)[0]}, started in {hook.split(' in ', 1)[1].split(')')[0]}, " \
+          f"{len(ev.kprobe_faults)} calls)" if " in " in hook else ""
+    return not problems, f"kprobes{how}: " + ("; ".join(problems) or "; ".join(seen) or "no fault reached handle_mm_fault")
 
 
 SCENARIO_CHECKS = tuple(f"scenario-{s.name}" for s in SCENARIOS)
@@ -303,8 +307,7 @@ def trace_latency_result(out: Path) -> tuple[bool, str]:
         # the loop's region is named: its mapping was told by mmap or read from /proc
         named = any(g["key"] == "[anon rw-p]" and g["count"] >= pages for g in s["by_mapping"])
         good = good and code == 0 and timed >= pages and positive and named and (probes == "auto" or hook == probes)
-        started = next((n.split("loaded and attached in ", 1)[1].split(" (", 1)[0] for n in s["notes"]
-                        if "loaded and attached in" in n), "?")
+        started = next((n.split("started in ", 1)[1] for n in s["notes"] if "started in " in n), "?")
         details.append(f"{probes} (hooked with {hook}, started in {started}): {s['faults']} faults timed, "
                        f"{timed} through {handler} "
                        f"returning 0, the loop's mapping {'named' if named else 'NOT named'}, p50 "

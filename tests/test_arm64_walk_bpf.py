@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bpf_engine import _btf_struct
+from live_helpers.bpf_objects import btf_struct
 
 from pagefault.capture import arm64_fault as af
 from pagefault.capture.bpf import HERE, BpfObjectMissing, KernelHooks, object_path
@@ -49,7 +49,7 @@ def _root():
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
 @pytest.mark.parametrize("struct,dtype", MIRRORS, ids=[m[0] for m in MIRRORS])
 def test_the_python_mirror_has_each_objects_sizes_and_offsets(machine, struct, dtype):
-    size, members = _btf_struct(_built(machine), struct)
+    size, members = btf_struct(_built(machine), struct)
     mirror = {name: (dtype.fields[name][1], dtype.fields[name][0].itemsize) for name in dtype.names}
     assert (dtype.itemsize, mirror) == (size, members)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from live_helpers.bpf_objects import btf_struct
 
 from pagefault.capture import kernel_counts as kc
 from pagefault.capture.bpf import HERE, BpfObjectMissing, Hook, KernelHooks, object_path
@@ -43,43 +44,12 @@ def _root():
 
 # --- the object against its mirror and its hooks --------------------------------------------------------------
 
-def _btf_struct(obj: Path, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Struct `name`'s (size, member → (byte offset, byte size)), from `bpftool btf dump file OBJ`."""
-    bpftool = shutil.which("bpftool")
-    if not bpftool:
-        pytest.skip("bpftool is not installed (bash scripts/setup.sh installs it)")
-    text = subprocess.run([bpftool, "btf", "dump", "file", str(obj)], capture_output=True, text=True,
-                          check=True).stdout
-    types: dict[int, dict] = {}
-    current = None
-    for line in text.splitlines():
-        m = re.match(r"\[(\d+)\] (\w+) '([^']*)'(.*)", line)
-        if m:
-            attrs = dict(re.findall(r"(\w+)=(\d+)", m.group(4)))
-            current = types[int(m.group(1))] = {"kind": m.group(2), "name": m.group(3), "attrs": attrs, "members": []}
-            continue
-        m = re.match(r"\s+'([^']*)' type_id=(\d+) bits_offset=(\d+)", line)
-        if m and current is not None:
-            current["members"].append((m.group(1), int(m.group(2)), int(m.group(3))))
-
-    def size(tid: int) -> int:
-        t = types[tid]
-        if t["kind"] in ("INT", "STRUCT", "UNION", "ENUM"):
-            return int(t["attrs"]["size"])
-        if t["kind"] == "ARRAY":
-            return size(int(t["attrs"]["type_id"])) * int(t["attrs"]["nr_elems"])
-        return size(int(t["attrs"]["type_id"]))     # TYPEDEF, CONST, VOLATILE
-
-    t = next(t for t in types.values() if t["kind"] == "STRUCT" and t["name"] == name)
-    return int(t["attrs"]["size"]), {n: (bits // 8, size(tid)) for n, tid, bits in t["members"]}
-
-
 @pytest.mark.parametrize("name,struct,dtype", [
     ("fault_count", "fault_count_settings", kc.SETTINGS), ("fault_count", "fault_key", kc.FAULT_KEY),
     ("fault_count", "thread_fault", kc.THREAD_FAULT), ("fault_count", "vma_seen", kc.VMA_SEEN),
     ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY)])
 def test_the_python_mirror_has_the_objects_sizes_and_offsets(name, struct, dtype):
-    size, members = _btf_struct(_object(name), struct)
+    size, members = btf_struct(_object(name), struct)
     dtype = dtype.dtype
     mirror = {name: (dtype.fields[name][1], dtype.fields[name][0].itemsize) for name in dtype.names}
     assert (dtype.itemsize, mirror) == (size, members)

@@ -5,15 +5,13 @@ loader names, and, on a real process, the entries it reads before and after a fa
 
 import ctypes
 import os
-import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from live_helpers.bpf_objects import btf_struct, dtype_layout, walk_written_page
 
 from pagefault.capture import bpf_walk as bw
 from pagefault.capture.bpf import BpfObjectMissing, KernelHooks, object_path
@@ -42,37 +40,6 @@ def _root():
         pytest.skip("loading BPF programs needs root")
 
 
-def _btf_struct(obj: Path, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Struct `name`'s (size, member → (byte offset, byte size)), from `bpftool btf dump file OBJ`."""
-    bpftool = shutil.which("bpftool")
-    if not bpftool:
-        pytest.skip("bpftool is not installed (bash scripts/setup.sh installs it)")
-    text = subprocess.run([bpftool, "btf", "dump", "file", str(obj)], capture_output=True, text=True,
-                          check=True).stdout
-    types: dict[int, dict] = {}
-    current = None
-    for line in text.splitlines():
-        m = re.match(r"\[(\d+)\] (\w+) '([^']*)'(.*)", line)
-        if m:
-            attrs = dict(re.findall(r"(\w+)=(\d+)", m.group(4)))
-            current = types[int(m.group(1))] = {"kind": m.group(2), "name": m.group(3), "attrs": attrs, "members": []}
-            continue
-        m = re.match(r"\s+'([^']*)' type_id=(\d+) bits_offset=(\d+)", line)
-        if m and current is not None:
-            current["members"].append((m.group(1), int(m.group(2)), int(m.group(3))))
-
-    def size(tid: int) -> int:
-        t = types[tid]
-        if t["kind"] in ("INT", "STRUCT", "UNION", "ENUM"):
-            return int(t["attrs"]["size"])
-        if t["kind"] == "ARRAY":
-            return size(int(t["attrs"]["type_id"])) * int(t["attrs"]["nr_elems"])
-        return size(int(t["attrs"]["type_id"]))     # TYPEDEF, CONST, VOLATILE
-
-    t = next(t for t in types.values() if t["kind"] == "STRUCT" and t["name"] == name)
-    return int(t["attrs"]["size"]), {n: (bits // 8, size(tid)) for n, tid, bits in t["members"]}
-
-
 def _ctypes_layout(struct) -> tuple[int, dict[str, tuple[int, int]]]:
     return ctypes.sizeof(struct), {n: (getattr(struct, n).offset, getattr(struct, n).size) for n, _t in struct._fields_}
 
@@ -81,9 +48,9 @@ def _ctypes_layout(struct) -> tuple[int, dict[str, tuple[int, int]]]:
                                            ("walk_event", bw.WALK_EVENT), ("maple_step_rec", bw.MAPLE_STEP),
                                            ("walk_state", bw.State)])
 def test_the_python_mirror_has_the_objects_sizes_and_offsets(struct, mirror):
-    size, members = _btf_struct(_object(), struct)
+    size, members = btf_struct(_object(), struct)
     if isinstance(mirror, np.dtype):
-        mine = (mirror.itemsize, {n: (mirror.fields[n][1], mirror.fields[n][0].itemsize) for n in mirror.names})
+        mine = dtype_layout(mirror)
     else:
         mine = _ctypes_layout(mirror)
     assert mine == (size, members)
@@ -91,24 +58,34 @@ def test_the_python_mirror_has_the_objects_sizes_and_offsets(struct, mirror):
 
 def test_every_fault_path_program_the_loader_can_name_is_in_the_object():
     """fentry and kprobe variants of handle_mm_fault, each handler, each VMA-making and merging function: the
-    names the loader asks for exist (a BTF that lists them all gives every fentry program)."""
+    names the loader asks for exist (a kernel with every one of those functions gives every program)."""
     _object()
-    everything = b"\0" + b"\0".join(f.encode() for f in FAULT_HANDLERS + MMAP_FUNCTIONS + MERGE_FUNCTIONS
-                                    + ("handle_mm_fault",)) + b"\0"
-    choice = fault_path_programs("fentry", everything)
+    everything = set(FAULT_HANDLERS + MMAP_FUNCTIONS + MERGE_FUNCTIONS + ("handle_mm_fault",))
     with BpfObject(_object()) as obj:
         sections = obj.programs()
-    assert set(choice.programs) <= set(sections) and not choice.not_probeable
-    # one fentry per handler, entry/exit of handle_mm_fault, the first VMA-making function, every merge
-    assert len(choice.programs) == 2 + len(FAULT_HANDLERS) + 2 + len(MERGE_FUNCTIONS)
+    for variant in ("fentry", "kprobe"):
+        choice = fault_path_programs(variant, everything)
+        assert set(choice.programs) <= set(sections) and not choice.not_probeable
+        # one program per handler, entry/exit of handle_mm_fault, the first VMA-making function, every merge
+        assert len(choice.programs) == 2 + len(FAULT_HANDLERS) + 2 + len(MERGE_FUNCTIONS)
     for fn in FAULT_HANDLERS + MMAP_FUNCTIONS + ("handle_mm_fault",):
         assert any(s in (f"fentry/{fn}",) for s in sections.values()), fn
         assert any(s == f"kprobe/{fn}" for s in sections.values()), fn
-    # a kernel whose BTF lacks a handler (inlined) loses only that handler
-    without = everything.replace(b"\0do_numa_page\0", b"\0")
-    less = fault_path_programs("fentry", without)
+    # a kernel without a handler (inlined) loses only that handler
+    less = fault_path_programs("fentry", everything - {"do_numa_page"})
     assert "fe_do_numa_page" not in less.programs and "do_numa_page" in less.not_probeable
-    assert fault_path_programs("fentry", b"\0do_fault\0").programs == ()
+    assert fault_path_programs("kprobe", {"do_fault"}).programs == ()
+
+
+def test_the_fault_path_is_chosen_from_the_kernels_btf_functions_not_its_strings():
+    """A name in the kernel's BTF that is a member or a type, not a function, is not one to hook (a search of
+    BTF's strings took `vm_start`, a member of vm_area_struct, for one); handle_mm_fault is a function on every
+    kernel this runs on."""
+    from pagefault.capture.kprobes import probeable
+    found, why = probeable(("handle_mm_fault", "vm_start", "vm_area_struct"))
+    if "handle_mm_fault" not in found and "handle_mm_fault" in why and "libbpf" in why["handle_mm_fault"]:
+        pytest.skip(why["handle_mm_fault"])
+    assert found == ["handle_mm_fault"] and set(why) == {"vm_start", "vm_area_struct"}
 
 
 def test_fault_path_records_decode_into_the_evidence():
@@ -169,12 +146,6 @@ m[4096 + 5] = 7           # the fault the walk follows
 os.getppid()              # the next system call: the read after it
 sys.stdin.readline()
 """
-GETPPID = 110             # x86-64
-
-
-def _poke(child) -> None:
-    child.stdin.write("\n")
-    child.stdin.flush()
 
 
 @pytest.mark.live
@@ -194,19 +165,8 @@ def test_a_write_fault_is_walked_before_and_after_as_the_kernel_has_it(variant):
     child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         page = int(child.stdout.readline(), 16) + 4096
-        # the child's PGD, read at its getppid(): the walk needs its physical address (mm->pgd − base)
-        pgd_virtual = _pgd_at_getppid(child, page, base, levels)
-        tracer = bw.BpfTracer(child.pid, levels, kernel=_offered(variant))
-        try:
-            tracer.set_page(page + 5, pgd_virtual - base)
-            tracer.arm()
-            _poke(child)
-            deadline = time.monotonic() + 10
-            while "after" not in tracer.obj.walked.reads and time.monotonic() < deadline:
-                tracer.obj.poll(50)
-            walk = tracer.result()
-        finally:
-            tracer.stop()
+        # the child's PGD is read at its getppid() first: the walk needs its physical address (mm->pgd − base)
+        walk = walk_written_page(child, page, base, levels, kernel=_offered(variant))
         pfn = procfs.pagemap_entry(child.pid, page) & ((1 << 55) - 1)
         maps = procfs.read_maps(child.pid)
     finally:
@@ -222,24 +182,6 @@ def test_a_write_fault_is_walked_before_and_after_as_the_kernel_has_it(variant):
     assert after.objects["folio_pfn"] == pfn and after.objects["refcount"] >= 1 and after.objects["mapcount"] == 0
     assert "folio_order" not in after.objects     # an order-0 page of a fresh anonymous mapping
     assert walk.vmemmap_base is not None and walk.vmemmap_base % (1 << 30) == 0
-
-
-def _pgd_at_getppid(child, page: int, base: int, levels: int) -> int:
-    """The child's mm->pgd, read by the walk (MODE_SYSCALL) at its getppid(); its PTE of `page` is still 0."""
-    obj = bw.WalkObject({"target_tgid": child.pid, "levels": levels, "mode": bw.MODE_SYSCALL, "direct_map_base": base,
-                         "syscall_nr": GETPPID, "nranges": 1, "range_lo": [page] + [0] * (bw.WALK_RANGES - 1)},
-                        (bw.SYSCALL_HOOK,), levels, lru=False)
-    try:
-        _poke(child)
-        deadline = time.monotonic() + 10
-        while not obj.walked.at_syscall and time.monotonic() < deadline:
-            obj.poll(50)
-    finally:
-        obj.close()
-    rec = obj.walked.at_syscall[0]
-    read = bw.walk_read(rec, "at syscall", levels)
-    assert read.entries.get("PTE", 0) == 0 and int(rec["address"]) == page
-    return read.pgd_virtual
 
 
 THP_CHILD = r"""
@@ -283,18 +225,7 @@ def test_a_thp_fault_reads_the_folios_order_from_its_head_page():
         if not region:
             pytest.skip("madvise(MADV_HUGEPAGE) refused")
         page = region + 4096
-        pgd_virtual = _pgd_at_getppid(child, page, base, levels)
-        tracer = bw.BpfTracer(child.pid, levels)
-        try:
-            tracer.set_page(page + 5, pgd_virtual - base)
-            tracer.arm()
-            _poke(child)
-            deadline = time.monotonic() + 10
-            while "after" not in tracer.obj.walked.reads and time.monotonic() < deadline:
-                tracer.obj.poll(50)
-            walk = tracer.result()
-        finally:
-            tracer.stop()
+        walk = walk_written_page(child, page, base, levels)
         pagemap = procfs.pagemap_entry(child.pid, page)
     finally:
         child.kill()
@@ -350,18 +281,7 @@ def test_a_tail_page_of_a_pte_mapped_large_folio_reads_its_head():
         if not region:
             pytest.skip("madvise(MADV_HUGEPAGE) refused")
         page = region + 4096
-        pgd_virtual = _pgd_at_getppid(child, page, base, levels)
-        tracer = bw.BpfTracer(child.pid, levels)
-        try:
-            tracer.set_page(page + 5, pgd_virtual - base)
-            tracer.arm()
-            _poke(child)
-            deadline = time.monotonic() + 10
-            while "after" not in tracer.obj.walked.reads and time.monotonic() < deadline:
-                tracer.obj.poll(50)
-            walk = tracer.result()
-        finally:
-            tracer.stop()
+        walk = walk_written_page(child, page, base, levels)
         pfn = procfs.pagemap_entry(child.pid, page) & ((1 << 55) - 1)
     finally:
         child.kill()

@@ -1,15 +1,14 @@
 """The latency tier's pieces that run anywhere: the kernel's histograms read and summarised, the compiled object
 against its Python mirror and the verifier, the refusal."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from live_helpers.bpf_objects import btf_struct, btf_types, dtype_layout
 
 from pagefault.capture.kprobes import kprobe_support
 from pagefault.evidence import MapsLine
@@ -83,15 +82,32 @@ def test_what_the_kernel_could_not_keep_is_said():
     assert len(notes) == 3 and notes[0].startswith("3 faults were timed but not kept")
 
 
-def test_fentry_needs_each_handler_in_the_kernels_btf_and_kprobes_do_not():
-    from pagefault.capture.kprobes import probeable
+def test_the_handlers_are_found_in_the_kernels_btf_without_reading_kallsyms(monkeypatch):
+    """Finding the handlers is part of the tier's start: /proc/kallsyms and available_filter_functions (every
+    symbol printed by the kernel, seconds under emulation) are not read; the kernel's BTF, through libbpf, says
+    which are functions of their own, the same for fentry and kprobes."""
+    import builtins
+    import io
+
+    from pagefault.capture import libbpf
+    from pagefault.capture.kprobes import FAULT_HANDLERS, NOT_A_FUNCTION, probeable
     from pagefault.capture.latency import OUTCOME_HANDLERS, FunctionProbe, hookable
-    by_name, why = probeable(OUTCOME_HANDLERS)
-    assert hookable(FunctionProbe.KPROBE) == (by_name, why)
-    ok, why_fentry = hookable(FunctionProbe.FENTRY, btf=b"\0handle_mm_fault\0")
-    assert ok == [] and all(why_fentry[fn].startswith("not in the kernel's BTF") for fn in by_name)
-    named = b"".join(b"\0" + fn.encode() for fn in OUTCOME_HANDLERS) + b"\0"
-    assert hookable(FunctionProbe.FENTRY, btf=named)[0] == by_name
+    opened = []
+    real_open = builtins.open
+
+    def spy(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    monkeypatch.setattr(libbpf, "_kernel_functions", {})
+    found, why = probeable(FAULT_HANDLERS + ("handle_mm_fault",))
+    assert not [p for p in opened if "kallsyms" in p or "filter_functions" in p], opened
+    if any("libbpf" in w for w in why.values()):
+        pytest.skip(next(iter(why.values())))
+    assert "handle_mm_fault" in found and all(w == NOT_A_FUNCTION for w in why.values())
+    assert set(found) | set(why) == set(FAULT_HANDLERS + ("handle_mm_fault",))
+    assert hookable(FunctionProbe.KPROBE) == hookable(FunctionProbe.FENTRY) == probeable(OUTCOME_HANDLERS)
 
 
 # --- the compiled object against its Python mirror --------------------------------------------------------
@@ -104,20 +120,10 @@ def _object() -> Path:
         pytest.skip(str(exc))
 
 
-def _btf_types(obj: Path) -> dict[str, dict]:
-    """The object's named BTF types (`bpftool btf dump file OBJ -j`), by name."""
-    bpftool = shutil.which("bpftool")
-    if not bpftool:
-        pytest.skip("bpftool is not installed (bash scripts/setup.sh installs it)")
-    out = subprocess.run([bpftool, "btf", "dump", "file", str(obj), "-j"], capture_output=True, text=True,
-                         check=True).stdout
-    return {t["name"]: t for t in json.loads(out)["types"] if t.get("name")}
-
-
 def test_the_python_mirror_has_the_objects_sizes_offsets_and_handler_codes():
     from pagefault.capture import latency as lat
     from pagefault.capture.kernel_counts import VMA_SEEN
-    types = _btf_types(_object())
+    types = btf_types(_object())
     for struct, dtype in (("latency_settings", lat.SETTINGS), ("latency_key", lat.LATENCY_KEY),
                           ("latency_hist", lat.LATENCY_HIST), ("fault_timing", lat.FAULT_TIMING),
                           ("vma_seen", VMA_SEEN.dtype)):
@@ -227,3 +233,130 @@ def test_another_objects_newer_source_leaves_this_object_current(tmp_path, monke
     os.utime(tmp_path / "pagefault.bpf.h", (300, 300))   # a header both include: both are stale
     with pytest.raises(bpf.BpfObjectMissing, match="older than its sources"):
         bpf.object_path("fault_count")
+
+
+# --- the scenarios' every-fault timing: fault_calls.bpf.c -----------------------------------------------------
+
+def _calls_object() -> Path:
+    from pagefault.capture.bpf import BpfObjectMissing, object_path
+    try:
+        return object_path("fault_calls")
+    except BpfObjectMissing as exc:
+        pytest.skip(str(exc))
+
+
+def test_the_calls_mirror_has_the_objects_layout_and_handler_indices():
+    from pagefault.capture import kprobes as kp
+    obj = _calls_object()
+    for struct, dtype in (("fault_calls_settings", kp.CALLS_SETTINGS), ("fault_call_key", kp.FAULT_CALL_KEY),
+                          ("fault_call", kp.FAULT_CALL)):
+        assert btf_struct(obj, struct) == dtype_layout(dtype), struct
+    # a call's path holds enum fault_handler values: the index in FAULT_HANDLERS (the journey walk's object
+    # takes its programs from the same list in pagefault.bpf.h)
+    values = {v["name"]: v["val"] for v in btf_types(obj)["fault_handler"]["values"] if v["name"].startswith("FH_")}
+    assert values == {f"FH_{fn}": i for i, fn in enumerate(kp.FAULT_HANDLERS)}
+
+
+def test_every_handler_has_an_fentry_and_a_kprobe_program_in_the_calls_object():
+    _root()
+    from pagefault.capture import kprobes as kp
+    from pagefault.capture.libbpf import BpfObject
+    with BpfObject(_calls_object()) as obj:
+        programs = obj.programs()
+    expected = {"hmf_fentry": "fentry/handle_mm_fault", "hmf_fexit": "fexit/handle_mm_fault",
+                "hmf_kprobe": "kprobe/handle_mm_fault", "hmf_kretprobe": "kretprobe/handle_mm_fault"}
+    for fn in kp.FAULT_HANDLERS:
+        expected[f"fe_{fn}"], expected[f"kp_{fn}"] = f"fentry/{fn}", f"kprobe/{fn}"
+    for h in kp.CALLS_HOOKS:
+        expected[h.btf_program] = f"tp_btf/{h.event}"
+        expected[h.tracepoint_program] = f"tracepoint/{h.system}/{h.event}"
+    assert programs == expected
+
+
+def _call(start: int, address: int, flags: int, path: list[tuple[str, int]], ret: int | None, took: int = 0,
+          pid: int = 4242) -> bytes:
+    from pagefault.capture import kprobes as kp
+    c = np.zeros(1, dtype=kp.FAULT_CALL)
+    c[0]["start_ns"], c[0]["address"], c[0]["flags"], c[0]["pid"], c[0]["tid"] = start, address, flags, pid, pid
+    c[0]["npath"] = len(path)
+    for i, (fn, ns) in enumerate(path[:kp.CALL_PATH]):
+        c[0]["path"][i], c[0]["path_ns"][i] = kp.FAULT_HANDLERS.index(fn), ns
+    if ret is not None:
+        c[0]["returned"], c[0]["retval"], c[0]["duration_ns"] = 1, ret, took
+    return c.tobytes()
+
+
+def test_the_calls_read_from_the_kernel_become_the_scenarios_faults_in_entry_order():
+    """Hand-made records as the kernel keeps them: read in the map's (hash) order, given back by their start;
+    a call still inside handle_mm_fault at the read has no return value nor duration; a path longer than the
+    record keeps its first CALL_PATH handlers."""
+    from pagefault.capture import kprobes as kp
+    long_path = [("__handle_mm_fault", 10 + i) for i in range(kp.CALL_PATH + 3)]
+    values = [_call(3000, 0x7F0000002010, 0x254, [("__handle_mm_fault", 400), ("do_fault", 900)], None),
+              _call(1000, 0x7F0000001000, 0x1255, [("__handle_mm_fault", 300), ("do_anonymous_page", 1200)], 0, 5300),
+              _call(2000, 0x7F0000001000, 0x1255, long_path, 0x400, 8000, pid=4343)]
+    faults = kp.calls_from_map(values, {"do_numa_page": "inlined"})
+    assert [f.start_ns for f in faults] == [1000, 2000, 3000]
+    first, forked, open_call = faults
+    assert (first.address, first.flags, first.retval, first.duration_ns, first.pid) == (0x7F0000001000, 0x1255, 0, 5300,
+                                                                                        4242)
+    assert first.handlers == [("__handle_mm_fault", 300), ("do_anonymous_page", 1200)]
+    assert first.not_probeable == {"do_numa_page": "inlined"} and forked.pid == 4343 and forked.retval == 0x400
+    assert len(forked.handlers) == kp.CALL_PATH and forked.handlers[-1] == ("__handle_mm_fault", 10 + kp.CALL_PATH - 1)
+    assert open_call.retval is None and open_call.duration_ns is None and open_call.handlers[-1] == ("do_fault", 900)
+    assert kp.calls_from_map([], {}) == []
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("kind", ["fentry", "kprobe"])
+def test_the_calls_object_passes_the_verifier_with_each_kind(kind):
+    """As the latency object's: every program of the kind, with the scheduler hooks this kernel offers, loads;
+    the maps are the mirror's and start empty. (Timing real faults needs fentry or kprobes attached: the
+    kernel matrix's scenarios do it in its guests.)"""
+    _root()
+    from pagefault.capture import kprobes as kp
+    from pagefault.capture.bpf import KernelHooks
+    from pagefault.capture.libbpf import BpfObject, LibbpfError
+    probe = kp.FunctionProbe(kind)
+    handlers, _why = kp.probeable(kp.FAULT_HANDLERS)
+    hooks = [KernelHooks().choose(h) for h in kp.CALLS_HOOKS]
+    wanted = set(kp.CALLS_ENTRY_RETURN[probe]) | {f"{'fe' if kind == 'fentry' else 'kp'}_{fn}" for fn in handlers}
+    wanted |= {c.program for c in hooks}
+    settings = np.zeros(1, dtype=kp.CALLS_SETTINGS)
+    settings[0] = (os.getpid(), 1)
+    with BpfObject(_calls_object()) as obj:
+        for name in obj.programs():
+            obj.set_autoload(name, name in wanted)
+        obj.set_rodata(settings.tobytes())
+        try:
+            obj.load()
+        except LibbpfError as exc:
+            if probe is kp.FunctionProbe.FENTRY and "EPERM" in str(exc):
+                pytest.skip(f"this kernel refuses fentry programs: {exc}")
+            raise
+        for c in hooks:
+            obj.attach(c.program or "")
+        calls = obj.map("calls")
+        assert (calls.key_size, calls.entry_size) == (kp.FAULT_CALL_KEY.itemsize, kp.FAULT_CALL.itemsize)
+        assert list(calls.items()) == []
+
+
+def test_every_fault_probe_refuses_in_one_line_where_neither_kind_attaches():
+    """Here (no kprobes; fentry refused, or allowed) the probe either times with fentry or says why not, each
+    kind's reason in one BpfError, and leaves nothing loaded."""
+    _root()
+    _calls_object()
+    from pagefault.capture.bpf_walk import BpfError
+    from pagefault.capture.kprobes import EveryFaultProbe, FunctionProbe
+    try:
+        probe = EveryFaultProbe(os.getpid(), from_exec=True)
+    except BpfError as exc:
+        assert "\n" not in str(exc) and "fentry: " in str(exc), exc
+        if not kprobe_support()[0]:
+            assert "kprobes: " in str(exc)
+        return
+    try:
+        assert probe.variant is FunctionProbe.FENTRY or kprobe_support()[0]
+        assert probe.describe().startswith(f"{probe.variant} programs of fault_calls.bpf.o")
+    finally:
+        probe.stop()

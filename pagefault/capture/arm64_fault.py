@@ -213,7 +213,7 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
 
 
 def symbolize(stack: np.ndarray, stack_bytes: int, symbols: KernelSymbols) -> list[str]:
-    """A kernel stack as `function+offset` lines (decimal offsets, as bpftrace printed them), innermost first;
+    """A kernel stack as `function+offset` lines (decimal offsets), innermost first;
     the BPF program's own frames and its trampoline's are left out (fentry's stack starts inside them)."""
     out = []
     for address in stack[:max(stack_bytes, 0) // 8]:

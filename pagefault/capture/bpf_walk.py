@@ -19,8 +19,6 @@ import ctypes
 import mmap
 import os
 import re
-import select
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,8 +29,6 @@ from ..decode.address import LEVEL_NAMES
 from ..evidence import BpfWalk, MapleStep, WalkRead
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, RingBuffer
-from .runner import start_child
-from .safe_paths import UnsafePathError, trusted_executable
 
 FRAME_MASK = 0x000F_FFFF_FFFF_F000
 OBJECT = "journey_walk"
@@ -48,18 +44,6 @@ class BpfError(Exception):
 
 
 _REFUSED = re.compile(r"prog '(\w+)': (?:failed|BPF program load failed|-- BEGIN PROG LOAD LOG)")
-
-
-def bpftrace_executable() -> str:
-    """bpftrace's path, from a directory nobody else can write (safe_paths); BpfError with the fix otherwise.
-    (Kept for the captures not yet on the compiled engine: arm64, the latency tier.)"""
-    try:
-        exe = trusted_executable("bpftrace")
-    except UnsafePathError as exc:
-        raise BpfError(str(exc)) from None
-    if not exe:
-        raise BpfError("bpftrace is not installed; fix: as root, bash scripts/setup.sh (or apt-get install bpftrace)")
-    return exe
 
 
 # struct maple_range_64 (and leaf_64): parent, pivot[15] at +8, slot[16] at +128; struct maple_arange_64:
@@ -135,7 +119,7 @@ class Walked:
 
 
 def walk_read(rec: np.void, when: str, levels: int) -> WalkRead:
-    """One walk_read record as the evidence's WalkRead (the same names and meaning as the bpftrace walk had)."""
+    """One walk_read record as the evidence's WalkRead."""
     names = LEVEL_NAMES[levels]
     read = WalkRead(when, pgd_virtual=int(rec["pgd_virtual"]))
     for pos in range(min(int(rec["levels_read"]), len(names))):
@@ -361,41 +345,19 @@ class BpfTracer:
         self.obj.close()
 
 
-def read_available(proc: subprocess.Popen, out: bytearray, timeout: float) -> bool:
-    """Add what bpftrace has printed, waiting at most `timeout` s (raw reads: a buffered reader would hide
-    lines from select); True when anything was read."""
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        return False
-    chunk = os.read(proc.stdout.fileno(), 65536)
-    out += chunk
-    return bool(chunk)
-
-
 # A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as SIGSEGV.
 STACK_REACH = 8 << 20
 
 
-def _last_error(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if "RLIMIT_MEMLOCK" not in line and line.strip()]
-    return lines[-1] if lines else ""
-
-
 def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels: int, syscall_nr: int,
-                       poke: Callable[[], None], timeout: float = 120.0,
-                       walk: Callable[[str, int], str] | None = None) -> dict[int, dict[str, int]]:
+                       poke: Callable[[], None], timeout: float = 120.0) -> dict[int, dict[str, int]]:
     """The raw entries of each page of `pid` (at most 8), read when it next enters system call `syscall_nr`.
 
     direct_map_base: the kernel's map of physical memory (x86's page_offset_base, derived by a bpf-tier
     journey; arm64's linear-map offset), fixed for the boot. poke: makes the target enter that system call;
-    it is called once the walk is attached. On x86 the compiled walk (MODE_SYSCALL) reads `levels` levels
-    and stops below a non-present or huge entry, as the journey's does.
-
-    walk(tag, page): arm64's bpftrace statements for one page, printing "TAG LEVEL entry table" lines; that
-    path still runs bpftrace until arm64 has its compiled walk (capture/arm64_fault.py). Raises BpfError.
+    it is called once the walk is attached. The compiled walk (MODE_SYSCALL) reads `levels` levels and stops
+    below a non-present or huge entry, as the journey's does (arm64's: capture/arm64_fault.py). Raises BpfError.
     """
-    if walk is not None:
-        return _entries_at_syscall_bpftrace(pid, pages, direct_map_base, syscall_nr, poke, timeout, walk)
     if len(pages) > WALK_RANGES:
         raise BpfError(f"the walk reads at most {WALK_RANGES} pages at a system call, not {len(pages)}")
     values = {"target_tgid": pid, "levels": levels, "mode": MODE_SYSCALL, "direct_map_base": direct_map_base,
@@ -415,69 +377,6 @@ def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels:
     for rec in obj.walked.at_syscall:
         entries[int(rec["address"])] = {names[i]: int(rec["entry"][i]) for i in range(int(rec["levels_read"]))}
     return entries
-
-
-def _entries_at_syscall_bpftrace(pid: int, pages: list[int], direct_map_base: int, syscall_nr: int,
-                                 poke: Callable[[], None], timeout: float,
-                                 walk: Callable[[str, int], str]) -> dict[int, dict[str, int]]:
-    """arm64's entries_at_syscall, on bpftrace with the caller's walk statements (to be replaced with arm64's
-    compiled walk, then removed)."""
-    import re
-    exe = bpftrace_executable()
-    blocks = []
-    for page in pages:
-        blocks.append(f"$base = {direct_map_base:#x};")
-        blocks.append(walk(f"{page:x}", page))
-    script = (f"tracepoint:raw_syscalls:sys_enter /pid == {pid} && args->id == {syscall_nr}/ {{\n    "
-              + "\n    ".join(blocks) + "\n    exit();\n}\n"
-              f'tracepoint:raw_syscalls:sys_enter /pid == {os.getpid()} && @armed == 0/ {{ printf("armed\\n"); @armed = 1; }}\n')
-    proc = start_child([exe, "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out = bytearray()
-        arm_with_own_faults(proc, out, bound=timeout)   # the armed probe fires on our own mmap (a system call)
-        poke()
-        rest, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BpfError(f"the target did not enter system call {syscall_nr} within {timeout:.0f} s") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    line_any = re.compile(r"^([0-9a-f]+) (\w+) ([0-9a-f]+)(?: ([0-9a-f]+))?$")
-    entries: dict[int, dict[str, int]] = {}
-    for line in (bytes(out) + rest).decode(errors="replace").splitlines():
-        m = line_any.match(line.strip())
-        if m:
-            entries.setdefault(int(m.group(1), 16), {})[m.group(2)] = int(m.group(3), 16)
-    return entries
-
-
-def arm_with_own_faults(proc: subprocess.Popen, out: bytearray, words: tuple[bytes, ...] = (b"armed",),
-                        bound: float = 600.0, progress: Callable[[str], None] | None = None,
-                        each_round: Callable[[], None] | None = None, meaning: dict[bytes, str] | None = None) -> None:
-    """Fault a fresh page of ours (its mmap is a system call too), and run `each_round`, until bpftrace has
-    printed every one of `words` (its probes on our own faults and calls fired): then its probes on the
-    target's are attached too. Output read on the way is kept in `out`.
-
-    meaning: what a word's absence means, for the error at the bound (default: the probes did not attach).
-    A progress line every 5 s while it waits: compiling and attaching take tens of seconds under TCG."""
-    started = last_said = time.monotonic()
-    while not all(word in out for word in words):
-        if proc.poll() is not None:
-            raise BpfError("bpftrace stopped: " + _last_error(proc.stderr.read().decode(errors="replace")))
-        now = time.monotonic()
-        if now - started > bound:
-            missing = dict.fromkeys((meaning or {}).get(w, "attach its probes") for w in words if w not in out)
-            raise BpfError(f"bpftrace did not {' or '.join(missing)} within {bound:.0f} s")
-        if progress and now - last_said > 5:
-            progress(f"waiting for bpftrace to attach its probes ({now - started:.0f} s so far)")
-            last_said = now
-        page = mmap.mmap(-1, mmap.PAGESIZE)
-        page[0] = 1
-        page.close()
-        if each_round is not None:
-            each_round()
-        read_available(proc, out, 0.05)
 
 
 def walk_check(root: bool) -> tuple[bool, str]:

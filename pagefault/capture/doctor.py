@@ -107,7 +107,7 @@ def _compiled_counter_check() -> Check:
     return Check("compiled BPF counter", True, f"libbpf.so.1 and the counter's object are here; hooks: {hooks}")
 
 
-def diagnose(run_bpftrace: bool = True) -> Diagnosis:   # run_bpftrace: kept for callers; nothing runs bpftrace now
+def diagnose() -> Diagnosis:
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
     d.paging = why

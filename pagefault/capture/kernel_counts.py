@@ -20,9 +20,6 @@ for; the held child's own faults before its exec are not counted.
 
 from __future__ import annotations
 
-import os
-import select
-import signal
 import struct
 import time
 from dataclasses import dataclass, field
@@ -32,7 +29,8 @@ from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, lib
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
-from .tracer import STOP_SIGNALS, CaptureError, TargetProblem, _Stop, release_target, tracepoint_events
+from .signals import wait_forwarding_signals as _wait_forwarding_signals
+from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
 
 if TYPE_CHECKING:
     from ..evidence import MapsLine
@@ -176,58 +174,6 @@ def _settings(pid: int, from_exec: bool) -> bytes:
 def _per_cpu_sum(value: bytes) -> int:
     """A per-CPU map's value (one u64 per possible CPU), summed."""
     return sum(struct.unpack(f"<{len(value) // 8}Q", value))
-
-
-def _wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[], None] | None = None) -> None:
-    """Wait for the target to end. A first SIGINT, SIGTERM or SIGHUP goes to a started program (counting goes
-    on until it ends) or, with -p, ends the counting and leaves the process running; a second one kills a
-    started program. Either way the counts made until then are kept and printed."""
-    stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    forwarded = False
-    try:
-        while not _wait(target, 0.2):
-            if tick:
-                tick()
-            if not stop.count:
-                continue
-            name = signal.Signals(stop.signal or signal.SIGINT).name
-            if not target.spawned:
-                notes.append(f"stopped by {name}: the counts are those made until then; PID {target.pid} runs on")
-                return
-            if stop.count >= 2:
-                target.kill(signal.SIGKILL)
-                notes.append(f"pagefault killed the program after a second {name}: the counts are those made until then")
-                return
-            if not forwarded:
-                target.kill(stop.signal or signal.SIGTERM)
-                forwarded = True
-                notes.append(f"{name} was passed to the program; the counts go on to its end")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _wait(target: Target, timeout: float | None = None) -> bool:
-    """Wait for the target to end (woken at once through a pidfd), at most `timeout` s; True if it ended."""
-    try:
-        fd = os.pidfd_open(target.pid)
-    except OSError:     # gone already, or a kernel before 5.3
-        fd = -1
-    try:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while target.poll():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            if fd >= 0:
-                select.select([fd], [], [], 0.5 if left is None else min(left, 0.5))
-            else:
-                time.sleep(0.02)
-        return True
-    finally:
-        if fd >= 0:
-            os.close(fd)
 
 
 def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[int, ...]], int, int, list[str]]:

@@ -15,7 +15,6 @@ before the target is let go, so timing starts at its exec with nothing to wait f
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -24,21 +23,14 @@ import numpy as np
 
 from ..evidence import MapsLine
 from ..evidence.latency import KernelHistogram, merge_histogram
-from ..kernel.btf import VMLINUX_BTF
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
-from .kernel_counts import _wait_forwarding_signals, read_vmas
-from .kprobes import kprobe_support, probeable
+from .kernel_counts import read_vmas
+from .kprobes import FunctionProbe, load_function_probes, probe_candidates, probeable
 from .libbpf import BpfObject, LibbpfError
 from .mapping_watch import maps_from_kernel
 from .runner import Target, TargetError, attach, spawn_held
+from .signals import wait_forwarding_signals
 from .tracer import CaptureError, TargetProblem, release_target
-
-
-class FunctionProbe(enum.StrEnum):
-    """How the latency tier hooks a kernel function's entry and return."""
-
-    FENTRY = "fentry"   # BPF trampolines (fentry/fexit): a call, no trap; needs BTF and trampolines
-    KPROBE = "kprobe"   # kprobe/kretprobe: works wherever kprobes do, at the cost of a breakpoint or ftrace hop
 
 
 @dataclass
@@ -138,23 +130,10 @@ def counter_notes(counts: list[int]) -> list[str]:
     return notes
 
 
-def hookable(kind: FunctionProbe, btf: bytes | None = None) -> tuple[list[str], dict[str, str]]:
-    """The outcome handlers this kind can hook here, and why each other one cannot: a kprobe needs the
-    function by name (kprobes.probeable: one text symbol, traceable, not blacklisted); fentry also needs
-    the function in the kernel's BTF (its name among BTF's strings: a cheap test, where parsing every
-    type costs about a second; a false match is refused at load, and `auto` then falls back to kprobes)."""
-    ok, why = probeable(OUTCOME_HANDLERS)
-    if kind is FunctionProbe.FENTRY:
-        if btf is None:
-            try:
-                btf = VMLINUX_BTF.read_bytes()
-            except OSError:
-                btf = b""
-        for fn in list(ok):
-            if b"\0" + fn.encode() + b"\0" not in btf:
-                ok.remove(fn)
-                why[fn] = "not in the kernel's BTF: fentry cannot attach to it"
-    return ok, why
+def hookable(kind: FunctionProbe) -> tuple[list[str], dict[str, str]]:
+    """The outcome handlers `kind` can hook here, and why each other one cannot (kprobes.probeable: a function
+    of its own in the kernel's BTF, for fentry and kprobes alike; the kernel's refusals come at attach)."""
+    return probeable(OUTCOME_HANDLERS)
 
 
 def _settings(pid: int, from_exec: bool) -> bytes:
@@ -178,41 +157,13 @@ def choose_hooks(kernel: KernelHooks | None = None) -> list[HookChoice]:
 def load_latency(kind: FunctionProbe, handlers: list[str], choices: list[HookChoice], pid: int,
                  from_exec: bool) -> tuple[BpfObject, dict[str, str]]:
     """Open, set up, load and attach the latency object with `kind`'s programs on handle_mm_fault and on
-    `handlers`; the return program is attached first and the entry last, so that every fault timed has
-    its return seen.
+    `handlers` (kprobes.load_function_probes: the return first, the entry last).
 
     :returns: the object (the caller closes it) and each handler whose attach the kernel refused, with why.
-    :raises LibbpfError: the object cannot be opened, loaded, or attached on handle_mm_fault (one line; a
-        failed load names the file holding libbpf's and the verifier's log)."""
-    obj = BpfObject(object_path("latency"))
-    try:
-        entry, ret = ENTRY_RETURN[kind]
-        wanted = {entry, ret} | {handler_program(fn, kind) for fn in handlers} | {c.program for c in choices}
-        for name in obj.programs():
-            obj.set_autoload(name, name in wanted)
-        obj.set_rodata(_settings(pid, from_exec))
-        try:
-            obj.load()
-        except LibbpfError as exc:
-            # the program the kernel refused says more than libbpf's last line ("failed to load object")
-            failed = next((line.split("libbpf: ", 1)[-1] for line in obj.log if "BPF program load failed" in line), "")
-            if not failed or exc.log_path is None:
-                raise
-            raise LibbpfError(f"{failed}; libbpf's and the verifier's log: {exc.log_path}", exc.log_path) from None
-        for c in choices:
-            obj.attach(c.program or "")
-        obj.attach(ret)
-        refused = {}
-        for fn in handlers:
-            try:
-                obj.attach(handler_program(fn, kind))
-            except LibbpfError as exc:
-                refused[fn] = f"{kind} refused: {exc}"
-        obj.attach(entry)
-    except BaseException:
-        obj.close()
-        raise
-    return obj, refused
+    :raises LibbpfError: the object cannot be opened, loaded, or attached on handle_mm_fault (one line)."""
+    entry, ret = ENTRY_RETURN[kind]
+    return load_function_probes("latency", entry, ret, {fn: handler_program(fn, kind) for fn in handlers},
+                                choices, _settings(pid, from_exec))
 
 
 def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
@@ -234,7 +185,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         object_path("latency")
     except BpfObjectMissing as exc:
         raise CaptureError(f"--latency: {exc}") from None
-    candidates, refused = _probe_candidates(probe)
+    candidates, refused = probe_candidates(probe)
     if not candidates:
         raise CaptureError(_no_hook(refused))
     choices = choose_hooks(kernel)
@@ -267,7 +218,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         try:
             release_target(target)
             say(f"timing the faults of PID {target.pid} ({used})")
-            _wait_forwarding_signals(target, notes)
+            wait_forwarding_signals(target, notes)
             obj.detach()
             kept = histograms_from_map(obj.map("hists").items())
             vmas = read_vmas(obj)
@@ -282,7 +233,8 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
     reason = ("chosen with --probes" if probe else "fentry attached (BPF trampolines, no breakpoint)"
               if used is FunctionProbe.FENTRY else "; ".join(refused))
     # the tier's start-up, shown so that the kernel matrix's output carries it
-    reason += f"; loaded and attached in {load_ms:.0f} ms (the handlers found in {found_ms:.0f} ms before)"
+    reason += (f"; started in {found_ms + load_ms:.0f} ms: the handlers found in {found_ms:.0f} ms, then loaded and "
+               f"attached in {load_ms:.0f} ms")
     return LatencyRecording(by_outcome, by_vma, list(OUTCOME_HANDLERS), not_probeable,
                             {target.pid: maps_from_kernel(vmas)}, target.describe_exit(), used, reason, load_ms,
                             notes)
@@ -293,20 +245,3 @@ def _no_hook(refused: list[str]) -> str:
             ". Without them no tool can time a fault from the inside; fix: a kernel that allows BPF trampolines "
             "or kprobes (Debian's 6.1 and 6.12 do), or pagefault trace without --latency, which still counts "
             "and places every fault")
-
-
-def _probe_candidates(probe: FunctionProbe | None) -> tuple[list[FunctionProbe], list[str]]:
-    """The probe kinds to try in order, and why each left out cannot work here."""
-    wanted = [probe] if probe else [FunctionProbe.FENTRY, FunctionProbe.KPROBE]
-    candidates, refused = [], []
-    for kind in wanted:
-        if kind is FunctionProbe.FENTRY and not VMLINUX_BTF.exists():
-            refused.append(f"fentry: {VMLINUX_BTF} is missing (a kernel built with CONFIG_DEBUG_INFO_BTF)")
-            continue
-        if kind is FunctionProbe.KPROBE:
-            ok, why = kprobe_support()
-            if not ok:
-                refused.append(f"kprobes: {why}")
-                continue
-        candidates.append(kind)
-    return candidates, refused

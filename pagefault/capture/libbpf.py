@@ -61,7 +61,11 @@ _PROTOTYPES = (
     ("ring_buffer__poll", c_int, (c_void_p, c_int)),
     ("ring_buffer__consume", c_int, (c_void_p,)),
     ("ring_buffer__free", None, (c_void_p,)),
+    ("btf__load_vmlinux_btf", c_void_p, ()),
+    ("btf__find_by_name_kind", ctypes.c_int32, (c_void_p, c_char_p, c_uint32)),
+    ("btf__free", None, (c_void_p,)),
 )
+BTF_KIND_FUNC = 12   # include/uapi/linux/btf.h
 # map types whose values are per CPU (enum bpf_map_type, stable UAPI numbers)
 _PERCPU_MAP_TYPES = {5, 6, 10, 21}   # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 # the print callback: int (*)(enum libbpf_print_level, const char *fmt, va_list ap); a va_list arrives as a
@@ -138,6 +142,34 @@ def lib() -> ctypes.CDLL:
 def _errno_text(code: int) -> str:
     code = abs(code)
     return f"{errno_names.errorcode.get(code, code)}: {os.strerror(code)}"
+
+
+_kernel_functions: dict[str, bool] = {}    # name → a function in the running kernel's BTF (asked once each)
+
+
+def kernel_functions(names: tuple[str, ...]) -> set[str]:
+    """Which of `names` are functions (BTF_KIND_FUNC) in the running kernel's BTF: compiled as functions of
+    their own, not inlined away, so that fentry can attach to them and a kprobe can name them. libbpf parses
+    /sys/kernel/btf/vmlinux (or the vmlinux it finds) once per call, about 16 ms on the project's machine;
+    the answers are kept for the process. Far cheaper than reading /proc/kallsyms (every symbol printed by
+    the kernel: seconds under emulation), and exact where a search of BTF's strings would also match a
+    member or a type of that name.
+
+    :raises LibbpfError: libbpf is missing, or the kernel's BTF cannot be read (then no CO-RE object loads
+        either)."""
+    wanted = [n for n in names if n not in _kernel_functions]
+    if wanted:
+        library = lib()
+        btf = library.btf__load_vmlinux_btf()
+        if not btf or btf > 2**64 - 4096:     # an ERR_PTR-style failure in libbpf's older modes
+            raise LibbpfError(f"libbpf cannot read the kernel's BTF ({_errno_text(ctypes.get_errno() or 2)}); "
+                              "fix: a kernel built with CONFIG_DEBUG_INFO_BTF")
+        try:
+            for name in wanted:
+                _kernel_functions[name] = library.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC) > 0
+        finally:
+            library.btf__free(btf)
+    return {n for n in names if _kernel_functions[n]}
 
 
 class BpfMap:

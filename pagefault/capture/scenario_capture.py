@@ -107,10 +107,11 @@ def run_scenario_live(ops: list[str], progress: Callable[[str], None] | None = N
                                  data_pages=64, monotonic_clock=True)
             faults.enable()
         if kprobes:
-            progress("attaching kprobes to handle_mm_fault and its handlers")
+            progress("attaching the fault-path programs to handle_mm_fault and its handlers")
             try:
                 probe = EveryFaultProbe(proc.pid)
                 probe.arm()
+                ev.event_sources["handle_mm_fault"] = probe.describe()
             except BpfError as exc:
                 if probe:
                     probe.stop()

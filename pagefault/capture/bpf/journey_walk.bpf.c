@@ -604,28 +604,13 @@ static __always_inline int on_handler(__u32 index)
 	return 0;
 }
 
-/* One fentry and one kprobe program per handler, `index` its place in capture/kprobes.py FAULT_HANDLERS. */
+/* One fentry and one kprobe program per handler (pagefault.bpf.h's list), `index` its place in
+ * capture/kprobes.py FAULT_HANDLERS. */
 #define HANDLER(index, fn)                                                \
 	SEC("fentry/" #fn) int BPF_PROG(fe_##fn) { return on_handler(index); } \
 	SEC("kprobe/" #fn) int BPF_KPROBE(kp_##fn) { return on_handler(index); }
 
-HANDLER(0, __handle_mm_fault)
-HANDLER(1, handle_pte_fault)
-HANDLER(2, do_anonymous_page)
-HANDLER(3, do_fault)
-HANDLER(4, do_read_fault)
-HANDLER(5, do_cow_fault)
-HANDLER(6, do_shared_fault)
-HANDLER(7, filemap_map_pages)
-HANDLER(8, filemap_fault)
-HANDLER(9, do_wp_page)
-HANDLER(10, wp_page_copy)
-HANDLER(11, wp_page_reuse)
-HANDLER(12, do_swap_page)
-HANDLER(13, do_huge_pmd_anonymous_page)
-HANDLER(14, do_huge_pmd_wp_page)
-HANDLER(15, do_numa_page)
-HANDLER(16, finish_fault)
+FOR_EACH_FAULT_HANDLER(HANDLER)
 
 /* ---- the VMA-making call of MODE_PAGE's mmap (before the page is known), and the merges inside it ---- */
 

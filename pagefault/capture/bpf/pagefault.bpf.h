@@ -184,6 +184,21 @@ static __always_inline void start_at_exec(__u32 target)
 }
 #endif
 
+/* ---- the fault path: the handlers of mm/memory.c and mm/huge_memory.c a fault can go through, in the order
+ * of the path, each with its index in capture/kprobes.py FAULT_HANDLERS (the same order: enum
+ * fault_handler below, which the objects' BTF carries, holds the two together in a test). X(index, function)
+ * for each; the fault-path objects make their programs with it. ---- */
+#define FOR_EACH_FAULT_HANDLER(X)                                                                         \
+	X(0, __handle_mm_fault) X(1, handle_pte_fault) X(2, do_anonymous_page) X(3, do_fault)              \
+	X(4, do_read_fault) X(5, do_cow_fault) X(6, do_shared_fault) X(7, filemap_map_pages)               \
+	X(8, filemap_fault) X(9, do_wp_page) X(10, wp_page_copy) X(11, wp_page_reuse) X(12, do_swap_page) \
+	X(13, do_huge_pmd_anonymous_page) X(14, do_huge_pmd_wp_page) X(15, do_numa_page) X(16, finish_fault)
+#define FAULT_HANDLER_ENUM(index, fn) FH_##fn = index,
+enum fault_handler {
+	FOR_EACH_FAULT_HANDLER(FAULT_HANDLER_ENUM)
+	FAULT_HANDLERS_N = 17,
+};
+
 /* ---- the scheduler's and system calls' hooks, each as its two programs: the BTF-typed raw tracepoint
  * (tp_btf, where the kernel's BTF has btf_trace_EVENT) and the classic tracepoint; capture/bpf's
  * KernelHooks chooses one, the loader turns the other off. `fn` is the object's handler. ---- */
