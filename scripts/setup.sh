@@ -14,10 +14,11 @@ echo "setup: installing pagefault${extras:+[$extras]} into .venv"
 
 if [ "$(id -u)" = 0 ]; then
     need=()
-    command -v bpftrace >/dev/null || need+=(bpftrace)
+    # bpftrace is not installed: no capture runs it (bench/ installs it where it is the peer compared with)
     command -v gcc >/dev/null || need+=(gcc)
     command -v perf >/dev/null || need+=(linux-perf)   # the peer the benchmarks in bench/ compare with
     # the compiled BPF programs (pagefault/capture/bpf/): built here once, loaded through the system's libbpf
+    # (libbpf1, which libbpf-dev brings)
     command -v clang >/dev/null || need+=(clang)
     command -v llvm-strip >/dev/null || need+=(llvm)
     [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
@@ -45,7 +46,7 @@ if [ "$(id -u)" = 0 ]; then
         mount -t tracefs nodev /sys/kernel/tracing || echo "setup: could not mount tracefs"
     fi
 else
-    echo "setup: not root: bpftrace and tracefs are left as they are (pagefault doctor tells what is missing)"
+    echo "setup: not root: Debian packages and tracefs are left as they are (pagefault doctor tells what is missing)"
 fi
 # the BPF objects: rebuilt only when a source is newer; a missing tool is one line, and the perf tier still works
 bash scripts/build-bpf.sh || echo "setup: the BPF objects were not built (the line above says what is missing); trace without -o needs them"
