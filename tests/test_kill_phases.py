@@ -48,13 +48,11 @@ def _our_bpf_programs() -> set[str]:
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return set()
     from pagefault.capture.bpf import HERE
+    from pagefault.capture.libbpf import BpfObject
     names = set()
-    for src in HERE.glob("*.bpf.c"):
-        for line in src.read_text().splitlines():
-            if line.startswith("int BPF_PROG(") or line.startswith("int BPF_KPROBE(") or line.startswith("int "):
-                names.add(line.split("(", 2)[1].split(",")[0].strip() if "BPF_" in line else line[4:].split("(")[0])
-            elif "_PROGRAMS(" in line:   # a hook's program pair from pagefault.bpf.h: (…, btf name, tp name, fn)
-                names.update(a.strip() for a in line.split("(", 1)[1].split(",")[-3:-1])
+    for path in (HERE / "build" / os.uname().machine).glob("*.bpf.o"):   # every program, macro-made ones too
+        with BpfObject(path) as obj:
+            names |= set(obj.programs())
     return {f"{p['id']}:{p.get('name')}" for p in progs if p.get("name") and p["name"][:15] in {n[:15] for n in names}}
 
 

@@ -1,6 +1,7 @@
 """The latency tier's pieces that run anywhere: the kernel's histograms read and summarised, the compiled object
 against its Python mirror and the verifier, the refusal."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -135,26 +136,54 @@ def test_the_python_mirror_has_the_objects_sizes_offsets_and_handler_codes():
     assert values == {f"H_{fn}": i for i, fn in enumerate(lat.OUTCOME_HANDLERS)}
 
 
+def _expected_programs(entry_return: tuple[str, str, str, str], handlers: dict[str, tuple[str, str]],
+                       hooks) -> dict[str, str]:
+    """Program → section of an object timing handle_mm_fault: its fentry, fexit, kprobe and kretprobe programs
+    (`entry_return`, in that order), each handler's (function → (fentry program, kprobe program)) and each
+    hook's tp_btf and tracepoint pair."""
+    expected = dict(zip(entry_return, ("fentry/handle_mm_fault", "fexit/handle_mm_fault", "kprobe/handle_mm_fault",
+                                       "kretprobe/handle_mm_fault")))
+    for fn, (fentry, kprobe) in handlers.items():
+        expected[fentry], expected[kprobe] = f"fentry/{fn}", f"kprobe/{fn}"
+    for h in hooks:
+        expected[h.btf_program] = f"tp_btf/{h.event}"
+        expected[h.tracepoint_program] = f"tracepoint/{h.system}/{h.event}"
+    return expected
+
+
 def test_every_hook_has_an_fentry_and_a_kprobe_program_and_nothing_else_is_in_the_object():
     _root()
     from pagefault.capture import latency as lat
     from pagefault.capture.libbpf import BpfObject
     with BpfObject(_object()) as obj:
         programs = obj.programs()
-    expected = {"enter_fentry": "fentry/handle_mm_fault", "return_fexit": "fexit/handle_mm_fault",
-                "enter_kprobe": "kprobe/handle_mm_fault", "return_kretprobe": "kretprobe/handle_mm_fault"}
-    for fn in lat.OUTCOME_HANDLERS:
-        expected[lat.handler_program(fn, lat.FunctionProbe.FENTRY)] = f"fentry/{fn}"
-        expected[lat.handler_program(fn, lat.FunctionProbe.KPROBE)] = f"kprobe/{fn}"
-    for h in lat.HOOKS:
-        expected[h.btf_program] = f"tp_btf/{h.event}"
-        expected[h.tracepoint_program] = f"tracepoint/{h.system}/{h.event}"
-    assert programs == expected
+    handlers = {fn: (lat.handler_program(fn, lat.FunctionProbe.FENTRY), lat.handler_program(fn, lat.FunctionProbe.KPROBE))
+                for fn in lat.OUTCOME_HANDLERS}
+    assert programs == _expected_programs(("enter_fentry", "return_fexit", "enter_kprobe", "return_kretprobe"),
+                                          handlers, lat.HOOKS)
 
 
 def _root():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root")
+
+
+@contextlib.contextmanager
+def _loaded(path: Path, wanted: set[str], rodata: bytes, kind: str):
+    """The object loaded with the `wanted` programs alone and `rodata` as its settings; a kernel that refuses
+    fentry programs (EPERM here) skips the fentry kind."""
+    from pagefault.capture.libbpf import BpfObject, LibbpfError
+    with BpfObject(path) as obj:
+        for name in obj.programs():
+            obj.set_autoload(name, name in wanted)
+        obj.set_rodata(rodata)
+        try:
+            obj.load()
+        except LibbpfError as exc:
+            if kind == "fentry" and "EPERM" in str(exc):
+                pytest.skip(f"this kernel refuses fentry programs: {exc}")
+            raise
+        yield obj
 
 
 @pytest.mark.live
@@ -164,22 +193,12 @@ def test_the_object_passes_the_verifier_with_each_kind(kind):
     them needs kprobes); fentry's load needs BPF trampolines, which some kernels refuse (EPERM here)."""
     _root()
     from pagefault.capture import latency as lat
-    from pagefault.capture.libbpf import BpfObject, LibbpfError
     probe = lat.FunctionProbe(kind)
     handlers, _why = lat.hookable(probe)
     choices = lat.choose_hooks()
     entry, ret = lat.ENTRY_RETURN[probe]
     wanted = {entry, ret} | {lat.handler_program(fn, probe) for fn in handlers} | {c.program for c in choices}
-    with BpfObject(_object()) as obj:
-        for name in obj.programs():
-            obj.set_autoload(name, name in wanted)
-        obj.set_rodata(lat._settings(os.getpid(), from_exec=False))
-        try:
-            obj.load()
-        except LibbpfError as exc:
-            if probe is lat.FunctionProbe.FENTRY and "EPERM" in str(exc):
-                pytest.skip(f"this kernel refuses fentry programs: {exc}")
-            raise
+    with _loaded(_object(), wanted, lat._settings(os.getpid(), from_exec=False), kind) as obj:
         for c in choices:
             obj.attach(c.program or "")
         # the maps' keys and values are the mirror's
@@ -263,14 +282,8 @@ def test_every_handler_has_an_fentry_and_a_kprobe_program_in_the_calls_object():
     from pagefault.capture.libbpf import BpfObject
     with BpfObject(_calls_object()) as obj:
         programs = obj.programs()
-    expected = {"hmf_fentry": "fentry/handle_mm_fault", "hmf_fexit": "fexit/handle_mm_fault",
-                "hmf_kprobe": "kprobe/handle_mm_fault", "hmf_kretprobe": "kretprobe/handle_mm_fault"}
-    for fn in kp.FAULT_HANDLERS:
-        expected[f"fe_{fn}"], expected[f"kp_{fn}"] = f"fentry/{fn}", f"kprobe/{fn}"
-    for h in kp.CALLS_HOOKS:
-        expected[h.btf_program] = f"tp_btf/{h.event}"
-        expected[h.tracepoint_program] = f"tracepoint/{h.system}/{h.event}"
-    assert programs == expected
+    assert programs == _expected_programs(("hmf_fentry", "hmf_fexit", "hmf_kprobe", "hmf_kretprobe"),
+                                          {fn: (f"fe_{fn}", f"kp_{fn}") for fn in kp.FAULT_HANDLERS}, kp.CALLS_HOOKS)
 
 
 def _call(start: int, address: int, flags: int, path: list[tuple[str, int]], ret: int | None, took: int = 0,
@@ -316,7 +329,6 @@ def test_the_calls_object_passes_the_verifier_with_each_kind(kind):
     _root()
     from pagefault.capture import kprobes as kp
     from pagefault.capture.bpf import KernelHooks
-    from pagefault.capture.libbpf import BpfObject, LibbpfError
     probe = kp.FunctionProbe(kind)
     handlers, _why = kp.probeable(kp.FAULT_HANDLERS)
     hooks = [KernelHooks().choose(h) for h in kp.CALLS_HOOKS]
@@ -324,16 +336,7 @@ def test_the_calls_object_passes_the_verifier_with_each_kind(kind):
     wanted |= {c.program for c in hooks}
     settings = np.zeros(1, dtype=kp.CALLS_SETTINGS)
     settings[0] = (os.getpid(), 1)
-    with BpfObject(_calls_object()) as obj:
-        for name in obj.programs():
-            obj.set_autoload(name, name in wanted)
-        obj.set_rodata(settings.tobytes())
-        try:
-            obj.load()
-        except LibbpfError as exc:
-            if probe is kp.FunctionProbe.FENTRY and "EPERM" in str(exc):
-                pytest.skip(f"this kernel refuses fentry programs: {exc}")
-            raise
+    with _loaded(_calls_object(), wanted, settings.tobytes(), kind) as obj:
         for c in hooks:
             obj.attach(c.program or "")
         calls = obj.map("calls")

@@ -220,19 +220,8 @@ OUTCOME_HANDLER(do_huge_pmd_anonymous_page)
 OUTCOME_HANDLER(do_huge_pmd_wp_page)
 OUTCOME_HANDLER(do_numa_page)
 
-/* fork runs in the parent: a followed process's new child is followed too */
-static __always_inline int on_fork(__u32 child)
-{
-	return follow_child(followed(bpf_get_current_pid_tgid() >> 32), child);
-}
-
-static __always_inline int on_exec(void)
-{
-	start_at_exec(settings.target_tgid);
-	return 0;
-}
-
-SCHED_FORK_PROGRAMS(fork_btf, fork_tp, on_fork)
-SCHED_PROGRAMS(sched_process_exec, exec_btf, exec_tp, on_exec)
+/* the target's forks are followed, and its exec starts the following (pagefault.bpf.h) */
+FOLLOW_FORK_PROGRAMS()
+FOLLOW_EXEC_PROGRAMS(settings.target_tgid)
 
 char LICENSE[] SEC("license") = "GPL";

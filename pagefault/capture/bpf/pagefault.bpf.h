@@ -182,6 +182,27 @@ static __always_inline void start_at_exec(__u32 target)
 	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == target)
 		started = 1;
 }
+
+/* Each FOLLOW_FORKS object defines followed(tgid): target_or_child() with its settings. */
+static __always_inline int followed(__u32 tgid);
+
+/* At a fork (which runs in the parent): a followed process's new child is followed too. */
+static __always_inline int follow_fork(__u32 child)
+{
+	return follow_child(followed(bpf_get_current_pid_tgid() >> 32), child);
+}
+
+/* The object's programs that follow its target's forks (fork_btf, fork_tp) and start at its exec (exec_btf,
+ * exec_tp), `target` being its settings' target_tgid; after the object's settings and followed(). An object
+ * with more to do at an exec writes its own exec programs. */
+#define FOLLOW_FORK_PROGRAMS() SCHED_FORK_PROGRAMS(fork_btf, fork_tp, follow_fork)
+#define FOLLOW_EXEC_PROGRAMS(target)                                                                      \
+	static __always_inline int exec_starts_target(void)                                                \
+	{                                                                                                  \
+		start_at_exec(target);                                                                     \
+		return 0;                                                                                  \
+	}                                                                                                  \
+	SCHED_PROGRAMS(sched_process_exec, exec_btf, exec_tp, exec_starts_target)
 #endif
 
 /* ---- the fault path: the handlers of mm/memory.c and mm/huge_memory.c a fault can go through, in the order
