@@ -3,7 +3,7 @@
 
 The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
 movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
-next fault, exec or exit, adding one to a per-CPU map keyed by (error code, what it did, the VMA's start
+next fault, exec or exit, adding one to a map keyed by (error code, what it did, the VMA's start
 and kind). The VMA is the thread's previous one while it holds the address, else the maple tree's
 answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the
 program's mappings). Only those maps cross to user space, at the end: a few hundred entries where a
@@ -347,6 +347,10 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
+            # imported while the program runs, not after it: the mappings' records (pagefault.evidence, with
+            # every decoder) take ~45 ms to import, which this process would otherwise add to the command's
+            # time once the program has ended; meanwhile it only waits
+            from .mapping_watch import maps_from_kernel
             _wait_forwarding_signals(target, notes, side_band.drain if side_band else None)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
@@ -365,7 +369,6 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             target.wait()
     finally:
         obj.close()
-    from .mapping_watch import maps_from_kernel
     return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
                         target.pid, duration, total,
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
