@@ -79,6 +79,8 @@ THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("v
 # fault_stacks.h
 FAULT_STACK_KEY = Layout(("state", "I"), ("user_stack", "i"), ("kernel_stack", "i"), ("tgid", "I"), ("vma", "Q"))
 STACK_DEPTH = 64
+STACK = Layout(("id", "i"), ("frames", "I"), ("ip", f"{8 * STACK_DEPTH}s"))   # struct stack, its addresses as bytes
+STACK_HEAD = struct.Struct("<iI")
 VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
                   ("name", "64s"))
 COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_N = range(7)
@@ -276,14 +278,13 @@ def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 
 def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
-    """The stacks named by `ids`, from the map of stacks (fault_stacks.h: a stack's STACK_DEPTH addresses, leaf
-    first, zeros after its last frame → its id): id → addresses."""
+    """The stacks named by `ids`, from the map of stacks (fault_stacks.h's struct stack: its id, its number of
+    frames and its addresses, leaf first, by a hash of them): id → addresses."""
     out = {}
-    for key, value in obj.map("stack_ids").items():
-        i = struct.unpack("<i", value)[0]
+    for _key, value in obj.map("stack_ids").items():
+        i, frames = STACK_HEAD.unpack_from(value)
         if i in ids:
-            ips = struct.unpack(f"<{len(key) // 8}Q", key)
-            out[i] = list(ips[:ips.index(0)] if 0 in ips else ips)
+            out[i] = list(struct.unpack_from(f"<{frames}Q", value, STACK_HEAD.size))
     return out
 
 
