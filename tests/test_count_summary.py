@@ -84,3 +84,25 @@ def test_counted_stacks_name_kernel_frames_as_a_full_kallsyms_lookup_does(tmp_pa
     prefetch_kernel_symbols(str(path))
     assert {a: kernel_symbols_for(addresses, str(path)).lookup(a) for a in addresses} == \
         {a: full.lookup(a) for a in addresses}
+
+
+def test_a_recordings_summary_names_kernel_addresses_and_the_boot_as_a_full_kallsyms_parse_does(tmp_path):
+    # a recording's summary reads only the kernel addresses it names (kernel.kallsyms.TextSymbols) where it parsed
+    # every symbol: the names, and _text (how a recording of another boot is told apart), must be the full parse's
+    from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
+    text = ("ffffffff81000000 T _text\n"
+            "ffffffff81000100 T copy_to_user\n"
+            "ffffffff81000180 t memmove\n"
+            "ffffffff81000180 T __memmove\n"
+            "ffffffff81000200 D jiffies\n")
+    path = tmp_path / "kallsyms"
+    path.write_text(text)
+    wanted = {0xffffffff81000104, 0xffffffff81000190, 0xffffffff81000208}
+    named, full = TextSymbols(path).kernel_symbols(wanted), KernelSymbols.parse(text)
+    assert named.text_base() == full.text_base() == 0xffffffff81000000
+    assert {a: named.lookup(a) for a in wanted} == {a: full.lookup(a) for a in wanted} == {
+        0xffffffff81000104: ("copy_to_user", 4), 0xffffffff81000190: ("memmove", 0x10),
+        0xffffffff81000208: ("memmove", 0x88)}
+    # without root kallsyms shows zeros: nothing is named, as the full parse names nothing
+    path.write_text(text.replace("ffffffff81", "0000000000"))
+    assert not TextSymbols(path).kernel_symbols(wanted).usable and not KernelSymbols.parse(path.read_text()).usable

@@ -380,63 +380,19 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                         stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})))
 
 
-class _TextSymbols:
-    """/proc/kallsyms' text symbols (t, T, w, W), in address order, parsed with numpy in one pass (a line's
-    address is its first 16 hex digits, its type the 18th byte): ~20 ms for its ~120,000 lines where a Python
-    loop over them took ~80-130 ms here. Reading the file is the kernel formatting every line (~45-80 ms here),
-    so trace -g starts it while the program runs (prefetch_kernel_symbols)."""
-
-    def __init__(self, path: str):
-        import numpy as np
-        try:
-            with open(path, "rb") as f:
-                self.data = f.read()
-        except OSError:
-            self.data = b""
-        buf = np.frombuffer(self.data, np.uint8)
-        ends = np.flatnonzero(buf == 10)
-        starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.zeros(0, np.int64)
-        starts = starts[ends - starts > 18]
-        kinds = buf[starts + 17]
-        starts = starts[np.isin(kinds, np.frombuffer(b"tTwW", np.uint8))]
-        hex_value = np.zeros(256, np.uint8)
-        hex_value[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-        nibbles = hex_value[buf[starts[:, None] + np.arange(16)]]
-        # two hex digits a byte, the 8 bytes a big-endian address
-        addresses = np.ascontiguousarray(nibbles[:, 0::2] << 4 | nibbles[:, 1::2]).view(">u8").ravel().astype(np.uint64)
-        order = np.argsort(addresses, kind="stable")
-        self.addresses, self.starts = addresses[order], starts[order]
-
-    def _name(self, j: int) -> str:
-        start = int(self.starts[j]) + 19
-        end = self.data.find(b"\n", start)
-        return self.data[start:end].split(b"\t", 1)[0].decode(errors="replace")
-
-    def symbols_at_or_below(self, addresses: set[int]) -> dict[int, str]:
-        """For each address, the text symbol at or below it: {symbol's address: its name}. Of names sharing an
-        address (aliases: memmove and __memmove), the one kernel.kallsyms.KernelSymbols' lookup gives (the last
-        in sorted order), so that a flame graph counted in the kernel names frames as one from a recording."""
-        import numpy as np
-        wanted = np.fromiter(addresses, np.uint64, len(addresses))
-        found = np.searchsorted(self.addresses, wanted, side="right") - 1
-        out = {}
-        for j in {int(j) for j in found if j >= 0}:
-            first = int(np.searchsorted(self.addresses, self.addresses[j], side="left"))
-            out[int(self.addresses[j])] = max(self._name(k) for k in range(first, j + 1))
-        return out
-
-
-_prefetched: dict[str, Any] = {}     # path → the thread reading it (and, once done, its _TextSymbols)
+_prefetched: dict[str, Any] = {}     # path → the thread reading it (and, once done, its kallsyms.TextSymbols)
 
 
 def prefetch_kernel_symbols(path: str = "/proc/kallsyms") -> None:
     """Start reading the kernel's text symbols in a thread, for kernel_symbols_for() to take when the program has
     ended: the read is the kernel formatting ~120,000 lines, done meanwhile on another CPU."""
     import threading
+
+    from ..kernel.kallsyms import TextSymbols
     if path in _prefetched:
         return
-    holder: dict[str, _TextSymbols] = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("table", _TextSymbols(path)), daemon=True)
+    holder: dict[str, TextSymbols] = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("table", TextSymbols(path)), daemon=True)
     thread.start()
     _prefetched[path] = (thread, holder)
 
@@ -459,13 +415,13 @@ def kernel_symbols_for(addresses: set[int], path: str = "/proc/kallsyms"):
     here). The table a prefetch_kernel_symbols(path) started is used when there is one.
 
     Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives)."""
-    from ..kernel.kallsyms import KernelSymbols
+    from ..kernel.kallsyms import KernelSymbols, TextSymbols
     started = _prefetched.pop(path, None)
     if started:
         thread, holder = started
         thread.join()
     table = started[1].get("table") if started else None
-    table = table or _TextSymbols(path)
+    table = table or TextSymbols(path)
     return KernelSymbols(list(table.symbols_at_or_below(addresses).items()))
 
 
