@@ -41,7 +41,7 @@ struct {
 #ifdef COUNT_STACKS
 /* Each distinct stack (user or kernel), kept once with its id, keyed by a 64-bit hash of its frames. A key of the
  * whole stack (STACK_DEPTH addresses) made the map hash and compare 512 bytes at every fault: ~200 ns of a fault's
- * ~1 us here (bench/flame.py), where the hash of the frames read is a few multiplications each; the stack kept
+ * ~1 us here (bench/flame.py), where a 64-bit hash of the 64 words is a multiplication each; the stack kept
  * in the value is compared with the one read, so two stacks never share an id (a hash collision, which would
  * need two of at most STACK_ENTRIES stacks to agree on 64 bits, is counted as a stack not taken). Not a
  * BPF_MAP_TYPE_STACK_TRACE map: it keeps a stack by a hash of the addresses into a bucket and drops a stack
@@ -87,29 +87,24 @@ __s32 user_entry_stack = -1;   /* the kernel stack of a user-mode fault, its id 
 
 #define EEXIST 17
 
-/* FNV-1a over the frames read, 64 bits */
-static __always_inline __u64 frames_hash(const struct stack *s, __u32 frames)
+/* FNV-1a over the whole stack, 64 bits. Every one of the STACK_DEPTH words, not the frames read only: bpf_get_stack
+ * zeroes the rest, and a loop that stops at a count the verifier does not know is verified once per possible count
+ * (~300 ms a program here, and seconds under the matrix's TCG guests) where a loop of a fixed length is one path. */
+static __always_inline __u64 stack_hash(const struct stack *s)
 {
-	__u64 h = 0xcbf29ce484222325ULL ^ frames;
-	for (int i = 0; i < STACK_DEPTH; i++) {
-		if (i >= frames)
-			break;
+	__u64 h = 0xcbf29ce484222325ULL;
+	for (int i = 0; i < STACK_DEPTH; i++)
 		h = (h ^ s->ip[i]) * 0x100000001b3ULL;
-	}
 	return h;
 }
 
-static __always_inline int same_frames(const struct stack *a, const struct stack *b, __u32 frames)
+/* the same stack: every word compared, without a branch per word (one verifier path, as above) */
+static __always_inline int same_stack(const struct stack *a, const struct stack *b)
 {
-	if (a->frames != frames)
-		return 0;
-	for (int i = 0; i < STACK_DEPTH; i++) {
-		if (i >= frames)
-			break;
-		if (a->ip[i] != b->ip[i])
-			return 0;
-	}
-	return 1;
+	__u64 differ = (__u64)(a->frames ^ b->frames);
+	for (int i = 0; i < STACK_DEPTH; i++)
+		differ |= a->ip[i] ^ b->ip[i];
+	return !differ;
 }
 
 /* The id of the stack bpf_get_stack reads with `flags` (BPF_F_USER_STACK or 0), given one the first time it is
@@ -123,16 +118,15 @@ static __always_inline __s32 stack_id(void *ctx, __u64 flags)
 	long n = bpf_get_stack(ctx, s->ip, sizeof(s->ip), flags);
 	if (n < 0)
 		return n;
-	__u32 frames = (__u32)n / 8;
-	__u64 h = frames_hash(s, frames);
+	s->frames = (__u32)n / 8;
+	__u64 h = stack_hash(s);
 	struct stack *kept = bpf_map_lookup_elem(&stack_ids, &h);
 	if (kept)
-		return same_frames(kept, s, frames) ? kept->id : -EEXIST;
+		return same_stack(kept, s) ? kept->id : -EEXIST;
 	__u32 *next = bpf_map_lookup_elem(&next_stack, &zero);
 	if (!next)
 		return -ENOENT;
 	s->id = (__s32)((bpf_get_smp_processor_id() & 0x3ff) << 20 | (*next & 0xfffff));
-	s->frames = frames;
 	if (!bpf_map_update_elem(&stack_ids, &h, s, BPF_NOEXIST)) {
 		*next += 1;
 		return s->id;
@@ -140,7 +134,7 @@ static __always_inline __s32 stack_id(void *ctx, __u64 flags)
 	kept = bpf_map_lookup_elem(&stack_ids, &h);   /* another CPU kept it first, or the map is full */
 	if (!kept)
 		return -ENOSPC;
-	return same_frames(kept, s, frames) ? kept->id : -EEXIST;
+	return same_stack(kept, s) ? kept->id : -EEXIST;
 }
 
 static __always_inline __u32 *walking_flag(void)
