@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PF = [sys.executable, "-m", "pagefault"]
 LOOP_NS = re.compile(r"loop_ns=(\d+)")
+LOOP_CPU_NS = re.compile(r"loop_cpu_ns=(\d+)")
 # Python as a user runs it: its modules' bytecode cached (PYTHONDONTWRITEBYTECODE, set in some shells, made every
 # run compile pagefault's modules again: ~60 ms here)
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -63,6 +64,12 @@ def build_floor(work: Path) -> Path:
 
 def floor_command(obj: Path, what: str, loop: list[str]) -> list[str]:
     return [sys.executable, str(HERE / "floor.py"), str(obj), what, "--", *loop]
+
+
+def loop_cpu_ns(stdout: str) -> int:
+    """The loop's own CPU time (user + system, first_touch.c), 0 if not printed."""
+    m = LOOP_CPU_NS.search(stdout)
+    return int(m.group(1)) if m else 0
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str, float]:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from peers import ENV, PF, build_floor, build_loop, floor_command, machine_note, peers, run, verdict
+from peers import ENV, PF, build_floor, build_loop, floor_command, loop_cpu_ns, machine_note, peers, run, verdict
 
 HERE = Path(__file__).resolve().parent
 # the counter's fixed cost, timed in a fresh process (as the command pays it): open, load, attach, detach, close
@@ -94,6 +94,7 @@ def main() -> int:
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     loops: dict[str, list[int]] = {k: [] for k in variants}
+    loop_cpu: dict[str, list[int]] = {k: [] for k in variants}
     cycles: list[tuple[float, float]] = []
     choose: list[float] = []
     counted = 0
@@ -106,6 +107,7 @@ def main() -> int:
             t, loop_ns, out, _cpu = run(cmd, work)
             times[name].append(t)
             loops[name].append(loop_ns)
+            loop_cpu[name].append(loop_cpu_ns(out))
             if name == "pagefault":
                 counted = json.loads(out[out.index("{\n"):])["faults"]
         done = subprocess.run([sys.executable, "-c", LOAD_CYCLE], capture_output=True, text=True, env=env, cwd=work)
@@ -148,6 +150,13 @@ def main() -> int:
           f"{med['floor'] / med['untraced']:.2f}x untraced; its fixed cost (on /bin/true) {med['floor /bin/true']:.3f} s "
           f"against pagefault's {med['pagefault /bin/true']:.3f} s; pagefault / the floor, the whole command = "
           f"{med['pagefault'] / med['floor']:.2f}")
+    cpu = {n: statistics.median(v) for n, v in loop_cpu.items() if all(v)}
+    if "untraced" in cpu:
+        # the loop's CPU time (getrusage in first_touch.c) is not swollen by other tasks' time on a busy machine,
+        # where its wall time is: the per-fault costs again, from it
+        print("added CPU per fault (the loop's own user + system time, medians): " + ", ".join(
+            f"{n} {(cpu[n] - cpu['untraced']) / faults:.0f} ns" for n in ("pagefault", "floor", "bpftrace", "perf record")
+            if n in cpu) + f"; untraced {cpu['untraced'] / faults:.0f} ns a fault")
     for peer in ("perf record", "perf trace", "bpftrace"):
         print(f"pagefault / {peer}: the loop {lp['pagefault'] / lp[peer]:.2f}, "
               f"the whole command {med['pagefault'] / med[peer]:.2f}")
