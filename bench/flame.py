@@ -13,19 +13,21 @@ graph included):
                   with its call chains; no flame graph is made: perf script and stackcollapse would come on top)
   recording -g    pagefault trace -g -o FILE --no-summary, then pagefault report FILE --format folded (the flame graph
                   from a recording of every event, as before the in-kernel count)
+  floor stacks    bench/floor.py: a Python process that loads, through pagefault's libbpf binding, one program on
+                  page_fault_user that reads the faulting thread's user stack with bpf_get_stack and keeps nothing
+                  (bench/c/floor.bpf.c), and runs the loop: what reading every fault's stack costs any tool
 The loop is run twice: as built by `cc -O2` (no frame pointers: the user stack walk reads data as frames, and
 each such read of an unmapped page is a fault of its own, fixed up) and with -fno-omit-frame-pointer.
 
 Prints each median, pagefault -g's whole command against untraced (target ≤ 1.5×) and against perf record -g, and
 checks that the flame graph weighs every fault of the region. Needs root, the built objects (bash
-scripts/setup.sh), perf (linux-perf) and a C compiler.
+scripts/setup.sh) and a C compiler; installs perf (linux-perf) with apt-get when it is missing.
 
     sudo .venv/bin/python bench/flame.py [--size BYTES] [--rounds N]
 """
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -33,23 +35,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from peers import PF, build_floor, floor_command, machine_note, peers
+from peers import run as run_timed
+
 HERE = Path(__file__).resolve().parent
-PF = [sys.executable, "-m", "pagefault"]
-LOOP_NS = re.compile(r"loop_ns=(\d+)")
-# Python as a user runs it: its modules' bytecode cached (see bench/summary_only.py)
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def run(cmd, cwd, env=ENV) -> tuple[float, int]:
+def run(cmd, cwd) -> tuple[float, int]:
     """(whole wall time, the loop's own ns)."""
-    import time
-    t = time.perf_counter()
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
-    elapsed = time.perf_counter() - t
-    if r.returncode != 0:
-        sys.exit(f"bench: {' '.join(map(str, cmd))} failed: {r.stderr.strip()[-400:]}")
-    m = LOOP_NS.search(r.stdout)
-    return elapsed, int(m.group(1)) if m else 0
+    t, loop_ns, _out, _cpu = run_timed(cmd, cwd)
+    return t, loop_ns
 
 
 def main() -> int:
@@ -59,10 +54,9 @@ def main() -> int:
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root; run: sudo .venv/bin/python bench/flame.py")
-    perf = shutil.which("perf")
-    if not perf:
-        sys.exit("bench: needs perf (linux-perf); fix: bash scripts/setup.sh")
+    perf = peers("perf")["perf"]
     work = Path(tempfile.mkdtemp(prefix="pf-bench-flame-"))
+    floor = build_floor(work)
     faults = args.size // 4096
     try:
         for label, flags in (("cc -O2", []), ("cc -O2 -fno-omit-frame-pointer", ["-fno-omit-frame-pointer"])):
@@ -81,12 +75,13 @@ def main() -> int:
                 "recording -g": [PF + ["trace", "-g", "-q", "--no-summary", "--force", "-o", str(rec), "--"] + loop,
                                  PF + ["report", str(rec), "--format", "folded", "-o", str(work / "r.folded"),
                                        "--force"]],
+                "floor stacks": [floor_command(floor, "stack", loop)],
             }
             times: dict[str, list[float]] = {k: [] for k in variants}
             loops: dict[str, list[int]] = {k: [] for k in variants}
             run(loop, work)                        # the first touch of fresh memory is slower: thrown away
             run(variants["pagefault -g"][0], work)   # and pagefault once: its bytecode cached
-            print(f"\n{label}:", flush=True)
+            print(f"\n{label}: {machine_note()}", flush=True)
             for r in range(args.rounds):
                 for name, cmds in variants.items():
                     total, loop_ns = 0.0, 0
@@ -117,6 +112,10 @@ def main() -> int:
                   f"{'met' if whole <= 1.5 else 'NOT met'}); the loop under it {lp['pagefault -g'] / lp['untraced']:.2f}; "
                   f"added per fault {(lp['pagefault -g'] - lp['untraced']) / faults:.0f} ns "
                   f"(perf record -g's {(lp['perf record -g'] - lp['untraced']) / faults:.0f} ns)")
+            print(f"the floor: reading the user stack at each fault, from Python, the whole command = "
+                  f"{med['floor stacks'] / med['untraced']:.2f}x untraced, added per fault "
+                  f"{(lp['floor stacks'] - lp['untraced']) / faults:.0f} ns; pagefault trace -g / the floor, the whole "
+                  f"command = {med['pagefault -g'] / med['floor stacks']:.2f}")
             for peer in ("perf record -g", "recording -g"):
                 print(f"pagefault trace -g / {peer}: the loop {lp['pagefault -g'] / lp[peer]:.2f}, "
                       f"the whole command {med['pagefault -g'] / med[peer]:.2f}")

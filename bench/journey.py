@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Wall time of `pagefault journey --no-pause` after the first compile. Target: ≤ 1.0 s on these machines.
 
-The first run builds the exercise program (and is timed apart); then ROUNDS runs (default 5) of the
+The first run builds the exercise program (and is timed apart); then ROUNDS runs (default 7) of the
 whole live journey — spawn, perf_event_open, the compiled walk (journey_walk.bpf.o through libbpf) in the
 bpf tier, /proc snapshots, every step built and rendered — are timed end to end as a person would start
 them, with Python's bytecode cache on (as an installed pagefault has it; PYTHONDONTWRITEBYTECODE is
@@ -48,7 +48,7 @@ def load_ms(evidence: Path) -> float | None:
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench: needs root for the live journey; run: sudo .venv/bin/python bench/journey.py")
-    rounds = int(os.environ.get("ROUNDS", "5"))
+    rounds = int(os.environ.get("ROUNDS", "7"))
     out = Path(tempfile.mkdtemp(prefix="pf-journey-")) / "j.json"
     first = run(["--format", "json", "-o", str(out), "--force"])
     tier = json.loads(out.read_text())["tier"]

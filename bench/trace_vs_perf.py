@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """pagefault trace vs perf record, side by side in one run, on a 1 GiB first-touch loop (262,144 faults).
 
-Prints, for both tools: events seen and lost, and the faults inside the program's 1 GiB region
-(exactly 262,144 are made there); the traced run's wall time as a ratio to perf record's
-(target ≤ 1.0, median of interleaved rounds); and the time to decode and symbolise the recording,
-`pagefault report --events` against `perf script` printing every event's decoded fields and symbolised ip,
-one line per event each (target: pagefault ≥ 3x faster). The target is linked statically so that both tools see the same
-number of loader faults run after run. Needs root, perf (linux-perf) and a C compiler.
+Each round runs, interleaved: perf record of the two tracepoints, and pagefault trace -o FILE with the summary it
+prints by default and with --no-summary; then the same three with call chains (-g). Prints, for both tools: events
+seen and lost, and the faults inside the program's 1 GiB region (exactly 262,144 are made there); each pagefault
+variant's wall and CPU time (the command and its children, the target included) as a ratio to perf record's
+(targets, with the summary: wall ≤ 0.8, CPU ≤ 1.0, with and without -g; medians of ROUNDS interleaved rounds,
+default 7); and the time to decode and symbolise the recording, `pagefault report --events` against `perf script`
+printing every event's decoded fields and symbolised ip, one line per event each (target: pagefault ≥ 3x faster).
+The target is linked statically so that both tools see the same number of loader faults run after run. Needs root
+and a C compiler; installs perf (linux-perf) with apt-get when it is missing.
+
+    sudo ROUNDS=7 .venv/bin/python bench/trace_vs_perf.py
 """
 
 import os
@@ -25,10 +30,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from peers import PF, build_loop, machine_note, peers, verdict  # noqa: E402
+
 from pagefault.capture.recording import load_recording  # noqa: E402
 from pagefault.capture.records import parse_stream, raw_field  # noqa: E402
 
-PF = [sys.executable, "-m", "pagefault"]
 EVENTS = ("exceptions:page_fault_user", "kmem:mm_page_alloc")
 PERF_SCRIPT_FIELDS = "comm,tid,cpu,time,event,ip,sym,trace"
 REGION = re.compile(r"region=0x([0-9a-f]+) size=0x([0-9a-f]+)")
@@ -85,43 +91,39 @@ def pagefault_counts(path: Path, region: tuple[int, int]) -> tuple[Counter, int,
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench: needs root (tracepoints); run: sudo .venv/bin/python bench/trace_vs_perf.py")
-    perf = shutil.which("perf")
-    if not perf:
-        sys.exit("bench: perf is not installed; fix: apt-get install linux-perf")
-    rounds = int(os.environ.get("ROUNDS", "5"))
+    perf = peers("perf")["perf"]
+    rounds = int(os.environ.get("ROUNDS", "7"))
     work = Path(tempfile.mkdtemp(prefix="pf-bench-"))
-    exe = work / "first_touch"
-    build = subprocess.run(["cc", "-O2", "-static", "-o", str(exe), str(HERE / "c" / "first_touch.c")])
-    if build.returncode != 0:
-        sys.exit("bench: cannot link the target statically; fix: apt-get install libc6-dev")
-    plain = statistics.median(timed([str(exe)])[0] for _ in range(rounds))
-    print(f"first-touch of 1 GiB untraced: {plain:.2f} s (median of {rounds})")
+    exe = build_loop(work)
+    plain = statistics.median(timed([str(exe)])[0] for _ in range(3))
+    print(f"first-touch of 1 GiB untraced: {plain:.2f} s (median of 3); {machine_note()}")
 
-    perf_wall, pf_wall, perf_cpu, pf_cpu = [], [], [], []
-    g_wall: dict[str, list[float]] = {"perf": [], "pf": []}
-    g_cpu: dict[str, list[float]] = {"perf": [], "pf": []}
-    for i in range(rounds):  # interleaved so both see the same machine state
-        t, r = timed([perf, "record", "-q", "-o", str(work / "perf.data"), "-e", EVENTS[0], "-e", EVENTS[1],
-                      "--", str(exe)])
-        perf_wall.append(t)
-        perf_cpu.append(CPU[-1])
-        perf_region = region_of(r.stdout)
-        t, r = timed(PF + ["trace", "-q", "--no-summary", "--force", "-o", str(work / "pf.pfrec"), "--", str(exe)])
-        pf_wall.append(t)
-        pf_cpu.append(CPU[-1])
-        pf_region = region_of(r.stdout)
-        # the same with call chains (-g): perf record -g against pagefault trace -g
-        t, _r = timed([perf, "record", "-q", "-g", "-o", str(work / "perf-g.data"), "-e", EVENTS[0], "-e", EVENTS[1],
-                       "--", str(exe)])
-        g_wall["perf"].append(t)
-        g_cpu["perf"].append(CPU[-1])
-        t, _r = timed(PF + ["trace", "-q", "-g", "--no-summary", "--force", "-o", str(work / "pf-g.pfrec"), "--",
-                            str(exe)])
-        g_wall["pf"].append(t)
-        g_cpu["pf"].append(CPU[-1])
-        print(f"round {i + 1}: perf record {perf_wall[-1]:.2f} s ({perf_cpu[-1]:.2f} s CPU), pagefault trace "
-              f"{pf_wall[-1]:.2f} s ({pf_cpu[-1]:.2f} s CPU); with -g: perf {g_wall['perf'][-1]:.2f} s, "
-              f"pagefault {g_wall['pf'][-1]:.2f} s", flush=True)
+    def perf_record(g: list[str], out: str) -> list[str]:
+        return [perf, "record", "-q", *g, "-o", str(work / out), "-e", EVENTS[0], "-e", EVENTS[1], "--", str(exe)]
+
+    def pagefault(g: list[str], summary: list[str], out: str) -> list[str]:
+        return PF + ["trace", "-q", *g, *summary, "--force", "-o", str(work / out), "--", str(exe)]
+    variants = {
+        "perf record": perf_record([], "perf.data"),
+        "pagefault": pagefault([], [], "pf.pfrec"),
+        "pagefault --no-summary": pagefault([], ["--no-summary"], "pf-n.pfrec"),
+        "perf record -g": perf_record(["-g"], "perf-g.data"),
+        "pagefault -g": pagefault(["-g"], [], "pf-g.pfrec"),
+        "pagefault -g --no-summary": pagefault(["-g"], ["--no-summary"], "pf-gn.pfrec"),
+    }
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    regions: dict[str, tuple[int, int]] = {}
+    for i in range(rounds):  # interleaved so all see the same machine state
+        for name, cmd in variants.items():
+            t, r = timed(cmd)
+            wall[name].append(t)
+            cpu[name].append(CPU[-1])
+            regions[name] = region_of(r.stdout)
+        print(f"round {i + 1}: " + ", ".join(f"{n} {wall[n][-1]:.2f} s ({cpu[n][-1]:.2f} s CPU)" for n in variants),
+              flush=True)
+    print(machine_note())
+    perf_region, pf_region = regions["perf record"], regions["pagefault"]
 
     # like for like: both print every event of the same kind of recording, decoded and symbolised, one line each
     perf_script = [timed([perf, "script", "-i", str(work / "perf.data"), "-F", PERF_SCRIPT_FIELDS],
@@ -143,7 +145,8 @@ def main() -> None:
         print(f"{name + ' events':30}{p_events[name]:>14,}{f_events[name]:>14,}")
     print(f"{'faults inside the 1 GiB region':30}{p_inside:>14,}{f_inside:>14,}   (the program makes 262,144)")
     print(f"{'events lost':30}{perf_lost:>14,}{pf_lost:>14,}")
-    print(f"{'traced run wall (median)':30}{statistics.median(perf_wall):>13.2f}s{statistics.median(pf_wall):>13.2f}s")
+    print(f"{'traced run wall (median)':30}{statistics.median(wall['perf record']):>13.2f}s"
+          f"{statistics.median(wall['pagefault']):>13.2f}s")
     print(f"{'decode + symbolise (median)':30}{statistics.median(perf_script):>13.2f}s"
           f"{statistics.median(pf_report):>13.2f}s   (perf script -F {PERF_SCRIPT_FIELDS} vs pagefault report --events)")
     print(f"{'lines printed (last round)':30}{perf_lines:>14,}{pf_lines:>14,}   (one per event: the same work)")
@@ -153,15 +156,17 @@ def main() -> None:
     diff = f_events[EVENTS[1]] - p_events[EVENTS[1]]
     print(f"mm_page_alloc counts differ by {diff:+d}" + (" (allocations the kernel makes for itself in the target's "
           "context, such as slab refills, vary from run to run; the two runs are separate processes)" if diff else ""))
-    ratio = statistics.median(pf_wall) / statistics.median(perf_wall)
-    print(f"wall-time ratio pagefault/perf record = {ratio:.2f} (target ≤ 0.8: {'met' if ratio <= 0.8 else 'NOT met'})")
-    cpu = statistics.median(pf_cpu) / statistics.median(perf_cpu)
-    print(f"CPU-time ratio pagefault/perf record = {cpu:.2f} (the target included; target ≤ 1.0: "
-          f"{'met' if cpu <= 1.0 else 'NOT met'})")
-    g_ratio = statistics.median(g_wall["pf"]) / statistics.median(g_wall["perf"])
-    g_cpu_ratio = statistics.median(g_cpu["pf"]) / statistics.median(g_cpu["perf"])
-    print(f"with -g: wall-time ratio {g_ratio:.2f} (target ≤ 0.8: {'met' if g_ratio <= 0.8 else 'NOT met'}), "
-          f"CPU-time ratio {g_cpu_ratio:.2f} (target ≤ 1.0: {'met' if g_cpu_ratio <= 1.0 else 'NOT met'})")
+    print(f"{'(medians of ' + str(rounds) + ' rounds)':30}{'wall':>10}{'CPU':>10}{'wall / perf':>14}{'CPU / perf':>12}")
+    for name in variants:
+        peer = "perf record -g" if "-g" in name else "perf record"
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        w0, c0 = statistics.median(wall[peer]), statistics.median(cpu[peer])
+        print(f"{name:30}{w:>9.2f}s{c:>9.2f}s{w / w0:>14.2f}{c / c0:>12.2f}")
+    for name, peer in (("pagefault", "perf record"), ("pagefault -g", "perf record -g")):
+        w = statistics.median(wall[name]) / statistics.median(wall[peer])
+        c = statistics.median(cpu[name]) / statistics.median(cpu[peer])
+        print(f"{name} (with its summary) / {peer}: wall {w:.2f} (target ≤ 0.8: {verdict(w <= 0.8)}), "
+              f"CPU {c:.2f} (target ≤ 1.0: {verdict(c <= 1.0)})")
     speed = statistics.median(perf_script) / statistics.median(pf_report)
     print(f"decode speed-up perf script/pagefault report = {speed:.1f}x "
           f"(target ≥ 3x: {'met' if speed >= 3 else 'NOT met'})")

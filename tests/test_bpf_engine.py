@@ -47,7 +47,8 @@ def _root():
 @pytest.mark.parametrize("name,struct,dtype", [
     ("fault_count", "fault_count_settings", kc.SETTINGS), ("fault_count", "fault_key", kc.FAULT_KEY),
     ("fault_count", "thread_fault", kc.THREAD_FAULT), ("fault_count", "vma_seen", kc.VMA_SEEN),
-    ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY)])
+    ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY),
+    ("fault_stacks", "stack", kc.STACK)])
 def test_the_python_mirror_has_the_objects_sizes_and_offsets(name, struct, dtype):
     size, members = btf_struct(_object(name), struct)
     dtype = dtype.dtype
@@ -88,7 +89,7 @@ def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(varia
         assert (obj.map("counts").key_size, obj.map("counts").entry_size) == (key.itemsize, 8)
         assert obj.map("threads").entry_size == kc.THREAD_FAULT.itemsize
         if stacks:
-            assert (obj.map("stack_ids").key_size, obj.map("stack_ids").entry_size) == (8 * kc.STACK_DEPTH, 4)
+            assert (obj.map("stack_ids").key_size, obj.map("stack_ids").entry_size) == (8, kc.STACK.itemsize)
         assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (8, kc.VMA_SEEN.itemsize)
     assert obj.links == []
 

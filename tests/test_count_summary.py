@@ -48,3 +48,61 @@ def test_the_summary_only_path_imports_no_numpy_and_no_rich():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'rich')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_counted_stacks_name_kernel_frames_as_a_full_kallsyms_lookup_does(tmp_path):
+    # trace -g names the kernel frames counted in the kernel from a one-pass parse of kallsyms (capture/
+    # kernel_counts.py), a recording's from kernel.kallsyms.KernelSymbols: both must give the same name, aliases
+    # (two names at one address, the later line first in sorted order), data symbols, module lines (a tab, then
+    # [module]) and lines out of address order included
+    from pagefault.capture.kernel_counts import kernel_symbols_for
+    from pagefault.kernel.kallsyms import KernelSymbols
+    text = ("ffffffff81000000 T _text\n"
+            "ffffffff81000100 T do_one\n"
+            "ffffffff81000200 t memmove\n"
+            "ffffffff81000200 T __memmove\n"
+            "ffffffff81000300 D some_data\n"
+            "ffffffff81000400 W weak_one\n"
+            "ffffffffc0002000 t mod_func\t[somemod]\n"
+            "ffffffffc0001000 t mod_early\t[somemod]\n"
+            "ffffffffc0003000 b mod_bss\t[somemod]\n")
+    path = tmp_path / "kallsyms"
+    path.write_text(text)
+    addresses = {0xffffffff80000000, 0xffffffff81000000, 0xffffffff81000105, 0xffffffff81000210,
+                 0xffffffff81000305, 0xffffffff81000400, 0xffffffffc0001008, 0xffffffffc0002fff, 0xffffffffc0003008}
+    counted = kernel_symbols_for(addresses, str(path))
+    full = KernelSymbols.parse(text)
+    assert {a: counted.lookup(a) for a in addresses} == {a: full.lookup(a) for a in addresses}
+    # hand-checked: the alias is memmove, the data symbol is skipped, the later module line sorts first
+    assert counted.lookup(0xffffffff81000210) == ("memmove", 0x10)
+    assert counted.lookup(0xffffffff81000305) == ("memmove", 0x105)
+    assert counted.lookup(0xffffffffc0001008) == ("mod_early", 8)
+    assert counted.lookup(0xffffffffc0003008) == ("mod_func", 0x1008)
+    assert counted.lookup(0xffffffff80000000) is None
+    # and the prefetched table (read while the program runs) gives the same
+    from pagefault.capture.kernel_counts import prefetch_kernel_symbols
+    prefetch_kernel_symbols(str(path))
+    assert {a: kernel_symbols_for(addresses, str(path)).lookup(a) for a in addresses} == \
+        {a: full.lookup(a) for a in addresses}
+
+
+def test_a_recordings_summary_names_kernel_addresses_and_the_boot_as_a_full_kallsyms_parse_does(tmp_path):
+    # a recording's summary reads only the kernel addresses it names (kernel.kallsyms.TextSymbols) where it parsed
+    # every symbol: the names, and _text (how a recording of another boot is told apart), must be the full parse's
+    from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
+    text = ("ffffffff81000000 T _text\n"
+            "ffffffff81000100 T copy_to_user\n"
+            "ffffffff81000180 t memmove\n"
+            "ffffffff81000180 T __memmove\n"
+            "ffffffff81000200 D jiffies\n")
+    path = tmp_path / "kallsyms"
+    path.write_text(text)
+    wanted = {0xffffffff81000104, 0xffffffff81000190, 0xffffffff81000208}
+    named, full = TextSymbols(path).kernel_symbols(wanted), KernelSymbols.parse(text)
+    assert named.text_base() == full.text_base() == 0xffffffff81000000
+    assert {a: named.lookup(a) for a in wanted} == {a: full.lookup(a) for a in wanted} == {
+        0xffffffff81000104: ("copy_to_user", 4), 0xffffffff81000190: ("memmove", 0x10),
+        0xffffffff81000208: ("memmove", 0x88)}
+    # without root kallsyms shows zeros: nothing is named, as the full parse names nothing
+    path.write_text("".join("0" * 16 + line[16:] + "\n" for line in text.splitlines()))
+    assert not TextSymbols(path).kernel_symbols(wanted).usable and not KernelSymbols.parse(path.read_text()).usable

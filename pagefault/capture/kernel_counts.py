@@ -3,7 +3,7 @@
 
 The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
 movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
-next fault, exec or exit, adding one to a per-CPU map keyed by (error code, what it did, the VMA's start
+next fault, exec or exit, adding one to a map keyed by (error code, what it did, the VMA's start
 and kind). The VMA is the thread's previous one while it holds the address, else the maple tree's
 answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the
 program's mappings). Only those maps cross to user space, at the end: a few hundred entries where a
@@ -77,6 +77,8 @@ THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("v
 # fault_stacks.h
 FAULT_STACK_KEY = Layout(("state", "I"), ("user_stack", "i"), ("kernel_stack", "i"), ("tgid", "I"), ("vma", "Q"))
 STACK_DEPTH = 64
+STACK = Layout(("id", "i"), ("frames", "I"), ("ip", f"{8 * STACK_DEPTH}s"))   # struct stack, its addresses as bytes
+STACK_HEAD = struct.Struct("<iI")
 VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
                   ("name", "64s"))
 COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_N = range(7)
@@ -222,14 +224,13 @@ def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 
 def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
-    """The stacks named by `ids`, from the map of stacks (fault_stacks.h: a stack's STACK_DEPTH addresses, leaf
-    first, zeros after its last frame → its id): id → addresses."""
+    """The stacks named by `ids`, from the map of stacks (fault_stacks.h's struct stack: its id, its number of
+    frames and its addresses, leaf first, by a hash of them): id → addresses."""
     out = {}
-    for key, value in obj.map("stack_ids").items():
-        i = struct.unpack("<i", value)[0]
+    for _key, value in obj.map("stack_ids").items():
+        i, frames = STACK_HEAD.unpack_from(value)
         if i in ids:
-            ips = struct.unpack(f"<{len(key) // 8}Q", key)
-            out[i] = list(ips[:ips.index(0)] if 0 in ips else ips)
+            out[i] = list(struct.unpack_from(f"<{frames}Q", value, STACK_HEAD.size))
     return out
 
 
@@ -293,6 +294,12 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
+            # imported while the program runs, not after it: the mappings' records (pagefault.evidence, with
+            # every decoder) take ~45 ms to import, which this process would otherwise add to the command's
+            # time once the program has ended; meanwhile it only waits
+            from .mapping_watch import maps_from_kernel
+            if stacks:   # the same for what the stacks are named with afterwards
+                _prepare_naming()
             _wait_forwarding_signals(target, notes, side_band.drain if side_band else None)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
@@ -311,7 +318,6 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             target.wait()
     finally:
         obj.close()
-    from .mapping_watch import maps_from_kernel
     return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
                         target.pid, duration, total,
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
@@ -320,30 +326,49 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                         stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})))
 
 
+_prefetched: dict[str, Any] = {}     # path → the thread reading it (and, once done, its kallsyms.TextSymbols)
+
+
+def prefetch_kernel_symbols(path: str = "/proc/kallsyms") -> None:
+    """Start reading the kernel's text symbols in a thread, for kernel_symbols_for() to take when the program has
+    ended: the read is the kernel formatting ~120,000 lines, done meanwhile on another CPU."""
+    import threading
+
+    from ..kernel.kallsyms import TextSymbols
+    if path in _prefetched:
+        return
+    holder: dict[str, TextSymbols] = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("table", TextSymbols(path)), daemon=True)
+    thread.start()
+    _prefetched[path] = (thread, holder)
+
+
+def _prepare_naming() -> None:
+    """While the program runs: start reading the kernel's symbols, and import numpy (perf's side-band records
+    are parsed with it) and pyelftools (user frames are named from the program's ELF symbols): ~150 ms here that
+    trace -g would otherwise add after the program's end."""
+    prefetch_kernel_symbols()
+    from . import records  # noqa: F401
+    try:
+        import elftools.elf.elffile  # noqa: F401
+    except ImportError:
+        pass
+
+
 def kernel_symbols_for(addresses: set[int], path: str = "/proc/kallsyms"):
     """The kernel's symbols (kernel.kallsyms.KernelSymbols) for `addresses` only: for each, the text symbol at or
-    below it, as a lookup in all of /proc/kallsyms finds it. One pass over the file's ~120,000 lines without the
-    full parse (0.3-0.4 s here, most of trace -g's own time), which would also keep every name.
+    below it, as a lookup in all of /proc/kallsyms finds it, without the full parse of every name (0.3-0.4 s
+    here). The table a prefetch_kernel_symbols(path) started is used when there is one.
 
     Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives)."""
-    import bisect
-
-    from ..kernel.kallsyms import KernelSymbols
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().split(b"\n")
-    except OSError:
-        return KernelSymbols([])
-    text = [(int(line[:16], 16), i) for i, line in enumerate(lines) if len(line) > 18 and line[17] in b"tTwW"]
-    text.sort()     # in address order already but for modules and BPF programs: a near-sorted sort is quick
-    starts = [a for a, _i in text]
-    kept = {}
-    for address in addresses:
-        j = bisect.bisect_right(starts, address) - 1
-        if j >= 0:
-            a, i = text[j]
-            kept[a] = lines[i].split()[2].decode(errors="replace")
-    return KernelSymbols(list(kept.items()))
+    from ..kernel.kallsyms import KernelSymbols, TextSymbols
+    started = _prefetched.pop(path, None)
+    if started:
+        thread, holder = started
+        thread.join()
+    table = started[1].get("table") if started else None
+    table = table or TextSymbols(path)
+    return KernelSymbols(list(table.symbols_at_or_below(addresses).items()))
 
 
 class _SideBand:

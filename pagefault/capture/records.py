@@ -280,6 +280,23 @@ def callchain(data: bytes, samples: Samples, i: int) -> list[int]:
     return list(struct.unpack_from(f"<{nr}Q", data, off))
 
 
+def distinct_callchains(data: bytes | memoryview, samples: Samples, indices: np.ndarray
+                        ) -> tuple[list[list[int]], np.ndarray]:
+    """The distinct callchains of the samples at `indices` (context markers included), and for each of those
+    samples the index of its chain in that list. Chains are told apart by their bytes, so only the distinct
+    ones are decoded: a summary of 262,144 allocations decoded each chain on its own (struct and a Python
+    split per record, ~4 s here) where their distinct chains are a few hundred."""
+    if samples.callchain_offset is None or not len(indices):
+        return [], np.zeros(len(indices), dtype=np.int64)
+    view = memoryview(data)
+    offsets = samples.callchain_offset[indices].tolist()
+    ends = (samples.callchain_offset[indices] + 8 * samples.callchain_len[indices]).tolist()
+    seen: dict[bytes, int] = {}
+    which = np.fromiter((seen.setdefault(bytes(view[a:b]), len(seen)) for a, b in zip(offsets, ends)),
+                        dtype=np.int64, count=len(offsets))
+    return [list(struct.unpack(f"<{len(k) // 8}Q", k)) for k in seen], which
+
+
 def split_callchain(chain: list[int]) -> tuple[list[int], list[int]]:
     """(kernel frames, user frames), markers removed."""
     from .perf_event import PERF_CONTEXT_KERNEL, PERF_CONTEXT_USER

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..capture.records import Mapping, Stream, callchain, parse_stream, raw_field, split_callchain
+from ..capture.records import PERF_CONTEXT_MAX, Mapping, Stream, distinct_callchains, parse_stream, raw_field, split_callchain
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
-from ..kernel.kallsyms import KernelSymbols
+from ..kernel.kallsyms import KernelSymbols, TextSymbols
 from ..symbols.elf import resolve_ip
 from .count_summary import TraceSummary, reconcile, summarize_counts  # noqa: F401  (re-exported)
 from .fault_classes import (
@@ -220,6 +220,11 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         names = process_names(stream)
         summary.by_process = sorted(((int(p), names.get(int(p), "?"), int(n)) for p, n in zip(pids, counts)),
                                     key=lambda row: (-row[2], row[0]))
+    # the allocations' distinct call chains, decoded once for all their uses below
+    alloc_chains = (distinct_callchains(stream.data, s, np.nonzero(m.allocs)[0])
+                    if meta.get("callchain") and summary.allocations else None)
+    if ksyms is None and tier == "perf":
+        ksyms = _kernel_symbols_named(meta, m.ips, alloc_chains)
     ksyms = _top_instructions(summary, m.ips, maps, meta, top, ksyms)
     if summary.allocations:
         _allocation_counts(summary, stream, meta, m.allocs)
@@ -228,10 +233,10 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
             ksyms = ksyms or KernelSymbols.load()
         result = _classify(stream, meta, ids, event_type, m.faults, m.allocs, m.addresses,
                            m.codes if m.codes is not None else np.zeros(len(m.addresses), dtype=np.uint64), maps,
-                           _chain_symbols(meta, ksyms) if ksyms is not None else None)
+                           _chain_symbols(meta, ksyms) if ksyms is not None else None, alloc_chains)
         _class_summary(summary, result, m.addresses, m.ips, maps, top)
-    if meta.get("callchain") and summary.allocations:
-        _allocation_paths(summary, stream, meta, m.allocs, top, ksyms or KernelSymbols.load())
+    if alloc_chains is not None:
+        _allocation_paths(summary, meta, alloc_chains, top, ksyms or KernelSymbols.load())
     return summary
 
 
@@ -332,7 +337,7 @@ def _allocation_counts(summary: TraceSummary, stream: Stream, meta: dict, alloc_
                                key=lambda t: -t[1])
 
 
-def _allocation_paths(summary: TraceSummary, stream: Stream, meta: dict, alloc_mask: np.ndarray, top: int,
+def _allocation_paths(summary: TraceSummary, meta: dict, alloc_chains: tuple[list[list[int]], np.ndarray], top: int,
                       ksyms: KernelSymbols) -> None:
     """The kernel call paths that allocated most, where this boot's symbols can name them."""
     if not ksyms.usable:
@@ -340,7 +345,7 @@ def _allocation_paths(summary: TraceSummary, stream: Stream, meta: dict, alloc_m
     elif (meta.get("kernel") or {}).get("text_base") not in (None, ksyms.text_base()):
         summary.notes.append("this recording was made under another boot of the kernel: call paths are not symbolised")
     else:
-        summary.kernel_paths = _kernel_paths(stream, np.nonzero(alloc_mask)[0], ksyms, top)
+        summary.kernel_paths = _kernel_paths(*alloc_chains, ksyms, top)
 
 
 def process_names(stream: Stream) -> dict[int, str]:
@@ -350,6 +355,19 @@ def process_names(stream: Stream) -> dict[int, str]:
         if child not in names and parent in names:
             names[child] = names[parent]
     return names
+
+
+def _kernel_symbols_named(meta: dict, fault_ips: np.ndarray,
+                          alloc_chains: tuple[list[list[int]], np.ndarray] | None) -> KernelSymbols | None:
+    """This boot's kernel symbols for the kernel addresses the summary names (kernel-mode faults' instructions,
+    the allocations' call chains), from one numpy pass over /proc/kallsyms (kernel.kallsyms.TextSymbols) where
+    the full parse of every symbol (KernelSymbols.load) took 0.2-0.5 s of each summary here; None when there
+    are none to name."""
+    limit = user_address_limit(meta)
+    wanted = set(np.unique(fault_ips[fault_ips >= np.uint64(limit)]).tolist()) if len(fault_ips) else set()
+    for chain in (alloc_chains[0] if alloc_chains else []):
+        wanted.update(a for a in chain if limit <= a < PERF_CONTEXT_MAX)
+    return TextSymbols().kernel_symbols(wanted) if wanted else None
 
 
 def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:
@@ -412,8 +430,9 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
 
 def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.ndarray, fault_mask: np.ndarray,
               alloc_mask: np.ndarray, addresses: np.ndarray, codes: np.ndarray, maps: list[Mapping],
-              ksyms: KernelSymbols | None) -> Classified:
-    """Every fault's class (journey.fault_classes), in stream order."""
+              ksyms: KernelSymbols | None, alloc_chains: tuple[list[list[int]], np.ndarray] | None = None) -> Classified:
+    """Every fault's class (journey.fault_classes), in stream order. `alloc_chains`: the allocations' distinct call
+    chains and which is each one's (records.distinct_callchains), when the caller has them already."""
     s = stream.samples
     n = len(s)
     add_mask = event_type == ids.get(CACHE_ADD_EVENT, -1)
@@ -440,9 +459,12 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
     chain_class = None
     if ksyms is not None and s.callchain_offset is not None:
         chain_class = np.full(n, -1, dtype=np.int64)
+        allocs = np.nonzero(alloc_mask)[0]
+        chains, which = alloc_chains or distinct_callchains(stream.data, s, allocs)
         cache: dict[tuple, int] = {}
-        for i in np.nonzero(alloc_mask)[0].tolist():
-            kernel, _user = split_callchain(callchain(stream.data, s, i))
+        hits = []
+        for chain in chains:   # each distinct chain once, not each allocation
+            kernel, _user = split_callchain(chain)
             key = tuple(kernel)
             if key not in cache:
                 names = [(ksyms.lookup(a) or ("?", 0))[0] for a in kernel]
@@ -451,7 +473,8 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
                     if hit == -1 and any(name.startswith(fn) for name in names):
                         hit = j
                 cache[key] = hit
-            chain_class[i] = cache[key]
+            hits.append(cache[key])
+        chain_class[allocs] = np.array(hits, dtype=np.int64)[which] if hits else -1
     events = FaultEvents(kind[keep], _column(s.tid, n, np.uint32)[keep].astype(np.int64),
                          _column(s.time, n)[keep], first[keep], second[keep],
                          chain_class[keep] if chain_class is not None else None, inode[keep])
@@ -504,11 +527,13 @@ def lost_events(stream: Stream, meta: dict, ids: dict[str, int], tier: str, comp
     return max(total, lost_records), f"the kernel's event counts against the samples received ({detail})"
 
 
-def _kernel_paths(stream: Stream, indices: np.ndarray, ksyms: KernelSymbols, top: int) -> list[tuple[str, int]]:
+def _kernel_paths(chains: list[list[int]], which: np.ndarray, ksyms: KernelSymbols, top: int) -> list[tuple[str, int]]:
+    """The most frequent kernel paths of the samples whose distinct call chains are `chains` (`which`: each sample's
+    index in it), named outermost first from the entry function on."""
     raw_counts: Counter[tuple[int, ...]] = Counter()
-    for i in indices:
-        kernel, _user = split_callchain(callchain(stream.data, stream.samples, int(i)))
-        raw_counts[tuple(kernel)] += 1
+    for chain, n in zip(chains, np.bincount(which, minlength=len(chains)).tolist()):
+        kernel, _user = split_callchain(chain)
+        raw_counts[tuple(kernel)] += n
     named: Counter[str] = Counter()
     for chain, n in raw_counts.items():
         funcs = [ksyms.describe(ip).split("+")[0] for ip in chain]

@@ -27,23 +27,31 @@ typedef struct fault_key count_key_t;
 #define COUNT_KEYS 8192
 #endif
 
+/* A plain hash, not a per-CPU one: it is written once per run of alike faults (flush_run), not per fault, so an
+ * atomic add costs nothing that shows, while a per-CPU hash is allocated whole for every possible CPU when the
+ * object loads (9 ms for fault_count's 8192 keys and 20 ms for fault_stacks' 32768 on this 2-CPU machine, of
+ * a load + attach of ~40 ms; more CPUs, more). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, COUNT_KEYS);
 	__type(key, count_key_t);
 	__type(value, __u64);
 } counts SEC(".maps");
 
 #ifdef COUNT_STACKS
-/* Each distinct stack (user or kernel), kept once with its id: the count's key holds the ids. Keyed by the
- * stack itself, so that two stacks never share an id: a BPF_MAP_TYPE_STACK_TRACE map keys them by a hash of
- * the addresses into a bucket and drops a stack whose bucket holds another (-EEXIST; seen here for a whole
- * kernel path in about one run in ten), which would leave its faults without frames. */
+/* Each distinct stack (user or kernel), kept once with its id, keyed by a 64-bit hash of its frames. A key of the
+ * whole stack (STACK_DEPTH addresses) made the map hash and compare 512 bytes at every fault: ~200 ns of a fault's
+ * ~1 us here (bench/flame.py), where a 64-bit hash of the 64 words is a multiplication each; the stack kept
+ * in the value is compared with the one read, so two stacks never share an id (a hash collision, which would
+ * need two of at most STACK_ENTRIES stacks to agree on 64 bits, is counted as a stack not taken). Not a
+ * BPF_MAP_TYPE_STACK_TRACE map: it keeps a stack by a hash of the addresses into a bucket and drops a stack
+ * whose bucket holds another (-EEXIST; seen here for a whole kernel path in about one run in ten), which would
+ * leave its faults without frames. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, STACK_ENTRIES);
-	__type(key, struct stack);
-	__type(value, __s32);
+	__type(key, __u64);
+	__type(value, struct stack);
 } stack_ids SEC(".maps");
 
 /* the stack being read (too big for the BPF stack), per CPU */
@@ -77,31 +85,56 @@ struct {
 #define X86_PF_USER 4
 __s32 user_entry_stack = -1;   /* the kernel stack of a user-mode fault, its id (-1: not read yet) */
 
+#define EEXIST 17
+
+/* FNV-1a over the whole stack, 64 bits. Every one of the STACK_DEPTH words, not the frames read only: bpf_get_stack
+ * zeroes the rest, and a loop that stops at a count the verifier does not know is verified once per possible count
+ * (~300 ms a program here, and seconds under the matrix's TCG guests) where a loop of a fixed length is one path. */
+static __always_inline __u64 stack_hash(const struct stack *s)
+{
+	__u64 h = 0xcbf29ce484222325ULL;
+	for (int i = 0; i < STACK_DEPTH; i++)
+		h = (h ^ s->ip[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+/* the same stack: every word compared, without a branch per word (one verifier path, as above) */
+static __always_inline int same_stack(const struct stack *a, const struct stack *b)
+{
+	__u64 differ = (__u64)(a->frames ^ b->frames);
+	for (int i = 0; i < STACK_DEPTH; i++)
+		differ |= a->ip[i] ^ b->ip[i];
+	return !differ;
+}
+
 /* The id of the stack bpf_get_stack reads with `flags` (BPF_F_USER_STACK or 0), given one the first time it is
- * seen; < 0: not read (-errno), or the map of stacks is full (-ENOSPC). */
+ * seen; < 0: not read (-errno), the map of stacks is full (-ENOSPC), or another stack has its hash (-EEXIST). */
 static __always_inline __s32 stack_id(void *ctx, __u64 flags)
 {
 	__u32 zero = 0;
 	struct stack *s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s)
 		return -ENOENT;
-	/* bpf_get_stack zeroes what it does not fill, so a stack's key is the same however long the last one was */
 	long n = bpf_get_stack(ctx, s->ip, sizeof(s->ip), flags);
 	if (n < 0)
 		return n;
-	__s32 *id = bpf_map_lookup_elem(&stack_ids, s);
-	if (id)
-		return *id;
+	s->frames = (__u32)n / 8;
+	__u64 h = stack_hash(s);
+	struct stack *kept = bpf_map_lookup_elem(&stack_ids, &h);
+	if (kept)
+		return same_stack(kept, s) ? kept->id : -EEXIST;
 	__u32 *next = bpf_map_lookup_elem(&next_stack, &zero);
 	if (!next)
 		return -ENOENT;
-	__s32 fresh = (__s32)((bpf_get_smp_processor_id() & 0x3ff) << 20 | (*next & 0xfffff));
-	if (!bpf_map_update_elem(&stack_ids, s, &fresh, BPF_NOEXIST)) {
+	s->id = (__s32)((bpf_get_smp_processor_id() & 0x3ff) << 20 | (*next & 0xfffff));
+	if (!bpf_map_update_elem(&stack_ids, &h, s, BPF_NOEXIST)) {
 		*next += 1;
-		return fresh;
+		return s->id;
 	}
-	id = bpf_map_lookup_elem(&stack_ids, s);   /* another CPU kept it first, or the map is full */
-	return id ? *id : -ENOSPC;
+	kept = bpf_map_lookup_elem(&stack_ids, &h);   /* another CPU kept it first, or the map is full */
+	if (!kept)
+		return -ENOSPC;
+	return same_stack(kept, s) ? kept->id : -EEXIST;
 }
 
 static __always_inline __u32 *walking_flag(void)
@@ -166,12 +199,18 @@ static __always_inline void flush_run(struct thread_fault *t)
 #endif
 	__u64 *n = bpf_map_lookup_elem(&counts, &key);
 	if (n) {
-		*n += t->run_count;   /* this CPU's own counter: no atomic needed */
+		__sync_fetch_and_add(n, t->run_count);   /* shared by every CPU */
 	} else if (bpf_map_update_elem(&counts, &key, &t->run_count, BPF_NOEXIST)) {
-		__u32 which = COUNT_UNCLASSIFIED;
-		__u64 *lost = bpf_map_lookup_elem(&counters, &which);
-		if (lost)
-			*lost += t->run_count;
+		/* another CPU made the key meanwhile (EEXIST): add to its; else the map is full */
+		n = bpf_map_lookup_elem(&counts, &key);
+		if (n) {
+			__sync_fetch_and_add(n, t->run_count);
+		} else {
+			__u32 which = COUNT_UNCLASSIFIED;
+			__u64 *lost = bpf_map_lookup_elem(&counters, &which);
+			if (lost)
+				*lost += t->run_count;
+		}
 	}
 	t->run_count = 0;
 }

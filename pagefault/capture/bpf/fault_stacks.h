@@ -7,8 +7,11 @@
 #define STACK_DEPTH 64        /* frames kept of each stack, as trace -o records them (perf's max_stack 64) */
 #define STACK_ENTRIES 16384   /* distinct stacks, user and kernel together (the map is allocated whole: ~9 MiB) */
 
-/* A stack as bpf_get_stack reads it: addresses leaf first, zeros after its last frame; the key of its id. */
+/* A stack as bpf_get_stack reads it (addresses leaf first, zeros after its last frame), kept once with its id,
+ * keyed by a 64-bit hash of its frames (the stack_ids map). */
 struct stack {
+	__s32 id;             /* what the count's key holds */
+	__u32 frames;         /* how many of ip[] are the stack's */
 	__u64 ip[STACK_DEPTH];
 };
 

@@ -1,0 +1,97 @@
+"""What the bench scripts share: their peers installed (bpftrace and perf, which scripts/setup.sh no longer
+installs), the 1 GiB first-touch loop and the floor object built, and a command timed."""
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PF = [sys.executable, "-m", "pagefault"]
+LOOP_NS = re.compile(r"loop_ns=(\d+)")
+LOOP_CPU_NS = re.compile(r"loop_cpu_ns=(\d+)")
+# Python as a user runs it: its modules' bytecode cached (PYTHONDONTWRITEBYTECODE, set in some shells, made every
+# run compile pagefault's modules again: ~60 ms here)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+# Debian's packages of the peers
+PACKAGES = {"bpftrace": "bpftrace", "perf": "linux-perf"}
+
+
+def peers(*names: str) -> dict[str, str]:
+    """The peers' paths; a missing one is installed with apt-get (as root), else the bench stops with the fix."""
+    missing = [n for n in names if not shutil.which(n)]
+    if missing:
+        packages = [PACKAGES[n] for n in missing]
+        fix = f"apt-get install -y {' '.join(packages)}"
+        if os.geteuid() != 0:
+            sys.exit(f"bench: needs {', '.join(missing)}; fix (as root): {fix}")
+        print(f"bench: installing the peers: {fix}", flush=True)
+        done = subprocess.run(["apt-get", "install", "-y", "-q", *packages], capture_output=True, text=True)
+        if done.returncode != 0 or any(not shutil.which(n) for n in missing):
+            sys.exit(f"bench: {fix} failed: {done.stderr.strip()[-300:]}; run apt-get update first if the package "
+                     "lists are old")
+    return {n: shutil.which(n) or n for n in names}
+
+
+def build_loop(work: Path, frame_pointers: bool = False) -> Path:
+    """bench/c/first_touch.c, linked statically (both tools then see the same loader faults run after run)."""
+    exe = work / ("first_touch_fp" if frame_pointers else "first_touch")
+    flags = ["-fno-omit-frame-pointer"] if frame_pointers else []
+    if subprocess.run(["cc", "-O2", "-static", *flags, "-o", str(exe), str(HERE / "c" / "first_touch.c")]).returncode:
+        sys.exit("bench: cannot link the target statically; fix: apt-get install libc6-dev")
+    return exe
+
+
+def build_floor(work: Path) -> Path:
+    """bench/c/floor.bpf.c (the hooks with programs that do nothing of pagefault's), against the vmlinux.h that
+    scripts/build-bpf.sh made for this machine."""
+    arch = os.uname().machine
+    include = ROOT / "pagefault" / "capture" / "bpf" / "build" / arch
+    if not (include / "vmlinux.h").exists():
+        sys.exit(f"bench: no {include}/vmlinux.h; fix: bash scripts/setup.sh (it builds pagefault's BPF objects)")
+    target = {"x86_64": "x86", "aarch64": "arm64"}[arch]
+    obj = work / "floor.bpf.o"
+    if subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{target}", f"-I{include}", "-c",
+                       str(HERE / "c" / "floor.bpf.c"), "-o", str(obj)]).returncode:
+        sys.exit("bench: cannot build bench/c/floor.bpf.c; fix: bash scripts/setup.sh (clang, libbpf-dev)")
+    return obj
+
+
+def floor_command(obj: Path, what: str, loop: list[str]) -> list[str]:
+    return [sys.executable, str(HERE / "floor.py"), str(obj), what, "--", *loop]
+
+
+def loop_cpu_ns(stdout: str) -> int:
+    """The loop's own CPU time (user + system, first_touch.c), 0 if not printed."""
+    m = LOOP_CPU_NS.search(stdout)
+    return int(m.group(1)) if m else 0
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str, float]:
+    """(whole wall time, the loop's own ns (0: not printed), standard output, CPU seconds of the command and
+    its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env or ENV)
+    elapsed = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        sys.exit(f"bench: {' '.join(map(str, cmd))} failed: {r.stderr.strip()[-400:]}")
+    m = LOOP_NS.search(r.stdout)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, int(m.group(1)) if m else 0, r.stdout, cpu
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def machine_note() -> str:
+    """The load on the machine while the bench ran: other work on its CPUs shows in every number."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
