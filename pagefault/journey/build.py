@@ -14,6 +14,7 @@ from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
 from ..evidence import JourneyEvidence, MapsLine, ProgramFaultEvidence, TraceEvent
 from ..model.maple_tree import search as maple_search
 from .catalogue import STEP_DEFS, Filler, Missing, assemble
+from .folio import folio_values
 from .steps import (
     Area,
     Journey,
@@ -463,7 +464,7 @@ def _after(ev: JourneyEvidence | ProgramFaultEvidence) -> str:
     return source.at("sys_enter") + " (the target's next system call after the fault), through BTF types"
 
 
-def _bpf_read(ev: JourneyEvidence, when: str):
+def _bpf_read(ev: JourneyEvidence | ProgramFaultEvidence, when: str):
     """The bpf tier's read at `when` ("before": at the fault, "after": after it), or None."""
     return ev.bpf.reads.get(when) if ev.bpf else None
 
@@ -635,26 +636,8 @@ def _vmemmap_alignment(base: int, levels: int) -> str:
     return "1 GiB aligned, and not the unrandomised base: KASLR placed it (memory randomisation is on)"
 
 
-def _why_refs(refcount: int, page_flags: int, swapbacked_bit: int | None) -> str:
-    """Whose references a freshly mapped page's refcount counts: an anonymous (swap-backed) page's are its
-    mappings' and the LRU batch's; a page-cache page has one more, the page cache's own."""
-    if swapbacked_bit is None:
-        return "the mapping's reference and others held elsewhere in the kernel (no page-flag names from BTF to " \
-               "tell an anonymous page from a page-cache one)"
-    if page_flags >> swapbacked_bit & 1:
-        return {1: "one reference, the page-table mapping's: the folio is already on an LRU list",
-                2: "one reference for the page-table mapping, one more while the new folio waits in a per-CPU LRU "
-                   "batch (folio_add_lru_vma) to be put on an LRU list"}.get(
-                       refcount, "the mappings' references and others held elsewhere in the kernel")
-    return {1: "one reference, the page cache's: no mapping holds one (not yet mapped, or mapped by a PFN map)",
-            2: "one reference for the page cache, one for this page-table mapping",
-            3: "one for the page cache, one for this mapping, and one more: another mapping, or a folio just "
-               "read in that waits in a per-CPU LRU batch"}.get(
-                refcount, "the page cache's reference, one per mapping, and others held elsewhere (readahead, "
-                          "LRU batches, other processes' mappings)")
-
-
-def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | None) -> list[Value]:
+def _struct_page_values(ev: JourneyEvidence | ProgramFaultEvidence, pfn: int | None, kpagecount: int | None,
+                        kpageflags: int | None = None) -> list[Value]:
     """The new frame's struct page read at vmemmap_base + PFN × sizeof(struct page), checked against /proc."""
     read = _bpf_read(ev, "after")
     bpf = ev.bpf
@@ -682,22 +665,8 @@ def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | 
                           f"struct page: {where}", display=f"0x{objs['folio_pfn']:x}", derivation=[] if pfn is None else [
                               f"/proc/PID/pagemap, read apart, says PFN 0x{pfn:x}: "
                               + ("the same" if pfn == objs["folio_pfn"] else "DIFFERENT")]))
-    names = ev.kernel_enums.get("pageflags", {})
-    swapbacked = next((b for b, n in names.items() if n == "PG_swapbacked"), None)
-    values.append(observed("page refcount", objs["refcount"], where,
-                           derivation=[_why_refs(objs["refcount"], objs["page_flags"], swapbacked)]))
-    mapcount = objs["mapcount"] + 1
-    values.append(observed("page mapcount", mapcount, where + "; _mapcount starts at −1",
-                           derivation=[f"_mapcount {objs['mapcount']} + 1 = {mapcount}"] + ([] if kpagecount is None else [
-                               f"/proc/kpagecount says {kpagecount}: "
-                               + ("the same" if kpagecount == mapcount else "DIFFERENT")])))
-    limit = next((v for v, n in names.items() if n == "__NR_PAGEFLAGS"), 0)
-    flags = objs["page_flags"]
-    set_names = [names[b] for b in range(limit) if flags >> b & 1 and b in names]
-    values.append(observed("page flags", flags, where + ("; names from " + ev.kernel_enums_source if names else ""),
-                           display=f"0x{flags:x} = {' | '.join(set_names) or '(no names: no BTF)'}",
-                           derivation=[f"bits below __NR_PAGEFLAGS ({limit}) are PG_ flags; the bits above hold the "
-                                       "page's node, zone and section"] if limit else []))
+    values += folio_values(objs, ev.kernel_enums.get("pageflags", {}), where, ev.kernel_enums_source, kpageflags,
+                           kpagecount, (ev.kernel_version[0], ev.kernel_version[1]))
     return values
 
 
@@ -723,7 +692,7 @@ def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                                  display=str(snap.kpagecount)))
     else:
         s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
-    s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount)
+    s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount, snap.kpageflags)
     s.ws = seven_ws(
         where=f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
         which=f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",

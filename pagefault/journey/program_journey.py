@@ -260,7 +260,7 @@ class _ProgramSteps:
         if ev.kpageflags is not None:
             kw = decode_kpageflags(ev.kpageflags, ev.kernel_version)
             s.values.append(observed("kpageflags", ev.kpageflags, "/proc/kpageflags", display=" | ".join(kw.names)))
-        s.values += _struct_page_values(ev, pm.pfn if pm else None, ev.kpagecount)  # type: ignore[arg-type]
+        s.values += _struct_page_values(ev, pm.pfn if pm else None, ev.kpagecount, ev.kpageflags)
 
     def result(self, s: Step) -> None:
         ev = self.ev
