@@ -56,15 +56,25 @@ class TraceSummary:
     by_process: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, command, faults), most first
 
 
-def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "") -> None:
+KERNEL_COUNT_FROM_EXEC = ("the kernel's own count (software events page-faults/major-faults, counted from exec, "
+                          "children included, as perf stat counts them)")
+# -p: the counters are opened on the running task, enabled at once; perf's inherit follows only the tasks it
+# creates from then on, so threads already running are not in the kernel's count (the trace follows them)
+KERNEL_COUNT_FROM_ATTACH = ("the kernel's own count (software events page-faults/major-faults, counted from the "
+                            "attach on: faults before it are in neither count; for the thread PID and the threads and "
+                            "children it starts after the attach, not for threads already running)")
+
+
+def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "", *,
+              from_exec: bool = True) -> None:
     """Beside the traced total, the kernel's own count for the same processes and time, and the difference
-    with its reason (a note, and ``summary.kernel_counts`` for JSON)."""
+    with its reason (a note, and ``summary.kernel_counts`` for JSON). `from_exec`: the command was started by
+    the trace (counted from its exec); False for -p (counted from the attach)."""
     if not kernel:
         return
     summary.kernel_counts = dict(kernel)
     counted = kernel.get("page-faults", 0)
-    source = ("the kernel's own count (software events page-faults/major-faults, counted from exec, children "
-              "included, as perf stat counts them)")
+    source = KERNEL_COUNT_FROM_EXEC if from_exec else KERNEL_COUNT_FROM_ATTACH
     if counted == traced:
         summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major): the same as "
                              "traced here")
@@ -74,6 +84,10 @@ def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: s
     elif counted > traced:
         why = unseen or ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
                          "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
+    elif not from_exec:
+        why = ("traced faults the kernel's counters did not see: those of threads already running at the attach "
+               "(the counters follow the thread PID and what it starts later), or faults the kernel resolved "
+               "before counting them")
     else:
         why = ("traced faults the kernel did not charge: a fault the kernel resolved before counting it (a "
                "spurious fault after another CPU fixed the entry, or one on a kernel address)")
