@@ -157,6 +157,7 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
     kinds: Counter = Counter()
     by_kind: Counter = Counter()
     by_mapping: Counter = Counter()
+    breakdown: Counter = Counter()      # (class, mapping): a count has no call site
     names = {0: "read", 1: "write", 2: "instruction fetch"}
     for code, alloc, order, cache, sig, _sig_code, vma, n in rows:
         start, kind = vma >> 3, vma & 7
@@ -172,7 +173,10 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
         label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
                  mapping_label(m.path) if m else "(a file)" if kind & KIND_FILE else "[anon]")
         by_mapping[label] += n
+        breakdown[(cls.value, label)] += n
     summary.allocations = allocations
+    summary.class_breakdown = [(cls, label, "(not counted: no call chains)", n)
+                               for (cls, label), n in breakdown.most_common()]
     summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
     summary.by_kind = dict(by_kind.most_common())
     summary.by_mapping = by_mapping.most_common()
