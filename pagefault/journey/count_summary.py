@@ -75,6 +75,7 @@ def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: s
     summary.kernel_counts = dict(kernel)
     counted = kernel.get("page-faults", 0)
     source = KERNEL_COUNT_FROM_EXEC if from_exec else KERNEL_COUNT_FROM_ATTACH
+    _major_note(summary, kernel.get("major-faults"))
     if counted == traced:
         summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major): the same as "
                              "traced here")
@@ -93,6 +94,28 @@ def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: s
                "spurious fault after another CPU fixed the entry, or one on a kernel address)")
     summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major), "
                          f"{counted - traced:+d} against the {traced} traced: {why}")
+
+
+def _major_note(summary: TraceSummary, major: int | None) -> None:
+    """The faults classed "read from disk" held to the kernel's own major-fault count (VM_FAULT_MAJOR, the
+    maj_flt it charges): where they differ, the note says by how many and why, so a class is never taken for
+    the kernel's number."""
+    disk = next((n for c, n, _how in summary.by_class if c == FaultClass.FILE_MAJOR.value), None)
+    if major is None or disk is None and not major:
+        return
+    disk = disk or 0
+    if disk == major:
+        summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}: the kernel's own major-fault "
+                             "count, the same")
+    elif disk > major:
+        summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}, where the kernel counted {major} "
+                             f"major faults: {disk - major} saw a page-cache add that was not a read of their own page "
+                             "(a system call's write() or read() after the fault, or readahead, which the count in "
+                             "the kernel charges to the thread's last fault): minor faults to the kernel")
+    else:
+        summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}, where the kernel counted {major} "
+                             f"major faults: {major - disk} major faults read no file page (a swap-in or a shared "
+                             "memory page read back), or their page-cache add was not seen")
 
 
 def mapping_label(path: str) -> str:
