@@ -9,41 +9,27 @@ default count in the kernel (no event streamed; classes per (class, mapping) row
 from __future__ import annotations
 
 import json
-import re
+import os
+import shutil
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
+from live_helpers.heldout import RECORDED, build, check_recorded, region
 
-from pagefault.capture.recording import load_recording
-from pagefault.capture.tracer import TraceOptions, record
 from pagefault.journey.fault_classes import FaultClass as C
-from pagefault.journey.trace_summary import classify_recording, summarize
 
 pytestmark = pytest.mark.live
-LINE = re.compile(r"^(\w+) start=0x([0-9a-f]+) pages=(\d+) expect=(-?\d+)$")
 DISK = C.FILE_MAJOR
-
-# mode → the classes of the faults inside its region, by construction (None: the number the kernel decides)
-RECORDED = {
-    "anon": {C.ANON_NEW: 64}, "zero": {C.ZERO_PAGE: 64}, "fork": {C.ANON_NEW: 16, C.COW_COPY: 16},
-    "readfresh": {C.ANON_NEW: 64}, "brk": {C.ANON_NEW: 64}, "privwrite": {C.COW_COPY: 64},
-    "cachedseq": {C.FILE_HIT: 16}, "cachedrand": {C.FILE_HIT: 16}, "uncachedrand": {DISK: 32},
-    "segv": {C.SIGSEGV: 4}, "sigbus": {C.SIGBUS: 4}, "thp": {C.THP: 2}, "populate": {}, "mlock": {},
-    "threads": {C.ANON_NEW: 64}, "uncachedseq": None, "fixedfile": {C.FILE_HIT: 16},
-}
-
-
-def _region(stdout: str) -> tuple[str, int, int, int]:
-    m = LINE.match(stdout.strip().splitlines()[-1])
-    assert m, stdout
-    return m.group(1), int(m.group(2), 16), int(m.group(3)), int(m.group(4))
 
 
 @pytest.fixture(scope="module")
-def heldout(cbin):
-    return cbin("heldout")
+def heldout(tmp_path_factory, can_trace):
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler on this machine")
+    out = tmp_path_factory.mktemp("heldout")
+    os.chmod(out, 0o755)
+    return build(out)
 
 
 @pytest.mark.parametrize("mode", sorted(set(RECORDED) - {"fixedfile"}) + [
@@ -51,26 +37,9 @@ def heldout(cbin):
         "a mapping made with MAP_FIXED over another at the same start is looked up by start alone "
         "(trace_summary.mapping_index keeps the first record for a start, not the one in force at the fault): "
         "the file's faults are classed as the anonymous mapping's (reported, issue 26)")))])
-def test_a_recording_classes_each_programs_faults_as_it_made_them(mode, can_trace, heldout, tmp_path):
-    out = tmp_path / "out"
-    with open(out, "w") as f:
-        record(TraceOptions(argv=[str(heldout), mode, str(tmp_path)], output=tmp_path / "t.pfrec",
-                            target_stdout=f.fileno()))
-    name, start, pages, _expect = _region(out.read_text())
-    rec = load_recording(tmp_path / "t.pfrec")
-    addresses, _tids, _times, result = classify_recording(rec)
-    inside = Counter(c for a, c in zip(addresses.tolist(), result.classes) if start <= a < start + pages * 4096)
-    s = summarize(rec)
-    kernel = s.kernel_counts
-    assert s.faults == kernel["page-faults"], s.notes
-    by_class = {c: n for c, n, _how in s.by_class}
-    assert by_class.get(DISK.value, 0) == kernel["major-faults"], (by_class, kernel)
-    if RECORDED[mode] is None:        # a cold file read in order: the kernel's readahead decides how many
-        assert inside[DISK] == kernel["major-faults"] >= 1 and set(inside) <= {DISK, C.FILE_HIT, C.FILE_READAHEAD}
-    else:
-        assert dict(inside) == RECORDED[mode], (name, inside)
-    if mode == "readfresh":            # read() copied into the buffer: every fault taken in kernel mode
-        assert s.by_kind.get("write, not-present page, in kernel mode", 0) >= 64
+def test_a_recording_classes_each_programs_faults_as_it_made_them(mode, heldout, tmp_path):
+    ok, detail = check_recorded(heldout, mode, tmp_path)
+    assert ok, detail
 
 
 # The counted rows are (class, mapping): the mappings the program's region is alone in.
@@ -87,13 +56,13 @@ def _counted(heldout, mode: str, tmp_path) -> dict:
     s = json.loads((tmp_path / "s.json").read_text())
     if s["tier"] != "bpf-counts":
         pytest.skip(f"the faults were not counted in the kernel here: {s['notes'][-1]}")
-    s["region"] = _region(r.stdout)
+    s["region"] = region(r.stdout)
     return s
 
 
 @pytest.mark.parametrize("mode", ["anon", "zero", "segv", "sigbus", "thp", "populate", "mlock", "threads", "fork",
                                   "uncachedrand", "brk"])
-def test_the_count_in_the_kernel_equals_the_kernels_own_and_the_construction(mode, can_trace, heldout, tmp_path):
+def test_the_count_in_the_kernel_equals_the_kernels_own_and_the_construction(mode, heldout, tmp_path):
     s = _counted(heldout, mode, tmp_path)
     classes = {c: n for c, n, _how in s["by_class"]}
     if not any("sched_prepare_exec: tp_btf" in n or "sched_prepare_exec: tracepoint" in n for n in s["notes"]):
@@ -112,7 +81,7 @@ def test_the_count_in_the_kernel_equals_the_kernels_own_and_the_construction(mod
                    "thread's last fault, which then reads as a read from disk: capture/bpf/fault_count.bpf.h "
                    "on_cache_add does not compare the add's file and index with the fault's (reported, issue 26)")
 @pytest.mark.parametrize("mode", ["cachedseq", "privwrite"])
-def test_the_count_in_the_kernel_classes_a_cached_files_faults_as_made(mode, can_trace, heldout, tmp_path):
+def test_the_count_in_the_kernel_classes_a_cached_files_faults_as_made(mode, heldout, tmp_path):
     s = _counted(heldout, mode, tmp_path)
     mapping, expected = COUNTED[mode]
     rows = {c: n for c, m, _site, n in s["class_breakdown"] if m == mapping}
@@ -121,11 +90,10 @@ def test_the_count_in_the_kernel_classes_a_cached_files_faults_as_made(mode, can
     assert classes.get(DISK.value, 0) == s["kernel_counts"]["major-faults"]
 
 
-def test_perf_stat_counts_what_the_trace_counts(can_trace, heldout, tmp_path):
+def test_perf_stat_counts_what_the_trace_counts(heldout, tmp_path):
     """The same program under `perf stat -e page-faults,major-faults` and under trace: the same totals. The
     program runs without address-space randomisation from its start (setarch -R for both), so that its
     faults are the same from one run to the next."""
-    import shutil
     perf, setarch = shutil.which("perf"), shutil.which("setarch")
     if not perf or not setarch:
         pytest.skip("perf or setarch is not installed")
