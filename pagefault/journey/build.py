@@ -892,7 +892,7 @@ def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
 #           stage is in ev.snapshots) and the Facts picked from it once;
 #   fills   the step with values, each observed (with its source), derived (with its arithmetic),
 #           modelled (with the kernel version) or unavailable (with the reason and the fix): evidence that
-#           a tier could not gather (no root, no bpftrace, another kernel's tracepoints) never raises;
+#           a tier could not gather (no root, no BPF objects, another kernel's tracepoints) never raises;
 #   raises  ValueError only for evidence that contradicts itself (a phase reached without the mapping's
 #           address), which a replay reports as an inconsistent file;
 #   reads   nothing of the machine: no /proc, no tracefs, no ELF file (the RIP's ELF facts come in
