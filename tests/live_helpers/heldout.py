@@ -32,6 +32,19 @@ RECORDED = {
 }
 
 
+# the modes that map or read a file in the work directory: they need a file system that drops a clean page from
+# the cache on request and maps files shared (a block device's), not 9p or tmpfs as the matrix's guests have
+FILE_MODES = frozenset({"readfresh", "privwrite", "cachedseq", "cachedrand", "uncachedseq", "uncachedrand", "sigbus",
+                        "fixedfile"})
+DISK_FILE_SYSTEMS = ("ext2/ext3", "ext4", "xfs", "btrfs")
+
+
+def file_system(work: Path) -> str:
+    """The type of the file system holding `work` (stat -f's word: "ext2/ext3" for ext4, "tmpfs", "v9fs")."""
+    return subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def build(out: Path) -> Path:
     """heldout.c compiled into `out` (rebuilt when the source is newer)."""
     exe = out / "heldout"
