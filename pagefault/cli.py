@@ -390,7 +390,8 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
                                  "calls touching the program's memory (exceptions:page_fault_kernel)")
         reconcile(summary, kc.kernel_fault_counts, summary.faults,
                   "" if kc.kernel_mode_counted else
-                  "faults taken in kernel mode, which this kernel's hooks do not count (record with -o FILE)")
+                  "faults taken in kernel mode, which this kernel's hooks do not count (record with -o FILE)",
+                  from_exec=args.pid is None)
         if stacks:
             _write_counted_stacks(args, kc)
     else:

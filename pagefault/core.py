@@ -202,7 +202,7 @@ def arm64_journey(request: JourneyRequest) -> Journey:
     from .journey.arm64_journey import build_arm64_journey
     from .kernel.facts import is_root
     if not is_root():
-        raise CannotTrace("the arm64 journey reads kernel memory with bpftrace: run it as root (sudo)")
+        raise CannotTrace("the arm64 journey reads kernel memory with its compiled BPF walk: run it as root (sudo)")
     try:
         ev = capture_arm64_fault(request.options, request.progress)
     except (BpfError, ExerciseError) as exc:

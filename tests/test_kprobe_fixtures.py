@@ -125,8 +125,8 @@ def test_a_kind_is_checked_against_the_faults_events_before_its_journey_is_shown
 
 def test_a_page_cache_pages_refcount_is_explained_as_the_page_caches():
     """The anonymous page's reason (the per-CPU LRU batch) was given for a file page's refcount too."""
-    from pagefault.journey.build import _why_refs
-    swapbacked = 19
-    assert "per-CPU LRU batch" in _why_refs(2, 1 << swapbacked, swapbacked)
-    assert _why_refs(2, 0, swapbacked) == "one reference for the page cache, one for this page-table mapping"
-    assert "no page-flag names" in _why_refs(2, 0, None)
+    from pagefault.journey.folio import why_refs
+    swapbacked, names = 19, {19: "PG_swapbacked"}
+    assert "per-CPU LRU batch" in why_refs(2, 1 << swapbacked, names)
+    assert why_refs(2, 0, names) == "one reference for the page cache, one for this page-table mapping"
+    assert "no page-flag names" in why_refs(2, 0, {})

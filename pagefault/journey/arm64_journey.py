@@ -24,9 +24,17 @@ from .build import decode_vm_fault
 from .catalogue import Filler, Missing, assemble
 from .steps import Journey, PageWalk, Provenance, Step, WalkLevel, derived, modelled, observed, unavailable
 from .vocabulary import Source, Stage, StepKey, seven_ws
+from .walk_source import evidence_walk_source
 
-AT_FAULT = "bpftrace at kprobe:handle_mm_fault (the fault on the written page)"
-AFTER = "bpftrace at the program's next system call (the fault handled, the write retried)"
+
+def _at_fault(ev: Arm64FaultEvidence) -> str:
+    """Where the values at the fault were read: the engine and handle_mm_fault's probe the evidence records."""
+    return evidence_walk_source(ev).at("handle_mm_fault") + " (the fault on the written page)"
+
+
+def _after(ev: Arm64FaultEvidence) -> str:
+    """Where the values after the fault were read: at the program's next system call."""
+    return evidence_walk_source(ev).at("sys_enter") + " (the program's next system call: the fault handled, the write retried)"
 ARM64_PATH = ("el0_da", "do_mem_abort", "do_translation_fault", "do_page_fault", "handle_mm_fault")
 
 
@@ -125,6 +133,7 @@ class _Arm64Steps:
                                    granule=ev.page_size, pa_bits=_pa_bits(ev))
         self.esr_level = first_invalid_level(ev)
         self.after = {r.level: r for r in ev.walk_after}
+        self.at_fault_src, self.after_src = _at_fault(ev), _after(ev)
 
     def fillers(self) -> dict[StepKey, Filler | Missing]:
         ev = self.ev
@@ -141,16 +150,16 @@ class _Arm64Steps:
         ev, version = self.ev, self.version
         s.values += [observed("mapping start", ev.mapping_start, "the exercise program's mapped line (its mmap's return)"),
                      observed("VMA", f"0x{ev.vma.get('vm_start', 0):x}-0x{ev.vma.get('vm_end', 0):x}",
-                              AT_FAULT + ": vma->vm_start, vm_end")]
+                              self.at_fault_src + ": vma->vm_start, vm_end")]
         if "vm_flags" in ev.vma:
             word = decode_vm_flags(ev.vma["vm_flags"], version, Arch.ARM64)
-            s.values.append(observed("vm_flags", ev.vma["vm_flags"], AT_FAULT + "; " + word.table_source,
+            s.values.append(observed("vm_flags", ev.vma["vm_flags"], self.at_fault_src + "; " + word.table_source,
                                      display=f"0x{ev.vma['vm_flags']:x} = " + " | ".join(word.names)))
 
     def trap(self, s: Step) -> None:
         ev = self.ev
-        s.values.append(observed("faulting address (FAR_EL1)", ev.address, AT_FAULT + ": handle_mm_fault's address"))
-        s.values.append(observed("PC (ELR_EL1)", ev.pc, AT_FAULT + ": the saved user registers (struct user_pt_regs)"))
+        s.values.append(observed("faulting address (FAR_EL1)", ev.address, self.at_fault_src + ": handle_mm_fault's address"))
+        s.values.append(observed("PC (ELR_EL1)", ev.pc, self.at_fault_src + ": the saved user registers (struct user_pt_regs)"))
         if ev.perf_address is not None:
             s.values.append(observed("perf sample: address, IP", f"0x{ev.perf_address:x}, 0x{ev.perf_ip or 0:x}",
                                      "the software page-fault event (PERF_SAMPLE_ADDR, PERF_SAMPLE_IP), recorded by "
@@ -191,7 +200,7 @@ class _Arm64Steps:
     def flags(self, s: Step) -> None:
         ev = self.ev
         word = decode_fault_flags(ev.flags, ev.fault_flag_table, ev.fault_flag_source)
-        s.values.append(observed("flags", ev.flags, AT_FAULT + ": handle_mm_fault's flags; " + ev.fault_flag_source,
+        s.values.append(observed("flags", ev.flags, self.at_fault_src + ": handle_mm_fault's flags; " + ev.fault_flag_source,
                                  display=f"0x{ev.flags:x} = " + " | ".join(word.names)))
 
     def walk(self, s: Step) -> None:
@@ -209,15 +218,15 @@ class _Arm64Steps:
             seen = a or b
             table = seen.table_physical if seen is not None else None
             walk.levels.append(WalkLevel(index.level, index.index, table, a.value if a else None, b.value if b else None,
-                                         Provenance.OBSERVED, AT_FAULT + " and " + AFTER))
+                                         Provenance.OBSERVED, self.at_fault_src + " and " + self.after_src))
             if a is not None:
                 d = self._descriptor(a.value, index.level)
                 s.values.append(observed(f"{index.level} (level {index.architectural_level}) [{index.index}]", a.value,
-                                         AFTER + f"; table at physical 0x{a.table_physical:x}",
+                                         self.after_src + f"; table at physical 0x{a.table_physical:x}",
                                          display=f"0x{a.value:016x}: {d.kind.value}"))
             if b is not None and (a is None or b.value != a.value):
                 d = self._descriptor(b.value, index.level)
-                s.values.append(observed(f"{index.level} at the trap", b.value, AT_FAULT,
+                s.values.append(observed(f"{index.level} at the trap", b.value, self.at_fault_src,
                                          display=f"0x{b.value:016x}: {d.kind.value}"))
         leaf = after.get("PTE")
         if leaf is not None:
@@ -265,7 +274,7 @@ class _Arm64Steps:
         leaf = self.after.get("PTE")
         if leaf is not None:
             d = self._descriptor(leaf.value, "PTE")
-            s.values.append(observed("page descriptor", leaf.value, AFTER, display=f"0x{leaf.value:016x}"))
+            s.values.append(observed("page descriptor", leaf.value, self.after_src, display=f"0x{leaf.value:016x}"))
             s.derivations += list(d.derivations)
         if proof is not None:
             s.values.append(modelled("derived descriptor", proof.value, "arm64 protection_map and do_anonymous_page() for "
@@ -273,11 +282,12 @@ class _Arm64Steps:
                                      display=f"0x{proof.value:016x}"))
 
     def result(self, s: Step) -> None:
-        ev = self.ev
+        ev, source = self.ev, evidence_walk_source(self.ev)
         if ev.retval is not None:
-            s.values.append(observed("handle_mm_fault returned", ev.retval, "kretprobe:handle_mm_fault",
+            s.values.append(observed("handle_mm_fault returned", ev.retval,
+                                     f"{source.engine} at {source.probes[1]} handle_mm_fault",
                                      display="; ".join(decode_vm_fault(ev.retval, ev.kernel_enums.get("vm_fault_reason", {})))))
-            s.values.append(observed("time in handle_mm_fault", ev.duration_ns, "bpftrace nsecs at entry and return",
+            s.values.append(observed("time in handle_mm_fault", ev.duration_ns, f"{source.clock} at entry and return",
                                      display=f"{(ev.duration_ns or 0) / 1000:.1f} µs"))
 
 
@@ -287,7 +297,7 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
                    f"{ev.translation_source}")
     j.notes.append("observed through kprobes and tracepoints: arm64 kernels of this age have no "
                    "exceptions:page_fault_user tracepoint, and do_mem_abort refuses kprobes")
-    j.observed_with = [AT_FAULT, AFTER, "tracepoint kmem:mm_page_alloc", "/proc/PID/pagemap, /proc/kpageflags"]
+    j.observed_with = [_at_fault(ev), _after(ev), "tracepoint kmem:mm_page_alloc", "/proc/PID/pagemap, /proc/kpageflags"]
     steps = _Arm64Steps(ev, j)
     j.steps = assemble(steps.fillers(), Source.ARM64_EXERCISE, Arch.ARM64, Stage.DONE)
     esr_level = steps.esr_level

@@ -11,9 +11,10 @@ from ..decode.gfp import decode_gfp
 from ..decode.pagemap import PM_PFN_MASK, decode_kpageflags, decode_pagemap_entry
 from ..decode.pte import decode_pte, derive_anonymous_pte, vm_page_prot
 from ..decode.vm_flags import decode_vm_flags, vm_flags_from_smaps
-from ..evidence import JourneyEvidence, MapsLine, TraceEvent
+from ..evidence import JourneyEvidence, MapsLine, ProgramFaultEvidence, TraceEvent
 from ..model.maple_tree import search as maple_search
 from .catalogue import STEP_DEFS, Filler, Missing, assemble
+from .folio import folio_values
 from .steps import (
     Area,
     Journey,
@@ -30,11 +31,12 @@ from .steps import (
     unavailable,
 )
 from .vocabulary import Source, Stage, StepKey, seven_ws
+from .walk_source import evidence_walk_source
 
 GATE_AREA = "[vsyscall]"    # get_gate_vma(): shown in maps, not in the mm's VMA tree
 MMAP_LOCK_EVENT = "mmap_lock:mmap_lock_acquire_returned"
 FIX_ROOT = "fix: run as root (sudo) for tracepoints, PFNs and kpageflags"
-FIX_BPF = "fix: as root, bash scripts/setup.sh installs bpftrace (the bpf tier)"
+FIX_BPF = "fix: as root, bash scripts/setup.sh installs libbpf and builds the compiled walk (the bpf tier)"
 PROT_NAMES = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
 MAP_NAMES = ((0x01, "MAP_SHARED"), (0x02, "MAP_PRIVATE"), (0x10, "MAP_FIXED"), (0x20, "MAP_ANONYMOUS"),
              (0x100, "MAP_GROWSDOWN"), (0x2000, "MAP_LOCKED"), (0x4000, "MAP_NORESERVE"), (0x8000, "MAP_POPULATE"))
@@ -211,11 +213,12 @@ def _kprobe_mmap_values(ev: JourneyEvidence) -> list[Value]:
     """The VMA-making call as kprobes saw it (its arguments, result and merges), or why it was not seen."""
     out: list[Value] = []
     km = ev.kprobe_mmap
+    entry, exit_ = evidence_walk_source(ev).probes
     if km is not None and km.retval is not None:
         merges = [(fn, r) for fn, r in km.merges if r]
         out.append(observed(f"{km.function}()", f"file 0x{km.file or 0:x}, addr 0x{km.addr or 0:x}, len 0x{km.length or 0:x}, "
                                  f"vm_flags 0x{km.vm_flags or 0:x}, pgoff 0x{km.pgoff or 0:x} → 0x{km.retval:x}",
-                                 f"kprobe and kretprobe {km.function} (the function that makes the VMA on this kernel)",
+                                 f"{entry} and {exit_} {km.function} (the function that makes the VMA on this kernel)",
                                  derivation=[f"{fn} returned 0x{r:x}: the new range was merged into (or expanded) an "
                                              "existing VMA" for fn, r in merges] or
                                  ["no merge function returned a VMA: a new VMA was made"
@@ -223,7 +226,7 @@ def _kprobe_mmap_values(ev: JourneyEvidence) -> list[Value]:
         probed = ", ".join(sorted({fn for fn, _ in km.merges})) or "on the merge functions"
         blind = {fn: why for fn, why in km.not_probeable.items() if fn != km.function and not why.startswith("not a function")}
         if merges or not blind:
-            out.append(observed("merged", bool(merges), f"kretprobes {probed} during {km.function}"))
+            out.append(observed("merged", bool(merges), f"{exit_}s {probed} during {km.function}"))
         else:
             out.append(unavailable("merged", "no probed merge function returned a VMA, but "
                                         + "; ".join(f"{fn} cannot be probed here ({why})" for fn, why in blind.items())
@@ -429,7 +432,7 @@ def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if kp is not None and kp.flags is not None:
         seen = decode_fault_flags(kp.flags, ev.fault_flag_table, ev.fault_flag_source)
         agree = kp.flags == d.value
-        s.values.append(observed("flags (kprobe)", kp.flags, "kprobe handle_mm_fault arg2",
+        s.values.append(observed("flags (kprobe)", kp.flags, f"{evidence_walk_source(ev).probes[0]} handle_mm_fault arg2",
                                  display=f"0x{kp.flags:x} = {' | '.join(seen.names)}",
                                  derivation=[f"derived from the error code: 0x{d.value:x}: " + (
                                      "the same" if agree else _flag_difference(kp.flags, d.value, ev))]))
@@ -446,11 +449,22 @@ def step_flags(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     )
 
 
-BPF_AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user, through BTF types"
-BPF_AFTER = "bpftrace at the target's next system call after the fault, through BTF types"
+def _at_fault(ev: JourneyEvidence) -> str:
+    """The source of a value read at the fault: the engine and hook the evidence records."""
+    return evidence_walk_source(ev).at("page_fault_user") + ", through BTF types"
 
 
-def _bpf_read(ev: JourneyEvidence, when: str):
+def _after(ev: JourneyEvidence | ProgramFaultEvidence) -> str:
+    """The source of a value read after the fault: at the exercise's next system call; a program's thread is
+    read at its next kernel entry, a system call or its next fault, whichever comes first."""
+    source = evidence_walk_source(ev)
+    if isinstance(ev, ProgramFaultEvidence):
+        return (f"{source.at('sys_enter')} or {source.hook('page_fault_user')} (the thread's next kernel entry "
+                "after the fault), through BTF types")
+    return source.at("sys_enter") + " (the target's next system call after the fault), through BTF types"
+
+
+def _bpf_read(ev: JourneyEvidence | ProgramFaultEvidence, when: str):
     """The bpf tier's read at `when` ("before": at the fault, "after": after it), or None."""
     return ev.bpf.reads.get(when) if ev.bpf else None
 
@@ -459,37 +473,38 @@ def _vma_struct_values(ev: JourneyEvidence, f: Facts, vma: MapsLine) -> list[Val
     """The VMA and mm->map_count as the kernel holds them, checked against /proc."""
     read = _bpf_read(ev, "before")
     objs = read.objects if read else {}
+    at_fault = _at_fault(ev)
     if "vma" not in objs:
         why = ev.unavailable.get("bpf", "the struct reads need the bpf tier; " + FIX_BPF) if not read else \
             "the maple-tree search read no VMA"
         return [unavailable("struct vm_area_struct", why)]
-    values = [observed("struct vm_area_struct", f"0x{objs['vma']:x}", BPF_AT_FAULT + ": the entry the maple-tree "
+    values = [observed("struct vm_area_struct", f"0x{objs['vma']:x}", at_fault + ": the entry the maple-tree "
                        "search for the address ended at")]
     same = (objs["vm_start"], objs["vm_end"]) == (vma.start, vma.end)
-    values.append(observed("vm_start, vm_end", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", BPF_AT_FAULT,
+    values.append(observed("vm_start, vm_end", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", at_fault,
                            derivation=[f"/proc/{ev.pid}/maps says [0x{vma.start:x}, 0x{vma.end:x}): "
                                        + ("the same" if same else "DIFFERENT")]))
     word = decode_vm_flags(objs["vm_flags"], ev.kernel_version)
     check = [] if f.vm_flags is None else [
         f"from smaps VmFlags: 0x{f.vm_flags:x}: " + ("the same" if f.vm_flags == objs["vm_flags"] else "DIFFERENT")]
-    values.append(observed("vm_flags (struct)", objs["vm_flags"], BPF_AT_FAULT + f"; names from {word.table_source}",
+    values.append(observed("vm_flags (struct)", objs["vm_flags"], at_fault + f"; names from {word.table_source}",
                            display=f"0x{objs['vm_flags']:x} = {' | '.join(word.names)}", derivation=check))
     expected = vm_page_prot(objs["vm_flags"])
-    values.append(observed("vm_page_prot", objs["vm_page_prot"], BPF_AT_FAULT, display=f"0x{objs['vm_page_prot']:x}",
+    values.append(observed("vm_page_prot", objs["vm_page_prot"], at_fault, display=f"0x{objs['vm_page_prot']:x}",
                            derivation=[f"x86 protection_map[vm_flags & 0xf = 0x{objs['vm_flags'] & 0xF:x}] = 0x{expected:x}: "
                                        + ("the same" if expected == objs["vm_page_prot"] else
                                           "DIFFERENT (the mapping's protection was changed after mmap, or the "
                                           "built-in protection_map does not hold for this kernel)")]))
     mapped = ev.snapshots.get(Stage.MAPPED)
     vmas = [m for m in mapped.maps if m.path != GATE_AREA] if mapped else []
-    values.append(observed("mm->map_count", objs["map_count"], BPF_AT_FAULT, display=str(objs["map_count"]),
+    values.append(observed("mm->map_count", objs["map_count"], at_fault, display=str(objs["map_count"]),
                            derivation=[f"/proc/{ev.pid}/maps at the mapped phase: {len(vmas)} VMAs without the gate "
                                        f"area: " + ("the same" if len(vmas) == objs["map_count"] else "DIFFERENT")]))
     return values
 
 
 def _maple_values(ev: JourneyEvidence, addr: int) -> list[Value]:
-    """The maple-tree search as bpftrace read it: each node, the slot taken, and the leaf's pivots."""
+    """The maple-tree search as the walk read it: each node, the slot taken, and the leaf's pivots."""
     read = _bpf_read(ev, "before")
     if not read or not read.maple_path:
         return []
@@ -511,7 +526,7 @@ def _maple_values(ev: JourneyEvidence, addr: int) -> list[Value]:
                  f"{'the node maximum' if high is None else f'0x{high:x}'}]: "
                  + (f"0x{addr:x} is inside" if inside else f"0x{addr:x} is NOT inside"))
     return [observed("maple tree search (read)", f"{len(read.maple_path)} levels, leaf slot {leaf.slot}",
-                     BPF_AT_FAULT + "; node types named by " + (ev.kernel_enums_source or "their numbers"), derivation=lines)]
+                     _at_fault(ev) + "; node types named by " + (ev.kernel_enums_source or "their numbers"), derivation=lines)]
 
 
 def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
@@ -527,7 +542,8 @@ def step_vma(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if kp is not None and kp.vma:
         v = kp.vma
         s.values.append(observed("VMA argument (kprobe)", f"[0x{v['vm_start']:x}, 0x{v['vm_end']:x}) vm_flags 0x{v['vm_flags']:x} "
-                                 f"vm_page_prot 0x{v['vm_page_prot']:x}", "kprobe handle_mm_fault arg0 (struct vm_area_struct *)",
+                                 f"vm_page_prot 0x{v['vm_page_prot']:x}",
+                                 f"{evidence_walk_source(ev).probes[0]} handle_mm_fault arg0 (struct vm_area_struct *)",
                                  derivation=[f"vm_file 0x{v['vm_file']:x} ({'a file' if v['vm_file'] else 'anonymous'}), "
                                              f"anon_vma 0x{v['anon_vma']:x} "
                                              f"({'set' if v['anon_vma'] else 'none yet: the first fault makes it'})",
@@ -556,7 +572,8 @@ def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if bpf and "before" in bpf.reads:
         before = bpf.reads["before"]
         s.values.append(derived("direct-map base (page_offset_base)", bpf.direct_map_base,
-                                "mm->pgd (observed by bpftrace) − PGD physical address (observed PFN << 12)",
+                                f"mm->pgd (observed by {evidence_walk_source(ev).engine}) − PGD physical address "
+                                "(observed PFN << 12)",
                                 [f"0x{before.pgd_virtual:x} − 0x{bpf.pgd_physical:x} = 0x{bpf.direct_map_base:x}"]))
         for level in [i.level for i in split.indices]:
             if level not in before.entries:
@@ -566,8 +583,8 @@ def step_walk(s: Step, ev: JourneyEvidence, f: Facts) -> None:
             table = before.table_physical.get(level)
             idx = split.index(level)
             pte = decode_pte(entry, level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
-            s.values.append(observed(f"{level} entry before", entry, "bpftrace read at tracepoint exceptions:page_fault_user "
-                                     f"(table at physical 0x{table:x}, entry {idx} at +0x{idx * 8:x})",
+            s.values.append(observed(f"{level} entry before", entry, evidence_walk_source(ev).at("page_fault_user")
+                                     + f" (table at physical 0x{table:x}, entry {idx} at +0x{idx * 8:x})",
                                      display=f"0x{entry:016x}: {pte.points_to}",
                                      derivation=[d for d in pte.derivations if d.startswith("frame")]))
     else:
@@ -619,67 +636,37 @@ def _vmemmap_alignment(base: int, levels: int) -> str:
     return "1 GiB aligned, and not the unrandomised base: KASLR placed it (memory randomisation is on)"
 
 
-def _why_refs(refcount: int, page_flags: int, swapbacked_bit: int | None) -> str:
-    """Whose references a freshly mapped page's refcount counts: an anonymous (swap-backed) page's are its
-    mappings' and the LRU batch's; a page-cache page has one more, the page cache's own."""
-    if swapbacked_bit is None:
-        return "the mapping's reference and others held elsewhere in the kernel (no page-flag names from BTF to " \
-               "tell an anonymous page from a page-cache one)"
-    if page_flags >> swapbacked_bit & 1:
-        return {1: "one reference, the page-table mapping's: the folio is already on an LRU list",
-                2: "one reference for the page-table mapping, one more while the new folio waits in a per-CPU LRU "
-                   "batch (folio_add_lru_vma) to be put on an LRU list"}.get(
-                       refcount, "the mappings' references and others held elsewhere in the kernel")
-    return {1: "one reference, the page cache's: no mapping holds one (not yet mapped, or mapped by a PFN map)",
-            2: "one reference for the page cache, one for this page-table mapping",
-            3: "one for the page cache, one for this mapping, and one more: another mapping, or a folio just "
-               "read in that waits in a per-CPU LRU batch"}.get(
-                refcount, "the page cache's reference, one per mapping, and others held elsewhere (readahead, "
-                          "LRU batches, other processes' mappings)")
-
-
-def _struct_page_values(ev: JourneyEvidence, pfn: int | None, kpagecount: int | None) -> list[Value]:
+def _struct_page_values(ev: JourneyEvidence | ProgramFaultEvidence, pfn: int | None, kpagecount: int | None,
+                        kpageflags: int | None = None) -> list[Value]:
     """The new frame's struct page read at vmemmap_base + PFN × sizeof(struct page), checked against /proc."""
     read = _bpf_read(ev, "after")
     bpf = ev.bpf
     if read is None or bpf is None:
         return [unavailable("struct page", ev.unavailable.get("bpf", "the struct reads need the bpf tier; " + FIX_BPF))]
     if bpf.vmemmap_base is None or "refcount" not in read.objects:
-        return [unavailable("struct page", "no pagemap:mm_lru_insertion event was seen while bpftrace was armed, so "
+        return [unavailable("struct page", f"no pagemap:mm_lru_insertion event was seen while "
+                            f"{evidence_walk_source(ev).engine} was armed, so "
                             "vmemmap's base could not be derived")]
     size = bpf.struct_page_size or 64
     aligned = bpf.vmemmap_base % (1 << 30) == 0
     values = [derived("vmemmap_base", bpf.vmemmap_base,
-                      "folio − PFN × sizeof(struct page), both from one pagemap:mm_lru_insertion event (bpftrace)",
+                      "folio − PFN × sizeof(struct page), both from one pagemap:mm_lru_insertion event "
+                      f"({evidence_walk_source(ev).at('mm_lru_insertion')})",
                       [f"0x{bpf.vmemmap_folio or 0:x} − 0x{bpf.vmemmap_pfn or 0:x} × {size} = 0x{bpf.vmemmap_base:x}",
                        _vmemmap_alignment(bpf.vmemmap_base, ev.paging_levels) if aligned
                        else "NOT 1 GiB aligned: not vmemmap's base"],
                       display=f"0x{bpf.vmemmap_base:x}")]
     objs = read.objects
     page = bpf.vmemmap_base + objs["folio_pfn"] * size
-    where = f"{BPF_AFTER}: struct page at 0x{bpf.vmemmap_base:x} + 0x{objs['folio_pfn']:x} × {size} = 0x{page:x}"
+    where = f"{_after(ev)}: struct page at 0x{bpf.vmemmap_base:x} + 0x{objs['folio_pfn']:x} × {size} = 0x{page:x}"
     # The struct page is found from the PTE's PFN, so its PFN is that one by construction: derived. Only the
     # comparison with pagemap (the kernel's own answer, read apart) checks anything.
     values.append(derived("struct page's PFN", objs["folio_pfn"], "the PFN in the PTE just read, which places the "
                           f"struct page: {where}", display=f"0x{objs['folio_pfn']:x}", derivation=[] if pfn is None else [
                               f"/proc/PID/pagemap, read apart, says PFN 0x{pfn:x}: "
                               + ("the same" if pfn == objs["folio_pfn"] else "DIFFERENT")]))
-    names = ev.kernel_enums.get("pageflags", {})
-    swapbacked = next((b for b, n in names.items() if n == "PG_swapbacked"), None)
-    values.append(observed("page refcount", objs["refcount"], where,
-                           derivation=[_why_refs(objs["refcount"], objs["page_flags"], swapbacked)]))
-    mapcount = objs["mapcount"] + 1
-    values.append(observed("page mapcount", mapcount, where + "; _mapcount starts at −1",
-                           derivation=[f"_mapcount {objs['mapcount']} + 1 = {mapcount}"] + ([] if kpagecount is None else [
-                               f"/proc/kpagecount says {kpagecount}: "
-                               + ("the same" if kpagecount == mapcount else "DIFFERENT")])))
-    limit = next((v for v, n in names.items() if n == "__NR_PAGEFLAGS"), 0)
-    flags = objs["page_flags"]
-    set_names = [names[b] for b in range(limit) if flags >> b & 1 and b in names]
-    values.append(observed("page flags", flags, where + ("; names from " + ev.kernel_enums_source if names else ""),
-                           display=f"0x{flags:x} = {' | '.join(set_names) or '(no names: no BTF)'}",
-                           derivation=[f"bits below __NR_PAGEFLAGS ({limit}) are PG_ flags; the bits above hold the "
-                                       "page's node, zone and section"] if limit else []))
+    values += folio_values(objs, ev.kernel_enums.get("pageflags", {}), where, ev.kernel_enums_source, kpageflags,
+                           kpagecount, (ev.kernel_version[0], ev.kernel_version[1]))
     return values
 
 
@@ -705,7 +692,7 @@ def step_pagemap(s: Step, ev: JourneyEvidence, f: Facts) -> None:
                                  display=str(snap.kpagecount)))
     else:
         s.values.append(unavailable("kpageflags", "; ".join(snap.errors) or FIX_ROOT))
-    s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount)
+    s.values += _struct_page_values(ev, pm.pfn, snap.kpagecount, snap.kpageflags)
     s.ws = seven_ws(
         where=f"/proc/{ev.pid}/pagemap (fs/proc/task_mmu.c) and /proc/kpageflags (fs/proc/page.c).",
         which=f"PFN 0x{pm.pfn:x}" if pm.pfn else "PFN hidden",
@@ -727,7 +714,7 @@ def step_pte(s: Step, ev: JourneyEvidence, f: Facts) -> None:
     if after and "PTE" in after.entries:
         raw = after.entries["PTE"]
         p = decode_pte(raw, "PTE")
-        s.values.append(observed("PTE (read)", raw, "bpftrace read at the program's next system call, after the fault",
+        s.values.append(observed("PTE (read)", raw, _after(ev),
                                  display=f"0x{raw:016x}", derivation=list(p.derivations)))
         s.values.append(derived("derived == read", raw == d.value, "compare",
                                 [f"0x{d.value:016x} {'==' if raw == d.value else '!='} 0x{raw:016x}"]))
@@ -754,19 +741,21 @@ def _kprobe_return_values(ev: JourneyEvidence) -> list[Value]:
     kp = ev.kprobe_fault
     if kp is None:
         return [unavailable("handlers and return value", ev.unavailable.get("kprobes", "the kprobe tier was not used"))]
+    probes = evidence_walk_source(ev).probes
     values = [observed("handler path", " → ".join(fn for fn, _ns in kp.handlers) or "none of the probed handlers",
-                       "kprobes on the handlers, while handle_mm_fault ran for this fault",
+                       f"{probes[0]} programs on the handlers, while handle_mm_fault ran for this fault",
                        derivation=[f"{fn} at +{ns / 1000:.1f} µs" for fn, ns in kp.handlers]
                        + [f"not probed: {fn} ({why})" for fn, why in sorted(kp.not_probeable.items())])]
     if kp.retval is not None:
         names = ev.kernel_enums.get("vm_fault_reason", {})
         bits = decode_vm_fault(kp.retval, names)
-        values.append(observed("handle_mm_fault return value", kp.retval, "kretprobe handle_mm_fault retval",
+        values.append(observed("handle_mm_fault return value", kp.retval, f"{probes[1]} handle_mm_fault retval",
                                display=f"0x{kp.retval:x} = {' | '.join(bits)}",
                                derivation=[f"names from {ev.kernel_enums_source}" if names else
                                            "no enum vm_fault_reason in BTF: bits unnamed"]))
     if kp.duration_ns is not None:
-        values.append(observed("fault duration", kp.duration_ns, "kretprobe time − kprobe time of handle_mm_fault (bpftrace nsecs)",
+        values.append(observed("fault duration", kp.duration_ns, f"{probes[1]} time − {probes[0]} time of handle_mm_fault "
+                               f"({evidence_walk_source(ev).clock})",
                                display=f"{kp.duration_ns / 1000:.1f} µs"))
     return values
 
@@ -800,7 +789,7 @@ def step_return(s: Step, ev: JourneyEvidence, f: Facts) -> None:
 def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) -> list:
     """Another fault of the same write (it crossed into the next page): its own address, indices, frame and PTE.
 
-    The raw entries are read for the first page only (bpftrace follows one address), so this page's walk
+    The raw entries are read for the first page only (the walk follows one address), so this page's walk
     gives its indices and the PTE derived from its frame, and says so."""
     src = _src(ev, f.fault_event_name)
     addr = e.fields["address"]
@@ -814,7 +803,8 @@ def _later_fault_values(ev: JourneyEvidence, f: Facts, e: TraceEvent, n: int) ->
     split = split_virtual_address(addr, ev.paging_levels)
     out.append(derived(f"fault {n}: walk indices", " ".join(f"{i.level} {i.index}" for i in split.indices),
                        "9 bits of the address per level", list(split.derivations)))
-    out.append(unavailable(f"fault {n}: raw entries", "bpftrace reads the entries of the write's first page only"))
+    out.append(unavailable(f"fault {n}: raw entries", f"{evidence_walk_source(ev).engine} reads the entries of the "
+                           "write's first page only"))
     allocs = f.later_allocs.get(id(e), [])
     data = next((a for a in allocs if set(_funcs(a)) & set(DATA_PAGE_FUNCS)), None)
     entry = ev.snapshots[Stage.TOUCHED].more_pagemaps.get(page)
@@ -863,7 +853,7 @@ def timeline(ev: JourneyEvidence, f: Facts) -> list[TimelineEntry]:
 
 
 def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
-    """The walk for the drawing: entries as bpftrace read them after the fault (and at the trap)."""
+    """The walk for the drawing: entries as the walk read them after the fault (and at the trap)."""
     addr = _fault_address(ev)
     if addr is None:
         return None
@@ -884,7 +874,7 @@ def page_walk(ev: JourneyEvidence, f: Facts) -> PageWalk | None:
             read.entries[i.level] if read else None,
             before.entries.get(i.level) if before else None,
             Provenance.OBSERVED if read else Provenance.UNAVAILABLE,
-            "bpftrace read at the program's next system call after the fault" if read
+            _after(ev) if read
             else ev.unavailable.get("bpf", "the raw entries need the bpf tier; " + FIX_BPF)))
     walk.set_frame()
     if walk.frame_pfn is None and not any(lv.entry is not None for lv in walk.levels) and f.pagemap_pfn:
@@ -902,7 +892,7 @@ def layout(maps: list[MapsLine], address: int | None) -> list[Area]:
 #           stage is in ev.snapshots) and the Facts picked from it once;
 #   fills   the step with values, each observed (with its source), derived (with its arithmetic),
 #           modelled (with the kernel version) or unavailable (with the reason and the fix): evidence that
-#           a tier could not gather (no root, no bpftrace, another kernel's tracepoints) never raises;
+#           a tier could not gather (no root, no BPF objects, another kernel's tracepoints) never raises;
 #   raises  ValueError only for evidence that contradicts itself (a phase reached without the mapping's
 #           address), which a replay reports as an inconsistent file;
 #   reads   nothing of the machine: no /proc, no tracefs, no ELF file (the RIP's ELF facts come in
@@ -952,10 +942,13 @@ def observation_means(ev: JourneyEvidence) -> list[str]:
     if ev.kprobe_fault or ev.kprobe_mmap:
         used = (["handle_mm_fault and its handlers"] if ev.kprobe_fault else []) + \
             ([ev.kprobe_mmap.function] if ev.kprobe_mmap else [])
-        out.append("kprobes: " + ", ".join(used))
+        source = evidence_walk_source(ev)
+        out.append(f"{source.probes[0]}: " + ", ".join(used) + f" ({source.engine})")
     else:
         out.append("kprobes: none (" + ev.unavailable.get("kprobes", "the bpf tier was not used") + ")")
-    out.append("fentry: not used (bpftrace's kprobes observe the same calls)")
+    if not (ev.kprobe_fault or ev.kprobe_mmap) or evidence_walk_source(ev).probes[0] != "fentry":
+        out.append("fentry: not used" + (" (bpftrace's kprobes observe the same calls)" if not
+                                          evidence_walk_source(ev).compiled else ""))
     return out
 
 

@@ -56,15 +56,26 @@ class TraceSummary:
     by_process: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, command, faults), most first
 
 
-def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "") -> None:
+KERNEL_COUNT_FROM_EXEC = ("the kernel's own count (software events page-faults/major-faults, counted from exec, "
+                          "children included, as perf stat counts them)")
+# -p: the counters are opened on the running task, enabled at once; perf's inherit follows only the tasks it
+# creates from then on, so threads already running are not in the kernel's count (the trace follows them)
+KERNEL_COUNT_FROM_ATTACH = ("the kernel's own count (software events page-faults/major-faults, counted from the "
+                            "attach on: faults before it are in neither count; for the thread PID and the threads and "
+                            "children it starts after the attach, not for threads already running)")
+
+
+def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "", *,
+              from_exec: bool = True) -> None:
     """Beside the traced total, the kernel's own count for the same processes and time, and the difference
-    with its reason (a note, and ``summary.kernel_counts`` for JSON)."""
+    with its reason (a note, and ``summary.kernel_counts`` for JSON). `from_exec`: the command was started by
+    the trace (counted from its exec); False for -p (counted from the attach)."""
     if not kernel:
         return
     summary.kernel_counts = dict(kernel)
     counted = kernel.get("page-faults", 0)
-    source = ("the kernel's own count (software events page-faults/major-faults, counted from exec, children "
-              "included, as perf stat counts them)")
+    source = KERNEL_COUNT_FROM_EXEC if from_exec else KERNEL_COUNT_FROM_ATTACH
+    _major_note(summary, kernel.get("major-faults"))
     if counted == traced:
         summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major): the same as "
                              "traced here")
@@ -74,11 +85,37 @@ def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: s
     elif counted > traced:
         why = unseen or ("faults the tracepoints did not show to this trace (on an arm64 kernel or without "
                          "exceptions:page_fault_kernel, kernel-mode faults are not traced)")
+    elif not from_exec:
+        why = ("traced faults the kernel's counters did not see: those of threads already running at the attach "
+               "(the counters follow the thread PID and what it starts later), or faults the kernel resolved "
+               "before counting them")
     else:
         why = ("traced faults the kernel did not charge: a fault the kernel resolved before counting it (a "
                "spurious fault after another CPU fixed the entry, or one on a kernel address)")
     summary.notes.append(f"{source}: {counted} page faults ({kernel.get('major-faults', 0)} major), "
                          f"{counted - traced:+d} against the {traced} traced: {why}")
+
+
+def _major_note(summary: TraceSummary, major: int | None) -> None:
+    """The faults classed "read from disk" held to the kernel's own major-fault count (VM_FAULT_MAJOR, the
+    maj_flt it charges): where they differ, the note says by how many and why, so a class is never taken for
+    the kernel's number."""
+    disk = next((n for c, n, _how in summary.by_class if c == FaultClass.FILE_MAJOR.value), None)
+    if major is None or disk is None and not major:
+        return
+    disk = disk or 0
+    if disk == major:
+        summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}: the kernel's own major-fault "
+                             "count, the same")
+    elif disk > major:
+        summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}, where the kernel counted {major} "
+                             f"major faults: {disk - major} saw a page-cache add that was not a read of their own page "
+                             "(a system call's write() or read() after the fault, or readahead, which the count in "
+                             "the kernel charges to the thread's last fault): minor faults to the kernel")
+    else:
+        summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}, where the kernel counted {major} "
+                             f"major faults: {major - disk} major faults read no file page (a swap-in or a shared "
+                             "memory page read back), or their page-cache add was not seen")
 
 
 def mapping_label(path: str) -> str:
@@ -143,6 +180,7 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
     kinds: Counter = Counter()
     by_kind: Counter = Counter()
     by_mapping: Counter = Counter()
+    breakdown: Counter = Counter()      # (class, mapping): a count has no call site
     names = {0: "read", 1: "write", 2: "instruction fetch"}
     for code, alloc, order, cache, sig, _sig_code, vma, n in rows:
         start, kind = vma >> 3, vma & 7
@@ -158,7 +196,10 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
         label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
                  mapping_label(m.path) if m else "(a file)" if kind & KIND_FILE else "[anon]")
         by_mapping[label] += n
+        breakdown[(cls.value, label)] += n
     summary.allocations = allocations
+    summary.class_breakdown = [(cls, label, "(not counted: no call chains)", n)
+                               for (cls, label), n in breakdown.most_common()]
     summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
     summary.by_kind = dict(by_kind.most_common())
     summary.by_mapping = by_mapping.most_common()

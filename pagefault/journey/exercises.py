@@ -208,7 +208,7 @@ def exercise_pte_arm64(j: Journey) -> Exercise:
                  "cleared)", "modelled: mm/memory.c, arch/arm64/mm/mmap.c, arch/arm64/include/asm/pgtable.h")]
     e.questions = [Question("Which descriptor does the fault install? (hex)", built.value, "hex", list(built.derivation))]
     if read:
-        e.confirmation = [f"the descriptor bpftrace read from the table: {read.display}"]
+        e.confirmation = [f"the descriptor read from the table ({read.source}): {read.display}"]
     return e
 
 
@@ -270,7 +270,7 @@ def exercise_pte(j: Journey) -> Exercise:
     e.questions = [Question("Which PTE does the fault install? (hex)", built.value, "hex", list(built.derivation))]
     read = _find(j, StepKey.PTE, "PTE (read)")
     if read:
-        e.confirmation = [f"the PTE bpftrace read from the table: {read.display}"]
+        e.confirmation = [f"the PTE read from the table ({read.source}): {read.display}"]
         e.confirmation += [line for line in decode_pte(read.value, "PTE").derivations if "=" in line][:3]
     return e
 

@@ -1,7 +1,7 @@
 """Per-fault durations from the handle_mm_fault kprobe pair, summarised: histograms and percentiles by outcome and by mapping.
 
-Pure: the kernel's histograms come in (capture/latency.py reads them from bpftrace's maps), the summary goes
-out as data. The kernel keeps log2 histograms (bpftrace's hist()), the count, the sum and the maximum per
+Pure: the kernel's histograms come in (capture/latency.py reads them from the compiled latency program's map), the summary goes
+out as data. The kernel keeps log2 histograms (capture/bpf/latency.bpf.c), the count, the sum and the maximum per
 group: a percentile is therefore known to its log2 bucket, and is reported as that bucket's upper bound
 ("at most"), never as a made-up exact value.
 """
@@ -84,6 +84,7 @@ def summarize_latency(by_outcome: dict[tuple[int, int], KernelHistogram], by_vma
     out.by_mapping = [group(label, h) for label, h in merged.items()]
     out.by_outcome.sort(key=lambda g: -g.count)
     out.by_mapping.sort(key=lambda g: -g.count)
-    out.notes.append("durations kept in the kernel as log2 histograms (bpftrace hist): a percentile is given as the "
+    out.notes.append("durations kept in the kernel as log2 histograms (the compiled latency program, latency.bpf.c): "
+                     "a percentile is given as the "
                      "upper bound of its bucket; the sum and maximum are exact")
     return out

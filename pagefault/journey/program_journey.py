@@ -31,9 +31,8 @@ from .fault_classes import (
 )
 from .steps import Journey, Step, Value, derived, observed, unavailable
 from .vocabulary import FaultKind, Source, Stage, StepKey
+from .walk_source import evidence_walk_source
 
-AT_FAULT = "bpftrace at tracepoint exceptions:page_fault_user (the chosen fault)"
-AFTER = "bpftrace at the thread's next kernel entry after the fault"
 # Which class a --kind asks for (major is a file fault that read from disk).
 KIND_CLASSES: dict[FaultKind, set[FaultClass]] = {
     FaultKind.ANON: {FaultClass.ANON_NEW}, FaultKind.ZERO: {FaultClass.ZERO_PAGE},
@@ -51,8 +50,8 @@ def kind_classes(kind: str) -> set[FaultClass]:
 def _window(ev: ProgramFaultEvidence) -> list[TraceEvent]:
     """The chosen thread's events from its fault to its next fault (what the fault did).
 
-    The fault's own perf sample is stamped after bpftrace's program on the same tracepoint ran (tens of µs
-    later here), so the window starts at the first sample of that thread and address from bpftrace's time on.
+    The fault's own perf sample is stamped after the walk's program on the same tracepoint ran (tens of µs
+    later here), so the window starts at the first sample of that thread and address from the walk's time on.
     """
     faults = sorted((e for e in ev.events if e.name == "exceptions:page_fault_user" and e.pid == ev.tid),
                     key=lambda e: e.time_ns)
@@ -111,19 +110,24 @@ class _ProgramSteps:
         # the program capture traps at x86's exceptions:page_fault_user; its evidence names no architecture yet
         self.arch = arch_interface(Arch.X86_64, ev.paging_levels)
         self.cls, self.how, self.window = classify_chosen(ev)
+        # the engine and hooks that read the walk, as the evidence records them (bpftrace in older captures)
+        self.source = evidence_walk_source(ev)
+        self.at_fault = self.source.at("page_fault_user") + " (the chosen fault)"
+        self.after = (f"{self.source.at('sys_enter')} or {self.source.hook('page_fault_user')} (the thread's "
+                      "next kernel entry after the fault)")
 
     def fillers(self) -> dict[StepKey, Filler | Missing]:
         return {StepKey.SELECTED: self.selected, StepKey.TRAP: self.trap, StepKey.RIP: self.rip,
                 StepKey.FLAGS: self.flags, StepKey.VMA: self.vma, StepKey.ALLOC: self.alloc,
-                StepKey.WALK: self.walk if self.ev.bpf else Missing(self.ev.unavailable.get("bpf", "bpftrace read no walk")),
+                StepKey.WALK: self.walk if self.ev.bpf else Missing(self.ev.unavailable.get("bpf", "the walk read nothing")),
                 StepKey.CLASS: self.kind, StepKey.PTE: self.pte, StepKey.RETURN: self.result}
 
     def selected(self, s: Step) -> None:
         ev, cls = self.ev, self.cls
-        s.values.append(observed("selector", ev.selector_words, "pagefault journey's selector, applied by bpftrace"))
-        s.values.append(observed("fault number", ev.nth, AT_FAULT + ": the program's faults counted in the kernel",
+        s.values.append(observed("selector", ev.selector_words, f"pagefault journey's selector, applied by {self.source.engine}"))
+        s.values.append(observed("fault number", ev.nth, self.at_fault + ": the program's faults counted in the kernel",
                                  display=str(ev.nth)))
-        s.values.append(observed("thread", ev.tid, AT_FAULT, display=str(ev.tid)))
+        s.values.append(observed("thread", ev.tid, self.at_fault, display=str(ev.tid)))
         if ev.selector == "kind":
             wanted = kind_classes(ev.selector_value)
             s.values.append(derived("kind checked afterwards", cls in wanted, "the class from the fault's events (below) "
@@ -135,10 +139,10 @@ class _ProgramSteps:
     def trap(self, s: Step) -> None:
         ev, arch = self.ev, self.arch
         code = arch.decode_syndrome(ev.error_code)
-        s.values += [observed(f"faulting address ({arch.address_register})", ev.address, AT_FAULT + " args->address",
+        s.values += [observed(f"faulting address ({arch.address_register})", ev.address, self.at_fault + " args->address",
                               display=f"0x{ev.address:x}"),
-                     observed(arch.pc_register, ev.ip, AT_FAULT + " args->ip", display=f"0x{ev.ip:x}"),
-                     observed(arch.syndrome_register, ev.error_code, AT_FAULT + " args->error_code",
+                     observed(arch.pc_register, ev.ip, self.at_fault + " args->ip", display=f"0x{ev.ip:x}"),
+                     observed(arch.syndrome_register, ev.error_code, self.at_fault + " args->error_code",
                               display=f"0x{ev.error_code:x}: {code.summary}", derivation=list(code.derivations))]
 
     def rip(self, s: Step) -> None:
@@ -171,20 +175,20 @@ class _ProgramSteps:
         objs = before.objects if before else {}
         if "vma" in objs and objs["vm_start"] <= ev.address < objs["vm_end"]:
             word = decode_vm_flags(objs["vm_flags"], ev.kernel_version)
-            s.values += [observed("VMA", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", AT_FAULT + ": the maple-tree "
+            s.values += [observed("VMA", f"[0x{objs['vm_start']:x}, 0x{objs['vm_end']:x})", self.at_fault + ": the maple-tree "
                                   "search's result, read through BTF"),
-                         observed("vm_flags", objs["vm_flags"], AT_FAULT, display=f"0x{objs['vm_flags']:x} = "
+                         observed("vm_flags", objs["vm_flags"], self.at_fault, display=f"0x{objs['vm_flags']:x} = "
                                   f"{' | '.join(word.names)}"),
-                         observed("backing", "a file" if objs["vm_file"] else "anonymous memory", AT_FAULT + ": vm_file",
+                         observed("backing", "a file" if objs["vm_file"] else "anonymous memory", self.at_fault + ": vm_file",
                                   display=f"vm_file 0x{objs['vm_file']:x}")]
         else:
-            s.values.append(derived("VMA", "none held the address when the fault entered the kernel", AT_FAULT +
+            s.values.append(derived("VMA", "none held the address when the fault entered the kernel", self.at_fault +
                                     ": the maple-tree search ended in a gap",
                                     ["a fault below the stack grows it; anywhere else it is SIGSEGV (SEGV_MAPERR)"]))
         m = _mapping(ev.maps, ev.address)
         if m is not None:
             s.values.append(observed("mapping after the fault", f"{m.start:x}-{m.end:x} {m.perms} {m.offset:x} {m.path}",
-                                     f"/proc/{ev.pid}/maps while bpftrace held the program stopped after the fault"))
+                                     f"/proc/{ev.pid}/maps while {self.source.engine} held the program stopped after the fault"))
             if m.path.startswith("/"):
                 page_index = (ev.address - m.start + m.offset) >> 12
                 added = [e for e in window if e.name == "filemap:mm_filemap_add_to_page_cache"]
@@ -196,7 +200,7 @@ class _ProgramSteps:
     def walk(self, s: Step) -> None:
         ev, bpf = self.ev, self.ev.bpf
         assert bpf is not None              # fillers(): without the BPF reads the step says why
-        for when, src in (("before", AT_FAULT), ("after", AFTER)):
+        for when, src in (("before", self.at_fault), ("after", self.after)):
             read = bpf.reads.get(when)
             for level, entry in (read.entries.items() if read else []):
                 p = decode_pte(entry, level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
@@ -233,7 +237,7 @@ class _ProgramSteps:
             p = decode_pte(leaf, leaf_level, kernel=ev.kernel_version, paging_levels=ev.paging_levels)
             what = "a huge page" if p.huge else "the walk stopped here"
             label = "PTE after" if leaf_level == "PTE" else f"{leaf_level} after (the leaf: {what})"
-            s.values.append(observed(label, leaf, AFTER, display=f"0x{leaf:016x}: {p.kind.value}", derivation=list(p.derivations)))
+            s.values.append(observed(label, leaf, self.after, display=f"0x{leaf:016x}: {p.kind.value}", derivation=list(p.derivations)))
             if p.kind is EntryKind.PRESENT and p.leaf and p.pfn is not None and pm is not None and pm.pfn:
                 pages = {"PTE": 1, "PMD": 512, "PUD": 512 * 512}[leaf_level]
                 sub = (ev.address >> 12) & (pages - 1)
@@ -256,11 +260,11 @@ class _ProgramSteps:
         if ev.kpageflags is not None:
             kw = decode_kpageflags(ev.kpageflags, ev.kernel_version)
             s.values.append(observed("kpageflags", ev.kpageflags, "/proc/kpageflags", display=" | ".join(kw.names)))
-        s.values += _struct_page_values(ev, pm.pfn if pm else None, ev.kpagecount)  # type: ignore[arg-type]
+        s.values += _struct_page_values(ev, pm.pfn if pm else None, ev.kpagecount, ev.kpageflags)
 
     def result(self, s: Step) -> None:
         ev = self.ev
-        s.values.append(observed("stopped after the fault", ev.paused, "bpftrace signal(SIGSTOP) at the thread's next "
+        s.values.append(observed("stopped after the fault", ev.paused, f"{self.source.held} at the thread's next "
                                  "kernel entry; /proc read; SIGCONT"))
         if ev.exit:
             s.values.append(observed("program exit", ev.exit, "waitpid()"))

@@ -1,6 +1,6 @@
 """The journey's shape: steps of values, each value with its provenance.
 
-observed    read on this machine; `source` says where (tracepoint, /proc file, bpftrace read)
+observed    read on this machine; `source` says where (tracepoint, /proc file, the BPF walk's read)
 derived     computed from observed values; `source` says how, the arithmetic is in `derivation`
 modelled    from knowledge of the kernel source for a named version; `source` says which
 unavailable could not be had here; `source` gives the reason and the fix

@@ -210,7 +210,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
     summary.allocations = int(m.allocs.sum())
     summary.mmaps = int(m.mmaps.sum())
     _count_kinds(summary, m.codes, m.kernel_mode, ids)
-    reconcile(summary, meta.get("kernel_fault_counts"), len(m.addresses))
+    reconcile(summary, meta.get("kernel_fault_counts"), len(m.addresses), from_exec=bool(meta.get("spawned", True)))
 
     maps = mappings_of(meta, stream)
     summary.by_mapping = count_by_mapping(m.addresses, maps) if len(m.addresses) else []

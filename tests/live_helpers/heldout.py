@@ -1,0 +1,86 @@
+"""The held-out programs (tests/c/heldout.c) traced and held to their construction and to the kernel's own
+counts: shared by the live test (tests/test_live_heldout.py) and the kernel matrix (scripts/matrix_checks.py).
+
+A recording (-o) of one mode: the classes of the faults inside the program's region, by construction; the
+trace's total equal to the kernel's page-faults software event counted from exec (as perf stat counts), and
+the faults classed "file read from disk" equal to the kernel's major-faults count."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from pagefault.capture.recording import load_recording
+from pagefault.capture.tracer import TraceOptions, record
+from pagefault.journey.fault_classes import FaultClass as C
+from pagefault.journey.trace_summary import classify_recording, summarize
+
+SOURCE = Path(__file__).resolve().parent.parent / "c" / "heldout.c"
+LINE = re.compile(r"^(\w+) start=0x([0-9a-f]+) pages=(\d+) expect=(-?\d+)$")
+DISK = C.FILE_MAJOR
+# mode → the classes of the faults inside its region, by construction (None: as many reads from disk as the
+# kernel's readahead makes, the rest page-cache hits)
+RECORDED = {
+    "anon": {C.ANON_NEW: 64}, "zero": {C.ZERO_PAGE: 64}, "fork": {C.ANON_NEW: 16, C.COW_COPY: 16},
+    "readfresh": {C.ANON_NEW: 64}, "brk": {C.ANON_NEW: 64}, "privwrite": {C.COW_COPY: 64},
+    "cachedseq": {C.FILE_HIT: 16}, "cachedrand": {C.FILE_HIT: 16}, "uncachedrand": {DISK: 32},
+    "segv": {C.SIGSEGV: 4}, "sigbus": {C.SIGBUS: 4}, "thp": {C.THP: 2}, "populate": {}, "mlock": {},
+    "threads": {C.ANON_NEW: 64}, "uncachedseq": None, "fixedfile": {C.FILE_HIT: 16},
+}
+
+
+# the modes that map or read a file in the work directory: they need a file system that drops a clean page from
+# the cache on request and maps files shared (a block device's), not 9p or tmpfs as the matrix's guests have
+FILE_MODES = frozenset({"readfresh", "privwrite", "cachedseq", "cachedrand", "uncachedseq", "uncachedrand", "sigbus",
+                        "fixedfile"})
+DISK_FILE_SYSTEMS = ("ext2/ext3", "ext4", "xfs", "btrfs")
+
+
+def file_system(work: Path) -> str:
+    """The type of the file system holding `work` (stat -f's word: "ext2/ext3" for ext4, "tmpfs", "v9fs")."""
+    return subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def build(out: Path) -> Path:
+    """heldout.c compiled into `out` (rebuilt when the source is newer)."""
+    exe = out / "heldout"
+    if not exe.exists() or exe.stat().st_mtime < SOURCE.stat().st_mtime:
+        cc = shutil.which("cc") or shutil.which("gcc")
+        subprocess.run([cc, "-O1", "-g", "-pthread", "-o", str(exe), str(SOURCE)], check=True)
+    return exe
+
+
+def region(stdout: str) -> tuple[str, int, int, int]:
+    m = LINE.match(stdout.strip().splitlines()[-1])
+    if not m:
+        raise AssertionError(f"no region line in {stdout!r}")
+    return m.group(1), int(m.group(2), 16), int(m.group(3)), int(m.group(4))
+
+
+def check_recorded(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
+    """Record `mode`, and whether its region's classes and the totals are what they must be, with the numbers."""
+    out = work / f"{mode}.out"
+    with open(out, "w") as f:
+        record(TraceOptions(argv=[str(exe), mode, str(work)], output=work / f"{mode}.pfrec", target_stdout=f.fileno(),
+                            force=True))
+    _name, start, pages, _expect = region(out.read_text())
+    rec = load_recording(work / f"{mode}.pfrec")
+    addresses, _tids, _times, result = classify_recording(rec)
+    inside = Counter(c for a, c in zip(addresses.tolist(), result.classes) if start <= a < start + pages * 4096)
+    s = summarize(rec)
+    kernel = s.kernel_counts
+    disk = next((n for c, n, _how in s.by_class if c == DISK.value), 0)
+    ok = s.faults == kernel.get("page-faults") and disk == kernel.get("major-faults")
+    want = RECORDED[mode]
+    if want is None:
+        ok = ok and inside[DISK] == kernel["major-faults"] >= 1 and set(inside) <= {DISK, C.FILE_HIT, C.FILE_READAHEAD}
+    else:
+        ok = ok and dict(inside) == want
+    got = ", ".join(f"{c.value} {n}" for c, n in sorted(inside.items(), key=lambda x: x[0].value)) or "none"
+    return ok, (f"{mode}: region {got} (built: {', '.join(f'{c.value} {n}' for c, n in (want or {}).items()) or 'none'}"
+                f"); {s.faults} faults, the kernel's {kernel.get('page-faults')}; {disk} read from disk, the kernel's "
+                f"major {kernel.get('major-faults')}")
