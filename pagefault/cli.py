@@ -938,9 +938,9 @@ def _fault_selector(args) -> tuple[str, object]:
             pass
         if ":" in text and text.rsplit(":", 1)[1].isdigit():
             return "line", text
-        if text.replace("_", "").replace(".", "").isalnum():
+        if text.replace("_", "").replace(".", "").replace(":", "").replace("-", "").isalnum():  # [OBJECT:]FUNCTION
             return "symbol", text
-        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name or FILE:LINE")
+        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name (libc.so.6:memset: in that object) or FILE:LINE")
     return "own", None
 
 
