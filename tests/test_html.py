@@ -255,7 +255,7 @@ def _fixture_journeys():
     from pagefault.core import replay
     saved = sorted(Path(__file__).parent.glob("fixtures/evidence/*-amd64/journey-bpf.json.gz")) + \
         sorted(Path(__file__).parent.glob("fixtures/evidence/*-fc-*/journey-bpf.json.gz"))
-    program = Path(__file__).parent / "fixtures/evidence/program-memset/journey-program.json.gz"
+    program = Path(__file__).parent / "fixtures/evidence/6.18.44-fc-v1147/program-memset-line.json.gz"
     return [("model", build_model_journey(run_in_model(find_scenario("first-touch"))))] + \
         [(p.parent.name, replay(p)) for p in saved[-1:]] + [("program", replay(program))]
 
@@ -300,7 +300,7 @@ def test_nothing_overflows_and_the_walk_scrolls_instead_of_shrinking(browser, tm
 
 # --- the journey of a program's fault (journey -- CMD, -p PID) ------------------------------------------------
 
-PROGRAM_FIXTURE = "fixtures/evidence/program-memset/journey-program.json.gz"
+PROGRAM_FIXTURE = "fixtures/evidence/6.18.44-fc-v1147/program-memset-line.json.gz"
 
 
 def _program_evidence():

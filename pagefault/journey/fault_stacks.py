@@ -28,7 +28,7 @@ import numpy as np
 
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
-from ..symbols.elf import resolve_ip
+from ..symbols.elf import resolve_mapping
 from .trace_summary import (
     PROT_EXEC,
     _chain_symbols,
@@ -71,7 +71,7 @@ class Symbolizer:
             if m is None:
                 name = ""      # no mapping holds it: a frame-pointer walk through code built without them
             elif m.path.startswith("/"):
-                r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
+                r = resolve_mapping(ip, m)
                 base = m.path.rsplit("/", 1)[-1]
                 name = f"{base}:{r.symbol}" if r.symbol else f"{base}+0x{r.file_offset:x}"
             else:

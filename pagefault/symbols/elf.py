@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile
 
-    from ..evidence import MapsLine, RipFacts
+    from ..evidence import Mapping, MapsLine, RipFacts
 
 
 SYM_DTYPE = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
@@ -135,6 +135,8 @@ class ElfImage:
         keep = ((kind == 2) | (kind == 10)) & (table["value"] != 0)  # STT_FUNC, STT_GNU_IFUNC
         table = table[keep]
         self._all_functions = table      # every name, aliases at one address too (functions_by_name)
+        # one name per address: a global one before a local alias (glibc's __GI___ctype_init is __ctype_init)
+        table = table[np.lexsort(((table["info"] >> 4) != 1, table["value"]))]
         _, first = np.unique(table["value"], return_index=True)
         table = table[first]
         self.addrs = table["value"].tolist()
@@ -303,3 +305,16 @@ def line_ranges(path: str, file: str, line: int) -> list[tuple[int, int]]:
     """[start, end) ELF address ranges the DWARF line table gives to `file:line` (file by its base name)."""
     want = file.rsplit("/", 1)[-1]
     return [(lo, hi) for lo, hi, name, n in line_rows(path) if n == line and name.rsplit("/", 1)[-1] == want]
+
+
+def resolve_mapping(ip: int, m: Mapping) -> ResolvedIP:
+    """resolve_ip for a mapping of a recording: through the RecordedFiles its reader attached to it
+    (symbols/recorded.py: the file is opened only if it is provably the one the capture saw, else the
+    recording's saved symbols), or straight from the file for a mapping a live capture read itself."""
+    files = getattr(m, "recorded_files", None)
+    if files is not None:
+        return files.resolve(ip, m)
+    return resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
+
+
+from .recorded import RecordedFiles  # noqa: E402, F401  (re-exported for journey's readers of recordings)
