@@ -115,3 +115,32 @@ def test_a_return_address_outside_code_ends_the_stack(stopped):
     bad = unwind(regs["rip"], regs["rsp"], regs["rbp"], bytes(raw), placer(maps))
     assert bad.truncated and "does not point into executable code" in bad.ended
     assert data not in bad.frames and len(bad.frames) == ra_index
+
+
+@pytest.mark.live
+def test_trace_dwarf_records_stack_copies_and_report_unwinds_them(can_trace, tmp_path):
+    """trace --dwarf of deep_chain's 64 faults in delta: report's flame graph has the whole chain, unwound
+    with .eh_frame and saying so; trace -g's frame-pointer stacks of the same program stop at delta."""
+    import sys
+    cc = shutil.which("cc")
+    exe = tmp_path / "deep_chain"
+    subprocess.run([cc, "-O2", "-fomit-frame-pointer", "-g", "-o", str(exe),
+                    str(Path(__file__).parent / "c" / "deep_chain.c")], check=True)
+    stacks = {}
+    for how in ("--dwarf", "-g"):
+        rec = tmp_path / f"r{how}.pfrec"
+        r = subprocess.run([sys.executable, "-m", "pagefault", "trace", "-q", how, "-o", str(rec), "--", str(exe),
+                            "fault"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-1500:]
+        r = subprocess.run([sys.executable, "-m", "pagefault", "report", "--format", "folded", str(rec)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-1500:]
+        stacks[how] = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in r.stdout.splitlines()}
+    chain = "deep_chain:main;deep_chain:alpha;deep_chain:bravo;deep_chain:charlie;deep_chain:delta;"
+    dwarf = {s: n for s, n in stacks["--dwarf"].items() if chain in s}
+    assert sum(dwarf.values()) == 64, stacks["--dwarf"]
+    assert all(s.startswith("anonymous new page;[unwound: eh_frame];") for s in dwarf)
+    # every user stack of the --dwarf recording names its unwinder
+    assert all(s.split(";")[1].startswith("[unwound: ") for s in stacks["--dwarf"] if "deep_chain" in s)
+    assert not any(chain in s for s in stacks["-g"])
+    assert sum(n for s, n in stacks["-g"].items() if s.startswith("anonymous new page;deep_chain:delta;")) == 64

@@ -158,8 +158,9 @@ class ElfImage:
         return self._by_name
 
     def name_at(self, i: int) -> str:
+        """The function's name, without a symbol version (__libc_start_main@@GLIBC_2.34 is __libc_start_main)."""
         off = self.sym_names[i]
-        return self.strtab[off:self.strtab.index(b"\0", off)].decode("utf-8", "replace")
+        return self.strtab[off:self.strtab.index(b"\0", off)].decode("utf-8", "replace").split("@", 1)[0]
 
     def offset_to_vaddr(self, offset: int) -> int | None:
         for p_off, p_vaddr, p_filesz in self.segments:
@@ -318,3 +319,19 @@ def resolve_mapping(ip: int, m: Mapping) -> ResolvedIP:
 
 
 from .recorded import RecordedFiles  # noqa: E402, F401  (re-exported for journey's readers of recordings)
+
+
+def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal):
+    """symbols/cfi_unwind.unwind for a recording's stack copy: a file whose `refusal(path, inode)` is not ""
+    has its .eh_frame left unread, and the walk ends there saying why."""
+    from .cfi_unwind import CfiTable, cfi_table, unwind
+
+    def tables(path: str, inode: int | None) -> CfiTable:
+        why = refusal(path, inode)
+        if not why:
+            return cfi_table(path, inode)
+        refused = CfiTable.__new__(CfiTable)
+        refused.starts, refused.ends, refused.fdes, refused.decoded = [], [], [], {}
+        refused.error = f".eh_frame of {path} not read: {why}"
+        return refused
+    return unwind(ip, sp, bp, stack, place, tables)
