@@ -65,6 +65,8 @@ class Symbolizer:
         self.starts = [m.start for m in self.maps]
         self.ksyms = ksyms
         self.cache: dict[tuple[str, int], str] = {}
+        self.placed: dict[int, tuple[str, int | None, int] | None] = {}
+        self.refused: dict[tuple[str, int | None], str] = {}
 
     def user(self, ip: int) -> str:
         key = ("u", ip)
@@ -91,19 +93,26 @@ class Symbolizer:
         """(file, inode, ELF address) of an address in an executable file mapping, for the .eh_frame unwinder;
         None outside executable code. The ELF address comes from the file when it may be read, else from the
         segments the recording saved."""
+        if pc in self.placed:
+            return self.placed[pc]
         i = bisect.bisect_right(self.starts, pc) - 1
-        if i < 0 or not self.maps[i].contains(pc) or not self.maps[i].prot & PROT_EXEC or not self.maps[i].path.startswith("/"):
-            return None
-        m = self.maps[i]
-        r = resolve_mapping(pc, m)
-        return (m.path, m.inode or None, r.elf_vaddr) if r.elf_vaddr is not None else None
+        m = self.maps[i] if i >= 0 else None
+        where = None
+        if m is not None and m.contains(pc) and m.prot & PROT_EXEC and m.path.startswith("/"):
+            r = resolve_mapping(pc, m)
+            where = (m.path, m.inode or None, r.elf_vaddr) if r.elf_vaddr is not None else None
+        self.placed[pc] = where
+        return where
 
     def cfi_refusal(self, path: str, inode: int | None) -> str:
         """Why the file's .eh_frame may not be read ("" : it may): a recording's file is read only when it is
         provably the file the capture saw (symbols/recorded.py)."""
-        m = next((m for m in self.maps if m.path == path), None)
-        files = getattr(m, "recorded_files", None)
-        return files.refusal(path, inode or 0) if files is not None else ""
+        key = (path, inode)
+        if key not in self.refused:
+            m = next((m for m in self.maps if m.path == path), None)
+            files = getattr(m, "recorded_files", None)
+            self.refused[key] = files.refusal(path, inode or 0) if files is not None else ""
+        return self.refused[key]
 
     def eh_frame_frames(self, copy: tuple[int, int, int, bytes], fp_chain: list[int]) -> list[str]:
         """A stack from a fault's registers and stack copy (bp, sp, ip, bytes), unwound with .eh_frame, root→leaf,

@@ -48,6 +48,7 @@ class CfiTable:
         self.ends: list[int] = []
         self.fdes: list = []
         self.decoded: dict[int, list] = {}
+        self.row_pcs: dict[int, list[int]] = {}
         self.error = ""
         try:
             with open_mapped_file(path, inode) as f:
@@ -73,9 +74,10 @@ class CfiTable:
         if i < 0 or vaddr >= self.ends[i]:
             return None
         if i not in self.decoded:
-            self.decoded[i] = self.fdes[i].get_decoded().table
-        table = self.decoded[i]
-        pcs = [r["pc"] for r in table]
+            table = self.fdes[i].get_decoded().table
+            self.decoded[i] = table
+            self.row_pcs[i] = [r["pc"] for r in table]
+        table, pcs = self.decoded[i], self.row_pcs[i]
         j = bisect.bisect_right(pcs, vaddr) - 1
         return table[j] if j >= 0 else None
 

@@ -331,7 +331,7 @@ def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal):
         if not why:
             return cfi_table(path, inode)
         refused = CfiTable.__new__(CfiTable)
-        refused.starts, refused.ends, refused.fdes, refused.decoded = [], [], [], {}
+        refused.starts, refused.ends, refused.fdes, refused.decoded, refused.row_pcs = [], [], [], {}, {}
         refused.error = f".eh_frame of {path} not read: {why}"
         return refused
     return unwind(ip, sp, bp, stack, place, tables)
