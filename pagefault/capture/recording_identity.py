@@ -23,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from ..symbols.elf import load_image, open_mapped_file
+from ..symbols.recorded import this_boot
 
 MAX_FUNCTIONS = 200_000     # per file: a huge C++ binary's table is cut here, and the END says so
 
 
 def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    """This boot's ID ("" where the kernel does not say), as symbols/recorded.py compares it."""
+    return this_boot()
 
 
 def head_fields() -> dict[str, Any]:
