@@ -84,3 +84,33 @@ def test_an_unknown_function_names_the_nearest_ones(exe, tmp_path):
 def test_a_function_of_another_object_is_not_taken_for_it(exe, tmp_path):
     r, _out = journey(tmp_path, exe, "libz.so.1:memset")
     assert r.returncode == 4 and "no function 'libz.so.1:memset'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("variant", ("tp_btf", "tracepoint"))
+@pytest.mark.parametrize("ranges, chain", [([(0x1000, 0x2000, 1234), (0x3000, 0x4000, 0)], 0),
+                                           ([(0x1000, 0x2000, 0)], 1), ([(0x1000, 0x2000, 99)], 1)])
+def test_the_walk_loads_with_library_ranges_and_the_call_chain_check(can_trace, variant, ranges, chain):
+    """The verifier sees the settings as constants and checks only the branches they leave: the library and
+    call-chain branches are loaded here, with each hook variant this kernel offers."""
+    import os
+
+    from pagefault.capture import bpf_walk as bw
+    from pagefault.capture.bpf import KernelHooks
+    from pagefault.capture.journey_capture import walk_engine_problem
+    from pagefault.capture.program_fault import _range_settings
+    problem = walk_engine_problem()
+    if problem:
+        pytest.skip(problem)
+    kernel = KernelHooks()
+    if variant == "tracepoint":
+        kernel.has_btf_tracepoint = lambda event: False
+    hooks = (bw.FAULT_HOOK, bw.SYSCALL_HOOK, bw.EXEC_HOOK, bw.EXIT_HOOK)
+    if any(kernel.choose(h).variant != variant for h in hooks):
+        pytest.skip(f"this kernel does not offer every hook as {variant}")
+    settings = dict(_range_settings(ranges, 0x1000), chain=chain, target_tgid=os.getpid(), levels=4,
+                    mode=bw.MODE_PROGRAM, stack_reach=bw.STACK_REACH)
+    obj = bw.WalkObject(settings, hooks, 4, kernel=kernel)
+    try:
+        assert len(obj.obj.links) == len(hooks) + obj.lru
+    finally:
+        obj.close()
