@@ -94,12 +94,16 @@ PROT_EXEC = 4
 def end_fields(maps: list[dict], written: Path | None = None) -> dict[str, Any]:
     """``files`` and ``symbols`` for the mappings seen: the /proc/PID/maps lines the END keeps (dicts), and
     the MMAP2 records of the recording `written` so far (its temporary file)."""
-    maps = list(maps) + _mmap2_files(written)
+    # the END's maps as a damaged or hostile caller may hand them: only dicts of the right types count
+    maps = [m for m in (maps if isinstance(maps, list) else []) + _mmap2_files(written)
+            if isinstance(m, dict) and isinstance(m.get("path", ""), str) and isinstance(m.get("perms", ""), str)]
     files: dict[str, Any] = {}
     symbols: dict[str, Any] = {}
     executable = {m.get("path") for m in maps if "x" in m.get("perms", "")}
     for m in maps:
-        path, inode = m.get("path", ""), int(m.get("inode") or 0)
+        path, inode = m.get("path", ""), m.get("inode") or 0
+        if not isinstance(inode, int) or isinstance(inode, bool):
+            continue
         if not path.startswith("/") or not inode or path in files:
             continue
         ident = _identity(path, inode)
