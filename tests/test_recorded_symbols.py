@@ -75,15 +75,18 @@ def test_another_boot_without_saved_symbols_names_no_function(recorded, monkeypa
     assert any(n.startswith("memset_line+0x") for n in names), sorted(names)[:20]
 
 
-def test_a_file_changed_in_place_is_not_read(recorded, monkeypatch):
-    """Same boot, same path and inode, other contents (rewritten in place): the saved symbols are used."""
-    exe, _out, rec = recorded
+def test_a_file_changed_in_place_is_not_read(recorded, tmp_path):
+    """Same boot, same path and inode, other contents (rewritten in place): the file is not read."""
+    exe, _out, _rec = recorded
+    from pagefault.capture.recording_identity import _identity, boot_id
     from pagefault.symbols.recorded import RecordedFiles
-    files = RecordedFiles(rec.meta)
-    inode = exe.stat().st_ino
-    assert files.refusal(str(exe), inode) == ""
-    with open(exe, "r+b") as f:       # the same inode, longer: what another build written over it would be
+    mine = tmp_path / "copy"            # a private copy: the recording's own executable stays as it was
+    shutil.copy(exe, mine)
+    inode = mine.stat().st_ino
+    meta = {"origin": {"boot_id": boot_id()}, "files": {str(mine): _identity(str(mine), inode)}}
+    assert RecordedFiles(meta).refusal(str(mine), inode) == ""
+    with open(mine, "r+b") as f:      # the same inode, longer: what another build written over it would be
         f.seek(0, 2)
         f.write(b"\0" * 4096)
-    assert exe.stat().st_ino == inode
-    assert "size" in RecordedFiles(rec.meta).refusal(str(exe), inode)
+    assert mine.stat().st_ino == inode
+    assert "size" in RecordedFiles(meta).refusal(str(mine), inode)
