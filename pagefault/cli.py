@@ -369,7 +369,7 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
 
     # -g, --folded and --pprof count each fault's stacks too (fault_stacks.bpf.c), in the kernel as well
     stacks = bool(args.call_graph or args.pprof or args.folded)
-    wanted = os.geteuid() == 0 and args.tier in ("auto", "perf")
+    wanted = os.geteuid() == 0 and args.tier in ("auto", "perf") and not args.dwarf   # --dwarf: stack copies, recorded
     problem = engine_problem("fault_stacks" if stacks else "fault_count") if wanted else None
     if wanted and problem is None:
         from .capture.tracer import TargetProblem
@@ -401,7 +401,8 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> int:
             args.output = str(work / "t.pfrec")
             from .capture.tracer import TargetProblem, TraceOptions, record
             try:
-                record(TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph, output=Path(args.output),
+                record(TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph,
+                                    user_stack=args.dwarf, output=Path(args.output),
                                     tier=args.tier, data_pages=_pow2_pages(args.buffer_mb), progress=progress))
             except TargetProblem as exc:
                 raise UsageError(str(exc)) from None
@@ -484,6 +485,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     argv = list(args.cmd)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    args.call_graph = args.call_graph or args.dwarf   # --dwarf is -g with another unwinder
     if bool(argv) == (args.pid is not None):
         raise UsageError("give either a command after -- or -p PID (e.g. pagefault trace -- ls -l)")
     if args.latency:
@@ -506,7 +508,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.output is None:
         return _trace_summary_only(args, argv)
     output = Path(args.output)
-    opts = TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph, output=output, tier=args.tier,
+    opts = TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph,
+                        user_stack=args.dwarf, output=output, tier=args.tier,
                         data_pages=_pow2_pages(args.buffer_mb), progress=stderr_progress if not args.quiet else None,
                         force=args.force)
     from .capture.tracer import TargetProblem
@@ -711,6 +714,9 @@ def _register_capture(sub) -> None:
                        usage="pagefault trace [-g] [-o FILE | --summary-only] [--json] [--summary FILE] [--pprof FILE] [--folded FILE] [--latency [--probes auto|fentry|kprobe]] [--tier auto|perf|user] (-p PID | -- CMD ARGS...)")
     t.add_argument("-g", "--call-graph", action="store_true", help="kernel and user call chains: without -o each "
                    "fault's stacks are counted in the kernel (--folded, --pprof write them); with -o, recorded")
+    t.add_argument("--dwarf", action="store_true", help="-g, unwound from .eh_frame where frame pointers are missing: each "
+                   "fault's registers and 8 KiB of its user stack are recorded and unwound afterwards (as perf "
+                   "--call-graph dwarf does); each stack says which unwinder made it")
     t.add_argument("-o", "--output", help="write a recording of every event to FILE (without it: a summary, the faults "
                    "counted in the kernel)")
     t.add_argument("--summary-only", action="store_true", help="count in the kernel (a compiled BPF program's maps), stream nothing, "
@@ -938,9 +944,9 @@ def _fault_selector(args) -> tuple[str, object]:
             pass
         if ":" in text and text.rsplit(":", 1)[1].isdigit():
             return "line", text
-        if text.replace("_", "").replace(".", "").isalnum():
+        if text.replace("_", "").replace(".", "").replace(":", "").replace("-", "").isalnum():  # [OBJECT:]FUNCTION
             return "symbol", text
-        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name or FILE:LINE")
+        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name (libc.so.6:memset: in that object) or FILE:LINE")
     return "own", None
 
 

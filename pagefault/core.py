@@ -417,7 +417,7 @@ def step_through(live, console, request: JourneyRequest) -> None:
                 console.print(f"the program has ended ({live.ev.exit}); the journey is complete")
                 save_evidence(live.ev, request)
                 return
-            console.print(journey_view.step_renderable(journey.steps[index], len(STEP_CATALOGUE)))
+            console.print(journey_view.step_renderable(journey.steps[index], len(STEP_CATALOGUE), fit=console))
             pid = live.ev.pid
             hint = (f"PID {pid} is paused at phase '{live.ev.stage}' (look: cat /proc/{pid}/maps)"
                     if live.ev.stage != "done" else "the program has ended")

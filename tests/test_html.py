@@ -255,8 +255,9 @@ def _fixture_journeys():
     from pagefault.core import replay
     saved = sorted(Path(__file__).parent.glob("fixtures/evidence/*-amd64/journey-bpf.json.gz")) + \
         sorted(Path(__file__).parent.glob("fixtures/evidence/*-fc-*/journey-bpf.json.gz"))
+    program = Path(__file__).parent / "fixtures/evidence/6.18.44-fc-v1147/program-memset-line.json.gz"
     return [("model", build_model_journey(run_in_model(find_scenario("first-touch"))))] + \
-        [(p.parent.name, replay(p)) for p in saved[-1:]]
+        [(p.parent.name, replay(p)) for p in saved[-1:]] + [("program", replay(program))]
 
 
 def _long_path_copy(tmp_path, saved):
@@ -294,4 +295,89 @@ def test_nothing_overflows_and_the_walk_scrolls_instead_of_shrinking(browser, tm
                             "return [b.scrollWidth, b.clientWidth]; })()")
         assert (box[0] > box[1]) == (0.8 * view_box > width - 40), (name, width, box)   # it scrolls when it must
         page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)
+        page.close()
+
+
+# --- the journey of a program's fault (journey -- CMD, -p PID) ------------------------------------------------
+
+PROGRAM_FIXTURE = "fixtures/evidence/6.18.44-fc-v1147/program-memset-line.json.gz"
+
+
+def _program_evidence():
+    import gzip
+    from pathlib import Path
+    return json.loads(gzip.decompress((Path(__file__).parent / PROGRAM_FIXTURE).read_bytes()))["evidence"]
+
+
+def test_a_programs_journey_draws_its_walk_address_space_and_timeline():
+    """tests/c/memset_line.c's fault chosen by --at memset_line.c:20 (saved): the drawing holds the walk's
+    entries as the compiled walk read them after the fault, /proc's maps and the fault's allocations."""
+    from pathlib import Path
+
+    from pagefault.core import replay
+    ev = _program_evidence()
+    after = ev["bpf"]["reads"]["after"]["entries"]
+    html = render_html(replay(Path(__file__).parent / PROGRAM_FIXTURE))
+    assert "No page-table walk is drawn" not in html
+    nodes = re.findall(r'<g class="walk-level" data-level="(\w+)">(.*?)</g>', html, re.S)
+    assert [level for level, _ in nodes] == list(after)
+    for level, body in nodes:
+        assert f"0x{after[level]:016x}" in body, (level, body)
+    pfn = after["PTE"] >> 12 & ((1 << 40) - 1)
+    assert f"PFN 0x{pfn:x}" in re.search(r'<g class="walk-frame">(.*?)</g>', html, re.S).group(1)
+    assert "the faulting address is here" in html
+    here = next(m for m in ev["maps"] if m["start"] <= ev["address"] < m["end"])
+    assert f"<tr class=\"here\"><td class=\"v\">0x{here['start']:x}</td>" in html
+    allocs = [e for e in ev["events"] if e["name"] == "kmem:mm_page_alloc" and e["fields"]["pfn"] == pfn]
+    assert allocs and f"page allocated, PFN 0x{pfn:x} order 0: the fault&#39;s page (movable)" in html
+    assert f"the chosen fault (number {ev['nth']}) at 0x{ev['address']:x}" in html
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("how", ["command", "pid"])
+def test_live_programs_journey_in_chromium_at_both_widths(can_trace, cbin, browser, tmp_path, how):
+    """journey -- CMD and journey -p PID write the walk, the address space and the timeline; at 390 px
+    nothing overflows and the walk scrolls in its box; screenshots at 390 and 1300 px are drawn, not blank."""
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    from pagefault.capture.journey_capture import walk_engine_problem
+    problem = walk_engine_problem()
+    if problem:
+        pytest.skip(problem)
+    out = tmp_path / "p.html"
+    cli = [sys.executable, "-m", "pagefault", "journey", "-q", "--format", "html", "-o", str(out)]
+    if how == "command":
+        r = subprocess.run(cli + ["--at", "memset_line.c:20", "--", str(cbin("memset_line"))], capture_output=True,
+                           text=True, timeout=300)
+    else:
+        loop = subprocess.Popen([sys.executable, "-c", "import mmap, time\nwhile True:\n    m = mmap.mmap(-1, 1 << 20, "
+                                 "flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
+                                 "    for i in range(0, 1 << 20, 4096): m[i] = 1\n    time.sleep(0.05)\n"])
+        try:
+            time.sleep(0.5)
+            r = subprocess.run(cli + ["--kind", "anon", "--timeout", "60", "-p", str(loop.pid)], capture_output=True,
+                               text=True, timeout=300)
+        finally:
+            loop.kill()
+            loop.wait()
+    assert r.returncode == 0, r.stderr[-2000:]
+    html = out.read_text()
+    assert "No page-table walk is drawn" not in html and 'id="layout-table"' in html and 'id="timeline"' in html
+    for width in (390, 1300):
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(out.as_uri())
+        page.evaluate("document.fonts.ready.then(() => true)")
+        assert page.locator("svg#walk-svg g.walk-level").count() >= 4
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+        view_box = float(page.get_attribute("svg#walk-svg", "viewBox").split()[2])
+        assert page.evaluate("document.getElementById('walk-svg').getBoundingClientRect().width") >= 0.8 * view_box - 1
+        box = page.evaluate("(() => { const b = document.getElementById('walk-box'); return [b.scrollWidth, b.clientWidth]; })()")
+        assert (box[0] > box[1]) == (width == 390), (width, box)
+        shot = page.screenshot(path=str(tmp_path / f"{how}-{width}.png"), full_page=True)
+        img = Image.open(io.BytesIO(shot)).convert("RGB")
+        assert img.width == width and len(set(img.get_flattened_data())) > 20
         page.close()

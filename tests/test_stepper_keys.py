@@ -47,6 +47,9 @@ class Terminal:
                     break
                 self.out += chunk
         done, status = os.waitpid(self.pid, os.WNOHANG)
+        while not done and time.monotonic() < deadline:   # the terminal's end comes before the process's
+            time.sleep(0.05)
+            done, status = os.waitpid(self.pid, os.WNOHANG)
         if not done:
             os.kill(self.pid, 9)
             os.waitpid(self.pid, 0)
@@ -70,3 +73,40 @@ def test_q_alone_quits_and_b_alone_goes_back():
     # the prompt's line was ended before the stepper's next words (no "quit step 1/…" run together)
     after = term.out[term.out.index(b"[q] quit", prompt):]
     assert after.split(b"\n", 1)[0].strip().endswith(b"quit"), after[:200]
+
+
+def _saved_exercise():
+    from pathlib import Path
+    return Path(__file__).parent / "fixtures" / "evidence" / "6.18.44-fc-v669" / "journey-bpf.json.gz"
+
+
+def test_the_stepper_header_says_the_walk_has_not_read_yet_rather_than_none():
+    """At the stepper's first screen the bpf tier's walk has read nothing yet: "none" read as if it never would."""
+    import dataclasses
+
+    from pagefault.evidence.file import load_evidence
+    from pagefault.journey.build import observation_means
+    ev = load_evidence(_saved_exercise()).evidence
+    assert ev.tier == "bpf" and ev.bpf is not None
+    at_start = dataclasses.replace(ev, bpf=None, stage="ready", unavailable={})
+    line = next(x for x in observation_means(at_start) if x.startswith("BPF reads"))
+    assert line.startswith("BPF reads: not yet"), line
+    refused = dataclasses.replace(at_start, unavailable={"bpf": "the walk could not load"})
+    assert "BPF reads: none (the walk could not load)" in observation_means(refused)
+
+
+def test_the_stepper_fits_step_1_on_a_50_row_screen():
+    """Step 1 of a saved exercise journey (24 maps lines of evidence) was 61 rows at 140 columns, 86 at 100."""
+    from rich.console import Console
+
+    from pagefault.core import replay
+    from pagefault.views.journey_view import step_renderable
+    j = replay(_saved_exercise())
+    for width in (100, 140):
+        screen = Console(width=width, height=50, file=open(os.devnull, "w"))
+        lines = screen.render_lines(step_renderable(j.steps[0], 11, fit=screen), screen.options, pad=False)
+        text = "\n".join("".join(seg.text for seg in line) for line in lines)
+        assert len(lines) <= 48, (width, len(lines))
+        # the values and the Ws are whole; the evidence says how much of it is not shown, and where it is
+        assert all(v.label.split()[0] in text for v in j.steps[0].values) and "WHICH" in text
+        assert "more lines (all of them: --no-pause" in text

@@ -51,3 +51,45 @@ def test_only_the_file_the_capture_saw_is_read():
         with pytest.raises(NotARegularFile):
             open_mapped_file(real, wrong)
         assert resolve_ip(0x400000, 0x400000, 0, real, wrong).symbol is None
+
+
+def test_an_ifuncs_implementations_merge_across_the_smallest_gaps_to_fit_the_selector():
+    from pagefault.symbols.objects import _merge_to
+    spans = [(0, 10), (12, 20), (100, 110), (1000, 1010)]
+    # the 2-byte gap goes first, then the 80-byte one; the 890-byte one stays
+    assert _merge_to(spans, 3) == [(0, 20), (100, 110), (1000, 1010)]
+    assert _merge_to(spans, 2) == [(0, 110), (1000, 1010)]
+    assert _merge_to(spans, 8) == spans
+
+
+def test_a_debug_file_someone_else_could_have_written_is_not_used(tmp_path):
+    """The debug file is found by build ID under a root-owned tree: one owned by another user is refused."""
+    import os
+    import shutil
+    import subprocess
+
+    from elftools.elf.elffile import ELFFile
+
+    from pagefault.symbols.debug_files import build_id, debug_file_for
+    cc = shutil.which("cc")
+    if not cc:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "p"
+    (tmp_path / "p.c").write_text("int main(void){return 0;}\n")
+    subprocess.run([cc, "-Wl,--build-id", "-o", str(exe), str(tmp_path / "p.c")], check=True)
+    with open(exe, "rb") as f:
+        elf = ELFFile(f)
+        bid = build_id(elf)
+        root = tmp_path / "debug"
+        (root / bid[:2]).mkdir(parents=True)
+        os.chmod(tmp_path, 0o755)
+        planted = root / bid[:2] / (bid[2:] + ".debug")
+        shutil.copy(exe, planted)
+        if os.geteuid() != 0:
+            pytest.skip("the ownership check needs root to make a root-owned tree")
+        assert debug_file_for(elf, str(root)) == str(planted)
+        os.chown(planted, 65534, 65534)
+        assert debug_file_for(elf, str(root)) is None
+        os.chown(planted, 0, 0)
+        os.chmod(root / bid[:2], 0o777)
+        assert debug_file_for(elf, str(root)) is None

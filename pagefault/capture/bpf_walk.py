@@ -72,7 +72,8 @@ SETTINGS = np.dtype([("target_tgid", "<u4"), ("levels", "<u4"), ("mode", "<u4"),
                      ("kind", "<u4"), ("from_exec", "<u4"), ("stop_after", "<u4"), ("fault_probes", "<u4"),
                      ("direct_map_base", "<u8"), ("page", "<u8"), ("nth", "<u8"),
                      ("elf_low", "<u8"), ("stack_reach", "<u8"), ("nranges", "<u4"), ("syscall_nr", "<u4"),
-                     ("range_lo", "<u8", (WALK_RANGES,)), ("range_hi", "<u8", (WALK_RANGES,))])
+                     ("range_lo", "<u8", (WALK_RANGES,)), ("range_hi", "<u8", (WALK_RANGES,)),
+                     ("range_ino", "<u8", (WALK_RANGES,)), ("chain", "<u4"), ("_pad_chain", "<u4")])
 
 
 class State(ctypes.Structure):

@@ -34,6 +34,10 @@ KERNEL_FAULT_COUNTERS = (("page-faults", PERF_COUNT_SW_PAGE_FAULTS), ("major-fau
 
 SAMPLE_IP, SAMPLE_TID, SAMPLE_TIME, SAMPLE_ADDR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_PERIOD, SAMPLE_RAW = 1 << 5, 1 << 7, 1 << 8, 1 << 10
+SAMPLE_REGS_USER, SAMPLE_STACK_USER = 1 << 12, 1 << 13
+# x86-64's perf_regs: BP, SP, IP (arch/x86/include/uapi/asm/perf_regs.h), in the sample in bit order
+USER_REGS_X86 = 1 << 6 | 1 << 7 | 1 << 8
+USER_STACK_BYTES = 8192   # the stack top copied per sample, perf --call-graph dwarf's default
 
 # attr.flags bit positions
 F_EXCLUDE_KERNEL, F_EXCLUDE_HV = 5, 6
@@ -212,6 +216,8 @@ class PerfSession:
                 pages = data_pages if ev.busy else max(1, data_pages // 32)
                 attr.wakeup = pages * mmap.PAGESIZE // 4  # wake the reader at a quarter full
                 attr.sample_max_stack = max_stack
+                if attr.sample_type & SAMPLE_STACK_USER:   # --dwarf: registers and the stack top, for .eh_frame
+                    attr.sample_regs_user, attr.sample_stack_user = USER_REGS_X86, USER_STACK_BYTES
                 fd = perf_event_open(attr, pid, cpu, what=f"{ev.name} on CPU {cpu}")
                 self.fds.append(fd)
                 self.fd_events.append(ev.name)

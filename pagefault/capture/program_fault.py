@@ -35,7 +35,8 @@ from .. import __version__
 from ..evidence import BpfWalk, ProgramFaultEvidence
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
-from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts, symbol_range
+from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts
+from ..symbols.objects import find_function, loaded_objects, nearest_names
 from . import procfs
 from .bpf_walk import (
     EXEC_HOOK,
@@ -62,6 +63,7 @@ from .records import parse_stream
 from .resume_guard import ResumeGuard, process_state, refuse_stopped
 from .runner import Target, TargetError, attach, spawn_held
 from .safe_paths import root_safe_state_dir, write_output
+from .seen_instead import seen_instead
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, NothingMatched, TargetProblem, release_target, tracepoint_events
 
 PROGRAM_TRACEPOINTS = (
@@ -107,36 +109,63 @@ def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
     return ev.bpf.direct_map_base, how
 
 
-def selector_settings(selector: str, value: str | int | None, exe: str | None) -> tuple[dict, str]:
-    """The walk's settings that pick the fault (journey_walk.h walk_settings), and the selector in words."""
+def _range_settings(ranges: list[tuple[int, int, int]], elf_low: int) -> dict:
+    """SEL_RANGES's settings: (lo, hi, inode) each, inode 0 for the executable's ELF addresses."""
+    ranges = ranges[:WALK_RANGES]
+    pad = [0] * (WALK_RANGES - len(ranges))
+    return {"selector": SEL_RANGES, "elf_low": elf_low, "nranges": len(ranges),
+            "range_lo": [r[0] for r in ranges] + pad, "range_hi": [r[1] for r in ranges] + pad,
+            "range_ino": [r[2] for r in ranges] + pad}
+
+
+def _symbol_settings(name: str, exe: str | None, maps: list | None) -> tuple[dict, str]:
+    """--at SYMBOL or OBJECT:SYMBOL: the function in the executable or one of its libraries."""
+    objects = loaded_objects(exe, maps)
+    if not objects:
+        raise CaptureError("--at SYMBOL needs the program's executable file")
+    found = find_function(objects, name, WALK_RANGES)
+    names = ", ".join(o.name for o in objects)
+    if found is None or not found.ranges:
+        near = nearest_names(objects, name)
+        why = found.how if found is not None else f"no function {name!r} in the symbols of {names}"
+        raise NothingMatched(why + (f"; nearest names: {', '.join(near)}" if near else "") +
+                             "; fix: give another name, an address, or FILE:LINE")
+    low = 0
+    if found.obj.executable:
+        low = min_exec_vaddr(found.obj.path) or 0
+    unit = "ELF" if found.obj.executable else "file offsets"
+    spans = ", ".join(f"0x{lo:x}..0x{hi:x}" for lo, hi in found.ranges)
+    words = f"the first fault whose RIP is in {name} ({found.how}; {found.obj.name} {unit} {spans})"
+    ino = 0 if found.obj.executable else found.obj.inode
+    return _range_settings([(lo, hi, ino) for lo, hi in found.ranges], low), words
+
+
+def selector_settings(selector: str, value: str | int | None, exe: str | None,
+                      maps: list | None = None) -> tuple[dict, str]:
+    """The walk's settings that pick the fault (journey_walk.h walk_settings), and the selector in words.
+    `maps`: a running process's /proc/PID/maps lines (its libraries), None for a program not yet started."""
     if selector == "nth":
         return {"selector": SEL_NTH, "nth": int(value or 1)}, f"the program's fault number {value}"
     if selector == "address":
         return ({"selector": SEL_ADDRESS, "page": int(value or 0) & ~0xFFF},
                 f"the first fault on the page of 0x{int(value or 0):x}")
-    if selector in ("symbol", "line"):
+    if selector == "symbol":
+        return _symbol_settings(str(value), exe, maps)
+    if selector == "line":
         if not exe:
-            raise CaptureError("--at SYMBOL or FILE:LINE needs the program's executable file")
+            raise CaptureError("--at FILE:LINE needs the program's executable file")
         low = min_exec_vaddr(exe)
         if low is None:
             raise CaptureError(f"{exe} is not an ELF file with executable segments")
-        if selector == "symbol":
-            r = symbol_range(exe, str(value))
-            if r is None:
-                raise NothingMatched(f"no function {value!r} in the symbol table of {exe}; fix: give an address, "
-                                   "or build the program with symbols")
-            ranges, words = [r], f"the first fault whose RIP is in {value} (ELF 0x{r[0]:x}..0x{r[1]:x})"
-        else:
-            file, _, line = str(value).rpartition(":")
-            ranges = line_ranges(exe, file, int(line))
-            if not ranges:
-                raise NothingMatched(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
-                                   "give a function name")
-            words = f"the first fault whose RIP is on {value} (DWARF: {len(ranges)} address range(s))"
-        ranges = list(ranges[:WALK_RANGES])
-        pad = [0] * (WALK_RANGES - len(ranges))
-        return ({"selector": SEL_RANGES, "elf_low": low, "nranges": len(ranges),
-                 "range_lo": [lo for lo, _hi in ranges] + pad, "range_hi": [hi for _lo, hi in ranges] + pad}, words)
+        file, _, line = str(value).rpartition(":")
+        ranges = line_ranges(exe, file, int(line))
+        if not ranges:
+            raise NothingMatched(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
+                                 "give a function name")
+        words = (f"the first fault whose RIP is on {value}, or whose user call chain passes through it (DWARF: "
+                 f"{len(ranges)} address range(s); the chain: the return address at the stack pointer and the "
+                 "frame-pointer chain's)")
+        return dict(_range_settings([(lo, hi, 0) for lo, hi in ranges], low), chain=1), words
     if selector == "kind":
         return ({"selector": SEL_KIND, "kind": KINDS.index(str(value))},
                 f"the first fault that enters the kernel looking like a {value} fault")
@@ -191,7 +220,13 @@ class ProgramFault:
                 base_how: str) -> ProgramFaultEvidence:
         say = self.progress
         program = self._executable(target)
-        choice, words = selector_settings(self.selector, self.value, program)
+        maps = None
+        if not self.argv and self.selector == "symbol":
+            try:
+                maps = procfs.read_maps(target.pid)
+            except OSError:
+                maps = None
+        choice, words = selector_settings(self.selector, self.value, program, maps)
         table, gfp = facts.fault_flag_values(), facts.gfp_bits()
         enums, enums_source = facts.kernel_enums()
         captured_at, host = facts.capture_origin()
@@ -262,8 +297,13 @@ class ProgramFault:
             if obj.walked.vmemmap:
                 ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap
         if not ev.address:
+            instead = ""
+            if self.selector in ("symbol", "line"):
+                mmaps = parse_stream(b"".join(drained.chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN).mmaps
+                instead = seen_instead(self.selector, str(self.value), ev.events, mmaps, program)
             raise NothingMatched(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
-                               f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events)} faults seen)")
+                                 f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events):,} faults seen)"
+                                 + (f"; {instead}" if instead else ""))
         mapping = next((m for m in ev.maps if m.start <= ev.ip < m.end), None)
         if mapping is not None:
             ev.rip = rip_facts(ev.ip, mapping)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evidence.file import NotARegularInput, open_input_file
+from . import recording_identity
 from .safe_paths import OutputFile, OutputWriteFailed
 
 MAGIC = b"PFREC\x003\n"
@@ -91,6 +92,7 @@ class RecordingWriter:
         self.out = OutputFile(Path(path), force)
         self.path = self.out.path
         self.bytes = 0
+        head = {**head, **recording_identity.head_fields()}   # the boot the files' identities hold for
         try:
             self.out.write(MAGIC + _chunk(HEAD, json.dumps(head).encode()))
             self.out.file.flush()    # a full disk is found now, before the program runs, not at the end
@@ -110,6 +112,8 @@ class RecordingWriter:
     def close(self, end: dict[str, Any] | None) -> Path:
         """Append the END metadata (None: the disk is full, leave it out) and give FILE its name."""
         if end is not None:
+            self.out.file.flush()   # the files seen, by /proc and by the MMAP2 records written so far, and their symbols
+            end = {**end, **recording_identity.end_fields(end.get("maps") or [], self.out.tmp)}
             self.out.write(_chunk(END, json.dumps(end).encode()))
         return self.out.commit(keep_partial=True)
 

@@ -6,7 +6,7 @@ import os
 import select
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +19,11 @@ from .perf_event import (
     SAMPLE_CPU,
     SAMPLE_IP,
     SAMPLE_RAW,
+    SAMPLE_REGS_USER,
+    SAMPLE_STACK_USER,
     SAMPLE_TID,
     SAMPLE_TIME,
+    USER_STACK_BYTES,
     EventSpec,
     FaultCounters,
     PerfError,
@@ -80,6 +83,7 @@ class TraceOptions:
     pid: int | None = None
     allow_init: bool = False     # -p 1: the init process, only when asked (--allow-init)
     callchain: bool = False
+    user_stack: bool = False      # --dwarf: each fault's registers and stack top, unwound with .eh_frame by report
     output: Path | None = None
     tier: str = "auto"            # auto | perf | user
     data_pages: int = 2048        # per CPU: 8 MiB
@@ -168,6 +172,9 @@ def record(opts: TraceOptions) -> dict:
         notes = ["unprivileged tier: the software page-fault event gives address and ip only; no error code, "
                  "no allocations, no PFNs, no kernel call chains (fix: run as root)"]
     callchain = opts.callchain
+    if opts.user_stack and tier == "perf":   # the fault event alone carries them: it is what the stacks are of
+        events = [replace(e, sample_type=e.sample_type | SAMPLE_REGS_USER | SAMPLE_STACK_USER)
+                  if e.name == "exceptions:page_fault_user" else e for e in events]
     if callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
         notes.append("kernel call chains need perf_event_paranoid ≤ 1 or root; recording user frames only")
     try:
@@ -179,7 +186,8 @@ def record(opts: TraceOptions) -> dict:
             "callchain": callchain, "sample_type": sample_type, "events": formats, "notes": notes,
             "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
                        "text_base": KernelSymbols.read_text_base()},
-            "gfp_bits": asdict(facts.gfp_bits()), "started": started}
+            "gfp_bits": asdict(facts.gfp_bits()), "started": started,
+            "user_stack": USER_STACK_BYTES if opts.user_stack and tier == "perf" else 0}
     output = opts.output or Path("pagefault.pfrec")
     try:
         writer = RecordingWriter(output, head, opts.force)

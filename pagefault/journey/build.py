@@ -937,6 +937,9 @@ def observation_means(ev: JourneyEvidence) -> list[str]:
                    + (", the struct page" if after and "refcount" in after.objects else ""))
     elif ev.bpf:
         out.append("BPF reads: page-table entries")
+    elif ev.tier == "bpf" and ev.stage != "done" and "bpf" not in ev.unavailable:   # the stepper's header: not yet
+        out.append("BPF reads: not yet (the compiled walk reads the page-table entries, the maple tree, the VMA "
+                   "and the struct page when the fault is taken)")
     else:
         out.append("BPF reads: none (" + ev.unavailable.get("bpf", "the bpf tier was not used") + ")")
     if ev.kprobe_fault or ev.kprobe_mmap:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..capture.records import Mapping, callchain, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
-from ..symbols.elf import resolve_ip
+from ..symbols.elf import eh_frame_unwind, resolve_mapping
 from .trace_summary import (
     PROT_EXEC,
     _chain_symbols,
@@ -43,6 +43,9 @@ if TYPE_CHECKING:   # a type only: the recording's loader (cattrs) is not import
     from ..capture.recording import Recording
 
 TRUNCATED = "[truncated: no frame pointer]"
+EH_FRAME_TRUNCATED = "[truncated: eh_frame unwinding stopped]"
+UNWOUND_BY_EH_FRAME = "[unwound: eh_frame]"          # which unwinder made the stack, in a --dwarf recording
+UNWOUND_BY_FRAME_POINTERS = "[unwound: frame pointers]"
 # Kernel frames of the tracing machinery itself, seen at the leaf of a tracepoint's call chain.
 TRACER_FRAME_PREFIXES = ("__traceiter_", "perf_trace_", "trace_event_", "__bpf_trace_", "bpf_trace_run", "perf_tp_event",
                          "bpf_prog_")   # a BPF program's own frame, where trace -g counts stacks in the kernel
@@ -62,6 +65,8 @@ class Symbolizer:
         self.starts = [m.start for m in self.maps]
         self.ksyms = ksyms
         self.cache: dict[tuple[str, int], str] = {}
+        self.placed: dict[int, tuple[str, int | None, int] | None] = {}
+        self.refused: dict[tuple[str, int | None], str] = {}
 
     def user(self, ip: int) -> str:
         key = ("u", ip)
@@ -71,7 +76,7 @@ class Symbolizer:
             if m is None:
                 name = ""      # no mapping holds it: a frame-pointer walk through code built without them
             elif m.path.startswith("/"):
-                r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
+                r = resolve_mapping(ip, m)
                 base = m.path.rsplit("/", 1)[-1]
                 name = f"{base}:{r.symbol}" if r.symbol else f"{base}+0x{r.file_offset:x}"
             else:
@@ -83,6 +88,43 @@ class Symbolizer:
         """An executable mapping holds `ip` (what a real return address points into)."""
         i = bisect.bisect_right(self.starts, ip) - 1
         return i >= 0 and self.maps[i].contains(ip) and bool(self.maps[i].prot & PROT_EXEC)
+
+    def place(self, pc: int) -> tuple[str, int | None, int] | None:
+        """(file, inode, ELF address) of an address in an executable file mapping, for the .eh_frame unwinder;
+        None outside executable code. The ELF address comes from the file when it may be read, else from the
+        segments the recording saved."""
+        if pc in self.placed:
+            return self.placed[pc]
+        i = bisect.bisect_right(self.starts, pc) - 1
+        m = self.maps[i] if i >= 0 else None
+        where = None
+        if m is not None and m.contains(pc) and m.prot & PROT_EXEC and m.path.startswith("/"):
+            r = resolve_mapping(pc, m)
+            where = (m.path, m.inode or None, r.elf_vaddr) if r.elf_vaddr is not None else None
+        self.placed[pc] = where
+        return where
+
+    def cfi_refusal(self, path: str, inode: int | None) -> str:
+        """Why the file's .eh_frame may not be read ("" : it may): a recording's file is read only when it is
+        provably the file the capture saw (symbols/recorded.py)."""
+        key = (path, inode)
+        if key not in self.refused:
+            m = next((m for m in self.maps if m.path == path), None)
+            files = getattr(m, "recorded_files", None)
+            self.refused[key] = files.refusal(path, inode or 0) if files is not None else ""
+        return self.refused[key]
+
+    def eh_frame_frames(self, copy: tuple[int, int, int, bytes], fp_chain: list[int]) -> list[str]:
+        """A stack from a fault's registers and stack copy (bp, sp, ip, bytes), unwound with .eh_frame, root→leaf,
+        headed by which unwinder made it: .eh_frame, or the frame-pointer chain where .eh_frame got less far."""
+        bp, sp, ip, stack = copy
+        result = eh_frame_unwind(ip, sp, bp, stack, self.place, self.cfi_refusal)
+        fp = self.user_frames(fp_chain) if fp_chain else []
+        fp_depth = len([f for f in fp if f != TRUNCATED])
+        if result.truncated and fp_depth > len(result.frames):
+            return [UNWOUND_BY_FRAME_POINTERS] + fp
+        names = [self.user(pc) for pc in reversed(result.frames)]
+        return [UNWOUND_BY_EH_FRAME] + ([EH_FRAME_TRUNCATED] if result.truncated else []) + names
 
     def user_frames(self, chain: list[int]) -> list[str]:
         """The user chain (leaf first) as frames root→leaf, cut at the first address outside executable code."""
@@ -142,6 +184,8 @@ def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[C
     pids = _column(stream.samples.pid, len(stream.samples), np.uint32)[faults.mask].tolist()
     sym = Symbolizer(mappings_of(meta, stream), ksyms)
     chains = stream.samples.callchain_offset is not None
+    raw_offsets = stream.samples.raw_offset if meta.get("user_stack") else None
+    copies = raw_offsets is not None
     names = process_names(stream)
     samples: Counter[FaultSample] = Counter()
     for row, ip, in_kernel, pid, cls in zip(rows, faults.ips.tolist(), faults.kernel_mode.tolist(), pids,
@@ -151,7 +195,12 @@ def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[C
         frames = [cls.value]
         if chains:
             kernel, user = split_callchain(callchain(stream.data, stream.samples, row))
-            frames += sym.user_frames(user) if user else [] if in_kernel else [leaf]
+            copy = user_stack_copy(stream.data, int(raw_offsets[row])) if raw_offsets is not None else None
+            if copy is not None and not in_kernel:
+                frames += sym.eh_frame_frames(copy, user)
+            else:
+                frames += ([UNWOUND_BY_FRAME_POINTERS] if copies and user else []) + \
+                    (sym.user_frames(user) if user else [] if in_kernel else [leaf])
             frames += sym.kernel_frames(kernel)
         else:
             frames.append(leaf)
@@ -227,3 +276,28 @@ def sample_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> list[li
         kernel, user = split_callchain(callchain(stream.data, stream.samples, i))
         out.append(sym.user_frames(user) + sym.kernel_frames(kernel))
     return out
+
+
+def user_stack_copy(data, raw_offset: int) -> tuple[int, int, int, bytes] | None:
+    """(RBP, RSP, RIP, the stack copy) of a fault sample recorded with --dwarf: after its raw tracepoint data
+    come PERF_SAMPLE_REGS_USER (u64 abi, then BP, SP, IP: the regs asked for, in bit order) and
+    PERF_SAMPLE_STACK_USER (u64 size, size bytes, u64 dyn_size: the bytes the kernel really copied). None when
+    the sample has none (another event, a kernel thread: abi 0) or they run past the stream."""
+    raw_start = raw_offset - 4
+    n = len(data)
+    if raw_start < 0 or raw_start + 4 > n:
+        return None
+    raw_size = int.from_bytes(data[raw_start:raw_start + 4], "little")
+    pos = raw_start + ((4 + raw_size + 7) & ~7)
+    if pos + 8 > n:
+        return None
+    abi = int.from_bytes(data[pos:pos + 8], "little")
+    if abi == 0 or pos + 40 > n:
+        return None
+    bp, sp, ip = (int.from_bytes(data[pos + 8 * k:pos + 8 * k + 8], "little") for k in (1, 2, 3))
+    pos += 32
+    size = int.from_bytes(data[pos:pos + 8], "little")
+    if size == 0 or pos + 8 + size + 8 > n:
+        return None
+    dyn = int.from_bytes(data[pos + 8 + size:pos + 16 + size], "little")
+    return bp, sp, ip, bytes(data[pos + 8:pos + 8 + min(dyn, size)])

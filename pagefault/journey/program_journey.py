@@ -29,6 +29,7 @@ from .fault_classes import (
     MappingKind,
     classify_faults,
 )
+from .program_drawing import program_layout, program_timeline, program_walk
 from .steps import Journey, Step, Value, derived, observed, unavailable
 from .vocabulary import FaultKind, Source, Stage, StepKey
 from .walk_source import evidence_walk_source
@@ -274,6 +275,8 @@ def build_program_journey(ev: ProgramFaultEvidence) -> Journey:
     j = Journey("bpf", ev.kernel_release, ev.pid, list(ev.argv), f"PID {ev.pid}: {' '.join(ev.argv)}")
     j.steps = assemble(_ProgramSteps(ev).fillers(), Source.PROGRAM, stage=Stage.DONE)
     j.notes += [f"{k}: {v}" for k, v in ev.unavailable.items()]
+    # what the HTML view draws: the walk, the address space, the timeline
+    j.walk, (j.layout, j.layout_source), j.timeline = program_walk(ev), program_layout(ev), program_timeline(ev, _window(ev))
     j.complete = True
     return j
 

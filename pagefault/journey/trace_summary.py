@@ -13,7 +13,7 @@ from ..capture.records import PERF_CONTEXT_MAX, Mapping, Stream, distinct_callch
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
 from ..kernel.kallsyms import KernelSymbols, TextSymbols
-from ..symbols.elf import resolve_ip
+from ..symbols.elf import RecordedFiles, resolve_ip, resolve_mapping
 from .count_summary import TraceSummary, reconcile, summarize_counts  # noqa: F401  (re-exported)
 from .fault_classes import (
     ALLOC,
@@ -101,7 +101,11 @@ def mappings_of(meta: dict, stream: Stream) -> list[Mapping]:
                     source="observed: /proc/PID/maps", shared=m.get("perms", "---p")[3:4] == "s",
                     inode=int(m.get("inode") or 0))
             for m in meta.get("maps", [])]
-    return brk_heaps(meta, stream) + maps + stream.mmaps
+    out = brk_heaps(meta, stream) + maps + stream.mmaps
+    files = RecordedFiles(meta)   # which files may be opened here, and the symbols the recording saved
+    for m in out:
+        setattr(m, "recorded_files", files)  # noqa: B010  (read by symbols.elf.resolve_mapping)
+    return out
 
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
@@ -305,7 +309,7 @@ def _top_instructions(summary: TraceSummary, fault_ips: np.ndarray, maps: list[M
     for ip, n, m in zip(uniq[order], counts[order], ip_maps):
         ip = int(ip)
         if m is not None and m.path.startswith("/"):
-            r = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
+            r = resolve_mapping(ip, m)
             where, detail = r.describe(), r.derivations[0]
         elif m is None and ip >= user_address_limit(meta) and summary.tier == "perf":
             # a kernel-mode fault's instruction is the kernel's (copy_to_user, clear_user, …)
@@ -422,7 +426,7 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
     for (cls, label, ip), count in combos:
         i = bisect.bisect_right(starts, ip) - 1
         m = ordered[i] if 0 <= i < len(ordered) and ordered[i].contains(ip) else None
-        site = resolve_ip(ip, m.start, m.pgoff, m.path, m.inode).describe() if m is not None and m.path.startswith("/") \
+        site = resolve_mapping(ip, m).describe() if m is not None and m.path.startswith("/") \
             else f"0x{ip:x}"
         summary.class_breakdown.append((cls, label, site, count))
     summary.notes += result.notes

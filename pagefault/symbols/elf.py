@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile
 
-    from ..evidence import MapsLine, RipFacts
+    from ..evidence import Mapping, MapsLine, RipFacts
 
 
 SYM_DTYPE = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
@@ -79,6 +79,10 @@ class ElfImage:
         self.addrs: list[int] = []
         self.sym_sizes: list[int] = []
         self.sym_names: list[int] = []                   # offsets into the string table
+        self.sym_kinds: list[int] = []                   # STT_FUNC (2) or STT_GNU_IFUNC (10)
+        self.symbols_from = ""                           # the section (and file) the symbols were read from
+        self._all_functions = np.zeros(0, dtype=SYM_DTYPE)
+        self._by_name: dict[str, tuple[int, int, int]] | None = None
         self.strtab = b""
         self.text: tuple[int, int, bytes] | None = None  # (vaddr, offset, bytes) of .text
         self.ok = False
@@ -97,25 +101,66 @@ class ElfImage:
             self.ok = False
 
     def _load_symbols(self, f, elf: ELFFile) -> None:
-        """Function symbols of .symtab (else .dynsym), read as one numpy array rather than one by one."""
-        for name in (".symtab", ".dynsym"):
-            sec = elf.get_section_by_name(name)
-            if sec is None or sec["sh_entsize"] != SYM_DTYPE.itemsize:
-                continue
-            f.seek(sec["sh_offset"])
-            table = np.frombuffer(f.read(sec["sh_size"]), dtype=SYM_DTYPE)
-            strsec = elf.get_section(sec["sh_link"])
-            f.seek(strsec["sh_offset"])
-            self.strtab = f.read(strsec["sh_size"])
-            kind = table["info"] & 0xF
-            keep = ((kind == 2) | (kind == 10)) & (table["value"] != 0)  # STT_FUNC, STT_GNU_IFUNC
-            table = table[keep]
-            _, first = np.unique(table["value"], return_index=True)
-            table = table[first]
-            self.addrs = table["value"].tolist()
-            self.sym_sizes = table["size"].tolist()
-            self.sym_names = table["name"].tolist()
+        """Function symbols of .symtab, else of the separate debug file's .symtab (a distribution's -dbg
+        package, found by build ID: it names the local functions a stripped library's .dynsym lacks, such as
+        glibc's __memset_avx2_unaligned_erms), else of .dynsym; read as one numpy array, not one by one."""
+        if self._read_table(f, elf, ".symtab"):
+            self.symbols_from = ".symtab"
             return
+        from .debug_files import debug_file_for
+        debug = debug_file_for(elf)
+        if debug is not None:
+            from elftools.common.exceptions import ELFError
+            from elftools.elf.elffile import ELFFile
+            try:
+                with open_mapped_file(debug) as g:
+                    if self._read_table(g, ELFFile(g), ".symtab"):
+                        self.symbols_from = f".symtab of {debug}"
+                        return
+            except (OSError, ELFError, ValueError):
+                pass
+        if self._read_table(f, elf, ".dynsym"):
+            self.symbols_from = ".dynsym"
+
+    def _read_table(self, f, elf: ELFFile, name: str) -> bool:
+        sec = elf.get_section_by_name(name)
+        if sec is None or sec["sh_entsize"] != SYM_DTYPE.itemsize or sec["sh_type"] == "SHT_NOBITS":
+            return False
+        f.seek(sec["sh_offset"])
+        table = np.frombuffer(f.read(sec["sh_size"]), dtype=SYM_DTYPE)
+        strsec = elf.get_section(sec["sh_link"])
+        f.seek(strsec["sh_offset"])
+        self.strtab = f.read(strsec["sh_size"])
+        kind = table["info"] & 0xF
+        keep = ((kind == 2) | (kind == 10)) & (table["value"] != 0)  # STT_FUNC, STT_GNU_IFUNC
+        table = table[keep]
+        self._all_functions = table      # every name, aliases at one address too (functions_by_name)
+        # one name per address: a global one before a local alias (glibc's __GI___ctype_init is __ctype_init)
+        table = table[np.lexsort(((table["info"] >> 4) != 1, table["value"]))]
+        _, first = np.unique(table["value"], return_index=True)
+        table = table[first]
+        self.addrs = table["value"].tolist()
+        self.sym_sizes = table["size"].tolist()
+        self.sym_names = table["name"].tolist()
+        self.sym_kinds = (table["info"] & 0xF).tolist()
+        return True
+
+    def functions_by_name(self) -> dict[str, tuple[int, int, int]]:
+        """name → (ELF address, size, STT kind) of every function symbol, aliases included (the address-sorted
+        table keeps one name per address)."""
+        if self._by_name is None:
+            t = self._all_functions
+            self._by_name = {}
+            for off, value, size, info in zip(t["name"].tolist(), t["value"].tolist(), t["size"].tolist(),
+                                              (t["info"] & 0xF).tolist()):
+                name = self.strtab[off:self.strtab.index(b"\0", off)].decode("utf-8", "replace")
+                self._by_name.setdefault(name.split("@", 1)[0], (value, size, info))
+        return self._by_name
+
+    def name_at(self, i: int) -> str:
+        """The function's name, without a symbol version (__libc_start_main@@GLIBC_2.34 is __libc_start_main)."""
+        off = self.sym_names[i]
+        return self.strtab[off:self.strtab.index(b"\0", off)].decode("utf-8", "replace").split("@", 1)[0]
 
     def offset_to_vaddr(self, offset: int) -> int | None:
         for p_off, p_vaddr, p_filesz in self.segments:
@@ -130,9 +175,7 @@ class ElfImage:
         start, size = self.addrs[i], self.sym_sizes[i]
         if size and vaddr >= start + size:
             return None
-        off = self.sym_names[i]
-        name = self.strtab[off:self.strtab.index(b"\0", off)].decode("utf-8", "replace")
-        return name, vaddr - start
+        return self.name_at(i), vaddr - start
 
     def read_at_vaddr(self, vaddr: int, length: int) -> bytes:
         for p_off, p_vaddr, p_filesz in self.segments:
@@ -186,7 +229,7 @@ def disassemble(path: str, vaddr: int, count: int = 1) -> list[tuple[int, str, s
     return out
 
 
-def _line_rows(path: str):
+def line_rows(path: str):
     """(start, end, source file, line) for each row of the DWARF line tables; nothing without debug info."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
@@ -218,7 +261,7 @@ def _line_rows(path: str):
 
 def source_line(path: str, vaddr: int) -> tuple[str, int] | None:
     """(source file, line) of an ELF address from its DWARF line table, or None without debug info."""
-    return next(((name, line) for lo, hi, name, line in _line_rows(path) if lo <= vaddr < hi), None)
+    return next(((name, line) for lo, hi, name, line in line_rows(path) if lo <= vaddr < hi), None)
 
 
 def rip_facts(ip: int, mapping: MapsLine) -> RipFacts | None:
@@ -259,18 +302,36 @@ def min_exec_vaddr(path: str) -> int | None:
     return min(xs) if xs else None
 
 
-def symbol_range(path: str, name: str) -> tuple[int, int] | None:
-    """[start, end) ELF addresses of function `name` in the file's symbol table, or None."""
-    img = load_image(path)
-    if not img.ok:
-        return None
-    for start, size, off in zip(img.addrs, img.sym_sizes, img.sym_names):
-        if img.strtab[off:img.strtab.index(b"\0", off)].decode("utf-8", "replace") == name:
-            return start, start + max(size, 1)
-    return None
-
-
 def line_ranges(path: str, file: str, line: int) -> list[tuple[int, int]]:
     """[start, end) ELF address ranges the DWARF line table gives to `file:line` (file by its base name)."""
     want = file.rsplit("/", 1)[-1]
-    return [(lo, hi) for lo, hi, name, n in _line_rows(path) if n == line and name.rsplit("/", 1)[-1] == want]
+    return [(lo, hi) for lo, hi, name, n in line_rows(path) if n == line and name.rsplit("/", 1)[-1] == want]
+
+
+def resolve_mapping(ip: int, m: Mapping) -> ResolvedIP:
+    """resolve_ip for a mapping of a recording: through the RecordedFiles its reader attached to it
+    (symbols/recorded.py: the file is opened only if it is provably the one the capture saw, else the
+    recording's saved symbols), or straight from the file for a mapping a live capture read itself."""
+    files = getattr(m, "recorded_files", None)
+    if files is not None:
+        return files.resolve(ip, m)
+    return resolve_ip(ip, m.start, m.pgoff, m.path, m.inode)
+
+
+from .recorded import RecordedFiles  # noqa: E402, F401  (re-exported for journey's readers of recordings)
+
+
+def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal):
+    """symbols/cfi_unwind.unwind for a recording's stack copy: a file whose `refusal(path, inode)` is not ""
+    has its .eh_frame left unread, and the walk ends there saying why."""
+    from .cfi_unwind import CfiTable, cfi_table, unwind
+
+    def tables(path: str, inode: int | None) -> CfiTable:
+        why = refusal(path, inode)
+        if not why:
+            return cfi_table(path, inode)
+        refused = CfiTable.__new__(CfiTable)
+        refused.starts, refused.ends, refused.fdes, refused.decoded, refused.row_pcs = [], [], [], {}, {}
+        refused.error = f".eh_frame of {path} not read: {why}"
+        return refused
+    return unwind(ip, sp, bp, stack, place, tables)

@@ -18,14 +18,40 @@ from .safe_text import escape_controls
 BADGE = {"observed": "green", "derived": "cyan", "modelled": "magenta", "unavailable": "red"}
 
 
-def step_renderable(step: Step, total: int = 11) -> Panel:
+def step_renderable(step: Step, total: int = 11, fit: Console | None = None) -> Panel:
+    """One step as a panel. `fit`: the stepper's console, whose screen the step should fit: the evidence
+    lines (the step's raw proof: maps lines, call chains) are cut to one row each and then shortened, fewest
+    last, until the panel is no taller than the screen; the values, derivations and Ws are always whole."""
+    if fit is None:
+        return _step_panel(step, total, EVIDENCE_SHOWN, wrap_evidence=True)
+    rows = fit.size.height - 2             # the prompt's line and one of the previous output stay in view
+    panel = _step_panel(step, total, EVIDENCE_SHOWN, wrap_evidence=False)
+    for shown in (12, 6, 3, 0):
+        if len(fit.render_lines(panel, fit.options, pad=False)) <= rows:
+            break
+        panel = _step_panel(step, total, shown, wrap_evidence=False)
+    return panel
+
+
+EVIDENCE_SHOWN = 40
+
+
+def _step_panel(step: Step, total: int, evidence_shown: int, wrap_evidence: bool) -> Panel:
     t = Table(show_header=True, header_style="bold", expand=True, show_lines=False)
-    t.add_column("value", ratio=2)
-    t.add_column("", ratio=4)
-    t.add_column("provenance", no_wrap=True, min_width=11)
-    t.add_column("source / how", ratio=4)
-    for v in step.values:
-        t.add_row(_line(v.label), _line(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", _line(v.source))
+    if wrap_evidence:
+        t.add_column("value", ratio=2)
+        t.add_column("", ratio=4)
+        t.add_column("provenance", no_wrap=True, min_width=11)
+        t.add_column("source / how", ratio=4)
+        for v in step.values:
+            t.add_row(_line(v.label), _line(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", _line(v.source))
+    else:   # the stepper's screen: the provenance heads its source, no column of its own; no box
+        t.box, t.padding = None, (0, 1, 0, 0)
+        t.add_column("value", ratio=2)
+        t.add_column("", ratio=3)
+        t.add_column("provenance: source / how", ratio=5)
+        for v in step.values:
+            t.add_row(_line(v.label), _line(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]: {_line(v.source)}")
     parts: list = [t]
     lines = step.all_derivations()
     if lines:
@@ -37,10 +63,14 @@ def step_renderable(step: Step, total: int = 11) -> Panel:
             if w in step.ws:
                 parts.append(Text.assemble((f"{w.upper():>8}  ", "bold yellow"), escape_controls(step.ws[w])))
     if step.evidence:
-        parts.append(Text("evidence", style="bold"))
-        parts += [Text("  " + escape_controls(e), style="dim") for e in step.evidence[:40]]
-        if len(step.evidence) > 40:
-            parts.append(Text(f"  … {len(step.evidence) - 40} more lines", style="dim"))
+        parts.append(Text("evidence" if wrap_evidence else f"evidence ({len(step.evidence)} lines)", style="bold"))
+        parts += [Text("  " + escape_controls(e), style="dim") if wrap_evidence else
+                  Text("  " + escape_controls(e), style="dim", no_wrap=True, overflow="ellipsis")
+                  for e in step.evidence[:evidence_shown]]
+        if len(step.evidence) > evidence_shown:
+            more = len(step.evidence) - evidence_shown
+            parts.append(Text(f"  … {more} more line{'s' * (more > 1)}" + ("" if wrap_evidence else
+                              " (all of them: --no-pause, --format markdown or html)"), style="dim"))
     return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {_line(step.title)}[/bold]",
                  title_align="left")
 

@@ -328,6 +328,62 @@ static __always_inline int looks_like_kind(struct mm_struct *mm, __u64 addr, __u
 	return 0;
 }
 
+/* Is `ip` in one of the ranges? An executable's range compares its ELF address (RIP − (start_code − its
+ * lowest executable p_vaddr)); a library's, its file offset in the VMA holding it (RIP − vm_start +
+ * vm_pgoff pages), if that VMA maps the range's inode. `exe_only`: the executable's ranges only (no VMA read). */
+static __always_inline int in_ranges(struct mm_struct *mm, __u64 ip, int exe_only)
+{
+	__u64 elf = ip - (BPF_CORE_READ(mm, start_code) - settings.elf_low);
+	__u64 ino = 0, off = 0, libraries = 0;
+	for (__u32 i = 0; i < WALK_RANGES; i++)
+		libraries |= settings.range_ino[i];
+	if (!exe_only && libraries) {
+		struct vm_area_struct *v = (struct vm_area_struct *)maple_find_vma(mm, ip);
+		if (v && BPF_CORE_READ(v, vm_start) <= ip) {
+			ino = BPF_CORE_READ(v, vm_file, f_inode, i_ino);
+			off = ip - BPF_CORE_READ(v, vm_start) + (BPF_CORE_READ(v, vm_pgoff) << 12);
+		}
+	}
+	for (__u32 i = 0; i < WALK_RANGES; i++) {
+		if (i >= settings.nranges)
+			break;
+		__u64 x = elf;
+		if (settings.range_ino[i]) {
+			if (exe_only || !ino || ino != settings.range_ino[i])
+				continue;
+			x = off;
+		}
+		if (x >= settings.range_lo[i] && x < settings.range_hi[i])
+			return 1;
+	}
+	return 0;
+}
+
+#define CHAIN_FRAMES 16
+
+/* Does the user call chain pass through an executable's range? The word at the user's sp (a leaf that keeps
+ * no frame, memset say, has its return address there) and the return addresses of the frame-pointer chain,
+ * each less one (a call's return address may be the next line's first byte). Reads of user memory that fail
+ * (IRQs are off here: a page not present) end the chain. */
+static __always_inline int chain_in_ranges(struct mm_struct *mm)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 sp = PT_REGS_SP_CORE(regs), fp = PT_REGS_FP_CORE(regs), ret = 0;
+	if (!bpf_probe_read_user(&ret, sizeof(ret), (void *)sp) && in_ranges(mm, ret - 1, 1))
+		return 1;
+	for (int i = 0; i < CHAIN_FRAMES; i++) {
+		__u64 frame[2] = {0, 0};   /* saved fp, return address */
+		if (!fp || bpf_probe_read_user(frame, sizeof(frame), (void *)fp))
+			return 0;
+		if (frame[1] && in_ranges(mm, frame[1] - 1, 1))
+			return 1;
+		if (frame[0] <= fp)
+			return 0;   /* a frame pointer chain grows up the stack; anything else is not one */
+		fp = frame[0];
+	}
+	return 0;
+}
+
 static __always_inline int selected(__u64 addr, __u64 ip, __u64 ec)
 {
 	struct mm_struct *mm = current_mm();
@@ -336,16 +392,8 @@ static __always_inline int selected(__u64 addr, __u64 ip, __u64 ec)
 		return state.n == settings.nth;
 	case SEL_ADDRESS:
 		return (addr & ~0xfffULL) == settings.page;
-	case SEL_RANGES: {
-		__u64 elf = ip - (BPF_CORE_READ(mm, start_code) - settings.elf_low);
-		for (__u32 i = 0; i < WALK_RANGES; i++) {
-			if (i >= settings.nranges)
-				break;
-			if (elf >= settings.range_lo[i] && elf < settings.range_hi[i])
-				return 1;
-		}
-		return 0;
-	}
+	case SEL_RANGES:
+		return in_ranges(mm, ip, 0) || (settings.chain && chain_in_ranges(mm));
 	case SEL_KIND:
 		return looks_like_kind(mm, addr, ec);
 	}

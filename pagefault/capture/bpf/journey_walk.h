@@ -24,7 +24,9 @@ enum walk_selector {
 	SEL_OWN_CODE = 0,   /* RIP in [mm->start_code, mm->end_code) */
 	SEL_NTH = 1,        /* the program's settings.nth-th fault */
 	SEL_ADDRESS = 2,    /* the first fault on settings.page */
-	SEL_RANGES = 3,     /* RIP, taken back to an ELF address, in one of settings.range_lo/hi */
+	SEL_RANGES = 3,     /* RIP in one of settings.range_lo/hi: an ELF address of the executable (range_ino 0), or
+			       a file offset in the mapped file of inode range_ino (a library); settings.chain 1:
+			       or a return address on the user stack in an executable's range */
 	SEL_KIND = 4,       /* the first fault that looks like settings.kind at entry */
 };
 
@@ -52,6 +54,10 @@ struct walk_settings {
 	__u32 syscall_nr;     /* MODE_SYSCALL */
 	__u64 range_lo[WALK_RANGES];
 	__u64 range_hi[WALK_RANGES];
+	__u64 range_ino[WALK_RANGES]; /* SEL_RANGES: 0: range_lo/hi are ELF addresses of the executable; else file
+					 offsets in the file of this inode, found through the RIP's VMA */
+	__u32 chain;          /* SEL_RANGES: 1: [sp] and the frame-pointer chain's return addresses match too */
+	__u32 _pad_chain;
 };
 
 /* Run-time state, in .bss: the loader reads it, and writes `page` (MODE_PAGE) when the page is known. */
