@@ -13,7 +13,7 @@ from ..capture.records import PERF_CONTEXT_MAX, Mapping, Stream, distinct_callch
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
 from ..kernel.kallsyms import KernelSymbols, TextSymbols
-from ..symbols.elf import RecordedFiles, resolve_ip, resolve_mapping
+from ..symbols.elf import RecordedFiles, resolve_mapping
 from .count_summary import TraceSummary, reconcile, summarize_counts  # noqa: F401  (re-exported)
 from .fault_classes import (
     ALLOC,
