@@ -539,8 +539,8 @@ def _kernel_paths(chains: list[list[int]], which: np.ndarray, ksyms: KernelSymbo
         kernel, _user = split_callchain(chain)
         raw_counts[tuple(kernel)] += n
     named: Counter[str] = Counter()
-    for chain, n in raw_counts.items():
-        funcs = [ksyms.describe(ip).split("+")[0] for ip in chain]
+    for kernel_chain, n in raw_counts.items():
+        funcs = [ksyms.describe(ip).split("+")[0] for ip in kernel_chain]
         funcs.reverse()  # outermost first
         for entry in ENTRY_FUNCS:
             if entry in funcs:
