@@ -145,7 +145,6 @@ SCENARIO_CHECKS = tuple(f"scenario-{s.name}" for s in SCENARIOS)
 ARM64_CHECKS = ("doctor", "bpf-objects", "journey-arm64", "decode", "entry-kinds", "trace-count", "trace-latency")
 X86_CHECKS = ("doctor", "bpf-objects", "journey-bpf", "journey-perf") + SCENARIO_CHECKS + (
     "trace", "trace-count", "trace-latency", "entry-kinds", "decode")
-X86_CHECKS += ("heldout",)
 
 
 def run_scenarios(out: Path, checks) -> None:
@@ -533,25 +532,6 @@ def main() -> int:
     checks.run("decode", decode)
     times["decode"] = time.monotonic() - t
 
-    def heldout():
-        """The held-out programs (tests/c/heldout.c), recorded: each region's classes as built, the totals
-        and the reads from disk equal to the kernel's own page-faults and major-faults counts."""
-        sys.path.insert(0, str(ROOT / "tests"))
-        from live_helpers.heldout import DISK_FILE_SYSTEMS, FILE_MODES, RECORDED, build, check_recorded, file_system
-        work = out / "heldout"
-        work.mkdir(exist_ok=True)
-        exe = build(work)
-        fs = file_system(work)
-        modes = sorted(set(RECORDED) - {"fixedfile"} - (set() if fs in DISK_FILE_SYSTEMS else FILE_MODES))
-        results = [check_recorded(exe, mode, work) for mode in modes]
-        (out / "heldout.txt").write_text("".join(("ok " if ok else "FAILED ") + d + "\n" for ok, d in results))
-        failed = [d for ok, d in results if not ok]
-        left = "" if fs in DISK_FILE_SYSTEMS else f"; the file programs not run: {work} is on {fs}, not a disk's file system"
-        return not failed, f"{len(results) - len(failed)} of {len(results)} programs as built{left}" + (
-            "; " + " | ".join(failed) if failed else "")
-    t = time.monotonic()
-    checks.run("heldout", heldout)
-    times["heldout"] = time.monotonic() - t
 
     return finish(release, out, checks, times, t0)
 
