@@ -68,7 +68,7 @@ def test_doctor_names_the_compiled_counter_and_its_hooks():
     import subprocess
     import sys
     from pagefault.capture.kernel_counts import engine_problem
-    r = subprocess.run([sys.executable, "-m", "pagefault", "doctor", "--quick", "--json"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "pagefault", "doctor", "--json"], capture_output=True,
                        text=True, timeout=120)
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     counter = checks["compiled BPF counter"]
