@@ -143,3 +143,16 @@ def test_each_way_of_failing_is_one_line_with_its_exit_status(name, message, sta
     monkeypatch.setattr(dispatch, "run_command", fail)
     assert cli.main(["scenarios"]) == status
     assert capsys.readouterr().err == prefix + "\n"
+
+
+@pytest.mark.parametrize("argv, assumed", [
+    (["vm-flags", "0x100073"], False), (["fault-flags", "0x255"], False), (["gfp", "0xcc0"], False),
+    (["address", "0x7f949c434100"], True), (["esr", "0x92000047"], True), (["pte", "0x40001403"], True)])
+def test_an_arm64_shape_is_assumed_only_for_the_formats_it_shapes(argv, assumed, capsys):
+    """vm_flags, fault flags and GFP flags do not depend on the walk's VA size or granule: no shape is said to be
+    assumed for them (only arm64's address, descriptor and ESR decoders take it)."""
+    import json
+    assert cli.main(["decode", *argv, "--arch", "arm64", "--json", "--va-bits", "48", "--granule", "4k"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # --pa-bits is the one left out: said where the format takes it (this machine's on arm64, else Linux's usual)
+    assert out["assumed"].startswith("assumed --pa-bits ") if assumed else out["assumed"] == ""

@@ -227,13 +227,15 @@ def decode_for(args: argparse.Namespace, value: int) -> tuple[str, str, Decoded]
     if owner is not None and owner.arch is not arch:
         raise UsageError(f"{args.kind} is {owner.arch.value}'s, and the architecture is {arch.value}; "
                          f"{arch_interface(arch).syndrome_decode_hint}")
-    if args.kind == "fault-flags" and args.from_error_code and arch_interface(arch).syndrome_kind != "error-code":
-        raise UsageError(f"--from-error-code takes an x86 error code; on {arch.value}, decode the trap's syndrome "
-                         f"(decode {arch_interface(arch).syndrome_kind} VALUE) and read the flags it gives")
-    assumed = _fill_shape(args, arch) if arch_interface(arch).shape_beyond_levels else ""
+    usual = arch_interface(arch)
+    if args.kind == "fault-flags" and args.from_error_code and usual.syndrome_kind != "error-code":
+        raise UsageError(f"--from-error-code takes an x86 error code; on {arch.value}, decode the "
+                         f"{usual.syndrome_noun} (decode {usual.syndrome_kind} VALUE) and read the flags it gives")
+    own_format = args.kind in ("address", "pte") or args.kind == usual.syndrome_kind
+    assumed = _fill_shape(args, arch) if own_format and usual.shape_beyond_levels else ""
     granule = {"4k": 4096, "16k": 16384, "64k": 65536}[args.granule or "4k"]
     shape = arch_interface(arch, args.levels, va_bits=args.va_bits or 48, granule=granule, pa_bits=args.pa_bits or 48)
-    if args.kind in ("address", "pte") or args.kind == shape.syndrome_kind:
+    if own_format:
         return arch.value, assumed, _decode_own(args.kind, value, shape, args.level, args.kernel)
     return arch.value, assumed, _decode_shared(args.kind, value, args.from_error_code, args.kernel, shape)
 
