@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pagefault import cli
-from pagefault.core.recordings import summarize_recording
 from pagefault.capture.recording import RecordingWriter, load_recording
 from pagefault.capture.records import parse_stream
+from pagefault.core.recordings import summarize_recording
 from pagefault.journey.trace_summary import summarize
 
 HANG = timedelta(seconds=5)   # a fuzz case running longer than this fails: a hang is a bug, not a slow case
