@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pagefault import cli
 from pagefault.capture.recording import RecordingWriter, load_recording
 from pagefault.capture.records import parse_stream
+from pagefault.core.recordings import summarize_recording
 from pagefault.journey.trace_summary import summarize
 
 HANG = timedelta(seconds=5)   # a fuzz case running longer than this fails: a hang is a bug, not a slow case
@@ -73,7 +74,7 @@ def make_recording(path: Path, n: int = 40, chunks: int = 4, end: dict | None = 
 def one_line_or_summary(path: Path):
     """The CLI's own reading of a recording: a summary, or a UsageError (one line, exit 2)."""
     try:
-        return cli._summarize(path)
+        return summarize_recording(path)
     except cli.UsageError as exc:
         assert "\n" not in str(exc)
         return None
@@ -186,7 +187,7 @@ def test_event_layouts_pointing_outside_the_records_are_one_line(tmp_path):
     events[str(FAULT_ID)]["fields"]["address"] = [60000, 8, 0]
     path = make_recording(tmp_path / "e.pfrec", n=5, events=events)
     with pytest.raises(cli.UsageError, match="do not match the metadata"):
-        cli._summarize(path)
+        summarize_recording(path)
 
 
 def test_samples_whose_fields_run_past_their_record_are_dropped():

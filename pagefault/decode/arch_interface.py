@@ -25,6 +25,7 @@ from .error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, de
 from .esr import FaultStatusKind, decode_esr, fault_flags_from_esr
 from .fault_flags import derive_fault_flags
 from .pte import decode_pte, derive_anonymous_pte
+from .swap_entry import SwapConfig
 
 Version = tuple[int, int]
 LEAF_PAGE_SIZE = {"PTE": 4096, "PMD": 2 << 20, "PUD": 1 << 30}
@@ -115,7 +116,9 @@ class ArchInterface(ABC):
     fault_handler_source: str   # the file that turns the syndrome into fault flags
     derive_entry_name: str      # the function that derives an anonymous page's entry
     # Whether a tracepoint gives the syndrome of every fault, handled or not (x86's page_fault_user has the
-    # error code); where none does, the trap is known only by the flags handle_mm_fault() was given.
+    # error code); where none does, the trap is known only by the flags handle_mm_fault() was given. It also
+    # says which live captures run here: a program of the user's is followed fault by fault at that
+    # tracepoint; without it, the live journey is the exercise program's (capture/arm64_fault.py).
     syndrome_traced: bool
     trap_event: str             # the event whose samples are a scenario's faults
     untraced_syndrome_note: str = ""   # where the syndrome is not traced: what stands in for it, and why
@@ -126,6 +129,13 @@ class ArchInterface(ABC):
     # the journey's step titles (by step key) that this architecture words in its own registers and tables;
     # a step not here keeps the catalogue's title
     step_titles: Mapping[str, str] = MappingProxyType({})
+    # `pagefault decode`: the kind that decodes the trap's syndrome, and the line that points another
+    # architecture's user at it
+    syndrome_kind: str
+    syndrome_decode_hint: str
+    # whether a walk's shape is more than its depth (arm64's VA size, granule and output-address size, which
+    # `decode` takes as --va-bits, --granule, --pa-bits), so that a decoding has to say which it assumed
+    shape_beyond_levels: bool = False
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         self.paging_levels, self.va_bits, self.granule, self.pa_bits = paging_levels, va_bits, granule, pa_bits
@@ -173,6 +183,20 @@ class ArchInterface(ABC):
         meanings are x86-64's)."""
         return VmFlagBits()
 
+    @abstractmethod
+    def decode_address(self, address: int) -> object:
+        """The address split with this architecture's own decoder (AddressSplit, Arm64AddressSplit), with
+        every field it has; :raises DecodeError: the address is outside this shape's translation."""
+
+    @abstractmethod
+    def decode_entry(self, entry: int, level: str, kernel: Version | None, swap_config: SwapConfig) -> object:
+        """An entry at ``level`` with this architecture's own decoder (PageTableEntry, Arm64Descriptor), as
+        the kernel ``kernel`` reads it with ``swap_config``'s swap-entry layout."""
+
+    @abstractmethod
+    def decode_syndrome_fully(self, code: int) -> object:
+        """The trap's syndrome with this architecture's own decoder (ErrorCode, Syndrome), every field kept."""
+
 
 class X86_64(ArchInterface):
     arch = Arch.X86_64
@@ -185,6 +209,8 @@ class X86_64(ArchInterface):
     entry_address_field = "frame field"
     syndrome_how = "P if the entry was present, W for a write, U for user mode"
     paging_level_choices, paging_levels_rule = (4, 5), "x86-64 pages with 4 or 5 levels"
+    syndrome_kind = "error-code"
+    syndrome_decode_hint = "on x86-64 the trap pushes an error code: pagefault decode error-code VALUE --arch x86_64"
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         # the levels fix x86's address size (48 or 57 bits) and its granule is 4 KiB
@@ -228,6 +254,15 @@ class X86_64(ArchInterface):
     def frame_field(self, level: str) -> str:
         return f"the frame field of the {level} entry"
 
+    def decode_address(self, address: int) -> object:
+        return split_virtual_address(address, self.paging_levels)
+
+    def decode_entry(self, entry: int, level: str, kernel: Version | None, swap_config: SwapConfig) -> object:
+        return decode_pte(entry, level, kernel=kernel, swap_config=swap_config, paging_levels=self.paging_levels)
+
+    def decode_syndrome_fully(self, code: int) -> object:
+        return decode_error_code(code)
+
 
 class Arm64(ArchInterface):
     arch = Arch.ARM64
@@ -246,6 +281,9 @@ class Arm64(ArchInterface):
     syndrome_how = ("a data abort from EL0, WnR for a write, a translation fault at the level whose descriptor was "
                     "invalid or a permission fault at the leaf")
     paging_level_choices, paging_levels_rule = (3, 4, 5), "arm64 with 4 KiB pages walks 3, 4 or 5 levels"
+    syndrome_kind = "esr"
+    syndrome_decode_hint = "on arm64 the trap's syndrome is ESR_EL1: pagefault decode esr VALUE --arch arm64"
+    shape_beyond_levels = True
     step_titles = MappingProxyType({
         "trap": "The CPU takes a data abort from EL0: FAR (the address), ELR (the PC) and ESR_EL1",
         "rip": "The PC proven: the faulting instruction, disassembled",
@@ -301,6 +339,16 @@ class Arm64(ArchInterface):
 
     def access_flags(self, code: int) -> tuple[str, ...]:
         return fault_flags_from_esr(decode_esr(code))
+
+    def decode_address(self, address: int) -> object:
+        return split_arm64_address(address, self.va_bits, self.granule)
+
+    def decode_entry(self, entry: int, level: str, kernel: Version | None, swap_config: SwapConfig) -> object:
+        return decode_arm64_descriptor(entry, level, kernel=kernel, va_bits=self.va_bits, granule=self.granule,
+                                       pa_bits=self.pa_bits, swap_config=swap_config)
+
+    def decode_syndrome_fully(self, code: int) -> object:
+        return decode_esr(code)
 
     def vm_flag_bits(self, version: Version) -> VmFlagBits:
         own = _ARM64_VM_FROM_6_12 if tuple(version[:2]) >= POE_SINCE else _ARM64_VM_BEFORE_6_12

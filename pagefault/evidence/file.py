@@ -100,13 +100,14 @@ def _strict(value: Any, kind) -> Any:
 CONVERTER = _converter()
 
 
-def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence) -> dict[str, Any]:
+def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> dict[str, Any]:
     kind = next(k for k, cls in KINDS.items() if isinstance(evidence, cls))
     return {"format": FORMAT, "version": VERSION, "kind": kind, "tool_version": evidence.tool_version,
             "evidence": CONVERTER.unstructure(evidence)}
 
 
-def dumps_evidence(evidence: JourneyEvidence | ScenarioEvidence, gzipped: bool) -> bytes:
+def dumps_evidence(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence,
+                   gzipped: bool) -> bytes:
     """The file's bytes (gzip with a fixed mtime, so the same capture gives the same file)."""
     text = json.dumps(evidence_to_json(evidence), separators=(",", ":")).encode()
     return gzip.compress(text, mtime=0) if gzipped else text

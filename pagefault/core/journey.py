@@ -1,6 +1,6 @@
 """Running a journey: live, in the simulator, or replayed from an evidence file — outside the CLI.
 
-cli.py parses arguments and maps these exceptions to exit statuses; this module decides what runs:
+cli.py parses arguments and maps core/errors.py's exceptions to exit statuses; this module decides what runs:
 the live capture, the fallback to the simulator where this machine cannot trace (said on stderr),
 the interactive stepping through a paused program, saving the evidence, and replaying it.
 """
@@ -10,28 +10,18 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .evidence import (Arm64FaultEvidence, ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence,
-                       ScenarioEvidence)
-from .journey.catalogue import STEP_CATALOGUE
-from .journey.steps import Journey
-from .decode.arch import Arch
+from ..decode.arch import Arch
+from ..evidence import Arm64FaultEvidence, ExerciseError, ExerciseOptions, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
+from ..journey.catalogue import STEP_CATALOGUE
+from ..journey.steps import Journey
+from .errors import CannotTrace, JourneyUsageError, NothingMatched
+
+if TYPE_CHECKING:
+    from ..decode.arch_interface import ArchInterface
 
 Progress = Callable[[str], None] | None
-
-
-class JourneyUsageError(Exception):
-    """A request that cannot be carried out as given; one line with the fix (exit 2)."""
-
-
-class CannotTrace(Exception):
-    """This machine cannot trace what was asked for (exit 3); the message says why and the fix."""
-
-
-class NothingMatched(Exception):
-    """The capture ran, but no fault matched the selector, or the one picked was not of the kind asked for
-    (exit 4); the message says what was seen instead."""
 
 
 @dataclass
@@ -52,11 +42,16 @@ class JourneyRequest:
 
 def model_journey(scenario_name: str | None, note: str = "", arch: Arch | None = None) -> Journey:
     """The simulator's journey of a scenario (first-touch by default), with this machine's settings, and its
-    architecture and paging shape unless ``arch`` names another (then its usual shape: 4 levels, 48 bits)."""
-    from .journey.model_journey import build_model_journey
-    from .journey.scenario_check import model_config
-    from .kernel.facts import memory_settings, model_shape
-    from .model.scenarios import ScenarioError, find_scenario, run_in_model
+    architecture and paging shape unless ``arch`` names another (then its usual shape: 4 levels, 48 bits).
+
+    Any user gets the same journey: the settings read (/proc/sys/vm, THP) are world-readable.
+
+    :raises JourneyUsageError: no scenario has that name.
+    """
+    from ..journey.model_journey import build_model_journey
+    from ..journey.scenario_check import model_config
+    from ..kernel.facts import memory_settings, model_shape
+    from ..model.scenarios import ScenarioError, find_scenario, run_in_model
     try:
         scenario = find_scenario(scenario_name or "first-touch")
     except ScenarioError as exc:
@@ -74,15 +69,15 @@ def model_journey(scenario_name: str | None, note: str = "", arch: Arch | None =
 
 
 def _say(note: str) -> None:
-    from .views.terminal import say
+    from ..views.terminal import say
     say(f"note: {note}")
 
 
 def complete_evidence(ev: JourneyEvidence) -> JourneyEvidence:
     """Read what the journey needs from the program's ELF file (the RIP's symbol, bytes and line) into
     the evidence, so that it can be built again anywhere from the evidence alone."""
-    from .journey.build import fault_event
-    from .symbols.elf import rip_facts
+    from ..journey.build import fault_event
+    from ..symbols.elf import rip_facts
     touched = ev.snapshots.get("touched")
     fault = fault_event(ev)
     if touched is None or fault is None or "ip" not in fault.fields or (ev.rip and ev.rip.ip == fault.fields["ip"]):
@@ -95,7 +90,8 @@ def complete_evidence(ev: JourneyEvidence) -> JourneyEvidence:
 
 
 def build_live(ev: JourneyEvidence) -> Journey:
-    from .journey.build import build_journey
+    """The live journey of ``ev``, with the RIP's facts read from the program's ELF file first."""
+    from ..journey.build import build_journey
     return build_journey(complete_evidence(ev))
 
 
@@ -105,8 +101,8 @@ def start_live(request: JourneyRequest):
     :raises CannotTrace: an explicitly requested tier cannot run here.
     :raises JourneyUsageError: the exercise options are wrong, or the program cannot be built.
     """
-    from .capture.journey_capture import LiveJourney
-    from .capture.tracer import CaptureError
+    from ..capture.journey_capture import LiveJourney
+    from ..capture.tracer import CaptureError
     try:
         return LiveJourney(request.options, tier=request.tier, progress=request.progress)
     except CaptureError as exc:
@@ -119,15 +115,21 @@ def start_live(request: JourneyRequest):
 
 
 def stand_in_journey(request: JourneyRequest, instead: str = "this is the simulator's journey instead") -> Journey:
-    """The simulator's journey where start_live() found this machine cannot trace; says why on stderr."""
+    """The simulator's journey where start_live() found this machine cannot trace; says why on stderr
+    (``request.fallback_reason``, then ``instead``)."""
     note = f"{request.fallback_reason}; {instead}"
     _say(note)
     return model_journey(None, note)
 
 
 def finish_live(live, request: JourneyRequest) -> Journey:
-    """Run the traced program to its end and build its journey (saving the evidence if asked)."""
-    from .capture.tracer import CaptureError
+    """Run the traced program to its end and build its journey (saving the evidence if asked); the capture is
+    closed (every probe detached, the program stopped) whatever happens.
+
+    :raises CannotTrace: the capture failed on the way (the message says where and the fix).
+    :raises JourneyUsageError: the evidence file cannot be written.
+    """
+    from ..capture.tracer import CaptureError
     try:
         live.run_all()
     except (CaptureError, ExerciseError) as exc:
@@ -143,10 +145,14 @@ def finish_live(live, request: JourneyRequest) -> Journey:
 
 def save_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence,
                   request: JourneyRequest) -> None:
+    """Write ``ev`` to ``request.save_evidence`` (gzip if it ends in .gz), if asked; says where on stderr.
+
+    :raises JourneyUsageError: the file exists (without ``request.force``) or is not a safe place to write.
+    """
     if request.save_evidence is None:
         return
-    from .capture.safe_paths import OutputError, write_output
-    from .evidence.file import dumps_evidence
+    from ..capture.safe_paths import OutputError, write_output
+    from ..evidence.file import dumps_evidence
     if isinstance(ev, JourneyEvidence):
         complete_evidence(ev)
     path = request.save_evidence
@@ -154,7 +160,7 @@ def save_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence 
         write_output(path, dumps_evidence(ev, gzipped=path.name.endswith(".gz")), request.force)
     except OutputError as exc:
         raise JourneyUsageError(str(exc)) from None
-    from .views.terminal import say
+    from ..views.terminal import say
     say(f"evidence saved to {path} (open it anywhere: pagefault journey --replay {path})")
 
 
@@ -165,9 +171,9 @@ def program_fault_journey(argv: list[str] | None, pid: int | None, selector: str
     :raises NothingMatched: no fault, symbol or line matched; or --kind picked a fault at entry whose events
         show another class (the journey is not shown; the evidence is saved if asked).
     """
-    from .capture import tracer
-    from .capture.program_fault import ProgramFault
-    from .journey.program_journey import build_program_journey
+    from ..capture import tracer
+    from ..capture.program_fault import ProgramFault
+    from ..journey.program_journey import build_program_journey
     try:
         ev = ProgramFault(argv, pid, selector, value, request.progress, timeout=request.timeout).run()
     except tracer.TargetProblem as exc:
@@ -187,20 +193,24 @@ def check_kind(ev, kind: str) -> None:
 
     :raises NothingMatched: the events give a class that is not `kind`'s (the journey must not be shown as one).
     """
-    from .journey.program_journey import KIND_CLASSES, classify_chosen
+    from ..journey.program_journey import classify_chosen, kind_classes
     cls, how, _window = classify_chosen(ev)
-    if cls not in KIND_CLASSES.get(kind, set()):
+    if cls not in kind_classes(kind):
         raise NothingMatched(f"the fault picked at entry as a {kind} fault (0x{ev.address:x}, its PTE and VMA "
                              f"looked so) was a {cls.value} fault by its events ({how}); nothing is shown: run it "
                              "again, or choose the fault with --nth or --at")
 
 
 def arm64_journey(request: JourneyRequest) -> Journey:
-    """The live journey on an arm64 machine (capture/arm64_fault.py): the exercise program's write fault."""
-    from .capture.arm64_fault import capture_arm64_fault
-    from .capture.bpf_walk import BpfError
-    from .journey.arm64_journey import build_arm64_journey
-    from .kernel.facts import is_root
+    """The live journey on an arm64 machine (capture/arm64_fault.py): the exercise program's write fault.
+
+    :raises CannotTrace: not root (a caller without root gets this at once, nothing started), or the capture
+        failed.
+    """
+    from ..capture.arm64_fault import capture_arm64_fault
+    from ..capture.bpf_walk import BpfError
+    from ..journey.arm64_journey import build_arm64_journey
+    from ..kernel.facts import is_root
     if not is_root():
         raise CannotTrace("the arm64 journey reads kernel memory with its compiled BPF walk: run it as root (sudo)")
     try:
@@ -211,14 +221,36 @@ def arm64_journey(request: JourneyRequest) -> Journey:
     return build_arm64_journey(ev)
 
 
+def machine_interface() -> ArchInterface:
+    """This machine's Arch interface (its usual paging shape): what the live captures can do here.
+
+    :raises CannotTrace: the machine is of an architecture pagefault does not trace.
+    """
+    import os
+
+    from ..decode.arch import arch_of_machine
+    from ..decode.arch_interface import arch_interface
+    from ..decode.bits import DecodeError
+    try:
+        return arch_interface(arch_of_machine(os.uname().machine))
+    except DecodeError as exc:
+        raise CannotTrace(f"{exc}; fix: pagefault journey --model --arch x86_64 (or arm64) shows the simulator's") from None
+
+
 def run_journey(request: JourneyRequest) -> Journey:
-    """The journey asked for, run to its end: the simulator's, a live scenario's, or the live one."""
+    """The journey asked for, run to its end: the simulator's, a live scenario's, or the live one.
+
+    A caller without root gets the simulator's journey, with a note on stderr saying why (unless a tier was
+    asked for explicitly: then CannotTrace).
+
+    :raises CannotTrace: an explicitly requested tier cannot run here, or a capture failed.
+    :raises JourneyUsageError: the request's options or scenario name are wrong.
+    """
     if request.model or request.tier == "model":
         return model_journey(request.scenario, arch=request.model_arch)
-    from .kernel.facts import on_arm64
     if request.scenario:
         return live_scenario(request)
-    if on_arm64():
+    if not machine_interface().syndrome_traced:
         return arm64_journey(request)
     live = start_live(request)
     if live is None:
@@ -232,19 +264,24 @@ def check_scenario(scenario, progress: Progress = None):
     :returns: (the model's outcome, the live outcome, their agreement, the live evidence, the model's run).
     :raises CaptureError: the scenario cannot run live here (capture/ says why and the fix).
     """
-    from .capture.scenario_capture import run_scenario_live
-    from .journey.scenario_check import cross_check
+    from ..capture.scenario_capture import run_scenario_live
+    from ..journey.scenario_check import cross_check
     ev = run_scenario_live(list(scenario.ops), progress, scenario.name)   # capture gathers; journey/ only compares
     model, live, agreement, run = cross_check(scenario, ev)
     return model, live, agreement, ev, run
 
 
 def live_scenario(request: JourneyRequest) -> Journey:
-    """A scenario run live with the model's verdict; the simulator's run where this user cannot trace."""
-    from .capture.tracer import CaptureError
-    from .journey.scenario_check import build_scenario_journey
-    from .kernel.facts import is_root
-    from .model.scenarios import ScenarioError, find_scenario
+    """A scenario run live with the model's verdict; the simulator's run where this user cannot trace (a caller
+    without root gets that, with a note on stderr).
+
+    :raises JourneyUsageError: no scenario has that name.
+    :raises CannotTrace: root, but the scenario cannot run live here (capture/ says why and the fix).
+    """
+    from ..capture.tracer import CaptureError
+    from ..journey.scenario_check import build_scenario_journey
+    from ..kernel.facts import is_root
+    from ..model.scenarios import ScenarioError, find_scenario
     try:
         scenario = find_scenario(request.scenario or "")
     except ScenarioError as exc:
@@ -268,7 +305,7 @@ def replay(path: Path) -> Journey:
 
     :raises JourneyUsageError: the file is missing, damaged, of another version, or inconsistent.
     """
-    from .evidence.file import EvidenceError, load_evidence
+    from ..evidence.file import EvidenceError, load_evidence
     try:
         loaded = load_evidence(path)
     except EvidenceError as exc:
@@ -284,17 +321,21 @@ def replay(path: Path) -> Journey:
 
 
 def journey_from_evidence(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> Journey:
-    """The journey a saved capture supports: a pure function of the evidence."""
-    from .journey.build import build_journey
-    from .journey.program_journey import build_program_journey
-    from .journey.scenario_check import build_scenario_journey, cross_check
-    from .model.scenarios import find_scenario
+    """The journey a saved capture supports: a pure function of the evidence (nothing of the machine is read).
+
+    :raises KeyError, ValueError, TypeError, IndexError: the evidence's values contradict each other (replay()
+        turns these into one line).
+    """
+    from ..journey.build import build_journey
+    from ..journey.program_journey import build_program_journey
+    from ..journey.scenario_check import build_scenario_journey, cross_check
+    from ..model.scenarios import find_scenario
     if isinstance(ev, JourneyEvidence):
         return build_journey(ev)
     if isinstance(ev, ProgramFaultEvidence):
         return build_program_journey(ev)
     if isinstance(ev, Arm64FaultEvidence):
-        from .journey.arm64_journey import build_arm64_journey
+        from ..journey.arm64_journey import build_arm64_journey
         return build_arm64_journey(ev)
     scenario = find_scenario(ev.scenario)
     model, live, agreement, _run = cross_check(scenario, ev)
@@ -387,7 +428,7 @@ def next_index(index: int, prompt: str) -> int | None:
 
 def step_list(journey: Journey, console) -> None:
     """Enter: next step; b: back; q: quit, over steps already built (the simulator's, or a finished run)."""
-    from .views import journey_view
+    from ..views import journey_view
     journey_view.header(journey, console)
     for note in journey.notes:
         console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
@@ -400,9 +441,13 @@ def step_list(journey: Journey, console) -> None:
 
 
 def step_through(live, console, request: JourneyRequest) -> None:
-    """Enter: next step; b: back; q: quit. The target waits at its phase while the person reads."""
-    from .capture.tracer import CaptureError
-    from .views import journey_view
+    """Enter: next step; b: back; q: quit. The target waits at its phase while the person reads; the capture is
+    closed whatever happens, and the evidence saved (if asked) as far as the person went.
+
+    :raises CannotTrace: the capture failed on the way.
+    """
+    from ..capture.tracer import CaptureError
+    from ..views import journey_view
     try:
         live.start()
         journey = build_live(live.ev)
