@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..decode.arm64_address import lpa2_in_use, split_arm64_address
+from ..decode.bits import DecodeError
 from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
@@ -283,7 +284,11 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
 
     Raises BpfError (the object not built, a hook refused, nothing seen) with the reason and fix.
     """
-    if not facts.on_arm64():
+    try:
+        here = facts.machine_arch()
+    except DecodeError as exc:
+        raise BpfError(f"the arm64 capture runs on arm64 machines: {exc}") from None
+    if here.syndrome_traced:    # the trap has a tracepoint here: the live journey follows it, not this capture
         raise BpfError(f"the arm64 capture runs on arm64 machines; this one is {os.uname().machine}")
     va_bits, page_size, how = facts.arm64_translation()
     program = build_program(progress)

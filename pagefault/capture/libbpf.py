@@ -328,7 +328,8 @@ class BpfObject:
 
     def programs(self) -> dict[str, str]:
         """Every program's name → its section (e.g. ``tp_btf/page_fault_user``), in the object's order."""
-        library, out, prog = lib(), {}, None
+        library, prog = lib(), None
+        out: dict[str, str] = {}
         while True:
             prog = library.bpf_object__next_program(self._obj, prog)
             if not prog:

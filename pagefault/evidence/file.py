@@ -22,7 +22,6 @@ from typing import Any, get_args, get_origin
 
 import cattrs
 
-from ..decode.arch import Arch
 from ..decode.arch_interface import arch_interface
 from .records import Arm64FaultEvidence, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 
@@ -214,7 +213,7 @@ def _out_of_range(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence 
         if ev.offset < 0 or ev.offset >= ev.mapping_size:
             return f"evidence.offset 0x{ev.offset:x} is outside the mapping of 0x{ev.mapping_size:x} bytes"
         return ""
-    arch = arch_interface(ev.arch if isinstance(ev, ScenarioEvidence) else Arch.X86_64)
+    arch = arch_interface(ev.arch)
     if ev.paging_levels not in arch.paging_level_choices:
         return f"evidence.paging_levels is {ev.paging_levels}: {arch.paging_levels_rule}"
     if isinstance(ev, JourneyEvidence):
