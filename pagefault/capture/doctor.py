@@ -108,6 +108,14 @@ def _compiled_counter_check() -> Check:
     return Check("compiled BPF counter", True, f"libbpf.so.1 and the counter's object are here; hooks: {hooks}")
 
 
+def _trap_untraced_here() -> bool:
+    """Whether this machine's architecture has no tracepoint with the trap (arm64's Arch interface says so)."""
+    try:
+        return not facts.machine_arch().syndrome_traced
+    except DecodeError:
+        return False    # a machine pagefault does not know: its tracepoints decide, as they did before
+
+
 def diagnose() -> Diagnosis:
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
@@ -122,10 +130,7 @@ def diagnose() -> Diagnosis:
     tp_id = None
     # arm64 kernels (6.1, 6.12) have no exceptions:page_fault_user: there the bpf tier meets the fault at
     # kprobe:handle_mm_fault instead (capture/arm64_fault.py), so kprobes decide that tier, not the tracepoint.
-    try:
-        untraced = not facts.machine_arch().syndrome_traced
-    except DecodeError:
-        untraced = False    # a machine pagefault does not know: its tracepoints decide, as they did before
+    untraced = _trap_untraced_here()
     if untraced:
         d.checks.append(Check("architecture", True, "arm64: the journey meets the fault at kprobe:handle_mm_fault and "
                               "reads descriptors through the linear map; ESR_EL1 is derived, not read", "", ()))
