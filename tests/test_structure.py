@@ -3,6 +3,7 @@ split by command and loads each command's code only when it runs, no long functi
 forbids them, and the architecture is asked of its Arch interface instead of being compared by name."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,32 @@ def test_nothing_outside_the_arch_implementations_branches_on_an_architectures_n
 ])
 def test_the_architecture_branch_check_catches_each_form(code, caught):
     assert bool(arch_branches(code)) is caught
+
+
+# A contract, as drgn's helpers state one: what the function returns and what it raises (or that it raises
+# nothing), said in its docstring; what a caller without root gets is said where it differs.
+CONTRACT_WORDS = re.compile(r":returns?:|:raises\b|:yields?:|\b(returns?|raises?|never raises|yields?)\b", re.I)
+
+
+def missing_contracts(source: str) -> list[str]:
+    """The public module-level functions of ``source`` whose docstring says neither what they return nor raise."""
+    return [f"{n.lineno} {n.name}" for n in ast.parse(source).body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and not n.name.startswith("_")
+            and not CONTRACT_WORDS.search(ast.get_docstring(n) or "")]
+
+
+def test_every_boundary_function_of_evidence_capture_and_core_states_its_contract():
+    found = [f"{p.relative_to(PACKAGE)}:{where}" for d in ("evidence", "capture", "core")
+             for p in sorted((PACKAGE / d).rglob("*.py")) for where in missing_contracts(p.read_text())]
+    assert found == []
+
+
+@pytest.mark.parametrize("code, missing", [
+    ("def f(): pass", ["1 f"]),
+    ('def f():\n    """The maps of a process."""', ["1 f"]),
+    ('def f():\n    """The maps.\n\n    :raises OSError: the process is gone."""', []),
+    ('def f():\n    """The maps; a caller without root gets its own only. Returns [] when none."""', []),
+    ("def _private(): pass", []),
+])
+def test_the_contract_check_catches_a_function_without_one(code, missing):
+    assert missing_contracts(code) == missing

@@ -108,6 +108,16 @@ def _compiled_counter_check() -> Check:
     return Check("compiled BPF counter", True, f"libbpf.so.1 and the counter's object are here; hooks: {hooks}")
 
 
+def _compiler_check() -> Check:
+    """Whether a C compiler the tool may run is here (the exercise program falls back to Python without one)."""
+    try:
+        cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
+    except UnsafePathError as exc:
+        cc, cc_detail = None, str(exc)
+    return Check("C compiler", bool(cc), cc or cc_detail,
+                 "" if cc else "apt-get install gcc (a pure-Python exercise program is used without it)", ())
+
+
 def _trap_untraced_here() -> bool:
     """Whether this machine's architecture has no tracepoint with the trap (arm64's Arch interface says so)."""
     try:
@@ -117,6 +127,10 @@ def _trap_untraced_here() -> bool:
 
 
 def diagnose() -> Diagnosis:
+    """What this machine can show, tier by tier: each check with what it saw and the fix for what is missing.
+
+    :returns: the Diagnosis. Never raises for what the machine lacks; a caller without root gets the checks that
+        need root as failed, with sudo as their fix."""
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
     d.paging = why
@@ -183,12 +197,7 @@ def diagnose() -> Diagnosis:
     d.checks.append(Check("kprobes", kprobes, kprobe_detail + ("" if kprobes else
                           ": the journey derives the fault flags and cannot show handlers, return value or duration; "
                           "trace --latency refuses"), "", ("bpf",) if untraced else ()))
-    try:
-        cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
-    except UnsafePathError as exc:
-        cc, cc_detail = None, str(exc)
-    d.checks.append(Check("C compiler", bool(cc), cc or cc_detail,
-                          "" if cc else "apt-get install gcc (a pure-Python exercise program is used without it)", ()))
+    d.checks.append(_compiler_check())
 
     def tier_ok(tier: str) -> bool:
         return all(c.ok for c in d.checks if tier in c.tiers)

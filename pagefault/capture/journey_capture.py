@@ -59,7 +59,9 @@ JOURNEY_TRACEPOINTS = (
 
 
 def walk_engine_problem() -> str | None:
-    """Why the compiled walk cannot run here, with the fix; None when libbpf and the built object are here."""
+    """Why the compiled walk cannot run here, with the fix; None when libbpf and the built object are here.
+
+    Raises nothing: a missing library or object is the returned reason."""
     try:
         lib()
         object_path(OBJECT)
@@ -69,6 +71,11 @@ def walk_engine_problem() -> str | None:
 
 
 def choose_journey_tier(requested: str, engine_ok: Callable[[], bool]) -> str:
+    """The journey's tier: ``requested`` itself when it names one, else bpf as root (perf where ``engine_ok()``
+
+    says the compiled walk cannot run), else user where perf_event_paranoid allows it.
+    :returns: "bpf", "perf" or "user".
+    :raises CaptureError: not root and perf_event_paranoid above 2 (the message has the fix)."""
     if requested in ("bpf", "perf", "user"):
         return requested
     if facts.is_root():
@@ -419,7 +426,9 @@ class LiveJourney:
 
 
 def decode_trace_events(data: bytes, sample_type: int, formats: dict, ksyms: KernelSymbols) -> tuple[list[TraceEvent], int]:
-    """The samples of a drained ring buffer as TraceEvents with symbolised kernel chains; and the count lost."""
+    """The samples of a drained ring buffer as TraceEvents with symbolised kernel chains; and the count lost.
+
+    :returns: (events in time order, records lost). Raises ValueError if ``data`` is not a whole number of 8-byte words."""
     stream = parse_stream(data, sample_type)
     s = stream.samples
     names = {int(i): f"{f['system']}:{f['name']}" for i, f in formats.items()}

@@ -94,6 +94,9 @@ class PerfError(OSError):
 
 
 def explain_errno(err: int, what: str) -> str:
+    """perf_event_open's ``err`` (an errno) for ``what``, in one line with its fix.
+
+    :returns: the line (strerror, then the fix; an errno without a known fix points at perf_event_open(2)); raises nothing."""
     fixes = {
         1: "run as root, or lower /proc/sys/kernel/perf_event_paranoid (sysctl kernel.perf_event_paranoid=2)",
         13: "run as root, or lower /proc/sys/kernel/perf_event_paranoid",
@@ -127,6 +130,9 @@ def perf_event_open(attr: PerfAttr, pid: int, cpu: int, group_fd: int = -1, flag
 
 
 def online_cpus() -> list[int]:
+    """The CPUs online now, from /sys/devices/system/cpu/online.
+
+    :returns: their numbers, ascending; where the file cannot be read, 0 .. os.cpu_count() - 1. Raises nothing."""
     try:
         text = open("/sys/devices/system/cpu/online").read().strip()
     except OSError:

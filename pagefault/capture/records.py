@@ -72,6 +72,9 @@ def parse_stream(data: bytes | memoryview, sample_type: int, *, in_time_order: b
 
     in_time_order=False keeps the samples in stream order (per-buffer runs), for callers that only
     count; columns limits which of ip, tid, time, addr, cpu are gathered (the others read as zeros).
+
+    :returns: the Stream: sample columns and side-band records (a torn last record is left out).
+    :raises ValueError: ``data`` is not a whole number of 8-byte words.
     """
     if len(data) % 8:
         raise ValueError("perf record stream length is not a multiple of 8")
@@ -256,7 +259,10 @@ def _whole_samples(data, w64: np.ndarray, offs: np.ndarray, sample_type: int, n_
 
 
 def raw_field(data: bytes, raw_offsets: np.ndarray, offset: int, size: int, signed: bool = False) -> np.ndarray:
-    """One tracepoint field for many samples (raw data starts 4 bytes past an 8-aligned position)."""
+    """One tracepoint field for many samples (raw data starts 4 bytes past an 8-aligned position).
+
+    :returns: the values, one per offset (int64 if signed, else uint64).
+    :raises ValueError: the field lies outside ``data`` or is wider than 8 bytes."""
     pos = raw_offsets + offset
     if len(pos) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
@@ -287,7 +293,9 @@ def _bytewise(data: bytes, pos: np.ndarray, size: int) -> np.ndarray:
 
 
 def callchain(data: bytes, samples: Samples, i: int) -> list[int]:
-    """The callchain of sample i, context markers included."""
+    """The callchain of sample i, context markers included.
+
+    :returns: the addresses ([] where the samples have no chains); raises nothing."""
     if samples.callchain_offset is None or samples.callchain_len is None:
         return []
     off, nr = int(samples.callchain_offset[i]), int(samples.callchain_len[i])
@@ -299,7 +307,9 @@ def distinct_callchains(data: bytes | memoryview, samples: Samples, indices: np.
     """The distinct callchains of the samples at `indices` (context markers included), and for each of those
     samples the index of its chain in that list. Chains are told apart by their bytes, so only the distinct
     ones are decoded: a summary of 262,144 allocations decoded each chain on its own (struct and a Python
-    split per record, ~4 s here) where their distinct chains are a few hundred."""
+    split per record, ~4 s here) where their distinct chains are a few hundred.
+
+    :returns: (the chains, each sample's index into them); raises nothing."""
     if samples.callchain_offset is None or samples.callchain_len is None or not len(indices):
         return [], np.zeros(len(indices), dtype=np.int64)
     view = memoryview(data)
@@ -312,7 +322,9 @@ def distinct_callchains(data: bytes | memoryview, samples: Samples, indices: np.
 
 
 def split_callchain(chain: list[int]) -> tuple[list[int], list[int]]:
-    """(kernel frames, user frames), markers removed."""
+    """(kernel frames, user frames), markers removed.
+
+    :returns: the two lists, each in the chain's order; raises nothing."""
     from .perf_event import PERF_CONTEXT_KERNEL, PERF_CONTEXT_USER
     kernel: list[int] = []
     user: list[int] = []

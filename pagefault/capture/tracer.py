@@ -71,7 +71,10 @@ class TargetProblem(CaptureError):
 
 
 def release_target(target) -> None:
-    """Let a held target exec; a program that cannot run is a TargetProblem."""
+    """Let a held target exec; a program that cannot run is a TargetProblem.
+
+    :returns: None.
+    :raises TargetProblem: the program cannot be run."""
     try:
         target.release()
     except TargetError as exc:
@@ -94,6 +97,11 @@ class TraceOptions:
 
 
 def choose_tier(requested: str) -> str:
+    """The trace's tier: ``requested`` itself when it names one, else perf as root, else user where
+
+    perf_event_paranoid allows it.
+    :returns: "perf" or "user".
+    :raises CaptureError: not root and perf_event_paranoid above 2 (the message has the fix)."""
     from ..kernel import facts
     if requested in ("perf", "user"):
         return requested
@@ -107,7 +115,11 @@ def choose_tier(requested: str) -> str:
 
 
 def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, list[str]]:
-    """Specs for (system, name, required) tracepoints, their field layouts by id, notes on the missing."""
+    """Specs for (system, name, required) tracepoints, their field layouts by id, notes on the missing.
+
+    :returns: (the EventSpecs, formats by tracepoint id, notes on the optional ones missing).
+    :raises CaptureError: tracefs is not mounted or readable (a caller without root may not read it), or a
+        required tracepoint is missing (on arm64: the fix names what works there)."""
     from ..kernel import facts
     try:
         root = find_tracefs()

@@ -100,6 +100,9 @@ CONVERTER = _converter()
 
 
 def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> dict[str, Any]:
+    """The evidence as the file's JSON object: format, version, kind (the evidence's type), tool version and the evidence's fields.
+
+    :returns: a dict of JSON types only (cattrs unstructures the dataclasses). Raises nothing: every evidence type has a kind."""
     kind = next(k for k, cls in KINDS.items() if isinstance(evidence, cls))
     return {"format": FORMAT, "version": VERSION, "kind": kind, "tool_version": evidence.tool_version,
             "evidence": CONVERTER.unstructure(evidence)}
@@ -107,7 +110,9 @@ def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence | ProgramFault
 
 def dumps_evidence(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence,
                    gzipped: bool) -> bytes:
-    """The file's bytes (gzip with a fixed mtime, so the same capture gives the same file)."""
+    """The file's bytes (gzip with a fixed mtime, so the same capture gives the same file).
+
+    :returns: the bytes to write; nothing is written here. Raises nothing for evidence the capture made."""
     text = json.dumps(evidence_to_json(evidence), separators=(",", ":")).encode()
     return gzip.compress(text, mtime=0) if gzipped else text
 

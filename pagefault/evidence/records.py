@@ -55,7 +55,9 @@ class MapsLine:
 
 
 def parse_maps(text: str) -> list[MapsLine]:
-    """The lines of a /proc/PID/maps text (a line that is not one is skipped)."""
+    """The lines of a /proc/PID/maps text (a line that is not one is skipped).
+
+    :returns: one MapsLine per well-formed line, in the text's order; never raises (a damaged line is left out)."""
     out = []
     for line in text.splitlines():
         parts = line.split(None, 5)
