@@ -344,7 +344,8 @@ def test_on_arm64_without_the_fault_tracepoint_the_refusal_says_what_works_there
     from pagefault.capture.tracer import CaptureError
     fake = _fake_tracefs(tmp_path / "tracefs", {"sched/sched_process_fork": "ID: 1\n"})
     monkeypatch.setattr(tracer, "find_tracefs", lambda *a, **k: fake)
+    from pagefault.decode.arch_interface import Arm64
     from pagefault.kernel import facts
-    monkeypatch.setattr(facts, "on_arm64", lambda: True)
+    monkeypatch.setattr(facts, "machine_arch", Arm64)
     with pytest.raises(CaptureError, match="arm64 kernels .* have no page-fault tracepoint"):
         kc.choose_hooks(KernelHooks(tmp_path / "no-btf", fake))

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..decode.arm64_address import lpa2_in_use, split_arm64_address
+from ..decode.bits import DecodeError
 from ..evidence import Arm64FaultEvidence, Arm64WalkRead, ExerciseOptions
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
@@ -77,7 +78,9 @@ def walk_settings(pid: int, va_bits: int, page_size: int, lpa2: bool, *, fault_p
                   linear_offset: int | None = None) -> bytes:
     """arm64_walk's settings: the target, the walk's shape (each level's shift and width, from the same split
     the journey shows), the fault page or the pages to walk at `syscall_nr`, and how the linear offset is
-    known (given, PAGE_OFFSET for memstart_addr, or neither: from a pgd_alloc)."""
+    known (given, PAGE_OFFSET for memstart_addr, or neither: from a pgd_alloc).
+
+    :returns: the settings' bytes, for the object's .rodata; raises nothing (the shape was checked by the split)."""
     split = split_arm64_address(fault_page or pages[0], va_bits, page_size)
     s = np.zeros(1, dtype=SETTINGS)
     s["target_tgid"], s["levels"] = pid, len(split.indices)
@@ -214,7 +217,10 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
 
 def symbolize(stack: np.ndarray, stack_bytes: int, symbols: KernelSymbols) -> list[str]:
     """A kernel stack as `function+offset` lines (decimal offsets), innermost first;
-    the BPF program's own frames and its trampoline's are left out (fentry's stack starts inside them)."""
+    the BPF program's own frames and its trampoline's are left out (fentry's stack starts inside them).
+
+    :returns: the lines (a frame not in ``symbols`` as its hex address); raises nothing. Without root kallsyms
+        shows zeros: every frame is then an address."""
     out = []
     for address in stack[:max(stack_bytes, 0) // 8]:
         found = symbols.lookup(int(address)) if address else None
@@ -230,7 +236,9 @@ def symbolize(stack: np.ndarray, stack_bytes: int, symbols: KernelSymbols) -> li
 
 
 def apply_records(records: list[tuple[int, np.void]], ev: Arm64FaultEvidence, symbols: KernelSymbols) -> None:
-    """Fill `ev` from arm64_walk's records (the allocations in the order they came, with their stacks)."""
+    """Fill `ev` from arm64_walk's records (the allocations in the order they came, with their stacks).
+
+    :returns: None; ``ev`` is filled in place. Raises nothing: a record of a kind it does not know is left out."""
     allocs: list[tuple[int, int, int, list[str]]] = []
     split = split_arm64_address(ev.mapping_start + ev.offset, ev.va_bits, ev.page_size)
     names = [i.level for i in split.indices]
@@ -283,7 +291,11 @@ def capture_arm64_fault(options: ExerciseOptions = ExerciseOptions(), progress: 
 
     Raises BpfError (the object not built, a hook refused, nothing seen) with the reason and fix.
     """
-    if not facts.on_arm64():
+    try:
+        here = facts.machine_arch()
+    except DecodeError as exc:
+        raise BpfError(f"the arm64 capture runs on arm64 machines: {exc}") from None
+    if here.syndrome_traced:    # the trap has a tracepoint here: the live journey follows it, not this capture
         raise BpfError(f"the arm64 capture runs on arm64 machines; this one is {os.uname().machine}")
     va_bits, page_size, how = facts.arm64_translation()
     program = build_program(progress)

@@ -120,7 +120,9 @@ class Walked:
 
 
 def walk_read(rec: np.void, when: str, levels: int) -> WalkRead:
-    """One walk_read record as the evidence's WalkRead."""
+    """One walk_read record as the evidence's WalkRead.
+
+    :returns: a WalkRead holding the levels and objects the program read; raises nothing."""
     names = LEVEL_NAMES[levels]
     read = WalkRead(when, pgd_virtual=int(rec["pgd_virtual"]))
     for pos in range(min(int(rec["levels_read"]), len(names))):
@@ -283,7 +285,9 @@ class WalkObject:
 
 
 def make_lru_insertions(rounds: int = 1) -> None:
-    """Fault fresh pages of ours: the LRU batches they fill drain into LRU insertions (vmemmap's base)."""
+    """Fault fresh pages of ours: the LRU batches they fill drain into LRU insertions (vmemmap's base).
+
+    :returns: None; raises OSError only if 256 KiB cannot be mapped. Needs no root."""
     for _ in range(rounds):
         pages = mmap.mmap(-1, 64 * 4096)
         for i in range(0, 64 * 4096, 4096):
@@ -292,7 +296,10 @@ def make_lru_insertions(rounds: int = 1) -> None:
 
 
 def wait_for_vmemmap(obj: WalkObject, bound: float = 3.0) -> None:
-    """An LRU insertion anywhere gives vmemmap's base; our own faults make some within a batch or two."""
+    """An LRU insertion anywhere gives vmemmap's base; our own faults make some within a batch or two.
+
+    :returns: None after at most ``bound`` seconds, with or without vmemmap's base (``obj.state.vmemmap`` says).
+    :raises LibbpfError: polling the object's ring buffer failed."""
     waited = time.monotonic()
     while not obj.state.vmemmap and time.monotonic() - waited < bound:
         make_lru_insertions()
@@ -383,7 +390,9 @@ def entries_at_syscall(pid: int, pages: list[int], direct_map_base: int, levels:
 def walk_check(root: bool) -> tuple[bool, str]:
     """For the doctor: whether the journey's compiled walk loads here, the hook variant each event takes, and
     which fault-path variant the journey would take (fentry, else kprobes), found by loading each (as root).
-    (True, detail) when the walk itself loads; the fault path is a detail (the journey names it when missing)."""
+    (True, detail) when the walk itself loads; the fault path is a detail (the journey names it when missing).
+
+    Without root it loads nothing and says so: (False, the fix). Never raises: every failure is its detail."""
     from .kprobes import kprobe_support
     from .libbpf import lib
     try:

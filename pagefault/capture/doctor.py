@@ -8,6 +8,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 
+from ..decode.bits import DecodeError
 from ..kernel import facts
 from ..kernel.btf import VMLINUX_BTF
 from ..kernel.kallsyms import KernelSymbols
@@ -107,7 +108,29 @@ def _compiled_counter_check() -> Check:
     return Check("compiled BPF counter", True, f"libbpf.so.1 and the counter's object are here; hooks: {hooks}")
 
 
+def _compiler_check() -> Check:
+    """Whether a C compiler the tool may run is here (the exercise program falls back to Python without one)."""
+    try:
+        cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
+    except UnsafePathError as exc:
+        cc, cc_detail = None, str(exc)
+    return Check("C compiler", bool(cc), cc or cc_detail,
+                 "" if cc else "apt-get install gcc (a pure-Python exercise program is used without it)", ())
+
+
+def _trap_untraced_here() -> bool:
+    """Whether this machine's architecture has no tracepoint with the trap (arm64's Arch interface says so)."""
+    try:
+        return not facts.machine_arch().syndrome_traced
+    except DecodeError:
+        return False    # a machine pagefault does not know: its tracepoints decide, as they did before
+
+
 def diagnose() -> Diagnosis:
+    """What this machine can show, tier by tier: each check with what it saw and the fix for what is missing.
+
+    :returns: the Diagnosis. Never raises for what the machine lacks; a caller without root gets the checks that
+        need root as failed, with sudo as their fix."""
     d = Diagnosis(kernel=facts.kernel_release())
     levels, why = facts.paging_levels()
     d.paging = why
@@ -121,15 +144,15 @@ def diagnose() -> Diagnosis:
     tp_id = None
     # arm64 kernels (6.1, 6.12) have no exceptions:page_fault_user: there the bpf tier meets the fault at
     # kprobe:handle_mm_fault instead (capture/arm64_fault.py), so kprobes decide that tier, not the tracepoint.
-    arm64 = facts.on_arm64()
-    if arm64:
+    untraced = _trap_untraced_here()
+    if untraced:
         d.checks.append(Check("architecture", True, "arm64: the journey meets the fault at kprobe:handle_mm_fault and "
                               "reads descriptors through the linear map; ESR_EL1 is derived, not read", "", ()))
     try:
         tracefs = find_tracefs(mount=root)
         d.checks.append(Check("tracefs", True, f"tracefs at {tracefs}", "", ("perf", "bpf")))
         missing = []
-        wanted = (("kmem", "mm_page_alloc"),) if arm64 else (("exceptions", "page_fault_user"), ("kmem", "mm_page_alloc"))
+        wanted = (("kmem", "mm_page_alloc"),) if untraced else (("exceptions", "page_fault_user"), ("kmem", "mm_page_alloc"))
         for system, name in wanted:
             try:
                 fmt = read_event_format(system, name, tracefs)
@@ -163,7 +186,7 @@ def diagnose() -> Diagnosis:
     d.checks.append(Check("BTF", btf, f"{VMLINUX_BTF} exists" if btf else f"{VMLINUX_BTF} is missing",
                           "" if btf else "a kernel built with CONFIG_DEBUG_INFO_BTF", ("bpf",)))
     d.checks.append(_compiled_counter_check())
-    if not arm64:   # the x86 journey's walk (capture/bpf_walk.py): it decides the bpf tier there
+    if not untraced:   # the x86 journey's walk (capture/bpf_walk.py): it decides the bpf tier there
         from .bpf_walk import walk_check
         ok, detail = walk_check(root)
         d.checks.append(Check("compiled journey walk", ok, detail, "" if ok else "as root: bash scripts/setup.sh",
@@ -173,13 +196,8 @@ def diagnose() -> Diagnosis:
     kprobes, kprobe_detail = kprobe_support()
     d.checks.append(Check("kprobes", kprobes, kprobe_detail + ("" if kprobes else
                           ": the journey derives the fault flags and cannot show handlers, return value or duration; "
-                          "trace --latency refuses"), "", ("bpf",) if arm64 else ()))
-    try:
-        cc, cc_detail = trusted_executable("cc") or trusted_executable("gcc"), "no cc or gcc on PATH"
-    except UnsafePathError as exc:
-        cc, cc_detail = None, str(exc)
-    d.checks.append(Check("C compiler", bool(cc), cc or cc_detail,
-                          "" if cc else "apt-get install gcc (a pure-Python exercise program is used without it)", ()))
+                          "trace --latency refuses"), "", ("bpf",) if untraced else ()))
+    d.checks.append(_compiler_check())
 
     def tier_ok(tier: str) -> bool:
         return all(c.ok for c in d.checks if tier in c.tiers)

@@ -76,7 +76,9 @@ def _compile(source: Path, name: str, progress=None) -> Program | str:
 
 
 def build_program(progress=None) -> Program:
-    """The exercise program: compiled, or the pure-Python one where it cannot be."""
+    """The exercise program: compiled, or the pure-Python one where it cannot be.
+
+    :returns: the Program (its ``how`` says which and why); never raises: without a compiler the fallback runs."""
     built = _compile(SOURCE, "exercise", progress)
     if isinstance(built, Program):
         return built
@@ -84,7 +86,10 @@ def build_program(progress=None) -> Program:
 
 
 def build_scenario_program(progress=None) -> Program:
-    """The scenario program (fork, SIGSEGV recovery and mprotect need C: there is no fallback)."""
+    """The scenario program (fork, SIGSEGV recovery and mprotect need C: there is no fallback).
+
+    :returns: the compiled Program.
+    :raises ExerciseError: it cannot be compiled (the message says why and offers --model)."""
     built = _compile(SCENARIO_SOURCE, "scenario", progress)
     if isinstance(built, Program):
         return built

@@ -13,6 +13,11 @@ PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS = 1, 2, 2, 0x20
 
 
 def main() -> int:
+    """The exercise program in Python (argv: control fd, status fd, offset, size[, text]): maps, touches and reports
+
+    each phase on the status fd, and waits for "g" on the control fd before the next.
+    :returns: its exit status: 0 when every phase ran, 1 when the mmap failed (said on the status fd); it exits 4
+        at once when the control fd says anything but "g"."""
     ctl_fd, status_fd, offset, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3], 0), int(sys.argv[4], 0)
     text = (sys.argv[5] if len(sys.argv) > 5 else "offset world").encode()
 

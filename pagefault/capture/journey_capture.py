@@ -59,7 +59,9 @@ JOURNEY_TRACEPOINTS = (
 
 
 def walk_engine_problem() -> str | None:
-    """Why the compiled walk cannot run here, with the fix; None when libbpf and the built object are here."""
+    """Why the compiled walk cannot run here, with the fix; None when libbpf and the built object are here.
+
+    Raises nothing: a missing library or object is the returned reason."""
     try:
         lib()
         object_path(OBJECT)
@@ -69,6 +71,11 @@ def walk_engine_problem() -> str | None:
 
 
 def choose_journey_tier(requested: str, engine_ok: Callable[[], bool]) -> str:
+    """The journey's tier: ``requested`` itself when it names one, else bpf as root (perf where ``engine_ok()``
+
+    says the compiled walk cannot run), else user where perf_event_paranoid allows it.
+    :returns: "bpf", "perf" or "user".
+    :raises CaptureError: not root and perf_event_paranoid above 2 (the message has the fix)."""
     if requested in ("bpf", "perf", "user"):
         return requested
     if facts.is_root():
@@ -175,12 +182,13 @@ class LiveJourney:
         stage = self.ev.stage
         try:
             if stage == "ready":
-                self.proc.advance()
+                self._running.advance()
                 phase = self._phase("mapped")
                 self.ev.vaddr = int(phase.fields["vaddr"], 16)
                 if self.tracer:
-                    if self.pgd_physical is not None:
-                        self.tracer.set_page(self.ev.fault_address, self.pgd_physical)
+                    address = self.ev.fault_address     # known now: vaddr was just read
+                    if self.pgd_physical is not None and address is not None:
+                        self.tracer.set_page(address, self.pgd_physical)
                     if self.fault_path and self.fault_path.mmap_function:
                         self.tracer.obj.poll(0)
                         self.ev.kprobe_mmap = mmap_from_events(self.tracer.obj.walked.events,
@@ -194,7 +202,7 @@ class LiveJourney:
                             f"{fn}: {why}" for fn, why in self.fault_path.mmap_not_probeable.items())
                 self._snapshot_page("mapped")
             elif stage == "mapped":
-                self.proc.advance()
+                self._running.advance()
                 phase = self._phase("touched")
                 self.ev.readback = phase.fields.get("readback", "")
                 self._snapshot_page("touched")
@@ -212,7 +220,7 @@ class LiveJourney:
                     self._close_later(self.tracer.stop)
                     self.tracer = None
             elif stage == "touched":
-                self.ev.exit = self.proc.finish()
+                self.ev.exit = self._running.finish()
                 self._collect()
                 self.ev.stage = "done"
                 self.close()
@@ -277,12 +285,21 @@ class LiveJourney:
         while self._closing:
             self._closing.pop().join()
 
+    @property
+    def _running(self) -> ExerciseProcess:
+        """The exercise program, which start() runs before any stage.
+
+        :raises ExerciseError: start() has not run it."""
+        if self.proc is None:
+            raise ExerciseError("the exercise program is not running: start() first")
+        return self.proc
+
     def _phase(self, name: str):
-        phase = self.proc.wait_phase()
+        phase = self._running.wait_phase()
         if phase.name != name:
             raise ExerciseError(f"the exercise program reported {phase.name!r} where {name!r} was expected")
         self.ev.stage = name
-        pid = self.proc.pid
+        pid = self._running.pid
         counters = procfs.read_fault_counters(pid)
         self.ev.snapshots[name] = Snapshot(name, time.clock_gettime_ns(time.CLOCK_MONOTONIC),
                                            procfs.read_maps(pid), counters[0], counters[1])
@@ -291,7 +308,9 @@ class LiveJourney:
         return phase
 
     def _snapshot_page(self, name: str) -> None:
-        snap, pid, ev = self.ev.snapshots[name], self.proc.pid, self.ev
+        snap, pid, ev = self.ev.snapshots[name], self._running.pid, self.ev
+        if ev.vaddr is None or ev.fault_address is None:
+            raise ExerciseError(f"phase {name}: the exercise program has not said where it mapped its page")
         try:
             snap.pagemap = procfs.pagemap_entry(pid, ev.fault_address)
         except OSError as exc:
@@ -407,13 +426,15 @@ class LiveJourney:
 
 
 def decode_trace_events(data: bytes, sample_type: int, formats: dict, ksyms: KernelSymbols) -> tuple[list[TraceEvent], int]:
-    """The samples of a drained ring buffer as TraceEvents with symbolised kernel chains; and the count lost."""
+    """The samples of a drained ring buffer as TraceEvents with symbolised kernel chains; and the count lost.
+
+    :returns: (events in time order, records lost). Raises ValueError if ``data`` is not a whole number of 8-byte words."""
     stream = parse_stream(data, sample_type)
     s = stream.samples
     names = {int(i): f"{f['system']}:{f['name']}" for i, f in formats.items()}
     events: list[TraceEvent] = []
     for i in range(len(s)):
-        if s.raw_offset is not None:
+        if s.raw_offset is not None and s.event_type is not None:
             name = names.get(int(s.event_type[i]), f"event {int(s.event_type[i])}")
             fmt = formats.get(str(int(s.event_type[i])), {}).get("fields", {})
             fields = {}
@@ -422,6 +443,7 @@ def decode_trace_events(data: bytes, sample_type: int, formats: dict, ksyms: Ker
                     continue
                 fields[fname] = int(raw_field(data, s.raw_offset[i:i + 1], off, size, bool(signed))[0])
         else:
+            assert s.addr is not None   # the software page-fault event samples SAMPLE_ADDR
             name, fields = "page-faults", {"address": int(s.addr[i]), "ip": int(s.ip[i])}
         kernel, user = split_callchain(callchain(data, s, i))
         chain = [(a, ksyms.describe(a)) for a in kernel] if ksyms.usable else [(a, f"0x{a:x}") for a in kernel]

@@ -110,7 +110,9 @@ WITHOUT = {"sched_prepare_exec": "counting starts at sched_process_exec: the fau
 
 
 def unpack_state(state: int) -> tuple[int, int, int, int, int, int]:
-    """(error code, allocated, order, page-cache add, signal, si_code) of a packed state (fault_count.h)."""
+    """(error code, allocated, order, page-cache add, signal, si_code) of a packed state (fault_count.h).
+
+    :returns: the six fields as ints; raises nothing."""
     return (state >> 1 & 0x3F, state >> 7 & 1, state >> 8 & 0x1F, state >> 13 & 1, state >> 14 & 0x1F,
             state >> 19 & 0xFF)
 
@@ -144,7 +146,9 @@ class KernelCounts:
 def engine_problem(name: str = "fault_count") -> str | None:
     """Why the faults cannot be counted in the kernel here, with the fix; None when they can (libbpf is
     installed and the counter's object `name` is built: fault_stacks for stacks; root and the hooks are checked
-    when it runs)."""
+    when it runs).
+
+    Raises nothing: a missing library or object is the returned reason."""
     try:
         lib()
         object_path(name)
@@ -182,7 +186,10 @@ def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[i
     """The count map as rows (unpack_state(state) + (vma key, faults)), with each live thread's run of alike
     faults and its fault still in progress (closed at the read) added; the total and allocation counters;
     notes on anything not kept. With stacks (fault_stacks' map), each row ends with the user and kernel stack
-    ids and the process: (..., vma key, faults, user stack, kernel stack, tgid)."""
+    ids and the process: (..., vma key, faults, user stack, kernel stack, tgid).
+
+    :returns: (rows, total faults, allocations, notes).
+    :raises LibbpfError: a map cannot be read."""
     counts: dict[tuple[int, ...], int] = {}
 
     def add(key: tuple[int, ...], n: int) -> None:
@@ -216,7 +223,9 @@ def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[i
 
 
 def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Rows with stacks summed over their stacks: the summary's rows."""
+    """Rows with stacks summed over their stacks: the summary's rows.
+
+    :returns: the summed rows, in the order their kind first came; raises nothing."""
     summed: dict[tuple[int, ...], int] = {}
     for r in stack_rows:
         summed[r[:7]] = summed.get(r[:7], 0) + r[7]
@@ -225,7 +234,10 @@ def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
     """The stacks named by `ids`, from the map of stacks (fault_stacks.h's struct stack: its id, its number of
-    frames and its addresses, leaf first, by a hash of them): id → addresses."""
+    frames and its addresses, leaf first, by a hash of them): id → addresses.
+
+    :returns: id → addresses for the ids found (an id no longer in the map is left out).
+    :raises LibbpfError: the map cannot be read."""
     out = {}
     for _key, value in obj.map("stack_ids").items():
         i, frames = STACK_HEAD.unpack_from(value)
@@ -235,7 +247,10 @@ def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
 
 
 def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
-    """Every VMA a fault was counted in, as VMA_SEEN records (dicts of its fields)."""
+    """Every VMA a fault was counted in, as VMA_SEEN records (dicts of its fields).
+
+    :returns: the records, in the map's order.
+    :raises LibbpfError: the map cannot be read."""
     return [VMA_SEEN.unpack(value) for _key, value in obj.map("vmas").items()]
 
 
@@ -331,7 +346,9 @@ _prefetched: dict[str, Any] = {}     # path → the thread reading it (and, once
 
 def prefetch_kernel_symbols(path: str = "/proc/kallsyms") -> None:
     """Start reading the kernel's text symbols in a thread, for kernel_symbols_for() to take when the program has
-    ended: the read is the kernel formatting ~120,000 lines, done meanwhile on another CPU."""
+    ended: the read is the kernel formatting ~120,000 lines, done meanwhile on another CPU.
+
+    :returns: None at once; a read that fails (no such file) leaves no table, and kernel_symbols_for() reads itself."""
     import threading
 
     from ..kernel.kallsyms import TextSymbols
@@ -360,7 +377,9 @@ def kernel_symbols_for(addresses: set[int], path: str = "/proc/kallsyms"):
     below it, as a lookup in all of /proc/kallsyms finds it, without the full parse of every name (0.3-0.4 s
     here). The table a prefetch_kernel_symbols(path) started is used when there is one.
 
-    Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives)."""
+    Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives).
+
+    :returns: the KernelSymbols; never raises for an unreadable kallsyms (the result is then not usable)."""
     from ..kernel.kallsyms import KernelSymbols, TextSymbols
     started = _prefetched.pop(path, None)
     if started:

@@ -41,7 +41,10 @@ LOCKDOWN = Path("/sys/kernel/security/lockdown")
 
 
 def kprobe_support() -> tuple[bool, str]:
-    """Whether kprobes can be attached here, and why not (with the fix)."""
+    """Whether kprobes can be attached here, and why not (with the fix).
+
+    :returns: (True, "") or (False, the reason with the fix); never raises. Needs no root: it reads the kernel's
+        configuration and lockdown, not the probes."""
     config = facts.kernel_config_flag("CONFIG_KPROBES")
     if config is False:
         return False, "this kernel is built without CONFIG_KPROBES; fix: a kernel with kprobes (Debian's have them)"
@@ -71,7 +74,9 @@ NOT_A_FUNCTION = "not a function in the kernel's BTF (inlined, renamed or absent
 def probeable(functions: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """The functions a program can be attached to by name here (fentry or kprobe), and why each other one
     cannot: a function of its own in the kernel's BTF (libbpf.kernel_functions). The kernel's own refusals
-    (the kprobe blacklist, an ambiguous name) come at attach, per program."""
+    (the kprobe blacklist, an ambiguous name) come at attach, per program.
+
+    :returns: (the functions found, function → why not); never raises (libbpf missing is each function's reason)."""
     try:
         found = kernel_functions(functions)
     except LibbpfError as exc:
@@ -81,7 +86,9 @@ def probeable(functions: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
 
 def probe_candidates(probe: FunctionProbe | None) -> tuple[list[FunctionProbe], list[str]]:
     """The probe kinds to try in order (`probe` alone, or fentry then kprobes), and why each left out cannot
-    work here."""
+    work here.
+
+    :returns: (the kinds to try, in order; why each other one cannot work); raises nothing."""
     wanted = [probe] if probe else [FunctionProbe.FENTRY, FunctionProbe.KPROBE]
     candidates, refused = [], []
     for kind in wanted:
@@ -152,7 +159,9 @@ def fault_path_programs(variant: str, functions: set[str] | None = None) -> Faul
     """The programs following the walked fault through handle_mm_fault and its handlers, and the VMA-making
     call of the mmap before it, for `variant` "fentry" or "kprobe": each function that is one in the kernel's
     BTF (probeable(); `functions`: those names, for a test). Which runs is chosen by the loader: fentry first
-    where the kernel takes it (no breakpoint per call), kprobes where it refuses BPF trampolines."""
+    where the kernel takes it (no breakpoint per call), kprobes where it refuses BPF trampolines.
+
+    :returns: the FaultPathChoice (its programs, and why each function left out could not be probed); raises nothing."""
     names = FAULT_HANDLERS + MMAP_FUNCTIONS + MERGE_FUNCTIONS + ("handle_mm_fault",)
     if functions is None:
         found, why = probeable(names)
@@ -177,7 +186,9 @@ def fault_path_programs(variant: str, functions: set[str] | None = None) -> Faul
 
 def fault_from_events(events: list, not_probeable: dict[str, str]) -> KprobeFault | None:
     """handle_mm_fault of the walked fault from the walk object's records (REC_FAULT_ENTRY, REC_HANDLER,
-    REC_FAULT_RETURN: journey_walk.h), or None if its entry was not seen."""
+    REC_FAULT_RETURN: journey_walk.h), or None if its entry was not seen.
+
+    Raises nothing: a record of another kind is left out."""
     from .bpf_walk import REC_FAULT_ENTRY, REC_FAULT_RETURN, REC_HANDLER
     out = KprobeFault(not_probeable=dict(not_probeable))
     for ev in events:

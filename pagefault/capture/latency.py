@@ -75,11 +75,16 @@ HOOKS = (Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
 
 
 def handler_program(fn: str, kind: FunctionProbe) -> str:
+    """The name of the BPF program that hooks handler ``fn`` with ``kind`` (latency.bpf.c names them so).
+
+    :returns: the program's name; raises nothing."""
     return f"{fn}_{kind.value}"
 
 
 def slot_floor(slot: int) -> int:
-    """A log2 slot's lower bound in ns (latency.h: slot 0 holds 0 ns, slot s ≥ 1 holds [2^(s-1), 2^s))."""
+    """A log2 slot's lower bound in ns (latency.h: slot 0 holds 0 ns, slot s ≥ 1 holds [2^(s-1), 2^s)).
+
+    :returns: the bound in ns; raises nothing."""
     return 0 if slot == 0 else 1 << (slot - 1)
 
 
@@ -112,14 +117,19 @@ def group_histograms(kept: dict[tuple[int, int, int], KernelHistogram]
 
 
 def read_counters(obj: BpfObject) -> list[int]:
-    """The per-CPU counters (LAT_*), summed over the CPUs."""
+    """The per-CPU counters (LAT_*), summed over the CPUs.
+
+    :returns: LAT_N sums (a counter the map lacks reads 0).
+    :raises LibbpfError: the map cannot be read."""
     m = obj.map("counters")
     return [int(np.frombuffer(m.lookup(np.uint32(i).tobytes()) or bytes(8 * m.cpus), dtype="<u8").sum())
             for i in range(LAT_N)]
 
 
 def counter_notes(counts: list[int]) -> list[str]:
-    """What the kernel could not keep, said (nothing when all was kept)."""
+    """What the kernel could not keep, said (nothing when all was kept).
+
+    :returns: the notes, one per counter that is not 0; raises nothing."""
     notes = []
     if counts[LAT_NO_ROOM]:
         notes.append(f"{counts[LAT_NO_ROOM]} faults were timed but not kept: the kernel's map of histograms filled")
@@ -132,7 +142,9 @@ def counter_notes(counts: list[int]) -> list[str]:
 
 def hookable(kind: FunctionProbe) -> tuple[list[str], dict[str, str]]:
     """The outcome handlers `kind` can hook here, and why each other one cannot (kprobes.probeable: a function
-    of its own in the kernel's BTF, for fentry and kprobes alike; the kernel's refusals come at attach)."""
+    of its own in the kernel's BTF, for fentry and kprobes alike; the kernel's refusals come at attach).
+
+    :returns: (the handlers found, handler → why not); never raises."""
     return probeable(OUTCOME_HANDLERS)
 
 

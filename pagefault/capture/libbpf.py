@@ -94,7 +94,9 @@ _printer = None                   # the callback object, kept alive as long as l
 
 
 def library_paths() -> list[Path]:
-    """Where Debian (and other distributions) keep libbpf.so.1, best first."""
+    """Where Debian (and other distributions) keep libbpf.so.1, best first.
+
+    :returns: the candidate paths (they may not exist); raises nothing."""
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
     dirs = [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []
     return [Path(d) / "libbpf.so.1" for d in dirs + ["/usr/lib64", "/lib64", "/usr/lib", "/lib"]]
@@ -328,7 +330,8 @@ class BpfObject:
 
     def programs(self) -> dict[str, str]:
         """Every program's name → its section (e.g. ``tp_btf/page_fault_user``), in the object's order."""
-        library, out, prog = lib(), {}, None
+        library, prog = lib(), None
+        out: dict[str, str] = {}
         while True:
             prog = library.bpf_object__next_program(self._obj, prog)
             if not prog:

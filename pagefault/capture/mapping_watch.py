@@ -25,7 +25,9 @@ def maps_from_kernel(vmas) -> list[MapsLine]:
     """/proc/PID/maps-style lines for the VMAs the counter or the latency tier named (records with start, end, pgoff, flags,
     what and name, as fault_count.h's struct vma_seen). A file's path is its name only (the kernel's
     dentry, where /proc would print the whole path); an anonymous VMA's is "" unless it is the heap, the
-    stack or a special mapping ([vdso]); no device or inode is known."""
+    stack or a special mapping ([vdso]); no device or inode is known.
+
+    :returns: one MapsLine per record, in the records' order; raises nothing."""
     page = os.sysconf("SC_PAGE_SIZE")
     out = []
     for v in vmas:

@@ -16,12 +16,24 @@ import os
 import struct
 from dataclasses import dataclass
 
+from ..decode.arch import arch_of_machine
+from ..decode.arch_interface import X86_64, arch_interface
+from ..decode.bits import DecodeError
+
 _libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
 _libc.syscall.restype = ctypes.c_long
-# The system-call number differs per architecture (arch/x86/entry/syscalls/syscall_64.tbl: 298;
-# include/uapi/asm-generic/unistd.h, used by arm64: 241).
-_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
-NR_perf_event_open = _NR_PERF_EVENT_OPEN.get(os.uname().machine, 298)
+
+
+def _nr_perf_event_open() -> int:
+    """The system-call number, which differs per architecture (the Arch interface says it); on a machine
+    pagefault does not know, x86-64's, as before: perf_event_open then fails with a clear errno."""
+    try:
+        return arch_interface(arch_of_machine(os.uname().machine)).nr_perf_event_open
+    except DecodeError:
+        return X86_64.nr_perf_event_open
+
+
+NR_perf_event_open = _nr_perf_event_open()
 
 PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT = 1, 2
 PERF_COUNT_SW_PAGE_FAULTS = 2
@@ -82,6 +94,9 @@ class PerfError(OSError):
 
 
 def explain_errno(err: int, what: str) -> str:
+    """perf_event_open's ``err`` (an errno) for ``what``, in one line with its fix.
+
+    :returns: the line (strerror, then the fix; an errno without a known fix points at perf_event_open(2)); raises nothing."""
     fixes = {
         1: "run as root, or lower /proc/sys/kernel/perf_event_paranoid (sysctl kernel.perf_event_paranoid=2)",
         13: "run as root, or lower /proc/sys/kernel/perf_event_paranoid",
@@ -115,6 +130,9 @@ def perf_event_open(attr: PerfAttr, pid: int, cpu: int, group_fd: int = -1, flag
 
 
 def online_cpus() -> list[int]:
+    """The CPUs online now, from /sys/devices/system/cpu/online.
+
+    :returns: their numbers, ascending; where the file cannot be read, 0 .. os.cpu_count() - 1. Raises nothing."""
     try:
         text = open("/sys/devices/system/cpu/online").read().strip()
     except OSError:

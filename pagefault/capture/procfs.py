@@ -13,11 +13,19 @@ PAGE_SHIFT = os.sysconf("SC_PAGE_SIZE").bit_length() - 1
 
 
 def read_maps(pid: int | str) -> list[MapsLine]:
+    """The VMAs of process ``pid``, from /proc/PID/maps.
+
+    :returns: one MapsLine per line.
+    :raises OSError: the process is gone (FileNotFoundError) or is not the caller's to read (PermissionError: a
+        caller without root reads only its own processes)."""
     return parse_maps(Path(f"/proc/{pid}/maps").read_text())
 
 
 def read_pagemap(pid: int | str, address: int, count: int = 1) -> list[int]:
-    """Raw 64-bit pagemap entries for `count` pages from the page holding `address`."""
+    """Raw 64-bit pagemap entries for `count` pages from the page holding `address`.
+
+    :returns: the entries (fewer where the range ends); a caller without root gets PFN fields of 0.
+    :raises OSError: the process is gone or is not the caller's to read."""
     with open(f"/proc/{pid}/pagemap", "rb") as f:
         f.seek((address >> PAGE_SHIFT) * 8)
         data = f.read(8 * count)
@@ -34,26 +42,39 @@ def _read_pfn_table(path: str, pfn: int) -> int:
 
 
 def read_kpageflags(pfn: int) -> int:
+    """The KPF_* flag word of frame ``pfn``, from /proc/kpageflags.
+
+    :returns: the word.
+    :raises OSError: the file cannot be read (PermissionError without root) or ``pfn`` is past its end."""
     return _read_pfn_table("/proc/kpageflags", pfn)
 
 
 def read_kpagecount(pfn: int) -> int:
+    """How many times frame ``pfn`` is mapped, from /proc/kpagecount.
+
+    :returns: the count.
+    :raises OSError: the file cannot be read (PermissionError without root) or ``pfn`` is past its end."""
     return _read_pfn_table("/proc/kpagecount", pfn)
 
 
 def read_fault_counters(pid: int | str) -> tuple[int, int]:
-    """(minor, major) page faults of a process, fields 10 and 12 of /proc/PID/stat."""
+    """(minor, major) page faults of a process, fields 10 and 12 of /proc/PID/stat.
+
+    :raises OSError: the process is gone."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2:].split()
     return int(fields[7]), int(fields[9])
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie does); never raises."""
     return os.path.exists(f"/proc/{pid}")
 
 
 def read_smaps_vmflags(pid: int | str, start: int) -> list[str] | None:
-    """The VmFlags mnemonics /proc/PID/smaps shows for the VMA starting at `start` (None: no such VMA)."""
+    """The VmFlags mnemonics /proc/PID/smaps shows for the VMA starting at `start` (None: no such VMA).
+
+    :raises OSError: the process is gone or is not the caller's to read (a caller without root reads its own)."""
     current = None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:

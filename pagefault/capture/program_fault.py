@@ -75,7 +75,10 @@ PROGRAM_TRACEPOINTS = (
 
 
 def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
-    """page_offset_base for this boot, with how it was derived; derived by an exercise journey once per boot."""
+    """page_offset_base for this boot, with how it was derived; derived by an exercise journey once per boot.
+
+    :returns: (page_offset_base, how it was derived).
+    :raises CaptureError: it could not be derived (the exercise's walk did not run: not root, or no BPF)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -143,7 +146,11 @@ def _symbol_settings(name: str, exe: str | None, maps: list | None) -> tuple[dic
 def selector_settings(selector: str, value: str | int | None, exe: str | None,
                       maps: list | None = None) -> tuple[dict, str]:
     """The walk's settings that pick the fault (journey_walk.h walk_settings), and the selector in words.
-    `maps`: a running process's /proc/PID/maps lines (its libraries), None for a program not yet started."""
+    `maps`: a running process's /proc/PID/maps lines (its libraries), None for a program not yet started.
+
+    :returns: (the settings, the selector in words).
+    :raises CaptureError: --at FILE:LINE without an ELF executable to read.
+    :raises NothingMatched: the line or symbol is not in the file (the message has the fix)."""
     if selector == "nth":
         return {"selector": SEL_NTH, "nth": int(value or 1)}, f"the program's fault number {value}"
     if selector == "address":

@@ -44,7 +44,8 @@ KIND_NAMES = {HEAD: "HEAD", RECORDS: "RECORDS", END: "END"}
 
 # Metadata fields the reader relies on, with the type each must have.
 REQUIRED_HEAD = {"sample_type": int, "tier": str, "events": dict}
-TYPED_FIELDS = {"command": list, "pid": int, "callchain": bool, "notes": list, "maps": list, "duration": (int, float),
+TYPED_FIELDS: dict[str, type | tuple[type, ...]] = {
+                "command": list, "pid": int, "callchain": bool, "notes": list, "maps": list, "duration": (int, float),
                 "started": (int, float), "exit": str, "kernel": dict, "gfp_bits": dict, "event_counts": dict,
                 "spawned": bool}
 

@@ -29,11 +29,16 @@ MAX_FUNCTIONS = 200_000     # per file: a huge C++ binary's table is cut here, a
 
 
 def boot_id() -> str:
-    """This boot's ID ("" where the kernel does not say), as symbols/recorded.py compares it."""
+    """This boot's ID ("" where the kernel does not say), as symbols/recorded.py compares it.
+
+    :returns: the ID; raises nothing."""
     return this_boot()
 
 
 def head_fields() -> dict[str, Any]:
+    """``origin`` for a recording's HEAD: this boot's ID and the machine's (/etc/machine-id, "" where unreadable).
+
+    :returns: the fields; raises nothing."""
     try:
         with open("/etc/machine-id") as f:
             machine = f.read().strip()
@@ -93,7 +98,9 @@ PROT_EXEC = 4
 
 def end_fields(maps: list[dict], written: Path | None = None) -> dict[str, Any]:
     """``files`` and ``symbols`` for the mappings seen: the /proc/PID/maps lines the END keeps (dicts), and
-    the MMAP2 records of the recording `written` so far (its temporary file)."""
+    the MMAP2 records of the recording `written` so far (its temporary file).
+
+    :returns: the fields (a damaged entry of ``maps`` is left out)."""
     # the END's maps as a damaged or hostile caller may hand them: only dicts of the right types count
     maps = [m for m in (maps if isinstance(maps, list) else []) + _mmap2_files(written)
             if isinstance(m, dict) and isinstance(m.get("path", ""), str) and isinstance(m.get("perms", ""), str)]

@@ -9,9 +9,22 @@ from functools import lru_cache
 import numpy as np
 
 from ..evidence import Mapping
-from .perf_event import (PERF_CONTEXT_MAX, RECORD_COMM, RECORD_EXIT, RECORD_FORK, RECORD_LOST, RECORD_MMAP2,
-                         RECORD_SAMPLE, SAMPLE_ADDR, SAMPLE_CALLCHAIN, SAMPLE_CPU, SAMPLE_IP, SAMPLE_RAW,
-                         SAMPLE_TID, SAMPLE_TIME)
+from .perf_event import (
+    PERF_CONTEXT_MAX,
+    RECORD_COMM,
+    RECORD_EXIT,
+    RECORD_FORK,
+    RECORD_LOST,
+    RECORD_MMAP2,
+    RECORD_SAMPLE,
+    SAMPLE_ADDR,
+    SAMPLE_CALLCHAIN,
+    SAMPLE_CPU,
+    SAMPLE_IP,
+    SAMPLE_RAW,
+    SAMPLE_TID,
+    SAMPLE_TIME,
+)
 
 PERF_RECORD_MISC_MMAP_BUILD_ID = 1 << 14
 
@@ -48,7 +61,7 @@ class Stream:
     record_counts: dict[int, int] = field(default_factory=dict)
 
 
-def _cstr(data: bytes, start: int, end: int) -> str:
+def _cstr(data: bytes | memoryview, start: int, end: int) -> str:
     raw = bytes(data[start:end])
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
@@ -59,6 +72,9 @@ def parse_stream(data: bytes | memoryview, sample_type: int, *, in_time_order: b
 
     in_time_order=False keeps the samples in stream order (per-buffer runs), for callers that only
     count; columns limits which of ip, tid, time, addr, cpu are gathered (the others read as zeros).
+
+    :returns: the Stream: sample columns and side-band records (a torn last record is left out).
+    :raises ValueError: ``data`` is not a whole number of 8-byte words.
     """
     if len(data) % 8:
         raise ValueError("perf record stream length is not a multiple of 8")
@@ -119,7 +135,8 @@ def _gallop(stream, counts, data, w16, words16, pos: int, cycle: list[int], runs
     """
     n = len(data)
     period_bytes = sum(cycle)
-    k = max(1, min(_gallop.periods, (n - pos) // period_bytes))
+    global _gallop_periods
+    k = max(1, min(_gallop_periods, (n - pos) // period_bytes))
     k = 1 << (k.bit_length() - 1)  # powers of two, so that the windows repeat and stay cached
     rel, expect = _cycle_window(tuple(cycle), k)
     cand = rel + pos
@@ -138,7 +155,7 @@ def _gallop(stream, counts, data, w16, words16, pos: int, cycle: list[int], runs
             _side_band(stream, counts, data, pos, rtype, size)
         return pos + size
     # Try further next time if the whole window matched; start small again if the cycle broke early.
-    _gallop.periods = min(1 << 15, _gallop.periods * 2) if run == len(cand) else max(64, run // len(cycle) * 2)
+    _gallop_periods = min(1 << 15, _gallop_periods * 2) if run == len(cand) else max(64, run // len(cycle) * 2)
     cand, sizes = cand[:run], expect[:run]
     sample = (w16[cand >> 1] == RECORD_SAMPLE) & (w16[(cand >> 1) + 1] == 0)
     if sample.all():
@@ -158,10 +175,10 @@ def _cycle_window(cycle: tuple[int, ...], periods: int) -> tuple[np.ndarray, np.
     return rel, np.tile(np.array(cycle, dtype=np.uint16), periods)
 
 
-_gallop.periods = 64
+_gallop_periods = 64   # how many cycles _gallop checks at once: doubles while the cycle holds
 
 
-def _side_band(stream: Stream, counts: dict[int, int], data: bytes, pos: int, rtype: int, size: int) -> None:
+def _side_band(stream: Stream, counts: dict[int, int], data: bytes | memoryview, pos: int, rtype: int, size: int) -> None:
     counts[rtype] = counts.get(rtype, 0) + 1
     if rtype == RECORD_LOST:
         stream.lost += struct.unpack_from("<Q", data, pos + 16)[0]
@@ -181,7 +198,7 @@ def _side_band(stream: Stream, counts: dict[int, int], data: bytes, pos: int, rt
         stream.exits.append(struct.unpack_from("<I", data, pos + 8)[0])
 
 
-def _gather(data: bytes, offs: np.ndarray, sample_type: int, in_time_order: bool = True,
+def _gather(data: bytes | memoryview, offs: np.ndarray, sample_type: int, in_time_order: bool = True,
             columns: frozenset[str] | None = None) -> Samples:
     w64 = np.frombuffer(data, dtype="<u8")
     # The u64 words before any callchain sit at fixed places in every sample.
@@ -208,7 +225,7 @@ def _gather(data: bytes, offs: np.ndarray, sample_type: int, in_time_order: bool
         cols["raw_offset"] = raw
         # the u32 raw size, then common_type (u16) as the low half of the next u32
         cols["event_type"] = (w64[idx] >> np.uint64(32) & np.uint64(0xFFFF)).astype(np.uint16)
-    t = cols["time"]
+    t = word.get("time", zeros)
     if in_time_order and len(t) > 1 and not np.all(t[1:] >= t[:-1]):  # per-CPU buffers interleave; most streams are in order
         order = np.argsort(t, kind="stable")
         cols = {k: (v[order] if v is not None else None) for k, v in cols.items()}
@@ -242,7 +259,10 @@ def _whole_samples(data, w64: np.ndarray, offs: np.ndarray, sample_type: int, n_
 
 
 def raw_field(data: bytes, raw_offsets: np.ndarray, offset: int, size: int, signed: bool = False) -> np.ndarray:
-    """One tracepoint field for many samples (raw data starts 4 bytes past an 8-aligned position)."""
+    """One tracepoint field for many samples (raw data starts 4 bytes past an 8-aligned position).
+
+    :returns: the values, one per offset (int64 if signed, else uint64).
+    :raises ValueError: the field lies outside ``data`` or is wider than 8 bytes."""
     pos = raw_offsets + offset
     if len(pos) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
@@ -273,8 +293,10 @@ def _bytewise(data: bytes, pos: np.ndarray, size: int) -> np.ndarray:
 
 
 def callchain(data: bytes, samples: Samples, i: int) -> list[int]:
-    """The callchain of sample i, context markers included."""
-    if samples.callchain_offset is None:
+    """The callchain of sample i, context markers included.
+
+    :returns: the addresses ([] where the samples have no chains); raises nothing."""
+    if samples.callchain_offset is None or samples.callchain_len is None:
         return []
     off, nr = int(samples.callchain_offset[i]), int(samples.callchain_len[i])
     return list(struct.unpack_from(f"<{nr}Q", data, off))
@@ -285,8 +307,10 @@ def distinct_callchains(data: bytes | memoryview, samples: Samples, indices: np.
     """The distinct callchains of the samples at `indices` (context markers included), and for each of those
     samples the index of its chain in that list. Chains are told apart by their bytes, so only the distinct
     ones are decoded: a summary of 262,144 allocations decoded each chain on its own (struct and a Python
-    split per record, ~4 s here) where their distinct chains are a few hundred."""
-    if samples.callchain_offset is None or not len(indices):
+    split per record, ~4 s here) where their distinct chains are a few hundred.
+
+    :returns: (the chains, each sample's index into them); raises nothing."""
+    if samples.callchain_offset is None or samples.callchain_len is None or not len(indices):
         return [], np.zeros(len(indices), dtype=np.int64)
     view = memoryview(data)
     offsets = samples.callchain_offset[indices].tolist()
@@ -298,7 +322,9 @@ def distinct_callchains(data: bytes | memoryview, samples: Samples, indices: np.
 
 
 def split_callchain(chain: list[int]) -> tuple[list[int], list[int]]:
-    """(kernel frames, user frames), markers removed."""
+    """(kernel frames, user frames), markers removed.
+
+    :returns: the two lists, each in the chain's order; raises nothing."""
     from .perf_event import PERF_CONTEXT_KERNEL, PERF_CONTEXT_USER
     kernel: list[int] = []
     user: list[int] = []

@@ -17,7 +17,9 @@ import time
 
 
 def process_state(pid: int) -> str:
-    """The state letter of /proc/PID/stat ("R", "S", "T", "t", "Z", …), or "" when the process is gone."""
+    """The state letter of /proc/PID/stat ("R", "S", "T", "t", "Z", …), or "" when the process is gone.
+
+    Never raises."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
@@ -26,7 +28,9 @@ def process_state(pid: int) -> str:
 
 
 def refuse_stopped(pid: int) -> str | None:
-    """Why a process cannot be followed, if it is stopped or a zombie; None if it can."""
+    """Why a process cannot be followed, if it is stopped or a zombie; None if it can.
+
+    :returns: the reason with the fix, or None; raises nothing."""
     state = process_state(pid)
     if state in ("T", "t"):
         return (f"PID {pid} is stopped (by its owner or a debugger): pagefault never continues a process it did not "

@@ -25,25 +25,34 @@ _libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_libr
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
-    """In a freshly forked child: be killed when the parent dies (also if it died just before)."""
+    """In a freshly forked child: be killed when the parent dies (also if it died just before).
+
+    :returns: None; exits 125 at once when the parent is already gone. Raises nothing."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(125)   # the parent is already gone: the death signal would never come
 
 
 def child_preexec():
-    """A preexec_fn for subprocess that ties the child's life to this process."""
+    """A preexec_fn for subprocess that ties the child's life to this process.
+
+    :returns: the function, for this process's PID; raises nothing."""
     me = os.getpid()
     return lambda: die_with_parent(me)
 
 
 def start_child(argv: list[str], **kwargs) -> subprocess.Popen:
-    """subprocess.Popen of a helper program that dies with the tool."""
+    """subprocess.Popen of a helper program that dies with the tool.
+
+    :returns: the Popen.
+    :raises OSError: ``argv[0]`` cannot be run."""
     return subprocess.Popen(argv, preexec_fn=child_preexec(), **kwargs)
 
 
 def stop_child(proc: subprocess.Popen, grace: float) -> None:
-    """Stop a child of ours: SIGTERM, up to `grace` seconds to finish (bpftrace prints its maps then), else SIGKILL."""
+    """Stop a child of ours: SIGTERM, up to `grace` seconds to finish (bpftrace prints its maps then), else SIGKILL.
+
+    :returns: None once the child has ended; raises nothing."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -54,7 +63,11 @@ def stop_child(proc: subprocess.Popen, grace: float) -> None:
 
 
 def run_child(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-    """subprocess.run of a helper program (text output captured) that dies with the tool."""
+    """subprocess.run of a helper program (text output captured) that dies with the tool.
+
+    :returns: the CompletedProcess (its status not checked).
+    :raises OSError: ``argv[0]`` cannot be run.
+    :raises subprocess.TimeoutExpired: it ran past ``timeout`` (it is killed)."""
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=child_preexec())
 
 
@@ -83,7 +96,9 @@ _keep_root = False
 
 
 def keep_root_for_commands(keep: bool) -> None:
-    """--as-root: commands after -- run as root with root's environment even under sudo."""
+    """--as-root: commands after -- run as root with root's environment even under sudo.
+
+    :returns: None; raises nothing."""
     global _keep_root
     _keep_root = keep
 

@@ -110,7 +110,10 @@ def _remove_fresh_dirs() -> None:
 
 
 def fresh_private_dir(prefix: str = "pagefault-") -> Path:
-    """A new 0700 directory from ``mkdtemp`` (unpredictable name), removed when the tool exits."""
+    """A new 0700 directory from ``mkdtemp`` (unpredictable name), removed when the tool exits.
+
+    :returns: its path.
+    :raises OSError: the temporary directory cannot be written."""
     d = tempfile.mkdtemp(prefix=prefix)
     if not _fresh_dirs:
         atexit.register(_remove_fresh_dirs)
@@ -130,7 +133,9 @@ def user_dir_candidates(xdg_variable: str, default_under_home: str) -> list[Path
     """Where a per-user pagefault directory may go, best first: $XDG_… (or $HOME/default_under_home),
     then the effective user's own home from the password database. Under sudo $HOME can be the
     invoking user's, which root must not write in: the checks of path_problem() rule it out, and the
-    password-database home comes next."""
+    password-database home comes next.
+
+    :returns: the paths, none checked yet; raises nothing."""
     out: list[Path] = []
     xdg, home = os.environ.get(xdg_variable), os.environ.get("HOME")
     if xdg:
@@ -144,14 +149,18 @@ def user_dir_candidates(xdg_variable: str, default_under_home: str) -> list[Path
 
 
 def cache_dir_candidates() -> list[Path]:
-    """Where compiled programs may be cached (see user_dir_candidates)."""
+    """Where compiled programs may be cached (see user_dir_candidates).
+
+    :returns: the paths, none checked yet; raises nothing."""
     return user_dir_candidates("XDG_CACHE_HOME", ".cache")
 
 
 def root_safe_state_dir() -> Path:
     """The directory for the exercise progress file: $XDG_STATE_HOME/pagefault (default
     ~/.local/state/pagefault). As root, the first candidate whose existing ancestors no other user can
-    write (a sudo-kept $HOME is another user's): root never writes through a path another user controls."""
+    write (a sudo-kept $HOME is another user's): root never writes through a path another user controls.
+
+    :returns: the directory (perhaps not made yet); a caller without root gets its first candidate."""
     candidates = user_dir_candidates("XDG_STATE_HOME", os.path.join(".local", "state"))
     if os.geteuid() != 0:
         return candidates[0] if candidates else Path(".") / "pagefault"
@@ -202,6 +211,8 @@ def executable_problem(exe: Path, root: Path) -> str | None:
 
     The binary and every directory from it up to ``root`` must be owned by the effective user and
     writable by nobody else; ``root``'s own ancestors are checked by :func:`path_problem`.
+
+    :returns: the reason, or None.
     """
     exe = Path(exe)
     if root not in exe.parents:

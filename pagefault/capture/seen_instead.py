@@ -26,7 +26,9 @@ def _mapping_of(maps: list[Mapping], starts: list[int], ip: int) -> Mapping | No
 
 
 def faulted_functions(events: list[TraceEvent], mmaps: list[Mapping]) -> Counter:
-    """OBJECT:FUNCTION (or OBJECT+0xOFFSET) → how many faults had their RIP there."""
+    """OBJECT:FUNCTION (or OBJECT+0xOFFSET) → how many faults had their RIP there.
+
+    :returns: the Counter, over the UNIQUE_IPS most frequent addresses."""
     maps = sorted((m for m in mmaps if m.path.startswith("/")), key=lambda m: m.start)
     starts = [m.start for m in maps]
     ips = Counter(e.fields.get("ip", 0) for e in events if e.name == "exceptions:page_fault_user")
@@ -71,7 +73,9 @@ def faulted_lines(events: list[TraceEvent], mmaps: list[Mapping], exe: str, file
 
 
 def seen_instead(selector: str, value: str, events: list[TraceEvent], mmaps: list[Mapping], exe: str | None) -> str:
-    """One sentence: what the faults hit, nearest to the selector first; "" when no fault was kept."""
+    """One sentence: what the faults hit, nearest to the selector first; "" when no fault was kept.
+
+    It returns the sentence; it reads only the program's ELF file, never the machine."""
     if selector == "line" and exe:
         file, _, wanted = value.rpartition(":")
         lines = faulted_lines(events, mmaps, exe, file)

@@ -16,7 +16,9 @@ from .tracer import STOP_SIGNALS, _Stop
 def wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[], None] | None = None) -> None:
     """Wait for the target to end. A first SIGINT, SIGTERM or SIGHUP goes to a started program (counting goes
     on until it ends) or, with -p, ends the counting and leaves the process running; a second one kills a
-    started program. Either way the counts made until then are kept and printed."""
+    started program. Either way the counts made until then are kept and printed.
+
+    :returns: None once the target has ended or is let go; ``notes`` says what was done. Raises nothing of its own."""
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     forwarded = False
@@ -44,7 +46,9 @@ def wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[],
 
 
 def wait_for_end(target: Target, timeout: float | None = None) -> bool:
-    """Wait for the target to end (woken at once through a pidfd), at most `timeout` s; True if it ended."""
+    """Wait for the target to end (woken at once through a pidfd), at most `timeout` s; True if it ended.
+
+    Raises nothing."""
     try:
         fd = os.pidfd_open(target.pid)
     except OSError:     # gone already, or a kernel before 5.3

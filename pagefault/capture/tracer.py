@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from ..decode.bits import DecodeError
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
 from .perf_event import (
     PERF_COUNT_SW_PAGE_FAULTS,
@@ -70,7 +71,10 @@ class TargetProblem(CaptureError):
 
 
 def release_target(target) -> None:
-    """Let a held target exec; a program that cannot run is a TargetProblem."""
+    """Let a held target exec; a program that cannot run is a TargetProblem.
+
+    :returns: None.
+    :raises TargetProblem: the program cannot be run."""
     try:
         target.release()
     except TargetError as exc:
@@ -93,6 +97,11 @@ class TraceOptions:
 
 
 def choose_tier(requested: str) -> str:
+    """The trace's tier: ``requested`` itself when it names one, else perf as root, else user where
+
+    perf_event_paranoid allows it.
+    :returns: "perf" or "user".
+    :raises CaptureError: not root and perf_event_paranoid above 2 (the message has the fix)."""
     from ..kernel import facts
     if requested in ("perf", "user"):
         return requested
@@ -106,7 +115,11 @@ def choose_tier(requested: str) -> str:
 
 
 def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, list[str]]:
-    """Specs for (system, name, required) tracepoints, their field layouts by id, notes on the missing."""
+    """Specs for (system, name, required) tracepoints, their field layouts by id, notes on the missing.
+
+    :returns: (the EventSpecs, formats by tracepoint id, notes on the optional ones missing).
+    :raises CaptureError: tracefs is not mounted or readable (a caller without root may not read it), or a
+        required tracepoint is missing (on arm64: the fix names what works there)."""
     from ..kernel import facts
     try:
         root = find_tracefs()
@@ -117,7 +130,7 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
         try:
             fmt = read_event_format(system, name, root)
         except TracefsError as exc:
-            if required and (system, name) == ("exceptions", "page_fault_user") and facts.on_arm64():
+            if required and (system, name) == ("exceptions", "page_fault_user") and _trap_untraced_here(facts):
                 raise CaptureError(f"{exc}: arm64 kernels (6.1, 6.12) have no page-fault tracepoint, so trace and "
                                    "journey -- CMD cannot follow every fault here; pagefault journey follows the "
                                    "exercise program's fault through kprobes, and decode takes --arch arm64") from None
@@ -131,6 +144,15 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
                                 "fields": {f.name: [f.offset, f.size, f.signed] for f in fmt.fields.values()},
                                 "print_fmt": fmt.print_fmt}
     return events, formats, notes
+
+
+def _trap_untraced_here(facts) -> bool:
+    """Whether this machine's architecture has no tracepoint with the trap (arm64): a missing page_fault_user
+    is then the architecture's, not the kernel's configuration."""
+    try:
+        return not facts.machine_arch().syndrome_traced
+    except DecodeError:
+        return False
 
 
 class _Stop:
@@ -156,12 +178,39 @@ def record(opts: TraceOptions) -> dict:
     recording, keeps what was written and says so in the returned ``disk_full``.
 
     :raises CaptureError: capture cannot start (the message has the fix).
+    :raises TargetProblem: the program cannot be started or attached to.
     :raises OutputError: the output file cannot be created.
     """
-    from ..kernel import facts
-    from ..kernel.kallsyms import KernelSymbols
     from .recording import RecordingWriter
     tier = choose_tier(opts.tier)
+    events, formats, sample_type, notes = _events_for(opts, tier)
+    try:
+        target = attach(opts.pid, opts.allow_init) if opts.pid is not None else spawn_held(opts.argv, opts.target_stdout)
+    except TargetError as exc:
+        raise TargetProblem(str(exc)) from None
+    head = _head(opts, target, tier, sample_type, formats, notes)
+    try:
+        writer = RecordingWriter(opts.output or Path("pagefault.pfrec"), head, opts.force)
+    except BaseException:
+        target.kill(signal.SIGKILL)
+        target.wait()
+        raise
+    run = _Run(opts, target, writer, notes, head["started"])
+    old = {s: signal.signal(s, run.stop) for s in STOP_SIGNALS}
+    try:
+        run.trace(events, opts.callchain)
+    except BaseException:
+        run.abort()
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return {**head, **run.finish()}
+
+
+def _events_for(opts: TraceOptions, tier: str) -> tuple[list[EventSpec], dict, int, list[str]]:
+    """The events a tier records (with the user stacks asked for), their formats, sample type and notes."""
+    from ..kernel import facts
     if tier == "perf":
         events, formats, notes = tracepoint_events()
         sample_type = TRACEPOINT_SAMPLE
@@ -171,153 +220,172 @@ def record(opts: TraceOptions) -> dict:
         formats, sample_type = {}, SOFTWARE_SAMPLE
         notes = ["unprivileged tier: the software page-fault event gives address and ip only; no error code, "
                  "no allocations, no PFNs, no kernel call chains (fix: run as root)"]
-    callchain = opts.callchain
     if opts.user_stack and tier == "perf":   # the fault event alone carries them: it is what the stacks are of
         events = [replace(e, sample_type=e.sample_type | SAMPLE_REGS_USER | SAMPLE_STACK_USER)
                   if e.name == "exceptions:page_fault_user" else e for e in events]
-    if callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
+    if opts.callchain and tier == "user" and (facts.perf_event_paranoid() or 0) > 1:
         notes.append("kernel call chains need perf_event_paranoid ≤ 1 or root; recording user frames only")
-    try:
-        target = attach(opts.pid, opts.allow_init) if opts.pid is not None else spawn_held(opts.argv, opts.target_stdout)
-    except TargetError as exc:
-        raise TargetProblem(str(exc)) from None
-    started = time.time()
-    head = {"format": 3, "command": target.argv, "pid": target.pid, "spawned": target.spawned, "tier": tier,
-            "callchain": callchain, "sample_type": sample_type, "events": formats, "notes": notes,
+    return events, formats, sample_type, notes
+
+
+def _head(opts: TraceOptions, target, tier: str, sample_type: int, formats: dict, notes: list[str]) -> dict:
+    """The recording's HEAD: what was traced, how, and this kernel's facts a report needs."""
+    from ..kernel import facts
+    from ..kernel.kallsyms import KernelSymbols
+    return {"format": 3, "command": target.argv, "pid": target.pid, "spawned": target.spawned, "tier": tier,
+            "callchain": opts.callchain, "sample_type": sample_type, "events": formats, "notes": notes,
             "kernel": {"release": facts.kernel_release(), "paging_levels": facts.paging_levels()[0],
                        "text_base": KernelSymbols.read_text_base()},
-            "gfp_bits": asdict(facts.gfp_bits()), "started": started,
+            "gfp_bits": asdict(facts.gfp_bits()), "started": time.time(),
             "user_stack": USER_STACK_BYTES if opts.user_stack and tier == "perf" else 0}
-    output = opts.output or Path("pagefault.pfrec")
-    try:
-        writer = RecordingWriter(output, head, opts.force)
-    except BaseException:
-        target.kill(signal.SIGKILL)
-        target.wait()
-        raise
 
-    stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    session = None
-    counters: FaultCounters | None = None
-    maps_seen: dict[tuple[int, int, str], dict] = {}
-    disk_full: str | None = None
-    killed_by_us = ""
-    try:
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "signal"
+
+
+class _Run:
+    """One recording under way: the target, its events and the file, until the target ends or is stopped."""
+
+    def __init__(self, opts: TraceOptions, target, writer, notes: list[str], started: float):
+        self.opts, self.target, self.writer, self.notes, self.started = opts, target, writer, notes, started
+        self.stop = _Stop()
+        self.session: PerfSession | None = None
+        self.counters: FaultCounters | None = None
+        self.maps_seen: dict[tuple[int, int, str], dict] = {}
+        self.disk_full: str | None = None
+        self.killed_by_us = ""
+        self.counts: dict[str, int] | None = None
+        self.kernel_counts: dict | None = None
+
+    def _kill_target(self) -> None:
+        self.target.kill(signal.SIGKILL)
+        self.target.wait()
+
+    def _open(self, events: list[EventSpec], callchain: bool) -> PerfSession:
+        """Open the events on the target and start it (or, attached, enable them)."""
+        target, opts = self.target, self.opts
         try:
-            session = PerfSession(events, target.pid, enable_on_exec=target.spawned, callchain=callchain,
-                                  data_pages=opts.data_pages)
+            session = self.session = PerfSession(events, target.pid, enable_on_exec=target.spawned,
+                                                 callchain=callchain, data_pages=opts.data_pages)
         except PerfError as exc:
-            target.kill(signal.SIGKILL)
-            target.wait()
-            writer.discard()
+            self._kill_target()
+            self.writer.discard()
             raise CaptureError(str(exc)) from None
         try:
-            counters = FaultCounters(target.pid, enable_on_exec=target.spawned)
+            self.counters = FaultCounters(target.pid, enable_on_exec=target.spawned)
         except PerfError as exc:
-            counters = None
-            notes.append(f"the kernel's own fault counts are not shown: {exc}")
+            self.notes.append(f"the kernel's own fault counts are not shown: {exc}")
         if target.spawned:
             try:
                 target.release()
             except TargetError as exc:
-                writer.discard()
+                self.writer.discard()
                 raise TargetProblem(str(exc)) from None
         else:
             session.enable()
+        return session
+
+    def _drain(self, session: PerfSession) -> None:
+        for chunk in session.drain():
+            if self.disk_full is None:
+                try:
+                    self.writer.add(chunk)
+                except OSError as exc:
+                    self.disk_full = f"{exc.strerror} after {self.writer.bytes / 1e6:.1f} MB of events"
+
+    def trace(self, events: list[EventSpec], callchain: bool) -> None:
+        """Record until the target ends, the disk fills or a signal stops it; then read the counts."""
+        session = self._open(events, callchain)
         poller = select.poll()
         for buf in session.buffers:
             poller.register(buf.fd, select.POLLIN)
         last_maps = last_progress = 0.0
         forwarded = False
-
-        def drain() -> None:
-            nonlocal disk_full
-            for chunk in session.drain():
-                if disk_full is None:
-                    try:
-                        writer.add(chunk)
-                    except OSError as exc:
-                        disk_full = f"{exc.strerror} after {writer.bytes / 1e6:.1f} MB of events"
-
+        target, opts, stop = self.target, self.opts, self.stop
         while True:
             alive = target.poll()
             now = time.time()
             if alive and now - last_maps > 0.05:
-                _snapshot_maps(target.pid, maps_seen)
+                _snapshot_maps(target.pid, self.maps_seen)
                 last_maps = now
-            drain()
-            if opts.progress and now - last_progress > 1.0 and now - started > 1.0:
-                opts.progress(f"recording {target.argv[0]} (PID {target.pid}): {now - started:.0f} s, "
-                              f"{writer.bytes / 1e6:.1f} MB of events")
+            self._drain(session)
+            if opts.progress and now - last_progress > 1.0 and now - self.started > 1.0:
+                opts.progress(f"recording {target.argv[0]} (PID {target.pid}): {now - self.started:.0f} s, "
+                              f"{self.writer.bytes / 1e6:.1f} MB of events")
                 last_progress = now
-            if not alive:
-                break
-            if disk_full is not None:
-                if target.spawned:
-                    target.kill(signal.SIGKILL)
-                    target.wait()
-                    killed_by_us = "pagefault killed it when the disk filled"
-                break
-            if stop.count and not target.spawned:
-                break   # an attached process is left running: we only stop watching it
-            if stop.count >= 2:
-                target.kill(signal.SIGKILL)
-                target.wait()
-                killed_by_us = (f"pagefault killed it after a second {signal.Signals(stop.signal).name}: "
-                                "it did not end on the first")
+            if not alive or self._stopped():
                 break
             if stop.count and not forwarded:
                 target.kill(stop.signal or signal.SIGTERM)
                 forwarded = True
                 if opts.progress:
-                    opts.progress(f"sent {signal.Signals(stop.signal).name} to PID {target.pid}; waiting for it to "
+                    opts.progress(f"sent {_signal_name(stop.signal)} to PID {target.pid}; waiting for it to "
                                   "end (press Ctrl-C again to kill it)")
             poller.poll(50)
         session.disable()
-        drain()
-        counts = session.event_counts()
-        kernel_counts = counters.read() if counters is not None else None
-    except BaseException:
-        if counters is not None:
-            counters.close()
-        if session:
-            session.close()
-        target.kill(signal.SIGKILL)
-        target.wait()
+        self._drain(session)
+        self.counts = session.event_counts()
+        self.kernel_counts = self.counters.read() if self.counters is not None else None
+
+    def _stopped(self) -> bool:
+        """Whether to stop now: the disk is full, a watched process is let go, or a second signal came."""
+        target, stop = self.target, self.stop
+        if self.disk_full is not None:
+            if target.spawned:
+                self._kill_target()
+                self.killed_by_us = "pagefault killed it when the disk filled"
+            return True
+        if stop.count and not target.spawned:
+            return True     # an attached process is left running: we only stop watching it
+        if stop.count >= 2:
+            self._kill_target()
+            self.killed_by_us = (f"pagefault killed it after a second {_signal_name(stop.signal)}: "
+                                 "it did not end on the first")
+            return True
+        return False
+
+    def abort(self) -> None:
+        """An error while tracing: close the events, kill the target, keep what was recorded."""
+        if self.counters is not None:
+            self.counters.close()
+        if self.session:
+            self.session.close()
+        self._kill_target()
+        writer = self.writer
         if not writer.out.file.closed:  # keep what was recorded, readable by pagefault report
             try:
-                writer.close({"exit": "aborted", "notes": notes + ["the trace was aborted by an error; the events "
-                                                                    "up to it are kept"],
-                              "maps": list(maps_seen.values()), "duration": time.time() - started,
+                writer.close({"exit": "aborted", "notes": self.notes + ["the trace was aborted by an error; the "
+                                                                         "events up to it are kept"],
+                              "maps": list(self.maps_seen.values()), "duration": time.time() - self.started,
                               "bytes": writer.bytes})
             except Exception:
                 pass
-        raise
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    _close_behind(session)
-    if counters is not None:
-        counters.close()
-    exit_text = target.describe_exit() + (f" ({killed_by_us})" if killed_by_us else "")
-    end = {
-        "exit": exit_text, "exit_signal": target.exit_signal,
-        "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
-        "maps": list(maps_seen.values()), "event_counts": counts, "kernel_fault_counts": kernel_counts,
-        "duration": time.time() - started, "bytes": writer.bytes,
-    }
-    if disk_full:
-        end["notes"] = notes + [f"the disk filled ({disk_full}): the recording stops there"]
-    try:
+
+    def finish(self) -> dict:
+        """Close the events and the file; the END metadata, with where the recording went."""
+        assert self.session is not None     # trace() opened it
+        _close_behind(self.session)
+        if self.counters is not None:
+            self.counters.close()
+        target, writer, stop = self.target, self.writer, self.stop
+        end: dict[str, object] = {
+            "exit": target.describe_exit() + (f" ({self.killed_by_us})" if self.killed_by_us else ""),
+            "exit_signal": target.exit_signal,
+            "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
+            "maps": list(self.maps_seen.values()), "event_counts": self.counts,
+            "kernel_fault_counts": self.kernel_counts, "duration": time.time() - self.started, "bytes": writer.bytes,
+        }
+        if self.disk_full:
+            end["notes"] = self.notes + [f"the disk filled ({self.disk_full}): the recording stops there"]
         try:
-            writer.close(end)
-        except OSError:
-            writer.close(None)   # no room for the END chunk either: the file is still read, as partial
-    except OutputWriteFailed as exc:     # the last flush failed: the file is named all the same, read as partial
-        disk_full = disk_full or str(exc)
-    meta = {**head, **end, "disk_full": disk_full, "output": str(writer.path)}
-    return meta
+            try:
+                writer.close(end)
+            except OSError:
+                writer.close(None)   # no room for the END chunk either: the file is still read, as partial
+        except OutputWriteFailed as exc:     # the last flush failed: the file is named all the same, read as partial
+            self.disk_full = self.disk_full or str(exc)
+        return {**end, "disk_full": self.disk_full, "output": str(writer.path)}
 
 
 def _close_behind(session: PerfSession) -> None:

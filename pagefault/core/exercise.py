@@ -31,7 +31,11 @@ def run(args: argparse.Namespace) -> Outcome:
 
 def live_or_model_journey(args: argparse.Namespace, progress):
     """The journey the exercises are set on: a saved one (--replay), a fresh live fault, or the
-    simulator's (said on stderr) where this machine cannot trace."""
+    simulator's (said on stderr) where this machine cannot trace.
+
+    :returns: the Journey. A caller without root gets the simulator's, with a note on stderr saying why.
+    :raises CannotTrace: a live capture was asked for and cannot run (from core.journey.start_live).
+    :raises EvidenceError: --replay names a file that is not a readable evidence file."""
     from ..kernel.facts import is_root
     from . import journey as core
     if args.replay:

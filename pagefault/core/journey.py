@@ -75,7 +75,10 @@ def _say(note: str) -> None:
 
 def complete_evidence(ev: JourneyEvidence) -> JourneyEvidence:
     """Read what the journey needs from the program's ELF file (the RIP's symbol, bytes and line) into
-    the evidence, so that it can be built again anywhere from the evidence alone."""
+    the evidence, so that it can be built again anywhere from the evidence alone.
+
+    :returns: ``ev`` itself, filled in place (unchanged when the fault's RIP is unknown or already read). An ELF file
+        that cannot be read leaves the RIP's facts unavailable; nothing is raised for it."""
     from ..journey.build import fault_event
     from ..symbols.elf import rip_facts
     touched = ev.snapshots.get("touched")
@@ -90,7 +93,9 @@ def complete_evidence(ev: JourneyEvidence) -> JourneyEvidence:
 
 
 def build_live(ev: JourneyEvidence) -> Journey:
-    """The live journey of ``ev``, with the RIP's facts read from the program's ELF file first."""
+    """The live journey of ``ev``, with the RIP's facts read from the program's ELF file first.
+
+    :returns: the Journey; raises nothing of its own (an ELF file it cannot read leaves those values unavailable)."""
     from ..journey.build import build_journey
     return build_journey(complete_evidence(ev))
 
@@ -116,7 +121,9 @@ def start_live(request: JourneyRequest):
 
 def stand_in_journey(request: JourneyRequest, instead: str = "this is the simulator's journey instead") -> Journey:
     """The simulator's journey where start_live() found this machine cannot trace; says why on stderr
-    (``request.fallback_reason``, then ``instead``)."""
+    (``request.fallback_reason``, then ``instead``).
+
+    :returns: the simulator's Journey, every value modelled; needs no root and raises nothing."""
     note = f"{request.fallback_reason}; {instead}"
     _say(note)
     return model_journey(None, note)
@@ -372,7 +379,9 @@ def _wait_readable(fd: int) -> bool:
 def read_line(prompt: str) -> str | None:
     """One line typed (None at the end of input), for a stdin that is not a terminal. (input() waits
     inside readline, where a signal that lands between two of its select() calls went unnoticed until
-    the next key.)"""
+    the next key.)
+
+    :returns: the line without its newline, or None at the end of input. Raises OSError if stdin cannot be read."""
     global _typed
     import os
     sys.stdout.write(prompt)
@@ -391,7 +400,9 @@ def read_line(prompt: str) -> str | None:
 
 def read_key(prompt: str) -> str | None:
     """One key pressed at a terminal, without waiting for Enter ("\n" for Enter; None at the end of input
-    or on Ctrl-D). The terminal is in cbreak mode only while waiting, and is put back whatever happens."""
+    or on Ctrl-D). The terminal is in cbreak mode only while waiting, and is put back whatever happens.
+
+    :returns: the key (lower case), "\\n" for Enter, or None at the end of input. Raises OSError if stdin cannot be read."""
     import os
     import termios
     import tty
@@ -419,7 +430,9 @@ def read_key(prompt: str) -> str | None:
 
 
 def next_index(index: int, prompt: str) -> int | None:
-    """Enter (or any other key): the next step; b: the one before; q (or end of input): None, to stop."""
+    """Enter (or any other key): the next step; b: the one before; q (or end of input): None, to stop.
+
+    :returns: the next index (never below 0), or None to stop. Raises OSError if stdin cannot be read."""
     key = read_key(prompt)
     if key is None or key == "q":
         return None
@@ -427,7 +440,9 @@ def next_index(index: int, prompt: str) -> int | None:
 
 
 def step_list(journey: Journey, console) -> None:
-    """Enter: next step; b: back; q: quit, over steps already built (the simulator's, or a finished run)."""
+    """Enter: next step; b: back; q: quit, over steps already built (the simulator's, or a finished run).
+
+    :returns: None, once the steps are shown or the reader quit. Raises OSError if stdin cannot be read."""
     from ..views import journey_view
     journey_view.header(journey, console)
     for note in journey.notes:

@@ -47,7 +47,9 @@ def summarize_recording(path: Path | str, top: int = 10):
 def frames_escaped(stacks: Counter) -> Counter:
     """Stacks whose frame names (the program's comm and symbols, from the recording) have every control
     character escaped, newlines too: a folded file is read as it is printed (cat, a terminal), and a newline
-    in a frame would start a stack of its own."""
+    in a frame would start a stack of its own.
+
+    :returns: a new Counter with the same counts; ``stacks`` is left as it was. Raises nothing."""
     from ..views.safe_text import escape_controls
     escaped: Counter = Counter()
     for frames, count in stacks.items():

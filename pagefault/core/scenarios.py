@@ -11,7 +11,9 @@ from .errors import Outcome
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    """Prints the library (args.json: names, lessons and operations as JSON). Needs nothing of the machine."""
+    """Prints the library (args.json: names, lessons and operations as JSON). Needs nothing of the machine.
+
+    :returns: Outcome.DONE; raises nothing (a closed stdout is the CLI's to handle)."""
     from ..model.scenarios import SCENARIOS
     if args.json:
         print_json(json.dumps([{"name": s.name, "title": s.title, "teaches": s.teaches, "ops": list(s.ops)}

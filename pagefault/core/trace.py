@@ -256,12 +256,17 @@ def _write_counted_stacks(args: argparse.Namespace, kc) -> None:
 
 def render_summary(summary, console) -> None:
     # rich is imported for a text summary only, not for --json
+    """The text view of a trace's summary, printed to ``console``.
+
+    :returns: None; raises nothing of its own."""
     from ..views.trace_view import render_summary as render
     render(summary, console)
 
 
 def pow2_pages(mb: int) -> int:
-    """The ring buffer's pages per CPU for ``mb`` MiB: perf_event wants a power of two (rounded down)."""
+    """The ring buffer's pages per CPU for ``mb`` MiB: perf_event wants a power of two (rounded down).
+
+    :returns: a power of two, at least 1 (``mb`` of 0 gives 1). Raises nothing."""
     import mmap
     pages = mb * (1 << 20) // mmap.PAGESIZE
     return 1 << max(0, pages.bit_length() - 1)

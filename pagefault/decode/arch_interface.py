@@ -136,6 +136,7 @@ class ArchInterface(ABC):
     # whether a walk's shape is more than its depth (arm64's VA size, granule and output-address size, which
     # `decode` takes as --va-bits, --granule, --pa-bits), so that a decoding has to say which it assumed
     shape_beyond_levels: bool = False
+    nr_perf_event_open: int     # perf_event_open(2)'s system-call number (the generic table's on arm64)
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
         self.paging_levels, self.va_bits, self.granule, self.pa_bits = paging_levels, va_bits, granule, pa_bits
@@ -210,6 +211,7 @@ class X86_64(ArchInterface):
     syndrome_how = "P if the entry was present, W for a write, U for user mode"
     paging_level_choices, paging_levels_rule = (4, 5), "x86-64 pages with 4 or 5 levels"
     syndrome_kind = "error-code"
+    nr_perf_event_open = 298    # arch/x86/entry/syscalls/syscall_64.tbl
     syndrome_decode_hint = "on x86-64 the trap pushes an error code: pagefault decode error-code VALUE --arch x86_64"
 
     def __init__(self, paging_levels: int = 4, *, va_bits: int = 48, granule: int = 4096, pa_bits: int = 48):
@@ -282,6 +284,7 @@ class Arm64(ArchInterface):
                     "invalid or a permission fault at the leaf")
     paging_level_choices, paging_levels_rule = (3, 4, 5), "arm64 with 4 KiB pages walks 3, 4 or 5 levels"
     syndrome_kind = "esr"
+    nr_perf_event_open = 241    # include/uapi/asm-generic/unistd.h
     syndrome_decode_hint = "on arm64 the trap's syndrome is ESR_EL1: pagefault decode esr VALUE --arch arm64"
     shape_beyond_levels = True
     step_titles = MappingProxyType({

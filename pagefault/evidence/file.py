@@ -22,7 +22,6 @@ from typing import Any, get_args, get_origin
 
 import cattrs
 
-from ..decode.arch import Arch
 from ..decode.arch_interface import arch_interface
 from .records import Arm64FaultEvidence, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 
@@ -101,6 +100,9 @@ CONVERTER = _converter()
 
 
 def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence) -> dict[str, Any]:
+    """The evidence as the file's JSON object: format, version, kind (the evidence's type), tool version and the evidence's fields.
+
+    :returns: a dict of JSON types only (cattrs unstructures the dataclasses). Raises nothing: every evidence type has a kind."""
     kind = next(k for k, cls in KINDS.items() if isinstance(evidence, cls))
     return {"format": FORMAT, "version": VERSION, "kind": kind, "tool_version": evidence.tool_version,
             "evidence": CONVERTER.unstructure(evidence)}
@@ -108,7 +110,9 @@ def evidence_to_json(evidence: JourneyEvidence | ScenarioEvidence | ProgramFault
 
 def dumps_evidence(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence | Arm64FaultEvidence,
                    gzipped: bool) -> bytes:
-    """The file's bytes (gzip with a fixed mtime, so the same capture gives the same file)."""
+    """The file's bytes (gzip with a fixed mtime, so the same capture gives the same file).
+
+    :returns: the bytes to write; nothing is written here. Raises nothing for evidence the capture made."""
     text = json.dumps(evidence_to_json(evidence), separators=(",", ":")).encode()
     return gzip.compress(text, mtime=0) if gzipped else text
 
@@ -214,7 +218,7 @@ def _out_of_range(ev: JourneyEvidence | ScenarioEvidence | ProgramFaultEvidence 
         if ev.offset < 0 or ev.offset >= ev.mapping_size:
             return f"evidence.offset 0x{ev.offset:x} is outside the mapping of 0x{ev.mapping_size:x} bytes"
         return ""
-    arch = arch_interface(ev.arch if isinstance(ev, ScenarioEvidence) else Arch.X86_64)
+    arch = arch_interface(ev.arch)
     if ev.paging_levels not in arch.paging_level_choices:
         return f"evidence.paging_levels is {ev.paging_levels}: {arch.paging_levels_rule}"
     if isinstance(ev, JourneyEvidence):

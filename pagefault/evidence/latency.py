@@ -16,7 +16,9 @@ class KernelHistogram:
 
 
 def merge_histogram(into: KernelHistogram, h: KernelHistogram) -> None:
-    """Add `h`'s faults to `into`: bucket counts and sums add up, the maximum is the larger."""
+    """Add `h`'s faults to `into`: bucket counts and sums add up, the maximum is the larger.
+
+    :returns: None; ``into`` is changed in place and ``h`` is left as it was. Raises nothing."""
     counts = dict(into.buckets)
     for lo, n in h.buckets:
         counts[lo] = counts.get(lo, 0) + n

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..decode.arch import Arch
 from ..decode.arch_interface import arch_interface
@@ -54,7 +55,9 @@ class MapsLine:
 
 
 def parse_maps(text: str) -> list[MapsLine]:
-    """The lines of a /proc/PID/maps text (a line that is not one is skipped)."""
+    """The lines of a /proc/PID/maps text (a line that is not one is skipped).
+
+    :returns: one MapsLine per well-formed line, in the text's order; never raises (a damaged line is left out)."""
     out = []
     for line in text.splitlines():
         parts = line.split(None, 5)
@@ -232,6 +235,7 @@ class RipFacts:
 
 @dataclass
 class JourneyEvidence:
+    arch: ClassVar[Arch] = Arch.X86_64     # the exercise's bpf walk traps at x86's page_fault_user (not saved)
     tier: str
     kernel_release: str
     kernel_version: tuple[int, int]
@@ -363,6 +367,9 @@ class ScenarioEvidence:
 class ProgramFaultEvidence:
     """One chosen fault of any program, and what was seen of it (capture/program_fault.py)."""
 
+    # the program capture traps at x86's exceptions:page_fault_user; the file names no architecture (not saved)
+    arch: ClassVar[Arch] = Arch.X86_64
+
     kernel_release: str
     kernel_version: tuple[int, int]
     paging_levels: int
@@ -422,6 +429,7 @@ class Arm64FaultEvidence:
     saved user registers (PC) and the kernel stack that led there.
     """
 
+    arch: ClassVar[Arch] = Arch.ARM64      # what this capture is of (not saved: its type says it)
     kernel_release: str
     kernel_version: tuple[int, int]
     machine: str

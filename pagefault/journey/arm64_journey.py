@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..decode.arch import Arch
 from ..decode.arch_interface import arch_interface
 from ..decode.arm64_address import split_arm64_address, translation_levels
 from ..decode.arm64_descriptor import DerivedArm64PTE, decode_arm64_descriptor, derive_arm64_anonymous_pte
@@ -129,7 +128,7 @@ class _Arm64Steps:
 
     def __init__(self, ev: Arm64FaultEvidence, j: Journey):
         self.ev, self.j, self.version = ev, j, _version(ev)
-        self.arch = arch_interface(Arch.ARM64, translation_levels(ev.va_bits, ev.page_size), va_bits=ev.va_bits,
+        self.arch = arch_interface(ev.arch, translation_levels(ev.va_bits, ev.page_size), va_bits=ev.va_bits,
                                    granule=ev.page_size, pa_bits=_pa_bits(ev))
         self.esr_level = first_invalid_level(ev)
         self.after = {r.level: r for r in ev.walk_after}
@@ -152,7 +151,7 @@ class _Arm64Steps:
                      observed("VMA", f"0x{ev.vma.get('vm_start', 0):x}-0x{ev.vma.get('vm_end', 0):x}",
                               self.at_fault_src + ": vma->vm_start, vm_end")]
         if "vm_flags" in ev.vma:
-            word = decode_vm_flags(ev.vma["vm_flags"], version, Arch.ARM64)
+            word = decode_vm_flags(ev.vma["vm_flags"], version, ev.arch)
             s.values.append(observed("vm_flags", ev.vma["vm_flags"], self.at_fault_src + "; " + word.table_source,
                                      display=f"0x{ev.vma['vm_flags']:x} = " + " | ".join(word.names)))
 
@@ -299,7 +298,7 @@ def build_arm64_journey(ev: Arm64FaultEvidence) -> Journey:
                    "exceptions:page_fault_user tracepoint, and do_mem_abort refuses kprobes")
     j.observed_with = [_at_fault(ev), _after(ev), "tracepoint kmem:mm_page_alloc", "/proc/PID/pagemap, /proc/kpageflags"]
     steps = _Arm64Steps(ev, j)
-    j.steps = assemble(steps.fillers(), Source.ARM64_EXERCISE, Arch.ARM64, Stage.DONE)
+    j.steps = assemble(steps.fillers(), Source.ARM64_EXERCISE, ev.arch, Stage.DONE)
     esr_level = steps.esr_level
     checks = arm64_checks(ev)
     j.notes += [f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}" for c in checks]

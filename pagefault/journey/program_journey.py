@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..decode.arch import Arch
 from ..decode.arch_interface import arch_interface
 from ..decode.pagemap import decode_kpageflags, decode_pagemap_entry
 from ..decode.pte import EntryKind, decode_pte
@@ -108,8 +107,7 @@ class _ProgramSteps:
 
     def __init__(self, ev: ProgramFaultEvidence):
         self.ev = ev
-        # the program capture traps at x86's exceptions:page_fault_user; its evidence names no architecture yet
-        self.arch = arch_interface(Arch.X86_64, ev.paging_levels)
+        self.arch = arch_interface(ev.arch, ev.paging_levels)
         self.cls, self.how, self.window = classify_chosen(ev)
         # the engine and hooks that read the walk, as the evidence records them (bpftrace in older captures)
         self.source = evidence_walk_source(ev)

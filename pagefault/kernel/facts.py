@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..decode.arch import Arch
+from ..decode.arch import Arch, arch_of_machine
+from ..decode.arch_interface import ArchInterface, arch_interface
 from ..decode.arm64_address import lpa2_in_use, translation_levels
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import builtin_gfp_bits
@@ -17,9 +18,13 @@ from ..evidence import MemorySettings
 from .btf import BTFError, load_vmlinux_btf
 
 
-def on_arm64() -> bool:
-    """Whether this machine is arm64 (`uname -m` says aarch64): its trap, walk and tables are arm64's."""
-    return os.uname().machine == "aarch64"
+def machine_arch() -> ArchInterface:
+    """This machine's Arch interface in its usual paging shape, chosen once from `uname -m`: what its trap,
+    walk and tables are, and so which captures run here. Reads only uname; any caller may ask.
+
+    :raises DecodeError: the machine is of an architecture pagefault does not know (neither x86-64 nor arm64).
+    """
+    return arch_interface(arch_of_machine(os.uname().machine))
 
 
 def kernel_release() -> str:
@@ -174,9 +179,10 @@ def model_shape() -> tuple[Arch, int, bool, str]:
 
     The simulator models arm64 with 4 KiB pages only; on a kernel with larger pages it follows a 4 KiB
     kernel with the same VA size instead, and says so."""
-    if not on_arm64():
+    here = machine_arch()
+    if not here.shape_beyond_levels:    # the levels are the whole shape (x86-64)
         levels, how = paging_levels()
-        return Arch.X86_64, levels, False, f"the simulator follows this machine: x86_64, {how}"
+        return here.arch, levels, False, f"the simulator follows this machine: {here.arch.value}, {how}"
     va_bits, page_size, how = arm64_translation()
     va_4k = va_bits if va_bits in (39, 48, 52) else 48
     levels = translation_levels(va_4k, 4096)
@@ -184,7 +190,7 @@ def model_shape() -> tuple[Arch, int, bool, str]:
     if page_size != 4096:
         note += (f"; this kernel's pages are {page_size} bytes but the simulator models 4 KiB pages only, so it "
                  "follows a 4 KiB-page kernel")
-    return Arch.ARM64, levels, lpa2_in_use(va_4k, 4096), note
+    return here.arch, levels, lpa2_in_use(va_4k, 4096), note
 
 
 def _mapping_above(hint: int) -> bool | None:

@@ -23,7 +23,7 @@ def build_id(elf: ELFFile) -> str | None:
     for sec in elf.iter_sections():
         if sec["sh_type"] != "SHT_NOTE":
             continue
-        for note in sec.iter_notes():
+        for note in sec.iter_notes():  # type: ignore[attr-defined]
             if note["n_type"] == "NT_GNU_BUILD_ID":
                 return str(note["n_desc"])
     return None

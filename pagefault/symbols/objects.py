@@ -52,7 +52,7 @@ def _dynamic(path: str) -> tuple[list[str], list[str], int | None]:
             sec = elf.get_section_by_name(".dynamic")
             needed, paths = [], []
             if sec is not None:
-                for tag in sec.iter_tags():
+                for tag in sec.iter_tags():  # type: ignore[attr-defined]
                     if tag.entry.d_tag == "DT_NEEDED":
                         needed.append(tag.needed)
                     elif tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):

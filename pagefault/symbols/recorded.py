@@ -56,7 +56,7 @@ class RecordedFiles:
     """Which of a recording's files may be opened here, and the symbols it saved for the others."""
 
     def __init__(self, meta: dict[str, Any], boot: str | None = None):
-        origin = meta.get("origin") if isinstance(meta.get("origin"), dict) else {}
+        origin: dict[str, Any] = meta["origin"] if isinstance(meta.get("origin"), dict) else {}
         recorded_boot = str(origin.get("boot_id") or "")
         here = this_boot() if boot is None else boot
         self.same_boot = bool(recorded_boot) and recorded_boot == here

@@ -50,7 +50,7 @@ def layout_rows(areas: list[Area]) -> list[dict]:
         return []
     window = areas[max(0, here - AREAS_EACH_SIDE):here + AREAS_EACH_SIDE + 1]
     rows: list[dict] = []
-    for prev, a in zip([None] + window[:-1], window):
+    for prev, a in zip([None, *window[:-1]], window):
         if prev is not None and a.start > prev.end:
             rows.append({"gap": _size(a.start - prev.end)})
         rows.append({"start": f"0x{a.start:x}", "end": f"0x{a.end:x}", "size": _size(a.end - a.start),

@@ -19,7 +19,8 @@ TIER_TEXT = {
     "bpf": "bpf: everything perf shows plus the raw page-table entries at every level",
     "perf": "perf: tracepoints with kernel and user call chains, PFNs, pagemap PFNs, kpageflags",
     "user": "user: software page-fault samples (address, ip) for your own processes; no PFNs",
-    "model": "model: nothing can be traced here; pagefault journey --model (and --scenario NAME) runs the simulator, every value labelled modelled",
+    "model": ("model: nothing can be traced here; pagefault journey --model (and --scenario NAME) runs the simulator, "
+              "every value labelled modelled"),
 }
 
 

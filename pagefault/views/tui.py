@@ -77,7 +77,7 @@ class JourneyApp(App):
     def action_next(self) -> None:
         self.show_page(min(self.index + 1, len(self.pages) - 1))
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:   # async as App's own action_back, which this replaces
         self.show_page(max(self.index - 1, 0))
 
     def action_first(self) -> None:
@@ -120,7 +120,7 @@ class JourneyApp(App):
         if steps.index != index:
             steps.index = index
         page = self.pages[index]
-        if page == TIMELINE:
+        if isinstance(page, str):   # TIMELINE, the only page that is not a step
             self._show_timeline()
         else:
             self._show_step(page)
