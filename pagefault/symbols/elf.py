@@ -321,17 +321,15 @@ def resolve_mapping(ip: int, m: Mapping) -> ResolvedIP:
 from .recorded import RecordedFiles  # noqa: E402, F401  (re-exported for journey's readers of recordings)
 
 
-def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal):
+def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal, rules: dict | None = None):
     """symbols/cfi_unwind.unwind for a recording's stack copy: a file whose `refusal(path, inode)` is not ""
-    has its .eh_frame left unread, and the walk ends there saying why."""
+    has its .eh_frame left unread, and the walk ends there saying why. `rules`: the code addresses' rules kept
+    from one walk to the next (one dict per recording: its places are the recording's)."""
     from .cfi_unwind import CfiTable, cfi_table, unwind
 
     def tables(path: str, inode: int | None) -> CfiTable:
         why = refusal(path, inode)
         if not why:
             return cfi_table(path, inode)
-        refused = CfiTable.__new__(CfiTable)
-        refused.starts, refused.ends, refused.fdes, refused.decoded, refused.row_pcs = [], [], [], {}, {}
-        refused.error = f".eh_frame of {path} not read: {why}"
-        return refused
-    return unwind(ip, sp, bp, stack, place, tables)
+        return CfiTable.refused(f".eh_frame of {path} not read: {why}")
+    return unwind(ip, sp, bp, stack, place, tables, rules, explain=False)
