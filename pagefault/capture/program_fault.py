@@ -216,6 +216,19 @@ class ProgramFault:
             if guard is not None:
                 guard.disarm()
 
+    def _evidence(self, target: Target, levels: int, levels_why: str, base_how: str,
+                  words: str) -> ProgramFaultEvidence:
+        """The evidence's frame before anything is traced: the kernel's facts and tables, what was asked for."""
+        table, gfp = facts.fault_flag_values(), facts.gfp_bits()
+        enums, enums_source = facts.kernel_enums()
+        captured_at, host = facts.capture_origin()
+        return ProgramFaultEvidence(facts.kernel_release(), facts.kernel_version(), levels, levels_why,
+                                    list(target.argv), target.pid, words, self.selector, str(self.value or ""),
+                                    fault_flag_table=table.values, fault_flag_source=table.source,
+                                    gfp_table=gfp.values, gfp_source=gfp.source, kernel_enums=enums,
+                                    kernel_enums_source=enums_source, direct_map_how=base_how,
+                                    captured_at=captured_at, host=host, tool_version=__version__)
+
     def _follow(self, target: Target, levels: int, levels_why: str, base: int,
                 base_how: str) -> ProgramFaultEvidence:
         say = self.progress
@@ -227,15 +240,7 @@ class ProgramFault:
             except OSError:
                 maps = None
         choice, words = selector_settings(self.selector, self.value, program, maps)
-        table, gfp = facts.fault_flag_values(), facts.gfp_bits()
-        enums, enums_source = facts.kernel_enums()
-        captured_at, host = facts.capture_origin()
-        ev = ProgramFaultEvidence(facts.kernel_release(), facts.kernel_version(), levels, levels_why,
-                                  list(target.argv), target.pid, words, self.selector, str(self.value or ""),
-                                  fault_flag_table=table.values, fault_flag_source=table.source,
-                                  gfp_table=gfp.values, gfp_source=gfp.source, kernel_enums=enums,
-                                  kernel_enums_source=enums_source, direct_map_how=base_how,
-                                  captured_at=captured_at, host=host, tool_version=__version__)
+        ev = self._evidence(target, levels, levels_why, base_how, words)
         events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS)
         for note in notes:
             ev.unavailable[note.split(" ", 1)[0]] = note
@@ -289,13 +294,7 @@ class ProgramFault:
         # PERF_RECORD_LOST (or when the oldest were let go) show only here
         if counts is not None:
             ev.lost_events = max(ev.lost_events, sum(counts.values()) - len(ev.events) - drained.dropped_samples)
-        reads = obj.walked.reads
-        if "before" in reads:
-            pgdv = reads["before"].pgd_virtual
-            # the PGD's physical address follows from the base: mm->pgd (read) − base (derived this boot)
-            ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, dict(reads), obj.describe(), obj.lost_note())
-            if obj.walked.vmemmap:
-                ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap
+        _walk_read(ev, obj, base)
         if not ev.address:
             instead = ""
             if self.selector in ("symbol", "line"):
@@ -409,3 +408,14 @@ def _selected(ev: ProgramFaultEvidence, obj: WalkObject) -> None:
         ev.tid, ev.nth, ev.address, ev.ip, ev.error_code, ev.fault_ns = (
             int(rec["tid"]), int(rec["nth"]), int(rec["address"]), int(rec["ip"]), int(rec["error_code"]),
             int(rec["time_ns"]))
+
+
+def _walk_read(ev: ProgramFaultEvidence, obj: WalkObject, base: int) -> None:
+    """What the compiled walk read of the chosen fault's tables, into the evidence."""
+    reads = obj.walked.reads
+    if "before" in reads:
+        pgdv = reads["before"].pgd_virtual
+        # the PGD's physical address follows from the base: mm->pgd (read) − base (derived this boot)
+        ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, dict(reads), obj.describe(), obj.lost_note())
+        if obj.walked.vmemmap:
+            ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap
