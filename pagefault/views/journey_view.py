@@ -76,9 +76,9 @@ def _step_panel(step: Step, total: int, shown: Fit, wrap_evidence: bool) -> Pane
         if len(step.evidence) > shown.evidence:
             parts.append(_more(len(step.evidence) - shown.evidence, wrap_evidence))
     # said on the bottom border, which takes no row of its own
-    cut = "[dim]Ws and sources cut to one row (whole: --no-pause, markdown, html)[/dim]" if shown.one_row else None
+    rows_cut = "[dim]Ws and sources cut to one row (whole: --no-pause, markdown, html)[/dim]" if shown.one_row else None
     return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {_line(step.title)}[/bold]",
-                 title_align="left", subtitle=cut, subtitle_align="right")
+                 title_align="left", subtitle=rows_cut, subtitle_align="right")
 
 
 def _more(n: int, wrap_evidence: bool) -> Text:
