@@ -7,9 +7,11 @@ the user stack from RSP up (PERF_SAMPLE_STACK_USER), and a way to place an addre
 (its file and ELF address). Each step: the FDE covering the PC (a caller's PC is looked up less one: its
 return address may be the first byte of the next function), the CFI row for it gives the CFA (a register
 plus an offset), the return address at CFA + its offset, RBP restored if the row saved it; then PC = the
-return address, RSP = the CFA. The walk ends, and says why, where the stack copy ends, a PC has no FDE, a
-rule is an expression (not evaluated here), or a return address does not point into executable code
-(then the stack is truncated: that address is never shown as a frame).
+return address, RSP = the CFA. A CFA given as a DWARF expression (the linkers' PLT rule) is evaluated when
+made of the usual operations (evaluate). The walk ends, and says why, where the stack copy ends, a PC has
+no FDE, an expression uses an operation not evaluated here ("truncated: CFA expression"), or a return
+address does not point into executable code (then the stack is truncated: that address is never shown as
+a frame).
 """
 
 from __future__ import annotations
