@@ -144,3 +144,100 @@ def test_trace_dwarf_records_stack_copies_and_report_unwinds_them(can_trace, tmp
     assert all(s.split(";")[1].startswith("[unwound: ") for s in stacks["--dwarf"] if "deep_chain" in s)
     assert not any(chain in s for s in stacks["-g"])
     assert sum(n for s, n in stacks["-g"].items() if s.startswith("anonymous new page;deep_chain:delta;")) == 64
+
+
+# --- the CFI lookups and the CFA expressions, on this machine's libc (no process needed) ---
+
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+
+
+def _libc_sections():
+    from elftools.elf.elffile import ELFFile
+    if not os.path.exists(LIBC):
+        pytest.skip("no x86-64 glibc here")
+    with open(LIBC, "rb") as f:
+        elf = ELFFile(f)
+        text, plt = elf.get_section_by_name(".text"), elf.get_section_by_name(".plt")
+        return (text["sh_addr"], text["sh_size"]), (plt["sh_addr"], plt["sh_size"]) if plt else None
+
+
+def test_fdes_found_through_eh_frame_hdr_are_the_ones_a_full_parse_finds():
+    import random
+
+    from elftools.dwarf.callframe import FDE
+    from elftools.elf.elffile import ELFFile
+
+    from pagefault.symbols.cfi_unwind import CfiTable
+    (start, size), _ = _libc_sections()
+    with open(LIBC, "rb") as f:
+        every = [(e.header["initial_location"], e.header["address_range"])
+                 for e in ELFFile(f).get_dwarf_info(relocate_dwarf_sections=False).EH_CFI_entries()
+                 if isinstance(e, FDE)]
+    table = CfiTable(LIBC)
+    assert not table.error and len(table.starts) == len(every)
+    rng = random.Random(29)
+    for vaddr in (rng.randrange(start, start + size) for _ in range(300)):
+        want = next(((s, n) for s, n in every if s <= vaddr < s + n), None)
+        fde, _ = table.fde(vaddr)
+        got = (fde.header["initial_location"], fde.header["address_range"]) if fde is not None else None
+        assert got == want, hex(vaddr)
+    # only the FDEs looked up were parsed, not the thousands in the file
+    assert len(table.fdes) <= 300 < len(every)
+
+
+def test_the_plt_cfa_expression_is_evaluated_as_the_linkers_wrote_it():
+    from pagefault.symbols.cfi_unwind import CfiTable, evaluate
+    _, plt = _libc_sections()
+    if plt is None or plt[1] < 0x30:
+        pytest.skip("libc has no .plt with entries")
+    table = CfiTable(LIBC)
+    entry = plt[0] + 0x10                     # the first PLT entry after PLT0
+    rule = table.row(entry)["cfa"]
+    assert rule.expr is not None              # DW_CFA_def_cfa_expression
+    rsp = 0x7FFE_0000_1000
+    # RSP + 8, plus 8 more once the entry's push has run: ((RIP & 15) >= 11) << 3
+    for rip_low, cfa in ((0x0, rsp + 8), (0x6, rsp + 8), (0xA, rsp + 8), (0xB, rsp + 16), (0xF, rsp + 16)):
+        value, _ = evaluate(rule.expr, {7: rsp, 16: (entry & ~15) + rip_low}, lambda a: None)
+        assert value == cfa, rip_low
+    value, why = evaluate([0x96], {7: rsp}, lambda a: None)       # DW_OP_nop is not among those evaluated
+    assert value is None and "0x96" in why
+    value, why = evaluate([0x77], {7: rsp}, lambda a: None)       # breg7 without its operand
+    assert value is None and "ends inside" in why
+
+
+def test_a_walk_goes_through_a_plt_entry():
+    """A fault sampled in a PLT stub (a lazy-binding jump): the CFA is an expression, RSP + 8, and the caller's
+    return address is at RSP; the walk goes on into the caller instead of ending there."""
+    from pagefault.symbols.cfi_unwind import unwind
+    (text, _), plt = _libc_sections()
+    if plt is None or plt[1] < 0x30:
+        pytest.skip("libc has no .plt with entries")
+    base = 0x7F00_0000_0000                  # libc "mapped" at its ELF addresses plus base
+
+    def place(pc):
+        return (LIBC, None, pc - base) if base <= pc < base + text + 0x200000 else None
+    caller = base + text + 0x100             # a return address inside libc's .text
+    rsp = 0x7FFE_0000_1000
+    stack = struct.pack("<Q", caller) + bytes(64)
+    result = unwind(base + plt[0] + 0x16, rsp, 0, stack, place)
+    assert len(result.frames) >= 2 and result.frames[1] == caller, result.ended
+    assert "CFA expression" not in result.ended
+
+
+def test_a_recording_unwinds_each_distinct_stack_copy_once(monkeypatch):
+    """Faults with the same registers, stack bytes and frame-pointer chain are unwound once; a copy that
+    differs by one byte is unwound again."""
+    from pagefault.journey import fault_stacks
+    from pagefault.symbols.cfi_unwind import Unwound
+    calls = []
+
+    def counted(ip, sp, bp, stack, place, refusal, rules=None):
+        calls.append(stack)
+        return Unwound([ip])
+    monkeypatch.setattr(fault_stacks, "eh_frame_unwind", counted)
+    sym = fault_stacks.Symbolizer([], None)
+    copy = (0x1000, 0x7FFE0000, 0x401000, bytes(8192))
+    first = sym.eh_frame_frames(copy, [])
+    assert sym.eh_frame_frames(copy, []) == first and len(calls) == 1
+    sym.eh_frame_frames(copy[:3] + (b"\1" + bytes(8191),), [])
+    assert len(calls) == 2

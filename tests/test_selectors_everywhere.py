@@ -115,3 +115,27 @@ def test_the_walk_loads_with_library_ranges_and_the_call_chain_check(can_trace, 
         assert len(obj.obj.links) == len(hooks) + obj.lru
     finally:
         obj.close()
+
+
+def test_at_file_line_of_a_library_with_a_debug_file_picks_its_fault(exe, tmp_path):
+    """A line of libc's own source (its debug file's line table, libc6-dbg): the line of the RIP that --at
+    memset chose is given back as FILE:LINE, and picks a fault whose RIP is on it, in libc's memset."""
+    from elftools.elf.elffile import ELFFile
+
+    from pagefault.symbols.debug_files import debug_file_for
+    from pagefault.symbols.elf import load_image, source_line
+    values, _ = chosen(*journey(tmp_path, exe, "memset"))
+    func, _, offset = values["where"]["value"].removeprefix("libc.so.6:").partition("+")
+    libc = next(p for p in ("/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6")
+                if Path(p).exists())
+    with open(libc, "rb") as f:
+        debug = debug_file_for(ELFFile(f))
+    if debug is None:
+        pytest.skip("no debug file for libc (libc6-dbg)")
+    where = source_line(debug, load_image(libc).functions_by_name()[func][0] + int(offset or "0", 16))
+    assert where is not None
+    (tmp_path / "line").mkdir()
+    r, out = journey(tmp_path / "line", exe, f"{where[0]}:{where[1]}")
+    values, _ = chosen(r, out)
+    assert values["where"]["value"].startswith("libc.so.6:__memset_"), values["where"]
+    assert "debug file" in values["selector"]["value"] and "file offsets" in values["selector"]["value"]

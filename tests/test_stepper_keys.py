@@ -10,6 +10,8 @@ import select
 import sys
 import time
 
+import pytest
+
 CLI = [sys.executable, "-m", "pagefault"]
 
 
@@ -110,3 +112,28 @@ def test_the_stepper_fits_step_1_on_a_50_row_screen():
         # the values and the Ws are whole; the evidence says how much of it is not shown, and where it is
         assert all(v.label.split()[0] in text for v in j.steps[0].values) and "WHICH" in text
         assert "more lines (all of them: --no-pause" in text
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_every_step_of_the_saved_journeys_fits_a_50_row_screen(width):
+    """Steps 5, 6 and 9 of a saved exercise journey were 78, 85 and 89 rows at 80 columns (their derivations:
+    the maple tree's pivots); every step now fits 50 rows, with every value shown and what was cut said."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pagefault.core import replay
+    from pagefault.views.journey_view import step_renderable
+    saved = sorted((Path(__file__).parent / "fixtures" / "evidence").glob("*/journey-*.json.gz"))
+    assert saved
+    for path in saved:
+        j = replay(path)
+        for step in j.steps:
+            screen = Console(width=width, height=50, file=open(os.devnull, "w"))
+            lines = screen.render_lines(step_renderable(step, len(j.steps), fit=screen), screen.options, pad=False)
+            text = "\n".join("".join(seg.text for seg in line) for line in lines)
+            assert len(lines) <= 48, (path.parent.name, path.name, step.number, len(lines))
+            # each value's name is there (a long one folds: its first 12 characters on one row)
+            assert all(v.label.split()[0][:12] in text for v in step.values), (path.name, step.number)
+            if len(step.all_derivations()) > 40:
+                assert "more lines (all of them: --no-pause" in text

@@ -36,7 +36,7 @@ from ..evidence import BpfWalk, ProgramFaultEvidence
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts
-from ..symbols.objects import find_function, loaded_objects, nearest_names
+from ..symbols.objects import find_function, find_line, loaded_objects, nearest_names
 from . import procfs
 from .bpf_walk import (
     EXEC_HOOK,
@@ -121,6 +121,34 @@ def _range_settings(ranges: list[tuple[int, int, int]], elf_low: int) -> dict:
             "range_ino": [r[2] for r in ranges] + pad}
 
 
+def _line_settings(value: str, exe: str | None, maps: list | None) -> tuple[dict, str]:
+    """--at FILE:LINE: code of that line in the executable (its RIP or its call chain), else in a library
+    whose line table (its own or its debug file's) has it (its RIP: the kernel-side chain check reads the
+    executable's ranges only)."""
+    if not exe:
+        raise CaptureError("--at FILE:LINE needs the program's executable file")
+    low = min_exec_vaddr(exe)
+    if low is None:
+        raise CaptureError(f"{exe} is not an ELF file with executable segments")
+    file, _, line = value.rpartition(":")
+    ranges = line_ranges(exe, file, int(line))
+    if ranges:
+        words = (f"the first fault whose RIP is on {value}, or whose user call chain passes through it (DWARF: "
+                 f"{len(ranges)} address range(s); the chain: the return address at the stack pointer and the "
+                 "frame-pointer chain's)")
+        return dict(_range_settings([(lo, hi, 0) for lo, hi in ranges], low), chain=1), words
+    objects = loaded_objects(exe, maps)
+    found = find_line(objects, file, int(line), WALK_RANGES)
+    if found is None or not found.ranges:
+        libraries = ", ".join(o.name for o in objects if not o.executable) or "none"
+        raise NothingMatched(f"no code for {value} in the DWARF line table of {exe}, nor in its libraries' "
+                             f"({libraries}; a library's needs its debug file, e.g. libc6-dbg); fix: build with -g, "
+                             "or give a function name")
+    spans = ", ".join(f"0x{lo:x}..0x{hi:x}" for lo, hi in found.ranges)
+    words = f"the first fault whose RIP is on {value} ({found.how}; {found.obj.name} file offsets {spans})"
+    return _range_settings([(lo, hi, found.obj.inode) for lo, hi in found.ranges], 0), words
+
+
 def _symbol_settings(name: str, exe: str | None, maps: list | None) -> tuple[dict, str]:
     """--at SYMBOL or OBJECT:SYMBOL: the function in the executable or one of its libraries."""
     objects = loaded_objects(exe, maps)
@@ -159,20 +187,7 @@ def selector_settings(selector: str, value: str | int | None, exe: str | None,
     if selector == "symbol":
         return _symbol_settings(str(value), exe, maps)
     if selector == "line":
-        if not exe:
-            raise CaptureError("--at FILE:LINE needs the program's executable file")
-        low = min_exec_vaddr(exe)
-        if low is None:
-            raise CaptureError(f"{exe} is not an ELF file with executable segments")
-        file, _, line = str(value).rpartition(":")
-        ranges = line_ranges(exe, file, int(line))
-        if not ranges:
-            raise NothingMatched(f"no code for {value} in the DWARF line table of {exe}; fix: build with -g, or "
-                                 "give a function name")
-        words = (f"the first fault whose RIP is on {value}, or whose user call chain passes through it (DWARF: "
-                 f"{len(ranges)} address range(s); the chain: the return address at the stack pointer and the "
-                 "frame-pointer chain's)")
-        return dict(_range_settings([(lo, hi, 0) for lo, hi in ranges], low), chain=1), words
+        return _line_settings(str(value), exe, maps)
     if selector == "kind":
         return ({"selector": SEL_KIND, "kind": KINDS.index(str(value))},
                 f"the first fault that enters the kernel looking like a {value} fault")
@@ -223,26 +238,31 @@ class ProgramFault:
             if guard is not None:
                 guard.disarm()
 
+    def _evidence(self, target: Target, levels: int, levels_why: str, base_how: str,
+                  words: str) -> ProgramFaultEvidence:
+        """The evidence's frame before anything is traced: the kernel's facts and tables, what was asked for."""
+        table, gfp = facts.fault_flag_values(), facts.gfp_bits()
+        enums, enums_source = facts.kernel_enums()
+        captured_at, host = facts.capture_origin()
+        return ProgramFaultEvidence(facts.kernel_release(), facts.kernel_version(), levels, levels_why,
+                                    list(target.argv), target.pid, words, self.selector, str(self.value or ""),
+                                    fault_flag_table=table.values, fault_flag_source=table.source,
+                                    gfp_table=gfp.values, gfp_source=gfp.source, kernel_enums=enums,
+                                    kernel_enums_source=enums_source, direct_map_how=base_how,
+                                    captured_at=captured_at, host=host, tool_version=__version__)
+
     def _follow(self, target: Target, levels: int, levels_why: str, base: int,
                 base_how: str) -> ProgramFaultEvidence:
         say = self.progress
         program = self._executable(target)
         maps = None
-        if not self.argv and self.selector == "symbol":
+        if not self.argv and self.selector in ("symbol", "line"):
             try:
                 maps = procfs.read_maps(target.pid)
             except OSError:
                 maps = None
         choice, words = selector_settings(self.selector, self.value, program, maps)
-        table, gfp = facts.fault_flag_values(), facts.gfp_bits()
-        enums, enums_source = facts.kernel_enums()
-        captured_at, host = facts.capture_origin()
-        ev = ProgramFaultEvidence(facts.kernel_release(), facts.kernel_version(), levels, levels_why,
-                                  list(target.argv), target.pid, words, self.selector, str(self.value or ""),
-                                  fault_flag_table=table.values, fault_flag_source=table.source,
-                                  gfp_table=gfp.values, gfp_source=gfp.source, kernel_enums=enums,
-                                  kernel_enums_source=enums_source, direct_map_how=base_how,
-                                  captured_at=captured_at, host=host, tool_version=__version__)
+        ev = self._evidence(target, levels, levels_why, base_how, words)
         events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS)
         for note in notes:
             ev.unavailable[note.split(" ", 1)[0]] = note
@@ -296,13 +316,7 @@ class ProgramFault:
         # PERF_RECORD_LOST (or when the oldest were let go) show only here
         if counts is not None:
             ev.lost_events = max(ev.lost_events, sum(counts.values()) - len(ev.events) - drained.dropped_samples)
-        reads = obj.walked.reads
-        if "before" in reads:
-            pgdv = reads["before"].pgd_virtual
-            # the PGD's physical address follows from the base: mm->pgd (read) − base (derived this boot)
-            ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, dict(reads), obj.describe(), obj.lost_note())
-            if obj.walked.vmemmap:
-                ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap
+        _walk_read(ev, obj, base)
         if not ev.address:
             instead = ""
             if self.selector in ("symbol", "line"):
@@ -416,3 +430,14 @@ def _selected(ev: ProgramFaultEvidence, obj: WalkObject) -> None:
         ev.tid, ev.nth, ev.address, ev.ip, ev.error_code, ev.fault_ns = (
             int(rec["tid"]), int(rec["nth"]), int(rec["address"]), int(rec["ip"]), int(rec["error_code"]),
             int(rec["time_ns"]))
+
+
+def _walk_read(ev: ProgramFaultEvidence, obj: WalkObject, base: int) -> None:
+    """What the compiled walk read of the chosen fault's tables, into the evidence."""
+    reads = obj.walked.reads
+    if "before" in reads:
+        pgdv = reads["before"].pgd_virtual
+        # the PGD's physical address follows from the base: mm->pgd (read) − base (derived this boot)
+        ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, dict(reads), obj.describe(), obj.lost_note())
+        if obj.walked.vmemmap:
+            ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap

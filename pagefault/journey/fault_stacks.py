@@ -20,6 +20,7 @@ Two kinds of frame are not the program's and are left out, so that identical pat
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,6 +68,8 @@ class Symbolizer:
         self.cache: dict[tuple[str, int], str] = {}
         self.placed: dict[int, tuple[str, int | None, int] | None] = {}
         self.refused: dict[tuple[str, int | None], str] = {}
+        self.rules: dict = {}                                  # the .eh_frame unwinder's rule per code address
+        self.unwound: dict[tuple, list[str]] = {}              # per distinct (registers, stack copy, fp chain)
 
     def user(self, ip: int) -> str:
         key = ("u", ip)
@@ -117,8 +120,15 @@ class Symbolizer:
     def eh_frame_frames(self, copy: tuple[int, int, int, bytes], fp_chain: list[int]) -> list[str]:
         """A stack from a fault's registers and stack copy (bp, sp, ip, bytes), unwound with .eh_frame, root→leaf,
         headed by which unwinder made it: .eh_frame, or the frame-pointer chain where .eh_frame got less far."""
+        # keyed by a digest of the copy, not the copy: a recording holds tens of thousands of 8 KiB copies
+        key = (copy[:3], hashlib.blake2b(copy[3], digest_size=16).digest(), tuple(fp_chain))
+        if key not in self.unwound:
+            self.unwound[key] = self._eh_frame_frames(copy, fp_chain)
+        return self.unwound[key]
+
+    def _eh_frame_frames(self, copy: tuple[int, int, int, bytes], fp_chain: list[int]) -> list[str]:
         bp, sp, ip, stack = copy
-        result = eh_frame_unwind(ip, sp, bp, stack, self.place, self.cfi_refusal)
+        result = eh_frame_unwind(ip, sp, bp, stack, self.place, self.cfi_refusal, self.rules)
         fp = self.user_frames(fp_chain) if fp_chain else []
         fp_depth = len([f for f in fp if f != TRUNCATED])
         if result.truncated and fp_depth > len(result.frames):

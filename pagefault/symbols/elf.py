@@ -229,8 +229,10 @@ def disassemble(path: str, vaddr: int, count: int = 1) -> list[tuple[int, str, s
     return out
 
 
-def line_rows(path: str):
-    """(start, end, source file, line) for each row of the DWARF line tables; nothing without debug info."""
+def line_rows(path: str, only_file: str | None = None):
+    """(start, end, source file, line) for each row of the DWARF line tables; nothing without debug info.
+    `only_file`: a source file's base name: the units whose file table does not name it are skipped
+    unparsed (a library's debug file has thousands)."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     try:
@@ -244,6 +246,8 @@ def line_rows(path: str):
                 if program is None:
                     continue
                 files = program["file_entry"]
+                if only_file is not None and not any(_base_name(f.name) == only_file for f in files):
+                    continue
                 base = 0 if program.header["version"] >= 5 else 1
                 prev = None
                 for entry in program.get_entries():
@@ -302,10 +306,14 @@ def min_exec_vaddr(path: str) -> int | None:
     return min(xs) if xs else None
 
 
+def _base_name(name: bytes | str) -> str:
+    return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rsplit("/", 1)[-1]
+
+
 def line_ranges(path: str, file: str, line: int) -> list[tuple[int, int]]:
     """[start, end) ELF address ranges the DWARF line table gives to `file:line` (file by its base name)."""
     want = file.rsplit("/", 1)[-1]
-    return [(lo, hi) for lo, hi, name, n in line_rows(path) if n == line and name.rsplit("/", 1)[-1] == want]
+    return [(lo, hi) for lo, hi, name, n in line_rows(path, want) if n == line and name.rsplit("/", 1)[-1] == want]
 
 
 def resolve_mapping(ip: int, m: Mapping) -> ResolvedIP:
@@ -321,17 +329,15 @@ def resolve_mapping(ip: int, m: Mapping) -> ResolvedIP:
 from .recorded import RecordedFiles  # noqa: E402, F401  (re-exported for journey's readers of recordings)
 
 
-def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal):
+def eh_frame_unwind(ip: int, sp: int, bp: int, stack: bytes, place, refusal, rules: dict | None = None):
     """symbols/cfi_unwind.unwind for a recording's stack copy: a file whose `refusal(path, inode)` is not ""
-    has its .eh_frame left unread, and the walk ends there saying why."""
+    has its .eh_frame left unread, and the walk ends there saying why. `rules`: the code addresses' rules kept
+    from one walk to the next (one dict per recording: its places are the recording's)."""
     from .cfi_unwind import CfiTable, cfi_table, unwind
 
     def tables(path: str, inode: int | None) -> CfiTable:
         why = refusal(path, inode)
         if not why:
             return cfi_table(path, inode)
-        refused = CfiTable.__new__(CfiTable)
-        refused.starts, refused.ends, refused.fdes, refused.decoded, refused.row_pcs = [], [], [], {}, {}
-        refused.error = f".eh_frame of {path} not read: {why}"
-        return refused
-    return unwind(ip, sp, bp, stack, place, tables)
+        return CfiTable.refused(f".eh_frame of {path} not read: {why}")
+    return unwind(ip, sp, bp, stack, place, tables, rules, explain=False)

@@ -15,7 +15,7 @@ import glob
 import os
 from dataclasses import dataclass
 
-from .elf import load_image, open_mapped_file
+from .elf import line_ranges, load_image, open_mapped_file
 
 SYSTEM_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
 STT_GNU_IFUNC = 10
@@ -196,3 +196,46 @@ def nearest_names(objects: list[LoadedObject], name: str, count: int = 5) -> lis
             for n in img.functions_by_name():
                 pool.setdefault(n, obj.name)
     return [f"{pool[n]}:{n}" for n in difflib.get_close_matches(func, list(pool), n=count, cutoff=0.6)]
+
+
+def find_line(objects: list[LoadedObject], file: str, line: int, limit: int) -> FunctionRanges | None:
+    """The first library (the executable is searched by the caller, with its call chains) whose DWARF line
+    table gives code to `file:line`: its own .debug_line, or its separate debug file's (libc6-dbg: found by
+    build ID, symbols/debug_files.py); the ranges as file offsets, as find_function gives a library's."""
+    for obj in objects:
+        if obj.executable:
+            continue
+        img = load_image(obj.path, obj.inode or None)
+        if not img.ok:
+            continue
+        source, from_where = _line_table_file(obj)
+        if source is None:
+            continue
+        spans = line_ranges(source, file, line)
+        if not spans:
+            continue
+        merged = _merge_to(spans, limit)
+        offsets = [(_vaddr_to_offset(img, lo), _vaddr_to_offset(img, hi - 1)) for lo, hi in merged]
+        ranges = tuple((lo, hi + 1) for lo, hi in offsets if lo is not None and hi is not None)
+        how = f"{file}:{line} in the line table of {from_where}: {len(spans)} address range(s)"
+        if len(merged) < len(spans):
+            how += f", merged into {len(merged)} (the selector holds {limit})"
+        return FunctionRanges(obj, (f"{file}:{line}",), ranges, how)
+    return None
+
+
+def _line_table_file(obj: LoadedObject) -> tuple[str | None, str]:
+    """(the file holding `obj`'s DWARF line table, in words where it is), or (None, "")."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    from .debug_files import debug_file_for
+    try:
+        with open_mapped_file(obj.path, obj.inode or None) as f:
+            elf = ELFFile(f)
+            if elf.get_section_by_name(".debug_line") is not None:
+                return obj.path, obj.name
+            debug = debug_file_for(elf)
+    except (OSError, ELFError, ValueError, KeyError):
+        return None, ""
+    return (debug, f"{obj.name}'s debug file {debug}") if debug else (None, "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -21,22 +22,70 @@ BADGE = {"observed": "green", "derived": "cyan", "modelled": "magenta", "unavail
 def step_renderable(step: Step, total: int = 11, fit: Console | None = None) -> Panel:
     """One step as a panel. `fit`: the stepper's console, whose screen the step should fit: the evidence
     lines (the step's raw proof: maps lines, call chains) are cut to one row each and then shortened, fewest
-    last, until the panel is no taller than the screen; the values, derivations and Ws are always whole."""
+    last; then the derivation's lines; then the Ws and the values' sources to one row each, until the panel is
+    no taller than the screen. What is cut says so, and where all of it is shown; the values are always there."""
     if fit is None:
-        return _step_panel(step, total, EVIDENCE_SHOWN, wrap_evidence=True)
+        return _step_panel(step, total, Fit(EVIDENCE_SHOWN), wrap_evidence=True)
     rows = fit.size.height - 2             # the prompt's line and one of the previous output stay in view
-    panel = _step_panel(step, total, EVIDENCE_SHOWN, wrap_evidence=False)
-    for shown in (12, 6, 3, 0):
+    panel = _step_panel(step, total, FITS[0], wrap_evidence=False)
+    for shape in FITS[1:]:
         if len(fit.render_lines(panel, fit.options, pad=False)) <= rows:
             break
-        panel = _step_panel(step, total, shown, wrap_evidence=False)
+        panel = _step_panel(step, total, shape, wrap_evidence=False)
     return panel
 
 
+@dataclass(frozen=True)
+class Fit:
+    """How much of a step the stepper's screen shows."""
+
+    evidence: int                   # evidence lines shown
+    derivation: int | None = None   # derivation lines shown (None: all)
+    one_row: bool = False           # each W and each value's source on one row, cut with an ellipsis
+
+
 EVIDENCE_SHOWN = 40
+ALL_OF_IT = " (all of them: --no-pause, --format markdown or html)"
+# tried in order until the step fits: the evidence first, then the derivation, then the Ws and sources' rows
+FITS = (Fit(EVIDENCE_SHOWN), Fit(12), Fit(6), Fit(3), Fit(0), Fit(0, 24), Fit(0, 12), Fit(0, 6), Fit(0, 3),
+        Fit(0, 3, one_row=True), Fit(0, 0, one_row=True))
 
 
-def _step_panel(step: Step, total: int, evidence_shown: int, wrap_evidence: bool) -> Panel:
+def _step_panel(step: Step, total: int, shown: Fit, wrap_evidence: bool) -> Panel:
+    parts: list = [_values_table(step, wrap_evidence, shown.one_row)]
+    lines = step.all_derivations()
+    if lines:
+        cut = lines if shown.derivation is None else lines[:shown.derivation]
+        parts.append(Text("derivation" if len(cut) == len(lines) else f"derivation ({len(lines)} lines)",
+                          style="bold"))
+        parts += [Text("  " + escape_controls(line)) for line in cut]
+        if len(cut) < len(lines):
+            parts.append(_more(len(lines) - len(cut), wrap_evidence))
+    if step.ws:
+        if not shown.one_row:
+            parts.append(Text(""))
+        for w in WS:
+            if w in step.ws:
+                parts.append(Text.assemble((f"{w.upper():>8}  ", "bold yellow"), escape_controls(step.ws[w]),
+                                           no_wrap=shown.one_row, overflow="ellipsis"))
+    if step.evidence:
+        parts.append(Text("evidence" if wrap_evidence else f"evidence ({len(step.evidence)} lines)", style="bold"))
+        parts += [Text("  " + escape_controls(e), style="dim") if wrap_evidence else
+                  Text("  " + escape_controls(e), style="dim", no_wrap=True, overflow="ellipsis")
+                  for e in step.evidence[:shown.evidence]]
+        if len(step.evidence) > shown.evidence:
+            parts.append(_more(len(step.evidence) - shown.evidence, wrap_evidence))
+    # said on the bottom border, which takes no row of its own
+    rows_cut = "[dim]Ws and sources cut to one row (whole: --no-pause, markdown, html)[/dim]" if shown.one_row else None
+    return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {_line(step.title)}[/bold]",
+                 title_align="left", subtitle=rows_cut, subtitle_align="right")
+
+
+def _more(n: int, wrap_evidence: bool) -> Text:
+    return Text(f"  … {n} more line{'s' * (n > 1)}" + ("" if wrap_evidence else ALL_OF_IT), style="dim")
+
+
+def _values_table(step: Step, wrap_evidence: bool, one_row: bool) -> Table:
     t = Table(show_header=True, header_style="bold", expand=True, show_lines=False)
     if wrap_evidence:
         t.add_column("value", ratio=2)
@@ -47,32 +96,12 @@ def _step_panel(step: Step, total: int, evidence_shown: int, wrap_evidence: bool
             t.add_row(_line(v.label), _line(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]", _line(v.source))
     else:   # the stepper's screen: the provenance heads its source, no column of its own; no box
         t.box, t.padding = None, (0, 1, 0, 0)
-        t.add_column("value", ratio=2)
+        t.add_column("value", ratio=2, overflow="fold")    # a long name (FAULT_FLAG_VMA_LOCK) folds, not cut
         t.add_column("", ratio=3)
-        t.add_column("provenance: source / how", ratio=5)
+        t.add_column("provenance: source / how", ratio=5, no_wrap=one_row, overflow="ellipsis")
         for v in step.values:
             t.add_row(_line(v.label), _line(v.display), f"[{BADGE[v.provenance]}]{v.provenance}[/]: {_line(v.source)}")
-    parts: list = [t]
-    lines = step.all_derivations()
-    if lines:
-        parts.append(Text("derivation", style="bold"))
-        parts += [Text("  " + escape_controls(line)) for line in lines]
-    if step.ws:
-        parts.append(Text(""))
-        for w in WS:
-            if w in step.ws:
-                parts.append(Text.assemble((f"{w.upper():>8}  ", "bold yellow"), escape_controls(step.ws[w])))
-    if step.evidence:
-        parts.append(Text("evidence" if wrap_evidence else f"evidence ({len(step.evidence)} lines)", style="bold"))
-        parts += [Text("  " + escape_controls(e), style="dim") if wrap_evidence else
-                  Text("  " + escape_controls(e), style="dim", no_wrap=True, overflow="ellipsis")
-                  for e in step.evidence[:evidence_shown]]
-        if len(step.evidence) > evidence_shown:
-            more = len(step.evidence) - evidence_shown
-            parts.append(Text(f"  … {more} more line{'s' * (more > 1)}" + ("" if wrap_evidence else
-                              " (all of them: --no-pause, --format markdown or html)"), style="dim"))
-    return Panel(Group(*parts), title=f"[bold]step {step.number}/{total}: {_line(step.title)}[/bold]",
-                 title_align="left")
+    return t
 
 
 def _line(text: object) -> str:
