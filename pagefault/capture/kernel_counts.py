@@ -73,7 +73,8 @@ SETTINGS = Layout(("target_tgid", "I"), ("from_exec", "I"), ("stack_reach", "Q")
 FAULT_KEY = Layout(("state", "I"), ("_pad", "I"), ("vma", "Q"))
 THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("vm_end", "Q"), ("vma", "Q"),
                       ("run_vma", "Q"), ("run_count", "Q"), ("user_stack", "i"), ("kernel_stack", "i"),
-                      ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"))
+                      ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"),
+                      ("vm_pgoff", "Q"), ("file_ino", "Q"), ("fault_index", "Q"), ("file_dev", "I"), ("_pad2", "I"))
 # fault_stacks.h
 FAULT_STACK_KEY = Layout(("state", "I"), ("user_stack", "i"), ("kernel_stack", "i"), ("tgid", "I"), ("vma", "Q"))
 STACK_DEPTH = 64
