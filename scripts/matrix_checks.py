@@ -145,6 +145,7 @@ SCENARIO_CHECKS = tuple(f"scenario-{s.name}" for s in SCENARIOS)
 ARM64_CHECKS = ("doctor", "bpf-objects", "journey-arm64", "decode", "entry-kinds", "trace-count", "trace-latency")
 X86_CHECKS = ("doctor", "bpf-objects", "journey-bpf", "journey-perf") + SCENARIO_CHECKS + (
     "trace", "trace-count", "trace-latency", "entry-kinds", "decode")
+X86_CHECKS += ("heldout",)
 
 
 def run_scenarios(out: Path, checks) -> None:
@@ -532,6 +533,26 @@ def main() -> int:
     checks.run("decode", decode)
     times["decode"] = time.monotonic() - t
 
+    def heldout():
+        """The held-out programs (tests/c/heldout.c), recorded: each region's classes as built, the totals
+        and the reads from disk equal to the kernel's own page-faults and major-faults counts. A file mode runs
+        where a file system here does what it needs (live_helpers.heldout.file_dir); one that cannot is named."""
+        sys.path.insert(0, str(ROOT / "tests"))
+        from live_helpers.heldout import RECORDED, build, check_recorded, file_dir
+        work = out / "heldout"
+        work.mkdir(exist_ok=True)
+        exe = build(work)
+        runnable = {m: file_dir(m, work) for m in sorted(RECORDED)}
+        results = [check_recorded(exe, m, work) for m, (where, _why) in runnable.items() if where is not None]
+        not_run = [f"{m} ({why})" for m, (where, why) in runnable.items() if where is None]
+        (out / "heldout.txt").write_text("".join(("ok " if ok else "FAILED ") + d + "\n" for ok, d in results))
+        failed = [d for ok, d in results if not ok]
+        left = f"; not run: {', '.join(not_run)}" if not_run else ""
+        return not failed, f"{len(results) - len(failed)} of {len(results)} programs as built{left}" + (
+            "; " + " | ".join(failed) if failed else "")
+    t = time.monotonic()
+    checks.run("heldout", heldout)
+    times["heldout"] = time.monotonic() - t
 
     return finish(release, out, checks, times, t0)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -32,17 +33,40 @@ RECORDED = {
 }
 
 
-# the modes that map or read a file in the work directory: they need a file system that drops a clean page from
-# the cache on request and maps files shared (a block device's), not 9p or tmpfs as the matrix's guests have
-FILE_MODES = frozenset({"readfresh", "privwrite", "cachedseq", "cachedrand", "uncachedseq", "uncachedrand", "sigbus",
-                        "fixedfile"})
-DISK_FILE_SYSTEMS = ("ext2/ext3", "ext4", "xfs", "btrfs")
+# The modes that map or read a file. The cached ones need the file's pages to stay in the page cache once
+# written: a disk's file system keeps them, and so does tmpfs (its pages are the cache); 9p without a cache (the
+# matrix guests' root) writes through to the host and keeps none, so their files go to a tmpfs there. The cold
+# ones need a file whose clean pages can be dropped and read back from a store (a major fault): a disk's file
+# system, or 9p, whose pages are read from the host; tmpfs cannot drop its pages.
+CACHED_FILE_MODES = frozenset({"readfresh", "privwrite", "cachedseq", "cachedrand", "sigbus", "fixedfile"})
+COLD_FILE_MODES = frozenset({"uncachedseq", "uncachedrand"})
+FILE_MODES = CACHED_FILE_MODES | COLD_FILE_MODES
+DISK_FILE_SYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+COLD_FILE_SYSTEMS = DISK_FILE_SYSTEMS + ("9p",)
+CACHED_FILE_SYSTEMS = DISK_FILE_SYSTEMS + ("tmpfs",)
+TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")
 
 
-def file_system(work: Path) -> str:
-    """The type of the file system holding `work` (stat -f's word: "ext2/ext3" for ext4, "tmpfs", "v9fs")."""
-    return subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True,
+def file_system(path: Path) -> str:
+    """The type of the file system mounted where `path` is, as the kernel's mount table names it ("ext4",
+    "tmpfs", "9p"). Not statfs's (stat -f): 9p passes on the host's, and called the guests' root ext4."""
+    return subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)], capture_output=True, text=True,
                           check=True).stdout.strip()
+
+
+def file_dir(mode: str, work: Path) -> tuple[Path | None, str]:
+    """Where `mode` makes its file (`work` when its file system does what the mode needs, else a new directory
+    on a tmpfs), with why; None where no file system here can (a cold file with `work` on a tmpfs)."""
+    fs = file_system(work)
+    if mode not in FILE_MODES or (mode in CACHED_FILE_MODES and fs in CACHED_FILE_SYSTEMS) or (
+            mode in COLD_FILE_MODES and fs in COLD_FILE_SYSTEMS):
+        return work, fs
+    if mode in COLD_FILE_MODES:
+        return None, f"{work} is on {fs}, which cannot drop a file's pages and read them back"
+    for candidate in TMPFS_CANDIDATES:
+        if Path(candidate).is_dir() and file_system(Path(candidate)) == "tmpfs":
+            return Path(tempfile.mkdtemp(prefix="heldout-", dir=candidate)), f"tmpfs ({work} is on {fs})"
+    return None, f"{work} is on {fs}, which keeps no page cache of its own, and no tmpfs is mounted"
 
 
 def build(out: Path) -> Path:
@@ -64,9 +88,16 @@ def region(stdout: str) -> tuple[str, int, int, int]:
 def check_recorded(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
     """Record `mode`, and whether its region's classes and the totals are what they must be, with the numbers."""
     out = work / f"{mode}.out"
-    with open(out, "w") as f:
-        record(TraceOptions(argv=[str(exe), mode, str(work)], output=work / f"{mode}.pfrec", target_stdout=f.fileno(),
-                            force=True))
+    files, _why = file_dir(mode, work)
+    if files is None:
+        raise ValueError(f"{mode} cannot run here: {_why}")
+    try:
+        with open(out, "w") as f:
+            record(TraceOptions(argv=[str(exe), mode, str(files)], output=work / f"{mode}.pfrec",
+                                target_stdout=f.fileno(), force=True))
+    finally:
+        if files != work:
+            shutil.rmtree(files, ignore_errors=True)
     _name, start, pages, _expect = region(out.read_text())
     rec = load_recording(work / f"{mode}.pfrec")
     addresses, _tids, _times, result = classify_recording(rec)
