@@ -50,8 +50,9 @@ TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")
 def file_system(path: Path) -> str:
     """The type of the file system mounted where `path` is, as the kernel's mount table names it ("ext4",
     "tmpfs", "9p"). Not statfs's (stat -f): 9p passes on the host's, and called the guests' root ext4."""
-    return subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    types = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)], capture_output=True, text=True,
+                           check=True).stdout.split()
+    return types[-1]   # mounted over another at the same place (one line each): the last, the one seen
 
 
 def file_dir(mode: str, work: Path) -> tuple[Path | None, str]:
