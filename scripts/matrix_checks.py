@@ -534,21 +534,23 @@ def main() -> int:
     times["decode"] = time.monotonic() - t
 
     def heldout():
-        """The held-out programs (tests/c/heldout.c), recorded: each region's classes as built, the totals
-        and the reads from disk equal to the kernel's own page-faults and major-faults counts. A file mode runs
+        """The held-out programs (tests/c/heldout.c), recorded and counted in the kernel: each region's classes
+        as built, the totals and the reads from disk equal to the kernel's own page-faults and major-faults
+        counts (the count's totals where it starts as the kernel's does, sched_prepare_exec). A file mode runs
         where a file system here does what it needs (live_helpers.heldout.file_dir); one that cannot is named."""
         sys.path.insert(0, str(ROOT / "tests"))
-        from live_helpers.heldout import RECORDED, build, check_recorded, file_dir
+        from live_helpers.heldout import COUNTED_MODES, RECORDED, build, check_counted, check_recorded, file_dir
         work = out / "heldout"
         work.mkdir(exist_ok=True)
         exe = build(work)
         runnable = {m: file_dir(m, work) for m in sorted(RECORDED)}
         results = [check_recorded(exe, m, work) for m, (where, _why) in runnable.items() if where is not None]
+        results += [check_counted(exe, m, work) for m in COUNTED_MODES if runnable[m][0] is not None]
         not_run = [f"{m} ({why})" for m, (where, why) in runnable.items() if where is None]
         (out / "heldout.txt").write_text("".join(("ok " if ok else "FAILED ") + d + "\n" for ok, d in results))
         failed = [d for ok, d in results if not ok]
         left = f"; not run: {', '.join(not_run)}" if not_run else ""
-        return not failed, f"{len(results) - len(failed)} of {len(results)} programs as built{left}" + (
+        return not failed, f"{len(results) - len(failed)} of {len(results)} runs as built{left}" + (
             "; " + " | ".join(failed) if failed else "")
     t = time.monotonic()
     checks.run("heldout", heldout)

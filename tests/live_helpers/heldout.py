@@ -7,9 +7,12 @@ the faults classed "file read from disk" equal to the kernel's major-faults coun
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -116,3 +119,73 @@ def check_recorded(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
     return ok, (f"{mode}: region {got} (built: {', '.join(f'{c.value} {n}' for c, n in (want or {}).items()) or 'none'}"
                 f"); {s.faults} faults, the kernel's {kernel.get('page-faults')}; {disk} read from disk, the kernel's "
                 f"major {kernel.get('major-faults')}")
+
+
+# The count in the kernel (trace without -o): its rows are (class, mapping), so a program is held to its
+# construction by the rows of the mapping its region is alone in, or by a class only it makes.
+COUNTED_MODES = ("anon", "zero", "segv", "sigbus", "thp", "populate", "mlock", "threads", "fork", "uncachedrand",
+                 "uncachedseq", "cachedseq", "cachedrand", "privwrite", "brk", "readfresh")
+COUNTED_ROWS = {"brk": ("[heap]", {C.ANON_NEW: 64}), "uncachedrand": ("heldout-uncachedrand.dat", {DISK: 32}),
+                "cachedseq": ("heldout-cachedseq.dat", {C.FILE_HIT: 16}),
+                "cachedrand": ("heldout-cachedrand.dat", {C.FILE_HIT: 16}),
+                "privwrite": ("heldout-privwrite.dat", {C.COW_COPY: 64})}
+COUNTED_CLASSES = {"segv": (C.SIGSEGV, 4), "sigbus": (C.SIGBUS, 4), "thp": (C.THP, 2)}
+
+
+def count_in_kernel(exe: Path, mode: str, files: Path, summary: Path) -> tuple[dict, str]:
+    """`pagefault trace` of `mode` (its file in `files`), counted in the kernel: the summary's JSON and the
+    program's output."""
+    r = subprocess.run([sys.executable, "-m", "pagefault", "trace", "-q", "--json", "--summary", str(summary), "--",
+                        str(exe), mode, str(files)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    if r.returncode:
+        raise AssertionError(f"trace of {mode} failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+    return json.loads(summary.read_text()), r.stdout
+
+
+def counts_from_exec(s: dict) -> bool:
+    """The count started where the kernel's does (sched_prepare_exec, 6.10 on); before, exec's own faults on the
+    new image are the kernel's and not the count's (the documented difference, kernel_counts.WITHOUT)."""
+    return any("sched_prepare_exec: tp_btf" in n or "sched_prepare_exec: tracepoint" in n for n in s["notes"])
+
+
+def counted_problems(s: dict, mode: str) -> list[str]:
+    """What in a count in the kernel of `mode` differs from its construction or from the kernel's own counts."""
+    problems = []
+    classes = {c: n for c, n, _how in s["by_class"]}
+    kernel = s["kernel_counts"]
+    if counts_from_exec(s) and s["faults"] != kernel["page-faults"]:
+        problems.append(f"{s['faults']} faults, the kernel's {kernel['page-faults']}")
+    # a read from disk is a fault whose own page was added to the page cache: the kernel's major faults, not
+    # readahead of other pages (uncachedseq) nor a system call's write() filling the cache (the cached modes)
+    if classes.get(DISK.value, 0) != kernel["major-faults"]:
+        problems.append(f"{classes.get(DISK.value, 0)} read from disk, the kernel's major {kernel['major-faults']}")
+    if mode in COUNTED_CLASSES:
+        cls, n = COUNTED_CLASSES[mode]
+        if classes.get(cls.value) != n:
+            problems.append(f"{cls.value} {classes.get(cls.value)}, built {n}")
+    if mode in COUNTED_ROWS:
+        mapping, expected = COUNTED_ROWS[mode]
+        rows = {c: n for c, m, _site, n in s["class_breakdown"] if m == mapping}
+        if rows != {c.value: n for c, n in expected.items()}:
+            problems.append(f"{mapping}: {rows}, built {({c.value: n for c, n in expected.items()})}")
+    return problems
+
+
+def check_counted(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
+    """Count `mode` in the kernel, and whether it is as built and as the kernel counted, with the numbers."""
+    files, why = file_dir(mode, work)
+    if files is None:
+        return True, f"{mode} (counted): not run, {why}"
+    try:
+        s, _out = count_in_kernel(exe, mode, files, work / f"{mode}.count.json")
+    finally:
+        if files != work:
+            shutil.rmtree(files, ignore_errors=True)
+    if s["tier"] != "bpf-counts":
+        return False, f"{mode} (counted): not counted in the kernel: {s['notes'][-1]}"
+    problems = counted_problems(s, mode)
+    kernel = s["kernel_counts"]
+    allowance = "" if counts_from_exec(s) else " (no sched_prepare_exec: totals not compared)"
+    return not problems, (f"{mode} (counted): {s['faults']} faults, the kernel's {kernel['page-faults']}{allowance}; "
+                          f"major {kernel['major-faults']}" + ("; " + "; ".join(problems) if problems else ""))
