@@ -2,7 +2,7 @@
 -g (or --folded, --pprof) each fault's user and kernel stacks counted too.
 
 The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
-movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
+movable allocation and its order, its own page added to the page cache (a read from disk), a signal) and closes it at the thread's
 next fault, exec or exit, adding one to a map keyed by (error code, what it did, the VMA's start
 and kind). The VMA is the thread's previous one while it holds the address, else the maple tree's
 answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the

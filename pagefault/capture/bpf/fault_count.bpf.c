@@ -2,8 +2,8 @@
 /* pagefault trace's summary-only count: every fault of one process (and the children it forks), counted in
  * the kernel by what it did and the VMA it hit; nothing is streamed.
  *
- * Per thread, the fault in progress is kept open (what it allocated, whether it added to the page cache, the
- * signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
+ * Per thread, the fault in progress is kept open (what it allocated, whether its own page was added to the page
+ * cache: a read from disk, the signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
  * counts[(state, vm_start << 3 | kind)] (through the thread's run of alike faults: one map update per run).
  * The VMA is the thread's last one while it holds the address, else the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
  *

@@ -5,7 +5,7 @@
 #define PAGEFAULT_FAULT_COUNT_H
 
 /* A thread's fault in progress, packed in one word (struct thread_fault.state, struct fault_key.state):
- * bit 0 open, 1-6 the x86 error code, 7 a movable allocation, 8-12 its largest order, 13 a page-cache add,
+ * bit 0 open, 1-6 the x86 error code, 7 a movable allocation, 8-12 its largest order, 13 its own page added to the page cache (a read from disk),
  * 14-18 the signal, 19-26 its si_code. */
 #define ST_OPEN (1u << 0)
 #define ST_CODE_SHIFT 1
