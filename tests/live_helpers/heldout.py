@@ -112,7 +112,9 @@ def check_recorded(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
     ok = s.faults == kernel.get("page-faults") and disk == kernel.get("major-faults")
     want = RECORDED[mode]
     if want is None:
-        ok = ok and inside[DISK] == kernel["major-faults"] >= 1 and set(inside) <= {DISK, C.FILE_HIT, C.FILE_READAHEAD}
+        # the region's reads from disk are some of the program's (the loader's own are too, on 9p: it reads
+        # from the host at every fault of a library's page not yet cached), and all of them the kernel's
+        ok = ok and 1 <= inside[DISK] <= kernel["major-faults"] and set(inside) <= {DISK, C.FILE_HIT, C.FILE_READAHEAD}
     else:
         ok = ok and dict(inside) == want
     got = ", ".join(f"{c.value} {n}" for c, n in sorted(inside.items(), key=lambda x: x[0].value)) or "none"
