@@ -127,6 +127,7 @@ def check_recorded(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
 # construction by the rows of the mapping its region is alone in, or by a class only it makes.
 COUNTED_MODES = ("anon", "zero", "segv", "sigbus", "thp", "populate", "mlock", "threads", "fork", "uncachedrand",
                  "uncachedseq", "cachedseq", "cachedrand", "privwrite", "brk", "readfresh")
+COUNTED_IN_GUESTS = ("uncachedrand", "uncachedseq", "cachedseq", "privwrite", "readfresh", "sigbus")
 COUNTED_ROWS = {"brk": ("[heap]", {C.ANON_NEW: 64}), "uncachedrand": ("heldout-uncachedrand.dat", {DISK: 32}),
                 "cachedseq": ("heldout-cachedseq.dat", {C.FILE_HIT: 16}),
                 "cachedrand": ("heldout-cachedrand.dat", {C.FILE_HIT: 16}),
