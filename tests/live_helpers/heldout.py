@@ -102,6 +102,13 @@ def check_recorded(exe: Path, mode: str, work: Path) -> tuple[bool, str]:
     finally:
         if files != work:
             shutil.rmtree(files, ignore_errors=True)
+    return judge_recorded(mode, work)
+
+
+def judge_recorded(mode: str, work: Path) -> tuple[bool, str]:
+    """check_recorded's verdict on a recording of `mode` already in `work` (MODE.pfrec and the program's output
+    MODE.out): a guest's, read anywhere, as the classes are decided from the recording alone."""
+    out = work / f"{mode}.out"
     _name, start, pages, _expect = region(out.read_text())
     rec = load_recording(work / f"{mode}.pfrec")
     addresses, _tids, _times, result = classify_recording(rec)
