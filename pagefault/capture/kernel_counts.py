@@ -2,7 +2,7 @@
 -g (or --folded, --pprof) each fault's user and kernel stacks counted too.
 
 The compiled program capture/bpf/fault_count.bpf.c keeps, per thread, what the fault in progress did (a
-movable allocation and its order, pages added to the page cache, a signal) and closes it at the thread's
+movable allocation and its order, its own page added to the page cache (a read from disk), a signal) and closes it at the thread's
 next fault, exec or exit, adding one to a map keyed by (error code, what it did, the VMA's start
 and kind). The VMA is the thread's previous one while it holds the address, else the maple tree's
 answer; each VMA found so is kept once with its name (capture/mapping_watch.py turns them into the
@@ -73,7 +73,8 @@ SETTINGS = Layout(("target_tgid", "I"), ("from_exec", "I"), ("stack_reach", "Q")
 FAULT_KEY = Layout(("state", "I"), ("_pad", "I"), ("vma", "Q"))
 THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("vm_end", "Q"), ("vma", "Q"),
                       ("run_vma", "Q"), ("run_count", "Q"), ("user_stack", "i"), ("kernel_stack", "i"),
-                      ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"))
+                      ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"),
+                      ("vm_pgoff", "Q"), ("file_ino", "Q"), ("fault_index", "Q"), ("file_dev", "I"), ("_pad2", "I"))
 # fault_stacks.h
 FAULT_STACK_KEY = Layout(("state", "I"), ("user_stack", "i"), ("kernel_stack", "i"), ("tgid", "I"), ("vma", "Q"))
 STACK_DEPTH = 64

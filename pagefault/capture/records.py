@@ -59,6 +59,7 @@ class Stream:
     forks: list[tuple[int, int]] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)
     record_counts: dict[int, int] = field(default_factory=dict)
+    time_from_end: int = 0   # where a side-band record's time is, in bytes from its end (sample_id_all); 0: not there
 
 
 def _cstr(data: bytes | memoryview, start: int, end: int) -> str:
@@ -82,6 +83,7 @@ def parse_stream(data: bytes | memoryview, sample_type: int, *, in_time_order: b
     sample_offsets: list[int] = []       # and one by one
     append = sample_offsets.append
     stream = Stream(data, None)  # type: ignore[arg-type]
+    stream.time_from_end = _sample_id_time(sample_type)
     counts: dict[int, int] = {}
     pos, n = 0, len(data)
     words16 = memoryview(data).cast("H")  # header: u32 type (two u16), u16 misc, u16 size
@@ -178,6 +180,19 @@ def _cycle_window(cycle: tuple[int, ...], periods: int) -> tuple[np.ndarray, np.
 _gallop_periods = 64   # how many cycles _gallop checks at once: doubles while the cycle holds
 
 
+SAMPLE_ID, SAMPLE_STREAM_ID, SAMPLE_IDENTIFIER = 1 << 6, 1 << 9, 1 << 16   # perf_event.h's, in sample_id only
+
+
+def _sample_id_time(sample_type: int) -> int:
+    """Where the time is in a side-band record's sample_id (attr.sample_id_all): its fields follow the record's
+    own, in the order TID, TIME, ID, STREAM_ID, CPU, IDENTIFIER (perf_event.h), each 8 bytes; the time counted
+    back from the record's end. 0: no time recorded."""
+    if not sample_type & SAMPLE_TIME:
+        return 0
+    after = sum(8 for bit in (SAMPLE_ID, SAMPLE_STREAM_ID, SAMPLE_CPU, SAMPLE_IDENTIFIER) if sample_type & bit)
+    return after + 8
+
+
 def _side_band(stream: Stream, counts: dict[int, int], data: bytes | memoryview, pos: int, rtype: int, size: int) -> None:
     counts[rtype] = counts.get(rtype, 0) + 1
     if rtype == RECORD_LOST:
@@ -186,8 +201,10 @@ def _side_band(stream: Stream, counts: dict[int, int], data: bytes | memoryview,
     elif rtype == RECORD_MMAP2:
         _pid, _tid, addr, length, pgoff, _maj, _min, ino = struct.unpack_from("<IIQQQIIQ", data, pos + 8)
         prot, flags = struct.unpack_from("<II", data, pos + 64)
+        back = stream.time_from_end
+        time = struct.unpack_from("<Q", data, pos + size - back)[0] if back and size - back >= 72 else -1
         stream.mmaps.append(Mapping(addr, addr + length, pgoff, _cstr(data, pos + 72, pos + size),
-                                    prot, "observed: PERF_RECORD_MMAP2", bool(flags & 0x01), ino))
+                                    prot, "observed: PERF_RECORD_MMAP2", bool(flags & 0x01), ino, time))
     elif rtype == RECORD_COMM:
         _pid, tid = struct.unpack_from("<II", data, pos + 8)
         stream.comms[tid] = _cstr(data, pos + 16, pos + size)

@@ -33,6 +33,7 @@ class Mapping:
     source: str = ""
     shared: bool = False      # MAP_SHARED (maps perms "s", or the MMAP2 record's flags)
     inode: int = 0            # the mapped file's inode (0: anonymous, or not known)
+    time: int = -1            # an MMAP2 record's time (perf's clock, its sample_id), -1: not known
 
     def contains(self, address: int) -> bool:
         return self.start <= address < self.end

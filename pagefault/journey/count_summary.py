@@ -109,9 +109,10 @@ def _major_note(summary: TraceSummary, major: int | None) -> None:
                              "count, the same")
     elif disk > major:
         summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}, where the kernel counted {major} "
-                             f"major faults: {disk - major} saw a page-cache add that was not a read of their own page "
-                             "(a system call's write() or read() after the fault, or readahead, which the count in "
-                             "the kernel charges to the thread's last fault): minor faults to the kernel")
+                             f"major faults: {disk - major} saw a page-cache add the kernel did not count as their "
+                             "read (minor faults to the kernel): of their own page while another thread read it in, "
+                             "or, where a fault's page in its file is not known (no mapping offset or inode), any "
+                             "add while it was open")
     else:
         summary.notes.append(f"{disk} faults classed {FaultClass.FILE_MAJOR.value!r}, where the kernel counted {major} "
                              f"major faults: {major - disk} major faults read no file page (a swap-in or a shared "

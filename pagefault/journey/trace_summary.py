@@ -157,23 +157,61 @@ def label_for(m: Mapping | None) -> str:
     return m.path.rsplit("/", 1)[-1]
 
 
-def mapping_index(addresses: np.ndarray, maps: list[Mapping]) -> tuple[list[Mapping], np.ndarray]:
+def mapping_index(addresses: np.ndarray, maps: list[Mapping],
+                  times: np.ndarray | None = None) -> tuple[list[Mapping], np.ndarray]:
     """The mappings in address order, and for each address the index of the one holding it (-1: none).
 
-    /proc snapshots win over MMAP2 records for the same start.
+    /proc snapshots win over MMAP2 records for the same start. A start mapped again (MAP_FIXED over a mapping
+    at the same start, as ld.so maps a library over its reservation) has an MMAP2 record each time: with the
+    faults' `times` (perf's clock, as the records'), a fault gets the one in force when it was taken, the
+    latest record at or before it (before them all, the first mapping known there); without, the first.
     """
     by_start: dict[int, Mapping] = {}
     for m in maps:
         by_start.setdefault(m.start, m)
-    ordered = sorted(by_start.values(), key=lambda m: m.start)
+    remapped = _remapped(maps, by_start) if times is not None else {}
+    # at each start its first mapping, then the ones that replaced it in time order
+    ordered = sorted([*by_start.values(), *(m for ms in remapped.values() for m in ms)],
+                     key=lambda m: (m.start, m is not by_start[m.start], m.time))
     a = np.asarray(addresses, dtype=np.uint64)
     if not ordered or not len(a):
         return ordered, np.full(len(a), -1, dtype=np.int64)
     starts = np.array([m.start for m in ordered], dtype=np.uint64)
     ends = np.array([m.end for m in ordered], dtype=np.uint64)
-    idx = np.searchsorted(starts, a, side="right") - 1
+    first_at = np.nonzero(np.r_[True, starts[1:] != starts[:-1]])[0]   # each start's first mapping
+    i = np.searchsorted(starts[first_at], a, side="right") - 1
+    idx = np.where(i >= 0, first_at[np.clip(i, 0, None)], -1)
+    if remapped:
+        idx = _in_force(idx, ordered, starts, ends, np.asarray(times, dtype=np.uint64), remapped, a)
     ok = (idx >= 0) & (a < ends[np.clip(idx, 0, None)])
     return ordered, np.where(ok, idx, -1)
+
+
+def _remapped(maps: list[Mapping], first: dict[int, Mapping]) -> dict[int, list[Mapping]]:
+    """For each start mapped again: the MMAP2 records (with a time) there other than its first mapping."""
+    later: dict[int, list[Mapping]] = {}
+    for m in maps:
+        if m.time >= 0 and m is not first[m.start]:
+            later.setdefault(m.start, []).append(m)
+    return later
+
+
+def _in_force(idx: np.ndarray, ordered: list[Mapping], starts: np.ndarray, ends: np.ndarray, times: np.ndarray,
+              remapped: dict[int, list[Mapping]], a: np.ndarray) -> np.ndarray:
+    """idx (each address's first mapping at its start) moved to the mapping in force at the fault's time: of the
+    start's records with a time (its first mapping's too, if it has one), the latest at or before the fault,
+    where that one holds the address; before them all, the first."""
+    for start in remapped:
+        first = int(np.searchsorted(starts, np.uint64(start), side="left"))
+        at = [first] * (ordered[first].time >= 0) + list(range(first + 1, first + 1 + len(remapped[start])))
+        when = np.array([ordered[p].time for p in at], dtype=np.uint64)
+        by_time = np.argsort(when, kind="stable")
+        at_sorted, when_sorted = np.array(at, dtype=np.int64)[by_time], when[by_time]
+        sel = np.nonzero(idx == first)[0]
+        k = np.searchsorted(when_sorted, times[sel], side="right") - 1
+        chosen = at_sorted[np.clip(k, 0, None)]
+        idx[sel] = np.where((k >= 0) & (a[sel] < ends[chosen]), chosen, first)
+    return idx
 
 
 def classify(addresses: np.ndarray, maps: list[Mapping]) -> list[Mapping | None]:
@@ -238,7 +276,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         result = _classify(stream, meta, ids, event_type, m.faults, m.allocs, m.addresses,
                            m.codes if m.codes is not None else np.zeros(len(m.addresses), dtype=np.uint64), maps,
                            _chain_symbols(meta, ksyms) if ksyms is not None else None, alloc_chains)
-        _class_summary(summary, result, m.addresses, m.ips, maps, top)
+        _class_summary(summary, result, m.addresses, m.ips, maps, top, _column(s.time, len(s))[m.faults])
     if alloc_chains is not None:
         _allocation_paths(summary, meta, alloc_chains, top, ksyms or KernelSymbols.load())
     return summary
@@ -407,9 +445,10 @@ def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> Cl
 
 
 def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndarray, fault_ips: np.ndarray,
-                   maps: list[Mapping], top: int) -> None:
-    """The classes counted, and the faults broken down by class × mapping × call site."""
-    ordered, idx = mapping_index(addresses, maps)
+                   maps: list[Mapping], top: int, times: np.ndarray) -> None:
+    """The classes counted, and the faults broken down by class × mapping × call site (the mapping in force at
+    each fault's time)."""
+    ordered, idx = mapping_index(addresses, maps, times)
     index = result.index if result.index is not None else np.array([CLASS_LIST.index(c) for c in result.classes])
     counts = np.bincount(index, minlength=len(CLASS_LIST)) if len(index) else np.zeros(len(CLASS_LIST), dtype=np.int64)
     summary.by_class = [(CLASS_LIST[i].value, int(counts[i]), HOW[CLASS_LIST[i]])
@@ -482,7 +521,7 @@ def _classify(stream: Stream, meta: dict, ids: dict[str, int], event_type: np.nd
     events = FaultEvents(kind[keep], _column(s.tid, n, np.uint32)[keep].astype(np.int64),
                          _column(s.time, n)[keep], first[keep], second[keep],
                          chain_class[keep] if chain_class is not None else None, inode[keep])
-    ordered, idx = mapping_index(addresses, maps)
+    ordered, idx = mapping_index(addresses, maps, _column(s.time, n)[fault_mask])
     stacks = [m.start for m in ordered if m.path == "[stack]"]
     stack_start = max(stacks) if stacks else -1
     per_map_anon = np.array([not m.path.startswith("/") or m.path == "//anon" for m in ordered] + [True], dtype=bool)
@@ -581,7 +620,7 @@ def fault_labels(rec: Recording, ksyms: KernelSymbols | None = None) -> dict[tup
     faults = classify_recording(rec, ksyms)
     stream = parse_stream(rec.data, rec.meta["sample_type"] | (32 if rec.meta.get("callchain") else 0),
                           in_time_order=False, columns=frozenset({"tid", "time"}))
-    ordered, idx = mapping_index(faults.addresses, mappings_of(rec.meta, stream))
+    ordered, idx = mapping_index(faults.addresses, mappings_of(rec.meta, stream), faults.times)
     label_of = [label_for(m) for m in ordered] + ["(unmapped)"]
     classes = faults.result.classes
     return {(tid, time, address): (classes[i].value, label_of[idx[i]])

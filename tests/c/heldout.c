@@ -81,6 +81,17 @@ static int make_file(const char *dir, const char *name, unsigned long pages, int
     return fd;
 }
 
+/* The file NAME in DIR again, read-only: a shared mapping of it may not become writable (no VM_MAYWRITE), as
+ * 9p without a write-back cache requires of a shared mapping (generic_file_readonly_mmap: EINVAL else). */
+static int reopen_read_only(const char *dir, const char *name, int fd) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int ro = open(path, O_RDONLY);
+    if (ro < 0) die("open read-only");
+    close(fd);
+    return ro;
+}
+
 /* The file mapped at a 64 KiB-aligned address (so fault-around windows are whole): a free range is found,
  * given back, and asked for as a hint, so no other mapping ever started where the file's does. With
  * `fixed`, mapped instead with MAP_FIXED over an anonymous mapping at the same start (as ld.so maps a
@@ -171,13 +182,15 @@ static int run(const char *mode, const char *dir) {
         say("privwrite", p, 64, 64);
     } else if (!strcmp(mode, "cachedseq") || !strcmp(mode, "uncachedseq")) {
         int cold = mode[0] == 'u';
-        int fd = make_file(dir, cold ? "heldout-uncachedseq.dat" : "heldout-cachedseq.dat", 256, cold);
+        const char *name = cold ? "heldout-uncachedseq.dat" : "heldout-cachedseq.dat";
+        int fd = reopen_read_only(dir, name, make_file(dir, name, 256, cold));
         char *p = map_file(fd, 256, PROT_READ, MAP_SHARED, 0);
         for (unsigned long i = 0; i < 256; i++) sink += p[i * PAGE];
         say(mode, p, 256, cold ? -1 : 256 / WINDOW);
     } else if (!strcmp(mode, "cachedrand") || !strcmp(mode, "fixedfile")) {
         int fixed = mode[0] == 'f';
-        int fd = make_file(dir, fixed ? "heldout-fixedfile.dat" : "heldout-cachedrand.dat", 256, 0);
+        const char *name = fixed ? "heldout-fixedfile.dat" : "heldout-cachedrand.dat";
+        int fd = reopen_read_only(dir, name, make_file(dir, name, 256, 0));
         char *p = map_file(fd, 256, PROT_READ, MAP_SHARED, fixed);
         unsigned long order[16];
         for (unsigned long w = 0; w < 16; w++) order[w] = w;
@@ -185,7 +198,7 @@ static int run(const char *mode, const char *dir) {
         for (unsigned long w = 0; w < 16; w++) sink += p[(order[w] * WINDOW + (order[w] * 7) % WINDOW) * PAGE];
         say(mode, p, 256, 16);
     } else if (!strcmp(mode, "uncachedrand")) {
-        int fd = make_file(dir, "heldout-uncachedrand.dat", 32, 1);
+        int fd = reopen_read_only(dir, "heldout-uncachedrand.dat", make_file(dir, "heldout-uncachedrand.dat", 32, 1));
         char *p = map_file(fd, 32, PROT_READ, MAP_SHARED, 0);
         madvise(p, 32 * PAGE, MADV_RANDOM);
         unsigned long order[32];
@@ -198,7 +211,7 @@ static int run(const char *mode, const char *dir) {
         mprotect(p, PAGE, PROT_NONE);
         say("segv", p, 1, signals(SIGSEGV, p, 4));
     } else if (!strcmp(mode, "sigbus")) {
-        int fd = make_file(dir, "heldout-sigbus.dat", 1, 0);
+        int fd = reopen_read_only(dir, "heldout-sigbus.dat", make_file(dir, "heldout-sigbus.dat", 1, 0));
         char *p = map_file(fd, 2, PROT_READ, MAP_SHARED, 0);
         say("sigbus", p + PAGE, 1, signals(SIGBUS, p + PAGE, 4));
     } else if (!strcmp(mode, "thp")) {

@@ -2,8 +2,8 @@
 /* pagefault trace's summary-only count: every fault of one process (and the children it forks), counted in
  * the kernel by what it did and the VMA it hit; nothing is streamed.
  *
- * Per thread, the fault in progress is kept open (what it allocated, whether it added to the page cache, the
- * signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
+ * Per thread, the fault in progress is kept open (what it allocated, whether its own page was added to the page
+ * cache: a read from disk, the signal it raised) and closed at the thread's next fault, its exec or its exit, adding one to
  * counts[(state, vm_start << 3 | kind)] (through the thread's run of alike faults: one map update per run).
  * The VMA is the thread's last one while it holds the address, else the maple tree's answer; a VMA found so is kept once in `vmas`, named, for the summary's mapping column.
  *
@@ -18,6 +18,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#define FOLLOW_FORKS        /* the target and its children (pagefault.bpf.h) */
 #include "pagefault.bpf.h"
 #include "fault_count.h"
 #include "fault_count.bpf.h"   /* the count itself: its maps and hooks */

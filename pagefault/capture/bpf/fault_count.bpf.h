@@ -13,11 +13,9 @@
 #define SI_KERNEL 0x80
 #define ENOENT 2
 #define ENOSPC 28
+#define X86_PAGE_SHIFT 12
 
 const volatile struct fault_count_settings settings = {};
-
-__u32 started = 0;          /* the target has exec'ed (with settings.from_exec) */
-__u32 children_seen = 0;    /* the children map holds anything: most machine-wide events skip its lookup */
 
 #ifdef COUNT_STACKS
 typedef struct fault_stack_key count_key_t;   /* fault_stacks.h */
@@ -154,13 +152,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} children SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct vma_seen);
 } vmas SEC(".maps");
@@ -181,9 +172,7 @@ static __always_inline void bump(__u32 which)
 
 static __always_inline int followed(__u32 tgid)
 {
-	if (tgid == settings.target_tgid)
-		return !settings.from_exec || started;
-	return children_seen && bpf_map_lookup_elem(&children, &tgid);
+	return target_or_child(tgid, settings.target_tgid, settings.from_exec);
 }
 
 /* Add the thread's run of alike faults to the count map. */
@@ -232,36 +221,17 @@ static __always_inline void close_fault(struct thread_fault *t)
 	t->state = 0;
 }
 
-/* Keep the VMA's name, read now: at the end the process and its mm may be gone. */
-static __always_inline void keep_vma(struct vm_area_struct *v, struct mm_struct *mm, __u64 start, __u64 end,
-				     __u64 flags, struct file *file)
+/* The file behind the thread's VMA, as the page-cache tracepoint names a file: its inode's number and its
+ * super block's device (the inode's own device where it has no super block); 0: no file. */
+static __always_inline void keep_file(struct thread_fault *t, struct file *file)
 {
-	if (bpf_map_lookup_elem(&vmas, &start))
+	t->file_ino = 0;
+	if (!file)
 		return;
-	struct vma_seen s = {.start = start, .end = end, .flags = flags};
-	s.pgoff = BPF_CORE_READ(v, vm_pgoff);
-	if (file) {
-		const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
-		bpf_probe_read_kernel_str(s.name, sizeof(s.name), name);
-	} else {
-		__u64 brk = BPF_CORE_READ(mm, brk), start_brk = BPF_CORE_READ(mm, start_brk);
-		__u64 stack = BPF_CORE_READ(mm, start_stack);
-		/* the tests /proc/PID/maps makes for [heap] and [stack] */
-		if (start <= brk && end >= start_brk) {
-			s.what = VMA_HEAP;
-		} else if (start <= stack && end >= stack) {
-			s.what = VMA_STACK;
-		} else if (BPF_CORE_READ(v, vm_ops) && BPF_CORE_READ(v, vm_private_data)) {
-			/* an anonymous VMA with operations: a special mapping ([vdso], [vvar]) */
-			struct vm_special_mapping *sm = BPF_CORE_READ(v, vm_private_data);
-			const char *name = BPF_CORE_READ(sm, name);
-			if (!bpf_probe_read_kernel_str(s.name, sizeof(s.name), name))
-				s.name[0] = 0;
-			s.what = VMA_SPECIAL;
-		}
-	}
-	if (bpf_map_update_elem(&vmas, &start, &s, BPF_NOEXIST))
-		bump(COUNT_UNNAMED);
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	t->file_ino = BPF_CORE_READ(inode, i_ino);
+	struct super_block *sb = BPF_CORE_READ(inode, i_sb);
+	t->file_dev = sb ? BPF_CORE_READ(sb, s_dev) : BPF_CORE_READ(inode, i_rdev);
 }
 
 static __always_inline void find_vma(struct thread_fault *t, __u64 addr)
@@ -278,7 +248,10 @@ static __always_inline void find_vma(struct thread_fault *t, __u64 addr)
 			t->vm_start = start;
 			t->vm_end = end;
 			t->vma = start << 3 | (file ? KIND_FILE : 0) | (flags & VM_SHARED ? KIND_SHARED : 0);
-			keep_vma(v, mm, start, end, flags, file);
+			t->vm_pgoff = BPF_CORE_READ(v, vm_pgoff);
+			keep_file(t, file);
+			if (keep_vma_named(&vmas, v, mm, start))
+				bump(COUNT_UNNAMED);
 			return;
 		}
 	}
@@ -286,6 +259,7 @@ static __always_inline void find_vma(struct thread_fault *t, __u64 addr)
 	__u64 stack = BPF_CORE_READ(mm, start_stack);
 	t->vm_start = 0;
 	t->vm_end = 0;
+	t->file_ino = 0;
 	t->vma = addr < stack && addr + settings.stack_reach > stack ? KIND_GROWTH : 0;
 }
 
@@ -335,6 +309,8 @@ static __always_inline int on_fault(void *ctx, __u64 addr, __u64 error_code)
 #endif
 	if (!(addr >= t->vm_start && addr < t->vm_end))
 		find_vma(t, addr);
+	/* the faulting page's index in its file (page_fault_user and _kernel are x86's: 4 KiB pages) */
+	t->fault_index = t->vm_pgoff + ((addr - t->vm_start) >> X86_PAGE_SHIFT);
 	return 0;
 }
 
@@ -411,28 +387,63 @@ int alloc_tp(struct trace_event_raw_mm_page_alloc *ctx)
 	return on_alloc(BPF_CORE_READ(ctx, order), BPF_CORE_READ(ctx, gfp_flags));
 }
 
-static __always_inline int on_cache_add(void)
+/* A page-cache add is the fault's own read from disk only when it is the faulting page: the same file (inode
+ * number and device) and a folio (index, 2^order pages) that holds the fault's index. That is what makes the
+ * fault major to the kernel (filemap_fault found no folio: VM_FAULT_MAJOR). The thread's fault stays open
+ * until its next one, so any other add in between is not the fault's: readahead of other pages (a minor fault
+ * to the kernel), or a system call's (a write() that fills the cache, a read()). */
+static __always_inline int on_cache_add(__u64 ino, __u32 dev, __u64 index, __u32 order)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	if (!followed(id >> 32))
 		return 0;
 	struct thread_fault *t = bpf_map_lookup_elem(&threads, &tid);
-	if (t && t->state)
+	if (!t || !t->state || !t->file_ino || t->file_ino != ino || t->file_dev != dev)
+		return 0;
+	if (index <= t->fault_index && t->fault_index - index < (1ULL << (order & 31)))
 		t->state |= ST_CACHE;
 	return 0;
 }
 
-SEC("tp_btf/mm_filemap_add_to_page_cache")
-int BPF_PROG(cache_btf)
+/* struct folio of 6.1-6.?: its order in a byte of its own (later kernels keep it in _flags_1's low byte) */
+struct folio___order_byte {
+	unsigned char _folio_order;
+} __attribute__((preserve_access_index));
+
+/* a folio's order, as folio_order() reads it on the running kernel: 0 unless it is a head (PG_head) */
+static __always_inline __u32 order_of_folio(struct folio *folio)
 {
-	return on_cache_add();
+	/* the flags word, read where every kernel keeps it, first in struct page and folio: not through CO-RE,
+	 * whose field of a long (6.1-6.17) does not match the memdesc_flags_t struct of this vmlinux.h (6.18) */
+	__u64 flags = 0;
+	bpf_probe_read_kernel(&flags, sizeof(flags), folio);
+	if (!(flags & (1ULL << bpf_core_enum_value(enum pageflags, PG_head))))
+		return 0;
+	struct folio___order_byte *old = (void *)folio;
+	if (bpf_core_field_exists(old->_folio_order))
+		return BPF_CORE_READ(old, _folio_order);
+	__u64 flags_1 = 0;
+	bpf_core_read(&flags_1, sizeof(flags_1), &folio->_flags_1);
+	return flags_1 & 0xff;
+}
+
+SEC("tp_btf/mm_filemap_add_to_page_cache")
+int BPF_PROG(cache_btf, struct folio *folio)
+{
+	/* the tracepoint's own fields, read as its TP_fast_assign reads them */
+	struct inode *host = BPF_CORE_READ(folio, mapping, host);
+	struct super_block *sb = BPF_CORE_READ(host, i_sb);
+	__u32 dev = sb ? BPF_CORE_READ(sb, s_dev) : BPF_CORE_READ(host, i_rdev);
+	return on_cache_add(BPF_CORE_READ(host, i_ino), dev, BPF_CORE_READ(folio, index), order_of_folio(folio));
 }
 
 SEC("tracepoint/filemap/mm_filemap_add_to_page_cache")
-int cache_tp(void *ctx)
+int cache_tp(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
 {
-	return on_cache_add();
+	/* `order` is in the record from the kernels that add large folios to the page cache on; before: 0 */
+	__u32 order = bpf_core_field_exists(ctx->order) ? BPF_CORE_READ(ctx, order) : 0;
+	return on_cache_add(BPF_CORE_READ(ctx, i_ino), BPF_CORE_READ(ctx, s_dev), BPF_CORE_READ(ctx, index), order);
 }
 
 static __always_inline int on_signal(int sig, int code)
@@ -460,28 +471,8 @@ int signal_tp(struct trace_event_raw_signal_generate *ctx)
 	return on_signal(BPF_CORE_READ(ctx, sig), BPF_CORE_READ(ctx, code));
 }
 
-/* fork runs in the parent: a followed process's new child is followed too */
-static __always_inline int on_fork(__u32 child)
-{
-	if (!followed(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	__u8 one = 1;
-	bpf_map_update_elem(&children, &child, &one, BPF_ANY);
-	children_seen = 1;
-	return 0;
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
-{
-	return on_fork(BPF_CORE_READ(child, tgid));
-}
-
-SEC("tracepoint/sched/sched_process_fork")
-int fork_tp(struct trace_event_raw_sched_process_fork *ctx)
-{
-	return on_fork(BPF_CORE_READ(ctx, child_pid));
-}
+/* fork runs in the parent: a followed process's new child is followed too (pagefault.bpf.h) */
+FOLLOW_FORK_PROGRAMS()
 
 /* a thread that ends, or execs a new image, closes its fault in progress and forgets its VMA */
 static __always_inline void forget_thread(__u32 tid)
@@ -503,17 +494,7 @@ static __always_inline int on_exit(void)
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(exit_btf)
-{
-	return on_exit();
-}
-
-SEC("tracepoint/sched/sched_process_exit")
-int exit_tp(void *ctx)
-{
-	return on_exit();
-}
+SCHED_PROGRAMS(sched_process_exit, exit_btf, exit_tp, on_exit)
 
 /* exec's point of no return (6.10 on), just before perf_event_exec() enables the kernel's own counters of an
  * exec'ing task: counting starts here, as theirs does, so that the faults exec itself takes on the new image
@@ -521,43 +502,22 @@ int exit_tp(void *ctx)
  * kernel lacks it, counting starts at sched_process_exec, after those. */
 static __always_inline int on_prepare_exec(void)
 {
-	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == settings.target_tgid)
-		started = 1;
+	start_at_exec(settings.target_tgid);
 	return 0;
 }
 
-SEC("tp_btf/sched_prepare_exec")
-int BPF_PROG(prepare_exec_btf)
-{
-	return on_prepare_exec();
-}
-
-SEC("tracepoint/sched/sched_prepare_exec")
-int prepare_exec_tp(void *ctx)
-{
-	return on_prepare_exec();
-}
+SCHED_PROGRAMS(sched_prepare_exec, prepare_exec_btf, prepare_exec_tp, on_prepare_exec)
 
 static __always_inline int on_exec(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	if ((__u32)(id >> 32) == settings.target_tgid)
-		started = 1;
+	start_at_exec(settings.target_tgid);
 	if (followed(id >> 32))
 		forget_thread((__u32)id);
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(exec_btf)
-{
-	return on_exec();
-}
-
-SEC("tracepoint/sched/sched_process_exec")
-int exec_tp(void *ctx)
-{
-	return on_exec();
-}
+/* the target's exec starts the count (where sched_prepare_exec has not already) and forgets its old image */
+SCHED_PROGRAMS(sched_process_exec, exec_btf, exec_tp, on_exec)
 
 #endif

@@ -5,7 +5,7 @@
 #define PAGEFAULT_FAULT_COUNT_H
 
 /* A thread's fault in progress, packed in one word (struct thread_fault.state, struct fault_key.state):
- * bit 0 open, 1-6 the x86 error code, 7 a movable allocation, 8-12 its largest order, 13 a page-cache add,
+ * bit 0 open, 1-6 the x86 error code, 7 a movable allocation, 8-12 its largest order, 13 its own page added to the page cache (a read from disk),
  * 14-18 the signal, 19-26 its si_code. */
 #define ST_OPEN (1u << 0)
 #define ST_CODE_SHIFT 1
@@ -52,6 +52,11 @@ struct thread_fault {
 	__s32 run_kernel_stack;
 	__u32 tgid;          /* fault_stacks only: the thread's process */
 	__u32 _pad;
+	__u64 vm_pgoff;      /* the VMA's offset in its file, in pages */
+	__u64 file_ino;      /* its file's inode number (0: no file), and the device below: as the page-cache */
+	__u64 fault_index;   /* tracepoint names a file; the fault's page's index in that file */
+	__u32 file_dev;
+	__u32 _pad2;
 };
 
 /* A VMA that held a fault, read at that fault (key: vm_start): the mapping's name for the summary. */
