@@ -1,0 +1,84 @@
+"""What the commands' speed rests on (issue 30's targets): the modules a command imports at its start, and the
+hook choice's one pass over the kernel's BTF names. Each test fails on the code before the change it guards."""
+
+import struct
+import subprocess
+import sys
+
+import pytest
+
+import pagefault.decode
+import pagefault.evidence
+from pagefault.capture.bpf import KernelHooks
+from pagefault.capture.kernel_counts import HOOKS
+from pagefault.kernel.btf import BTF_MAGIC
+
+
+def test_the_summary_only_path_imports_no_decoder_and_not_the_evidence_records():
+    # trace --summary-only needs the counter, its summary and the VMAs' /proc-style lines (evidence.maps): the
+    # records' dataclasses and every decoder's tables cost it ~50 ms at each start (before: all were imported)
+    code = ("import sys\nfrom pagefault import cli\nfrom pagefault.capture import kernel_counts, mapping_watch\n"
+            "from pagefault.journey import count_summary\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pagefault.decode.', 'pagefault.evidence.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = eval(out)
+    assert "pagefault.evidence.records" not in loaded
+    assert not [m for m in loaded if m.startswith("pagefault.decode.") and m not in ("pagefault.decode.arch",
+                                                                                       "pagefault.decode.bits")], loaded
+
+
+@pytest.mark.parametrize("package", [pagefault.decode, pagefault.evidence])
+def test_every_name_the_lazy_packages_export_is_there_and_is_the_defining_modules(package):
+    for name in package.__all__:
+        value = getattr(package, name)
+        assert value is getattr(sys.modules[value.__module__], name) if hasattr(value, "__module__") else value
+    with pytest.raises(AttributeError):
+        package.no_such_name  # noqa: B018
+
+
+def test_maps_lines_are_the_same_class_wherever_they_are_imported_from():
+    from pagefault.evidence import MapsLine, parse_maps
+    from pagefault.evidence.maps import MapsLine as MapsLineThere
+    from pagefault.evidence.records import MapsLine as MapsLineRecords
+    assert MapsLine is MapsLineThere is MapsLineRecords
+    (line,) = parse_maps("7f0000000000-7f0000001000 r-xp 00001000 08:01 42 /usr/lib/libc.so.6\n")
+    assert (line.start, line.end, line.perms, line.offset, line.inode, line.path) == (
+        0x7F0000000000, 0x7F0000001000, "r-xp", 0x1000, 42, "/usr/lib/libc.so.6")
+
+
+def _btf(types: bytes, strings: bytes) -> bytes:
+    """A BTF blob: its 24-byte header (Documentation/bpf/btf.rst), then the type section, then the strings."""
+    header = struct.pack("<HBBIIIII", BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def test_a_btf_typedef_name_counts_only_from_the_string_section(tmp_path):
+    # the hook choice reads the names from BTF's string section alone: bytes in the type section that happen to
+    # spell a name are no typedef (before: the whole blob was searched, and such bytes chose tp_btf)
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(_btf(b"\0btf_trace_page_fault_user\0" + bytes(4), b"\0int\0btf_trace_mm_page_alloc\0"))
+    kernel = KernelHooks(btf, tmp_path)
+    assert not kernel.has_btf_tracepoint("page_fault_user")
+    assert kernel.has_btf_tracepoint("mm_page_alloc")
+    assert not kernel.has_btf_tracepoint("mm_page")   # a prefix of a name is not the name
+
+
+def test_the_running_kernels_raw_tracepoints_are_found_as_libbpf_finds_their_typedefs():
+    from pagefault.capture.libbpf import LibbpfError, kernel_functions, lib
+    try:
+        kernel_functions(())
+        library = lib()
+    except LibbpfError as exc:
+        pytest.skip(str(exc))
+    import ctypes
+    library.btf__find_by_name_kind.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32)
+    btf = library.btf__load_vmlinux_btf()
+    if not btf:
+        pytest.skip("no kernel BTF here")
+    try:
+        kernel = KernelHooks()
+        for hook in HOOKS:
+            typedef = library.btf__find_by_name_kind(btf, f"btf_trace_{hook.event}".encode(), 8) > 0  # BTF_KIND_TYPEDEF
+            assert kernel.has_btf_tracepoint(hook.event) == typedef, hook.event
+    finally:
+        library.btf__free(btf)
