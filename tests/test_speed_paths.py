@@ -82,3 +82,42 @@ def test_the_running_kernels_raw_tracepoints_are_found_as_libbpf_finds_their_typ
             assert kernel.has_btf_tracepoint(hook.event) == typedef, hook.event
     finally:
         library.btf__free(btf)
+
+
+def _enum(name_off: int, members: list[tuple[int, int]]) -> bytes:
+    """A BTF_KIND_ENUM record: name, info (kind 6, member count), size 4, then (name, value) per member."""
+    return struct.pack("<III", name_off, (6 << 24) | len(members), 4) + b"".join(
+        struct.pack("<Ii", n, v) for n, v in members)
+
+
+def test_the_gfp_bits_enum_is_found_in_btf_without_walking_every_type(tmp_path):
+    from pagefault.kernel.facts import _gfp_bit_enumerators
+    strings = b"\0int\0___GFP_DMA_BIT\0___GFP_IO_BIT\0___GFP_LAST_BIT\0other\0"
+    dma, io, last, other = (strings.index(n) for n in (b"___GFP_DMA_BIT", b"___GFP_IO_BIT", b"___GFP_LAST_BIT",
+                                                        b"other"))
+    int_type = struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", 32)   # BTF_KIND_INT and its 4 bytes
+    # a decoy first: an enum with one of the names among others is not the GFP bits' enum
+    decoy = _enum(other, [(other, 1), (dma, 2)])
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(_btf(int_type + decoy + _enum(0, [(dma, 0), (io, 6), (last, 7)]), strings))
+    assert _gfp_bit_enumerators(btf) == {"___GFP_DMA_BIT": 0, "___GFP_IO_BIT": 6, "___GFP_LAST_BIT": 7}
+    btf.write_bytes(_btf(int_type + decoy, strings))   # no such enum: {} (the caller walks the types)
+    assert _gfp_bit_enumerators(btf) == {}
+
+
+def test_gfp_bits_from_the_running_kernel_are_the_full_parse_and_need_no_walk(monkeypatch):
+    from pagefault.kernel import btf, facts
+    try:
+        full = btf.load_vmlinux_btf().enumerators
+    except btf.BTFError as exc:
+        pytest.skip(str(exc))
+    expected = {"__GFP_" + k[len("___GFP_"):-len("_BIT")]: v for k, v in full.items()
+                if k.startswith("___GFP_") and k.endswith("_BIT") and k not in ("___GFP_LAST_BIT", "___GFP_UNUSED_BIT")}
+    if not expected:
+        pytest.skip("this kernel's BTF has no ___GFP_*_BIT (before 6.10): the built-in table is used")
+
+    def walk(*_args):
+        raise AssertionError("every type of the kernel's BTF walked for the GFP bits")
+    monkeypatch.setattr(facts, "load_vmlinux_btf", walk)
+    table = facts.gfp_bits()
+    assert table.values == expected and table.source.startswith("observed: enum ___GFP_*_BIT")
