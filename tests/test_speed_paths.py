@@ -121,3 +121,41 @@ def test_gfp_bits_from_the_running_kernel_are_the_full_parse_and_need_no_walk(mo
     monkeypatch.setattr(facts, "load_vmlinux_btf", walk)
     table = facts.gfp_bits()
     assert table.values == expected and table.source.startswith("observed: enum ___GFP_*_BIT")
+
+
+def test_every_named_enum_of_the_running_kernel_is_found_as_the_full_parse_has_it():
+    from pagefault.kernel import btf
+    try:
+        full = btf.load_vmlinux_btf()
+    except btf.BTFError as exc:
+        pytest.skip(str(exc))
+    names = tuple(n for n, values in full.enums.items() if values and not n.startswith("(anonymous"))
+    assert names
+    assert btf.find_enums(names) == {n: full.enums[n] for n in names}
+
+
+def test_of_two_enums_of_one_name_the_later_is_found_as_the_full_parse_keeps_it(tmp_path):
+    from pagefault.kernel.btf import find_enums, parse_btf
+    strings = b"\0e\0A\0B\0C\0"
+    e, a, b, c = (strings.index(n, 1) for n in (b"e\0", b"A\0", b"B\0", b"C\0"))
+    blob = _btf(_enum(e, [(a, 1)]) + _enum(e, [(b, 2), (c, -3)]), strings)
+    (tmp_path / "btf").write_bytes(blob)
+    # an unsigned enum (kind_flag clear): -3 is read back as its u32, as parse_btf reads it
+    assert find_enums(("e", "missing"), tmp_path / "btf") == {"e": parse_btf(blob).enums["e"]} == {
+        "e": {"B": 2, "C": 2**32 - 3}}
+
+
+def test_the_journeys_enums_are_read_without_walking_every_type(monkeypatch):
+    from pagefault.kernel import btf, facts
+    try:
+        full = btf.load_vmlinux_btf()
+    except btf.BTFError as exc:
+        pytest.skip(str(exc))
+    if not all(full.enum(n) for n in ("migratetype",) + facts.JOURNEY_ENUMS):
+        pytest.skip("an enum of the journey is missing from this kernel's BTF: its lookup walks the types")
+    expected = facts.migratetype_names(), facts.kernel_enums()
+
+    def walk(*_args):
+        raise AssertionError("every type of the kernel's BTF walked")
+    monkeypatch.setattr(facts, "load_vmlinux_btf", walk)
+    assert (facts.migratetype_names(), facts.kernel_enums()) == expected

@@ -14,7 +14,7 @@ from ..decode.arm64_address import lpa2_in_use, translation_levels
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import builtin_gfp_bits
 from ..evidence import MemorySettings
-from .btf import BTF_MAGIC, VMLINUX_BTF, BTFError, load_vmlinux_btf
+from .btf import BTF_MAGIC, VMLINUX_BTF, BTFError, find_enums, load_vmlinux_btf
 
 
 def on_arm64() -> bool:
@@ -267,7 +267,7 @@ def _selected(text: str) -> str | None:
 def migratetype_names() -> tuple[dict[int, str], str]:
     """enum migratetype of this kernel (BTF) as value -> name, and where it came from."""
     try:
-        enum = load_vmlinux_btf().enum("migratetype") or {}
+        enum = find_enums(("migratetype",)).get("migratetype") or load_vmlinux_btf().enum("migratetype") or {}
     except (BTFError, OSError):
         enum = {}
     if enum:
@@ -284,12 +284,13 @@ JOURNEY_ENUMS = ("maple_type", "pageflags", "vm_fault_reason")
 def kernel_enums(names: tuple[str, ...] = JOURNEY_ENUMS) -> tuple[dict[str, dict[int, str]], str]:
     """value → name for each named enum of this kernel's BTF (the first name of aliased values)."""
     try:
-        btf = load_vmlinux_btf()
+        found = find_enums(names)   # the types walked (load_vmlinux_btf) only for an enum not found so
+        btf = None if len(found) == len(names) else load_vmlinux_btf()
     except (BTFError, OSError) as exc:
         return {}, f"unavailable: no BTF ({exc})"
     out = {}
     for name in names:
-        enum = btf.enum(name)
+        enum = found.get(name) or (btf.enum(name) if btf else None)
         if enum:
             table: dict[int, str] = {}
             for member, value in enum.items():
