@@ -92,13 +92,8 @@ def parse_btf(blob: bytes, want_structs: frozenset[str] = frozenset()) -> BTF:
     return result
 
 
-def find_enums(names: tuple[str, ...], path: Path = VMLINUX_BTF) -> dict[str, dict[str, int]]:
-    """The named enums of the BTF at `path`, found without walking every type (parse_btf's walk of the kernel's
-    ~150,000 types costs 0.1-0.2 s in Python, once per command that names a value): each name's offset in the
-    string section, then the enum record that starts with it, found by a search of the type section and taken
-    only when its kind, member count and every member's name agree; of two enums of one name, the later (as
-    parse_btf keeps it). A name missing from the result was not
-    found this way (none such, or only a forward declaration): the caller walks the types for it.
+def btf_sections(path: Path = VMLINUX_BTF) -> tuple[bytes, bytes]:
+    """(the type section, the string section) of the BTF file at `path`.
 
     :raises BTFError: the file cannot be read or is not BTF."""
     try:
@@ -109,8 +104,20 @@ def find_enums(names: tuple[str, ...], path: Path = VMLINUX_BTF) -> dict[str, di
         raise BTFError(f"{path} is not BTF")
     hdr_len = struct.unpack_from("<I", blob, 4)[0]
     type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
-    types = blob[hdr_len + type_off:hdr_len + type_off + type_len]
-    strings = blob[hdr_len + str_off:hdr_len + str_off + str_len]
+    return (blob[hdr_len + type_off:hdr_len + type_off + type_len],
+            blob[hdr_len + str_off:hdr_len + str_off + str_len])
+
+
+def find_enums(names: tuple[str, ...], path: Path = VMLINUX_BTF) -> dict[str, dict[str, int]]:
+    """The named enums of the BTF at `path`, found without walking every type (parse_btf's walk of the kernel's
+    ~150,000 types costs 0.1-0.2 s in Python, once per command that names a value): each name's offset in the
+    string section, then the enum record that starts with it, found by a search of the type section and taken
+    only when its kind, member count and every member's name agree; of two enums of one name, the later (as
+    parse_btf keeps it). A name missing from the result was not
+    found this way (none such, or only a forward declaration): the caller walks the types for it.
+
+    :raises BTFError: the file cannot be read or is not BTF."""
+    types, strings = btf_sections(path)
 
     def a_name(off: int) -> bool:
         return 0 < off < len(strings) and strings[off - 1] == 0 and strings[off] != 0

@@ -14,7 +14,7 @@ from ..decode.arm64_address import lpa2_in_use, translation_levels
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import builtin_gfp_bits
 from ..evidence import MemorySettings
-from .btf import BTF_MAGIC, VMLINUX_BTF, BTFError, find_enums, load_vmlinux_btf
+from .btf import VMLINUX_BTF, BTFError, btf_sections, find_enums, load_vmlinux_btf
 
 
 def on_arm64() -> bool:
@@ -100,20 +100,10 @@ def _gfp_bit_enumerators(path: Path = VMLINUX_BTF) -> dict[str, int]:
 
     :raises BTFError: the BTF cannot be read or is not BTF."""
     import struct
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise BTFError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(blob) < 24 or struct.unpack_from("<H", blob)[0] != BTF_MAGIC:
-        raise BTFError(f"{path} is not BTF")
-    header_len = struct.unpack_from("<I", blob, 4)[0]
-    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
-    types_start, strings_start = header_len + type_off, header_len + str_off
-    strings = blob[strings_start:strings_start + str_len]
+    types, strings = btf_sections(path)
     names = {m.start(1): m.group(1).decode() for m in _GFP_BIT_NAME.finditer(strings)}
     if not names:
         return {}
-    types = blob[types_start:types_start + type_len]
     needle = struct.pack("<I", min(names))
     at = types.find(needle)
     while at >= 0:
