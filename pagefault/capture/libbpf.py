@@ -102,11 +102,13 @@ def library_paths() -> list[Path]:
     return [Path(d) / "libbpf.so.1" for d in dirs + ["/usr/lib64", "/lib64", "/usr/lib", "/lib"]]
 
 
+_print_buffer = ctypes.create_string_buffer(4096)   # one for every message: libbpf prints ~1,000 per load
+
+
 def _on_print(level: int, fmt: bytes, ap: int) -> int:
     if _log is not None:
-        buf = ctypes.create_string_buffer(4096)
-        _libc.vsnprintf(buf, len(buf), fmt, ap)
-        _log.append(f"{_LEVELS.get(level, level)}: {buf.value.decode(errors='replace').rstrip()}")
+        _libc.vsnprintf(_print_buffer, 4096, fmt, ap)
+        _log.append(f"{_LEVELS.get(level, level)}: {_print_buffer.value.decode(errors='replace').rstrip()}")
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from ..evidence import MapsLine
+from ..evidence.maps import MapsLine
 
 # struct vma_seen's `what` (capture/bpf/fault_count.h)
 VMA_HEAP, VMA_STACK, VMA_SPECIAL = 1, 2, 4

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..decode.arch import Arch
-from ..decode.arch_interface import arch_interface
+
+# Mapping, MapsLine and parse_maps live apart (maps.py) so that a command needing only them (trace's
+# counters) imports no decoder; re-exported here, where the rest of pagefault finds them
+from .maps import Mapping, MapsLine, parse_maps  # noqa: F401
 
 DEFAULT_TEXT = "offset world"
 
@@ -19,58 +22,6 @@ DEFAULT_TEXT = "offset world"
 class ExerciseError(Exception):
     """The exercise program could not be built, started or driven, or its options are wrong; the
     message has the fix."""
-
-
-@dataclass
-class Mapping:
-    """One mapping of a process: from /proc/PID/maps or a PERF_RECORD_MMAP2."""
-
-    start: int
-    end: int
-    pgoff: int
-    path: str
-    prot: int = 0
-    source: str = ""
-    shared: bool = False      # MAP_SHARED (maps perms "s", or the MMAP2 record's flags)
-    inode: int = 0            # the mapped file's inode (0: anonymous, or not known)
-    time: int = -1            # an MMAP2 record's time (perf's clock, its sample_id), -1: not known
-
-    def contains(self, address: int) -> bool:
-        return self.start <= address < self.end
-
-
-@dataclass(frozen=True)
-class MapsLine:
-    """One line of /proc/PID/maps."""
-
-    start: int
-    end: int
-    perms: str
-    offset: int
-    dev: str
-    inode: int
-    path: str
-
-    def as_mapping(self) -> Mapping:
-        return Mapping(self.start, self.end, self.offset, self.path, source="observed: /proc/PID/maps")
-
-
-def parse_maps(text: str) -> list[MapsLine]:
-    """The lines of a /proc/PID/maps text (a line that is not one is skipped).
-
-    :returns: one MapsLine per well-formed line, in the text's order; never raises (a damaged line is left out)."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        try:
-            lo, hi = parts[0].split("-")
-            out.append(MapsLine(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
-                                parts[5].strip() if len(parts) > 5 else ""))
-        except ValueError:
-            continue
-    return out
 
 
 @dataclass(frozen=True)
@@ -347,6 +298,7 @@ class ScenarioEvidence:
     @property
     def fault_event(self) -> str:
         """The name of the events that are the faults: the architecture's (decode.arch_interface's trap_event)."""
+        from ..decode.arch_interface import arch_interface  # the decoders only when asked
         return arch_interface(self.arch).trap_event
 
     def op_events(self, index: int, name: str) -> list[TraceEvent]:
