@@ -185,12 +185,16 @@ class Target:
             except ProcessLookupError:
                 pass
 
-    def end(self, sig: int = signal.SIGTERM) -> None:
-        """After a capture that may have stopped it: a spawned target still running is killed with `sig`; an
-        attached one is someone else's process and is continued (SIGCONT), never left stopped."""
+    def end(self, sig: int = signal.SIGTERM, resume: bool = True) -> None:
+        """After a capture: a spawned target still running is killed with `sig`. An attached one is someone
+        else's process: after a capture that may have stopped it (`resume`), it is continued (SIGCONT), never
+        left stopped; after one that never stops it (the in-kernel counts), it is left as it is, so that a stop
+        its owner made meanwhile is not undone."""
         if self.spawned:
             if self.poll():
                 self.kill(sig)
+            return
+        if not resume:
             return
         try:
             os.kill(self.pid, signal.SIGCONT)
