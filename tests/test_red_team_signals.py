@@ -158,3 +158,28 @@ def _counting(pid: int) -> bool:
     except OSError:
         pass
     return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_target_its_owner_stops_while_journey_waits_stays_stopped(can_trace, tmp_path, toucher, sig):
+    """journey -p waits for a fault in the program's own text (never, for the Python toucher); its owner stops
+    it meanwhile; the journey is stopped: the walk never stopped the process, so it is not continued."""
+    tool = subprocess.Popen([sys.executable, "-m", "pagefault", "journey", "-q", "--no-pause", "-p", str(toucher.pid)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _counting(tool.pid):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(toucher.pid, signal.SIGSTOP)
+        time.sleep(0.2)
+        tool.send_signal(sig)
+        _out, err = tool.communicate(timeout=10)
+        assert tool.returncode == (130 if sig == signal.SIGINT else 128 + sig), err
+        time.sleep(0.5)     # the resume guard, disarmed, leaves it too
+        assert process_state(toucher.pid) in ("T", "t"), "pagefault continued a process its owner had stopped"
+    finally:
+        os.kill(toucher.pid, signal.SIGCONT)
+        if tool.poll() is None:
+            os.killpg(tool.pid, signal.SIGKILL)
+            tool.wait()
