@@ -481,8 +481,10 @@ def write_output(path: Path, data: str | bytes, force: bool = False) -> Path:
         return out.commit()
     except OSError as exc:
         out.discard()
-        raise OutputError(f"cannot write {path}: {exc.strerror}; nothing was written; fix: choose another "
-                          "place with -o FILE") from None
+        # a full disk, a quota, an I/O error: a write that failed midway (exit 1), whichever option named the
+        # file (--summary, --save-evidence, --folded, -o); the fix names no option
+        raise OutputWriteFailed(f"cannot write {path}: {exc.strerror}; nothing was written; fix: free space on its "
+                                "file system, or write elsewhere") from None
     except BaseException:
         out.discard()
         raise
