@@ -9,30 +9,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import subprocess
-import sys
 
 import pytest
-
-CLI = [sys.executable, "-m", "pagefault"]
-
-
-@pytest.fixture(scope="module")
-def recorded(can_trace, cbin, tmp_path_factory):
-    d = tmp_path_factory.mktemp("rec")
-    exe = d / "memset_line"
-    shutil.copy(cbin("memset_line"), exe)
-    out = d / "r.pfrec"
-    r = subprocess.run(CLI + ["trace", "-q", "-g", "-o", str(out), "--", str(exe)], capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    return exe, out
-
-
-def _names(rec):
-    from pagefault.journey.fault_stacks import fault_stacks
-    stacks, _chains = fault_stacks(rec)
-    return {f for frames in stacks for f in frames}
+from test_recorded_symbols import _names, recorded  # noqa: F401  (the recording of memset_line, traced once)
 
 
 def _opened_files(monkeypatch) -> list[str]:
@@ -49,9 +28,10 @@ def _opened_files(monkeypatch) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["owned by nobody", "writable by others"])
-def test_a_recording_another_user_could_write_opens_no_file_it_names(recorded, tmp_path, monkeypatch, how):
+def test_a_recording_another_user_could_write_opens_no_file_it_names(recorded,  # noqa: F811
+                                                                     tmp_path, monkeypatch, how):
     from pagefault.capture.recording import load_recording
-    exe, out = recorded
+    exe, out, _rec = recorded
     own = load_recording(out)
     opened = _opened_files(monkeypatch)
     here = _names(own)
