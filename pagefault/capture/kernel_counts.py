@@ -293,6 +293,8 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
             obj.set_rodata(_settings(target.pid, from_exec=target.spawned))
             try:
                 obj.load()
+                if stop.count:   # before anything counted: nothing to print; stop_signals_caught ends the run
+                    raise CaptureStopped()
                 for c in choices:
                     if c.program:
                         obj.attach(c.program)
@@ -305,8 +307,8 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
                 counters = None
                 notes.append(f"the kernel's own fault counts are not shown: {exc}")
             side_band = _SideBand(target) if stacks else None
-            if stop.count:   # before the counting began: nothing to print; stop_signals_caught ends the run
-                raise CaptureStopped()
+            if stop.count and target.spawned:   # attached, it is counted already: the wait prints the counts
+                raise CaptureStopped()              # spawned, it has not run: nothing to print
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
