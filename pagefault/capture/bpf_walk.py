@@ -268,15 +268,18 @@ class WalkObject:
         return f"{lost} records found the ring buffer full and were not written" if lost else ""
 
     lost_at_close = 0
+    stage_at_close = STAGE_WAITING   # STAGE_DONE: the walk may have stopped the program (its SIGSTOP)
 
     def close(self) -> None:
         """Stop reading, detach and free the object (safe to call twice)."""
         if self.ring is not None:
             self.ring.close()
             self.ring = None
+        self.obj.detach()   # no program runs from here: the stage read next is the last one
         state = self.__dict__.pop("state", None)
         if state is not None:
             self.lost_at_close = int(state.lost)
+            self.stage_at_close = int(state.stage)
             del state
         bss = self.__dict__.pop("_bss", None)
         if bss is not None:

@@ -29,6 +29,8 @@ from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, lib
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
+from .signals import CaptureStopped, StopSignals
+from .signals import stop_signals_caught as _stop_signals_caught
 from .signals import wait_forwarding_signals as _wait_forwarding_signals
 from .tracer import CaptureError, TargetProblem, release_target, tracepoint_events
 
@@ -281,6 +283,18 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         raise CaptureError(f"counting in the kernel: {exc}") from None
     notes = [f"not counted: {c.hook.system}:{c.hook.event} ({c.reason}): {WITHOUT[c.hook.event]}"
              for c in choices if c.program is None]
+    # stop signals are only counted from here to the end of the cleanup: one landing inside the load (in libbpf's
+    # log callback, where ctypes swallowed the exception) was lost and the count ran on until the target ended;
+    # one before the counting began ends the run in one line once all is closed, one after it is acted on by
+    # the wait and the counts made until then are printed
+    with _stop_signals_caught() as stop:
+        return _count_with(obj, choices, notes, argv, pid, allow_init, stdout, stacks, say, stop)
+
+
+def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], argv: list[str] | None,
+                pid: int | None, allow_init: bool, stdout: int | None, stacks: bool, say: Callable[[str], None],
+                stop: StopSignals) -> KernelCounts:
+    """count_faults' capture, its stop signals counted by `stop`."""
     try:
         try:
             target: Target = spawn_held(argv, stdout) if argv else attach(pid or 0, allow_init)
@@ -295,6 +309,8 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             obj.set_rodata(_settings(target.pid, from_exec=target.spawned))
             try:
                 obj.load()
+                if stop.count:   # before anything counted: nothing to print; stop_signals_caught ends the run
+                    raise CaptureStopped()
                 for c in choices:
                     if c.program:
                         obj.attach(c.program)
@@ -307,6 +323,8 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                 counters = None
                 notes.append(f"the kernel's own fault counts are not shown: {exc}")
             side_band = _SideBand(target) if stacks else None
+            if stop.count and target.spawned:   # attached, it is counted already: the wait prints the counts
+                raise CaptureStopped()              # spawned, it has not run: nothing to print
             started = time.monotonic()
             release_target(target)
             say(f"counting the faults of PID {target.pid} in the kernel")
@@ -316,7 +334,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
             from .mapping_watch import maps_from_kernel
             if stacks:   # the same for what the stacks are named with afterwards
                 _prepare_naming()
-            _wait_forwarding_signals(target, notes, side_band.drain if side_band else None)
+            _wait_forwarding_signals(target, notes, side_band.drain if side_band else None, stop)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
             if counters is not None:
@@ -330,7 +348,9 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
                 stack_rows, rows = rows, by_kind(rows)
                 stack_ips = read_stacks(obj, {r[8] for r in stack_rows} | {r[9] for r in stack_rows})
         finally:
-            target.end()   # a spawned target still running is ended; an attached one is left running
+            # a spawned target still running is ended (and reaped); an attached one is left as it is: nothing
+            # here stopped it, so a stop its owner made (SIGSTOP, job control) is theirs to end
+            target.end(resume=False)
             target.wait()
     finally:
         obj.close()

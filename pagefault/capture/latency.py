@@ -238,7 +238,7 @@ def record_latency(argv: list[str] | None, pid: int | None, progress: Callable[[
         finally:
             obj.close()
     finally:
-        target.end()   # a spawned target still running is ended; an attached one is left running
+        target.end(resume=False)   # a spawned target still running is ended; an attached one is left as it is
         target.wait()
     by_outcome, by_vma = group_histograms(kept)
     # the reason names what was tried and refused before the hook used, not what was never needed

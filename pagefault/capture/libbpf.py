@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .safe_paths import path_problem
+from .signals import signals_deferred
 
 c_void_p, c_char_p, c_int, c_bool, c_size_t, c_uint32 = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
                                                         ctypes.c_bool, ctypes.c_size_t, ctypes.c_uint32)
@@ -164,7 +165,8 @@ def kernel_functions(names: tuple[str, ...]) -> set[str]:
     wanted = [n for n in names if n not in _kernel_functions]
     if wanted:
         library = lib()
-        btf = library.btf__load_vmlinux_btf()
+        with signals_deferred():   # libbpf may log, through a Python callback (see BpfObject._logging)
+            btf = library.btf__load_vmlinux_btf()
         if not btf or btf > 2**64 - 4096:     # an ERR_PTR-style failure in libbpf's older modes
             raise LibbpfError(f"libbpf cannot read the kernel's BTF ({_errno_text(ctypes.get_errno() or 2)}); "
                               "fix: a kernel built with CONFIG_DEBUG_INFO_BTF")
@@ -254,7 +256,8 @@ class RingBuffer:
         :raises LibbpfError: the poll failed (EINTR is not a failure: 0 records)."""
         if self._rb is None:
             raise LibbpfError("the ring buffer is closed")
-        n = lib().ring_buffer__poll(self._rb, timeout_ms)
+        with signals_deferred():   # a handler raising before _sample's try was lost (see BpfObject._logging)
+            n = lib().ring_buffer__poll(self._rb, timeout_ms)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -310,11 +313,13 @@ class BpfObject:
 
     @contextlib.contextmanager
     def _logging(self) -> Iterator[None]:
-        """libbpf's messages while inside go to this object's log."""
+        """libbpf's messages while inside go to this object's log; stop signals wait until libbpf returns (a
+        handler raising inside the log's callback was swallowed by ctypes, and the signal lost)."""
         global _log
         _log = self.log
         try:
-            yield
+            with signals_deferred():
+                yield
         finally:
             _log = None
 

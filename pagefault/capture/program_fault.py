@@ -308,7 +308,9 @@ class ProgramFault:
                 obj.close()
             if session is not None:
                 session.close()
-            target.end(signal.SIGKILL)
+            # an attached process is continued only if the walk may have stopped it: a stop its owner made
+            # while the walk waited for the fault is theirs
+            target.end(signal.SIGKILL, resume=obj is not None and obj.stage_at_close == STAGE_DONE)
             target.wait()
         ev.events, ev.lost_events = decode_trace_events(b"".join(drained.chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN,
                                                         formats, KernelSymbols.load())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..evidence.file import NotARegularInput, open_input_file
 from . import recording_identity
-from .safe_paths import OutputFile, OutputWriteFailed
+from .safe_paths import OutputFile, OutputWriteFailed, written_by_another
 
 MAGIC = b"PFREC\x003\n"
 _OLD_MAGICS = {b"PFREC\x001\n": 1, b"PFREC\x002\n": 2}
@@ -129,6 +130,7 @@ def load_recording(path: Path) -> Recording:
     path = Path(path)
     try:
         with open_input_file(path) as f:
+            written = os.fstat(f.fileno())
             size = f.seek(0, 2)
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except FileNotFoundError:
@@ -187,6 +189,9 @@ def load_recording(path: Path) -> Recording:
         _check_types(end_meta, path)
         meta.update(end_meta)
     integrity.bytes_read = pos - records_start
+    distrust = written_by_another(written)
+    if distrust:    # its paths and identities are anyone's claims: no file it names is opened, its saved symbols are used
+        meta["origin"] = {"distrusted": f"{path} may have been written by another user ({distrust})"}
     if not integrity.complete:
         meta.setdefault("exit", "unknown: the recording is partial")
     return Recording(meta, view[records_start:pos], integrity)

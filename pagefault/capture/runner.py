@@ -144,6 +144,10 @@ def _become(user: Credentials) -> None:
     os.setresuid(user.uid, user.uid, user.uid)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)   # those whose handlers raise (as tracer.STOP_SIGNALS)
+_STATUS_UNKNOWN = -1     # a target reaped elsewhere: ended, its wait status never seen
+
+
 @dataclass
 class Target:
     pid: int
@@ -175,11 +179,7 @@ class Target:
         if self.status is not None:
             return False
         if self.spawned:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid == 0:
-                return True
-            self.status = status
-            return False
+            return not self._reap()
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -190,8 +190,29 @@ class Target:
         return True
 
     def wait(self) -> None:
-        if self.spawned and self.status is None:
-            _, self.status = os.waitpid(self.pid, 0)
+        """Wait for a spawned target to end and reap it; nothing for an attached one (not our child)."""
+        while self.spawned and self.status is None:
+            try:   # a wait that reaps nothing: a signal's exception raised here loses no status
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass   # _reap says what became of it
+            self._reap()
+
+    def _reap(self) -> bool:
+        """Reap a spawned target that has ended (True), with the stop signals held from the wait to the status
+        kept: a handler raising in between (the CLI's Terminated) lost the status, the child was reaped already,
+        and the next wait failed with ECHILD ('pagefault: No child processes')."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:     # reaped by someone else: ended, its status unknown
+                pid, status = self.pid, _STATUS_UNKNOWN
+            if pid:
+                self.status = status
+            return bool(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
         if self.spawned and self.status is None:
@@ -200,12 +221,16 @@ class Target:
             except ProcessLookupError:
                 pass
 
-    def end(self, sig: int = signal.SIGTERM) -> None:
-        """After a capture that may have stopped it: a spawned target still running is killed with `sig`; an
-        attached one is someone else's process and is continued (SIGCONT), never left stopped."""
+    def end(self, sig: int = signal.SIGTERM, resume: bool = True) -> None:
+        """After a capture: a spawned target still running is killed with `sig`. An attached one is someone
+        else's process: after a capture that may have stopped it (`resume`), it is continued (SIGCONT), never
+        left stopped; after one that never stops it (the in-kernel counts), it is left as it is, so that a stop
+        its owner made meanwhile is not undone."""
         if self.spawned:
             if self.poll():
                 self.kill(sig)
+            return
+        if not resume:
             return
         try:
             os.kill(self.pid, signal.SIGCONT)
@@ -217,6 +242,8 @@ class Target:
             return "still running" if not self.spawned else "unknown"
         if not self.spawned:
             return "exited"
+        if self.status == _STATUS_UNKNOWN:
+            return "ended (its exit status was not seen)"
         if os.WIFSIGNALED(self.status):
             sig = os.WTERMSIG(self.status)
             return f"killed by {signal.Signals(sig).name}"
@@ -224,7 +251,7 @@ class Target:
 
     @property
     def exit_signal(self) -> int | None:
-        if self.spawned and self.status is not None and os.WIFSIGNALED(self.status):
+        if self.spawned and self.status not in (None, _STATUS_UNKNOWN) and os.WIFSIGNALED(self.status):
             return os.WTERMSIG(self.status)
         return None
 

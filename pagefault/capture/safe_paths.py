@@ -235,6 +235,18 @@ def _foreign_writable(st: os.stat_result) -> bool:
     return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
+def written_by_another(st: os.stat_result) -> str | None:
+    """Why an input file (its fstat) may hold what another user wrote: its owner is neither root nor us, or
+    its group or others may write it; None when only root or we could have. A recording another user could
+    write may claim this boot and any file's identity (all of it readable by stat), so that root would open a
+    file of its choosing to symbolise (an ELF only root may read named its functions)."""
+    if st.st_uid not in _trusted_owners():
+        return f"it belongs to uid {st.st_uid}, not to root or you"
+    if _foreign_writable(st):
+        return f"its group or others may write it (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def _link_problem(name: str, link: os.stat_result, directory: str, dir_st: os.stat_result) -> str | None:
     """Why the symlink ``name`` in ``directory`` must not be followed to an output, or None.
 
@@ -480,8 +492,10 @@ def write_output(path: Path, data: str | bytes, force: bool = False) -> Path:
         return out.commit()
     except OSError as exc:
         out.discard()
-        raise OutputError(f"cannot write {path}: {exc.strerror}; nothing was written; fix: choose another "
-                          "place with -o FILE") from None
+        # a full disk, a quota, an I/O error: a write that failed midway (exit 1), whichever option named the
+        # file (--summary, --save-evidence, --folded, -o); the fix names no option
+        raise OutputWriteFailed(f"cannot write {path}: {exc.strerror}; nothing was written; fix: free space on its "
+                                "file system, or write elsewhere") from None
     except BaseException:
         out.discard()
         raise

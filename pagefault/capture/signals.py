@@ -1,33 +1,114 @@
-"""Waiting for a traced program to end while the user may press Ctrl-C: the counter's and the latency tier's
-shared wait (their kernel-side counts are read after it, whatever ended it)."""
+"""Stop signals during a capture: deferred across the parts that must not be cut (a libbpf call that calls back
+into Python, a load, the cleanup), and the counter's and the latency tier's wait for the traced program (their
+kernel-side counts are read after it, whatever ended it)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
+import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from .runner import Target
-from .tracer import STOP_SIGNALS, _Stop
+from .tracer import STOP_SIGNALS, CaptureError
 
 
-def wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[], None] | None = None) -> None:
+def _swap_handlers(handlers: dict[int, object]) -> dict[int, object]:
+    """Install `handlers` with those signals blocked meanwhile, so that no signal lands between two of the
+    swaps (the old handler raising there left the others swapped for good); returns the handlers replaced."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, handlers)
+    try:
+        return {s: signal.signal(s, h) for s, h in handlers.items()}   # type: ignore[arg-type]
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextlib.contextmanager
+def signals_deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Inside, a stop signal is only noted; on leaving, the old handlers are back and each signal noted is
+    raised again through them. Used around every libbpf call that may call back into Python (its log): a
+    handler raising there (the CLI's Terminated, KeyboardInterrupt) is swallowed by ctypes ('Exception ignored
+    on calling ctypes callback function'), the signal was lost, and `trace -p` counted on until its target
+    ended. Outside the main thread (where Python runs no handler) nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+    old = _swap_handlers({s: (lambda signum, _frame: seen.append(signum)) for s in signals})
+    try:
+        yield
+    finally:
+        _swap_handlers(old)
+        for signum in dict.fromkeys(seen):
+            signal.raise_signal(signum)
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP as they arrive during a capture: counted, never raised in the middle of it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.signal: int | None = None
+        self.taken = False      # the capture acted on them (ended the count, passed them on): not raised again
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.count += 1
+        self.signal = self.signal or signum
+
+
+class CaptureStopped(CaptureError):
+    """A stop signal came before the capture began: stop_signals_caught() raises it again through the handler it
+    replaced (the CLI's one line, 'stopped by SIGTERM'); this shows only where that handler ignores it."""
+
+    def __init__(self) -> None:
+        super().__init__("stopped by a signal before the capture began: nothing was counted")
+
+
+@contextlib.contextmanager
+def stop_signals_caught() -> Iterator[StopSignals]:
+    """For a capture's whole life, from before its target is started or attached to after its cleanup: stop
+    signals are counted (StopSignals) and none raises an exception inside the load, a libbpf callback or the
+    cleanup. On leaving, the old handlers are back and a signal the capture did not take (it came before the
+    counting began) is raised again through them: the run ends as any stopped run does, in one line, with
+    nothing left loaded or held."""
+    stop = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = _swap_handlers({s: stop for s in STOP_SIGNALS})
+    try:
+        yield stop
+    finally:
+        _swap_handlers(old)
+        if stop.count and not stop.taken and stop.signal:
+            signal.raise_signal(stop.signal)
+
+
+def wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[], None] | None = None,
+                            stop: StopSignals | None = None) -> None:
     """Wait for the target to end. A first SIGINT, SIGTERM or SIGHUP goes to a started program (counting goes
     on until it ends) or, with -p, ends the counting and leaves the process running; a second one kills a
-    started program. Either way the counts made until then are kept and printed.
+    started program. Either way the counts made until then are kept and printed. `stop`: the capture's own
+    (stop_signals_caught()), whose signals from before the wait count here; without one, the wait catches its
+    own.
 
     :returns: None once the target has ended or is let go; ``notes`` says what was done. Raises nothing of its own."""
-    stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    if stop is None:
+        with stop_signals_caught() as own:
+            own.taken = True
+            _wait(target, notes, tick, own)
+        return
+    stop.taken = True
+    _wait(target, notes, tick, stop)
+
+
+def _wait(target: Target, notes: list[str], tick: Callable[[], None] | None, stop: StopSignals) -> None:
     forwarded = False
-    try:
-        while not wait_for_end(target, 0.2):
-            if tick:
-                tick()
-            if not stop.count:
-                continue
+    while True:
+        if stop.count:
             name = signal.Signals(stop.signal or signal.SIGINT).name
             if not target.spawned:
                 notes.append(f"stopped by {name}: the counts are those made until then; PID {target.pid} runs on")
@@ -40,9 +121,10 @@ def wait_forwarding_signals(target: Target, notes: list[str], tick: Callable[[],
                 target.kill(stop.signal or signal.SIGTERM)
                 forwarded = True
                 notes.append(f"{name} was passed to the program; the counts go on to its end")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        if wait_for_end(target, 0.2):
+            return
+        if tick:
+            tick()
 
 
 def wait_for_end(target: Target, timeout: float | None = None) -> bool:

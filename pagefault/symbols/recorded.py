@@ -59,8 +59,9 @@ class RecordedFiles:
         origin: dict[str, Any] = meta["origin"] if isinstance(meta.get("origin"), dict) else {}
         recorded_boot = str(origin.get("boot_id") or "")
         here = this_boot() if boot is None else boot
-        self.same_boot = bool(recorded_boot) and recorded_boot == here
+        self.same_boot = bool(recorded_boot) and recorded_boot == here and not origin.get("distrusted")
         self.why_not = ("" if self.same_boot else
+                        str(origin.get("distrusted")) if origin.get("distrusted") else
                         "the recording names no boot" if not recorded_boot else
                         f"recorded under another boot ({recorded_boot[:8]}…, this one {here[:8]}…)")
         files = meta.get("files")

@@ -1,36 +1,27 @@
-/* A program that names itself and the file it maps with terminal control sequences, as an attacker's
- * program would: its comm is "ESC ]0;PWN BEL" (a window-title OSC) and it maps a file in DIR (argv[1])
- * whose name holds "ESC [2J" (clear screen). pagefault must show both escaped. */
+/* Red team (issue 28, class 1): names a traced program controls, each holding terminal controls: its comm
+   (written through /proc/self/comm), a thread name, a function symbol (a GAS quoted name with ESC, BEL and a
+   bidi override); tests/test_red_team_terminal.py runs it under a file name holding ESC[2J. */
 #define _GNU_SOURCE
-#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
-
-int main(int argc, char **argv)
-{
-    char path[4096];
-    const size_t size = 16 * 4096;
-    if (argc != 2)
-        return 2;
-    if (prctl(PR_SET_NAME, "\x1b]0;PWN\x07", 0, 0, 0) != 0)
-        return 3;
-    snprintf(path, sizeof path, "%s/map\x1b[2Jfile", argv[1]);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || ftruncate(fd, size) != 0)
-        return 4;
-    char *file = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    char *anon = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (file == MAP_FAILED || anon == MAP_FAILED)
-        return 5;
-    for (size_t off = 0; off < size; off += 4096) {
-        file[off] = 1;      /* faults on the file with the hostile name */
-        anon[off] = 1;
-    }
-    munmap(file, size);
-    close(fd);
-    unlink(path);
+#include <fcntl.h>
+/* a function whose symbol name holds ESC and a bidi override (GAS quoted names) */
+__attribute__((noinline)) void evil(char *p, int n) __asm__("\"evil\x1b]52;c;UFdO\x07\xe2\x80\xaename\"");
+__attribute__((noinline)) void evil(char *p, int n) { for (int i = 0; i < n; i += 4096) p[i] = 1; __asm__ volatile("" ::: "memory"); }
+static void *thr(void *a) {
+    pthread_setname_np(pthread_self(), "\x1b[2Jthr\xe2\x80\xae");
+    for (int k = 0; k < 200; k++) { char *p = mmap(0, 1<<20, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0); evil(p, 1<<20); munmap(p, 1<<20); usleep(5000);}
+    return 0;
+}
+int main(int argc, char **argv) {
+    int fd = open("/proc/self/comm", O_WRONLY); write(fd, "\x1b]0;PWN\x07", 8); close(fd);
+    pthread_t t; pthread_create(&t, 0, thr, 0);
+    for (int k = 0; k < 200; k++) { char *p = mmap(0, 1<<20, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0); evil(p, 1<<20); munmap(p, 1<<20); usleep(5000);}
+    pthread_join(t, 0);
     return 0;
 }
