@@ -11,29 +11,30 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import mmap
 import os
 import struct
 from dataclasses import dataclass
 
 from ..decode.arch import arch_of_machine
-from ..decode.arch_interface import X86_64, arch_interface
 from ..decode.bits import DecodeError
 
 _libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
 _libc.syscall.restype = ctypes.c_long
 
 
+@functools.cache
 def _nr_perf_event_open() -> int:
     """The system-call number, which differs per architecture (the Arch interface says it); on a machine
-    pagefault does not know, x86-64's, as before: perf_event_open then fails with a clear errno."""
+    pagefault does not know, x86-64's, as before: perf_event_open then fails with a clear errno. Asked at the
+    first open, not at import: the interface imports every decoder, which trace's counting path never needs."""
+    from ..decode.arch_interface import X86_64, arch_interface
     try:
         return arch_interface(arch_of_machine(os.uname().machine)).nr_perf_event_open
     except DecodeError:
         return X86_64.nr_perf_event_open
 
-
-NR_perf_event_open = _nr_perf_event_open()
 
 PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT = 1, 2
 PERF_COUNT_SW_PAGE_FAULTS = 2
@@ -122,7 +123,7 @@ def perf_event_open(attr: PerfAttr, pid: int, cpu: int, group_fd: int = -1, flag
     """
     attr.size = ctypes.sizeof(PerfAttr)
     PERF_FLAG_FD_CLOEXEC = 8
-    fd = _libc.syscall(NR_perf_event_open, ctypes.byref(attr), pid, cpu, group_fd, flags | PERF_FLAG_FD_CLOEXEC)
+    fd = _libc.syscall(_nr_perf_event_open(), ctypes.byref(attr), pid, cpu, group_fd, flags | PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
         err = ctypes.get_errno()
         raise PerfError(err, explain_errno(err, what))

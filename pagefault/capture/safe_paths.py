@@ -239,7 +239,9 @@ def written_by_another(st: os.stat_result) -> str | None:
     """Why an input file (its fstat) may hold what another user wrote: its owner is neither root nor us, or
     its group or others may write it; None when only root or we could have. A recording another user could
     write may claim this boot and any file's identity (all of it readable by stat), so that root would open a
-    file of its choosing to symbolise (an ELF only root may read named its functions)."""
+    file of its choosing to symbolise (an ELF only root may read named its functions).
+
+    :returns: the reason in words, or None; raises nothing (it reads only the stat given)."""
     if st.st_uid not in _trusted_owners():
         return f"it belongs to uid {st.st_uid}, not to root or you"
     if _foreign_writable(st):

@@ -32,7 +32,9 @@ def signals_deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     raised again through them. Used around every libbpf call that may call back into Python (its log): a
     handler raising there (the CLI's Terminated, KeyboardInterrupt) is swallowed by ctypes ('Exception ignored
     on calling ctypes callback function'), the signal was lost, and `trace -p` counted on until its target
-    ended. Outside the main thread (where Python runs no handler) nothing is changed."""
+    ended. Outside the main thread (where Python runs no handler) nothing is changed.
+
+    :yields: once, with the signals deferred; on leaving raises what the old handlers raise for a signal noted."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -8,14 +8,17 @@ import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..decode.arch import Arch, arch_of_machine
-from ..decode.arch_interface import ArchInterface, arch_interface
 from ..decode.arm64_address import lpa2_in_use, translation_levels
 from ..decode.fault_flags import fallback_fault_flag_values
 from ..decode.gfp import builtin_gfp_bits
 from ..evidence import MemorySettings
 from .btf import VMLINUX_BTF, BTFError, btf_sections, find_enums, load_vmlinux_btf
+
+if TYPE_CHECKING:   # the interface imports every decoder: only machine_arch()'s callers pay for it
+    from ..decode.arch_interface import ArchInterface
 
 
 def machine_arch() -> ArchInterface:
@@ -24,6 +27,7 @@ def machine_arch() -> ArchInterface:
 
     :raises DecodeError: the machine is of an architecture pagefault does not know (neither x86-64 nor arm64).
     """
+    from ..decode.arch_interface import arch_interface
     return arch_interface(arch_of_machine(os.uname().machine))
 
 
