@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # threads) costs ~70-100 ms of a command whose whole budget over the untraced program is about that.
 
 # A fault with no VMA this little below mm->start_stack is taken as stack growth (expand_stack), elsewhere as
-# SIGSEGV (the same reach as the bpftrace captures', capture/bpf_walk.py STACK_REACH).
+# SIGSEGV (the same reach as the journey's walk, capture/bpf_walk.py STACK_REACH).
 STACK_REACH = 8 << 20
 
 

@@ -1,8 +1,9 @@
 """A process that pagefault holds stopped is continued if pagefault dies, however it dies.
 
-bpftrace stops an attached process (SIGSTOP) after the chosen fault so that /proc can be read before the
-process runs on. bpftrace dies with the tool (PR_SET_PDEATHSIG), but the stop stays: a ``kill -9`` of
-pagefault at that moment left the process stopped for good (it could be PID 1). The guard is a small
+The compiled walk stops an attached process after the chosen fault (bpf_send_signal(SIGSTOP), from the
+kernel) so that /proc can be read before the process runs on. The walk's links die with the tool, but the
+stop stays: a ``kill -9`` of pagefault at that moment would leave the process stopped for good (it could be
+PID 1). The guard is a small
 process forked before any stop can happen. It waits on a pipe whose only writer is the tool: when the
 tool ends, cleanly or not, the pipe reads EOF, and the guard continues the target if it is stopped.
 A tool that ends cleanly disarms it first, so that a stop the target's owner made later is left alone;
@@ -75,7 +76,7 @@ class ResumeGuard:
 
 def _keep_only(fd: int) -> None:
     """Close every descriptor but `fd` (and point 0-2 at /dev/null): the guard holds nothing of the tool's
-    (perf events, bpftrace's pipes, the terminal)."""
+    (perf events, BPF links, the terminal)."""
     null = os.open(os.devnull, os.O_RDWR)
     for std in (0, 1, 2):
         os.dup2(null, std)
@@ -89,7 +90,7 @@ def _keep_only(fd: int) -> None:
 
 
 def _continue_if_stopped(pid: int) -> None:
-    # bpftrace dies with the tool; give its last signal a moment to land, then look twice
+    # the walk's stop may still be landing as the tool dies; give it a moment, then look twice
     for _ in range(2):
         time.sleep(0.1)
         if process_state(pid) in ("T", "t"):

@@ -1,8 +1,8 @@
 """Starting children that die with the tool: a target held at the door until events are open (as
-perf does with its start pipe), and helper programs (bpftrace, the compiler).
+perf does with its start pipe), and helper programs (the compiler).
 
 Every child asks the kernel for SIGKILL when the tool dies (PR_SET_PDEATHSIG, set in the child
-before exec), so not even a SIGKILL of the tool leaves a paused program or an attached bpftrace
+before exec), so not even a SIGKILL of the tool leaves a paused program or a helper
 behind; SIGTERM and SIGHUP are turned into an orderly exit by the CLI.
 
 A command given after ``--`` runs as the person who ran sudo, not as root: where sudoers grants
@@ -50,7 +50,7 @@ def start_child(argv: list[str], **kwargs) -> subprocess.Popen:
 
 
 def stop_child(proc: subprocess.Popen, grace: float) -> None:
-    """Stop a child of ours: SIGTERM, up to `grace` seconds to finish (bpftrace prints its maps then), else SIGKILL.
+    """Stop a child of ours: SIGTERM, up to `grace` seconds to finish (a compiler removes its temporary files), else SIGKILL.
 
     :returns: None once the child has ended; raises nothing."""
     if proc.poll() is None:
