@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
+        stopped = _stop_signal_behind(exc)
+        if stopped is not None:       # a signal's exception that a library wrapped (numpy: an ImportError)
+            return _say_stopped(stopped)
         from .capture.safe_paths import OutputError, OutputWriteFailed
         if isinstance(exc, OutputWriteFailed):
             say(f"pagefault: {exc}")
@@ -273,12 +276,33 @@ def main(argv: list[str] | None = None) -> int:
             say(f"pagefault: {_os_error_line(exc)}")
             return EXIT_USAGE
         raise
-    except KeyboardInterrupt:
-        print("pagefault: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _say_stopped(exc)
+
+
+def _stop_signal_behind(exc: BaseException) -> KeyboardInterrupt | Terminated | None:
+    """The Ctrl-C or SIGTERM/SIGHUP behind `exc`, if a library turned one into its own error: numpy, for one,
+    re-raises whatever interrupts the import of its C core as an ImportError. None when no signal is behind it.
+
+    :returns: the signal's exception found in `exc`'s cause or context chain, or None; raises nothing."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, (KeyboardInterrupt, Terminated)):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _say_stopped(exc: KeyboardInterrupt | Terminated) -> int:
+    """One line for a run a signal ended, and its exit status (130 for Ctrl-C, 128 + the signal otherwise)."""
+    import signal
+    if isinstance(exc, Terminated):
         print(f"pagefault: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
+    print("pagefault: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

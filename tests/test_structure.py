@@ -31,7 +31,8 @@ def test_no_function_over_80_lines_in_journey_capture_and_core():
 
 def test_cli_defines_only_the_parser_and_the_exit_statuses():
     """Every function of cli.py builds the parser or maps how a command ended to an exit status."""
-    allowed = {"build_parser", "main", "error", "__init__", "_terminate", "_one_line", "_os_error_line"}
+    allowed = {"build_parser", "main", "error", "__init__", "_terminate", "_one_line", "_os_error_line",
+               "_stop_signal_behind", "_say_stopped"}   # how a signal ended the run: its line and status
     names = {f.name for f in _functions(PACKAGE / "cli.py")}
     assert {n for n in names if not n.startswith("_register_")} <= allowed, names
     # and it imports nothing of capture, journey (but its vocabulary) or views (but the line writer) at the top
