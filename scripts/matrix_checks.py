@@ -28,7 +28,7 @@ from pagefault.decode.pte import decode_pte  # noqa: E402
 from pagefault.evidence import ExerciseOptions  # noqa: E402
 from pagefault.evidence.file import load_evidence  # noqa: E402
 from pagefault.decode.arch import Arch  # noqa: E402
-from pagefault.kernel.facts import kernel_release, kernel_version, machine_arch  # noqa: E402
+from pagefault.kernel.facts import kernel_release, machine_arch  # noqa: E402
 from pagefault.model.scenarios import SCENARIOS  # noqa: E402
 
 
@@ -145,14 +145,7 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
 SCENARIO_CHECKS = tuple(f"scenario-{s.name}" for s in SCENARIOS)
 ARM64_CHECKS = ("doctor", "bpf-objects", "journey-arm64", "decode", "entry-kinds", "trace-count", "trace-latency")
 X86_CHECKS = ("doctor", "bpf-objects", "journey-bpf", "journey-perf") + SCENARIO_CHECKS + (
-    "trace", "trace-count", "trace-latency", "entry-kinds", "decode")
-
-
-def x86_checks() -> tuple[str, ...]:
-    """The x86 rows' checks: the held-out programs only where the count starts at exec as the kernel's does
-    (sched_prepare_exec, 6.10 and later): under TCG they take ~6 min of a guest's bound, and on 6.1 the count
-    misses exec's own faults by design (the host's live test holds them to construction on every run)."""
-    return X86_CHECKS + (("heldout",) if kernel_version() >= (6, 10) else ())
+    "trace", "trace-count", "trace-latency", "entry-kinds", "decode", "heldout")
 
 
 def run_scenarios(out: Path, checks) -> None:
@@ -437,7 +430,7 @@ def main() -> int:
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "matrix-out"
     if machine_arch().arch is Arch.ARM64:
         return main_arm64(base)
-    release, out, checks, times, t0, progress = begin(base, x86_checks())
+    release, out, checks, times, t0, progress = begin(base, X86_CHECKS)
 
     for tier in ("bpf", "perf"):
         t = time.monotonic()
