@@ -27,7 +27,6 @@ from pagefault.decode.pagemap import PM_PFN_MASK  # noqa: E402
 from pagefault.decode.pte import decode_pte  # noqa: E402
 from pagefault.evidence import ExerciseOptions  # noqa: E402
 from pagefault.evidence.file import load_evidence  # noqa: E402
-from pagefault.decode.arch import Arch  # noqa: E402
 from pagefault.kernel.facts import kernel_release, machine_arch  # noqa: E402
 from pagefault.model.scenarios import SCENARIOS  # noqa: E402
 
@@ -473,6 +472,7 @@ def main() -> int:
         chosen from this kernel's BTF and tracefs, and its total held to the kernel's own count."""
         import contextlib
         import io
+
         from pagefault.cli import main as cli_main
         exe = first_touch(out)
         pages = 256
