@@ -77,8 +77,7 @@ def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(varia
         pytest.skip(f"this kernel offers no {variant} hook of the counter")
     stacks = name == "fault_stacks"
     with BpfObject(_object(name)) as obj:
-        for name in obj.programs():
-            obj.set_autoload(name, name in wanted)
+        obj.load_only(wanted)
         obj.set_rodata(kc._settings(os.getpid(), from_exec=False))
         obj.load()
         for name in wanted:

@@ -174,8 +174,7 @@ def _loaded(path: Path, wanted: set[str], rodata: bytes, kind: str):
     fentry programs (EPERM here) skips the fentry kind."""
     from pagefault.capture.libbpf import BpfObject, LibbpfError
     with BpfObject(path) as obj:
-        for name in obj.programs():
-            obj.set_autoload(name, name in wanted)
+        obj.load_only(wanted)
         obj.set_rodata(rodata)
         try:
             obj.load()

@@ -175,8 +175,7 @@ def open_walk(settings: bytes, fault: bool, pgd_alloc: bool, kernel: KernelHooks
         try:
             obj = BpfObject(path)
             session = WalkSession(obj, [])
-            for name in obj.programs():
-                obj.set_autoload(name, name in wanted)
+            obj.load_only(wanted)
             obj.set_rodata(settings)
             obj.load()
             # the returns before the entries: every entry seen has its return seen

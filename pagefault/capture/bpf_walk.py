@@ -206,8 +206,7 @@ class WalkObject:
         self.walked = Walked()
         self.ring: RingBuffer | None = None
         try:
-            for name in self.obj.programs():
-                self.obj.set_autoload(name, name in wanted)
+            self.obj.load_only(wanted)
             values = np.zeros(1, dtype=SETTINGS)
             for key, value in self._settings.items():
                 values[0][key] = value

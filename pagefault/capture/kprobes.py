@@ -116,8 +116,7 @@ def load_function_probes(name: str, entry: str, ret: str, handlers: dict[str, st
     obj = BpfObject(object_path(name))
     try:
         wanted = {entry, ret} | set(handlers.values()) | {c.program for c in hooks}
-        for program in obj.programs():
-            obj.set_autoload(program, program in wanted)
+        obj.load_only(wanted)
         obj.set_rodata(rodata)
         try:
             obj.load()

@@ -25,7 +25,7 @@ import os
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Container, Iterator
 
 from .safe_paths import path_problem
 from .signals import signals_deferred
@@ -350,6 +350,14 @@ class BpfObject:
         off, so that one missing tracepoint does not fail the whole object."""
         if lib().bpf_program__set_autoload(self._program(name), on) != 0:
             raise LibbpfError(f"cannot choose program {name!r} after the object is loaded")
+
+    def load_only(self, wanted: Container[str | None]) -> None:
+        """Load exactly the programs named in `wanted` with the object (before load); every other is switched
+        off (a hook this kernel lacks, or one this capture does not use).
+
+        :raises LibbpfError: the object is already loaded."""
+        for name in self.programs():
+            self.set_autoload(name, name in wanted)
 
     def set_rodata(self, data: bytes) -> None:
         """The initial value of the object's ``.rodata`` (its ``const volatile`` settings), before load.
