@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from live_helpers.full_disk import FILLER, full_tmpfs
 
 CLI = [sys.executable, "-m", "pagefault"]
 pytestmark = pytest.mark.live
@@ -334,23 +335,14 @@ def test_journey_refuses_a_process_its_owner_stopped_and_leaves_it_stopped(can_t
 def test_a_disk_full_before_the_first_record_is_one_line_exit_1_and_no_part_file(can_trace, cbin):
     """The header's write failing on a full disk was a traceback (ENOSPC) and left FILE.XXXX.part behind."""
     mnt = Path(tempfile.mkdtemp(prefix="pf-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
     try:
-        fd = os.open(mnt / "fill", os.O_WRONLY | os.O_CREAT)      # fill it: not one page left
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        r = subprocess.run(CLI + ["trace", "-q", "-o", str(mnt / "t.pfrec"), "--", str(cbin("toucher")), "0", "0"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "No space left on device" in r.stderr
-        assert sorted(p.name for p in mnt.iterdir()) == ["fill"]
+        with full_tmpfs(mnt):
+            r = subprocess.run(CLI + ["trace", "-q", "-o", str(mnt / "t.pfrec"), "--", str(cbin("toucher")), "0",
+                                      "0"], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and "No space left on device" in r.stderr
+            assert sorted(p.name for p in mnt.iterdir()) == [FILLER]
     finally:
-        subprocess.run(["umount", str(mnt)])
         mnt.rmdir()
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from live_helpers.full_disk import FILLER, full_tmpfs
 
 CLI = [sys.executable, "-m", "pagefault"]
 EVIDENCE = Path(__file__).parent / "fixtures" / "evidence" / "6.12.117+deb12-amd64" / "journey-bpf.json.gz"
@@ -24,20 +25,8 @@ def full_fs(tmp_path_factory):
     """A 64 KiB tmpfs, filled to the last block."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path_factory.mktemp("full")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], check=True)
-    try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 512):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    with full_tmpfs(tmp_path_factory.mktemp("full")) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -83,4 +72,4 @@ def test_a_full_disk_is_one_line_exit_1_and_no_file(can_trace, full_fs, inputs, 
     last = r.stderr.strip().splitlines()[-1]
     assert "No space left on device" in last and "free space" in last, r.stderr
     assert r.returncode == 1, (r.returncode, r.stderr)
-    assert sorted(p.name for p in full_fs.iterdir()) == ["filler"]
+    assert sorted(p.name for p in full_fs.iterdir()) == [FILLER]
