@@ -48,7 +48,8 @@ def _root():
     ("fault_count", "fault_count_settings", kc.SETTINGS), ("fault_count", "fault_key", kc.FAULT_KEY),
     ("fault_count", "thread_fault", kc.THREAD_FAULT), ("fault_count", "vma_seen", kc.VMA_SEEN),
     ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY),
-    ("fault_stacks", "stack", kc.STACK)])
+    ("fault_stacks", "stack", kc.STACK), ("fault_count", "process_name", kc.PROCESS_NAME),
+    ("fault_stacks", "process_name", kc.PROCESS_NAME)])
 def test_the_python_mirror_has_the_objects_sizes_and_offsets(name, struct, dtype):
     size, members = btf_struct(_object(name), struct)
     dtype = dtype.dtype
@@ -90,6 +91,8 @@ def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(varia
         if stacks:
             assert (obj.map("stack_ids").key_size, obj.map("stack_ids").entry_size) == (8, kc.STACK.itemsize)
         assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (8, kc.VMA_SEEN.itemsize)
+        names = obj.map("process_names")
+        assert (names.key_size, names.entry_size) == (4, kc.PROCESS_NAME.itemsize)
     assert obj.links == []
 
 

@@ -72,7 +72,8 @@ class Layout:
 
 # The Python mirror of fault_count.h (tests/test_bpf_engine.py holds it to the object's BTF).
 SETTINGS = Layout(("target_tgid", "I"), ("from_exec", "I"), ("stack_reach", "Q"))
-FAULT_KEY = Layout(("state", "I"), ("_pad", "I"), ("vma", "Q"))
+FAULT_KEY = Layout(("state", "I"), ("tgid", "I"), ("vma", "Q"))
+PROCESS_NAME = Layout(("comm", "16s"))
 THREAD_FAULT = Layout(("state", "I"), ("run_state", "I"), ("vm_start", "Q"), ("vm_end", "Q"), ("vma", "Q"),
                       ("run_vma", "Q"), ("run_count", "Q"), ("user_stack", "i"), ("kernel_stack", "i"),
                       ("run_user_stack", "i"), ("run_kernel_stack", "i"), ("tgid", "I"), ("_pad", "I"),
@@ -84,7 +85,8 @@ STACK = Layout(("id", "i"), ("frames", "I"), ("ip", f"{8 * STACK_DEPTH}s"))   # 
 STACK_HEAD = struct.Struct("<iI")
 VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
                   ("name", "64s"))
-COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_N = range(7)
+(COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_UNNAMED_PROCS,
+ COUNT_N) = range(8)
 ST_OPEN = 1
 
 # The hooks, each with its tp_btf and classic-tracepoint program. The classic page_fault_user's context
@@ -125,7 +127,7 @@ class KernelCounts:
     """(error code, allocated, order, page-cache add, signal, si_code, vm_start << 3 | kind) → faults;
     kind: 1 a file, 2 shared, 4 no VMA below the stack (growth), 0 with vm_start 0: no VMA."""
 
-    rows: list[tuple[int, ...]]   # (error code, allocated, order, page-cache add, signal, si_code, vma key, faults)
+    rows: list[tuple[int, ...]]   # (error code, allocated, order, page-cache add, signal, si_code, vma key, faults, tgid)
     maps: dict[int, list[MapsLine]] = field(default_factory=dict)   # every VMA a fault was counted in
     allocations: int = 0
     target_exit: str = ""
@@ -144,6 +146,8 @@ class KernelCounts:
     stacks: dict[int, list[int]] = field(default_factory=dict)
     mappings: list = field(default_factory=list)     # capture.records' Mapping, from PERF_RECORD_MMAP2
     comms: dict[int, str] = field(default_factory=dict)
+    # each counted process's command name (tgid → comm), kept in the kernel: its last exec's, else its first fault's
+    process_names: dict[int, str] = field(default_factory=dict)
 
 
 def engine_problem(name: str = "fault_count") -> str | None:
@@ -186,7 +190,7 @@ def _per_cpu_sum(value: bytes) -> int:
 
 
 def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[int, ...]], int, int, list[str]]:
-    """The count map as rows (unpack_state(state) + (vma key, faults)), with each live thread's run of alike
+    """The count map as rows (unpack_state(state) + (vma key, faults, tgid)), with each live thread's run of alike
     faults and its fault still in progress (closed at the read) added; the total and allocation counters;
     notes on anything not kept. With stacks (fault_stacks' map), each row ends with the user and kernel stack
     ids and the process: (..., vma key, faults, user stack, kernel stack, tgid).
@@ -203,11 +207,11 @@ def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[i
             add((k["state"], k["vma"], k["user_stack"], k["kernel_stack"], k["tgid"]), _per_cpu_sum(value))
         else:
             k = FAULT_KEY.unpack(key)
-            add((k["state"], k["vma"]), _per_cpu_sum(value))
+            add((k["state"], k["vma"], k["tgid"]), _per_cpu_sum(value))
     for _tid, value in obj.map("threads").items():
         t = THREAD_FAULT.unpack(value)
-        run = (t["run_user_stack"], t["run_kernel_stack"], t["tgid"]) if with_stacks else ()
-        now = (t["user_stack"], t["kernel_stack"], t["tgid"]) if with_stacks else ()
+        run = (t["run_user_stack"], t["run_kernel_stack"], t["tgid"]) if with_stacks else (t["tgid"],)
+        now = (t["user_stack"], t["kernel_stack"], t["tgid"]) if with_stacks else (t["tgid"],)
         if t["run_count"]:
             add((t["run_state"], t["run_vma"]) + run, t["run_count"])
         if t["state"] & ST_OPEN:   # a thread still running: its last fault ends at the read
@@ -221,18 +225,35 @@ def read_counts(obj: BpfObject, with_stacks: bool = False) -> tuple[list[tuple[i
         notes.append(f"{sums[COUNT_UNTRACKED]} faults of threads beyond the map's room were counted, not classified")
     if sums[COUNT_NO_STACK]:
         notes.append(f"{sums[COUNT_NO_STACK]} faults have a stack missing (the stack map full, or no frame to read)")
+    if sums[COUNT_UNNAMED_PROCS]:
+        notes.append(f"{sums[COUNT_UNNAMED_PROCS]} processes' command names were not kept: the kernel's map of them "
+                     "filled (their rows by process show '?')")
     rows: list[tuple[int, ...]] = [unpack_state(k[0]) + (k[1], n) + k[2:] for k, n in counts.items()]
     return rows, sums[COUNT_TOTAL], sums[COUNT_ALLOCS], notes
 
 
 def by_kind(stack_rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Rows with stacks summed over their stacks: the summary's rows.
+    """Rows with stacks summed over their stacks: the summary's rows, (..., vma key, faults, tgid).
 
-    :returns: the summed rows, in the order their kind first came; raises nothing."""
+    :returns: the summed rows, in the order their kind and process first came; raises nothing."""
     summed: dict[tuple[int, ...], int] = {}
     for r in stack_rows:
-        summed[r[:7]] = summed.get(r[:7], 0) + r[7]
-    return [k + (n,) for k, n in summed.items()]
+        key = r[:7] + (r[10],)
+        summed[key] = summed.get(key, 0) + r[7]
+    return [k[:7] + (n, k[7]) for k, n in summed.items()]
+
+
+def read_process_names(obj: BpfObject) -> dict[int, str]:
+    """Each counted process's command name (the process_names map: tgid → comm, as its last exec set it, else as
+    it was at its first fault), decoded as the kernel's COMM records are (UTF-8, bad bytes replaced).
+
+    :returns: tgid → name.
+    :raises LibbpfError: the map cannot be read."""
+    out = {}
+    for key, value in obj.map("process_names").items():
+        comm = PROCESS_NAME.unpack(value)["comm"].split(b"\0", 1)[0]
+        out[struct.unpack_from("<I", key)[0]] = comm.decode("utf-8", "replace")
+    return out
 
 
 def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
@@ -342,6 +363,7 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
             obj.detach()
             rows, total, allocs, more = read_counts(obj, stacks)
             vmas = read_vmas(obj)
+            names = read_process_names(obj)
             stack_rows: list[tuple[int, ...]] = []
             stack_ips: dict[int, list[int]] = {}
             if stacks:
@@ -359,7 +381,7 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
                         kernel_fault_counts,
                         any(c.program for c in choices if c.hook.event == "page_fault_kernel"),
-                        stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})))
+                        stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})), names)
 
 
 _prefetched: dict[str, Any] = {}     # path → the thread reading it (and, once done, its kallsyms.TextSymbols)

@@ -180,7 +180,7 @@ def _count_in_kernel(args: argparse.Namespace, argv: list[str], stacks: bool):
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
-                               kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total)
+                               kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total, kc.process_names)
     summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
     summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms")
     if summary.kernel_mode_faults:
@@ -238,8 +238,9 @@ def _write_counted_stacks(args: argparse.Namespace, kc) -> None:
     from ..views.pprof import to_pprof
     from .recordings import emit_folded, frames_escaped
     ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
-    samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, kc.maps.get(kc.pid, []), kc.comms,
-                              ksyms if ksyms.usable else None)
+    # perf's COMM records name what exec'ed; the kernel's names add the children that only forked
+    samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, kc.maps.get(kc.pid, []),
+                              {**kc.process_names, **kc.comms}, ksyms if ksyms.usable else None)
     if args.folded:
         stacks: Counter = Counter()
         for sample, n in samples.items():

@@ -53,7 +53,9 @@ class TraceSummary:
     integrity: str = "complete"       # or "partial: …" (a recording cut short or damaged)
     kernel_mode_faults: int = 0       # faults on user addresses taken in kernel mode (inside system calls)
     kernel_counts: dict[str, int] = field(default_factory=dict)   # the kernel's own page-faults/major-faults counts
-    by_process: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, command, faults), most first
+    # (pid, command, faults), most first; the command is the process's last: a process that exec'ed twice shows
+    # the name of its last exec (a recording's last COMM record, a count's name kept at exec)
+    by_process: list[tuple[int, str, int]] = field(default_factory=list)
 
 
 KERNEL_COUNT_FROM_EXEC = ("the kernel's own count (software events page-faults/major-faults, counted from exec, "
@@ -163,12 +165,20 @@ def row_class(row: Sequence[int], by_start: dict) -> FaultClass:
 
 
 def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], command: list[str], pid: int,
-                     exit_text: str, duration: float, allocations: int = 0, total: int | None = None) -> TraceSummary:
+                     exit_text: str, duration: float, allocations: int = 0, total: int | None = None,
+                     process_names: dict[int, str] | None = None) -> TraceSummary:
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
-    page-cache add, signal, si_code, vm_start << 3 | kind, faults); kind 1 file, 2 shared, 4 stack growth.
+    page-cache add, signal, si_code, vm_start << 3 | kind, faults[, tgid]); kind 1 file, 2 shared, 4 stack growth.
     The error code's user bit (X86_PF_USER, set by the CPU) tells the faults taken in user mode from those
-    taken in kernel mode on a user address (a system call touching the program's memory)."""
+    taken in kernel mode on a user address (a system call touching the program's memory). Rows with a tgid
+    give the summary's rows by process (``by_process``), named from `process_names` (tgid → command, "?" where
+    none was kept), as a recording's summary has them."""
     rows = [tuple(int(v) for v in row) for row in rows]
+    by_process: Counter = Counter()
+    for row in rows:
+        if len(row) > 8:
+            by_process[row[8]] += row[7]
+    rows = [row[:8] for row in rows]
     summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, sum(r[7] for r in rows),
                            0, None, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
                            "counter per kind of fault and VMA; no event was streamed",
@@ -204,4 +214,7 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
     summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
     summary.by_kind = dict(by_kind.most_common())
     summary.by_mapping = by_mapping.most_common()
+    names = process_names or {}
+    summary.by_process = sorted(((p, names.get(p, "?"), n) for p, n in by_process.items()),
+                                key=lambda row: (-row[2], row[0]))
     return summary

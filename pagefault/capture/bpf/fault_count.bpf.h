@@ -14,6 +14,7 @@
 #define ENOENT 2
 #define ENOSPC 28
 #define X86_PAGE_SHIFT 12
+#define EEXIST 17
 
 const volatile struct fault_count_settings settings = {};
 
@@ -82,8 +83,6 @@ struct {
 
 #define X86_PF_USER 4
 __s32 user_entry_stack = -1;   /* the kernel stack of a user-mode fault, its id (-1: not read yet) */
-
-#define EEXIST 17
 
 /* FNV-1a over the whole stack, 64 bits. Every one of the STACK_DEPTH words, not the frames read only: bpf_get_stack
  * zeroes the rest, and a loop that stops at a count the verifier does not know is verified once per possible count
@@ -156,6 +155,16 @@ struct {
 	__type(value, struct vma_seen);
 } vmas SEC(".maps");
 
+/* Each followed process's command name (fault_count.h's struct process_name), by tgid: counting reads no COMM
+ * record, so the summary's rows by process are named from here. */
+#define PROCESS_NAMES 8192
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PROCESS_NAMES);
+	__type(key, __u32);
+	__type(value, struct process_name);
+} process_names SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNT_N);
@@ -175,6 +184,17 @@ static __always_inline int followed(__u32 tgid)
 	return target_or_child(tgid, settings.target_tgid, settings.from_exec);
 }
 
+/* Keep the current process's command name: `flags` BPF_NOEXIST at a thread's first fault (the name it has, unless
+ * one is kept already), BPF_ANY at its exec (the new image's name replaces it). */
+static __always_inline void keep_process_name(__u32 tgid, __u64 flags)
+{
+	struct process_name name = {};
+	bpf_get_current_comm(name.comm, sizeof(name.comm));
+	long err = bpf_map_update_elem(&process_names, &tgid, &name, flags);
+	if (err && err != -EEXIST)
+		bump(COUNT_UNNAMED_PROCS);
+}
+
 /* Add the thread's run of alike faults to the count map. */
 static __always_inline void flush_run(struct thread_fault *t)
 {
@@ -184,8 +204,8 @@ static __always_inline void flush_run(struct thread_fault *t)
 #ifdef COUNT_STACKS
 	key.user_stack = t->run_user_stack;
 	key.kernel_stack = t->run_kernel_stack;
-	key.tgid = t->tgid;
 #endif
+	key.tgid = t->tgid;
 	__u64 *n = bpf_map_lookup_elem(&counts, &key);
 	if (n) {
 		__sync_fetch_and_add(n, t->run_count);   /* shared by every CPU */
@@ -279,10 +299,13 @@ static __always_inline int on_fault(void *ctx, __u64 addr, __u64 error_code)
 			bump(COUNT_UNTRACKED);
 			return 0;
 		}
+		/* a thread's first fault: its process's name, where its exec has not kept one (a forked child) */
+		keep_process_name(id >> 32, BPF_NOEXIST);
 	} else if (t->state) {
 		close_fault(t);
 	}
 	t->state = ST_OPEN | (__u32)(error_code & 0x3f) << ST_CODE_SHIFT;
+	t->tgid = id >> 32;
 #ifdef COUNT_STACKS
 	/* the stacks of the faulting thread as the tracepoint sees them: the user one from the registers saved at
 	 * its entry to the kernel (the faulting instruction, or the system call's site), the kernel one from here.
@@ -290,7 +313,6 @@ static __always_inline int on_fault(void *ctx, __u64 addr, __u64 error_code)
 	 * entry, before any path of the kernel's: its kernel stack is the entry's own (asm_exc_page_fault,
 	 * exc_page_fault), the same at every such fault, so it is read once (unwinding it cost ~3.5 µs a fault
 	 * here). A kernel-mode fault's is read each time: it is the system call's path to the user address. */
-	t->tgid = id >> 32;
 	__u32 *walk = walking_flag();
 	if (walk)
 		*walk = 1;
@@ -512,8 +534,10 @@ static __always_inline int on_exec(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	start_at_exec(settings.target_tgid);
-	if (followed(id >> 32))
+	if (followed(id >> 32)) {
 		forget_thread((__u32)id);
+		keep_process_name(id >> 32, BPF_ANY);   /* the new image's name: the last exec's is the one shown */
+	}
 	return 0;
 }
 

@@ -31,8 +31,16 @@ struct fault_count_settings {
 /* The count map's key: one fault, closed, by what it did and where. */
 struct fault_key {
 	__u32 state;         /* as above, without ST_OPEN */
-	__u32 _pad;
+	__u32 tgid;          /* the faulting process: a child's faults (gcc's cc1, as, ld) are its own */
 	__u64 vma;           /* vm_start << 3 | kind */
+};
+
+/* A followed process's command name (key: tgid), for the summary's rows by process: its comm as its last exec
+ * set it (sched_process_exec), else as it was at its first fault counted (a forked child that does not exec
+ * keeps its parent's). A process that exec'ed twice shows its last name only. */
+#define COMM_LEN 16          /* TASK_COMM_LEN */
+struct process_name {
+	char comm[COMM_LEN];
 };
 
 /* Per thread (key: tid): its fault in progress, the VMA of its last fault, and its run of closed faults of
@@ -50,7 +58,7 @@ struct thread_fault {
 	__s32 kernel_stack;
 	__s32 run_user_stack;
 	__s32 run_kernel_stack;
-	__u32 tgid;          /* fault_stacks only: the thread's process */
+	__u32 tgid;          /* the thread's process */
 	__u32 _pad;
 	__u64 vm_pgoff;      /* the VMA's offset in its file, in pages */
 	__u64 file_ino;      /* its file's inode number (0: no file), and the device below: as the page-cache */
@@ -82,7 +90,8 @@ enum fault_counter {
 	COUNT_UNNAMED = 3,      /* VMAs not kept because their map was full */
 	COUNT_UNTRACKED = 4,    /* faults of threads the thread map had no room for */
 	COUNT_NO_STACK = 5,     /* fault_stacks: faults whose user or kernel stack was not taken (map full, no frame) */
-	COUNT_N = 6,
+	COUNT_UNNAMED_PROCS = 6,/* processes whose command name was not kept because their map was full */
+	COUNT_N = 7,
 };
 
 #endif
