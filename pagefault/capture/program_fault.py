@@ -36,7 +36,7 @@ from ..evidence import BpfWalk, ProgramFaultEvidence
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts
-from ..symbols.objects import find_function, find_line, loaded_objects, nearest_names
+from ..symbols.objects import dlopen_candidates, find_function, find_line, loaded_objects, named_file, nearest_names
 from . import procfs
 from .bpf_walk import (
     EXEC_HOOK,
@@ -149,18 +149,28 @@ def _line_settings(value: str, exe: str | None, maps: list | None) -> tuple[dict
     return _range_settings([(lo, hi, found.obj.inode) for lo, hi in found.ranges], 0), words
 
 
-def _symbol_settings(name: str, exe: str | None, maps: list | None) -> tuple[dict, str]:
-    """--at SYMBOL or OBJECT:SYMBOL: the function in the executable or one of its libraries."""
+def _symbol_settings(name: str, exe: str | None, maps: list | None, cwd: str | None = None) -> tuple[dict, str]:
+    """--at SYMBOL or OBJECT:SYMBOL: the function in the executable or one of its libraries: those loaded at start,
+    then those it names for dlopen() (symbols.objects.dlopen_candidates, resolved from `cwd`, its working
+    directory), or the library whose path OBJECT is. A library's ranges are file offsets in the file of its inode,
+    which the walk matches wherever and whenever the file is mapped: a dlopen()ed one too."""
     objects = loaded_objects(exe, maps)
     if not objects:
         raise CaptureError("--at SYMBOL needs the program's executable file")
     found = find_function(objects, name, WALK_RANGES)
+    if found is None or not found.ranges:
+        later = named_file(name) or (dlopen_candidates(exe, cwd or os.getcwd(), objects) if exe else [])
+        objects += later
+        found = find_function(later, name, WALK_RANGES) or found
     names = ", ".join(o.name for o in objects)
     if found is None or not found.ranges:
         near = nearest_names(objects, name)
-        why = found.how if found is not None else f"no function {name!r} in the symbols of {names}"
+        why = found.how if found is not None else (
+            f"no function {name!r} in the symbols of {names} (the program, the libraries it loads at start and "
+            "those it names for dlopen)")
         raise NothingMatched(why + (f"; nearest names: {', '.join(near)}" if near else "") +
-                             "; fix: give another name, an address, or FILE:LINE")
+                             "; fix: give another name, an address, or FILE:LINE; for a library the program "
+                             "dlopen()s under a name it makes at run time, its path: --at /path/to/lib.so:FUNCTION")
     low = 0
     if found.obj.executable:
         low = min_exec_vaddr(found.obj.path) or 0
@@ -172,9 +182,11 @@ def _symbol_settings(name: str, exe: str | None, maps: list | None) -> tuple[dic
 
 
 def selector_settings(selector: str, value: str | int | None, exe: str | None,
-                      maps: list | None = None) -> tuple[dict, str]:
+                      maps: list | None = None, cwd: str | None = None) -> tuple[dict, str]:
     """The walk's settings that pick the fault (journey_walk.h walk_settings), and the selector in words.
-    `maps`: a running process's /proc/PID/maps lines (its libraries), None for a program not yet started.
+    `maps`: a running process's /proc/PID/maps lines (its libraries), None for a program not yet started;
+    `cwd`: the program's working directory, where a library it names for dlopen() by a relative path is
+    (default: ours, which a started program inherits).
 
     :returns: (the settings, the selector in words).
     :raises CaptureError: --at FILE:LINE without an ELF executable to read.
@@ -185,7 +197,7 @@ def selector_settings(selector: str, value: str | int | None, exe: str | None,
         return ({"selector": SEL_ADDRESS, "page": int(value or 0) & ~0xFFF},
                 f"the first fault on the page of 0x{int(value or 0):x}")
     if selector == "symbol":
-        return _symbol_settings(str(value), exe, maps)
+        return _symbol_settings(str(value), exe, maps, cwd)
     if selector == "line":
         return _line_settings(str(value), exe, maps)
     if selector == "kind":
@@ -261,7 +273,13 @@ class ProgramFault:
                 maps = procfs.read_maps(target.pid)
             except OSError:
                 maps = None
-        choice, words = selector_settings(self.selector, self.value, program, maps)
+        cwd = None
+        if not self.argv:
+            try:
+                cwd = os.readlink(f"/proc/{target.pid}/cwd")
+            except OSError:
+                cwd = None
+        choice, words = selector_settings(self.selector, self.value, program, maps, cwd)
         ev = self._evidence(target, levels, levels_why, base_how, words)
         events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS)
         for note in notes:

@@ -228,7 +228,9 @@ def _fault_selector(args: argparse.Namespace) -> tuple[str, object]:
             pass
         if ":" in text and text.rsplit(":", 1)[1].isdigit():
             return "line", text
-        if text.replace("_", "").replace(".", "").replace(":", "").replace("-", "").isalnum():  # [OBJECT:]FUNCTION
+        # [OBJECT:]FUNCTION, OBJECT a file name (libstdc++.so.6) or a library's path (/opt/x/libplugin.so)
+        if "".join(c for c in text if c not in "_.:-/+").isalnum():
             return "symbol", text
-        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name (libc.so.6:memset: in that object) or FILE:LINE")
+        raise UsageError(f"--at {text!r}: give an address (0x7f…), a function name (libc.so.6:memset, /path/to/lib.so:f: in that object) "
+                         "or FILE:LINE")
     return "own", None

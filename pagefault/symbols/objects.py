@@ -5,7 +5,10 @@ chosen at run time, so its function is given to the kernel-side selector as file
 that inode (the VMA holding a RIP says which file and offset it is); the executable's as ELF addresses,
 as before. Libraries come from /proc/PID/maps for a running process, else from the executable's
 DT_NEEDED entries resolved as the dynamic loader does (DT_RUNPATH/DT_RPATH, /etc/ld.so.conf.d, the
-system's library directories): a library the program dlopen()s later is not among them.
+system's library directories). A library the program dlopen()s later is not among them: dlopen_candidates()
+adds those whose names the executable holds as strings (dlopen("libplugin.so")), resolved as dlopen resolves
+them, and `--at /path/to/lib.so:FUNCTION` names one outright; what the program mapped later is searched after
+its run (capture/seen_instead.py), so a miss names the library that had the function.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import re
 from dataclasses import dataclass
 
 from .elf import line_ranges, load_image, open_mapped_file
@@ -26,6 +30,7 @@ class LoadedObject:
     path: str
     inode: int
     executable: bool       # the program's own executable (ELF addresses), else a library (file offsets)
+    how: str = ""          # how a library not loaded at start was found ("" for one loaded at start)
 
     @property
     def name(self) -> str:
@@ -112,6 +117,57 @@ def loaded_objects(exe: str | None, maps: list | None = None) -> list[LoadedObje
     return out
 
 
+# A library name as a dlopen() argument holds it: a path or a bare name ending in .so or .so.VERSION
+_LIBRARY_NAME = re.compile(rb"(?<![\w./+-])([\w./+-]{1,240}\.so(?:\.[0-9]+)*)\0")
+_STRINGS_READ = 64 << 20     # an executable's first bytes searched for library names
+
+
+def dlopen_candidates(exe: str, cwd: str, start: list[LoadedObject], env: dict[str, str] | None = None) -> list[LoadedObject]:
+    """Libraries the program may dlopen() later: each name ending in .so (or .so.N) that the executable holds as a
+    string, resolved as dlopen(3) resolves it (a name with a slash: that path, relative to `cwd`, the program's
+    working directory; else the executable's DT_RPATH/DT_RUNPATH, LD_LIBRARY_PATH of `env`, /etc/ld.so.conf.d and
+    the system's directories), the same machine's ELF files only, those of `start` left out. Files are only read.
+
+    :returns: the libraries found, in the order of their names in the file; raises nothing (an unreadable
+        executable gives none)."""
+    try:
+        with open(exe, "rb") as f:
+            data = f.read(_STRINGS_READ)
+    except OSError:
+        return []
+    _needed, paths, machine = _dynamic(exe)
+    library_path = [d for d in ((env if env is not None else os.environ).get("LD_LIBRARY_PATH") or "").split(":") if d]
+    dirs = paths + library_path + _conf_dirs() + list(SYSTEM_DIRS)
+    known = {o.path for o in start}
+    out: list[LoadedObject] = []
+    for m in _LIBRARY_NAME.finditer(data):
+        name = m.group(1).decode("ascii", "replace")
+        places = [os.path.join(cwd, name)] if "/" in name else [os.path.join(d, name) for d in dirs]
+        for place in places:
+            real = os.path.realpath(place)
+            if real in known or not os.path.isfile(real) or _dynamic(real)[2] != machine:
+                continue
+            known.add(real)
+            out.append(LoadedObject(real, _inode(real), False, f"named {name!r} in {os.path.basename(exe)}, not loaded "
+                                                               "at start (a dlopen)"))
+            break
+    return out
+
+
+def named_file(name: str) -> list[LoadedObject]:
+    """`--at /path/to/lib.so:FUNCTION`: the library that path names, searched whether or not the program has it
+    loaded at start (one it dlopen()s later). Only an absolute path names a file here.
+
+    :returns: [that library], or [] when `name` has no absolute OBJECT part or it is not a file; raises nothing."""
+    where = name.rpartition(":")[0]
+    if not where.startswith("/"):
+        return []
+    real = os.path.realpath(where)
+    if not os.path.isfile(real):
+        return []
+    return [LoadedObject(real, _inode(real), False, f"the file {where} given")]
+
+
 def _inode(path: str) -> int:
     try:
         return os.stat(path).st_ino
@@ -135,8 +191,12 @@ def find_function(objects: list[LoadedObject], name: str, limit: int) -> Functio
     glibc's __NAME_VARIANT functions (__memset_avx2_unaligned_erms), named in .symtab only (the debug file's,
     for a stripped library): those are the ranges."""
     where, _, func = name.rpartition(":")
+    path = os.path.realpath(where) if where.startswith("/") else ""   # a path: that file only
     for obj in objects:
-        if where and not (obj.name == where or obj.name.startswith(where + ".") or obj.name.startswith(where + "-")):
+        if path and obj.path != path:
+            continue
+        if where and not path and not (obj.name == where or obj.name.startswith(where + ".") or
+                                       obj.name.startswith(where + "-")):
             continue
         img = load_image(obj.path, obj.inode or None)
         if not img.ok:
@@ -154,7 +214,7 @@ def _ranges_in(img, obj: LoadedObject, func: str, limit: int) -> FunctionRanges 
     value, size, kind = table[func]
     names: list[str] = [func]
     spans = [(value, value + max(size, 1))]
-    how = f"{func} in {img.symbols_from} of {obj.name}"
+    how = f"{func} in {img.symbols_from} of {obj.name}" + (f" ({obj.how})" if obj.how else "")
     if kind == STT_GNU_IFUNC:
         prefix, chk = f"__{func}_", f"__{func}_chk"
         variants = [n for n, (_v, _s, k) in table.items() if n.startswith(prefix) and not n.startswith(chk)
