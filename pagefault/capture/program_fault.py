@@ -36,7 +36,15 @@ from ..evidence import BpfWalk, ProgramFaultEvidence
 from ..kernel import facts
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts
-from ..symbols.objects import dlopen_candidates, find_function, find_line, loaded_objects, named_file, nearest_names
+from ..symbols.objects import (
+    dlopen_candidates,
+    find_function,
+    find_line,
+    loaded_objects,
+    may_dlopen,
+    named_file,
+    nearest_names,
+)
 from . import procfs
 from .bpf_walk import (
     EXEC_HOOK,
@@ -163,6 +171,12 @@ def _symbol_settings(name: str, exe: str | None, maps: list | None, cwd: str | N
         objects += later
         found = find_function(later, name, WALK_RANGES) or found
     names = ", ".join(o.name for o in objects)
+    if (found is None or not found.ranges) and not name.rpartition(":")[0].startswith("/") and exe \
+            and may_dlopen(objects):
+        # it may be in a library the program maps later under a name no file foresaw: the program runs, the walk
+        # matches nothing, and the miss names the libraries it mapped that have the function (seen_instead)
+        return _range_settings([], 0), (f"the first fault whose RIP is in {name} (in none of {names} at the start: "
+                                        "searched after the run in the libraries the program maps, as it dlopen()s)")
     if found is None or not found.ranges:
         near = nearest_names(objects, name)
         why = found.how if found is not None else (
@@ -267,19 +281,7 @@ class ProgramFault:
                 base_how: str) -> ProgramFaultEvidence:
         say = self.progress
         program = self._executable(target)
-        maps = None
-        if not self.argv and self.selector in ("symbol", "line"):
-            try:
-                maps = procfs.read_maps(target.pid)
-            except OSError:
-                maps = None
-        cwd = None
-        if not self.argv:
-            try:
-                cwd = os.readlink(f"/proc/{target.pid}/cwd")
-            except OSError:
-                cwd = None
-        choice, words = selector_settings(self.selector, self.value, program, maps, cwd)
+        choice, words = selector_settings(self.selector, self.value, program, *self._attached_objects(target))
         ev = self._evidence(target, levels, levels_why, base_how, words)
         events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS)
         for note in notes:
@@ -341,7 +343,8 @@ class ProgramFault:
             instead = ""
             if self.selector in ("symbol", "line"):
                 mmaps = parse_stream(b"".join(drained.chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN).mmaps
-                instead = seen_instead(self.selector, str(self.value), ev.events, mmaps, program)
+                instead = seen_instead(self.selector, str(self.value), ev.events, mmaps, program,
+                                       set(choice.get("range_ino", [])) - {0})
             raise NothingMatched(f"no fault matched: {words}; the program {ev.exit or 'ran'} "
                                  f"({sum(e.name == 'exceptions:page_fault_user' for e in ev.events):,} faults seen)"
                                  + (f"; {instead}" if instead else ""))
@@ -349,6 +352,24 @@ class ProgramFault:
         if mapping is not None:
             ev.rip = rip_facts(ev.ip, mapping)
         return ev
+
+    def _attached_objects(self, target: Target) -> tuple[list | None, str | None]:
+        """An attached process's /proc/PID/maps lines (its libraries, for --at SYMBOL or FILE:LINE) and working
+        directory (where a library it names for dlopen() by a relative path is); (None, None) for a program
+        started here (its libraries from its executable, its directory ours)."""
+        if self.argv:
+            return None, None
+        maps = cwd = None
+        if self.selector in ("symbol", "line"):
+            try:
+                maps = procfs.read_maps(target.pid)
+            except OSError:
+                maps = None
+        try:
+            cwd = os.readlink(f"/proc/{target.pid}/cwd")
+        except OSError:
+            cwd = None
+        return maps, cwd
 
     def _executable(self, target: Target) -> str | None:
         if self.argv:

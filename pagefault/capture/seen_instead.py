@@ -72,10 +72,39 @@ def faulted_lines(events: list[TraceEvent], mmaps: list[Mapping], exe: str, file
     return out
 
 
-def seen_instead(selector: str, value: str, events: list[TraceEvent], mmaps: list[Mapping], exe: str | None) -> str:
-    """One sentence: what the faults hit, nearest to the selector first; "" when no fault was kept.
+def mapped_later(value: str, mmaps: list[Mapping], exe: str | None, searched: set[int]) -> str:
+    """--at [OBJECT:]FUNCTION that matched nothing: the libraries the program mapped while it ran (its MMAP2
+    records: one it dlopen()ed included) that hold FUNCTION, other than those searched (`searched`: their inodes),
+    with the selector that picks it; "" when none does.
 
-    It returns the sentence; it reads only the program's ELF file, never the machine."""
+    It returns the sentence; it reads only the mapped files (regular files of the inode the record gave)."""
+    from ..symbols.objects import LoadedObject, find_function
+    func = value.rpartition(":")[2]
+    libraries: dict[str, LoadedObject] = {}
+    for m in mmaps:
+        if m.prot & 4 and m.path.startswith("/") and m.path != exe and m.inode and m.inode not in searched:
+            libraries.setdefault(m.path, LoadedObject(m.path, m.inode, False))
+    found = [o for o in libraries.values() if (f := find_function([o], func, 8)) is not None and f.ranges]
+    if not found:
+        return ""
+    return (f"{func} is in " + ", ".join(f"{o.name} ({o.path})" for o in found[:SHOWN]) + ", mapped by the program "
+            f"while it ran (a library it dlopen()ed): --at {found[0].path}:{func} picks it")
+
+
+def seen_instead(selector: str, value: str, events: list[TraceEvent], mmaps: list[Mapping], exe: str | None,
+                 searched: set[int] | None = None) -> str:
+    """One sentence: what the faults hit, nearest to the selector first; "" when no fault was kept. For a
+    function, first the libraries mapped while the program ran that hold it, other than those of the inodes
+    `searched` (mapped_later).
+
+    It returns the sentence; it reads only the program's ELF files, never the machine."""
+    later = mapped_later(value, mmaps, exe, searched or set()) if selector == "symbol" else ""
+    rest = _faulted_instead(selector, value, events, mmaps, exe)
+    return "; ".join(part for part in (later, rest) if part)
+
+
+def _faulted_instead(selector: str, value: str, events: list[TraceEvent], mmaps: list[Mapping], exe: str | None) -> str:
+    """seen_instead's sentence on the faults themselves."""
     if selector == "line" and exe:
         file, _, wanted = value.rpartition(":")
         lines = faulted_lines(events, mmaps, exe, file)

@@ -131,7 +131,7 @@ def dlopen_candidates(exe: str, cwd: str, start: list[LoadedObject], env: dict[s
     :returns: the libraries found, in the order of their names in the file; raises nothing (an unreadable
         executable gives none)."""
     try:
-        with open(exe, "rb") as f:
+        with open_mapped_file(exe) as f:      # a regular file only, never a FIFO or a device
             data = f.read(_STRINGS_READ)
     except OSError:
         return []
@@ -152,6 +152,27 @@ def dlopen_candidates(exe: str, cwd: str, start: list[LoadedObject], env: dict[s
                                                                "at start (a dlopen)"))
             break
     return out
+
+
+def may_dlopen(objects: list[LoadedObject]) -> bool:
+    """Whether one of `objects` calls dlopen() or dlmopen() (an undefined dynamic symbol of that name: libc's own
+    definition is not a call), so that it may map a library no name foresaw.
+
+    :returns: True or False; an unreadable object counts as no call. Raises nothing."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    for obj in objects:
+        try:
+            with open_mapped_file(obj.path) as f:
+                dynsym = ELFFile(f).get_section_by_name(".dynsym")
+                if dynsym is None:
+                    continue
+                for sym in dynsym.iter_symbols():  # type: ignore[attr-defined]
+                    if sym.name in ("dlopen", "dlmopen") and sym["st_shndx"] == "SHN_UNDEF":
+                        return True
+        except (OSError, ELFError, ValueError, KeyError):
+            continue
+    return False
 
 
 def named_file(name: str) -> list[LoadedObject]:
