@@ -117,3 +117,17 @@ def test_the_cli_summary_shows_the_processes_in_text_and_json(can_trace, cbin, t
     table = text.getvalue().split("faults by process", 1)[1]
     for pid, (comm, n) in rows.items():
         assert re.search(rf"{pid}\s.*{comm}\s.*\s{n}\s", table), (pid, comm, n, table)
+
+
+def test_counted_rows_with_a_process_give_the_rows_by_process_most_first():
+    """Offline: rows of (error code, allocated, order, cache, signal, si_code, vma key, faults, tgid) are summed by
+    process, named from the kernel's names ("?" where none was kept), the most faults first; rows without a
+    process (an older count) give none."""
+    from pagefault.journey.count_summary import summarize_counts
+    anon = 0x7000 << 3
+    rows = [(6, 1, 0, 0, 0, 0, anon, 5, 101), (4, 0, 0, 0, 0, 0, anon, 2, 101), (6, 1, 0, 0, 0, 0, anon, 9, 102),
+            (6, 1, 0, 0, 0, 0, anon, 1, 103)]
+    s = summarize_counts(rows, [], ["p"], 101, "exited", 0.1, process_names={101: "make", 102: "cc1"})
+    assert s.by_process == [(102, "cc1", 9), (101, "make", 7), (103, "?", 1)]
+    assert s.faults == 17 and sum(n for _c, n, _h in s.by_class) == 17
+    assert summarize_counts([r[:8] for r in rows], [], ["p"], 101, "exited", 0.1).by_process == []
