@@ -131,3 +131,34 @@ def test_counted_rows_with_a_process_give_the_rows_by_process_most_first():
     assert s.by_process == [(102, "cc1", 9), (101, "make", 7), (103, "?", 1)]
     assert s.faults == 17 and sum(n for _c, n, _h in s.by_class) == 17
     assert summarize_counts([r[:8] for r in rows], [], ["p"], 101, "exited", 0.1).by_process == []
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("program", ["exec_children", "fault_kinds"])
+def test_counted_pprof_names_every_process_a_forked_child_too(can_trace, cbin, tmp_path, program):
+    """trace --pprof counting in the kernel: each sample's pid and comm labels. exec_children's children each
+    exec (perf's COMM records name them); fault_kinds' child only forks (no COMM record: the kernel's name kept at
+    its first fault names it). Every fault's process is named, so `go tool pprof -tags` gives the comm labels
+    the summary's rows by process, as the pid labels."""
+    _root_and_object()
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go tool pprof is not installed (bash scripts/setup.sh test does it)")
+    argv = _programs(cbin, tmp_path) if program == "exec_children" else [str(cbin(program)), str(tmp_path)]
+    profile, summary = tmp_path / "p.pb.gz", tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "pagefault", "trace", "-q", "--pprof", str(profile), "--json",
+                        "--summary", str(summary), "--", *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    tags = subprocess.run([go, "tool", "pprof", "-tags", str(profile)], capture_output=True, text=True, timeout=120,
+                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "GOCACHE": str(tmp_path / "gocache")})
+    assert tags.returncode == 0, tags.stderr
+
+    def label(name: str) -> dict[str, int]:
+        block = tags.stdout.split(f" {name}: Total ", 1)[1].split("\n\n", 1)[0]
+        return {v: int(float(n)) for n, v in re.findall(r"^\s+([\d.]+) \(\s*[\d.]+%\): (\S+)$", block, re.M)}
+    rows = json.loads(summary.read_text())["by_process"]
+    assert len(rows) >= 2 and label("pid") == {str(pid): n for pid, _comm, n in rows}
+    comms: dict[str, int] = {}
+    for _pid, comm, n in rows:
+        comms[comm] = comms.get(comm, 0) + n
+    assert "?" not in comms and label("comm") == comms, tags.stdout
