@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..decode.bits import DecodeError
 from ..kernel.tracefs import TracefsError, find_tracefs, read_event_format
 from .perf_event import (
     PERF_COUNT_SW_PAGE_FAULTS,
@@ -149,6 +148,7 @@ def tracepoint_events(tracepoints=TRACEPOINTS) -> tuple[list[EventSpec], dict, l
 def _trap_untraced_here(facts) -> bool:
     """Whether this machine's architecture has no tracepoint with the trap (arm64): a missing page_fault_user
     is then the architecture's, not the kernel's configuration."""
+    from ..decode.bits import DecodeError
     try:
         return not facts.machine_arch().syndrome_traced
     except DecodeError:

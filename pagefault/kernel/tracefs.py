@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import re
 from dataclasses import dataclass
@@ -50,6 +48,8 @@ def find_tracefs(mount: bool = True) -> Path:
         if _has_events(cand):
             return cand
     if mount and os.geteuid() == 0:
+        import ctypes
+        import ctypes.util
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         target = CANDIDATES[0]
         if libc.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) != 0:
