@@ -119,3 +119,19 @@ def test_a_major_fault_reads_its_own_page_and_readahead_is_a_minor_fault():
     ev.inode = np.array(inodes, dtype=np.uint64)
     r = classify_faults(ev, [own, hit, in_folio, other_file, unknown])
     assert r.classes == [C.FILE_MAJOR, C.FILE_READAHEAD, C.FILE_MAJOR, C.FILE_HIT, C.FILE_MAJOR]
+
+
+def test_the_classes_list_is_the_members_themselves_in_fault_order():
+    # classify_faults builds its list of classes by one take from an array of the members: the same objects, in
+    # the same order, as indexing CLASS_LIST fault by fault gave
+    import numpy as np
+
+    from pagefault.journey.fault_classes import CLASS_LIST
+    rng = np.random.default_rng(7)
+    n = 2000
+    rows = [(FAULT, int(t % 5), int(t), 0x1000 * int(t), int(c))
+            for t, c in zip(range(n), rng.choice([0x4, 0x6, 0x7, 0x5, 0x14], n))]
+    rows += [(ALLOC, int(t % 5), int(t) + 1, int(o), MOVABLE) for t, o in zip(range(0, n, 3), rng.integers(0, 3, n))]
+    r = classify_faults(events(rows), [ANON] * n)
+    assert r.index is not None and len(r.classes) == n
+    assert all(a is b for a, b in zip(r.classes, [CLASS_LIST[i] for i in r.index.tolist()]))
