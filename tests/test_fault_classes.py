@@ -124,8 +124,6 @@ def test_a_major_fault_reads_its_own_page_and_readahead_is_a_minor_fault():
 def test_the_classes_list_is_the_members_themselves_in_fault_order():
     # classify_faults builds its list of classes by one take from an array of the members: the same objects, in
     # the same order, as indexing CLASS_LIST fault by fault gave
-    import numpy as np
-
     from pagefault.journey.fault_classes import CLASS_LIST
     rng = np.random.default_rng(7)
     n = 2000
