@@ -18,31 +18,28 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from ..decode.arch import Arch, arch_of_machine
+from ..decode.bits import DecodeError
+
 _libc = ctypes.CDLL(None, use_errno=True)   # the libc already loaded: find_library() would run ldconfig
 _libc.syscall.restype = ctypes.c_long
 
 
-# perf_event_open(2)'s system-call number by `uname -m`, the same numbers as the Arch interface's
-# nr_perf_event_open (decode/arch_interface.py; tests/test_perf_event_nr.py holds the two equal). Read here, not
-# from the interface: importing it imports every decoder of both architectures (~20 ms, a tenth of the fixed cost of
+# perf_event_open(2)'s system-call number for every Arch: the Arch interface's nr_perf_event_open
+# (decode/arch_interface.py; tests/test_fast_start.py holds the two equal), kept here as well because importing the
+# interface imports every decoder of both architectures (~20 ms, a tenth of the fixed cost of
 # `pagefault trace --summary-only`, which opens the kernel's fault counters and needs nothing else of them).
-NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+NR_PERF_EVENT_OPEN = {Arch.X86_64: 298, Arch.ARM64: 241}
 
 
 @functools.cache
 def _nr_perf_event_open() -> int:
-    """The system-call number, which differs per architecture; on a machine pagefault does not know, the Arch
-    interface's answer (x86-64's where it has none, as before: perf_event_open then fails with a clear errno)."""
-    machine = os.uname().machine
-    if machine in NR_PERF_EVENT_OPEN:
-        return NR_PERF_EVENT_OPEN[machine]
-    from ..decode.arch import arch_of_machine
-    from ..decode.arch_interface import X86_64, arch_interface
-    from ..decode.bits import DecodeError
+    """The system-call number, which differs per architecture; on a machine pagefault does not know, x86-64's,
+    as before: perf_event_open then fails with a clear errno. Asked at the first open, not at import."""
     try:
-        return arch_interface(arch_of_machine(machine)).nr_perf_event_open
+        return NR_PERF_EVENT_OPEN[arch_of_machine(os.uname().machine)]
     except DecodeError:
-        return X86_64.nr_perf_event_open
+        return NR_PERF_EVENT_OPEN[Arch.X86_64]
 
 
 PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT = 1, 2
