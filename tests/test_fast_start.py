@@ -106,3 +106,19 @@ def test_python_m_pagefault_keeps_its_exit_status_and_output_through_a_pipe():
     refused = subprocess.run([sys.executable, "-m", "pagefault", "no-such-command"], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and refused.stderr.startswith("pagefault: ")
+
+
+def test_naming_counted_stacks_imports_no_recording_summary():
+    # trace -g counted in the kernel imports journey.fault_stacks after the program has ended, to name its stacks:
+    # the recording's summary (classifier, GFP decoding; ~20 ms) is not needed there
+    code = ("import sys\nimport pagefault.journey.fault_stacks\n"
+            "print('pagefault.journey.trace_summary' in sys.modules, 'pagefault.journey.fault_classes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_the_exec_bit_the_stacks_test_is_mmaps():
+    import mmap
+
+    from pagefault.journey import fault_stacks, trace_summary
+    assert fault_stacks.PROT_EXEC == trace_summary.PROT_EXEC == mmap.PROT_EXEC

@@ -30,15 +30,12 @@ import numpy as np
 from ..capture.records import Mapping, callchain, distinct_callchains, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import eh_frame_unwind, resolve_mapping
-from .trace_summary import (
-    PROT_EXEC,
-    _chain_symbols,
-    _column,
-    classify_recording,
-    fault_columns,
-    mappings_of,
-    process_names,
-)
+
+# A mapping's protection bits are mmap(2)'s PROT_* (its MMAP2 record's prot, or /proc's perms as kernel_counts reads
+# them). The recording's summary (trace_summary: the classifier, the GFP decoding; ~20 ms to import) is imported by
+# the functions that read a recording, not here: trace -g counted in the kernel imports this module after the
+# program has ended, to name the counted stacks, and needs none of it.
+PROT_EXEC = 4
 
 if TYPE_CHECKING:   # a type only: the recording's loader (cattrs) is not imported to read counts
     from ..capture.recording import Recording
@@ -181,6 +178,7 @@ class FaultSample:
 
 def fault_samples(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter[FaultSample], bool]:
     """(Counter of faults by stack, class, process and mode; whether call chains were recorded)."""
+    from .trace_summary import _chain_symbols, _column, classify_recording, fault_columns, mappings_of, process_names
     meta = rec.meta
     if meta.get("tier", "perf") != "perf":
         raise ValueError("flame graphs need a perf-tier recording (fault classes come from tracepoints)")
@@ -286,6 +284,7 @@ def speedscope(stacks: Counter, name: str) -> dict:
 def sample_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> list[list[str]] | None:
     """Each sample's stack root→leaf (user, then kernel), in time order as recording_columns gives them;
     None if the recording has no call chains."""
+    from .trace_summary import _chain_symbols, mappings_of
     meta = rec.meta
     if not meta.get("callchain"):
         return None
