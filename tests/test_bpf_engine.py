@@ -47,6 +47,7 @@ def _root():
 @pytest.mark.parametrize("name,struct,dtype", [
     ("fault_count", "fault_count_settings", kc.SETTINGS), ("fault_count", "fault_key", kc.FAULT_KEY),
     ("fault_count", "thread_fault", kc.THREAD_FAULT), ("fault_count", "vma_seen", kc.VMA_SEEN),
+    ("fault_count", "vma_key", kc.VMA_KEY), ("latency", "vma_key", kc.VMA_KEY),
     ("fault_stacks", "thread_fault", kc.THREAD_FAULT), ("fault_stacks", "fault_stack_key", kc.FAULT_STACK_KEY),
     ("fault_stacks", "stack", kc.STACK), ("fault_count", "process_name", kc.PROCESS_NAME),
     ("fault_stacks", "process_name", kc.PROCESS_NAME)])
@@ -90,7 +91,7 @@ def test_the_object_loads_and_attaches_with_each_variant_the_kernel_offers(varia
         assert obj.map("threads").entry_size == kc.THREAD_FAULT.itemsize
         if stacks:
             assert (obj.map("stack_ids").key_size, obj.map("stack_ids").entry_size) == (8, kc.STACK.itemsize)
-        assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (8, kc.VMA_SEEN.itemsize)
+        assert (obj.map("vmas").key_size, obj.map("vmas").entry_size) == (kc.VMA_KEY.itemsize, kc.VMA_SEEN.itemsize)
         names = obj.map("process_names")
         assert (names.key_size, names.entry_size) == (4, kc.PROCESS_NAME.itemsize)
     assert obj.links == []

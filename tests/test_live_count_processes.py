@@ -162,3 +162,34 @@ def test_counted_pprof_names_every_process_a_forked_child_too(can_trace, cbin, t
     for _pid, comm, n in rows:
         comms[comm] = comms.get(comm, 0) + n
     assert "?" not in comms and label("comm") == comms, tags.stdout
+
+
+@pytest.mark.live
+def test_processes_with_a_mapping_at_one_address_each_name_their_own(can_trace, cbin, tmp_path):
+    """Without ASLR (setarch -R: the children inherit the personality) exec_children, pf_touch_a and pf_touch_b
+    each map their executable at one and the same start. The count named its VMAs by start alone, so every
+    process's executable was named after whichever one faulted in it first; each is now named by its own."""
+    _root_and_object()
+    setarch = shutil.which("setarch", path="/usr/bin:/bin")
+    if setarch is None:
+        pytest.skip("setarch (util-linux) is not installed")
+    from pagefault.journey.count_summary import summarize_counts
+    argv = _programs(cbin, tmp_path)
+    with open(tmp_path / "out", "w") as out:
+        counts = kc.count_faults([setarch, "-R", *argv], None, stdout=out.fileno())
+    assert counts.target_exit == "exited with status 0", (tmp_path / "out").read_text()
+    # the kernel's names of each process's VMAs at the one start its executable has in all three
+    named: dict[str, set[str]] = {}
+    for tgid, lines in counts.maps.items():
+        comm = counts.process_names.get(tgid, "?")
+        named.setdefault(comm, set()).update(m.path for m in lines if m.path)
+    for comm in ("exec_children", *PAGES):
+        assert comm in named.get(comm, set()), (comm, named)
+    starts = {comm: {m.start for tgid, lines in counts.maps.items() for m in lines
+                     if counts.process_names.get(tgid) == comm and m.path == comm} for comm in PAGES}
+    assert starts["pf_touch_a"] & starts["pf_touch_b"], starts   # the case this test is about: one start, two files
+    s = summarize_counts(counts.rows, counts.maps[counts.pid], counts.command, counts.pid, counts.target_exit,
+                         counts.duration, counts.allocations, counts.total, counts.process_names,
+                         maps_by_process=counts.maps)
+    labels = {label for label, _n in s.by_mapping}
+    assert {"pf_touch_a", "pf_touch_b", "exec_children"} <= labels, labels

@@ -85,6 +85,7 @@ STACK = Layout(("id", "i"), ("frames", "I"), ("ip", f"{8 * STACK_DEPTH}s"))   # 
 STACK_HEAD = struct.Struct("<iI")
 VMA_SEEN = Layout(("start", "Q"), ("end", "Q"), ("pgoff", "Q"), ("flags", "Q"), ("what", "I"), ("_pad", "I"),
                   ("name", "64s"))
+VMA_KEY = Layout(("tgid", "I"), ("_pad", "I"), ("start", "Q"))
 (COUNT_TOTAL, COUNT_ALLOCS, COUNT_UNCLASSIFIED, COUNT_UNNAMED, COUNT_UNTRACKED, COUNT_NO_STACK, COUNT_UNNAMED_PROCS,
  COUNT_N) = range(8)
 ST_OPEN = 1
@@ -271,11 +272,22 @@ def read_stacks(obj: BpfObject, ids: set[int]) -> dict[int, list[int]]:
 
 
 def read_vmas(obj: BpfObject) -> list[dict[str, Any]]:
-    """Every VMA a fault was counted in, as VMA_SEEN records (dicts of its fields).
+    """Every VMA a fault was counted in, as VMA_SEEN records (dicts of its fields) with the process whose fault
+    named it (``tgid``, from the map's VMA_KEY: processes of one count can hold different mappings at one start).
 
     :returns: the records, in the map's order.
     :raises LibbpfError: the map cannot be read."""
-    return [VMA_SEEN.unpack(value) for _key, value in obj.map("vmas").items()]
+    return [{**VMA_SEEN.unpack(value), "tgid": VMA_KEY.unpack(key)["tgid"]} for key, value in obj.map("vmas").items()]
+
+
+def maps_by_process(vmas: list[dict[str, Any]], target: int) -> dict[int, list[MapsLine]]:
+    """The named VMAs as /proc-style lines per process (read_vmas' records): {tgid: lines}, the target's always
+    present (empty when none of its VMAs was named).
+
+    :returns: a dict of every tgid that named a VMA, and `target`; raises nothing."""
+    from .mapping_watch import maps_from_kernel
+    tgids = {int(v["tgid"]) for v in vmas} | {target}
+    return {tgid: maps_from_kernel([v for v in vmas if int(v["tgid"]) == tgid]) for tgid in sorted(tgids)}
 
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
@@ -352,7 +364,7 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
             # imported while the program runs, not after it: the mappings' records (pagefault.evidence, with
             # every decoder) take ~45 ms to import, which this process would otherwise add to the command's
             # time once the program has ended; meanwhile it only waits
-            from .mapping_watch import maps_from_kernel
+            from .mapping_watch import maps_from_kernel  # noqa: F401  (maps_by_process uses it at the end)
             if stacks:   # the same for what the stacks are named with afterwards
                 _prepare_naming()
             _wait_forwarding_signals(target, notes, side_band.drain if side_band else None, stop)
@@ -376,7 +388,7 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
             target.wait()
     finally:
         obj.close()
-    return KernelCounts(rows, {target.pid: maps_from_kernel(vmas)}, allocs, target.describe_exit(), list(target.argv),
+    return KernelCounts(rows, maps_by_process(vmas, target.pid), allocs, target.describe_exit(), list(target.argv),
                         target.pid, duration, total,
                         [f"{c.hook.event}: {c.variant} ({c.reason})" for c in choices], notes + more, load_ms,
                         kernel_fault_counts,

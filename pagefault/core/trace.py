@@ -180,7 +180,8 @@ def _count_in_kernel(args: argparse.Namespace, argv: list[str], stacks: bool):
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
-                               kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total, kc.process_names)
+                               kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total, kc.process_names,
+                               maps_by_process=kc.maps)
     summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
     summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms")
     if summary.kernel_mode_faults:
@@ -239,7 +240,8 @@ def _write_counted_stacks(args: argparse.Namespace, kc) -> None:
     from .recordings import emit_folded, frames_escaped
     ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
     # perf's COMM records name what exec'ed; the kernel's names add the children that only forked
-    samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, kc.maps.get(kc.pid, []),
+    # every process's named VMAs: the stacks' rows are named by start (as before the count kept them by process)
+    samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, [m for lines in kc.maps.values() for m in lines],
                               {**kc.process_names, **kc.comms}, ksyms if ksyms.usable else None)
     if args.folded:
         stacks: Counter = Counter()

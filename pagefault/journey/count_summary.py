@@ -166,19 +166,23 @@ def row_class(row: Sequence[int], by_start: dict) -> FaultClass:
 
 def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], command: list[str], pid: int,
                      exit_text: str, duration: float, allocations: int = 0, total: int | None = None,
-                     process_names: dict[int, str] | None = None) -> TraceSummary:
+                     process_names: dict[int, str] | None = None,
+                     maps_by_process: dict[int, list[MapsLine]] | None = None) -> TraceSummary:
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
     page-cache add, signal, si_code, vm_start << 3 | kind, faults[, tgid]); kind 1 file, 2 shared, 4 stack growth.
     The error code's user bit (X86_PF_USER, set by the CPU) tells the faults taken in user mode from those
     taken in kernel mode on a user address (a system call touching the program's memory). Rows with a tgid
     give the summary's rows by process (``by_process``), named from `process_names` (tgid → command, "?" where
-    none was kept), as a recording's summary has them."""
+    none was kept), as a recording's summary has them. A row with a tgid names its mapping from that process's
+    VMAs in `maps_by_process` (tgid → lines) when given: another process of the count may hold another mapping
+    at the same start; `maps` (the target's) names the rows without one."""
     rows = [tuple(int(v) for v in row) for row in rows]
     by_process: Counter = Counter()
     for row in rows:
         if len(row) > 8:
             by_process[row[8]] += row[7]
-    rows = [row[:8] for row in rows]
+    by_start = {m.start: m for m in maps}
+    own_maps = {tgid: {m.start: m for m in lines} for tgid, lines in (maps_by_process or {}).items()}
     summary = TraceSummary(command, pid, "bpf-counts", exit_text, duration, sum(r[7] for r in rows),
                            0, None, 0, 0, provenance="observed: counted in the kernel by a compiled BPF program (maps), one "
                            "counter per kind of fault and VMA; no event was streamed",
@@ -187,17 +191,18 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
         summary.notes.append(f"{total - summary.faults} of {total} faults are counted but not classified: the "
                              "kernel's map of kinds filled")
         summary.faults = total
-    by_start = {m.start: m for m in maps}
     kinds: Counter = Counter()
     by_kind: Counter = Counter()
     by_mapping: Counter = Counter()
     breakdown: Counter = Counter()      # (class, mapping): a count has no call site
     names = {0: "read", 1: "write", 2: "instruction fetch"}
-    for code, alloc, order, cache, sig, _sig_code, vma, n in rows:
+    for row in rows:
+        code, alloc, order, cache, sig, _sig_code, vma, n = row[:8]
         start, kind = vma >> 3, vma & 7
         growth = bool(kind & KIND_GROWTH)
-        m = by_start.get(start)
-        cls = row_class((code, alloc, order, cache, sig, _sig_code, vma), by_start)
+        vmas = own_maps.get(row[8], {}) if len(row) > 8 and maps_by_process is not None else by_start
+        m = vmas.get(start)
+        cls = row_class((code, alloc, order, cache, sig, _sig_code, vma), vmas)
         kinds[cls] += n
         access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
         mode = "" if code & X86_PF_USER else ", in kernel mode"   # as a recording's summary names them

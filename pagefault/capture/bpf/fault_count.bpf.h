@@ -151,7 +151,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u64);
+	__type(key, struct vma_key);
 	__type(value, struct vma_seen);
 } vmas SEC(".maps");
 

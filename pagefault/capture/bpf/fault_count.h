@@ -67,7 +67,17 @@ struct thread_fault {
 	__u32 _pad2;
 };
 
-/* A VMA that held a fault, read at that fault (key: vm_start): the mapping's name for the summary. */
+/* The named VMAs' key (the vmas maps of fault_count and latency): a VMA by its process and its start. The
+ * processes of one count (a forked child, an exec'ed program) can each hold a different mapping at one address
+ * (without ASLR every PIE executable starts at one address): keyed by the start alone, all were named by the
+ * first one seen. */
+struct vma_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 start;
+};
+
+/* A VMA that held a fault, read at that fault (key: struct vma_key): the mapping's name for the summary. */
 #define VMA_NAME_LEN 64
 #define VMA_HEAP 1       /* anonymous, holding the brk area (/proc's [heap]) */
 #define VMA_STACK 2      /* anonymous, holding mm->start_stack (/proc's [stack]) */

@@ -38,16 +38,17 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u64);
+	__type(key, struct vma_key);
 	__type(value, struct vma_seen);
 } vmas SEC(".maps");
 
-/* the VMA this CPU named last: a run of faults in one VMA looks it up in `vmas` once */
+/* the VMA this CPU named last, by its process and start (another process's VMA can start at the same address):
+ * a run of faults in one VMA looks it up in `vmas` once */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct vma_key);
 } last_named SEC(".maps");
 
 struct {
@@ -92,11 +93,14 @@ static __always_inline __u64 log2_u64(__u64 v)
 static __always_inline void name_vma(struct vm_area_struct *v, __u64 start)
 {
 	__u32 zero = 0;
-	__u64 *last = bpf_map_lookup_elem(&last_named, &zero);
-	if (last && *last == start)
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct vma_key *last = bpf_map_lookup_elem(&last_named, &zero);
+	if (last && last->start == start && last->tgid == tgid)
 		return;
-	if (last)
-		*last = start;
+	if (last) {
+		last->start = start;
+		last->tgid = tgid;
+	}
 	if (keep_vma_named(&vmas, v, BPF_CORE_READ(v, vm_mm), start))
 		bump(LAT_UNNAMED);
 }

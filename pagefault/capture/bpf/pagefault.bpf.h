@@ -107,13 +107,14 @@ static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
 /* ---- the VMAs a summary names (struct vma_seen, fault_count.h: the one record
  * capture/mapping_watch.maps_from_kernel reads) ---- */
 
-/* Keep VMA `v` of `mm`, named, in `vmas` (a hash map keyed by vm_start, of struct vma_seen), read now: at
- * the end the process and its mm may be gone. The name is the file's (its dentry's), or for an anonymous
+/* Keep VMA `v` of `mm`, named, in `vmas` (a hash map keyed by struct vma_key: the current process, whose fault
+ * this is, and vm_start; of struct vma_seen), read now: at the end the process and its mm may be gone. The name is the file's (its dentry's), or for an anonymous
  * VMA what /proc/PID/maps would call it: [heap], [stack], or a special mapping's own name ([vdso], [vvar]).
  * Returns 1 when the VMA was not kept because the map is full (for the caller's counter), else 0. */
 static __always_inline int keep_vma_named(void *vmas, struct vm_area_struct *v, struct mm_struct *mm, __u64 start)
 {
-	if (bpf_map_lookup_elem(vmas, &start))
+	struct vma_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .start = start};
+	if (bpf_map_lookup_elem(vmas, &key))
 		return 0;
 	struct vma_seen s = {.start = start};
 	s.end = BPF_CORE_READ(v, vm_end);
@@ -140,7 +141,7 @@ static __always_inline int keep_vma_named(void *vmas, struct vm_area_struct *v, 
 			s.what = VMA_SPECIAL;
 		}
 	}
-	return bpf_map_update_elem(vmas, &start, &s, BPF_NOEXIST) ? 1 : 0;
+	return bpf_map_update_elem(vmas, &key, &s, BPF_NOEXIST) ? 1 : 0;
 }
 
 /* ---- following a target and the children it forks (an object defines FOLLOW_FORKS before including this,
