@@ -237,10 +237,11 @@ def _os_error_line(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import signal
-    parser = build_parser()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
     try:
+        # the handlers first, inside the try: a stop signal while the parser is built ends in one line too
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _terminate)
+        parser = build_parser()
         args = parser.parse_args(argv)
         from .core.dispatch import run_command
         outcome = run_command(args)
