@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 echo "setup: installing pagefault${extras:+[$extras]} into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+.venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e ".${extras:+[$extras]}"
 
 if [ "$(id -u)" = 0 ]; then
     need=()
