@@ -189,14 +189,20 @@ def record(opts: TraceOptions) -> dict:
     except TargetError as exc:
         raise TargetProblem(str(exc)) from None
     head = _head(opts, target, tier, sample_type, formats, notes)
+    # the run's stop handler from before its file exists: a signal raised while the temporary file is being
+    # created and handed over (an exception at any bytecode there) left FILE.*.part behind; now it is counted,
+    # and the run, seeing it, stops at once and names what it has, as for a signal at any later moment
+    stop = _Stop()
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         writer = RecordingWriter(opts.output or Path("pagefault.pfrec"), head, opts.force)
     except BaseException:
+        for s, h in old.items():
+            signal.signal(s, h)
         target.kill(signal.SIGKILL)
         target.wait()
         raise
-    run = _Run(opts, target, writer, notes, head["started"])
-    old = {s: signal.signal(s, run.stop) for s in STOP_SIGNALS}
+    run = _Run(opts, target, writer, notes, head["started"], stop)
     try:
         run.trace(events, opts.callchain)
     except BaseException:
@@ -247,9 +253,9 @@ def _signal_name(signum: int | None) -> str:
 class _Run:
     """One recording under way: the target, its events and the file, until the target ends or is stopped."""
 
-    def __init__(self, opts: TraceOptions, target, writer, notes: list[str], started: float):
+    def __init__(self, opts: TraceOptions, target, writer, notes: list[str], started: float, stop: _Stop):
         self.opts, self.target, self.writer, self.notes, self.started = opts, target, writer, notes, started
-        self.stop = _Stop()
+        self.stop = stop     # already the stop signals' handler: record() installed it before the file existed
         self.session: PerfSession | None = None
         self.counters: FaultCounters | None = None
         self.maps_seen: dict[tuple[int, int, str], dict] = {}
