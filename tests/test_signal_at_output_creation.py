@@ -46,3 +46,33 @@ def test_a_signal_while_the_recording_file_is_created_leaves_no_part_file(can_tr
         rep = subprocess.run([sys.executable, "-m", "pagefault", "report", "--json", str(tmp_path / "rec.pfrec")],
                              capture_output=True, text=True, timeout=120)
         assert rep.returncode == 0, rep.stderr
+
+
+WHOLE_FILE_WRITER = """
+import os, sys
+from pathlib import Path
+from pagefault.capture import safe_paths
+real, sent = {"fdopen": os.fdopen, "link": os.link}, []
+def signalled(name):
+    def call(*args, **kwargs):
+        if name == sys.argv[2] and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), int(sys.argv[1]))
+            for _ in range(1000):
+                pass
+        return real[name](*args, **kwargs)
+    return call
+safe_paths.os.fdopen, safe_paths.os.link = signalled("fdopen"), signalled("link")
+try:
+    safe_paths.write_output(Path("summary.json"), "{}")
+except KeyboardInterrupt:
+    print("interrupted after", sorted(os.listdir(".")))
+"""
+
+
+@pytest.mark.parametrize("moment", ["fdopen", "link"])
+def test_a_ctrl_c_while_a_whole_file_is_written_is_raised_once_it_is_named(tmp_path, moment):
+    r = subprocess.run([sys.executable, "-c", WHOLE_FILE_WRITER, str(int(signal.SIGINT)), moment], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "interrupted after ['summary.json']", (r.stdout, r.stderr)
+    assert sorted(os.listdir(tmp_path)) == ["summary.json"] and (tmp_path / "summary.json").read_text() == "{}"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Container, Iterator
 
 from .safe_paths import path_problem
-from .signals import signals_deferred
+from .signal_deferral import signals_deferred
 
 c_void_p, c_char_p, c_int, c_bool, c_size_t, c_uint32 = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
                                                         ctypes.c_bool, ctypes.c_size_t, ctypes.c_uint32)

@@ -450,12 +450,14 @@ class OutputFile:
                     self.discard()
                     raise OutputWriteFailed(f"cannot write {self.path}: {exc.strerror}; nothing was kept; fix: "
                                             "free space on its file system, or write elsewhere") from None
+        from .signal_deferral import signals_deferred
         try:
-            if self.force:
-                # replaces a link or file at the name, never its target
-                os.rename(self.tmp_name, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            else:
-                _link_no_replace(self.tmp_name, self.path.name, self.dir_fd)
+            with signals_deferred():   # link and unlink of the temporary name are one step: never both names left
+                if self.force:
+                    # replaces a link or file at the name, never its target
+                    os.rename(self.tmp_name, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                else:
+                    _link_no_replace(self.tmp_name, self.path.name, self.dir_fd)
         except FileExistsError:
             raise OutputError(f"{self.path} appeared while pagefault was writing; the output is kept in "
                               f"{self.tmp}; fix: rename it yourself, or run again with --force") from None
@@ -487,7 +489,17 @@ def _link_no_replace(tmp: str, final: str, dir_fd: int) -> None:
 
 
 def write_output(path: Path, data: str | bytes, force: bool = False) -> Path:
-    """Write a whole output file safely (see :class:`OutputFile`); raises OutputError with the fix."""
+    """Write a whole output file safely (see :class:`OutputFile`); raises OutputError with the fix.
+
+    A stop signal meanwhile is held off until the file is named (or discarded), then raised: one landing
+    between the temporary file's creation and the try below, or between commit()'s link and unlink, left
+    FILE.*.part behind."""
+    from .signal_deferral import signals_deferred
+    with signals_deferred():
+        return _write_whole(path, data, force)
+
+
+def _write_whole(path: Path, data: str | bytes, force: bool) -> Path:
     out = OutputFile(path, force)
     try:
         out.write(data.encode() if isinstance(data, str) else data)

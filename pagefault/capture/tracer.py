@@ -31,6 +31,7 @@ from .perf_event import (
 )
 from .runner import TargetError, attach, spawn_held
 from .safe_paths import OutputWriteFailed
+from .signal_deferral import STOP_SIGNALS
 
 # kernel.facts (every decoder, through decode.arch), the recording's writer (cattrs) and /proc's maps parser
 # (the evidence records) are imported where they are used: the summary-only count imports this module for its
@@ -167,7 +168,6 @@ class _Stop:
         self.signal = self.signal or signum
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def record(opts: TraceOptions) -> dict:
