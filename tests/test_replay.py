@@ -290,10 +290,11 @@ def test_the_fixture_for_a_capture_depends_on_its_shape_not_its_build_string(pat
 
 def test_the_cli_replay_path_loads_no_capture_kernel_or_symbol_code(tmp_path):
     """`journey --replay` on a machine that cannot trace (macOS, no root): only the portable output-file
-    helpers of capture/ are imported, never perf_event_open, tracefs, kallsyms or ELF readers."""
+    helpers of capture/ are imported (safe_paths, and signal_deferral: the signal module only), never
+    perf_event_open, tracefs, kallsyms or ELF readers."""
     code = f"""
 import sys, importlib.abc
-ALLOWED = {{"pagefault.capture", "pagefault.capture.safe_paths"}}
+ALLOWED = {{"pagefault.capture", "pagefault.capture.safe_paths", "pagefault.capture.signal_deferral"}}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[:2] in (["pagefault", "capture"], ["pagefault", "kernel"], ["pagefault", "symbols"]) \\
