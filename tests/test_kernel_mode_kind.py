@@ -37,3 +37,18 @@ def test_the_system_call_is_the_outermost_sys_frame_of_the_chain():
     assert syscall_of_chain(chain) == "read"
     assert syscall_of_chain([(1, "__arm64_sys_pread64+0x10")]) == "pread64"
     assert syscall_of_chain([(1, "filemap_read+0x2c0"), (2, "0xffffffff81000000")]) is None
+
+
+def test_a_saved_kernel_mode_capture_says_kernel_mode_and_the_system_call():
+    """The journey of a saved --kind kernel capture (read_syscall.c: read() into a fresh buffer) says the mode and
+    the system call as observed, each with its source; replayed, no machine needed."""
+    from pathlib import Path
+
+    from pagefault.core.journey import replay
+    found = sorted(Path(__file__).parent.glob("fixtures/evidence/*/program-kernel.json.gz"))
+    assert found, "no saved --kind kernel capture"
+    values = {v.label: v for s in replay(found[0]).steps for v in s.values}
+    assert values["taken in"].value.startswith("kernel mode") and "page_fault_kernel" in values["taken in"].source
+    assert values["system call"].value == "read (number 0)" and values["system call"].provenance == "observed"
+    assert values["where"].value.startswith("in the kernel: _copy_to_iter")
+    assert values["kind checked afterwards"].value is True

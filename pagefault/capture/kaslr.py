@@ -42,7 +42,9 @@ class KaslrSources:
 
 def unrandomised_text(config: dict[str, str]) -> int:
     """Where _text lies when KASLR did not move it: __START_KERNEL_map + LOAD_PHYSICAL_ADDR (CONFIG_PHYSICAL_START
-    rounded up to CONFIG_PHYSICAL_ALIGN; 16 MiB each by default)."""
+    rounded up to CONFIG_PHYSICAL_ALIGN; 16 MiB each by default).
+
+    :returns: the address; raises nothing (an option missing from `config` takes its default)."""
     start = int(config.get("CONFIG_PHYSICAL_START") or "0", 0) or DEFAULT_PHYSICAL_START
     align = int(config.get("CONFIG_PHYSICAL_ALIGN") or "0", 0) or 1
     return START_KERNEL_MAP + (start + align - 1) // align * align
@@ -85,8 +87,7 @@ def decide(src: KaslrSources) -> tuple[bool | None, str]:
 
 
 def _loadflags() -> int | None:
-    if os.uname().machine != "x86_64":
-        return None
+    """boot_params' loadflags byte (an x86 kernel's sysfs file; absent elsewhere: None)."""
     try:
         with open(BOOT_PARAMS, "rb") as f:
             data = f.read(LOADFLAGS_OFFSET + 1)
@@ -109,7 +110,8 @@ def _text_address() -> int | None:
 
 def read_sources() -> KaslrSources:
     """Each source read on this machine (/proc and /sys are the kernel's own; the configuration is read where
-    pagefault.kernel.facts reads it). x86-64 only for boot_params and _text's base.
+    pagefault.kernel.facts reads it). boot_params and _text's base are x86's, read only on a kernel that shows
+    itself x86 by its own files.
 
     :returns: KaslrSources, a source that could not be read left None (or empty). Raises nothing."""
     src = KaslrSources(loadflags=_loadflags())
@@ -118,17 +120,17 @@ def read_sources() -> KaslrSources:
             src.cmdline = f.read()
     except OSError:
         pass
-    text, where = facts._kernel_config_text()
-    if text is not None:
-        wanted = ("CONFIG_RANDOMIZE_BASE", "CONFIG_RANDOMIZE_MEMORY", "CONFIG_KASAN", "CONFIG_PHYSICAL_START",
-                  "CONFIG_PHYSICAL_ALIGN")
-        values = dict.fromkeys(wanted, "")
-        for line in text.splitlines():
-            name, _, value = line.partition("=")
-            if name in values:
-                values[name] = value.strip().strip('"')
-        src.config, src.config_where = values, where
-    if os.uname().machine == "x86_64":
+    wanted = ("CONFIG_RANDOMIZE_BASE", "CONFIG_RANDOMIZE_MEMORY", "CONFIG_KASAN", "CONFIG_PHYSICAL_START",
+              "CONFIG_PHYSICAL_ALIGN")
+    values = {name: facts.kernel_config_value(name) for name in wanted}
+    if all(v is not None for v in values.values()):
+        src.config = {k: v or "" for k, v in values.items()}
+        # where pagefault.kernel.facts reads it: /proc/config.gz, else the /boot file of this release
+        src.config_where = ("/proc/config.gz" if os.path.exists("/proc/config.gz")
+                            else f"/boot/config-{facts.kernel_release()}")
+    # _text's unrandomised address is x86's (__START_KERNEL_map + CONFIG_PHYSICAL_START): read where the kernel
+    # shows itself x86 by its own files (boot_params, or a configuration with CONFIG_PHYSICAL_START)
+    if src.loadflags is not None or src.config.get("CONFIG_PHYSICAL_START"):
         src.text = _text_address()
     return src
 

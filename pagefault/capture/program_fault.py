@@ -265,17 +265,10 @@ class ProgramFault:
                 base_how: str) -> ProgramFaultEvidence:
         say = self.progress
         program = self._executable(target)
-        maps = None
-        if not self.argv and self.selector in ("symbol", "line"):
-            try:
-                maps = procfs.read_maps(target.pid)
-            except OSError:
-                maps = None
-        choice, words = selector_settings(self.selector, self.value, program, maps)
+        choice, words = selector_settings(self.selector, self.value, program, self._maps(target))
         ev = self._evidence(target, levels, levels_why, base_how, words)
         kernel_mode = self.selector == "kind" and self.value == "kernel"
-        events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS
-                                                   + ((KERNEL_FAULT_TRACEPOINT,) if kernel_mode else ()))
+        events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS + (KERNEL_FAULT_TRACEPOINT,) * kernel_mode)
         for note in notes:
             ev.unavailable[note.split(" ", 1)[0]] = note
         ev.event_sources = {spec.name: f"tracepoint {spec.name} via perf_event_open" for spec in events}
@@ -292,8 +285,8 @@ class ProgramFault:
             drained = _Drained(session)
             say("loading the compiled walk (it picks the fault in the kernel)")
             try:
-                hooks = (FAULT_HOOK, SYSCALL_HOOK, EXEC_HOOK, EXIT_HOOK) + ((FAULT_KERNEL_HOOK,) if kernel_mode else ())
-                obj = WalkObject(settings, hooks, levels)
+                obj = WalkObject(settings, (FAULT_HOOK, SYSCALL_HOOK, EXEC_HOOK, EXIT_HOOK) + (FAULT_KERNEL_HOOK,) * kernel_mode,
+                                 levels)
             except BpfError as exc:
                 raise CaptureError(str(exc)) from None
             ev.event_sources["walk"] = obj.describe()
@@ -304,8 +297,7 @@ class ProgramFault:
             say(f"PID {target.pid} runs at full speed until {words}")
             stopped = self._wait_for_stop(obj, target, drained.read, session, words)
             _selected(ev, obj)
-            chosen = "before" in obj.walked.reads   # (a fault at address 0 is a chosen fault too)
-            if stopped and chosen:
+            if stopped and "before" in obj.walked.reads:   # (a fault at address 0 is a chosen fault too)
                 ev.paused = self._read_proc(target.pid, ev)
                 os.kill(target.pid, signal.SIGCONT)
             if self.argv:
@@ -345,6 +337,15 @@ class ProgramFault:
         if mapping is not None:
             ev.rip = rip_facts(ev.ip, mapping)
         return ev
+
+    def _maps(self, target: Target) -> list | None:
+        """An attached process's maps (its libraries), for --at SYMBOL or FILE:LINE; None otherwise."""
+        if self.argv or self.selector not in ("symbol", "line"):
+            return None
+        try:
+            return procfs.read_maps(target.pid)
+        except OSError:
+            return None
 
     def _executable(self, target: Target) -> str | None:
         if self.argv:

@@ -91,7 +91,9 @@ def _program_journey(args: argparse.Namespace, argv: list[str], selector: str, v
 def kernel_mode_refusal(here, selector: str, value: object) -> str | None:
     """Why `--kind kernel` (a fault taken in kernel mode) cannot be followed on this machine's architecture,
     in one line with what can be done instead; None where it can (x86-64, whose kernel traces such a fault as
-    exceptions:page_fault_kernel). `here`: core.machine_interface()'s ArchInterface."""
+    exceptions:page_fault_kernel). `here`: core.machine_interface()'s ArchInterface.
+
+    :returns: the refusal's one line, or None; raises nothing."""
     if selector != "kind" or value != "kernel" or here.syndrome_traced:
         return None
     return (f"--kind kernel needs the exceptions:page_fault_kernel tracepoint, which {here.arch.value} kernels lack "
