@@ -35,8 +35,10 @@ def test_the_system_call_is_the_outermost_sys_frame_of_the_chain():
     chain = [(1, "rep_movs_alternative+0x33"), (2, "_copy_to_iter+0x9a"), (3, "filemap_read+0x2c0"),
              (4, "vfs_read+0x250"), (5, "ksys_read+0x6f"), (6, "__x64_sys_read+0x19"), (7, "do_syscall_64+0x82")]
     assert syscall_of_chain(chain) == "read"
-    assert syscall_of_chain([(1, "__arm64_sys_pread64+0x10")]) == "pread64"
+    assert syscall_of_chain([(1, "__arm64_sys_pread64+0x10"), (2, "invoke_syscall+0x50")]) == "pread64"
+    assert syscall_of_chain([(1, "vfs_readv+0x1"), (2, "do_readv+0x8"), (3, "do_syscall_64+0x71")]) == "readv"
     assert syscall_of_chain([(1, "filemap_read+0x2c0"), (2, "0xffffffff81000000")]) is None
+    assert syscall_of_chain([(1, "do_fault+0x10"), (2, "handle_mm_fault+0x8")]) is None   # no dispatcher
 
 
 def test_a_saved_kernel_mode_capture_says_kernel_mode_and_the_system_call():

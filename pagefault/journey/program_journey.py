@@ -45,11 +45,13 @@ KIND_CLASSES: dict[FaultKind, set[FaultClass]] = {
     # taken in kernel mode: whatever the fault then did (checked afterwards by its mode, not its class)
     FaultKind.KERNEL: set(FaultClass)}
 FAULT_EVENTS = ("exceptions:page_fault_user", "exceptions:page_fault_kernel")
-# a system call's function in a kernel call chain: its entry (x86-64's __x64_sys_read, arm64's __arm64_sys_read,
-# the ia32 entries), the __do_sys_/__se_sys_ bodies, or the ksys_ helper the entry tail-calls (read's
-# ksys_read: the entry then leaves no frame of its own)
-_SYSCALL_FRAME = re.compile(r"^(?:__x64_sys|__ia32_sys|__arm64_sys|__do_sys|__se_sys|__x64_compat_sys|ksys)_(\w+?)"
-                            r"(?:\.\w+)*(?:\+|$)")
+# a system call's function in a kernel call chain: the frame the system call dispatcher called (x86-64's
+# do_syscall_64 / x64_sys_call, arm64's invoke_syscall): the entry (__x64_sys_read, __arm64_sys_read, the ia32
+# ones), its __do_sys_/__se_sys_ body, or the helper the entry tail-called and left no frame of its own for
+# (read's ksys_read, readv's do_readv)
+_DISPATCHERS = ("do_syscall_64", "x64_sys_call", "do_int80_syscall_32", "invoke_syscall", "el0_svc_common")
+_SYSCALL_FRAME = re.compile(r"^(?:__x64_sys|__ia32_sys|__arm64_sys|__do_sys|__se_sys|__x64_compat_sys|ksys|do)_"
+                            r"(\w+?)(?:\.\w+)*(?:\+|$)")
 
 
 def kind_classes(kind: str) -> set[FaultClass]:
@@ -67,14 +69,25 @@ def _window(ev: ProgramFaultEvidence) -> list[TraceEvent]:
     own = _own_sample(ev)
     start = own.time_ns if own is not None else ev.fault_ns
     end = next((e.time_ns for e in faults if e.time_ns > start), 1 << 63)
-    return [e for e in ev.events if e.pid == ev.tid and min(start, ev.fault_ns) <= e.time_ns < end]
+    window = [e for e in ev.events if e.pid == ev.tid and min(start, ev.fault_ns) <= e.time_ns < end]
+    if ev.kernel_mode:
+        # inside a system call the window holds the call's own work too (a read's readahead, its page-cache
+        # hits): the fault's are those whose kernel call chain passes through the exception (or has none)
+        window = [e for e in window if not e.kernel_chain or e is own
+                  or any(fn.startswith(("asm_exc_page_fault", "exc_page_fault")) for _a, fn in e.kernel_chain)]
+    return window
 
 
 def syscall_of_chain(chain: list[tuple[int, str]]) -> str | None:
-    """The system call a kernel call chain (leaf first: address, "function+offset") runs in: the name of its
-    outermost __x64_sys_NAME-like frame; None when no frame names one."""
-    names = [m.group(1) for _a, fn in chain for m in [_SYSCALL_FRAME.match(fn)] if m]
-    return names[-1] if names else None
+    """The system call a kernel call chain (leaf first: address, "function+offset") runs in: the frame the
+    dispatcher called, read as __x64_sys_NAME, ksys_NAME or do_NAME; None when no frame names one."""
+    names = [fn for _a, fn in chain]
+    for i, fn in enumerate(names):
+        if i and fn.split("+")[0] in _DISPATCHERS:
+            m = _SYSCALL_FRAME.match(names[i - 1])
+            if m:
+                return m.group(1)
+    return None
 
 
 def _own_sample(ev: ProgramFaultEvidence) -> TraceEvent | None:
