@@ -27,5 +27,9 @@ int main(int argc, char **argv) {
     printf("buffer start=%p pages=%d\n", (void *)buf, PAGES);
     fflush(stdout);
     if (read(fd, buf, PAGES * PAGE) != PAGES * PAGE) { perror("read"); return 1; }
+    /* a system call after the read, so that a tracer stopping the program at its next kernel entry stops it
+     * alive (an exit_group would end it there) */
+    printf("read done\n");
+    fflush(stdout);
     return 0;
 }

@@ -489,6 +489,13 @@ static __always_inline int on_kernel_fault(__u64 address, __u64 ip, __u64 error_
 	const __u64 user_top = 1ULL << (settings.levels == 5 ? 56 : 47);
 	if (address >= user_top)
 		return 0;
+	/* a fault under pagefault_disable() is never handled (x86's faulthandler_disabled(): the exception table's
+	 * fixup answers it): perf's walk of the user stack for a sample's call chain (copy_from_user_nmi) takes
+	 * such faults, nested in other faults. Read through the BTF pointer, not bpf_probe_read_kernel, whose own
+	 * pagefault_disable() would count itself. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->pagefault_disabled)
+		return 0;
 	return on_fault(address, ip, error_code, 1);
 }
 
