@@ -138,7 +138,8 @@ def _register_journey(sub: argparse._SubParsersAction) -> None:
                    "address's page, or whose RIP is in this function or on this source line")
     j.add_argument("--nth", type=int, metavar="N", help="a program of yours: its N-th fault")
     j.add_argument("--kind", choices=[k.value for k in FaultKind],
-                   help="a program of yours: the first fault of this kind (guessed at entry, checked after)")
+                   help="a program of yours: the first fault of this kind (guessed at entry, checked after); "
+                        "kernel: one the kernel took on a user address inside a system call (x86-64)")
     j.add_argument("--timeout", type=float, metavar="SECONDS", help="a program of yours: give up (exit 4) when no "
                    "fault has matched after this long (default: wait until the program ends)")
     j.add_argument("--as-root", action="store_true", help="under sudo, run the command after -- as root with "

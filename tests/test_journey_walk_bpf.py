@@ -25,7 +25,7 @@ from pagefault.capture.kprobes import (
 )
 from pagefault.capture.libbpf import BpfObject
 
-HOOKS = (bw.FAULT_HOOK, bw.SYSCALL_HOOK, bw.EXEC_HOOK, bw.EXIT_HOOK)
+HOOKS = (bw.FAULT_HOOK, bw.FAULT_KERNEL_HOOK, bw.SYSCALL_HOOK, bw.EXEC_HOOK, bw.EXIT_HOOK)
 
 
 def _object() -> Path:
@@ -116,7 +116,8 @@ def _offered(variant: str) -> KernelHooks:
 @pytest.mark.live
 @pytest.mark.parametrize("variant", ("tp_btf", "tracepoint"))
 @pytest.mark.parametrize("mode", (bw.MODE_PAGE, bw.MODE_PROGRAM, bw.MODE_SYSCALL))
-def test_the_object_loads_and_attaches_in_each_mode_with_each_variant(variant, mode):
+@pytest.mark.parametrize("kind", ("major", "kernel"))   # the rodata kind prunes branches: the kernel-mode one too
+def test_the_object_loads_and_attaches_in_each_mode_with_each_variant(variant, mode, kind):
     """A verifier rejection fails here, not on a user's machine: every mode's branches are checked at load."""
     _root()
     _object()
@@ -125,7 +126,7 @@ def test_the_object_loads_and_attaches_in_each_mode_with_each_variant(variant, m
     if any(c.variant != variant for c in choices):
         pytest.skip(f"this kernel does not offer every hook as {variant}: "
                     + "; ".join(c.reason for c in choices if c.variant != variant))
-    settings = {"target_tgid": os.getpid(), "levels": 4, "mode": mode, "selector": bw.SEL_KIND, "kind": 4}
+    settings = {"target_tgid": os.getpid(), "levels": 4, "mode": mode, "selector": bw.SEL_KIND, "kind": bw.KINDS.index(kind)}
     obj = bw.WalkObject(settings, HOOKS, 4, kernel=kernel)
     try:
         assert len(obj.obj.links) == len(HOOKS) + obj.lru

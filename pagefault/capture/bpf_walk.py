@@ -28,6 +28,7 @@ import numpy as np
 from ..decode.address import LEVEL_NAMES
 from ..evidence import BpfWalk, MapleStep, WalkRead
 from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
+from .kaslr import kaslr_seen
 from .libbpf import BpfObject, LibbpfError, RingBuffer
 
 FRAME_MASK = 0x000F_FFFF_FFFF_F000
@@ -60,13 +61,13 @@ OBJECT_FIELDS = ("map_count", "maple_root", "maple_layout_ok", "vma", "vm_start"
 WALK_RANGES = 8
 MODE_PAGE, MODE_PROGRAM, MODE_SYSCALL = 0, 1, 2
 SEL_OWN_CODE, SEL_NTH, SEL_ADDRESS, SEL_RANGES, SEL_KIND = range(5)
-KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv")   # enum walk_kind, in order
+KINDS = ("anon", "zero", "cow", "file", "major", "swap", "thp", "stack", "segv", "kernel")   # enum walk_kind, in order
 STAGE_WAITING, STAGE_FAULTED, STAGE_DONE = range(3)
 MMAP_NOT_YET = 3
 (REC_BEFORE, REC_AFTER, REC_VMEMMAP, REC_FAULT_ENTRY, REC_FAULT_RETURN, REC_HANDLER, REC_MMAP, REC_MMAP_RETURN,
  REC_MERGE, REC_EXITED, REC_AT_SYSCALL) = range(1, 12)
-HAVE_OBJECTS, HAVE_MAPLE_ROOT, HAVE_LAYOUT, HAVE_VMA, HAVE_FOLIO, HAVE_HEAD, HAVE_PIVOTS, HAVE_ORDER = (
-    1 << i for i in range(8))
+(HAVE_OBJECTS, HAVE_MAPLE_ROOT, HAVE_LAYOUT, HAVE_VMA, HAVE_FOLIO, HAVE_HEAD, HAVE_PIVOTS, HAVE_ORDER,
+ HAVE_KERNEL_MODE) = (1 << i for i in range(9))
 
 SETTINGS = np.dtype([("target_tgid", "<u4"), ("levels", "<u4"), ("mode", "<u4"), ("selector", "<u4"),
                      ("kind", "<u4"), ("from_exec", "<u4"), ("stop_after", "<u4"), ("fault_probes", "<u4"),
@@ -94,12 +95,16 @@ WALK_READ = np.dtype([("kind", "<u4"), ("tid", "<u4"), ("time_ns", "<u8"), ("add
                       ("vm_page_prot", "<u8"), ("vm_file", "<u8"), ("anon_vma", "<u8"), ("folio_pfn", "<u8"),
                       ("page_flags", "<u8"), ("refcount", "<i4"), ("mapcount", "<i4"), ("head_pfn", "<u8"),
                       ("head_flags", "<u8"), ("head_refcount", "<i4"), ("head_mapcount", "<i4"),
-                      ("folio_order", "<u4"), ("_pad", "<u4"), ("maple", MAPLE_STEP, (6,)), ("pivots", "<u8", (15,))])
+                      ("folio_order", "<u4"), ("syscall_nr", "<i4"), ("maple", MAPLE_STEP, (6,)), ("pivots", "<u8", (15,))])
 WALK_EVENT = np.dtype([("kind", "<u4"), ("id", "<u4"), ("time_ns", "<u8"), ("v", "<u8", (6,)), ("w", "<u8", (3,))])
 
 # The tracepoint hooks, each with its tp_btf and classic-tracepoint program (capture/bpf KernelHooks chooses).
 FAULT_HOOK = Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
                   layout={"address": (8, 8), "ip": (16, 8), "error_code": (24, 8)})
+# x86's faults taken in kernel mode (on a user address: inside a system call), for --kind kernel; the same
+# event class as page_fault_user, so the same record layout (arch/x86/include/asm/trace/exceptions.h)
+FAULT_KERNEL_HOOK = Hook("exceptions", "page_fault_kernel", "fault_kernel_btf", "fault_kernel_tp",
+                         layout={"address": (8, 8), "ip": (16, 8), "error_code": (24, 8)})
 SYSCALL_HOOK = Hook("raw_syscalls", "sys_enter", "syscall_btf", "syscall_tp")
 EXEC_HOOK = Hook("sched", "sched_process_exec", "exec_btf", "exec_tp")
 EXIT_HOOK = Hook("sched", "sched_process_exit", "exit_btf", "exit_tp")
@@ -349,6 +354,7 @@ class BpfTracer:
         walk = BpfWalk(base, self.pgd_physical, dict(reads), self.obj.describe(), self.obj.lost_note())
         if self.obj.walked.vmemmap:
             walk.vmemmap_base, walk.vmemmap_folio, walk.vmemmap_pfn, walk.struct_page_size = self.obj.walked.vmemmap
+        walk.kaslr_on, walk.kaslr_how = kaslr_seen()
         return walk
 
     def stop(self) -> None:

@@ -12,7 +12,9 @@ the kernel, by a selector (its settings, set before load):
   (RIP − (start_code − the lowest executable p_vaddr)), lies in that function or line;
 - ``--kind K``: the first fault that looks like K when it enters the kernel (the error code, the PTE
   and the VMA the maple tree gives, read for every candidate), checked afterwards against the class
-  the events give.
+  the events give; ``--kind kernel``: the first fault on a user address taken in kernel mode (x86's
+  exceptions:page_fault_kernel: a system call touching user memory, e.g. read() copying into a fresh
+  buffer), with the system call it was taken in.
 
 Only the chosen fault pays for the deep reads: the walk and kernel objects at its entry, the walk and
 its struct page at the thread's next kernel entry, where the program stops it (bpf_send_signal(SIGSTOP)) so
@@ -50,6 +52,8 @@ from .bpf_walk import (
     EXEC_HOOK,
     EXIT_HOOK,
     FAULT_HOOK,
+    FAULT_KERNEL_HOOK,
+    HAVE_KERNEL_MODE,
     KINDS,
     MODE_PROGRAM,
     SEL_ADDRESS,
@@ -66,6 +70,7 @@ from .bpf_walk import (
     wait_for_vmemmap,
 )
 from .journey_capture import decode_trace_events, walk_engine_problem
+from .kaslr import kaslr_seen
 from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .records import parse_stream
 from .resume_guard import ResumeGuard, process_state, refuse_stopped
@@ -80,6 +85,8 @@ PROGRAM_TRACEPOINTS = (
     ("filemap", "mm_filemap_add_to_page_cache", False),
     ("signal", "signal_generate", False),
 )
+# --kind kernel: the faults taken in kernel mode too, with their kernel call chains (which system call)
+KERNEL_FAULT_TRACEPOINT = ("exceptions", "page_fault_kernel", True)
 
 
 def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
@@ -214,6 +221,9 @@ def selector_settings(selector: str, value: str | int | None, exe: str | None,
         return _symbol_settings(str(value), exe, maps, cwd)
     if selector == "line":
         return _line_settings(str(value), exe, maps)
+    if selector == "kind" and value == "kernel":
+        return ({"selector": SEL_KIND, "kind": KINDS.index("kernel")},
+                "the first fault on a user address taken in kernel mode (inside a system call)")
     if selector == "kind":
         return ({"selector": SEL_KIND, "kind": KINDS.index(str(value))},
                 f"the first fault that enters the kernel looking like a {value} fault")
@@ -283,7 +293,8 @@ class ProgramFault:
         program = self._executable(target)
         choice, words = selector_settings(self.selector, self.value, program, *self._attached_objects(target))
         ev = self._evidence(target, levels, levels_why, base_how, words)
-        events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS)
+        kernel_mode = self.selector == "kind" and self.value == "kernel"
+        events, formats, notes = tracepoint_events(PROGRAM_TRACEPOINTS + (KERNEL_FAULT_TRACEPOINT,) * kernel_mode)
         for note in notes:
             ev.unavailable[note.split(" ", 1)[0]] = note
         ev.event_sources = {spec.name: f"tracepoint {spec.name} via perf_event_open" for spec in events}
@@ -300,7 +311,8 @@ class ProgramFault:
             drained = _Drained(session)
             say("loading the compiled walk (it picks the fault in the kernel)")
             try:
-                obj = WalkObject(settings, (FAULT_HOOK, SYSCALL_HOOK, EXEC_HOOK, EXIT_HOOK), levels)
+                obj = WalkObject(settings, (FAULT_HOOK, SYSCALL_HOOK, EXEC_HOOK, EXIT_HOOK) + (FAULT_KERNEL_HOOK,) * kernel_mode,
+                                 levels)
             except BpfError as exc:
                 raise CaptureError(str(exc)) from None
             ev.event_sources["walk"] = obj.describe()
@@ -311,7 +323,7 @@ class ProgramFault:
             say(f"PID {target.pid} runs at full speed until {words}")
             stopped = self._wait_for_stop(obj, target, drained.read, session, words)
             _selected(ev, obj)
-            if stopped and ev.address:
+            if stopped and "before" in obj.walked.reads:   # (a fault at address 0 is a chosen fault too)
                 ev.paused = self._read_proc(target.pid, ev)
                 os.kill(target.pid, signal.SIGCONT)
             if self.argv:
@@ -339,7 +351,7 @@ class ProgramFault:
         if counts is not None:
             ev.lost_events = max(ev.lost_events, sum(counts.values()) - len(ev.events) - drained.dropped_samples)
         _walk_read(ev, obj, base)
-        if not ev.address:
+        if "before" not in obj.walked.reads:
             instead = ""
             if self.selector in ("symbol", "line"):
                 mmaps = parse_stream(b"".join(drained.chunks), TRACEPOINT_SAMPLE | SAMPLE_CALLCHAIN).mmaps
@@ -471,6 +483,9 @@ def _selected(ev: ProgramFaultEvidence, obj: WalkObject) -> None:
         ev.tid, ev.nth, ev.address, ev.ip, ev.error_code, ev.fault_ns = (
             int(rec["tid"]), int(rec["nth"]), int(rec["address"]), int(rec["ip"]), int(rec["error_code"]),
             int(rec["time_ns"]))
+        if int(rec["have"]) & HAVE_KERNEL_MODE:
+            ev.kernel_mode = True
+            ev.syscall_nr = int(rec["syscall_nr"])
 
 
 def _walk_read(ev: ProgramFaultEvidence, obj: WalkObject, base: int) -> None:
@@ -482,3 +497,4 @@ def _walk_read(ev: ProgramFaultEvidence, obj: WalkObject, base: int) -> None:
         ev.bpf = BpfWalk(base, pgdv - base if pgdv is not None else 0, dict(reads), obj.describe(), obj.lost_note())
         if obj.walked.vmemmap:
             ev.bpf.vmemmap_base, ev.bpf.vmemmap_folio, ev.bpf.vmemmap_pfn, ev.bpf.struct_page_size = obj.walked.vmemmap
+        ev.bpf.kaslr_on, ev.bpf.kaslr_how = kaslr_seen()

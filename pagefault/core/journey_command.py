@@ -76,6 +76,9 @@ def _program_journey(args: argparse.Namespace, argv: list[str], selector: str, v
         from ..capture.safe_paths import check_output_target
         check_output_target(request.save_evidence, args.force)
     here = core.machine_interface()
+    refusal = kernel_mode_refusal(here, selector, value)
+    if refusal:
+        raise UsageError(refusal)
     if not here.syndrome_traced:
         raise UsageError(f"following a program of yours needs the exceptions:page_fault_user tracepoint, which "
                          f"{here.arch.value} kernels lack; on {here.arch.value}, pagefault journey follows the "
@@ -83,6 +86,20 @@ def _program_journey(args: argparse.Namespace, argv: list[str], selector: str, v
     journey = core.program_fault_journey(argv or None, args.pid, selector, value, request)
     args.no_pause = True
     return _emit_journey(journey, args, output, console)
+
+
+def kernel_mode_refusal(here, selector: str, value: object) -> str | None:
+    """Why `--kind kernel` (a fault taken in kernel mode) cannot be followed on this machine's architecture,
+    in one line with what can be done instead; None where it can (x86-64, whose kernel traces such a fault as
+    exceptions:page_fault_kernel). `here`: core.machine_interface()'s ArchInterface.
+
+    :returns: the refusal's one line, or None; raises nothing."""
+    if selector != "kind" or value != "kernel" or here.syndrome_traced:
+        return None
+    return (f"--kind kernel needs the exceptions:page_fault_kernel tracepoint, which {here.arch.value} kernels lack "
+            "(they have no exceptions: tracepoints at all), and the arm64 journey meets only the exercise program's own "
+            f"write fault at handle_mm_fault; on {here.arch.value}, pagefault journey follows the exercise "
+            "program's fault")
 
 
 def _check_combinations(args: argparse.Namespace) -> None:

@@ -135,6 +135,9 @@ class BpfWalk:
     vmemmap_folio: int | None = None
     vmemmap_pfn: int | None = None
     struct_page_size: int | None = None
+    # whether KASLR placed the memory regions (vmemmap, the direct map), and the sources read (capture/kaslr.py)
+    kaslr_on: bool | None = None
+    kaslr_how: str = ""
 
 
 @dataclass
@@ -339,6 +342,8 @@ class ProgramFaultEvidence:
     ip: int = 0
     error_code: int = 0
     fault_ns: int = 0                  # bpftrace nsecs (CLOCK_MONOTONIC, the perf samples' clock)
+    kernel_mode: bool = False          # taken in kernel mode (exceptions:page_fault_kernel), on a user address
+    syscall_nr: int = -1               # kernel_mode: the system call it was taken in (saved orig_ax), -1 none
     lines: list[str] = field(default_factory=list)      # bpftrace's output, as printed
     bpf: BpfWalk | None = None
     paused: bool = False               # the program was stopped after the fault while /proc was read

@@ -628,12 +628,24 @@ def _migratetype(ev: JourneyEvidence, value) -> str:
 VMEMMAP_UNRANDOMISED = {4: 0xFFFFEA0000000000, 5: 0xFFD4000000000000}
 
 
-def _vmemmap_alignment(base: int, levels: int) -> str:
-    """What a 1 GiB aligned vmemmap base says of KASLR, from the value alone (the evidence holds no KASLR setting)."""
-    if base == VMEMMAP_UNRANDOMISED.get(levels):
+def _vmemmap_alignment(base: int, levels: int, kaslr_on: bool | None = None, kaslr_how: str = "") -> str:
+    """What a 1 GiB aligned vmemmap base says of KASLR: from the KASLR setting the capture read (observed), checked
+    against the value; from the value alone only where nothing could be read (older evidence, or no source)."""
+    plain = VMEMMAP_UNRANDOMISED.get(levels)
+    if kaslr_on is not None:
+        state = f"KASLR on (observed: {kaslr_how})" if kaslr_on else f"KASLR off (observed: {kaslr_how})"
+        if plain is None:
+            return f"1 GiB aligned; {state}"
+        agrees = (base != plain) == kaslr_on
+        where = (f"not the unrandomised {levels}-level base 0x{plain:x}: KASLR placed it" if base != plain else
+                 f"the unrandomised {levels}-level base 0x{plain:x}: not moved")
+        return f"1 GiB aligned, {where}; {state}" + ("" if agrees else
+                                                     " — the base and the setting disagree: one of them is misread")
+    if base == plain:
         return (f"1 GiB aligned, and the unrandomised {levels}-level base 0x{base:x}: KASLR did not move it "
-                "(off, or nokaslr)")
-    return "1 GiB aligned, and not the unrandomised base: KASLR placed it (memory randomisation is on)"
+                "(off, or nokaslr; from the value alone: no KASLR setting could be read)")
+    return ("1 GiB aligned, and not the unrandomised base: KASLR placed it (memory randomisation is on; from the "
+            "value alone: no KASLR setting could be read)")
 
 
 def _struct_page_values(ev: JourneyEvidence | ProgramFaultEvidence, pfn: int | None, kpagecount: int | None,
@@ -653,7 +665,7 @@ def _struct_page_values(ev: JourneyEvidence | ProgramFaultEvidence, pfn: int | N
                       "folio − PFN × sizeof(struct page), both from one pagemap:mm_lru_insertion event "
                       f"({evidence_walk_source(ev).at('mm_lru_insertion')})",
                       [f"0x{bpf.vmemmap_folio or 0:x} − 0x{bpf.vmemmap_pfn or 0:x} × {size} = 0x{bpf.vmemmap_base:x}",
-                       _vmemmap_alignment(bpf.vmemmap_base, ev.paging_levels) if aligned
+                       _vmemmap_alignment(bpf.vmemmap_base, ev.paging_levels, bpf.kaslr_on, bpf.kaslr_how) if aligned
                        else "NOT 1 GiB aligned: not vmemmap's base"],
                       display=f"0x{bpf.vmemmap_base:x}")]
     objs = read.objects

@@ -58,8 +58,10 @@ def program_timeline(ev: ProgramFaultEvidence, window: list[TraceEvent]) -> list
     items: list[tuple[int, str, str]] = []
     if faults and start < ev.fault_ns:
         items.append((start, "the program's first traced fault", "tracepoint exceptions:page_fault_user via perf"))
-    items.append((ev.fault_ns, f"the chosen fault (number {ev.nth}) at 0x{ev.address:x}, RIP 0x{ev.ip:x}",
-                  "the compiled walk at exceptions:page_fault_user"))
+    hook = "page_fault_kernel" if ev.kernel_mode else "page_fault_user"
+    mode = ", taken in kernel mode" if ev.kernel_mode else ""
+    items.append((ev.fault_ns, f"the chosen fault (number {ev.nth}) at 0x{ev.address:x}, RIP 0x{ev.ip:x}{mode}",
+                  f"the compiled walk at exceptions:{hook}"))
     for e in window:
         if e.name in WHAT:
             detail = (f", PFN 0x{e.fields['pfn']:x} order {e.fields.get('order', 0)}" if "pfn" in e.fields else
@@ -68,9 +70,10 @@ def program_timeline(ev: ProgramFaultEvidence, window: list[TraceEvent]) -> list
                 detail += (": the fault's page (movable)" if e.fields.get("gfp_flags", 0) & GFP_MOVABLE
                            else ": a page-table page (not movable)")
             items.append((e.time_ns, WHAT[e.name] + detail, f"tracepoint {e.name} via perf (thread {e.pid})"))
-    later = [e.time_ns for e in ev.events if e.name == "exceptions:page_fault_user" and e.pid == ev.tid
-             and e.time_ns > max([ev.fault_ns] + [w.time_ns for w in window])]
+    later = [e for e in ev.events if e.name in ("exceptions:page_fault_user", "exceptions:page_fault_kernel")
+             and e.pid == ev.tid and e.time_ns > max([ev.fault_ns] + [w.time_ns for w in window])]
     if later:
-        items.append((min(later), "the thread's next fault (the end of this fault's window)",
-                      "tracepoint exceptions:page_fault_user via perf"))
+        first = min(later, key=lambda e: e.time_ns)
+        items.append((first.time_ns, "the thread's next fault (the end of this fault's window)",
+                      f"tracepoint {first.name} via perf"))
     return timeline_from(items, start)

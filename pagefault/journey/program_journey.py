@@ -6,6 +6,8 @@ Pure: evidence in, a Journey out.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..decode.arch_interface import arch_interface
@@ -39,7 +41,17 @@ KIND_CLASSES: dict[FaultKind, set[FaultClass]] = {
     FaultKind.COW: {FaultClass.COW_COPY, FaultClass.COW_REUSE},
     FaultKind.FILE: {FaultClass.FILE_HIT, FaultClass.FILE_MAJOR, FaultClass.FILE_READAHEAD},
     FaultKind.MAJOR: {FaultClass.FILE_MAJOR}, FaultKind.SWAP: {FaultClass.SWAP_IN}, FaultKind.THP: {FaultClass.THP},
-    FaultKind.STACK: {FaultClass.STACK_GROWTH}, FaultKind.SEGV: {FaultClass.SIGSEGV, FaultClass.SIGBUS}}
+    FaultKind.STACK: {FaultClass.STACK_GROWTH}, FaultKind.SEGV: {FaultClass.SIGSEGV, FaultClass.SIGBUS},
+    # taken in kernel mode: whatever the fault then did (checked afterwards by its mode, not its class)
+    FaultKind.KERNEL: set(FaultClass)}
+FAULT_EVENTS = ("exceptions:page_fault_user", "exceptions:page_fault_kernel")
+# a system call's function in a kernel call chain: the frame the system call dispatcher called (x86-64's
+# do_syscall_64 / x64_sys_call, arm64's invoke_syscall): the entry (__x64_sys_read, __arm64_sys_read, the ia32
+# ones), its __do_sys_/__se_sys_ body, or the helper the entry tail-called and left no frame of its own for
+# (read's ksys_read, readv's do_readv)
+_DISPATCHERS = ("do_syscall_64", "x64_sys_call", "do_int80_syscall_32", "invoke_syscall", "el0_svc_common")
+_SYSCALL_FRAME = re.compile(r"^(?:__x64_sys|__ia32_sys|__arm64_sys|__do_sys|__se_sys|__x64_compat_sys|ksys|do)_"
+                            r"(\w+?)(?:\.\w+)*(?:\+|$)")
 
 
 def kind_classes(kind: str) -> set[FaultClass]:
@@ -53,12 +65,38 @@ def _window(ev: ProgramFaultEvidence) -> list[TraceEvent]:
     The fault's own perf sample is stamped after the walk's program on the same tracepoint ran (tens of µs
     later here), so the window starts at the first sample of that thread and address from the walk's time on.
     """
-    faults = sorted((e for e in ev.events if e.name == "exceptions:page_fault_user" and e.pid == ev.tid),
-                    key=lambda e: e.time_ns)
-    own = next((e for e in faults if e.time_ns >= ev.fault_ns and e.fields.get("address") == ev.address), None)
+    faults = sorted((e for e in ev.events if e.name in FAULT_EVENTS and e.pid == ev.tid), key=lambda e: e.time_ns)
+    own = _own_sample(ev)
     start = own.time_ns if own is not None else ev.fault_ns
     end = next((e.time_ns for e in faults if e.time_ns > start), 1 << 63)
-    return [e for e in ev.events if e.pid == ev.tid and ev.fault_ns <= e.time_ns < end]
+    window = [e for e in ev.events if e.pid == ev.tid and min(start, ev.fault_ns) <= e.time_ns < end]
+    if ev.kernel_mode:
+        # inside a system call the window holds the call's own work too (a read's readahead, its page-cache
+        # hits): the fault's are those whose kernel call chain passes through the exception (or has none)
+        window = [e for e in window if not e.kernel_chain or e is own
+                  or any(fn.startswith(("asm_exc_page_fault", "exc_page_fault")) for _a, fn in e.kernel_chain)]
+    return window
+
+
+def syscall_of_chain(chain: list[tuple[int, str]]) -> str | None:
+    """The system call a kernel call chain (leaf first: address, "function+offset") runs in: the frame the
+    dispatcher called, read as __x64_sys_NAME, ksys_NAME or do_NAME; None when no frame names one."""
+    names = [fn for _a, fn in chain]
+    for i, fn in enumerate(names):
+        if i and fn.split("+")[0] in _DISPATCHERS:
+            m = _SYSCALL_FRAME.match(names[i - 1])
+            if m:
+                return m.group(1)
+    return None
+
+
+def _own_sample(ev: ProgramFaultEvidence) -> TraceEvent | None:
+    """The perf sample of the chosen fault itself: its tracepoint's, the same thread and address, the nearest in
+    time to the walk's read (perf's sample may be stamped before or after the walk's program on the same
+    tracepoint ran, tens of µs apart)."""
+    name = FAULT_EVENTS[1] if ev.kernel_mode else FAULT_EVENTS[0]
+    same = [e for e in ev.events if e.name == name and e.pid == ev.tid and e.fields.get("address") == ev.address]
+    return min(same, key=lambda e: abs(e.time_ns - ev.fault_ns), default=None)
 
 
 def _mapping(maps: list[MapsLine], address: int) -> MapsLine | None:
@@ -111,7 +149,8 @@ class _ProgramSteps:
         self.cls, self.how, self.window = classify_chosen(ev)
         # the engine and hooks that read the walk, as the evidence records them (bpftrace in older captures)
         self.source = evidence_walk_source(ev)
-        self.at_fault = self.source.at("page_fault_user") + " (the chosen fault)"
+        self.hook = "page_fault_kernel" if ev.kernel_mode else "page_fault_user"
+        self.at_fault = self.source.at(self.hook) + " (the chosen fault)"
         self.after = (f"{self.source.at('sys_enter')} or {self.source.hook('page_fault_user')} (the thread's "
                       "next kernel entry after the fault)")
 
@@ -127,7 +166,13 @@ class _ProgramSteps:
         s.values.append(observed("fault number", ev.nth, self.at_fault + ": the program's faults counted in the kernel",
                                  display=str(ev.nth)))
         s.values.append(observed("thread", ev.tid, self.at_fault, display=str(ev.tid)))
-        if ev.selector == "kind":
+        if ev.selector == "kind" and ev.selector_value == FaultKind.KERNEL:
+            user_bit = bool(ev.error_code & 4)
+            s.values.append(derived("kind checked afterwards", ev.kernel_mode and not user_bit, "the hook that met "
+                                    "the fault and the error code's user bit (0x4: clear for a fault taken in kernel mode)",
+                                    [f"met at exceptions:{self.hook}; error code 0x{ev.error_code:x}: user bit "
+                                     f"{'set' if user_bit else 'clear'}"]))
+        elif ev.selector == "kind":
             wanted = kind_classes(ev.selector_value)
             s.values.append(derived("kind checked afterwards", cls in wanted, "the class from the fault's events (below) "
                                     f"against --kind {ev.selector_value}",
@@ -143,10 +188,52 @@ class _ProgramSteps:
                      observed(arch.pc_register, ev.ip, self.at_fault + " args->ip", display=f"0x{ev.ip:x}"),
                      observed(arch.syndrome_register, ev.error_code, self.at_fault + " args->error_code",
                               display=f"0x{ev.error_code:x}: {code.summary}", derivation=list(code.derivations))]
+        s.values += self._mode_values()
+
+    def _kernel_rip(self) -> Value:
+        """A kernel-mode fault's RIP is the kernel's: the function the fault's own call chain has below the
+        exception entry (asm_exc_page_fault), named by /proc/kallsyms."""
+        own = _own_sample(self.ev)
+        frames = [fn for _a, fn in own.kernel_chain] if own is not None else []
+        below = next((frames[i + 1] for i, fn in enumerate(frames[:-1]) if fn.startswith("asm_exc_page_fault")), None)
+        if below is None:
+            return unavailable("where", "the RIP is the kernel's (a fault taken in kernel mode), and no call chain "
+                               "of the fault's exceptions:page_fault_kernel sample names its function")
+        return observed("where", f"in the kernel: {below}", "the kernel call chain of the fault's "
+                        "exceptions:page_fault_kernel sample via perf, its frame below asm_exc_page_fault, named by "
+                        "/proc/kallsyms", derivation=[" ← ".join(f.split("+")[0] for f in frames[:12])])
+
+    def _mode_values(self) -> list[Value]:
+        """User or kernel mode (the tracepoint that met the fault), and for kernel mode the system call."""
+        ev = self.ev
+        if not ev.kernel_mode:
+            return [observed("taken in", "user mode (the program's own instruction)", f"{self.at_fault}: the kernel "
+                             "traces page_fault_user for a fault whose saved registers are user mode (user_mode(regs))")]
+        values = [observed("taken in", "kernel mode, on a user address (the kernel touching the program's memory "
+                           "for it)", f"{self.at_fault}: the kernel traces page_fault_kernel for a fault whose saved "
+                           "registers are not user mode (arch/x86/mm/fault.c); the RIP above is the kernel's")]
+        own = _own_sample(ev)
+        name = syscall_of_chain(own.kernel_chain) if own is not None else None
+        nr = f"number {ev.syscall_nr}" if ev.syscall_nr >= 0 else "no number saved"
+        frames = [fn.split("+")[0] for _a, fn in own.kernel_chain] if own is not None else []
+        if name:
+            values.append(observed("system call", f"{name} ({nr})", "the kernel call chain of the fault's "
+                                   "exceptions:page_fault_kernel sample via perf (its system call's frame); the number: "
+                                   f"the thread's saved user registers (orig_ax), read by {self.source.engine}",
+                                   derivation=[" ← ".join(frames[:12])]))
+        elif ev.syscall_nr >= 0:
+            values.append(observed("system call", nr, f"the thread's saved user registers (orig_ax) at the fault, "
+                                   f"read by {self.source.engine}; no call chain named it"))
+        else:
+            values.append(unavailable("system call", "the thread was in no system call (orig_ax -1) and no call "
+                                      "chain names one"))
+        return values
 
     def rip(self, s: Step) -> None:
         ev = self.ev
-        if ev.rip is not None:
+        if ev.kernel_mode:
+            s.values.append(self._kernel_rip())
+        elif ev.rip is not None:
             r = ev.rip
             s.values.append(derived("where", r.describe, "RIP − mapping start + file offset → ELF address → symbol",
                                     list(r.derivations)))

@@ -66,7 +66,10 @@ class Source(enum.StrEnum):
 
 class FaultKind(enum.StrEnum):
     """The kinds of fault `pagefault journey --kind` picks (at the fault's entry, from its PTE and VMA; the
-    classes its events may then show are program_journey.KIND_CLASSES)."""
+    classes its events may then show are program_journey.KIND_CLASSES). KERNEL: a fault on a user address
+    taken in kernel mode, inside a system call (read() copying into a fresh buffer); a kind, not a separate
+    --mode, because it is what a user asks for in one word ("show me a fault the kernel took for me"), and
+    the other kinds stay what they were: faults the program's own instructions took, in user mode."""
 
     ANON = "anon"
     ZERO = "zero"
@@ -77,3 +80,4 @@ class FaultKind(enum.StrEnum):
     THP = "thp"
     STACK = "stack"
     SEGV = "segv"
+    KERNEL = "kernel"

@@ -436,11 +436,8 @@ struct folio___order_byte {
 /* a folio's order, as folio_order() reads it on the running kernel: 0 unless it is a head (PG_head) */
 static __always_inline __u32 order_of_folio(struct folio *folio)
 {
-	/* the flags word, read where every kernel keeps it, first in struct page and folio: not through CO-RE,
-	 * whose field of a long (6.1-6.17) does not match the memdesc_flags_t struct of this vmlinux.h (6.18) */
-	__u64 flags = 0;
-	bpf_probe_read_kernel(&flags, sizeof(flags), folio);
-	if (!(flags & (1ULL << bpf_core_enum_value(enum pageflags, PG_head))))
+	/* the flags word through CO-RE, in the shape this kernel has (pagefault.bpf.h's folio_flags_word) */
+	if (!(folio_flags_word(folio) & (1ULL << bpf_core_enum_value(enum pageflags, PG_head))))
 		return 0;
 	struct folio___order_byte *old = (void *)folio;
 	if (bpf_core_field_exists(old->_folio_order))

@@ -2,7 +2,7 @@
 /* The journey's reads of one fault (pagefault journey; journey -p PID and journey -- CMD): the page-table
  * walk from the task's mm->pgd through the kernel's direct map, mm->map_count, the maple-tree search for the
  * address and the VMA it ends at, read when the fault enters the kernel (page_fault_user, before the
- * handler); then, at the thread's next kernel entry (a system call, or with MODE_PROGRAM its next fault),
+ * handler; page_fault_kernel for --kind kernel, a fault on a user address taken inside a system call); then, at the thread's next kernel entry (a system call, or with MODE_PROGRAM its next fault),
  * the walk again and the struct page of the frame the entry now names, through vmemmap.
  *
  * MODE_PAGE follows the target's first fault on the page the loader writes into state.page; MODE_PROGRAM
@@ -73,22 +73,10 @@ static __always_inline __u64 read_u64(__u64 addr)
 	return v;
 }
 
-/* struct page's flags word, as two flavours: an unsigned long on older kernels (6.1, 6.12), a memdesc_flags_t (a struct of one
- * unsigned long) after. A CO-RE field relocation must match the field's kind, so each era has its own. */
-struct page___ul {
-	unsigned long flags;
-} __attribute__((preserve_access_index));
-struct page___memdesc {
-	struct {
-		unsigned long f;
-	} flags;   /* memdesc_flags_t: declared here, as older kernels' vmlinux.h have no such type */
-} __attribute__((preserve_access_index));
-
+/* struct page's flags word (pagefault.bpf.h: an unsigned long to 6.17, a memdesc_flags_t after, chosen by CO-RE) */
 static __always_inline __u64 page_flags(__u64 page)
 {
-	if (bpf_core_field_exists(((struct page___memdesc *)0)->flags))
-		return read_u64(page + bpf_core_field_offset(struct page___memdesc, flags));
-	return read_u64(page + bpf_core_field_offset(struct page___ul, flags));
+	return page_flags_word((const void *)page);
 }
 
 /* Shift of the index at level `pos` (0 = the top) of a `levels`-level walk. */
@@ -238,8 +226,23 @@ static __always_inline struct walk_read *start_read(__u32 kind, __u64 *base, __u
 	return r;
 }
 
-/* At the chosen fault's entry: the walk, the objects and the maple-tree search. */
-static __always_inline void read_before(__u64 addr, __u64 ip, __u64 error_code)
+/* The system call the current thread is in, from its saved user registers (orig_ax on x86-64, syscallno on
+ * arm64: the number entry_SYSCALL_64 / el0_svc saved); -1 when it is in none. */
+static __always_inline __s32 current_syscall(void)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+#if defined(__TARGET_ARCH_x86)
+	return (__s32)BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	return (__s32)BPF_CORE_READ(regs, syscallno);
+#else
+	return -1;
+#endif
+}
+
+/* At the chosen fault's entry: the walk, the objects and the maple-tree search; for a fault taken in kernel
+ * mode, the system call it was taken in. */
+static __always_inline void read_before(__u64 addr, __u64 ip, __u64 error_code, int kernel_mode)
 {
 	__u64 base, pgd, pte, pmd;
 	struct walk_read *r = start_read(REC_BEFORE, &base, &pgd);
@@ -249,6 +252,11 @@ static __always_inline void read_before(__u64 addr, __u64 ip, __u64 error_code)
 	r->ip = ip;
 	r->error_code = error_code;
 	r->nth = state.n;
+	r->syscall_nr = -1;
+	if (kernel_mode) {
+		r->have |= HAVE_KERNEL_MODE;
+		r->syscall_nr = current_syscall();
+	}
 	walk(r, pgd, base, addr & ~0xfffULL, &pte, &pmd);
 	__u64 vma = maple_search_recorded(r, current_mm(), addr);
 	if (vma)
@@ -384,9 +392,21 @@ static __always_inline int chain_in_ranges(struct mm_struct *mm)
 	return 0;
 }
 
-static __always_inline int selected(__u64 addr, __u64 ip, __u64 ec)
+/* Does a VMA of `mm` hold `addr`? (A kernel-mode fault outside every VMA is a bad user pointer the kernel
+ * meets, e.g. a NULL passed to a system call: its exception-table fixup returns -EFAULT; not a fault that maps
+ * memory, which --kind kernel asks for.) */
+static __always_inline int in_a_vma(struct mm_struct *mm, __u64 addr)
+{
+	struct vm_area_struct *v = (struct vm_area_struct *)maple_find_vma(mm, addr);
+	return v && BPF_CORE_READ(v, vm_start) <= addr;
+}
+
+static __always_inline int selected(__u64 addr, __u64 ip, __u64 ec, int kernel_mode)
 {
 	struct mm_struct *mm = current_mm();
+	/* a fault taken in kernel mode is a candidate of --kind kernel only (its hook is loaded for no other) */
+	if (kernel_mode || (settings.selector == SEL_KIND && settings.kind == WK_KERNEL))
+		return kernel_mode && settings.selector == SEL_KIND && settings.kind == WK_KERNEL && in_a_vma(mm, addr);
 	switch (settings.selector) {
 	case SEL_NTH:
 		return state.n == settings.nth;
@@ -408,7 +428,7 @@ static __always_inline void after_and_stop(void)
 		bpf_send_signal(SIGSTOP);
 }
 
-static __always_inline int on_fault(__u64 addr, __u64 ip, __u64 ec)
+static __always_inline int on_fault(__u64 addr, __u64 ip, __u64 ec, int kernel_mode)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if ((__u32)(id >> 32) != settings.target_tgid)
@@ -419,26 +439,31 @@ static __always_inline int on_fault(__u64 addr, __u64 ip, __u64 ec)
 			state.tid = (__u32)id;
 			state.addr = addr;
 			state.ip = ip;
-			read_before(addr, ip, ec);
+			read_before(addr, ip, ec, kernel_mode);
 			state.stage = STAGE_FAULTED;
 		}
 		return 0;
 	}
 	if (settings.from_exec && !state.execd)
 		return 0;
-	if (state.stage == STAGE_FAULTED && (__u32)id == state.tid && (addr != state.addr || ip != state.ip)) {
-		after_and_stop();   /* the thread's next fault is its next kernel entry */
+	/* the thread's next user-mode fault is its next kernel entry; a kernel-mode one is not: it may be taken
+	 * inside the chosen fault's own handling, before its PTE is set (perf's walk of the user stack for an
+	 * allocation sample's call chain, copy_from_user_nmi, faults so), so the read waits for the next system
+	 * call or user-mode fault */
+	if (state.stage == STAGE_FAULTED && (__u32)id == state.tid && !kernel_mode &&
+	    (addr != state.addr || ip != state.ip)) {
+		after_and_stop();
 		return 0;
 	}
 	if (state.stage != STAGE_WAITING)
 		return 0;
 	state.n += 1;
-	if (!selected(addr, ip, ec))
+	if (!selected(addr, ip, ec, kernel_mode))
 		return 0;
 	state.tid = (__u32)id;
 	state.addr = addr;
 	state.ip = ip;
-	read_before(addr, ip, ec);
+	read_before(addr, ip, ec, kernel_mode);
 	state.stage = STAGE_FAULTED;
 	return 0;
 }
@@ -446,13 +471,44 @@ static __always_inline int on_fault(__u64 addr, __u64 ip, __u64 ec)
 SEC("tp_btf/page_fault_user")
 int BPF_PROG(fault_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
 {
-	return on_fault(address, PT_REGS_IP_CORE(regs), error_code);   /* regs->ip on x86, ->pc on arm64 */
+	return on_fault(address, PT_REGS_IP_CORE(regs), error_code, 0);   /* regs->ip on x86, ->pc on arm64 */
 }
 
 SEC("tracepoint/exceptions/page_fault_user")
 int fault_tp(struct page_fault_user_args *ctx)
 {
-	return on_fault(ctx->address, ctx->ip, ctx->error_code);
+	return on_fault(ctx->address, ctx->ip, ctx->error_code, 0);
+}
+
+/* exceptions:page_fault_kernel (x86 only: arch/x86/mm/fault.c traces a fault taken with regs not in user mode
+ * there, with the same class and arguments as page_fault_user). Only a user address is a candidate: below
+ * the user half's top (TASK_SIZE_MAX's page above it, 4- or 5-level), e.g. copy_to_user into a fresh buffer
+ * inside read(). `ip` is then the kernel's instruction. */
+static __always_inline int on_kernel_fault(__u64 address, __u64 ip, __u64 error_code)
+{
+	const __u64 user_top = 1ULL << (settings.levels == 5 ? 56 : 47);
+	if (address >= user_top)
+		return 0;
+	/* a fault under pagefault_disable() is never handled (x86's faulthandler_disabled(): the exception table's
+	 * fixup answers it): perf's walk of the user stack for a sample's call chain (copy_from_user_nmi) takes
+	 * such faults, nested in other faults. Read through the BTF pointer, not bpf_probe_read_kernel, whose own
+	 * pagefault_disable() would count itself. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->pagefault_disabled)
+		return 0;
+	return on_fault(address, ip, error_code, 1);
+}
+
+SEC("tp_btf/page_fault_kernel")
+int BPF_PROG(fault_kernel_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+{
+	return on_kernel_fault(address, PT_REGS_IP_CORE(regs), error_code);
+}
+
+SEC("tracepoint/exceptions/page_fault_kernel")
+int fault_kernel_tp(struct page_fault_user_args *ctx)   /* the same record as page_fault_user's (one event class) */
+{
+	return on_kernel_fault(ctx->address, ctx->ip, ctx->error_code);
 }
 
 /* MODE_SYSCALL: each page's walk, read at once */

@@ -33,6 +33,7 @@ enum walk_selector {
 enum walk_kind {
 	WK_ANON = 0, WK_ZERO = 1, WK_COW = 2, WK_FILE = 3, WK_MAJOR = 4, WK_SWAP = 5, WK_THP = 6, WK_STACK = 7,
 	WK_SEGV = 8,
+	WK_KERNEL = 9,      /* a fault on a user address taken in kernel mode (page_fault_kernel: inside a system call) */
 };
 
 /* Settings, in .rodata: set by the loader before load, constants to the verifier. */
@@ -85,7 +86,7 @@ struct walk_state {
 
 /* Records in the ring buffer; each starts with its kind. */
 enum walk_record_kind {
-	REC_BEFORE = 1,       /* struct walk_read: at the fault's entry (page_fault_user) */
+	REC_BEFORE = 1,       /* struct walk_read: at the fault's entry (page_fault_user, or page_fault_kernel) */
 	REC_AFTER = 2,        /* struct walk_read: at the thread's next kernel entry */
 	REC_VMEMMAP = 3,      /* struct walk_event: v = vmemmap, folio, pfn, sizeof(struct page) */
 	REC_FAULT_ENTRY = 4,  /* v = vma pointer, address, flags, vm_start, vm_end, vm_flags; w = page_prot, file, anon_vma */
@@ -107,6 +108,7 @@ enum walk_record_kind {
 #define HAVE_HEAD (1u << 5)         /* the page is a tail page: folio_head_* read from its head */
 #define HAVE_PIVOTS (1u << 6)
 #define HAVE_ORDER (1u << 7)        /* folio_order read (a head or tail page of a large folio) */
+#define HAVE_KERNEL_MODE (1u << 8)  /* the fault was taken in kernel mode (page_fault_kernel); syscall_nr read */
 
 struct walk_read {
 	__u32 kind;           /* REC_BEFORE or REC_AFTER */
@@ -142,7 +144,8 @@ struct walk_read {
 	__s32 head_refcount;
 	__s32 head_mapcount;
 	__u32 folio_order;
-	__u32 _pad;
+	__s32 syscall_nr;     /* HAVE_KERNEL_MODE: the system call the thread was in (its saved user registers'
+				 orig_ax on x86-64, syscallno on arm64); -1: not in one */
 	struct maple_step_rec maple[WALK_MAPLE_DEPTH];
 	__u64 pivots[WALK_PIVOTS];
 };

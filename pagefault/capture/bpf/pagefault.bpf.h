@@ -25,6 +25,51 @@ struct page_fault_user_args {
 #define MAPLE_TYPE_SHIFT 3
 #define MAPLE_TYPE_MASK 0xfULL
 
+/* The flags word of a struct page or a struct folio (PG_* bits), in its two shapes: an unsigned long up to 6.17,
+ * a memdesc_flags_t (a struct holding one unsigned long, `f`) from 6.18. Each shape is a local flavour, and
+ * the relocation chooses: libbpf's field compatibility (relo_core.c bpf_core_fields_are_compat, 1.1.2 as
+ * later) matches an integer only with an integer and a struct only with a struct, so on each kernel exactly
+ * one flavour's `flags` exists; the other's reads are never reached, and libbpf poisons them harmlessly.
+ * The folio's flags sit in an anonymous struct of a union (libbpf descends into anonymous members). */
+struct page___flags_long {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+struct page___flags_memdesc {
+	struct {
+		unsigned long f;
+	} flags;   /* memdesc_flags_t, declared here: older kernels' vmlinux.h have no such type */
+} __attribute__((preserve_access_index));
+struct folio___flags_long {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+struct folio___flags_memdesc {
+	struct {
+		unsigned long f;
+	} flags;
+} __attribute__((preserve_access_index));
+
+/* The PG_* word of the struct page at `page` (0 when neither shape is in the kernel's BTF). */
+static __always_inline __u64 page_flags_word(const void *page)
+{
+	__u64 v = 0;
+	if (bpf_core_field_exists(((struct page___flags_memdesc *)0)->flags.f))
+		bpf_core_read(&v, sizeof(v), &((struct page___flags_memdesc *)page)->flags.f);
+	else if (bpf_core_field_exists(((struct page___flags_long *)0)->flags))
+		bpf_core_read(&v, sizeof(v), &((struct page___flags_long *)page)->flags);
+	return v;
+}
+
+/* The PG_* word of the struct folio at `folio` (0 when neither shape is in the kernel's BTF). */
+static __always_inline __u64 folio_flags_word(const void *folio)
+{
+	__u64 v = 0;
+	if (bpf_core_field_exists(((struct folio___flags_memdesc *)0)->flags.f))
+		bpf_core_read(&v, sizeof(v), &((struct folio___flags_memdesc *)folio)->flags.f);
+	else if (bpf_core_field_exists(((struct folio___flags_long *)0)->flags))
+		bpf_core_read(&v, sizeof(v), &((struct folio___flags_long *)folio)->flags);
+	return v;
+}
+
 static __always_inline struct mm_struct *current_mm(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
