@@ -143,7 +143,7 @@ def check_scenario_kprobes(j, path: Path) -> tuple[bool, str]:
 
 SCENARIO_CHECKS = tuple(f"scenario-{s.name}" for s in SCENARIOS)
 ARM64_CHECKS = ("doctor", "bpf-objects", "journey-arm64", "decode", "entry-kinds", "trace-count", "trace-latency")
-X86_CHECKS = ("doctor", "bpf-objects", "journey-bpf", "journey-perf") + SCENARIO_CHECKS + (
+X86_CHECKS = ("doctor", "bpf-objects", "journey-bpf", "journey-perf", "journey-kernel-mode") + SCENARIO_CHECKS + (
     "trace", "trace-count", "trace-latency", "entry-kinds", "decode", "heldout")
 
 
@@ -271,6 +271,45 @@ def first_touch(out: Path) -> Path:
         cc = shutil.which("cc") or shutil.which("gcc")
         subprocess.run([cc, "-O1", "-o", str(exe), str(source)], check=True)
     return exe
+
+
+def kernel_mode_journey_result(out: Path) -> tuple[bool, str]:
+    """`journey --kind kernel` on tests/c/read_syscall.c (a read() into a fresh buffer the program never touches):
+    the fault picked lies in the buffer, its error code has the user bit clear and says write, the journey says
+    kernel mode (from exceptions:page_fault_kernel) and the read system call (observed), and the PTE it set maps
+    pagemap's frame: the kernel-mode path of the compiled walk on this kernel's tracepoints and BTF."""
+    import re
+    import shutil
+    exe = out / "read_syscall"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-O1", "-o", str(exe), str(ROOT / "tests" / "c" / "read_syscall.c")], check=True)
+    result = out / "journey-kernel-mode.json"
+    r = subprocess.run([sys.executable, "-m", "pagefault", "journey", "-q", "--format", "json", "-o", str(result),
+                        "--force", "--kind", "kernel", "--", str(exe), str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if r.returncode != 0:
+        return False, f"exit {r.returncode}: {r.stderr.strip()[-400:]}"
+    m = re.search(r"^buffer start=0x([0-9a-f]+) pages=(\d+)", r.stdout, re.M)
+    if not m:
+        return False, f"the program printed no buffer: {r.stdout[-200:]}"
+    lo = int(m.group(1), 16)
+    hi = lo + int(m.group(2)) * 4096
+    values = {v["label"]: v for step in json.loads(result.read_text())["steps"] for v in step["values"]}
+    cr2, code = values["faulting address (CR2)"]["value"], values["error code"]["value"]
+    taken, syscall = values["taken in"], values["system call"]
+    problems = []
+    if not lo <= cr2 < hi:
+        problems.append(f"CR2 0x{cr2:x} outside the buffer 0x{lo:x}-0x{hi:x}")
+    if code & 0x4 or not code & 0x2:
+        problems.append(f"error code 0x{code:x}: not a kernel-mode write")
+    if not (str(taken["value"]).startswith("kernel mode") and "page_fault_kernel" in taken["source"]):
+        problems.append(f"taken in: {taken['value']} ({taken['source']})")
+    if syscall["provenance"] != "observed" or not str(syscall["value"]).startswith("read (number 0)"):
+        problems.append(f"system call: {syscall['value']} ({syscall['provenance']})")
+    if values["PTE's PFN is pagemap's"]["value"] is not True:
+        problems.append("the PTE's PFN is not pagemap's")
+    return not problems, "; ".join(problems) or (f"CR2 0x{cr2:x} in the buffer, error code 0x{code:x}, "
+                                                 f"{taken['value']}, system call {syscall['value']}")
 
 
 def trace_latency_result(out: Path) -> tuple[bool, str]:
@@ -445,6 +484,10 @@ def main() -> int:
             return check_journey(path, tier)
         checks.run(f"journey-{tier}", journey)
         times[f"journey-{tier}"] = time.monotonic() - t
+
+    t = time.monotonic()
+    checks.run("journey-kernel-mode", lambda: kernel_mode_journey_result(out))
+    times["journey-kernel-mode"] = time.monotonic() - t
 
     t = time.monotonic()
     run_scenarios(out, checks)
