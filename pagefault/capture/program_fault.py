@@ -75,7 +75,7 @@ from .perf_event import SAMPLE_CALLCHAIN, PerfError, PerfSession
 from .records import parse_stream
 from .resume_guard import ResumeGuard, process_state, refuse_stopped
 from .runner import Target, TargetError, attach, spawn_held
-from .safe_paths import root_safe_state_dir, write_output
+from .safe_paths import OutputError, root_safe_state_dir, write_output
 from .seen_instead import seen_instead
 from .tracer import TRACEPOINT_SAMPLE, CaptureError, NothingMatched, TargetProblem, release_target, tracepoint_events
 
@@ -119,10 +119,11 @@ def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
     how = (f"derived this boot from a journey of the exercise program (PID {ev.pid}): mm->pgd 0x{before.pgd_virtual:x} "
            f"− the PGD's physical address 0x{ev.bpf.pgd_physical:x} (its mm_page_alloc under pgd_alloc)")
     if cache is not None:
+        # only a cache: where it cannot be kept (a read-only home, a full disk) the next journey derives it again
         try:
             cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_output(cache, json.dumps({"base": ev.bpf.direct_map_base, "how": how}), force=True)
-        except OSError:
+        except (OSError, OutputError):
             pass
     return ev.bpf.direct_map_base, how
 
