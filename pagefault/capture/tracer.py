@@ -31,7 +31,7 @@ from .perf_event import (
 )
 from .runner import TargetError, attach, spawn_held
 from .safe_paths import OutputWriteFailed
-from .signal_deferral import STOP_SIGNALS
+from .signal_deferral import STOP_SIGNALS, swap_handlers
 
 # kernel.facts (every decoder, through decode.arch), the recording's writer (cattrs) and /proc's maps parser
 # (the evidence records) are imported where they are used: the summary-only count imports this module for its
@@ -193,12 +193,11 @@ def record(opts: TraceOptions) -> dict:
     # created and handed over (an exception at any bytecode there) left FILE.*.part behind; now it is counted,
     # and the run, seeing it, stops at once and names what it has, as for a signal at any later moment
     stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    old = swap_handlers({s: stop for s in STOP_SIGNALS})   # all at once: none lands between two of the swaps
     try:
         writer = RecordingWriter(opts.output or Path("pagefault.pfrec"), head, opts.force)
     except BaseException:
-        for s, h in old.items():
-            signal.signal(s, h)
+        swap_handlers(old)
         target.kill(signal.SIGKILL)
         target.wait()
         raise
@@ -209,8 +208,7 @@ def record(opts: TraceOptions) -> dict:
         run.abort()
         raise
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        swap_handlers(old)
     return {**head, **run.finish()}
 
 
