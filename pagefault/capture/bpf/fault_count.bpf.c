@@ -18,6 +18,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#define MAPLE_SEARCH        /* the VMA of a faulting address found in the maple tree (pagefault.bpf.h) */
 #define FOLLOW_FORKS        /* the target and its children (pagefault.bpf.h) */
 #include "pagefault.bpf.h"
 #include "fault_count.h"

@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#define MAPLE_SEARCH        /* the VMA of a faulting address found in the maple tree (pagefault.bpf.h) */
 #include "pagefault.bpf.h"
 #include "journey_walk.h"
 

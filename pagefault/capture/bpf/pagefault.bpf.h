@@ -76,16 +76,63 @@ static __always_inline struct mm_struct *current_mm(void)
 	return BPF_CORE_READ(task, mm);
 }
 
-/* The VMA holding `addr` in `mm` (0: none), found as mas_walk() does: from the root, in each node the
- * first pivot ≥ addr picks the slot (a 0 pivot past the first ends the node's data), down to a leaf
- * (maple_dense or maple_leaf_64, whose slot holds the VMA). The node layouts and type numbers come from BTF
- * (CO-RE), not from a table of ours. bpf_find_vma would do this for us, but costs an irq_work per call in
+/* ---- the maple-tree search, in the objects that define MAPLE_SEARCH before including this: its global
+ * function (maple_slot) would otherwise be in every object, and libbpf relocates it at every load whether a
+ * program calls it or not (~9 ms of latency.bpf.o's load here) ---- */
+#ifdef MAPLE_SEARCH
+/* Where a maple node of `type` keeps its pivots and its slots, and how many pivots it has (maple_range_64's or
+ * maple_arange_64's layout, from BTF: CO-RE, not a table of ours). */
+static __always_inline void maple_layout(__u64 type, __u32 *pivots_at, __u32 *slots_at, __u32 *npivots)
+{
+	if (type == bpf_core_enum_value(enum maple_type, maple_arange_64)) {
+		*pivots_at = bpf_core_field_offset(struct maple_arange_64, pivot);
+		*slots_at = bpf_core_field_offset(struct maple_arange_64, slot);
+		*npivots = bpf_core_field_size(struct maple_arange_64, pivot) / 8;
+	} else {
+		*pivots_at = bpf_core_field_offset(struct maple_range_64, pivot);
+		*slots_at = bpf_core_field_offset(struct maple_range_64, slot);
+		*npivots = bpf_core_field_size(struct maple_range_64, pivot) / 8;
+	}
+}
+
+/* The slot of the maple node `entry` (an encoded node: its address and type) that `addr` falls in, as
+ * mas_walk() picks it: the first pivot >= addr (a 0 pivot past the first ends the node's data), else the
+ * slot after the last pivot; -1: the node could not be read.
+ *
+ * A global function, not inlined, so the verifier checks it once per program with unknown arguments: inlined in
+ * the search's loop it was checked again at every depth for each pivot the scan could stop at (fault_count's
+ * fault program: 11,757 instructions processed and ~30 ms of a ~58 ms load on 6.18 here; 3,279 and ~4 ms with
+ * this function). Only scalars in and out: how a global function's pointer arguments are checked
+ * differs across the kernels pagefault loads on. */
+__noinline __s32 maple_slot(__u64 entry, __u64 addr)
+{
+	__u64 pivots[MAPLE_MAX_PIVOTS];
+	__u64 node = entry & ~MAPLE_NODE_MASK;
+	__u32 pivots_at, slots_at, npivots;
+	maple_layout((entry >> MAPLE_TYPE_SHIFT) & MAPLE_TYPE_MASK, &pivots_at, &slots_at, &npivots);
+	if (npivots > MAPLE_MAX_PIVOTS)
+		return -1;
+	/* the node's pivots in one read (both layouts hold 15 words from the pivots on) */
+	if (bpf_probe_read_kernel(pivots, MAPLE_MAX_PIVOTS * sizeof(__u64), (void *)(node + pivots_at)))
+		return -1;
+	for (__u32 i = 0; i < MAPLE_MAX_PIVOTS; i++) {
+		if (i >= npivots)
+			break;
+		if (pivots[i] >= addr || (pivots[i] == 0 && i > 0))
+			return i;
+	}
+	return npivots;
+}
+
+/* The VMA holding `addr` in `mm` (0: none), found as mas_walk() does: from the root, in each node the slot
+ * maple_slot() picks, down to a leaf (maple_dense or maple_leaf_64, whose slot holds the VMA). The node layouts
+ * and type numbers come from BTF (CO-RE). bpf_find_vma would do this for us, but costs an irq_work per call in
  * an IRQs-off tracepoint (~12.7 µs per fault measured).
  *
- * pivots: MAPLE_MAX_PIVOTS words, where each node's pivots are read (the leaf's stay there). steps, depth:
- * NULL for a quiet search; else each node read is recorded in steps[0..MAPLE_DEPTH) (root first) and
- * *depth counts them. root: NULL, or where the tree's root entry goes (left alone before 6.1, whose VMAs
- * are in an rbtree). Constant NULLs are folded away where the search is inlined. */
+ * pivots, steps, depth: NULL for a quiet search; else each node read is recorded in steps[0..MAPLE_DEPTH) (root
+ * first), *depth counts them, and each node's MAPLE_MAX_PIVOTS pivots are read into pivots (the leaf's stay
+ * there). root: NULL, or where the tree's root entry goes (left alone before 6.1, whose VMAs are in an
+ * rbtree). Constant NULLs are folded away where the search is inlined. */
 static __always_inline __u64 maple_search(struct mm_struct *mm, __u64 addr, __u64 *pivots,
 					  struct maple_step_rec *steps, __u32 *depth, __u64 *root)
 {
@@ -98,35 +145,17 @@ static __always_inline __u64 maple_search(struct mm_struct *mm, __u64 addr, __u6
 		return entry;   /* not a node: the root holds the only entry (or none) */
 	const __u64 dense = bpf_core_enum_value(enum maple_type, maple_dense);
 	const __u64 leaf = bpf_core_enum_value(enum maple_type, maple_leaf_64);
-	const __u64 arange = bpf_core_enum_value(enum maple_type, maple_arange_64);
-	const __u32 r_piv = bpf_core_field_offset(struct maple_range_64, pivot);
-	const __u32 r_slot = bpf_core_field_offset(struct maple_range_64, slot);
-	const __u32 r_n = bpf_core_field_size(struct maple_range_64, pivot) / 8;
-	const __u32 a_piv = bpf_core_field_offset(struct maple_arange_64, pivot);
-	const __u32 a_slot = bpf_core_field_offset(struct maple_arange_64, slot);
-	const __u32 a_n = bpf_core_field_size(struct maple_arange_64, pivot) / 8;
 
 	for (__u32 d = 0; d < MAPLE_DEPTH; d++) {
 		__u64 node = entry & ~MAPLE_NODE_MASK;
 		__u64 type = (entry >> MAPLE_TYPE_SHIFT) & MAPLE_TYPE_MASK;
-		int ar = type == arange;
-		__u32 npiv = ar ? a_n : r_n;
-		if (npiv > MAPLE_MAX_PIVOTS)
+		__s32 off = maple_slot(entry, addr);
+		if (off < 0 || off > MAPLE_MAX_PIVOTS)
 			return 0;
-		/* the node's pivots in one read (both layouts hold 15 words from the pivots on) */
-		if (bpf_probe_read_kernel(pivots, MAPLE_MAX_PIVOTS * sizeof(__u64), (void *)(node + (ar ? a_piv : r_piv))))
-			return 0;
-		__u32 off = npiv;
-		for (__u32 i = 0; i < MAPLE_MAX_PIVOTS; i++) {
-			if (i >= npiv)
-				break;
-			if (pivots[i] >= addr || (pivots[i] == 0 && i > 0)) {
-				off = i;
-				break;
-			}
-		}
+		__u32 pivots_at, slots_at, npivots;
+		maple_layout(type, &pivots_at, &slots_at, &npivots);
 		__u64 next = 0;
-		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(node + (ar ? a_slot : r_slot) + (__u64)off * 8)))
+		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(node + slots_at + (__u64)off * 8)))
 			return 0;
 		if (steps) {
 			steps[d].node = node;
@@ -135,6 +164,8 @@ static __always_inline __u64 maple_search(struct mm_struct *mm, __u64 addr, __u6
 			steps[d].entry = next;
 			*depth = d + 1;
 		}
+		if (pivots && bpf_probe_read_kernel(pivots, MAPLE_MAX_PIVOTS * sizeof(__u64), (void *)(node + pivots_at)))
+			return 0;
 		if (type == dense || type == leaf)
 			return next;
 		entry = next;
@@ -145,9 +176,9 @@ static __always_inline __u64 maple_search(struct mm_struct *mm, __u64 addr, __u6
 /* The VMA holding `addr` in `mm` (0: none), searched quietly. */
 static __always_inline __u64 maple_find_vma(struct mm_struct *mm, __u64 addr)
 {
-	__u64 pivots[MAPLE_MAX_PIVOTS];
-	return maple_search(mm, addr, pivots, 0, 0, 0);
+	return maple_search(mm, addr, 0, 0, 0, 0);
 }
+#endif
 
 /* ---- the VMAs a summary names (struct vma_seen, fault_count.h: the one record
  * capture/mapping_watch.maps_from_kernel reads) ---- */
