@@ -32,10 +32,19 @@ from .signal_deferral import signals_deferred
 c_void_p, c_char_p, c_int, c_bool, c_size_t, c_uint32 = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
                                                         ctypes.c_bool, ctypes.c_size_t, ctypes.c_uint32)
 
+
+class _OpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts as libbpf 1.1 declares it (libbpf.h; later releases only add fields at its end,
+    and ``sz`` tells libbpf which of them this caller knows)."""
+    _fields_ = [("sz", c_size_t), ("object_name", c_char_p), ("relaxed_maps", c_bool), ("pin_root_path", c_char_p),
+                ("_removed_attach_prog_fd", c_uint32), ("kconfig", c_char_p), ("btf_custom_path", c_char_p),
+                ("kernel_log_buf", c_char_p), ("kernel_log_size", c_size_t), ("kernel_log_level", c_uint32)]
+
+
 # libbpf's function prototypes: (name, return type, argument types)
 _PROTOTYPES = (
     ("libbpf_set_print", c_void_p, (c_void_p,)),
-    ("bpf_object__open_file", c_void_p, (c_char_p, c_void_p)),
+    ("bpf_object__open_file", c_void_p, (c_char_p, ctypes.POINTER(_OpenOpts))),
     ("bpf_object__load", c_int, (c_void_p,)),
     ("bpf_object__close", None, (c_void_p,)),
     ("bpf_object__next_program", c_void_p, (c_void_p, c_void_p)),
@@ -68,6 +77,7 @@ _PROTOTYPES = (
 BTF_KIND_FUNC = 12   # include/uapi/linux/btf.h
 # map types whose values are per CPU (enum bpf_map_type, stable UAPI numbers)
 _PERCPU_MAP_TYPES = {5, 6, 10, 21}   # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
+
 # the print callback: int (*)(enum libbpf_print_level, const char *fmt, va_list ap); a va_list arrives as a
 # pointer on x86-64 and arm64 alike, and is handed on as one to vsnprintf
 _PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
@@ -299,22 +309,32 @@ class BpfObject:
     Without root, load() fails with EPERM and the error says to run as root.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, core_btf: bool = True):
         self.path = Path(path)
         self.log: list[str] = []
         self.links: list[int] = []
         self._mappings: list[mmap.mmap] = []
         self._obj: int | None = None
+        self._before_load: list[tuple[str, tuple]] = []   # the choices made before load, made again on a reopen
+        self._loaded = False
         problem = path_problem(self.path)
         if problem:
             raise LibbpfError(f"refusing to load {self.path}: {problem}; {FIX}")
-        library = lib()
+        from . import core_btf as slices
+        # the object's kept slice of the kernel's BTF (capture/core_btf.py), else the whole BTF, and a slice made
+        # at close() for the next load
+        self.core_btf: Path | None = slices.kept_slice(self.path) if core_btf else None
+        self._make_slice = core_btf and self.core_btf is None
+        self._obj = self._open(self.core_btf)
+
+    def _open(self, core_btf: Path | None) -> int:
+        opts = _OpenOpts(sz=ctypes.sizeof(_OpenOpts), btf_custom_path=str(core_btf).encode() if core_btf else None)
         with self._logging():
-            obj = library.bpf_object__open_file(str(self.path).encode(), None)
+            obj = lib().bpf_object__open_file(str(self.path).encode(), ctypes.byref(opts))
         if not obj:
             raise LibbpfError(f"libbpf cannot open {self.path} ({_errno_text(ctypes.get_errno())}): "
                               + (self.log[-1] if self.log else "no message") + f"; {FIX}")
-        self._obj = obj
+        return obj
 
     @contextlib.contextmanager
     def _logging(self) -> Iterator[None]:
@@ -355,6 +375,7 @@ class BpfObject:
         off, so that one missing tracepoint does not fail the whole object."""
         if lib().bpf_program__set_autoload(self._program(name), on) != 0:
             raise LibbpfError(f"cannot choose program {name!r} after the object is loaded")
+        self._before_load.append(("set_autoload", (name, on)))
 
     def load_only(self, wanted: Container[str | None]) -> None:
         """Load exactly the programs named in `wanted` with the object (before load); every other is switched
@@ -382,6 +403,7 @@ class BpfObject:
         err = library.bpf_map__set_initial_value(m, buf, len(data))
         if err:
             raise LibbpfError(f"cannot set {self.path}'s settings: {_errno_text(err)}")
+        self._before_load.append(("set_rodata", (data,)))
 
     def load(self) -> None:
         """Load every program left on (the verifier checks each) and create the maps.
@@ -390,6 +412,23 @@ class BpfObject:
             that holds libbpf's log with the verifier's."""
         with self._logging():
             err = lib().bpf_object__load(self._obj)
+        if err and self.core_btf is not None and not self._loaded and abs(err) != errno_names.EPERM:
+            # a kept slice of the kernel's BTF that libbpf or the kernel refused (it should not happen: it is the
+            # kernel's own types): removed, and the object opened and loaded again with the whole BTF
+            from . import core_btf as slices
+            self.log.append(f"info: pagefault: the load with {self.core_btf} failed; loading again with the kernel's "
+                            "whole BTF (the slice is removed)")
+            slices.discard(self.core_btf)
+            self.core_btf = None
+            self._make_slice = True   # made again from the kernel's BTF at close(): a damaged file is mended
+            lib().bpf_object__close(self._obj)
+            self._obj = None
+            self._obj = self._open(None)
+            replay, self._before_load = self._before_load, []
+            for method, args in replay:
+                getattr(self, method)(*args)
+            with self._logging():
+                err = lib().bpf_object__load(self._obj)
         if err:
             code = abs(err)
             saved = self.save_log()
@@ -398,6 +437,7 @@ class BpfObject:
                    f"the kernel refused {self.path.name} ({_errno_text(code)}): "
                    + next((line for line in reversed(self.log) if line.startswith("warning")), "no message"))
             raise LibbpfError(f"{why}; libbpf's and the verifier's log: {saved}", saved)
+        self._loaded = True
 
     def attach(self, name: str) -> None:
         """Attach a loaded program where its section says; its link is destroyed by close()."""
@@ -474,3 +514,8 @@ class BpfObject:
             self._mappings.clear()
             lib().bpf_object__close(self._obj)
             self._obj = None
+            if self._make_slice and self._loaded:
+                self._make_slice = False
+                from . import core_btf as slices
+                with signals_deferred():   # a stop signal waits the ~40 ms, rather than break a cleanup
+                    slices.make_slice(self.path)

@@ -9,7 +9,6 @@ are written here by hand.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import functools
 import mmap

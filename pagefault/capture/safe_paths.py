@@ -19,9 +19,7 @@ import atexit
 import contextlib
 import errno
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 
@@ -90,6 +88,7 @@ def trusted_executable(name: str, search_path: str | None = None) -> str | None:
     :raises UnsafePathError: the program found is, or lies under, a path another user can write
         (a PATH entry planted in a home directory, a world-writable bin directory).
     """
+    import shutil  # here, not at the top: the counting path never looks for a program (~2 ms of each start)
     found = shutil.which(name, path=search_path)
     if not found:
         return None
@@ -105,6 +104,7 @@ _fresh_dirs: list[str] = []
 
 
 def _remove_fresh_dirs() -> None:
+    import shutil
     for d in _fresh_dirs:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -114,6 +114,7 @@ def fresh_private_dir(prefix: str = "pagefault-") -> Path:
 
     :returns: its path.
     :raises OSError: the temporary directory cannot be written."""
+    import tempfile  # here, not at the top: its random module costs ~2 ms of each start
     d = tempfile.mkdtemp(prefix=prefix)
     if not _fresh_dirs:
         atexit.register(_remove_fresh_dirs)

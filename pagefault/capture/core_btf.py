@@ -1,0 +1,122 @@
+"""Each compiled object's own slice of the running kernel's BTF, kept for the boot: what libbpf relocates the object's
+CO-RE accesses against instead of the whole of /sys/kernel/btf/vmlinux.
+
+Why: to relocate an object, libbpf searches the kernel's BTF (~130,000 types on 6.18) for the candidates of every
+type the object names, on every load; that search was ~15 ms of fault_count.bpf.o's ~35 ms load here. bpftool's
+``gen min_core_btf`` (BTFGen, made for kernels without BTF) writes, from the kernel's BTF, just the types and
+members the object's relocations use (3 KB for fault_count); libbpf takes it as ``btf_custom_path``, and the same
+relocations come out (tests/test_core_btf.py compares every patched instruction of every object). The kernel's
+BTF is still read where a program attaches by BTF (tp_btf, fentry): only the relocation is shortened.
+
+Kept, per object, in the effective user's private cache (safe_paths.private_cache_dir), named by this boot's ID
+(the kernel's BTF cannot change within a boot; one made in another boot is never taken, and is removed when a
+new one is written) and by the object's SHA-256 (a rebuilt object gets its own). Made once per boot and object,
+after the object first loaded with the whole BTF (``bpftool`` as a child that dies with the tool, ~40 ms here).
+Nothing is made where no cache can be kept (the matrix guests' read-only home: the fresh directory would be
+thrown away at exit), nor where bpftool is missing: the whole BTF is used, as before. A slice that libbpf or
+the kernel refuses is removed and the object loaded again with the whole BTF (libbpf.BpfObject.load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .safe_paths import UnsafePathError, path_problem, private_cache_dir, trusted_executable
+
+KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
+SUBDIR = "core-btf"
+# where bpftool is looked for: the distribution's directories only, never a PATH entry another user may hold
+BPFTOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _slice_name(obj: Path, boot: str) -> str | None:
+    try:
+        digest = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+    return f"{boot}-{obj.stem}-{digest}.btf"
+
+
+def _kept_dir() -> Path | None:
+    """The cache's directory when a kept (not a throw-away) one can be had; None otherwise."""
+    if os.environ.get("PAGEFAULT_NO_CORE_BTF_CACHE"):
+        return None
+    folder, why_fresh = private_cache_dir()
+    if why_fresh is not None:
+        return None
+    return folder / SUBDIR
+
+
+def kept_slice(obj: Path) -> Path | None:
+    """The slice of the kernel's BTF made for `obj` in this boot, if one is kept and safe to hand to libbpf (a
+    regular file of the effective user's, under directories nobody else can write).
+
+    :returns: its path, or None (then the whole kernel BTF is used); raises nothing."""
+    boot = _boot_id()
+    folder = _kept_dir() if boot else None
+    if folder is None or boot is None:
+        return None
+    name = _slice_name(obj, boot)
+    if name is None:
+        return None
+    kept = folder / name
+    if not kept.is_file() or path_problem(kept, private=True):
+        return None
+    return kept
+
+
+def make_slice(obj: Path) -> Path | None:
+    """Write `obj`'s slice of the kernel's BTF for this boot (bpftool gen min_core_btf), and remove the slices of
+    other boots. Called once the object loaded with the whole BTF.
+
+    :returns: the slice's path, or None when none was made (no kept cache, no bpftool, no kernel BTF, or bpftool
+        failed: the whole BTF keeps being used); raises nothing."""
+    boot = _boot_id()
+    folder = _kept_dir() if boot else None
+    if folder is None or boot is None or not KERNEL_BTF.is_file():
+        return None
+    name = _slice_name(obj, boot)
+    try:
+        bpftool = trusted_executable("bpftool", search_path=BPFTOOL_PATH)
+    except UnsafePathError:   # a bpftool found where another user could have put it is not run
+        return None
+    if name is None or bpftool is None:
+        return None
+    import subprocess
+
+    from .runner import run_child
+    part = folder / f".{name}.{os.getpid()}.part"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if path_problem(folder, private=True):
+            return None
+        for old in folder.glob("*.btf"):
+            if not old.name.startswith(boot):
+                old.unlink(missing_ok=True)
+        done = run_child([bpftool, "gen", "min_core_btf", str(KERNEL_BTF), str(part), str(obj)], timeout=30)
+        if done.returncode != 0 or not part.is_file():
+            return None
+        os.chmod(part, 0o600)
+        os.replace(part, folder / name)
+    except (OSError, subprocess.SubprocessError):   # a cache only: not kept (a full disk, a timeout), nothing else
+        return None
+    finally:
+        part.unlink(missing_ok=True)
+    return folder / name
+
+
+def discard(kept: Path) -> None:
+    """Remove a slice libbpf or the kernel refused; raises nothing."""
+    try:
+        kept.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -1,0 +1,135 @@
+"""Each object's slice of the kernel's BTF (capture/core_btf.py): the same relocations as the whole BTF, for every
+object built for this machine, on this kernel; kept per boot and object, made once, never taken from another boot,
+and a slice that cannot be loaded is dropped for the whole BTF."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pagefault.capture import core_btf
+from pagefault.capture.bpf import HERE
+from pagefault.capture.libbpf import BpfObject, LibbpfError, lib
+
+BUILD = HERE / "build" / os.uname().machine
+OBJECTS = sorted(BUILD.glob("*.bpf.o"))
+# libbpf's record of each CO-RE relocation it applied (relo_core.c: "patched insn", or a poisoned one)
+PATCHED = re.compile(r"prog '([^']+)': relo #(\d+): (patched insn #\d+ .*|substituting insn #\d+ .*)")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not OBJECTS or not shutil.which("bpftool")
+                                or not core_btf.KERNEL_BTF.is_file(),
+                                reason="needs root, the built objects, bpftool and the kernel's BTF "
+                                       "(bash scripts/setup.sh test)")
+
+
+def relocations(obj_path: Path, slice_path: Path | None) -> list[tuple[str, int, str]]:
+    """Every relocation libbpf applies to every program of the object (all programs on: the relocations are made
+    before any program is loaded, so a program this kernel refuses, an fentry here, still has its own)."""
+    obj = BpfObject(obj_path, core_btf=False)
+    try:
+        if slice_path is not None:
+            lib().bpf_object__close(obj._obj)
+            obj._obj = obj._open(slice_path)
+        for name in obj.programs():
+            obj.set_autoload(name, True)
+        try:
+            obj.load()
+        except LibbpfError:
+            pass
+        found = [PATCHED.search(line) for line in obj.log]
+        return sorted((m.group(1), int(m.group(2)), m.group(3)) for m in found if m)
+    finally:
+        obj.close()
+
+
+@pytest.mark.parametrize("obj_path", OBJECTS, ids=[p.name for p in OBJECTS])
+def test_an_objects_slice_relocates_it_as_the_kernels_whole_btf_does(obj_path, tmp_path):
+    slice_path = tmp_path / "slice.btf"
+    subprocess.run(["bpftool", "gen", "min_core_btf", str(core_btf.KERNEL_BTF), str(slice_path), str(obj_path)],
+                   check=True, capture_output=True)
+    assert slice_path.stat().st_size < core_btf.KERNEL_BTF.stat().st_size / 100
+    whole = relocations(obj_path, None)
+    sliced = relocations(obj_path, slice_path)
+    assert len(whole) >= 3, f"too few relocations seen in {obj_path.name}'s log to compare: {whole}"
+    assert sliced == whole
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A private cache of the test's own: $XDG_CACHE_HOME/pagefault."""
+    home = tmp_path / "cache"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("PAGEFAULT_NO_CORE_BTF_CACHE", raising=False)
+    return home / "pagefault" / core_btf.SUBDIR
+
+
+COUNTER = BUILD / "fault_count.bpf.o"
+
+
+def load_counter() -> BpfObject:
+    from pagefault.capture.kernel_counts import _settings, choose_hooks
+    obj = BpfObject(COUNTER)
+    for c in choose_hooks():
+        obj.set_autoload(c.hook.btf_program, c.program == c.hook.btf_program)
+        obj.set_autoload(c.hook.tracepoint_program, c.program == c.hook.tracepoint_program)
+    obj.set_rodata(_settings(os.getpid(), False))
+    obj.load()
+    return obj
+
+
+def test_the_first_load_of_a_boot_uses_the_whole_btf_and_keeps_a_slice_that_the_next_load_uses(cache):
+    first = load_counter()
+    assert first.core_btf is None
+    first.close()
+    kept = list(cache.glob("*.btf"))
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert len(kept) == 1 and kept[0].name.startswith(boot), kept
+    assert kept[0].stat().st_mode & 0o777 == 0o600
+    second = load_counter()
+    try:
+        assert second.core_btf == kept[0]
+    finally:
+        second.close()
+    assert list(cache.glob("*.btf")) == kept   # made once
+
+
+def test_a_slice_of_another_boot_is_never_taken_and_goes_when_this_boots_is_made(cache):
+    cache.mkdir(parents=True, mode=0o700)
+    stale = cache / "00000000-0000-0000-0000-000000000000-fault_count.bpf-0123456789abcdef.btf"
+    stale.write_bytes(b"not BTF")
+    os.chmod(stale, 0o600)
+    obj = load_counter()
+    assert obj.core_btf is None
+    obj.close()
+    assert not stale.exists()
+    assert len(list(cache.glob("*.btf"))) == 1
+
+
+def test_a_slice_libbpf_refuses_is_removed_and_the_object_loads_with_the_whole_btf(cache):
+    load_counter().close()
+    (kept,) = cache.glob("*.btf")
+    kept.write_bytes(b"\x9f\xeb\x01\x00 a damaged slice")
+    obj = load_counter()
+    try:
+        assert obj.core_btf is None
+        assert any("loading again with the kernel's whole BTF" in line for line in obj.log)
+        assert obj.map("counts").fd >= 0    # loaded, with the settings and choices made before the reopen
+    finally:
+        obj.close()
+    # the damaged one is gone; the close made a good one again
+    (again,) = cache.glob("*.btf")
+    assert again.read_bytes()[:2] == b"\x9f\xeb" and b"damaged" not in again.read_bytes()
+
+
+def test_no_slice_is_made_where_no_cache_can_be_kept(cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-place")
+    monkeypatch.setenv("HOME", "/proc/no-such-place")
+    monkeypatch.setattr("pagefault.capture.safe_paths._home_of_effective_user", lambda: None)
+    load_counter().close()
+    assert not cache.exists()
