@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from pagefault.evidence import MapsLine
 from pagefault.journey.count_summary import counted_class, summarize_counts
@@ -106,3 +107,40 @@ def test_a_recordings_summary_names_kernel_addresses_and_the_boot_as_a_full_kall
     # without root kallsyms shows zeros: nothing is named, as the full parse names nothing
     path.write_text("".join("0" * 16 + line[16:] + "\n" for line in text.splitlines()))
     assert not TextSymbols(path).kernel_symbols(wanted).usable and not KernelSymbols.parse(path.read_text()).usable
+
+
+def test_the_journeys_kernel_symbols_look_up_as_a_full_kallsyms_parse_does(tmp_path):
+    # the journey names its kernel addresses straight from TextSymbols (lookup, describe, text_base, usable), where
+    # it parsed every symbol in a thread that held the GIL against the journey for ~0.2 s
+    from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
+    text = ("ffffffff81000000 T _text\n"
+            "ffffffff81000100 T copy_to_user\n"
+            "ffffffff81000180 t memmove\n"
+            "ffffffff81000180 T __memmove\n"
+            "ffffffff81000200 D jiffies\n")
+    path = tmp_path / "kallsyms"
+    path.write_text(text)
+    table, full = TextSymbols(path), KernelSymbols.parse(text)
+    addresses = [0xffffffff80ffffff, 0xffffffff81000000, 0xffffffff81000104, 0xffffffff81000180, 0xffffffff81000208]
+    assert [table.lookup(a) for a in addresses] == [full.lookup(a) for a in addresses] == [
+        None, ("_text", 0), ("copy_to_user", 4), ("memmove", 0), ("memmove", 0x88)]
+    assert [table.describe(a) for a in addresses] == [full.describe(a) for a in addresses]
+    assert table.describe(0xffffffff81000104) == "copy_to_user+0x4"
+    assert table.text_base() == full.text_base() == 0xffffffff81000000 and table.usable
+    path.write_text("".join("0" * 16 + line[16:] + "\n" for line in text.splitlines()))
+    assert not TextSymbols(path).usable and TextSymbols(path).lookup(0xffffffff81000104) is None
+
+
+def test_the_journeys_kernel_symbols_agree_with_a_full_parse_of_this_machines_kallsyms():
+    import os
+    import random
+
+    from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
+    full = KernelSymbols.load()
+    if os.geteuid() != 0 or not full.usable:
+        pytest.skip("kallsyms shows addresses to root only")
+    table = TextSymbols()
+    rng = random.Random(7)
+    addresses = [rng.randrange(full.addresses[0] - 4096, full.addresses[-1] + 4096) for _ in range(2000)]
+    assert [table.lookup(a) for a in addresses] == [full.lookup(a) for a in addresses]
+    assert table.text_base() == full.text_base()

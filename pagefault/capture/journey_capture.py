@@ -14,7 +14,7 @@ from typing import Callable
 from .. import __version__
 from ..evidence import JourneyEvidence, Snapshot, TraceEvent
 from ..kernel import facts
-from ..kernel.kallsyms import KernelSymbols
+from ..kernel.kallsyms import KernelSymbols, TextSymbols
 from . import procfs
 from .bpf import BpfObjectMissing, object_path
 from .bpf_walk import OBJECT, BpfError, BpfTracer
@@ -116,7 +116,7 @@ class LiveJourney:
         # The kernel's symbols (for the call chains) and its fault-flag values (from BTF) take a few hundred ms
         # of parsing: they are read in a thread while the program starts and the walk loads (libbpf and the
         # waits for the program let go of the GIL), and joined where first needed.
-        self._ksyms: KernelSymbols | None = None
+        self._ksyms: KernelSymbols | TextSymbols | None = None
         self._tables_joined = False
         self._preload = threading.Thread(target=self._read_kernel_tables_quietly, name="pagefault-kernel-tables")
         self._preload.start()
@@ -252,7 +252,7 @@ class LiveJourney:
     def _read_kernel_tables(self) -> None:
         ff = facts.fault_flag_values()
         self._fault_flags = ff
-        self._ksyms = KernelSymbols.load()
+        self._ksyms = TextSymbols()
 
     def _read_kernel_tables_quietly(self) -> None:
         """The thread's reading: an error is left for the main thread to meet again (no thread traceback)."""
@@ -262,7 +262,7 @@ class LiveJourney:
             self._ksyms = None
 
     @property
-    def ksyms(self) -> KernelSymbols:
+    def ksyms(self) -> KernelSymbols | TextSymbols:
         """The kernel's symbols, once the thread reading them is done (and the fault-flag table with them)."""
         if not self._tables_joined:
             self._preload.join()
@@ -425,7 +425,7 @@ class LiveJourney:
                                                                   self.formats, self.ksyms)
 
 
-def decode_trace_events(data: bytes, sample_type: int, formats: dict, ksyms: KernelSymbols) -> tuple[list[TraceEvent], int]:
+def decode_trace_events(data: bytes, sample_type: int, formats: dict, ksyms: KernelSymbols | TextSymbols) -> tuple[list[TraceEvent], int]:
     """The samples of a drained ring buffer as TraceEvents with symbolised kernel chains; and the count lost.
 
     :returns: (events in time order, records lost). Raises ValueError if ``data`` is not a whole number of 8-byte words."""
