@@ -84,23 +84,33 @@ struct {
 #define X86_PF_USER 4
 __s32 user_entry_stack = -1;   /* the kernel stack of a user-mode fault, its id (-1: not read yet) */
 
-/* FNV-1a over the whole stack, 64 bits. Every one of the STACK_DEPTH words, not the frames read only: bpf_get_stack
- * zeroes the rest, and a loop that stops at a count the verifier does not know is verified once per possible count
- * (~300 ms a program here, and seconds under the matrix's TCG guests) where a loop of a fixed length is one path. */
+/* FNV-1a over the stack's frames, 64 bits (the words after them are zeros: bpf_get_stack clears the rest). Only
+ * the frames read, not all STACK_DEPTH words: a fault's user stack is a few frames, and hashing and comparing
+ * all 64 words cost ~400 instructions at every fault. A loop that stops at a count the verifier does not know
+ * is checked once per count it could stop at: inlined in the fault programs that was ~300 ms a program here,
+ * in scratch_stack_id (a global function, checked once) it is a few thousand instructions. */
 static __always_inline __u64 stack_hash(const struct stack *s)
 {
 	__u64 h = 0xcbf29ce484222325ULL;
-	for (int i = 0; i < STACK_DEPTH; i++)
+	for (__u32 i = 0; i < STACK_DEPTH; i++) {
+		if (i >= s->frames)
+			break;
 		h = (h ^ s->ip[i]) * 0x100000001b3ULL;
+	}
 	return h;
 }
 
-/* the same stack: every word compared, without a branch per word (one verifier path, as above) */
+/* the same stack: as many frames, each the same (the words after them are zeros in both) */
 static __always_inline int same_stack(const struct stack *a, const struct stack *b)
 {
-	__u64 differ = (__u64)(a->frames ^ b->frames);
-	for (int i = 0; i < STACK_DEPTH; i++)
+	if (a->frames != b->frames)
+		return 0;
+	__u64 differ = 0;
+	for (__u32 i = 0; i < STACK_DEPTH; i++) {
+		if (i >= a->frames)
+			break;
 		differ |= a->ip[i] ^ b->ip[i];
+	}
 	return !differ;
 }
 
