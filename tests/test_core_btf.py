@@ -133,3 +133,19 @@ def test_no_slice_is_made_where_no_cache_can_be_kept(cache, monkeypatch):
     monkeypatch.setattr("pagefault.capture.safe_paths._home_of_effective_user", lambda: None)
     load_counter().close()
     assert not cache.exists()
+
+
+def test_the_hook_choices_btf_names_are_the_kernels_string_section_mapped_or_read(tmp_path):
+    # capture/bpf reads BTF's string section through a mapping where the kernel allows one (6.16 on), else read():
+    # both must give the section itself; a copy of the file (mappable anywhere) is checked the same way
+    import struct
+
+    from pagefault.capture.bpf import _btf_strings
+    data = core_btf.KERNEL_BTF.read_bytes()
+    header_len = struct.unpack_from("<I", data, 4)[0]
+    str_off, str_len = struct.unpack_from("<II", data, 16)
+    section = b"\0" + data[header_len + str_off:header_len + str_off + str_len]
+    copy = tmp_path / "vmlinux.btf"
+    copy.write_bytes(data)
+    assert _btf_strings(core_btf.KERNEL_BTF) == section == _btf_strings(copy)
+    assert b"\0btf_trace_page_fault_user\0" in section or os.uname().machine != "x86_64"
