@@ -87,15 +87,20 @@ def test_counted_stacks_name_kernel_frames_as_a_full_kallsyms_lookup_does(tmp_pa
         {a: full.lookup(a) for a in addresses}
 
 
-def test_a_recordings_summary_names_kernel_addresses_and_the_boot_as_a_full_kallsyms_parse_does(tmp_path):
-    # a recording's summary reads only the kernel addresses it names (kernel.kallsyms.TextSymbols) where it parsed
-    # every symbol: the names, and _text (how a recording of another boot is told apart), must be the full parse's
-    from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
-    text = ("ffffffff81000000 T _text\n"
+# a kallsyms of five lines, checked by hand: two names at one address (the later in sorted order names it) and a
+# data symbol (never a frame's)
+KALLSYMS = ("ffffffff81000000 T _text\n"
             "ffffffff81000100 T copy_to_user\n"
             "ffffffff81000180 t memmove\n"
             "ffffffff81000180 T __memmove\n"
             "ffffffff81000200 D jiffies\n")
+
+
+def test_a_recordings_summary_names_kernel_addresses_and_the_boot_as_a_full_kallsyms_parse_does(tmp_path):
+    # a recording's summary reads only the kernel addresses it names (kernel.kallsyms.TextSymbols) where it parsed
+    # every symbol: the names, and _text (how a recording of another boot is told apart), must be the full parse's
+    from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
+    text = KALLSYMS
     path = tmp_path / "kallsyms"
     path.write_text(text)
     wanted = {0xffffffff81000104, 0xffffffff81000190, 0xffffffff81000208}
@@ -113,11 +118,7 @@ def test_the_journeys_kernel_symbols_look_up_as_a_full_kallsyms_parse_does(tmp_p
     # the journey names its kernel addresses straight from TextSymbols (lookup, describe, text_base, usable), where
     # it parsed every symbol in a thread that held the GIL against the journey for ~0.2 s
     from pagefault.kernel.kallsyms import KernelSymbols, TextSymbols
-    text = ("ffffffff81000000 T _text\n"
-            "ffffffff81000100 T copy_to_user\n"
-            "ffffffff81000180 t memmove\n"
-            "ffffffff81000180 T __memmove\n"
-            "ffffffff81000200 D jiffies\n")
+    text = KALLSYMS
     path = tmp_path / "kallsyms"
     path.write_text(text)
     table, full = TextSymbols(path), KernelSymbols.parse(text)
