@@ -396,23 +396,10 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
                         stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})), names)
 
 
-_prefetched: dict[str, Any] = {}     # path → the thread reading it (and, once done, its kallsyms.TextSymbols)
-
-
 def prefetch_kernel_symbols(path: str = "/proc/kallsyms") -> None:
-    """Start reading the kernel's text symbols in a thread, for kernel_symbols_for() to take when the program has
-    ended: the read is the kernel formatting ~120,000 lines, done meanwhile on another CPU.
-
-    :returns: None at once; a read that fails (no such file) leaves no table, and kernel_symbols_for() reads itself."""
-    import threading
-
-    from ..kernel.kallsyms import TextSymbols
-    if path in _prefetched:
-        return
-    holder: dict[str, TextSymbols] = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("table", TextSymbols(path)), daemon=True)
-    thread.start()
-    _prefetched[path] = (thread, holder)
+    """kernel.kallsyms.prefetch_text_symbols: the kernel's text symbols read in a thread while the program runs."""
+    from ..kernel.kallsyms import prefetch_text_symbols
+    prefetch_text_symbols(path)
 
 
 def _prepare_naming() -> None:
@@ -435,14 +422,8 @@ def kernel_symbols_for(addresses: set[int], path: str = "/proc/kallsyms"):
     Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives).
 
     :returns: the KernelSymbols; never raises for an unreadable kallsyms (the result is then not usable)."""
-    from ..kernel.kallsyms import KernelSymbols, TextSymbols
-    started = _prefetched.pop(path, None)
-    if started:
-        thread, holder = started
-        thread.join()
-    table = started[1].get("table") if started else None
-    table = table or TextSymbols(path)
-    return KernelSymbols(list(table.symbols_at_or_below(addresses).items()))
+    from ..kernel.kallsyms import text_symbols
+    return text_symbols(path).kernel_symbols(addresses)
 
 
 class _SideBand:

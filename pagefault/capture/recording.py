@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evidence.file import NotARegularInput, open_input_file
+from ..evidence.input_file import NotARegularInput, open_input_file
 from . import recording_identity
 from .safe_paths import OutputFile, OutputWriteFailed, written_by_another
 

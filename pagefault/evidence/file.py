@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any, get_args, get_origin
 import cattrs
 
 from ..decode.arch_interface import arch_interface
+from .input_file import NotARegularInput, open_input_file  # noqa: F401  (re-exported: evidence's own readers)
 from .records import Arm64FaultEvidence, JourneyEvidence, ProgramFaultEvidence, ScenarioEvidence
 
 FORMAT = "pagefault-evidence"
@@ -115,30 +114,6 @@ def dumps_evidence(evidence: JourneyEvidence | ScenarioEvidence | ProgramFaultEv
     :returns: the bytes to write; nothing is written here. Raises nothing for evidence the capture made."""
     text = json.dumps(evidence_to_json(evidence), separators=(",", ":")).encode()
     return gzip.compress(text, mtime=0) if gzipped else text
-
-
-class NotARegularInput(OSError):
-    """An input path that names a FIFO, a device, a socket or a directory: never read (a FIFO blocks forever,
-    /dev/zero never ends, a device's open may act)."""
-
-
-def open_input_file(path: Path | str):
-    """Open a file the user named for reading, only if it is a regular file (symlinks to one are fine): the
-    open cannot block (O_NONBLOCK) and a FIFO or device is refused before any read.
-
-    :returns: a binary file object.
-    :raises NotARegularInput: it is not a regular file; OSError: it cannot be opened.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-            raise NotARegularInput(f"{path} is {what}, not a regular file: give the path of a file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def load_evidence(path: Path) -> EvidenceFile:

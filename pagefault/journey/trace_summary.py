@@ -12,7 +12,7 @@ import numpy as np
 from ..capture.records import PERF_CONTEXT_MAX, Mapping, Stream, distinct_callchains, parse_stream, raw_field, split_callchain
 from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
-from ..kernel.kallsyms import KernelSymbols, TextSymbols
+from ..kernel.kallsyms import KernelSymbols, text_symbols
 from ..symbols.elf import RecordedFiles, resolve_mapping
 from .count_summary import TraceSummary, reconcile, summarize_counts  # noqa: F401  (re-exported)
 from .fault_classes import (
@@ -409,7 +409,7 @@ def _kernel_symbols_named(meta: dict, fault_ips: np.ndarray,
     wanted = set(np.unique(fault_ips[fault_ips >= np.uint64(limit)]).tolist()) if len(fault_ips) else set()
     for chain in (alloc_chains[0] if alloc_chains else []):
         wanted.update(a for a in chain if limit <= a < PERF_CONTEXT_MAX)
-    return TextSymbols().kernel_symbols(wanted) if wanted else None
+    return text_symbols().kernel_symbols(wanted) if wanted else None
 
 
 def _chain_symbols(meta: dict, ksyms: KernelSymbols) -> KernelSymbols | None:

@@ -72,7 +72,7 @@ class TextSymbols:
     address is its first 16 hex digits, its type the 18th byte): ~20 ms for its ~120,000 lines where a Python
     loop over them took ~80-130 ms here (KernelSymbols.parse, which keeps every name, 0.2-0.5 s). Reading the file
     is the kernel formatting every line (~45-80 ms here), so trace -g starts it while the program runs
-    (capture.kernel_counts.prefetch_kernel_symbols). Shared by trace -g counted in the kernel and the summaries
+    (prefetch_text_symbols). Shared by trace -g counted in the kernel and the summaries
     of recordings, which name a few kernel addresses each.
 
     Without root kallsyms shows zeros: symbols_at_or_below() then names nothing (an empty table)."""
@@ -153,3 +153,34 @@ class TextSymbols:
                 kept[int(self.data[at - 16:at], 16)] = name.decode()
                 break
         return KernelSymbols([(a, n) for a, n in kept.items() if a])
+
+
+_prefetched: dict[str, tuple] = {}     # path → (the thread reading it, {"table": its TextSymbols once read})
+
+
+def prefetch_text_symbols(path: str = "/proc/kallsyms") -> None:
+    """Start reading the kernel's text symbols (TextSymbols) in a thread, for text_symbols() to take later: the read
+    is mostly the kernel formatting ~120,000 lines, done meanwhile on another CPU while a traced program runs.
+
+    :returns: None at once; a read that fails leaves an empty table (text_symbols() then reads again itself)."""
+    import threading
+    if path in _prefetched:
+        return
+    holder: dict[str, TextSymbols] = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("table", TextSymbols(path)), daemon=True,
+                              name="pagefault-kallsyms")
+    thread.start()
+    _prefetched[path] = (thread, holder)
+
+
+def text_symbols(path: str = "/proc/kallsyms") -> TextSymbols:
+    """The kernel's text symbols: the table prefetch_text_symbols(path) started (waited for), else read now.
+
+    :returns: the TextSymbols (empty where kallsyms cannot be read); raises nothing."""
+    started = _prefetched.pop(path, None)
+    if started:
+        thread, holder = started
+        thread.join()
+        if "table" in holder:
+            return holder["table"]
+    return TextSymbols(path)

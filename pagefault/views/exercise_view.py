@@ -14,7 +14,7 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from ..evidence.file import open_input_file
+from ..evidence.input_file import open_input_file
 from ..journey.exercises import KINDS, ORDER, TITLES, AnswerError, Exercise
 
 Ask = Callable[[str], "str | None"]     # None: no more input
