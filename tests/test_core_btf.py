@@ -65,7 +65,6 @@ def cache(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "cache"
     home.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    monkeypatch.delenv("PAGEFAULT_NO_CORE_BTF_CACHE", raising=False)
     return home / "pagefault" / core_btf.SUBDIR
 
 

@@ -48,8 +48,6 @@ def _slice_name(obj: Path, boot: str) -> str | None:
 
 def _kept_dir() -> Path | None:
     """The cache's directory when a kept (not a throw-away) one can be had; None otherwise."""
-    if os.environ.get("PAGEFAULT_NO_CORE_BTF_CACHE"):
-        return None
     folder, why_fresh = private_cache_dir()
     if why_fresh is not None:
         return None
