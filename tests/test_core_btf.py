@@ -98,15 +98,18 @@ def test_the_first_load_of_a_boot_uses_the_whole_btf_and_keeps_a_slice_that_the_
     assert list(cache.glob("*.btf")) == kept   # made once
 
 
-def test_a_slice_of_another_boot_is_never_taken_and_goes_when_this_boots_is_made(cache):
+def test_a_slice_of_another_boot_or_build_is_never_taken_and_goes_when_this_ones_is_made(cache):
     cache.mkdir(parents=True, mode=0o700)
-    stale = cache / "00000000-0000-0000-0000-000000000000-fault_count.bpf-0123456789abcdef.btf"
-    stale.write_bytes(b"not BTF")
-    os.chmod(stale, 0o600)
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    other_boot = cache / "00000000-0000-0000-0000-000000000000-fault_count.bpf-fe00-1-2-3.btf"
+    older_build = cache / f"{boot}-fault_count.bpf-fe00-1-2-3.btf"     # this boot, the object before a rebuild
+    for stale in (other_boot, older_build):
+        stale.write_bytes(b"not BTF")
+        os.chmod(stale, 0o600)
     obj = load_counter()
     assert obj.core_btf is None
     obj.close()
-    assert not stale.exists()
+    assert not other_boot.exists() and not older_build.exists()
     assert len(list(cache.glob("*.btf"))) == 1
 
 

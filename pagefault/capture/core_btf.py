@@ -10,7 +10,7 @@ BTF is still read where a program attaches by BTF (tp_btf, fentry): only the rel
 
 Kept, per object, in the effective user's private cache (safe_paths.private_cache_dir), named by this boot's ID
 (the kernel's BTF cannot change within a boot; one made in another boot is never taken, and is removed when a
-new one is written) and by the object's SHA-256 (a rebuilt object gets its own). Made once per boot and object,
+new one is written) and by the object file's identity (a rebuilt object gets its own). Made once per boot and object,
 after the object first loaded with the whole BTF (``bpftool`` as a child that dies with the tool, ~40 ms here).
 Nothing is made where no cache can be kept (the matrix guests' read-only home: the fresh directory would be
 thrown away at exit), nor where bpftool is missing: the whole BTF is used, as before. A slice that libbpf or
@@ -19,7 +19,6 @@ the kernel refuses is removed and the object loaded again with the whole BTF (li
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -39,11 +38,15 @@ def _boot_id() -> str | None:
 
 
 def _slice_name(obj: Path, boot: str) -> str | None:
+    """The slice's file name: this boot's ID, and the object file's identity (device, inode, size, modification
+    time). The object is root's alone (BpfObject refuses one another user could write), and a rebuild writes a
+    new file (build-bpf.sh renames a fresh one over it): a new identity. A stat, where a SHA-256 of the object
+    imported hashlib (OpenSSL, ~3.5 ms of every start)."""
     try:
-        digest = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
+        st = os.stat(obj)
     except OSError:
         return None
-    return f"{boot}-{obj.stem}-{digest}.btf"
+    return f"{boot}-{obj.stem}-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}.btf"
 
 
 def _kept_dir() -> Path | None:
@@ -74,7 +77,7 @@ def kept_slice(obj: Path) -> Path | None:
 
 def make_slice(obj: Path) -> Path | None:
     """Write `obj`'s slice of the kernel's BTF for this boot (bpftool gen min_core_btf), and remove the slices of
-    other boots. Called once the object loaded with the whole BTF.
+    other boots and the object's own older ones. Called once the object loaded with the whole BTF.
 
     :returns: the slice's path, or None when none was made (no kept cache, no bpftool, no kernel BTF, or bpftool
         failed: the whole BTF keeps being used); raises nothing."""
@@ -97,8 +100,8 @@ def make_slice(obj: Path) -> Path | None:
         folder.mkdir(mode=0o700, exist_ok=True)
         if path_problem(folder, private=True):
             return None
-        for old in folder.glob("*.btf"):
-            if not old.name.startswith(boot):
+        for old in folder.glob("*.btf"):   # other boots' slices, and this object's from before a rebuild
+            if not old.name.startswith(boot) or old.name.startswith(f"{boot}-{obj.stem}-"):
                 old.unlink(missing_ok=True)
         done = run_child([bpftool, "gen", "min_core_btf", str(KERNEL_BTF), str(part), str(obj)], timeout=30)
         if done.returncode != 0 or not part.is_file():
