@@ -121,7 +121,14 @@ def test_a_slice_libbpf_refuses_is_removed_and_the_object_loads_with_the_whole_b
     try:
         assert obj.core_btf is None
         assert any("loading again with the kernel's whole BTF" in line for line in obj.log)
-        assert obj.map("counts").fd >= 0    # loaded, with the settings and choices made before the reopen
+        # loaded again with the choices and settings made before the reopen: the programs switched off stay off
+        # (a fresh open has every one on), and .rodata holds this test's settings, not zeros
+        from pagefault.capture.kernel_counts import _settings, choose_hooks
+        off = [name for c in choose_hooks() for name in (c.hook.btf_program, c.hook.tracepoint_program)
+               if name != c.program]
+        assert off and not any(lib().bpf_program__autoload(obj._program(name)) for name in off)
+        rodata = obj.map(".rodata").lookup(bytes(4))
+        assert rodata is not None and rodata.startswith(_settings(os.getpid(), False))
     finally:
         obj.close()
     # the damaged one is gone; the close made a good one again
@@ -130,14 +137,21 @@ def test_a_slice_libbpf_refuses_is_removed_and_the_object_loads_with_the_whole_b
 
 
 def test_no_slice_is_made_where_no_cache_can_be_kept(cache, monkeypatch):
+    from pagefault.capture import runner, safe_paths
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-place")
     monkeypatch.setenv("HOME", "/proc/no-such-place")
-    monkeypatch.setattr("pagefault.capture.safe_paths._home_of_effective_user", lambda: None)
-    load_counter().close()
-    assert not cache.exists()
+    monkeypatch.setattr(safe_paths, "_home_of_effective_user", lambda: None)
+    ran: list = []
+    monkeypatch.setattr(runner, "run_child", lambda *a, **k: ran.append(a))
+    fresh_before = list(safe_paths._fresh_dirs)
+    obj = load_counter()
+    assert obj.core_btf is None
+    obj.close()
+    assert ran == []                                  # bpftool never started
+    assert safe_paths._fresh_dirs == fresh_before     # and no throw-away directory made in the cache's place
 
 
-def test_the_hook_choices_btf_names_are_the_kernels_string_section_mapped_or_read(tmp_path):
+def test_the_hook_choices_btf_names_are_the_kernels_string_section_mapped_or_read(tmp_path, monkeypatch):
     # capture/bpf reads BTF's string section through a mapping where the kernel allows one (6.16 on), else read():
     # both must give the section itself; a copy of the file (mappable anywhere) is checked the same way
     import struct
@@ -150,4 +164,12 @@ def test_the_hook_choices_btf_names_are_the_kernels_string_section_mapped_or_rea
     copy = tmp_path / "vmlinux.btf"
     copy.write_bytes(data)
     assert _btf_strings(core_btf.KERNEL_BTF) == section == _btf_strings(copy)
+    # a kernel that refuses the mapping (before 6.16: EACCES): the section is read instead
+    import errno
+    import mmap
+
+    def refused(*_args, **_kwargs):
+        raise OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(mmap, "mmap", refused)
+    assert _btf_strings(core_btf.KERNEL_BTF) == section
     assert b"\0btf_trace_page_fault_user\0" in section or os.uname().machine != "x86_64"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .safe_paths import UnsafePathError, path_problem, private_cache_dir, trusted_executable
+from .safe_paths import UnsafePathError, kept_private_cache_dir, path_problem, trusted_executable
 
 KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
 SUBDIR = "core-btf"
@@ -46,15 +46,17 @@ def _slice_name(obj: Path, boot: str) -> str | None:
         st = os.stat(obj)
     except OSError:
         return None
+    # (an object rewritten in place by root with its size and modification time kept, to the nanosecond, would
+    # keep its name: then a type its slice lacks makes the object's CO-RE existence checks say "absent" where
+    # the whole BTF has it; build-bpf.sh never does that)
     return f"{boot}-{obj.stem}-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}.btf"
 
 
 def _kept_dir() -> Path | None:
-    """The cache's directory when a kept (not a throw-away) one can be had; None otherwise."""
-    folder, why_fresh = private_cache_dir()
-    if why_fresh is not None:
-        return None
-    return folder / SUBDIR
+    """The cache's directory where a kept one can be had (nothing made in its place: a throw-away directory would
+    go at exit with what was written in it); None otherwise."""
+    folder, _why_not = kept_private_cache_dir()
+    return folder / SUBDIR if folder is not None else None
 
 
 def kept_slice(obj: Path) -> Path | None:
@@ -103,7 +105,9 @@ def make_slice(obj: Path) -> Path | None:
         for old in folder.glob("*.btf"):   # other boots' slices, and this object's from before a rebuild
             if not old.name.startswith(boot) or old.name.startswith(f"{boot}-{obj.stem}-"):
                 old.unlink(missing_ok=True)
-        done = run_child([bpftool, "gen", "min_core_btf", str(KERNEL_BTF), str(part), str(obj)], timeout=30)
+        for left in folder.glob(".*.part"):   # a run killed while bpftool wrote (a concurrent one's: it just fails)
+            left.unlink(missing_ok=True)
+        done = run_child([bpftool, "gen", "min_core_btf", str(KERNEL_BTF), str(part), str(obj)], timeout=5)
         if done.returncode != 0 or not part.is_file():
             return None
         os.chmod(part, 0o600)

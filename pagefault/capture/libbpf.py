@@ -193,6 +193,14 @@ def kernel_functions(names: tuple[str, ...]) -> set[str]:
     return {n for n in names if _kernel_functions[n]}
 
 
+def _btf_in_question(lines: list[str]) -> bool:
+    """Whether a failed load's log (libbpf's warnings) points at the BTF relocations were made against: a custom
+    BTF that could not be read, or a CO-RE relocation that failed (libbpf 1.1's relo_core and fixup messages);
+    not a verifier refusal of the object's own, nor EPERM."""
+    return any(line.startswith("warning") and ("BTF" in line or "CO-RE" in line or "relo #" in line)
+               for line in lines)
+
+
 class BpfMap:
     """One map of a loaded object: its file descriptor and sizes, read through the bpf(2) calls."""
 
@@ -410,25 +418,30 @@ class BpfObject:
 
         :raises LibbpfError: one line: the reason (EPERM: not root), and the file in a private directory
             that holds libbpf's log with the verifier's."""
+        first = len(self.log)
         with self._logging():
             err = lib().bpf_object__load(self._obj)
-        if err and self.core_btf is not None and not self._loaded and abs(err) != errno_names.EPERM:
-            # a kept slice of the kernel's BTF that libbpf or the kernel refused (it should not happen: it is the
-            # kernel's own types): removed, and the object opened and loaded again with the whole BTF
+        if err and self.core_btf is not None and not self._loaded and _btf_in_question(self.log[first:]):
+            # the kept slice of the kernel's BTF may be at fault (libbpf could not read it, or a relocation failed
+            # with it): the object is opened and loaded again with the whole BTF; the slice is removed, and made
+            # again at close(), only if that load succeeds (else the failure is the object's own, either way)
             from . import core_btf as slices
             self.log.append(f"info: pagefault: the load with {self.core_btf} failed; loading again with the kernel's "
-                            "whole BTF (the slice is removed)")
-            slices.discard(self.core_btf)
-            self.core_btf = None
-            self._make_slice = True   # made again from the kernel's BTF at close(): a damaged file is mended
+                            "whole BTF")
+            tried = self.core_btf
             lib().bpf_object__close(self._obj)
             self._obj = None
+            self.core_btf = None
             self._obj = self._open(None)
             replay, self._before_load = self._before_load, []
             for method, args in replay:
                 getattr(self, method)(*args)
             with self._logging():
                 err = lib().bpf_object__load(self._obj)
+            if not err:
+                self.log.append(f"info: pagefault: loaded with the whole BTF; {tried} removed")
+                slices.discard(tried)
+                self._make_slice = True   # made again from the kernel's BTF at close(): a damaged file is mended
         if err:
             code = abs(err)
             saved = self.save_log()
@@ -517,5 +530,5 @@ class BpfObject:
             if self._make_slice and self._loaded:
                 self._make_slice = False
                 from . import core_btf as slices
-                with signals_deferred():   # a stop signal waits the ~40 ms, rather than break a cleanup
+                with signals_deferred():   # a stop signal waits for bpftool (~40 ms; 5 s at most), not a cleanup
                     slices.make_slice(self.path)

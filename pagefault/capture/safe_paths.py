@@ -178,6 +178,14 @@ def private_cache_dir() -> tuple[Path, str | None]:
     :returns: (directory, None) for a kept cache, or (a fresh ``mkdtemp`` directory, the reason no
         kept cache could be used) — the fresh one is removed when the tool exits.
     """
+    kept, why_not = kept_private_cache_dir()
+    return (kept, None) if kept is not None else (fresh_private_dir(), why_not)
+
+
+def kept_private_cache_dir() -> tuple[Path | None, str]:
+    """private_cache_dir's kept directory (made if it is not there yet), without the fresh one in its place.
+
+    :returns: (the directory, "") or (None, why no kept cache could be used); raises nothing."""
     reasons = []
     for candidate in cache_dir_candidates():
         problem = path_problem(candidate.parent)
@@ -203,8 +211,8 @@ def private_cache_dir() -> tuple[Path, str | None]:
         if problem:
             reasons.append(problem)
             continue
-        return candidate, None
-    return fresh_private_dir(), "; ".join(reasons) or "no cache directory"
+        return candidate, ""
+    return None, "; ".join(reasons) or "no cache directory"
 
 
 def executable_problem(exe: Path, root: Path) -> str | None:

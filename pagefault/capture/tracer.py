@@ -94,6 +94,9 @@ class TraceOptions:
     progress: Callable[[str], None] | None = None
     target_stdout: int | None = None
     force: bool = False           # replace an existing output file
+    # called once the target runs (started, or attached): work done meanwhile, not after it (trace -o: the
+    # summary's kernel symbols, read on another CPU)
+    on_running: Callable[[], None] | None = None
 
 
 def choose_tier(requested: str) -> str:
@@ -289,6 +292,8 @@ class _Run:
                 raise TargetProblem(str(exc)) from None
         else:
             session.enable()
+        if opts.on_running is not None:
+            opts.on_running()
         return session
 
     def _drain(self, session: PerfSession) -> None:

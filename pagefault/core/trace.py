@@ -66,12 +66,8 @@ def _trace_to_recording(args: argparse.Namespace, argv: list[str], output: Path)
     from ..views.progress import stderr_progress
     opts = TraceOptions(argv=argv, pid=args.pid, allow_init=args.allow_init, callchain=args.call_graph,
                         user_stack=args.dwarf, output=output, tier=args.tier, data_pages=pow2_pages(args.buffer_mb),
-                        progress=stderr_progress if not args.quiet else None, force=args.force)
-    if not args.no_summary and os.geteuid() == 0 and args.tier != "user":
-        # the summary names the kernel addresses it holds (kernel-mode faults' instructions, the allocations' call
-        # chains): the kernel's symbols are read in a thread while the program runs, not after it (~50-80 ms here)
-        from ..kernel.kallsyms import prefetch_text_symbols
-        prefetch_text_symbols()
+                        progress=stderr_progress if not args.quiet else None, force=args.force,
+                        on_running=_prefetch_kernel_symbols if not args.no_summary and args.tier != "user" else None)
     try:
         check_output_target(output, args.force)   # refused before the program runs, not after
         meta = record(opts)
@@ -98,6 +94,15 @@ def _trace_to_recording(args: argparse.Namespace, argv: list[str], output: Path)
     write_trace_summary(args, summarize_recording(output), render_summary)
     say(f"{written}; read it again with: pagefault report {output}")
     return outcome
+
+
+def _prefetch_kernel_symbols() -> None:
+    """trace -o's summary names the kernel addresses it holds (kernel-mode faults' instructions, the allocations'
+    call chains): their symbols are read in a thread while the program runs, not after it (~50-80 ms here). As
+    root only (kallsyms shows others zeros)."""
+    if os.geteuid() == 0:
+        from ..kernel.kallsyms import prefetch_text_symbols
+        prefetch_text_symbols()
 
 
 def _trace_latency(args: argparse.Namespace, argv: list[str]) -> Outcome:

@@ -162,7 +162,8 @@ def prefetch_text_symbols(path: str = "/proc/kallsyms") -> None:
     """Start reading the kernel's text symbols (TextSymbols) in a thread, for text_symbols() to take later: the read
     is mostly the kernel formatting ~120,000 lines, done meanwhile on another CPU while a traced program runs.
 
-    :returns: None at once; a read that fails leaves an empty table (text_symbols() then reads again itself)."""
+    :returns: None at once; a read that fails leaves an empty table (not usable: nothing is named), as reading
+        then would."""
     import threading
     if path in _prefetched:
         return

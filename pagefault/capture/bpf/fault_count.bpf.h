@@ -40,7 +40,7 @@ struct {
 #ifdef COUNT_STACKS
 /* Each distinct stack (user or kernel), kept once with its id, keyed by a 64-bit hash of its frames. A key of the
  * whole stack (STACK_DEPTH addresses) made the map hash and compare 512 bytes at every fault: ~200 ns of a fault's
- * ~1 us here (bench/flame.py), where a 64-bit hash of the 64 words is a multiplication each; the stack kept
+ * ~1 us here (bench/flame.py), where a 64-bit hash of the frames is a multiplication each; the stack kept
  * in the value is compared with the one read, so two stacks never share an id (a hash collision, which would
  * need two of at most STACK_ENTRIES stacks to agree on 64 bits, is counted as a stack not taken). Not a
  * BPF_MAP_TYPE_STACK_TRACE map: it keeps a stack by a hash of the addresses into a bucket and drops a stack
