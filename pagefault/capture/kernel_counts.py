@@ -397,7 +397,9 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
 
 
 def prefetch_kernel_symbols(path: str = "/proc/kallsyms") -> None:
-    """kernel.kallsyms.prefetch_text_symbols: the kernel's text symbols read in a thread while the program runs."""
+    """kernel.kallsyms.prefetch_text_symbols: the kernel's text symbols read in a thread while the program runs.
+
+    :returns: None at once (kernel_symbols_for() takes the table); raises nothing."""
     from ..kernel.kallsyms import prefetch_text_symbols
     prefetch_text_symbols(path)
 
