@@ -352,3 +352,46 @@ def test_on_arm64_without_the_fault_tracepoint_the_refusal_says_what_works_there
     monkeypatch.setattr(facts, "machine_arch", Arm64)
     with pytest.raises(CaptureError, match="arm64 kernels .* have no page-fault tracepoint"):
         kc.choose_hooks(KernelHooks(tmp_path / "no-btf", fake))
+
+
+def _load_counter(keep_log: bool) -> BpfObject:
+    obj = BpfObject(_object(), keep_log=keep_log)
+    for c in kc.choose_hooks():
+        obj.set_autoload(c.hook.btf_program, c.program == c.hook.btf_program)
+        obj.set_autoload(c.hook.tracepoint_program, c.program == c.hook.tracepoint_program)
+    obj.set_rodata(kc._settings(os.getpid(), from_exec=False))
+    obj.load()
+    return obj
+
+
+def test_a_load_that_goes_well_takes_libbpfs_messages_only_when_asked():
+    # libbpf's ~300 messages of a load went through a Python callback that needs the GIL (a load beside a busy
+    # thread waited for it at each): they are dropped in C unless the object keeps its log
+    _root()
+    quiet, kept = _load_counter(False), _load_counter(True)
+    try:
+        assert not any("CO-RE relocating" in line for line in quiet.log)
+        assert sum("CO-RE relocating" in line for line in kept.log) >= 3
+    finally:
+        quiet.close()
+        kept.close()
+
+
+def test_a_first_load_that_fails_still_gives_libbpfs_reasons():
+    # every program on, fentry and kprobes too: this host refuses them (the matrix's guests may not: then it skips).
+    # The quiet load drops libbpf's messages; the load made again after it failed must have them
+    _root()
+    obj = BpfObject(_object("fault_calls"))
+    try:
+        for name in obj.programs():
+            obj.set_autoload(name, True)
+        try:
+            obj.load()
+        except LibbpfError as exc:
+            assert exc.log_path is not None and "failed to load" in exc.log_path.read_text()
+            assert any("BPF program load failed" in line or "failed to load object" in line for line in obj.log)
+            shutil.rmtree(exc.log_path.parent)
+        else:
+            pytest.skip("this kernel loads every program of fault_calls.bpf.o (fentry and kprobes both allowed)")
+    finally:
+        obj.close()

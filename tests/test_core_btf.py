@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not OBJECTS or not shutil.w
 def relocations(obj_path: Path, slice_path: Path | None) -> list[tuple[str, int, str]]:
     """Every relocation libbpf applies to every program of the object (all programs on: the relocations are made
     before any program is loaded, so a program this kernel refuses, an fentry here, still has its own)."""
-    obj = BpfObject(obj_path, core_btf=False)
+    obj = BpfObject(obj_path, core_btf=False, keep_log=True)
     try:
         if slice_path is not None:
             lib().bpf_object__close(obj._obj)

@@ -16,7 +16,7 @@ MATCHED = re.compile(r"relo #(\d+): matching candidate #\d+ <field_exists> \[\d+
 def flavours_matched(obj_name: str, programs: set[str]) -> dict[tuple[str, str], bool]:
     from pagefault.capture.bpf import object_path
     from pagefault.capture.libbpf import BpfObject
-    obj = BpfObject(object_path(obj_name))
+    obj = BpfObject(object_path(obj_name), keep_log=True)
     try:
         obj.load_only(programs)
         obj.load()

@@ -317,8 +317,9 @@ class BpfObject:
     Without root, load() fails with EPERM and the error says to run as root.
     """
 
-    def __init__(self, path: Path, core_btf: bool = True):
+    def __init__(self, path: Path, core_btf: bool = True, keep_log: bool = False):
         self.path = Path(path)
+        self.keep_log = keep_log   # libbpf's messages of a load that goes well too (tests read its CO-RE lines)
         self.log: list[str] = []
         self.links: list[int] = []
         self._mappings: list[mmap.mmap] = []
@@ -416,12 +417,19 @@ class BpfObject:
     def load(self) -> None:
         """Load every program left on (the verifier checks each) and create the maps.
 
+        libbpf's messages are not taken while a load goes well, unless the object keeps its log (keep_log): each
+        goes through a Python callback that needs the GIL, and a load beside a busy thread (the journey reads the
+        kernel's symbols in one) waited for it at every message, ~300 of them: journey_walk's load took 64-85 ms
+        where it takes ~20. A load that fails is made again with the messages taken, for the reasons it gives.
+
         :raises LibbpfError: one line: the reason (EPERM: not root), and the file in a private directory
             that holds libbpf's log with the verifier's."""
-        first = len(self.log)
-        with self._logging():
-            err = lib().bpf_object__load(self._obj)
-        if err and self.core_btf is not None and not self._loaded and _btf_in_question(self.log[first:]):
+        err = self._load_once(quiet=not self.keep_log)
+        if err and not self.keep_log:   # again, its messages taken: why libbpf or the kernel refused it
+            if not self._loaded:
+                self._reopen(self.core_btf)
+            err = self._load_once(quiet=False)
+        if err and self.core_btf is not None and not self._loaded and _btf_in_question(self.log):
             # the kept slice of the kernel's BTF may be at fault (libbpf could not read it, or a relocation failed
             # with it): the object is opened and loaded again with the whole BTF; the slice is removed, and made
             # again at close(), only if that load succeeds (else the failure is the object's own, either way)
@@ -429,15 +437,8 @@ class BpfObject:
             self.log.append(f"info: pagefault: the load with {self.core_btf} failed; loading again with the kernel's "
                             "whole BTF")
             tried = self.core_btf
-            lib().bpf_object__close(self._obj)
-            self._obj = None
-            self.core_btf = None
-            self._obj = self._open(None)
-            replay, self._before_load = self._before_load, []
-            for method, args in replay:
-                getattr(self, method)(*args)
-            with self._logging():
-                err = lib().bpf_object__load(self._obj)
+            self._reopen(None)
+            err = self._load_once(quiet=False)
             if not err:
                 self.log.append(f"info: pagefault: loaded with the whole BTF; {tried} removed")
                 slices.discard(tried)
@@ -451,6 +452,30 @@ class BpfObject:
                    + next((line for line in reversed(self.log) if line.startswith("warning")), "no message"))
             raise LibbpfError(f"{why}; libbpf's and the verifier's log: {saved}", saved)
         self._loaded = True
+
+    def _load_once(self, quiet: bool) -> int:
+        """bpf_object__load, with libbpf's messages dropped in C (quiet) or taken into the log; its error."""
+        library = lib()
+        printer = _printer
+        if quiet:
+            library.libbpf_set_print(None)
+        try:
+            with self._logging():
+                return library.bpf_object__load(self._obj)
+        finally:
+            if quiet and printer is not None:
+                library.libbpf_set_print(ctypes.cast(printer, c_void_p))
+
+    def _reopen(self, core_btf: Path | None) -> None:
+        """The object closed and opened again (relocated against `core_btf`, else the whole BTF), with every
+        choice and setting made before its load made again."""
+        lib().bpf_object__close(self._obj)
+        self._obj = None
+        self.core_btf = core_btf
+        self._obj = self._open(core_btf)
+        replay, self._before_load = self._before_load, []
+        for method, args in replay:
+            getattr(self, method)(*args)
 
     def attach(self, name: str) -> None:
         """Attach a loaded program where its section says; its link is destroyed by close()."""
