@@ -81,8 +81,8 @@ def test_counted_stacks_name_kernel_frames_as_a_full_kallsyms_lookup_does(tmp_pa
     assert counted.lookup(0xffffffffc0003008) == ("mod_func", 0x1008)
     assert counted.lookup(0xffffffff80000000) is None
     # and the prefetched table (read while the program runs) gives the same
-    from pagefault.capture.kernel_counts import prefetch_kernel_symbols
-    prefetch_kernel_symbols(str(path))
+    from pagefault.kernel.kallsyms import prefetch_text_symbols
+    prefetch_text_symbols(str(path))
     assert {a: kernel_symbols_for(addresses, str(path)).lookup(a) for a in addresses} == \
         {a: full.lookup(a) for a in addresses}
 

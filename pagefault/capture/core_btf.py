@@ -14,7 +14,8 @@ new one is written) and by the object file's identity (a rebuilt object gets its
 after the object first loaded with the whole BTF (``bpftool`` as a child that dies with the tool, ~40 ms here).
 Nothing is made where no cache can be kept (the matrix guests' read-only home: the fresh directory would be
 thrown away at exit), nor where bpftool is missing: the whole BTF is used, as before. A slice that libbpf or
-the kernel refuses is removed and the object loaded again with the whole BTF (libbpf.BpfObject.load).
+the kernel refuses (a failed load whose warnings name BTF or CO-RE) is tried with the whole BTF, and removed if
+that load succeeds (libbpf.BpfObject.load).
 """
 
 from __future__ import annotations
@@ -22,19 +23,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..kernel.boot import boot_id
 from .safe_paths import UnsafePathError, kept_private_cache_dir, path_problem, trusted_executable
 
 KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
 SUBDIR = "core-btf"
 # where bpftool is looked for: the distribution's directories only, never a PATH entry another user may hold
 BPFTOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _slice_name(obj: Path, boot: str) -> str | None:
@@ -64,9 +59,9 @@ def kept_slice(obj: Path) -> Path | None:
     regular file of the effective user's, under directories nobody else can write).
 
     :returns: its path, or None (then the whole kernel BTF is used); raises nothing."""
-    boot = _boot_id()
+    boot = boot_id()
     folder = _kept_dir() if boot else None
-    if folder is None or boot is None:
+    if folder is None or not boot:
         return None
     name = _slice_name(obj, boot)
     if name is None:
@@ -83,9 +78,9 @@ def make_slice(obj: Path) -> Path | None:
 
     :returns: the slice's path, or None when none was made (no kept cache, no bpftool, no kernel BTF, or bpftool
         failed: the whole BTF keeps being used); raises nothing."""
-    boot = _boot_id()
+    boot = boot_id()
     folder = _kept_dir() if boot else None
-    if folder is None or boot is None or not KERNEL_BTF.is_file():
+    if folder is None or not boot or not KERNEL_BTF.is_file():
         return None
     name = _slice_name(obj, boot)
     try:

@@ -113,9 +113,9 @@ class LiveJourney:
                                   migratetype_source=migratetype_source, kernel_enums=enums,
                                   kernel_enums_source=enums_source, captured_at=captured_at, host=host,
                                   tool_version=__version__)
-        # The kernel's symbols (for the call chains) and its fault-flag values (from BTF) take a few hundred ms
-        # of parsing: they are read in a thread while the program starts and the walk loads (libbpf and the
-        # waits for the program let go of the GIL), and joined where first needed.
+        # The kernel's symbols (for the call chains: TextSymbols, one numpy pass over kallsyms) and its
+        # fault-flag values (from BTF) are read in a thread while the program starts and the walk loads (the
+        # waits for the program let go of the GIL, and a quiet libbpf load takes none), joined where first needed.
         self._ksyms: KernelSymbols | TextSymbols | None = None
         self._tables_joined = False
         self._preload = threading.Thread(target=self._read_kernel_tables_quietly, name="pagefault-kernel-tables")

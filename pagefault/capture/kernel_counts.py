@@ -396,19 +396,12 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
                         stack_rows, stack_ips, *(side_band.read(notes) if side_band else ([], {})), names)
 
 
-def prefetch_kernel_symbols(path: str = "/proc/kallsyms") -> None:
-    """kernel.kallsyms.prefetch_text_symbols: the kernel's text symbols read in a thread while the program runs.
-
-    :returns: None at once (kernel_symbols_for() takes the table); raises nothing."""
-    from ..kernel.kallsyms import prefetch_text_symbols
-    prefetch_text_symbols(path)
-
-
 def _prepare_naming() -> None:
     """While the program runs: start reading the kernel's symbols, and import numpy (perf's side-band records
     are parsed with it) and pyelftools (user frames are named from the program's ELF symbols): ~150 ms here that
     trace -g would otherwise add after the program's end."""
-    prefetch_kernel_symbols()
+    from ..kernel.kallsyms import prefetch_text_symbols
+    prefetch_text_symbols()
     from . import records  # noqa: F401
     try:
         import elftools.elf.elffile  # noqa: F401
@@ -419,7 +412,7 @@ def _prepare_naming() -> None:
 def kernel_symbols_for(addresses: set[int], path: str = "/proc/kallsyms"):
     """The kernel's symbols (kernel.kallsyms.KernelSymbols) for `addresses` only: for each, the text symbol at or
     below it, as a lookup in all of /proc/kallsyms finds it, without the full parse of every name (0.3-0.4 s
-    here). The table a prefetch_kernel_symbols(path) started is used when there is one.
+    here). The table a kernel.kallsyms.prefetch_text_symbols(path) started is used when there is one.
 
     Without root kallsyms shows zeros: the result is then not usable (no names, as KernelSymbols.load gives).
 

@@ -30,12 +30,12 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Callable
 
 from .. import __version__
 from ..evidence import BpfWalk, ProgramFaultEvidence
 from ..kernel import facts
+from ..kernel.boot import boot_id
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import line_ranges, min_exec_vaddr, rip_facts
 from ..symbols.objects import (
@@ -94,10 +94,7 @@ def direct_map_base(progress: Callable[[str], None]) -> tuple[int, str]:
 
     :returns: (page_offset_base, how it was derived).
     :raises CaptureError: it could not be derived (the exercise's walk did not run: not root, or no BPF)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
+    boot = boot_id()
     cache = root_safe_state_dir() / f"direct-map-{boot}.json" if boot else None
     if cache is not None:
         try:

@@ -22,17 +22,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ..kernel.boot import boot_id  # noqa: F401  (re-exported: the recording's origin, tests)
 from ..symbols.elf import load_image, open_mapped_file
-from ..symbols.recorded import this_boot
 
 MAX_FUNCTIONS = 200_000     # per file: a huge C++ binary's table is cut here, and the END says so
-
-
-def boot_id() -> str:
-    """This boot's ID ("" where the kernel does not say), as symbols/recorded.py compares it.
-
-    :returns: the ID; raises nothing."""
-    return this_boot()
 
 
 def head_fields() -> dict[str, Any]:

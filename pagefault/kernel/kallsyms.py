@@ -136,22 +136,27 @@ class TextSymbols:
         found = self.lookup(address)
         return f"{found[0]}+0x{found[1]:x}" if found else f"0x{address:x}"
 
-    def text_base(self) -> int | None:
-        """Where the kernel's text starts this boot (_text, else _stext), as KernelSymbols.text_base gives it."""
+    def _text_symbol(self) -> tuple[int, str] | None:
+        """_text's line (else _stext's): its address and name, or None where neither is in the file."""
         for name in (b"_text", b"_stext"):
             at = self.data.find(b" T " + name + b"\n")
             if at >= 16:
-                return int(self.data[at - 16:at], 16) or None
+                return int(self.data[at - 16:at], 16), name.decode()
+        return None
+
+    def text_base(self) -> int | None:
+        """Where the kernel's text starts this boot (_text, else _stext), as KernelSymbols.text_base gives it."""
+        found = self._text_symbol()
+        if found is not None:
+            return found[0] or None
         return int(self.addresses[0]) if len(self.addresses) else None
 
     def kernel_symbols(self, addresses: set[int]) -> KernelSymbols:
         """A KernelSymbols that names `addresses` as one over the whole file does, with _text (its text_base())."""
         kept = self.symbols_at_or_below(addresses)
-        for name in (b"_text", b"_stext"):
-            at = self.data.find(b" T " + name + b"\n")
-            if at >= 16:
-                kept[int(self.data[at - 16:at], 16)] = name.decode()
-                break
+        found = self._text_symbol()
+        if found is not None:
+            kept[found[0]] = found[1]
         return KernelSymbols([(a, n) for a, n in kept.items() if a])
 
 

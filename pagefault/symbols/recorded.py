@@ -16,18 +16,11 @@ import bisect
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..kernel.boot import boot_id
 from .elf import ResolvedIP, resolve_ip
 
 if TYPE_CHECKING:
     from ..evidence import Mapping
-
-
-def this_boot() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 class SavedSymbols:
@@ -58,7 +51,7 @@ class RecordedFiles:
     def __init__(self, meta: dict[str, Any], boot: str | None = None):
         origin: dict[str, Any] = meta["origin"] if isinstance(meta.get("origin"), dict) else {}
         recorded_boot = str(origin.get("boot_id") or "")
-        here = this_boot() if boot is None else boot
+        here = boot_id() if boot is None else boot
         self.same_boot = bool(recorded_boot) and recorded_boot == here and not origin.get("distrusted")
         self.why_not = ("" if self.same_boot else
                         str(origin.get("distrusted")) if origin.get("distrusted") else
