@@ -166,8 +166,9 @@ __noinline __s32 maple_slot(__u64 entry, __u64 addr)
  *
  * pivots, steps, depth: NULL for a quiet search; else each node's MAPLE_MAX_PIVOTS pivots are read into pivots
  * first (the leaf's stay there), the slot maple_slot picks is checked against them (maple_slot_agrees), and each
- * node read is recorded in steps[0..MAPLE_DEPTH) (root first), *depth counting them. root: NULL, or where the tree's root entry goes (left alone before 6.1, whose VMAs are in an
- * rbtree). Constant NULLs are folded away where the search is inlined. */
+ * node read is recorded in steps[0..MAPLE_DEPTH) (root first), *depth counting them. root: NULL, or where the
+ * tree's root entry goes (left alone before 6.1, whose VMAs are in an rbtree). Constant NULLs are folded away
+ * where the search is inlined. */
 static __always_inline __u64 maple_search(struct mm_struct *mm, __u64 addr, __u64 *pivots,
 					  struct maple_step_rec *steps, __u32 *depth, __u64 *root)
 {
