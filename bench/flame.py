@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from peers import PF, build_floor, floor_command, machine_note, peers
+from peers import PF, build_floor, floor_command, freed_memory_kept, machine_note, peers
 from peers import run as run_timed
 
 HERE = Path(__file__).resolve().parent
@@ -125,4 +125,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with freed_memory_kept():
+        sys.exit(main())

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from peers import ENV, PF, build_floor, build_loop, floor_command, loop_cpu_ns, machine_note, peers, run, verdict
+from peers import ENV, PF, build_floor, build_loop, floor_command, freed_memory_kept, loop_cpu_ns, machine_note, peers, run, verdict
 
 HERE = Path(__file__).resolve().parent
 # the counter's fixed cost, timed in a fresh process (as the command pays it): open, load, attach, detach, close
@@ -173,4 +173,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with freed_memory_kept():
+        sys.exit(main())

@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from peers import PF, build_loop, machine_note, peers, verdict  # noqa: E402
+from peers import PF, build_loop, freed_memory_kept, machine_note, peers, verdict  # noqa: E402
 
 from pagefault.capture.recording import load_recording  # noqa: E402
 from pagefault.capture.records import parse_stream, raw_field  # noqa: E402
@@ -174,4 +174,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with freed_memory_kept():
+        main()

@@ -150,6 +150,27 @@ def test_no_predictable_tmp_fallback_and_sudo_home_is_not_used(tmp_path, monkeyp
     assert not (user_home / ".cache").exists()
 
 
+@root_only
+def test_a_kept_cache_is_made_where_no_cache_directory_exists_yet(tmp_path, monkeypatch):
+    """A fresh machine may have no ~/.cache at all: the kept cache is made there (ancestors checked first), not
+    given up for a throw-away directory on every run."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(safe_paths, "_home_of_effective_user", lambda: None)
+    folder, why = safe_paths.kept_private_cache_dir()
+    assert (folder, why) == (home / ".cache" / "pagefault", "")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and path_problem(folder, private=True) is None
+    # a missing directory under one another user can write is still refused, and nothing is made there
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared / "cache"))
+    folder, why = safe_paths.kept_private_cache_dir()
+    assert folder is None and "writable by other users" in why and not (shared / "cache").exists()
+
+
 def test_path_problem_names_the_component():
     assert path_problem(Path("/usr/bin/env")) is None
     with tempfile.TemporaryDirectory() as d:

@@ -188,22 +188,21 @@ def kept_private_cache_dir() -> tuple[Path | None, str]:
     :returns: (the directory, "") or (None, why no kept cache could be used); raises nothing."""
     reasons = []
     for candidate in cache_dir_candidates():
-        problem = path_problem(candidate.parent)
+        # the nearest ancestor already there is checked before anything is made under it: on a fresh machine
+        # ~/.cache itself may not exist yet (the whole path is checked again once made)
+        existing = candidate.parent
+        while not os.path.lexists(existing) and existing.parent != existing:
+            existing = existing.parent
+        problem = path_problem(existing)
         if problem:
             reasons.append(problem)
             continue
         try:
-            candidate.mkdir(mode=0o700, parents=False, exist_ok=True)
+            candidate.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            candidate.mkdir(mode=0o700, exist_ok=True)
             st = os.lstat(candidate)
             if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode):
                 os.chmod(candidate, 0o700)  # an older release, or another umask, may have left it wider
-        except FileNotFoundError:
-            try:
-                candidate.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                candidate.mkdir(mode=0o700, exist_ok=True)
-            except OSError as exc:
-                reasons.append(f"{candidate}: {exc.strerror}")
-                continue
         except OSError as exc:
             reasons.append(f"{candidate}: {exc.strerror}")
             continue
