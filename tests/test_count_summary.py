@@ -43,6 +43,21 @@ def test_kernel_mode_faults_are_told_by_the_error_codes_user_bit():
     assert s.by_kind == {"write, not-present page, in kernel mode": 64, "write, not-present page": 5}
 
 
+def test_the_breakdown_by_call_site_comes_from_the_sited_rows_or_says_why_there_is_none():
+    heap = MapsLine(0x10000, 0x20000, "rw-p", 0, "00:00", 0, "[heap]")
+    rows = [(0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 7, 40)]
+    s = summarize_counts(rows, [heap], ["p"], 40, "exited", 0.1)
+    assert s.class_breakdown == [("anonymous new page", "[heap]", "(not counted: trace -g names it)", 7)]
+    # trace -g: the same 7 faults split by stack, each with its site; the breakdown keeps the sites apart and
+    # the rest of the summary (classes, mappings, faults) is the rows' as before
+    sited = [((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 4, 40), "p:main+0x10"),
+             ((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 3, 40), "p:fill+0x2")]
+    s = summarize_counts(rows, [heap], ["p"], 40, "exited", 0.1, sited_rows=sited)
+    assert s.class_breakdown == [("anonymous new page", "[heap]", "p:main+0x10", 4),
+                                 ("anonymous new page", "[heap]", "p:fill+0x2", 3)]
+    assert (s.faults, s.by_mapping, s.by_class[0][:2]) == (7, [("[heap]", 7)], ("anonymous new page", 7))
+
+
 def test_the_summary_only_path_imports_no_numpy_and_no_rich():
     code = ("import sys\nfrom pagefault import cli\nfrom pagefault.capture import kernel_counts\n"
             "from pagefault.journey import count_summary\n"

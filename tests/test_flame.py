@@ -139,6 +139,18 @@ def test_trace_g_counted_in_the_kernel_writes_the_recordings_flame_graph(flame_f
     assert sum(by_class.values()) == summary["faults"] == summary["kernel_counts"]["page-faults"]
     assert by_class["stack growth"] == 24 and by_class["THP"] == 1, by_class
     assert _program_stacks(text) == _program_stacks((recorded / "f.folded").read_text())
+    # the summary names each fault's call site from its stack's leaf, as the recording's summary names it from the
+    # fault's ip: the same sites, with as many faults, in the program's own code (both keep their 10 most common
+    # rows: a site kept by one only, at a tie, is not compared)
+    recorded_summary = json.loads(subprocess.run(CLI + ["report", str(recorded / "t.pfrec"), "--json"],
+                                                 capture_output=True, text=True, check=True).stdout)
+
+    def program_sites(rows) -> dict[tuple[str, str], int]:
+        return {(cls, site): n for cls, _label, site, n in rows if site.startswith("fault_kinds:")}
+    counted, seen = program_sites(summary["class_breakdown"]), program_sites(recorded_summary["class_breakdown"])
+    both = counted.keys() & seen.keys()
+    assert max(seen, key=seen.get) in both and all(counted[key] == seen[key] for key in both), (counted, seen)
+    assert not any("not counted" in site for _c, _l, site, _n in summary["class_breakdown"])
 
 
 def test_a_chain_shared_by_many_faults_is_decoded_once_and_weighs_them_all(flame_files, monkeypatch):

@@ -26,3 +26,32 @@ def test_the_tracers_own_frames_at_the_kernel_leaf_are_dropped():
     without = [0xffffffff81200010, 0xffffffff81300010]
     assert sym.kernel_frames(with_tracer) == sym.kernel_frames(without) == ["asm_exc_page_fault_[k]",
                                                                             "exc_page_fault_[k]"]
+
+
+# --- call sites of faults counted with their stacks (trace -g without -o) --------------------------------------
+
+def test_counted_sites_name_the_faulting_instruction_by_mode():
+    """A user-mode fault's site is its user stack's leaf; a kernel-mode fault's is the frame the exception
+    interrupted (under asm_exc_page_fault in its kernel stack); a stack not read says so; rows come back in the
+    summary's shape (error code ... vma key, faults, tgid)."""
+    from pagefault.journey.fault_stacks import counted_sites
+    ksyms = KernelSymbols([(0xffffffff81000000, "_text"), (0xffffffff81100000, "_copy_to_user"),
+                           (0xffffffff81200000, "exc_page_fault"), (0xffffffff81300000, "asm_exc_page_fault"),
+                           (0xffffffff81400000, "ksys_read")])
+    user_fault, kernel_fault = 6, 2            # X86_PF_USER | X86_PF_WRITE; a kernel-mode write
+    stacks = {1: [0x400010, 0x400800],
+              2: [0xffffffff81200040, 0xffffffff81300011, 0xffffffff81100028, 0xffffffff81400100],
+              3: [0xffffffff81200040, 0xffffffff81400100]}       # no entry frame: the interrupted one unknown
+    rows = [(user_fault, 1, 0, 0, 0, 0, 0x600000 << 3, 5, 1, 9, 77),
+            (kernel_fault, 1, 0, 0, 0, 0, 0x600000 << 3, 2, 1, 2, 77),
+            (kernel_fault, 0, 0, 0, 0, 0, 0, 1, 1, 3, 78),
+            (user_fault, 0, 0, 0, 0, 0, 0, 3, -14, 9, 78)]
+    sited = counted_sites(rows, stacks, [CODE, DATA], ksyms)
+    assert [row for row, _site in sited] == [r[:8] + (r[10],) for r in rows]
+    assert [site for _row, site in sited] == [
+        "0x400010",                              # no file behind the code mapping: its address
+        "_copy_to_user+0x28 (kernel)",
+        "(in the kernel: the interrupted instruction is not in its stack)",
+        "(no user stack read)"]
+    # without kernel symbols the entry frame cannot be told: the site says the instruction is not known
+    assert counted_sites(rows[1:2], stacks, [CODE], None)[0][1].startswith("(in the kernel")

@@ -189,9 +189,15 @@ def _count_in_kernel(args: argparse.Namespace, argv: list[str], stacks: bool):
         raise UsageError(str(exc)) from None
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
+    ksyms = sited = None
+    if stacks:   # each fault's call site is its stack's leaf: the summary's breakdown names it, as a recording's does
+        from ..capture.kernel_counts import kernel_symbols_for
+        from ..journey.fault_stacks import counted_sites
+        ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
+        sited = counted_sites(kc.stack_rows, kc.stacks, kc.mappings, ksyms if ksyms.usable else None)
     summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
                                kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total, kc.process_names,
-                               maps_by_process=kc.maps)
+                               maps_by_process=kc.maps, sited_rows=sited)
     summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
     summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms")
     if summary.kernel_mode_faults:
@@ -201,8 +207,8 @@ def _count_in_kernel(args: argparse.Namespace, argv: list[str], stacks: bool):
               "" if kc.kernel_mode_counted else
               "faults taken in kernel mode, which this kernel's hooks do not count (record with -o FILE)",
               from_exec=args.pid is None)
-    if stacks:
-        _write_counted_stacks(args, kc)
+    if ksyms is not None:
+        _write_counted_stacks(args, kc, ksyms)
     return summary
 
 
@@ -238,17 +244,15 @@ def _record_to_temporary(args: argparse.Namespace, argv: list[str], problem: str
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_counted_stacks(args: argparse.Namespace, kc) -> None:
+def _write_counted_stacks(args: argparse.Namespace, kc, ksyms) -> None:
     """trace -g counted in the kernel: the faults' stacks as a folded flame graph (--folded) and a pprof profile
-    (--pprof), built as report builds them from a recording."""
+    (--pprof), built as report builds them from a recording; `ksyms` names their kernel frames."""
     from collections import Counter
 
-    from ..capture.kernel_counts import kernel_symbols_for
     from ..capture.safe_paths import write_output
     from ..journey.fault_stacks import counted_samples, folded
     from ..views.pprof import to_pprof
     from .recordings import emit_folded, frames_escaped
-    ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
     # perf's COMM records name what exec'ed; the kernel's names add the children that only forked
     # every process's named VMAs: the stacks' rows are named by start (as before the count kept them by process)
     samples = counted_samples(kc.stack_rows, kc.stacks, kc.mappings, [m for lines in kc.maps.values() for m in lines],

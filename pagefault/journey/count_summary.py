@@ -67,6 +67,11 @@ KERNEL_COUNT_FROM_ATTACH = ("the kernel's own count (software events page-faults
                             "children it starts after the attach, not for threads already running)")
 
 
+# a count without stacks keeps no faulting instruction: trace -g takes each fault's user stack, whose leaf it is
+NO_CALL_SITE = "(not counted: trace -g names it)"
+SITED_ROWS_KEPT = 10   # trace_summary.summarize's top
+
+
 def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "", *,
               from_exec: bool = True) -> None:
     """Beside the traced total, the kernel's own count for the same processes and time, and the difference
@@ -167,7 +172,8 @@ def row_class(row: Sequence[int], by_start: dict) -> FaultClass:
 def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], command: list[str], pid: int,
                      exit_text: str, duration: float, allocations: int = 0, total: int | None = None,
                      process_names: dict[int, str] | None = None,
-                     maps_by_process: dict[int, list[MapsLine]] | None = None) -> TraceSummary:
+                     maps_by_process: dict[int, list[MapsLine]] | None = None,
+                     sited_rows: Sequence[tuple[Sequence[int], str]] | None = None) -> TraceSummary:
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
     page-cache add, signal, si_code, vm_start << 3 | kind, faults[, tgid]); kind 1 file, 2 shared, 4 stack growth.
     The error code's user bit (X86_PF_USER, set by the CPU) tells the faults taken in user mode from those
@@ -175,7 +181,10 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
     give the summary's rows by process (``by_process``), named from `process_names` (tgid → command, "?" where
     none was kept), as a recording's summary has them. A row with a tgid names its mapping from that process's
     VMAs in `maps_by_process` (tgid → lines) when given: another process of the count may hold another mapping
-    at the same start; `maps` (the target's) names the rows without one."""
+    at the same start; `maps` (the target's) names the rows without one. `sited_rows` (trace -g: the same faults
+    split by stack, each row with its call site, as journey.fault_stacks.counted_sites names it) make the
+    breakdown by class × mapping × call site (its SITED_ROWS_KEPT most common rows, as a recording's summary
+    keeps them); without them a count keeps no call site, and says so."""
     rows = [tuple(int(v) for v in row) for row in rows]
     by_process: Counter = Counter()
     for row in rows:
@@ -194,28 +203,36 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
     kinds: Counter = Counter()
     by_kind: Counter = Counter()
     by_mapping: Counter = Counter()
-    breakdown: Counter = Counter()      # (class, mapping): a count has no call site
+    breakdown: Counter = Counter()      # (class, mapping, call site)
     names = {0: "read", 1: "write", 2: "instruction fetch"}
-    for row in rows:
-        code, alloc, order, cache, sig, _sig_code, vma, n = row[:8]
+
+    def class_and_label(row: Sequence[int]) -> tuple[FaultClass, str]:
+        vma = row[6]
         start, kind = vma >> 3, vma & 7
-        growth = bool(kind & KIND_GROWTH)
         vmas = own_maps.get(row[8], {}) if len(row) > 8 and maps_by_process is not None else by_start
         m = vmas.get(start)
-        cls = row_class((code, alloc, order, cache, sig, _sig_code, vma), vmas)
+        label = ("[stack]" if kind & KIND_GROWTH else "(no mapping: unmapped address)" if not start else
+                 mapping_label(m.path) if m else "(a file)" if kind & KIND_FILE else "[anon]")
+        return row_class(row[:7], vmas), label
+    for row in rows:
+        code, n = row[0], row[7]
+        cls, label = class_and_label(row)
         kinds[cls] += n
         access = 2 if code & X86_PF_INSTR else 1 if code & X86_PF_WRITE else 0
         mode = "" if code & X86_PF_USER else ", in kernel mode"   # as a recording's summary names them
         by_kind[f"{names[access]}, {'protection fault' if code & X86_PF_PROT else 'not-present page'}{mode}"] += n
         if not code & X86_PF_USER:
             summary.kernel_mode_faults += n
-        label = ("[stack]" if growth else "(no mapping: unmapped address)" if not start else
-                 mapping_label(m.path) if m else "(a file)" if kind & KIND_FILE else "[anon]")
         by_mapping[label] += n
-        breakdown[(cls.value, label)] += n
+        if sited_rows is None:
+            breakdown[(cls.value, label, NO_CALL_SITE)] += n
+    for sited, site in sited_rows or ():
+        cls, label = class_and_label(tuple(int(v) for v in sited))
+        breakdown[(cls.value, label, site)] += int(sited[7])
     summary.allocations = allocations
-    summary.class_breakdown = [(cls, label, "(not counted: no call chains)", n)
-                               for (cls, label), n in breakdown.most_common()]
+    # with call sites, the most common rows only, as a recording's summary keeps them (its top 10)
+    summary.class_breakdown = [(cls, label, site, n) for (cls, label, site), n in
+                               breakdown.most_common(SITED_ROWS_KEPT if sited_rows is not None else None)]
     summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
     summary.by_kind = dict(by_kind.most_common())
     summary.by_mapping = by_mapping.most_common()

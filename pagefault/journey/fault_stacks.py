@@ -247,6 +247,55 @@ def counted_samples(stack_rows: list[tuple[int, ...]], stacks: dict[int, list[in
     return samples
 
 
+# the kernel's entry for a page fault: in a kernel stack read at the fault's tracepoint, the frame just rootward of
+# it is the instruction the exception interrupted (the unwinder goes on from the registers the entry saved)
+FAULT_ENTRY = "asm_exc_page_fault"
+
+
+def counted_sites(stack_rows: list[tuple[int, ...]], stacks: dict[int, list[int]], maps: list[Mapping],
+                  ksyms: KernelSymbols | None) -> list[tuple[tuple[int, ...], str]]:
+    """Each row counted with its stacks (counted_samples' rows) in count_summary.summarize_counts' shape, (error
+    code, ..., vma key, faults, tgid), with its call site: the faulting instruction, named as a recording's
+    summary names it.
+
+    A user-mode fault's instruction is its user stack's leaf (the registers saved at the trap), named
+    "file:symbol+0xoff" in its file mapping (the program's `maps`, with whole paths), else its address. A
+    kernel-mode fault's is the frame under FAULT_ENTRY in its kernel stack, named from `ksyms`
+    ("function+0xoff (kernel)"). Where the stack needed was not read (its id < 0) the site says so.
+
+    :returns: one (row, site) per row of `stack_rows`, in their order; raises nothing (an ELF file that
+        cannot be read leaves the address as the name)."""
+    from .count_summary import X86_PF_USER
+    by_start = sorted(({m.start: m for m in maps}).values(), key=lambda m: m.start)
+    starts = [m.start for m in by_start]
+    named: dict[tuple[bool, int], str] = {}
+
+    def user_site(ip: int) -> str:
+        i = bisect.bisect_right(starts, ip) - 1
+        m = by_start[i] if i >= 0 and by_start[i].contains(ip) else None
+        return resolve_mapping(ip, m).describe() if m is not None and m.path.startswith("/") else f"0x{ip:x}"
+
+    def kernel_site(chain: list[int]) -> str:
+        names = [ksyms.lookup(ip) if ksyms else None for ip in chain]
+        entry = next((i for i, found in enumerate(names) if found and found[0] == FAULT_ENTRY), None)
+        if entry is None or entry + 1 >= len(chain):
+            return "(in the kernel: the interrupted instruction is not in its stack)"
+        ip = chain[entry + 1]
+        return f"{ksyms.describe(ip) if ksyms else f'0x{ip:x}'} (kernel)"
+
+    out = []
+    for row in stack_rows:
+        code, user_id, kernel_id = row[0], row[8], row[9]
+        in_user = bool(code & X86_PF_USER)
+        key = (in_user, user_id if in_user else kernel_id)
+        if key not in named:
+            chain = stacks.get(key[1], []) if key[1] >= 0 else []
+            named[key] = ("(no user stack read)" if in_user else "(no kernel stack read)") if not chain else \
+                user_site(chain[0]) if in_user else kernel_site(chain)
+        out.append((tuple(row[:8]) + (row[10],), named[key]))
+    return out
+
+
 def fault_stacks(rec: Recording, ksyms: KernelSymbols | None = None) -> tuple[Counter, bool]:
     """(Counter of stacks root→leaf, with the fault's class as the root; whether call chains were recorded)."""
     samples, chains = fault_samples(rec, ksyms)
