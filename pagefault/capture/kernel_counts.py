@@ -292,7 +292,7 @@ def maps_by_process(vmas: list[dict[str, Any]], target: int) -> dict[int, list[M
 
 def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[str], None] | None = None,
                  stdout: int | None = None, kernel: KernelHooks | None = None, stacks: bool = False,
-                 allow_init: bool = False) -> KernelCounts:
+                 allow_init: bool = False, on_running: Callable[[], None] | None = None) -> KernelCounts:
     """Run `argv` (or attach to `pid`) with the counting program loaded; count until it ends (or Ctrl-C).
 
     :param argv: a command to start, held until the program is attached; or None with `pid`.
@@ -301,6 +301,8 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
         this kernel's BTF and tracefs; the tests hand in a BTF without tp_btf to load the other variant).
     :param stacks: count each fault's user and kernel stack too (fault_stacks.bpf.c, for trace -g), with the
         program's mappings and process names from perf's side-band records (a dummy event: no sample).
+    :param on_running: called once the program runs and is counted, before the wait for its end: what the
+        caller will need afterwards (the text summary's imports) is made ready meanwhile, not after the end.
     :returns: the counts, the VMAs they fell in, the hooks chosen and why.
     :raises TargetProblem: the command cannot be run, or `pid` cannot be traced.
     :raises CaptureError: one line with the reason and the fix: a hook missing (arm64), the object not
@@ -321,12 +323,12 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     # one before the counting began ends the run in one line once all is closed, one after it is acted on by
     # the wait and the counts made until then are printed
     with _stop_signals_caught() as stop:
-        return _count_with(obj, choices, notes, argv, pid, allow_init, stdout, stacks, say, stop)
+        return _count_with(obj, choices, notes, argv, pid, allow_init, stdout, stacks, say, stop, on_running)
 
 
 def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], argv: list[str] | None,
                 pid: int | None, allow_init: bool, stdout: int | None, stacks: bool, say: Callable[[str], None],
-                stop: StopSignals) -> KernelCounts:
+                stop: StopSignals, on_running: Callable[[], None] | None) -> KernelCounts:
     """count_faults' capture, its stop signals counted by `stop`."""
     try:
         try:
@@ -367,6 +369,8 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
             from .mapping_watch import maps_from_kernel  # noqa: F401  (maps_by_process uses it at the end)
             if stacks:   # the same for what the stacks are named with afterwards
                 _prepare_naming()
+            if on_running:
+                on_running()
             _wait_forwarding_signals(target, notes, side_band.drain if side_band else None, stop)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None
