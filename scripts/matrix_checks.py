@@ -171,7 +171,7 @@ def entry_kinds_result(out: Path, seen, problems: list[str], checked: list[str])
 def _offered(section: str, kernel, kprobes: bool) -> str:
     """Why this kernel cannot take a program of `section` ("" when it can, as far as can be told before load)."""
     kind, _, rest = section.partition("/")
-    if kind == "tp_btf" and not kernel.has_btf_tracepoint(rest):
+    if kind in ("tp_btf", "raw_tp") and not kernel.has_btf_tracepoint(rest):
         return f"no btf_trace_{rest} in BTF"
     if kind == "tracepoint" and kernel.tracefs_format(*rest.split("/", 1)) is None:
         return f"no {rest.replace('/', ':')} in tracefs"
@@ -182,10 +182,11 @@ def _offered(section: str, kernel, kprobes: bool) -> str:
 
 def bpf_objects_result() -> tuple[bool, str]:
     """Every compiled object of this machine's architecture (build/<machine>/, as the tool loads them) loads
-    on this kernel with each program whose hook the kernel offers (tp_btf where BTF has btf_trace_EVENT, a
-    classic tracepoint where tracefs has it, kprobes where kprobes work), with its default settings: CO-RE
-    relocations and the verifier are met here, not on a user's machine. fentry/fexit programs load apart:
-    a kernel without BPF trampolines for its functions (arm64 6.1) refuses them, which is said, not failed."""
+    on this kernel with each program whose hook the kernel offers (tp_btf or raw_tp where BTF has
+    btf_trace_EVENT, a classic tracepoint where tracefs has it, kprobes where kprobes work), with its default
+    settings: CO-RE relocations and the verifier are met here, not on a user's machine. fentry/fexit programs
+    load apart: a kernel without BPF trampolines for its functions (arm64 6.1) refuses them, which is said,
+    not failed."""
     from pagefault.capture.bpf import HERE, KernelHooks
     from pagefault.capture.kprobes import kprobe_support
     from pagefault.capture.libbpf import BpfObject, LibbpfError

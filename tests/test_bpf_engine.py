@@ -13,10 +13,10 @@ import pytest
 from live_helpers.bpf_objects import btf_struct
 
 from pagefault.capture import kernel_counts as kc
-from pagefault.capture.bpf import HERE, BpfObjectMissing, Hook, KernelHooks, object_path
+from pagefault.capture.bpf import HERE, BpfObjectMissing, Hook, KernelHooks, RawKind, object_path
 from pagefault.capture.libbpf import BpfObject, LibbpfError
 
-VARIANTS = ("tp_btf", "tracepoint")
+VARIANTS = ("raw_tp", "tracepoint")   # the counter's raw tracepoints are raw_tp (RAW_TRACEPOINTS)
 
 
 OBJECTS = ("fault_count", "fault_stacks")
@@ -32,7 +32,7 @@ def _object(name: str = "fault_count") -> Path:
 def _offered(variant: str) -> list[str]:
     """The programs of that variant this kernel can take (BTF's raw tracepoints, tracefs's events)."""
     kernel = KernelHooks()
-    if variant == "tp_btf":
+    if variant == "raw_tp":
         return [h.btf_program for h in kc.HOOKS if kernel.has_btf_tracepoint(h.event)]
     return [h.tracepoint_program for h in kc.HOOKS if kernel.tracefs_format(h.system, h.event) is not None]
 
@@ -63,7 +63,8 @@ def test_every_program_of_the_object_is_one_variant_of_a_known_hook(name):
     _root()
     with BpfObject(_object(name)) as obj:
         programs = obj.programs()
-    named = {p: s for h in kc.HOOKS for p, s in ((h.btf_program, f"tp_btf/{h.event}"),
+    assert {h.raw_kind for h in kc.HOOKS} == {RawKind.RAW_TP}   # no hook makes libbpf parse the whole BTF
+    named = {p: s for h in kc.HOOKS for p, s in ((h.btf_program, f"raw_tp/{h.event}"),
                                                    (h.tracepoint_program, f"tracepoint/{h.system}/{h.event}"))}
     assert programs == named
 
@@ -118,12 +119,16 @@ format:
 FAULT = kc.HOOKS[0]
 
 
-def test_tp_btf_is_chosen_where_the_kernels_btf_has_its_typedef(tmp_path):
+def test_the_raw_tracepoint_is_chosen_where_the_kernels_btf_has_its_typedef(tmp_path):
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"\x9f\xeb\0\0junk\0btf_trace_page_fault_user\0more\0")
-    choice = KernelHooks(btf, _fake_tracefs(tmp_path, {})).choose(FAULT)
-    assert (choice.program, choice.variant) == ("fault_btf", "tp_btf")
+    kernel = KernelHooks(btf, _fake_tracefs(tmp_path, {}))
+    choice = kernel.choose(FAULT)
+    assert (choice.program, choice.variant) == ("fault_btf", "raw_tp")
     assert "btf_trace_page_fault_user" in choice.reason
+    # a hook whose object keeps BTF-typed programs (the journey's walk, the latency tier) gets tp_btf
+    typed = Hook("exceptions", "page_fault_user", "walk_btf", "walk_tp")
+    assert (kernel.choose(typed).program, kernel.choose(typed).variant) == ("walk_btf", "tp_btf")
 
 
 def test_the_classic_tracepoint_is_chosen_without_the_typedef_and_its_format_is_checked(tmp_path):
@@ -246,7 +251,7 @@ def test_a_live_count_gives_the_known_classes_and_names_their_mappings(variant, 
     _root()
     _object()
     from pagefault.journey.trace_summary import summarize_counts
-    kernel = KernelHooks() if variant == "tp_btf" else KernelHooks(btf_path=tmp_path / "no-btf")
+    kernel = KernelHooks() if variant == "raw_tp" else KernelHooks(btf_path=tmp_path / "no-btf")
     if variant == "tracepoint" and not all(c.variant == "tracepoint" for c in map(kernel.choose, kc.HOOKS)):
         pytest.skip("this kernel does not offer every classic tracepoint the counter uses")
     exe = cbin("fault_kinds")
@@ -307,7 +312,7 @@ def test_faults_taken_in_kernel_mode_are_counted_and_the_total_is_the_kernels(va
     _root()
     _object()
     from pagefault.journey.count_summary import summarize_counts
-    kernel = KernelHooks() if variant == "tp_btf" else KernelHooks(btf_path=tmp_path / "no-btf")
+    kernel = KernelHooks() if variant == "raw_tp" else KernelHooks(btf_path=tmp_path / "no-btf")
     choices = {c.hook.event: c for c in map(kernel.choose, kc.HOOKS)}
     if choices["page_fault_kernel"].variant != variant:
         pytest.skip(f"this kernel offers no {variant} hook for exceptions:page_fault_kernel")

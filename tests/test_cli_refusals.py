@@ -77,4 +77,4 @@ def test_doctor_names_the_compiled_counter_and_its_hooks():
         assert not counter["ok"] and counter["detail"] == problem and "setup.sh" in counter["fix"]
     else:
         import re
-        assert counter["ok"] and re.search(r"page_fault_user: (tp_btf|tracepoint)", counter["detail"]), counter
+        assert counter["ok"] and re.search(r"page_fault_user: (raw_tp|tracepoint)", counter["detail"]), counter

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The floor under pagefault's in-kernel counts, for bench/summary_only.py and bench/flame.py: programs on the
- * same hooks as the counter (tp_btf/page_fault_user and tp_btf/mm_page_alloc) that do nothing but what any
+ * same hooks as the counter, of the same kind (raw_tp/page_fault_user and raw_tp/mm_page_alloc: no whole-BTF
+ * parse at load, as the counter's RAW_TRACEPOINTS), that do nothing but what any
  * such tool must do, so that the cost of the hooks themselves is measured apart from pagefault's work.
  *   empty_*   return at once: the cost of a program on the hook (the tracepoint's call into BPF)
  *   stack_*   read the faulting thread's user stack with bpf_get_stack, as trace -g must, and keep nothing
@@ -24,19 +25,19 @@ struct {
 	__type(value, struct frames);
 } scratch SEC(".maps");
 
-SEC("tp_btf/page_fault_user")
+SEC("raw_tp/page_fault_user")
 int BPF_PROG(empty_fault)
 {
 	return 0;
 }
 
-SEC("tp_btf/mm_page_alloc")
+SEC("raw_tp/mm_page_alloc")
 int BPF_PROG(empty_alloc)
 {
 	return 0;
 }
 
-SEC("tp_btf/page_fault_user")
+SEC("raw_tp/page_fault_user")
 int BPF_PROG(stack_fault)
 {
 	__u32 zero = 0;

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, object_path
+from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, RawKind, object_path
 from .libbpf import BpfObject, LibbpfError, lib
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
@@ -90,21 +90,24 @@ VMA_KEY = Layout(("tgid", "I"), ("_pad", "I"), ("start", "Q"))
  COUNT_N) = range(8)
 ST_OPEN = 1
 
-# The hooks, each with its tp_btf and classic-tracepoint program. The classic page_fault_user's context
-# struct is declared by hand (pagefault.bpf.h: it is not in BTF), so its format is checked first.
+# The hooks, each with its raw-tracepoint and classic-tracepoint program: raw_tp, not tp_btf (the objects define
+# RAW_TRACEPOINTS), so that a load with the object's slice of BTF (capture/core_btf.py) parses no whole BTF: the
+# counter's load went from ~20 to ~10 ms here. The classic page_fault_user's context struct is declared by hand
+# (pagefault.bpf.h: it is not in BTF), so its format is checked first.
+RAW = RawKind.RAW_TP
 HOOKS = (
     Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
-         layout={"address": (8, 8), "error_code": (24, 8)}),
+         layout={"address": (8, 8), "error_code": (24, 8)}, raw_kind=RAW),
     # faults on user addresses taken in kernel mode (inside system calls): the kernel's own count has them
     Hook("exceptions", "page_fault_kernel", "fault_kernel_btf", "fault_kernel_tp", required=False,
-         layout={"address": (8, 8), "error_code": (24, 8)}),
-    Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
-    Hook("sched", "sched_prepare_exec", "prepare_exec_btf", "prepare_exec_tp", required=False),
-    Hook("sched", "sched_process_exit", "exit_btf", "exit_tp"),
-    Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"),
-    Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False),
-    Hook("filemap", "mm_filemap_add_to_page_cache", "cache_btf", "cache_tp", required=False),
-    Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False),
+         layout={"address": (8, 8), "error_code": (24, 8)}, raw_kind=RAW),
+    Hook("sched", "sched_process_exec", "exec_btf", "exec_tp", raw_kind=RAW),
+    Hook("sched", "sched_prepare_exec", "prepare_exec_btf", "prepare_exec_tp", required=False, raw_kind=RAW),
+    Hook("sched", "sched_process_exit", "exit_btf", "exit_tp", raw_kind=RAW),
+    Hook("sched", "sched_process_fork", "fork_btf", "fork_tp", raw_kind=RAW),
+    Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False, raw_kind=RAW),
+    Hook("filemap", "mm_filemap_add_to_page_cache", "cache_btf", "cache_tp", required=False, raw_kind=RAW),
+    Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False, raw_kind=RAW),
 )
 # what a fault's class loses without an optional hook
 WITHOUT = {"sched_prepare_exec": "counting starts at sched_process_exec: the faults exec takes setting up the new "
@@ -298,7 +301,7 @@ def count_faults(argv: list[str] | None, pid: int | None, progress: Callable[[st
     :param argv: a command to start, held until the program is attached; or None with `pid`.
     :param stdout: where the started command's standard output goes (default: ours).
     :param kernel: what the kernel offers, for the choice of each hook's program (default: read from
-        this kernel's BTF and tracefs; the tests hand in a BTF without tp_btf to load the other variant).
+        this kernel's BTF and tracefs; the tests hand in a BTF without btf_trace_ typedefs to load the other variant).
     :param stacks: count each fault's user and kernel stack too (fault_stacks.bpf.c, for trace -g), with the
         program's mappings and process names from perf's side-band records (a dummy event: no sample).
     :param on_running: called once the program runs and is counted, before the wait for its end: what the

@@ -3,10 +3,10 @@ scripts/build-bpf.sh (run by scripts/setup.sh) into CO-RE objects under build/<m
 the system's libbpf (capture/libbpf.py). Nothing is compiled when pagefault runs.
 
 This module finds an object and chooses, per hook, which of its program variants this kernel takes:
-the BTF-typed raw tracepoint (``tp_btf/EVENT``) where the kernel's BTF has ``btf_trace_EVENT``, else the
-classic tracepoint (``tracepoint/SYSTEM/EVENT``) where tracefs has the event (and, for a context struct
-declared from tracefs's format, where the format still matches it). The choice and its reason are
-returned, to be shown.
+the raw tracepoint (BTF-typed, ``tp_btf/EVENT``, or plain, ``raw_tp/EVENT``: the hook's ``raw_kind``) where
+the kernel's BTF has ``btf_trace_EVENT``, else the classic tracepoint (``tracepoint/SYSTEM/EVENT``) where
+tracefs has the event (and, for a context struct declared from tracefs's format, where the format still
+matches it). The choice and its reason are returned, to be shown.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from ...kernel.btf import BTF_MAGIC, VMLINUX_BTF
@@ -42,24 +43,32 @@ def object_path(name: str) -> Path:
     return obj
 
 
+class RawKind(str, Enum):
+    """The section of a hook's raw-tracepoint program (pagefault.bpf.h's RAW_HOOK)."""
+
+    TP_BTF = "tp_btf"    # BTF-typed: attached by its BTF id, which libbpf finds in the kernel's whole BTF
+    RAW_TP = "raw_tp"    # attached by name; its arguments read through CO-RE (an object with RAW_TRACEPOINTS)
+
+
 @dataclass(frozen=True)
 class Hook:
     """One kernel event a program needs, with its two program variants in the object."""
 
     system: str
     event: str
-    btf_program: str            # SEC("tp_btf/EVENT")
+    btf_program: str            # SEC("tp_btf/EVENT") or SEC("raw_tp/EVENT"), as raw_kind says
     tracepoint_program: str     # SEC("tracepoint/SYSTEM/EVENT")
     required: bool = True
     # for a classic context struct declared by hand (not in BTF): field → (offset, size) it expects
     layout: dict[str, tuple[int, int]] = field(default_factory=dict)
+    raw_kind: RawKind = RawKind.TP_BTF
 
 
 @dataclass(frozen=True)
 class HookChoice:
     hook: Hook
     program: str | None         # the program to load, None: neither variant here
-    variant: str                # "tp_btf", "tracepoint" or "none"
+    variant: str                # "tp_btf", "raw_tp", "tracepoint" or "none"
     reason: str
 
 
@@ -123,8 +132,9 @@ class KernelHooks:
 
     def choose(self, hook: Hook) -> HookChoice:
         name = f"{hook.system}:{hook.event}"
-        if self.has_btf_tracepoint(hook.event):
-            return HookChoice(hook, hook.btf_program, "tp_btf", f"the kernel's BTF has btf_trace_{hook.event}")
+        if self.has_btf_tracepoint(hook.event):   # the raw tracepoint is there (a raw_tp needs no more of BTF)
+            return HookChoice(hook, hook.btf_program, hook.raw_kind.value,
+                              f"the kernel's BTF has btf_trace_{hook.event}")
         why = f"no btf_trace_{hook.event} in the kernel's BTF" + (f" ({self.btf_problem})" if self.btf_problem else "")
         fmt = self.tracefs_format(hook.system, hook.event)
         if fmt is None:

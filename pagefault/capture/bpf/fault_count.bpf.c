@@ -10,7 +10,7 @@
  * Faults are counted in both modes: page_fault_user's, and page_fault_kernel's on user addresses (a system call
  * touching the program's memory); the error code in the key tells them apart (X86_PF_USER).
  *
- * Each hook has two programs, a BTF-typed raw tracepoint (tp_btf) and the classic tracepoint; the loader
+ * Each hook has two programs, a raw tracepoint (raw_tp: RAW_TRACEPOINTS) and the classic tracepoint; the loader
  * turns off, before load, the one it does not use.
  *
  * The count itself is in fault_count.bpf.h, which fault_stacks.bpf.c (trace -g) shares. */
@@ -20,6 +20,7 @@
 #include <bpf/bpf_tracing.h>
 #define MAPLE_SEARCH        /* the VMA of a faulting address found in the maple tree (pagefault.bpf.h) */
 #define FOLLOW_FORKS        /* the target and its children (pagefault.bpf.h) */
+#define RAW_TRACEPOINTS     /* raw_tp, not tp_btf: no whole-BTF parse at each load (pagefault.bpf.h) */
 #include "pagefault.bpf.h"
 #include "fault_count.h"
 #include "fault_count.bpf.h"   /* the count itself: its maps and hooks */

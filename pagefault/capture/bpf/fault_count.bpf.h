@@ -360,7 +360,7 @@ static __always_inline int on_fault(void *ctx, __u64 addr, __u64 error_code)
 	return 0;
 }
 
-SEC("tp_btf/page_fault_user")
+RAW_HOOK(page_fault_user)
 int BPF_PROG(fault_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
 {
 	return on_fault(ctx, address, error_code);
@@ -391,7 +391,7 @@ static __always_inline int on_kernel_fault(void *ctx, __u64 addr, __u64 error_co
 	return on_fault(ctx, addr, error_code);
 }
 
-SEC("tp_btf/page_fault_kernel")
+RAW_HOOK(page_fault_kernel)
 int BPF_PROG(fault_kernel_btf, unsigned long address, struct pt_regs *regs, unsigned long error_code)
 {
 	return on_kernel_fault(ctx, address, error_code);
@@ -421,7 +421,7 @@ static __always_inline int on_alloc(__u32 order, __u64 gfp)
 	return 0;
 }
 
-SEC("tp_btf/mm_page_alloc")
+RAW_HOOK(mm_page_alloc)
 int BPF_PROG(alloc_btf, struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype)
 {
 	return on_alloc(order, gfp_flags);
@@ -471,7 +471,7 @@ static __always_inline __u32 order_of_folio(struct folio *folio)
 	return flags_1 & 0xff;
 }
 
-SEC("tp_btf/mm_filemap_add_to_page_cache")
+RAW_HOOK(mm_filemap_add_to_page_cache)
 int BPF_PROG(cache_btf, struct folio *folio)
 {
 	/* the tracepoint's own fields, read as its TP_fast_assign reads them */
@@ -500,7 +500,7 @@ static __always_inline int on_signal(int sig, int code)
 	return 0;
 }
 
-SEC("tp_btf/signal_generate")
+RAW_HOOK(signal_generate)
 int BPF_PROG(signal_btf, int sig, struct kernel_siginfo *info)
 {
 	/* the classic tracepoint's code: SEND_SIG_NOINFO (0) is SI_USER, SEND_SIG_PRIV (1) SI_KERNEL */

@@ -9,6 +9,7 @@
 #include <bpf/bpf_tracing.h>
 #define MAPLE_SEARCH        /* the VMA of a faulting address found in the maple tree (pagefault.bpf.h) */
 #define FOLLOW_FORKS        /* the target and its children (pagefault.bpf.h) */
+#define RAW_TRACEPOINTS     /* raw_tp, not tp_btf: no whole-BTF parse at each load (pagefault.bpf.h) */
 #include "pagefault.bpf.h"
 #include "fault_count.h"
 #include "fault_stacks.h"

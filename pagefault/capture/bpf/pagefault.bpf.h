@@ -336,13 +336,25 @@ enum fault_handler {
 	FAULT_HANDLERS_N = 17,
 };
 
-/* ---- the scheduler's and system calls' hooks, each as its two programs: the BTF-typed raw tracepoint
- * (tp_btf, where the kernel's BTF has btf_trace_EVENT) and the classic tracepoint; capture/bpf's
- * KernelHooks chooses one, the loader turns the other off. `fn` is the object's handler. ---- */
+/* ---- the scheduler's and system calls' hooks, each as its two programs: the raw tracepoint (where the
+ * kernel's BTF has btf_trace_EVENT) and the classic tracepoint; capture/bpf's KernelHooks chooses one, the
+ * loader turns the other off. `fn` is the object's handler. ----
+ *
+ * The raw tracepoint is BTF-typed (tp_btf/EVENT) unless the object defines RAW_TRACEPOINTS before including
+ * this header: then it is a plain one (raw_tp/EVENT). Both run the same way at each event; what differs is the
+ * load. A tp_btf program is attached by its BTF id, so libbpf parses the kernel's whole BTF at every load to
+ * find it (~10 ms here) even where the object's CO-RE relocations are resolved from a small slice of it
+ * (capture/core_btf.py); a raw_tp program is attached by name. Its arguments are untyped words, so an object
+ * that defines RAW_TRACEPOINTS reads every pointer argument through CO-RE (BPF_CORE_READ), never directly. */
+#ifdef RAW_TRACEPOINTS
+#define RAW_HOOK(event) SEC("raw_tp/" #event)
+#else
+#define RAW_HOOK(event) SEC("tp_btf/" #event)
+#endif
 
 /* sched_process_fork: fn(the child's tgid) */
 #define SCHED_FORK_PROGRAMS(btf_name, tp_name, fn)                                                        \
-	SEC("tp_btf/sched_process_fork")                                                                   \
+	RAW_HOOK(sched_process_fork)                                                                       \
 	int BPF_PROG(btf_name, struct task_struct *parent, struct task_struct *child)                       \
 	{                                                                                                  \
 		return fn(BPF_CORE_READ(child, tgid));                                                     \
@@ -355,7 +367,7 @@ enum fault_handler {
 
 /* an event of the current task with nothing read from it: sched_process_exec, sched_process_exit...: fn() */
 #define SCHED_PROGRAMS(event, btf_name, tp_name, fn)                                                      \
-	SEC("tp_btf/" #event)                                                                              \
+	RAW_HOOK(event)                                                                                    \
 	int BPF_PROG(btf_name)                                                                             \
 	{                                                                                                  \
 		return fn();                                                                               \
@@ -368,7 +380,7 @@ enum fault_handler {
 
 /* raw_syscalls:sys_enter: fn(the system call's number) */
 #define SYS_ENTER_PROGRAMS(btf_name, tp_name, fn)                                                         \
-	SEC("tp_btf/sys_enter")                                                                            \
+	RAW_HOOK(sys_enter)                                                                                \
 	int BPF_PROG(btf_name, struct pt_regs *regs, long id)                                              \
 	{                                                                                                  \
 		return fn(id);                                                                             \
