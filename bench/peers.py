@@ -2,6 +2,7 @@
 installs), the 1 GiB first-touch loop and the floor object built, and a command timed."""
 
 import contextlib
+import errno
 import os
 import re
 import resource
@@ -102,35 +103,80 @@ def machine_note() -> str:
 # Free page reporting (a virtio balloon): the guest hands pages it has freed back to the host, and the next touch of
 # one pays a fault in the host too. On these machines the same 1 GiB loop took 0.39 s on pages freed moments
 # before and 0.8-1.6 s on reported ones, by how long the command before it had left them free: a tool that starts
-# slower had its loop run on colder memory. This machine's kernel reports a page only once it has been free for
-# min_free_ms (0 here), so the bench holds that high while it runs and puts it back after.
+# slower had its loop run on colder memory. This machine's kernel (not upstream's, which waits 2 s and then
+# reports) has a setting for how long a page must have been free before it is reported, min_free_ms (0 here): the
+# bench holds it high while it runs and puts it back after.
 PAGE_REPORTING_WAIT = Path("/sys/module/page_reporting/parameters/min_free_ms")
-HELD_MS = 60_000   # a minute: far longer than any gap between two commands (this kernel takes up to 120 s or so)
+HELD_MS = 60_000   # a minute: far longer than any gap between two commands (the setting refused 600000, took 120000)
+# One bench at a time holds the setting: the lock is held for the whole bench (two benches at once also time each
+# other's load), and the value found before the first hold is kept under /run (gone at reboot), so that a bench
+# killed before it could put it back leaves the right value to the next one.
+BENCH_LOCK = Path("/run/lock/pagefault-bench.lock")
+SAVED_WAIT = Path("/run/pagefault-bench-min-free-ms")
 
 
 @contextlib.contextmanager
 def freed_memory_kept():
     """While the bench runs, pages freed by one command stay in this guest for the next (see PAGE_REPORTING_WAIT);
-    the setting as it was is put back on the way out. Where the kernel has no such setting (no balloon, or an
-    upstream kernel, which reports at once), says so and changes nothing."""
+    the setting as it was is put back on the way out, SIGTERM and SIGHUP included (where they were not ignored).
+    Where the kernel has no such setting, says so and changes nothing. Waits for another bench to end first."""
+    import fcntl
+    lock = open(BENCH_LOCK, "a+")   # noqa: SIM115  (held until the end of the with)
     try:
-        before = PAGE_REPORTING_WAIT.read_text().strip()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"bench: waiting for another bench to end ({BENCH_LOCK})", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        problem = _hold_page_reporting()
+        if problem:
+            print(f"bench: freed pages are not kept from the host ({problem}); on a guest with free page "
+                  "reporting, a loop on just-reported pages runs up to 3x slower", flush=True)
+            yield
+            return
+        # a bench ended by SIGTERM (or the terminal's hang-up) puts the setting back too; not where they are ignored
+        # (nohup): there the bench carries on as before
+        handlers = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)
+                    if signal.getsignal(sig) is signal.SIG_DFL}
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+            try:
+                _put_page_reporting_back()
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    finally:
+        lock.close()
+
+
+def _hold_page_reporting() -> str:
+    """PAGE_REPORTING_WAIT set to HELD_MS, its value before kept in SAVED_WAIT (unless a bench killed earlier kept
+    one there: that one is the machine's); "" when held, else why not."""
+    try:
+        if not SAVED_WAIT.exists():
+            SAVED_WAIT.write_text(PAGE_REPORTING_WAIT.read_text().strip() + "\n")
         PAGE_REPORTING_WAIT.write_text(str(HELD_MS))
     except OSError as exc:
-        print(f"bench: freed pages cannot be kept from the host ({PAGE_REPORTING_WAIT}: {exc.strerror or exc}); "
-              "on a guest with free page reporting, a loop on just-reported pages runs up to 3x slower", flush=True)
-        yield
-        return
-    print(f"bench: {PAGE_REPORTING_WAIT} {before} -> {HELD_MS} while the bench runs (freed pages are not handed "
-          "back to the host between commands; put back after)", flush=True)
-    # a bench ended by SIGTERM (or the terminal's hang-up) puts the setting back too
-    handlers = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        SAVED_WAIT.unlink(missing_ok=True)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{exc.filename}: {exc.strerror}: the bench needs root"
+        return f"{exc.filename}: {exc.strerror}"
+    print(f"bench: {PAGE_REPORTING_WAIT} {SAVED_WAIT.read_text().strip()} -> {HELD_MS} while the bench runs (freed "
+          "pages are not handed back to the host between commands; put back after; by hand: "
+          f"cat {SAVED_WAIT} > {PAGE_REPORTING_WAIT})", flush=True)
+    return ""
+
+
+def _put_page_reporting_back() -> None:
     try:
-        yield
-    finally:
-        PAGE_REPORTING_WAIT.write_text(before)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        PAGE_REPORTING_WAIT.write_text(SAVED_WAIT.read_text().strip())
+        SAVED_WAIT.unlink()
+    except OSError as exc:
+        print(f"bench: could not put {PAGE_REPORTING_WAIT} back ({exc.strerror}); by hand: cat {SAVED_WAIT} > "
+              f"{PAGE_REPORTING_WAIT}", file=sys.stderr, flush=True)
 
 
 def _exit_on_signal(signum, _frame):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pagefault.evidence import MapsLine
-from pagefault.journey.count_summary import counted_class, summarize_counts
+from pagefault.journey.count_summary import SUMMARY_TOP, counted_class, summarize_counts
 from pagefault.journey.fault_classes import CLASS_LIST, MappingColumns, class_columns
 
 
@@ -45,17 +45,43 @@ def test_kernel_mode_faults_are_told_by_the_error_codes_user_bit():
 
 def test_the_breakdown_by_call_site_comes_from_the_sited_rows_or_says_why_there_is_none():
     heap = MapsLine(0x10000, 0x20000, "rw-p", 0, "00:00", 0, "[heap]")
-    rows = [(0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 7, 40)]
-    s = summarize_counts(rows, [heap], ["p"], 40, "exited", 0.1)
-    assert s.class_breakdown == [("anonymous new page", "[heap]", "(not counted: trace -g names it)", 7)]
-    # trace -g: the same 7 faults split by stack, each with its site; the breakdown keeps the sites apart and
-    # the rest of the summary (classes, mappings, faults) is the rows' as before
-    sited = [((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 4, 40), "p:main+0x10"),
-             ((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 3, 40), "p:fill+0x2")]
-    s = summarize_counts(rows, [heap], ["p"], 40, "exited", 0.1, sited_rows=sited)
-    assert s.class_breakdown == [("anonymous new page", "[heap]", "p:main+0x10", 4),
-                                 ("anonymous new page", "[heap]", "p:fill+0x2", 3)]
-    assert (s.faults, s.by_mapping, s.by_class[0][:2]) == (7, [("[heap]", 7)], ("anonymous new page", 7))
+    lib = MapsLine(0x10000, 0x20000, "r--p", 0, "08:01", 5, "/usr/lib/libx.so")   # another process, same start
+    # without stacks: every (class, mapping) row is kept, with no site, whatever their number
+    files = [MapsLine(0x100000 + i * 0x1000, 0x101000 + i * 0x1000, "r--p", 0, "08:01", 10 + i, f"/lib/f{i}.so")
+             for i in range(12)]
+    rows = [(0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 7, 40)] + [
+        (0x4, 0, 0, 0, 0, 0, f.start << 3 | 1, 1, 40) for f in files]
+    s = summarize_counts(rows, [heap, *files], ["p"], 40, "exited", 0.1)
+    assert len(s.class_breakdown) == 13 and {site for _c, _l, site, _n in s.class_breakdown} == {
+        "(not counted: trace -g names it)"}
+    assert s.class_breakdown[0] == ("anonymous new page", "[heap]", "(not counted: trace -g names it)", 7)
+    # trace -g: the same faults split by stack, each with its site's key; the most common SUMMARY_TOP rows are
+    # kept (ties in key order), and only those are named
+    sited = [((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 4, 40), ("user", 0x10)),
+             ((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 3, 40), ("user", 0x20))] + [
+        ((0x4, 0, 0, 0, 0, 0, f.start << 3 | 1, 1, 40), ("user", 0x100 + i)) for i, f in enumerate(files)]
+    named = []
+
+    def name(key):
+        named.append(key)
+        return f"site {key[1]:#x}"
+    s = summarize_counts(rows, [heap, *files], ["p"], 40, "exited", 0.1, sited_rows=sited, name_site=name)
+    assert len(s.class_breakdown) == SUMMARY_TOP == len(named)
+    assert s.class_breakdown[:3] == [("anonymous new page", "[heap]", "site 0x10", 4),
+                                     ("anonymous new page", "[heap]", "site 0x20", 3),
+                                     ("file page-cache hit", "f0.so", "site 0x100", 1)]
+    # the ties at one fault each, in the order of their class, mapping and key: f0.so, f1.so, f10.so, f11.so, f2.so...
+    kept = sorted(range(12), key=lambda i: f"f{i}.so")[:SUMMARY_TOP - 2]
+    assert [site for _c, _l, site, _n in s.class_breakdown[2:]] == [f"site {0x100 + i:#x}" for i in kept]
+    assert (s.faults, s.by_class[0][:2]) == (19, ("file page-cache hit", 12))
+    # a sited row is labelled from its own process's VMAs, as its count row is
+    two = [((0x4, 0, 0, 0, 0, 0, 0x10000 << 3 | 1, 2, 41), ("user", 0x30)),
+           ((0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 1, 40), ("user", 0x10))]
+    s = summarize_counts([(0x4, 0, 0, 0, 0, 0, 0x10000 << 3 | 1, 2, 41), (0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 1, 40)],
+                         [heap], ["p"], 40, "exited", 0.1, maps_by_process={40: [heap], 41: [lib]}, sited_rows=two,
+                         name_site=name)
+    assert [(label, site) for _c, label, site, _n in s.class_breakdown] == [("libx.so", "site 0x30"),
+                                                                            ("[heap]", "site 0x10")]
 
 
 def test_the_summary_only_path_imports_no_numpy_and_no_rich():

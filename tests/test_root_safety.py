@@ -150,10 +150,10 @@ def test_no_predictable_tmp_fallback_and_sudo_home_is_not_used(tmp_path, monkeyp
     assert not (user_home / ".cache").exists()
 
 
-@root_only
 def test_a_kept_cache_is_made_where_no_cache_directory_exists_yet(tmp_path, monkeypatch):
-    """A fresh machine may have no ~/.cache at all: the kept cache is made there (ancestors checked first), not
-    given up for a throw-away directory on every run."""
+    """A fresh machine may have no ~/.cache at all: the kept cache is made there (the nearest directory that exists
+    checked first), not given up for a throw-away directory on every run; every directory made is 0700 whatever
+    the umask, and none is made under a directory other users can write (sticky or not)."""
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     monkeypatch.setenv("HOME", str(home))
@@ -161,14 +161,24 @@ def test_a_kept_cache_is_made_where_no_cache_directory_exists_yet(tmp_path, monk
     monkeypatch.setattr(safe_paths, "_home_of_effective_user", lambda: None)
     folder, why = safe_paths.kept_private_cache_dir()
     assert (folder, why) == (home / ".cache" / "pagefault", "")
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and path_problem(folder, private=True) is None
-    # a missing directory under one another user can write is still refused, and nothing is made there
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o777)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(shared / "cache"))
-    folder, why = safe_paths.kept_private_cache_dir()
-    assert folder is None and "writable by other users" in why and not (shared / "cache").exists()
+    assert path_problem(folder, private=True) is None
+    # deeper, under umask 0 (mkdir -p would have made the upper ones 0777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "a" / "b"))
+    old = os.umask(0)
+    try:
+        folder, why = safe_paths.kept_private_cache_dir()
+    finally:
+        os.umask(old)
+    assert (folder, why) == (home / "a" / "b" / "pagefault", "")
+    assert [stat.S_IMODE(d.stat().st_mode) for d in (home / "a", home / "a" / "b", folder)] == [0o700] * 3
+    # under a directory others can write, sticky like /tmp or not: refused, and nothing is made there
+    for shared in (_shared_dir(tmp_path, "sticky"), tmp_path / "open"):
+        if not shared.exists():
+            shared.mkdir()
+            os.chmod(shared, 0o777)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(shared / "cache"))
+        folder, why = safe_paths.kept_private_cache_dir()
+        assert folder is None and "writable by other users" in why and not (shared / "cache").exists(), why
 
 
 def test_path_problem_names_the_component():

@@ -182,29 +182,45 @@ def private_cache_dir() -> tuple[Path, str | None]:
     return (kept, None) if kept is not None else (fresh_private_dir(), why_not)
 
 
+def _make_private_dirs(existing: Path, target: Path) -> None:
+    """Every directory from below `existing` down to `target` that is missing, made 0700 one at a time (mkdir
+    -p would make the ones above the last with the umask's mode) and each checked to be a directory of ours
+    before the next is made in it.
+
+    :raises OSError: one cannot be made, or what is there is not a directory of the effective user's."""
+    for part in reversed([p for p in [target, *target.parents] if p != existing and existing in p.parents]):
+        try:
+            os.mkdir(part, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(part)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(errno.EEXIST, "not a directory of the effective user", str(part))
+
+
 def kept_private_cache_dir() -> tuple[Path | None, str]:
-    """private_cache_dir's kept directory (made if it is not there yet), without the fresh one in its place.
+    """private_cache_dir's kept directory, made if it is not there yet, with any directory missing above it (a
+    fresh machine may have no ~/.cache): each made 0700 under the nearest one that exists, once that one passes
+    the same checks the whole path must pass (so nothing is made where the cache would then be refused). The
+    fresh directory that private_cache_dir falls back to is not made here.
 
     :returns: (the directory, "") or (None, why no kept cache could be used); raises nothing."""
     reasons = []
     for candidate in cache_dir_candidates():
-        # the nearest ancestor already there is checked before anything is made under it: on a fresh machine
-        # ~/.cache itself may not exist yet (the whole path is checked again once made)
         existing = candidate.parent
         while not os.path.lexists(existing) and existing.parent != existing:
             existing = existing.parent
-        problem = path_problem(existing)
+        problem = path_problem(existing, private=True)
         if problem:
             reasons.append(problem)
             continue
         try:
-            candidate.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            candidate.mkdir(mode=0o700, exist_ok=True)
+            _make_private_dirs(existing, candidate)
             st = os.lstat(candidate)
-            if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode):
+            if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o700:
                 os.chmod(candidate, 0o700)  # an older release, or another umask, may have left it wider
         except OSError as exc:
-            reasons.append(f"{candidate}: {exc.strerror}")
+            reasons.append(f"{exc.filename or candidate}: {exc.strerror}")
             continue
         problem = path_problem(candidate, private=True)
         if problem:

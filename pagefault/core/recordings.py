@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..journey.count_summary import SUMMARY_TOP
 from ..views.terminal import say, write_text
 from .errors import UsageError
 
@@ -33,7 +34,7 @@ def recording_problems_as_one_line(path: Path | str) -> Iterator[None]:
         raise UsageError(f"{path}: the records do not match the metadata ({exc}); record it again") from None
 
 
-def summarize_recording(path: Path | str, top: int = 10):
+def summarize_recording(path: Path | str, top: int = SUMMARY_TOP):
     """The TraceSummary of the recording at ``path``, ``top`` rows per table.
 
     :raises UsageError: the recording is missing, damaged or inconsistent (never a traceback).

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..views.terminal import print_json, say
@@ -177,7 +178,13 @@ def _trace_summary_only(args: argparse.Namespace, argv: list[str]) -> Outcome:
 
 
 def _count_in_kernel(args: argparse.Namespace, argv: list[str], stacks: bool):
-    """The faults counted by the compiled counter (and their stacks with ``stacks``), summarised."""
+    """The faults counted by the compiled counter (and their stacks with ``stacks``, written where --folded and
+    --pprof say), summarised.
+
+    :returns: the TraceSummary.
+    :raises UsageError: the command cannot be run or the PID traced.
+    :raises CannotTrace: the count cannot run here (the reason and its fix).
+    :raises OutputError: a --folded or --pprof file cannot be written."""
     from ..capture.kernel_counts import count_faults
     from ..capture.tracer import CaptureError, TargetProblem
     from ..journey.count_summary import reconcile, summarize_counts
@@ -190,14 +197,17 @@ def _count_in_kernel(args: argparse.Namespace, argv: list[str], stacks: bool):
     except CaptureError as exc:
         raise CannotTrace(str(exc)) from None
     ksyms = sited = None
-    if stacks:   # each fault's call site is its stack's leaf: the summary's breakdown names it, as a recording's does
+    name_site: Callable = str
+    if stacks:   # each fault's call site is found in its stacks: the summary's breakdown names it, as a recording's
         from ..capture.kernel_counts import kernel_symbols_for
-        from ..journey.fault_stacks import counted_sites
+        from ..journey.fault_stacks import Symbolizer, counted_site_keys
         ksyms = kernel_symbols_for({ip for r in kc.stack_rows for ip in kc.stacks.get(r[9], [])})
-        sited = counted_sites(kc.stack_rows, kc.stacks, kc.mappings, ksyms if ksyms.usable else None)
+        usable = ksyms if ksyms.usable else None
+        sited = counted_site_keys(kc.stack_rows, kc.stacks, usable)
+        name_site = Symbolizer(kc.mappings, usable).site_name
     summary = summarize_counts(kc.rows, kc.maps.get(kc.pid, []), kc.command,
                                kc.pid, kc.target_exit, kc.duration, kc.allocations, kc.total, kc.process_names,
-                               maps_by_process=kc.maps, sited_rows=sited)
+                               maps_by_process=kc.maps, sited_rows=sited, name_site=name_site)
     summary.notes += [f"hook {h}" for h in kc.hooks] + kc.notes
     summary.notes.append(f"the counting program loaded and attached in {kc.load_ms:.0f} ms")
     if summary.kernel_mode_faults:
@@ -246,7 +256,10 @@ def _record_to_temporary(args: argparse.Namespace, argv: list[str], problem: str
 
 def _write_counted_stacks(args: argparse.Namespace, kc, ksyms) -> None:
     """trace -g counted in the kernel: the faults' stacks as a folded flame graph (--folded) and a pprof profile
-    (--pprof), built as report builds them from a recording; `ksyms` names their kernel frames."""
+    (--pprof), built as report builds them from a recording; `ksyms` names their kernel frames.
+
+    :returns: None.
+    :raises OutputError: a file exists (without --force) or is not a safe place to write."""
     from collections import Counter
 
     from ..capture.safe_paths import write_output

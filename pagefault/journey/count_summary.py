@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
 from .fault_class_names import HOW, SPECIAL_MAPPINGS, FaultClass
 
@@ -69,7 +69,15 @@ KERNEL_COUNT_FROM_ATTACH = ("the kernel's own count (software events page-faults
 
 # a count without stacks keeps no faulting instruction: trace -g takes each fault's user stack, whose leaf it is
 NO_CALL_SITE = "(not counted: trace -g names it)"
-SITED_ROWS_KEPT = 10   # trace_summary.summarize's top
+SUMMARY_TOP = 10   # the rows a summary keeps of a breakdown by call site (a recording's and a count's alike)
+
+
+def kernel_instruction(found: tuple[str, int] | None, missing: str = "no symbols") -> str:
+    """A kernel instruction as the summaries name it: its function and offset as a kallsyms lookup gave them
+    (`found`), "kernel: function+0xoff"; without them, "kernel (`missing`)".
+
+    :returns: the name; raises nothing."""
+    return f"kernel: {found[0]}+0x{found[1]:x}" if found else f"kernel ({missing})"
 
 
 def reconcile(summary: TraceSummary, kernel: dict | None, traced: int, unseen: str = "", *,
@@ -173,7 +181,8 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
                      exit_text: str, duration: float, allocations: int = 0, total: int | None = None,
                      process_names: dict[int, str] | None = None,
                      maps_by_process: dict[int, list[MapsLine]] | None = None,
-                     sited_rows: Sequence[tuple[Sequence[int], str]] | None = None) -> TraceSummary:
+                     sited_rows: Sequence[tuple[Sequence[int], Hashable]] | None = None,
+                     name_site: Callable[[Hashable], str] = str) -> TraceSummary:
     """A summary from the kernel's counters (capture/kernel_counts.py): rows of (error code, allocated, order,
     page-cache add, signal, si_code, vm_start << 3 | kind, faults[, tgid]); kind 1 file, 2 shared, 4 stack growth.
     The error code's user bit (X86_PF_USER, set by the CPU) tells the faults taken in user mode from those
@@ -182,9 +191,10 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
     none was kept), as a recording's summary has them. A row with a tgid names its mapping from that process's
     VMAs in `maps_by_process` (tgid → lines) when given: another process of the count may hold another mapping
     at the same start; `maps` (the target's) names the rows without one. `sited_rows` (trace -g: the same faults
-    split by stack, each row with its call site, as journey.fault_stacks.counted_sites names it) make the
-    breakdown by class × mapping × call site (its SITED_ROWS_KEPT most common rows, as a recording's summary
-    keeps them); without them a count keeps no call site, and says so."""
+    split by stack, each row with its call site's key, journey.fault_stacks.counted_site_keys) make the
+    breakdown by class × mapping × call site: its SUMMARY_TOP most common rows (ties in the order of class,
+    mapping and key), as a recording's summary keeps them, each site named by `name_site` once kept; without
+    them a count keeps no call site, and says so."""
     rows = [tuple(int(v) for v in row) for row in rows]
     by_process: Counter = Counter()
     for row in rows:
@@ -226,13 +236,14 @@ def summarize_counts(rows: Sequence[Sequence[int]], maps: list[MapsLine], comman
         by_mapping[label] += n
         if sited_rows is None:
             breakdown[(cls.value, label, NO_CALL_SITE)] += n
-    for sited, site in sited_rows or ():
+    for sited, key in sited_rows or ():
         cls, label = class_and_label(tuple(int(v) for v in sited))
-        breakdown[(cls.value, label, site)] += int(sited[7])
+        breakdown[(cls.value, label, key)] += int(sited[7])
     summary.allocations = allocations
-    # with call sites, the most common rows only, as a recording's summary keeps them (its top 10)
-    summary.class_breakdown = [(cls, label, site, n) for (cls, label, site), n in
-                               breakdown.most_common(SITED_ROWS_KEPT if sited_rows is not None else None)]
+    ordered = sorted(breakdown.items(), key=lambda kv: (-kv[1], kv[0]))
+    if sited_rows is not None:   # the most common only, as a recording's summary keeps them; named once kept
+        ordered = [((cls, label, name_site(key)), n) for (cls, label, key), n in ordered[:SUMMARY_TOP]]
+    summary.class_breakdown = [(cls, label, site, n) for (cls, label, site), n in ordered]
     summary.by_class = [(c.value, n, HOW[c]) for c, n in kinds.most_common()]
     summary.by_kind = dict(by_kind.most_common())
     summary.by_mapping = by_mapping.most_common()

@@ -30,6 +30,7 @@ import numpy as np
 from ..capture.records import Mapping, callchain, distinct_callchains, parse_stream, split_callchain
 from ..kernel.kallsyms import KernelSymbols
 from ..symbols.elf import eh_frame_unwind, resolve_mapping
+from .count_summary import kernel_instruction
 
 # A mapping's protection bits are mmap(2)'s PROT_* (its MMAP2 record's prot, or /proc's perms as kernel_counts reads
 # them). The recording's summary (trace_summary: the classifier, the GFP decoding; ~20 ms to import) is imported by
@@ -83,6 +84,19 @@ class Symbolizer:
                 name = f"{m.path or '[anon]'}+0x{ip - m.start:x}"
             self.cache[key] = _clean(name)
         return self.cache[key]
+
+    def site_name(self, key: SiteKey) -> str:
+        """A call site (counted_site_keys' key) named as a recording's summary names a faulting instruction: in its
+        file, "file:symbol+0xoff" (or "file+0xoff" at the file offset where no symbol holds it), else its address;
+        in the kernel, "kernel: function+0xoff"; where there is no site, why."""
+        kind, where = key
+        if kind == NO_SITE or isinstance(where, str):
+            return str(where)
+        if kind == KERNEL_SITE:
+            return kernel_instruction(self.ksyms.lookup(where) if self.ksyms else None)
+        i = bisect.bisect_right(self.starts, where) - 1
+        m = self.maps[i] if i >= 0 and self.maps[i].contains(where) else None
+        return resolve_mapping(where, m).describe() if m is not None and m.path.startswith("/") else f"0x{where:x}"
 
     def in_code(self, ip: int) -> bool:
         """An executable mapping holds `ip` (what a real return address points into)."""
@@ -247,52 +261,48 @@ def counted_samples(stack_rows: list[tuple[int, ...]], stacks: dict[int, list[in
     return samples
 
 
-# the kernel's entry for a page fault: in a kernel stack read at the fault's tracepoint, the frame just rootward of
-# it is the instruction the exception interrupted (the unwinder goes on from the registers the entry saved)
-FAULT_ENTRY = "asm_exc_page_fault"
+# The kernel's entries for a page fault (x86: the IDT's, Xen PV's, FRED's): in a kernel stack read at the fault's
+# tracepoint, the frame just rootward of the entry is the instruction the exception interrupted (the unwinder goes
+# on from the registers the entry saved).
+EXCEPTION_ENTRIES = ("asm_exc_page_fault", "xen_asm_exc_page_fault", "asm_fred_entrypoint_kernel")
+# a call site as counted_site_keys keys it: (USER_SITE or KERNEL_SITE, its address), or (NO_SITE, why there is none)
+USER_SITE, KERNEL_SITE, NO_SITE = "user", "kernel", "none"
+SiteKey = tuple[str, "int | str"]
 
 
-def counted_sites(stack_rows: list[tuple[int, ...]], stacks: dict[int, list[int]], maps: list[Mapping],
-                  ksyms: KernelSymbols | None) -> list[tuple[tuple[int, ...], str]]:
+def counted_site_keys(stack_rows: list[tuple[int, ...]], stacks: dict[int, list[int]],
+                      ksyms: KernelSymbols | None) -> list[tuple[tuple[int, ...], SiteKey]]:
     """Each row counted with its stacks (counted_samples' rows) in count_summary.summarize_counts' shape, (error
-    code, ..., vma key, faults, tgid), with its call site: the faulting instruction, named as a recording's
-    summary names it.
+    code, ..., vma key, faults, tgid), with its call site's key: the faulting instruction, found in its stacks,
+    not yet named (Symbolizer.site_name names the ones a summary keeps).
 
-    A user-mode fault's instruction is its user stack's leaf (the registers saved at the trap), named
-    "file:symbol+0xoff" in its file mapping (the program's `maps`, with whole paths), else its address. A
-    kernel-mode fault's is the frame under FAULT_ENTRY in its kernel stack, named from `ksyms`
-    ("function+0xoff (kernel)"). Where the stack needed was not read (its id < 0) the site says so.
+    A user-mode fault's instruction is its user stack's leaf (the registers saved at the trap). A kernel-mode
+    fault's is the frame rootward of the exception's entry (EXCEPTION_ENTRIES) in its kernel stack, found by name
+    with `ksyms`. Where the stack needed was not read (its id < 0), no kernel symbols were given, or no entry
+    is in the stack, the key says why: (NO_SITE, why).
 
-    :returns: one (row, site) per row of `stack_rows`, in their order; raises nothing (an ELF file that
-        cannot be read leaves the address as the name)."""
+    :returns: one (row, key) per row of `stack_rows`, in their order; raises nothing."""
     from .count_summary import X86_PF_USER
-    by_start = sorted(({m.start: m for m in maps}).values(), key=lambda m: m.start)
-    starts = [m.start for m in by_start]
-    named: dict[tuple[bool, int], str] = {}
+    found: dict[tuple[bool, int], SiteKey] = {}
 
-    def user_site(ip: int) -> str:
-        i = bisect.bisect_right(starts, ip) - 1
-        m = by_start[i] if i >= 0 and by_start[i].contains(ip) else None
-        return resolve_mapping(ip, m).describe() if m is not None and m.path.startswith("/") else f"0x{ip:x}"
-
-    def kernel_site(chain: list[int]) -> str:
-        names = [ksyms.lookup(ip) if ksyms else None for ip in chain]
-        entry = next((i for i, found in enumerate(names) if found and found[0] == FAULT_ENTRY), None)
-        if entry is None or entry + 1 >= len(chain):
-            return "(in the kernel: the interrupted instruction is not in its stack)"
-        ip = chain[entry + 1]
-        return f"{ksyms.describe(ip) if ksyms else f'0x{ip:x}'} (kernel)"
+    def kernel_key(chain: list[int]) -> SiteKey:
+        if ksyms is None:
+            return NO_SITE, "(in the kernel: no kernel symbols to find the instruction by)"
+        for i, ip in enumerate(chain[:-1]):
+            name = ksyms.lookup(ip)
+            if name and name[0] in EXCEPTION_ENTRIES:
+                return KERNEL_SITE, chain[i + 1]
+        return NO_SITE, "(in the kernel: the interrupted instruction is not in its stack)"
 
     out = []
     for row in stack_rows:
-        code, user_id, kernel_id = row[0], row[8], row[9]
-        in_user = bool(code & X86_PF_USER)
-        key = (in_user, user_id if in_user else kernel_id)
-        if key not in named:
-            chain = stacks.get(key[1], []) if key[1] >= 0 else []
-            named[key] = ("(no user stack read)" if in_user else "(no kernel stack read)") if not chain else \
-                user_site(chain[0]) if in_user else kernel_site(chain)
-        out.append((tuple(row[:8]) + (row[10],), named[key]))
+        in_user = bool(row[0] & X86_PF_USER)
+        stack_id = row[8] if in_user else row[9]
+        if (in_user, stack_id) not in found:
+            chain = stacks.get(stack_id, []) if stack_id >= 0 else []
+            found[(in_user, stack_id)] = ((NO_SITE, "(no user stack read)" if in_user else "(no kernel stack read)")
+                                          if not chain else (USER_SITE, chain[0]) if in_user else kernel_key(chain))
+        out.append((tuple(row[:8]) + (row[10],), found[(in_user, stack_id)]))
     return out
 
 

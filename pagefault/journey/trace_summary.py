@@ -14,7 +14,7 @@ from ..decode.error_code import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE
 from ..decode.gfp import decode_gfp
 from ..kernel.kallsyms import KernelSymbols, text_symbols
 from ..symbols.elf import RecordedFiles, resolve_mapping
-from .count_summary import TraceSummary, reconcile, summarize_counts  # noqa: F401  (re-exported)
+from .count_summary import SUMMARY_TOP, TraceSummary, kernel_instruction, reconcile, summarize_counts  # noqa: F401
 from .fault_classes import (
     ALLOC,
     CACHE_ADD,
@@ -232,7 +232,7 @@ def count_by_mapping(addresses: np.ndarray, maps: list[Mapping]) -> list[tuple[s
     return by_label.most_common()
 
 
-def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = None) -> TraceSummary:
+def summarize(rec: Recording, *, top: int = SUMMARY_TOP, ksyms: KernelSymbols | None = None) -> TraceSummary:
     meta = rec.meta
     sample_type = meta["sample_type"] | (32 if meta.get("callchain") else 0)
     # a summary only counts: stream order will do, and tracepoint samples need no ip/tid/time/cpu
@@ -276,7 +276,7 @@ def summarize(rec: Recording, *, top: int = 10, ksyms: KernelSymbols | None = No
         result = _classify(stream, meta, ids, event_type, m.faults, m.allocs, m.addresses,
                            m.codes if m.codes is not None else np.zeros(len(m.addresses), dtype=np.uint64), maps,
                            _chain_symbols(meta, ksyms) if ksyms is not None else None, alloc_chains)
-        _class_summary(summary, result, m.addresses, m.ips, maps, top, _column(s.time, len(s))[m.faults])
+        _class_summary(summary, result, m.addresses, m.ips, maps, top, _column(s.time, len(s))[m.faults], ksyms, meta)
     if alloc_chains is not None:
         _allocation_paths(summary, meta, alloc_chains, top, ksyms or KernelSymbols.load())
     return summary
@@ -352,10 +352,7 @@ def _top_instructions(summary: TraceSummary, fault_ips: np.ndarray, maps: list[M
         elif m is None and ip >= user_address_limit(meta) and summary.tier == "perf":
             # a kernel-mode fault's instruction is the kernel's (copy_to_user, clear_user, …)
             ksyms = ksyms or KernelSymbols.load()
-            same_boot = (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base())
-            found = ksyms.lookup(ip) if ksyms.usable and same_boot else None
-            where = (f"kernel: {found[0]}+0x{found[1]:x}" if found else
-                     "kernel (no symbols: " + ("run as root)" if not ksyms.usable else "another boot's kernel)"))
+            where = _kernel_site(ip, ksyms, meta)
             detail = "a fault taken in kernel mode, inside a system call"
         else:
             where, detail = label_for(m) if m else "(unknown mapping)", ""
@@ -444,29 +441,46 @@ def classify_recording(rec: Recording, ksyms: KernelSymbols | None = None) -> Cl
     return ClassifiedFaults(faults.addresses, tids, times, result)
 
 
+def _kernel_site(ip: int, ksyms: KernelSymbols, meta: dict) -> str:
+    """A kernel-mode fault's instruction, named as count_summary.kernel_instruction names it: from `ksyms` when
+    they are this boot's (the recording's _text), else why it is not named."""
+    same_boot = (meta.get("kernel") or {}).get("text_base") in (None, ksyms.text_base())
+    found = ksyms.lookup(ip) if ksyms.usable and same_boot else None
+    return kernel_instruction(found, "no symbols: " + ("run as root" if not ksyms.usable else "another boot's kernel"))
+
+
 def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndarray, fault_ips: np.ndarray,
-                   maps: list[Mapping], top: int, times: np.ndarray) -> None:
+                   maps: list[Mapping], top: int, times: np.ndarray, ksyms: KernelSymbols | None = None,
+                   meta: dict | None = None) -> None:
     """The classes counted, and the faults broken down by class × mapping × call site (the mapping in force at
-    each fault's time)."""
+    each fault's time; a kernel-mode fault's site named in the kernel where `ksyms` are given)."""
     ordered, idx = mapping_index(addresses, maps, times)
     index = result.index if result.index is not None else np.array([CLASS_LIST.index(c) for c in result.classes])
     counts = np.bincount(index, minlength=len(CLASS_LIST)) if len(index) else np.zeros(len(CLASS_LIST), dtype=np.int64)
     summary.by_class = [(CLASS_LIST[i].value, int(counts[i]), HOW[CLASS_LIST[i]])
                         for i in np.argsort(-counts, kind="stable").tolist() if counts[i]]
     label_of = [label_for(m) for m in ordered] + ["(unmapped)"]
-    # class × mapping × faulting instruction, counted in bulk
+    # class × mapping × faulting instruction, counted in bulk. By the mapping's label, not the mapping: a stack
+    # that grows is a new mapping at each fault (its start moved), and its growth faults were as many rows of one
+    # fault each, all "[stack]" at one instruction
+    labels = sorted(set(label_of))
+    label_id = np.array([labels.index(label) for label in label_of], dtype=np.int64)[idx]   # idx -1: "(unmapped)"
     ips, ip_index = np.unique(fault_ips, return_inverse=True)
-    key = (ip_index.astype(np.int64) << 32) | ((idx.astype(np.int64) + 1) << 8) | index.astype(np.int64)
+    key = (ip_index.astype(np.int64) << 32) | (label_id << 8) | index.astype(np.int64)
     uniq, n = np.unique(key, return_counts=True)
     top_rows = np.argsort(-n, kind="stable")[:top]
-    combos = [((CLASS_LIST[int(uniq[r] & 0xFF)].value, label_of[int((uniq[r] >> 8 & 0xFFFFFF) - 1)],
+    combos = [((CLASS_LIST[int(uniq[r] & 0xFF)].value, labels[int(uniq[r] >> 8 & 0xFFFFFF)],
                 int(ips[int(uniq[r] >> 32)])), int(n[r])) for r in top_rows.tolist()]
     starts = [o.start for o in ordered]
     for (cls, label, ip), count in combos:
         i = bisect.bisect_right(starts, ip) - 1
         m = ordered[i] if 0 <= i < len(ordered) and ordered[i].contains(ip) else None
-        site = resolve_mapping(ip, m).describe() if m is not None and m.path.startswith("/") \
-            else f"0x{ip:x}"
+        if m is not None and m.path.startswith("/"):
+            site = resolve_mapping(ip, m).describe()
+        elif m is None and ksyms is not None and meta is not None and ip >= user_address_limit(meta):
+            site = _kernel_site(ip, ksyms, meta)
+        else:
+            site = f"0x{ip:x}"
         summary.class_breakdown.append((cls, label, site, count))
     summary.notes += result.notes
 
