@@ -73,3 +73,22 @@ def test_a_full_disk_is_one_line_exit_1_and_no_file(can_trace, full_fs, inputs, 
     assert "No space left on device" in last and "free space" in last, r.stderr
     assert r.returncode == 1, (r.returncode, r.stderr)
     assert sorted(p.name for p in full_fs.iterdir()) == [FILLER]
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_an_output_name_taken_by_a_device_or_a_file_is_refused_naming_no_other_option(can_trace, inputs, writer,
+                                                                                      tmp_path):
+    """Every writer refuses a name that is a device (/dev/null) or an existing file (without --force), before any
+    work, in one line whose fix fits whichever option named it: it told to 'choose a file name with -o FILE' to
+    a person who had given --summary, --folded or --pprof."""
+    if writer.startswith("report"):
+        _recording(can_trace, inputs)
+    existing = tmp_path / "taken"
+    existing.write_text("kept\n")
+    for target, says in (("/dev/null", "exists and is not a regular file; fix: choose another name"),
+                         (str(existing), "exists; fix: give --force to replace it, or choose another name")):
+        r = subprocess.run(CLI + WRITERS[writer](inputs, target), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+        last = r.stderr.strip().splitlines()[-1]
+        assert says in last and "-o FILE" not in last, last
+    assert existing.read_text() == "kept\n"

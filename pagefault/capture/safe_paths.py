@@ -380,6 +380,8 @@ def check_output_target(path: Path, force: bool = False) -> Path:
 
 
 def _check_final_name(path: Path, dir_fd: int, force: bool) -> None:
+    # the fixes name no option: the same check serves -o, --summary, --folded, --pprof and --save-evidence, and
+    # the path in the message is the one the person gave
     try:
         st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -392,11 +394,11 @@ def _check_final_name(path: Path, dir_fd: int, force: bool) -> None:
         raise OutputError(f"{path} is a symbolic link; pagefault never writes through one; fix: remove it, "
                           "or give --force to replace the link itself")
     if stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{path} is a directory; fix: give a file name with -o FILE")
+        raise OutputError(f"{path} is a directory; fix: give the name of a file in it")
     if not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"{path} exists and is not a regular file; fix: choose a file name with -o FILE")
+        raise OutputError(f"{path} exists and is not a regular file; fix: choose another name")
     if not force:
-        raise OutputError(f"{path} exists; fix: give --force to replace it, or choose another name with -o FILE")
+        raise OutputError(f"{path} exists; fix: give --force to replace it, or choose another name")
 
 
 class OutputFile:
@@ -429,7 +431,7 @@ class OutputFile:
                 raise FileExistsError(errno.EEXIST, "no free temporary name")
         except OSError as exc:
             os.close(self.dir_fd)
-            raise OutputError(f"cannot write in {parent}: {exc.strerror}; fix: choose another place with -o FILE") from None
+            raise OutputError(f"cannot write in {parent}: {exc.strerror}; fix: choose another place") from None
         except BaseException:
             os.close(self.dir_fd)
             raise
