@@ -186,3 +186,26 @@ def test_the_journeys_kernel_symbols_agree_with_a_full_parse_of_this_machines_ka
     addresses = [rng.randrange(full.addresses[0] - 4096, full.addresses[-1] + 4096) for _ in range(2000)]
     assert [table.lookup(a) for a in addresses] == [full.lookup(a) for a in addresses]
     assert table.text_base() == full.text_base()
+
+
+def test_the_text_view_says_once_that_a_count_has_no_call_sites_and_shows_them_when_it_has():
+    import io
+
+    from rich.console import Console
+
+    from pagefault.views.trace_view import render_summary
+    heap = MapsLine(0x10000, 0x20000, "rw-p", 0, "00:00", 0, "[heap]")
+    rows = [(0x6, 1, 0, 0, 0, 0, 0x10000 << 3, 7, 40)]
+
+    def text(summary) -> str:
+        out = io.StringIO()
+        render_summary(summary, Console(file=out, width=200, color_system=None))
+        return out.getvalue()
+    plain = text(summarize_counts(rows, [heap], ["p"], 40, "exited", 0.1))
+    lines = [line.rstrip() for line in plain.splitlines()]
+    table = lines.index("faults by class × mapping")
+    assert not any("call site" in line for line in lines[table:table + 6]), lines[table:table + 6]
+    assert plain.count("trace -g names them") == 1 and "not counted: trace -g names it" not in plain
+    sited = text(summarize_counts(rows, [heap], ["p"], 40, "exited", 0.1, sited_rows=[(rows[0], ("user", 0x10))],
+                                  name_site=lambda key: "p:main+0x10"))
+    assert "faults by class × mapping × call site" in sited and "p:main+0x10" in sited

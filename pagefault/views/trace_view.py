@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..journey.count_summary import NO_CALL_SITE
+
 if TYPE_CHECKING:  # only for annotations: rendering a report must not load the doctor's probes
     from ..capture.doctor import Diagnosis
     from ..journey.trace_summary import TraceSummary
@@ -77,11 +79,16 @@ def render_summary(s: TraceSummary, console: Console) -> None:
             t.add_row(escape(cls), str(n), escape(how))
         console.print(t)
     if s.class_breakdown:
-        t = Table(title="faults by class × mapping × call site", title_justify="left")
-        for col in ("class", "mapping", "call site", "faults"):
+        # a count without stacks keeps no call site: said once, under the table, not in a column that repeats it
+        # on every row (--json keeps the field, with the same words)
+        unsited = all(site == NO_CALL_SITE for _cls, _mapping, site, _n in s.class_breakdown)
+        t = Table(title="faults by class × mapping" + ("" if unsited else " × call site"), title_justify="left",
+                  caption="call sites are not counted without -g: trace -g names them" if unsited else None,
+                  caption_justify="left")
+        for col in ("class", "mapping") + (() if unsited else ("call site",)) + ("faults",):
             t.add_column(col, justify="right" if col == "faults" else "left")
         for cls, mapping, site, n in s.class_breakdown:
-            t.add_row(escape(cls), escape(mapping), escape(site), str(n))
+            t.add_row(escape(cls), escape(mapping), *(() if unsited else (escape(site),)), str(n))
         console.print(t)
     if s.by_mapping:
         t = Table(title="faults by mapping (/proc/PID/maps and PERF_RECORD_MMAP2)", title_justify="left")
