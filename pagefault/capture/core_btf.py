@@ -110,7 +110,10 @@ def make_slice(obj: Path) -> Path | None:
     except (OSError, subprocess.SubprocessError):   # a cache only: not kept (a full disk, a timeout), nothing else
         return None
     finally:
-        part.unlink(missing_ok=True)
+        try:   # on a read-only file system even the unlink of a name not there fails (EROFS before the lookup)
+            part.unlink(missing_ok=True)
+        except OSError:
+            pass
     return folder / name
 
 

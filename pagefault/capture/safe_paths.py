@@ -222,6 +222,11 @@ def kept_private_cache_dir() -> tuple[Path | None, str]:
         except OSError as exc:
             reasons.append(f"{exc.filename or candidate}: {exc.strerror}")
             continue
+        # a cache that is there but cannot be written in (a read-only home: the kernel matrix's guests see the
+        # host's) is no kept cache: what would be written there fails (access() says so for a read-only mount)
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            reasons.append(f"{candidate}: not writable (a read-only file system)")
+            continue
         problem = path_problem(candidate, private=True)
         if problem:
             reasons.append(problem)
