@@ -155,12 +155,15 @@ def freed_memory_kept():
 def _hold_page_reporting() -> str:
     """PAGE_REPORTING_WAIT set to HELD_MS, its value before kept in SAVED_WAIT (unless a bench killed earlier kept
     one there: that one is the machine's); "" when held, else why not."""
+    saved_here = False
     try:
         if not SAVED_WAIT.exists():
             SAVED_WAIT.write_text(PAGE_REPORTING_WAIT.read_text().strip() + "\n")
+            saved_here = True
         PAGE_REPORTING_WAIT.write_text(str(HELD_MS))
     except OSError as exc:
-        SAVED_WAIT.unlink(missing_ok=True)
+        if saved_here:   # a value kept by a bench killed earlier stays: it is the machine's
+            SAVED_WAIT.unlink(missing_ok=True)
         if exc.errno in (errno.EACCES, errno.EPERM):
             return f"{exc.filename}: {exc.strerror}: the bench needs root"
         return f"{exc.filename}: {exc.strerror}"
