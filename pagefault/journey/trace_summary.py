@@ -459,12 +459,12 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
     counts = np.bincount(index, minlength=len(CLASS_LIST)) if len(index) else np.zeros(len(CLASS_LIST), dtype=np.int64)
     summary.by_class = [(CLASS_LIST[i].value, int(counts[i]), HOW[CLASS_LIST[i]])
                         for i in np.argsort(-counts, kind="stable").tolist() if counts[i]]
-    label_of = [label_for(m) for m in ordered] + ["(unmapped)"]
+    label_of = [label_for(m) for m in ordered] + [label_for(None)]   # idx -1: no mapping, named as by_mapping names it
     # class × mapping × faulting instruction, counted in bulk. By the mapping's label, not the mapping: a stack
     # that grows is a new mapping at each fault (its start moved), and its growth faults were as many rows of one
     # fault each, all "[stack]" at one instruction
     labels = sorted(set(label_of))
-    label_id = np.array([labels.index(label) for label in label_of], dtype=np.int64)[idx]   # idx -1: "(unmapped)"
+    label_id = np.array([labels.index(label) for label in label_of], dtype=np.int64)[idx]
     ips, ip_index = np.unique(fault_ips, return_inverse=True)
     key = (ip_index.astype(np.int64) << 32) | (label_id << 8) | index.astype(np.int64)
     uniq, n = np.unique(key, return_counts=True)
@@ -635,7 +635,7 @@ def fault_labels(rec: Recording, ksyms: KernelSymbols | None = None) -> dict[tup
     stream = parse_stream(rec.data, rec.meta["sample_type"] | (32 if rec.meta.get("callchain") else 0),
                           in_time_order=False, columns=frozenset({"tid", "time"}))
     ordered, idx = mapping_index(faults.addresses, mappings_of(rec.meta, stream), faults.times)
-    label_of = [label_for(m) for m in ordered] + ["(unmapped)"]
+    label_of = [label_for(m) for m in ordered] + [label_for(None)]   # idx -1: no mapping, named as by_mapping names it
     classes = faults.result.classes
     return {(tid, time, address): (classes[i].value, label_of[idx[i]])
             for i, (tid, time, address) in enumerate(zip(faults.tids.tolist(), faults.times.tolist(),
