@@ -156,7 +156,10 @@ def count_in_kernel(exe: Path, mode: str, files: Path, summary: Path) -> tuple[d
 def counts_from_exec(s: dict) -> bool:
     """The count started where the kernel's does (sched_prepare_exec, 6.10 on); before, exec's own faults on the
     new image are the kernel's and not the count's (the documented difference, kernel_counts.WITHOUT)."""
-    return any("sched_prepare_exec: tp_btf" in n or "sched_prepare_exec: tracepoint" in n for n in s["notes"])
+    # whatever the hook's variant (raw_tp, tp_btf, tracepoint): the note names the variant the count took, or
+    # none; a check tied to one variant's name skipped every test here when the counter moved to raw_tp
+    return any(n.startswith("hook sched_prepare_exec: ") and not n.startswith("hook sched_prepare_exec: none")
+               for n in s["notes"])
 
 
 def counted_problems(s: dict, mode: str) -> list[str]:
