@@ -8,6 +8,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -111,7 +112,9 @@ HELD_MS = 60_000   # a minute: far longer than any gap between two commands (the
 # One bench at a time holds the setting: the lock is held for the whole bench (two benches at once also time each
 # other's load), and the value found before the first hold is kept under /run (gone at reboot), so that a bench
 # killed before it could put it back leaves the right value to the next one.
-BENCH_LOCK = Path("/run/lock/pagefault-bench.lock")
+# Both under /run, which only root can write (not /run/lock, which anyone can, where a link planted at the name
+# would have had root open its target).
+BENCH_LOCK = Path("/run/pagefault-bench.lock")
 SAVED_WAIT = Path("/run/pagefault-bench-min-free-ms")
 
 
@@ -121,7 +124,14 @@ def freed_memory_kept():
     the setting as it was is put back on the way out, SIGTERM and SIGHUP included (where they were not ignored).
     Where the kernel has no such setting, says so and changes nothing. Waits for another bench to end first."""
     import fcntl
-    lock = open(BENCH_LOCK, "a+")   # noqa: SIM115  (held until the end of the with)
+    try:
+        fd = os.open(BENCH_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        sys.exit(f"bench: cannot open {BENCH_LOCK} ({exc.strerror}); the benches run as root")
+    lock = os.fdopen(fd, "r+")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+        sys.exit(f"bench: {BENCH_LOCK} is not a regular file of root's; remove it")
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -157,8 +167,10 @@ def _hold_page_reporting() -> str:
     one there: that one is the machine's); "" when held, else why not."""
     saved_here = False
     try:
-        if not SAVED_WAIT.exists():
-            SAVED_WAIT.write_text(PAGE_REPORTING_WAIT.read_text().strip() + "\n")
+        if not _saved_value():
+            part = SAVED_WAIT.with_name(SAVED_WAIT.name + ".part")   # whole or not at all: renamed into place
+            part.write_text(PAGE_REPORTING_WAIT.read_text().strip() + "\n")
+            os.replace(part, SAVED_WAIT)
             saved_here = True
         PAGE_REPORTING_WAIT.write_text(str(HELD_MS))
     except OSError as exc:
@@ -173,9 +185,23 @@ def _hold_page_reporting() -> str:
     return ""
 
 
-def _put_page_reporting_back() -> None:
+def _saved_value() -> str:
+    """The machine's value kept in SAVED_WAIT ("" where none is, or what is there is not a number)."""
     try:
-        PAGE_REPORTING_WAIT.write_text(SAVED_WAIT.read_text().strip())
+        value = SAVED_WAIT.read_text().strip()
+    except OSError:
+        return ""
+    return value if value.isdigit() else ""
+
+
+def _put_page_reporting_back() -> None:
+    value = _saved_value()
+    if not value:   # gone or damaged: the machine's value is not known here, and no guess is written
+        print(f"bench: {SAVED_WAIT} holds no value to put back; {PAGE_REPORTING_WAIT} is left at "
+              f"{PAGE_REPORTING_WAIT.read_text().strip()}", file=sys.stderr, flush=True)
+        return
+    try:
+        PAGE_REPORTING_WAIT.write_text(value)
         SAVED_WAIT.unlink()
     except OSError as exc:
         print(f"bench: could not put {PAGE_REPORTING_WAIT} back ({exc.strerror}); by hand: cat {SAVED_WAIT} > "

@@ -141,13 +141,16 @@ def test_trace_g_counted_in_the_kernel_writes_the_recordings_flame_graph(flame_f
     assert by_class["stack growth"] == 24 and by_class["THP"] == 1, by_class
     assert _program_stacks(text) == _program_stacks((recorded / "f.folded").read_text())
     # the summary names each fault's call site from its stacks, as the recording's summary names it from the
-    # fault's ip: the same rows of the program's own faults (those of 3 faults or more: the loader's single faults
-    # vary from run to run, and ties at the cut of the top 10 fall differently)
-    recorded_summary = json.loads(subprocess.run(CLI + ["report", str(recorded / "t.pfrec"), "--json"],
-                                                 capture_output=True, text=True, check=True).stdout)
-    counted, seen = _sites(summary["class_breakdown"]), _sites(recorded_summary["class_breakdown"])
-    assert counted.keys() == seen.keys() and len(counted) >= 6, (counted, seen)
-    assert counted[("stack growth", "[stack]", next(k[2] for k in seen if k[0] == "stack growth"))] == 24
+    # fault's ip: each row of 3 faults or more the count kept is one of the recording's rows (all of them: --top),
+    # by class, mapping and site; the counts of the program's own sites agree within a fault (a COW reuse is 7 in
+    # one run and 8 in another: the two are separate runs), its 24 stack-growth faults exactly
+    recorded_summary = json.loads(subprocess.run(CLI + ["report", str(recorded / "t.pfrec"), "--json", "--top",
+                                                        "1000"], capture_output=True, text=True, check=True).stdout)
+    counted, seen = _sites(summary["class_breakdown"]), _sites(recorded_summary["class_breakdown"], least=1)
+    assert len(counted) >= 6 and all(key in seen and abs(seen[key] - n) <= 1 for key, n in counted.items()), \
+        (counted, seen)
+    growth = [n for (cls, label, site), n in counted.items() if cls == "stack growth" and site.startswith("fault_kinds:")]
+    assert growth == [24], counted
     assert not any("not counted" in site for _c, _l, site, _n in summary["class_breakdown"])
 
 

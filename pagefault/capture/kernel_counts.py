@@ -373,7 +373,10 @@ def _count_with(obj: BpfObject, choices: list[HookChoice], notes: list[str], arg
             if stacks:   # the same for what the stacks are named with afterwards
                 _prepare_naming()
             if on_running:
-                on_running()
+                try:   # only making the end faster: whatever it raises must not end the count (or its target)
+                    on_running()
+                except Exception:   # noqa: BLE001
+                    pass
             _wait_forwarding_signals(target, notes, side_band.drain if side_band else None, stop)
             duration = time.monotonic() - started
             kernel_fault_counts = counters.read() if counters is not None else None

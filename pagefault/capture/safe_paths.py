@@ -49,6 +49,8 @@ def path_problem(path: Path, *, private: bool = False) -> str | None:
         and be group/world-writable only if sticky (as /tmp is), like OpenSSH's ``safe_path``.
     :returns: a sentence naming the offending component, or None.
     """
+    if ".." in Path(path).parts:   # the kernel follows a link before the ".." after it; abspath would not
+        return f"{path}: a '..' in it (a symbolic link before it would lead elsewhere than the check looks)"
     path = Path(os.path.abspath(path))
     euid = os.geteuid()
     chain = [path] + list(path.parents)
@@ -136,6 +138,10 @@ def user_dir_candidates(xdg_variable: str, default_under_home: str) -> list[Path
     invoking user's, which root must not write in: the checks of path_problem() rule it out, and the
     password-database home comes next.
 
+    Only absolute paths without a ``..`` are taken (the XDG specification ignores a relative one): the kernel
+    follows a symlink before it applies the ``..`` after it, where the checks (which normalise the text) would
+    look at another directory than the one written.
+
     :returns: the paths, none checked yet; raises nothing."""
     out: list[Path] = []
     xdg, home = os.environ.get(xdg_variable), os.environ.get("HOME")
@@ -146,7 +152,7 @@ def user_dir_candidates(xdg_variable: str, default_under_home: str) -> list[Path
     own = _home_of_effective_user()
     if own:
         out.append(own / default_under_home / "pagefault")
-    return list(dict.fromkeys(out))
+    return [p for p in dict.fromkeys(out) if p.is_absolute() and ".." not in p.parts]
 
 
 def cache_dir_candidates() -> list[Path]:
@@ -199,10 +205,11 @@ def _make_private_dirs(existing: Path, target: Path) -> None:
 
 
 def kept_private_cache_dir() -> tuple[Path | None, str]:
-    """private_cache_dir's kept directory, made if it is not there yet, with any directory missing above it (a
-    fresh machine may have no ~/.cache): each made 0700 under the nearest one that exists, once that one passes
-    the same checks the whole path must pass (so nothing is made where the cache would then be refused). The
-    fresh directory that private_cache_dir falls back to is not made here.
+    """private_cache_dir's kept directory, made if it is not there yet, with the directory above it if that is
+    missing too (a fresh machine may have no ~/.cache; a home that is not there is not made): each made 0700
+    under the nearest one that exists, once that one passes the same checks the whole path must pass (so nothing
+    is made where the cache would then be refused). One that cannot be written in (a read-only home) is none.
+    The fresh directory that private_cache_dir falls back to is not made here.
 
     :returns: (the directory, "") or (None, why no kept cache could be used); raises nothing."""
     reasons = []
@@ -210,6 +217,9 @@ def kept_private_cache_dir() -> tuple[Path | None, str]:
         existing = candidate.parent
         while not os.path.lexists(existing) and existing.parent != existing:
             existing = existing.parent
+        if existing not in (candidate.parent, candidate.parent.parent):   # a home that is not there: nothing made
+            reasons.append(f"{candidate.parent.parent}: No such directory")
+            continue
         problem = path_problem(existing, private=True)
         if problem:
             reasons.append(problem)
@@ -224,7 +234,7 @@ def kept_private_cache_dir() -> tuple[Path | None, str]:
             continue
         # a cache that is there but cannot be written in (a read-only home: the kernel matrix's guests see the
         # host's) is no kept cache: what would be written there fails (access() says so for a read-only mount)
-        if not os.access(candidate, os.W_OK | os.X_OK):
+        if not os.access(candidate, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             reasons.append(f"{candidate}: not writable (a read-only file system)")
             continue
         problem = path_problem(candidate, private=True)

@@ -464,7 +464,8 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
     # that grows is a new mapping at each fault (its start moved), and its growth faults were as many rows of one
     # fault each, all "[stack]" at one instruction
     labels = sorted(set(label_of))
-    label_id = np.array([labels.index(label) for label in label_of], dtype=np.int64)[idx]
+    index_of = {label: i for i, label in enumerate(labels)}
+    label_id = np.array([index_of[label] for label in label_of], dtype=np.int64)[idx]
     ips, ip_index = np.unique(fault_ips, return_inverse=True)
     key = (ip_index.astype(np.int64) << 32) | (label_id << 8) | index.astype(np.int64)
     uniq, n = np.unique(key, return_counts=True)

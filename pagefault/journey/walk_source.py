@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 COMPILED_MARK = "compiled CO-RE object"
 # "EVENT: VARIANT" in the compiled capture's hook list (bpf_walk.hooks_text, arm64_fault's hooks)
-_HOOK = re.compile(r"\b(\w+): (tp_btf|tracepoint|fentry|kprobe)\b")
+_HOOK = re.compile(r"\b(\w+): (tp_btf|raw_tp|tracepoint|fentry|kprobe)\b")
 # the tracepoints' systems, for naming a hook the way tracefs does
 _SYSTEMS = {"page_fault_user": "exceptions", "page_fault_kernel": "exceptions", "sys_enter": "raw_syscalls", "sched_process_exec": "sched",
             "sched_process_exit": "sched", "mm_page_alloc": "kmem", "mm_lru_insertion": "pagemap"}

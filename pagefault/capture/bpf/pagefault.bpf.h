@@ -1,6 +1,7 @@
 /* Helpers shared by pagefault's BPF programs: the task's mm, the VMA holding an address (the maple-tree
  * search, quiet or recorded), a VMA's name for a summary, the following of a target and its children, and
- * the two programs (tp_btf and classic tracepoint) of each scheduler and system-call hook. Kernel memory is
+ * the two programs (raw tracepoint: tp_btf, or raw_tp with RAW_TRACEPOINTS; and classic tracepoint) of each
+ * scheduler and system-call hook. Kernel memory is
  * read through CO-RE (offsets relocated against the running kernel's BTF at load). Include after vmlinux.h
  * and libbpf's headers. */
 #ifndef PAGEFAULT_BPF_H
