@@ -13,7 +13,7 @@ import pytest
 from live_helpers.bpf_objects import btf_struct
 
 from pagefault.capture import kernel_counts as kc
-from pagefault.capture.bpf import HERE, BpfObjectMissing, Hook, KernelHooks, RawKind, object_path
+from pagefault.capture.bpf import HERE, BpfObjectMissing, Hook, HookVariant, KernelHooks, object_path
 from pagefault.capture.libbpf import BpfObject, LibbpfError
 
 VARIANTS = ("raw_tp", "tracepoint")   # the counter's raw tracepoints are raw_tp (RAW_TRACEPOINTS)
@@ -63,7 +63,7 @@ def test_every_program_of_the_object_is_one_variant_of_a_known_hook(name):
     _root()
     with BpfObject(_object(name)) as obj:
         programs = obj.programs()
-    assert {h.raw_kind for h in kc.HOOKS} == {RawKind.RAW_TP}   # no hook makes libbpf parse the whole BTF
+    assert {h.raw_kind for h in kc.HOOKS} == {HookVariant.RAW_TP}   # no hook makes libbpf parse the whole BTF
     named = {p: s for h in kc.HOOKS for p, s in ((h.btf_program, f"raw_tp/{h.event}"),
                                                    (h.tracepoint_program, f"tracepoint/{h.system}/{h.event}"))}
     assert programs == named

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .bpf import BpfObjectMissing, Hook, HookChoice, KernelHooks, RawKind, object_path
+from .bpf import BpfObjectMissing, Hook, HookChoice, HookVariant, KernelHooks, object_path
 from .libbpf import BpfObject, LibbpfError, lib
 from .perf_event import FaultCounters, PerfError
 from .runner import Target, TargetError, attach, spawn_held
@@ -94,7 +94,7 @@ ST_OPEN = 1
 # RAW_TRACEPOINTS), so that a load with the object's slice of BTF (capture/core_btf.py) parses no whole BTF: the
 # counter's load went from ~20 to ~10 ms here. The classic page_fault_user's context struct is declared by hand
 # (pagefault.bpf.h: it is not in BTF), so its format is checked first.
-RAW = RawKind.RAW_TP
+RAW = HookVariant.RAW_TP
 HOOKS = (
     Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
          layout={"address": (8, 8), "error_code": (24, 8)}, raw_kind=RAW),

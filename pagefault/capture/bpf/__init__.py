@@ -3,7 +3,7 @@ scripts/build-bpf.sh (run by scripts/setup.sh) into CO-RE objects under build/<m
 the system's libbpf (capture/libbpf.py). Nothing is compiled when pagefault runs.
 
 This module finds an object and chooses, per hook, which of its program variants this kernel takes:
-the raw tracepoint (BTF-typed, ``tp_btf/EVENT``, or plain, ``raw_tp/EVENT``: the hook's ``raw_kind``) where
+the raw tracepoint (BTF-typed, ``tp_btf/EVENT``, or plain, ``raw_tp/EVENT``: the hook's ``raw_kind``, a HookVariant) where
 the kernel's BTF has ``btf_trace_EVENT``, else the classic tracepoint (``tracepoint/SYSTEM/EVENT``) where
 tracefs has the event (and, for a context struct declared from tracefs's format, where the format still
 matches it). The choice and its reason are returned, to be shown.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from ...kernel.btf import BTF_MAGIC, VMLINUX_BTF
@@ -43,11 +43,14 @@ def object_path(name: str) -> Path:
     return obj
 
 
-class RawKind(str, Enum):
-    """The section of a hook's raw-tracepoint program (pagefault.bpf.h's RAW_HOOK)."""
+class HookVariant(StrEnum):
+    """Which program of a hook this kernel takes (a StrEnum: it prints and compares as its word)."""
 
-    TP_BTF = "tp_btf"    # BTF-typed: attached by its BTF id, which libbpf finds in the kernel's whole BTF
-    RAW_TP = "raw_tp"    # attached by name; its arguments read through CO-RE (an object with RAW_TRACEPOINTS)
+    TP_BTF = "tp_btf"            # a BTF-typed raw tracepoint: attached by its BTF id, found in the kernel's whole BTF
+    RAW_TP = "raw_tp"            # a raw tracepoint attached by name, its arguments read through CO-RE (an object
+                                 # with RAW_TRACEPOINTS, pagefault.bpf.h's RAW_HOOK)
+    TRACEPOINT = "tracepoint"    # the classic tracepoint (tracefs's record)
+    NONE = "none"                # neither: the hook is not taken here
 
 
 @dataclass(frozen=True)
@@ -61,14 +64,14 @@ class Hook:
     required: bool = True
     # for a classic context struct declared by hand (not in BTF): field → (offset, size) it expects
     layout: dict[str, tuple[int, int]] = field(default_factory=dict)
-    raw_kind: RawKind = RawKind.TP_BTF
+    raw_kind: HookVariant = HookVariant.TP_BTF   # its raw-tracepoint program's kind: TP_BTF or RAW_TP
 
 
 @dataclass(frozen=True)
 class HookChoice:
     hook: Hook
     program: str | None         # the program to load, None: neither variant here
-    variant: str                # "tp_btf", "raw_tp", "tracepoint" or "none"
+    variant: HookVariant
     reason: str
 
 
@@ -133,18 +136,18 @@ class KernelHooks:
     def choose(self, hook: Hook) -> HookChoice:
         name = f"{hook.system}:{hook.event}"
         if self.has_btf_tracepoint(hook.event):   # the raw tracepoint is there (a raw_tp needs no more of BTF)
-            return HookChoice(hook, hook.btf_program, hook.raw_kind.value,
+            return HookChoice(hook, hook.btf_program, hook.raw_kind,
                               f"the kernel's BTF has btf_trace_{hook.event}")
         why = f"no btf_trace_{hook.event} in the kernel's BTF" + (f" ({self.btf_problem})" if self.btf_problem else "")
         fmt = self.tracefs_format(hook.system, hook.event)
         if fmt is None:
-            return HookChoice(hook, None, "none", f"{why}, and tracefs has no {name}")
+            return HookChoice(hook, None, HookVariant.NONE, f"{why}, and tracefs has no {name}")
         if hook.layout:
             from ...kernel.tracefs import parse_format
             fields = parse_format(fmt, hook.system, hook.event).fields
             wrong = [f for f, (off, size) in hook.layout.items()
                      if f not in fields or (fields[f].offset, fields[f].size) != (off, size)]
             if wrong:
-                return HookChoice(hook, None, "none", f"{why}, and tracefs's {name} format differs from the "
+                return HookChoice(hook, None, HookVariant.NONE, f"{why}, and tracefs's {name} format differs from the "
                                   f"program's at {', '.join(wrong)}")
-        return HookChoice(hook, hook.tracepoint_program, "tracepoint", f"{why}; tracefs has {name}")
+        return HookChoice(hook, hook.tracepoint_program, HookVariant.TRACEPOINT, f"{why}; tracefs has {name}")
