@@ -110,15 +110,12 @@ def make_slice(obj: Path) -> Path | None:
     except (OSError, subprocess.SubprocessError):   # a cache only: not kept (a full disk, a timeout), nothing else
         return None
     finally:
-        try:   # on a read-only file system even the unlink of a name not there fails (EROFS before the lookup)
-            part.unlink(missing_ok=True)
-        except OSError:
-            pass
+        discard(part)   # never raises: on a read-only file system even the unlink of a name not there fails (EROFS)
     return folder / name
 
 
 def discard(kept: Path) -> None:
-    """Remove a slice libbpf or the kernel refused; raises nothing."""
+    """Remove a slice libbpf or the kernel refused, or one bpftool was writing; raises nothing."""
     try:
         kept.unlink(missing_ok=True)
     except OSError:

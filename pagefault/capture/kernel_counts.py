@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from .bpf import BpfObjectMissing, Hook, HookChoice, HookVariant, KernelHooks, object_path
@@ -94,21 +94,20 @@ ST_OPEN = 1
 # RAW_TRACEPOINTS), so that a load with the object's slice of BTF (capture/core_btf.py) parses no whole BTF: the
 # counter's load went from ~20 to ~10 ms here. The classic page_fault_user's context struct is declared by hand
 # (pagefault.bpf.h: it is not in BTF), so its format is checked first.
-RAW = HookVariant.RAW_TP
-HOOKS = (
+HOOKS = tuple(replace(hook, raw_kind=HookVariant.RAW_TP) for hook in (
     Hook("exceptions", "page_fault_user", "fault_btf", "fault_tp",
-         layout={"address": (8, 8), "error_code": (24, 8)}, raw_kind=RAW),
+         layout={"address": (8, 8), "error_code": (24, 8)}),
     # faults on user addresses taken in kernel mode (inside system calls): the kernel's own count has them
     Hook("exceptions", "page_fault_kernel", "fault_kernel_btf", "fault_kernel_tp", required=False,
-         layout={"address": (8, 8), "error_code": (24, 8)}, raw_kind=RAW),
-    Hook("sched", "sched_process_exec", "exec_btf", "exec_tp", raw_kind=RAW),
-    Hook("sched", "sched_prepare_exec", "prepare_exec_btf", "prepare_exec_tp", required=False, raw_kind=RAW),
-    Hook("sched", "sched_process_exit", "exit_btf", "exit_tp", raw_kind=RAW),
-    Hook("sched", "sched_process_fork", "fork_btf", "fork_tp", raw_kind=RAW),
-    Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False, raw_kind=RAW),
-    Hook("filemap", "mm_filemap_add_to_page_cache", "cache_btf", "cache_tp", required=False, raw_kind=RAW),
-    Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False, raw_kind=RAW),
-)
+         layout={"address": (8, 8), "error_code": (24, 8)}),
+    Hook("sched", "sched_process_exec", "exec_btf", "exec_tp"),
+    Hook("sched", "sched_prepare_exec", "prepare_exec_btf", "prepare_exec_tp", required=False),
+    Hook("sched", "sched_process_exit", "exit_btf", "exit_tp"),
+    Hook("sched", "sched_process_fork", "fork_btf", "fork_tp"),
+    Hook("kmem", "mm_page_alloc", "alloc_btf", "alloc_tp", required=False),
+    Hook("filemap", "mm_filemap_add_to_page_cache", "cache_btf", "cache_tp", required=False),
+    Hook("signal", "signal_generate", "signal_btf", "signal_tp", required=False),
+))
 # what a fault's class loses without an optional hook
 WITHOUT = {"sched_prepare_exec": "counting starts at sched_process_exec: the faults exec takes setting up the new "
                                  "image (argv and auxv on its stack) are not counted, where the kernel's own count has them",

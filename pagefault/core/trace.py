@@ -292,9 +292,8 @@ def _prepare_for_the_end(args: argparse.Namespace, stacks: bool) -> None:
     :returns: None; raises nothing of its own."""
     if not args.json:
         from ..views import safe_console, trace_view  # noqa: F401
-    if stacks:
+    if stacks:   # (core.recordings, which writes the flame graph, is this module's own import already)
         from ..journey import fault_stacks  # noqa: F401
-        from . import recordings  # noqa: F401
         if args.pprof:
             from ..views import pprof  # noqa: F401
 

@@ -69,11 +69,15 @@ class Symbolizer:
         self.rules: dict = {}                                  # the .eh_frame unwinder's rule per code address
         self.unwound: dict[tuple, list[str]] = {}              # per distinct (registers, stack copy, fp chain)
 
+    def holding(self, ip: int) -> Mapping | None:
+        """The mapping that holds `ip` (the first kept at its start), None where none does."""
+        i = bisect.bisect_right(self.starts, ip) - 1
+        return self.maps[i] if i >= 0 and self.maps[i].contains(ip) else None
+
     def user(self, ip: int) -> str:
         key = ("u", ip)
         if key not in self.cache:
-            i = bisect.bisect_right(self.starts, ip) - 1
-            m = self.maps[i] if i >= 0 and self.maps[i].contains(ip) else None
+            m = self.holding(ip)
             if m is None:
                 name = ""      # no mapping holds it: a frame-pointer walk through code built without them
             elif m.path.startswith("/"):
@@ -94,14 +98,13 @@ class Symbolizer:
             return str(where)
         if kind == KERNEL_SITE:
             return kernel_instruction(self.ksyms.lookup(where) if self.ksyms else None)
-        i = bisect.bisect_right(self.starts, where) - 1
-        m = self.maps[i] if i >= 0 and self.maps[i].contains(where) else None
+        m = self.holding(where)
         return resolve_mapping(where, m).describe() if m is not None and m.path.startswith("/") else f"0x{where:x}"
 
     def in_code(self, ip: int) -> bool:
         """An executable mapping holds `ip` (what a real return address points into)."""
-        i = bisect.bisect_right(self.starts, ip) - 1
-        return i >= 0 and self.maps[i].contains(ip) and bool(self.maps[i].prot & PROT_EXEC)
+        m = self.holding(ip)
+        return m is not None and bool(m.prot & PROT_EXEC)
 
     def place(self, pc: int) -> tuple[str, int | None, int] | None:
         """(file, inode, ELF address) of an address in an executable file mapping, for the .eh_frame unwinder;
@@ -109,10 +112,9 @@ class Symbolizer:
         segments the recording saved."""
         if pc in self.placed:
             return self.placed[pc]
-        i = bisect.bisect_right(self.starts, pc) - 1
-        m = self.maps[i] if i >= 0 else None
+        m = self.holding(pc)
         where = None
-        if m is not None and m.contains(pc) and m.prot & PROT_EXEC and m.path.startswith("/"):
+        if m is not None and m.prot & PROT_EXEC and m.path.startswith("/"):
             r = resolve_mapping(pc, m)
             where = (m.path, m.inode or None, r.elf_vaddr) if r.elf_vaddr is not None else None
         self.placed[pc] = where

@@ -450,8 +450,8 @@ def _kernel_site(ip: int, ksyms: KernelSymbols, meta: dict) -> str:
 
 
 def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndarray, fault_ips: np.ndarray,
-                   maps: list[Mapping], top: int, times: np.ndarray, ksyms: KernelSymbols | None = None,
-                   meta: dict | None = None) -> None:
+                   maps: list[Mapping], top: int, times: np.ndarray, ksyms: KernelSymbols | None,
+                   meta: dict) -> None:
     """The classes counted, and the faults broken down by class × mapping × call site (the mapping in force at
     each fault's time; a kernel-mode fault's site named in the kernel where `ksyms` are given)."""
     ordered, idx = mapping_index(addresses, maps, times)
@@ -478,7 +478,7 @@ def _class_summary(summary: TraceSummary, result: Classified, addresses: np.ndar
         m = ordered[i] if 0 <= i < len(ordered) and ordered[i].contains(ip) else None
         if m is not None and m.path.startswith("/"):
             site = resolve_mapping(ip, m).describe()
-        elif m is None and ksyms is not None and meta is not None and ip >= user_address_limit(meta):
+        elif m is None and ksyms is not None and ip >= user_address_limit(meta):
             site = _kernel_site(ip, ksyms, meta)
         else:
             site = f"0x{ip:x}"
